@@ -1,0 +1,395 @@
+//! Messages between `tandem-control` and `tandem-dataplane` over a local Unix stream socket.
+//!
+//! The data plane listens on the path given by `--control-socket PATH`; the control service
+//! connects. Framing: one JSON [`Envelope`] per line (`\n`-terminated, UTF-8, at most
+//! [`LINE_BYTES_MAX`] bytes). Every request gets exactly one response carrying the same `id`;
+//! responses may come back in any order. A peer that receives an envelope whose `version` is
+//! not [`IPC_VERSION`] answers `Error { code: VersionMismatch }` (id echoed) and may close.
+//! Bump [`IPC_VERSION`] on any incompatible change.
+//!
+//! Example lines:
+//! ```text
+//! {"version":1,"id":1,"body":{"request":{"op":"hello"}}}
+//! {"version":1,"id":1,"body":{"response":{"result":"ok"}}}
+//! {"version":1,"id":2,"body":{"request":{"op":"extend_device","args":{"name":"disk1","new_size_bytes":2147483648}}}}
+//! {"version":1,"id":2,"body":{"response":{"result":"error","data":{"code":"not_found","message":"no device disk1"}}}}
+//! ```
+//!
+//! Semantics the data plane implements (control persists the config *before* sending):
+//! - `AddDevice`: open/create the backing store (a missing file with `size` is created thick)
+//!   and make it available for targets. Error `already_exists` if the name is taken.
+//! - `RemoveDevice`: control first removes (or re-adds without it) every target that uses it;
+//!   the data plane answers `busy` if a target still exports it.
+//! - `ExtendDevice`: grow to `new_size_bytes` (multiple of the block size, larger than now);
+//!   hosts get a CAPACITY DATA HAS CHANGED unit attention.
+//! - `AddTarget` / `RemoveTarget`: start/stop exporting; removing a target ends its sessions.
+//!   `AddTarget`'s IQN is computed with [`crate::TargetConfig::iqn`] and the data plane's node name.
+//! - `SetChap` / `SetAcl`: apply to new logins; existing sessions are kept.
+//! - `Stats`: counters are cumulative since the data plane started; latency percentiles are
+//!   over all I/Os completed since then.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{CacheMode, Chap, DeviceConfig, TargetConfig};
+use crate::size::Size;
+
+/// Current protocol version; both sides must agree.
+pub const IPC_VERSION: u32 = 1;
+/// Longest line either side accepts, including the newline.
+pub const LINE_BYTES_MAX: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub version: u32,
+    /// Chosen by the requester, echoed in the response.
+    pub id: u64,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    Request(Request),
+    Response(Response),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    /// First message on a connection; answered with `Ok` (or `Error{VersionMismatch}`).
+    Hello,
+    /// Answered with `Response::Status`.
+    Status,
+    AddDevice(DeviceConfig),
+    RemoveDevice {
+        name: String,
+    },
+    ExtendDevice {
+        name: String,
+        new_size_bytes: u64,
+    },
+    SetCacheMode {
+        name: String,
+        cache: CacheMode,
+        cache_size: Option<Size>,
+    },
+    AddTarget(TargetConfig),
+    RemoveTarget {
+        iqn: String,
+    },
+    SetChap {
+        iqn: String,
+        chap: Option<Chap>,
+    },
+    SetAcl {
+        iqn: String,
+        allowed_initiators: Vec<String>,
+    },
+    /// Answered with `Response::Stats`.
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", content = "data", rename_all = "snake_case")]
+pub enum Response {
+    Ok,
+    Error { code: ErrorCode, message: String },
+    Status(StatusReport),
+    Stats(StatsReport),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or breaks a rule (bad size, bad name...).
+    BadRequest,
+    NotFound,
+    AlreadyExists,
+    /// The object is in use (e.g. a device still exported by a target).
+    Busy,
+    /// The backing store failed (open, create, fallocate, resize...).
+    Io,
+    /// Understood but not supported by this data plane.
+    Unsupported,
+    VersionMismatch,
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// What the data plane is serving right now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub uptime_s: u64,
+    /// Data plane software version.
+    pub version: String,
+    pub portals: Vec<String>,
+    pub devices: Vec<DeviceStatus>,
+    pub targets: Vec<TargetStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub name: String,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub read_only: bool,
+    pub cache: CacheMode,
+    /// Bytes of the RAM cache holding data not yet on disk (write-back only).
+    #[serde(default)]
+    pub cache_dirty_bytes: u64,
+    /// `online`, `failed` or another data-plane-defined word.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub iqn: String,
+    pub luns: Vec<String>,
+    pub sessions: u32,
+    /// Names of the initiators logged in now.
+    #[serde(default)]
+    pub initiators: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub devices: Vec<DeviceStats>,
+    pub reactors: Vec<ReactorStats>,
+}
+
+/// Per-device counters, cumulative since the data plane started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStats {
+    pub name: String,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub errors: u64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    /// Commands in flight now.
+    pub queue_depth: u32,
+    /// Sessions using the device now.
+    pub sessions: u32,
+}
+
+/// Per-reactor counters, cumulative since the data plane started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReactorStats {
+    pub core: u32,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+    pub pdus: u64,
+    pub ios: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    #[error("IPC line is {0} bytes, longer than the {LINE_BYTES_MAX}-byte limit")]
+    TooLong(usize),
+    #[error("malformed IPC message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("IPC version {got} not supported (this side speaks {IPC_VERSION})")]
+    Version { got: u32, id: u64 },
+}
+
+impl Envelope {
+    pub fn request(id: u64, request: Request) -> Self {
+        Envelope {
+            version: IPC_VERSION,
+            id,
+            body: Body::Request(request),
+        }
+    }
+
+    pub fn response(id: u64, response: Response) -> Self {
+        Envelope {
+            version: IPC_VERSION,
+            id,
+            body: Body::Response(response),
+        }
+    }
+
+    /// One line of JSON, newline included.
+    pub fn to_line(&self) -> String {
+        // Plain data with string keys: serialization cannot fail.
+        let mut line = serde_json::to_string(self).expect("Envelope serializes to JSON");
+        line.push('\n');
+        line
+    }
+
+    /// Parses one line (with or without its newline) and checks the version.
+    pub fn from_line(line: &str) -> Result<Envelope, IpcError> {
+        if line.len() > LINE_BYTES_MAX {
+            return Err(IpcError::TooLong(line.len()));
+        }
+        let env: Envelope = serde_json::from_str(line.trim_end_matches(['\n', '\r']))?;
+        if env.version != IPC_VERSION {
+            return Err(IpcError::Version {
+                got: env.version,
+                id: env.id,
+            });
+        }
+        Ok(env)
+    }
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        assert_eq!(
+            Envelope::request(1, Request::Hello).to_line(),
+            "{\"version\":1,\"id\":1,\"body\":{\"request\":{\"op\":\"hello\"}}}\n"
+        );
+        assert_eq!(
+            Envelope::request(2, Request::ExtendDevice { name: "d".into(), new_size_bytes: 4096 }).to_line(),
+            "{\"version\":1,\"id\":2,\"body\":{\"request\":{\"op\":\"extend_device\",\"args\":{\"name\":\"d\",\"new_size_bytes\":4096}}}}\n"
+        );
+        assert_eq!(
+            Envelope::response(3, Response::error(ErrorCode::NotFound, "no")).to_line(),
+            "{\"version\":1,\"id\":3,\"body\":{\"response\":{\"result\":\"error\",\"data\":{\"code\":\"not_found\",\"message\":\"no\"}}}}\n"
+        );
+        assert_eq!(
+            Envelope::response(4, Response::Ok).to_line(),
+            "{\"version\":1,\"id\":4,\"body\":{\"response\":{\"result\":\"ok\"}}}\n"
+        );
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let dev = DeviceConfig {
+            cache: CacheMode::WriteBack,
+            cache_size: Some(Size(1 << 26)),
+            ..DeviceConfig::ram("d1", 1 << 30)
+        };
+        let chap = Chap {
+            username: "u".into(),
+            secret: "0123456789ab".into(),
+            mutual_username: None,
+            mutual_secret: None,
+        };
+        let requests = vec![
+            Request::Hello,
+            Request::Status,
+            Request::AddDevice(dev),
+            Request::AddDevice(DeviceConfig::file("f", "/tmp/f.img", Some(1 << 20))),
+            Request::RemoveDevice { name: "d1".into() },
+            Request::ExtendDevice {
+                name: "d1".into(),
+                new_size_bytes: 2 << 30,
+            },
+            Request::SetCacheMode {
+                name: "d1".into(),
+                cache: CacheMode::WriteThrough,
+                cache_size: None,
+            },
+            Request::AddTarget(TargetConfig::for_device("d1", "d1")),
+            Request::RemoveTarget {
+                iqn: "iqn.2026-11.io.tandem:n-d1".into(),
+            },
+            Request::SetChap {
+                iqn: "iqn.x".into(),
+                chap: Some(chap),
+            },
+            Request::SetChap {
+                iqn: "iqn.x".into(),
+                chap: None,
+            },
+            Request::SetAcl {
+                iqn: "iqn.x".into(),
+                allowed_initiators: vec!["iqn.1994-05.com.redhat:a".into()],
+            },
+            Request::Stats,
+        ];
+        for (i, r) in requests.into_iter().enumerate() {
+            let env = Envelope::request(i as u64, r);
+            assert_eq!(Envelope::from_line(&env.to_line()).unwrap(), env);
+        }
+        let responses = vec![
+            Response::Ok,
+            Response::error(ErrorCode::Busy, "in use"),
+            Response::Status(StatusReport {
+                pid: 7,
+                devices: vec![DeviceStatus {
+                    name: "d".into(),
+                    state: "online".into(),
+                    ..Default::default()
+                }],
+                targets: vec![TargetStatus {
+                    iqn: "iqn.x".into(),
+                    sessions: 2,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            Response::Stats(StatsReport {
+                devices: vec![DeviceStats {
+                    name: "d".into(),
+                    read_ops: 5,
+                    latency_us_p999: 9,
+                    ..Default::default()
+                }],
+                reactors: vec![ReactorStats {
+                    core: 1,
+                    pdus: 3,
+                    ..Default::default()
+                }],
+            }),
+        ];
+        for r in responses {
+            let env = Envelope::response(9, r);
+            assert_eq!(Envelope::from_line(&env.to_line()).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn refuses_other_versions_and_garbage() {
+        let line = "{\"version\":2,\"id\":5,\"body\":{\"request\":{\"op\":\"hello\"}}}";
+        assert!(matches!(
+            Envelope::from_line(line),
+            Err(IpcError::Version { got: 2, id: 5 })
+        ));
+        assert!(matches!(
+            Envelope::from_line("{}"),
+            Err(IpcError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::from_line(
+                "{\"version\":1,\"id\":1,\"body\":{\"request\":{\"op\":\"format_disk\"}}}"
+            ),
+            Err(IpcError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::from_line(&"x".repeat(LINE_BYTES_MAX + 1)),
+            Err(IpcError::TooLong(_))
+        ));
+        assert_eq!(ErrorCode::VersionMismatch.to_string(), "version_mismatch");
+    }
+}

@@ -1,0 +1,746 @@
+//! The node configuration: what `node.toml` holds.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigError, FieldError, ValidationErrors};
+use crate::names::{is_alias, is_device_name, is_node_name, validate_iscsi_name};
+use crate::size::{format_size, Size};
+
+/// Prefix of every generated target IQN; the suffix is `<node>-<alias>`.
+pub const IQN_PREFIX: &str = "iqn.2026-11.io.tandem:";
+/// Cache size used when `cache` is not `none` and `cache_size` is not given.
+pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+/// Limits on what one node serves; a config over them is refused.
+pub const DEVICES_MAX: usize = 1024;
+pub const TARGETS_MAX: usize = 1024;
+pub const LUNS_PER_TARGET_MAX: usize = 256;
+pub const PORTALS_MAX: usize = 64;
+pub const INITIATORS_PER_TARGET_MAX: usize = 1024;
+/// Largest config file `load` reads.
+pub const CONFIG_FILE_BYTES_MAX: u64 = 4 << 20;
+/// CHAP secret length bounds in bytes (RFC 3720 recommends at least 12; many initiators cap at 16).
+pub const CHAP_SECRET_LEN_MIN: usize = 12;
+pub const CHAP_SECRET_LEN_MAX: usize = 255;
+/// Identity seeds longer than this are refused.
+pub const IDENTITY_SEED_LEN_MAX: usize = 255;
+
+/// Everything a node serves. See `docs/config.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default, rename = "device", skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default, rename = "target", skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// `[a-z0-9-]+`; part of every generated IQN.
+    pub name: String,
+    /// iSCSI portals (`ip:port`), at least one.
+    pub portals: Vec<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Reactor cores; empty means "let the data plane choose".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cores: Vec<usize>,
+    #[serde(default)]
+    pub poll_mode: PollMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PollMode {
+    /// Spin while busy, park on eventfd/io_uring when idle.
+    #[default]
+    Adaptive,
+    /// Never park (lowest latency, burns the cores).
+    Always,
+}
+
+/// `[[device]]`: a RAM disk (`ram_size`) or an image file (`file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// `[A-Za-z0-9_-]+`, unique on the node.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_size: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// For `file`: size to create (thick) when missing; optional for an existing file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Size>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    #[serde(default)]
+    pub cache: CacheMode,
+    /// Defaults to [`DEFAULT_CACHE_SIZE`] when `cache` is not `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_size: Option<Size>,
+    /// Serial, NAA and EUI-64 identifiers are derived from it; default `"<node>-<device>"`.
+    /// HA partners set the same seed so hosts see one device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_seed: Option<String>,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheMode {
+    #[default]
+    None,
+    WriteThrough,
+    WriteBack,
+}
+
+impl CacheMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::None => "none",
+            CacheMode::WriteThrough => "write-through",
+            CacheMode::WriteBack => "write-back",
+        }
+    }
+}
+
+impl fmt::Display for CacheMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(CacheMode::None),
+            "write-through" => Ok(CacheMode::WriteThrough),
+            "write-back" => Ok(CacheMode::WriteBack),
+            other => Err(format!(
+                "unknown cache mode `{other}`: use none, write-through or write-back"
+            )),
+        }
+    }
+}
+
+/// What backs a device, derived from `ram_size` / `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing<'a> {
+    Ram {
+        size_bytes: u64,
+    },
+    File {
+        path: &'a Path,
+        size_bytes: Option<u64>,
+    },
+}
+
+impl DeviceConfig {
+    /// A RAM disk with defaults (512-byte blocks, no cache).
+    pub fn ram(name: &str, size_bytes: u64) -> Self {
+        DeviceConfig {
+            name: name.to_string(),
+            ram_size: Some(Size(size_bytes)),
+            file: None,
+            size: None,
+            read_only: false,
+            block_size: default_block_size(),
+            cache: CacheMode::None,
+            cache_size: None,
+            identity_seed: None,
+        }
+    }
+
+    /// An image file with defaults; `size_bytes` None attaches an existing file as it is.
+    pub fn file(name: &str, path: impl Into<PathBuf>, size_bytes: Option<u64>) -> Self {
+        DeviceConfig {
+            ram_size: None,
+            file: Some(path.into()),
+            size: size_bytes.map(Size),
+            ..DeviceConfig::ram(name, 0)
+        }
+    }
+
+    /// The backing store. Only meaningful on a validated config (exactly one is set).
+    pub fn backing(&self) -> Backing<'_> {
+        match (&self.ram_size, &self.file) {
+            (_, Some(path)) => Backing::File {
+                path,
+                size_bytes: self.size.map(Size::bytes),
+            },
+            (Some(size), None) => Backing::Ram {
+                size_bytes: size.bytes(),
+            },
+            (None, None) => Backing::Ram { size_bytes: 0 },
+        }
+    }
+
+    /// Cache size in effect: 0 when `cache = "none"`, else `cache_size` or the default.
+    pub fn effective_cache_size(&self) -> u64 {
+        match self.cache {
+            CacheMode::None => 0,
+            _ => self.cache_size.map_or(DEFAULT_CACHE_SIZE, Size::bytes),
+        }
+    }
+
+    /// Seed for the device identifiers: `identity_seed` or `"<node>-<device>"`.
+    pub fn effective_identity_seed(&self, node_name: &str) -> String {
+        match &self.identity_seed {
+            Some(seed) => seed.clone(),
+            None => format!("{node_name}-{}", self.name),
+        }
+    }
+}
+
+/// `[[target]]`: an iSCSI target exporting devices as LUNs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `[a-z0-9.-]+`; the IQN is `iqn.2026-11.io.tandem:<node>-<alias>` unless `iqn` is set.
+    pub alias: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iqn: Option<String>,
+    /// Device names; LUN numbers are the positions (first is LUN 0).
+    pub luns: Vec<String>,
+    /// Initiator names allowed to log in; empty means everyone.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<Chap>,
+}
+
+/// The architecture docs call this `Target`; same type.
+pub type Target = TargetConfig;
+
+impl TargetConfig {
+    /// A target for one device with no CHAP and no ACL.
+    pub fn for_device(alias: &str, device: &str) -> Self {
+        TargetConfig {
+            alias: alias.to_string(),
+            iqn: None,
+            luns: vec![device.to_string()],
+            allowed_initiators: Vec::new(),
+            chap: None,
+        }
+    }
+
+    /// The target's IQN: the explicit `iqn`, or `iqn.2026-11.io.tandem:<node>-<alias>`.
+    pub fn iqn(&self, node_name: &str) -> String {
+        match &self.iqn {
+            Some(iqn) => iqn.clone(),
+            None => format!("{IQN_PREFIX}{node_name}-{}", self.alias),
+        }
+    }
+}
+
+/// `[target.chap]`: one-way CHAP (initiator proves itself), optionally mutual.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chap {
+    pub username: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl fmt::Debug for Chap {
+    /// Secrets are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Chap")
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .field("mutual_username", &self.mutual_username)
+            .field(
+                "mutual_secret",
+                &self.mutual_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates a config file. Errors name the file, the key and the reason.
+    pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        let io_err = |source| ConfigError::Io {
+            origin: origin.clone(),
+            source,
+        };
+        let len = std::fs::metadata(path).map_err(io_err)?.len();
+        if len > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                origin,
+                len,
+                max: CONFIG_FILE_BYTES_MAX,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_err)?;
+        NodeConfig::from_toml_str(&text, &origin)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors (a path, `"<api>"`, ...).
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let config: NodeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line_col = inner.span().map(|span| line_col(text, span.start));
+            ConfigError::Parse {
+                origin: origin.to_string(),
+                key: if key == "." { None } else { Some(key) },
+                line: line_col.map(|(l, _)| l),
+                column: line_col.map(|(_, c)| c),
+                reason: inner.message().trim().to_string(),
+            }
+        })?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    /// Serializes to TOML (round-trips through [`NodeConfig::from_toml_str`]).
+    pub fn to_toml_string(&self) -> String {
+        // Serializing these plain types to TOML cannot fail: no maps with non-string keys,
+        // no values after tables (the field order puts [node] first).
+        toml::to_string_pretty(self).expect("NodeConfig always serializes to TOML")
+    }
+
+    /// Validates and saves atomically (see [`crate::save_atomic`]); the file gets mode 0600
+    /// because it may hold CHAP secrets.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), ConfigError> {
+        let path = path.as_ref();
+        let origin = path.display().to_string();
+        self.validate().map_err(|errors| ConfigError::Invalid {
+            origin: origin.clone(),
+            errors,
+        })?;
+        crate::save_atomic(path, self.to_toml_string().as_bytes())
+            .map_err(|source| ConfigError::Io { origin, source })
+    }
+
+    /// The embedded default: node "tandem", one 1 GiB RAM disk "ram0" exported by target
+    /// alias "ram0" on `portal`.
+    pub fn default_ram(portal: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            node: NodeSection {
+                name: "tandem".to_string(),
+                portals: vec![portal],
+                data_dir: None,
+                cores: Vec::new(),
+                poll_mode: PollMode::Adaptive,
+            },
+            devices: vec![DeviceConfig::ram("ram0", 1 << 30)],
+            targets: vec![TargetConfig::for_device("ram0", "ram0")],
+        }
+    }
+
+    /// An empty node (no devices, no targets) with the given name and portals.
+    pub fn empty(name: &str, portals: Vec<SocketAddr>) -> NodeConfig {
+        NodeConfig {
+            node: NodeSection {
+                name: name.to_string(),
+                portals,
+                data_dir: None,
+                cores: Vec::new(),
+                poll_mode: PollMode::Adaptive,
+            },
+            devices: Vec::new(),
+            targets: Vec::new(),
+        }
+    }
+
+    pub fn device(&self, name: &str) -> Option<&DeviceConfig> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    pub fn device_mut(&mut self, name: &str) -> Option<&mut DeviceConfig> {
+        self.devices.iter_mut().find(|d| d.name == name)
+    }
+
+    /// The target whose IQN (explicit or generated) is `iqn`, compared case-insensitively.
+    pub fn target_by_iqn(&self, iqn: &str) -> Option<&TargetConfig> {
+        self.targets
+            .iter()
+            .find(|t| t.iqn(&self.node.name).eq_ignore_ascii_case(iqn))
+    }
+
+    pub fn target_by_iqn_mut(&mut self, iqn: &str) -> Option<&mut TargetConfig> {
+        let node = self.node.name.clone();
+        self.targets
+            .iter_mut()
+            .find(|t| t.iqn(&node).eq_ignore_ascii_case(iqn))
+    }
+
+    /// Checks everything serde cannot: names, uniqueness, references, sizes, limits.
+    /// Returns every problem found, each with its key (`device[1].block_size`) and reason.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Problems::default();
+
+        // [node]
+        let node = &self.node;
+        if !is_node_name(&node.name) {
+            errs.add(
+                "node.name".into(),
+                format!(
+                    "`{}` is not a valid node name: use 1-63 characters from [a-z0-9-], not starting or ending with '-'",
+                    node.name
+                ),
+            );
+        }
+        if node.portals.is_empty() {
+            errs.add(
+                "node.portals".into(),
+                "at least one iSCSI portal (ip:port) is required, e.g. [\"127.0.0.1:3260\"]".into(),
+            );
+        }
+        if node.portals.len() > PORTALS_MAX {
+            errs.add(
+                "node.portals".into(),
+                format!(
+                    "{} portals given, at most {PORTALS_MAX} allowed",
+                    node.portals.len()
+                ),
+            );
+        }
+        let mut seen_portals = HashSet::new();
+        for (i, portal) in node.portals.iter().enumerate() {
+            if portal.port() == 0 {
+                errs.add(
+                    format!("node.portals[{i}]"),
+                    format!("`{portal}`: port 0 is not a usable portal"),
+                );
+            }
+            if portal.ip().is_multicast() {
+                errs.add(
+                    format!("node.portals[{i}]"),
+                    format!("`{portal}`: multicast address"),
+                );
+            }
+            if !seen_portals.insert(portal) {
+                errs.add(
+                    format!("node.portals[{i}]"),
+                    format!("`{portal}` is listed twice"),
+                );
+            }
+        }
+        let mut seen_cores = HashSet::new();
+        for (i, core) in node.cores.iter().enumerate() {
+            if !seen_cores.insert(core) {
+                errs.add(
+                    format!("node.cores[{i}]"),
+                    format!("core {core} is listed twice"),
+                );
+            }
+        }
+        if let Some(dir) = &node.data_dir {
+            if !dir.is_absolute() {
+                errs.add(
+                    "node.data_dir".into(),
+                    format!("`{}` must be an absolute path", dir.display()),
+                );
+            }
+        }
+
+        // [[device]]
+        if self.devices.len() > DEVICES_MAX {
+            errs.add(
+                "device".into(),
+                format!(
+                    "{} devices, at most {DEVICES_MAX} allowed",
+                    self.devices.len()
+                ),
+            );
+        }
+        let mut device_names = HashSet::new();
+        let mut files = HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = |field: &str| format!("device[{i}].{field}");
+            if !is_device_name(&d.name) {
+                errs.add(
+                    key("name"),
+                    format!(
+                        "`{}` is not a valid device name: use 1-64 characters from [A-Za-z0-9_-]",
+                        d.name
+                    ),
+                );
+            } else if !device_names.insert(d.name.as_str()) {
+                errs.add(key("name"), format!("device `{}` is defined twice", d.name));
+            }
+            if d.block_size != 512 && d.block_size != 4096 {
+                errs.add(
+                    key("block_size"),
+                    format!(
+                        "{} is not supported: use 512 (Linux/Xen/KVM) or 4096 (Windows)",
+                        d.block_size
+                    ),
+                );
+            }
+            let bs = u64::from(d.block_size);
+            let check_size = |errs: &mut Problems, field: &str, size: Size| {
+                if size.0 == 0 {
+                    errs.add(key(field), "size must be greater than 0".into());
+                } else if (bs == 512 || bs == 4096) && size.0 % bs != 0 {
+                    errs.add(
+                        key(field),
+                        format!(
+                            "{} ({} bytes) is not a multiple of the block size {bs}",
+                            format_size(size.0),
+                            size.0
+                        ),
+                    );
+                }
+            };
+            match (&d.ram_size, &d.file) {
+                (Some(_), Some(_)) => errs.add(
+                    key("file"),
+                    "set exactly one of `ram_size` (RAM disk) or `file` (image file), not both"
+                        .into(),
+                ),
+                (None, None) => errs.add(
+                    format!("device[{i}]"),
+                    format!(
+                        "device `{}` needs `ram_size` (RAM disk) or `file` (image file)",
+                        d.name
+                    ),
+                ),
+                (Some(size), None) => {
+                    check_size(&mut errs, "ram_size", *size);
+                    if d.size.is_some() {
+                        errs.add(
+                            key("size"),
+                            "`size` is for image files; a RAM disk's size is `ram_size`".into(),
+                        );
+                    }
+                }
+                (None, Some(path)) => {
+                    if !path.is_absolute() {
+                        errs.add(
+                            key("file"),
+                            format!("`{}` must be an absolute path", path.display()),
+                        );
+                    } else if !files.insert(path.as_path()) {
+                        errs.add(
+                            key("file"),
+                            format!("`{}` is already used by another device", path.display()),
+                        );
+                    }
+                    if let Some(size) = d.size {
+                        check_size(&mut errs, "size", size);
+                    }
+                }
+            }
+            match (d.cache, d.cache_size) {
+                (CacheMode::None, Some(_)) => errs.add(
+                    key("cache_size"),
+                    "`cache_size` needs `cache` = \"write-through\" or \"write-back\"".into(),
+                ),
+                (_, Some(size)) => check_size(&mut errs, "cache_size", size),
+                _ => {}
+            }
+            if let Some(seed) = &d.identity_seed {
+                if seed.is_empty()
+                    || seed.len() > IDENTITY_SEED_LEN_MAX
+                    || seed.chars().any(char::is_control)
+                {
+                    errs.add(
+                        key("identity_seed"),
+                        format!("must be 1-{IDENTITY_SEED_LEN_MAX} bytes of printable text"),
+                    );
+                }
+            }
+        }
+
+        // [[target]]
+        if self.targets.len() > TARGETS_MAX {
+            errs.add(
+                "target".into(),
+                format!(
+                    "{} targets, at most {TARGETS_MAX} allowed",
+                    self.targets.len()
+                ),
+            );
+        }
+        let mut iqns = HashSet::new();
+        let mut aliases = HashSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let key = |field: &str| format!("target[{i}].{field}");
+            if !is_alias(&t.alias) {
+                errs.add(
+                    key("alias"),
+                    format!(
+                        "`{}` is not a valid target alias: use 1-64 characters from [a-z0-9.-] (it becomes part of the IQN)",
+                        t.alias
+                    ),
+                );
+            } else if !aliases.insert(t.alias.as_str()) {
+                errs.add(
+                    key("alias"),
+                    format!("alias `{}` is used by two targets", t.alias),
+                );
+            }
+            if let Some(iqn) = &t.iqn {
+                if let Err(reason) = validate_iscsi_name(iqn) {
+                    errs.add(key("iqn"), reason);
+                }
+            }
+            let iqn = t.iqn(&node.name).to_ascii_lowercase();
+            if t.iqn.is_none() && is_node_name(&node.name) && is_alias(&t.alias) {
+                if let Err(reason) = validate_iscsi_name(&iqn) {
+                    errs.add(key("alias"), format!("generated IQN is invalid: {reason}"));
+                }
+            }
+            if !iqns.insert(iqn.clone()) {
+                errs.add(key("iqn"), format!("IQN `{iqn}` is used by two targets"));
+            }
+            if t.luns.is_empty() {
+                errs.add(
+                    key("luns"),
+                    "a target needs at least one LUN (a device name)".into(),
+                );
+            }
+            if t.luns.len() > LUNS_PER_TARGET_MAX {
+                errs.add(
+                    key("luns"),
+                    format!(
+                        "{} LUNs, at most {LUNS_PER_TARGET_MAX} allowed",
+                        t.luns.len()
+                    ),
+                );
+            }
+            let mut luns = HashSet::new();
+            for (j, lun) in t.luns.iter().enumerate() {
+                if self.device(lun).is_none() {
+                    errs.add(
+                        format!("target[{i}].luns[{j}]"),
+                        format!("no device named `{lun}` (define it in a [[device]] table)"),
+                    );
+                } else if !luns.insert(lun.as_str()) {
+                    errs.add(
+                        format!("target[{i}].luns[{j}]"),
+                        format!("device `{lun}` is already LUN of this target"),
+                    );
+                }
+            }
+            if t.allowed_initiators.len() > INITIATORS_PER_TARGET_MAX {
+                errs.add(
+                    key("allowed_initiators"),
+                    format!(
+                        "{} initiators, at most {INITIATORS_PER_TARGET_MAX} allowed",
+                        t.allowed_initiators.len()
+                    ),
+                );
+            }
+            let mut initiators = HashSet::new();
+            for (j, name) in t.allowed_initiators.iter().enumerate() {
+                if let Err(reason) = validate_iscsi_name(name) {
+                    errs.add(format!("target[{i}].allowed_initiators[{j}]"), reason);
+                } else if !initiators.insert(name.to_ascii_lowercase()) {
+                    errs.add(
+                        format!("target[{i}].allowed_initiators[{j}]"),
+                        format!("`{name}` is listed twice"),
+                    );
+                }
+            }
+            if let Some(chap) = &t.chap {
+                for (field, reason) in chap.problems() {
+                    errs.add(format!("target[{i}].chap.{field}"), reason);
+                }
+            }
+        }
+
+        if errs.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errs.0))
+        }
+    }
+}
+
+impl Chap {
+    /// Every problem with these credentials, as (field, reason).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let check_user = |out: &mut Vec<_>, field, user: &str| {
+            if user.is_empty() || user.len() > 255 || user.chars().any(|c| c.is_control()) {
+                out.push((field, "must be 1-255 bytes of printable text".to_string()));
+            }
+        };
+        let check_secret = |out: &mut Vec<_>, field, secret: &str| {
+            if !(CHAP_SECRET_LEN_MIN..=CHAP_SECRET_LEN_MAX).contains(&secret.len()) {
+                out.push((
+                    field,
+                    format!(
+                        "is {} bytes; CHAP secrets must be {CHAP_SECRET_LEN_MIN}-{CHAP_SECRET_LEN_MAX} bytes (12-16 works with every initiator)",
+                        secret.len()
+                    ),
+                ));
+            }
+        };
+        check_user(&mut out, "username", &self.username);
+        check_secret(&mut out, "secret", &self.secret);
+        match (&self.mutual_username, &self.mutual_secret) {
+            (None, None) => {}
+            (Some(user), Some(secret)) => {
+                check_user(&mut out, "mutual_username", user);
+                check_secret(&mut out, "mutual_secret", secret);
+                if *secret == self.secret {
+                    out.push((
+                        "mutual_secret",
+                        "must differ from `secret` (RFC 3720 section 8.2.1)".to_string(),
+                    ));
+                }
+            }
+            (Some(_), None) => out.push((
+                "mutual_secret",
+                "`mutual_username` is set but `mutual_secret` is missing".into(),
+            )),
+            (None, Some(_)) => out.push((
+                "mutual_username",
+                "`mutual_secret` is set but `mutual_username` is missing".into(),
+            )),
+        }
+        out
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, key: String, reason: String) {
+        self.0.push(FieldError { key, reason });
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A portal on 127.0.0.1 (handy for tests and the default config).
+pub fn loopback_portal(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
