@@ -7,6 +7,7 @@ mod error;
 pub mod ipc;
 mod model;
 pub mod names;
+pub mod reconcile;
 mod size;
 
 pub use error::{ConfigError, FieldError, ValidationErrors};

@@ -38,6 +38,19 @@ pub struct NodeConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(default, rename = "target", skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetConfig>,
+    /// Other nodes of the cluster (for replication). The data plane ignores them for now.
+    #[serde(default, rename = "server", skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerConfig>,
+}
+
+/// `[[server]]`: another Tandem node, known by its management API address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The other node's `node.name`.
+    pub name: String,
+    /// Its management API (`ip:port`, usually port 3261).
+    pub address: SocketAddr,
 }
 
 /// `[node]`
@@ -351,6 +364,7 @@ impl NodeConfig {
             },
             devices: vec![DeviceConfig::ram("ram0", 1 << 30)],
             targets: vec![TargetConfig::for_device("ram0", "ram0")],
+            servers: Vec::new(),
         }
     }
 
@@ -366,6 +380,7 @@ impl NodeConfig {
             },
             devices: Vec::new(),
             targets: Vec::new(),
+            servers: Vec::new(),
         }
     }
 
@@ -665,6 +680,33 @@ impl NodeConfig {
                 for (field, reason) in chap.problems() {
                     errs.add(format!("target[{i}].chap.{field}"), reason);
                 }
+            }
+        }
+
+        // [[server]]
+        let mut servers = HashSet::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            if !is_node_name(&server.name) {
+                errs.add(
+                    format!("server[{i}].name"),
+                    format!("`{}` is not a valid node name: use [a-z0-9-]", server.name),
+                );
+            } else if server.name == node.name {
+                errs.add(
+                    format!("server[{i}].name"),
+                    "is this node's own name".into(),
+                );
+            } else if !servers.insert(server.name.as_str()) {
+                errs.add(
+                    format!("server[{i}].name"),
+                    format!("server `{}` is listed twice", server.name),
+                );
+            }
+            if server.address.port() == 0 {
+                errs.add(
+                    format!("server[{i}].address"),
+                    "port 0 is not usable".into(),
+                );
             }
         }
 

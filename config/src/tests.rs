@@ -483,3 +483,29 @@ fn save_is_atomic_and_private() {
     // A missing directory is an error, not a panic.
     assert!(save_atomic(dir.path().join("missing/node.toml"), b"x").is_err());
 }
+
+#[test]
+fn server_rules() {
+    let s = |body: &str| format!("{GOOD}[[server]]\n{body}\n");
+    assert!(parse(&s("name = \"node2\"\naddress = \"127.0.0.2:3261\"")).is_ok());
+    expect_invalid(
+        &s("name = \"node1\"\naddress = \"127.0.0.2:3261\""),
+        "server[0].name",
+        "own name",
+    );
+    expect_invalid(
+        &s("name = \"N2\"\naddress = \"127.0.0.2:3261\""),
+        "server[0].name",
+        "not a valid node name",
+    );
+    expect_invalid(
+        &s("name = \"n2\"\naddress = \"127.0.0.2:0\""),
+        "server[0].address",
+        "port 0",
+    );
+    let twice = format!(
+        "{}[[server]]\nname = \"n2\"\naddress = \"127.0.0.3:3261\"\n",
+        s("name = \"n2\"\naddress = \"127.0.0.2:3261\"")
+    );
+    expect_invalid(&twice, "server[1].name", "listed twice");
+}
