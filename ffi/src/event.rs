@@ -142,10 +142,20 @@ impl WakeSet {
     }
 }
 
-/// Polls a single fd for readability with a timeout in milliseconds (test helper, also handy
-/// for simple blocking waits). Returns true if readable.
-#[cfg(test)]
-pub(crate) fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+/// Waits up to `timeout_ms` (-1 = forever, 0 = just check) for `fd` to become readable.
+/// Returns true if it is. For simple blocking waits outside reactors (shutdown flushes,
+/// tests). `EINTR` counts as "not readable yet".
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
+    poll_readable(fd, timeout_ms).or_else(|e| {
+        if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        }
+    })
+}
+
+fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,

@@ -1,1 +1,247 @@
+//! `tandem-bdev`: block devices for the Tandem data plane.
+//!
+//! A [`Bdev`] is shared by all reactor threads; each reactor asks it for its own
+//! [`BdevChannel`] and submits operations there. Completions come back only through that
+//! channel's [`BdevChannel::poll`], on the submitting thread.
+//!
+//! Devices:
+//! - [`open_ram`]: a RAM disk (segments behind locks, so channels never contend on different
+//!   segments); completions are immediate.
+//! - [`open_file`]: an image file or block device, `O_DIRECT` through one io_uring per channel.
+//! - [`with_cache`]: a shared RAM cache layer over any device: write-back, write-through or
+//!   none, switchable live.
+//!
+//! All offsets and lengths are in bytes and must be multiples of the block size; requests
+//! outside the device or misaligned complete with [`BdevError::OutOfRange`] /
+//! [`BdevError::Misaligned`]. Nothing here panics on caller input.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cache;
+mod file;
+mod pool;
+mod ram;
+
+use std::sync::Arc;
+
+pub use cache::with_cache;
+pub use file::{open_file, FileConfig};
+pub use pool::BufPool;
+pub use ram::{open_ram, try_open_ram};
+pub use tandem_ffi::AlignedBuf;
+
+/// Alignment of every buffer this crate hands out, and required of write buffers: enough for
+/// `O_DIRECT` on any device we support (memory alignment is at most 4096 on Linux devices).
+pub const BUF_ALIGN: usize = 4096;
+
+/// Largest single read or write accepted (bytes). Bigger requests fail with
+/// [`BdevError::Other`]; the SCSI layer advertises a smaller maximum transfer length.
+pub const MAX_IO_BYTES: u64 = 64 << 20;
+
+/// How a device caches writes in RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// No caching: every operation goes to the backing device.
+    None,
+    /// Writes complete when the backing device has them; reads are served from RAM on a hit.
+    WriteThrough,
+    /// Writes complete when RAM has them; dirty data is written back in the background.
+    WriteBack,
+}
+
+/// Static and current properties of a device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Device name (from the configuration).
+    pub name: String,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Current size in blocks (grows with [`Bdev::resize`]).
+    pub num_blocks: u64,
+    /// Writes and discards are refused.
+    pub read_only: bool,
+    /// Current cache mode ([`CacheMode::None`] for devices without a cache layer).
+    pub cache: CacheMode,
+}
+
+/// One operation submitted on a channel.
+#[derive(Debug)]
+pub enum BdevOp {
+    /// Read `len` bytes at `offset`; the completion carries the filled buffer.
+    Read {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u32,
+    },
+    /// Write `buf[..buf.len()]` at `offset`; `fua` = durable on the backing device before
+    /// completion. The buffer must be aligned to [`BUF_ALIGN`] (use
+    /// [`BdevChannel::alloc_buf`]); it comes back in the completion.
+    Write {
+        /// Byte offset.
+        offset: u64,
+        /// The data; its length is the write length.
+        buf: AlignedBuf,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// Make every write completed before this was submitted durable (including write-back
+    /// data cached for any channel).
+    Flush,
+    /// Deallocate; the range reads back as zeroes afterwards.
+    Discard {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length.
+        len: u64,
+    },
+}
+
+/// The result of one operation.
+#[derive(Debug)]
+pub struct Completion {
+    /// The tag given to [`BdevChannel::submit`].
+    pub tag: u64,
+    /// Success or why not.
+    pub result: Result<(), BdevError>,
+    /// Read: the filled buffer (`len` = requested). Write: the caller's buffer back for reuse
+    /// (also on errors). None otherwise.
+    pub buf: Option<AlignedBuf>,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BdevError {
+    /// The backing device reported an error.
+    #[error("I/O error: {0}")]
+    Io(std::io::Error),
+    /// The request reaches beyond the end of the device.
+    #[error("out of range")]
+    OutOfRange,
+    /// Write or discard on a read-only device.
+    #[error("read-only device")]
+    ReadOnly,
+    /// Offset, length or buffer not aligned as required.
+    #[error("misaligned request")]
+    Misaligned,
+    /// Anything else, with an explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A block device shared by all reactor threads.
+pub trait Bdev: Send + Sync {
+    /// Current properties.
+    fn info(&self) -> DeviceInfo;
+    /// A new channel for the calling reactor thread.
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError>;
+    /// Grows the device online to `new_num_blocks` (shrinking is refused).
+    fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError>;
+    /// Writes back any cached data and syncs the backing store. Blocks the calling thread;
+    /// for shutdown and control paths, never on a reactor.
+    fn flush_blocking(&self) -> Result<(), BdevError>;
+    /// Changes the cache mode live; leaving write-back writes all dirty data back first.
+    fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError>;
+}
+
+/// A per-thread handle for submitting I/O to a [`Bdev`].
+///
+/// Contract for reactors: after submitting, call [`BdevChannel::poll`] before sleeping;
+/// sleep on [`BdevChannel::wake_fd`] (if `Some`) while `in_flight() > 0`.
+pub trait BdevChannel: Send {
+    /// Starts an operation. Never blocks; every submission produces exactly one completion
+    /// (errors included) from a later [`BdevChannel::poll`].
+    fn submit(&mut self, tag: u64, op: BdevOp);
+    /// Appends finished operations to `out` and drives background work (write-back), bounded
+    /// per call. Returns how many completions were appended.
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
+    /// Operations submitted and not yet returned by `poll`.
+    fn in_flight(&self) -> usize;
+    /// A descriptor that is readable when `poll` has work to do; `None` means completions
+    /// are always ready immediately after `submit`.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd>;
+    /// An aligned buffer of `len` bytes from the channel's pool.
+    fn alloc_buf(&mut self, len: usize) -> AlignedBuf;
+    /// Returns a buffer to the channel's pool.
+    fn free_buf(&mut self, buf: AlignedBuf);
+}
+
+/// Checks alignment and range of `[offset, offset+len)` on a device of `num_blocks` blocks.
+pub(crate) fn check_range(
+    block_size: u32,
+    num_blocks: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(), BdevError> {
+    let bs = u64::from(block_size);
+    if bs == 0 || offset % bs != 0 || len % bs != 0 {
+        return Err(BdevError::Misaligned);
+    }
+    // Overflow-free form of `offset + len > size` (blocks).
+    let lba = offset / bs;
+    let n = len / bs;
+    if lba > num_blocks || num_blocks - lba < n {
+        return Err(BdevError::OutOfRange);
+    }
+    Ok(())
+}
+
+/// Validates an operation against device geometry before any work is done.
+pub(crate) fn check_op(
+    op: &BdevOp,
+    block_size: u32,
+    num_blocks: u64,
+    read_only: bool,
+) -> Result<(), BdevError> {
+    match op {
+        BdevOp::Read { offset, len } => {
+            if u64::from(*len) > MAX_IO_BYTES {
+                return Err(BdevError::Other(format!(
+                    "read of {len} bytes exceeds the {MAX_IO_BYTES}-byte limit"
+                )));
+            }
+            check_range(block_size, num_blocks, *offset, u64::from(*len))
+        }
+        BdevOp::Write { offset, buf, .. } => {
+            if read_only {
+                return Err(BdevError::ReadOnly);
+            }
+            if buf.len() as u64 > MAX_IO_BYTES {
+                return Err(BdevError::Other(format!(
+                    "write of {} bytes exceeds the {MAX_IO_BYTES}-byte limit",
+                    buf.len()
+                )));
+            }
+            if buf.as_ptr() as usize % BUF_ALIGN != 0 {
+                return Err(BdevError::Misaligned);
+            }
+            check_range(block_size, num_blocks, *offset, buf.len() as u64)
+        }
+        BdevOp::Flush => Ok(()),
+        BdevOp::Discard { offset, len } => {
+            if read_only {
+                return Err(BdevError::ReadOnly);
+            }
+            check_range(block_size, num_blocks, *offset, *len)
+        }
+    }
+}
+
+/// The completion for an operation refused before it started (returns a write's buffer).
+pub(crate) fn reject(tag: u64, op: BdevOp, err: BdevError) -> Completion {
+    let buf = match op {
+        BdevOp::Write { buf, .. } => Some(buf),
+        _ => None,
+    };
+    Completion {
+        tag,
+        result: Err(err),
+        buf,
+    }
+}
+
+/// Convenience for owners of an `Arc<dyn Bdev>`.
+pub type SharedBdev = Arc<dyn Bdev>;
+
+#[cfg(test)]
+mod tests;

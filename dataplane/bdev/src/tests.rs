@@ -1,0 +1,591 @@
+//! Tests shared by every device type (RAM, file, each cache mode over both).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::*;
+
+pub(crate) fn test_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from("/var/tmp")
+}
+
+/// Small deterministic PRNG (xorshift64*), so failures replay from the seed.
+pub(crate) struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Polls `ch` until every tag in `tags` has completed (sleeping on the wake fd).
+pub(crate) fn wait_all(ch: &mut dyn BdevChannel, n: usize) -> Vec<Completion> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < n {
+        if ch.poll(&mut out) == 0 && out.len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {n} completions",
+                out.len()
+            );
+            if let Some(fd) = ch.wake_fd() {
+                tandem_ffi::wait_readable(fd, 100).unwrap();
+            }
+        }
+    }
+    assert_eq!(out.len(), n, "more completions than submissions");
+    out
+}
+
+pub(crate) fn run(ch: &mut dyn BdevChannel, op: BdevOp) -> Completion {
+    ch.submit(7, op);
+    let mut c = wait_all(ch, 1);
+    let c = c.pop().unwrap();
+    assert_eq!(c.tag, 7);
+    c
+}
+
+pub(crate) fn write(
+    ch: &mut dyn BdevChannel,
+    offset: u64,
+    data: &[u8],
+    fua: bool,
+) -> Result<(), BdevError> {
+    let mut buf = ch.alloc_buf(data.len());
+    buf.copy_from_slice(data);
+    let c = run(ch, BdevOp::Write { offset, buf, fua });
+    let buf = c.buf.expect("write returns its buffer");
+    assert_eq!(buf.len(), data.len());
+    ch.free_buf(buf);
+    c.result
+}
+
+pub(crate) fn read(ch: &mut dyn BdevChannel, offset: u64, len: u32) -> Result<Vec<u8>, BdevError> {
+    let c = run(ch, BdevOp::Read { offset, len });
+    c.result?;
+    let buf = c.buf.expect("read returns a buffer");
+    assert_eq!(buf.len(), len as usize);
+    let v = buf.to_vec();
+    ch.free_buf(buf);
+    Ok(v)
+}
+
+pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    (0..len).map(|_| r.next() as u8).collect()
+}
+
+/// A device under test; `reopen` gives the device the same data (None if not persistent).
+pub(crate) struct Subject {
+    pub dev: Arc<dyn Bdev>,
+    pub _dir: Option<tempfile::TempDir>,
+    pub path: Option<std::path::PathBuf>,
+}
+
+pub(crate) const BS: u32 = 4096;
+pub(crate) const BLOCKS: u64 = 1024; // 4 MiB
+
+fn ram() -> Subject {
+    Subject {
+        dev: open_ram("ram0", BS, BLOCKS),
+        _dir: None,
+        path: None,
+    }
+}
+
+pub(crate) fn file() -> Subject {
+    let dir = tempfile::tempdir_in(test_dir()).unwrap();
+    let path = dir.path().join("disk.img");
+    let dev = open_file(&FileConfig {
+        name: "file0".into(),
+        path: path.clone(),
+        size_bytes: Some(u64::from(BS) * BLOCKS),
+        block_size: BS,
+        read_only: false,
+    })
+    .unwrap();
+    Subject {
+        dev,
+        _dir: Some(dir),
+        path: Some(path),
+    }
+}
+
+/// Every configuration: base devices and each cache mode over them (small caches, so
+/// eviction and write-back pressure happen).
+pub(crate) fn all_subjects() -> Vec<(String, Subject)> {
+    let mut v = vec![("ram".to_string(), ram()), ("file".to_string(), file())];
+    for mode in [
+        CacheMode::None,
+        CacheMode::WriteThrough,
+        CacheMode::WriteBack,
+    ] {
+        for (base, s) in [("ram", ram()), ("file", file())] {
+            let dev = with_cache(s.dev, mode, 512 << 10);
+            v.push((
+                format!("{base}+{mode:?}"),
+                Subject {
+                    dev,
+                    _dir: s._dir,
+                    path: s.path,
+                },
+            ));
+        }
+    }
+    v
+}
+
+#[test]
+fn round_trip_all_devices() {
+    for (name, s) in all_subjects() {
+        let mut ch = s.dev.channel().unwrap();
+        let ch = ch.as_mut();
+        let data = pattern(1, 3 * BS as usize);
+        write(ch, 8 * u64::from(BS), &data, false).unwrap();
+        assert_eq!(read(ch, 8 * u64::from(BS), 3 * BS).unwrap(), data, "{name}");
+        // unwritten blocks read as zero
+        assert!(read(ch, 0, BS).unwrap().iter().all(|&b| b == 0), "{name}");
+        // partial overlap read
+        assert_eq!(
+            read(ch, 9 * u64::from(BS), BS).unwrap(),
+            data[BS as usize..2 * BS as usize],
+            "{name}"
+        );
+        // fua write and flush
+        write(ch, 0, &data[..BS as usize], true).unwrap();
+        run(ch, BdevOp::Flush).result.unwrap();
+        assert_eq!(read(ch, 0, BS).unwrap(), data[..BS as usize], "{name}");
+        // zero-length ops
+        assert!(read(ch, 0, 0).unwrap().is_empty());
+        assert_eq!(ch.in_flight(), 0, "{name}");
+        let info = s.dev.info();
+        assert_eq!((info.block_size, info.num_blocks), (BS, BLOCKS), "{name}");
+    }
+}
+
+#[test]
+fn rejects_bad_requests_all_devices() {
+    for (name, s) in all_subjects() {
+        let mut ch = s.dev.channel().unwrap();
+        let ch = ch.as_mut();
+        let end = u64::from(BS) * BLOCKS;
+        let bad = |r: Result<Vec<u8>, BdevError>| r.unwrap_err();
+        assert!(
+            matches!(bad(read(ch, end, BS)), BdevError::OutOfRange),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                bad(read(ch, end - u64::from(BS), 2 * BS)),
+                BdevError::OutOfRange
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(bad(read(ch, u64::MAX - 4095, BS)), BdevError::OutOfRange),
+            "{name}"
+        );
+        assert!(
+            matches!(bad(read(ch, 100, BS)), BdevError::Misaligned),
+            "{name}"
+        );
+        assert!(
+            matches!(bad(read(ch, 0, 100)), BdevError::Misaligned),
+            "{name}"
+        );
+        assert!(
+            matches!(bad(read(ch, 0, u32::MAX - 4095)), BdevError::Other(_)),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                write(ch, end, &[1; 4096], false),
+                Err(BdevError::OutOfRange)
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(write(ch, 0, &[1; 100], false), Err(BdevError::Misaligned)),
+            "{name}"
+        );
+        // unaligned buffer
+        let mut b = AlignedBuf::new(BS as usize + 8, 8);
+        if b.as_ptr() as usize % BUF_ALIGN == 0 {
+            b = AlignedBuf::new(BS as usize, 8); // try again; alignment 8 may land aligned
+        }
+        if b.as_ptr() as usize % BUF_ALIGN != 0 {
+            b.set_len(BS as usize);
+            let c = run(
+                ch,
+                BdevOp::Write {
+                    offset: 0,
+                    buf: b,
+                    fua: false,
+                },
+            );
+            assert!(matches!(c.result, Err(BdevError::Misaligned)), "{name}");
+            assert!(c.buf.is_some());
+        }
+        let c = run(
+            ch,
+            BdevOp::Discard {
+                offset: end - u64::from(BS),
+                len: 2 * u64::from(BS),
+            },
+        );
+        assert!(matches!(c.result, Err(BdevError::OutOfRange)), "{name}");
+        let c = run(
+            ch,
+            BdevOp::Discard {
+                offset: 0,
+                len: u64::MAX,
+            },
+        );
+        assert!(
+            matches!(
+                c.result,
+                Err(BdevError::Misaligned) | Err(BdevError::OutOfRange)
+            ),
+            "{name}"
+        );
+        assert_eq!(ch.in_flight(), 0);
+    }
+}
+
+#[test]
+fn discard_reads_zero_all_devices() {
+    for (name, s) in all_subjects() {
+        let mut ch = s.dev.channel().unwrap();
+        let ch = ch.as_mut();
+        let data = pattern(2, 16 * BS as usize);
+        write(ch, 0, &data, false).unwrap();
+        let c = run(
+            ch,
+            BdevOp::Discard {
+                offset: 4 * u64::from(BS),
+                len: 8 * u64::from(BS),
+            },
+        );
+        c.result.unwrap();
+        let back = read(ch, 0, 16 * BS).unwrap();
+        let b = BS as usize;
+        assert_eq!(back[..4 * b], data[..4 * b], "{name}");
+        assert!(back[4 * b..12 * b].iter().all(|&x| x == 0), "{name}");
+        assert_eq!(back[12 * b..], data[12 * b..], "{name}");
+        // a whole RAM segment (1 MiB) discarded
+        write(ch, 0, &pattern(3, 1 << 20), false).unwrap();
+        run(
+            ch,
+            BdevOp::Discard {
+                offset: 0,
+                len: 1 << 20,
+            },
+        )
+        .result
+        .unwrap();
+        assert!(
+            read(ch, 0, 1 << 20).unwrap().iter().all(|&x| x == 0),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn resize_all_devices() {
+    for (name, s) in all_subjects() {
+        let mut ch = s.dev.channel().unwrap();
+        let end = u64::from(BS) * BLOCKS;
+        assert!(matches!(
+            read(ch.as_mut(), end, BS),
+            Err(BdevError::OutOfRange)
+        ));
+        s.dev.resize(BLOCKS + 256).unwrap();
+        assert_eq!(s.dev.info().num_blocks, BLOCKS + 256, "{name}");
+        assert!(s.dev.resize(BLOCKS).is_err(), "{name}: shrink refused");
+        // the existing channel sees the new size
+        let data = pattern(4, 256 * BS as usize);
+        write(ch.as_mut(), end, &data, false).unwrap();
+        assert_eq!(read(ch.as_mut(), end, 256 * BS).unwrap(), data, "{name}");
+        let mut ch2 = s.dev.channel().unwrap();
+        assert_eq!(read(ch2.as_mut(), end, 256 * BS).unwrap(), data, "{name}");
+        if let Some(p) = &s.path {
+            assert_eq!(
+                std::fs::metadata(p).unwrap().len(),
+                end + 256 * u64::from(BS)
+            );
+        }
+    }
+}
+
+/// Random ops in batches of non-overlapping requests (up to 16 in flight), checked against a
+/// byte model after every batch.
+fn model_check(dev: &Arc<dyn Bdev>, seed: u64, rounds: usize, name: &str) {
+    let mut ch = dev.channel().unwrap();
+    let ch = ch.as_mut();
+    let bs = u64::from(dev.info().block_size);
+    let nb = dev.info().num_blocks;
+    let mut model = vec![0u8; (bs * nb) as usize];
+    let mut rng = Rng::new(seed);
+    for round in 0..rounds {
+        let batch = 1 + rng.below(16) as usize;
+        let mut used: Vec<(u64, u64)> = Vec::new();
+        let mut reads: Vec<(u64, u64, u64)> = Vec::new(); // tag, offset, len
+        let mut submitted = 0;
+        for i in 0..batch {
+            let max = if rng.below(4) == 0 { 64 } else { 8 };
+            let blocks = 1 + rng.below(max);
+            let lba = rng.below(nb - blocks + 1);
+            let (off, len) = (lba * bs, blocks * bs);
+            if used.iter().any(|&(o, l)| off < o + l && o < off + len) {
+                continue;
+            }
+            used.push((off, len));
+            let tag = (round * 100 + i) as u64;
+            match rng.below(10) {
+                0..=3 => {
+                    let data = pattern(rng.next(), len as usize);
+                    model[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    let mut buf = ch.alloc_buf(len as usize);
+                    buf.copy_from_slice(&data);
+                    ch.submit(
+                        tag,
+                        BdevOp::Write {
+                            offset: off,
+                            buf,
+                            fua: rng.below(8) == 0,
+                        },
+                    );
+                }
+                4..=7 => {
+                    reads.push((tag, off, len));
+                    ch.submit(
+                        tag,
+                        BdevOp::Read {
+                            offset: off,
+                            len: len as u32,
+                        },
+                    );
+                }
+                8 => {
+                    model[off as usize..(off + len) as usize].fill(0);
+                    ch.submit(tag, BdevOp::Discard { offset: off, len });
+                }
+                _ => ch.submit(tag, BdevOp::Flush),
+            }
+            submitted += 1;
+        }
+        for c in wait_all(ch, submitted) {
+            c.result
+                .unwrap_or_else(|e| panic!("{name} seed {seed} round {round}: {e}"));
+            if let Some(&(_, off, len)) = reads.iter().find(|r| r.0 == c.tag) {
+                let buf = c.buf.unwrap();
+                assert!(
+                    buf[..] == model[off as usize..(off + len) as usize],
+                    "{name} seed {seed} round {round}: read {off}+{len} differs from model"
+                );
+                ch.free_buf(buf);
+            } else if let Some(b) = c.buf {
+                ch.free_buf(b);
+            }
+        }
+    }
+    // full verification
+    let all = read(ch, 0, (bs * nb) as u32).unwrap();
+    assert!(all == model, "{name} seed {seed}: final contents differ");
+}
+
+#[test]
+fn random_ops_against_model_all_devices() {
+    for (name, s) in all_subjects() {
+        model_check(&s.dev, 42, 300, &name);
+    }
+}
+
+#[test]
+fn two_threads_two_channels_all_devices() {
+    for (name, s) in all_subjects() {
+        let half = u64::from(BS) * BLOCKS / 2;
+        let mut threads = Vec::new();
+        for t in 0..2u64 {
+            let dev = s.dev.clone();
+            let name = name.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut ch = dev.channel().unwrap();
+                let ch = ch.as_mut();
+                let mut model = vec![0u8; half as usize];
+                let mut rng = Rng::new(100 + t);
+                for i in 0..300 {
+                    let blocks = 1 + rng.below(16);
+                    let off = rng.below(half / u64::from(BS) - blocks + 1) * u64::from(BS);
+                    let len = blocks * u64::from(BS);
+                    if rng.below(2) == 0 {
+                        let data = pattern(rng.next(), len as usize);
+                        write(ch, t * half + off, &data, false).unwrap();
+                        model[off as usize..(off + len) as usize].copy_from_slice(&data);
+                    } else {
+                        let back = read(ch, t * half + off, len as u32).unwrap();
+                        assert!(
+                            back == model[off as usize..(off + len) as usize],
+                            "{name} t{t} op{i}"
+                        );
+                    }
+                    if i % 50 == 0 {
+                        run(ch, BdevOp::Flush).result.unwrap();
+                    }
+                }
+                model
+            }));
+        }
+        let models: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let mut ch = s.dev.channel().unwrap();
+        let all = read(ch.as_mut(), 0, (2 * half) as u32).unwrap();
+        assert!(all[..half as usize] == models[0][..], "{name}");
+        assert!(all[half as usize..] == models[1][..], "{name}");
+    }
+}
+
+#[test]
+fn flush_blocking_persists_to_file() {
+    for mode in [
+        CacheMode::None,
+        CacheMode::WriteThrough,
+        CacheMode::WriteBack,
+    ] {
+        let s = file();
+        let dev = with_cache(s.dev, mode, 1 << 20);
+        let data = pattern(9, 64 * BS as usize);
+        {
+            let mut ch = dev.channel().unwrap();
+            write(ch.as_mut(), 4 * u64::from(BS), &data, false).unwrap();
+            drop(ch);
+        }
+        dev.flush_blocking().unwrap();
+        let on_disk = std::fs::read(s.path.as_ref().unwrap()).unwrap();
+        let off = 4 * BS as usize;
+        assert!(on_disk[off..off + data.len()] == data[..], "{mode:?}");
+        drop(dev);
+        // reopen and read through a fresh device
+        let dev = open_file(&FileConfig {
+            name: "again".into(),
+            path: s.path.clone().unwrap(),
+            size_bytes: None,
+            block_size: 0,
+            read_only: true,
+        })
+        .unwrap();
+        assert_eq!(dev.info().block_size, dev.info().block_size.max(512));
+        let mut ch = dev.channel().unwrap();
+        assert_eq!(
+            read(ch.as_mut(), 4 * u64::from(BS), 64 * BS).unwrap(),
+            data,
+            "{mode:?}"
+        );
+        assert!(matches!(
+            write(ch.as_mut(), 0, &data[..4096], false),
+            Err(BdevError::ReadOnly)
+        ));
+        assert!(matches!(dev.resize(BLOCKS * 2), Err(BdevError::ReadOnly)));
+    }
+}
+
+#[test]
+fn open_file_config_errors() {
+    let dir = tempfile::tempdir_in(test_dir()).unwrap();
+    let path = dir.path().join("x.img");
+    let cfg = |size: Option<u64>, bs: u32| FileConfig {
+        name: "x".into(),
+        path: path.clone(),
+        size_bytes: size,
+        block_size: bs,
+        read_only: false,
+    };
+    assert!(open_file(&cfg(None, 4096)).is_err(), "missing without size");
+    assert!(
+        open_file(&cfg(Some(1 << 20), 1000)).is_err(),
+        "bad block size"
+    );
+    assert!(!path.exists(), "failed create leaves no file");
+    assert!(
+        open_file(&cfg(Some(1000), 512)).is_err(),
+        "size not a block multiple"
+    );
+    assert!(!path.exists());
+    let d = open_file(&cfg(Some(1 << 20), 512)).unwrap();
+    assert_eq!(d.info().num_blocks, 2048);
+    drop(d);
+    let e = open_file(&cfg(Some(2 << 20), 512)).err().unwrap();
+    assert!(e.to_string().contains("refusing"), "{e}");
+    let d = open_file(&cfg(None, 4096)).unwrap();
+    assert_eq!(d.info().num_blocks, 256);
+    assert!(d.set_cache_mode(CacheMode::WriteBack).is_err());
+    assert!(d.set_cache_mode(CacheMode::None).is_ok());
+}
+
+#[test]
+fn ram_geometry() {
+    assert!(try_open_ram("r", 0, 10).is_err());
+    assert!(try_open_ram("r", 512, u64::MAX).is_err());
+    let d = open_ram("bad", 0, 10);
+    let mut ch = d.channel().unwrap();
+    assert!(matches!(
+        read(ch.as_mut(), 0, 512),
+        Err(BdevError::Misaligned)
+    ));
+    let d = open_ram("odd", 520, 100);
+    let mut ch = d.channel().unwrap();
+    let data = pattern(5, 520 * 3);
+    let mut buf = ch.alloc_buf(data.len());
+    buf.copy_from_slice(&data);
+    run(
+        ch.as_mut(),
+        BdevOp::Write {
+            offset: 520 * 7,
+            buf,
+            fua: false,
+        },
+    )
+    .result
+    .unwrap();
+    assert_eq!(read(ch.as_mut(), 520 * 7, 520 * 3).unwrap(), data);
+    assert!(ch.wake_fd().is_none());
+}
+
+#[test]
+fn write_buffers_come_back_and_pool_is_steady() {
+    let s = file();
+    let mut ch = s.dev.channel().unwrap();
+    for i in 0..50u64 {
+        let mut b = ch.alloc_buf(8192);
+        b.fill(i as u8);
+        let c = run(
+            ch.as_mut(),
+            BdevOp::Write {
+                offset: i * 8192,
+                buf: b,
+                fua: false,
+            },
+        );
+        c.result.unwrap();
+        ch.free_buf(c.buf.unwrap());
+        let c = run(
+            ch.as_mut(),
+            BdevOp::Read {
+                offset: i * 8192,
+                len: 8192,
+            },
+        );
+        assert!(c.buf.as_ref().unwrap().iter().all(|&x| x == i as u8));
+        ch.free_buf(c.buf.unwrap());
+    }
+}
