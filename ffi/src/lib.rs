@@ -10,6 +10,8 @@
 //! - Threads: [`pin_current_thread`], [`set_thread_name`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
 mod buf;
 mod event;

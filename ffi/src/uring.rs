@@ -493,10 +493,10 @@ mod tests {
         let efd = EventFd::new().unwrap();
         let mut ring = Uring::new(4).unwrap();
         ring.register_eventfd(&efd).unwrap();
-        assert!(!crate::event::poll_readable(efd.as_raw_fd(), 0).unwrap());
+        assert!(!crate::wait_readable(efd.as_raw_fd(), 0).unwrap());
         ring.submit_fsync(f.as_raw_fd(), false, 1).unwrap();
         ring.flush_submissions().unwrap();
-        assert!(crate::event::poll_readable(efd.as_raw_fd(), 5000).unwrap());
+        assert!(crate::wait_readable(efd.as_raw_fd(), 5000).unwrap());
         efd.drain();
         let mut out = Vec::new();
         ring.reap(&mut out);

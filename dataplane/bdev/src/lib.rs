@@ -16,6 +16,8 @@
 //! [`BdevError::Misaligned`]. Nothing here panics on caller input.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
 mod cache;
 mod file;
