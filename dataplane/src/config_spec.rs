@@ -1,0 +1,87 @@
+//! Turns a validated node config (`tandem-config`) into the data plane's own description of
+//! what to serve.
+
+use crate::reactor::PollMode;
+use crate::server::{Backing, DeviceSpec, NodeSpec, TargetSpec};
+use std::path::Path;
+use std::time::Duration;
+use tandem_bdev::CacheMode;
+use tandem_config::{DeviceConfig, NodeConfig, TargetConfig};
+use tandem_iscsi::login::AuthPolicy;
+
+/// How long an idle reactor spins before it sleeps (adaptive mode).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(200);
+
+pub fn load(path: &Path) -> Result<NodeSpec, String> {
+    let cfg = NodeConfig::load(path).map_err(|e| e.to_string())?;
+    Ok(node_spec(&cfg))
+}
+
+pub fn node_spec(cfg: &NodeConfig) -> NodeSpec {
+    NodeSpec {
+        portals: cfg.node.portals.clone(),
+        devices: cfg.devices.iter().map(|d| device_spec(cfg, d)).collect(),
+        targets: cfg.targets.iter().map(|t| target_spec(cfg, t)).collect(),
+        cores: cfg.node.cores.clone(),
+        poll_mode: match cfg.node.poll_mode {
+            tandem_config::PollMode::Adaptive => PollMode::Adaptive,
+            tandem_config::PollMode::Always => PollMode::Always,
+        },
+        spin: DEFAULT_SPIN,
+    }
+}
+
+pub fn cache_mode(c: tandem_config::CacheMode) -> CacheMode {
+    match c {
+        tandem_config::CacheMode::None => CacheMode::None,
+        tandem_config::CacheMode::WriteThrough => CacheMode::WriteThrough,
+        tandem_config::CacheMode::WriteBack => CacheMode::WriteBack,
+    }
+}
+
+pub fn device_spec(cfg: &NodeConfig, d: &DeviceConfig) -> DeviceSpec {
+    let backing = match d.backing() {
+        tandem_config::Backing::Ram { size_bytes } => Backing::Ram { size_bytes },
+        tandem_config::Backing::File { path, size_bytes } => Backing::File { path: path.to_path_buf(), size_bytes },
+    };
+    // APTPL state lives in the data dir if there is one, else beside the image file.
+    let pr_state_path = match (&cfg.node.data_dir, &backing) {
+        (Some(dir), _) => Some(dir.join(format!("{}.pr", d.name))),
+        (None, Backing::File { path, .. }) => Some(path.with_extension("pr")),
+        (None, Backing::Ram { .. }) => None,
+    };
+    DeviceSpec {
+        name: d.name.clone(),
+        backing,
+        block_size: d.block_size,
+        read_only: d.read_only,
+        cache: cache_mode(d.cache),
+        cache_size_bytes: d.effective_cache_size(),
+        identity_seed: d.effective_identity_seed(&cfg.node.name),
+        pr_state_path,
+    }
+}
+
+pub fn auth_policy(chap: Option<&tandem_config::Chap>) -> AuthPolicy {
+    match chap {
+        None => AuthPolicy::None,
+        Some(c) => AuthPolicy::Chap {
+            username: c.username.clone(),
+            secret: c.secret.clone(),
+            mutual: match (&c.mutual_username, &c.mutual_secret) {
+                (Some(u), Some(s)) => Some((u.clone(), s.clone())),
+                _ => None,
+            },
+        },
+    }
+}
+
+pub fn target_spec(cfg: &NodeConfig, t: &TargetConfig) -> TargetSpec {
+    TargetSpec {
+        iqn: t.iqn(&cfg.node.name),
+        alias: Some(t.alias.clone()),
+        luns: t.luns.clone(),
+        auth: auth_policy(t.chap.as_ref()),
+        allowed_initiators: t.allowed_initiators.clone(),
+    }
+}

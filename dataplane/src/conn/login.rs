@@ -1,0 +1,148 @@
+//! Login phase: feeds Login PDUs to the pure negotiation engine and turns its result into a
+//! session (TSIH, reinstatement, nexus, limits).
+
+use super::{ConnCore, FrameLimits, Phase, Session, CMD_WINDOW};
+use crate::reactor_ctx::{ReactorCtx, ReactorMsg};
+use crate::session::{Admission, SessionKey};
+use crate::target::{LOCAL_RELATIVE_PORT_ID, LOCAL_TPG_ID, PORTAL_GROUP_TAG};
+use tandem_iscsi::login::{LoginOutcome, SessionType};
+use tandem_iscsi::wire::{Bhs, LoginRequestRepr, BHS_LEN};
+use tandem_scsi::{Nexus, TargetPort};
+
+/// Login status class 3 (target error), detail 2: out of resources.
+const STATUS_TARGET_ERROR: u8 = 3;
+const DETAIL_OUT_OF_RESOURCES: u8 = 2;
+/// Class 2 (initiator error), detail 0x0a: session does not exist.
+const STATUS_INITIATOR_ERROR: u8 = 2;
+const DETAIL_SESSION_DOES_NOT_EXIST: u8 = 0x0a;
+
+impl ConnCore {
+    pub(super) fn on_login(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let req = match LoginRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(conn = self.id, peer = %self.peer, error = %e, "malformed login request; closing");
+                self.phase = Phase::Closing;
+                return;
+            }
+        };
+        let Some(login) = self.login.as_mut() else {
+            self.phase = Phase::Closing;
+            return;
+        };
+        let registry = ctx.shared.registry.clone();
+        let mut step = login.handle(&req, data, &*registry);
+        step.response.statsn = self.next_statsn();
+        step.response.expcmdsn = req.cmdsn;
+        step.response.maxcmdsn = req.cmdsn.wrapping_add(CMD_WINDOW - 1);
+        match step.outcome {
+            LoginOutcome::Continue => {
+                self.queue_login_response(&step.response, step.data);
+            }
+            LoginOutcome::Failed => {
+                tracing::warn!(conn = self.id, peer = %self.peer, class = step.response.status_class,
+                    detail = step.response.status_detail, "login failed");
+                self.queue_login_response(&step.response, step.data);
+                self.phase = Phase::Closing;
+            }
+            LoginOutcome::Complete(result) => {
+                if result.tsih != 0 {
+                    // Adding a connection to an existing session (MC/S): not supported,
+                    // MaxConnections is 1.
+                    step.response.status_class = STATUS_INITIATOR_ERROR;
+                    step.response.status_detail = DETAIL_SESSION_DOES_NOT_EXIST;
+                    step.response.transit = false;
+                    self.queue_login_response(&step.response, Vec::new());
+                    self.phase = Phase::Closing;
+                    return;
+                }
+                let discovery = matches!(result.session_type, SessionType::Discovery);
+                let target = if discovery {
+                    None
+                } else {
+                    result.target_name.as_deref().and_then(|n| registry.target(n))
+                };
+                if !discovery && target.is_none() {
+                    // The target vanished between negotiation and now.
+                    step.response.status_class = STATUS_INITIATOR_ERROR;
+                    step.response.status_detail = 3;
+                    step.response.transit = false;
+                    self.queue_login_response(&step.response, Vec::new());
+                    self.phase = Phase::Closing;
+                    return;
+                }
+                let key = SessionKey {
+                    initiator: result.initiator_name.clone(),
+                    isid: result.isid,
+                    target: target.as_ref().map(|t| t.iqn.clone()).unwrap_or_default(),
+                };
+                let tsih = match ctx.shared.sessions.admit(key.clone(), self.conn_ref()) {
+                    Admission::New { tsih, replaced } => {
+                        if let Some(old) = replaced {
+                            tracing::info!(conn = self.id, old_conn = old.conn_id, "session reinstatement: closing the old session");
+                            if let Some(r) = ctx.shared.reactor(old.reactor) {
+                                r.send(ReactorMsg::CloseConnection { conn_id: old.conn_id });
+                            }
+                        }
+                        tsih
+                    }
+                    Admission::Full => {
+                        step.response.status_class = STATUS_TARGET_ERROR;
+                        step.response.status_detail = DETAIL_OUT_OF_RESOURCES;
+                        step.response.transit = false;
+                        self.queue_login_response(&step.response, Vec::new());
+                        self.phase = Phase::Closing;
+                        return;
+                    }
+                };
+                step.response.tsih = tsih;
+                let nexus = Nexus {
+                    id: ctx.shared.new_nexus_id(),
+                    initiator_name: result.initiator_name.clone(),
+                    isid: result.isid,
+                    port: TargetPort {
+                        relative_port_id: LOCAL_RELATIVE_PORT_ID,
+                        tpg_id: LOCAL_TPG_ID,
+                        target_name: key.target.clone(),
+                        tpgt: PORTAL_GROUP_TAG,
+                    },
+                };
+                if let Some(t) = &target {
+                    for dev in &t.luns {
+                        dev.lu.nexus_added(&nexus);
+                    }
+                }
+                // The final login response goes out under the login-phase rules (no
+                // digests); the new limits apply from the next PDU on.
+                self.queue_login_response(&step.response, step.data);
+                let params = result.params.clone();
+                self.limits = FrameLimits {
+                    header_digest: params.header_digest,
+                    data_digest: params.data_digest,
+                    max_data_len: params.max_recv_data_segment_length_target as usize,
+                };
+                self.tx.digests.header = params.header_digest;
+                self.tx.digests.data = params.data_digest;
+                tracing::info!(conn = self.id, peer = %self.peer, initiator = %result.initiator_name,
+                    target = %key.target, tsih, discovery, "login complete");
+                self.session = Some(Session {
+                    key,
+                    discovery,
+                    tsih,
+                    params,
+                    target,
+                    nexus,
+                    exp_cmdsn: result.first_cmdsn,
+                });
+                self.login = None;
+                self.phase = Phase::FullFeature;
+            }
+        }
+    }
+
+    fn queue_login_response(&mut self, resp: &tandem_iscsi::wire::LoginResponseRepr, data: Vec<u8>) {
+        let mut bhs = [0u8; BHS_LEN];
+        resp.emit(&mut bhs);
+        self.tx.push_owned(bhs, data, None);
+    }
+}

@@ -1,0 +1,422 @@
+//! One iSCSI connection: framing, login, full-feature phase, task execution.
+//!
+//! A connection lives on one reactor for its whole life. `poll` reads what the socket has,
+//! handles a bounded number of PDUs, runs ready tasks and writes what the socket takes;
+//! block-device completions come back through `on_io_complete`.
+
+mod login;
+mod misc;
+mod rx;
+mod scsi;
+mod task;
+mod tmf;
+mod tx;
+
+pub use rx::{FrameEvent, FrameLimits, RxBuffer};
+
+use crate::net::Transport;
+use crate::reactor_ctx::ReactorCtx;
+use crate::session::{ConnRef, SessionKey};
+use crate::target::Target;
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_iscsi::login::LoginState;
+use tandem_iscsi::params::SessionParams;
+use tandem_iscsi::wire::{Bhs, Opcode, BHS_LEN};
+use tandem_scsi::Nexus;
+use task::TaskTable;
+use tx::{TaskBuffers, TxQueue, TX_QUEUE_SOFT_MAX};
+
+/// PDUs handled per connection per poll, so one busy initiator cannot starve the others.
+const PDUS_PER_POLL: usize = 32;
+/// Socket reads per poll.
+const READS_PER_POLL: usize = 4;
+/// Data segment limit during login (RFC 7143 §6.1: 8192 bytes).
+const LOGIN_DATA_MAX: usize = 8192;
+/// How long a connection may stay in login before we give up on it.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle time after which we ping the initiator with a NOP-In.
+const NOP_INTERVAL: Duration = Duration::from_secs(5);
+/// A ping unanswered this long means the initiator is gone.
+const NOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Size of the CmdSN window we advertise (ExpCmdSN..=MaxCmdSN).
+const CMD_WINDOW: u32 = task::TASKS_MAX as u32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Login,
+    FullFeature,
+    /// Logout answered or fatal error: send what is queued, then close.
+    Closing,
+}
+
+pub(crate) struct Session {
+    key: SessionKey,
+    discovery: bool,
+    tsih: u16,
+    params: SessionParams,
+    target: Option<Arc<Target>>,
+    nexus: Nexus,
+    exp_cmdsn: u32,
+}
+
+pub struct PollResult {
+    pub work: usize,
+    pub closed: bool,
+}
+
+pub struct Connection {
+    pub id: u32,
+    transport: Box<dyn Transport>,
+    rx: RxBuffer,
+    core: ConnCore,
+}
+
+pub(crate) struct ConnCore {
+    id: u32,
+    reactor: usize,
+    phase: Phase,
+    limits: FrameLimits,
+    tx: TxQueue,
+    statsn: u32,
+    login: Option<LoginState>,
+    session: Option<Session>,
+    tasks: TaskTable,
+    ready: VecDeque<usize>,
+    released: Vec<usize>,
+    pending_tmf: Vec<tmf::PendingTmf>,
+    pending_text: Option<misc::PendingText>,
+    local_addr: Option<std::net::SocketAddr>,
+    peer: String,
+    created: Instant,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    next_ttt: u32,
+}
+
+impl Connection {
+    pub fn new(id: u32, reactor: usize, transport: Box<dyn Transport>, now: Instant) -> Connection {
+        let limits = FrameLimits { header_digest: false, data_digest: false, max_data_len: LOGIN_DATA_MAX };
+        let local_addr = transport.local_addr();
+        let peer = transport.peer_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        tracing::debug!(conn = id, %peer, "connection accepted");
+        Connection {
+            id,
+            transport,
+            rx: RxBuffer::new(RxBuffer::frame_max(&limits)),
+            core: ConnCore {
+                id,
+                reactor,
+                phase: Phase::Login,
+                limits,
+                tx: TxQueue::default(),
+                statsn: rand_u32(),
+                login: Some(LoginState::new(rand::random())),
+                session: None,
+                tasks: TaskTable::new(),
+                ready: VecDeque::new(),
+                released: Vec::new(),
+                pending_tmf: Vec::new(),
+                pending_text: None,
+                local_addr,
+                peer,
+                created: now,
+                last_rx: now,
+                ping: None,
+                next_ttt: 1,
+            },
+        }
+    }
+
+    pub fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.transport.poll_fd()
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.core.tx.is_empty()
+    }
+
+    pub fn target_iqn(&self) -> Option<&str> {
+        self.core.session.as_ref().and_then(|s| s.target.as_ref()).map(|t| t.iqn.as_str())
+    }
+
+    pub fn poll(&mut self, ctx: &mut ReactorCtx) -> PollResult {
+        let mut work = 0;
+        let mut closed = false;
+        if self.core.phase != Phase::Closing {
+            match self.read_and_handle(ctx) {
+                Ok(n) => work += n,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(conn = self.id, peer = %self.core.peer, error = %e, "connection read failed");
+                    }
+                    closed = true;
+                }
+            }
+        }
+        work += self.core.run_ready(ctx);
+        work += self.core.timers(ctx);
+        if let Err(e) = self.flush(ctx) {
+            tracing::debug!(conn = self.id, error = %e, "connection write failed");
+            closed = true;
+        }
+        if self.core.phase == Phase::Closing && self.core.tx.is_empty() {
+            closed = true;
+        }
+        if closed {
+            self.close(ctx);
+        }
+        PollResult { work, closed }
+    }
+
+    fn read_and_handle(&mut self, ctx: &mut ReactorCtx) -> io::Result<usize> {
+        let mut work = 0;
+        for _ in 0..READS_PER_POLL {
+            if self.core.tx.len() >= TX_QUEUE_SOFT_MAX {
+                break;
+            }
+            let frame_max = RxBuffer::frame_max(&self.core.limits);
+            if self.rx.buffered() >= frame_max {
+                break;
+            }
+            let space = self.rx.free_space(frame_max);
+            match self.transport.recv(space) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    self.rx.advance_end(n);
+                    self.core.last_rx = ctx.now;
+                    work += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut handled = 0;
+        while handled < PDUS_PER_POLL && self.core.phase != Phase::Closing {
+            let limits = self.core.limits;
+            let Some(ev) = self.rx.next_frame(&limits) else { break };
+            handled += 1;
+            self.core.handle_event(ctx, ev, self.rx.bytes());
+            // Login may have changed the limits (digests, segment size) for the next PDU.
+        }
+        Ok(work + handled)
+    }
+
+    fn flush(&mut self, ctx: &mut ReactorCtx) -> io::Result<()> {
+        let core = &mut self.core;
+        let mut released = std::mem::take(&mut core.released);
+        let r = core.tx.flush(self.transport.as_mut(), &core.tasks, &mut released);
+        for slot in released.drain(..) {
+            core.free_task(ctx, slot);
+        }
+        core.released = released;
+        r
+    }
+
+    /// Ends the connection: the session (single connection per session) goes with it.
+    fn close(&mut self, ctx: &mut ReactorCtx) {
+        self.transport.shutdown();
+        self.core.teardown(ctx);
+    }
+
+    /// Forced close from another thread's request (reinstatement, target removal).
+    pub fn kill(&mut self, ctx: &mut ReactorCtx) {
+        tracing::info!(conn = self.id, peer = %self.core.peer, "closing connection on request");
+        self.close(ctx);
+    }
+
+    pub fn on_io_complete(&mut self, ctx: &mut ReactorCtx, slot: usize, c: tandem_bdev::Completion) {
+        self.core.on_io_complete(ctx, slot, c);
+    }
+}
+
+impl TaskBuffers for TaskTable {
+    fn task_buf(&self, slot: usize) -> &[u8] {
+        self.get(slot).and_then(|t| t.io_buf.as_deref()).unwrap_or(&[])
+    }
+}
+
+impl ConnCore {
+    fn conn_ref(&self) -> ConnRef {
+        ConnRef { reactor: self.reactor, conn_id: self.id }
+    }
+
+    fn handle_event(&mut self, ctx: &mut ReactorCtx, ev: FrameEvent, bytes: &[u8]) {
+        match ev {
+            FrameEvent::Pdu(frame) => {
+                let data = &bytes[frame.data.clone()];
+                self.handle_pdu(ctx, &frame.bhs, data);
+            }
+            FrameEvent::Oversize { bhs, data_len } => {
+                tracing::warn!(conn = self.id, peer = %self.peer, data_len, limit = self.limits.max_data_len,
+                    "PDU data segment larger than negotiated; rejected");
+                if self.phase == Phase::Login {
+                    self.phase = Phase::Closing;
+                } else {
+                    self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, &bhs);
+                }
+            }
+            FrameEvent::HeaderDigestError => {
+                tracing::warn!(conn = self.id, peer = %self.peer, "header digest error; closing the connection");
+                self.phase = Phase::Closing;
+            }
+            FrameEvent::DataDigestError { bhs } => {
+                tracing::warn!(conn = self.id, peer = %self.peer, "data digest error; PDU rejected");
+                self.send_reject(tandem_iscsi::wire::reject::DATA_DIGEST_ERROR, &bhs);
+            }
+        }
+    }
+
+    fn handle_pdu(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let view = Bhs::new_unchecked(&bhs[..]);
+        let Some(op) = view.opcode() else {
+            tracing::warn!(conn = self.id, opcode = view.opcode_raw(), "unknown opcode; rejected");
+            if self.phase == Phase::Login {
+                self.phase = Phase::Closing;
+            } else {
+                self.send_reject(tandem_iscsi::wire::reject::COMMAND_NOT_SUPPORTED, bhs);
+            }
+            return;
+        };
+        if self.phase == Phase::Login {
+            if op == Opcode::LoginRequest {
+                self.on_login(ctx, bhs, data);
+            } else {
+                tracing::warn!(conn = self.id, ?op, "PDU before login completed; closing");
+                self.phase = Phase::Closing;
+            }
+            return;
+        }
+        match op {
+            Opcode::ScsiCommand => self.on_scsi_command(ctx, bhs, data),
+            Opcode::DataOut => self.on_data_out(ctx, bhs, data),
+            Opcode::NopOut => self.on_nop_out(bhs, data),
+            Opcode::TaskMgmtRequest => self.on_tmf(ctx, bhs),
+            Opcode::TextRequest => self.on_text(ctx, bhs, data),
+            Opcode::LogoutRequest => self.on_logout(ctx, bhs),
+            Opcode::LoginRequest => {
+                tracing::warn!(conn = self.id, "login request in full feature phase; rejected");
+                self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
+            }
+            Opcode::SnackRequest => {
+                // ErrorRecoveryLevel 0: we never retransmit.
+                self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
+            }
+            _ => {
+                tracing::warn!(conn = self.id, ?op, "target-only opcode from initiator; rejected");
+                self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
+            }
+        }
+    }
+
+    /// Advances ExpCmdSN for a non-immediate PDU. Returns false if the CmdSN is outside the
+    /// window: RFC 7143 §4.2.2.1 says such a PDU is silently ignored.
+    fn accept_cmdsn(&mut self, cmdsn: u32, immediate: bool) -> bool {
+        let Some(s) = self.session.as_mut() else { return false };
+        if immediate {
+            return true;
+        }
+        let max = s.exp_cmdsn.wrapping_add(CMD_WINDOW - 1);
+        let in_window = sn_le(s.exp_cmdsn, cmdsn) && sn_le(cmdsn, max);
+        if !in_window {
+            tracing::warn!(conn = self.id, cmdsn, exp = s.exp_cmdsn, "CmdSN outside the window; PDU ignored");
+            return false;
+        }
+        // One connection per session: TCP keeps order, so a gap can only be initiator
+        // numbering; we follow it rather than stall.
+        s.exp_cmdsn = cmdsn.wrapping_add(1);
+        true
+    }
+
+    fn exp_cmdsn(&self) -> u32 {
+        self.session.as_ref().map(|s| s.exp_cmdsn).unwrap_or(0)
+    }
+
+    fn max_cmdsn(&self) -> u32 {
+        let free = (task::TASKS_MAX - self.tasks.len().min(task::TASKS_MAX)) as u32;
+        // Advertise only the room we have, but never close the window completely: one
+        // command always fits (it is answered TASK SET FULL if it does not).
+        self.exp_cmdsn().wrapping_add(free.max(1)).wrapping_sub(1)
+    }
+
+    fn next_statsn(&mut self) -> u32 {
+        let s = self.statsn;
+        self.statsn = self.statsn.wrapping_add(1);
+        s
+    }
+
+    fn new_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == u32::MAX {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    fn timers(&mut self, ctx: &mut ReactorCtx) -> usize {
+        match self.phase {
+            Phase::Login => {
+                if ctx.now.duration_since(self.created) > LOGIN_TIMEOUT {
+                    tracing::warn!(conn = self.id, peer = %self.peer, "login not finished in time; closing");
+                    self.phase = Phase::Closing;
+                    return 1;
+                }
+                0
+            }
+            Phase::FullFeature => self.nop_ping(ctx.now),
+            Phase::Closing => 0,
+        }
+    }
+
+    fn teardown(&mut self, ctx: &mut ReactorCtx) {
+        self.phase = Phase::Closing;
+        let slots: Vec<usize> = self.tasks.slots().collect();
+        for slot in slots {
+            let in_io = self.tasks.get(slot).map(|t| t.stage == task::TaskStage::InIo).unwrap_or(false);
+            if !in_io {
+                self.free_task(ctx, slot);
+            }
+            // Tasks with I/O in flight: their completions find no connection and their
+            // buffers are dropped then.
+        }
+        if let Some(s) = self.session.take() {
+            if let Some(t) = &s.target {
+                for dev in &t.luns {
+                    dev.lu.nexus_removed(s.nexus.id);
+                }
+            }
+            ctx.shared.sessions.remove(&s.key, self.conn_ref());
+            tracing::info!(conn = self.id, peer = %self.peer, initiator = %s.key.initiator,
+                target = %s.key.target, tsih = s.tsih, "session closed");
+        }
+    }
+}
+
+/// Serial number arithmetic (RFC 1982) for CmdSN/StatSN.
+pub(crate) fn sn_le(a: u32, b: u32) -> bool {
+    a == b || (b.wrapping_sub(a) as i32) > 0
+}
+
+fn rand_u32() -> u32 {
+    // Initial StatSN: any value; derive it from the clock rather than pull in a RNG here.
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)) & 0x0fff_ffff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sn_le;
+
+    #[test]
+    fn serial_number_compare_wraps() {
+        assert!(sn_le(5, 5));
+        assert!(sn_le(5, 6));
+        assert!(!sn_le(6, 5));
+        assert!(sn_le(u32::MAX, 0));
+        assert!(!sn_le(0, u32::MAX));
+    }
+}

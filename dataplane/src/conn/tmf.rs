@@ -1,0 +1,158 @@
+//! Task management functions (RFC 7143 §11.5, SAM-5 semantics for in-flight commands).
+//!
+//! A task whose I/O is with the device cannot be recalled; it is marked aborted, its result
+//! is dropped when it completes, and the TMF response waits until every such task is gone,
+//! so the initiator never sees a response for an aborted task after the TMF response.
+
+use super::task::TaskStage;
+use super::{sn_le, ConnCore};
+use crate::reactor_ctx::ReactorCtx;
+use tandem_iscsi::wire::{reject, Bhs, TaskMgmtRequestRepr, TaskMgmtResponseRepr, TmfFunction, BHS_LEN};
+
+pub(super) struct PendingTmf {
+    itt: u32,
+    response: u8,
+    waiting: Vec<usize>,
+}
+
+/// TMF response codes (RFC 7143 §11.6.1).
+const FUNCTION_COMPLETE: u8 = 0;
+const TASK_DOES_NOT_EXIST: u8 = 1;
+const LUN_DOES_NOT_EXIST: u8 = 2;
+const REASSIGN_NOT_SUPPORTED: u8 = 4;
+const FUNCTION_NOT_SUPPORTED: u8 = 5;
+
+impl ConnCore {
+    pub(super) fn on_tmf(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
+        let req = match TaskMgmtRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
+            Ok(r) => r,
+            Err(_) => {
+                self.send_reject(reject::INVALID_PDU_FIELD, bhs);
+                return;
+            }
+        };
+        if self.session.as_ref().map(|s| s.discovery).unwrap_or(true) {
+            self.send_reject(reject::PROTOCOL_ERROR, bhs);
+            return;
+        }
+        if !self.accept_cmdsn(req.cmdsn, req.immediate) {
+            return;
+        }
+        let lun_no = super::scsi::decode_lun(req.lun);
+        let target = self.session.as_ref().and_then(|s| s.target.clone());
+        let nexus = self.session.as_ref().map(|s| s.nexus.clone());
+        let (response, waiting) = match req.function {
+            TmfFunction::AbortTask => match self.tasks.slot_of(req.rtt) {
+                Some(slot) if self.tasks.get(slot).map(|t| t.lun == req.lun).unwrap_or(false) => {
+                    (FUNCTION_COMPLETE, self.abort_slots(ctx, vec![slot]))
+                }
+                _ => {
+                    // RFC 7143 §11.5.1: a task we never saw whose RefCmdSN is in the window
+                    // and before the TMF counts as received and aborted.
+                    let exp = self.exp_cmdsn();
+                    let low = exp.wrapping_sub(super::CMD_WINDOW);
+                    if sn_le(low, req.refcmdsn) && sn_le(req.refcmdsn, req.cmdsn) && req.refcmdsn != req.cmdsn {
+                        (FUNCTION_COMPLETE, Vec::new())
+                    } else {
+                        (TASK_DOES_NOT_EXIST, Vec::new())
+                    }
+                }
+            },
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
+                let slots = self.slots_for_lun(Some(req.lun));
+                (FUNCTION_COMPLETE, self.abort_slots(ctx, slots))
+            }
+            TmfFunction::LogicalUnitReset => match target.as_ref().and_then(|t| t.lun(lun_no).cloned()) {
+                Some(dev) => {
+                    let slots = self.slots_for_lun(Some(req.lun));
+                    let waiting = self.abort_slots(ctx, slots);
+                    if let Some(n) = &nexus {
+                        dev.lu.lun_reset(n);
+                    }
+                    (FUNCTION_COMPLETE, waiting)
+                }
+                None => (LUN_DOES_NOT_EXIST, Vec::new()),
+            },
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                let slots = self.slots_for_lun(None);
+                let waiting = self.abort_slots(ctx, slots);
+                if let (Some(t), Some(n)) = (&target, &nexus) {
+                    for dev in &t.luns {
+                        dev.lu.lun_reset(n);
+                    }
+                }
+                (FUNCTION_COMPLETE, waiting)
+            }
+            TmfFunction::TaskReassign => (REASSIGN_NOT_SUPPORTED, Vec::new()),
+            _ => (FUNCTION_NOT_SUPPORTED, Vec::new()),
+        };
+        tracing::info!(conn = self.id, function = ?req.function, rtt = req.rtt, response, "task management");
+        let cold = matches!(req.function, TmfFunction::TargetColdReset) && response == FUNCTION_COMPLETE;
+        if waiting.is_empty() {
+            self.send_tmf_response(req.itt, response);
+        } else {
+            self.pending_tmf.push(PendingTmf { itt: req.itt, response, waiting });
+        }
+        if cold {
+            // A cold reset drops every connection of the target; ours goes after the response.
+            self.phase = super::Phase::Closing;
+        }
+    }
+
+    fn slots_for_lun(&self, lun: Option<u64>) -> Vec<usize> {
+        self.tasks
+            .slots()
+            .filter(|&s| self.tasks.get(s).map(|t| lun.is_none_or(|l| t.lun == l)).unwrap_or(false))
+            .collect()
+    }
+
+    /// Aborts the given tasks; returns those whose I/O is still with the device.
+    fn abort_slots(&mut self, ctx: &mut ReactorCtx, slots: Vec<usize>) -> Vec<usize> {
+        let mut waiting = Vec::new();
+        for slot in slots {
+            let Some(t) = self.tasks.get_mut(slot) else { continue };
+            match t.stage {
+                TaskStage::InIo => {
+                    t.aborted = true;
+                    waiting.push(slot);
+                }
+                // Already answered: its response is on the way and it is not aborted.
+                TaskStage::Responding => {}
+                TaskStage::CollectingData | TaskStage::Ready => {
+                    t.aborted = true;
+                    self.ready.retain(|&s| s != slot);
+                    self.free_task(ctx, slot);
+                }
+            }
+        }
+        waiting
+    }
+
+    /// Called when an aborted task's I/O has finished and the task is gone.
+    pub(super) fn tmf_task_gone(&mut self, slot: usize) {
+        let mut done = Vec::new();
+        for p in self.pending_tmf.iter_mut() {
+            p.waiting.retain(|&s| s != slot);
+            if p.waiting.is_empty() {
+                done.push((p.itt, p.response));
+            }
+        }
+        self.pending_tmf.retain(|p| !p.waiting.is_empty());
+        for (itt, response) in done {
+            self.send_tmf_response(itt, response);
+        }
+    }
+
+    fn send_tmf_response(&mut self, itt: u32, response: u8) {
+        let repr = TaskMgmtResponseRepr {
+            response,
+            itt,
+            statsn: self.next_statsn(),
+            expcmdsn: self.exp_cmdsn(),
+            maxcmdsn: self.max_cmdsn(),
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        repr.emit(&mut bhs);
+        self.tx.push_owned(bhs, Vec::new(), None);
+    }
+}

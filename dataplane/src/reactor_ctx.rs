@@ -1,0 +1,161 @@
+//! What a connection may use of its reactor while it runs: block-device channels, buffers,
+//! the clock and node-wide shared state.
+
+use crate::session::SessionTable;
+use crate::target::{Device, Registry};
+use crossbeam_channel::Sender;
+use nix::sys::eventfd::EventFd;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tandem_bdev::{AlignedBuf, BdevChannel, BdevOp};
+
+/// Alignment of every data buffer (O_DIRECT on 4K-sector devices).
+pub const BUF_ALIGN: usize = 4096;
+
+/// Messages a reactor accepts from other threads.
+pub enum ReactorMsg {
+    /// A new connection accepted by a listener.
+    NewConnection(Box<dyn crate::net::Transport>),
+    /// Close a connection (session reinstatement, device removal).
+    CloseConnection { conn_id: u32 },
+    /// Close every connection whose session uses this target.
+    CloseTarget { iqn: String },
+    Shutdown,
+}
+
+pub struct ReactorHandle {
+    pub tx: Sender<ReactorMsg>,
+    pub wake: Arc<EventFd>,
+    pub connections: AtomicUsize,
+    pub stats: Arc<crate::stats::ReactorStats>,
+}
+
+impl ReactorHandle {
+    pub fn send(&self, msg: ReactorMsg) -> bool {
+        let ok = self.tx.try_send(msg).is_ok();
+        // A full eventfd counter only means the reactor is already due to wake.
+        let _ = self.wake.write(1);
+        ok
+    }
+}
+
+/// Node-wide state shared by every reactor.
+pub struct Shared {
+    pub registry: Arc<Registry>,
+    pub sessions: SessionTable,
+    pub reactors: OnceLock<Vec<ReactorHandle>>,
+    pub next_nexus_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(registry: Arc<Registry>) -> Shared {
+        Shared {
+            registry,
+            sessions: SessionTable::default(),
+            reactors: OnceLock::new(),
+            next_nexus_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn reactor(&self, id: usize) -> Option<&ReactorHandle> {
+        self.reactors.get().and_then(|r| r.get(id))
+    }
+
+    pub fn new_nexus_id(&self) -> u64 {
+        self.next_nexus_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A completion tag names the connection and its task slot.
+pub fn make_tag(conn_id: u32, slot: usize) -> u64 {
+    ((conn_id as u64) << 32) | slot as u64
+}
+
+pub fn split_tag(tag: u64) -> (u32, usize) {
+    ((tag >> 32) as u32, (tag & 0xffff_ffff) as usize)
+}
+
+pub struct ReactorCtx {
+    pub id: usize,
+    pub now: Instant,
+    pub shared: Arc<Shared>,
+    channels: HashMap<u64, (Arc<Device>, Box<dyn BdevChannel>)>,
+}
+
+impl ReactorCtx {
+    pub fn new(id: usize, shared: Arc<Shared>) -> ReactorCtx {
+        ReactorCtx { id, now: Instant::now(), shared, channels: HashMap::new() }
+    }
+
+    fn channel(&mut self, dev: &Arc<Device>) -> Option<&mut Box<dyn BdevChannel>> {
+        if !self.channels.contains_key(&dev.id) {
+            match dev.bdev.channel() {
+                Ok(ch) => {
+                    self.channels.insert(dev.id, (dev.clone(), ch));
+                }
+                Err(e) => {
+                    tracing::error!(device = %dev.name, error = %e, "cannot open an I/O channel");
+                    return None;
+                }
+            }
+        }
+        self.channels.get_mut(&dev.id).map(|(_, c)| c)
+    }
+
+    /// Submits one block-device operation; returns false if the device has no channel here
+    /// (the caller fails the command).
+    pub fn submit(&mut self, dev: &Arc<Device>, tag: u64, op: BdevOp) -> bool {
+        match self.channel(dev) {
+            Some(ch) => {
+                ch.submit(tag, op);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn alloc_buf(&mut self, dev: Option<&Arc<Device>>, len: usize) -> AlignedBuf {
+        if let Some(ch) = dev.and_then(|d| self.channel(d)) {
+            let mut b = ch.alloc_buf(len);
+            b.set_len(len);
+            return b;
+        }
+        let mut b = AlignedBuf::new(len.max(1).next_multiple_of(BUF_ALIGN), BUF_ALIGN);
+        b.set_len(len);
+        b
+    }
+
+    pub fn free_buf(&mut self, dev: Option<&Arc<Device>>, buf: AlignedBuf) {
+        if let Some(ch) = dev.and_then(|d| self.channel(d)) {
+            ch.free_buf(buf);
+        }
+    }
+
+    /// Reaps completions of every channel into `out` as (tag, completion).
+    pub fn poll_channels(&mut self, out: &mut Vec<tandem_bdev::Completion>) -> usize {
+        let mut n = 0;
+        for (_, ch) in self.channels.values_mut() {
+            n += ch.poll(out);
+        }
+        n
+    }
+
+    pub fn io_in_flight(&self) -> usize {
+        self.channels.values().map(|(_, c)| c.in_flight()).sum()
+    }
+
+    /// Drops channels of devices that are gone from the registry and idle.
+    pub fn forget_device(&mut self, dev_id: u64) {
+        if let Some((_, ch)) = self.channels.get(&dev_id) {
+            if ch.in_flight() == 0 {
+                self.channels.remove(&dev_id);
+            }
+        }
+    }
+
+    pub fn device_for(&self, dev_id: u64) -> Option<Arc<Device>> {
+        self.channels.get(&dev_id).map(|(d, _)| d.clone())
+    }
+}

@@ -1,0 +1,158 @@
+//! Parses the output of libiscsi's `iscsi-test-cu` (CUnit "verbose" mode).
+//!
+//! CUnit reports a test that printed `[SKIPPED]` as passed; we count those separately, so a
+//! "pass" here is a genuine pass.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Outcome {
+    Passed,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TestResult {
+    /// `Suite.Test`, e.g. `Read10.Simple`.
+    pub name: String,
+    pub outcome: Outcome,
+    /// Failure or skip details as printed.
+    pub detail: String,
+}
+
+/// Parses one `iscsi-test-cu` run. Tests that started but never finished (the suite hung
+/// and was killed) are reported as failed with detail "did not finish".
+pub fn parse(output: &str) -> Vec<TestResult> {
+    let mut results = Vec::new();
+    let mut suite = String::new();
+    let mut current: Option<(String, String)> = None;
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if let Some(rest) = trimmed.strip_prefix("Suite: ") {
+            suite = rest.trim().to_string();
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix("Test: ") {
+            if let Some((name, _)) = current.take() {
+                results.push(finish(name, Outcome::Failed, "did not finish".into()));
+            }
+            let (name, tail) = match rest.split_once(" ...") {
+                Some((n, t)) => (n.trim().to_string(), t.to_string()),
+                None => (rest.trim().to_string(), String::new()),
+            };
+            let full = format!("{suite}.{name}");
+            current = Some((full, String::new()));
+            if let Some(done) = consume(&mut current, &tail) {
+                results.push(done);
+            }
+            continue;
+        }
+        if trimmed.starts_with("Run Summary:") {
+            if let Some((name, _)) = current.take() {
+                results.push(finish(name, Outcome::Failed, "did not finish".into()));
+            }
+            continue;
+        }
+        if current.is_some() {
+            if let Some(done) = consume(&mut current, line) {
+                results.push(done);
+            }
+        }
+    }
+    if let Some((name, _)) = current.take() {
+        results.push(finish(name, Outcome::Failed, "did not finish".into()));
+    }
+    results
+}
+
+fn finish(name: String, outcome: Outcome, detail: String) -> TestResult {
+    TestResult { name, outcome, detail: detail.trim().to_string() }
+}
+
+/// Adds one line of a running test's output; returns the result if the line ends the test.
+fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestResult> {
+    let (_, text) = current.as_mut()?;
+    let t = line.trim_end();
+    let ends_passed = t.ends_with("passed");
+    let failed_at = t.find("FAILED");
+    text.push_str(line);
+    text.push('\n');
+    if ends_passed && !text.contains("FAILED") {
+        let (name, text) = current.take()?;
+        let outcome = if text.contains("[SKIPPED]") { Outcome::Skipped } else { Outcome::Passed };
+        let detail = if outcome == Outcome::Skipped { first_skip_reason(&text) } else { String::new() };
+        return Some(finish(name, outcome, detail));
+    }
+    if failed_at.is_some() {
+        let (name, text) = current.take()?;
+        return Some(finish(name, Outcome::Failed, text));
+    }
+    None
+}
+
+fn first_skip_reason(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.split_once("[SKIPPED]").map(|(_, r)| r.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// CUnit prints the failure detail lines after "FAILED"; attach them to the last failure.
+pub fn attach_failure_details(output: &str, results: &mut [TestResult]) {
+    let mut lines = output.lines().peekable();
+    let mut idx = 0usize;
+    while let Some(line) = lines.next() {
+        if line.contains("FAILED") {
+            while idx < results.len() && results[idx].outcome != Outcome::Failed {
+                idx += 1;
+            }
+            let mut detail = String::new();
+            while let Some(next) = lines.peek() {
+                let n = next.trim_start();
+                if n.starts_with("Test: ") || n.starts_with("Run Summary") || n.starts_with("Suite: ") {
+                    break;
+                }
+                detail.push_str(n);
+                detail.push('\n');
+                lines.next();
+            }
+            if let Some(r) = results.get_mut(idx) {
+                r.detail = detail.trim().to_string();
+            }
+            idx += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Suite: CompareAndWrite
+  Test: Simple ...    [SKIPPED] COMPAREANDWRITE is not implemented.
+    [SKIPPED] COMPAREANDWRITE is not implemented.
+passed
+  Test: DpoFua ...passed
+  Test: Miscompare ...FAILED
+    1. test_compareandwrite_miscompare.c:92  - status == SCSI_STATUS_CHECK_CONDITION
+  Test: Unwritten ...
+Run Summary:    Type  Total    Ran Passed Failed Inactive
+";
+
+    #[test]
+    fn skipped_passed_failed_and_unfinished_are_told_apart() {
+        let mut r = parse(SAMPLE);
+        attach_failure_details(SAMPLE, &mut r);
+        let got: Vec<(&str, Outcome)> = r.iter().map(|t| (t.name.as_str(), t.outcome)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("CompareAndWrite.Simple", Outcome::Skipped),
+                ("CompareAndWrite.DpoFua", Outcome::Passed),
+                ("CompareAndWrite.Miscompare", Outcome::Failed),
+                ("CompareAndWrite.Unwritten", Outcome::Failed),
+            ]
+        );
+        assert_eq!(r[0].detail, "COMPAREANDWRITE is not implemented.");
+        assert!(r[2].detail.contains("test_compareandwrite_miscompare.c:92"));
+        assert_eq!(r[3].detail, "did not finish");
+    }
+}
