@@ -1,7 +1,1171 @@
-//! RAM cache layer (placeholder while the real one is written).
-use crate::{Bdev, CacheMode};
-use std::sync::Arc;
-/// Wraps `inner` in a RAM cache.
-pub fn with_cache(inner: Arc<dyn Bdev>, _mode: CacheMode, _size_bytes: u64) -> Arc<dyn Bdev> {
-    inner
+//! RAM cache layer over any [`Bdev`]: write-back, write-through or none, switchable live.
+//!
+//! # Structure
+//! The cache is shared by all channels of the device: a map of *lines* (up to 128 blocks,
+//! about 64 KiB each) behind one mutex, bounded by `size_bytes`, evicted LRU (clean lines
+//! only). Each line keeps per-block `valid` and `dirty` bitmaps.
+//!
+//! # Invariants (what makes reads return the newest data)
+//! - A valid block in the cache is never older than the backing device's copy.
+//! - Dirty blocks are only cleared by a completed write-back of a snapshot taken when they
+//!   were dirty, and only if they were not rewritten since (`redirty`).
+//! - A line has at most one write-back in flight (`flushing`), and none while a
+//!   pass-through write or discard touching it is in flight (`busy`), so the backing
+//!   device sees writes to a block in the order they were acknowledged.
+//! - Pass-through writes and discards wait (parked) while a write-back of an overlapping
+//!   line is in flight; otherwise the older write-back could land after them.
+//! - Lines read from the backing device are populated only if no write touched them since
+//!   the read was issued (`gen` vs. a global write clock; `removed_gen` covers lines that
+//!   were written and evicted meanwhile).
+//! - A backend read overlays every valid cached block on completion (lines it touched are
+//!   pinned against eviction), so dirty data written back and evicted meanwhile cannot be
+//!   hidden behind the older data the read fetched.
+//!
+//! # Write-back
+//! Writes are copied into the cache and complete at once, while the dirty budget (3/4 of the
+//! cache) allows; beyond it, or for FUA, they pass through to the backing device. Channels
+//! write dirty lines back from [`BdevChannel::poll`]: when the channel is idle, when dirty
+//! data exceeds half the budget or is older than a second, and at full speed while any
+//! `Flush` is waiting. A `Flush` records every dirty line and its generation, waits until
+//! each has been written back at least to that generation (by any channel), then flushes
+//! the backing device. Channels wake each other through their eventfds when a write-back
+//! completes and someone is waiting.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tandem_ffi::{EventFd, WakeSet};
+
+use crate::{
+    check_op, reject, AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, BufPool, CacheMode,
+    Completion, DeviceInfo,
+};
+
+/// Target line size; blocks per line are capped at 128 (one `u128` bitmap).
+const LINE_TARGET_BYTES: u64 = 64 << 10;
+const MAX_BLOCKS_PER_LINE: u64 = 128;
+/// Write-back writes in flight per channel.
+const WB_RUNS_MAX: usize = 32;
+/// Lines started per poll.
+const WB_LINES_PER_POLL: usize = 8;
+/// Dirty lines examined per poll when looking for one to write back.
+const WB_SCAN_MAX: usize = 64;
+/// LRU entries examined when looking for a line to evict.
+const EVICT_SCAN_MAX: usize = 64;
+/// Dirty data older than this is written back even when the channel is busy.
+const WB_AGE_MAX: Duration = Duration::from_secs(1);
+/// After a failed write-back, the line is retried no sooner than this.
+const WB_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// `flush_blocking` gives up after this long.
+const FLUSH_BLOCKING_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn mode_to_u8(m: CacheMode) -> u8 {
+    match m {
+        CacheMode::None => 0,
+        CacheMode::WriteThrough => 1,
+        CacheMode::WriteBack => 2,
+    }
+}
+
+fn mode_from_u8(v: u8) -> CacheMode {
+    match v {
+        1 => CacheMode::WriteThrough,
+        2 => CacheMode::WriteBack,
+        _ => CacheMode::None,
+    }
+}
+
+/// Bits `[start, start+n)`.
+fn mask(start: u32, n: u32) -> u128 {
+    if n == 0 {
+        0
+    } else if n >= 128 {
+        !0
+    } else {
+        ((1u128 << n) - 1) << start
+    }
+}
+
+/// Runs of consecutive set bits: `(start, len)`.
+fn runs(mut m: u128) -> impl Iterator<Item = (u32, u32)> {
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let start = m.trailing_zeros();
+        let len = (m >> start).trailing_ones();
+        m &= !mask(start, len);
+        Some((start, len))
+    })
+}
+
+/// A part of a request that falls into one line.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    line: u64,
+    /// First block within the line.
+    start: u32,
+    /// Blocks.
+    n: u32,
+    /// Byte offset of this piece within the request.
+    buf_off: usize,
+}
+
+impl Piece {
+    fn mask(&self) -> u128 {
+        mask(self.start, self.n)
+    }
+}
+
+#[derive(Default)]
+struct Line {
+    data: Option<Box<[u8]>>,
+    valid: u128,
+    dirty: u128,
+    /// Write clock value of the last write/discard that touched this line.
+    gen: u64,
+    /// All data up to this generation is on the backing device.
+    persisted_gen: u64,
+    flushing: bool,
+    flush_gen: u64,
+    flush_runs: u32,
+    flush_failed: bool,
+    /// Blocks rewritten while a write-back is in flight (stay dirty afterwards).
+    redirty: u128,
+    /// Pass-through writes/discards in flight.
+    busy: u32,
+    /// Backend reads in flight that will overlay this line.
+    pins: u32,
+    /// Key in `State::lru` (0 = not there; only lines holding data are there).
+    lru_key: u64,
+    /// Key in `State::dirty_q` (0 = not there).
+    dirty_key: u64,
+    dirty_since: Option<Instant>,
+    retry_after: Option<Instant>,
+}
+
+impl Line {
+    fn removable(&self) -> bool {
+        self.data.is_none()
+            && self.valid == 0
+            && self.dirty == 0
+            && !self.flushing
+            && self.busy == 0
+            && self.pins == 0
+    }
+}
+
+#[derive(Default)]
+struct State {
+    lines: HashMap<u64, Line>,
+    /// Lines holding data, least recently used first.
+    lru: BTreeMap<u64, u64>,
+    lru_seq: u64,
+    /// Lines with dirty blocks, oldest first.
+    dirty_q: BTreeMap<u64, u64>,
+    dirty_seq: u64,
+    dirty_blocks: u64,
+    /// Global write clock.
+    clock: u64,
+    /// Highest `gen` of any line removed from the map.
+    removed_gen: u64,
+    data_lines: usize,
+    spare: Vec<Box<[u8]>>,
+    /// Failed write-backs so far (a waiting Flush fails if this moves).
+    wb_errors: u64,
+}
+
+struct Shared {
+    inner: Arc<dyn Bdev>,
+    block_size: u32,
+    blocks_per_line: u32,
+    line_bytes: usize,
+    capacity_lines: usize,
+    dirty_budget_blocks: u64,
+    num_blocks: AtomicU64,
+    read_only: bool,
+    mode: AtomicU8,
+    st: Mutex<State>,
+    wakers: Mutex<Vec<Weak<EventFd>>>,
+    /// Flush operations waiting for write-back (all channels).
+    urgent: AtomicUsize,
+    /// Parked operations (all channels); when non-zero, progress wakes every channel.
+    parked: AtomicUsize,
+    /// Serialises `set_cache_mode`.
+    mode_lock: Mutex<()>,
+}
+
+/// Wraps `inner` in a RAM cache of `size_bytes` in mode `mode`. A size too small for one
+/// line (64 KiB) gives a cache that holds nothing: every write passes through.
+pub fn with_cache(inner: Arc<dyn Bdev>, mode: CacheMode, size_bytes: u64) -> Arc<dyn Bdev> {
+    let info = inner.info();
+    let bs = u64::from(info.block_size.max(1));
+    let bpl = (LINE_TARGET_BYTES / bs).clamp(1, MAX_BLOCKS_PER_LINE);
+    let line_bytes = bs * bpl;
+    let capacity_lines = usize::try_from(size_bytes / line_bytes).unwrap_or(usize::MAX);
+    let dirty_budget_blocks = (capacity_lines as u64).saturating_mul(bpl) / 4 * 3;
+    Arc::new(CacheDev(Arc::new(Shared {
+        inner,
+        block_size: info.block_size,
+        blocks_per_line: bpl as u32,
+        line_bytes: line_bytes as usize,
+        capacity_lines,
+        dirty_budget_blocks,
+        num_blocks: AtomicU64::new(info.num_blocks),
+        read_only: info.read_only,
+        mode: AtomicU8::new(mode_to_u8(mode)),
+        st: Mutex::new(State::default()),
+        wakers: Mutex::new(Vec::new()),
+        urgent: AtomicUsize::new(0),
+        parked: AtomicUsize::new(0),
+        mode_lock: Mutex::new(()),
+    })))
+}
+
+impl Shared {
+    fn mode(&self) -> CacheMode {
+        mode_from_u8(self.mode.load(Ordering::Acquire))
+    }
+
+    fn bs(&self) -> usize {
+        self.block_size as usize
+    }
+
+    /// Splits `[offset, offset+len)` (validated, block-aligned) into line pieces.
+    fn pieces(&self, offset: u64, len: u64) -> Vec<Piece> {
+        let bs = u64::from(self.block_size);
+        let bpl = u64::from(self.blocks_per_line);
+        let first = offset / bs;
+        let end = first + len / bs;
+        let mut v = Vec::with_capacity((len / bs / bpl) as usize + 2);
+        let mut b = first;
+        while b < end {
+            let line = b / bpl;
+            let start = (b % bpl) as u32;
+            let n = (bpl - u64::from(start)).min(end - b) as u32;
+            v.push(Piece {
+                line,
+                start,
+                n,
+                buf_off: ((b - first) * bs) as usize,
+            });
+            b += u64::from(n);
+        }
+        v
+    }
+
+    fn wake_all(&self) {
+        let mut w = self.wakers.lock();
+        w.retain(|e| match e.upgrade() {
+            Some(e) => {
+                let _ = e.notify();
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn wake_if_parked(&self) {
+        if self.parked.load(Ordering::Acquire) > 0 {
+            self.wake_all();
+        }
+    }
+}
+
+impl State {
+    fn touch(&mut self, id: u64) {
+        let Some(line) = self.lines.get_mut(&id) else {
+            return;
+        };
+        if line.data.is_none() {
+            return;
+        }
+        if line.lru_key != 0 {
+            self.lru.remove(&line.lru_key);
+        }
+        self.lru_seq += 1;
+        line.lru_key = self.lru_seq;
+        self.lru.insert(self.lru_seq, id);
+    }
+
+    fn line(&mut self, id: u64) -> &mut Line {
+        self.lines.entry(id).or_default()
+    }
+
+    fn maybe_remove(&mut self, id: u64) {
+        if self.lines.get(&id).is_some_and(Line::removable) {
+            if let Some(l) = self.lines.remove(&id) {
+                self.removed_gen = self.removed_gen.max(l.gen);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, id: u64, m: u128) {
+        let seq = self.dirty_seq + 1;
+        let line = self.lines.entry(id).or_default();
+        let new = m & !line.dirty;
+        line.dirty |= m;
+        if line.flushing {
+            line.redirty |= m;
+        }
+        let queue = line.dirty_key == 0;
+        if queue {
+            line.dirty_key = seq;
+            line.dirty_since = Some(Instant::now());
+        }
+        self.dirty_blocks += u64::from(new.count_ones());
+        if queue {
+            self.dirty_seq = seq;
+            self.dirty_q.insert(seq, id);
+        }
+    }
+
+    /// Gives line `id` a data buffer, evicting a clean unpinned line if the cache is full.
+    /// Lines in `keep` are never evicted. Returns false if nothing could be evicted.
+    fn ensure_data(&mut self, sh: &Shared, id: u64, keep: &[u64]) -> bool {
+        if self.lines.get(&id).is_some_and(|l| l.data.is_some()) {
+            return true;
+        }
+        let data = if self.data_lines < sh.capacity_lines {
+            self.data_lines += 1;
+            self.spare
+                .pop()
+                .unwrap_or_else(|| vec![0u8; sh.line_bytes].into_boxed_slice())
+        } else {
+            let victim = self
+                .lru
+                .iter()
+                .take(EVICT_SCAN_MAX)
+                .map(|(_, &v)| v)
+                .find(|v| {
+                    *v != id
+                        && !keep.contains(v)
+                        && self.lines.get(v).is_some_and(|l| {
+                            l.dirty == 0 && !l.flushing && l.pins == 0 && l.busy == 0
+                        })
+                });
+            let Some(victim) = victim else { return false };
+            let Some(vl) = self.lines.get_mut(&victim) else {
+                return false;
+            };
+            let Some(data) = vl.data.take() else {
+                return false;
+            };
+            vl.valid = 0;
+            if vl.lru_key != 0 {
+                self.lru.remove(&vl.lru_key);
+                vl.lru_key = 0;
+            }
+            self.maybe_remove(victim);
+            data
+        };
+        let line = self.line(id);
+        line.data = Some(data);
+        line.valid = 0;
+        self.touch(id);
+        true
+    }
+
+    /// Drops the data of every clean, idle line (switch to mode None).
+    fn drop_clean(&mut self) {
+        let ids: Vec<u64> = self.lines.keys().copied().collect();
+        for id in ids {
+            let Some(l) = self.lines.get_mut(&id) else {
+                continue;
+            };
+            if l.dirty != 0 || l.flushing || l.pins != 0 || l.busy != 0 {
+                continue;
+            }
+            if let Some(d) = l.data.take() {
+                self.spare.push(d);
+                self.data_lines -= 1;
+            }
+            l.valid = 0;
+            if l.lru_key != 0 {
+                self.lru.remove(&l.lru_key);
+                l.lru_key = 0;
+            }
+            self.maybe_remove(id);
+        }
+        self.spare.truncate(16);
+    }
+}
+
+struct CacheDev(Arc<Shared>);
+
+impl Bdev for CacheDev {
+    fn info(&self) -> DeviceInfo {
+        let mut i = self.0.inner.info();
+        i.num_blocks = self.0.num_blocks.load(Ordering::Acquire);
+        i.cache = self.0.mode();
+        i
+    }
+
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let sh = self.0.clone();
+        let inner = sh.inner.channel()?;
+        let err = |what: &str, e: std::io::Error| BdevError::Other(format!("{what}: {e}"));
+        let efd = Arc::new(EventFd::new().map_err(|e| err("eventfd", e))?);
+        let wake = WakeSet::new().map_err(|e| err("epoll", e))?;
+        wake.add(efd.as_raw_fd()).map_err(|e| err("epoll add", e))?;
+        let inner_fd = inner.wake_fd();
+        if let Some(fd) = inner_fd {
+            wake.add(fd).map_err(|e| err("epoll add", e))?;
+        }
+        sh.wakers.lock().push(Arc::downgrade(&efd));
+        Ok(Box::new(CacheChannel {
+            inner,
+            inner_immediate: inner_fd.is_none(),
+            sh,
+            efd,
+            wake,
+            ops: HashMap::new(),
+            next_id: 1,
+            parked: VecDeque::new(),
+            ready: VecDeque::new(),
+            pool: BufPool::default(),
+            scratch: Vec::new(),
+            user_ops: 0,
+            wb_runs: 0,
+        }))
+    }
+
+    fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError> {
+        self.0.inner.resize(new_num_blocks)?;
+        self.0
+            .num_blocks
+            .fetch_max(new_num_blocks, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn flush_blocking(&self) -> Result<(), BdevError> {
+        let mut ch = self.channel()?;
+        ch.submit(0, BdevOp::Flush);
+        let deadline = Instant::now() + FLUSH_BLOCKING_TIMEOUT;
+        let mut out = Vec::new();
+        loop {
+            ch.poll(&mut out);
+            if let Some(c) = out.pop() {
+                return c.result;
+            }
+            if Instant::now() > deadline {
+                return Err(BdevError::Other(
+                    "flush timed out waiting for write-back".into(),
+                ));
+            }
+            if let Some(fd) = ch.wake_fd() {
+                let _ = tandem_ffi::wait_readable(fd, 50);
+            }
+        }
+    }
+
+    fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError> {
+        let sh = &self.0;
+        let _g = sh.mode_lock.lock();
+        let old = sh.mode();
+        if old == mode {
+            return Ok(());
+        }
+        if old == CacheMode::WriteBack {
+            // New writes stop going dirty first; then write everything back.
+            sh.mode
+                .store(mode_to_u8(CacheMode::WriteThrough), Ordering::Release);
+            if let Err(e) = self.flush_blocking() {
+                tracing::warn!("leaving write-back: flush failed: {e}");
+                return Err(e);
+            }
+        }
+        sh.mode.store(mode_to_u8(mode), Ordering::Release);
+        if mode == CacheMode::None {
+            sh.st.lock().drop_clean();
+        }
+        Ok(())
+    }
+}
+
+/// An operation waiting for the inner channel.
+enum Pending {
+    /// A read from the backing device (cache miss or mode None).
+    Read {
+        tag: u64,
+        offset: u64,
+        len: u64,
+        clock: u64,
+        pinned: Vec<u64>,
+    },
+    /// A write or discard passed through to the backing device.
+    Through {
+        tag: u64,
+        offset: u64,
+        len: u64,
+        gens: Vec<(u64, u64)>,
+        write: bool,
+    },
+    /// The backing device's flush, after write-back finished.
+    Flush { tag: u64 },
+    /// One run of a line's write-back.
+    WriteBack { line: u64 },
+}
+
+/// An operation that cannot start yet.
+enum Parked {
+    /// Pass-through write (`buf` Some) or discard waiting for overlapping write-backs.
+    Through {
+        tag: u64,
+        offset: u64,
+        len: u64,
+        buf: Option<AlignedBuf>,
+        fua: bool,
+    },
+    /// Flush waiting until every line dirty at submission is written back.
+    Flush {
+        tag: u64,
+        waits: Vec<(u64, u64)>,
+        errors: u64,
+    },
+}
+
+struct CacheChannel {
+    /// The inner channel first: dropped last among I/O owners is fine since `Drop` drains.
+    inner: Box<dyn BdevChannel>,
+    inner_immediate: bool,
+    sh: Arc<Shared>,
+    efd: Arc<EventFd>,
+    wake: WakeSet,
+    ops: HashMap<u64, Pending>,
+    next_id: u64,
+    parked: VecDeque<Parked>,
+    ready: VecDeque<Completion>,
+    pool: BufPool,
+    scratch: Vec<Completion>,
+    /// User operations submitted and not yet returned by poll.
+    user_ops: usize,
+    /// Write-back runs in flight on this channel.
+    wb_runs: usize,
+}
+
+impl CacheChannel {
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn finish(&mut self, tag: u64, result: Result<(), BdevError>, buf: Option<AlignedBuf>) {
+        if self.ready.is_empty() {
+            let _ = self.efd.notify();
+        }
+        self.ready.push_back(Completion { tag, result, buf });
+    }
+
+    fn inner_submit(&mut self, id: u64, op: BdevOp, pending: Pending) {
+        self.ops.insert(id, pending);
+        self.inner.submit(id, op);
+        if self.inner_immediate {
+            let _ = self.efd.notify();
+        }
+    }
+
+    fn park(&mut self, p: Parked) {
+        self.sh.parked.fetch_add(1, Ordering::AcqRel);
+        if matches!(p, Parked::Flush { .. }) {
+            self.sh.urgent.fetch_add(1, Ordering::AcqRel);
+        }
+        self.parked.push_back(p);
+    }
+
+    fn read(&mut self, tag: u64, offset: u64, len: u64) {
+        let sh = self.sh.clone();
+        let pieces = sh.pieces(offset, len);
+        let bs = sh.bs();
+        let mode = sh.mode();
+        let mut st = sh.st.lock();
+        if mode != CacheMode::None {
+            let hit = pieces.iter().all(|p| {
+                st.lines
+                    .get(&p.line)
+                    .is_some_and(|l| l.data.is_some() && l.valid & p.mask() == p.mask())
+            });
+            if hit {
+                let mut buf = self.pool.alloc(len as usize);
+                for p in &pieces {
+                    if let Some(data) = st.lines.get(&p.line).and_then(|l| l.data.as_ref()) {
+                        let from = p.start as usize * bs;
+                        let n = p.n as usize * bs;
+                        buf[p.buf_off..p.buf_off + n].copy_from_slice(&data[from..from + n]);
+                    }
+                    st.touch(p.line);
+                }
+                drop(st);
+                return self.finish(tag, Ok(()), Some(buf));
+            }
+        }
+        let mut pinned = Vec::new();
+        for p in &pieces {
+            if let Some(l) = st.lines.get_mut(&p.line) {
+                l.pins += 1;
+                pinned.push(p.line);
+            }
+        }
+        let clock = st.clock;
+        drop(st);
+        let id = self.id();
+        let op = BdevOp::Read {
+            offset,
+            len: len as u32,
+        };
+        self.inner_submit(
+            id,
+            op,
+            Pending::Read {
+                tag,
+                offset,
+                len,
+                clock,
+                pinned,
+            },
+        );
+    }
+
+    fn read_done(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        len: u64,
+        clock: u64,
+        pinned: Vec<u64>,
+        c: Completion,
+    ) {
+        let sh = self.sh.clone();
+        let bs = sh.bs();
+        let mut st = sh.st.lock();
+        let mut buf = c.buf;
+        if let (Ok(()), Some(b)) = (&c.result, buf.as_mut()) {
+            let populate = sh.mode() != CacheMode::None;
+            let pieces = sh.pieces(offset, len);
+            let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
+            for p in &pieces {
+                // Overlay newer cached data.
+                if let Some(l) = st.lines.get(&p.line) {
+                    if let Some(data) = &l.data {
+                        for (s, n) in runs(l.valid & p.mask()) {
+                            let at = p.buf_off + (s - p.start) as usize * bs;
+                            let from = s as usize * bs;
+                            let n = n as usize * bs;
+                            b[at..at + n].copy_from_slice(&data[from..from + n]);
+                        }
+                    }
+                }
+                if !populate {
+                    continue;
+                }
+                let fresh = match st.lines.get(&p.line) {
+                    Some(l) => l.gen <= clock && l.busy == 0,
+                    None => st.removed_gen <= clock,
+                };
+                if !fresh || !st.ensure_data(&sh, p.line, &lines) {
+                    continue;
+                }
+                let l = st.line(p.line);
+                let missing = p.mask() & !l.valid;
+                if let Some(data) = l.data.as_mut() {
+                    for (s, n) in runs(missing) {
+                        let at = p.buf_off + (s - p.start) as usize * bs;
+                        let to = s as usize * bs;
+                        let n = n as usize * bs;
+                        data[to..to + n].copy_from_slice(&b[at..at + n]);
+                    }
+                    l.valid |= missing;
+                }
+                st.touch(p.line);
+            }
+        }
+        for id in pinned {
+            if let Some(l) = st.lines.get_mut(&id) {
+                l.pins -= 1;
+            }
+            st.maybe_remove(id);
+        }
+        drop(st);
+        self.finish(tag, c.result, buf);
+    }
+
+    /// Write-back admission: copies the write into the cache as dirty data. False if the
+    /// dirty budget or the cache's capacity does not allow it.
+    fn try_admit(&mut self, offset: u64, buf: &AlignedBuf) -> bool {
+        let sh = self.sh.clone();
+        let bs = sh.bs();
+        let pieces = sh.pieces(offset, buf.len() as u64);
+        let mut st = sh.st.lock();
+        let new_dirty: u64 = pieces
+            .iter()
+            .map(|p| {
+                let d = st.lines.get(&p.line).map_or(0, |l| l.dirty);
+                u64::from((p.mask() & !d).count_ones())
+            })
+            .sum();
+        if st.dirty_blocks + new_dirty > sh.dirty_budget_blocks {
+            return false;
+        }
+        let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
+        for p in &pieces {
+            if !st.ensure_data(&sh, p.line, &lines) {
+                for p in &pieces {
+                    st.maybe_remove(p.line);
+                }
+                return false;
+            }
+        }
+        st.clock += 1;
+        let clock = st.clock;
+        for p in &pieces {
+            let l = st.line(p.line);
+            if let Some(data) = l.data.as_mut() {
+                let to = p.start as usize * bs;
+                let n = p.n as usize * bs;
+                data[to..to + n].copy_from_slice(&buf[p.buf_off..p.buf_off + n]);
+            }
+            l.valid |= p.mask();
+            l.gen = clock;
+            st.mark_dirty(p.line, p.mask());
+            st.touch(p.line);
+        }
+        true
+    }
+
+    /// Write (`buf` Some) or discard passed through to the backing device.
+    fn through(&mut self, tag: u64, offset: u64, len: u64, buf: Option<AlignedBuf>, fua: bool) {
+        let sh = self.sh.clone();
+        let bs = sh.bs();
+        let pieces = sh.pieces(offset, len);
+        let mut st = sh.st.lock();
+        if pieces
+            .iter()
+            .any(|p| st.lines.get(&p.line).is_some_and(|l| l.flushing))
+        {
+            drop(st);
+            return self.park(Parked::Through {
+                tag,
+                offset,
+                len,
+                buf,
+                fua,
+            });
+        }
+        st.clock += 1;
+        let clock = st.clock;
+        let mut gens = Vec::with_capacity(pieces.len());
+        for p in &pieces {
+            let l = st.line(p.line);
+            l.busy += 1;
+            l.gen = clock;
+            gens.push((p.line, clock));
+            let m = p.mask();
+            // Dirty blocks get the new data (they stay dirty: written back again later,
+            // harmlessly); clean cached blocks are dropped until the write completes.
+            let dirty = l.dirty & m;
+            l.valid &= !(m & !l.dirty);
+            if let Some(data) = l.data.as_mut() {
+                for (s, n) in runs(dirty) {
+                    let to = s as usize * bs;
+                    let n = n as usize * bs;
+                    match &buf {
+                        Some(b) => {
+                            let at = p.buf_off + (s - p.start) as usize * bs;
+                            data[to..to + n].copy_from_slice(&b[at..at + n]);
+                        }
+                        None => data[to..to + n].fill(0),
+                    }
+                }
+            }
+        }
+        drop(st);
+        let id = self.id();
+        let write = buf.is_some();
+        let op = match buf {
+            Some(buf) => BdevOp::Write { offset, buf, fua },
+            None => BdevOp::Discard { offset, len },
+        };
+        self.inner_submit(
+            id,
+            op,
+            Pending::Through {
+                tag,
+                offset,
+                len,
+                gens,
+                write,
+            },
+        );
+    }
+
+    fn through_done(
+        &mut self,
+        tag: u64,
+        offset: u64,
+        len: u64,
+        gens: Vec<(u64, u64)>,
+        write: bool,
+        c: Completion,
+    ) {
+        let sh = self.sh.clone();
+        let bs = sh.bs();
+        let populate = write && c.result.is_ok() && sh.mode() != CacheMode::None;
+        let pieces = sh.pieces(offset, len);
+        let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
+        let mut st = sh.st.lock();
+        for (p, (id, gen)) in pieces.iter().zip(gens) {
+            let Some(l) = st.lines.get_mut(&id) else {
+                continue;
+            };
+            l.busy -= 1;
+            if populate && l.gen == gen && l.busy == 0 && st.ensure_data(&sh, id, &lines) {
+                if let (Some(b), l) = (c.buf.as_ref(), st.line(id)) {
+                    let m = p.mask() & !l.dirty;
+                    if let Some(data) = l.data.as_mut() {
+                        for (s, n) in runs(m) {
+                            let at = p.buf_off + (s - p.start) as usize * bs;
+                            let to = s as usize * bs;
+                            let n = n as usize * bs;
+                            data[to..to + n].copy_from_slice(&b[at..at + n]);
+                        }
+                        l.valid |= m;
+                    }
+                }
+                st.touch(id);
+            }
+            st.maybe_remove(id);
+        }
+        drop(st);
+        sh.wake_if_parked();
+        self.finish(tag, c.result, c.buf);
+    }
+
+    fn flush(&mut self, tag: u64) {
+        let st = self.sh.st.lock();
+        let waits: Vec<(u64, u64)> = st
+            .dirty_q
+            .values()
+            .filter_map(|id| st.lines.get(id).map(|l| (*id, l.gen)))
+            .collect();
+        let errors = st.wb_errors;
+        drop(st);
+        if waits.is_empty() {
+            let id = self.id();
+            self.inner_submit(id, BdevOp::Flush, Pending::Flush { tag });
+        } else {
+            self.park(Parked::Flush { tag, waits, errors });
+        }
+    }
+
+    /// Retries parked operations once each.
+    fn retry_parked(&mut self) {
+        for _ in 0..self.parked.len() {
+            let Some(p) = self.parked.pop_front() else {
+                break;
+            };
+            self.sh.parked.fetch_sub(1, Ordering::AcqRel);
+            match p {
+                Parked::Through {
+                    tag,
+                    offset,
+                    len,
+                    buf,
+                    fua,
+                } => self.through(tag, offset, len, buf, fua),
+                Parked::Flush {
+                    tag,
+                    mut waits,
+                    errors,
+                } => {
+                    self.sh.urgent.fetch_sub(1, Ordering::AcqRel);
+                    let st = self.sh.st.lock();
+                    if st.wb_errors != errors {
+                        drop(st);
+                        let e = BdevError::Other("write-back to the backing device failed".into());
+                        self.finish(tag, Err(e), None);
+                        continue;
+                    }
+                    waits.retain(|(id, gen)| {
+                        st.lines
+                            .get(id)
+                            .is_some_and(|l| l.dirty != 0 && l.persisted_gen < *gen)
+                    });
+                    drop(st);
+                    if waits.is_empty() {
+                        let id = self.id();
+                        self.inner_submit(id, BdevOp::Flush, Pending::Flush { tag });
+                    } else {
+                        self.park(Parked::Flush { tag, waits, errors });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts write-back of dirty lines, bounded per call.
+    fn write_back(&mut self) {
+        let sh = self.sh.clone();
+        let bs = sh.bs();
+        let mut started = 0;
+        let mut submits: Vec<(u64, u64, AlignedBuf)> = Vec::new();
+        {
+            let mut st = sh.st.lock();
+            if st.dirty_q.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let eager = sh.urgent.load(Ordering::Acquire) > 0
+                || sh.mode() != CacheMode::WriteBack
+                || self.user_ops == 0
+                || st.dirty_blocks * 2 > sh.dirty_budget_blocks;
+            let candidates: Vec<u64> = st.dirty_q.values().take(WB_SCAN_MAX).copied().collect();
+            for id in candidates {
+                if started >= WB_LINES_PER_POLL || self.wb_runs + submits.len() >= WB_RUNS_MAX {
+                    break;
+                }
+                let Some(l) = st.lines.get_mut(&id) else {
+                    continue;
+                };
+                if l.flushing || l.busy > 0 || l.dirty == 0 {
+                    continue;
+                }
+                if l.retry_after.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let old = l
+                    .dirty_since
+                    .is_some_and(|t| now.duration_since(t) > WB_AGE_MAX);
+                if !eager && !old {
+                    break; // queue is oldest first: nothing older follows
+                }
+                let Some(data) = l.data.as_ref() else {
+                    continue;
+                };
+                let bpl = u64::from(sh.blocks_per_line);
+                let mut n_runs = 0;
+                for (s, n) in runs(l.dirty) {
+                    let from = s as usize * bs;
+                    let n = n as usize * bs;
+                    let mut buf = self.pool.alloc(n);
+                    buf.copy_from_slice(&data[from..from + n]);
+                    let offset = (id * bpl + u64::from(s)) * bs as u64;
+                    submits.push((id, offset, buf));
+                    n_runs += 1;
+                }
+                l.flushing = true;
+                l.flush_gen = l.gen;
+                l.flush_runs = n_runs;
+                l.flush_failed = false;
+                l.redirty = 0;
+                started += 1;
+            }
+        }
+        for (line, offset, buf) in submits {
+            let id = self.id();
+            self.wb_runs += 1;
+            self.inner_submit(
+                id,
+                BdevOp::Write {
+                    offset,
+                    buf,
+                    fua: false,
+                },
+                Pending::WriteBack { line },
+            );
+        }
+    }
+
+    fn write_back_done(&mut self, line: u64, c: Completion) {
+        self.wb_runs -= 1;
+        if let Some(b) = c.buf {
+            self.pool.free(b);
+        }
+        let sh = self.sh.clone();
+        let mut st = sh.st.lock();
+        let mut failed_now = false;
+        let Some(l) = st.lines.get_mut(&line) else {
+            return;
+        };
+        if let Err(e) = &c.result {
+            tracing::warn!(line, "write-back failed: {e}");
+            l.flush_failed = true;
+        }
+        l.flush_runs -= 1;
+        if l.flush_runs == 0 {
+            l.flushing = false;
+            if l.flush_failed {
+                failed_now = true;
+                l.retry_after = Some(Instant::now() + WB_RETRY_DELAY);
+            } else {
+                let cleaned = l.dirty & !l.redirty;
+                l.dirty = l.redirty;
+                l.persisted_gen = l.flush_gen;
+                l.retry_after = None;
+                let key = l.dirty_key;
+                let clean = l.dirty == 0;
+                if clean {
+                    l.dirty_key = 0;
+                    l.dirty_since = None;
+                }
+                st.dirty_blocks -= u64::from(cleaned.count_ones());
+                if clean {
+                    st.dirty_q.remove(&key);
+                }
+            }
+            if let Some(l) = st.lines.get_mut(&line) {
+                l.redirty = 0;
+            }
+            if failed_now {
+                st.wb_errors += 1;
+            }
+            st.maybe_remove(line);
+        }
+        drop(st);
+        sh.wake_if_parked();
+    }
+
+    fn handle_inner(&mut self, c: Completion) {
+        let Some(p) = self.ops.remove(&c.tag) else {
+            tracing::error!(id = c.tag, "cache: completion for an unknown operation");
+            return;
+        };
+        match p {
+            Pending::Read {
+                tag,
+                offset,
+                len,
+                clock,
+                pinned,
+            } => self.read_done(tag, offset, len, clock, pinned, c),
+            Pending::Through {
+                tag,
+                offset,
+                len,
+                gens,
+                write,
+            } => self.through_done(tag, offset, len, gens, write, c),
+            Pending::Flush { tag } => self.finish(tag, c.result, None),
+            Pending::WriteBack { line } => self.write_back_done(line, c),
+        }
+    }
+
+    fn poll_inner(&mut self) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.inner.poll(&mut scratch);
+        let n = scratch.len();
+        for c in scratch.drain(..) {
+            self.handle_inner(c);
+        }
+        self.scratch = scratch;
+        n
+    }
+}
+
+impl BdevChannel for CacheChannel {
+    fn submit(&mut self, tag: u64, op: BdevOp) {
+        let sh = self.sh.clone();
+        let nb = sh.num_blocks.load(Ordering::Acquire);
+        self.user_ops += 1;
+        if let Err(e) = check_op(&op, sh.block_size, nb, sh.read_only) {
+            let c = reject(tag, op, e);
+            return self.finish(c.tag, c.result, c.buf);
+        }
+        match op {
+            BdevOp::Read { offset, len } => {
+                if len == 0 {
+                    let b = self.pool.alloc(0);
+                    return self.finish(tag, Ok(()), Some(b));
+                }
+                self.read(tag, offset, u64::from(len))
+            }
+            BdevOp::Write { offset, buf, fua } => {
+                if buf.is_empty() {
+                    return self.finish(tag, Ok(()), Some(buf));
+                }
+                if sh.mode() == CacheMode::WriteBack && !fua && self.try_admit(offset, &buf) {
+                    return self.finish(tag, Ok(()), Some(buf));
+                }
+                let len = buf.len() as u64;
+                self.through(tag, offset, len, Some(buf), fua)
+            }
+            BdevOp::Discard { offset, len } => {
+                if len == 0 {
+                    return self.finish(tag, Ok(()), None);
+                }
+                self.through(tag, offset, len, None, false)
+            }
+            BdevOp::Flush => self.flush(tag),
+        }
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.efd.drain();
+        self.poll_inner();
+        if !self.parked.is_empty() {
+            self.retry_parked();
+        }
+        self.write_back();
+        if self.inner_immediate && !self.ops.is_empty() {
+            // Completions of what we just submitted are already there.
+            self.poll_inner();
+            if !self.parked.is_empty() {
+                self.retry_parked();
+            }
+        }
+        if !self.parked.is_empty() && self.sh.urgent.load(Ordering::Acquire) > 0 {
+            // Keep the write-back going for waiting flushes.
+            let _ = self.efd.notify();
+        }
+        let n = self.ready.len();
+        self.user_ops -= n.min(self.user_ops);
+        out.extend(self.ready.drain(..));
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.user_ops
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.wake.as_raw_fd())
+    }
+
+    fn alloc_buf(&mut self, len: usize) -> AlignedBuf {
+        self.pool.alloc(len)
+    }
+
+    fn free_buf(&mut self, buf: AlignedBuf) {
+        self.pool.free(buf)
+    }
+}
+
+impl Drop for CacheChannel {
+    fn drop(&mut self) {
+        // Finish what the shared state is waiting for (write-backs, pass-through writes,
+        // pinned reads) so no line stays flushing/busy/pinned forever.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.ops.is_empty() {
+            if self.poll_inner() == 0 {
+                if Instant::now() > deadline {
+                    tracing::error!(n = self.ops.len(), "cache channel dropped with stuck I/O");
+                    break;
+                }
+                if let Some(fd) = self.inner.wake_fd() {
+                    let _ = tandem_ffi::wait_readable(fd, 50);
+                }
+            }
+        }
+        for p in self.parked.drain(..) {
+            self.sh.parked.fetch_sub(1, Ordering::AcqRel);
+            if matches!(p, Parked::Flush { .. }) {
+                self.sh.urgent.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.sh.wake_if_parked();
+    }
 }
