@@ -1,0 +1,961 @@
+//! Command-level tests: call a command, assert its exact data or sense.
+
+use super::*;
+use crate::{ScsiStatus, TargetPort};
+
+const BS: usize = 512;
+const BLOCKS: u64 = 1024;
+
+fn nexus(id: u64) -> Nexus {
+    Nexus {
+        id,
+        initiator_name: format!("iqn.2026-01.test:host{id}"),
+        isid: [0x80, 0, 0, 0, 0, id as u8],
+        port: TargetPort {
+            relative_port_id: 1,
+            tpg_id: 7,
+            target_name: "iqn.2026-11.io.tandem:n1-disk".into(),
+            tpgt: 1,
+        },
+    }
+}
+
+fn config() -> LuConfig {
+    LuConfig {
+        identity: LuIdentity::derive("disk-under-test"),
+        block_size: BS as u32,
+        num_blocks: BLOCKS,
+        read_only: false,
+        cache: CacheMode::WriteBack,
+        unmap_supported: true,
+        max_transfer_blocks: 128,
+    }
+}
+
+/// An LU plus an in-memory disk that performs its I/O plans.
+struct Rig {
+    lu: LogicalUnit,
+    disk: Vec<u8>,
+    last_read: Vec<u8>,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        Rig::with(config(), None)
+    }
+
+    fn with(cfg: LuConfig, store: Option<Box<dyn PrStore>>) -> Rig {
+        let disk = vec![0u8; cfg.num_blocks as usize * cfg.block_size as usize];
+        Rig {
+            lu: LogicalUnit::new(cfg, store),
+            disk,
+            last_read: Vec::new(),
+        }
+    }
+
+    fn do_io(&mut self, io: &LuIo, data_out: &[u8]) -> Vec<u8> {
+        let bs = self.lu.block_size() as usize;
+        match io {
+            LuIo::Read { lba, blocks } => {
+                let s = *lba as usize * bs;
+                self.disk[s..s + *blocks as usize * bs].to_vec()
+            }
+            LuIo::Write {
+                lba, blocks, src, ..
+            } => {
+                let s = *lba as usize * bs;
+                let n = *blocks as usize * bs;
+                let bytes = match src {
+                    WriteSource::DataOut { offset, len } => {
+                        assert_eq!(*len, n);
+                        &data_out[*offset..offset + len]
+                    }
+                    WriteSource::Owned(v) => {
+                        assert_eq!(v.len(), n);
+                        assert!(v.len() <= WRITE_SAME_CHUNK_BYTES);
+                        v.as_slice()
+                    }
+                };
+                self.disk[s..s + n].copy_from_slice(bytes);
+                Vec::new()
+            }
+            LuIo::Unmap { ranges } => {
+                for (lba, n) in ranges {
+                    let s = *lba as usize * bs;
+                    self.disk[s..s + *n as usize * bs].fill(0);
+                }
+                Vec::new()
+            }
+            LuIo::Flush => Vec::new(),
+        }
+    }
+
+    /// Runs a command to completion against the in-memory disk.
+    fn run(&mut self, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Reply {
+        let mut step = self.lu.execute(&Command {
+            cdb,
+            data_out,
+            expected_in_len: 0,
+            nexus: n,
+        });
+        loop {
+            match step {
+                Step::Done(r) => return r,
+                Step::Defer => panic!("unexpected defer"),
+                Step::Io(plan) => {
+                    let data = self.do_io(&plan.io, data_out);
+                    if matches!(plan.io, LuIo::Read { .. }) {
+                        self.last_read = data.clone();
+                    }
+                    step = self.lu.resume(
+                        n,
+                        plan.cont,
+                        IoOutcome::Ok {
+                            read_data: Some(&data),
+                        },
+                        data_out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn bytes(&mut self, n: &Nexus, cdb: &[u8]) -> Vec<u8> {
+        let r = self.run(n, cdb, &[]);
+        assert_eq!(r.status, ScsiStatus::Good, "{cdb:02x?}: {:?}", r.sense);
+        match r.data {
+            ReplyData::Bytes(b) => b,
+            ReplyData::IoBuffer { len } => self.last_read[..len].to_vec(),
+            ReplyData::None => Vec::new(),
+        }
+    }
+}
+
+fn sense_of(r: &Reply) -> (u8, u8, u8) {
+    assert_eq!(r.status, ScsiStatus::CheckCondition, "{r:?}");
+    let s = r.sense.as_ref().unwrap();
+    assert_eq!(s.len(), 18);
+    (s[2] & 0x0F, s[12], s[13])
+}
+
+fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+const TUR: [u8; 6] = [0; 6];
+
+// ---- identification -----------------------------------------------------
+
+#[test]
+fn standard_inquiry() {
+    let mut r = Rig::new();
+    let d = r.bytes(&nexus(1), &[0x12, 0, 0, 0, 255, 0]);
+    assert_eq!(d.len(), 96);
+    assert_eq!(d[0], 0);
+    assert_eq!(d[2], 6);
+    assert_eq!(d[3] & 0x1F, 0x12);
+    assert_eq!(d[5] & 0x30, 0x10);
+    assert_eq!(d[7] & 0x02, 0x02);
+    assert_eq!(&d[8..16], b"TANDEM  ");
+    assert_eq!(&d[16..32], b"TANDEM-DISK     ");
+    // Truncated to the allocation length.
+    assert_eq!(r.bytes(&nexus(1), &[0x12, 0, 0, 0, 5, 0]).len(), 5);
+}
+
+#[test]
+fn vpd_pages() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let d = r.bytes(&n, &[0x12, 1, 0x00, 0, 255, 0]);
+    assert_eq!(&d[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    let d = r.bytes(&n, &[0x12, 1, 0x80, 0, 255, 0]);
+    assert_eq!(
+        &d[4..],
+        LuIdentity::derive("disk-under-test").serial.as_bytes()
+    );
+    let b0 = r.bytes(&n, &[0x12, 1, 0xB0, 0, 255, 0]);
+    assert_eq!(b0[3], 0x3C);
+    assert_eq!(&b0[8..12], &128u32.to_be_bytes());
+    assert_eq!(b0[5], 128);
+    let b2 = r.bytes(&n, &[0x12, 1, 0xB2, 0, 255, 0]);
+    assert_eq!(b2[5] & 0xE0, 0xE0);
+    let b1 = r.bytes(&n, &[0x12, 1, 0xB1, 0, 255, 0]);
+    assert_eq!(&b1[4..6], &[0, 1]);
+    assert_eq!(
+        sense_of(&r.run(&n, &[0x12, 1, 0x99, 0, 255, 0], &[])),
+        (5, 0x24, 0)
+    );
+}
+
+#[test]
+fn vpd_83_designators() {
+    let mut r = Rig::new();
+    let id = LuIdentity::derive("disk-under-test");
+    let d = r.bytes(&nexus(1), &[0x12, 1, 0x83, 0x01, 0x00, 0]);
+    let len = u16::from_be_bytes([d[2], d[3]]) as usize;
+    assert_eq!(d.len(), len + 4);
+    // Walk the descriptors.
+    let mut found = Vec::new();
+    let mut off = 4;
+    while off + 4 <= d.len() {
+        let l = d[off + 3] as usize;
+        found.push((d[off], d[off + 1], d[off + 4..off + 4 + l].to_vec()));
+        off += 4 + l;
+    }
+    assert_eq!(off, d.len());
+    assert!(found.contains(&(0x01, 0x03, id.naa.to_vec())));
+    assert!(found.contains(&(0x01, 0x02, id.eui64.to_vec())));
+    let tp = found.iter().find(|f| f.1 == 0x98).unwrap();
+    assert!(tp
+        .2
+        .starts_with(b"iqn.2026-11.io.tandem:n1-disk,t,0x0001\0"));
+    assert_eq!(tp.2.len() % 4, 0);
+    assert!(found.contains(&(0x51, 0x94, vec![0, 0, 0, 1])));
+    assert!(found.contains(&(0x51, 0x95, vec![0, 0, 0, 7])));
+}
+
+#[test]
+fn read_capacity() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let d = r.bytes(&n, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(d, [0, 0, 0x03, 0xFF, 0, 0, 2, 0]);
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x10;
+    c[13] = 32;
+    let d = r.bytes(&n, &c);
+    assert_eq!(d.len(), 32);
+    assert_eq!(&d[0..8], &(BLOCKS - 1).to_be_bytes());
+    assert_eq!(d[14] & 0x80, 0x80);
+    r.lu.resize(0x1_0000_0005);
+    let _ = r.run(&n, &TUR, &[]); // consume the capacity UA
+    let d = r.bytes(&n, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&d[0..4], &[0xFF; 4]);
+}
+
+// ---- reads and writes -----------------------------------------------------
+
+#[test]
+fn write_then_read_roundtrip() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let data: Vec<u8> = (0..2 * BS).map(|i| i as u8).collect();
+    let w = r.run(&n, &rw10(0x2A, 10, 2), &data);
+    assert_eq!(w.status, ScsiStatus::Good);
+    assert_eq!(r.bytes(&n, &rw16(0x88, 10, 2)), data);
+    // READ(6) with length 0 means 256 blocks: above this LU's 128-block limit.
+    assert_eq!(
+        sense_of(&r.run(&n, &[0x08, 0, 0, 0, 0, 0], &[])),
+        (5, 0x24, 0)
+    );
+    let mut cfg = config();
+    cfg.max_transfer_blocks = 0;
+    let mut r = Rig::with(cfg, None);
+    assert_eq!(r.bytes(&n, &[0x08, 0, 0, 0, 0, 0]).len(), 256 * BS);
+}
+
+#[test]
+fn read_beyond_capacity_is_lba_out_of_range() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x88, BLOCKS, 1), &[])),
+        (5, 0x21, 0)
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x88, BLOCKS - 1, 2), &[])),
+        (5, 0x21, 0)
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x88, u64::MAX, 1), &[])),
+        (5, 0x21, 0)
+    );
+    // Zero-length at the very end is fine; beyond it is not.
+    assert_eq!(
+        r.run(&n, &rw16(0x88, BLOCKS, 0), &[]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x88, BLOCKS + 1, 0), &[])),
+        (5, 0x21, 0)
+    );
+}
+
+#[test]
+fn transfer_limit_and_protect_fields() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let s = r.run(&n, &rw10(0x28, 0, 129), &[]);
+    assert_eq!(sense_of(&s), (5, 0x24, 0));
+    let mut c = rw10(0x28, 0, 1);
+    c[1] = 0x20;
+    assert_eq!(sense_of(&r.run(&n, &c, &[])), (5, 0x24, 0));
+}
+
+#[test]
+fn short_data_out_is_rejected_and_long_is_truncated() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let s = r.run(&n, &rw10(0x2A, 0, 2), &[7u8; BS]);
+    assert_eq!(sense_of(&s), (5, 0x0E, 0x03));
+    assert!(r.disk[..BS].iter().all(|&b| b == 0));
+    let s = r.run(&n, &rw10(0x2A, 0, 1), &[7u8; 3 * BS]);
+    assert_eq!(s.status, ScsiStatus::Good);
+    assert!(r.disk[BS..2 * BS].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn read_only_lu_rejects_writes() {
+    let mut cfg = config();
+    cfg.read_only = true;
+    let mut r = Rig::with(cfg, None);
+    let n = nexus(1);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x2A, 0, 1), &[0; BS])),
+        (7, 0x27, 0)
+    );
+    let mut ms = [0u8; 6];
+    ms[0] = 0x1A;
+    ms[2] = 0x3F;
+    ms[4] = 255;
+    let d = r.bytes(&n, &ms);
+    assert_eq!(d[2] & 0x80, 0x80);
+}
+
+#[test]
+fn io_errors_map_to_sense() {
+    let r = Rig::new();
+    let n = nexus(1);
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &rw10(0x28, 0, 1),
+        data_out: &[],
+        expected_in_len: 512,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    let Step::Done(rep) = r.lu.resume(&n, p.cont, IoOutcome::MediumError, &[]) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (3, 0x11, 0));
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &rw10(0x2A, 0, 1),
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    let Step::Done(rep) = r.lu.resume(&n, p.cont, IoOutcome::MediumError, &[]) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (3, 0x0C, 0));
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &rw10(0x2A, 0, 1),
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    let Step::Done(rep) = r.lu.resume(&n, p.cont, IoOutcome::Failed, &[]) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (4, 0x44, 0));
+}
+
+// ---- compare and write / verify / write same / unmap ------------------------
+
+fn caw(lba: u64, n: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = n;
+    c
+}
+
+#[test]
+fn compare_and_write_success_and_miscompare_offset() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.disk[5 * BS..6 * BS].fill(0xAA);
+    let mut d = vec![0xAA; BS];
+    d.extend(vec![0xBB; BS]);
+    assert_eq!(r.run(&n, &caw(5, 1), &d).status, ScsiStatus::Good);
+    assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0xBB));
+    // Now the compare data no longer matches at byte 0x23.
+    let mut d = vec![0xBB; BS];
+    d[0x23] = 0;
+    d.extend(vec![0xCC; BS]);
+    let rep = r.run(&n, &caw(5, 1), &d);
+    assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
+    let s = rep.sense.unwrap();
+    assert_eq!(s[0], 0xF0);
+    assert_eq!(&s[3..7], &0x23u32.to_be_bytes());
+    assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0xBB));
+}
+
+#[test]
+fn compare_and_write_is_atomic_against_writes() {
+    let r = Rig::new();
+    let n1 = nexus(1);
+    let n2 = nexus(2);
+    let d = vec![0u8; 2 * BS];
+    let Step::Io(caw_plan) = r.lu.execute(&Command {
+        cdb: &caw(8, 1),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    }) else {
+        panic!()
+    };
+    // An overlapping write must wait; a disjoint one need not.
+    let w = |lba| {
+        r.lu.execute(&Command {
+            cdb: &rw10(0x2A, lba, 1),
+            data_out: &d,
+            expected_in_len: 0,
+            nexus: &n2,
+        })
+    };
+    assert!(matches!(w(8), Step::Defer));
+    assert!(matches!(w(9), Step::Io(_)));
+    // Abandoning the continuation releases the range.
+    drop(caw_plan);
+    assert!(matches!(w(8), Step::Io(_)));
+    // And a CAW over an in-flight write is deferred.
+    let Step::Io(write_plan) = w(20) else {
+        panic!()
+    };
+    let c = r.lu.execute(&Command {
+        cdb: &caw(20, 1),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    });
+    assert!(matches!(c, Step::Defer));
+    drop(write_plan);
+    assert_eq!(crate::rw::inflight_len(&r.lu.inflight), 0);
+}
+
+#[test]
+fn compare_and_write_limits() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    assert_eq!(r.run(&n, &caw(0, 0), &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&n, &caw(0, 200), &[])), (5, 0x24, 0));
+    assert_eq!(
+        sense_of(&r.run(&n, &caw(BLOCKS, 1), &[0; 2 * BS])),
+        (5, 0x21, 0)
+    );
+    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; BS])), (5, 0x0E, 3));
+}
+
+#[test]
+fn verify_bytchk() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.disk[0..BS].fill(1);
+    let mut c = rw10(0x2F, 0, 1);
+    c[1] = 0x02; // BYTCHK=01
+    assert_eq!(r.run(&n, &c, &[1; BS]).status, ScsiStatus::Good);
+    let mut d = vec![1u8; BS];
+    d[100] = 9;
+    let rep = r.run(&n, &c, &d);
+    assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
+    assert_eq!(&rep.sense.unwrap()[3..7], &100u32.to_be_bytes());
+    // BYTCHK=0 is a medium check only.
+    assert_eq!(r.run(&n, &rw10(0x2F, 0, 1), &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x2F, BLOCKS as u32, 1), &[])),
+        (5, 0x21, 0)
+    );
+}
+
+#[test]
+fn write_same_expands_in_chunks_and_unmaps_zeroes() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let mut c = rw16(0x93, 0, 1000);
+    let rep = r.run(&n, &c, &[0x5A; BS]);
+    assert_eq!(rep.status, ScsiStatus::Good);
+    assert!(r.disk[..1000 * BS].iter().all(|&b| b == 0x5A));
+    assert!(r.disk[1000 * BS..].iter().all(|&b| b == 0));
+    // UNMAP bit with a zero block becomes an Unmap I/O.
+    c[1] = 0x08;
+    let step = r.lu.execute(&Command {
+        cdb: &c,
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    });
+    let Step::Io(p) = step else { panic!() };
+    assert_eq!(
+        p.io,
+        LuIo::Unmap {
+            ranges: vec![(0, 1000)]
+        }
+    );
+    drop(p);
+    // Zero blocks with WSNZ=1, ANCHOR unsupported, too-short data.
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x93, 0, 0), &[0; BS])),
+        (5, 0x24, 0)
+    );
+    let mut a = rw16(0x93, 0, 1);
+    a[1] = 0x18;
+    assert_eq!(sense_of(&r.run(&n, &a, &[0; BS])), (5, 0x24, 0));
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x41, 0, 1), &[0; 10])),
+        (5, 0x0E, 3)
+    );
+    // NDOB needs no data.
+    let mut nd = rw16(0x93, 2000 - 1024, 1);
+    nd[1] = 0x01;
+    assert_eq!(r.run(&n, &nd, &[]).status, ScsiStatus::Good);
+}
+
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = vec![0u8; 8];
+    for (l, n) in ranges {
+        p.extend_from_slice(&l.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    let bd = (p.len() - 8) as u16;
+    let dl = p.len() as u16 - 2;
+    p[0..2].copy_from_slice(&dl.to_be_bytes());
+    p[2..4].copy_from_slice(&bd.to_be_bytes());
+    p
+}
+
+fn unmap_cdb(len: usize) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = 0x42;
+    c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+    c
+}
+
+#[test]
+fn unmap_parsing() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.disk.fill(0xFF);
+    let p = unmap_list(&[(0, 2), (10, 0), (100, 1)]);
+    assert_eq!(r.run(&n, &unmap_cdb(p.len()), &p).status, ScsiStatus::Good);
+    assert!(r.disk[..2 * BS].iter().all(|&b| b == 0));
+    assert!(r.disk[2 * BS..3 * BS].iter().all(|&b| b == 0xFF));
+    let p = unmap_list(&[(BLOCKS - 1, 2)]);
+    assert_eq!(sense_of(&r.run(&n, &unmap_cdb(p.len()), &p)), (5, 0x21, 0));
+    assert_eq!(sense_of(&r.run(&n, &unmap_cdb(4), &[0; 4])), (5, 0x1A, 0));
+    assert_eq!(r.run(&n, &unmap_cdb(0), &[]).status, ScsiStatus::Good);
+    let mut cfg = config();
+    cfg.unmap_supported = false;
+    let mut r2 = Rig::with(cfg, None);
+    let p = unmap_list(&[(0, 1)]);
+    assert_eq!(sense_of(&r2.run(&n, &unmap_cdb(p.len()), &p)), (5, 0x20, 0));
+}
+
+#[test]
+fn sync_cache_and_get_lba_status() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let step = r.lu.execute(&Command {
+        cdb: &rw10(0x35, 0, 0),
+        data_out: &[],
+        expected_in_len: 0,
+        nexus: &n,
+    });
+    let Step::Io(p) = step else { panic!() };
+    assert_eq!(p.io, LuIo::Flush);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x91, BLOCKS + 1, 0), &[])),
+        (5, 0x21, 0)
+    );
+    let mut c = [0u8; 16];
+    c[0] = 0x9E;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&10u64.to_be_bytes());
+    c[13] = 24;
+    let d = r.bytes(&n, &c);
+    assert_eq!(d.len(), 24);
+    assert_eq!(&d[8..16], &10u64.to_be_bytes());
+    assert_eq!(&d[16..20], &((BLOCKS - 10) as u32).to_be_bytes());
+    c[2..10].copy_from_slice(&BLOCKS.to_be_bytes());
+    assert_eq!(sense_of(&r.run(&n, &c, &[])), (5, 0x21, 0));
+}
+
+// ---- unit attentions ------------------------------------------------------
+
+#[test]
+fn unit_attention_ordering() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.lu.nexus_added(&n);
+    // INQUIRY does not consume the UA.
+    r.bytes(&n, &[0x12, 0, 0, 0, 36, 0]);
+    r.lu.resize(2048);
+    r.lu.set_alua_state(AluaState::ActiveNonOptimized);
+    // Power-on first, then capacity, then ALUA; REQUEST SENSE returns and clears.
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (6, 0x29, 0));
+    let d = r.bytes(&n, &[0x03, 0, 0, 0, 18, 0]);
+    assert_eq!((d[2], d[12], d[13]), (6, 0x2A, 0x09));
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (6, 0x2A, 0x06));
+    assert_eq!(r.run(&n, &TUR, &[]).status, ScsiStatus::Good);
+    let d = r.bytes(&n, &[0x03, 0, 0, 0, 18, 0]);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    // Descriptor format on request.
+    let d = r.bytes(&n, &[0x03, 1, 0, 0, 252, 0]);
+    assert_eq!(d[0], 0x72);
+}
+
+#[test]
+fn lun_reset_clears_spc2_reservation_and_notifies_others() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&b);
+    r.run(&a, &TUR, &[]);
+    r.run(&b, &TUR, &[]);
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::ReservationConflict);
+    r.lu.lun_reset(&a);
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0x03));
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn spc2_reserve_release_and_nexus_loss() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    let reserve = [0x16, 0, 0, 0, 0, 0];
+    let release = [0x17, 0, 0, 0, 0, 0];
+    assert_eq!(r.run(&a, &reserve, &[]).status, ScsiStatus::Good);
+    assert_eq!(r.run(&a, &reserve, &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&b, &reserve, &[]).status,
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(r.run(&b, &release, &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&b, &[0x1A, 0, 0x3F, 0, 255, 0], &[]).status,
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(r.bytes(&b, &[0x12, 0, 0, 0, 36, 0]).len(), 36);
+    r.lu.nexus_removed(a.id);
+    assert_eq!(r.run(&b, &reserve, &[]).status, ScsiStatus::Good);
+}
+
+// ---- ALUA ------------------------------------------------------------------
+
+#[test]
+fn alua_states_and_rtpg() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.run(&n, &TUR, &[]);
+    r.lu.set_alua_state(AluaState::Standby);
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (6, 0x2A, 0x06));
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (2, 0x04, 0x0B));
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x28, 0, 1), &[])),
+        (2, 0x04, 0x0B)
+    );
+    let mut rtpg = [0u8; 12];
+    rtpg[0] = 0xA3;
+    rtpg[1] = 0x0A;
+    rtpg[9] = 255;
+    let d = r.bytes(&n, &rtpg);
+    assert_eq!(&d[0..4], &12u32.to_be_bytes());
+    assert_eq!(d[4] & 0x0F, 2);
+    assert_eq!(&d[6..8], &7u16.to_be_bytes());
+    assert_eq!(&d[14..16], &1u16.to_be_bytes());
+    r.lu.set_port_groups(vec![
+        PortGroup {
+            tpg_id: 1,
+            state: AluaState::ActiveOptimized,
+            relative_port_ids: vec![1],
+        },
+        PortGroup {
+            tpg_id: 2,
+            state: AluaState::Transitioning,
+            relative_port_ids: vec![2],
+        },
+    ]);
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (6, 0x2A, 0x06));
+    rtpg[1] |= 0x20;
+    let d = r.bytes(&n, &rtpg);
+    assert_eq!(&d[0..4], &28u32.to_be_bytes());
+    assert_eq!(d[4], 0x10);
+    assert_eq!(d[8 + 12] & 0x0F, 0x0F);
+    r.lu.set_alua_state(AluaState::Unavailable);
+    r.run(&n, &TUR, &[]);
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (2, 0x04, 0x0C));
+    r.lu.set_alua_state(AluaState::Transitioning);
+    r.run(&n, &TUR, &[]);
+    assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (2, 0x04, 0x0A));
+}
+
+// ---- mode pages ------------------------------------------------------------
+
+#[test]
+fn mode_sense_wce_follows_cache_mode() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let ms = [0x1A, 0x08, 0x08, 0, 255, 0];
+    assert_eq!(r.bytes(&n, &ms)[6] & 0x04, 0x04);
+    r.lu.set_cache_mode(CacheMode::None);
+    assert_eq!(sense_of(&r.run(&n, &ms, &[])), (6, 0x2A, 0x01));
+    assert_eq!(r.bytes(&n, &ms)[6] & 0x04, 0);
+    // MODE SENSE(10) with a long LBA block descriptor.
+    let d = r.bytes(&n, &[0x5A, 0x10, 0x08, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(d[4] & 1, 1);
+    assert_eq!(&d[6..8], &[0, 16]);
+    assert_eq!(&d[8..16], &BLOCKS.to_be_bytes());
+    assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+}
+
+#[test]
+fn mode_select_sets_wce_and_tells_other_nexuses() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&b);
+    r.run(&a, &TUR, &[]);
+    r.run(&b, &TUR, &[]);
+    let mut sense = r.bytes(&a, &[0x1A, 0x08, 0x08, 0, 255, 0]);
+    sense[0] = 0;
+    sense[6] &= !0x04;
+    let sel = [0x15, 0x10, 0, 0, sense.len() as u8, 0];
+    assert_eq!(r.run(&a, &sel, &sense).status, ScsiStatus::Good);
+    assert_eq!(r.bytes(&a, &[0x1A, 0x08, 0x08, 0, 255, 0])[6] & 0x04, 0);
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x2A, 0x01));
+    // Changing a non-changeable bit is an invalid field in the parameter list.
+    sense[7] = 0x80;
+    assert_eq!(sense_of(&r.run(&a, &sel, &sense)), (5, 0x26, 0));
+    // SP=1 cannot be honoured.
+    assert_eq!(
+        sense_of(&r.run(&a, &[0x15, 0x11, 0, 0, 0, 0], &[])),
+        (5, 0x24, 0)
+    );
+}
+
+// ---- persistent reservations ------------------------------------------------
+
+fn prout(sa: u8, ty: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
+    let mut c = [0u8; 10];
+    c[0] = 0x5F;
+    c[1] = sa;
+    c[2] = ty;
+    c[8] = 24;
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    (c, p)
+}
+
+fn pr(r: &mut Rig, n: &Nexus, sa: u8, ty: u8, key: u64, sa_key: u64) -> ScsiStatus {
+    let (c, p) = prout(sa, ty, key, sa_key);
+    r.run(n, &c, &p).status
+}
+
+#[test]
+fn pr_register_reserve_and_conflict_from_second_nexus() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    assert_eq!(pr(&mut r, &a, 0, 0, 0, 0xAAAA), ScsiStatus::Good);
+    assert_eq!(pr(&mut r, &b, 0, 0, 0, 0xBBBB), ScsiStatus::Good);
+    // Wrong key on REGISTER.
+    assert_eq!(
+        pr(&mut r, &b, 0, 0, 1, 0xBBBB),
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(pr(&mut r, &a, 1, 3, 0xAAAA, 0), ScsiStatus::Good); // EXCLUSIVE ACCESS
+    assert_eq!(
+        r.run(&b, &rw10(0x28, 0, 1), &[]).status,
+        ScsiStatus::ReservationConflict
+    );
+    assert_eq!(r.run(&a, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    // READ KEYS / READ RESERVATION.
+    let d = r.bytes(&b, &[0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(&d[0..4], &2u32.to_be_bytes());
+    assert_eq!(&d[4..8], &16u32.to_be_bytes());
+    assert_eq!(&d[8..16], &0xAAAAu64.to_be_bytes());
+    let d = r.bytes(&b, &[0x5E, 1, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(&d[4..8], &16u32.to_be_bytes());
+    assert_eq!(&d[8..16], &0xAAAAu64.to_be_bytes());
+    assert_eq!(d[21], 3);
+    // SPC-2 RESERVE from a non-holder conflicts with the PR.
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::ReservationConflict
+    );
+    // Release and the second nexus can read again.
+    assert_eq!(pr(&mut r, &a, 2, 3, 0xAAAA, 0), ScsiStatus::Good);
+    assert_eq!(r.run(&b, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn pr_preempt_sends_ua_to_the_preempted() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    pr(&mut r, &a, 0, 0, 0, 0xA);
+    pr(&mut r, &b, 0, 0, 0, 0xB);
+    pr(&mut r, &a, 1, 1, 0xA, 0);
+    assert_eq!(pr(&mut r, &b, 4, 1, 0xB, 0xA), ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x05));
+    // a is no longer registered: its writes conflict under WRITE EXCLUSIVE.
+    assert_eq!(
+        r.run(&a, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::ReservationConflict
+    );
+    // CLEAR from b notifies nobody else (a is gone) and drops everything.
+    assert_eq!(pr(&mut r, &b, 3, 0, 0xB, 0), ScsiStatus::Good);
+    let d = r.bytes(&a, &[0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(&d[0..4], &4u32.to_be_bytes());
+    assert_eq!(&d[4..8], &0u32.to_be_bytes());
+}
+
+#[test]
+fn pr_param_list_length_and_spec_i_pt() {
+    let mut r = Rig::new();
+    let a = nexus(1);
+    let (mut c, p) = prout(0, 0, 0, 1);
+    c[8] = 20;
+    assert_eq!(sense_of(&r.run(&a, &c, &p)), (5, 0x1A, 0));
+    let (c, mut p) = prout(0, 0, 0, 1);
+    p[20] = 0x08;
+    assert_eq!(sense_of(&r.run(&a, &c, &p)), (5, 0x26, 0));
+    // Bad service action in PR IN.
+    assert_eq!(
+        sense_of(&r.run(&a, &[0x5E, 9, 0, 0, 0, 0, 0, 0, 255, 0], &[])),
+        (5, 0x24, 0)
+    );
+}
+
+struct MemStore(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl PrStore for MemStore {
+    fn save(&self, blob: &[u8]) -> std::io::Result<()> {
+        *self.0.lock() = Some(blob.to_vec());
+        Ok(())
+    }
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.0.lock().clone())
+    }
+}
+
+#[test]
+fn pr_aptpl_survives_restart() {
+    let shared = Arc::new(Mutex::new(None));
+    let mut r = Rig::with(config(), Some(Box::new(MemStore(shared.clone()))));
+    let a = nexus(1);
+    let (c, mut p) = prout(0, 0, 0, 0x77);
+    p[20] = 0x01;
+    assert_eq!(r.run(&a, &c, &p).status, ScsiStatus::Good);
+    assert_eq!(pr(&mut r, &a, 1, 1, 0x77, 0), ScsiStatus::Good);
+    let mut r2 = Rig::with(config(), Some(Box::new(MemStore(shared))));
+    let d = r2.bytes(&a, &[0x5E, 1, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(&d[8..16], &0x77u64.to_be_bytes());
+    let caps = r2.bytes(&a, &[0x5E, 2, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(caps[2] & 1, 1);
+    assert_eq!(caps[3] & 1, 1);
+}
+
+// ---- misc ---------------------------------------------------------------------
+
+#[test]
+fn unknown_opcode_and_rsoc() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    assert_eq!(
+        sense_of(&r.run(&n, &[0x02, 0, 0, 0, 0, 0], &[])),
+        (5, 0x20, 0)
+    );
+    let mut c = [0u8; 12];
+    c[0] = 0xA3;
+    c[1] = 0x0C;
+    c[2] = 0x01;
+    c[3] = 0x28;
+    c[9] = 255;
+    let d = r.bytes(&n, &c);
+    assert_eq!(d[1] & 7, 3);
+    assert_eq!(d[4], 0x28);
+}
+
+#[test]
+fn lu_is_send_sync_and_continuation_send() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<LogicalUnit>();
+    assert_send::<Continuation>();
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decode_never_panics(cdb in proptest::collection::vec(any::<u8>(), 0..20)) {
+            let _ = crate::cdb::decode(&cdb);
+        }
+
+        #[test]
+        fn execute_never_panics(
+            op in prop_oneof![
+                Just(0x00u8), Just(0x03), Just(0x08), Just(0x0A), Just(0x12), Just(0x15),
+                Just(0x16), Just(0x17), Just(0x1A), Just(0x1B), Just(0x25), Just(0x28),
+                Just(0x2A), Just(0x2E), Just(0x2F), Just(0x35), Just(0x41), Just(0x42),
+                Just(0x55), Just(0x56), Just(0x57), Just(0x5A), Just(0x5E), Just(0x5F),
+                Just(0x88), Just(0x89), Just(0x8A), Just(0x8E), Just(0x8F), Just(0x91),
+                Just(0x93), Just(0x9E), Just(0xA0), Just(0xA3), Just(0xA8), Just(0xAA),
+                Just(0xAE), Just(0xAF), any::<u8>()
+            ],
+            rest in proptest::collection::vec(any::<u8>(), 0..16),
+            data in proptest::collection::vec(any::<u8>(), 0..2048),
+            small_lba in any::<bool>(),
+        ) {
+            let mut cdb = vec![op];
+            cdb.extend(rest);
+            if small_lba && cdb.len() >= 10 {
+                // Keep some commands inside the LU so the I/O paths run too.
+                for b in cdb.iter_mut().take(9).skip(2) { *b = 0; }
+            }
+            let r = Rig::new();
+            let n = nexus(1);
+            let mut step = r.lu.execute(&Command { cdb: &cdb, data_out: &data, expected_in_len: 0, nexus: &n });
+            for _ in 0..4 {
+                match step {
+                    Step::Io(p) => {
+                        let out = match &p.io {
+                            LuIo::Read { blocks, .. } => vec![0u8; (*blocks as usize).min(300) * BS],
+                            _ => Vec::new(),
+                        };
+                        step = r.lu.resume(&n, p.cont, IoOutcome::Ok { read_data: Some(&out) }, &data);
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}

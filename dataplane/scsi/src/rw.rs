@@ -1,0 +1,149 @@
+//! Block I/O planning state: continuations and the in-flight write-range
+//! table that makes COMPARE AND WRITE atomic.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// One in-flight write range (blocks `lba..end`).
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    lba: u64,
+    end: u64,
+    /// COMPARE AND WRITE ranges exclude every overlapping write; plain
+    /// writes only exclude overlapping COMPARE AND WRITEs.
+    caw: bool,
+}
+
+/// Write ranges currently held by continuations.
+#[derive(Debug, Default)]
+pub(crate) struct InflightTable {
+    next_id: u64,
+    entries: Vec<Entry>,
+}
+
+pub(crate) type Inflight = Arc<Mutex<InflightTable>>;
+
+/// Releases its range when dropped, so an abandoned continuation never
+/// leaves a range locked.
+#[derive(Debug)]
+pub(crate) struct RangeGuard {
+    table: Inflight,
+    id: u64,
+}
+
+impl Drop for RangeGuard {
+    fn drop(&mut self) {
+        let mut t = self.table.lock();
+        t.entries.retain(|e| e.id != self.id);
+    }
+}
+
+/// Tries to take `lba..lba+blocks`; `None` if it conflicts (caller defers).
+pub(crate) fn try_acquire(
+    table: &Inflight,
+    lba: u64,
+    blocks: u64,
+    caw: bool,
+) -> Option<RangeGuard> {
+    let end = lba.saturating_add(blocks);
+    let mut t = table.lock();
+    let conflict = t
+        .entries
+        .iter()
+        .any(|e| (caw || e.caw) && e.lba < end && lba < e.end);
+    if conflict {
+        return None;
+    }
+    let id = t.next_id;
+    t.next_id = t.next_id.wrapping_add(1);
+    t.entries.push(Entry { id, lba, end, caw });
+    Some(RangeGuard {
+        table: Arc::clone(table),
+        id,
+    })
+}
+
+#[cfg(test)]
+pub(crate) fn inflight_len(table: &Inflight) -> usize {
+    table.lock().entries.len()
+}
+
+/// What `resume` does with the outcome of the I/O just performed.
+#[derive(Debug)]
+pub(crate) enum ContKind {
+    /// A READ: reply with the I/O buffer.
+    Read { len: usize },
+    /// A write, flush or unmap whose success completes the command.
+    Complete { is_write: bool },
+    /// VERIFY with BYTCHK: compare what was read with the Data-Out buffer.
+    Verify {
+        bytchk: u8,
+        bytes: usize,
+        block_size: usize,
+    },
+    /// COMPARE AND WRITE, compare phase done next.
+    CawRead {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        bytes: usize,
+    },
+    /// WRITE SAME: more chunks may follow.
+    WriteSame {
+        next_lba: u64,
+        remaining: u64,
+        block: Vec<u8>,
+        chunk_blocks: u32,
+    },
+}
+
+/// Opaque state carried between an [`crate::IoPlan`] and
+/// [`crate::LogicalUnit::resume`]. Dropping it releases any range it holds.
+pub struct Continuation {
+    pub(crate) kind: ContKind,
+    pub(crate) guard: Option<RangeGuard>,
+}
+
+impl std::fmt::Debug for Continuation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Continuation")
+            .field("kind", &self.kind)
+            .field("holds_range", &self.guard.is_some())
+            .finish()
+    }
+}
+
+/// Offset of the first differing byte of `a` and `b` (compared up to the shorter).
+pub(crate) fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caw_excludes_overlapping_writes_and_guard_releases() {
+        let t: Inflight = Arc::default();
+        let w = try_acquire(&t, 10, 10, false).unwrap();
+        // Plain writes may overlap each other.
+        let w2 = try_acquire(&t, 15, 10, false).unwrap();
+        assert!(try_acquire(&t, 19, 1, true).is_none());
+        assert!(try_acquire(&t, 25, 1, true).is_some());
+        drop(w);
+        drop(w2);
+        let c = try_acquire(&t, 0, 100, true).unwrap();
+        assert!(try_acquire(&t, 99, 1, false).is_none());
+        assert!(try_acquire(&t, 100, 1, false).is_some());
+        drop(c);
+        assert_eq!(inflight_len(&t), 0);
+    }
+
+    #[test]
+    fn mismatch_offset() {
+        assert_eq!(first_mismatch(b"abcd", b"abXd"), Some(2));
+        assert_eq!(first_mismatch(b"ab", b"ab"), None);
+    }
+}

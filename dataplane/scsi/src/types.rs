@@ -1,0 +1,232 @@
+//! Public value types shared by the transport and the logical unit.
+
+use crate::rw::Continuation;
+
+/// Identity strings and designators an LU reports in INQUIRY and VPD 0x80/0x83.
+///
+/// HA partners build it from the same seed ([`LuIdentity::derive`]) so that
+/// multipath sees one device behind every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LuIdentity {
+    /// T10 vendor identification, at most 8 ASCII characters.
+    pub vendor: String,
+    /// Product identification, at most 16 ASCII characters.
+    pub product: String,
+    /// Product revision level, at most 4 ASCII characters.
+    pub revision: String,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// NAA 6 (IEEE registered extended) designator, 16 bytes.
+    pub naa: [u8; 16],
+    /// EUI-64 designator.
+    pub eui64: [u8; 8],
+}
+
+/// Host-visible cache policy of the device (drives the caching mode page).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    None,
+    WriteThrough,
+    WriteBack,
+}
+
+/// ALUA asymmetric access state of a target port group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AluaState {
+    ActiveOptimized,
+    ActiveNonOptimized,
+    Standby,
+    Unavailable,
+    Transitioning,
+}
+
+/// Static configuration of one logical unit.
+#[derive(Clone, Debug)]
+pub struct LuConfig {
+    pub identity: LuIdentity,
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    pub num_blocks: u64,
+    pub read_only: bool,
+    pub cache: CacheMode,
+    pub unmap_supported: bool,
+    /// Reported in VPD 0xB0 and enforced (0 = no limit).
+    pub max_transfer_blocks: u32,
+}
+
+/// The SCSI target port a nexus came in through.
+#[derive(Clone, Debug)]
+pub struct TargetPort {
+    pub relative_port_id: u16,
+    pub tpg_id: u16,
+    pub target_name: String,
+    pub tpgt: u16,
+}
+
+/// An I_T nexus (one iSCSI session to this LU's target).
+#[derive(Clone, Debug)]
+pub struct Nexus {
+    pub id: u64,
+    pub initiator_name: String,
+    pub isid: [u8; 6],
+    pub port: TargetPort,
+}
+
+/// One SCSI command as the transport received it.
+pub struct Command<'a> {
+    pub cdb: &'a [u8],
+    /// The whole Data-Out payload (may be shorter or longer than the CDB implies).
+    pub data_out: &'a [u8],
+    /// Expected Data-In length from the transport header.
+    pub expected_in_len: u32,
+    pub nexus: &'a Nexus,
+}
+
+/// What the transport must do next for a command.
+pub enum Step {
+    /// Send this status (and data) and finish the command.
+    Done(Reply),
+    /// Do this I/O, then call [`crate::LogicalUnit::resume`].
+    Io(IoPlan),
+    /// Retry `execute` for the same command later (a conflicting atomic
+    /// operation is in flight).
+    Defer,
+}
+
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Step::Io(p) => f.debug_tuple("Io").field(&p.io).finish(),
+            Step::Defer => f.write_str("Defer"),
+        }
+    }
+}
+
+/// One I/O and the state needed to continue afterwards.
+pub struct IoPlan {
+    pub io: LuIo,
+    pub cont: Continuation,
+}
+
+/// A block I/O request; LBAs and counts are in logical blocks of the LU.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LuIo {
+    Read {
+        lba: u64,
+        blocks: u32,
+    },
+    Write {
+        lba: u64,
+        blocks: u32,
+        src: WriteSource,
+        fua: bool,
+    },
+    Flush,
+    Unmap {
+        ranges: Vec<(u64, u32)>,
+    },
+}
+
+/// Where the bytes of a write come from.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteSource {
+    /// A byte range of the command's Data-Out buffer.
+    DataOut { offset: usize, len: usize },
+    /// A buffer built by the LU (WRITE SAME expansion).
+    Owned(Vec<u8>),
+}
+
+/// Result of an I/O the transport did for an [`IoPlan`].
+#[derive(Debug)]
+pub enum IoOutcome<'a> {
+    Ok { read_data: Option<&'a [u8]> },
+    MediumError,
+    Failed,
+}
+
+/// SCSI status byte (SAM-5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ScsiStatus {
+    Good = 0,
+    CheckCondition = 2,
+    ConditionMet = 4,
+    Busy = 8,
+    ReservationConflict = 0x18,
+    TaskSetFull = 0x28,
+    AcaActive = 0x30,
+    TaskAborted = 0x40,
+}
+
+/// Final answer to a command.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: ScsiStatus,
+    pub data: ReplyData,
+    /// Fixed-format sense data (18 bytes) for CHECK CONDITION.
+    pub sense: Option<Vec<u8>>,
+}
+
+/// Data-In of a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplyData {
+    None,
+    /// Already truncated to the CDB allocation length.
+    Bytes(Vec<u8>),
+    /// Send the last Read's buffer, `len` bytes.
+    IoBuffer {
+        len: usize,
+    },
+}
+
+impl Reply {
+    pub fn good() -> Reply {
+        Reply {
+            status: ScsiStatus::Good,
+            data: ReplyData::None,
+            sense: None,
+        }
+    }
+
+    /// GOOD with parameter data truncated to `alloc_len`.
+    pub fn data(mut bytes: Vec<u8>, alloc_len: u32) -> Reply {
+        let alloc = usize::try_from(alloc_len).unwrap_or(usize::MAX);
+        bytes.truncate(alloc);
+        Reply {
+            status: ScsiStatus::Good,
+            data: ReplyData::Bytes(bytes),
+            sense: None,
+        }
+    }
+
+    pub fn check(sense: &crate::Sense) -> Reply {
+        Reply {
+            status: ScsiStatus::CheckCondition,
+            data: ReplyData::None,
+            sense: Some(sense.to_fixed()),
+        }
+    }
+
+    pub fn conflict() -> Reply {
+        Reply {
+            status: ScsiStatus::ReservationConflict,
+            data: ReplyData::None,
+            sense: None,
+        }
+    }
+}
+
+/// Persistence for APTPL persistent-reservation state.
+pub trait PrStore: Send + Sync {
+    fn save(&self, blob: &[u8]) -> std::io::Result<()>;
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>>;
+}
+
+/// One ALUA target port group as reported by REPORT TARGET PORT GROUPS.
+#[derive(Clone, Debug)]
+pub struct PortGroup {
+    pub tpg_id: u16,
+    pub state: AluaState,
+    pub relative_port_ids: Vec<u16>,
+}
