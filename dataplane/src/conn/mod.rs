@@ -335,11 +335,10 @@ impl ConnCore {
         self.session.as_ref().map(|s| s.exp_cmdsn).unwrap_or(0)
     }
 
+    /// A fixed window: what we advertise is exactly what `accept_cmdsn` admits, so a
+    /// command at MaxCmdSN+1 is always ignored. A full task table answers TASK SET FULL.
     fn max_cmdsn(&self) -> u32 {
-        let free = (task::TASKS_MAX - self.tasks.len().min(task::TASKS_MAX)) as u32;
-        // Advertise only the room we have, but never close the window completely: one
-        // command always fits (it is answered TASK SET FULL if it does not).
-        self.exp_cmdsn().wrapping_add(free.max(1)).wrapping_sub(1)
+        self.exp_cmdsn().wrapping_add(CMD_WINDOW - 1)
     }
 
     fn next_statsn(&mut self) -> u32 {

@@ -1,7 +1,7 @@
 //! SCSI commands over iSCSI: command PDUs, Data-Out collection with R2T, running the
 //! logical unit's steps against the block device, and Data-In / SCSI Response.
 
-use super::task::{R2tWindow, Task, TaskStage};
+use super::task::{R2tWindow, Residual, Task, TaskStage};
 use super::{ConnCore, Phase};
 use crate::reactor_ctx::{make_tag, ReactorCtx};
 use crate::target::Device;
@@ -95,6 +95,9 @@ impl ConnCore {
             pending_ios: 0,
             io_failed: None,
             data_out_in_io: false,
+            unsolicited_datasn: 0,
+            residual: Residual::None,
+            write_fitted: false,
         };
         if !self.tasks.has_room(cmd.immediate) {
             // The window should have prevented this; answer rather than drop.
@@ -175,7 +178,7 @@ impl ConnCore {
             let r2tsn = t.r2tsn;
             t.r2tsn = t.r2tsn.wrapping_add(1);
             t.next_r2t_offset = offset + len;
-            t.r2ts.push(R2tWindow { ttt, offset, len, received: 0 });
+            t.r2ts.push(R2tWindow { ttt, offset, len, received: 0, next_datasn: 0 });
             let repr = R2tRepr {
                 lun: t.lun,
                 itt: t.itt,
@@ -222,11 +225,14 @@ impl ConnCore {
             return;
         }
         let mut burst_done = false;
+        let datasn_ok;
         if d.ttt == u32::MAX {
             if end > t.unsolicited_end as u64 {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
+            datasn_ok = d.datasn == t.unsolicited_datasn;
+            t.unsolicited_datasn = t.unsolicited_datasn.wrapping_add(1);
         } else {
             let Some(w) = t.r2ts.iter_mut().find(|w| w.ttt == d.ttt) else {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
@@ -236,6 +242,8 @@ impl ConnCore {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
+            datasn_ok = d.datasn == w.next_datasn;
+            w.next_datasn = w.next_datasn.wrapping_add(1);
             w.received += data.len() as u32;
             if w.received >= w.len || d.final_flag {
                 burst_done = true;
@@ -244,6 +252,15 @@ impl ConnCore {
             }
         }
         if t.draining {
+            return;
+        }
+        if !datasn_ok {
+            // ErrorRecoveryLevel 0 cannot ask for the missing PDU again: the command fails
+            // (and the rest of its data is absorbed) rather than write data out of order.
+            tracing::warn!(conn = self.id, itt = d.itt, datasn = d.datasn, "Data-Out with wrong DataSN; command aborted");
+            t.draining = true;
+            t.r2ts.clear();
+            self.send_reply(_ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
             return;
         }
         if let Some(buf) = t.data_out.as_mut() {
@@ -281,8 +298,8 @@ impl ConnCore {
         let cdb = t.cdb;
         let edtl = t.edtl;
         let lun = t.lun;
-        let Some(session) = self.session.as_ref() else { return };
-        let Some(target) = session.target.clone() else { return };
+        let needs_fit = t.write && !t.write_fitted;
+        let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else { return };
         if cdb[0] == OPCODE_REPORT_LUNS {
             let reply = tandem_scsi::report_luns(&target.lun_ids(), &cdb);
             self.send_reply(ctx, slot, reply);
@@ -293,8 +310,32 @@ impl ConnCore {
             self.send_reply(ctx, slot, reply);
             return;
         };
+        if needs_fit {
+            let mut cdb = cdb;
+            match fit_write_to_edtl(&mut cdb, dev.lu.block_size(), edtl) {
+                WriteFit::Execute(residual) => {
+                    let t = self.tasks.get_mut(slot).expect("slot checked above");
+                    t.write_fitted = true;
+                    t.cdb = cdb;
+                    t.residual = residual;
+                    if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
+                        let keep = buf.len() - r as usize;
+                        buf.set_len(keep);
+                    }
+                }
+                WriteFit::Answer(reply, residual) => {
+                    if let Some(t) = self.tasks.get_mut(slot) {
+                        t.residual = residual;
+                    }
+                    self.send_reply(ctx, slot, reply);
+                    return;
+                }
+            }
+        }
+        let Some(session) = self.session.as_ref() else { return };
+        let t = self.tasks.get(slot).expect("slot checked above");
         let data_out: &[u8] = t.data_out.as_deref().unwrap_or(&[]);
-        let step = dev.lu.execute(&Command { cdb: &cdb, data_out, expected_in_len: edtl, nexus: &session.nexus });
+        let step = dev.lu.execute(&Command { cdb: &t.cdb, data_out, expected_in_len: edtl, nexus: &session.nexus });
         self.handle_step(ctx, slot, &dev, step);
     }
 
@@ -483,7 +524,11 @@ impl ConnCore {
                 (false, false, 0)
             }
         } else if write {
-            (false, false, 0)
+            match t.residual {
+                Residual::None => (false, false, 0),
+                Residual::Overflow(r) => (false, true, r),
+                Residual::Underflow(r) => (true, false, r),
+            }
         } else if edtl > 0 {
             (true, false, edtl as u32)
         } else {
@@ -599,3 +644,49 @@ fn check_condition(sense: Vec<u8>) -> Reply {
     Reply { status: ScsiStatus::CheckCondition, data: ReplyData::None, sense: Some(sense) }
 }
 
+
+enum WriteFit {
+    /// Run the (possibly shortened) command; report this residual.
+    Execute(Residual),
+    /// Answer without running it.
+    Answer(Reply, Residual),
+}
+
+/// Reconciles a write CDB's transfer length with the iSCSI Expected Data Transfer Length
+/// (RFC 7143 §11.4.5.2): when the initiator sends less than the CDB asks for, only what was
+/// sent is written (the CDB is shortened) and the shortfall is an overflow residual; extra
+/// data is ignored and reported as underflow. A length that is not whole blocks cannot be
+/// written and is refused.
+fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit {
+    let rw = match tandem_scsi::cdb::decode(cdb) {
+        Ok(tandem_scsi::cdb::ScsiCommand::Write(rw)) => rw,
+        Ok(tandem_scsi::cdb::ScsiCommand::WriteAndVerify { rw, .. }) => rw,
+        _ => return WriteFit::Execute(Residual::None),
+    };
+    let bs = block_size as u64;
+    let wanted = rw.blocks.0 as u64 * bs;
+    let edtl = edtl as u64;
+    if edtl == wanted {
+        return WriteFit::Execute(Residual::None);
+    }
+    if edtl > wanted {
+        return WriteFit::Execute(Residual::Underflow((edtl - wanted) as u32));
+    }
+    let residual = Residual::Overflow((wanted - edtl) as u32);
+    if edtl % bs != 0 {
+        // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
+        return WriteFit::Answer(check_condition(sense(0x05, 0x0e, 0x03)), residual);
+    }
+    let blocks = (edtl / bs) as u32;
+    if blocks == 0 {
+        return WriteFit::Answer(status_only(ScsiStatus::Good), residual);
+    }
+    match cdb[0] {
+        0x0a => cdb[4] = blocks as u8,
+        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
+        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
+        0x8a | 0x8e => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
+        _ => return WriteFit::Execute(Residual::None),
+    }
+    WriteFit::Execute(residual)
+}

@@ -29,6 +29,18 @@ pub struct R2tWindow {
     pub offset: u32,
     pub len: u32,
     pub received: u32,
+    /// DataSN the next Data-Out of this burst must carry (starts at 0 per burst).
+    pub next_datasn: u32,
+}
+
+/// How the iSCSI expected length relates to what the CDB asks to write (RFC 7143 §11.4.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    None,
+    /// The initiator sent (or would send) fewer bytes than the CDB asks for.
+    Overflow(u32),
+    /// The initiator sent more bytes than the CDB asks for.
+    Underflow(u32),
 }
 
 pub struct Task {
@@ -65,6 +77,12 @@ pub struct Task {
     /// The Data-Out buffer itself went to the device (no copy) and comes back with the
     /// write's completion.
     pub data_out_in_io: bool,
+    /// DataSN the next unsolicited Data-Out must carry.
+    pub unsolicited_datasn: u32,
+    /// Write residual decided when the command runs.
+    pub residual: Residual,
+    /// The CDB has been reconciled with the expected length (done once, before the first run).
+    pub write_fitted: bool,
 }
 
 pub struct TaskTable {
