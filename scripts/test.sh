@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, end-to-end tests with real clients
+# (libiscsi conformance, control service, network namespaces), fuzz and benchmark smoke
+# runs, and the QEMU host-lab scenario. This is what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - start ))s)"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --release --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --release --workspace --bins
+export TANDEM_BIN_DIR="$PWD/target/release"
+
+step "cargo test (unit + end-to-end)"
+cargo test --release --workspace -- --test-threads=2
+
+if [[ -x fuzz/smoke.sh ]]; then
+  step "fuzz smoke"
+  fuzz/smoke.sh
+fi
+
+if [[ -x perf/smoke.sh ]]; then
+  step "benchmark harness smoke"
+  perf/smoke.sh
+fi
+
+if [[ -x tests/lab/run-scenario.sh ]]; then
+  step "host lab: xen-host scenario"
+  tests/lab/run-scenario.sh xen-host
+fi
+
+step "done"
