@@ -1,0 +1,485 @@
+//! The management API: HTTP+JSON under `/api/v1/`, Prometheus text at `/metrics`, every route
+//! behind a bearer token. `docs/api/openapi.yaml` describes it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tandem_config::ipc::StatusReport;
+use tandem_config::{Chap, NodeConfig, ServerConfig, TargetConfig};
+
+use crate::api_types::*;
+use crate::error::ApiError;
+use crate::service::{no_target, Node};
+use crate::token::constant_time_eq;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(node: Arc<Node>) -> Router {
+    let v1 = Router::new()
+        .route("/status", get(status))
+        .route("/devices", get(list_devices).post(create_device))
+        .route("/devices/:name", get(show_device).delete(remove_device))
+        .route("/devices/:name/extend", post(extend_device))
+        .route("/devices/:name/cache", put(set_cache))
+        .route("/jobs/:id", get(show_job))
+        .route("/targets", get(list_targets).post(create_target))
+        .route("/targets/:iqn", get(show_target).delete(remove_target))
+        .route("/targets/:iqn/chap", put(set_chap).delete(clear_chap))
+        .route("/targets/:iqn/acl", get(show_acl).post(acl_add))
+        .route("/targets/:iqn/acl/:initiator", delete(acl_remove))
+        .route("/servers", get(list_servers).post(add_server))
+        .route("/servers/:name", delete(remove_server))
+        .route("/stats", get(stats))
+        .route("/stats/:device", get(device_stats));
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), auth))
+        .with_state(node)
+}
+
+/// 401 unless `Authorization: Bearer <token>` matches, compared in constant time.
+async fn auth(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), node.token.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::unauthorized(
+            "wrong token: use the one in DATA_DIR/token (tandem --token-file FILE)",
+        )
+        .into_response(),
+        None => ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>` header; the token is in DATA_DIR/token",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no endpoint {method} {uri}; see docs/api/openapi.yaml"
+    ))
+}
+
+/// Parses a JSON body; errors name the field (`size`, `luns[2]`) and the reason.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request needs a JSON body"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
+}
+
+fn flag(query: &HashMap<String, String>, name: &str) -> ApiResult<bool> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "query parameter `{name}` must be true or false, not `{other}`"
+        ))),
+    }
+}
+
+fn check_query(query: &HashMap<String, String>, allowed: &[&str]) -> ApiResult<()> {
+    match query.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!(
+            "unknown query parameter `{k}` (allowed: {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> ApiResult<Json<StatusInfo>> {
+    let config = node.config().await;
+    let dp = node.dataplane_status().await;
+    Ok(Json(StatusInfo {
+        node: config.node.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_s: node.uptime_s(),
+        api: node.api_addr.clone(),
+        portals: config.node.portals.iter().map(|p| p.to_string()).collect(),
+        config_path: node.config_path.display().to_string(),
+        dataplane: node.dataplane_info(),
+        devices: config.devices.len(),
+        targets: config.targets.len(),
+        servers: config.servers.len(),
+        sessions: dp.map_or(0, |s| s.targets.iter().map(|t| t.sessions).sum()),
+    }))
+}
+
+async fn list_devices(State(node): State<Arc<Node>>) -> Json<Vec<DeviceInfo>> {
+    Json(node.list_devices().await)
+}
+
+async fn show_device(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeviceInfo>> {
+    node.get_device(&name).await.map(Json)
+}
+
+async fn create_device(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: DeviceCreate = parse(&body)?;
+    Ok(match node.create_device(req).await? {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(job) => (StatusCode::ACCEPTED, Json(Accepted { job })).into_response(),
+    })
+}
+
+async fn remove_device(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<ChangeResult>> {
+    check_query(&query, &["force", "delete_file"])?;
+    let applied = node
+        .remove_device(&name, flag(&query, "force")?, flag(&query, "delete_file")?)
+        .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn extend_device(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<DeviceCreated>> {
+    let req: DeviceExtend = parse(&body)?;
+    let applied = node.extend_device(&name, req.size.bytes()).await?;
+    Ok(Json(DeviceCreated {
+        device: node.get_device(&name).await?,
+        dataplane: applied,
+    }))
+}
+
+async fn set_cache(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<DeviceCreated>> {
+    let req: CacheSet = parse(&body)?;
+    let applied = node
+        .change(|c| {
+            let d = c
+                .device_mut(&name)
+                .ok_or_else(|| crate::service::no_device(&name))?;
+            d.cache = req.cache;
+            d.cache_size = req.cache_size;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(DeviceCreated {
+        device: node.get_device(&name).await?,
+        dataplane: applied,
+    }))
+}
+
+async fn show_job(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<JobInfo>> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("job id `{id}` is not a number")))?;
+    node.job(id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no job {id} (finished jobs are kept for a while only)"
+        ))
+    })
+}
+
+fn target_info(config: &NodeConfig, t: &TargetConfig, dp: Option<&StatusReport>) -> TargetInfo {
+    let iqn = t.iqn(&config.node.name);
+    let live = dp.and_then(|s| s.targets.iter().find(|x| x.iqn.eq_ignore_ascii_case(&iqn)));
+    TargetInfo {
+        alias: t.alias.clone(),
+        luns: t
+            .luns
+            .iter()
+            .enumerate()
+            .map(|(i, d)| LunInfo {
+                lun: i as u32,
+                device: d.clone(),
+            })
+            .collect(),
+        allowed_initiators: t.allowed_initiators.clone(),
+        chap: t.chap.as_ref().map(|c| ChapInfo {
+            username: c.username.clone(),
+            mutual_username: c.mutual_username.clone(),
+        }),
+        sessions: live.map_or(0, |x| x.sessions),
+        initiators: live.map(|x| x.initiators.clone()).unwrap_or_default(),
+        iqn,
+    }
+}
+
+async fn list_targets(State(node): State<Arc<Node>>) -> Json<Vec<TargetInfo>> {
+    let config = node.config().await;
+    let dp = node.dataplane_status().await;
+    Json(
+        config
+            .targets
+            .iter()
+            .map(|t| target_info(&config, t, dp.as_ref()))
+            .collect(),
+    )
+}
+
+async fn show_target(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+) -> ApiResult<Json<TargetInfo>> {
+    let config = node.config().await;
+    let t = config.target_by_iqn(&iqn).ok_or_else(|| no_target(&iqn))?;
+    let dp = node.dataplane_status().await;
+    Ok(Json(target_info(&config, t, dp.as_ref())))
+}
+
+async fn create_target(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: TargetCreate = parse(&body)?;
+    let target = TargetConfig {
+        alias: req.alias,
+        iqn: req.iqn,
+        luns: req.luns,
+        allowed_initiators: req.allowed_initiators,
+        chap: None,
+    };
+    let applied = node
+        .change(|c| {
+            let iqn = target.iqn(&c.node.name);
+            if c.target_by_iqn(&iqn).is_some() {
+                return Err(ApiError::conflict(format!("target `{iqn}` already exists")));
+            }
+            c.targets.push(target.clone());
+            Ok(())
+        })
+        .await?;
+    let config = node.config().await;
+    let info = target_info(&config, config.targets.last().unwrap_or(&target), None);
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "target": info, "dataplane": applied })),
+    )
+        .into_response())
+}
+
+async fn remove_target(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+) -> ApiResult<Json<ChangeResult>> {
+    let applied = node
+        .change(|c| {
+            let before = c.targets.len();
+            let name = c.node.name.clone();
+            c.targets
+                .retain(|t| !t.iqn(&name).eq_ignore_ascii_case(&iqn));
+            if before == c.targets.len() {
+                return Err(no_target(&iqn));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn edit_target(
+    node: &Node,
+    iqn: &str,
+    edit: impl FnOnce(&mut TargetConfig) -> ApiResult<()>,
+) -> ApiResult<Applied> {
+    node.change(|c| edit(c.target_by_iqn_mut(iqn).ok_or_else(|| no_target(iqn))?))
+        .await
+}
+
+async fn set_chap(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ChangeResult>> {
+    let chap: Chap = parse(&body)?;
+    let applied = edit_target(&node, &iqn, |t| {
+        t.chap = Some(chap);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn clear_chap(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+) -> ApiResult<Json<ChangeResult>> {
+    let applied = edit_target(&node, &iqn, |t| {
+        t.chap = None;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn show_acl(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+) -> ApiResult<Json<AclInfo>> {
+    let config = node.config().await;
+    let t = config.target_by_iqn(&iqn).ok_or_else(|| no_target(&iqn))?;
+    Ok(Json(AclInfo {
+        iqn: t.iqn(&config.node.name),
+        allowed_initiators: t.allowed_initiators.clone(),
+    }))
+}
+
+async fn acl_add(
+    State(node): State<Arc<Node>>,
+    Path(iqn): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ChangeResult>> {
+    let req: AclAdd = parse(&body)?;
+    let applied = edit_target(&node, &iqn, |t| {
+        if t.allowed_initiators
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(&req.initiator))
+        {
+            return Err(ApiError::conflict(format!(
+                "`{}` is already allowed",
+                req.initiator
+            )));
+        }
+        t.allowed_initiators.push(req.initiator);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn acl_remove(
+    State(node): State<Arc<Node>>,
+    Path((iqn, initiator)): Path<(String, String)>,
+) -> ApiResult<Json<ChangeResult>> {
+    let applied = edit_target(&node, &iqn, |t| {
+        let before = t.allowed_initiators.len();
+        t.allowed_initiators
+            .retain(|i| !i.eq_ignore_ascii_case(&initiator));
+        if before == t.allowed_initiators.len() {
+            return Err(ApiError::not_found(format!(
+                "`{initiator}` is not in the ACL of `{iqn}`"
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn list_servers(State(node): State<Arc<Node>>) -> Json<Vec<ServerInfo>> {
+    let config = node.config().await;
+    Json(
+        config
+            .servers
+            .iter()
+            .map(|s| ServerInfo {
+                name: s.name.clone(),
+                address: s.address,
+            })
+            .collect(),
+    )
+}
+
+async fn add_server(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
+    let req: ServerInfo = parse(&body)?;
+    let applied = node
+        .change(|c| {
+            if c.servers.iter().any(|s| s.name == req.name) {
+                return Err(ApiError::conflict(format!(
+                    "server `{}` is already known",
+                    req.name
+                )));
+            }
+            c.servers.push(ServerConfig {
+                name: req.name.clone(),
+                address: req.address,
+            });
+            Ok(())
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "server": req, "dataplane": applied })),
+    )
+        .into_response())
+}
+
+async fn remove_server(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ChangeResult>> {
+    let applied = node
+        .change(|c| {
+            let before = c.servers.len();
+            c.servers.retain(|s| s.name != name);
+            if before == c.servers.len() {
+                return Err(ApiError::not_found(format!(
+                    "no server named `{name}`; `tandem server list` shows them"
+                )));
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn stats(State(node): State<Arc<Node>>) -> ApiResult<Json<StatsInfo>> {
+    node.stats().await.map(Json)
+}
+
+async fn device_stats(
+    State(node): State<Arc<Node>>,
+    Path(device): Path<String>,
+) -> ApiResult<Json<StatsInfo>> {
+    if node.config().await.device(&device).is_none() {
+        return Err(crate::service::no_device(&device));
+    }
+    let mut s = node.stats().await?;
+    s.devices.retain(|d| d.name == device);
+    Ok(Json(s))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let config = node.config().await;
+    let stats = node.stats().await.ok();
+    let text = crate::metrics::render(
+        &config,
+        &node.dataplane_info(),
+        node.uptime_s(),
+        stats.as_ref(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
