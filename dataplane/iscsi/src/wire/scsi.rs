@@ -328,22 +328,25 @@ impl DataInRepr {
         use data_in::*;
         check_opcode(bhs, Opcode::DataIn)?;
         let f = bhs.flags();
+        // Status, StatSN, residual and the O/U bits are meaningful only with S; without it
+        // they are reserved and read as zero.
+        let s = bit(f, STATUS_BIT);
         let repr = DataInRepr {
             final_flag: bhs.final_flag(),
             ack: bit(f, ACK_BIT),
-            overflow: bit(f, OVERFLOW_BIT),
-            underflow: bit(f, UNDERFLOW_BIT),
-            status_present: bit(f, STATUS_BIT),
-            status: bhs.byte(STATUS),
+            overflow: s && bit(f, OVERFLOW_BIT),
+            underflow: s && bit(f, UNDERFLOW_BIT),
+            status_present: s,
+            status: if s { bhs.byte(STATUS) } else { 0 },
             lun: bhs.lun(),
             itt: bhs.itt(),
             ttt: bhs.be32(TTT.start),
-            statsn: bhs.be32(STATSN.start),
+            statsn: if s { bhs.be32(STATSN.start) } else { 0 },
             expcmdsn: bhs.be32(EXPCMDSN.start),
             maxcmdsn: bhs.be32(MAXCMDSN.start),
             datasn: bhs.be32(DATASN.start),
             buffer_offset: bhs.be32(BUFFER_OFFSET.start),
-            residual: bhs.be32(RESIDUAL.start),
+            residual: if s { bhs.be32(RESIDUAL.start) } else { 0 },
         };
         if repr.status_present && !repr.final_flag {
             return Err(WireError::InvalidField("Data-In S without F"));
