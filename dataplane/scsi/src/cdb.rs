@@ -21,6 +21,7 @@ pub mod op {
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -36,6 +37,7 @@ pub mod op {
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const WRITE_SAME_16: u8 = 0x93;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
@@ -147,6 +149,11 @@ pub enum ScsiCommand {
         lba: Lba,
         blocks: Blocks,
         fua: bool,
+    },
+    PreFetch {
+        lba: Lba,
+        blocks: Blocks,
+        immed: bool,
     },
     ReportSupportedOpcodes {
         rctd: bool,
@@ -396,6 +403,16 @@ pub fn decode(cdb: &[u8]) -> Result<ScsiCommand, Sense> {
             immed: f.bit(1, 0x02),
         },
         op::SYNCHRONIZE_CACHE_16 => C::SynchronizeCache {
+            lba: Lba(f.be64(2)),
+            blocks: Blocks(f.be32(10)),
+            immed: f.bit(1, 0x02),
+        },
+        op::PRE_FETCH_10 => C::PreFetch {
+            lba: Lba(f.be32(2).into()),
+            blocks: Blocks(f.be16(7).into()),
+            immed: f.bit(1, 0x02),
+        },
+        op::PRE_FETCH_16 => C::PreFetch {
             lba: Lba(f.be64(2)),
             blocks: Blocks(f.be32(10)),
             immed: f.bit(1, 0x02),

@@ -30,6 +30,8 @@ struct State {
     cache: CacheMode,
     /// Current WCE (follows `cache`; MODE SELECT may change the reported value).
     wce: bool,
+    /// Software write protect (control mode page SWP).
+    swp: bool,
     alua: AluaState,
     groups: Option<Vec<PortGroup>>,
     ua: UaTable,
@@ -121,6 +123,7 @@ impl LogicalUnit {
                 num_blocks: cfg.num_blocks,
                 cache: cfg.cache,
                 wce,
+                swp: false,
                 alua: AluaState::ActiveOptimized,
                 groups: None,
                 ua: UaTable::default(),
@@ -356,9 +359,11 @@ impl LogicalUnit {
     fn access_class(cmd: &ScsiCommand) -> Access {
         use ScsiCommand as C;
         match cmd {
-            C::Read(_) | C::Verify { .. } | C::ModeSense(_) | C::GetLbaStatus { .. } => {
-                Access::Read
-            }
+            C::Read(_)
+            | C::Verify { .. }
+            | C::ModeSense(_)
+            | C::GetLbaStatus { .. }
+            | C::PreFetch { .. } => Access::Read,
             C::Write(_)
             | C::WriteAndVerify { .. }
             | C::WriteSame { .. }
@@ -403,6 +408,13 @@ impl LogicalUnit {
         let nexus = cmd.nexus;
         match c {
             C::TestUnitReady | C::StartStopUnit { .. } => done(Reply::good()),
+            // PRE-FETCH is a hint; the bdev cache decides what to keep.
+            C::PreFetch { lba, blocks, .. } => {
+                match check_range(st.num_blocks, lba, blocks.0.into()) {
+                    Ok(()) => done(Reply::good()),
+                    Err(s) => check(s),
+                }
+            }
             C::RequestSense { desc, alloc_len } => {
                 let s = st.ua.pop(nexus.id).unwrap_or_else(Sense::no_sense);
                 let d = if desc {
@@ -452,6 +464,11 @@ impl LogicalUnit {
                     Ok(change) => {
                         if let Some(wce) = change.wce {
                             st.wce = wce;
+                        }
+                        if let Some(swp) = change.swp {
+                            st.swp = swp;
+                        }
+                        if change.wce.is_some() || change.swp.is_some() {
                             st.ua
                                 .push_all(Sense::mode_parameters_changed(), Some(nexus.id));
                         }
@@ -603,11 +620,23 @@ impl LogicalUnit {
     fn mode_ctx(&self, st: &State) -> ModeContext {
         ModeContext {
             wce: st.wce,
+            swp: st.swp,
             default_wce: self.default_wce,
             read_only: self.read_only,
             block_size: self.block_size,
             num_blocks: st.num_blocks,
         }
+    }
+
+    /// DATA PROTECT for a read-only LU or under software write protect.
+    fn check_writable(&self, st: &State) -> Result<(), Sense> {
+        if self.read_only {
+            return Err(Sense::write_protected());
+        }
+        if st.swp {
+            return Err(Sense::software_write_protected());
+        }
+        Ok(())
     }
 
     /// Common checks of a data transfer: range, then MAXIMUM TRANSFER LENGTH.
@@ -642,8 +671,8 @@ impl LogicalUnit {
     }
 
     fn write(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
-        if self.read_only {
-            return check(Sense::write_protected());
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
         }
         if let Err(s) = self.check_transfer(st, cmd.cdb, rw.lba, rw.blocks.0.into()) {
             return check(s);
@@ -722,8 +751,8 @@ impl LogicalUnit {
         anchor: bool,
         ndob: bool,
     ) -> Step {
-        if self.read_only {
-            return check(Sense::write_protected());
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
         }
         // ANC_SUP=0: anchoring is not supported.
         if anchor {
@@ -745,10 +774,11 @@ impl LogicalUnit {
         let block = if ndob {
             vec![0u8; bs]
         } else {
-            match cmd.data_out.get(..bs) {
-                Some(b) => b.to_vec(),
-                None => return check(Sense::invalid_field_in_iu()),
+            // Exactly one block of Data-Out: more or less is a malformed command.
+            if cmd.data_out.len() != bs {
+                return check(Sense::invalid_field_in_iu());
             }
+            cmd.data_out.to_vec()
         };
         let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), false) else {
             return Step::Defer;
@@ -802,8 +832,8 @@ impl LogicalUnit {
         if !self.unmap_supported {
             return check(Sense::invalid_opcode());
         }
-        if self.read_only {
-            return check(Sense::write_protected());
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
         }
         if anchor {
             return check(Sense::invalid_field_cdb(1, Some(0)));
@@ -845,8 +875,8 @@ impl LogicalUnit {
         blocks: Blocks,
         fua: bool,
     ) -> Step {
-        if self.read_only {
-            return check(Sense::write_protected());
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
         }
         if blocks.0 == 0 {
             return done(Reply::good());
@@ -865,7 +895,8 @@ impl LogicalUnit {
         let Some(bytes) = self.bytes(blocks.0.into()) else {
             return check(Sense::invalid_field_cdb(13, None));
         };
-        if cmd.data_out.len() < 2 * bytes {
+        // The Data-Out buffer is exactly the compare and the write data.
+        if cmd.data_out.len() != 2 * bytes {
             return check(Sense::invalid_field_in_iu());
         }
         let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), true) else {

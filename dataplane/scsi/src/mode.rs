@@ -16,11 +16,15 @@ const PC_DEFAULT: u8 = 2;
 
 /// Caching page WCE bit (byte 2).
 const WCE: u8 = 0x04;
+/// Control page SWP bit (byte 4): software write protect.
+const SWP: u8 = 0x08;
 
 /// What the mode pages reflect.
 pub struct ModeContext {
     /// Current write cache enable (follows the cache mode, or MODE SELECT).
     pub wce: bool,
+    /// Software write protect (control page), set through MODE SELECT.
+    pub swp: bool,
     /// WCE implied by the configured cache mode (the "default" value).
     pub default_wce: bool,
     pub read_only: bool,
@@ -49,7 +53,12 @@ fn page_bytes(code: u8, pc: u8, ctx: &ModeContext) -> Option<Vec<u8>> {
             let mut p = vec![0u8; 12];
             p[0] = PAGE_CONTROL;
             p[1] = 0x0A;
-            if !changeable {
+            if changeable {
+                p[4] = SWP;
+            } else {
+                if pc == PC_CURRENT && ctx.swp {
+                    p[4] = SWP;
+                }
                 p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
                 p[5] = 0x40; // TAS: aborted tasks of other nexuses get TASK ABORTED
                 p[8] = 0xFF; // BUSY TIMEOUT PERIOD: unlimited
@@ -104,8 +113,9 @@ pub fn mode_sense(cdb: &ModeSenseCdb, ctx: &ModeContext) -> Result<Vec<u8>, Sens
             bd.extend_from_slice(&ctx.block_size.to_be_bytes()[1..]);
         }
     }
-    // Device-specific parameter: WP for read-only LUs, DPOFUA supported.
-    let dsp = if ctx.read_only { 0x80 } else { 0 } | 0x10;
+    // Device-specific parameter: WP for read-only or software write
+    // protected LUs, DPOFUA supported.
+    let dsp = if ctx.read_only || ctx.swp { 0x80 } else { 0 } | 0x10;
     let mut out = Vec::new();
     if cdb.ten {
         out.extend_from_slice(&[0, 0, 0, dsp, u8::from(cdb.llbaa && !cdb.dbd), 0]);
@@ -128,6 +138,8 @@ pub fn mode_sense(cdb: &ModeSenseCdb, ctx: &ModeContext) -> Result<Vec<u8>, Sens
 pub struct ModeChange {
     /// New WCE value, if the caching page changed it.
     pub wce: Option<bool>,
+    /// New SWP value, if the control page changed it.
+    pub swp: Option<bool>,
 }
 
 fn be16(p: &[u8], i: usize) -> usize {
@@ -149,7 +161,10 @@ pub fn mode_select(
         // We cannot save pages.
         return Err(Sense::invalid_field_cdb(1, Some(0)));
     }
-    let mut change = ModeChange { wce: None };
+    let mut change = ModeChange {
+        wce: None,
+        swp: None,
+    };
     if param.is_empty() {
         return Ok(change);
     }
@@ -214,6 +229,12 @@ pub fn mode_select(
                 change.wce = Some(wce);
             }
         }
+        if code == PAGE_CONTROL {
+            let swp = new[4] & SWP != 0;
+            if swp != ctx.swp {
+                change.swp = Some(swp);
+            }
+        }
         off = end;
     }
     Ok(change)
@@ -226,6 +247,7 @@ mod tests {
     fn ctx(wce: bool) -> ModeContext {
         ModeContext {
             wce,
+            swp: false,
             default_wce: wce,
             read_only: false,
             block_size: 512,
@@ -290,12 +312,32 @@ mod tests {
         p.extend(&page);
         assert_eq!(
             mode_select(false, false, &p, &c).unwrap(),
-            ModeChange { wce: Some(true) }
+            ModeChange {
+                wce: Some(true),
+                swp: None
+            }
         );
         // RCD is not changeable.
         p[6] |= 0x01;
         let e = mode_select(false, false, &p, &c).unwrap_err();
         assert_eq!(e.triple(), (5, 0x26, 0));
         assert_eq!(e.field.unwrap().byte, 6);
+    }
+
+    #[test]
+    fn select_sets_swp() {
+        let c = ctx(false);
+        let mut p = vec![0, 0, 0, 0];
+        let mut page = page_bytes(PAGE_CONTROL, PC_CURRENT, &c).unwrap();
+        page[4] |= SWP;
+        p.extend(&page);
+        assert_eq!(mode_select(false, false, &p, &c).unwrap().swp, Some(true));
+        let on = ModeContext {
+            swp: true,
+            ..ctx(false)
+        };
+        let d = mode_sense(&ms6(PAGE_CONTROL, 0, true), &on).unwrap();
+        assert_eq!(d[2] & 0x80, 0x80);
+        assert_eq!(d[8] & SWP, SWP);
     }
 }

@@ -109,6 +109,9 @@ impl Sense {
     pub fn write_protected() -> Sense {
         Sense::new(SenseKey::DataProtect, 0x27, 0x00)
     }
+    pub fn software_write_protected() -> Sense {
+        Sense::new(SenseKey::DataProtect, 0x27, 0x02)
+    }
     pub fn read_error() -> Sense {
         Sense::new(SenseKey::MediumError, 0x11, 0x00)
     }

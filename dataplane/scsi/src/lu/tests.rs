@@ -528,6 +528,60 @@ fn write_same_expands_in_chunks_and_unmaps_zeroes() {
     assert_eq!(r.run(&n, &nd, &[]).status, ScsiStatus::Good);
 }
 
+#[test]
+fn exact_data_out_for_caw_and_write_same() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; 4 * BS])), (5, 0x0E, 3));
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x41, 0, 1), &[0; 2 * BS])),
+        (5, 0x0E, 3)
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x41, 0, 1), &[0; BS / 2])),
+        (5, 0x0E, 3)
+    );
+}
+
+#[test]
+fn software_write_protect_via_control_page() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let mut page = r.bytes(&n, &[0x1A, 0x08, 0x0A, 0, 255, 0]);
+    page[0] = 0;
+    page[8] |= 0x08; // byte 4 of the control page: SWP
+    let sel = [0x15, 0x10, 0, 0, page.len() as u8, 0];
+    assert_eq!(r.run(&n, &sel, &page).status, ScsiStatus::Good);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x2A, 0, 1), &[0; BS])),
+        (7, 0x27, 0x02)
+    );
+    assert_eq!(r.run(&n, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+    assert_eq!(r.bytes(&n, &[0x1A, 0x08, 0x0A, 0, 255, 0])[2] & 0x80, 0x80);
+    page[8] &= !0x08;
+    assert_eq!(r.run(&n, &sel, &page).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&n, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::Good
+    );
+}
+
+#[test]
+fn prefetch_checks_range_only() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    assert_eq!(r.run(&n, &rw10(0x34, 0, 256), &[]).status, ScsiStatus::Good);
+    assert_eq!(r.run(&n, &rw10(0x34, 0, 0), &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x34, BLOCKS as u32 + 1, 0), &[])),
+        (5, 0x21, 0)
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x90, u64::MAX, 1), &[])),
+        (5, 0x21, 0)
+    );
+}
+
 fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
     let mut p = vec![0u8; 8];
     for (l, n) in ranges {
