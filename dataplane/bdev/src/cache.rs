@@ -277,15 +277,18 @@ impl Shared {
 }
 
 impl State {
+    /// Marks line `id` most recently used. Only clean lines holding data are in the LRU
+    /// (they are the eviction candidates); a dirty line enters it when written back.
     fn touch(&mut self, id: u64) {
         let Some(line) = self.lines.get_mut(&id) else {
             return;
         };
-        if line.data.is_none() {
-            return;
-        }
         if line.lru_key != 0 {
             self.lru.remove(&line.lru_key);
+            line.lru_key = 0;
+        }
+        if line.data.is_none() || line.dirty != 0 {
+            return;
         }
         self.lru_seq += 1;
         line.lru_key = self.lru_seq;
@@ -311,6 +314,10 @@ impl State {
         line.dirty |= m;
         if line.flushing {
             line.redirty |= m;
+        }
+        if line.lru_key != 0 {
+            self.lru.remove(&line.lru_key);
+            line.lru_key = 0;
         }
         let queue = line.dirty_key == 0;
         if queue {
@@ -1015,6 +1022,7 @@ impl CacheChannel {
                 st.dirty_blocks -= u64::from(cleaned.count_ones());
                 if clean {
                     st.dirty_q.remove(&key);
+                    st.touch(line);
                 }
             }
             if let Some(l) = st.lines.get_mut(&line) {
@@ -1123,6 +1131,10 @@ impl BdevChannel for CacheChannel {
         }
         let n = self.ready.len();
         self.user_ops -= n.min(self.user_ops);
+        if self.user_ops == 0 {
+            // Going idle: start writing back now, or dirty data would wait for the next I/O.
+            self.write_back();
+        }
         out.extend(self.ready.drain(..));
         n
     }

@@ -589,3 +589,407 @@ fn write_buffers_come_back_and_pool_is_steady() {
         ch.free_buf(c.buf.unwrap());
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Cache behaviour with a controllable backing device.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// A test device in front of a RAM disk: while `closed`, operations are held (not started);
+/// with `fail_writes`, writes fail. Completions are immediate (no wake fd) once started.
+struct Gate {
+    inner: Arc<dyn Bdev>,
+    closed: AtomicBool,
+    fail_writes: AtomicBool,
+    writes: AtomicU64,
+}
+
+struct GateDev(Arc<Gate>);
+
+struct GateChannel {
+    g: Arc<Gate>,
+    inner: Box<dyn BdevChannel>,
+    held: VecDeque<(u64, BdevOp)>,
+    failed: Vec<Completion>,
+}
+
+impl Bdev for GateDev {
+    fn info(&self) -> DeviceInfo {
+        self.0.inner.info()
+    }
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        Ok(Box::new(GateChannel {
+            g: self.0.clone(),
+            inner: self.0.inner.channel()?,
+            held: VecDeque::new(),
+            failed: Vec::new(),
+        }))
+    }
+    fn resize(&self, n: u64) -> Result<(), BdevError> {
+        self.0.inner.resize(n)
+    }
+    fn flush_blocking(&self) -> Result<(), BdevError> {
+        self.0.inner.flush_blocking()
+    }
+    fn set_cache_mode(&self, m: CacheMode) -> Result<(), BdevError> {
+        self.0.inner.set_cache_mode(m)
+    }
+}
+
+impl GateChannel {
+    fn start(&mut self, tag: u64, op: BdevOp) {
+        if let BdevOp::Write { buf, .. } = &op {
+            if self.g.fail_writes.load(Ordering::SeqCst) {
+                let _ = buf;
+                let c = reject(tag, op, BdevError::Io(std::io::Error::other("injected")));
+                self.failed.push(c);
+                return;
+            }
+            self.g.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.submit(tag, op);
+    }
+}
+
+impl BdevChannel for GateChannel {
+    fn submit(&mut self, tag: u64, op: BdevOp) {
+        if self.g.closed.load(Ordering::SeqCst) {
+            self.held.push_back((tag, op));
+        } else {
+            self.start(tag, op);
+        }
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        if !self.g.closed.load(Ordering::SeqCst) {
+            while let Some((t, op)) = self.held.pop_front() {
+                self.start(t, op);
+            }
+        }
+        let n = self.failed.len();
+        out.append(&mut self.failed);
+        n + self.inner.poll(out)
+    }
+    fn in_flight(&self) -> usize {
+        self.held.len() + self.failed.len() + self.inner.in_flight()
+    }
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+    fn alloc_buf(&mut self, len: usize) -> AlignedBuf {
+        self.inner.alloc_buf(len)
+    }
+    fn free_buf(&mut self, buf: AlignedBuf) {
+        self.inner.free_buf(buf)
+    }
+}
+
+/// (cache over gate over RAM, gate, the RAM disk itself)
+fn gated(mode: CacheMode, cache_bytes: u64) -> (Arc<dyn Bdev>, Arc<Gate>, Arc<dyn Bdev>) {
+    let ram = open_ram("ram", BS, BLOCKS);
+    let g = Arc::new(Gate {
+        inner: ram.clone(),
+        closed: AtomicBool::new(false),
+        fail_writes: AtomicBool::new(false),
+        writes: AtomicU64::new(0),
+    });
+    let dev = with_cache(Arc::new(GateDev(g.clone())), mode, cache_bytes);
+    (dev, g, ram)
+}
+
+/// Polls up to `rounds` times (briefly sleeping) and returns what completed.
+fn poll_for(ch: &mut dyn BdevChannel, rounds: usize) -> Vec<Completion> {
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        ch.poll(&mut out);
+        if !out.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    out
+}
+
+fn backing(ram: &Arc<dyn Bdev>, offset: u64, len: u32) -> Vec<u8> {
+    let mut ch = ram.channel().unwrap();
+    read(ch.as_mut(), offset, len).unwrap()
+}
+
+#[test]
+fn write_back_acks_from_ram_and_flush_waits_for_backend() {
+    let (dev, g, ram) = gated(CacheMode::WriteBack, 4 << 20);
+    assert_eq!(dev.info().cache, CacheMode::WriteBack);
+    let mut ch = dev.channel().unwrap();
+    g.closed.store(true, Ordering::SeqCst);
+    let data = pattern(11, 8 * BS as usize);
+    write(ch.as_mut(), 16 * u64::from(BS), &data, false).unwrap();
+    // newest data from the cache although the backend has nothing yet
+    assert_eq!(read(ch.as_mut(), 16 * u64::from(BS), 8 * BS).unwrap(), data);
+    assert!(backing(&ram, 16 * u64::from(BS), 8 * BS)
+        .iter()
+        .all(|&b| b == 0));
+    ch.submit(1, BdevOp::Flush);
+    assert!(
+        poll_for(ch.as_mut(), 20).is_empty(),
+        "flush must wait for the backend"
+    );
+    g.closed.store(false, Ordering::SeqCst);
+    let c = wait_all(ch.as_mut(), 1);
+    c[0].result.as_ref().unwrap();
+    assert_eq!(backing(&ram, 16 * u64::from(BS), 8 * BS), data);
+}
+
+#[test]
+fn fua_and_write_through_wait_for_backend() {
+    for (mode, fua) in [
+        (CacheMode::WriteBack, true),
+        (CacheMode::WriteThrough, false),
+    ] {
+        let (dev, g, ram) = gated(mode, 4 << 20);
+        let mut ch = dev.channel().unwrap();
+        g.closed.store(true, Ordering::SeqCst);
+        let data = pattern(12, 4 * BS as usize);
+        let mut buf = ch.alloc_buf(data.len());
+        buf.copy_from_slice(&data);
+        ch.submit(
+            1,
+            BdevOp::Write {
+                offset: 0,
+                buf,
+                fua,
+            },
+        );
+        assert!(
+            poll_for(ch.as_mut(), 20).is_empty(),
+            "{mode:?}: must wait for the backend"
+        );
+        g.closed.store(false, Ordering::SeqCst);
+        wait_all(ch.as_mut(), 1)[0].result.as_ref().unwrap();
+        assert_eq!(backing(&ram, 0, 4 * BS), data, "{mode:?}");
+        // the write populated the cache: a read hits even with the backend held
+        g.closed.store(true, Ordering::SeqCst);
+        ch.submit(
+            2,
+            BdevOp::Read {
+                offset: 0,
+                len: 4 * BS,
+            },
+        );
+        let c = poll_for(ch.as_mut(), 20);
+        assert_eq!(c.len(), 1, "{mode:?}: read should hit the cache");
+        assert_eq!(c[0].buf.as_ref().unwrap()[..], data[..]);
+        g.closed.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn read_miss_populates_then_hits() {
+    let (dev, g, ram) = gated(CacheMode::WriteThrough, 4 << 20);
+    let data = pattern(13, 32 * BS as usize);
+    write(ram.channel().unwrap().as_mut(), 0, &data, false).unwrap();
+    let mut ch = dev.channel().unwrap();
+    assert_eq!(read(ch.as_mut(), 0, 32 * BS).unwrap(), data);
+    g.closed.store(true, Ordering::SeqCst);
+    ch.submit(
+        1,
+        BdevOp::Read {
+            offset: 4 * u64::from(BS),
+            len: 8 * BS,
+        },
+    );
+    let c = poll_for(ch.as_mut(), 20);
+    assert_eq!(c.len(), 1, "populated data should be served from the cache");
+    assert_eq!(
+        c[0].buf.as_ref().unwrap()[..],
+        data[4 * BS as usize..12 * BS as usize]
+    );
+    // mode None drops clean data: the same read now waits for the backend
+    dev.set_cache_mode(CacheMode::None).unwrap();
+    assert_eq!(dev.info().cache, CacheMode::None);
+    ch.submit(
+        2,
+        BdevOp::Read {
+            offset: 4 * u64::from(BS),
+            len: 8 * BS,
+        },
+    );
+    assert!(poll_for(ch.as_mut(), 10).is_empty());
+    g.closed.store(false, Ordering::SeqCst);
+    assert_eq!(
+        wait_all(ch.as_mut(), 1)[0].buf.as_ref().unwrap()[..],
+        data[4 * BS as usize..12 * BS as usize]
+    );
+}
+
+#[test]
+fn write_back_failure_fails_flush_and_keeps_data() {
+    let (dev, g, ram) = gated(CacheMode::WriteBack, 4 << 20);
+    let mut ch = dev.channel().unwrap();
+    g.fail_writes.store(true, Ordering::SeqCst);
+    let data = pattern(14, 2 * BS as usize);
+    write(ch.as_mut(), 0, &data, false).unwrap();
+    let c = run(ch.as_mut(), BdevOp::Flush);
+    assert!(c.result.is_err(), "flush must report the failed write-back");
+    // the data is still there (dirty) and is written once the device recovers
+    assert_eq!(read(ch.as_mut(), 0, 2 * BS).unwrap(), data);
+    g.fail_writes.store(false, Ordering::SeqCst);
+    run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+    assert_eq!(backing(&ram, 0, 2 * BS), data);
+}
+
+#[test]
+fn flush_on_one_channel_writes_back_other_channels_data() {
+    let (dev, g, ram) = gated(CacheMode::WriteBack, 4 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let data = pattern(15, 64 * BS as usize);
+    g.closed.store(true, Ordering::SeqCst);
+    // channel A writes (dirty) and keeps polling on its own thread; its write-backs are
+    // held by the gate
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = {
+        let (dev, stop, data) = (dev.clone(), stop.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut ch = dev.channel().unwrap();
+            write(ch.as_mut(), 0, &data, false).unwrap();
+            tx.send(()).unwrap();
+            let mut out = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                ch.poll(&mut out);
+                if let Some(fd) = ch.wake_fd() {
+                    tandem_ffi::wait_readable(fd, 5).unwrap();
+                }
+            }
+            assert!(out.is_empty());
+        })
+    };
+    rx.recv().unwrap();
+    let mut ch = dev.channel().unwrap();
+    ch.submit(9, BdevOp::Flush);
+    assert!(poll_for(ch.as_mut(), 20).is_empty());
+    g.closed.store(false, Ordering::SeqCst);
+    let c = wait_all(ch.as_mut(), 1);
+    c[0].result.as_ref().unwrap();
+    assert_eq!(backing(&ram, 0, 64 * BS), data);
+    stop.store(true, Ordering::SeqCst);
+    a.join().unwrap();
+}
+
+/// Polls `ch` on this thread (as its reactor would) while `f` runs on another thread.
+fn while_polling<T: Send + 'static>(
+    ch: &mut dyn BdevChannel,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let t = std::thread::spawn(f);
+    let mut out = Vec::new();
+    while !t.is_finished() {
+        ch.poll(&mut out);
+        if let Some(fd) = ch.wake_fd() {
+            tandem_ffi::wait_readable(fd, 5).unwrap();
+        }
+    }
+    assert!(out.is_empty());
+    t.join().unwrap()
+}
+
+#[test]
+fn leaving_write_back_flushes() {
+    let s = file();
+    let dev = with_cache(s.dev, CacheMode::WriteBack, 8 << 20);
+    let data = pattern(16, 256 * BS as usize);
+    let mut ch = dev.channel().unwrap();
+    write(ch.as_mut(), 0, &data, false).unwrap();
+    // The live switch runs on a control thread while the reactor keeps polling its channel
+    // (whose write-backs may be in flight).
+    let d2 = dev.clone();
+    while_polling(ch.as_mut(), move || {
+        d2.set_cache_mode(CacheMode::WriteThrough)
+    })
+    .unwrap();
+    assert_eq!(dev.info().cache, CacheMode::WriteThrough);
+    let on_disk = std::fs::read(s.path.as_ref().unwrap()).unwrap();
+    assert!(on_disk[..data.len()] == data[..]);
+    dev.set_cache_mode(CacheMode::WriteBack).unwrap();
+    write(ch.as_mut(), 0, &data[..4096], false).unwrap();
+    assert_eq!(read(ch.as_mut(), 0, 256 * BS).unwrap(), data);
+    // dropping the channel drains its write-backs, so a later blocking flush cannot hang
+    drop(ch);
+    dev.flush_blocking().unwrap();
+}
+
+#[test]
+fn tiny_cache_passes_writes_through() {
+    for size in [0, 64 << 10, 128 << 10] {
+        let (dev, _g, ram) = gated(CacheMode::WriteBack, size);
+        model_check(&dev, 77, 100, &format!("tiny cache {size}"));
+        let mut ch = dev.channel().unwrap();
+        run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+        let all = read(ch.as_mut(), 0, BS * BLOCKS as u32).unwrap();
+        assert!(backing(&ram, 0, BS * BLOCKS as u32) == all, "size {size}");
+    }
+}
+
+/// Two threads write single blocks into the same lines (each thread owns every other block)
+/// through a small write-back cache, so write-back, eviction and pass-through interleave
+/// across channels on shared lines.
+#[test]
+fn shared_lines_across_channels() {
+    for mode in [CacheMode::WriteBack, CacheMode::WriteThrough] {
+        let s = file();
+        let dev = with_cache(s.dev, mode, 256 << 10);
+        let blocks = 256u64;
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let dev = dev.clone();
+                std::thread::spawn(move || {
+                    let mut ch = dev.channel().unwrap();
+                    let mut model = vec![0u8; (blocks * u64::from(BS)) as usize];
+                    let mut rng = Rng::new(500 + t);
+                    for i in 0..600 {
+                        let b = rng.below(blocks / 2) * 2 + t;
+                        let off = b * u64::from(BS);
+                        let r = off as usize..(off + u64::from(BS)) as usize;
+                        match rng.below(5) {
+                            0 | 1 => {
+                                let d = pattern(rng.next(), BS as usize);
+                                write(ch.as_mut(), off, &d, rng.below(10) == 0).unwrap();
+                                model[r].copy_from_slice(&d);
+                            }
+                            2 | 3 => {
+                                let back = read(ch.as_mut(), off, BS).unwrap();
+                                assert!(back[..] == model[r], "{mode:?} t{t} op {i} block {b}");
+                            }
+                            _ => {
+                                if rng.below(2) == 0 {
+                                    run(
+                                        ch.as_mut(),
+                                        BdevOp::Discard {
+                                            offset: off,
+                                            len: u64::from(BS),
+                                        },
+                                    )
+                                    .result
+                                    .unwrap();
+                                    model[r].fill(0);
+                                } else {
+                                    run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+                                }
+                            }
+                        }
+                    }
+                    model
+                })
+            })
+            .collect();
+        let models: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        dev.flush_blocking().unwrap();
+        let on_disk = std::fs::read(s.path.as_ref().unwrap()).unwrap();
+        let mut ch = dev.channel().unwrap();
+        let cached = read(ch.as_mut(), 0, (blocks * u64::from(BS)) as u32).unwrap();
+        for b in 0..blocks as usize {
+            let r = b * BS as usize..(b + 1) * BS as usize;
+            let want = &models[b % 2][r.clone()];
+            assert!(cached[r.clone()] == *want, "{mode:?} block {b} via cache");
+            assert!(on_disk[r] == *want, "{mode:?} block {b} on disk");
+        }
+    }
+}
