@@ -432,9 +432,14 @@ impl LoginState {
         let text = std::mem::take(&mut self.pending_text);
         let pairs =
             parse_pairs(&text, &TextLimits::DEFAULT).map_err(|_| login_status::INITIATOR_ERROR)?;
+        let mut in_this_pdu = HashSet::new();
         for (k, _) in &pairs {
             // A key may be negotiated or declared only once per login (RFC 7143 §6.2).
-            if !self.seen_keys.insert(k.clone()) {
+            // Exception: libiscsi repeats the identity keys (InitiatorName, TargetName, ...) in
+            // its operational-stage request; we accept that when the values are unchanged.
+            if !in_this_pdu.insert(k.as_str())
+                || (!is_identity_key(k) && !self.seen_keys.insert(k.clone()))
+            {
                 return Err(login_status::INITIATOR_ERROR);
             }
         }
@@ -442,9 +447,8 @@ impl LoginState {
         let mut out: Pairs = Vec::new();
         if self.resolved.is_none() {
             self.resolve(&pairs, dir)?;
-        } else if pairs.iter().any(|(k, _)| is_identity_key(k)) {
-            // Identity keys belong in the first request only.
-            return Err(login_status::INITIATOR_ERROR);
+        } else {
+            self.check_repeated_identity(&pairs)?;
         }
         let resolved = self.resolved.clone().ok_or(login_status::TARGET_ERROR)?;
 
@@ -601,6 +605,36 @@ impl LoginState {
             .filter(|a| a.len() <= MAX_SIMPLE_VALUE_LEN)
             .map(str::to_owned);
         self.resolved = Some(resolved);
+        Ok(())
+    }
+
+    /// Identity keys repeated after the first request must not change anything.
+    fn check_repeated_identity(&self, pairs: &[(String, String)]) -> Result<(), Status> {
+        let resolved = self.resolved.as_ref().ok_or(login_status::TARGET_ERROR)?;
+        for (k, v) in pairs {
+            let same = match k.as_str() {
+                "InitiatorName" => self
+                    .initiator_name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(v)),
+                "SessionType" => match v.as_str() {
+                    "Normal" => resolved.session_type == SessionType::Normal,
+                    "Discovery" => resolved.session_type == SessionType::Discovery,
+                    _ => false,
+                },
+                "TargetName" => match &resolved.target_name {
+                    Some(t) => t.eq_ignore_ascii_case(v),
+                    // Discovery without TargetName: a late TargetName changes nothing.
+                    None => valid_iscsi_name(v),
+                },
+                // Informational only.
+                "InitiatorAlias" => true,
+                _ => continue,
+            };
+            if !same {
+                return Err(login_status::INITIATOR_ERROR);
+            }
+        }
         Ok(())
     }
 

@@ -835,7 +835,7 @@ fn security_key_in_operational_stage() {
 }
 
 #[test]
-fn target_only_and_identity_keys_rejected_later() {
+fn target_only_keys_rejected() {
     let d = dir(AuthPolicy::None, vec![]);
     let mut st = state();
     st.handle(
@@ -849,23 +849,114 @@ fn target_only_and_identity_keys_rejected_later() {
         &d,
     );
     assert_eq!(status(&step), login_status::INITIATOR_ERROR);
+}
 
+#[test]
+fn identity_keys_may_repeat_unchanged() {
+    // libiscsi sends InitiatorName/TargetName/SessionType again in its operational request.
+    let d = dir(AuthPolicy::None, vec![]);
     let mut st = state();
     st.handle(
         &req(Stage::Security, Stage::Operational, true),
+        &first_security(&[("AuthMethod", "None")]),
+        &d,
+    );
+    let mut data = first_security(&[]);
+    data.extend_from_slice(&open_iscsi_operational());
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &data,
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    assert!(matches!(step.outcome, LoginOutcome::Complete(_)));
+
+    for (k, v) in [
+        ("InitiatorName", "iqn.1994-05.com.redhat:someone-else"),
+        ("TargetName", "iqn.2026-11.io.tandem:other"),
+        ("SessionType", "Discovery"),
+    ] {
+        let mut st = state();
+        st.handle(
+            &req(Stage::Security, Stage::Operational, true),
+            &first_security(&[("AuthMethod", "None")]),
+            &d,
+        );
+        let step = st.handle(
+            &req(Stage::Operational, Stage::FullFeature, true),
+            &text(&[(k, v)]),
+            &d,
+        );
+        assert_eq!(status(&step), login_status::INITIATOR_ERROR, "{k}");
+    }
+}
+
+/// The exact sequence libiscsi uses with CHAP (and mutual CHAP): T=1 offer, T=0 CHAP_A=5,
+/// T=1 CHAP_N/CHAP_R(+CHAP_I/CHAP_C with a 32-byte challenge), then an operational request
+/// that repeats the identity keys.
+#[test]
+fn libiscsi_mutual_chap_sequence() {
+    let d = dir(chap_policy(true), vec![]);
+    let mut st = state();
+    let step = st.handle(
+        &req(Stage::Security, Stage::Operational, true),
         &text(&[
             ("InitiatorName", INITIATOR),
-            ("SessionType", "Discovery"),
-            ("AuthMethod", "None"),
+            ("TargetName", TARGET),
+            ("SessionType", "Normal"),
+            ("AuthMethod", "CHAP,None"),
         ]),
         &d,
     );
+    assert_eq!(key(&keys(&step.data), "AuthMethod"), Some("CHAP"));
     let step = st.handle(
-        &req(Stage::Operational, Stage::FullFeature, true),
-        &text(&[("TargetName", TARGET)]),
+        &req(Stage::Security, Stage::Operational, false),
+        &text(&[("CHAP_A", "5")]),
         &d,
     );
-    assert_eq!(status(&step), login_status::INITIATOR_ERROR);
+    let k = keys(&step.data);
+    assert_eq!(key(&k, "CHAP_A"), Some("5"));
+    let id: u8 = key(&k, "CHAP_I").unwrap().parse().unwrap(); // libiscsi uses atoi()
+    let c = key(&k, "CHAP_C").unwrap();
+    assert!(c.starts_with("0x"), "libiscsi only parses hex challenges");
+    let challenge = hex::decode(&c[2..]).unwrap();
+    let r = chap::response(ChapAlgorithm::Md5, id, b"host-secret-123", &challenge);
+    let r = format!("0x{}", hex::encode_upper(r));
+    let their_c: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37)).collect();
+    let their_c_hex = format!("0x{}", hex::encode_upper(&their_c));
+    let step = st.handle(
+        &req(Stage::Security, Stage::Operational, true),
+        &text(&[
+            ("CHAP_N", "hostuser"),
+            ("CHAP_R", &r),
+            ("CHAP_I", "1"),
+            ("CHAP_C", &their_c_hex),
+        ]),
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    assert!(step.response.transit);
+    assert_eq!(step.response.csg, Stage::Security);
+    let k = keys(&step.data);
+    assert_eq!(key(&k, "CHAP_N"), Some("targetuser"));
+    let tr = key(&k, "CHAP_R").unwrap();
+    assert_eq!(tr.len(), 2 + 32, "libiscsi checks the CHAP_R length");
+    let expected = chap::response(ChapAlgorithm::Md5, 1, b"target-secret-456", &their_c);
+    assert_eq!(chap::decode_binary(tr).unwrap(), expected);
+
+    let mut data = text(&[
+        ("InitiatorName", INITIATOR),
+        ("TargetName", TARGET),
+        ("SessionType", "Normal"),
+    ]);
+    data.extend_from_slice(&open_iscsi_operational());
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &data,
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    assert!(matches!(step.outcome, LoginOutcome::Complete(_)));
 }
 
 #[test]
