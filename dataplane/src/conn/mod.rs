@@ -94,6 +94,7 @@ pub(crate) struct ConnCore {
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     next_ttt: u32,
+    op_scratch: Vec<tandem_bdev::BdevOp>,
 }
 
 impl Connection {
@@ -126,6 +127,7 @@ impl Connection {
                 last_rx: now,
                 ping: None,
                 next_ttt: 1,
+                op_scratch: Vec::with_capacity(4),
             },
         }
     }

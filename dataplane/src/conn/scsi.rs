@@ -364,7 +364,9 @@ impl ConnCore {
     fn submit_io(&mut self, ctx: &mut ReactorCtx, slot: usize, dev: &Arc<Device>, io: LuIo, cont: tandem_scsi::Continuation) {
         let bs = dev.lu.block_size() as u64;
         let tag = make_tag(self.id, slot);
-        let mut ops: Vec<BdevOp> = Vec::with_capacity(1);
+        // Reused scratch list (keeps its capacity): no allocation per I/O.
+        let mut ops = std::mem::take(&mut self.op_scratch);
+        ops.clear();
         let mut moved_data_out = false;
         match io {
             LuIo::Read { lba, blocks } => {
@@ -422,16 +424,20 @@ impl ConnCore {
             t.data_out_in_io = moved_data_out;
         }
         dev.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        for op in ops {
-            if !ctx.submit(dev, tag, op) {
-                let t = self.tasks.get_mut(slot).expect("task of a running step");
-                t.pending_ios = 0;
-                t.stage = TaskStage::Ready;
-                t.cont = None;
-                dev.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
-                return;
+        let mut submitted = true;
+        for op in ops.drain(..) {
+            if submitted && !ctx.submit(dev, tag, op) {
+                submitted = false;
             }
+        }
+        self.op_scratch = ops;
+        if !submitted {
+            let t = self.tasks.get_mut(slot).expect("task of a running step");
+            t.pending_ios = 0;
+            t.stage = TaskStage::Ready;
+            t.cont = None;
+            dev.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
         }
     }
 

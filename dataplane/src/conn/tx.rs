@@ -111,9 +111,11 @@ impl TxQueue {
     /// Writes as much as the socket takes. Returns the task slots whose last PDU has left.
     pub fn flush(&mut self, transport: &mut dyn Transport, bufs: &dyn TaskBuffers, released: &mut Vec<usize>) -> io::Result<()> {
         while !self.queue.is_empty() {
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(IOVECS_MAX);
+            // A fixed array, not a Vec: the send path allocates nothing.
+            let mut iov: [IoSlice<'_>; IOVECS_MAX] = [IoSlice::new(&[]); IOVECS_MAX];
+            let mut n_iov = 0usize;
             for pdu in self.queue.iter() {
-                if iov.len() + 3 > IOVECS_MAX {
+                if n_iov + 3 > IOVECS_MAX {
                     break;
                 }
                 let data: &[u8] = match &pdu.data {
@@ -131,11 +133,12 @@ impl TxQueue {
                         skip -= part.len();
                         continue;
                     }
-                    iov.push(IoSlice::new(&part[skip..]));
+                    iov[n_iov] = IoSlice::new(&part[skip..]);
+                    n_iov += 1;
                     skip = 0;
                 }
             }
-            let written = match transport.send_vectored(&iov) {
+            let written = match transport.send_vectored(&iov[..n_iov]) {
                 Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "peer closed")),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),

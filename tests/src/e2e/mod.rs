@@ -4,3 +4,4 @@
 pub mod conformance;
 pub mod cunit;
 pub mod procs;
+pub mod raw;

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 /// Where the workspace's binaries are: `$TANDEM_BIN_DIR`, else `target/release` or
 /// `target/debug` (whichever has the newer `tandem-dataplane`).
 pub fn bin(name: &str) -> PathBuf {
-    if let Ok(dir) = std::env::var("TANDEM_BIN_DIR") {
-        return Path::new(&dir).join(name);
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
+    if let Ok(dir) = std::env::var("TANDEM_BIN_DIR") {
+        // Relative paths are taken from the workspace root (cargo runs tests in tests/).
+        return root.join(dir).join(name);
+    }
     let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
     let candidates = [target.join("release").join(name), target.join("debug").join(name)];
     let newest = candidates
