@@ -77,6 +77,23 @@ pub struct LogicalUnit {
     pr_store: Option<Box<dyn PrStore>>,
 }
 
+/// Asks the transport for one I/O; the continuation remembers where it
+/// started so a medium error can report that LBA in INFORMATION.
+fn io_step(io: LuIo, kind: ContKind, guard: Option<RangeGuard>) -> Step {
+    let io_lba = match &io {
+        LuIo::Read { lba, .. } | LuIo::Write { lba, .. } => Some(*lba),
+        LuIo::Flush | LuIo::Unmap { .. } => None,
+    };
+    Step::Io(IoPlan {
+        io,
+        cont: Continuation {
+            kind,
+            guard,
+            io_lba,
+        },
+    })
+}
+
 fn done(r: Reply) -> Step {
     Step::Done(r)
 }
@@ -255,7 +272,11 @@ impl LogicalUnit {
         outcome: IoOutcome,
         data_out: &[u8],
     ) -> Step {
-        let Continuation { kind, guard } = cont;
+        let Continuation {
+            kind,
+            guard,
+            io_lba,
+        } = cont;
         let read_data = match outcome {
             IoOutcome::Ok { read_data } => read_data,
             IoOutcome::MediumError => {
@@ -263,10 +284,16 @@ impl LogicalUnit {
                     kind,
                     ContKind::Complete { is_write: true } | ContKind::WriteSame { .. }
                 );
-                return check(if write_like {
+                let s = if write_like {
                     Sense::write_error()
                 } else {
                     Sense::read_error()
+                };
+                // SBC-3: INFORMATION names the failing LBA; the bdev only
+                // tells us the I/O failed, so report where it started.
+                return check(match io_lba {
+                    Some(lba) => s.with_info(lba),
+                    None => s,
                 });
             }
             IoOutcome::Failed => return check(Sense::internal_target_failure()),
@@ -324,8 +351,8 @@ impl LogicalUnit {
                 if let Some(off) = first_mismatch(read, verify) {
                     return check(Sense::miscompare(off as u64));
                 }
-                Step::Io(IoPlan {
-                    io: LuIo::Write {
+                io_step(
+                    LuIo::Write {
                         lba,
                         blocks,
                         src: WriteSource::DataOut {
@@ -334,11 +361,9 @@ impl LogicalUnit {
                         },
                         fua,
                     },
-                    cont: Continuation {
-                        kind: ContKind::Complete { is_write: true },
-                        guard,
-                    },
-                })
+                    ContKind::Complete { is_write: true },
+                    guard,
+                )
             }
             ContKind::WriteSame {
                 next_lba,
@@ -416,7 +441,14 @@ impl LogicalUnit {
                 }
             }
             C::RequestSense { desc, alloc_len } => {
-                let s = st.ua.pop(nexus.id).unwrap_or_else(Sense::no_sense);
+                // A pending UA first; otherwise the reason the LU cannot
+                // serve media commands right now (SPC-4 6.39), else NO SENSE.
+                let s = st.ua.pop(nexus.id).unwrap_or_else(|| match st.alua {
+                    AluaState::Standby => Sense::alua_standby(),
+                    AluaState::Unavailable => Sense::alua_unavailable(),
+                    AluaState::Transitioning => Sense::alua_transitioning(),
+                    _ => Sense::no_sense(),
+                });
                 let d = if desc {
                     s.to_descriptor()
                 } else {
@@ -526,13 +558,7 @@ impl LogicalUnit {
                     return check(s);
                 }
                 // IMMED is fine either way: the transport answers after the flush.
-                Step::Io(IoPlan {
-                    io: LuIo::Flush,
-                    cont: Continuation {
-                        kind: ContKind::Complete { is_write: true },
-                        guard: None,
-                    },
-                })
+                io_step(LuIo::Flush, ContKind::Complete { is_write: true }, None)
             }
             C::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(st, cmd, lba, blocks, fua)
@@ -658,16 +684,14 @@ impl LogicalUnit {
         let Some(len) = self.bytes(rw.blocks.0.into()) else {
             return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
         };
-        Step::Io(IoPlan {
-            io: LuIo::Read {
+        io_step(
+            LuIo::Read {
                 lba: rw.lba.0,
                 blocks: rw.blocks.0,
             },
-            cont: Continuation {
-                kind: ContKind::Read { len },
-                guard: None,
-            },
-        })
+            ContKind::Read { len },
+            None,
+        )
     }
 
     fn write(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
@@ -691,18 +715,16 @@ impl LogicalUnit {
         let Some(guard) = try_acquire(&self.inflight, rw.lba.0, rw.blocks.0.into(), false) else {
             return Step::Defer;
         };
-        Step::Io(IoPlan {
-            io: LuIo::Write {
+        io_step(
+            LuIo::Write {
                 lba: rw.lba.0,
                 blocks: rw.blocks.0,
                 src: WriteSource::DataOut { offset: 0, len },
                 fua: rw.fua,
             },
-            cont: Continuation {
-                kind: ContKind::Complete { is_write: true },
-                guard: Some(guard),
-            },
-        })
+            ContKind::Complete { is_write: true },
+            Some(guard),
+        )
     }
 
     fn verify(&self, st: &State, cmd: &Command, lba: Lba, blocks: Blocks, bytchk: u8) -> Step {
@@ -724,20 +746,18 @@ impl LogicalUnit {
         if cmd.data_out.len() < need {
             return check(Sense::invalid_field_in_iu());
         }
-        Step::Io(IoPlan {
-            io: LuIo::Read {
+        io_step(
+            LuIo::Read {
                 lba: lba.0,
                 blocks: blocks.0,
             },
-            cont: Continuation {
-                kind: ContKind::Verify {
-                    bytchk,
-                    bytes,
-                    block_size: bs,
-                },
-                guard: None,
+            ContKind::Verify {
+                bytchk,
+                bytes,
+                block_size: bs,
             },
-        })
+            None,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -786,15 +806,13 @@ impl LogicalUnit {
         // Unmap only when the result reads back as the block written: the
         // block must be zeros (the bdev returns zeros for unmapped blocks).
         if unmap && self.unmap_supported && block.iter().all(|&b| b == 0) {
-            return Step::Io(IoPlan {
-                io: LuIo::Unmap {
+            return io_step(
+                LuIo::Unmap {
                     ranges: vec![(lba.0, blocks.0)],
                 },
-                cont: Continuation {
-                    kind: ContKind::Complete { is_write: true },
-                    guard: Some(guard),
-                },
-            });
+                ContKind::Complete { is_write: true },
+                Some(guard),
+            );
         }
         let chunk_blocks = u32::try_from((WRITE_SAME_CHUNK_BYTES / bs).max(1)).unwrap_or(1);
         Self::write_same_chunk(lba.0, blocks.0.into(), block, chunk_blocks, Some(guard))
@@ -809,23 +827,21 @@ impl LogicalUnit {
     ) -> Step {
         let n = remaining.min(u64::from(chunk_blocks)) as u32;
         let buf = block.repeat(n as usize);
-        Step::Io(IoPlan {
-            io: LuIo::Write {
+        io_step(
+            LuIo::Write {
                 lba,
                 blocks: n,
                 src: WriteSource::Owned(buf),
                 fua: false,
             },
-            cont: Continuation {
-                kind: ContKind::WriteSame {
-                    next_lba: lba + u64::from(n),
-                    remaining: remaining - u64::from(n),
-                    block,
-                    chunk_blocks,
-                },
-                guard,
+            ContKind::WriteSame {
+                next_lba: lba + u64::from(n),
+                remaining: remaining - u64::from(n),
+                block,
+                chunk_blocks,
             },
-        })
+            guard,
+        )
     }
 
     fn unmap(&self, st: &State, cmd: &Command, anchor: bool, param_len: u32) -> Step {
@@ -858,13 +874,11 @@ impl LogicalUnit {
         let Some(guard) = try_acquire(&self.inflight, lo, hi - lo, false) else {
             return Step::Defer;
         };
-        Step::Io(IoPlan {
-            io: LuIo::Unmap { ranges },
-            cont: Continuation {
-                kind: ContKind::Complete { is_write: true },
-                guard: Some(guard),
-            },
-        })
+        io_step(
+            LuIo::Unmap { ranges },
+            ContKind::Complete { is_write: true },
+            Some(guard),
+        )
     }
 
     fn compare_and_write(
@@ -902,21 +916,19 @@ impl LogicalUnit {
         let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), true) else {
             return Step::Defer;
         };
-        Step::Io(IoPlan {
-            io: LuIo::Read {
+        io_step(
+            LuIo::Read {
                 lba: lba.0,
                 blocks: blocks.0,
             },
-            cont: Continuation {
-                kind: ContKind::CawRead {
-                    lba: lba.0,
-                    blocks: blocks.0,
-                    fua,
-                    bytes,
-                },
-                guard: Some(guard),
+            ContKind::CawRead {
+                lba: lba.0,
+                blocks: blocks.0,
+                fua,
+                bytes,
             },
-        })
+            Some(guard),
+        )
     }
 
     fn pr_out(

@@ -104,6 +104,8 @@ pub(crate) enum ContKind {
 pub struct Continuation {
     pub(crate) kind: ContKind,
     pub(crate) guard: Option<RangeGuard>,
+    /// First LBA of the I/O this continuation waits for.
+    pub(crate) io_lba: Option<u64>,
 }
 
 impl std::fmt::Debug for Continuation {

@@ -340,7 +340,7 @@ fn io_errors_map_to_sense() {
     let r = Rig::new();
     let n = nexus(1);
     let Step::Io(p) = r.lu.execute(&Command {
-        cdb: &rw10(0x28, 0, 1),
+        cdb: &rw10(0x28, 7, 1),
         data_out: &[],
         expected_in_len: 512,
         nexus: &n,
@@ -351,6 +351,7 @@ fn io_errors_map_to_sense() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (3, 0x11, 0));
+    assert_eq!(&rep.sense.as_ref().unwrap()[3..7], &7u32.to_be_bytes());
     let Step::Io(p) = r.lu.execute(&Command {
         cdb: &rw10(0x2A, 0, 1),
         data_out: &[0; BS],
@@ -731,6 +732,8 @@ fn alua_states_and_rtpg() {
         sense_of(&r.run(&n, &rw10(0x28, 0, 1), &[])),
         (2, 0x04, 0x0B)
     );
+    let d = r.bytes(&n, &[0x03, 0, 0, 0, 18, 0]);
+    assert_eq!((d[2], d[12], d[13]), (2, 0x04, 0x0B));
     let mut rtpg = [0u8; 12];
     rtpg[0] = 0xA3;
     rtpg[1] = 0x0A;
