@@ -677,4 +677,57 @@ mod tests {
         assert_eq!(NopInRepr::parse(&bhs).unwrap(), r);
         assert!(r.to_bhs(1 << 24).is_err());
     }
+
+    fn roundtrip<R: PduRepr + PartialEq + core::fmt::Debug>(bhs: &Bhs<&[u8]>) {
+        if let Ok(r) = R::parse_bhs(bhs) {
+            let mut buf = [0u8; BHS_LEN];
+            r.emit_bhs(&mut buf);
+            assert_eq!(R::parse_bhs(&Bhs::new_unchecked(&buf[..])).unwrap(), r);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_parse_is_total(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let bhs = Bhs::new_unchecked(&data[..]);
+            let parsed = AnyPdu::parse(&bhs);
+            if data.len() < BHS_LEN {
+                proptest::prop_assert_eq!(parsed, Err(WireError::Truncated));
+            } else if let Ok(any) = parsed {
+                let mut buf = [0u8; BHS_LEN];
+                any.emit(&mut buf);
+                proptest::prop_assert_eq!(AnyPdu::parse(&Bhs::new_unchecked(&buf[..])).unwrap(), any);
+            }
+            roundtrip::<NopOutRepr>(&bhs);
+            roundtrip::<ScsiCommandRepr>(&bhs);
+            roundtrip::<TaskMgmtRequestRepr>(&bhs);
+            roundtrip::<LoginRequestRepr>(&bhs);
+            roundtrip::<TextRequestRepr>(&bhs);
+            roundtrip::<DataOutRepr>(&bhs);
+            roundtrip::<LogoutRequestRepr>(&bhs);
+            roundtrip::<SnackRequestRepr>(&bhs);
+            roundtrip::<NopInRepr>(&bhs);
+            roundtrip::<ScsiResponseRepr>(&bhs);
+            roundtrip::<TaskMgmtResponseRepr>(&bhs);
+            roundtrip::<LoginResponseRepr>(&bhs);
+            roundtrip::<TextResponseRepr>(&bhs);
+            roundtrip::<DataInRepr>(&bhs);
+            roundtrip::<LogoutResponseRepr>(&bhs);
+            roundtrip::<R2tRepr>(&bhs);
+            roundtrip::<AsyncMessageRepr>(&bhs);
+            roundtrip::<RejectRepr>(&bhs);
+        }
+
+        #[test]
+        fn every_opcode_dispatches(op in 0u8..0x40, rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 47)) {
+            let mut data = vec![op];
+            data.extend_from_slice(&rest);
+            let bhs = Bhs::new_checked(&data[..]).unwrap();
+            match (Opcode::from_u8(op), AnyPdu::parse(&bhs)) {
+                (None, r) => proptest::prop_assert_eq!(r, Err(WireError::UnknownOpcode(op))),
+                (Some(_), Ok(_)) | (Some(Opcode::DataIn | Opcode::TextRequest | Opcode::TextResponse), Err(WireError::InvalidField(_))) => {}
+                (Some(o), Err(e)) => proptest::prop_assert!(false, "{:?} failed: {:?}", o, e),
+            }
+        }
+    }
 }

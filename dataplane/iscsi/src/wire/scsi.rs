@@ -704,6 +704,16 @@ mod tests {
     }
 
     #[test]
+    fn data_in_parse_ignores_reserved_status_fields() {
+        let mut b = DATA_IN;
+        b[1] = 0x86; // F|O|U without S
+        let r = DataInRepr::parse(&Bhs::new_unchecked(&b[..])).unwrap();
+        assert!(!r.status_present && !r.overflow && !r.underflow);
+        assert_eq!((r.status, r.statsn, r.residual), (0, 0, 0));
+        assert_eq!((r.expcmdsn, r.maxcmdsn, r.datasn), (6, 0x46, 1));
+    }
+
+    #[test]
     fn data_in_without_status_zeroes_status_fields() {
         let r = DataInRepr {
             final_flag: false,
