@@ -389,7 +389,7 @@ impl State {
             }
             if let Some(d) = l.data.take() {
                 self.spare.push(d);
-                self.data_lines -= 1;
+                self.data_lines = self.data_lines.saturating_sub(1);
             }
             l.valid = 0;
             if l.lru_key != 0 {
@@ -423,7 +423,11 @@ impl Bdev for CacheDev {
         if let Some(fd) = inner_fd {
             wake.add(fd).map_err(|e| err("epoll add", e))?;
         }
-        sh.wakers.lock().push(Arc::downgrade(&efd));
+        {
+            let mut w = sh.wakers.lock();
+            w.retain(|e| e.strong_count() > 0);
+            w.push(Arc::downgrade(&efd));
+        }
         Ok(Box::new(CacheChannel {
             inner,
             inner_immediate: inner_fd.is_none(),
@@ -438,6 +442,7 @@ impl Bdev for CacheDev {
             scratch: Vec::new(),
             user_ops: 0,
             wb_runs: 0,
+            in_poll: false,
         }))
     }
 
@@ -553,6 +558,8 @@ struct CacheChannel {
     user_ops: usize,
     /// Write-back runs in flight on this channel.
     wb_runs: usize,
+    /// Inside `poll`: completions are returned directly, no need to signal the wake fd.
+    in_poll: bool,
 }
 
 impl CacheChannel {
@@ -563,7 +570,8 @@ impl CacheChannel {
     }
 
     fn finish(&mut self, tag: u64, result: Result<(), BdevError>, buf: Option<AlignedBuf>) {
-        if self.ready.is_empty() {
+        if self.ready.is_empty() && !self.in_poll {
+            // Ready outside poll (immediate completion): make the wake fd readable.
             let _ = self.efd.notify();
         }
         self.ready.push_back(Completion { tag, result, buf });
@@ -693,7 +701,7 @@ impl CacheChannel {
         }
         for id in pinned {
             if let Some(l) = st.lines.get_mut(&id) {
-                l.pins -= 1;
+                l.pins = l.pins.saturating_sub(1);
             }
             st.maybe_remove(id);
         }
@@ -829,7 +837,8 @@ impl CacheChannel {
             let Some(l) = st.lines.get_mut(&id) else {
                 continue;
             };
-            l.busy -= 1;
+            debug_assert!(l.busy > 0);
+            l.busy = l.busy.saturating_sub(1);
             if populate && l.gen == gen && l.busy == 0 && st.ensure_data(&sh, id, &lines) {
                 if let (Some(b), l) = (c.buf.as_ref(), st.line(id)) {
                     let m = p.mask() & !l.dirty;
@@ -988,7 +997,7 @@ impl CacheChannel {
     }
 
     fn write_back_done(&mut self, line: u64, c: Completion) {
-        self.wb_runs -= 1;
+        self.wb_runs = self.wb_runs.saturating_sub(1);
         if let Some(b) = c.buf {
             self.pool.free(b);
         }
@@ -1002,7 +1011,8 @@ impl CacheChannel {
             tracing::warn!(line, "write-back failed: {e}");
             l.flush_failed = true;
         }
-        l.flush_runs -= 1;
+        debug_assert!(l.flush_runs > 0);
+        l.flush_runs = l.flush_runs.saturating_sub(1);
         if l.flush_runs == 0 {
             l.flushing = false;
             if l.flush_failed {
@@ -1019,7 +1029,9 @@ impl CacheChannel {
                     l.dirty_key = 0;
                     l.dirty_since = None;
                 }
-                st.dirty_blocks -= u64::from(cleaned.count_ones());
+                st.dirty_blocks = st
+                    .dirty_blocks
+                    .saturating_sub(u64::from(cleaned.count_ones()));
                 if clean {
                     st.dirty_q.remove(&key);
                     st.touch(line);
@@ -1113,6 +1125,7 @@ impl BdevChannel for CacheChannel {
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         self.efd.drain();
+        self.in_poll = true;
         self.poll_inner();
         if !self.parked.is_empty() {
             self.retry_parked();
@@ -1125,16 +1138,13 @@ impl BdevChannel for CacheChannel {
                 self.retry_parked();
             }
         }
-        if !self.parked.is_empty() && self.sh.urgent.load(Ordering::Acquire) > 0 {
-            // Keep the write-back going for waiting flushes.
-            let _ = self.efd.notify();
-        }
         let n = self.ready.len();
         self.user_ops -= n.min(self.user_ops);
         if self.user_ops == 0 {
             // Going idle: start writing back now, or dirty data would wait for the next I/O.
             self.write_back();
         }
+        self.in_poll = false;
         out.extend(self.ready.drain(..));
         n
     }

@@ -182,6 +182,7 @@ impl Bdev for FileBdev {
             ready: VecDeque::new(),
             pool: BufPool::default(),
             reaped: Vec::new(),
+            in_poll: false,
             disk: self.0.clone(),
         }))
     }
@@ -277,6 +278,8 @@ struct FileChannel {
     ready: VecDeque<Completion>,
     pool: BufPool,
     reaped: Vec<UringCompletion>,
+    /// Inside `poll`: completions are returned directly, no need to signal the wake fd.
+    in_poll: bool,
     disk: Arc<FileDisk>,
 }
 
@@ -292,7 +295,7 @@ impl FileChannel {
     }
 
     fn finish(&mut self, tag: u64, result: Result<(), BdevError>, buf: Option<AlignedBuf>) {
-        if self.ready.is_empty() {
+        if self.ready.is_empty() && !self.in_poll {
             // Completions outside the ring must still wake a sleeping reactor.
             let _ = self.efd.notify();
         }
@@ -611,7 +614,9 @@ impl BdevChannel for FileChannel {
                 if len == 0 {
                     return self.finish(tag, Ok(()), None);
                 }
-                if self.disk.punch_ok.load(Ordering::Relaxed) && !self.disk.is_block_device {
+                // Block devices support PUNCH_HOLE|KEEP_SIZE too (zeroing via discard);
+                // EOPNOTSUPP switches the device to writing zeroes.
+                if self.disk.punch_ok.load(Ordering::Relaxed) {
                     self.start(id, Op::Punch { tag, offset, len }, None);
                 } else {
                     self.start_zero(tag, offset, len, 0);
@@ -625,6 +630,7 @@ impl BdevChannel for FileChannel {
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         self.efd.drain();
+        self.in_poll = true;
         if let Err(e) = self.ring.flush_submissions() {
             tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");
         }
@@ -638,6 +644,7 @@ impl BdevChannel for FileChannel {
             // Resubmissions made while completing.
             let _ = self.ring.flush_submissions();
         }
+        self.in_poll = false;
         let n = self.ready.len();
         out.extend(self.ready.drain(..));
         n
