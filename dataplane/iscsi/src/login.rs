@@ -675,7 +675,11 @@ impl LoginState {
                     out.push(("AuthMethod".into(), "None".into()));
                     self.auth = Auth::Done;
                 }
-                AuthPolicy::Chap { .. } if offered.contains(&"CHAP") => {
+                AuthPolicy::Chap { secret, .. } if offered.contains(&"CHAP") => {
+                    if secret.is_empty() {
+                        tracing::warn!("CHAP configured with an empty secret; refusing login");
+                        return Err(login_status::TARGET_ERROR);
+                    }
                     out.push(("AuthMethod".into(), "CHAP".into()));
                     self.auth = Auth::ChapAgreed;
                 }
@@ -737,6 +741,15 @@ impl LoginState {
                     // A reflected challenge would make us compute the initiator's answer.
                     if their_challenge == challenge {
                         return Err(FAIL);
+                    }
+                    // RFC 7143 §12.1.3: a secret used to authenticate initiators MUST NOT also
+                    // authenticate the target, or our answer could be replayed as theirs.
+                    if target_secret == secret || target_secret.is_empty() {
+                        tracing::warn!(
+                            "mutual CHAP misconfigured: target secret empty or equal to the \
+                             initiator secret; refusing to answer"
+                        );
+                        return Err(login_status::TARGET_ERROR);
                     }
                     let r =
                         chap::response(alg, their_id, target_secret.as_bytes(), &their_challenge);

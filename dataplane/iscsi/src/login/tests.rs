@@ -1184,3 +1184,80 @@ fn initiator_mrdsl_bounds() {
         }
     }
 }
+
+#[test]
+fn chap_sha256_base64_response_and_mutual() {
+    let d = dir(chap_policy(true), vec![]);
+    let mut st = state();
+    st.handle(
+        &req(Stage::Security, Stage::Operational, true),
+        &first_security(&[("AuthMethod", "CHAP")]),
+        &d,
+    );
+    let step = st.handle(
+        &req(Stage::Security, Stage::Operational, false),
+        &text(&[("CHAP_A", "7")]),
+        &d,
+    );
+    let k = keys(&step.data);
+    assert_eq!(key(&k, "CHAP_A"), Some("7"));
+    let id = chap::parse_identifier(key(&k, "CHAP_I").unwrap()).unwrap();
+    let challenge = chap::decode_binary(key(&k, "CHAP_C").unwrap()).unwrap();
+    let r = chap::response(ChapAlgorithm::Sha256, id, b"host-secret-123", &challenge);
+    let their_c = [0x5au8; 32];
+    let step = st.handle(
+        &req(Stage::Security, Stage::FullFeature, true),
+        &text(&[
+            ("CHAP_N", "hostuser"),
+            ("CHAP_R", &chap::encode_base64(&r)),
+            ("CHAP_I", "0x10"),
+            ("CHAP_C", &chap::encode_hex(&their_c)),
+        ]),
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    let k = keys(&step.data);
+    let tr = chap::decode_binary(key(&k, "CHAP_R").unwrap()).unwrap();
+    assert_eq!(tr.len(), 32);
+    assert!(chap::verify(
+        ChapAlgorithm::Sha256,
+        0x10,
+        b"target-secret-456",
+        &their_c,
+        &tr
+    ));
+    assert!(matches!(step.outcome, LoginOutcome::Complete(_)));
+}
+
+#[test]
+fn chap_misconfiguration_is_a_target_error() {
+    let d = dir(
+        AuthPolicy::Chap {
+            username: "u".into(),
+            secret: String::new(),
+            mutual: None,
+        },
+        vec![],
+    );
+    let mut st = state();
+    let step = st.handle(
+        &req(Stage::Security, Stage::Operational, true),
+        &first_security(&[("AuthMethod", "CHAP")]),
+        &d,
+    );
+    assert_eq!(status(&step), login_status::TARGET_ERROR);
+
+    let same = AuthPolicy::Chap {
+        username: "hostuser".into(),
+        secret: "host-secret-123".into(),
+        mutual: Some(("targetuser".into(), "host-secret-123".into())),
+    };
+    let d = dir(same, vec![]);
+    let mut st = state();
+    let (step, _, _) = chap_login(&mut st, &d, "5", "host-secret-123", Some(vec![9; 16]));
+    assert_eq!(status(&step), login_status::TARGET_ERROR);
+    assert!(
+        step.data.is_empty(),
+        "no CHAP_R computed with the initiator's secret"
+    );
+}
