@@ -1016,3 +1016,259 @@ mod fuzz {
         }
     }
 }
+
+// ---- more persistent reservation behaviour ------------------------------------
+
+/// Mirrors libiscsi's ProutReserve.Access* matrix: for each type, whether a
+/// registered / unregistered second nexus can read and write.
+#[test]
+fn pr_access_matrix_per_type() {
+    let cases = [
+        (1u8, (true, false, true, false)),
+        (3, (false, false, false, false)),
+        (5, (true, true, true, false)),
+        (6, (true, true, false, false)),
+        (7, (true, true, true, false)),
+        (8, (true, true, false, false)),
+    ];
+    for (ty, (reg_r, reg_w, unreg_r, unreg_w)) in cases {
+        let mut r = Rig::new();
+        let (a, b) = (nexus(1), nexus(2));
+        assert_eq!(pr(&mut r, &a, 6, 0, 0, 0x1111), ScsiStatus::Good);
+        assert_eq!(pr(&mut r, &b, 6, 0, 0, 0x2222), ScsiStatus::Good);
+        assert_eq!(pr(&mut r, &a, 1, ty, 0x1111, 0), ScsiStatus::Good);
+        let d = r.bytes(&a, &[0x5E, 1, 0, 0, 0, 0, 0, 0, 255, 0]);
+        let expect_key: u64 = if ty >= 7 { 0 } else { 0x1111 };
+        assert_eq!(&d[8..16], &expect_key.to_be_bytes(), "type {ty}");
+        assert_eq!(d[21], ty);
+        let can = |r: &mut Rig, n: &Nexus, write: bool| {
+            let st = if write {
+                r.run(n, &rw10(0x2A, 1, 1), &[0; BS]).status
+            } else {
+                r.run(n, &rw10(0x28, 1, 1), &[]).status
+            };
+            match st {
+                ScsiStatus::Good => true,
+                ScsiStatus::ReservationConflict => false,
+                s => panic!("unexpected {s:?}"),
+            }
+        };
+        assert!(can(&mut r, &a, false) && can(&mut r, &a, true));
+        assert_eq!(can(&mut r, &b, false), reg_r, "type {ty} reg read");
+        assert_eq!(can(&mut r, &b, true), reg_w, "type {ty} reg write");
+        assert_eq!(pr(&mut r, &b, 0, 0, 0x2222, 0), ScsiStatus::Good);
+        assert_eq!(can(&mut r, &b, false), unreg_r, "type {ty} unreg read");
+        assert_eq!(can(&mut r, &b, true), unreg_w, "type {ty} unreg write");
+        assert_eq!(pr(&mut r, &a, 2, ty, 0x1111, 0), ScsiStatus::Good);
+        assert_eq!(pr(&mut r, &a, 0, 0, 0x1111, 0), ScsiStatus::Good);
+    }
+}
+
+#[test]
+fn pr_release_of_registrants_only_notifies_registrants() {
+    let mut r = Rig::new();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    for n in [&a, &b, &c] {
+        r.run(n, &TUR, &[]);
+    }
+    pr(&mut r, &a, 6, 0, 0, 1);
+    pr(&mut r, &b, 6, 0, 0, 2);
+    pr(&mut r, &a, 1, 5, 1, 0);
+    assert_eq!(pr(&mut r, &a, 2, 5, 1, 0), ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x2A, 0x04));
+    // c never registered: no UA.
+    assert_eq!(r.run(&c, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    // Releasing with the wrong type is an error; releasing when not holder is a no-op.
+    pr(&mut r, &a, 1, 1, 1, 0);
+    let (cdb, p) = prout(2, 3, 1, 0);
+    assert_eq!(sense_of(&r.run(&a, &cdb, &p)), (5, 0x26, 0x04));
+    assert_eq!(pr(&mut r, &b, 2, 1, 2, 0), ScsiStatus::Good);
+    let d = r.bytes(&b, &[0x5E, 1, 0, 0, 0, 0, 0, 0, 255, 0]);
+    assert_eq!(&d[4..8], &16u32.to_be_bytes());
+}
+
+#[test]
+fn pr_generation_and_unregistered_actions() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    let gen = |r: &mut Rig| {
+        let d = r.bytes(&a, &[0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0]);
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+    };
+    assert_eq!(gen(&mut r), 0);
+    pr(&mut r, &a, 0, 0, 0, 5);
+    assert_eq!(gen(&mut r), 1);
+    // RESERVE / RELEASE do not bump the generation.
+    pr(&mut r, &a, 1, 1, 5, 0);
+    pr(&mut r, &a, 2, 1, 5, 0);
+    assert_eq!(gen(&mut r), 1);
+    // Unregistered nexus: RESERVE, RELEASE, CLEAR, PREEMPT conflict.
+    for sa in [1u8, 2, 3, 4] {
+        assert_eq!(
+            pr(&mut r, &b, sa, 1, 0, 5),
+            ScsiStatus::ReservationConflict,
+            "sa {sa}"
+        );
+    }
+    // Scope other than LU, or a bad type.
+    let (mut cdb, p) = prout(1, 1, 5, 0);
+    cdb[2] = 0x11;
+    assert_eq!(sense_of(&r.run(&a, &cdb, &p)), (5, 0x24, 0));
+    let (cdb, p) = prout(1, 2, 5, 0);
+    assert_eq!(sense_of(&r.run(&a, &cdb, &p)), (5, 0x24, 0));
+    // PREEMPT of a key nobody holds conflicts; key 0 without reservation is invalid.
+    assert_eq!(pr(&mut r, &a, 4, 1, 5, 99), ScsiStatus::ReservationConflict);
+    let (cdb, p) = prout(4, 1, 5, 0);
+    assert_eq!(sense_of(&r.run(&a, &cdb, &p)), (5, 0x26, 0));
+    assert_eq!(gen(&mut r), 1);
+}
+
+#[test]
+fn pr_register_and_move_via_lu() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    r.run(&b, &TUR, &[]);
+    pr(&mut r, &a, 0, 0, 0, 0xA);
+    pr(&mut r, &a, 1, 1, 0xA, 0);
+    let name = format!("{},i,0x800000000002", b.initiator_name);
+    let mut tid = vec![0x45, 0, 0, 0];
+    let mut s = name.into_bytes();
+    s.push(0);
+    s.resize(s.len().next_multiple_of(4), 0);
+    tid[2..4].copy_from_slice(&(s.len() as u16).to_be_bytes());
+    tid.extend(s);
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&0xAu64.to_be_bytes());
+    p[8..16].copy_from_slice(&0xBu64.to_be_bytes());
+    p[19] = 1;
+    p[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+    p.extend(tid);
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x5F;
+    cdb[1] = 7;
+    cdb[2] = 1;
+    cdb[5..9].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    assert_eq!(r.run(&a, &cdb, &p).status, ScsiStatus::Good);
+    // b now holds WRITE EXCLUSIVE; a (still registered) cannot write.
+    assert_eq!(
+        r.run(&b, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        r.run(&a, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::ReservationConflict
+    );
+    let d = r.bytes(&a, &[0x5E, 3, 0, 0, 0, 0, 0, 0, 255, 0]);
+    // Two descriptors; the holder is b with key 0xB.
+    let len = u32::from_be_bytes([d[4], d[5], d[6], d[7]]) as usize;
+    assert_eq!(d.len(), 8 + len);
+    let mut off = 8;
+    let mut holders = Vec::new();
+    while off < d.len() {
+        let key = u64::from_be_bytes(d[off..off + 8].try_into().unwrap());
+        let holder = d[off + 12] & 1 == 1;
+        let tl = u32::from_be_bytes(d[off + 20..off + 24].try_into().unwrap()) as usize;
+        holders.push((key, holder));
+        off += 24 + tl;
+    }
+    assert_eq!(holders, vec![(0xA, false), (0xB, true)]);
+}
+
+// ---- concurrency ------------------------------------------------------------------
+
+#[test]
+fn shared_lu_across_threads() {
+    let lu = Arc::new(LogicalUnit::new(config(), None));
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let lu = Arc::clone(&lu);
+            std::thread::spawn(move || {
+                let n = nexus(t + 1);
+                lu.nexus_added(&n);
+                let data = vec![t as u8; 2 * BS];
+                let mut deferred = 0;
+                for i in 0..200u32 {
+                    let lba = (i % 16) as u64;
+                    let cdb = if i % 3 == 0 {
+                        caw(lba, 1)
+                    } else {
+                        rw16(0x8A, lba, 1)
+                    };
+                    let step = lu.execute(&Command {
+                        cdb: &cdb,
+                        data_out: if i % 3 == 0 { &data } else { &data[..BS] },
+                        expected_in_len: 0,
+                        nexus: &n,
+                    });
+                    match step {
+                        // Drop the continuation half the time, resume the rest.
+                        Step::Io(p) if i % 2 == 0 => drop(p),
+                        Step::Io(p) => {
+                            let _ = lu.resume(&n, p.cont, IoOutcome::Failed, &data);
+                        }
+                        Step::Defer => deferred += 1,
+                        Step::Done(_) => {}
+                    }
+                }
+                deferred
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(crate::rw::inflight_len(&lu.inflight), 0);
+}
+
+mod fuzz_params {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        /// Parameter-list commands with CDB lengths that match random payloads.
+        #[test]
+        fn parameter_lists_never_panic(
+            which in 0u8..5,
+            sa in 0u8..10,
+            ty in 0u8..16,
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let r = Rig::new();
+            let n = nexus(1);
+            let len = data.len();
+            let cdb: Vec<u8> = match which {
+                0 => vec![0x15, 0x10, 0, 0, len.min(255) as u8, 0],
+                1 => {
+                    let mut c = vec![0x55, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+                    c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+                    c
+                }
+                2 => {
+                    let mut c = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    c[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+                    c
+                }
+                _ => {
+                    let mut c = vec![0x5F, sa, ty, 0, 0, 0, 0, 0, 0, 0];
+                    c[5..9].copy_from_slice(&(len as u32).to_be_bytes());
+                    c
+                }
+            };
+            let step = r.lu.execute(&Command { cdb: &cdb, data_out: &data, expected_in_len: 0, nexus: &n });
+            if let Step::Io(p) = step {
+                let _ = r.lu.resume(&n, p.cont, IoOutcome::Ok { read_data: None }, &data);
+            }
+        }
+
+        #[test]
+        fn pr_blob_decode_never_panics(blob in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut b = b"TPR1\x01".to_vec();
+            b.extend(&blob);
+            let _ = crate::pr::PrState::decode(&b);
+            let _ = crate::pr::PrState::decode(&blob);
+        }
+    }
+}
