@@ -1,7 +1,8 @@
 //! Command-level tests: call a command, assert its exact data or sense.
 
+use super::block::WRITE_SAME_CHUNK_BYTES;
 use super::*;
-use crate::{ScsiStatus, TargetPort};
+use crate::{Continuation, IoOutcome, ReplyData, ScsiStatus, TargetPort, WriteSource};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;

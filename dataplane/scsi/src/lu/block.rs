@@ -1,0 +1,490 @@
+//! Block commands (SBC-3): READ, WRITE, VERIFY, WRITE SAME, UNMAP,
+//! COMPARE AND WRITE, and the `resume` state machine that finishes them.
+
+use crate::cdb::{Blocks, Lba, RwCdb};
+use crate::inquiry::{
+    MAX_CAW_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS,
+};
+use crate::rw::{first_mismatch, try_acquire, ContKind, Continuation, RangeGuard};
+use crate::sense::Sense;
+use crate::{Command, IoOutcome, IoPlan, LuIo, Nexus, Reply, ReplyData, Step, WriteSource};
+
+use super::{check, done, param_list, LogicalUnit, State};
+
+/// WRITE SAME expands its block into buffers of at most this many bytes.
+pub(super) const WRITE_SAME_CHUNK_BYTES: usize = 1 << 20;
+
+impl LogicalUnit {
+    /// Continues a command after the I/O of its last [`Step::Io`].
+    pub fn resume(
+        &self,
+        _nexus: &Nexus,
+        cont: Continuation,
+        outcome: IoOutcome,
+        data_out: &[u8],
+    ) -> Step {
+        let Continuation {
+            kind,
+            guard,
+            io_lba,
+        } = cont;
+        let read_data = match outcome {
+            IoOutcome::Ok { read_data } => read_data,
+            IoOutcome::MediumError => {
+                let write_like = matches!(
+                    kind,
+                    ContKind::Complete { is_write: true } | ContKind::WriteSame { .. }
+                );
+                let s = if write_like {
+                    Sense::write_error()
+                } else {
+                    Sense::read_error()
+                };
+                // SBC-3: INFORMATION names the failing LBA; the bdev only
+                // tells us the I/O failed, so report where it started.
+                return check(match io_lba {
+                    Some(lba) => s.with_info(lba),
+                    None => s,
+                });
+            }
+            IoOutcome::Failed => return check(Sense::internal_target_failure()),
+        };
+        match kind {
+            ContKind::Read { len } => {
+                if read_data.is_some_and(|d| d.len() < len) {
+                    return check(Sense::internal_target_failure());
+                }
+                done(Reply {
+                    status: crate::ScsiStatus::Good,
+                    data: ReplyData::IoBuffer { len },
+                    sense: None,
+                })
+            }
+            ContKind::Complete { .. } => done(Reply::good()),
+            ContKind::Verify {
+                bytchk,
+                bytes,
+                block_size,
+            } => {
+                let Some(read) = read_data.and_then(|d| d.get(..bytes)) else {
+                    return check(Sense::internal_target_failure());
+                };
+                let mismatch = if bytchk == 3 {
+                    let Some(block) = data_out.get(..block_size) else {
+                        return check(Sense::invalid_field_in_iu());
+                    };
+                    read.chunks(block_size.max(1))
+                        .enumerate()
+                        .find_map(|(i, c)| first_mismatch(c, block).map(|o| i * block_size + o))
+                } else {
+                    let Some(expected) = data_out.get(..bytes) else {
+                        return check(Sense::invalid_field_in_iu());
+                    };
+                    first_mismatch(read, expected)
+                };
+                match mismatch {
+                    Some(off) => check(Sense::miscompare(off as u64)),
+                    None => done(Reply::good()),
+                }
+            }
+            ContKind::CawRead {
+                lba,
+                blocks,
+                fua,
+                bytes,
+            } => {
+                let (Some(read), Some(verify)) = (
+                    read_data.and_then(|d| d.get(..bytes)),
+                    data_out.get(..bytes),
+                ) else {
+                    return check(Sense::internal_target_failure());
+                };
+                if let Some(off) = first_mismatch(read, verify) {
+                    return check(Sense::miscompare(off as u64));
+                }
+                io_step(
+                    LuIo::Write {
+                        lba,
+                        blocks,
+                        src: WriteSource::DataOut {
+                            offset: bytes,
+                            len: bytes,
+                        },
+                        fua,
+                    },
+                    ContKind::Complete { is_write: true },
+                    guard,
+                )
+            }
+            ContKind::WriteSame {
+                next_lba,
+                remaining,
+                block,
+                chunk_blocks,
+            } => {
+                if remaining == 0 {
+                    return done(Reply::good());
+                }
+                Self::write_same_chunk(next_lba, remaining, block, chunk_blocks, guard)
+            }
+        }
+    }
+
+    /// DATA PROTECT for a read-only LU or under software write protect.
+    pub(super) fn check_writable(&self, st: &State) -> Result<(), Sense> {
+        if self.read_only {
+            return Err(Sense::write_protected());
+        }
+        if st.swp {
+            return Err(Sense::software_write_protected());
+        }
+        Ok(())
+    }
+
+    /// Common checks of a data transfer: range, then MAXIMUM TRANSFER LENGTH.
+    pub(super) fn check_transfer(
+        &self,
+        st: &State,
+        cdb: &[u8],
+        lba: Lba,
+        blocks: u64,
+    ) -> Result<(), Sense> {
+        check_range(st.num_blocks, lba, blocks)?;
+        if self.max_transfer_blocks != 0 && blocks > u64::from(self.max_transfer_blocks) {
+            return Err(Sense::invalid_field_cdb(len_field_byte(cdb), None));
+        }
+        Ok(())
+    }
+
+    pub(super) fn read(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
+        if let Err(s) = self.check_transfer(st, cmd.cdb, rw.lba, rw.blocks.0.into()) {
+            return check(s);
+        }
+        if rw.blocks.0 == 0 {
+            return done(Reply::good());
+        }
+        let Some(len) = self.bytes(rw.blocks.0.into()) else {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        };
+        io_step(
+            LuIo::Read {
+                lba: rw.lba.0,
+                blocks: rw.blocks.0,
+            },
+            ContKind::Read { len },
+            None,
+        )
+    }
+
+    pub(super) fn write(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        if let Err(s) = self.check_transfer(st, cmd.cdb, rw.lba, rw.blocks.0.into()) {
+            return check(s);
+        }
+        if rw.blocks.0 == 0 {
+            return done(Reply::good());
+        }
+        let Some(len) = self.bytes(rw.blocks.0.into()) else {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        };
+        // Less Data-Out than the CDB says: reject without writing anything
+        // (SAM-5 allows this answer for an overflow). More is ignored.
+        if cmd.data_out.len() < len {
+            return check(Sense::invalid_field_in_iu());
+        }
+        let Some(guard) = try_acquire(&self.inflight, rw.lba.0, rw.blocks.0.into(), false) else {
+            return Step::Defer;
+        };
+        io_step(
+            LuIo::Write {
+                lba: rw.lba.0,
+                blocks: rw.blocks.0,
+                src: WriteSource::DataOut { offset: 0, len },
+                fua: rw.fua,
+            },
+            ContKind::Complete { is_write: true },
+            Some(guard),
+        )
+    }
+
+    pub(super) fn verify(
+        &self,
+        st: &State,
+        cmd: &Command,
+        lba: Lba,
+        blocks: Blocks,
+        bytchk: u8,
+    ) -> Step {
+        if let Err(s) = check_range(st.num_blocks, lba, blocks.0.into()) {
+            return check(s);
+        }
+        // BYTCHK=0 asks for a medium check only; our media have no checkable
+        // state beyond a read, which the bdev already verifies on every I/O.
+        if blocks.0 == 0 || bytchk == 0 {
+            return done(Reply::good());
+        }
+        if self.max_transfer_blocks != 0 && blocks.0 > self.max_transfer_blocks {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        }
+        let (Some(bytes), Some(bs)) = (self.bytes(blocks.0.into()), self.bytes(1)) else {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        };
+        let need = if bytchk == 3 { bs } else { bytes };
+        if cmd.data_out.len() < need {
+            return check(Sense::invalid_field_in_iu());
+        }
+        io_step(
+            LuIo::Read {
+                lba: lba.0,
+                blocks: blocks.0,
+            },
+            ContKind::Verify {
+                bytchk,
+                bytes,
+                block_size: bs,
+            },
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_same(
+        &self,
+        st: &State,
+        cmd: &Command,
+        lba: Lba,
+        blocks: Blocks,
+        unmap: bool,
+        anchor: bool,
+        ndob: bool,
+    ) -> Step {
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        // ANC_SUP=0: anchoring is not supported.
+        if anchor {
+            return check(Sense::invalid_field_cdb(1, Some(4)));
+        }
+        // WSNZ=1: a zero NUMBER OF LOGICAL BLOCKS is not "to the end".
+        if blocks.0 == 0 {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        }
+        if let Err(s) = check_range(st.num_blocks, lba, blocks.0.into()) {
+            return check(s);
+        }
+        if u64::from(blocks.0) > MAX_WRITE_SAME_BLOCKS {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        }
+        let Some(bs) = self.bytes(1) else {
+            return check(Sense::internal_target_failure());
+        };
+        let block = if ndob {
+            vec![0u8; bs]
+        } else {
+            // Exactly one block of Data-Out: more or less is a malformed command.
+            if cmd.data_out.len() != bs {
+                return check(Sense::invalid_field_in_iu());
+            }
+            cmd.data_out.to_vec()
+        };
+        let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), false) else {
+            return Step::Defer;
+        };
+        // Unmap only when the result reads back as the block written: the
+        // block must be zeros (the bdev returns zeros for unmapped blocks).
+        if unmap && self.unmap_supported && block.iter().all(|&b| b == 0) {
+            return io_step(
+                LuIo::Unmap {
+                    ranges: vec![(lba.0, blocks.0)],
+                },
+                ContKind::Complete { is_write: true },
+                Some(guard),
+            );
+        }
+        let chunk_blocks = u32::try_from((WRITE_SAME_CHUNK_BYTES / bs).max(1)).unwrap_or(1);
+        Self::write_same_chunk(lba.0, blocks.0.into(), block, chunk_blocks, Some(guard))
+    }
+
+    pub(super) fn write_same_chunk(
+        lba: u64,
+        remaining: u64,
+        block: Vec<u8>,
+        chunk_blocks: u32,
+        guard: Option<RangeGuard>,
+    ) -> Step {
+        let n = remaining.min(u64::from(chunk_blocks)) as u32;
+        let buf = block.repeat(n as usize);
+        io_step(
+            LuIo::Write {
+                lba,
+                blocks: n,
+                src: WriteSource::Owned(buf),
+                fua: false,
+            },
+            ContKind::WriteSame {
+                next_lba: lba + u64::from(n),
+                remaining: remaining - u64::from(n),
+                block,
+                chunk_blocks,
+            },
+            guard,
+        )
+    }
+
+    pub(super) fn unmap(&self, st: &State, cmd: &Command, anchor: bool, param_len: u32) -> Step {
+        if !self.unmap_supported {
+            return check(Sense::invalid_opcode());
+        }
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        if anchor {
+            return check(Sense::invalid_field_cdb(1, Some(0)));
+        }
+        let param = match param_list(cmd.data_out, param_len) {
+            Ok(p) => p,
+            Err(s) => return check(s),
+        };
+        let ranges = match parse_unmap(param, st.num_blocks) {
+            Ok(r) => r,
+            Err(s) => return check(s),
+        };
+        if ranges.is_empty() {
+            return done(Reply::good());
+        }
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges
+            .iter()
+            .map(|r| r.0 + u64::from(r.1))
+            .max()
+            .unwrap_or(0);
+        let Some(guard) = try_acquire(&self.inflight, lo, hi - lo, false) else {
+            return Step::Defer;
+        };
+        io_step(
+            LuIo::Unmap { ranges },
+            ContKind::Complete { is_write: true },
+            Some(guard),
+        )
+    }
+
+    pub(super) fn compare_and_write(
+        &self,
+        st: &State,
+        cmd: &Command,
+        lba: Lba,
+        blocks: Blocks,
+        fua: bool,
+    ) -> Step {
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        if blocks.0 == 0 {
+            return done(Reply::good());
+        }
+        let max = if self.max_transfer_blocks == 0 {
+            MAX_CAW_BLOCKS
+        } else {
+            self.max_transfer_blocks.min(MAX_CAW_BLOCKS)
+        };
+        if blocks.0 > max {
+            return check(Sense::invalid_field_cdb(13, None));
+        }
+        if let Err(s) = check_range(st.num_blocks, lba, blocks.0.into()) {
+            return check(s);
+        }
+        let Some(bytes) = self.bytes(blocks.0.into()) else {
+            return check(Sense::invalid_field_cdb(13, None));
+        };
+        // The Data-Out buffer is exactly the compare and the write data.
+        if cmd.data_out.len() != 2 * bytes {
+            return check(Sense::invalid_field_in_iu());
+        }
+        let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), true) else {
+            return Step::Defer;
+        };
+        io_step(
+            LuIo::Read {
+                lba: lba.0,
+                blocks: blocks.0,
+            },
+            ContKind::CawRead {
+                lba: lba.0,
+                blocks: blocks.0,
+                fua,
+                bytes,
+            },
+            Some(guard),
+        )
+    }
+}
+
+/// Asks the transport for one I/O; the continuation remembers where it
+/// started so a medium error can report that LBA in INFORMATION.
+pub(super) fn io_step(io: LuIo, kind: ContKind, guard: Option<RangeGuard>) -> Step {
+    let io_lba = match &io {
+        LuIo::Read { lba, .. } | LuIo::Write { lba, .. } => Some(*lba),
+        LuIo::Flush | LuIo::Unmap { .. } => None,
+    };
+    Step::Io(IoPlan {
+        io,
+        cont: Continuation {
+            kind,
+            guard,
+            io_lba,
+        },
+    })
+}
+
+/// Where the transfer length sits in a CDB, for sense field pointers.
+pub(super) fn len_field_byte(cdb: &[u8]) -> u16 {
+    match cdb.first().copied().unwrap_or(0) >> 5 {
+        0 => 4,
+        1 | 2 => 7,
+        5 => 6,
+        _ => 10,
+    }
+}
+
+/// Overflow-free range check: `lba + blocks <= num_blocks`.
+pub(super) fn check_range(num_blocks: u64, lba: Lba, blocks: u64) -> Result<(), Sense> {
+    if lba.0 > num_blocks || num_blocks - lba.0 < blocks {
+        return Err(Sense::lba_out_of_range());
+    }
+    Ok(())
+}
+
+/// Parses an UNMAP parameter list into (lba, blocks) ranges (SBC-3 5.28.2).
+pub(super) fn parse_unmap(p: &[u8], num_blocks: u64) -> Result<Vec<(u64, u32)>, Sense> {
+    if p.is_empty() {
+        return Ok(Vec::new());
+    }
+    if p.len() < 8 {
+        return Err(Sense::param_list_length_error());
+    }
+    let data_len = usize::from(u16::from_be_bytes([p[0], p[1]]));
+    let bd_len = usize::from(u16::from_be_bytes([p[2], p[3]]));
+    if data_len > p.len() - 2 || bd_len > p.len() - 8 {
+        return Err(Sense::param_list_length_error());
+    }
+    if bd_len / 16 > MAX_UNMAP_DESCRIPTORS as usize {
+        return Err(Sense::invalid_field_param(2, None));
+    }
+    let mut ranges = Vec::new();
+    let mut total: u64 = 0;
+    for (i, d) in p[8..8 + bd_len].chunks_exact(16).enumerate() {
+        let lba = u64::from_be_bytes(d[0..8].try_into().unwrap_or([0; 8]));
+        let n = u32::from_be_bytes(d[8..12].try_into().unwrap_or([0; 4]));
+        check_range(num_blocks, Lba(lba), n.into())?;
+        total += u64::from(n);
+        if total > u64::from(MAX_UNMAP_LBA_COUNT) {
+            return Err(Sense::invalid_field_param((8 + 16 * i + 8) as u16, None));
+        }
+        if n > 0 {
+            ranges.push((lba, n));
+        }
+    }
+    Ok(ranges)
+}
