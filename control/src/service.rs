@@ -27,6 +27,8 @@ use crate::error::ApiError;
 use crate::image;
 use crate::ipc_client::{CallError, IpcClient};
 
+/// How long a Status or Stats query may take.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Jobs remembered after they finish.
 const JOBS_KEPT_MAX: usize = 64;
 
@@ -66,6 +68,9 @@ pub struct Node {
     pub token: String,
     pub dataplane_enabled: bool,
     state: Mutex<ConfigState>,
+    /// Copy of `state.config` for readers, so reads never wait behind a change or a data
+    /// plane start (which hold `state`).
+    published: std::sync::Mutex<Arc<NodeConfig>>,
     ipc: Mutex<Option<IpcClient>>,
     pub(crate) dataplane: std::sync::Mutex<DataplaneState>,
     jobs: std::sync::Mutex<Jobs>,
@@ -104,6 +109,7 @@ impl Node {
             api_addr,
             token,
             dataplane_enabled,
+            published: std::sync::Mutex::new(Arc::new(config.clone())),
             state: Mutex::new(ConfigState {
                 config,
                 applied: None,
@@ -116,8 +122,13 @@ impl Node {
         })
     }
 
+    /// The configuration as last saved.
     pub async fn config(&self) -> NodeConfig {
-        self.state.lock().await.config.clone()
+        NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn publish(&self, config: &NodeConfig) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
     }
 
     pub(crate) async fn lock_state(&self) -> MutexGuard<'_, ConfigState> {
@@ -162,10 +173,13 @@ impl Node {
         let Some(client) = ipc.as_mut() else {
             return Err(ApiError::unavailable(self.not_connected_message()));
         };
-        client.call_ok(request).await.map_err(|e| match e {
-            CallError::Refused { .. } => ApiError::dataplane(e),
-            other => ApiError::unavailable(format!("data plane: {other}")),
-        })
+        match client.call(request, QUERY_TIMEOUT).await {
+            Ok(Response::Error { code, message }) => {
+                Err(ApiError::dataplane(CallError::Refused { code, message }))
+            }
+            Ok(response) => Ok(response),
+            Err(e) => Err(ApiError::unavailable(format!("data plane: {e}"))),
+        }
     }
 
     fn not_connected_message(&self) -> String {
@@ -224,6 +238,7 @@ impl Node {
         }
         save(&self.config_path, &new).await?;
         let old = std::mem::replace(&mut st.config, new.clone());
+        self.publish(&new);
         if !self.dataplane_enabled {
             return Ok(Applied::Disabled);
         }
@@ -239,6 +254,7 @@ impl Node {
                 if let Err(save_err) = save(&self.config_path, &old).await {
                     tracing::error!(error = %save_err.message, "could not restore the previous config");
                 }
+                self.publish(&old);
                 st.config = old;
                 if connection_lost {
                     // What the data plane has is unknown: restart it from the saved config.

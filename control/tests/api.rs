@@ -386,6 +386,69 @@ fn cli_round_trip_persists_across_restart() {
 }
 
 #[test]
+fn image_creation_is_a_job_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path());
+    let accepted = c.json(&[
+        "device",
+        "create",
+        "big",
+        "--size",
+        "1GiB",
+        "--location",
+        dir.path().to_str().unwrap(),
+        "--no-wait",
+    ]);
+    let id = accepted["job"]["id"].as_u64().unwrap();
+    assert_eq!(accepted["job"]["total_bytes"], 1u64 << 30);
+    let t = c.token();
+    let mut job = serde_json::Value::Null;
+    for _ in 0..600 {
+        let (status, body) = c.http("GET", &format!("/api/v1/jobs/{id}"), Some(&t), None);
+        assert_eq!(status, 200);
+        job = serde_json::from_str(&body).unwrap();
+        if job["state"] != "running" {
+            break;
+        }
+        // While the image is built the name is taken and the device shows as creating.
+        let (status, _) = c.http(
+            "POST",
+            "/api/v1/devices",
+            Some(&t),
+            Some(r#"{"name":"big","ram":true,"size":"1MiB"}"#),
+        );
+        assert!(status == 409, "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["done_bytes"], 1u64 << 30);
+    let img = dir.path().join("big.img");
+    let meta = std::fs::metadata(&img).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 >= 1 << 30,
+        "thick"
+    );
+    assert_eq!(c.json(&["device", "show", "big"])["size_bytes"], 1u64 << 30);
+    // Creating over an existing file is refused with what to do instead.
+    let out = c.cli(&[
+        "device",
+        "create",
+        "big2",
+        "--size",
+        "1MiB",
+        "--file",
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 6);
+    assert!(
+        stderr(&out).contains("tandem device attach big2"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn cli_exit_codes_and_completions() {
     let dir = tempfile::tempdir().unwrap();
     let c = start(dir.path());

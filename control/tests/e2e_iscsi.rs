@@ -328,3 +328,45 @@ fn data_plane_crash_is_restarted_with_the_saved_config() {
     c.ok(&["device", "create", "r1", "--ram", "--size", "4MiB"]);
     assert_eq!(node.capacity("r1"), 4 << 20);
 }
+
+/// True when `pid` is gone or a zombie (an orphan that init has not reaped yet).
+fn dead(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .map(|rest| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+    }
+}
+
+#[test]
+fn a_killed_control_service_leaves_no_stray_data_plane() {
+    let node = new_node();
+    node.control
+        .ok(&["device", "create", "r0", "--ram", "--size", "8MiB"]);
+    let dp_pid = node.control.json(&["status"])["dataplane"]["pid"]
+        .as_u64()
+        .unwrap();
+    let Node {
+        control,
+        portal,
+        dir,
+    } = node;
+    control.kill();
+    // The orphan still holds the portal; the next start must stop it and serve again.
+    let node = start_node(dir, &portal);
+    wait_for(
+        "the old data plane to stop",
+        Duration::from_secs(30),
+        || dead(dp_pid),
+    );
+    assert_ne!(
+        node.control.json(&["status"])["dataplane"]["pid"]
+            .as_u64()
+            .unwrap(),
+        dp_pid
+    );
+    assert_eq!(node.capacity("r0"), 8 << 20);
+}
