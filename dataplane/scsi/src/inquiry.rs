@@ -156,3 +156,63 @@ pub fn vpd(code: u8, ctx: &VpdContext) -> Result<Vec<u8>, Sense> {
         _ => return Err(Sense::invalid_field_cdb(2, None)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TargetPort;
+
+    fn ctx_parts() -> (LuIdentity, Nexus) {
+        let n = Nexus {
+            id: 1,
+            initiator_name: "iqn.i".into(),
+            isid: [0; 6],
+            port: TargetPort {
+                relative_port_id: 3,
+                tpg_id: 9,
+                target_name: "iqn.t".into(),
+                tpgt: 0x12,
+            },
+        };
+        (LuIdentity::derive("x"), n)
+    }
+
+    #[test]
+    fn standard_data_is_printable_and_sized() {
+        let (id, _) = ctx_parts();
+        let d = standard(&id);
+        assert_eq!(d[4] as usize, d.len() - 5);
+        assert!(d[8..36].iter().all(|c| (0x20..0x7F).contains(c)));
+        assert_eq!(&d[58..60], &[0x00, 0xA0]);
+    }
+
+    #[test]
+    fn name_string_is_terminated_and_padded() {
+        assert_eq!(name_string("abc"), b"abc\0".to_vec());
+        assert_eq!(name_string("abcd"), b"abcd\0\0\0\0".to_vec());
+    }
+
+    #[test]
+    fn block_limits_without_unmap_or_limit() {
+        let (id, n) = ctx_parts();
+        let ctx = VpdContext {
+            identity: &id,
+            nexus: &n,
+            block_size: 4096,
+            max_transfer_blocks: 0,
+            unmap_supported: false,
+        };
+        let b0 = vpd(0xB0, &ctx).unwrap();
+        assert_eq!(b0.len(), 64);
+        assert_eq!(b0[5], MAX_CAW_BLOCKS as u8);
+        assert_eq!(&b0[6..8], &[0, 1]);
+        assert_eq!(&b0[8..12], &[0; 4]);
+        assert_eq!(&b0[20..28], &[0; 8]);
+        let b2 = vpd(0xB2, &ctx).unwrap();
+        assert_eq!(b2, vec![0, 0xB2, 0, 4, 0, 0, 0, 0]);
+        let d83 = vpd(0x83, &ctx).unwrap();
+        let tp = b"iqn.t,t,0x0012\0\0";
+        assert!(d83.windows(tp.len()).any(|w| w == tp));
+        assert_eq!(vpd(0x86, &ctx).unwrap_err().triple(), (5, 0x24, 0));
+    }
+}

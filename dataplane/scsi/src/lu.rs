@@ -384,20 +384,28 @@ impl LogicalUnit {
                 extended,
                 alloc_len,
             } => {
-                let default;
-                let groups = match &st.groups {
-                    Some(g) => g.as_slice(),
-                    None => {
-                        default = [PortGroup {
-                            tpg_id: nexus.port.tpg_id,
-                            state: st.alua,
-                            relative_port_ids: vec![nexus.port.relative_port_id],
-                        }];
-                        &default[..]
-                    }
+                // The group of the asking port always shows the state this
+                // LU enforces, so RTPG never disagrees with what commands see.
+                let groups: Vec<PortGroup> = match &st.groups {
+                    Some(g) => g
+                        .iter()
+                        .map(|g| PortGroup {
+                            state: if g.tpg_id == nexus.port.tpg_id {
+                                st.alua
+                            } else {
+                                g.state
+                            },
+                            ..g.clone()
+                        })
+                        .collect(),
+                    None => vec![PortGroup {
+                        tpg_id: nexus.port.tpg_id,
+                        state: st.alua,
+                        relative_port_ids: vec![nexus.port.relative_port_id],
+                    }],
                 };
                 done(Reply::data(
-                    alua::report_target_port_groups(groups, extended),
+                    alua::report_target_port_groups(&groups, extended),
                     alloc_len,
                 ))
             }

@@ -340,4 +340,85 @@ mod tests {
         assert_eq!(d[2] & 0x80, 0x80);
         assert_eq!(d[8] & SWP, SWP);
     }
+
+    #[test]
+    fn page_controls_changeable_and_default() {
+        let c = ModeContext {
+            default_wce: true,
+            ..ctx(false)
+        };
+        let ch = mode_sense(&ms6(0x08, 1, true), &c).unwrap();
+        assert_eq!(ch[6], WCE);
+        let df = mode_sense(&ms6(0x08, 2, true), &c).unwrap();
+        assert_eq!(df[6], WCE);
+        let cur = mode_sense(&ms6(0x08, 0, true), &c).unwrap();
+        assert_eq!(cur[6], 0);
+        let ctl = mode_sense(&ms6(0x0A, 1, true), &c).unwrap();
+        assert_eq!(&ctl[4..16], &[0x0A, 0x0A, 0, 0, SWP, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn mode_sense_10_long_descriptor_and_subpages() {
+        let cdb = ModeSenseCdb {
+            ten: true,
+            dbd: false,
+            llbaa: true,
+            pc: 0,
+            page: 0x1C,
+            subpage: 0xFF,
+            alloc_len: 255,
+        };
+        let d = mode_sense(&cdb, &ctx(false)).unwrap();
+        assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+        assert_eq!(d[4], 1);
+        assert_eq!(&d[6..8], &[0, 16]);
+        assert_eq!(&d[8..16], &1000u64.to_be_bytes());
+        assert_eq!(&d[20..24], &512u32.to_be_bytes());
+        assert_eq!(&d[24..26], &[0x1C, 0x0A]);
+        let bad = ModeSenseCdb { subpage: 1, ..cdb };
+        assert_eq!(
+            mode_sense(&bad, &ctx(false))
+                .unwrap_err()
+                .field
+                .unwrap()
+                .byte,
+            3
+        );
+    }
+
+    #[test]
+    fn select_rejects_bad_block_descriptor_and_truncated_page() {
+        let c = ctx(false);
+        // Block descriptor announcing 4096-byte blocks on a 512-byte LU.
+        let mut p = vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0];
+        assert_eq!(
+            mode_select(false, false, &p, &c).unwrap_err().triple(),
+            (5, 0x26, 0)
+        );
+        p[10] = 0x02;
+        assert_eq!(
+            mode_select(false, false, &p, &c).unwrap(),
+            ModeChange {
+                wce: None,
+                swp: None
+            }
+        );
+        // A page cut short.
+        p.extend_from_slice(&[0x08, 0x12, 0, 0]);
+        assert_eq!(
+            mode_select(false, false, &p, &c).unwrap_err().triple(),
+            (5, 0x1A, 0)
+        );
+        // Unknown page.
+        let q = vec![0, 0, 0, 0, 0x01, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            mode_select(false, false, &q, &c).unwrap_err().triple(),
+            (5, 0x26, 0)
+        );
+        // Header shorter than 4 bytes.
+        assert_eq!(
+            mode_select(false, false, &[0, 0], &c).unwrap_err().triple(),
+            (5, 0x1A, 0)
+        );
+    }
 }

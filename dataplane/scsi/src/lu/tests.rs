@@ -755,13 +755,21 @@ fn alua_states_and_rtpg() {
             state: AluaState::Transitioning,
             relative_port_ids: vec![2],
         },
+        PortGroup {
+            tpg_id: 7,
+            state: AluaState::ActiveOptimized,
+            relative_port_ids: vec![1],
+        },
     ]);
     assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (6, 0x2A, 0x06));
     rtpg[1] |= 0x20;
     let d = r.bytes(&n, &rtpg);
-    assert_eq!(&d[0..4], &28u32.to_be_bytes());
+    assert_eq!(&d[0..4], &40u32.to_be_bytes());
     assert_eq!(d[4], 0x10);
     assert_eq!(d[8 + 12] & 0x0F, 0x0F);
+    // Our own group (7) reports the state we enforce (standby), not the hint.
+    assert_eq!(&d[8 + 24 + 2..8 + 24 + 4], &7u16.to_be_bytes());
+    assert_eq!(d[8 + 24] & 0x0F, 0x02);
     r.lu.set_alua_state(AluaState::Unavailable);
     r.run(&n, &TUR, &[]);
     assert_eq!(sense_of(&r.run(&n, &TUR, &[])), (2, 0x04, 0x0C));
