@@ -248,6 +248,16 @@ pub struct LoginState {
     params: SessionParams,
     sent_target_info: bool,
     declared_mrdsl: bool,
+    /// The rest of a response being sent in pieces (C bit).
+    outgoing: Option<Outgoing>,
+}
+
+/// A login response too long for one PDU, sent in pieces.
+struct Outgoing {
+    data: Vec<u8>,
+    offset: usize,
+    /// Transition to apply with the last piece.
+    transit_to: Option<Stage>,
 }
 
 impl fmt::Debug for LoginState {
@@ -316,6 +326,7 @@ impl LoginState {
             params: SessionParams::default(),
             sent_target_info: false,
             declared_mrdsl: false,
+            outgoing: None,
         }
     }
 
@@ -416,6 +427,14 @@ impl LoginState {
             }
         }
 
+        if self.outgoing.is_some() {
+            // We sent a response with C=1: the initiator must answer with an empty request.
+            if !data.is_empty() || req.cont {
+                return Err(login_status::INITIATOR_ERROR);
+            }
+            let resolved = self.resolved.clone().ok_or(login_status::TARGET_ERROR)?;
+            return self.next_piece(req, &resolved);
+        }
         if self.pending_text.len().saturating_add(data.len()) > MAX_LOGIN_TEXT {
             return Err(login_status::INITIATOR_ERROR);
         }
@@ -492,19 +511,14 @@ impl LoginState {
         }
 
         // Stage transition.
-        let mut outcome = LoginOutcome::Continue;
+        let mut transit_to = None;
         if req.transit {
             let ready = match self.stage {
                 Stage::Security => matches!(self.auth, Auth::Done),
                 _ => true,
             };
             if ready {
-                response.transit = true;
-                response.nsg = req.nsg;
-                self.stage = req.nsg;
-                if req.nsg == Stage::FullFeature {
-                    outcome = LoginOutcome::Complete(self.result(req, &resolved));
-                }
+                transit_to = Some(req.nsg);
             } else if !auth_progress {
                 // Asked to leave the security stage without finishing authentication.
                 return Err(login_status::AUTHENTICATION_FAILURE);
@@ -513,13 +527,65 @@ impl LoginState {
 
         let data = emit_pairs(&out);
         if data.len() > MAX_LOGIN_RESPONSE {
-            return Err(login_status::INITIATOR_ERROR);
+            // Too much text for one response: send it in pieces with C=1 (RFC 7143 §11.13.2),
+            // deferring the stage transition to the last piece.
+            self.outgoing = Some(Outgoing {
+                data,
+                offset: 0,
+                transit_to,
+            });
+            return self.next_piece(req, &resolved);
         }
-        Ok(LoginStep {
+        Ok(self.finish(req, &resolved, response, data, transit_to))
+    }
+
+    /// Builds the final response of an exchange, applying the stage transition.
+    fn finish(
+        &mut self,
+        req: &LoginRequestRepr,
+        resolved: &Resolved,
+        mut response: LoginResponseRepr,
+        data: Vec<u8>,
+        transit_to: Option<Stage>,
+    ) -> LoginStep {
+        let mut outcome = LoginOutcome::Continue;
+        if let Some(nsg) = transit_to {
+            response.transit = true;
+            response.nsg = nsg;
+            self.stage = nsg;
+            if nsg == Stage::FullFeature {
+                outcome = LoginOutcome::Complete(self.result(req, resolved));
+            }
+        }
+        LoginStep {
             response,
             data,
             outcome,
-        })
+        }
+    }
+
+    /// Sends the next piece of a response that did not fit in one PDU.
+    fn next_piece(
+        &mut self,
+        req: &LoginRequestRepr,
+        resolved: &Resolved,
+    ) -> Result<LoginStep, Status> {
+        let mut response = Self::response_template(req);
+        let out = self.outgoing.as_mut().ok_or(login_status::TARGET_ERROR)?;
+        let end = out.data.len().min(out.offset + MAX_LOGIN_RESPONSE);
+        let piece = out.data.get(out.offset..end).unwrap_or_default().to_vec();
+        out.offset = end;
+        if end < out.data.len() {
+            response.cont = true;
+            return Ok(LoginStep {
+                response,
+                data: piece,
+                outcome: LoginOutcome::Continue,
+            });
+        }
+        let transit_to = out.transit_to;
+        self.outgoing = None;
+        Ok(self.finish(req, resolved, response, piece, transit_to))
     }
 
     fn check_flags(&self, req: &LoginRequestRepr) -> Result<(), Status> {
@@ -909,7 +975,14 @@ impl LoginState {
             // Irrelevant because markers are off.
             "IFMarkInt" | "OFMarkInt" => answer("Irrelevant".into()),
             // RFC 7144 task reporting: we offer only RFC 3720 semantics.
-            "TaskReporting" => answer("RFC3720".into()),
+            // (A list key: the answer must be one of the offered values.)
+            "TaskReporting" => {
+                if value.split(',').take(16).any(|v| v == "RFC3720") {
+                    answer("RFC3720".into());
+                } else {
+                    answer("Reject".into());
+                }
+            }
             // Keys only the target may send.
             "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => {
                 return Err(login_status::INITIATOR_ERROR)

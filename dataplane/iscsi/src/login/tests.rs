@@ -759,7 +759,7 @@ fn bad_and_unknown_keys() {
             ("ErrorRecoveryLevel", "2"),
             ("DefaultTime2Wait", "3601"),
             ("IFMarkInt", "2048~8192"),
-            ("TaskReporting", "ResponseFence"),
+            ("TaskReporting", "ResponseFence,RFC3720"),
             ("iSCSIProtocolLevel", "1"),
         ]),
         &d,
@@ -1260,4 +1260,67 @@ fn chap_misconfiguration_is_a_target_error() {
         step.data.is_empty(),
         "no CHAP_R computed with the initiator's secret"
     );
+}
+
+#[test]
+fn long_response_is_sent_in_pieces() {
+    let d = dir(AuthPolicy::None, vec![]);
+    let mut st = state();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("X-com.example.vendor.key{i:03}"))
+        .collect();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("InitiatorName", INITIATOR),
+        ("SessionType", "Normal"),
+        ("TargetName", TARGET),
+        ("MaxRecvDataSegmentLength", "65536"),
+    ];
+    pairs.extend(names.iter().map(|n| (n.as_str(), "1")));
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &text(&pairs),
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    assert!(step.response.cont && !step.response.transit);
+    assert_eq!(step.data.len(), MAX_LOGIN_RESPONSE);
+    assert_eq!(step.outcome, LoginOutcome::Continue);
+    let mut all = step.data;
+
+    // The initiator answers each piece with an empty request.
+    let step = st.handle(&req(Stage::Operational, Stage::FullFeature, true), &[], &d);
+    assert_eq!(status(&step), (0, 0));
+    assert!(!step.response.cont && step.response.transit);
+    assert_eq!(step.response.nsg, Stage::FullFeature);
+    all.extend_from_slice(&step.data);
+    let k = keys(&all);
+    assert_eq!(k.iter().filter(|(_, v)| v == "NotUnderstood").count(), 200);
+    assert_eq!(key(&k, "MaxRecvDataSegmentLength"), Some("262144"));
+    let LoginOutcome::Complete(r) = step.outcome else {
+        panic!()
+    };
+    assert_eq!(r.params.max_recv_data_segment_length_initiator, 65536);
+}
+
+#[test]
+fn request_with_data_during_response_pieces_fails() {
+    let d = dir(AuthPolicy::None, vec![]);
+    let mut st = state();
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("X-com.example.vendor.key{i:03}"))
+        .collect();
+    let mut pairs: Vec<(&str, &str)> = vec![("InitiatorName", INITIATOR), ("TargetName", TARGET)];
+    pairs.extend(names.iter().map(|n| (n.as_str(), "1")));
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &text(&pairs),
+        &d,
+    );
+    assert!(step.response.cont);
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &text(&[("HeaderDigest", "None")]),
+        &d,
+    );
+    assert_eq!(status(&step), login_status::INITIATOR_ERROR);
 }
