@@ -96,6 +96,7 @@ pub(crate) enum ContKind {
         remaining: u64,
         block: Vec<u8>,
         chunk_blocks: u32,
+        fua: bool,
     },
 }
 

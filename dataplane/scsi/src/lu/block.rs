@@ -7,7 +7,9 @@ use crate::inquiry::{
 };
 use crate::rw::{first_mismatch, try_acquire, ContKind, Continuation, RangeGuard};
 use crate::sense::Sense;
-use crate::{Command, IoOutcome, IoPlan, LuIo, Nexus, Reply, ReplyData, Step, WriteSource};
+use crate::{
+    CacheMode, Command, IoOutcome, IoPlan, LuIo, Nexus, Reply, ReplyData, Step, WriteSource,
+};
 
 use super::{check, done, param_list, LogicalUnit, State};
 
@@ -93,9 +95,11 @@ impl LogicalUnit {
                 fua,
                 bytes,
             } => {
-                let (Some(read), Some(verify)) = (
+                let (Some(read), Some(verify), Some(_)) = (
                     read_data.and_then(|d| d.get(..bytes)),
                     data_out.get(..bytes),
+                    // The write phase needs the second half too.
+                    data_out.get(bytes..2 * bytes),
                 ) else {
                     return check(Sense::internal_target_failure());
                 };
@@ -121,11 +125,12 @@ impl LogicalUnit {
                 remaining,
                 block,
                 chunk_blocks,
+                fua,
             } => {
                 if remaining == 0 {
                     return done(Reply::good());
                 }
-                Self::write_same_chunk(next_lba, remaining, block, chunk_blocks, guard)
+                Self::write_same_chunk(next_lba, remaining, block, chunk_blocks, fua, guard)
             }
         }
     }
@@ -139,6 +144,13 @@ impl LogicalUnit {
             return Err(Sense::software_write_protected());
         }
         Ok(())
+    }
+
+    /// FUA to use for a write: the host's bit, or always when the host
+    /// turned the write cache off (MODE SELECT WCE=0) while the device
+    /// still caches writes: WCE=0 promises every write is durable on GOOD.
+    pub(super) fn effective_fua(st: &State, fua: bool) -> bool {
+        fua || (!st.wce && st.cache == CacheMode::WriteBack)
     }
 
     /// Common checks of a data transfer: range, then MAXIMUM TRANSFER LENGTH.
@@ -202,7 +214,7 @@ impl LogicalUnit {
                 lba: rw.lba.0,
                 blocks: rw.blocks.0,
                 src: WriteSource::DataOut { offset: 0, len },
-                fua: rw.fua,
+                fua: Self::effective_fua(st, rw.fua),
             },
             ContKind::Complete { is_write: true },
             Some(guard),
@@ -304,7 +316,15 @@ impl LogicalUnit {
             );
         }
         let chunk_blocks = u32::try_from((WRITE_SAME_CHUNK_BYTES / bs).max(1)).unwrap_or(1);
-        Self::write_same_chunk(lba.0, blocks.0.into(), block, chunk_blocks, Some(guard))
+        let fua = Self::effective_fua(st, false);
+        Self::write_same_chunk(
+            lba.0,
+            blocks.0.into(),
+            block,
+            chunk_blocks,
+            fua,
+            Some(guard),
+        )
     }
 
     pub(super) fn write_same_chunk(
@@ -312,6 +332,7 @@ impl LogicalUnit {
         remaining: u64,
         block: Vec<u8>,
         chunk_blocks: u32,
+        fua: bool,
         guard: Option<RangeGuard>,
     ) -> Step {
         let n = remaining.min(u64::from(chunk_blocks)) as u32;
@@ -321,13 +342,14 @@ impl LogicalUnit {
                 lba,
                 blocks: n,
                 src: WriteSource::Owned(buf),
-                fua: false,
+                fua,
             },
             ContKind::WriteSame {
                 next_lba: lba + u64::from(n),
                 remaining: remaining - u64::from(n),
                 block,
                 chunk_blocks,
+                fua,
             },
             guard,
         )
@@ -413,7 +435,7 @@ impl LogicalUnit {
             ContKind::CawRead {
                 lba: lba.0,
                 blocks: blocks.0,
-                fua,
+                fua: Self::effective_fua(st, fua),
                 bytes,
             },
             Some(guard),

@@ -2,7 +2,7 @@
 
 use super::block::WRITE_SAME_CHUNK_BYTES;
 use super::*;
-use crate::{Continuation, IoOutcome, ReplyData, ScsiStatus, TargetPort, WriteSource};
+use crate::{Continuation, IoOutcome, IoPlan, ReplyData, ScsiStatus, TargetPort, WriteSource};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -795,6 +795,35 @@ fn mode_sense_wce_follows_cache_mode() {
     assert_eq!(&d[6..8], &[0, 16]);
     assert_eq!(&d[8..16], &BLOCKS.to_be_bytes());
     assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+}
+
+#[test]
+fn wce_off_on_a_write_back_lu_forces_fua() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let write = |r: &Rig| match r.lu.execute(&Command {
+        cdb: &rw10(0x2A, 0, 1),
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    }) {
+        Step::Io(IoPlan {
+            io: LuIo::Write { fua, .. },
+            ..
+        }) => fua,
+        s => panic!("{s:?}"),
+    };
+    assert!(!write(&r));
+    let mut page = r.bytes(&n, &[0x1A, 0x08, 0x08, 0, 255, 0]);
+    page[0] = 0;
+    page[6] &= !0x04;
+    let sel = [0x15, 0x10, 0, 0, page.len() as u8, 0];
+    assert_eq!(r.run(&n, &sel, &page).status, ScsiStatus::Good);
+    assert!(write(&r));
+    // Without a volatile cache there is nothing to force.
+    r.lu.set_cache_mode(CacheMode::WriteThrough);
+    let _ = r.run(&n, &TUR, &[]);
+    assert!(!write(&r));
 }
 
 #[test]
