@@ -439,7 +439,7 @@ impl LoginState {
             return Err(login_status::INITIATOR_ERROR);
         }
         self.pending_text.extend_from_slice(data);
-        let mut response = Self::response_template(req);
+        let response = Self::response_template(req);
         if req.cont {
             // More text follows: acknowledge with an empty response (RFC 7143 §6.4).
             return Ok(LoginStep {
