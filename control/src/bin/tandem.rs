@@ -520,6 +520,8 @@ fn follow_job(ctx: &Ctx, mut job: JobInfo) -> Result<(), CliError> {
             job.device,
             format_size_approx(job.total_bytes)
         );
+    } else if !ctx.json && job.state == "done" {
+        eprintln!("building image for {}: 100%", job.device);
     }
     if job.state == "failed" {
         return Err(CliError::Other(
