@@ -120,10 +120,12 @@ impl LogicalUnit {
         }
     }
 
+    /// Logical block size in bytes.
     pub fn block_size(&self) -> u32 {
         self.block_size
     }
 
+    /// Current capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
         self.state.lock().num_blocks
     }
@@ -159,6 +161,7 @@ impl LogicalUnit {
         st.ua.push_all(Sense::lun_reset_occurred(), Some(from.id));
     }
 
+    /// The device grew or shrank: every nexus sees CAPACITY DATA HAS CHANGED.
     pub fn resize(&self, new_num_blocks: u64) {
         let mut st = self.state.lock();
         if st.num_blocks != new_num_blocks {
@@ -167,6 +170,8 @@ impl LogicalUnit {
         }
     }
 
+    /// New ALUA state of this LU's port group; every nexus sees
+    /// ASYMMETRIC ACCESS STATE CHANGED.
     pub fn set_alua_state(&self, state: AluaState) {
         let mut st = self.state.lock();
         if st.alua != state {
@@ -176,6 +181,8 @@ impl LogicalUnit {
         }
     }
 
+    /// All port groups of the device (this node's and its partners') for
+    /// REPORT TARGET PORT GROUPS. A change of any group's state is an ALUA UA.
     pub fn set_port_groups(&self, groups: Vec<PortGroup>) {
         let mut st = self.state.lock();
         let states = |g: &Option<Vec<PortGroup>>| {
@@ -190,6 +197,8 @@ impl LogicalUnit {
         }
     }
 
+    /// The device's cache policy changed; the caching page's WCE follows it
+    /// (and overrides an earlier MODE SELECT).
     pub fn set_cache_mode(&self, mode: CacheMode) {
         let mut st = self.state.lock();
         st.cache = mode;
@@ -202,7 +211,8 @@ impl LogicalUnit {
 
     // ---- command entry points -----------------------------------------------
 
-    /// Starts a command.
+    /// Starts a command. Checks run in SPC order: unit attention, CDB
+    /// decoding, ALUA access state, reservation conflict, then the command.
     pub fn execute(&self, cmd: &Command) -> Step {
         let mut st = self.state.lock();
         st.see(cmd.nexus);
@@ -230,8 +240,6 @@ impl LogicalUnit {
         }
         self.dispatch(&mut st, cmd, decoded)
     }
-
-    // ---- reservations -------------------------------------------------------
 
     // ---- dispatch -----------------------------------------------------------
 
