@@ -49,6 +49,16 @@ fuzz_target!(|data: &[u8]| {
     roundtrip::<AsyncMessageRepr>(&bhs);
     roundtrip::<RejectRepr>(&bhs);
 
+    // The AHS that follows the BHS (as much of it as the input holds).
+    let ahs_end = data.len().min(BHS_LEN + bhs.total_ahs_len());
+    if let Ok(ahs) = parse_ahs(&data[BHS_LEN..ahs_end]) {
+        if let Ok(cmd) = ScsiCommandRepr::parse(&bhs) {
+            if let Ok(cdb) = cmd.full_cdb(&ahs) {
+                assert!(cdb.len() >= 16 && cdb.len() <= MAX_CDB_LEN);
+            }
+        }
+    }
+
     // Setters on a copy cannot panic either.
     let mut copy = [0u8; BHS_LEN];
     copy.copy_from_slice(&data[..BHS_LEN]);

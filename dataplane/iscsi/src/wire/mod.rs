@@ -14,10 +14,12 @@
 
 use thiserror::Error;
 
+mod ahs;
 mod control;
 mod login;
 mod scsi;
 
+pub use ahs::*;
 pub use control::*;
 pub use login::*;
 pub use scsi::*;
