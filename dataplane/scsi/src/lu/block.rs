@@ -279,6 +279,10 @@ impl LogicalUnit {
         if anchor {
             return check(Sense::invalid_field_cdb(1, Some(4)));
         }
+        // LBPWS/LBPWS10=0 without unmap support: the UNMAP bit is invalid.
+        if unmap && !self.unmap_supported {
+            return check(Sense::invalid_field_cdb(1, Some(3)));
+        }
         // WSNZ=1: a zero NUMBER OF LOGICAL BLOCKS is not "to the end".
         if blocks.0 == 0 {
             return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));

@@ -623,6 +623,9 @@ fn unmap_parsing() {
     let mut r2 = Rig::with(cfg, None);
     let p = unmap_list(&[(0, 1)]);
     assert_eq!(sense_of(&r2.run(&n, &unmap_cdb(p.len()), &p)), (5, 0x20, 0));
+    let mut ws = rw10(0x41, 0, 1);
+    ws[1] = 0x08;
+    assert_eq!(sense_of(&r2.run(&n, &ws, &[0; BS])), (5, 0x24, 0));
 }
 
 #[test]
