@@ -251,6 +251,9 @@ impl Node {
             if let Err(e) = client.call_ok(request.clone()).await {
                 tracing::warn!(error = %e, ?request, "data plane did not apply a change; rolling back");
                 let connection_lost = !matches!(e, CallError::Refused { .. });
+                // A data plane that died is restarted by the supervisor anyway; one that is
+                // alive but hung or garbled must be restarted from the saved config.
+                let hung = matches!(e, CallError::Timeout(_) | CallError::Protocol(_));
                 if let Err(save_err) = save(&self.config_path, &old).await {
                     tracing::error!(error = %save_err.message, "could not restore the previous config");
                 }
@@ -260,7 +263,9 @@ impl Node {
                     // What the data plane has is unknown: restart it from the saved config.
                     st.applied = None;
                     *ipc = None;
-                    self.restart_dataplane.notify_one();
+                    if hung {
+                        self.restart_dataplane.notify_one();
+                    }
                 } else {
                     for undo in plan(applied, &st.config) {
                         match client.call_ok(undo.clone()).await {

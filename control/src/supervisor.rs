@@ -51,6 +51,9 @@ pub async fn supervise(node: Arc<Node>, bin: PathBuf, mut shutdown: watch::Recei
         let started = Instant::now();
         match start(&node, &bin, &pid_file).await {
             Ok(mut child) => {
+                // Drop a restart request meant for a previous data plane.
+                let _ =
+                    tokio::time::timeout(Duration::ZERO, node.restart_dataplane.notified()).await;
                 enum Event {
                     Exited(std::io::Result<std::process::ExitStatus>),
                     Hung,

@@ -242,6 +242,26 @@ fn chap_and_acl_apply_live() {
         )
         .0
     );
+
+    // A change the data plane refuses is rolled back in the saved config too.
+    let before = std::fs::read_to_string(c.data_dir.join("node.toml")).unwrap();
+    let out = c.cli(&["device", "cache", "r0", "--mode", "write-back"]);
+    if !out.status.success() {
+        assert!(
+            stderr(&out).contains("the data plane refused"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.data_dir.join("node.toml")).unwrap(),
+            before
+        );
+        assert_eq!(c.json(&["device", "show", "r0"])["cache"], "none");
+    }
+    assert!(
+        node.tool("iscsi-inq", &[&node.url("r0")]).0,
+        "the device is still served"
+    );
 }
 
 #[test]
