@@ -1313,3 +1313,152 @@ mod fuzz_params {
         }
     }
 }
+
+mod fuzz_sequences {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Cmd {
+            nexus: u64,
+            cdb: Vec<u8>,
+            data_len: usize,
+            outcome: u8,
+        },
+        Added(u64),
+        Removed(u64),
+        Reset(u64),
+        Resize(u64),
+        Alua(u8),
+        Cache(u8),
+    }
+
+    /// CDB templates with small LBAs so commands reach their I/O paths.
+    fn cdb_strategy() -> impl Strategy<Value = Vec<u8>> {
+        let ops = prop_oneof![
+            Just(0x28u8),
+            Just(0x2A),
+            Just(0x88),
+            Just(0x8A),
+            Just(0x89),
+            Just(0x2F),
+            Just(0x41),
+            Just(0x93),
+            Just(0x42),
+            Just(0x35),
+            Just(0x5E),
+            Just(0x5F),
+            Just(0x16),
+            Just(0x17),
+            Just(0x15),
+            Just(0x1A),
+            Just(0x03),
+            Just(0x00),
+            Just(0xA3),
+            Just(0x9E),
+            Just(0x12),
+            Just(0x2E)
+        ];
+        (
+            ops,
+            proptest::collection::vec(any::<u8>(), 15),
+            0u8..4,
+            0u8..8,
+        )
+            .prop_map(|(op, mut rest, lba, len)| {
+                let mut cdb = vec![op];
+                cdb.append(&mut rest);
+                // Keep LBA small and lengths short for the data commands.
+                if matches!(op, 0x28 | 0x2A | 0x2F | 0x41 | 0x35 | 0x2E) {
+                    cdb[2..6].copy_from_slice(&u32::from(lba).to_be_bytes());
+                    cdb[7] = 0;
+                    cdb[8] = len;
+                    cdb[9] = 0;
+                } else if matches!(op, 0x88 | 0x8A | 0x89 | 0x93) {
+                    cdb[2..10].copy_from_slice(&u64::from(lba).to_be_bytes());
+                    cdb[10..14].copy_from_slice(&u32::from(len).to_be_bytes());
+                    cdb[15] = 0;
+                }
+                cdb
+            })
+    }
+
+    fn op_strategy() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (1u64..4, cdb_strategy(), 0usize..5000, 0u8..4).prop_map(
+                |(nexus, cdb, data_len, outcome)| Op::Cmd { nexus, cdb, data_len, outcome }
+            ),
+            1 => (1u64..4).prop_map(Op::Added),
+            1 => (1u64..4).prop_map(Op::Removed),
+            1 => (1u64..4).prop_map(Op::Reset),
+            1 => (0u64..2048).prop_map(Op::Resize),
+            1 => (0u8..5).prop_map(Op::Alua),
+            1 => (0u8..3).prop_map(Op::Cache),
+        ]
+    }
+
+    fn check_reply(r: &Reply) {
+        match r.status {
+            ScsiStatus::CheckCondition => {
+                let s = r.sense.as_ref().expect("CHECK CONDITION carries sense");
+                assert_eq!(s.len(), 18);
+                assert_eq!(s[0] & 0x7F, 0x70);
+            }
+            _ => assert!(r.sense.is_none()),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_sequences_keep_invariants(ops in proptest::collection::vec(op_strategy(), 1..40)) {
+            let lu = LogicalUnit::new(config(), None);
+            let mut held = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Cmd { nexus: id, cdb, data_len, outcome } => {
+                        let n = nexus(id);
+                        let data: Vec<u8> = (0..data_len).map(|i| i as u8).collect();
+                        let mut step = lu.execute(&Command { cdb: &cdb, data_out: &data, expected_in_len: 0, nexus: &n });
+                        for _ in 0..8 {
+                            match step {
+                                Step::Done(r) => { check_reply(&r); break; }
+                                Step::Defer => break,
+                                Step::Io(p) => {
+                                    // Sometimes keep the continuation alive to create overlap.
+                                    if outcome == 3 { held.push(p); break; }
+                                    let buf = match &p.io {
+                                        LuIo::Read { blocks, .. } => vec![0u8; *blocks as usize * BS],
+                                        _ => Vec::new(),
+                                    };
+                                    let oc = match outcome {
+                                        0 => IoOutcome::Ok { read_data: Some(&buf) },
+                                        1 => IoOutcome::MediumError,
+                                        _ => IoOutcome::Failed,
+                                    };
+                                    step = lu.resume(&n, p.cont, oc, &data);
+                                }
+                            }
+                        }
+                    }
+                    Op::Added(id) => lu.nexus_added(&nexus(id)),
+                    Op::Removed(id) => lu.nexus_removed(id),
+                    Op::Reset(id) => lu.lun_reset(&nexus(id)),
+                    Op::Resize(b) => lu.resize(b),
+                    Op::Alua(s) => lu.set_alua_state([
+                        AluaState::ActiveOptimized,
+                        AluaState::ActiveNonOptimized,
+                        AluaState::Standby,
+                        AluaState::Unavailable,
+                        AluaState::Transitioning,
+                    ][s as usize]),
+                    Op::Cache(c) => lu.set_cache_mode([CacheMode::None, CacheMode::WriteThrough, CacheMode::WriteBack][c as usize]),
+                }
+            }
+            drop(held);
+            prop_assert_eq!(crate::rw::inflight_len(&lu.inflight), 0);
+        }
+    }
+}
