@@ -38,15 +38,6 @@ pub struct ConfigState {
     pub applied: Option<NodeConfig>,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct DataplaneState {
-    pub state: String,
-    pub pid: Option<u32>,
-    pub restarts: u64,
-    pub last_exit: Option<String>,
-    pub last_error: Option<String>,
-}
-
 struct Job {
     info: JobInfo,
     done: Arc<AtomicU64>,
@@ -72,7 +63,7 @@ pub struct Node {
     /// plane start (which hold `state`).
     published: std::sync::Mutex<Arc<NodeConfig>>,
     ipc: Mutex<Option<IpcClient>>,
-    pub(crate) dataplane: std::sync::Mutex<DataplaneState>,
+    pub(crate) dataplane: std::sync::Mutex<DataplaneInfo>,
     jobs: std::sync::Mutex<Jobs>,
     /// Asks the supervisor to restart a data plane that stopped answering.
     pub(crate) restart_dataplane: Notify,
@@ -93,14 +84,17 @@ impl Node {
         token: String,
         dataplane_enabled: bool,
     ) -> Arc<Node> {
-        let dataplane = DataplaneState {
+        let dataplane = DataplaneInfo {
             state: if dataplane_enabled {
                 "starting"
             } else {
                 "disabled"
             }
             .to_string(),
-            ..Default::default()
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            last_error: None,
         };
         Arc::new(Node {
             config_path: data_dir.join("node.toml"),
@@ -149,21 +143,13 @@ impl Node {
     }
 
     pub fn dataplane_info(&self) -> DataplaneInfo {
-        let d = self
-            .dataplane
+        self.dataplane
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        DataplaneInfo {
-            state: d.state,
-            pid: d.pid,
-            restarts: d.restarts,
-            last_exit: d.last_exit,
-            last_error: d.last_error,
-        }
+            .clone()
     }
 
-    pub(crate) fn set_dataplane(&self, f: impl FnOnce(&mut DataplaneState)) {
+    pub(crate) fn set_dataplane(&self, f: impl FnOnce(&mut DataplaneInfo)) {
         f(&mut self.dataplane.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
@@ -251,9 +237,6 @@ impl Node {
             if let Err(e) = client.call_ok(request.clone()).await {
                 tracing::warn!(error = %e, ?request, "data plane did not apply a change; rolling back");
                 let connection_lost = !matches!(e, CallError::Refused { .. });
-                // A data plane that died is restarted by the supervisor anyway; one that is
-                // alive but hung or garbled must be restarted from the saved config.
-                let hung = matches!(e, CallError::Timeout(_) | CallError::Protocol(_));
                 if let Err(save_err) = save(&self.config_path, &old).await {
                     tracing::error!(error = %save_err.message, "could not restore the previous config");
                 }
@@ -261,11 +244,11 @@ impl Node {
                 st.config = old;
                 if connection_lost {
                     // What the data plane has is unknown: restart it from the saved config.
+                    // (If it died, the supervisor sees the exit first; it drops this request
+                    // once the next data plane has started, under the same state lock.)
                     st.applied = None;
                     *ipc = None;
-                    if hung {
-                        self.restart_dataplane.notify_one();
-                    }
+                    self.restart_dataplane.notify_one();
                 } else {
                     for undo in plan(applied, &st.config) {
                         match client.call_ok(undo.clone()).await {
@@ -296,7 +279,7 @@ impl Node {
             .unwrap_or_else(|| self.data_dir.clone())
     }
 
-    pub async fn device_info(
+    pub fn device_info(
         &self,
         config: &NodeConfig,
         d: &DeviceConfig,
@@ -361,7 +344,7 @@ impl Node {
         let dp = self.dataplane_status().await;
         let mut out = Vec::new();
         for d in &config.devices {
-            out.push(self.device_info(&config, d, dp.as_ref()).await);
+            out.push(self.device_info(&config, d, dp.as_ref()));
         }
         let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         for job in jobs.list.iter().filter(|j| j.info.state == "running") {
@@ -533,13 +516,11 @@ impl Node {
             let applied = self.change(|c| Self::add_to(c, &device, &target)).await?;
             let config = self.config().await;
             let dp = self.dataplane_status().await;
-            let info = self
-                .device_info(
-                    &config,
-                    config.device(&device.name).unwrap_or(&device),
-                    dp.as_ref(),
-                )
-                .await;
+            let info = self.device_info(
+                &config,
+                config.device(&device.name).unwrap_or(&device),
+                dp.as_ref(),
+            );
             return Ok(Ok(DeviceCreated {
                 device: info,
                 dataplane: applied,
@@ -674,7 +655,7 @@ impl Node {
             .ok_or_else(|| no_device(name))?;
         if !force {
             if let Some(dp) = self.dataplane_status().await {
-                let info = self.device_info(&config, &device, Some(&dp)).await;
+                let info = self.device_info(&config, &device, Some(&dp));
                 if info.sessions > 0 {
                     return Err(ApiError::conflict(format!(
                         "device `{name}` has {} open session(s); log the initiators out first, or use --force to end them",
