@@ -133,6 +133,7 @@ impl ConnCore {
                     target,
                     nexus,
                     exp_cmdsn: result.first_cmdsn,
+                    max_cmdsn: step.response.maxcmdsn,
                 });
                 self.login = None;
                 self.phase = Phase::FullFeature;

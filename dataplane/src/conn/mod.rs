@@ -60,6 +60,8 @@ pub(crate) struct Session {
     target: Option<Arc<Target>>,
     nexus: Nexus,
     exp_cmdsn: u32,
+    /// Highest MaxCmdSN advertised so far.
+    max_cmdsn: u32,
 }
 
 pub struct PollResult {
@@ -321,8 +323,7 @@ impl ConnCore {
         if immediate {
             return true;
         }
-        let max = s.exp_cmdsn.wrapping_add(CMD_WINDOW - 1);
-        let in_window = sn_le(s.exp_cmdsn, cmdsn) && sn_le(cmdsn, max);
+        let in_window = sn_le(s.exp_cmdsn, cmdsn) && sn_le(cmdsn, s.max_cmdsn);
         if !in_window {
             tracing::warn!(conn = self.id, cmdsn, exp = s.exp_cmdsn, "CmdSN outside the window; PDU ignored");
             return false;
@@ -337,10 +338,17 @@ impl ConnCore {
         self.session.as_ref().map(|s| s.exp_cmdsn).unwrap_or(0)
     }
 
-    /// A fixed window: what we advertise is exactly what `accept_cmdsn` admits, so a
-    /// command at MaxCmdSN+1 is always ignored. A full task table answers TASK SET FULL.
-    fn max_cmdsn(&self) -> u32 {
-        self.exp_cmdsn().wrapping_add(CMD_WINDOW - 1)
+    /// MaxCmdSN we advertise: the room left in the task table, but never below what we
+    /// advertised before (the initiator may already be sending up to it). `accept_cmdsn`
+    /// admits exactly this window, so MaxCmdSN+1 is always ignored.
+    fn max_cmdsn(&mut self) -> u32 {
+        let free = (task::TASKS_MAX - self.tasks.len().min(task::TASKS_MAX)) as u32;
+        let Some(s) = self.session.as_mut() else { return 0 };
+        let candidate = s.exp_cmdsn.wrapping_add(free.max(1)).wrapping_sub(1);
+        if !sn_le(candidate, s.max_cmdsn) {
+            s.max_cmdsn = candidate;
+        }
+        s.max_cmdsn
     }
 
     fn next_statsn(&mut self) -> u32 {

@@ -100,11 +100,10 @@ impl ConnCore {
             write_fitted: false,
         };
         if !self.tasks.has_room(cmd.immediate) {
-            // The window should have prevented this; answer rather than drop.
-            let slot_free = self.tasks.insert(task);
-            if let Some(slot) = slot_free {
-                self.send_reply(ctx, slot, status_only(ScsiStatus::TaskSetFull));
-            }
+            // Within the window but no room (e.g. many answers still being sent): answer
+            // TASK SET FULL so the initiator retries, never drop the command.
+            tracing::debug!(conn = self.id, itt = cmd.itt, "task table full");
+            self.send_status_without_task(cmd.itt, ScsiStatus::TaskSetFull);
             return;
         }
         let mut early: Option<Reply> = None;
@@ -608,6 +607,19 @@ impl ConnCore {
         repr.emit(&mut bhs);
         self.tx.push_owned(bhs, sense_data.unwrap_or_default(), Some(slot));
         let _ = ctx;
+    }
+
+    /// A SCSI Response for a command that has no task slot (nothing to release).
+    fn send_status_without_task(&mut self, itt: u32, status: ScsiStatus) {
+        let exp_cmdsn = self.exp_cmdsn();
+        let max_cmdsn = self.max_cmdsn();
+        let mut repr = ScsiResponseRepr::new(itt, status as u8);
+        repr.statsn = self.next_statsn();
+        repr.expcmdsn = exp_cmdsn;
+        repr.maxcmdsn = max_cmdsn;
+        let mut bhs = [0u8; BHS_LEN];
+        repr.emit(&mut bhs);
+        self.tx.push_owned(bhs, Vec::new(), None);
     }
 
     pub(super) fn free_task(&mut self, ctx: &mut ReactorCtx, slot: usize) {

@@ -72,17 +72,19 @@ fn finish(name: String, outcome: Outcome, detail: String) -> TestResult {
 fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestResult> {
     let (_, text) = current.as_mut()?;
     let t = line.trim_end();
+    // CUnit ends a test with "passed" or "FAILED" at the end of a line; "[FAILED]" inside a
+    // line is the test's own log and decides nothing.
     let ends_passed = t.ends_with("passed");
-    let failed_at = t.find("FAILED");
+    let ends_failed = t.ends_with("FAILED");
     text.push_str(line);
     text.push('\n');
-    if ends_passed && !text.contains("FAILED") {
+    if ends_passed {
         let (name, text) = current.take()?;
         let outcome = if text.contains("[SKIPPED]") { Outcome::Skipped } else { Outcome::Passed };
         let detail = if outcome == Outcome::Skipped { first_skip_reason(&text) } else { String::new() };
         return Some(finish(name, outcome, detail));
     }
-    if failed_at.is_some() {
+    if ends_failed {
         let (name, text) = current.take()?;
         return Some(finish(name, Outcome::Failed, text));
     }
