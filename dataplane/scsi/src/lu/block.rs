@@ -408,6 +408,11 @@ impl LogicalUnit {
             return check(s);
         }
         if blocks.0 == 0 {
+            // Nothing to compare, but Data-Out sent for it means the CDB
+            // disagrees with the transfer (e.g. 256 blocks truncated to 0).
+            if !cmd.data_out.is_empty() {
+                return check(Sense::invalid_field_cdb(13, None));
+            }
             return done(Reply::good());
         }
         let max = if self.max_transfer_blocks == 0 {
@@ -424,9 +429,10 @@ impl LogicalUnit {
         let Some(bytes) = self.bytes(blocks.0.into()) else {
             return check(Sense::invalid_field_cdb(13, None));
         };
-        // The Data-Out buffer is exactly the compare and the write data.
+        // The Data-Out buffer is exactly the compare and the write data;
+        // anything else means NUMBER OF LOGICAL BLOCKS is wrong.
         if cmd.data_out.len() != 2 * bytes {
-            return check(Sense::invalid_field_in_iu());
+            return check(Sense::invalid_field_cdb(13, None));
         }
         let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), true) else {
             return Step::Defer;

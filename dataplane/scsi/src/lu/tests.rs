@@ -463,7 +463,12 @@ fn compare_and_write_limits() {
         sense_of(&r.run(&n, &caw(BLOCKS, 1), &[0; 2 * BS])),
         (5, 0x21, 0)
     );
-    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; BS])), (5, 0x0E, 3));
+    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; BS])), (5, 0x24, 0));
+    // 256 blocks do not fit the one-byte field: 0 with Data-Out is rejected.
+    assert_eq!(
+        sense_of(&r.run(&n, &caw(0, 0), &[0; 512 * BS])),
+        (5, 0x24, 0)
+    );
 }
 
 #[test]
@@ -534,7 +539,7 @@ fn write_same_expands_in_chunks_and_unmaps_zeroes() {
 fn exact_data_out_for_caw_and_write_same() {
     let mut r = Rig::new();
     let n = nexus(1);
-    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; 4 * BS])), (5, 0x0E, 3));
+    assert_eq!(sense_of(&r.run(&n, &caw(0, 1), &[0; 4 * BS])), (5, 0x24, 0));
     assert_eq!(
         sense_of(&r.run(&n, &rw10(0x41, 0, 1), &[0; 2 * BS])),
         (5, 0x0E, 3)
