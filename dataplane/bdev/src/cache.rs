@@ -14,9 +14,12 @@
 //!   device sees writes to a block in the order they were acknowledged.
 //! - Pass-through writes and discards wait (parked) while a write-back of an overlapping
 //!   line is in flight; otherwise the older write-back could land after them.
-//! - Lines read from the backing device are populated only if no write touched them since
-//!   the read was issued (`gen` vs. a global write clock; `removed_gen` covers lines that
-//!   were written and evicted meanwhile).
+//! - Completion order is not landing order. Data read from the backing device populates a
+//!   line only if no pass-through write to that line was in flight at any time during the
+//!   read (`busy` at submission and completion, `gen` against a global write clock;
+//!   `removed_gen` covers lines that were written and evicted meanwhile). A pass-through
+//!   write populates the cache only if it was the only one in flight on the line for its
+//!   whole life. Otherwise the blocks stay invalid and the next read goes to the device.
 //! - A backend read overlays every valid cached block on completion (lines it touched are
 //!   pinned against eviction), so dirty data written back and evicted meanwhile cannot be
 //!   hidden behind the older data the read fetched.
@@ -508,13 +511,14 @@ enum Pending {
         len: u64,
         clock: u64,
         pinned: Vec<u64>,
+        noisy: Vec<u64>,
     },
     /// A write or discard passed through to the backing device.
     Through {
         tag: u64,
         offset: u64,
         len: u64,
-        gens: Vec<(u64, u64)>,
+        gens: Vec<(u64, u64, bool)>,
         write: bool,
     },
     /// The backing device's flush, after write-back finished.
@@ -620,10 +624,16 @@ impl CacheChannel {
             }
         }
         let mut pinned = Vec::new();
+        let mut noisy = Vec::new();
         for p in &pieces {
             if let Some(l) = st.lines.get_mut(&p.line) {
                 l.pins += 1;
                 pinned.push(p.line);
+                if l.busy > 0 {
+                    // A pass-through write may land before or after our read: never
+                    // populate this line from it.
+                    noisy.push(p.line);
+                }
             }
         }
         let clock = st.clock;
@@ -642,6 +652,7 @@ impl CacheChannel {
                 len,
                 clock,
                 pinned,
+                noisy,
             },
         );
     }
@@ -653,6 +664,7 @@ impl CacheChannel {
         len: u64,
         clock: u64,
         pinned: Vec<u64>,
+        noisy: Vec<u64>,
         c: Completion,
     ) {
         let sh = self.sh.clone();
@@ -678,8 +690,11 @@ impl CacheChannel {
                 if !populate {
                     continue;
                 }
+                // Populate only if no write to this line was in flight at any time
+                // while the read was: none at submission (`noisy`), none started since
+                // (`gen`), none now (`busy`).
                 let fresh = match st.lines.get(&p.line) {
-                    Some(l) => l.gen <= clock && l.busy == 0,
+                    Some(l) => l.gen <= clock && l.busy == 0 && !noisy.contains(&p.line),
                     None => st.removed_gen <= clock,
                 };
                 if !fresh || !st.ensure_data(&sh, p.line, &lines) {
@@ -778,7 +793,10 @@ impl CacheChannel {
             let l = st.line(p.line);
             l.busy += 1;
             l.gen = clock;
-            gens.push((p.line, clock));
+            // Alone: no other pass-through write on this line is in flight. Completion
+            // order is not landing order, so only a write that was alone for its whole
+            // life may put its data into the cache.
+            gens.push((p.line, clock, l.busy == 1));
             let m = p.mask();
             // Dirty blocks get the new data (they stay dirty: written back again later,
             // harmlessly); clean cached blocks are dropped until the write completes.
@@ -823,7 +841,7 @@ impl CacheChannel {
         tag: u64,
         offset: u64,
         len: u64,
-        gens: Vec<(u64, u64)>,
+        gens: Vec<(u64, u64, bool)>,
         write: bool,
         c: Completion,
     ) {
@@ -833,13 +851,13 @@ impl CacheChannel {
         let pieces = sh.pieces(offset, len);
         let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
         let mut st = sh.st.lock();
-        for (p, (id, gen)) in pieces.iter().zip(gens) {
+        for (p, (id, gen, alone)) in pieces.iter().zip(gens) {
             let Some(l) = st.lines.get_mut(&id) else {
                 continue;
             };
             debug_assert!(l.busy > 0);
             l.busy = l.busy.saturating_sub(1);
-            if populate && l.gen == gen && l.busy == 0 && st.ensure_data(&sh, id, &lines) {
+            if populate && alone && l.gen == gen && l.busy == 0 && st.ensure_data(&sh, id, &lines) {
                 if let (Some(b), l) = (c.buf.as_ref(), st.line(id)) {
                     let m = p.mask() & !l.dirty;
                     if let Some(data) = l.data.as_mut() {
@@ -1061,7 +1079,8 @@ impl CacheChannel {
                 len,
                 clock,
                 pinned,
-            } => self.read_done(tag, offset, len, clock, pinned, c),
+                noisy,
+            } => self.read_done(tag, offset, len, clock, pinned, noisy, c),
             Pending::Through {
                 tag,
                 offset,
