@@ -42,7 +42,10 @@ pub fn cache_mode(c: tandem_config::CacheMode) -> CacheMode {
 pub fn device_spec(cfg: &NodeConfig, d: &DeviceConfig) -> DeviceSpec {
     let backing = match d.backing() {
         tandem_config::Backing::Ram { size_bytes } => Backing::Ram { size_bytes },
-        tandem_config::Backing::File { path, size_bytes } => Backing::File { path: path.to_path_buf(), size_bytes },
+        tandem_config::Backing::File { path, size_bytes } => Backing::File {
+            path: path.to_path_buf(),
+            size_bytes,
+        },
     };
     // APTPL state lives in the data dir if there is one, else beside the image file.
     let pr_state_path = match (&cfg.node.data_dir, &backing) {

@@ -8,8 +8,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tandem_config::ipc::{
-    DeviceStats, DeviceStatus, Envelope, ErrorCode, IpcError, ReactorStats, Request, Response, StatsReport,
-    StatusReport, TargetStatus, LINE_BYTES_MAX,
+    DeviceStats, DeviceStatus, Envelope, ErrorCode, IpcError, ReactorStats, Request, Response,
+    StatsReport, StatusReport, TargetStatus, LINE_BYTES_MAX,
 };
 use tandem_config::NodeConfig;
 
@@ -32,25 +32,29 @@ impl Drop for ControlLink {
 pub fn spawn(path: PathBuf, server: Arc<Server>, ctx: NodeContext) -> std::io::Result<ControlLink> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
-    std::thread::Builder::new().name("control-link".into()).spawn(move || {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(s) => {
-                    let server = server.clone();
-                    let ctx = ctx.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("control-conn".into())
-                        .spawn(move || serve_connection(s, &server, &ctx));
+    std::thread::Builder::new()
+        .name("control-link".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        let server = server.clone();
+                        let ctx = ctx.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("control-conn".into())
+                            .spawn(move || serve_connection(s, &server, &ctx));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
                 }
-                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
             }
-        }
-    })?;
+        })?;
     Ok(ControlLink { path })
 }
 
 fn serve_connection(stream: UnixStream, server: &Server, ctx: &NodeContext) {
-    let Ok(mut writer) = stream.try_clone() else { return };
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(stream.take(u64::MAX));
     let mut line = String::new();
     loop {
@@ -64,12 +68,20 @@ fn serve_connection(stream: UnixStream, server: &Server, ctx: &NodeContext) {
         }
         let reply = match Envelope::from_line(&line) {
             Ok(env) => match env.body {
-                tandem_config::ipc::Body::Request(req) => Envelope::response(env.id, handle(server, ctx, req)),
-                tandem_config::ipc::Body::Response(_) => Envelope::response(env.id, Response::error(ErrorCode::BadRequest, "expected a request")),
+                tandem_config::ipc::Body::Request(req) => {
+                    Envelope::response(env.id, handle(server, ctx, req))
+                }
+                tandem_config::ipc::Body::Response(_) => Envelope::response(
+                    env.id,
+                    Response::error(ErrorCode::BadRequest, "expected a request"),
+                ),
             },
             Err(IpcError::Version { got, id }) => Envelope::response(
                 id,
-                Response::error(ErrorCode::VersionMismatch, format!("IPC version {got} not supported")),
+                Response::error(
+                    ErrorCode::VersionMismatch,
+                    format!("IPC version {got} not supported"),
+                ),
             ),
             Err(e) => Envelope::response(0, Response::error(ErrorCode::BadRequest, e.to_string())),
         };
@@ -102,14 +114,30 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
         Request::Hello => Response::Ok,
         Request::Status => Response::Status(status(server)),
         Request::Stats => Response::Stats(stats(server)),
-        Request::AddDevice(d) => live(server.add_device(&config_spec::device_spec(&ctx.config, &d))),
+        Request::AddDevice(d) => {
+            live(server.add_device(&config_spec::device_spec(&ctx.config, &d)))
+        }
         Request::RemoveDevice { name } => live(server.remove_device(&name)),
-        Request::ExtendDevice { name, new_size_bytes } => live(server.extend_device(&name, new_size_bytes)),
-        Request::SetCacheMode { name, cache, .. } => live(server.set_cache_mode(&name, config_spec::cache_mode(cache))),
-        Request::AddTarget(t) => live(server.add_target(&config_spec::target_spec(&ctx.config, &t))),
+        Request::ExtendDevice {
+            name,
+            new_size_bytes,
+        } => live(server.extend_device(&name, new_size_bytes)),
+        Request::SetCacheMode { name, cache, .. } => {
+            live(server.set_cache_mode(&name, config_spec::cache_mode(cache)))
+        }
+        Request::AddTarget(t) => {
+            live(server.add_target(&config_spec::target_spec(&ctx.config, &t)))
+        }
         Request::RemoveTarget { iqn } => live(server.remove_target(&iqn)),
-        Request::SetChap { iqn, chap } => live(server.update_target_access(&iqn, Some(config_spec::auth_policy(chap.as_ref())), None)),
-        Request::SetAcl { iqn, allowed_initiators } => live(server.update_target_access(&iqn, None, Some(allowed_initiators))),
+        Request::SetChap { iqn, chap } => live(server.update_target_access(
+            &iqn,
+            Some(config_spec::auth_policy(chap.as_ref())),
+            None,
+        )),
+        Request::SetAcl {
+            iqn,
+            allowed_initiators,
+        } => live(server.update_target_access(&iqn, None, Some(allowed_initiators))),
     }
 }
 

@@ -13,7 +13,11 @@ use tandem_dataplane::server::{Backing, DeviceSpec, NodeSpec, Server, TargetSpec
 use tandem_iscsi::login::AuthPolicy;
 
 #[derive(Parser, Debug)]
-#[command(name = "tandem-dataplane", version, about = "Tandem data plane: iSCSI targets on polled reactors")]
+#[command(
+    name = "tandem-dataplane",
+    version,
+    about = "Tandem data plane: iSCSI targets on polled reactors"
+)]
 struct Cli {
     /// Node configuration (TOML); see docs/config.md.
     #[arg(long, value_name = "FILE")]
@@ -34,7 +38,11 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// iSCSI portal to listen on (repeatable).
-    #[arg(long = "portal", value_name = "ADDR:PORT", default_value = "127.0.0.1:3260")]
+    #[arg(
+        long = "portal",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:3260"
+    )]
     portals: Vec<SocketAddr>,
     /// Target IQN (default: iqn.2026-11.io.tandem:<node>-<alias>).
     #[arg(long)]
@@ -99,8 +107,14 @@ fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once('-') {
-            let a: usize = a.trim().parse().map_err(|_| format!("bad core list {s:?}"))?;
-            let b: usize = b.trim().parse().map_err(|_| format!("bad core list {s:?}"))?;
+            let a: usize = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad core list {s:?}"))?;
+            let b: usize = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad core list {s:?}"))?;
             if a > b || b - a > 1024 {
                 return Err(format!("bad core range {part:?}"));
             }
@@ -126,8 +140,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
     let backing = match (&a.ram, &a.file) {
-        (Some(r), None) => Backing::Ram { size_bytes: parse_size(r)? },
-        (None, Some(p)) => Backing::File { path: p.clone(), size_bytes: a.size.as_deref().map(parse_size).transpose()? },
+        (Some(r), None) => Backing::Ram {
+            size_bytes: parse_size(r)?,
+        },
+        (None, Some(p)) => Backing::File {
+            path: p.clone(),
+            size_bytes: a.size.as_deref().map(parse_size).transpose()?,
+        },
         (None, None) => return Err("give --ram SIZE or --file PATH".into()),
         (Some(_), Some(_)) => return Err("--ram and --file exclude each other".into()),
     };
@@ -136,14 +155,26 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         CacheArg::WriteThrough => CacheMode::WriteThrough,
         CacheArg::WriteBack => CacheMode::WriteBack,
     };
-    let cache_size_bytes = a.cache_size.as_deref().map(parse_size).transpose()?.unwrap_or(256 << 20);
+    let cache_size_bytes = a
+        .cache_size
+        .as_deref()
+        .map(parse_size)
+        .transpose()?
+        .unwrap_or(256 << 20);
     let pr_state_path = match &backing {
         Backing::File { path, .. } => Some(path.with_extension("pr")),
         Backing::Ram { .. } => None,
     };
-    let iqn = a.iqn.clone().unwrap_or_else(|| format!("iqn.2026-11.io.tandem:{}-{}", a.node, a.alias));
+    let iqn = a
+        .iqn
+        .clone()
+        .unwrap_or_else(|| format!("iqn.2026-11.io.tandem:{}-{}", a.node, a.alias));
     let auth = match (a.chap_user, a.chap_secret) {
-        (Some(username), Some(secret)) => AuthPolicy::Chap { username, secret, mutual: None },
+        (Some(username), Some(secret)) => AuthPolicy::Chap {
+            username,
+            secret,
+            mutual: None,
+        },
         _ => AuthPolicy::None,
     };
     Ok(NodeSpec {
@@ -155,7 +186,9 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             read_only: a.read_only,
             cache,
             cache_size_bytes,
-            identity_seed: a.identity_seed.unwrap_or_else(|| format!("{}-{}", a.node, a.alias)),
+            identity_seed: a
+                .identity_seed
+                .unwrap_or_else(|| format!("{}-{}", a.node, a.alias)),
             pr_state_path,
         }],
         targets: vec![TargetSpec {
@@ -165,7 +198,12 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             auth,
             allowed_initiators: a.allow_initiators,
         }],
-        cores: a.cores.as_deref().map(parse_cores).transpose()?.unwrap_or_default(),
+        cores: a
+            .cores
+            .as_deref()
+            .map(parse_cores)
+            .transpose()?
+            .unwrap_or_default(),
         poll_mode: match a.poll_mode {
             PollArg::Always => PollMode::Always,
             PollArg::Adaptive => PollMode::Adaptive,
@@ -177,7 +215,8 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -198,7 +237,9 @@ fn main() -> ExitCode {
             // The embedded default: a 1 GiB RAM disk on 127.0.0.1:3260, so a fresh clone
             // serves something with no configuration at all.
             let cfg = tandem_config::NodeConfig::default_ram(tandem_config::loopback_portal(3260));
-            tracing::info!("no --config given: serving the embedded default (RAM disk on 127.0.0.1:3260)");
+            tracing::info!(
+                "no --config given: serving the embedded default (RAM disk on 127.0.0.1:3260)"
+            );
             let spec = tandem_dataplane::config_spec::node_spec(&cfg);
             node_config = Some(cfg);
             Ok(spec)
@@ -230,12 +271,17 @@ fn main() -> ExitCode {
     let control = match cli.control_socket {
         Some(p) => {
             let ctx = tandem_dataplane::control_link::NodeContext {
-                config: node_config.unwrap_or_else(|| tandem_config::NodeConfig::empty("tandem", server.portals.clone())),
+                config: node_config.unwrap_or_else(|| {
+                    tandem_config::NodeConfig::empty("tandem", server.portals.clone())
+                }),
             };
             match tandem_dataplane::control_link::spawn(p.clone(), server.clone(), ctx) {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    eprintln!("tandem-dataplane: cannot open control socket {}: {e}", p.display());
+                    eprintln!(
+                        "tandem-dataplane: cannot open control socket {}: {e}",
+                        p.display()
+                    );
                     server.shutdown();
                     return ExitCode::FAILURE;
                 }

@@ -42,7 +42,13 @@ const INBOX_PER_POLL: usize = 64;
 pub const CONNECTIONS_MAX: usize = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
 
-pub fn run(cfg: ReactorConfig, shared: Arc<Shared>, inbox: Receiver<ReactorMsg>, wake: Arc<EventFd>, stats: Arc<ReactorStats>) {
+pub fn run(
+    cfg: ReactorConfig,
+    shared: Arc<Shared>,
+    inbox: Receiver<ReactorMsg>,
+    wake: Arc<EventFd>,
+    stats: Arc<ReactorStats>,
+) {
     if let Some(core) = cfg.core {
         if !tandem_ffi::pin_current_thread(core) {
             tracing::warn!(reactor = cfg.id, core, "could not pin reactor thread");
@@ -55,7 +61,10 @@ pub fn run(cfg: ReactorConfig, shared: Arc<Shared>, inbox: Receiver<ReactorMsg>,
             return;
         }
     };
-    if let Err(e) = epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN)) {
+    if let Err(e) = epoll.add(
+        wake.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
+    ) {
         tracing::error!(reactor = cfg.id, error = %e, "cannot watch the inbox eventfd");
     }
     let mut ctx = ReactorCtx::new(cfg.id, shared.clone());
@@ -76,7 +85,10 @@ pub fn run(cfg: ReactorConfig, shared: Arc<Shared>, inbox: Receiver<ReactorMsg>,
             match msg {
                 ReactorMsg::NewConnection(transport) => {
                     if conns.len() >= CONNECTIONS_MAX {
-                        tracing::warn!(reactor = cfg.id, "connection limit reached; refusing a connection");
+                        tracing::warn!(
+                            reactor = cfg.id,
+                            "connection limit reached; refusing a connection"
+                        );
                         continue;
                     }
                     let id = next_conn_id;
@@ -98,7 +110,11 @@ pub fn run(cfg: ReactorConfig, shared: Arc<Shared>, inbox: Receiver<ReactorMsg>,
                     }
                 }
                 ReactorMsg::CloseTarget { iqn } => {
-                    let ids: Vec<u32> = conns.iter().filter(|(_, c)| c.target_iqn() == Some(iqn.as_str())).map(|(id, _)| *id).collect();
+                    let ids: Vec<u32> = conns
+                        .iter()
+                        .filter(|(_, c)| c.target_iqn() == Some(iqn.as_str()))
+                        .map(|(id, _)| *id)
+                        .collect();
                     for id in ids {
                         if let Some(mut c) = conns.remove(&id) {
                             if let Some(fd) = c.poll_fd() {
@@ -164,7 +180,11 @@ pub fn run(cfg: ReactorConfig, shared: Arc<Shared>, inbox: Receiver<ReactorMsg>,
             let want = conn.wants_write();
             if watching_out.get(id).copied() != Some(want) {
                 if let Some(fd) = conn.poll_fd() {
-                    let flags = if want { EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT } else { EpollFlags::EPOLLIN };
+                    let flags = if want {
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
+                    } else {
+                        EpollFlags::EPOLLIN
+                    };
                     let _ = epoll.modify(fd, &mut EpollEvent::new(flags, *id as u64));
                 }
                 watching_out.insert(*id, want);

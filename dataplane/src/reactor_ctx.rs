@@ -19,9 +19,13 @@ pub enum ReactorMsg {
     /// A new connection accepted by a listener.
     NewConnection(Box<dyn crate::net::Transport>),
     /// Close a connection (session reinstatement, device removal).
-    CloseConnection { conn_id: u32 },
+    CloseConnection {
+        conn_id: u32,
+    },
     /// Close every connection whose session uses this target.
-    CloseTarget { iqn: String },
+    CloseTarget {
+        iqn: String,
+    },
     Shutdown,
 }
 
@@ -86,22 +90,25 @@ pub struct ReactorCtx {
 
 impl ReactorCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ReactorCtx {
-        ReactorCtx { id, now: Instant::now(), shared, channels: HashMap::new() }
+        ReactorCtx {
+            id,
+            now: Instant::now(),
+            shared,
+            channels: HashMap::new(),
+        }
     }
 
     fn channel(&mut self, dev: &Arc<Device>) -> Option<&mut Box<dyn BdevChannel>> {
-        if !self.channels.contains_key(&dev.id) {
-            match dev.bdev.channel() {
-                Ok(ch) => {
-                    self.channels.insert(dev.id, (dev.clone(), ch));
-                }
+        match self.channels.entry(dev.id) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(&mut e.into_mut().1),
+            std::collections::hash_map::Entry::Vacant(v) => match dev.bdev.channel() {
+                Ok(ch) => Some(&mut v.insert((dev.clone(), ch)).1),
                 Err(e) => {
                     tracing::error!(device = %dev.name, error = %e, "cannot open an I/O channel");
-                    return None;
+                    None
                 }
-            }
+            },
         }
-        self.channels.get_mut(&dev.id).map(|(_, c)| c)
     }
 
     /// Submits one block-device operation; returns false if the device has no channel here

@@ -24,8 +24,13 @@ const INBOX_CAPACITY: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub enum Backing {
-    Ram { size_bytes: u64 },
-    File { path: PathBuf, size_bytes: Option<u64> },
+    Ram {
+        size_bytes: u64,
+    },
+    File {
+        path: PathBuf,
+        size_bytes: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,22 +72,37 @@ pub enum ServerError {
     #[error("target {iqn}: LUN refers to unknown device {device}")]
     UnknownLun { iqn: String, device: String },
     #[error("cannot listen on portal {portal}: {source}")]
-    Listen { portal: SocketAddr, source: std::io::Error },
+    Listen {
+        portal: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
-    let err = |reason: String| ServerError::Device { name: spec.name.clone(), reason };
+    let err = |reason: String| ServerError::Device {
+        name: spec.name.clone(),
+        reason,
+    };
     if spec.block_size != 512 && spec.block_size != 4096 {
-        return Err(err(format!("block size {} is not 512 or 4096", spec.block_size)));
+        return Err(err(format!(
+            "block size {} is not 512 or 4096",
+            spec.block_size
+        )));
     }
     let bdev = match &spec.backing {
         Backing::Ram { size_bytes } => {
             if *size_bytes == 0 || size_bytes % spec.block_size as u64 != 0 {
-                return Err(err(format!("RAM size {size_bytes} is not a positive multiple of the block size")));
+                return Err(err(format!(
+                    "RAM size {size_bytes} is not a positive multiple of the block size"
+                )));
             }
-            tandem_bdev::open_ram(&spec.name, spec.block_size, size_bytes / spec.block_size as u64)
+            tandem_bdev::open_ram(
+                &spec.name,
+                spec.block_size,
+                size_bytes / spec.block_size as u64,
+            )
         }
         Backing::File { path, size_bytes } => tandem_bdev::open_file(&tandem_bdev::FileConfig {
             name: spec.name.clone(),
@@ -128,10 +148,14 @@ pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
 pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target, ServerError> {
     let mut luns = Vec::with_capacity(spec.luns.len());
     for name in &spec.luns {
-        let dev = devices
-            .iter()
-            .find(|d| &d.name == name)
-            .ok_or_else(|| ServerError::UnknownLun { iqn: spec.iqn.clone(), device: name.clone() })?;
+        let dev =
+            devices
+                .iter()
+                .find(|d| &d.name == name)
+                .ok_or_else(|| ServerError::UnknownLun {
+                    iqn: spec.iqn.clone(),
+                    device: name.clone(),
+                })?;
         luns.push(dev.clone());
     }
     Ok(Target {
@@ -155,11 +179,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(spec: NodeSpec) -> Result<Server, ServerError> {
-        let devices: Vec<Arc<Device>> = spec.devices.iter().map(build_device).collect::<Result<_, _>>()?;
+        let devices: Vec<Arc<Device>> = spec
+            .devices
+            .iter()
+            .map(build_device)
+            .collect::<Result<_, _>>()?;
         let mut listeners = Vec::new();
         let mut portals = Vec::new();
         for p in &spec.portals {
-            let l = listener::bind(*p).map_err(|source| ServerError::Listen { portal: *p, source })?;
+            let l =
+                listener::bind(*p).map_err(|source| ServerError::Listen { portal: *p, source })?;
             portals.push(l.local_addr().unwrap_or(*p));
             listeners.push(l);
         }
@@ -168,7 +197,11 @@ impl Server {
             registry.add_target(build_target(t, &devices)?);
         }
         let shared = Arc::new(Shared::new(registry));
-        let cores: Vec<Option<usize>> = if spec.cores.is_empty() { vec![None] } else { spec.cores.iter().map(|c| Some(*c)).collect() };
+        let cores: Vec<Option<usize>> = if spec.cores.is_empty() {
+            vec![None]
+        } else {
+            spec.cores.iter().map(|c| Some(*c)).collect()
+        };
         let mut handles = Vec::new();
         let mut reactor_threads = Vec::new();
         let mut pending = Vec::new();
@@ -179,8 +212,23 @@ impl Server {
                     .map_err(|e| ServerError::Other(format!("eventfd: {e}")))?,
             );
             let stats = Arc::new(ReactorStats::default());
-            handles.push(ReactorHandle { tx, wake: wake.clone(), connections: AtomicUsize::new(0), stats: stats.clone() });
-            pending.push((ReactorConfig { id, core: *core, poll_mode: spec.poll_mode, spin: spec.spin }, rx, wake, stats));
+            handles.push(ReactorHandle {
+                tx,
+                wake: wake.clone(),
+                connections: AtomicUsize::new(0),
+                stats: stats.clone(),
+            });
+            pending.push((
+                ReactorConfig {
+                    id,
+                    core: *core,
+                    poll_mode: spec.poll_mode,
+                    spin: spec.spin,
+                },
+                rx,
+                wake,
+                stats,
+            ));
         }
         let _ = shared.reactors.set(handles);
         for (cfg, rx, wake, stats) in pending {
@@ -254,7 +302,10 @@ impl Server {
 
     pub fn add_device(&self, spec: &DeviceSpec) -> Result<(), LiveError> {
         if self.device(&spec.name).is_some() {
-            return Err(LiveError::AlreadyExists(format!("device {} already exists", spec.name)));
+            return Err(LiveError::AlreadyExists(format!(
+                "device {} already exists",
+                spec.name
+            )));
         }
         let dev = build_device(spec).map_err(|e| LiveError::Io(e.to_string()))?;
         self.devices.lock().push(dev);
@@ -263,7 +314,9 @@ impl Server {
 
     /// Removes a device no target exports any more (remove or change the target first).
     pub fn remove_device(&self, name: &str) -> Result<(), LiveError> {
-        let dev = self.device(name).ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        let dev = self
+            .device(name)
+            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
         let users: Vec<String> = self
             .shared
             .registry
@@ -273,19 +326,28 @@ impl Server {
             .map(|t| t.iqn.clone())
             .collect();
         if !users.is_empty() {
-            return Err(LiveError::Busy(format!("device {name} is exported by {}; remove the target first", users.join(", "))));
+            return Err(LiveError::Busy(format!(
+                "device {name} is exported by {}; remove the target first",
+                users.join(", ")
+            )));
         }
         self.devices.lock().retain(|d| d.id != dev.id);
-        dev.bdev.flush_blocking().map_err(|e| LiveError::Io(e.to_string()))?;
+        dev.bdev
+            .flush_blocking()
+            .map_err(|e| LiveError::Io(e.to_string()))?;
         Ok(())
     }
 
     /// Grows a device online; every session sees CAPACITY DATA HAS CHANGED.
     pub fn extend_device(&self, name: &str, new_size_bytes: u64) -> Result<(), LiveError> {
-        let dev = self.device(name).ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        let dev = self
+            .device(name)
+            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
         let bs = dev.lu.block_size() as u64;
-        if new_size_bytes % bs != 0 {
-            return Err(LiveError::BadRequest(format!("new size {new_size_bytes} is not a multiple of the block size {bs}")));
+        if !new_size_bytes.is_multiple_of(bs) {
+            return Err(LiveError::BadRequest(format!(
+                "new size {new_size_bytes} is not a multiple of the block size {bs}"
+            )));
         }
         let blocks = new_size_bytes / bs;
         if blocks <= dev.lu.num_blocks() {
@@ -294,15 +356,21 @@ impl Server {
                 dev.lu.num_blocks() * bs
             )));
         }
-        dev.bdev.resize(blocks).map_err(|e| LiveError::Io(e.to_string()))?;
+        dev.bdev
+            .resize(blocks)
+            .map_err(|e| LiveError::Io(e.to_string()))?;
         dev.lu.resize(blocks);
         tracing::info!(device = %name, blocks, "device extended");
         Ok(())
     }
 
     pub fn set_cache_mode(&self, name: &str, mode: CacheMode) -> Result<(), LiveError> {
-        let dev = self.device(name).ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
-        dev.bdev.set_cache_mode(mode).map_err(|e| LiveError::Unsupported(e.to_string()))?;
+        let dev = self
+            .device(name)
+            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        dev.bdev
+            .set_cache_mode(mode)
+            .map_err(|e| LiveError::Unsupported(e.to_string()))?;
         dev.lu.set_cache_mode(match mode {
             CacheMode::None => tandem_scsi::CacheMode::None,
             CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
@@ -313,7 +381,10 @@ impl Server {
 
     pub fn add_target(&self, spec: &TargetSpec) -> Result<(), LiveError> {
         if self.shared.registry.target(&spec.iqn).is_some() {
-            return Err(LiveError::AlreadyExists(format!("target {} already exists", spec.iqn)));
+            return Err(LiveError::AlreadyExists(format!(
+                "target {} already exists",
+                spec.iqn
+            )));
         }
         let devices = self.devices.lock().clone();
         let t = build_target(spec, &devices).map_err(|e| LiveError::NotFound(e.to_string()))?;
@@ -326,19 +397,28 @@ impl Server {
         if !self.shared.registry.remove_target(iqn) {
             return Err(LiveError::NotFound(format!("no target {iqn}")));
         }
-        self.broadcast(|| ReactorMsg::CloseTarget { iqn: iqn.to_string() });
+        self.broadcast(|| ReactorMsg::CloseTarget {
+            iqn: iqn.to_string(),
+        });
         Ok(())
     }
 
     /// Changes who may log in (CHAP, ACL). Sessions already logged in stay; new logins
     /// follow the new rules.
-    pub fn update_target_access(&self, iqn: &str, auth: Option<AuthPolicy>, allowed: Option<Vec<String>>) -> Result<(), LiveError> {
+    pub fn update_target_access(
+        &self,
+        iqn: &str,
+        auth: Option<AuthPolicy>,
+        allowed: Option<Vec<String>>,
+    ) -> Result<(), LiveError> {
         let ok = self.shared.registry.update_target(iqn, |t| Target {
             iqn: t.iqn.clone(),
             alias: t.alias.clone(),
             luns: t.luns.clone(),
             auth: auth.clone().unwrap_or_else(|| t.auth.clone()),
-            allowed_initiators: allowed.clone().unwrap_or_else(|| t.allowed_initiators.clone()),
+            allowed_initiators: allowed
+                .clone()
+                .unwrap_or_else(|| t.allowed_initiators.clone()),
         });
         if ok {
             Ok(())

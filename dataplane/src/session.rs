@@ -40,7 +40,10 @@ struct Inner {
 pub enum Admission {
     /// New session with this TSIH; `replaced` is an older session with the same key that
     /// must be closed (reinstatement).
-    New { tsih: u16, replaced: Option<ConnRef> },
+    New {
+        tsih: u16,
+        replaced: Option<ConnRef>,
+    },
     Full,
 }
 
@@ -76,7 +79,12 @@ impl SessionTable {
     }
 
     pub fn count_for_target(&self, target: &str) -> usize {
-        self.inner.lock().by_key.keys().filter(|k| k.target == target).count()
+        self.inner
+            .lock()
+            .by_key
+            .keys()
+            .filter(|k| k.target == target)
+            .count()
     }
 }
 
@@ -85,16 +93,38 @@ mod tests {
     use super::*;
 
     fn key(isid: u8) -> SessionKey {
-        SessionKey { initiator: "iqn.i".into(), isid: [isid; 6], target: "iqn.t".into() }
+        SessionKey {
+            initiator: "iqn.i".into(),
+            isid: [isid; 6],
+            target: "iqn.t".into(),
+        }
     }
 
     #[test]
     fn same_isid_reinstates_and_old_owner_cannot_remove_new() {
         let t = SessionTable::default();
-        let a = ConnRef { reactor: 0, conn_id: 1 };
-        let b = ConnRef { reactor: 1, conn_id: 2 };
-        let Admission::New { tsih: t1, replaced: None } = t.admit(key(1), a) else { panic!() };
-        let Admission::New { tsih: t2, replaced: Some(old) } = t.admit(key(1), b) else { panic!() };
+        let a = ConnRef {
+            reactor: 0,
+            conn_id: 1,
+        };
+        let b = ConnRef {
+            reactor: 1,
+            conn_id: 2,
+        };
+        let Admission::New {
+            tsih: t1,
+            replaced: None,
+        } = t.admit(key(1), a)
+        else {
+            panic!()
+        };
+        let Admission::New {
+            tsih: t2,
+            replaced: Some(old),
+        } = t.admit(key(1), b)
+        else {
+            panic!()
+        };
         assert_eq!(old, a);
         assert_ne!(t1, t2);
         t.remove(&key(1), a);

@@ -132,7 +132,10 @@ impl Registry {
             .iter()
             .map(|t| {
                 (
-                    TargetListing { name: t.iqn.clone(), addresses: addrs.clone() },
+                    TargetListing {
+                        name: t.iqn.clone(),
+                        addresses: addrs.clone(),
+                    },
                     t.allowed_initiators.clone(),
                 )
             })

@@ -21,11 +21,24 @@ fn run_all(label: &str, target: &Target) {
         .filter(|r| r.outcome == Outcome::Failed && !expected.contains_key(&r.name))
         .map(|r| format!("{}: {}", r.name, r.detail.lines().next().unwrap_or("")))
         .collect();
-    for r in results.iter().filter(|r| r.outcome != Outcome::Failed && expected.contains_key(&r.name)) {
-        eprintln!("[{label}] note: {} is listed as an expected failure but did not fail", r.name);
+    for r in results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Failed && expected.contains_key(&r.name))
+    {
+        eprintln!(
+            "[{label}] note: {} is listed as an expected failure but did not fail",
+            r.name
+        );
     }
-    assert!(counts.passed > 0, "no test passed: the target is not serving");
-    assert!(unexpected.is_empty(), "[{label}] unexpected failures:\n{}", unexpected.join("\n"));
+    assert!(
+        counts.passed > 0,
+        "no test passed: the target is not serving"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "[{label}] unexpected failures:\n{}",
+        unexpected.join("\n")
+    );
 }
 
 #[test]
@@ -36,8 +49,19 @@ fn iscsi_test_cu_ram_device() {
 
 #[test]
 fn iscsi_test_cu_file_device() {
-    let dir = tempfile::Builder::new().prefix("tandem-conf").tempdir_in(tandem_tests::e2e::procs::scratch_dir()).expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-conf")
+        .tempdir_in(tandem_tests::e2e::procs::scratch_dir())
+        .expect("temp dir");
     let img = dir.path().join("disk.img");
-    let t = Target::serve("file", &["--file", img.to_str().expect("utf-8 path"), "--size", "256MiB"]);
+    let t = Target::serve(
+        "file",
+        &[
+            "--file",
+            img.to_str().expect("utf-8 path"),
+            "--size",
+            "256MiB",
+        ],
+    );
     run_all("file", &t);
 }

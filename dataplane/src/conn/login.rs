@@ -60,7 +60,10 @@ impl ConnCore {
                 let target = if discovery {
                     None
                 } else {
-                    result.target_name.as_deref().and_then(|n| registry.target(n))
+                    result
+                        .target_name
+                        .as_deref()
+                        .and_then(|n| registry.target(n))
                 };
                 if !discovery && target.is_none() {
                     // The target vanished between negotiation and now.
@@ -79,9 +82,15 @@ impl ConnCore {
                 let tsih = match ctx.shared.sessions.admit(key.clone(), self.conn_ref()) {
                     Admission::New { tsih, replaced } => {
                         if let Some(old) = replaced {
-                            tracing::info!(conn = self.id, old_conn = old.conn_id, "session reinstatement: closing the old session");
+                            tracing::info!(
+                                conn = self.id,
+                                old_conn = old.conn_id,
+                                "session reinstatement: closing the old session"
+                            );
                             if let Some(r) = ctx.shared.reactor(old.reactor) {
-                                r.send(ReactorMsg::CloseConnection { conn_id: old.conn_id });
+                                r.send(ReactorMsg::CloseConnection {
+                                    conn_id: old.conn_id,
+                                });
                             }
                         }
                         tsih
@@ -141,7 +150,11 @@ impl ConnCore {
         }
     }
 
-    fn queue_login_response(&mut self, resp: &tandem_iscsi::wire::LoginResponseRepr, data: Vec<u8>) {
+    fn queue_login_response(
+        &mut self,
+        resp: &tandem_iscsi::wire::LoginResponseRepr,
+        data: Vec<u8>,
+    ) {
         let mut bhs = [0u8; BHS_LEN];
         resp.emit(&mut bhs);
         self.tx.push_owned(bhs, data, None);

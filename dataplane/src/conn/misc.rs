@@ -5,8 +5,8 @@ use crate::reactor_ctx::ReactorCtx;
 use std::time::Instant;
 use tandem_iscsi::text::{emit_pairs, parse_pairs, TextLimits};
 use tandem_iscsi::wire::{
-    reject, Bhs, LogoutReason, LogoutRequestRepr, LogoutResponseRepr, NopInRepr, NopOutRepr, TextRequestRepr, TextResponseRepr,
-    BHS_LEN,
+    reject, Bhs, LogoutReason, LogoutRequestRepr, LogoutResponseRepr, NopInRepr, NopOutRepr,
+    TextRequestRepr, TextResponseRepr, BHS_LEN,
 };
 
 const RESERVED_TAG: u32 = u32::MAX;
@@ -56,7 +56,11 @@ impl ConnCore {
         };
         let mut out = [0u8; BHS_LEN];
         repr.emit(&mut out);
-        let max = self.session.as_ref().map(|s| s.params.max_recv_data_segment_length_initiator as usize).unwrap_or(8192);
+        let max = self
+            .session
+            .as_ref()
+            .map(|s| s.params.max_recv_data_segment_length_initiator as usize)
+            .unwrap_or(8192);
         let echo = data[..data.len().min(max)].to_vec();
         self.tx.push_owned(out, echo, None);
     }
@@ -64,7 +68,9 @@ impl ConnCore {
     /// Pings an idle initiator; closes the connection if a ping goes unanswered.
     pub(super) fn nop_ping(&mut self, now: Instant) -> usize {
         if let Some((_, sent)) = self.ping {
-            if now.duration_since(sent) > NOP_TIMEOUT && now.duration_since(self.last_rx) > NOP_TIMEOUT {
+            if now.duration_since(sent) > NOP_TIMEOUT
+                && now.duration_since(self.last_rx) > NOP_TIMEOUT
+            {
                 tracing::warn!(conn = self.id, peer = %self.peer, "initiator does not answer NOP-In; closing");
                 self.phase = Phase::Closing;
                 return 1;
@@ -130,14 +136,23 @@ impl ConnCore {
         let mut body = Vec::new();
         for (k, v) in &pairs {
             if k == "SendTargets" {
-                let initiator = self.session.as_ref().map(|s| s.key.initiator.clone()).unwrap_or_default();
+                let initiator = self
+                    .session
+                    .as_ref()
+                    .map(|s| s.key.initiator.clone())
+                    .unwrap_or_default();
                 let listings = ctx.shared.registry.listings(self.local_addr);
                 // In a normal session an empty value means "this session's target".
-                let value = match (v.as_str(), self.session.as_ref().and_then(|s| s.target.as_ref())) {
+                let value = match (
+                    v.as_str(),
+                    self.session.as_ref().and_then(|s| s.target.as_ref()),
+                ) {
                     ("", Some(t)) => t.iqn.clone(),
                     _ => v.clone(),
                 };
-                body.extend(tandem_iscsi::discovery::send_targets(&value, &initiator, &listings));
+                body.extend(tandem_iscsi::discovery::send_targets(
+                    &value, &initiator, &listings,
+                ));
             } else {
                 answer.push((k.clone(), "NotUnderstood".to_string()));
             }
@@ -145,7 +160,11 @@ impl ConnCore {
         body.extend(emit_pairs(&answer));
         if body.len() > max_seg {
             let ttt = self.new_ttt();
-            self.pending_text = Some(PendingText { ttt, data: body.clone(), offset: 0 });
+            self.pending_text = Some(PendingText {
+                ttt,
+                data: body.clone(),
+                offset: 0,
+            });
             self.send_text_piece(req.itt, ttt, &body, 0, max_seg);
         } else {
             self.send_text_piece(req.itt, RESERVED_TAG, &body, 0, max_seg);

@@ -101,9 +101,16 @@ pub(crate) struct ConnCore {
 
 impl Connection {
     pub fn new(id: u32, reactor: usize, transport: Box<dyn Transport>, now: Instant) -> Connection {
-        let limits = FrameLimits { header_digest: false, data_digest: false, max_data_len: LOGIN_DATA_MAX };
+        let limits = FrameLimits {
+            header_digest: false,
+            data_digest: false,
+            max_data_len: LOGIN_DATA_MAX,
+        };
         let local_addr = transport.local_addr();
-        let peer = transport.peer_addr().map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        let peer = transport
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
         tracing::debug!(conn = id, %peer, "connection accepted");
         Connection {
             id,
@@ -143,7 +150,11 @@ impl Connection {
     }
 
     pub fn target_iqn(&self) -> Option<&str> {
-        self.core.session.as_ref().and_then(|s| s.target.as_ref()).map(|t| t.iqn.as_str())
+        self.core
+            .session
+            .as_ref()
+            .and_then(|s| s.target.as_ref())
+            .map(|t| t.iqn.as_str())
     }
 
     pub fn poll(&mut self, ctx: &mut ReactorCtx) -> PollResult {
@@ -201,7 +212,9 @@ impl Connection {
         let mut handled = 0;
         while handled < PDUS_PER_POLL && self.core.phase != Phase::Closing {
             let limits = self.core.limits;
-            let Some(ev) = self.rx.next_frame(&limits) else { break };
+            let Some(ev) = self.rx.next_frame(&limits) else {
+                break;
+            };
             handled += 1;
             self.core.handle_event(ctx, ev, self.rx.bytes());
             // Login may have changed the limits (digests, segment size) for the next PDU.
@@ -212,7 +225,9 @@ impl Connection {
     fn flush(&mut self, ctx: &mut ReactorCtx) -> io::Result<()> {
         let core = &mut self.core;
         let mut released = std::mem::take(&mut core.released);
-        let r = core.tx.flush(self.transport.as_mut(), &core.tasks, &mut released);
+        let r = core
+            .tx
+            .flush(self.transport.as_mut(), &core.tasks, &mut released);
         for slot in released.drain(..) {
             core.free_task(ctx, slot);
         }
@@ -232,20 +247,30 @@ impl Connection {
         self.close(ctx);
     }
 
-    pub fn on_io_complete(&mut self, ctx: &mut ReactorCtx, slot: usize, c: tandem_bdev::Completion) {
+    pub fn on_io_complete(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        slot: usize,
+        c: tandem_bdev::Completion,
+    ) {
         self.core.on_io_complete(ctx, slot, c);
     }
 }
 
 impl TaskBuffers for TaskTable {
     fn task_buf(&self, slot: usize) -> &[u8] {
-        self.get(slot).and_then(|t| t.io_buf.as_deref()).unwrap_or(&[])
+        self.get(slot)
+            .and_then(|t| t.io_buf.as_deref())
+            .unwrap_or(&[])
     }
 }
 
 impl ConnCore {
     fn conn_ref(&self) -> ConnRef {
-        ConnRef { reactor: self.reactor, conn_id: self.id }
+        ConnRef {
+            reactor: self.reactor,
+            conn_id: self.id,
+        }
     }
 
     fn handle_event(&mut self, ctx: &mut ReactorCtx, ev: FrameEvent, bytes: &[u8]) {
@@ -277,7 +302,11 @@ impl ConnCore {
     fn handle_pdu(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let view = Bhs::new_unchecked(&bhs[..]);
         let Some(op) = view.opcode() else {
-            tracing::warn!(conn = self.id, opcode = view.opcode_raw(), "unknown opcode; rejected");
+            tracing::warn!(
+                conn = self.id,
+                opcode = view.opcode_raw(),
+                "unknown opcode; rejected"
+            );
             if self.phase == Phase::Login {
                 self.phase = Phase::Closing;
             } else {
@@ -302,7 +331,10 @@ impl ConnCore {
             Opcode::TextRequest => self.on_text(ctx, bhs, data),
             Opcode::LogoutRequest => self.on_logout(ctx, bhs),
             Opcode::LoginRequest => {
-                tracing::warn!(conn = self.id, "login request in full feature phase; rejected");
+                tracing::warn!(
+                    conn = self.id,
+                    "login request in full feature phase; rejected"
+                );
                 self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
             }
             Opcode::SnackRequest => {
@@ -310,7 +342,11 @@ impl ConnCore {
                 self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
             }
             _ => {
-                tracing::warn!(conn = self.id, ?op, "target-only opcode from initiator; rejected");
+                tracing::warn!(
+                    conn = self.id,
+                    ?op,
+                    "target-only opcode from initiator; rejected"
+                );
                 self.send_reject(tandem_iscsi::wire::reject::PROTOCOL_ERROR, bhs);
             }
         }
@@ -319,13 +355,20 @@ impl ConnCore {
     /// Advances ExpCmdSN for a non-immediate PDU. Returns false if the CmdSN is outside the
     /// window: RFC 7143 §4.2.2.1 says such a PDU is silently ignored.
     fn accept_cmdsn(&mut self, cmdsn: u32, immediate: bool) -> bool {
-        let Some(s) = self.session.as_mut() else { return false };
+        let Some(s) = self.session.as_mut() else {
+            return false;
+        };
         if immediate {
             return true;
         }
         let in_window = sn_le(s.exp_cmdsn, cmdsn) && sn_le(cmdsn, s.max_cmdsn);
         if !in_window {
-            tracing::warn!(conn = self.id, cmdsn, exp = s.exp_cmdsn, "CmdSN outside the window; PDU ignored");
+            tracing::warn!(
+                conn = self.id,
+                cmdsn,
+                exp = s.exp_cmdsn,
+                "CmdSN outside the window; PDU ignored"
+            );
             return false;
         }
         // One connection per session: TCP keeps order, so a gap can only be initiator
@@ -343,7 +386,9 @@ impl ConnCore {
     /// admits exactly this window, so MaxCmdSN+1 is always ignored.
     fn max_cmdsn(&mut self) -> u32 {
         let free = (task::TASKS_MAX - self.tasks.len().min(task::TASKS_MAX)) as u32;
-        let Some(s) = self.session.as_mut() else { return 0 };
+        let Some(s) = self.session.as_mut() else {
+            return 0;
+        };
         let candidate = s.exp_cmdsn.wrapping_add(free.max(1)).wrapping_sub(1);
         if !sn_le(candidate, s.max_cmdsn) {
             s.max_cmdsn = candidate;
@@ -385,7 +430,11 @@ impl ConnCore {
         self.phase = Phase::Closing;
         let slots: Vec<usize> = self.tasks.slots().collect();
         for slot in slots {
-            let in_io = self.tasks.get(slot).map(|t| t.stage == task::TaskStage::InIo).unwrap_or(false);
+            let in_io = self
+                .tasks
+                .get(slot)
+                .map(|t| t.stage == task::TaskStage::InIo)
+                .unwrap_or(false);
             if !in_io {
                 self.free_task(ctx, slot);
             }
@@ -412,7 +461,9 @@ pub(crate) fn sn_le(a: u32, b: u32) -> bool {
 
 fn rand_u32() -> u32 {
     // Initial StatSN: any value; derive it from the clock rather than pull in a RNG here.
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(16)) & 0x0fff_ffff
 }
 

@@ -32,16 +32,26 @@ pub enum FrameEvent {
     Pdu(Frame),
     /// The data segment is larger than we allow; the header is given so the caller can
     /// reject it, and its data is skipped.
-    Oversize { bhs: [u8; BHS_LEN], data_len: usize },
+    Oversize {
+        bhs: [u8; BHS_LEN],
+        data_len: usize,
+    },
     /// The header digest does not match: the stream cannot be trusted any more.
     HeaderDigestError,
     /// The data digest does not match; the PDU is dropped.
-    DataDigestError { bhs: [u8; BHS_LEN] },
+    DataDigestError {
+        bhs: [u8; BHS_LEN],
+    },
 }
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Frame(op={:#x}, data={:?})", self.bhs[0] & 0x3f, self.data)
+        write!(
+            f,
+            "Frame(op={:#x}, data={:?})",
+            self.bhs[0] & 0x3f,
+            self.data
+        )
     }
 }
 
@@ -55,7 +65,12 @@ pub struct RxBuffer {
 
 impl RxBuffer {
     pub fn new(capacity: usize) -> RxBuffer {
-        RxBuffer { buf: vec![0; capacity], start: 0, end: 0, skip: 0 }
+        RxBuffer {
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+            skip: 0,
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -110,7 +125,11 @@ impl RxBuffer {
         bhs.copy_from_slice(&avail[..BHS_LEN]);
         let hdr_digest_len = if limits.header_digest { 4 } else { 0 };
         let header_len = BHS_LEN + ahs_len + hdr_digest_len;
-        let data_digest_len = if limits.data_digest && data_len > 0 { 4 } else { 0 };
+        let data_digest_len = if limits.data_digest && data_len > 0 {
+            4
+        } else {
+            0
+        };
         let total = header_len + pad4(data_len) + data_digest_len;
         if data_len > limits.max_data_len {
             if avail.len() < header_len {
@@ -147,7 +166,10 @@ impl RxBuffer {
             }
         }
         self.start += total;
-        Some(FrameEvent::Pdu(Frame { bhs, data: data_start..data_start + data_len }))
+        Some(FrameEvent::Pdu(Frame {
+            bhs,
+            data: data_start..data_start + data_len,
+        }))
     }
 }
 
@@ -162,7 +184,11 @@ mod tests {
     use super::*;
 
     fn limits() -> FrameLimits {
-        FrameLimits { header_digest: false, data_digest: false, max_data_len: 8192 }
+        FrameLimits {
+            header_digest: false,
+            data_digest: false,
+            max_data_len: 8192,
+        }
     }
 
     fn pdu(opcode: u8, data: &[u8]) -> Vec<u8> {
@@ -220,14 +246,21 @@ mod tests {
                 events.push(ev);
             }
         }
-        assert!(matches!(events[0], FrameEvent::Oversize { data_len: 9000, .. }));
+        assert!(matches!(
+            events[0],
+            FrameEvent::Oversize { data_len: 9000, .. }
+        ));
         assert!(matches!(&events[1], FrameEvent::Pdu(f) if f.bhs[0] == 0));
         assert_eq!(events.len(), 2);
     }
 
     #[test]
     fn bad_data_digest_is_reported() {
-        let l = FrameLimits { header_digest: true, data_digest: true, max_data_len: 8192 };
+        let l = FrameLimits {
+            header_digest: true,
+            data_digest: true,
+            max_data_len: 8192,
+        };
         let mut v = pdu(0x00, b"");
         v.truncate(BHS_LEN);
         v[7] = 4;
@@ -239,6 +272,9 @@ mod tests {
         let space = rx.free_space(RxBuffer::frame_max(&l));
         space[..v.len()].copy_from_slice(&v);
         rx.advance_end(v.len());
-        assert!(matches!(rx.next_frame(&l), Some(FrameEvent::DataDigestError { .. })));
+        assert!(matches!(
+            rx.next_frame(&l),
+            Some(FrameEvent::DataDigestError { .. })
+        ));
     }
 }

@@ -10,7 +10,9 @@ use tandem_bdev::{BdevOp, Completion};
 use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
 };
-use tandem_scsi::{Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Step, WriteSource};
+use tandem_scsi::{
+    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Step, WriteSource,
+};
 
 /// Largest write we accept in one command; larger ones are refused before any data moves.
 const WRITE_LEN_MAX: u32 = 32 * 1024 * 1024;
@@ -49,7 +51,12 @@ impl ConnCore {
         s.target.as_ref()?.lun(decode_lun(lun)).cloned()
     }
 
-    pub(super) fn on_scsi_command(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_scsi_command(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        bhs: &[u8; BHS_LEN],
+        data: &[u8],
+    ) {
         let cmd = match ScsiCommandRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(c) => c,
             Err(_) => {
@@ -58,7 +65,10 @@ impl ConnCore {
             }
         };
         if self.session.as_ref().map(|s| s.discovery).unwrap_or(true) {
-            tracing::warn!(conn = self.id, "SCSI command in a discovery session; rejected");
+            tracing::warn!(
+                conn = self.id,
+                "SCSI command in a discovery session; rejected"
+            );
             self.send_reject(reject::PROTOCOL_ERROR, bhs);
             return;
         }
@@ -66,14 +76,21 @@ impl ConnCore {
             return;
         }
         if self.tasks.contains_itt(cmd.itt) {
-            tracing::warn!(conn = self.id, itt = cmd.itt, "ITT already in use; rejected");
+            tracing::warn!(
+                conn = self.id,
+                itt = cmd.itt,
+                "ITT already in use; rejected"
+            );
             self.send_reject(reject::TASK_IN_PROGRESS, bhs);
             return;
         }
-        let params = self.session.as_ref().map(|s| s.params.clone()).unwrap_or_default();
+        let params = self
+            .session
+            .as_ref()
+            .map(|s| s.params.clone())
+            .unwrap_or_default();
         let mut task = Task {
             itt: cmd.itt,
-            cmdsn: cmd.cmdsn,
             lun: cmd.lun,
             cdb: cmd.cdb,
             edtl: cmd.edtl,
@@ -112,7 +129,9 @@ impl ConnCore {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
-            if data.len() as u64 > cmd.edtl as u64 || data.len() as u64 > params.first_burst_length as u64 {
+            if data.len() as u64 > cmd.edtl as u64
+                || data.len() as u64 > params.first_burst_length as u64
+            {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
@@ -122,9 +141,9 @@ impl ConnCore {
                 cmd.edtl.min(params.first_burst_length)
             };
             task.next_r2t_offset = task.unsolicited_end;
-            if cmd.read {
-                early = Some(check_condition(sense_invalid_field_in_cdb()));
-            } else if cmd.edtl > WRITE_LEN_MAX {
+            // Bidirectional commands are not supported; oversize writes are refused before
+            // any buffer is allocated for them.
+            if cmd.read || cmd.edtl > WRITE_LEN_MAX {
                 early = Some(check_condition(sense_invalid_field_in_cdb()));
             } else {
                 let dev = self.target_device(cmd.lun);
@@ -142,7 +161,11 @@ impl ConnCore {
             return;
         };
         if let Some(reply) = early {
-            tracing::debug!(conn = self.id, itt = cmd.itt, "command refused before data transfer");
+            tracing::debug!(
+                conn = self.id,
+                itt = cmd.itt,
+                "command refused before data transfer"
+            );
             if let Some(t) = self.tasks.get_mut(slot) {
                 t.draining = true;
             }
@@ -159,13 +182,17 @@ impl ConnCore {
     /// Sends R2Ts for the part of the write not covered by unsolicited data, keeping at
     /// most MaxOutstandingR2T outstanding, each at most MaxBurstLength long.
     fn issue_r2ts(&mut self, slot: usize) {
-        let Some(s) = self.session.as_ref() else { return };
+        let Some(s) = self.session.as_ref() else {
+            return;
+        };
         let max_outstanding = s.params.max_outstanding_r2t.max(1) as usize;
         let max_burst = s.params.max_burst_length.max(512);
         let exp_cmdsn = self.exp_cmdsn();
         let max_cmdsn = self.max_cmdsn();
         loop {
-            let Some(t) = self.tasks.get(slot) else { return };
+            let Some(t) = self.tasks.get(slot) else {
+                return;
+            };
             if t.draining || t.r2ts.len() >= max_outstanding || t.next_r2t_offset >= t.edtl {
                 return;
             }
@@ -177,7 +204,13 @@ impl ConnCore {
             let r2tsn = t.r2tsn;
             t.r2tsn = t.r2tsn.wrapping_add(1);
             t.next_r2t_offset = offset + len;
-            t.r2ts.push(R2tWindow { ttt, offset, len, received: 0, next_datasn: 0 });
+            t.r2ts.push(R2tWindow {
+                ttt,
+                offset,
+                len,
+                received: 0,
+                next_datasn: 0,
+            });
             let repr = R2tRepr {
                 lun: t.lun,
                 itt: t.itt,
@@ -205,11 +238,17 @@ impl ConnCore {
         };
         let Some(slot) = self.tasks.slot_of(d.itt) else {
             // Data for a task we already answered (e.g. refused early) or never had.
-            tracing::debug!(conn = self.id, itt = d.itt, "Data-Out for an unknown task; rejected");
+            tracing::debug!(
+                conn = self.id,
+                itt = d.itt,
+                "Data-Out for an unknown task; rejected"
+            );
             self.send_reject(reject::INVALID_PDU_FIELD, bhs);
             return;
         };
-        let Some(t) = self.tasks.get_mut(slot) else { return };
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
         if t.stage != TaskStage::CollectingData || !t.write {
             if t.draining {
                 return;
@@ -219,7 +258,11 @@ impl ConnCore {
         }
         let end = d.buffer_offset as u64 + data.len() as u64;
         if end > t.edtl as u64 {
-            tracing::warn!(conn = self.id, itt = d.itt, "Data-Out beyond the expected length; rejected");
+            tracing::warn!(
+                conn = self.id,
+                itt = d.itt,
+                "Data-Out beyond the expected length; rejected"
+            );
             self.send_reject(reject::PROTOCOL_ERROR, bhs);
             return;
         }
@@ -256,7 +299,12 @@ impl ConnCore {
         if !datasn_ok {
             // ErrorRecoveryLevel 0 cannot ask for the missing PDU again: the command fails
             // (and the rest of its data is absorbed) rather than write data out of order.
-            tracing::warn!(conn = self.id, itt = d.itt, datasn = d.datasn, "Data-Out with wrong DataSN; command aborted");
+            tracing::warn!(
+                conn = self.id,
+                itt = d.itt,
+                datasn = d.datasn,
+                "Data-Out with wrong DataSN; command aborted"
+            );
             t.draining = true;
             t.r2ts.clear();
             self.send_reply(_ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
@@ -279,7 +327,9 @@ impl ConnCore {
         let mut n = 0;
         let batch = self.ready.len().min(TASKS_PER_POLL);
         for _ in 0..batch {
-            let Some(slot) = self.ready.pop_front() else { break };
+            let Some(slot) = self.ready.pop_front() else {
+                break;
+            };
             if self.phase == Phase::Closing {
                 break;
             }
@@ -290,7 +340,9 @@ impl ConnCore {
     }
 
     fn execute(&mut self, ctx: &mut ReactorCtx, slot: usize) {
-        let Some(t) = self.tasks.get(slot) else { return };
+        let Some(t) = self.tasks.get(slot) else {
+            return;
+        };
         if t.stage != TaskStage::Ready || t.aborted {
             return;
         }
@@ -298,7 +350,9 @@ impl ConnCore {
         let edtl = t.edtl;
         let lun = t.lun;
         let needs_fit = t.write && !t.write_fitted;
-        let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else { return };
+        let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else {
+            return;
+        };
         if cdb[0] == OPCODE_REPORT_LUNS {
             let reply = tandem_scsi::report_luns(&target.lun_ids(), &cdb);
             self.send_reply(ctx, slot, reply);
@@ -331,10 +385,17 @@ impl ConnCore {
                 }
             }
         }
-        let Some(session) = self.session.as_ref() else { return };
+        let Some(session) = self.session.as_ref() else {
+            return;
+        };
         let t = self.tasks.get(slot).expect("slot checked above");
         let data_out: &[u8] = t.data_out.as_deref().unwrap_or(&[]);
-        let step = dev.lu.execute(&Command { cdb: &t.cdb, data_out, expected_in_len: edtl, nexus: &session.nexus });
+        let step = dev.lu.execute(&Command {
+            cdb: &t.cdb,
+            data_out,
+            expected_in_len: edtl,
+            nexus: &session.nexus,
+        });
         self.handle_step(ctx, slot, &dev, step);
     }
 
@@ -360,7 +421,14 @@ impl ConnCore {
         }
     }
 
-    fn submit_io(&mut self, ctx: &mut ReactorCtx, slot: usize, dev: &Arc<Device>, io: LuIo, cont: tandem_scsi::Continuation) {
+    fn submit_io(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        slot: usize,
+        dev: &Arc<Device>,
+        io: LuIo,
+        cont: tandem_scsi::Continuation,
+    ) {
         let bs = dev.lu.block_size() as u64;
         let tag = make_tag(self.id, slot);
         // Reused scratch list (keeps its capacity): no allocation per I/O.
@@ -371,22 +439,41 @@ impl ConnCore {
             LuIo::Read { lba, blocks } => {
                 let len = blocks as u64 * bs;
                 dev.stats.count_read(len);
-                ops.push(BdevOp::Read { offset: lba * bs, len: len as u32 });
+                ops.push(BdevOp::Read {
+                    offset: lba * bs,
+                    len: len as u32,
+                });
             }
-            LuIo::Write { lba, blocks, src, fua } => {
+            LuIo::Write {
+                lba,
+                blocks,
+                src,
+                fua,
+            } => {
                 let len = (blocks as u64 * bs) as usize;
                 dev.stats.count_write(len as u64);
                 let buf = match src {
-                    WriteSource::DataOut { offset, len: src_len } => {
+                    WriteSource::DataOut {
+                        offset,
+                        len: src_len,
+                    } => {
                         let t = self.tasks.get_mut(slot).expect("task of a running step");
-                        let whole = t.data_out.as_ref().map(|b| offset == 0 && src_len == b.len() && src_len == len).unwrap_or(false);
+                        let whole = t
+                            .data_out
+                            .as_ref()
+                            .map(|b| offset == 0 && src_len == b.len() && src_len == len)
+                            .unwrap_or(false);
                         if whole {
                             moved_data_out = true;
                             t.data_out.take().expect("checked above")
                         } else {
                             let mut b = ctx.alloc_buf(Some(dev), len);
                             let t = self.tasks.get(slot).expect("task of a running step");
-                            let src = t.data_out.as_deref().and_then(|d| d.get(offset..offset + src_len)).unwrap_or(&[]);
+                            let src = t
+                                .data_out
+                                .as_deref()
+                                .and_then(|d| d.get(offset..offset + src_len))
+                                .unwrap_or(&[]);
                             let n = src.len().min(len);
                             b[..n].copy_from_slice(&src[..n]);
                             b[n..].fill(0);
@@ -401,12 +488,19 @@ impl ConnCore {
                         b
                     }
                 };
-                ops.push(BdevOp::Write { offset: lba * bs, buf, fua });
+                ops.push(BdevOp::Write {
+                    offset: lba * bs,
+                    buf,
+                    fua,
+                });
             }
             LuIo::Flush => ops.push(BdevOp::Flush),
             LuIo::Unmap { ranges } => {
                 for (lba, blocks) in ranges {
-                    ops.push(BdevOp::Discard { offset: lba * bs, len: blocks as u64 * bs });
+                    ops.push(BdevOp::Discard {
+                        offset: lba * bs,
+                        len: blocks as u64 * bs,
+                    });
                 }
                 if ops.is_empty() {
                     ops.push(BdevOp::Flush);
@@ -422,7 +516,9 @@ impl ConnCore {
             t.io_failed = None;
             t.data_out_in_io = moved_data_out;
         }
-        dev.stats.in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        dev.stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut submitted = true;
         for op in ops.drain(..) {
             if submitted && !ctx.submit(dev, tag, op) {
@@ -435,7 +531,9 @@ impl ConnCore {
             t.pending_ios = 0;
             t.stage = TaskStage::Ready;
             t.cont = None;
-            dev.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            dev.stats
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
         }
     }
@@ -444,7 +542,9 @@ impl ConnCore {
         let Some(dev) = self.tasks.get(slot).and_then(|t| self.target_device(t.lun)) else {
             return;
         };
-        let Some(t) = self.tasks.get_mut(slot) else { return };
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
         if t.stage != TaskStage::InIo {
             return;
         }
@@ -465,7 +565,9 @@ impl ConnCore {
         if t.pending_ios > 0 {
             return;
         }
-        dev.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        dev.stats
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         t.data_out_in_io = false;
         let cont = t.cont.take();
         if t.aborted {
@@ -476,7 +578,9 @@ impl ConnCore {
         let io_buf = t.io_buf.take();
         let data_out = t.data_out.take();
         let outcome = match t.io_failed {
-            None => IoOutcome::Ok { read_data: io_buf.as_deref() },
+            None => IoOutcome::Ok {
+                read_data: io_buf.as_deref(),
+            },
             Some(true) => IoOutcome::MediumError,
             Some(false) => IoOutcome::Failed,
         };
@@ -484,13 +588,21 @@ impl ConnCore {
             Some(s) => s.nexus.clone(),
             None => return,
         };
-        let step = dev.lu.resume(&nexus, cont, outcome, data_out.as_deref().unwrap_or(&[]));
+        let step = dev
+            .lu
+            .resume(&nexus, cont, outcome, data_out.as_deref().unwrap_or(&[]));
         let t = self.tasks.get_mut(slot).expect("slot checked above");
         t.data_out = data_out;
         t.stage = TaskStage::Ready;
         // A read buffer is kept for Data-In; a later step may bring a new one.
         if let Some(b) = io_buf {
-            if matches!(step, Step::Done(Reply { data: ReplyData::IoBuffer { .. }, .. })) {
+            if matches!(
+                step,
+                Step::Done(Reply {
+                    data: ReplyData::IoBuffer { .. },
+                    ..
+                })
+            ) {
                 t.io_buf = Some(b);
             } else {
                 ctx.free_buf(Some(&dev), b);
@@ -503,8 +615,12 @@ impl ConnCore {
     pub(super) fn send_reply(&mut self, ctx: &mut ReactorCtx, slot: usize, reply: Reply) {
         let exp_cmdsn = self.exp_cmdsn();
         let max_cmdsn = self.max_cmdsn();
-        let Some(params) = self.session.as_ref().map(|s| s.params.clone()) else { return };
-        let Some(t) = self.tasks.get_mut(slot) else { return };
+        let Some(params) = self.session.as_ref().map(|s| s.params.clone()) else {
+            return;
+        };
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
         if t.aborted {
             return;
         }
@@ -517,7 +633,10 @@ impl ConnCore {
         let (data_len, owned): (usize, Option<Vec<u8>>) = match reply.data {
             ReplyData::None => (0, None),
             ReplyData::Bytes(v) => (v.len(), Some(v)),
-            ReplyData::IoBuffer { len } => (len.min(t.io_buf.as_ref().map(|b| b.len()).unwrap_or(0)), None),
+            ReplyData::IoBuffer { len } => (
+                len.min(t.io_buf.as_ref().map(|b| b.len()).unwrap_or(0)),
+                None,
+            ),
         };
         let send_len = if read { data_len.min(edtl) } else { 0 };
         let (under, over, residual) = if read {
@@ -539,7 +658,8 @@ impl ConnCore {
         } else {
             (false, false, 0)
         };
-        let status_in_data = reply.status == ScsiStatus::Good && reply.sense.is_none() && send_len > 0;
+        let status_in_data =
+            reply.status == ScsiStatus::Good && reply.sense.is_none() && send_len > 0;
         let max_seg = (params.max_recv_data_segment_length_initiator as usize).max(512);
         let max_burst = (params.max_burst_length as usize).max(max_seg);
         let mut offset = 0usize;
@@ -547,9 +667,13 @@ impl ConnCore {
         while offset < send_len {
             let len = (send_len - offset).min(max_seg);
             let last = offset + len == send_len;
-            let burst_end = last || (offset + len) % max_burst == 0;
+            let burst_end = last || (offset + len).is_multiple_of(max_burst);
             let with_status = last && status_in_data;
-            let statsn = if with_status { self.next_statsn() } else { self.statsn };
+            let statsn = if with_status {
+                self.next_statsn()
+            } else {
+                self.statsn
+            };
             let repr = DataInRepr {
                 final_flag: burst_end || with_status,
                 ack: false,
@@ -571,11 +695,14 @@ impl ConnCore {
             repr.emit(&mut bhs);
             let release = (with_status).then_some(slot);
             match &owned {
-                Some(v) => self.tx.push_owned(bhs, v[offset..offset + len].to_vec(), release),
+                Some(v) => self
+                    .tx
+                    .push_owned(bhs, v[offset..offset + len].to_vec(), release),
                 None => {
                     let t = self.tasks.get(slot).expect("slot checked above");
                     let bytes = &t.io_buf.as_deref().unwrap_or(&[])[offset..offset + len];
-                    self.tx.push_task_data(bhs, slot, offset..offset + len, bytes, release);
+                    self.tx
+                        .push_task_data(bhs, slot, offset..offset + len, bytes, release);
                 }
             }
             datasn += 1;
@@ -605,7 +732,8 @@ impl ConnCore {
         repr.residual = residual;
         let mut bhs = [0u8; BHS_LEN];
         repr.emit(&mut bhs);
-        self.tx.push_owned(bhs, sense_data.unwrap_or_default(), Some(slot));
+        self.tx
+            .push_owned(bhs, sense_data.unwrap_or_default(), Some(slot));
         let _ = ctx;
     }
 
@@ -655,13 +783,20 @@ impl ConnCore {
 }
 
 fn status_only(status: ScsiStatus) -> Reply {
-    Reply { status, data: ReplyData::None, sense: None }
+    Reply {
+        status,
+        data: ReplyData::None,
+        sense: None,
+    }
 }
 
 fn check_condition(sense: Vec<u8>) -> Reply {
-    Reply { status: ScsiStatus::CheckCondition, data: ReplyData::None, sense: Some(sense) }
+    Reply {
+        status: ScsiStatus::CheckCondition,
+        data: ReplyData::None,
+        sense: Some(sense),
+    }
 }
-
 
 enum WriteFit {
     /// Run the (possibly shortened) command; report this residual.
@@ -691,7 +826,7 @@ fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit
         return WriteFit::Execute(Residual::Underflow((edtl - wanted) as u32));
     }
     let residual = Residual::Overflow((wanted - edtl) as u32);
-    if edtl % bs != 0 {
+    if !edtl.is_multiple_of(bs) {
         // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
         return WriteFit::Answer(check_condition(sense(0x05, 0x0e, 0x03)), residual);
     }

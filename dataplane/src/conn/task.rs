@@ -45,7 +45,6 @@ pub enum Residual {
 
 pub struct Task {
     pub itt: u32,
-    pub cmdsn: u32,
     pub lun: u64,
     pub cdb: [u8; 16],
     pub edtl: u32,
@@ -111,10 +110,6 @@ impl TaskTable {
         self.slots.len() - self.free.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn has_room(&self, immediate: bool) -> bool {
         if immediate {
             !self.free.is_empty()
@@ -169,6 +164,10 @@ impl TaskTable {
     }
 
     pub fn slots(&self) -> impl Iterator<Item = usize> + '_ {
-        self.slots.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i)
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i)
     }
 }

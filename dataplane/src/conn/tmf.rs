@@ -7,7 +7,9 @@
 use super::task::TaskStage;
 use super::{sn_le, ConnCore};
 use crate::reactor_ctx::ReactorCtx;
-use tandem_iscsi::wire::{reject, Bhs, TaskMgmtRequestRepr, TaskMgmtResponseRepr, TmfFunction, BHS_LEN};
+use tandem_iscsi::wire::{
+    reject, Bhs, TaskMgmtRequestRepr, TaskMgmtResponseRepr, TmfFunction, BHS_LEN,
+};
 
 pub(super) struct PendingTmf {
     itt: u32,
@@ -43,7 +45,13 @@ impl ConnCore {
         let nexus = self.session.as_ref().map(|s| s.nexus.clone());
         let (response, waiting) = match req.function {
             TmfFunction::AbortTask => match self.tasks.slot_of(req.rtt) {
-                Some(slot) if self.tasks.get(slot).map(|t| t.lun == req.lun).unwrap_or(false) => {
+                Some(slot)
+                    if self
+                        .tasks
+                        .get(slot)
+                        .map(|t| t.lun == req.lun)
+                        .unwrap_or(false) =>
+                {
                     (FUNCTION_COMPLETE, self.abort_slots(ctx, vec![slot]))
                 }
                 _ => {
@@ -51,7 +59,10 @@ impl ConnCore {
                     // and before the TMF counts as received and aborted.
                     let exp = self.exp_cmdsn();
                     let low = exp.wrapping_sub(super::CMD_WINDOW);
-                    if sn_le(low, req.refcmdsn) && sn_le(req.refcmdsn, req.cmdsn) && req.refcmdsn != req.cmdsn {
+                    if sn_le(low, req.refcmdsn)
+                        && sn_le(req.refcmdsn, req.cmdsn)
+                        && req.refcmdsn != req.cmdsn
+                    {
                         (FUNCTION_COMPLETE, Vec::new())
                     } else {
                         (TASK_DOES_NOT_EXIST, Vec::new())
@@ -62,17 +73,19 @@ impl ConnCore {
                 let slots = self.slots_for_lun(Some(req.lun));
                 (FUNCTION_COMPLETE, self.abort_slots(ctx, slots))
             }
-            TmfFunction::LogicalUnitReset => match target.as_ref().and_then(|t| t.lun(lun_no).cloned()) {
-                Some(dev) => {
-                    let slots = self.slots_for_lun(Some(req.lun));
-                    let waiting = self.abort_slots(ctx, slots);
-                    if let Some(n) = &nexus {
-                        dev.lu.lun_reset(n);
+            TmfFunction::LogicalUnitReset => {
+                match target.as_ref().and_then(|t| t.lun(lun_no).cloned()) {
+                    Some(dev) => {
+                        let slots = self.slots_for_lun(Some(req.lun));
+                        let waiting = self.abort_slots(ctx, slots);
+                        if let Some(n) = &nexus {
+                            dev.lu.lun_reset(n);
+                        }
+                        (FUNCTION_COMPLETE, waiting)
                     }
-                    (FUNCTION_COMPLETE, waiting)
+                    None => (LUN_DOES_NOT_EXIST, Vec::new()),
                 }
-                None => (LUN_DOES_NOT_EXIST, Vec::new()),
-            },
+            }
             TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
                 let slots = self.slots_for_lun(None);
                 let waiting = self.abort_slots(ctx, slots);
@@ -87,11 +100,16 @@ impl ConnCore {
             _ => (FUNCTION_NOT_SUPPORTED, Vec::new()),
         };
         tracing::info!(conn = self.id, function = ?req.function, rtt = req.rtt, response, "task management");
-        let cold = matches!(req.function, TmfFunction::TargetColdReset) && response == FUNCTION_COMPLETE;
+        let cold =
+            matches!(req.function, TmfFunction::TargetColdReset) && response == FUNCTION_COMPLETE;
         if waiting.is_empty() {
             self.send_tmf_response(req.itt, response);
         } else {
-            self.pending_tmf.push(PendingTmf { itt: req.itt, response, waiting });
+            self.pending_tmf.push(PendingTmf {
+                itt: req.itt,
+                response,
+                waiting,
+            });
         }
         if cold {
             // A cold reset drops every connection of the target; ours goes after the response.
@@ -102,7 +120,12 @@ impl ConnCore {
     fn slots_for_lun(&self, lun: Option<u64>) -> Vec<usize> {
         self.tasks
             .slots()
-            .filter(|&s| self.tasks.get(s).map(|t| lun.is_none_or(|l| t.lun == l)).unwrap_or(false))
+            .filter(|&s| {
+                self.tasks
+                    .get(s)
+                    .map(|t| lun.is_none_or(|l| t.lun == l))
+                    .unwrap_or(false)
+            })
             .collect()
     }
 
@@ -110,7 +133,9 @@ impl ConnCore {
     fn abort_slots(&mut self, ctx: &mut ReactorCtx, slots: Vec<usize>) -> Vec<usize> {
         let mut waiting = Vec::new();
         for slot in slots {
-            let Some(t) = self.tasks.get_mut(slot) else { continue };
+            let Some(t) = self.tasks.get_mut(slot) else {
+                continue;
+            };
             match t.stage {
                 TaskStage::InIo => {
                     t.aborted = true;

@@ -21,7 +21,10 @@ pub enum OutData {
     None,
     Owned(Vec<u8>),
     /// Bytes `range` of the I/O buffer of task `slot`.
-    TaskBuf { slot: usize, range: Range<usize> },
+    TaskBuf {
+        slot: usize,
+        range: Range<usize>,
+    },
 }
 
 pub struct OutPdu {
@@ -71,14 +74,31 @@ impl TxQueue {
     /// Queues a PDU whose data the queue owns.
     pub fn push_owned(&mut self, bhs: [u8; BHS_LEN], data: Vec<u8>, release_slot: Option<usize>) {
         let (len, digest) = self.data_meta(&data);
-        let d = if data.is_empty() { OutData::None } else { OutData::Owned(data) };
+        let d = if data.is_empty() {
+            OutData::None
+        } else {
+            OutData::Owned(data)
+        };
         self.push_raw(bhs, d, len, digest, release_slot);
     }
 
     /// Queues a PDU whose data stays in task `slot`'s I/O buffer; `bytes` are those bytes.
-    pub fn push_task_data(&mut self, bhs: [u8; BHS_LEN], slot: usize, range: Range<usize>, bytes: &[u8], release_slot: Option<usize>) {
+    pub fn push_task_data(
+        &mut self,
+        bhs: [u8; BHS_LEN],
+        slot: usize,
+        range: Range<usize>,
+        bytes: &[u8],
+        release_slot: Option<usize>,
+    ) {
         let (len, digest) = self.data_meta(bytes);
-        self.push_raw(bhs, OutData::TaskBuf { slot, range }, len, digest, release_slot);
+        self.push_raw(
+            bhs,
+            OutData::TaskBuf { slot, range },
+            len,
+            digest,
+            release_slot,
+        );
     }
 
     fn data_meta(&self, bytes: &[u8]) -> (usize, Option<u32>) {
@@ -87,7 +107,14 @@ impl TxQueue {
         (bytes.len(), digest)
     }
 
-    fn push_raw(&mut self, mut bhs: [u8; BHS_LEN], data: OutData, data_len: usize, digest: Option<u32>, release_slot: Option<usize>) {
+    fn push_raw(
+        &mut self,
+        mut bhs: [u8; BHS_LEN],
+        data: OutData,
+        data_len: usize,
+        digest: Option<u32>,
+        release_slot: Option<usize>,
+    ) {
         bhs[5] = (data_len >> 16) as u8;
         bhs[6] = (data_len >> 8) as u8;
         bhs[7] = data_len as u8;
@@ -105,11 +132,25 @@ impl TxQueue {
             trailer[pad..pad + 4].copy_from_slice(&d.to_le_bytes());
             trailer_len += 4;
         }
-        self.queue.push_back(OutPdu { header, header_len, data, data_len, trailer, trailer_len, sent: 0, release_slot });
+        self.queue.push_back(OutPdu {
+            header,
+            header_len,
+            data,
+            data_len,
+            trailer,
+            trailer_len,
+            sent: 0,
+            release_slot,
+        });
     }
 
     /// Writes as much as the socket takes. Returns the task slots whose last PDU has left.
-    pub fn flush(&mut self, transport: &mut dyn Transport, bufs: &dyn TaskBuffers, released: &mut Vec<usize>) -> io::Result<()> {
+    pub fn flush(
+        &mut self,
+        transport: &mut dyn Transport,
+        bufs: &dyn TaskBuffers,
+        released: &mut Vec<usize>,
+    ) -> io::Result<()> {
         while !self.queue.is_empty() {
             // A fixed array, not a Vec: the send path allocates nothing.
             let mut iov: [IoSlice<'_>; IOVECS_MAX] = [IoSlice::new(&[]); IOVECS_MAX];
@@ -126,7 +167,11 @@ impl TxQueue {
                         b.get(range.clone()).unwrap_or(&[])
                     }
                 };
-                let parts: [&[u8]; 3] = [&pdu.header[..pdu.header_len], data, &pdu.trailer[..pdu.trailer_len]];
+                let parts: [&[u8]; 3] = [
+                    &pdu.header[..pdu.header_len],
+                    data,
+                    &pdu.trailer[..pdu.trailer_len],
+                ];
                 let mut skip = pdu.sent;
                 for part in parts {
                     if skip >= part.len() {
@@ -145,10 +190,11 @@ impl TxQueue {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            drop(iov);
             let mut left = written;
             while left > 0 {
-                let Some(front) = self.queue.front_mut() else { break };
+                let Some(front) = self.queue.front_mut() else {
+                    break;
+                };
                 let remaining = front.total_len() - front.sent;
                 if left >= remaining {
                     left -= remaining;

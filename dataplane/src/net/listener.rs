@@ -22,13 +22,24 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(reactors) = shared.reactors.get() else { continue };
-                let total: usize = reactors.iter().map(|r| r.connections.load(Ordering::Relaxed)).sum();
+                let Some(reactors) = shared.reactors.get() else {
+                    continue;
+                };
+                let total: usize = reactors
+                    .iter()
+                    .map(|r| r.connections.load(Ordering::Relaxed))
+                    .sum();
                 if total >= NODE_CONNECTIONS_MAX {
                     tracing::warn!(%peer, "node connection limit reached; closing new connection");
                     continue;
                 }
-                let Some((idx, r)) = reactors.iter().enumerate().min_by_key(|(_, r)| r.connections.load(Ordering::Relaxed)) else { continue };
+                let Some((idx, r)) = reactors
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, r)| r.connections.load(Ordering::Relaxed))
+                else {
+                    continue;
+                };
                 match KernelTcp::new(stream) {
                     Ok(t) => {
                         // Count it now so a burst of accepts spreads over reactors.

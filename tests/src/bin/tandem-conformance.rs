@@ -14,7 +14,10 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json = args.next(),
-            "--timeout-s" => timeout = Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(120)),
+            "--timeout-s" => {
+                timeout =
+                    Duration::from_secs(args.next().and_then(|s| s.parse().ok()).unwrap_or(120))
+            }
             _ => url = Some(a),
         }
     }
@@ -29,6 +32,7 @@ fn main() {
     let c = conformance::report("target", &all);
     if let Some(path) = json {
         let v = serde_json::json!({ "url": url, "counts": c, "results": all });
-        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap_or_default()).expect("write JSON report");
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap_or_default())
+            .expect("write JSON report");
     }
 }

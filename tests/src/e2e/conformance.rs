@@ -12,7 +12,10 @@ pub const INITIATOR_2: &str = "iqn.2026-11.io.tandem.test:initiator-2";
 
 /// The top-level `ALL.<suite>` names `iscsi-test-cu -l` lists.
 pub fn suites() -> Vec<String> {
-    let out = Command::new("iscsi-test-cu").arg("-l").output().expect("iscsi-test-cu is installed (Debian package libiscsi-bin)");
+    let out = Command::new("iscsi-test-cu")
+        .arg("-l")
+        .output()
+        .expect("iscsi-test-cu is installed (Debian package libiscsi-bin)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
@@ -23,7 +26,17 @@ pub fn suites() -> Vec<String> {
 
 /// Runs one suite; a suite that outlives `timeout` is killed and its unfinished test fails.
 pub fn run_suite(url: &str, suite: &str, timeout: Duration) -> Vec<TestResult> {
-    let mut args = vec!["--dataloss", "-i", INITIATOR_1, "-I", INITIATOR_2, "-v", "-t", suite, url];
+    let mut args = vec![
+        "--dataloss",
+        "-i",
+        INITIATOR_1,
+        "-I",
+        INITIATOR_2,
+        "-v",
+        "-t",
+        suite,
+        url,
+    ];
     if suite == "ALL.MultipathIO" {
         // A second session to the same LUN stands in for a second path.
         args.push(url);
@@ -67,8 +80,16 @@ pub fn run_suite(url: &str, suite: &str, timeout: Duration) -> Vec<TestResult> {
     cunit::attach_failure_details(&out, &mut results);
     if results.is_empty() {
         // The suite never started a test (e.g. could not log in): count it as one failure.
-        let why = if timed_out { "timed out before any test".to_string() } else { format!("no test ran: {}", err.trim()) };
-        results.push(TestResult { name: format!("{}.(suite)", suite.trim_start_matches("ALL.")), outcome: Outcome::Failed, detail: why });
+        let why = if timed_out {
+            "timed out before any test".to_string()
+        } else {
+            format!("no test ran: {}", err.trim())
+        };
+        results.push(TestResult {
+            name: format!("{}.(suite)", suite.trim_start_matches("ALL.")),
+            outcome: Outcome::Failed,
+            detail: why,
+        });
     }
     if timed_out {
         for r in results.iter_mut().filter(|r| r.detail == "did not finish") {
@@ -115,7 +136,11 @@ pub fn report(label: &str, results: &[TestResult]) -> Counts {
     let c = counts(results);
     for r in results {
         match r.outcome {
-            Outcome::Failed => eprintln!("[{label}] FAIL {}: {}", r.name, r.detail.lines().next().unwrap_or("")),
+            Outcome::Failed => eprintln!(
+                "[{label}] FAIL {}: {}",
+                r.name,
+                r.detail.lines().next().unwrap_or("")
+            ),
             Outcome::Skipped => eprintln!("[{label}] skip {}: {}", r.name, r.detail),
             Outcome::Passed => {}
         }

@@ -65,7 +65,11 @@ pub fn parse(output: &str) -> Vec<TestResult> {
 }
 
 fn finish(name: String, outcome: Outcome, detail: String) -> TestResult {
-    TestResult { name, outcome, detail: detail.trim().to_string() }
+    TestResult {
+        name,
+        outcome,
+        detail: detail.trim().to_string(),
+    }
 }
 
 /// Adds one line of a running test's output; returns the result if the line ends the test.
@@ -80,8 +84,16 @@ fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestRes
     text.push('\n');
     if ends_passed {
         let (name, text) = current.take()?;
-        let outcome = if text.contains("[SKIPPED]") { Outcome::Skipped } else { Outcome::Passed };
-        let detail = if outcome == Outcome::Skipped { first_skip_reason(&text) } else { String::new() };
+        let outcome = if text.contains("[SKIPPED]") {
+            Outcome::Skipped
+        } else {
+            Outcome::Passed
+        };
+        let detail = if outcome == Outcome::Skipped {
+            first_skip_reason(&text)
+        } else {
+            String::new()
+        };
         return Some(finish(name, outcome, detail));
     }
     if ends_failed {
@@ -109,7 +121,10 @@ pub fn attach_failure_details(output: &str, results: &mut [TestResult]) {
             let mut detail = String::new();
             while let Some(next) = lines.peek() {
                 let n = next.trim_start();
-                if n.starts_with("Test: ") || n.starts_with("Run Summary") || n.starts_with("Suite: ") {
+                if n.starts_with("Test: ")
+                    || n.starts_with("Run Summary")
+                    || n.starts_with("Suite: ")
+                {
                     break;
                 }
                 detail.push_str(n);

@@ -8,16 +8,29 @@ use std::time::{Duration, Instant};
 /// Where the workspace's binaries are: `$TANDEM_BIN_DIR`, else `target/release` or
 /// `target/debug` (whichever has the newer `tandem-dataplane`).
 pub fn bin(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf();
     if let Ok(dir) = std::env::var("TANDEM_BIN_DIR") {
         // Relative paths are taken from the workspace root (cargo runs tests in tests/).
         return root.join(dir).join(name);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    let candidates = [target.join("release").join(name), target.join("debug").join(name)];
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let candidates = [
+        target.join("release").join(name),
+        target.join("debug").join(name),
+    ];
     let newest = candidates
         .iter()
-        .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok().map(|t| (t, p.clone())))
+        .filter_map(|p| {
+            p.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, p.clone()))
+        })
         .max_by_key(|(t, _)| *t)
         .map(|(_, p)| p);
     newest.unwrap_or_else(|| {
@@ -27,7 +40,10 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1 (bound and released; small race accepted in tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
 }
 
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
@@ -50,8 +66,13 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, name: &str) -> Proc {
         cmd.stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -60,7 +81,10 @@ impl Proc {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -97,10 +121,18 @@ impl Target {
     /// `extra` are additional `serve` arguments (e.g. `--ram 128MiB`).
     pub fn serve(alias: &str, extra: &[&str]) -> Target {
         let port = free_port();
-        let portal: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid socket address");
+        let portal: SocketAddr = format!("127.0.0.1:{port}")
+            .parse()
+            .expect("valid socket address");
         let iqn = format!("iqn.2026-11.io.tandem:test-{alias}");
         let mut cmd = Command::new(bin("tandem-dataplane"));
-        cmd.arg("serve").arg("--portal").arg(portal.to_string()).arg("--iqn").arg(&iqn).arg("--alias").arg(alias);
+        cmd.arg("serve")
+            .arg("--portal")
+            .arg(portal.to_string())
+            .arg("--iqn")
+            .arg(&iqn)
+            .arg("--alias")
+            .arg(alias);
         cmd.args(extra);
         if std::env::var_os("TANDEM_LOG").is_none() {
             cmd.env("TANDEM_LOG", "warn");
@@ -121,5 +153,7 @@ impl Target {
 /// A directory on a real disk filesystem (O_DIRECT does not work on tmpfs, which /tmp
 /// may be): `$TANDEM_SCRATCH`, else /var/tmp.
 pub fn scratch_dir() -> PathBuf {
-    std::env::var_os("TANDEM_SCRATCH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp"))
+    std::env::var_os("TANDEM_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
 }

@@ -30,9 +30,16 @@ impl Pdu {
 impl RawConn {
     pub fn connect(addr: SocketAddr) -> RawConn {
         let stream = TcpStream::connect(addr).expect("connect to the target");
-        stream.set_read_timeout(Some(Duration::from_secs(3))).expect("set timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("set timeout");
         stream.set_nodelay(true).expect("nodelay");
-        RawConn { stream, cmdsn: 1, expstatsn: 0, next_itt: 1 }
+        RawConn {
+            stream,
+            cmdsn: 1,
+            expstatsn: 0,
+            next_itt: 1,
+        }
     }
 
     pub fn itt(&mut self) -> u32 {
@@ -69,7 +76,16 @@ impl RawConn {
         let data = rest[ahs..ahs + n].to_vec();
         // Track StatSN for responses that carry one.
         let statsn = u32::from_be_bytes([bhs[24], bhs[25], bhs[26], bhs[27]]);
-        if matches!(v.opcode(), Some(Opcode::ScsiResponse | Opcode::LoginResponse | Opcode::TextResponse | Opcode::LogoutResponse | Opcode::TaskMgmtResponse)) {
+        if matches!(
+            v.opcode(),
+            Some(
+                Opcode::ScsiResponse
+                    | Opcode::LoginResponse
+                    | Opcode::TextResponse
+                    | Opcode::LogoutResponse
+                    | Opcode::TaskMgmtResponse
+            )
+        ) {
             self.expstatsn = statsn.wrapping_add(1);
         }
         Ok(Pdu { bhs, data })
@@ -82,7 +98,12 @@ impl RawConn {
     }
 
     /// One-PDU login straight to full feature phase with the given extra keys.
-    pub fn login(&mut self, initiator: &str, target: Option<&str>, extra: &[(&str, &str)]) -> (LoginResponseRepr, Vec<u8>) {
+    pub fn login(
+        &mut self,
+        initiator: &str,
+        target: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> (LoginResponseRepr, Vec<u8>) {
         let mut pairs: Vec<(String, String)> = vec![("InitiatorName".into(), initiator.into())];
         match target {
             Some(t) => {
@@ -115,7 +136,8 @@ impl RawConn {
         req.emit(&mut bhs);
         self.send(bhs, &data).expect("send login");
         let pdu = self.recv().expect("login response");
-        let resp = LoginResponseRepr::parse(&Bhs::new_unchecked(&pdu.bhs[..])).expect("parse login response");
+        let resp = LoginResponseRepr::parse(&Bhs::new_unchecked(&pdu.bhs[..]))
+            .expect("parse login response");
         (resp, pdu.data)
     }
 
