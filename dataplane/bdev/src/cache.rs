@@ -502,17 +502,23 @@ impl Bdev for CacheDev {
     }
 }
 
+/// A read from the backing device.
+struct ReadMiss {
+    tag: u64,
+    offset: u64,
+    len: u64,
+    /// Write clock at submission.
+    clock: u64,
+    /// Lines that existed at submission (pinned against eviction).
+    pinned: Vec<u64>,
+    /// Lines with pass-through writes in flight at submission (never populated).
+    noisy: Vec<u64>,
+}
+
 /// An operation waiting for the inner channel.
 enum Pending {
     /// A read from the backing device (cache miss or mode None).
-    Read {
-        tag: u64,
-        offset: u64,
-        len: u64,
-        clock: u64,
-        pinned: Vec<u64>,
-        noisy: Vec<u64>,
-    },
+    Read(ReadMiss),
     /// A write or discard passed through to the backing device.
     Through {
         tag: u64,
@@ -646,27 +652,26 @@ impl CacheChannel {
         self.inner_submit(
             id,
             op,
-            Pending::Read {
+            Pending::Read(ReadMiss {
                 tag,
                 offset,
                 len,
                 clock,
                 pinned,
                 noisy,
-            },
+            }),
         );
     }
 
-    fn read_done(
-        &mut self,
-        tag: u64,
-        offset: u64,
-        len: u64,
-        clock: u64,
-        pinned: Vec<u64>,
-        noisy: Vec<u64>,
-        c: Completion,
-    ) {
+    fn read_done(&mut self, r: ReadMiss, c: Completion) {
+        let ReadMiss {
+            tag,
+            offset,
+            len,
+            clock,
+            pinned,
+            noisy,
+        } = r;
         let sh = self.sh.clone();
         let bs = sh.bs();
         let mut st = sh.st.lock();
@@ -1073,14 +1078,7 @@ impl CacheChannel {
             return;
         };
         match p {
-            Pending::Read {
-                tag,
-                offset,
-                len,
-                clock,
-                pinned,
-                noisy,
-            } => self.read_done(tag, offset, len, clock, pinned, noisy, c),
+            Pending::Read(r) => self.read_done(r, c),
             Pending::Through {
                 tag,
                 offset,
