@@ -28,6 +28,7 @@ pub fn node_spec(cfg: &NodeConfig) -> NodeSpec {
             tandem_config::PollMode::Always => PollMode::Always,
         },
         spin: DEFAULT_SPIN,
+        timers: Default::default(),
     }
 }
 

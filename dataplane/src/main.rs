@@ -80,6 +80,12 @@ struct ServeArgs {
     /// Identity seed for serial / NAA / EUI-64 (an HA partner uses the same).
     #[arg(long)]
     identity_seed: Option<String>,
+    /// Ping an idle initiator with NOP-In after this many seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    nop_interval: u64,
+    /// Close the connection when a ping stays unanswered this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    nop_timeout: u64,
     /// CHAP user name the initiator must present (with --chap-secret).
     #[arg(long, requires = "chap_secret")]
     chap_user: Option<String>,
@@ -209,6 +215,11 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             PollArg::Adaptive => PollMode::Adaptive,
         },
         spin: tandem_dataplane::config_spec::DEFAULT_SPIN,
+        timers: tandem_dataplane::reactor_ctx::ConnTimers {
+            nop_interval: (a.nop_interval > 0).then(|| std::time::Duration::from_secs(a.nop_interval)),
+            nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
+            ..Default::default()
+        },
     })
 }
 

@@ -8,7 +8,7 @@ use nix::sys::eventfd::EventFd;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tandem_bdev::{AlignedBuf, BdevChannel, BdevOp};
 
 /// Alignment of every data buffer (O_DIRECT on 4K-sector devices).
@@ -45,8 +45,30 @@ impl ReactorHandle {
     }
 }
 
+/// Connection timers (RFC 7143 leaves them to the target).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnTimers {
+    /// Ping an initiator with NOP-In after this much silence (None: never).
+    pub nop_interval: Option<Duration>,
+    /// An unanswered ping this old means the initiator is gone: the connection is closed.
+    pub nop_timeout: Duration,
+    /// A connection must finish login within this time.
+    pub login_timeout: Duration,
+}
+
+impl Default for ConnTimers {
+    fn default() -> Self {
+        ConnTimers {
+            nop_interval: Some(Duration::from_secs(5)),
+            nop_timeout: Duration::from_secs(15),
+            login_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Node-wide state shared by every reactor.
 pub struct Shared {
+    pub timers: ConnTimers,
     pub registry: Arc<Registry>,
     pub sessions: SessionTable,
     pub reactors: OnceLock<Vec<ReactorHandle>>,
@@ -54,8 +76,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(registry: Arc<Registry>) -> Shared {
+    pub fn new(registry: Arc<Registry>, timers: ConnTimers) -> Shared {
         Shared {
+            timers,
             registry,
             sessions: SessionTable::default(),
             reactors: OnceLock::new(),

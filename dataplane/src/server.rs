@@ -63,6 +63,7 @@ pub struct NodeSpec {
     pub cores: Vec<usize>,
     pub poll_mode: PollMode,
     pub spin: Duration,
+    pub timers: crate::reactor_ctx::ConnTimers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +197,7 @@ impl Server {
         for t in &spec.targets {
             registry.add_target(build_target(t, &devices)?);
         }
-        let shared = Arc::new(Shared::new(registry));
+        let shared = Arc::new(Shared::new(registry, spec.timers));
         let cores: Vec<Option<usize>> = if spec.cores.is_empty() {
             vec![None]
         } else {

@@ -1,6 +1,7 @@
 //! NOP-Out/NOP-In (including our liveness pings), Text (SendTargets) and Logout.
 
-use super::{ConnCore, Phase, NOP_INTERVAL, NOP_TIMEOUT};
+use super::{ConnCore, Phase};
+use crate::reactor_ctx::ConnTimers;
 use crate::reactor_ctx::ReactorCtx;
 use std::time::Instant;
 use tandem_iscsi::text::{emit_pairs, parse_pairs, TextLimits};
@@ -66,10 +67,11 @@ impl ConnCore {
     }
 
     /// Pings an idle initiator; closes the connection if a ping goes unanswered.
-    pub(super) fn nop_ping(&mut self, now: Instant) -> usize {
+    pub(super) fn nop_ping(&mut self, now: Instant, timers: ConnTimers) -> usize {
+        let Some(interval) = timers.nop_interval else { return 0 };
         if let Some((_, sent)) = self.ping {
-            if now.duration_since(sent) > NOP_TIMEOUT
-                && now.duration_since(self.last_rx) > NOP_TIMEOUT
+            if now.duration_since(sent) > timers.nop_timeout
+                && now.duration_since(self.last_rx) > timers.nop_timeout
             {
                 tracing::warn!(conn = self.id, peer = %self.peer, "initiator does not answer NOP-In; closing");
                 self.phase = Phase::Closing;
@@ -77,7 +79,7 @@ impl ConnCore {
             }
             return 0;
         }
-        if now.duration_since(self.last_rx) < NOP_INTERVAL || !self.tx.is_empty() {
+        if now.duration_since(self.last_rx) < interval || !self.tx.is_empty() {
             return 0;
         }
         let ttt = self.new_ttt();

@@ -21,7 +21,7 @@ use crate::target::Target;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tandem_iscsi::login::LoginState;
 use tandem_iscsi::params::SessionParams;
 use tandem_iscsi::wire::{Bhs, Opcode, BHS_LEN};
@@ -35,12 +35,6 @@ const PDUS_PER_POLL: usize = 32;
 const READS_PER_POLL: usize = 4;
 /// Data segment limit during login (RFC 7143 §6.1: 8192 bytes).
 const LOGIN_DATA_MAX: usize = 8192;
-/// How long a connection may stay in login before we give up on it.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle time after which we ping the initiator with a NOP-In.
-const NOP_INTERVAL: Duration = Duration::from_secs(5);
-/// A ping unanswered this long means the initiator is gone.
-const NOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Size of the CmdSN window we advertise (ExpCmdSN..=MaxCmdSN).
 const CMD_WINDOW: u32 = task::TASKS_MAX as u32;
 
@@ -414,14 +408,14 @@ impl ConnCore {
     fn timers(&mut self, ctx: &mut ReactorCtx) -> usize {
         match self.phase {
             Phase::Login => {
-                if ctx.now.duration_since(self.created) > LOGIN_TIMEOUT {
+                if ctx.now.duration_since(self.created) > ctx.shared.timers.login_timeout {
                     tracing::warn!(conn = self.id, peer = %self.peer, "login not finished in time; closing");
                     self.phase = Phase::Closing;
                     return 1;
                 }
                 0
             }
-            Phase::FullFeature => self.nop_ping(ctx.now),
+            Phase::FullFeature => self.nop_ping(ctx.now, ctx.shared.timers),
             Phase::Closing => 0,
         }
     }
