@@ -1006,11 +1006,27 @@ fn shared_lines_across_channels() {
 struct Chaos {
     inner: Arc<dyn Bdev>,
     seed: AtomicU64,
+    /// What would survive a power loss: updated by executed flushes (whole device) and FUA
+    /// writes (their range).
+    durable: parking_lot::Mutex<Vec<u8>>,
+}
+
+impl Chaos {
+    fn new(inner: Arc<dyn Bdev>, seed: u64) -> Chaos {
+        let i = inner.info();
+        let size = (u64::from(i.block_size) * i.num_blocks) as usize;
+        Chaos {
+            inner,
+            seed: AtomicU64::new(seed),
+            durable: parking_lot::Mutex::new(vec![0; size]),
+        }
+    }
 }
 
 struct ChaosDev(Arc<Chaos>);
 
 struct ChaosChannel {
+    g: Arc<Chaos>,
     inner: Box<dyn BdevChannel>,
     /// Submitted, not yet executed.
     held: Vec<(u64, BdevOp)>,
@@ -1026,6 +1042,7 @@ impl Bdev for ChaosDev {
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
         let seed = self.0.seed.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(ChaosChannel {
+            g: self.0.clone(),
             inner: self.0.inner.channel()?,
             held: Vec::new(),
             done: Vec::new(),
@@ -1053,8 +1070,25 @@ impl BdevChannel for ChaosChannel {
         for _ in 0..k {
             let i = self.rng.below(self.held.len() as u64) as usize;
             let (tag, op) = self.held.swap_remove(i);
+            let fua = match &op {
+                BdevOp::Write {
+                    offset,
+                    buf,
+                    fua: true,
+                } => Some((*offset as usize, buf.to_vec())),
+                _ => None,
+            };
+            let flush = matches!(op, BdevOp::Flush);
             self.inner.submit(tag, op);
             self.inner.poll(&mut self.done);
+            if let Some((off, data)) = fua {
+                self.g.durable.lock()[off..off + data.len()].copy_from_slice(&data);
+            }
+            if flush {
+                let len = self.g.durable.lock().len() as u32;
+                let all = read(self.inner.as_mut(), 0, len).unwrap();
+                *self.g.durable.lock() = all;
+            }
         }
         // ... and report a random subset of what has been executed, possibly much later.
         let k = self.rng.below(self.done.len() as u64 + 1) as usize;
@@ -1101,10 +1135,8 @@ fn poll_all_until(
 /// reads are checked against the model, then after a final flush the backend itself.
 fn chaos_check(seed: u64, cache_bytes: u64) {
     let ram = open_ram("ram", BS, 256);
-    let chaos = Arc::new(ChaosDev(Arc::new(Chaos {
-        inner: ram.clone(),
-        seed: AtomicU64::new(seed),
-    })));
+    let chaos_state = Arc::new(Chaos::new(ram.clone(), seed));
+    let chaos = Arc::new(ChaosDev(chaos_state.clone()));
     let mut rng = Rng::new(seed);
     let modes = [
         CacheMode::WriteBack,
@@ -1130,8 +1162,21 @@ fn chaos_check(seed: u64, cache_bytes: u64) {
             t.join().unwrap().unwrap();
             assert!(out.is_empty());
         }
+        if rng.below(5) == 0 {
+            // Everything completed so far must be durable once a flush completes.
+            chs[rng.below(2) as usize].submit(1, BdevOp::Flush);
+            poll_all_until(&mut chs, |o| !o.is_empty())[0]
+                .result
+                .as_ref()
+                .unwrap();
+            assert!(
+                *chaos_state.durable.lock() == model,
+                "seed {seed} round {round}: flushed data is not durable"
+            );
+        }
         let mut used: Vec<(u64, u64)> = Vec::new();
         let mut reads = Vec::new();
+        let mut fuas = Vec::new();
         let mut n = 0;
         for i in 0..1 + rng.below(12) {
             let blocks = 1 + rng.below(24);
@@ -1149,12 +1194,16 @@ fn chaos_check(seed: u64, cache_bytes: u64) {
                     model[off as usize..(off + len) as usize].copy_from_slice(&data);
                     let mut buf = ch.alloc_buf(len as usize);
                     buf.copy_from_slice(&data);
+                    let fua = rng.below(6) == 0;
+                    if fua {
+                        fuas.push((off as usize, data));
+                    }
                     ch.submit(
                         tag,
                         BdevOp::Write {
                             offset: off,
                             buf,
-                            fua: rng.below(6) == 0,
+                            fua,
                         },
                     );
                 }
@@ -1185,6 +1234,13 @@ fn chaos_check(seed: u64, cache_bytes: u64) {
                     "seed {seed} round {round}: read {off}+{len} differs from model"
                 );
             }
+        }
+        let durable = chaos_state.durable.lock();
+        for (off, data) in fuas {
+            assert!(
+                durable[off..off + data.len()] == data[..],
+                "seed {seed} round {round}: FUA write at {off} is not durable"
+            );
         }
     }
     chs[0].submit(1, BdevOp::Flush);
@@ -1238,10 +1294,7 @@ fn overlap_check(seed: u64, mode: CacheMode, cache_bytes: u64) {
     let nb = 64u64;
     let bs = u64::from(BS);
     let ram = open_ram("ram", BS, nb);
-    let chaos = Arc::new(ChaosDev(Arc::new(Chaos {
-        inner: ram.clone(),
-        seed: AtomicU64::new(seed),
-    })));
+    let chaos = Arc::new(ChaosDev(Arc::new(Chaos::new(ram.clone(), seed))));
     let dev = with_cache(chaos, mode, cache_bytes);
     let mut chs: Vec<Box<dyn BdevChannel>> = vec![dev.channel().unwrap(), dev.channel().unwrap()];
     let mut rng = Rng::new(seed);
