@@ -158,7 +158,9 @@ impl LogicalUnit {
         let mut st = self.state.lock();
         st.see(from);
         st.spc2_holder = None;
-        st.ua.push_all(Sense::lun_reset_occurred(), Some(from.id));
+        // SAM-5 §6.3.3: a LOGICAL UNIT RESET sets the unit attention for every I_T nexus,
+        // the one that asked for it included (multipath hosts check each path).
+        st.ua.push_all(Sense::lun_reset_occurred(), None);
     }
 
     /// The device grew or shrank: every nexus sees CAPACITY DATA HAS CHANGED.

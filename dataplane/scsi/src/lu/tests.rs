@@ -687,7 +687,7 @@ fn unit_attention_ordering() {
 }
 
 #[test]
-fn lun_reset_clears_spc2_reservation_and_notifies_others() {
+fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus() {
     let mut r = Rig::new();
     let (a, b) = (nexus(1), nexus(2));
     r.lu.nexus_added(&a);
@@ -700,6 +700,7 @@ fn lun_reset_clears_spc2_reservation_and_notifies_others() {
     );
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::ReservationConflict);
     r.lu.lun_reset(&a);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x29, 0x03));
     assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
     assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0x03));
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
