@@ -153,7 +153,7 @@ impl LogicalUnit {
         }
     }
 
-    /// LOGICAL UNIT RESET: clears the SPC-2 reservation, UA 29/03 to the others.
+    /// LOGICAL UNIT RESET: clears the SPC-2 reservation (PRs stay), UA 29/03 to every nexus.
     pub fn lun_reset(&self, from: &Nexus) {
         let mut st = self.state.lock();
         st.see(from);
