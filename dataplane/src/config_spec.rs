@@ -20,6 +20,7 @@ pub fn load(path: &Path) -> Result<NodeSpec, String> {
 pub fn node_spec(cfg: &NodeConfig) -> NodeSpec {
     NodeSpec {
         portals: cfg.node.portals.clone(),
+        userspace_portals: Vec::new(),
         devices: cfg.devices.iter().map(|d| device_spec(cfg, d)).collect(),
         targets: cfg.targets.iter().map(|t| target_spec(cfg, t)).collect(),
         cores: cfg.node.cores.clone(),

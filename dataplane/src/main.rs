@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tandem_bdev::CacheMode;
 use tandem_dataplane::reactor::PollMode;
-use tandem_dataplane::server::{Backing, DeviceSpec, NodeSpec, Server, TargetSpec};
+use tandem_dataplane::server::{
+    Backing, DeviceSpec, NodeSpec, Server, TargetSpec, UserspacePortal,
+};
 use tandem_iscsi::login::AuthPolicy;
 
 #[derive(Parser, Debug)]
@@ -44,6 +46,10 @@ struct ServeArgs {
         default_value = "127.0.0.1:3260"
     )]
     portals: Vec<SocketAddr>,
+    /// Also serve on a userspace TCP stack (smoltcp) attached to TAP device TAP, with its
+    /// own address IP/PREFIX on the TAP's link, port PORT (default 3260). Repeatable.
+    #[arg(long = "utcp", value_name = "TAP,IP/PREFIX[,PORT]", value_parser = parse_utcp)]
+    utcp: Vec<UserspacePortal>,
     /// Target IQN (default: iqn.2026-11.io.tandem:<node>-<alias>).
     #[arg(long)]
     iqn: Option<String>,
@@ -132,6 +138,27 @@ fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
     Ok(out)
 }
 
+fn parse_utcp(s: &str) -> Result<UserspacePortal, String> {
+    let mut parts = s.split(',').map(str::trim);
+    let (Some(tap), Some(cidr)) = (parts.next(), parts.next()) else {
+        return Err(format!("{s:?} is not TAP,IP/PREFIX[,PORT]"));
+    };
+    let port = match parts.next() {
+        Some(p) => p.parse().map_err(|_| format!("bad port {p:?} in {s:?}"))?,
+        None => 3260,
+    };
+    if parts.next().is_some() {
+        return Err(format!("{s:?} is not TAP,IP/PREFIX[,PORT]"));
+    }
+    // Validate now so a typo fails at the command line, not at start.
+    tandem_dataplane::net::utcp::UtcpConfig::new(tap, cidr, port)?;
+    Ok(UserspacePortal {
+        tap: tap.to_string(),
+        cidr: cidr.to_string(),
+        port,
+    })
+}
+
 fn parse_block_size(s: &str) -> Result<u32, String> {
     match s {
         "512" => Ok(512),
@@ -185,6 +212,7 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
     };
     Ok(NodeSpec {
         portals: a.portals,
+        userspace_portals: a.utcp,
         devices: vec![DeviceSpec {
             name: a.alias.clone(),
             backing,
@@ -216,7 +244,8 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         },
         spin: tandem_dataplane::config_spec::DEFAULT_SPIN,
         timers: tandem_dataplane::reactor_ctx::ConnTimers {
-            nop_interval: (a.nop_interval > 0).then(|| std::time::Duration::from_secs(a.nop_interval)),
+            nop_interval: (a.nop_interval > 0)
+                .then(|| std::time::Duration::from_secs(a.nop_interval)),
             nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
             ..Default::default()
         },

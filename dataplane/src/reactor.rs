@@ -5,8 +5,15 @@
 //! spinning for `spin` (yielding the CPU between polls), then sleeps in `epoll_wait` on its
 //! sockets and inbox eventfd, so a client sharing the machine is not starved.
 //! `PollMode::Always` never sleeps, for dedicated cores.
+//!
+//! A reactor may also own userspace TCP stacks (smoltcp on a TAP, `net::utcp`): it polls
+//! each one every loop (before the connections, for what arrived, and after them, for what
+//! they queued), takes their new connections as its own, sleeps on their TAP descriptors,
+//! and wakes in time for their timers.
 
 use crate::conn::Connection;
+use crate::net::utcp::{UserspaceStack, UtcpPortal};
+use crate::net::Transport;
 use crate::reactor_ctx::{split_tag, ReactorCtx, ReactorMsg, Shared};
 use crate::stats::ReactorStats;
 use crossbeam_channel::Receiver;
@@ -41,6 +48,48 @@ const INBOX_PER_POLL: usize = 64;
 /// Connections one reactor serves at most.
 pub const CONNECTIONS_MAX: usize = 1024;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// epoll tokens of userspace stacks count down from here (connection ids are u32).
+const STACK_TOKEN_BASE: u64 = u64::MAX - 1;
+
+/// Builds the userspace stacks handed to this reactor and watches their TAP descriptors.
+fn start_stacks(reactor: usize, portals: Vec<UtcpPortal>, epoll: &Epoll) -> Vec<UserspaceStack> {
+    let mut stacks = Vec::new();
+    for p in portals {
+        let portal = p.cfg.portal();
+        match UserspaceStack::from_portal(p) {
+            Ok(s) => {
+                let token = STACK_TOKEN_BASE - stacks.len() as u64;
+                if let Err(e) = epoll.add(s.poll_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+                {
+                    tracing::error!(reactor, %portal, error = %e, "cannot watch the TAP descriptor");
+                }
+                stacks.push(s);
+            }
+            Err(e) => {
+                tracing::error!(reactor, %portal, error = %e, "userspace TCP portal failed to start")
+            }
+        }
+    }
+    stacks
+}
+
+/// Polls every userspace stack; returns the work done.
+fn poll_stacks(stacks: &[UserspaceStack], now: Instant) -> usize {
+    stacks.iter().map(|s| s.poll(now)).sum()
+}
+
+/// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer (at least
+/// 1 ms: timers already due ran while the reactor spun before sleeping).
+fn sleep_timeout(stacks: &[UserspaceStack], now: Instant) -> EpollTimeout {
+    let cap = Duration::from_millis(SLEEP_MAX_MS as u64);
+    let next = stacks
+        .iter()
+        .filter_map(|s| s.poll_delay(now))
+        .min()
+        .unwrap_or(cap);
+    let ms = next.min(cap).as_millis().clamp(1, SLEEP_MAX_MS as u128) as u16;
+    EpollTimeout::from(ms)
+}
 
 pub fn run(
     cfg: ReactorConfig,
@@ -48,6 +97,7 @@ pub fn run(
     inbox: Receiver<ReactorMsg>,
     wake: Arc<EventFd>,
     stats: Arc<ReactorStats>,
+    utcp: Vec<UtcpPortal>,
 ) {
     if let Some(core) = cfg.core {
         if !tandem_ffi::pin_current_thread(core) {
@@ -67,6 +117,7 @@ pub fn run(
     ) {
         tracing::error!(reactor = cfg.id, error = %e, "cannot watch the inbox eventfd");
     }
+    let stacks = start_stacks(cfg.id, utcp, &epoll);
     let mut ctx = ReactorCtx::new(cfg.id, shared.clone());
     let mut conns: HashMap<u32, Connection> = HashMap::new();
     let mut watching_out: HashMap<u32, bool> = HashMap::new();
@@ -84,21 +135,15 @@ pub fn run(
             work += 1;
             match msg {
                 ReactorMsg::NewConnection(transport) => {
-                    if conns.len() >= CONNECTIONS_MAX {
-                        tracing::warn!(
-                            reactor = cfg.id,
-                            "connection limit reached; refusing a connection"
-                        );
-                        continue;
-                    }
-                    let id = next_conn_id;
-                    next_conn_id = next_conn_id.wrapping_add(1).max(1);
-                    let conn = Connection::new(id, cfg.id, transport, ctx.now);
-                    if let Some(fd) = conn.poll_fd() {
-                        let _ = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id as u64));
-                    }
-                    watching_out.insert(id, false);
-                    conns.insert(id, conn);
+                    admit(
+                        &cfg,
+                        &epoll,
+                        &mut conns,
+                        &mut watching_out,
+                        &mut next_conn_id,
+                        transport,
+                        ctx.now,
+                    );
                 }
                 ReactorMsg::CloseConnection { conn_id } => {
                     if let Some(mut c) = conns.remove(&conn_id) {
@@ -128,6 +173,23 @@ pub fn run(
                 ReactorMsg::Shutdown => break 'outer,
             }
         }
+        if !stacks.is_empty() {
+            work += poll_stacks(&stacks, ctx.now);
+            for s in &stacks {
+                while let Some(t) = s.accept() {
+                    work += 1;
+                    admit(
+                        &cfg,
+                        &epoll,
+                        &mut conns,
+                        &mut watching_out,
+                        &mut next_conn_id,
+                        t,
+                        ctx.now,
+                    );
+                }
+            }
+        }
         for (id, conn) in conns.iter_mut() {
             let r = conn.poll(&mut ctx);
             work += r.work;
@@ -147,6 +209,10 @@ pub fn run(
                 }
                 // Otherwise the connection is gone; dropping the completion frees its buffer.
             }
+        }
+        if !stacks.is_empty() {
+            // Send at once what the connections just queued.
+            work += poll_stacks(&stacks, Instant::now());
         }
         for id in closed.drain(..) {
             if let Some(c) = conns.remove(&id) {
@@ -191,11 +257,38 @@ pub fn run(
             }
         }
         stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let _ = epoll.wait(&mut events, EpollTimeout::from(SLEEP_MAX_MS));
+        let _ = epoll.wait(&mut events, sleep_timeout(&stacks, Instant::now()));
         let _ = wake.read();
     }
     for (_, mut c) in conns.drain() {
         c.kill(&mut ctx);
     }
     tracing::debug!(reactor = cfg.id, "reactor stopped");
+}
+
+/// Takes a new connection into this reactor (or refuses it at the connection limit).
+fn admit(
+    cfg: &ReactorConfig,
+    epoll: &Epoll,
+    conns: &mut HashMap<u32, Connection>,
+    watching_out: &mut HashMap<u32, bool>,
+    next_conn_id: &mut u32,
+    transport: Box<dyn Transport>,
+    now: Instant,
+) {
+    if conns.len() >= CONNECTIONS_MAX {
+        tracing::warn!(
+            reactor = cfg.id,
+            "connection limit reached; refusing a connection"
+        );
+        return;
+    }
+    let id = *next_conn_id;
+    *next_conn_id = next_conn_id.wrapping_add(1).max(1);
+    let conn = Connection::new(id, cfg.id, transport, now);
+    if let Some(fd) = conn.poll_fd() {
+        let _ = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id as u64));
+    }
+    watching_out.insert(id, false);
+    conns.insert(id, conn);
 }

@@ -17,7 +17,7 @@ pub const BUF_ALIGN: usize = 4096;
 /// Messages a reactor accepts from other threads.
 pub enum ReactorMsg {
     /// A new connection accepted by a listener.
-    NewConnection(Box<dyn crate::net::Transport>),
+    NewConnection(Box<dyn crate::net::Transport + Send>),
     /// Close a connection (session reinstatement, device removal).
     CloseConnection {
         conn_id: u32,

@@ -2,6 +2,7 @@
 //! portal listeners; and takes it down cleanly (write-back caches flushed).
 
 use crate::net::listener;
+use crate::net::utcp::{UtcpConfig, UtcpPortal};
 use crate::pr_store::FilePrStore;
 use crate::reactor::{self, PollMode, ReactorConfig};
 use crate::reactor_ctx::{ReactorHandle, ReactorMsg, Shared};
@@ -55,9 +56,20 @@ pub struct TargetSpec {
     pub allowed_initiators: Vec<String>,
 }
 
+/// A portal served by the userspace TCP stack (smoltcp) on a TAP device instead of the
+/// kernel: `cidr` is the stack's own address on the TAP's link, e.g. "10.213.0.2/24".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserspacePortal {
+    pub tap: String,
+    pub cidr: String,
+    pub port: u16,
+}
+
 #[derive(Clone, Debug)]
 pub struct NodeSpec {
     pub portals: Vec<SocketAddr>,
+    /// Userspace TCP portals (none by default); portal i is served by reactor i mod n.
+    pub userspace_portals: Vec<UserspacePortal>,
     pub devices: Vec<DeviceSpec>,
     pub targets: Vec<TargetSpec>,
     pub cores: Vec<usize>,
@@ -193,7 +205,19 @@ impl Server {
             portals.push(l.local_addr().unwrap_or(*p));
             listeners.push(l);
         }
-        let registry = Arc::new(Registry::new(portals.clone()));
+        let mut utcp = Vec::new();
+        let mut advertised = portals.clone();
+        for u in &spec.userspace_portals {
+            let cfg = UtcpConfig::new(&u.tap, &u.cidr, u.port)
+                .map_err(|e| ServerError::Other(format!("userspace portal {}: {e}", u.tap)))?;
+            let p = UtcpPortal::open(cfg).map_err(|e| {
+                ServerError::Other(format!("userspace portal on TAP {}: {e}", u.tap))
+            })?;
+            advertised.push(p.cfg.portal());
+            utcp.push(p);
+        }
+        // SendTargets lists the userspace portals too.
+        let registry = Arc::new(Registry::new(advertised));
         for t in &spec.targets {
             registry.add_target(build_target(t, &devices)?);
         }
@@ -232,12 +256,16 @@ impl Server {
             ));
         }
         let _ = shared.reactors.set(handles);
-        for (cfg, rx, wake, stats) in pending {
+        let mut utcp_for: Vec<Vec<UtcpPortal>> = (0..pending.len()).map(|_| Vec::new()).collect();
+        for (i, p) in utcp.into_iter().enumerate() {
+            utcp_for[i % pending.len()].push(p);
+        }
+        for ((cfg, rx, wake, stats), u) in pending.into_iter().zip(utcp_for) {
             let sh = shared.clone();
             let name = format!("reactor-{}", cfg.id);
             let h = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || reactor::run(cfg, sh, rx, wake, stats))
+                .spawn(move || reactor::run(cfg, sh, rx, wake, stats, u))
                 .map_err(|e| ServerError::Other(format!("spawn reactor: {e}")))?;
             reactor_threads.push(h);
         }

@@ -8,6 +8,7 @@
 //! - [`EventFd`] and [`WakeSet`]: wake-up primitives for reactors that sleep in epoll.
 //! - File helpers: [`open_direct`], [`allocate_thick`], [`punch_hole`], [`logical_block_size`].
 //! - Threads: [`pin_current_thread`], [`set_thread_name`].
+//! - [`Tap`]: a non-blocking TAP interface for the userspace TCP stack.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
@@ -16,6 +17,7 @@
 mod buf;
 mod event;
 mod file;
+mod tap;
 mod thread;
 mod uring;
 
@@ -25,5 +27,6 @@ pub use file::{
     allocate_thick, device_size, dio_alignment, logical_block_size, open_direct, punch_hole,
     DioAlignment, DirectFile,
 };
+pub use tap::Tap;
 pub use thread::{pin_current_thread, set_thread_name};
 pub use uring::{Uring, UringCompletion};

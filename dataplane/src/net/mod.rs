@@ -3,6 +3,7 @@
 
 pub mod listener;
 pub mod tcp;
+pub mod utcp;
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -11,7 +12,11 @@ use std::net::SocketAddr;
 ///
 /// `recv` and `send_vectored` return `ErrorKind::WouldBlock` instead of waiting; the reactor
 /// polls them again later. `Ok(0)` from `recv` means the peer closed the stream.
-pub trait Transport: Send {
+///
+/// Not `Send`: a userspace TCP connection is a handle into its reactor's stack. Transports
+/// that cross threads (kernel TCP from the listener thread) travel as
+/// `Box<dyn Transport + Send>`.
+pub trait Transport {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
     fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     fn local_addr(&self) -> Option<SocketAddr>;
