@@ -110,6 +110,9 @@ say "I/O pause after the cut: from +${GAP_FROM}s to +${GAP_TO}s; fio resumed $GA
 multipath -ll
 [ "$FIO_RC" = 0 ] || fail "fio failed while $LAB_CUT_LINK was cut"
 grep -q 'err= 0' /tmp/fio.out || fail "fio reported errors"
+read -r VERIFIED WRITTEN < <(sed -n 's/.*issued rwts: total=\([0-9]*\),\([0-9]*\),.*/\1 \2/p' /tmp/fio.out)
+say "fio wrote ${WRITTEN:-?} blocks of 64 KiB and read back and verified ${VERIFIED:-?} of them (crc32c) while the path failed over"
+[ "${VERIFIED:-0}" -gt 0 ] || fail "fio verified nothing"
 
 section "link ${LAB_CUT_LINK} restored"
 T_RESTORE=$(lab_ctl restore "$LAB_CUT_LINK") || fail "host could not restore $LAB_CUT_LINK"
@@ -134,4 +137,4 @@ for p in $PATHS; do
 done
 
 section "summary"
-say "PASS: $NPORTALS sessions, one map $MAP, same SCSIid on every path, fio verified (rc $FIO_RC) through the cut of $LAB_CUT_LINK, I/O resumed ${GAP_TO}s after the cut, path active again after restore"
+say "PASS: $NPORTALS sessions, one map $MAP, same SCSIid on every path, fio verified $VERIFIED blocks (rc $FIO_RC) through the cut of $LAB_CUT_LINK, I/O resumed ${GAP_TO}s after the cut, path active again after restore"
