@@ -1446,3 +1446,74 @@ fn overlap_soak() {
         }
     }
 }
+
+/// Rough throughput check (not a benchmark; `perf/` has those):
+/// `cargo test --release -p tandem-bdev throughput_smoke -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput_smoke() {
+    fn drive(name: &str, dev: &Arc<dyn Bdev>, write: bool, qd: usize, secs: f64) {
+        let mut ch = dev.channel().unwrap();
+        let nb = dev.info().num_blocks;
+        let mut rng = Rng::new(1);
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut done = 0u64;
+        let mut inflight = 0;
+        let (mut sleeps, mut timeouts) = (0u64, 0u64);
+        while start.elapsed().as_secs_f64() < secs {
+            while inflight < qd {
+                let off = rng.below(nb) * u64::from(BS);
+                let op = if write {
+                    let buf = ch.alloc_buf(BS as usize);
+                    BdevOp::Write {
+                        offset: off,
+                        buf,
+                        fua: false,
+                    }
+                } else {
+                    BdevOp::Read {
+                        offset: off,
+                        len: BS,
+                    }
+                };
+                ch.submit(0, op);
+                inflight += 1;
+            }
+            if ch.poll(&mut out) == 0 {
+                if let Some(fd) = ch.wake_fd() {
+                    sleeps += 1;
+                    if !tandem_ffi::wait_readable(fd, 10).unwrap() {
+                        timeouts += 1;
+                    }
+                }
+            }
+            for c in out.drain(..) {
+                c.result.unwrap();
+                if let Some(b) = c.buf {
+                    ch.free_buf(b);
+                }
+                inflight -= 1;
+                done += 1;
+            }
+        }
+        let iops = done as f64 / start.elapsed().as_secs_f64();
+        eprintln!(
+            "{name:28} {:>9.0} IOPS {:>6.0} MiB/s  sleeps {sleeps} timeouts {timeouts}",
+            iops,
+            iops * f64::from(BS) / 1048576.0
+        );
+    }
+    let f = file();
+    drive("ram read qd1", &open_ram("r", BS, BLOCKS), false, 1, 1.0);
+    drive("file read qd32", &f.dev, false, 32, 2.0);
+    drive("file write qd32", &f.dev, true, 32, 2.0);
+    let wb = with_cache(f.dev.clone(), CacheMode::WriteBack, 64 << 20);
+    drive("cache(wb) write qd32", &wb, true, 32, 2.0);
+    drive("cache(wb) read qd32 (hits)", &wb, false, 32, 2.0);
+    let wt = with_cache(f.dev.clone(), CacheMode::WriteThrough, 64 << 20);
+    drive("cache(wt) read qd32", &wt, false, 32, 2.0);
+    let none = with_cache(f.dev.clone(), CacheMode::None, 64 << 20);
+    drive("cache(none) read qd32", &none, false, 32, 2.0);
+    drive("file read qd32 (written)", &f.dev, false, 32, 2.0);
+}
