@@ -12,7 +12,9 @@ const STD_INQUIRY_LEN: usize = 96;
 /// Upper bounds reported in VPD 0xB0 and enforced by UNMAP / WRITE SAME.
 pub const MAX_UNMAP_LBA_COUNT: u32 = 0x0010_0000;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
-pub const MAX_WRITE_SAME_BLOCKS: u64 = 0x0040_0000;
+/// WRITE SAME bound per command (as LIO): keeps one command's expansion
+/// work bounded; longer ranges are split by the host.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 /// Largest COMPARE AND WRITE, in blocks (the CDB field is one byte).
 pub const MAX_CAW_BLOCKS: u32 = 255;
 

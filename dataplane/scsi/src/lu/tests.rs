@@ -529,6 +529,18 @@ fn write_same_expands_in_chunks_and_unmaps_zeroes() {
         sense_of(&r.run(&n, &rw10(0x41, 0, 1), &[0; 10])),
         (5, 0x0E, 3)
     );
+    // Beyond MAXIMUM WRITE SAME LENGTH (0xFFFF blocks).
+    let mut big = Rig::with(
+        LuConfig {
+            num_blocks: 0x20000,
+            ..config()
+        },
+        None,
+    );
+    assert_eq!(
+        sense_of(&big.run(&n, &rw16(0x93, 0, 0x10000), &[0; BS])),
+        (5, 0x24, 0)
+    );
     // NDOB needs no data.
     let mut nd = rw16(0x93, 2000 - 1024, 1);
     nd[1] = 0x01;
