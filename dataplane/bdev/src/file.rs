@@ -58,6 +58,11 @@ fn io_err(context: &str, e: io::Error) -> BdevError {
 
 /// Opens (or creates, thick) an image file or block device. See [`FileConfig`].
 pub fn open_file(cfg: &FileConfig) -> Result<Arc<dyn Bdev>, BdevError> {
+    open_file_with(cfg, true)
+}
+
+/// `open_file` with hole punching optionally disabled (tests of the zero-writing path).
+pub(crate) fn open_file_with(cfg: &FileConfig, punch: bool) -> Result<Arc<dyn Bdev>, BdevError> {
     use std::os::unix::fs::FileTypeExt;
     let path = &cfg.path;
     let shown = path.display();
@@ -150,7 +155,7 @@ pub fn open_file(cfg: &FileConfig) -> Result<Arc<dyn Bdev>, BdevError> {
         num_blocks: AtomicU64::new(size / u64::from(block_size)),
         read_only: cfg.read_only,
         is_block_device,
-        punch_ok: AtomicBool::new(true),
+        punch_ok: AtomicBool::new(punch),
         resize_lock: Mutex::new(()),
     }))))
 }
@@ -664,5 +669,76 @@ impl BdevChannel for FileChannel {
 
     fn free_buf(&mut self, buf: AlignedBuf) {
         self.pool.free(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{pattern, read, run, test_dir, write};
+
+    #[test]
+    fn discard_without_hole_punching_writes_zeroes() {
+        let dir = tempfile::tempdir_in(test_dir()).unwrap();
+        let cfg = FileConfig {
+            name: "z".into(),
+            path: dir.path().join("z.img"),
+            size_bytes: Some(8 << 20),
+            block_size: 512,
+            read_only: false,
+        };
+        let dev = open_file_with(&cfg, false).unwrap();
+        let mut ch = dev.channel().unwrap();
+        let data = pattern(1, 4 << 20);
+        write(ch.as_mut(), 0, &data, false).unwrap();
+        // 2.5 MiB + 512: several zero chunks and a partial one
+        let len = (5 << 19) + 512;
+        run(ch.as_mut(), BdevOp::Discard { offset: 512, len })
+            .result
+            .unwrap();
+        let back = read(ch.as_mut(), 0, 4 << 20).unwrap();
+        let end = 512 + len as usize;
+        assert_eq!(back[..512], data[..512]);
+        assert!(back[512..end].iter().all(|&b| b == 0));
+        assert_eq!(back[end..], data[end..]);
+        // the file is still fully allocated (no holes were punched)
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&cfg.path).unwrap();
+        assert!(m.blocks() * 512 >= 8 << 20);
+    }
+
+    #[test]
+    fn many_in_flight_beyond_ring_size() {
+        let dir = tempfile::tempdir_in(test_dir()).unwrap();
+        let cfg = FileConfig {
+            name: "q".into(),
+            path: dir.path().join("q.img"),
+            size_bytes: Some(4 << 20),
+            block_size: 4096,
+            read_only: false,
+        };
+        let dev = open_file(&cfg).unwrap();
+        let mut ch = dev.channel().unwrap();
+        let n = 2 * RING_ENTRIES as u64 + 10;
+        for i in 0..n {
+            let mut b = ch.alloc_buf(4096);
+            b.fill(i as u8);
+            ch.submit(
+                i,
+                BdevOp::Write {
+                    offset: (i % 1024) * 4096,
+                    buf: b,
+                    fua: false,
+                },
+            );
+        }
+        assert_eq!(ch.in_flight(), n as usize);
+        let done = crate::tests::wait_all(ch.as_mut(), n as usize);
+        assert!(done.iter().all(|c| c.result.is_ok()));
+        assert_eq!(ch.in_flight(), 0);
+        for i in [1, n / 2, n - 1] {
+            let back = read(ch.as_mut(), i * 4096, 4096).unwrap();
+            assert!(back.iter().all(|&b| b == i as u8), "block {i}");
+        }
     }
 }
