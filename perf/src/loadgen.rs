@@ -99,6 +99,15 @@ pub struct LoadgenResult {
     pub first_error: Option<String>,
 }
 
+/// SAM-2 single-level LUN encoding in the 8-byte LUN field (peripheral or flat addressing).
+pub fn encode_lun(lun: u64) -> u64 {
+    if lun < 256 {
+        lun << 48
+    } else {
+        ((0x4000 | (lun & 0x3fff)) << 48) & 0xffff_0000_0000_0000
+    }
+}
+
 fn isid_for(job: usize) -> [u8; 6] {
     let pid = std::process::id();
     let p = pid.to_be_bytes();
@@ -121,7 +130,7 @@ pub fn run(cfg: &LoadgenConfig) -> Result<LoadgenResult, InitError> {
             &SessionKind::Normal(target.clone()),
             isid_for(j),
         )?;
-        let g = s.read_capacity(cfg.lun)?;
+        let g = s.read_capacity(encode_lun(cfg.lun))?;
         geometry.get_or_insert(g);
         sessions.push(s);
     }
@@ -133,7 +142,7 @@ pub fn run(cfg: &LoadgenConfig) -> Result<LoadgenResult, InitError> {
     let mut handles = Vec::with_capacity(jobs);
     for (j, mut s) in sessions.into_iter().enumerate() {
         let spec = JobSpec {
-            lun: cfg.lun,
+            lun: encode_lun(cfg.lun),
             mix: cfg.mix,
             random: cfg.random,
             io_bytes: cfg.io_bytes,
