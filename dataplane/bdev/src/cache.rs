@@ -1167,7 +1167,9 @@ impl BdevChannel for CacheChannel {
     }
 
     fn in_flight(&self) -> usize {
-        self.user_ops
+        // Write-backs count: they complete only through our poll, and a Flush on any
+        // channel (or `flush_blocking`) may be waiting for them.
+        self.user_ops + self.wb_runs
     }
 
     fn wake_fd(&self) -> Option<RawFd> {

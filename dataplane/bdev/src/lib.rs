@@ -140,16 +140,23 @@ pub trait Bdev: Send + Sync {
     /// Grows the device online to `new_num_blocks` (shrinking is refused).
     fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError>;
     /// Writes back any cached data and syncs the backing store. Blocks the calling thread;
-    /// for shutdown and control paths, never on a reactor.
+    /// for shutdown and control paths, never on a reactor. Other channels of the device must
+    /// keep honouring the polling contract of [`BdevChannel`] (or be dropped: dropping a
+    /// channel finishes its background work), since write-backs they started complete only
+    /// through their `poll`. Gives up with an error after two minutes.
     fn flush_blocking(&self) -> Result<(), BdevError>;
-    /// Changes the cache mode live; leaving write-back writes all dirty data back first.
+    /// Changes the cache mode live; leaving write-back writes all dirty data back first
+    /// (blocking, like [`Bdev::flush_blocking`]). Devices without a cache layer accept only
+    /// [`CacheMode::None`].
     fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError>;
 }
 
 /// A per-thread handle for submitting I/O to a [`Bdev`].
 ///
-/// Contract for reactors: after submitting, call [`BdevChannel::poll`] before sleeping;
-/// sleep on [`BdevChannel::wake_fd`] (if `Some`) while `in_flight() > 0`.
+/// Contract for reactors: keep calling [`BdevChannel::poll`] while `in_flight() > 0` (a
+/// reactor may sleep on [`BdevChannel::wake_fd`] meanwhile, if it is `Some`, instead of
+/// spinning). With `in_flight() == 0` the channel needs no attention: nothing will complete
+/// and no background work is pending on it.
 pub trait BdevChannel: Send {
     /// Starts an operation. Never blocks; every submission produces exactly one completion
     /// (errors included) from a later [`BdevChannel::poll`].
@@ -157,7 +164,8 @@ pub trait BdevChannel: Send {
     /// Appends finished operations to `out` and drives background work (write-back), bounded
     /// per call. Returns how many completions were appended.
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize;
-    /// Operations submitted and not yet returned by `poll`.
+    /// Operations submitted and not yet returned by `poll`, plus background work this
+    /// channel is driving (write-back of a cache). Non-zero means "poll me again".
     fn in_flight(&self) -> usize;
     /// A descriptor that is readable when `poll` has work to do; `None` means completions
     /// are always ready immediately after `submit`.
