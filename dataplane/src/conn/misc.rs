@@ -68,7 +68,9 @@ impl ConnCore {
 
     /// Pings an idle initiator; closes the connection if a ping goes unanswered.
     pub(super) fn nop_ping(&mut self, now: Instant, timers: ConnTimers) -> usize {
-        let Some(interval) = timers.nop_interval else { return 0 };
+        let Some(interval) = timers.nop_interval else {
+            return 0;
+        };
         if let Some((_, sent)) = self.ping {
             if now.duration_since(sent) > timers.nop_timeout
                 && now.duration_since(self.last_rx) > timers.nop_timeout

@@ -14,6 +14,20 @@ mod tx;
 
 pub use rx::{FrameEvent, FrameLimits, RxBuffer};
 
+/// Data-Out segments at least this long are received straight into the task's aligned
+/// buffer (no copy through the receive buffer).
+const DIRECT_RX_MIN: usize = 16 * 1024;
+
+/// A Data-Out whose payload is being received straight into its task's buffer.
+#[derive(Debug, Clone, Copy)]
+struct DirectRx {
+    accepted: scsi::AcceptedData,
+    next: usize,
+    end: usize,
+    pad: usize,
+    len: usize,
+}
+
 use crate::net::Transport;
 use crate::reactor_ctx::ReactorCtx;
 use crate::session::{ConnRef, SessionKey};
@@ -67,6 +81,7 @@ pub struct Connection {
     pub id: u32,
     transport: Box<dyn Transport>,
     rx: RxBuffer,
+    direct: Option<DirectRx>,
     core: ConnCore,
 }
 
@@ -110,6 +125,7 @@ impl Connection {
             id,
             transport,
             rx: RxBuffer::new(RxBuffer::frame_max(&limits)),
+            direct: None,
             core: ConnCore {
                 id,
                 reactor,
@@ -180,8 +196,84 @@ impl Connection {
         PollResult { work, closed }
     }
 
+    /// Continues a direct receive; returns (bytes received, still in progress).
+    fn direct_receive(&mut self) -> io::Result<(usize, bool)> {
+        let Some(mut d) = self.direct else {
+            return Ok((0, false));
+        };
+        let mut got = 0;
+        for _ in 0..READS_PER_POLL {
+            if d.next == d.end {
+                break;
+            }
+            let Some(buf) = self.core.data_out_buf(d.accepted.slot) else {
+                return Err(io::Error::other("task vanished during a direct receive"));
+            };
+            match self.transport.recv(&mut buf[d.next..d.end]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    d.next += n;
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if d.next < d.end {
+            self.direct = Some(d);
+            return Ok((got, true));
+        }
+        self.direct = None;
+        self.rx.skip(d.pad);
+        self.core.data_out_landed(d.accepted, d.len);
+        Ok((got.max(1), false))
+    }
+
+    /// If the next PDU is a large Data-Out whose data has not all arrived, accepts its
+    /// header and switches to receiving its payload straight into the task buffer.
+    fn start_direct_receive(&mut self, ctx: &mut ReactorCtx) -> bool {
+        let limits = self.core.limits;
+        let Some(p) = self.rx.peek_partial(&limits) else {
+            return false;
+        };
+        if p.data_len < DIRECT_RX_MIN
+            || Bhs::new_unchecked(&p.bhs[..]).opcode() != Some(Opcode::DataOut)
+        {
+            return false;
+        }
+        let accepted = self.core.accept_data_out(ctx, &p.bhs, p.data_len);
+        let have = self.rx.take_partial(&p);
+        let pad = tandem_iscsi::wire::pad4(p.data_len) - p.data_len;
+        let Some(accepted) = accepted else {
+            // Refused (and answered): throw its data away as it arrives.
+            self.rx.skip(p.data_len - have.len() + pad);
+            return true;
+        };
+        let start = accepted.buffer_offset;
+        let n = have.len();
+        if let Some(buf) = self.core.data_out_buf(accepted.slot) {
+            buf[start..start + n].copy_from_slice(&self.rx.bytes()[have]);
+        }
+        self.direct = Some(DirectRx {
+            accepted,
+            next: start + n,
+            end: start + p.data_len,
+            pad,
+            len: p.data_len,
+        });
+        true
+    }
+
     fn read_and_handle(&mut self, ctx: &mut ReactorCtx) -> io::Result<usize> {
         let mut work = 0;
+        if self.direct.is_some() {
+            let (n, pending) = self.direct_receive()?;
+            work += n.min(1);
+            if pending {
+                return Ok(work);
+            }
+        }
         for _ in 0..READS_PER_POLL {
             if self.core.tx.len() >= TX_QUEUE_SOFT_MAX {
                 break;

@@ -173,6 +173,65 @@ impl RxBuffer {
     }
 }
 
+/// A PDU whose header is complete but whose data is still arriving.
+#[derive(Debug, Clone, Copy)]
+pub struct PartialPdu {
+    pub bhs: [u8; BHS_LEN],
+    header_len: usize,
+    pub data_len: usize,
+}
+
+impl RxBuffer {
+    /// The next PDU if its header is here but its data is not complete yet (and there is no
+    /// data digest to check), so the caller can receive the rest straight into its own
+    /// buffer instead of through this one.
+    pub fn peek_partial(&self, limits: &FrameLimits) -> Option<PartialPdu> {
+        if self.skip > 0 || limits.data_digest {
+            return None;
+        }
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < BHS_LEN {
+            return None;
+        }
+        let view = Bhs::new_unchecked(&avail[..BHS_LEN]);
+        let data_len = view.data_segment_len() as usize;
+        let header_len = BHS_LEN + view.total_ahs_len() + if limits.header_digest { 4 } else { 0 };
+        if data_len > limits.max_data_len
+            || avail.len() < header_len
+            || avail.len() >= header_len + pad4(data_len)
+        {
+            return None;
+        }
+        if limits.header_digest && !header_digest_ok(&avail[..header_len]) {
+            return None;
+        }
+        let mut bhs = [0u8; BHS_LEN];
+        bhs.copy_from_slice(&avail[..BHS_LEN]);
+        Some(PartialPdu {
+            bhs,
+            header_len,
+            data_len,
+        })
+    }
+
+    /// Takes the partial PDU's header and the data bytes already buffered; returns their
+    /// range in [`RxBuffer::bytes`] (valid until the next read). The caller receives the
+    /// remaining `data_len - range.len()` bytes itself, then calls `skip` for the padding.
+    pub fn take_partial(&mut self, p: &PartialPdu) -> Range<usize> {
+        let data_start = self.start + p.header_len;
+        let data_end = self.end.min(data_start + p.data_len);
+        self.start = data_end.max(data_start);
+        data_start..self.start
+    }
+
+    /// Drops the next `n` bytes of the stream, buffered or not yet received.
+    pub fn skip(&mut self, n: usize) {
+        let now = n.min(self.end - self.start);
+        self.start += now;
+        self.skip += n - now;
+    }
+}
+
 fn header_digest_ok(header_with_digest: &[u8]) -> bool {
     let n = header_with_digest.len() - 4;
     let d = &header_with_digest[n..];
@@ -182,6 +241,24 @@ fn header_digest_ok(header_with_digest: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_pdu_hands_out_header_and_buffered_data() {
+        let l = limits();
+        let mut rx = RxBuffer::new(1024);
+        let mut stream = pdu(0x05, &[9u8; 6000]);
+        stream.extend(pdu(0x00, b"next"));
+        feed(&mut rx, &stream[..100]);
+        let p = rx.peek_partial(&l).expect("header complete, data not");
+        assert_eq!(p.data_len, 6000);
+        let r = rx.take_partial(&p);
+        assert_eq!(r.len(), 100 - BHS_LEN);
+        // The caller receives the remaining data itself, then drops the padding.
+        rx.skip(pad4(6000) - 6000);
+        let rest = &stream[BHS_LEN + pad4(6000)..];
+        feed(&mut rx, rest);
+        assert!(matches!(rx.next_frame(&l), Some(FrameEvent::Pdu(f)) if f.bhs[0] == 0));
+    }
 
     fn limits() -> FrameLimits {
         FrameLimits {

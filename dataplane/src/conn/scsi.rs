@@ -228,12 +228,35 @@ impl ConnCore {
         }
     }
 
-    pub(super) fn on_data_out(&mut self, _ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_data_out(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+        let Some(accepted) = self.accept_data_out(ctx, bhs, data.len()) else {
+            return;
+        };
+        if let Some(buf) = self
+            .tasks
+            .get_mut(accepted.slot)
+            .and_then(|t| t.data_out.as_mut())
+        {
+            let start = accepted.buffer_offset;
+            buf[start..start + data.len()].copy_from_slice(data);
+        }
+        self.data_out_landed(accepted, data.len());
+    }
+
+    /// Checks a Data-Out header against its task (ITT, TTT, offsets, DataSN) and does the
+    /// R2T bookkeeping. Returns where its `len` data bytes go, or None if they are to be
+    /// dropped (the PDU was answered with a Reject or the command has failed).
+    pub(super) fn accept_data_out(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        bhs: &[u8; BHS_LEN],
+        len: usize,
+    ) -> Option<AcceptedData> {
         let d = match DataOutRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(d) => d,
             Err(_) => {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
-                return;
+                return None;
             }
         };
         let Some(slot) = self.tasks.slot_of(d.itt) else {
@@ -244,19 +267,16 @@ impl ConnCore {
                 "Data-Out for an unknown task; rejected"
             );
             self.send_reject(reject::INVALID_PDU_FIELD, bhs);
-            return;
+            return None;
         };
-        let Some(t) = self.tasks.get_mut(slot) else {
-            return;
-        };
+        let t = self.tasks.get_mut(slot)?;
         if t.stage != TaskStage::CollectingData || !t.write {
-            if t.draining {
-                return;
+            if !t.draining {
+                self.send_reject(reject::PROTOCOL_ERROR, bhs);
             }
-            self.send_reject(reject::PROTOCOL_ERROR, bhs);
-            return;
+            return None;
         }
-        let end = d.buffer_offset as u64 + data.len() as u64;
+        let end = d.buffer_offset as u64 + len as u64;
         if end > t.edtl as u64 {
             tracing::warn!(
                 conn = self.id,
@@ -264,29 +284,29 @@ impl ConnCore {
                 "Data-Out beyond the expected length; rejected"
             );
             self.send_reject(reject::PROTOCOL_ERROR, bhs);
-            return;
+            return None;
         }
         let mut burst_done = false;
         let datasn_ok;
         if d.ttt == u32::MAX {
             if end > t.unsolicited_end as u64 {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
-                return;
+                return None;
             }
             datasn_ok = d.datasn == t.unsolicited_datasn;
             t.unsolicited_datasn = t.unsolicited_datasn.wrapping_add(1);
         } else {
             let Some(w) = t.r2ts.iter_mut().find(|w| w.ttt == d.ttt) else {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
-                return;
+                return None;
             };
             if (d.buffer_offset as u64) < w.offset as u64 || end > w.offset as u64 + w.len as u64 {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
-                return;
+                return None;
             }
             datasn_ok = d.datasn == w.next_datasn;
             w.next_datasn = w.next_datasn.wrapping_add(1);
-            w.received += data.len() as u32;
+            w.received += len as u32;
             if w.received >= w.len || d.final_flag {
                 burst_done = true;
                 let ttt = d.ttt;
@@ -294,7 +314,7 @@ impl ConnCore {
             }
         }
         if t.draining {
-            return;
+            return None;
         }
         if !datasn_ok {
             // ErrorRecoveryLevel 0 cannot ask for the missing PDU again: the command fails
@@ -307,20 +327,40 @@ impl ConnCore {
             );
             t.draining = true;
             t.r2ts.clear();
-            self.send_reply(_ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
+            self.send_reply(ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
+            return None;
+        }
+        if t.data_out.is_none() {
+            return None;
+        }
+        Some(AcceptedData {
+            slot,
+            buffer_offset: d.buffer_offset as usize,
+            burst_done,
+        })
+    }
+
+    /// The data of an accepted Data-Out is in the task's buffer: count it, and run the
+    /// command or ask for the next burst.
+    pub(super) fn data_out_landed(&mut self, accepted: AcceptedData, len: usize) {
+        let slot = accepted.slot;
+        let Some(t) = self.tasks.get_mut(slot) else {
             return;
-        }
-        if let Some(buf) = t.data_out.as_mut() {
-            let start = d.buffer_offset as usize;
-            buf[start..start + data.len()].copy_from_slice(data);
-        }
-        t.received = t.received.saturating_add(data.len() as u32);
+        };
+        t.received = t.received.saturating_add(len as u32);
         if t.received >= t.edtl && t.r2ts.is_empty() {
             t.stage = TaskStage::Ready;
             self.ready.push_back(slot);
-        } else if burst_done {
+        } else if accepted.burst_done {
             self.issue_r2ts(slot);
         }
+    }
+
+    /// The Data-Out buffer of a task, for receiving straight from the socket.
+    pub(super) fn data_out_buf(&mut self, slot: usize) -> Option<&mut [u8]> {
+        self.tasks
+            .get_mut(slot)
+            .and_then(|t| t.data_out.as_deref_mut())
     }
 
     pub(super) fn run_ready(&mut self, ctx: &mut ReactorCtx) -> usize {
@@ -796,6 +836,14 @@ fn check_condition(sense: Vec<u8>) -> Reply {
         data: ReplyData::None,
         sense: Some(sense),
     }
+}
+
+/// Where an accepted Data-Out's payload goes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AcceptedData {
+    pub slot: usize,
+    pub buffer_offset: usize,
+    pub burst_done: bool,
 }
 
 enum WriteFit {

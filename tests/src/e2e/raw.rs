@@ -97,7 +97,7 @@ impl RawConn {
         matches!(self.stream.read(&mut b), Ok(0) | Err(_))
     }
 
-    /// One-PDU login straight to full feature phase with the given extra keys.
+    /// One-PDU login (operational stage straight to full feature phase) with extra keys.
     pub fn login(
         &mut self,
         initiator: &str,
@@ -112,7 +112,6 @@ impl RawConn {
             }
             None => pairs.push(("SessionType".into(), "Discovery".into())),
         }
-        pairs.push(("AuthMethod".into(), "None".into()));
         for (k, v) in extra {
             pairs.push((k.to_string(), v.to_string()));
         }
@@ -121,7 +120,9 @@ impl RawConn {
         let req = LoginRequestRepr {
             transit: true,
             cont: false,
-            csg: Stage::Security,
+            // No authentication: start in the operational stage, where the target declares
+            // its MaxRecvDataSegmentLength.
+            csg: Stage::Operational,
             nsg: Stage::FullFeature,
             version_max: 0,
             version_min: 0,
@@ -164,5 +165,96 @@ impl RawConn {
         repr.emit(&mut bhs);
         self.send(bhs, data).expect("send SCSI command");
         itt
+    }
+}
+
+/// Outcome of a full SCSI command driven through [`RawConn::command`].
+pub struct CommandResult {
+    pub status: u8,
+    pub data_in: Vec<u8>,
+    pub sense: Vec<u8>,
+}
+
+impl RawConn {
+    /// Runs one SCSI command to completion: sends `immediate` bytes of `data_out` with the
+    /// command, answers every R2T with Data-Out PDUs of at most `seg` bytes, gathers Data-In.
+    pub fn command(
+        &mut self,
+        cdb: &[u8],
+        read_len: u32,
+        data_out: &[u8],
+        immediate: usize,
+        seg: usize,
+    ) -> CommandResult {
+        use tandem_iscsi::wire::{DataInRepr, DataOutRepr, R2tRepr, ScsiResponseRepr};
+        let write = !data_out.is_empty();
+        let edtl = if write {
+            data_out.len() as u32
+        } else {
+            read_len
+        };
+        let imm = immediate.min(data_out.len());
+        let itt = self.scsi(cdb, edtl, read_len > 0, write, &data_out[..imm]);
+        let mut data_in = vec![0u8; read_len as usize];
+        loop {
+            let pdu = self.recv().expect("command response");
+            let bhs = Bhs::new_unchecked(&pdu.bhs[..]);
+            match pdu.opcode() {
+                Some(Opcode::R2T) => {
+                    let r = R2tRepr::parse(&bhs).expect("R2T");
+                    assert_eq!(r.itt, itt);
+                    let (mut off, end) = (
+                        r.buffer_offset as usize,
+                        (r.buffer_offset + r.desired_len) as usize,
+                    );
+                    let mut datasn = 0;
+                    while off < end {
+                        let n = (end - off).min(seg);
+                        let d = DataOutRepr {
+                            final_flag: off + n == end,
+                            lun: 0,
+                            itt,
+                            ttt: r.ttt,
+                            expstatsn: self.expstatsn,
+                            datasn,
+                            buffer_offset: off as u32,
+                        };
+                        let mut h = [0u8; BHS_LEN];
+                        d.emit(&mut h);
+                        self.send(h, &data_out[off..off + n])
+                            .expect("send Data-Out");
+                        datasn += 1;
+                        off += n;
+                    }
+                }
+                Some(Opcode::DataIn) => {
+                    let d = DataInRepr::parse(&bhs).expect("Data-In");
+                    let o = d.buffer_offset as usize;
+                    data_in[o..o + pdu.data.len()].copy_from_slice(&pdu.data);
+                    if d.status_present {
+                        self.expstatsn = d.statsn.wrapping_add(1);
+                        return CommandResult {
+                            status: d.status,
+                            data_in,
+                            sense: Vec::new(),
+                        };
+                    }
+                }
+                Some(Opcode::ScsiResponse) => {
+                    let r = ScsiResponseRepr::parse(&bhs).expect("SCSI Response");
+                    let sense = if pdu.data.len() > 2 {
+                        pdu.data[2..].to_vec()
+                    } else {
+                        Vec::new()
+                    };
+                    return CommandResult {
+                        status: r.status,
+                        data_in,
+                        sense,
+                    };
+                }
+                other => panic!("unexpected PDU {other:?} during a command"),
+            }
+        }
     }
 }
