@@ -1575,3 +1575,25 @@ fn reactor_policy_idle_drains_write_back() {
     assert!(t.elapsed() < Duration::from_secs(10));
     drop(ch);
 }
+
+/// tmpfs refuses O_DIRECT: the file device falls back to buffered I/O and still works
+/// (including discard by hole punching).
+#[test]
+fn file_on_tmpfs_falls_back_to_buffered() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let dev = open_file(&FileConfig {
+        name: "shm".into(),
+        path: dir.path().join("img"),
+        size_bytes: Some(1 << 20),
+        block_size: 512,
+        read_only: false,
+    })
+    .unwrap();
+    let info = dev.info();
+    assert_eq!((info.block_size, info.num_blocks), (512, 2048));
+    model_check(&dev, 5, 100, "tmpfs");
+}
