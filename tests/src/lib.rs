@@ -1,2 +1,3 @@
 #![forbid(unsafe_code)]
 pub mod e2e;
+pub mod netns;
