@@ -298,6 +298,16 @@ impl Connection {
         let mut handled = 0;
         while handled < PDUS_PER_POLL && self.core.phase != Phase::Closing {
             let limits = self.core.limits;
+            if self.core.phase == Phase::FullFeature && self.start_direct_receive(ctx) {
+                handled += 1;
+                if self.direct.is_some() {
+                    let (_, pending) = self.direct_receive()?;
+                    if pending {
+                        break;
+                    }
+                }
+                continue;
+            }
             let Some(ev) = self.rx.next_frame(&limits) else {
                 break;
             };

@@ -330,9 +330,7 @@ impl ConnCore {
             self.send_reply(ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
             return None;
         }
-        if t.data_out.is_none() {
-            return None;
-        }
+        t.data_out.as_ref()?;
         Some(AcceptedData {
             slot,
             buffer_offset: d.buffer_offset as usize,
