@@ -65,6 +65,8 @@ pub struct JobSpec {
     pub seed: u64,
     /// Distinguishes this job's sequential stream start and verify stamps.
     pub job_index: usize,
+    /// Busy-poll a non-blocking socket instead of blocking in `read`.
+    pub spin: bool,
 }
 
 /// What one job measured.
@@ -124,6 +126,18 @@ const ZERO_PAD: [u8; 4] = [0; 4];
 /// Payloads at least this large that are not yet in the receive buffer are read straight into
 /// the slot buffer.
 const DIRECT_READ_MIN: usize = 32 * 1024;
+
+/// Retries a socket call while it would block: in `--poll spin` mode the socket is non-blocking
+/// and the thread busy-polls; in the default blocking mode this never loops.
+fn retry_would_block<T>(mut f: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
 
 /// xorshift64*: cheap and good enough for offsets.
 struct Rng(u64);
@@ -186,6 +200,7 @@ pub fn run_job(s: &mut Session, spec: JobSpec, start: Instant) -> Result<JobResu
         return Err(InitError::Protocol("LUN smaller than one I/O".into()));
     }
     let qd = spec.queue_depth.clamp(1, 4096);
+    s.stream.set_nonblocking(spec.spin)?;
     let mut slots = Vec::with_capacity(qd);
     for i in 0..qd {
         let mut buf = vec![0u8; spec.io_bytes as usize];
@@ -462,7 +477,7 @@ impl Engine<'_> {
                 n += 1;
                 j += 1;
             }
-            let mut w = self.s.stream.write_vectored(&iov[..n])?;
+            let mut w = retry_would_block(|| self.s.stream.write_vectored(&iov[..n]))?;
             if w == 0 {
                 return Err(InitError::Io(std::io::ErrorKind::WriteZero.into()));
             }
@@ -489,7 +504,8 @@ impl Engine<'_> {
         if let Some(sink) = self.sink {
             if self.rx_len == 0 && sink.remaining >= DIRECT_READ_MIN {
                 let buf = &mut self.slots[sink.slot].buf[sink.off..sink.off + sink.remaining];
-                let n = self.s.stream.read(buf)?;
+                let stream = &mut self.s.stream;
+                let n = retry_would_block(|| stream.read(buf))?;
                 if n == 0 {
                     return Err(InitError::Protocol("target closed the connection".into()));
                 }
@@ -502,7 +518,8 @@ impl Engine<'_> {
                 return Ok(());
             }
         }
-        let n = self.s.stream.read(&mut self.rx[self.rx_len..])?;
+        let (stream, rx) = (&mut self.s.stream, &mut self.rx[self.rx_len..]);
+        let n = retry_would_block(|| stream.read(rx))?;
         if n == 0 {
             return Err(InitError::Protocol("target closed the connection".into()));
         }

@@ -30,6 +30,8 @@ pub struct LoadgenConfig {
     pub verify: bool,
     pub cdb: CdbSize,
     pub seed: u64,
+    /// Busy-poll non-blocking sockets instead of blocking reads.
+    pub spin: bool,
 }
 
 /// Latency summary in microseconds.
@@ -157,6 +159,7 @@ pub fn run(cfg: &LoadgenConfig) -> Result<LoadgenResult, InitError> {
             cdb: cfg.cdb,
             seed: cfg.seed,
             job_index: j,
+            spin: cfg.spin,
         };
         let (sb, eb) = (start_barrier.clone(), end_barrier.clone());
         handles.push(std::thread::spawn(move || {
@@ -167,7 +170,7 @@ pub fn run(cfg: &LoadgenConfig) -> Result<LoadgenResult, InitError> {
             }
             let r = run_job(&mut s, spec, start);
             eb.wait();
-            if r.is_ok() {
+            if r.is_ok() && s.stream.set_nonblocking(false).is_ok() {
                 let _ = s.logout();
             }
             r

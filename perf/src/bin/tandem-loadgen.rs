@@ -23,6 +23,12 @@ enum Rw {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum Poll {
+    Block,
+    Spin,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum Cdb {
     #[value(name = "10")]
     Ten,
@@ -82,6 +88,10 @@ struct Cli {
     cdb: Cdb,
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
+    /// How a job waits for the target: block in read (default; cheapest per I/O) or busy-poll a
+    /// non-blocking socket (lowest latency, burns the client core).
+    #[arg(long, value_enum, default_value_t = Poll::Block)]
+    poll: Poll,
     /// Pretty-print the JSON.
     #[arg(long)]
     pretty: bool,
@@ -141,6 +151,7 @@ fn main() -> ExitCode {
             Cdb::Auto => CdbSize::Auto,
         },
         seed: cli.seed,
+        spin: matches!(cli.poll, Poll::Spin),
     };
     match run(&cfg) {
         Ok(r) => {
