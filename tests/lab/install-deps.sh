@@ -8,7 +8,8 @@ pkgs=(
     debootstrap         # builds the guest root from Debian packages
     busybox-static      # the guest's tiny initrd
     cpio gzip e2fsprogs kmod  # initrd and root image
-    iproute2            # ip netns, tuntap, tc netem
+    iproute2            # ip netns, tuntap, tc
+    nftables            # netns helper: loss without sch_netem
     libiscsi-bin        # iscsi-inq / iscsi-ls for the netns tests
     tgt                 # reference target (LAB_TARGET=tgt)
     util-linux procps

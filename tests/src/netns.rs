@@ -501,7 +501,10 @@ impl Topology {
 
     /// Add delay and/or loss to one member's link, in both directions
     /// (`tc netem` on both ends of its veth: the round trip gets twice the
-    /// delay). `None, None` clears it.
+    /// delay). `None, None` clears it. On a kernel without `sch_netem`, loss
+    /// alone falls back to nftables (`numgen random` drop rules in the
+    /// member's namespace, both directions) and delay is
+    /// [`Error::Unsupported`].
     pub fn netem(
         &self,
         m: Member,
@@ -514,11 +517,23 @@ impl Topology {
             (self.switch_ns.clone(), self.port(m, net)),
             (self.ns(m), net.to_string()),
         ];
+        let table = format!("tandem_loss_{net}");
         if delay.is_none() && loss_percent.is_none() {
             for (ns, dev) in &ends {
                 // Clearing a link without netem is not an error.
                 let _ = run(&["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"]);
             }
+            let _ = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &self.ns(m),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                &table,
+            ]);
             return Ok(());
         }
         let mut spec: Vec<String> = Vec::new();
@@ -537,18 +552,48 @@ impl Topology {
             args.extend(spec.iter().map(String::as_str));
             match run(&args) {
                 Ok(_) => {}
-                Err(Error::Command(msg))
-                    if msg.contains("Specified qdisc kind is unknown")
-                        || msg.contains("qdisc kind") =>
-                {
-                    return Err(Error::Unsupported(format!(
-                        "this kernel has no sch_netem (tc netem): {msg}"
-                    )));
+                Err(Error::Command(msg)) if msg.contains("qdisc kind is unknown") => {
+                    return match (delay, loss_percent) {
+                        (None, Some(loss)) => self.nft_loss(m, net, &table, loss),
+                        _ => Err(Error::Unsupported(format!(
+                            "this kernel has no sch_netem (tc netem), so no delay: {msg}"
+                        ))),
+                    };
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    fn nft_loss(&self, m: Member, net: &str, table: &str, loss: f32) -> Result<()> {
+        let per_10k = (loss.clamp(0.0, 100.0) * 100.0).round() as u32;
+        let matcher = if per_10k >= 10000 {
+            String::new()
+        } else {
+            format!("numgen random mod 10000 < {per_10k} ")
+        };
+        let ruleset = format!(
+            "table inet {table} {{\n\
+             \tchain in {{ type filter hook input priority -10; policy accept; iifname \"{net}\" {matcher}drop; }}\n\
+             \tchain out {{ type filter hook output priority -10; policy accept; oifname \"{net}\" {matcher}drop; }}\n\
+             }}\n"
+        );
+        let ns = self.ns(m);
+        let _ = run(&[
+            "ip", "netns", "exec", &ns, "nft", "delete", "table", "inet", table,
+        ]);
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("loss.nft");
+        std::fs::write(&file, ruleset)?;
+        let path = file.to_string_lossy().to_string();
+        match run(&["ip", "netns", "exec", &ns, "nft", "-f", &path]) {
+            Ok(_) => Ok(()),
+            Err(Error::Command(msg)) if msg.contains("No such file") => Err(Error::Unsupported(
+                format!("no sch_netem, and no nft for the fallback (install nftables): {msg}"),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Run `f` on a new thread that has entered a member's network namespace

@@ -27,7 +27,7 @@ fn start_target(
     portal: SocketAddr,
     log_dir: &std::path::Path,
 ) -> (String, u32) {
-    let iqn = format!("iqn.2026-11.io.tandem:netns.{}", node.to_string());
+    let iqn = format!("iqn.2026-11.io.tandem:netns.{node}");
     let log = log_dir.join(format!("{node}.log"));
     match target_kind().as_str() {
         "tandem" => {

@@ -189,7 +189,7 @@ fn torn_down_on_panic() {
 }
 
 #[test]
-fn netem_delay_or_unsupported() {
+fn netem_delay_and_loss() {
     if skip() {
         return;
     }
@@ -201,27 +201,46 @@ fn netem_delay_or_unsupported() {
         .build()
         .unwrap();
     let (n1, n2) = (Member::Node(1), Member::Node(2));
-    match topo.netem(n1, "hb0", Some(Duration::from_millis(200)), None) {
-        Err(Error::Unsupported(why)) => {
-            eprintln!("netem skipped: {why}");
-            return;
+    // Total loss on n1's hb0 link: n1 is unreachable there, not elsewhere.
+    match topo.netem(n1, "hb0", None, Some(100.0)) {
+        Err(Error::Unsupported(why)) => eprintln!("loss skipped: {why}"),
+        r => {
+            r.unwrap();
+            assert!(!topo
+                .can_connect(n2, n1, "hb0", Duration::from_secs(1))
+                .unwrap());
+            assert!(topo.can_connect(n2, n1, "hb1", T).unwrap());
+            topo.netem(n1, "hb0", None, None).unwrap();
+            assert!(topo.can_connect(n2, n1, "hb0", T).unwrap());
+            // 50 % loss: some of 40 short connections fail, not all.
+            topo.netem(n1, "hb0", None, Some(50.0)).unwrap();
+            let ok = (0..40)
+                .filter(|_| {
+                    topo.can_connect(n2, n1, "hb0", Duration::from_millis(300))
+                        .unwrap()
+                })
+                .count();
+            topo.netem(n1, "hb0", None, None).unwrap();
+            assert!(
+                (1..40).contains(&ok),
+                "{ok} of 40 connections through 50 % loss"
+            );
         }
-        r => r.unwrap(),
     }
-    let t0 = std::time::Instant::now();
-    assert!(topo
-        .can_connect(n2, n1, "hb0", Duration::from_secs(5))
-        .unwrap());
-    assert!(
-        t0.elapsed() >= Duration::from_millis(400),
-        "SYN/SYN-ACK took {:?}",
-        t0.elapsed()
-    );
-    topo.netem(n1, "hb0", None, None).unwrap();
-    topo.netem(n1, "hb0", None, Some(100.0)).unwrap();
-    assert!(!topo
-        .can_connect(n2, n1, "hb0", Duration::from_secs(1))
-        .unwrap());
-    topo.netem(n1, "hb0", None, None).unwrap();
-    assert!(topo.can_connect(n2, n1, "hb0", T).unwrap());
+    match topo.netem(n1, "hb0", Some(Duration::from_millis(200)), None) {
+        Err(Error::Unsupported(why)) => eprintln!("delay skipped: {why}"),
+        r => {
+            r.unwrap();
+            let t0 = std::time::Instant::now();
+            assert!(topo
+                .can_connect(n2, n1, "hb0", Duration::from_secs(5))
+                .unwrap());
+            assert!(
+                t0.elapsed() >= Duration::from_millis(400),
+                "SYN/SYN-ACK took {:?}",
+                t0.elapsed()
+            );
+            topo.netem(n1, "hb0", None, None).unwrap();
+        }
+    }
 }
