@@ -106,6 +106,35 @@ fn runs(mut m: u128) -> impl Iterator<Item = (u32, u32)> {
     })
 }
 
+/// Iterator over the [`Piece`]s of a request.
+#[derive(Clone)]
+struct Pieces {
+    bs: u64,
+    bpl: u64,
+    first: u64,
+    next: u64,
+    end: u64,
+}
+
+impl Iterator for Pieces {
+    type Item = Piece;
+    fn next(&mut self) -> Option<Piece> {
+        if self.next >= self.end {
+            return None;
+        }
+        let b = self.next;
+        let start = (b % self.bpl) as u32;
+        let n = (self.bpl - u64::from(start)).min(self.end - b) as u32;
+        self.next += u64::from(n);
+        Some(Piece {
+            line: b / self.bpl,
+            start,
+            n,
+            buf_off: ((b - self.first) * self.bs) as usize,
+        })
+    }
+}
+
 /// A part of a request that falls into one line.
 #[derive(Clone, Copy, Debug)]
 struct Piece {
@@ -238,27 +267,30 @@ impl Shared {
         self.block_size as usize
     }
 
-    /// Splits `[offset, offset+len)` (validated, block-aligned) into line pieces.
-    fn pieces(&self, offset: u64, len: u64) -> Vec<Piece> {
+    /// Splits `[offset, offset+len)` (validated, block-aligned) into line pieces
+    /// (allocation-free; clone it for another pass).
+    fn pieces(&self, offset: u64, len: u64) -> Pieces {
+        let bs = u64::from(self.block_size);
+        let first = offset / bs;
+        Pieces {
+            bs,
+            bpl: u64::from(self.blocks_per_line),
+            first,
+            next: first,
+            end: first + len / bs,
+        }
+    }
+
+    /// The lines `[offset, offset+len)` touches.
+    fn line_range(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
         let bs = u64::from(self.block_size);
         let bpl = u64::from(self.blocks_per_line);
         let first = offset / bs;
         let end = first + len / bs;
-        let mut v = Vec::with_capacity((len / bs / bpl) as usize + 2);
-        let mut b = first;
-        while b < end {
-            let line = b / bpl;
-            let start = (b % bpl) as u32;
-            let n = (bpl - u64::from(start)).min(end - b) as u32;
-            v.push(Piece {
-                line,
-                start,
-                n,
-                buf_off: ((b - first) * bs) as usize,
-            });
-            b += u64::from(n);
+        if end == first {
+            return first / bpl..first / bpl;
         }
-        v
+        first / bpl..(end - 1) / bpl + 1
     }
 
     fn wake_all(&self) {
@@ -335,8 +367,8 @@ impl State {
     }
 
     /// Gives line `id` a data buffer, evicting a clean unpinned line if the cache is full.
-    /// Lines in `keep` are never evicted. Returns false if nothing could be evicted.
-    fn ensure_data(&mut self, sh: &Shared, id: u64, keep: &[u64]) -> bool {
+    /// Lines in `keep` (the request's lines) are never evicted. Returns false if nothing could be evicted.
+    fn ensure_data(&mut self, sh: &Shared, id: u64, keep: &std::ops::Range<u64>) -> bool {
         if self.lines.get(&id).is_some_and(|l| l.data.is_some()) {
             return true;
         }
@@ -610,14 +642,14 @@ impl CacheChannel {
         let mode = sh.mode();
         let mut st = sh.st.lock();
         if mode != CacheMode::None {
-            let hit = pieces.iter().all(|p| {
+            let hit = pieces.clone().all(|p| {
                 st.lines
                     .get(&p.line)
                     .is_some_and(|l| l.data.is_some() && l.valid & p.mask() == p.mask())
             });
             if hit {
                 let mut buf = self.pool.alloc(len as usize);
-                for p in &pieces {
+                for p in pieces.clone() {
                     if let Some(data) = st.lines.get(&p.line).and_then(|l| l.data.as_ref()) {
                         let from = p.start as usize * bs;
                         let n = p.n as usize * bs;
@@ -631,7 +663,7 @@ impl CacheChannel {
         }
         let mut pinned = Vec::new();
         let mut noisy = Vec::new();
-        for p in &pieces {
+        for p in pieces.clone() {
             if let Some(l) = st.lines.get_mut(&p.line) {
                 l.pins += 1;
                 pinned.push(p.line);
@@ -679,8 +711,8 @@ impl CacheChannel {
         if let (Ok(()), Some(b)) = (&c.result, buf.as_mut()) {
             let populate = sh.mode() != CacheMode::None;
             let pieces = sh.pieces(offset, len);
-            let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
-            for p in &pieces {
+            let lines = sh.line_range(offset, len);
+            for p in pieces.clone() {
                 // Overlay newer cached data.
                 if let Some(l) = st.lines.get(&p.line) {
                     if let Some(data) = &l.data {
@@ -737,7 +769,7 @@ impl CacheChannel {
         let pieces = sh.pieces(offset, buf.len() as u64);
         let mut st = sh.st.lock();
         let new_dirty: u64 = pieces
-            .iter()
+            .clone()
             .map(|p| {
                 let d = st.lines.get(&p.line).map_or(0, |l| l.dirty);
                 u64::from((p.mask() & !d).count_ones())
@@ -746,10 +778,10 @@ impl CacheChannel {
         if st.dirty_blocks + new_dirty > sh.dirty_budget_blocks {
             return false;
         }
-        let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
-        for p in &pieces {
+        let lines = sh.line_range(offset, buf.len() as u64);
+        for p in pieces.clone() {
             if !st.ensure_data(&sh, p.line, &lines) {
-                for p in &pieces {
+                for p in pieces.clone() {
                     st.maybe_remove(p.line);
                 }
                 return false;
@@ -757,7 +789,7 @@ impl CacheChannel {
         }
         st.clock += 1;
         let clock = st.clock;
-        for p in &pieces {
+        for p in pieces.clone() {
             let l = st.line(p.line);
             if let Some(data) = l.data.as_mut() {
                 let to = p.start as usize * bs;
@@ -779,7 +811,7 @@ impl CacheChannel {
         let pieces = sh.pieces(offset, len);
         let mut st = sh.st.lock();
         if pieces
-            .iter()
+            .clone()
             .any(|p| st.lines.get(&p.line).is_some_and(|l| l.flushing))
         {
             drop(st);
@@ -793,8 +825,8 @@ impl CacheChannel {
         }
         st.clock += 1;
         let clock = st.clock;
-        let mut gens = Vec::with_capacity(pieces.len());
-        for p in &pieces {
+        let mut gens = Vec::with_capacity(sh.line_range(offset, len).count().min(64));
+        for p in pieces.clone() {
             let l = st.line(p.line);
             l.busy += 1;
             l.gen = clock;
@@ -854,9 +886,9 @@ impl CacheChannel {
         let bs = sh.bs();
         let populate = write && c.result.is_ok() && sh.mode() != CacheMode::None;
         let pieces = sh.pieces(offset, len);
-        let lines: Vec<u64> = pieces.iter().map(|p| p.line).collect();
+        let lines = sh.line_range(offset, len);
         let mut st = sh.st.lock();
-        for (p, (id, gen, alone)) in pieces.iter().zip(gens) {
+        for (p, (id, gen, alone)) in pieces.clone().zip(gens) {
             let Some(l) = st.lines.get_mut(&id) else {
                 continue;
             };
@@ -1208,5 +1240,64 @@ impl Drop for CacheChannel {
             }
         }
         self.sh.wake_if_parked();
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn masks_and_runs() {
+        assert_eq!(mask(0, 0), 0);
+        assert_eq!(mask(0, 128), !0);
+        assert_eq!(mask(3, 2), 0b11000);
+        assert_eq!(mask(120, 8), 0xffu128 << 120);
+        let r: Vec<_> = runs(0b1110_0110 | (1u128 << 127)).collect();
+        assert_eq!(r, vec![(1, 2), (5, 3), (127, 1)]);
+        assert_eq!(runs(!0).collect::<Vec<_>>(), vec![(0, 128)]);
+        assert_eq!(runs(0).count(), 0);
+    }
+
+    #[test]
+    fn pieces_split_at_line_boundaries() {
+        let dev = with_cache(
+            crate::open_ram("r", 512, 4096),
+            CacheMode::WriteBack,
+            1 << 20,
+        );
+        let _ = dev.info();
+        let sh = Shared {
+            inner: crate::open_ram("r", 512, 4096),
+            block_size: 512,
+            blocks_per_line: 128,
+            line_bytes: 65536,
+            capacity_lines: 16,
+            dirty_budget_blocks: 1536,
+            num_blocks: AtomicU64::new(4096),
+            read_only: false,
+            mode: AtomicU8::new(2),
+            st: Mutex::new(State::default()),
+            wakers: Mutex::new(Vec::new()),
+            urgent: AtomicUsize::new(0),
+            parked: AtomicUsize::new(0),
+            mode_lock: Mutex::new(()),
+        };
+        // blocks 100..300: line 0 [100,128), line 1 [0,128), line 2 [0,44)
+        let p: Vec<_> = sh
+            .pieces(100 * 512, 200 * 512)
+            .map(|p| (p.line, p.start, p.n, p.buf_off))
+            .collect();
+        assert_eq!(
+            p,
+            vec![
+                (0, 100, 28, 0),
+                (1, 0, 128, 28 * 512),
+                (2, 0, 44, 156 * 512)
+            ]
+        );
+        assert_eq!(sh.line_range(100 * 512, 200 * 512), 0..3);
+        assert_eq!(sh.line_range(128 * 512, 128 * 512), 1..2);
+        assert_eq!(sh.pieces(0, 0).count(), 0);
     }
 }
