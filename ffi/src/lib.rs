@@ -14,6 +14,7 @@
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
+pub mod alloc_count;
 mod buf;
 mod event;
 mod file;

@@ -192,6 +192,11 @@ impl PrState {
     }
 
     /// True if a command of class `access` from `id` gets RESERVATION CONFLICT.
+    /// Whether a persistent reservation is held at all.
+    pub fn is_reserved(&self) -> bool {
+        self.res.is_some()
+    }
+
     pub fn conflicts(&self, id: &PortId, access: Access) -> bool {
         let Some(r) = &self.res else { return false };
         if access == Access::Always || self.is_holder(id) {

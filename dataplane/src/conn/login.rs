@@ -140,7 +140,7 @@ impl ConnCore {
                     tsih,
                     params,
                     target,
-                    nexus,
+                    nexus: std::sync::Arc::new(nexus),
                     exp_cmdsn: result.first_cmdsn,
                     max_cmdsn: step.response.maxcmdsn,
                 });

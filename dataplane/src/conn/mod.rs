@@ -66,7 +66,8 @@ pub(crate) struct Session {
     tsih: u16,
     params: SessionParams,
     target: Option<Arc<Target>>,
-    nexus: Nexus,
+    /// Shared so the I/O path can hold it without copying its strings.
+    nexus: std::sync::Arc<Nexus>,
     exp_cmdsn: u32,
     /// Highest MaxCmdSN advertised so far.
     max_cmdsn: u32,

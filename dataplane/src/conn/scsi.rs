@@ -1,7 +1,7 @@
 //! SCSI commands over iSCSI: command PDUs, Data-Out collection with R2T, running the
 //! logical unit's steps against the block device, and Data-In / SCSI Response.
 
-use super::task::{R2tWindow, Residual, Task, TaskStage};
+use super::task::{R2tSet, R2tWindow, Residual, Task, TaskStage};
 use super::{ConnCore, Phase};
 use crate::reactor_ctx::{make_tag, ReactorCtx};
 use crate::target::Device;
@@ -103,7 +103,7 @@ impl ConnCore {
             unsolicited_end: 0,
             next_r2t_offset: 0,
             r2tsn: 0,
-            r2ts: Vec::new(),
+            r2ts: R2tSet::default(),
             io_buf: None,
             cont: None,
             datasn: 0,
@@ -193,7 +193,11 @@ impl ConnCore {
             let Some(t) = self.tasks.get(slot) else {
                 return;
             };
-            if t.draining || t.r2ts.len() >= max_outstanding || t.next_r2t_offset >= t.edtl {
+            if t.draining
+                || t.r2ts.len() >= max_outstanding
+                || t.r2ts.is_full()
+                || t.next_r2t_offset >= t.edtl
+            {
                 return;
             }
             let offset = t.next_r2t_offset;
@@ -296,7 +300,7 @@ impl ConnCore {
             datasn_ok = d.datasn == t.unsolicited_datasn;
             t.unsolicited_datasn = t.unsolicited_datasn.wrapping_add(1);
         } else {
-            let Some(w) = t.r2ts.iter_mut().find(|w| w.ttt == d.ttt) else {
+            let Some(w) = t.r2ts.find_mut(d.ttt) else {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
                 return None;
             };
@@ -310,7 +314,7 @@ impl ConnCore {
             if w.received >= w.len || d.final_flag {
                 burst_done = true;
                 let ttt = d.ttt;
-                t.r2ts.retain(|w| w.ttt != ttt);
+                t.r2ts.remove(ttt);
             }
         }
         if t.draining {

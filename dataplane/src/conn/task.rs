@@ -23,7 +23,7 @@ pub enum TaskStage {
 }
 
 /// One outstanding R2T.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct R2tWindow {
     pub ttt: u32,
     pub offset: u32,
@@ -31,6 +31,59 @@ pub struct R2tWindow {
     pub received: u32,
     /// DataSN the next Data-Out of this burst must carry (starts at 0 per burst).
     pub next_datasn: u32,
+}
+
+/// Outstanding R2Ts of one task, stored inline (no allocation per command). We issue at
+/// most `R2T_SLOTS` at a time even if MaxOutstandingR2T allows more (RFC 7143 lets a target
+/// send fewer).
+pub const R2T_SLOTS: usize = 8;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct R2tSet {
+    items: [Option<R2tWindow>; R2T_SLOTS],
+    len: usize,
+}
+
+impl R2tSet {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == R2T_SLOTS
+    }
+
+    pub fn push(&mut self, w: R2tWindow) -> bool {
+        match self.items.iter_mut().find(|i| i.is_none()) {
+            Some(free) => {
+                *free = Some(w);
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn find_mut(&mut self, ttt: u32) -> Option<&mut R2tWindow> {
+        self.items.iter_mut().flatten().find(|w| w.ttt == ttt)
+    }
+
+    pub fn remove(&mut self, ttt: u32) {
+        for item in self.items.iter_mut() {
+            if item.map(|w| w.ttt == ttt).unwrap_or(false) {
+                *item = None;
+                self.len -= 1;
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        *self = R2tSet::default();
+    }
 }
 
 /// How the iSCSI expected length relates to what the CDB asks to write (RFC 7143 §11.4.5).
@@ -60,7 +113,7 @@ pub struct Task {
     pub unsolicited_end: u32,
     pub next_r2t_offset: u32,
     pub r2tsn: u32,
-    pub r2ts: Vec<R2tWindow>,
+    pub r2ts: R2tSet,
     /// Buffer of the last read I/O; Data-In is sent from it.
     pub io_buf: Option<AlignedBuf>,
     pub cont: Option<Continuation>,

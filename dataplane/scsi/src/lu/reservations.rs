@@ -55,6 +55,11 @@ impl LogicalUnit {
                 }
             }
         }
+        // No persistent reservation: nothing can conflict, and the hot path builds no
+        // port identity (which would allocate for every command).
+        if !st.pr.is_reserved() {
+            return false;
+        }
         st.pr.conflicts(&PortId::of(nexus), Self::access_class(cmd))
     }
 
