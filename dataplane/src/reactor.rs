@@ -193,6 +193,9 @@ pub fn run(
         for (id, conn) in conns.iter_mut() {
             let r = conn.poll(&mut ctx);
             work += r.work;
+            if r.pdus > 0 {
+                stats.pdus.fetch_add(r.pdus as u64, Ordering::Relaxed);
+            }
             if r.closed {
                 closed.push(*id);
             }

@@ -75,6 +75,8 @@ pub(crate) struct Session {
 
 pub struct PollResult {
     pub work: usize,
+    /// PDUs received in this poll.
+    pub pdus: usize,
     pub closed: bool,
 }
 
@@ -83,6 +85,7 @@ pub struct Connection {
     transport: Box<dyn Transport>,
     rx: RxBuffer,
     direct: Option<DirectRx>,
+    pdus_seen: usize,
     core: ConnCore,
 }
 
@@ -127,6 +130,7 @@ impl Connection {
             transport,
             rx: RxBuffer::new(RxBuffer::frame_max(&limits)),
             direct: None,
+            pdus_seen: 0,
             core: ConnCore {
                 id,
                 reactor,
@@ -194,7 +198,7 @@ impl Connection {
         if closed {
             self.close(ctx);
         }
-        PollResult { work, closed }
+        PollResult { work, pdus: std::mem::take(&mut self.pdus_seen), closed }
     }
 
     /// Continues a direct receive; returns (bytes received, still in progress).
@@ -316,6 +320,7 @@ impl Connection {
             self.core.handle_event(ctx, ev, self.rx.bytes());
             // Login may have changed the limits (digests, segment size) for the next PDU.
         }
+        self.pdus_seen += handled;
         Ok(work + handled)
     }
 
