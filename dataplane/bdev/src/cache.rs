@@ -54,7 +54,9 @@ const MAX_BLOCKS_PER_LINE: u64 = 128;
 /// Write-back writes in flight per channel.
 const WB_RUNS_MAX: usize = 32;
 /// Lines started per poll.
-const WB_LINES_PER_POLL: usize = 8;
+const WB_LINES_PER_POLL: usize = 16;
+/// Largest write-back request (contiguous dirty runs of adjacent lines are merged).
+const WB_MERGE_MAX_BYTES: usize = 1 << 20;
 /// Dirty lines examined per poll when looking for one to write back.
 const WB_SCAN_MAX: usize = 64;
 /// LRU entries examined when looking for a line to evict.
@@ -181,6 +183,15 @@ struct Line {
 }
 
 impl Line {
+    /// Can a write-back of this line start now?
+    fn wb_eligible(&self, now: Instant) -> bool {
+        !self.flushing
+            && self.busy == 0
+            && self.dirty != 0
+            && self.data.is_some()
+            && !matches!(self.retry_after, Some(t) if t > now)
+    }
+
     fn removable(&self) -> bool {
         self.data.is_none()
             && self.valid == 0
@@ -412,6 +423,47 @@ impl State {
         true
     }
 
+    /// One write-back request covering `line` finished.
+    fn write_back_run_done(&mut self, line: u64, ok: bool) {
+        let Some(l) = self.lines.get_mut(&line) else {
+            return;
+        };
+        if !ok {
+            l.flush_failed = true;
+        }
+        debug_assert!(l.flush_runs > 0);
+        l.flush_runs = l.flush_runs.saturating_sub(1);
+        if l.flush_runs > 0 {
+            return;
+        }
+        l.flushing = false;
+        if l.flush_failed {
+            l.retry_after = Some(Instant::now() + WB_RETRY_DELAY);
+            l.redirty = 0;
+            self.wb_errors += 1;
+            return;
+        }
+        let cleaned = l.dirty & !l.redirty;
+        l.dirty = l.redirty;
+        l.redirty = 0;
+        l.persisted_gen = l.flush_gen;
+        l.retry_after = None;
+        let key = l.dirty_key;
+        let clean = l.dirty == 0;
+        if clean {
+            l.dirty_key = 0;
+            l.dirty_since = None;
+        }
+        self.dirty_blocks = self
+            .dirty_blocks
+            .saturating_sub(u64::from(cleaned.count_ones()));
+        if clean {
+            self.dirty_q.remove(&key);
+            self.touch(line);
+            self.maybe_remove(line);
+        }
+    }
+
     /// Drops the data of every clean, idle line (switch to mode None).
     fn drop_clean(&mut self) {
         let ids: Vec<u64> = self.lines.keys().copied().collect();
@@ -478,6 +530,9 @@ impl Bdev for CacheDev {
             user_ops: 0,
             wb_runs: 0,
             in_poll: false,
+            wb_cands: Vec::new(),
+            wb_segs: Vec::new(),
+            wb_submits: Vec::new(),
         }))
     }
 
@@ -561,8 +616,8 @@ enum Pending {
     },
     /// The backing device's flush, after write-back finished.
     Flush { tag: u64 },
-    /// One run of a line's write-back.
-    WriteBack { line: u64 },
+    /// One write-back request covering lines `first..first+lines`.
+    WriteBack { first: u64, lines: u32 },
 }
 
 /// An operation that cannot start yet.
@@ -602,6 +657,10 @@ struct CacheChannel {
     wb_runs: usize,
     /// Inside `poll`: completions are returned directly, no need to signal the wake fd.
     in_poll: bool,
+    /// Scratch space for `write_back` (kept to avoid allocating per poll).
+    wb_cands: Vec<u64>,
+    wb_segs: Vec<(u64, u32, u32)>,
+    wb_submits: Vec<(u64, u32, u64, AlignedBuf)>,
 }
 
 impl CacheChannel {
@@ -978,15 +1037,26 @@ impl CacheChannel {
         }
     }
 
-    /// Starts write-back of dirty lines, bounded per call.
+    /// Starts write-back of dirty lines, oldest first, bounded per call. From each chosen
+    /// line the write-back extends over following dirty lines while the dirty blocks stay
+    /// contiguous, and contiguous runs are written with one request of up to
+    /// `WB_MERGE_MAX_BYTES` (sequential writes go back in large requests).
     fn write_back(&mut self) {
         let sh = self.sh.clone();
         let bs = sh.bs();
+        let bpl = sh.blocks_per_line;
         let mut started = 0;
-        let mut submits: Vec<(u64, u64, AlignedBuf)> = Vec::new();
+        let mut cands = std::mem::take(&mut self.wb_cands);
+        let mut segs = std::mem::take(&mut self.wb_segs);
+        let mut submits = std::mem::take(&mut self.wb_submits);
+        cands.clear();
+        submits.clear();
         {
             let mut st = sh.st.lock();
             if st.dirty_q.is_empty() {
+                self.wb_cands = cands;
+                self.wb_segs = segs;
+                self.wb_submits = submits;
                 return;
             }
             let now = Instant::now();
@@ -994,18 +1064,13 @@ impl CacheChannel {
                 || sh.mode() != CacheMode::WriteBack
                 || self.user_ops == 0
                 || st.dirty_blocks * 2 > sh.dirty_budget_blocks;
-            let candidates: Vec<u64> = st.dirty_q.values().take(WB_SCAN_MAX).copied().collect();
-            for id in candidates {
+            cands.extend(st.dirty_q.values().take(WB_SCAN_MAX).copied());
+            for &id in &cands {
                 if started >= WB_LINES_PER_POLL || self.wb_runs + submits.len() >= WB_RUNS_MAX {
                     break;
                 }
-                let Some(l) = st.lines.get_mut(&id) else {
-                    continue;
-                };
-                if l.flushing || l.busy > 0 || l.dirty == 0 {
-                    continue;
-                }
-                if l.retry_after.is_some_and(|t| t > now) {
+                let Some(l) = st.lines.get(&id) else { continue };
+                if !l.wb_eligible(now) {
                     continue;
                 }
                 let old = l
@@ -1014,96 +1079,99 @@ impl CacheChannel {
                 if !eager && !old {
                     break; // queue is oldest first: nothing older follows
                 }
-                let Some(data) = l.data.as_ref() else {
-                    continue;
-                };
-                let bpl = u64::from(sh.blocks_per_line);
-                let mut n_runs = 0;
-                for (s, n) in runs(l.dirty) {
-                    let from = s as usize * bs;
-                    let n = n as usize * bs;
-                    let mut buf = self.pool.alloc(n);
-                    buf.copy_from_slice(&data[from..from + n]);
-                    let offset = (id * bpl + u64::from(s)) * bs as u64;
-                    submits.push((id, offset, buf));
-                    n_runs += 1;
+                // Snapshot this line and contiguous dirty successors.
+                segs.clear();
+                let mut line = id;
+                let mut bytes = 0usize;
+                while let Some(l) = st.lines.get_mut(&line) {
+                    l.flushing = true;
+                    l.flush_gen = l.gen;
+                    l.flush_runs = 0;
+                    l.flush_failed = false;
+                    l.redirty = 0;
+                    started += 1;
+                    segs.extend(runs(l.dirty).map(|(s, n)| (line, s, n)));
+                    bytes += l.dirty.count_ones() as usize * bs;
+                    let ends_at_line_end = segs.last().is_some_and(|&(_, s, n)| s + n == bpl);
+                    if !ends_at_line_end || bytes >= WB_MERGE_MAX_BYTES {
+                        break;
+                    }
+                    let next_ok = st
+                        .lines
+                        .get(&(line + 1))
+                        .is_some_and(|n| n.wb_eligible(now) && n.dirty & 1 != 0);
+                    if !next_ok {
+                        break;
+                    }
+                    line += 1;
                 }
-                l.flushing = true;
-                l.flush_gen = l.gen;
-                l.flush_runs = n_runs;
-                l.flush_failed = false;
-                l.redirty = 0;
-                started += 1;
+                // Group contiguous segments into requests.
+                let mut i = 0;
+                while i < segs.len() {
+                    let mut j = i + 1;
+                    let mut blocks = segs[i].2 as usize;
+                    while j < segs.len() {
+                        let (pl, ps, pn) = segs[j - 1];
+                        let (nl, ns, nn) = segs[j];
+                        let contiguous = nl == pl + 1 && ps + pn == bpl && ns == 0;
+                        if !contiguous || (blocks + nn as usize) * bs > WB_MERGE_MAX_BYTES {
+                            break;
+                        }
+                        blocks += nn as usize;
+                        j += 1;
+                    }
+                    let mut buf = self.pool.alloc(blocks * bs);
+                    let mut at = 0;
+                    for &(line, s, n) in &segs[i..j] {
+                        let n = n as usize * bs;
+                        if let Some(l) = st.lines.get_mut(&line) {
+                            if let Some(data) = l.data.as_ref() {
+                                let from = s as usize * bs;
+                                buf[at..at + n].copy_from_slice(&data[from..from + n]);
+                            }
+                            l.flush_runs += 1;
+                        }
+                        at += n;
+                    }
+                    let (first, s, _) = segs[i];
+                    let offset = (first * u64::from(bpl) + u64::from(s)) * bs as u64;
+                    let lines = (segs[j - 1].0 - first + 1) as u32;
+                    submits.push((first, lines, offset, buf));
+                    i = j;
+                }
             }
         }
-        for (line, offset, buf) in submits {
+        for (first, lines, offset, buf) in submits.drain(..) {
             let id = self.id();
             self.wb_runs += 1;
-            self.inner_submit(
-                id,
-                BdevOp::Write {
-                    offset,
-                    buf,
-                    fua: false,
-                },
-                Pending::WriteBack { line },
-            );
+            let op = BdevOp::Write {
+                offset,
+                buf,
+                fua: false,
+            };
+            self.inner_submit(id, op, Pending::WriteBack { first, lines });
         }
+        self.wb_cands = cands;
+        self.wb_segs = segs;
+        self.wb_submits = submits;
     }
 
-    fn write_back_done(&mut self, line: u64, c: Completion) {
+    fn write_back_done(&mut self, first: u64, lines: u32, c: Completion) {
         self.wb_runs = self.wb_runs.saturating_sub(1);
         if let Some(b) = c.buf {
             self.pool.free(b);
         }
+        if let Err(e) = &c.result {
+            tracing::warn!(line = first, lines, "write-back failed: {e}");
+        }
         let sh = self.sh.clone();
         let mut st = sh.st.lock();
-        let mut failed_now = false;
-        let Some(l) = st.lines.get_mut(&line) else {
-            return;
-        };
-        if let Err(e) = &c.result {
-            tracing::warn!(line, "write-back failed: {e}");
-            l.flush_failed = true;
-        }
-        debug_assert!(l.flush_runs > 0);
-        l.flush_runs = l.flush_runs.saturating_sub(1);
-        if l.flush_runs == 0 {
-            l.flushing = false;
-            if l.flush_failed {
-                failed_now = true;
-                l.retry_after = Some(Instant::now() + WB_RETRY_DELAY);
-            } else {
-                let cleaned = l.dirty & !l.redirty;
-                l.dirty = l.redirty;
-                l.persisted_gen = l.flush_gen;
-                l.retry_after = None;
-                let key = l.dirty_key;
-                let clean = l.dirty == 0;
-                if clean {
-                    l.dirty_key = 0;
-                    l.dirty_since = None;
-                }
-                st.dirty_blocks = st
-                    .dirty_blocks
-                    .saturating_sub(u64::from(cleaned.count_ones()));
-                if clean {
-                    st.dirty_q.remove(&key);
-                    st.touch(line);
-                }
-            }
-            if let Some(l) = st.lines.get_mut(&line) {
-                l.redirty = 0;
-            }
-            if failed_now {
-                st.wb_errors += 1;
-            }
-            st.maybe_remove(line);
+        for line in first..first + u64::from(lines) {
+            st.write_back_run_done(line, c.result.is_ok());
         }
         drop(st);
         sh.wake_if_parked();
     }
-
     fn handle_inner(&mut self, c: Completion) {
         let Some(p) = self.ops.remove(&c.tag) else {
             tracing::error!(id = c.tag, "cache: completion for an unknown operation");
@@ -1119,7 +1187,7 @@ impl CacheChannel {
                 write,
             } => self.through_done(tag, offset, len, gens, write, c),
             Pending::Flush { tag } => self.finish(tag, c.result, None),
-            Pending::WriteBack { line } => self.write_back_done(line, c),
+            Pending::WriteBack { first, lines } => self.write_back_done(first, lines, c),
         }
     }
 

@@ -1597,3 +1597,28 @@ fn file_on_tmpfs_falls_back_to_buffered() {
     assert_eq!((info.block_size, info.num_blocks), (512, 2048));
     model_check(&dev, 5, 100, "tmpfs");
 }
+
+#[test]
+fn write_back_merges_adjacent_lines() {
+    let (dev, g, ram) = gated(CacheMode::WriteBack, 8 << 20);
+    let mut ch = dev.channel().unwrap();
+    let data = pattern(31, 1 << 20);
+    write(ch.as_mut(), 1 << 20, &data, false).unwrap();
+    run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+    assert_eq!(backing(&ram, 1 << 20, 1 << 20), data);
+    let n = g.writes.load(Ordering::SeqCst);
+    assert!(
+        n <= 2,
+        "1 MiB of sequential dirty data went back in {n} writes"
+    );
+    // a hole in the dirty data splits the request
+    let a = pattern(32, 8 * BS as usize);
+    write(ch.as_mut(), 0, &a, false).unwrap();
+    write(ch.as_mut(), 16 * u64::from(BS), &a, false).unwrap();
+    run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+    assert_eq!(backing(&ram, 0, 8 * BS), a);
+    assert_eq!(backing(&ram, 16 * u64::from(BS), 8 * BS), a);
+    assert!(backing(&ram, 8 * u64::from(BS), 8 * BS)
+        .iter()
+        .all(|&b| b == 0));
+}
