@@ -59,6 +59,13 @@ trap 'exit 130' INT TERM
 # a failed switch port or node NIC. (Downing the TAP itself does not work:
 # QEMU's virtio-net never recovers from the EIOs.) No default routes: nothing
 # can leave the namespaces.
+# Namespaces of earlier runs that were killed (their trap never ran).
+for old in $(ip netns list | awk '{print $1}' | grep -E '^tlab-[0-9]+(-node1)?$' || true); do
+    pid=${old#tlab-}; pid=${pid%-node1}
+    [ -d "/proc/$pid" ] && continue
+    for p in $(ip netns pids "$old" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns del "$old" 2>/dev/null && log "removed stale namespace $old"
+done
 ip netns add "$NS"
 ip netns add "$NODE"
 ip -n "$NS" link set lo up

@@ -10,6 +10,7 @@ target_start() {
     case ${LAB_TARGET:-tandem} in
     tandem)
         local bin=${LAB_TANDEM_BIN:-$REPO_DIR/target/release/tandem-dataplane}
+        case $bin in /*) ;; *) bin=$PWD/$bin ;; esac
         if [ -z "${LAB_TANDEM_BIN:-}" ]; then
             log "building tandem-dataplane (cargo build --release -p tandem-dataplane)"
             (cd "$REPO_DIR" && cargo build --release -q -p tandem-dataplane) >&2 || die "cargo build failed"

@@ -123,7 +123,15 @@ fn iscsi_test_cu_over_userspace_tcp() {
 
     let iqn = "iqn.2026-11.io.tandem:test-utcp";
     let utcp = format!("{TAP},{STACK_CIDR}");
-    let mut cmd = Command::new(bin("tandem-dataplane"));
+    // A private copy under another name: a rebuild of the shared target directory cannot
+    // swap it mid-run, and a `pkill tandem-dataplane` aimed at another test cannot stop it.
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-utcp")
+        .tempdir()
+        .expect("temp dir");
+    let exe = dir.path().join("tdp-utcp-target");
+    std::fs::copy(bin("tandem-dataplane"), &exe).expect("copy tandem-dataplane");
+    let mut cmd = Command::new(&exe);
     // The kernel portal stays on the namespace's loopback; the suites use only the TAP one.
     cmd.args([
         "serve",
