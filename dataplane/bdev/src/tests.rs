@@ -622,6 +622,8 @@ struct Gate {
     inner: Arc<dyn Bdev>,
     closed: AtomicBool,
     fail_writes: AtomicBool,
+    /// Reads take effect at submission but their completions are held while set.
+    hold_reads: AtomicBool,
     writes: AtomicU64,
 }
 
@@ -632,6 +634,7 @@ struct GateChannel {
     inner: Box<dyn BdevChannel>,
     held: VecDeque<(u64, BdevOp)>,
     failed: Vec<Completion>,
+    held_reads: Vec<Completion>,
 }
 
 impl Bdev for GateDev {
@@ -644,6 +647,7 @@ impl Bdev for GateDev {
             inner: self.0.inner.channel()?,
             held: VecDeque::new(),
             failed: Vec::new(),
+            held_reads: Vec::new(),
         }))
     }
     fn resize(&self, n: u64) -> Result<(), BdevError> {
@@ -668,7 +672,15 @@ impl GateChannel {
             }
             self.g.writes.fetch_add(1, Ordering::SeqCst);
         }
+        let hold = matches!(op, BdevOp::Read { .. }) && self.g.hold_reads.load(Ordering::SeqCst);
         self.inner.submit(tag, op);
+        // The RAM disk completes at once: collect now, so held reads stay separate.
+        let to = if hold {
+            &mut self.held_reads
+        } else {
+            &mut self.failed
+        };
+        self.inner.poll(to);
     }
 }
 
@@ -686,12 +698,15 @@ impl BdevChannel for GateChannel {
                 self.start(t, op);
             }
         }
+        if !self.g.hold_reads.load(Ordering::SeqCst) {
+            self.failed.append(&mut self.held_reads);
+        }
         let n = self.failed.len();
         out.append(&mut self.failed);
         n + self.inner.poll(out)
     }
     fn in_flight(&self) -> usize {
-        self.held.len() + self.failed.len() + self.inner.in_flight()
+        self.held.len() + self.failed.len() + self.held_reads.len() + self.inner.in_flight()
     }
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         None
@@ -711,6 +726,7 @@ fn gated(mode: CacheMode, cache_bytes: u64) -> (Arc<dyn Bdev>, Arc<Gate>, Arc<dy
         inner: ram.clone(),
         closed: AtomicBool::new(false),
         fail_writes: AtomicBool::new(false),
+        hold_reads: AtomicBool::new(false),
         writes: AtomicU64::new(0),
     });
     let dev = with_cache(Arc::new(GateDev(g.clone())), mode, cache_bytes);
@@ -1621,4 +1637,58 @@ fn write_back_merges_adjacent_lines() {
     assert!(backing(&ram, 8 * u64::from(BS), 8 * BS)
         .iter()
         .all(|&b| b == 0));
+}
+
+/// A backend read that fetched old data must still return the newer cached data even if that
+/// data was written back and its line evicted before the read completed: lines a read
+/// overlays are pinned against eviction.
+#[test]
+fn slow_read_sees_data_written_back_meanwhile() {
+    // 4 lines of 64 KiB
+    let (dev, g, _ram) = gated(CacheMode::WriteBack, 256 << 10);
+    let mut ch = dev.channel().unwrap();
+    let bs = u64::from(BS);
+    let new = pattern(41, BS as usize);
+    g.closed.store(true, Ordering::SeqCst); // keep the write dirty for now
+    write(ch.as_mut(), 0, &new, false).unwrap();
+    g.closed.store(false, Ordering::SeqCst);
+    g.hold_reads.store(true, Ordering::SeqCst);
+    // reads block 0 (dirty in cache, zero on disk) and block 1 (not cached): a miss
+    ch.submit(
+        5,
+        BdevOp::Read {
+            offset: 0,
+            len: 2 * BS,
+        },
+    );
+    // the dirty line is written back and the cache is filled with other lines
+    let mut out = Vec::new();
+    for i in 1..12u64 {
+        let mut b = ch.alloc_buf(16 * BS as usize);
+        b.fill(i as u8);
+        ch.submit(
+            100 + i,
+            BdevOp::Write {
+                offset: i * 16 * bs,
+                buf: b,
+                fua: false,
+            },
+        );
+        for _ in 0..5 {
+            ch.poll(&mut out);
+        }
+    }
+    assert!(out.iter().all(|c| c.tag != 5), "the read is still held");
+    g.hold_reads.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let c = loop {
+        ch.poll(&mut out);
+        if let Some(i) = out.iter().position(|c| c.tag == 5) {
+            break out.swap_remove(i);
+        }
+        assert!(Instant::now() < deadline);
+    };
+    let buf = c.buf.unwrap();
+    assert!(buf[..BS as usize] == new[..], "stale data from the backend");
+    assert!(buf[BS as usize..].iter().all(|&b| b == 0));
 }
