@@ -577,7 +577,10 @@ impl Bdev for CacheDev {
             sh.mode
                 .store(mode_to_u8(CacheMode::WriteThrough), Ordering::Release);
             if let Err(e) = self.flush_blocking() {
+                // Nothing changed, as far as the caller is concerned.
                 tracing::warn!("leaving write-back: flush failed: {e}");
+                sh.mode
+                    .store(mode_to_u8(CacheMode::WriteBack), Ordering::Release);
                 return Err(e);
             }
         }

@@ -868,9 +868,21 @@ fn write_back_failure_fails_flush_and_keeps_data() {
     assert!(c.result.is_err(), "flush must report the failed write-back");
     // the data is still there (dirty) and is written once the device recovers
     assert_eq!(read(ch.as_mut(), 0, 2 * BS).unwrap(), data);
+    // leaving write-back cannot write the data back either: the mode stays
+    drop(ch);
+    assert!(dev.set_cache_mode(CacheMode::WriteThrough).is_err());
+    assert_eq!(dev.info().cache, CacheMode::WriteBack);
+    let mut ch = dev.channel().unwrap();
     g.fail_writes.store(false, Ordering::SeqCst);
-    run(ch.as_mut(), BdevOp::Flush).result.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // failed lines are retried after a delay; flushes fail until then
+    while run(ch.as_mut(), BdevOp::Flush).result.is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(backing(&ram, 0, 2 * BS), data);
+    drop(ch);
+    dev.set_cache_mode(CacheMode::WriteThrough).unwrap();
 }
 
 #[test]
