@@ -26,7 +26,12 @@ grep -E '^(node.startup|node.session.iscsi.(First|Max)BurstLength|node.session.t
 iscsid || fail "iscsid did not start"
 multipathd || fail "multipathd did not start"
 wait_for 10 "multipathd answers" multipathd show config || fail "multipathd not answering"
-multipathd show config local 2>/dev/null | grep -A12 '"TANDEM"' | head -n 12 || true
+# The stanza must be in multipath's effective configuration (a parse error
+# in multipath.conf drops sections silently).
+multipath -t 2>/dev/null | awk '/vendor "TANDEM"/ {p = 1} p {print} p && /^\t}/ {exit}' > /tmp/mp-effective
+grep -q 'prio "alua"' /tmp/mp-effective && grep -q 'path_grouping_policy "group_by_prio"' /tmp/mp-effective ||
+    { multipath -t 2>&1 | head -n 40; fail "the Tandem device stanza is not in multipath's effective configuration"; }
+echo "effective multipath device config:"; sed 's/^/  /' /tmp/mp-effective
 
 section "discovery and login on every portal (docs/hosts/host-setup.sh connect)"
 "$DOCS/host-setup.sh" connect $LAB_PORTALS || fail "discovery/login"
