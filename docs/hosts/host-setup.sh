@@ -22,8 +22,8 @@ configure() {
 	while IFS= read -r line; do
 		key=$(printf '%s' "${line%%=*}" | sed 's/[[:space:]]*$//')
 		pat=$(printf '%s' "$key" | sed 's/[].[]/\\&/g')
-		if grep -q "^[#[:space:]]*$pat[[:space:]]*=" "$ISCSID_CONF"; then
-			sed -i "s|^[#[:space:]]*$pat[[:space:]]*=.*|$line|" "$ISCSID_CONF"
+		if grep -q "^[#[:space:]]*${pat}[[:space:]]*=" "$ISCSID_CONF"; then
+			sed -i "s|^[#[:space:]]*${pat}[[:space:]]*=.*|$line|" "$ISCSID_CONF"
 		else
 			echo "$line" >> "$ISCSID_CONF"
 		fi

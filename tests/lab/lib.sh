@@ -2,6 +2,7 @@
 # shellcheck shell=bash
 
 LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034  # used by the scripts that source this
 REPO_DIR=$(cd "$LAB_DIR/../.." && pwd)
 
 log() { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -21,6 +21,7 @@ SCENARIO=${1:-}
 [ -n "$SCENARIO" ] && [ -f "$LAB_DIR/scenarios/$SCENARIO.sh" ] ||
     die "usage: $0 SCENARIO   (one of: $(cd "$LAB_DIR/scenarios" && ls *.sh | sed 's/\.sh$//' | tr '\n' ' '))"
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, TAP devices)"
+# shellcheck disable=SC1090
 [ -f "$LAB_DIR/scenarios/$SCENARIO.conf" ] && source "$LAB_DIR/scenarios/$SCENARIO.conf"
 : "${LAB_TARGET:=tandem}" "${LAB_TIMEOUT:=600}" "${LAB_SMP:=2}" "${LAB_MEM:=1024}"
 : "${LAB_PORTAL_LINKS:=2}"
@@ -37,7 +38,7 @@ rm -rf "$OUT"; mkdir -p "$OUT/ctl"
 NS="tlab-$$"
 NODE="tlab-$$-node1"
 TARGET_IQN="iqn.2026-11.io.tandem:lab.$SCENARIO"
-QEMU_PID= TAIL_PID=
+QEMU_PID='' TAIL_PID=''
 
 cleanup() {
     local rc=$?

@@ -78,9 +78,9 @@ say "SCSIid (for xe sr-create device-config:SCSIid=) = ${ids[0]}"
 section "fio with verify; link ${LAB_CUT_LINK} cut at +${LAB_CUT_AFTER}s"
 # Sample the map's completed-I/O counters to measure the stall.
 sampler() {
-    local r1 r2 r3 r4 w1 rest
+    local r1 w1 rest
     while :; do
-        read -r r1 r2 r3 r4 w1 rest < "/sys/block/$DM/stat"
+        read -r r1 _ _ _ w1 rest < "/sys/block/$DM/stat"
         echo "$EPOCHREALTIME $((r1 + w1))"
         sleep 0.2
     done
