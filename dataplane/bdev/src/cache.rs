@@ -34,7 +34,7 @@
 //! the backing device. Channels wake each other through their eventfds when a write-back
 //! completes and someone is waiting.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -44,8 +44,8 @@ use parking_lot::Mutex;
 use tandem_ffi::{EventFd, WakeSet};
 
 use crate::{
-    check_op, reject, AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, BufPool, CacheMode,
-    Completion, DeviceInfo,
+    check_op, reject, AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion,
+    DeviceInfo,
 };
 
 /// Target line size; blocks per line are capped at 128 (one `u128` bitmap).
@@ -65,6 +65,8 @@ const EVICT_SCAN_MAX: usize = 64;
 const WB_AGE_MAX: Duration = Duration::from_secs(1);
 /// After a failed write-back, the line is retried no sooner than this.
 const WB_RETRY_DELAY: Duration = Duration::from_millis(500);
+/// Recycled vectors kept per channel.
+const SPARE_VECS_MAX: usize = 256;
 /// `flush_blocking` gives up after this long.
 const FLUSH_BLOCKING_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -174,10 +176,10 @@ struct Line {
     busy: u32,
     /// Backend reads in flight that will overlay this line.
     pins: u32,
-    /// Key in `State::lru` (0 = not there; only lines holding data are there).
-    lru_key: u64,
-    /// Key in `State::dirty_q` (0 = not there).
-    dirty_key: u64,
+    /// Position in `State::lru` (clean lines holding data: the eviction candidates).
+    lru: Link,
+    /// Position in `State::dirty_q` (lines with dirty blocks, oldest first).
+    dq: Link,
     dirty_since: Option<Instant>,
     retry_after: Option<Instant>,
 }
@@ -193,7 +195,9 @@ impl Line {
     }
 
     fn removable(&self) -> bool {
-        self.data.is_none()
+        !self.lru.on
+            && !self.dq.on
+            && self.data.is_none()
             && self.valid == 0
             && self.dirty == 0
             && !self.flushing
@@ -206,11 +210,9 @@ impl Line {
 struct State {
     lines: HashMap<u64, Line>,
     /// Lines holding data, least recently used first.
-    lru: BTreeMap<u64, u64>,
-    lru_seq: u64,
+    lru: List,
     /// Lines with dirty blocks, oldest first.
-    dirty_q: BTreeMap<u64, u64>,
-    dirty_seq: u64,
+    dirty_q: List,
     dirty_blocks: u64,
     /// Global write clock.
     clock: u64,
@@ -322,23 +324,102 @@ impl Shared {
     }
 }
 
+/// Membership of a line in an intrusive list (no allocation to link or unlink).
+#[derive(Default, Clone, Copy, Debug)]
+struct Link {
+    prev: Option<u64>,
+    next: Option<u64>,
+    on: bool,
+}
+
+/// An intrusive doubly-linked list of lines, oldest at `head`.
+#[derive(Default, Debug)]
+struct List {
+    head: Option<u64>,
+    tail: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Lru,
+    Dirty,
+}
+
+fn link_mut(l: &mut Line, w: Which) -> &mut Link {
+    match w {
+        Which::Lru => &mut l.lru,
+        Which::Dirty => &mut l.dq,
+    }
+}
+
+fn link(l: &Line, w: Which) -> Link {
+    match w {
+        Which::Lru => l.lru,
+        Which::Dirty => l.dq,
+    }
+}
+
+fn list_push_back(lines: &mut HashMap<u64, Line>, list: &mut List, w: Which, id: u64) {
+    let tail = list.tail;
+    let Some(l) = lines.get_mut(&id) else { return };
+    let k = link_mut(l, w);
+    if k.on {
+        return;
+    }
+    *k = Link {
+        prev: tail,
+        next: None,
+        on: true,
+    };
+    match tail.and_then(|t| lines.get_mut(&t)) {
+        Some(t) => link_mut(t, w).next = Some(id),
+        None => list.head = Some(id),
+    }
+    list.tail = Some(id);
+}
+
+fn list_remove(lines: &mut HashMap<u64, Line>, list: &mut List, w: Which, id: u64) {
+    let Some(l) = lines.get_mut(&id) else { return };
+    let k = link(l, w);
+    if !k.on {
+        return;
+    }
+    *link_mut(l, w) = Link::default();
+    match k.prev.and_then(|p| lines.get_mut(&p)) {
+        Some(p) => link_mut(p, w).next = k.next,
+        None => list.head = k.next,
+    }
+    match k.next.and_then(|n| lines.get_mut(&n)) {
+        Some(n) => link_mut(n, w).prev = k.prev,
+        None => list.tail = k.prev,
+    }
+}
+
+fn list_iter<'a>(
+    lines: &'a HashMap<u64, Line>,
+    list: &List,
+    w: Which,
+) -> impl Iterator<Item = u64> + 'a {
+    let mut cur = list.head;
+    std::iter::from_fn(move || {
+        let id = cur?;
+        cur = lines.get(&id).and_then(|l| link(l, w).next);
+        Some(id)
+    })
+}
+
 impl State {
     /// Marks line `id` most recently used. Only clean lines holding data are in the LRU
     /// (they are the eviction candidates); a dirty line enters it when written back.
     fn touch(&mut self, id: u64) {
-        let Some(line) = self.lines.get_mut(&id) else {
+        let Some(line) = self.lines.get(&id) else {
             return;
         };
-        if line.lru_key != 0 {
-            self.lru.remove(&line.lru_key);
-            line.lru_key = 0;
+        let eligible = line.data.is_some() && line.dirty == 0;
+        list_remove(&mut self.lines, &mut self.lru, Which::Lru, id);
+        if eligible {
+            list_push_back(&mut self.lines, &mut self.lru, Which::Lru, id);
         }
-        if line.data.is_none() || line.dirty != 0 {
-            return;
-        }
-        self.lru_seq += 1;
-        line.lru_key = self.lru_seq;
-        self.lru.insert(self.lru_seq, id);
     }
 
     fn line(&mut self, id: u64) -> &mut Line {
@@ -354,26 +435,20 @@ impl State {
     }
 
     fn mark_dirty(&mut self, id: u64, m: u128) {
-        let seq = self.dirty_seq + 1;
         let line = self.lines.entry(id).or_default();
         let new = m & !line.dirty;
         line.dirty |= m;
         if line.flushing {
             line.redirty |= m;
         }
-        if line.lru_key != 0 {
-            self.lru.remove(&line.lru_key);
-            line.lru_key = 0;
-        }
-        let queue = line.dirty_key == 0;
+        let queue = !line.dq.on;
         if queue {
-            line.dirty_key = seq;
             line.dirty_since = Some(Instant::now());
         }
         self.dirty_blocks += u64::from(new.count_ones());
+        list_remove(&mut self.lines, &mut self.lru, Which::Lru, id);
         if queue {
-            self.dirty_seq = seq;
-            self.dirty_q.insert(seq, id);
+            list_push_back(&mut self.lines, &mut self.dirty_q, Which::Dirty, id);
         }
     }
 
@@ -389,11 +464,8 @@ impl State {
                 .pop()
                 .unwrap_or_else(|| vec![0u8; sh.line_bytes].into_boxed_slice())
         } else {
-            let victim = self
-                .lru
-                .iter()
+            let victim = list_iter(&self.lines, &self.lru, Which::Lru)
                 .take(EVICT_SCAN_MAX)
-                .map(|(_, &v)| v)
                 .find(|v| {
                     *v != id
                         && !keep.contains(v)
@@ -409,10 +481,7 @@ impl State {
                 return false;
             };
             vl.valid = 0;
-            if vl.lru_key != 0 {
-                self.lru.remove(&vl.lru_key);
-                vl.lru_key = 0;
-            }
+            list_remove(&mut self.lines, &mut self.lru, Which::Lru, victim);
             self.maybe_remove(victim);
             data
         };
@@ -448,17 +517,15 @@ impl State {
         l.redirty = 0;
         l.persisted_gen = l.flush_gen;
         l.retry_after = None;
-        let key = l.dirty_key;
         let clean = l.dirty == 0;
         if clean {
-            l.dirty_key = 0;
             l.dirty_since = None;
         }
         self.dirty_blocks = self
             .dirty_blocks
             .saturating_sub(u64::from(cleaned.count_ones()));
         if clean {
-            self.dirty_q.remove(&key);
+            list_remove(&mut self.lines, &mut self.dirty_q, Which::Dirty, line);
             self.touch(line);
             self.maybe_remove(line);
         }
@@ -479,10 +546,7 @@ impl State {
                 self.data_lines = self.data_lines.saturating_sub(1);
             }
             l.valid = 0;
-            if l.lru_key != 0 {
-                self.lru.remove(&l.lru_key);
-                l.lru_key = 0;
-            }
+            list_remove(&mut self.lines, &mut self.lru, Which::Lru, id);
             self.maybe_remove(id);
         }
         self.spare.truncate(16);
@@ -525,11 +589,12 @@ impl Bdev for CacheDev {
             next_id: 1,
             parked: VecDeque::new(),
             ready: VecDeque::new(),
-            pool: BufPool::default(),
             scratch: Vec::new(),
             user_ops: 0,
             wb_runs: 0,
             in_poll: false,
+            spare_ids: Vec::new(),
+            spare_gens: Vec::new(),
             wb_cands: Vec::new(),
             wb_segs: Vec::new(),
             wb_submits: Vec::new(),
@@ -652,7 +717,6 @@ struct CacheChannel {
     next_id: u64,
     parked: VecDeque<Parked>,
     ready: VecDeque<Completion>,
-    pool: BufPool,
     scratch: Vec<Completion>,
     /// User operations submitted and not yet returned by poll.
     user_ops: usize,
@@ -660,6 +724,9 @@ struct CacheChannel {
     wb_runs: usize,
     /// Inside `poll`: completions are returned directly, no need to signal the wake fd.
     in_poll: bool,
+    /// Recycled per-operation vectors (steady-state I/O allocates nothing).
+    spare_ids: Vec<Vec<u64>>,
+    spare_gens: Vec<Vec<(u64, u64, bool)>>,
     /// Scratch space for `write_back` (kept to avoid allocating per poll).
     wb_cands: Vec<u64>,
     wb_segs: Vec<(u64, u32, u32)>,
@@ -710,7 +777,7 @@ impl CacheChannel {
                     .is_some_and(|l| l.data.is_some() && l.valid & p.mask() == p.mask())
             });
             if hit {
-                let mut buf = self.pool.alloc(len as usize);
+                let mut buf = self.inner.alloc_buf(len as usize);
                 for p in pieces.clone() {
                     if let Some(data) = st.lines.get(&p.line).and_then(|l| l.data.as_ref()) {
                         let from = p.start as usize * bs;
@@ -723,8 +790,8 @@ impl CacheChannel {
                 return self.finish(tag, Ok(()), Some(buf));
             }
         }
-        let mut pinned = Vec::new();
-        let mut noisy = Vec::new();
+        let mut pinned = self.spare_ids.pop().unwrap_or_default();
+        let mut noisy = self.spare_ids.pop().unwrap_or_default();
         for p in pieces.clone() {
             if let Some(l) = st.lines.get_mut(&p.line) {
                 l.pins += 1;
@@ -813,14 +880,23 @@ impl CacheChannel {
                 st.touch(p.line);
             }
         }
-        for id in pinned {
+        for &id in &pinned {
             if let Some(l) = st.lines.get_mut(&id) {
                 l.pins = l.pins.saturating_sub(1);
             }
             st.maybe_remove(id);
         }
         drop(st);
+        self.recycle_ids(pinned);
+        self.recycle_ids(noisy);
         self.finish(tag, c.result, buf);
+    }
+
+    fn recycle_ids(&mut self, mut v: Vec<u64>) {
+        if self.spare_ids.len() < SPARE_VECS_MAX {
+            v.clear();
+            self.spare_ids.push(v);
+        }
     }
 
     /// Write-back admission: copies the write into the cache as dirty data. False if the
@@ -887,7 +963,7 @@ impl CacheChannel {
         }
         st.clock += 1;
         let clock = st.clock;
-        let mut gens = Vec::with_capacity(sh.line_range(offset, len).count().min(64));
+        let mut gens = self.spare_gens.pop().unwrap_or_default();
         for p in pieces.clone() {
             let l = st.line(p.line);
             l.busy += 1;
@@ -940,7 +1016,7 @@ impl CacheChannel {
         tag: u64,
         offset: u64,
         len: u64,
-        gens: Vec<(u64, u64, bool)>,
+        mut gens: Vec<(u64, u64, bool)>,
         write: bool,
         c: Completion,
     ) {
@@ -950,7 +1026,7 @@ impl CacheChannel {
         let pieces = sh.pieces(offset, len);
         let lines = sh.line_range(offset, len);
         let mut st = sh.st.lock();
-        for (p, (id, gen, alone)) in pieces.clone().zip(gens) {
+        for (p, &(id, gen, alone)) in pieces.clone().zip(gens.iter()) {
             let Some(l) = st.lines.get_mut(&id) else {
                 continue;
             };
@@ -974,16 +1050,18 @@ impl CacheChannel {
             st.maybe_remove(id);
         }
         drop(st);
+        if self.spare_gens.len() < SPARE_VECS_MAX {
+            gens.clear();
+            self.spare_gens.push(gens);
+        }
         sh.wake_if_parked();
         self.finish(tag, c.result, c.buf);
     }
 
     fn flush(&mut self, tag: u64) {
         let st = self.sh.st.lock();
-        let waits: Vec<(u64, u64)> = st
-            .dirty_q
-            .values()
-            .filter_map(|id| st.lines.get(id).map(|l| (*id, l.gen)))
+        let waits: Vec<(u64, u64)> = list_iter(&st.lines, &st.dirty_q, Which::Dirty)
+            .filter_map(|id| st.lines.get(&id).map(|l| (id, l.gen)))
             .collect();
         let errors = st.wb_errors;
         drop(st);
@@ -1056,7 +1134,7 @@ impl CacheChannel {
         submits.clear();
         {
             let mut st = sh.st.lock();
-            if st.dirty_q.is_empty() {
+            if st.dirty_q.head.is_none() {
                 self.wb_cands = cands;
                 self.wb_segs = segs;
                 self.wb_submits = submits;
@@ -1067,7 +1145,7 @@ impl CacheChannel {
                 || sh.mode() != CacheMode::WriteBack
                 || self.user_ops == 0
                 || st.dirty_blocks * 2 > sh.dirty_budget_blocks;
-            cands.extend(st.dirty_q.values().take(WB_SCAN_MAX).copied());
+            cands.extend(list_iter(&st.lines, &st.dirty_q, Which::Dirty).take(WB_SCAN_MAX));
             for &id in &cands {
                 if started >= WB_LINES_PER_POLL || self.wb_runs + submits.len() >= WB_RUNS_MAX {
                     break;
@@ -1123,7 +1201,7 @@ impl CacheChannel {
                         blocks += nn as usize;
                         j += 1;
                     }
-                    let mut buf = self.pool.alloc(blocks * bs);
+                    let mut buf = self.inner.alloc_buf(blocks * bs);
                     let mut at = 0;
                     for &(line, s, n) in &segs[i..j] {
                         let n = n as usize * bs;
@@ -1162,7 +1240,7 @@ impl CacheChannel {
     fn write_back_done(&mut self, first: u64, lines: u32, c: Completion) {
         self.wb_runs = self.wb_runs.saturating_sub(1);
         if let Some(b) = c.buf {
-            self.pool.free(b);
+            self.inner.free_buf(b);
         }
         if let Err(e) = &c.result {
             tracing::warn!(line = first, lines, "write-back failed: {e}");
@@ -1218,7 +1296,7 @@ impl BdevChannel for CacheChannel {
         match op {
             BdevOp::Read { offset, len } => {
                 if len == 0 {
-                    let b = self.pool.alloc(0);
+                    let b = self.inner.alloc_buf(0);
                     return self.finish(tag, Ok(()), Some(b));
                 }
                 self.read(tag, offset, u64::from(len))
@@ -1280,11 +1358,11 @@ impl BdevChannel for CacheChannel {
     }
 
     fn alloc_buf(&mut self, len: usize) -> AlignedBuf {
-        self.pool.alloc(len)
+        self.inner.alloc_buf(len)
     }
 
     fn free_buf(&mut self, buf: AlignedBuf) {
-        self.pool.free(buf)
+        self.inner.free_buf(buf)
     }
 }
 
