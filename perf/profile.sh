@@ -29,6 +29,9 @@ taskset -c 1 /var/tmp/tandem-perf/bin/tdp-prof-target serve --portal 127.0.0.1:$
 TPID=$!
 trap 'kill $TPID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+# Prefill (as tandem-bench does): RAM-disk pages resident, image blocks allocated.
+taskset -c 0 /var/tmp/tandem-perf/bin/tdp-prof-loadgen --portal 127.0.0.1:$PORT --rw write \
+    --bs 256k --qd 8 --ops 4096 >/dev/null
 NAME="$BACKING-$RW-qd$QD-$BS"
 taskset -c 0 /var/tmp/tandem-perf/bin/tdp-prof-loadgen --portal 127.0.0.1:$PORT \
     --rw "$RW" --qd "$QD" --bs "$BS" --time $((SECS + 2)) >"$OUT/$NAME.loadgen.json" &

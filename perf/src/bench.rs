@@ -404,6 +404,12 @@ impl Targets {
 
     fn shutdown(&mut self) {
         let port = self.tgt_control_port.to_string();
+        let _ = sh(
+            "tgtadm",
+            &[
+                "-C", &port, "--op", "update", "--mode", "sys", "--name", "State", "-v", "offline",
+            ],
+        );
         for tid in ["1", "2"] {
             let _ = sh(
                 "tgtadm",
@@ -413,6 +419,11 @@ impl Targets {
                 ],
             );
         }
+        // tgtd ignores SIGTERM; this is its own way to exit.
+        let _ = sh(
+            "tgtadm",
+            &["-C", &port, "--op", "delete", "--mode", "system"],
+        );
         for c in &mut self.children {
             stop_child(c);
         }
@@ -1084,6 +1095,48 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
 
     eprintln!("tandem-bench: starting targets");
     let mut targets = start_targets(cfg)?;
+    // Prefill: one sequential write pass over every LUN, so the RAM disk's pages are resident
+    // (Tandem allocates them on first touch; tgt's /dev/shm file is written in full above) and
+    // every block of the image files is allocated before anything is measured.
+    eprintln!("tandem-bench: prefilling every LUN");
+    for t in &targets.list {
+        let bs: u64 = 256 * 1024;
+        let ops = (cfg.size_mib << 20) / bs;
+        let args: Vec<String> = vec![
+            "--portal".into(),
+            t.portal.to_string(),
+            "--target".into(),
+            t.iqn.clone(),
+            "--lun".into(),
+            t.lun.to_string(),
+            "--rw".into(),
+            "write".into(),
+            "--bs".into(),
+            bs.to_string(),
+            "--qd".into(),
+            "8".into(),
+            "--ops".into(),
+            ops.to_string(),
+        ];
+        if let Err(e) = run_pinned(
+            cfg.client_core,
+            &cfg.loadgen,
+            &args,
+            Duration::from_secs(300),
+        )
+        .and_then(|f| {
+            if f.timed_out {
+                Err("timed out".into())
+            } else {
+                Ok(())
+            }
+        }) {
+            report
+                .failures
+                .push(format!("prefill {:?} {:?}: {e}", t.kind, t.backing));
+        }
+    }
+
     // Idle cost of each target process (adaptive polling must not burn the shared core).
     let before: Vec<(String, Option<CpuTimes>)> = targets
         .list

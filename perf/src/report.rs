@@ -387,11 +387,12 @@ pub fn svg(r: &Report) -> String {
     type Series = (String, &'static str, bool, Vec<(f64, f64)>);
     let series: Vec<Series> = {
         let mut v = Vec::new();
+        // One colour per workload: Tandem solid, tgt dashed.
         let palette = [
-            ("#1f77b4", "#ff7f0e"),
-            ("#2ca02c", "#d62728"),
-            ("#9467bd", "#8c564b"),
-            ("#17becf", "#bcbd22"),
+            ("#1f77b4", "#1f77b4"),
+            ("#d62728", "#d62728"),
+            ("#2ca02c", "#2ca02c"),
+            ("#9467bd", "#9467bd"),
         ];
         let wanted = [RR1, RR32, RW1, RW32];
         for (i, w) in wanted.iter().enumerate() {
