@@ -1265,3 +1265,62 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
     report.goals = crate::report::goals(&report, cfg);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iscsi_perf_output() {
+        let out = "iscsi-perf version 0.1\n\rlba 1, iops current 10 (0 MB/s), iops average 9 \
+                   \riops average 132995 (519 MB/s)          \n\nfinished.\n";
+        let p = parse_iscsi_perf(out, 4096, 3).unwrap();
+        assert_eq!(p.iops, 132_995.0);
+        assert_eq!(p.ops, 3.0 * 132_995.0);
+        assert!((p.mb_s - 132_995.0 * 4096.0 / 1e6).abs() < 1e-6);
+        assert!(parse_iscsi_perf("Login Failed.", 4096, 3).is_none());
+    }
+
+    #[test]
+    fn fio_output() {
+        let out = r#"fio: something on stderr
+{"jobs":[{"read":{"iops":1000.5,"bw_bytes":4098048,"total_ios":3001,
+  "clat_ns":{"mean":25000.0,"percentile":{"50.000000":20000,"99.000000":90000,"99.900000":150000}}},
+  "write":{"iops":0,"bw_bytes":0,"total_ios":0,"clat_ns":{"mean":0}}}]}"#;
+        let p = parse_fio(out, false).unwrap();
+        assert_eq!(p.iops, 1000.5);
+        assert_eq!(p.ops, 3001.0);
+        assert_eq!(p.p50_us, Some(20.0));
+        assert_eq!(p.p99_us, Some(90.0));
+        assert_eq!(p.p99_9_us, Some(150.0));
+        assert_eq!(p.percentiles.len(), 3);
+        assert_eq!(p.percentiles[0], (50.0, 20.0));
+        assert!(parse_fio(out, true).is_some_and(|w| w.p50_us.is_none()));
+        assert!(parse_fio("no json", false).is_none());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median_opt(vec![None, Some(5.0)]), Some(5.0));
+        assert_eq!(median_opt(vec![None]), None);
+        assert_eq!(ratio(2.0, 0.0), None);
+        assert_eq!(ratio(3.0, 1.5), Some(2.0));
+    }
+
+    #[test]
+    fn workload_labels_and_sets() {
+        assert_eq!(
+            Workload::new(false, true, 4096, 32).label(),
+            "4K randread QD32"
+        );
+        assert_eq!(
+            Workload::new(true, false, 131_072, 8).label(),
+            "128K seqwrite QD8"
+        );
+        assert_eq!(full_workloads().len(), 10);
+        assert!(smoke_workloads().iter().all(|w| w.qd <= 8));
+    }
+}

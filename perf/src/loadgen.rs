@@ -239,3 +239,28 @@ pub fn run(cfg: &LoadgenConfig) -> Result<LoadgenResult, InitError> {
     out.latency = Latency::from_ns(&hist);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_encoding() {
+        assert_eq!(encode_lun(0), 0);
+        assert_eq!(encode_lun(1), 0x0001_0000_0000_0000);
+        assert_eq!(encode_lun(300), 0x412c_0000_0000_0000);
+    }
+
+    #[test]
+    fn latency_summary() {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for us in 1..=1000u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let l = Latency::from_ns(&h);
+        assert!((l.p50_us - 500.0).abs() < 1.0, "{}", l.p50_us);
+        assert!((l.p99_us - 990.0).abs() < 2.0, "{}", l.p99_us);
+        assert_eq!(l.percentiles.len(), PLOT_PERCENTILES.len());
+        assert_eq!(Latency::from_ns(&Histogram::new(3).unwrap()).p50_us, 0.0);
+    }
+}

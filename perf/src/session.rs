@@ -522,3 +522,41 @@ pub fn discover_first(portal: SocketAddr, initiator: &str) -> Result<String, Ini
         .next()
         .ok_or_else(|| InitError::Protocol("SendTargets offered no target".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_numbers() {
+        assert!(sn_le(1, 1));
+        assert!(sn_le(1, 2));
+        assert!(!sn_le(2, 1));
+        assert!(sn_le(u32::MAX, 0));
+        assert!(!sn_le(0, u32::MAX));
+    }
+
+    #[test]
+    fn sense_decoding() {
+        // SenseLength 18, fixed format, ILLEGAL REQUEST, LBA OUT OF RANGE (21/00).
+        let mut d = vec![0, 18, 0x70, 0, 0x05];
+        d.resize(2 + 18, 0);
+        d[2 + 12] = 0x21;
+        assert_eq!(decode_sense(&d), (5, 0x21, 0));
+        // Descriptor format.
+        assert_eq!(
+            decode_sense(&[0, 8, 0x72, 0x06, 0x29, 0x00, 0, 0, 0, 0]),
+            (6, 0x29, 0)
+        );
+        assert_eq!(decode_sense(&[0, 0]), (0, 0, 0));
+    }
+
+    #[test]
+    fn nop_reply_echoes_ttt() {
+        let h = nop_out_reply(0, 0x1234, 7, 9);
+        let bhs = Bhs::new_checked(&h[..]).unwrap();
+        assert!(bhs.immediate());
+        assert_eq!(bhs.itt(), RESERVED_TAG);
+        assert_eq!(u32::from_be_bytes([h[20], h[21], h[22], h[23]]), 0x1234);
+    }
+}
