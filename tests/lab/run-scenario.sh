@@ -87,6 +87,7 @@ for ((i = 0; i < LAB_PORTAL_LINKS; i++)); do
 done
 
 target_start "$NODE" "$RUN" "$TARGET_IQN" "${portals[@]}"
+T_TARGET=$(date +%s)
 
 {
     echo "LAB_TARGET=$LAB_TARGET"
@@ -174,6 +175,6 @@ else
     echo "LAB: the guest left no exit code (crash?); console tail:"
     tail -n 40 "$RUN/console.log"
 fi
-echo "===== timings: image $((T_IMAGE - T_START))s, boot $(( ${T_BOOTED:-$T_END} - T_IMAGE ))s, scenario $(( T_END - ${T_BOOTED:-$T_END} ))s, total $((T_END - T_START))s ====="
+echo "===== timings: image $((T_IMAGE - T_START))s, target build+start $((T_TARGET - T_IMAGE))s, boot $(( ${T_BOOTED:-$T_END} - T_TARGET ))s, scenario $(( T_END - ${T_BOOTED:-$T_END} ))s, total $((T_END - T_START))s ====="
 echo "LAB: scenario $SCENARIO with target $LAB_TARGET: $([ "$rc" = 0 ] && echo PASS || echo "FAIL (rc $rc)"); logs in $RUN"
 exit "$rc"
