@@ -119,6 +119,11 @@ pub fn run(
     }
     let stacks = start_stacks(cfg.id, utcp, &epoll);
     let mut ctx = ReactorCtx::new(cfg.id, shared.clone());
+    if let Some(fd) = ctx.io_wake_fd() {
+        if let Err(e) = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN)) {
+            tracing::warn!(reactor = cfg.id, error = %e, "cannot watch disk completions");
+        }
+    }
     let mut conns: HashMap<u32, Connection> = HashMap::new();
     let mut watching_out: HashMap<u32, bool> = HashMap::new();
     let mut next_conn_id: u32 = 1;
@@ -239,8 +244,8 @@ pub fn run(
             continue;
         }
         let since = *idle_since.get_or_insert(ctx.now);
-        if ctx.now.duration_since(since) < cfg.spin || ctx.io_in_flight() > 0 {
-            // Completions of in-flight disk I/O do not wake epoll; keep polling, but give the
+        if ctx.now.duration_since(since) < cfg.spin || ctx.must_keep_polling() {
+            // Spin phase, or work in flight that cannot wake us: keep polling, but give the
             // CPU to whoever else needs it (often the initiator on the same machine).
             std::thread::yield_now();
             continue;

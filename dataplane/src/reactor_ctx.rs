@@ -109,15 +109,22 @@ pub struct ReactorCtx {
     pub now: Instant,
     pub shared: Arc<Shared>,
     channels: HashMap<u64, (Arc<Device>, Box<dyn BdevChannel>)>,
+    /// Readable when any channel has completions, so the reactor can sleep with disk I/O
+    /// in flight and still wake for it.
+    io_wake: Option<tandem_ffi::WakeSet>,
 }
 
 impl ReactorCtx {
     pub fn new(id: usize, shared: Arc<Shared>) -> ReactorCtx {
+        let io_wake = tandem_ffi::WakeSet::new()
+            .map_err(|e| tracing::warn!(reactor = id, error = %e, "no completion wake-up; polling while I/O is in flight"))
+            .ok();
         ReactorCtx {
             id,
             now: Instant::now(),
             shared,
             channels: HashMap::new(),
+            io_wake,
         }
     }
 
@@ -125,7 +132,16 @@ impl ReactorCtx {
         match self.channels.entry(dev.id) {
             std::collections::hash_map::Entry::Occupied(e) => Some(&mut e.into_mut().1),
             std::collections::hash_map::Entry::Vacant(v) => match dev.bdev.channel() {
-                Ok(ch) => Some(&mut v.insert((dev.clone(), ch)).1),
+                Ok(ch) => {
+                    let watched = match (&self.io_wake, ch.wake_fd()) {
+                        (Some(ws), Some(fd)) => ws.add(fd).is_ok(),
+                        _ => false,
+                    };
+                    if !watched {
+                        tracing::debug!(device = %dev.name, "channel without a wake-up fd: polled while busy");
+                    }
+                    Some(&mut v.insert((dev.clone(), ch)).1)
+                }
                 Err(e) => {
                     tracing::error!(device = %dev.name, error = %e, "cannot open an I/O channel");
                     None
@@ -170,6 +186,20 @@ impl ReactorCtx {
             n += ch.poll(out);
         }
         n
+    }
+
+    /// The descriptor that becomes readable when a channel has completions.
+    pub fn io_wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.io_wake.as_ref().map(|w| w.as_fd())
+    }
+
+    /// True while some channel has work in flight that cannot wake a sleeping reactor
+    /// (no wake-up fd, e.g. RAM disks whose completions are ready at the next poll).
+    pub fn must_keep_polling(&self) -> bool {
+        self.channels
+            .values()
+            .any(|(_, c)| c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none()))
     }
 
     pub fn io_in_flight(&self) -> usize {

@@ -69,6 +69,12 @@ impl EventFd {
     }
 }
 
+impl AsFd for WakeSet {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epfd.as_fd()
+    }
+}
+
 impl AsFd for EventFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
