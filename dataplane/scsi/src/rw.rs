@@ -1,6 +1,7 @@
 //! Block I/O planning state: continuations and the in-flight write-range
 //! table that makes COMPARE AND WRITE atomic.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -8,7 +9,6 @@ use parking_lot::Mutex;
 /// One in-flight write range (blocks `lba..end`).
 #[derive(Debug)]
 struct Entry {
-    id: u64,
     lba: u64,
     end: u64,
     /// COMPARE AND WRITE ranges exclude every overlapping write; plain
@@ -17,10 +17,14 @@ struct Entry {
 }
 
 /// Write ranges currently held by continuations.
+///
+/// Plain writes only need a scan when a COMPARE AND WRITE is in flight, so
+/// the hot path (no CAW) is an O(1) insert and remove.
 #[derive(Debug, Default)]
 pub(crate) struct InflightTable {
     next_id: u64,
-    entries: Vec<Entry>,
+    entries: HashMap<u64, Entry>,
+    caw_count: usize,
 }
 
 pub(crate) type Inflight = Arc<Mutex<InflightTable>>;
@@ -36,7 +40,11 @@ pub(crate) struct RangeGuard {
 impl Drop for RangeGuard {
     fn drop(&mut self) {
         let mut t = self.table.lock();
-        t.entries.retain(|e| e.id != self.id);
+        if let Some(e) = t.entries.remove(&self.id) {
+            if e.caw {
+                t.caw_count -= 1;
+            }
+        }
     }
 }
 
@@ -49,16 +57,21 @@ pub(crate) fn try_acquire(
 ) -> Option<RangeGuard> {
     let end = lba.saturating_add(blocks);
     let mut t = table.lock();
-    let conflict = t
-        .entries
-        .iter()
-        .any(|e| (caw || e.caw) && e.lba < end && lba < e.end);
-    if conflict {
-        return None;
+    if caw || t.caw_count > 0 {
+        let conflict = t
+            .entries
+            .values()
+            .any(|e| (caw || e.caw) && e.lba < end && lba < e.end);
+        if conflict {
+            return None;
+        }
     }
     let id = t.next_id;
     t.next_id = t.next_id.wrapping_add(1);
-    t.entries.push(Entry { id, lba, end, caw });
+    t.entries.insert(id, Entry { lba, end, caw });
+    if caw {
+        t.caw_count += 1;
+    }
     Some(RangeGuard {
         table: Arc::clone(table),
         id,

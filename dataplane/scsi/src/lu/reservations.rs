@@ -39,6 +39,10 @@ impl LogicalUnit {
         if matches!(cmd, C::Reserve | C::Release) {
             return false;
         }
+        // Hot path: no reservation of either kind, nothing to check.
+        if st.spc2_holder.is_none() && st.pr.res.is_none() {
+            return false;
+        }
         if let Some(holder) = st.spc2_holder {
             if holder != nexus.id {
                 let allowed = matches!(
