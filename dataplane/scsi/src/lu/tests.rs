@@ -1480,3 +1480,62 @@ mod fuzz_sequences {
         }
     }
 }
+
+#[test]
+fn standby_admits_identification_capacity_mode_and_pr() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.lu.set_alua_state(AluaState::Standby);
+    let cmds: [&[u8]; 6] = [
+        &[0x12, 0, 0, 0, 36, 0],
+        &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[0x1A, 0x08, 0x08, 0, 255, 0],
+        &[0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0],
+        &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0],
+        &[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0],
+    ];
+    for c in cmds {
+        assert_eq!(r.run(&n, c, &[]).status, ScsiStatus::Good, "{c:02x?}");
+    }
+    assert_eq!(sense_of(&r.run(&n, &rw10(0x35, 0, 0), &[])), (2, 4, 0x0B));
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x2A, 0, 1), &[0; BS])),
+        (2, 4, 0x0B)
+    );
+}
+
+#[test]
+fn unit_attention_beats_every_other_error_but_not_inquiry() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.lu.nexus_added(&n);
+    // Even an unknown opcode reports the pending UA first.
+    assert_eq!(sense_of(&r.run(&n, &[0xC1; 16], &[])), (6, 0x29, 0));
+    assert_eq!(sense_of(&r.run(&n, &[0xC1; 16], &[])), (5, 0x20, 0));
+    r.lu.resize(10);
+    // REPORT LUNS answered by the LU itself does not consume it either.
+    let d = r.bytes(&n, &[0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0]);
+    assert_eq!(&d[0..4], &8u32.to_be_bytes());
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x28, 0, 1), &[])),
+        (6, 0x2A, 0x09)
+    );
+    // After the UA, the new capacity applies.
+    assert_eq!(sense_of(&r.run(&n, &rw10(0x28, 10, 1), &[])), (5, 0x21, 0));
+}
+
+#[test]
+fn nexus_removal_keeps_registrations() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    pr(&mut r, &a, 0, 0, 0, 0x55);
+    pr(&mut r, &a, 1, 3, 0x55, 0);
+    r.lu.nexus_removed(a.id);
+    // The reservation survives the I_T nexus loss; b is still locked out.
+    assert_eq!(
+        r.run(&b, &rw10(0x28, 0, 1), &[]).status,
+        ScsiStatus::ReservationConflict
+    );
+    // The same initiator port coming back is still the holder.
+    assert_eq!(r.run(&a, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+}
