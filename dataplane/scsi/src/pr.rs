@@ -33,7 +33,8 @@ impl PortId {
     fn transport_id(&self) -> Vec<u8> {
         let mut name = format!("{},i,0x{}", self.initiator, hex(&self.isid)).into_bytes();
         name.push(0);
-        name.resize(name.len().next_multiple_of(4), 0);
+        // SPC-4 7.6.4.6: ADDITIONAL LENGTH is a multiple of 4, at least 20.
+        name.resize(name.len().next_multiple_of(4).max(20), 0);
         let mut t = vec![0x40 | 0x05, 0];
         t.extend_from_slice(&(name.len() as u16).to_be_bytes());
         t.extend(name);
