@@ -171,6 +171,10 @@ if [ -n "$timed_out" ]; then
     rc=124
 elif [ -s "$OUT/rc" ]; then
     rc=$(cat "$OUT/rc")
+elif grep -q '^LAB-RESULT .* rc=[0-9]' "$RUN/console.log"; then
+    # The 9p share failed; the guest's console marker still has the verdict.
+    rc=$(sed -n 's/^LAB-RESULT .* rc=\([0-9]*\).*/\1/p' "$RUN/console.log" | tail -n1)
+    echo "LAB: exit code taken from the console marker (no out/rc)"
 else
     echo "LAB: the guest left no exit code (crash?); console tail:"
     tail -n 40 "$RUN/console.log"
