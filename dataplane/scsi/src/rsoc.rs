@@ -120,9 +120,15 @@ pub fn report(rctd: bool, options: u8, opcode: u8, service_action: u16) -> Resul
             d.extend(body);
             Ok(d)
         }
-        1 | 2 => {
-            // Option 1 names an opcode without service actions; option 2 one with.
-            let with_sa = options == 2;
+        1..=3 => {
+            // Option 1 names an opcode without service actions, option 2 one
+            // with; option 3 (SPC-4) uses the service action only if the
+            // opcode has them.
+            let with_sa = match options {
+                1 => false,
+                2 => true,
+                _ => has_service_actions(opcode),
+            };
             if has_service_actions(opcode) != with_sa && TABLE.iter().any(|e| e.opcode == opcode) {
                 return Err(Sense::invalid_field_cdb(2, Some(2)));
             }
@@ -186,5 +192,15 @@ mod tests {
         assert_eq!(d.len(), 4 + 12 + 12);
         assert_eq!(report(false, 1, 0xFF, 0).unwrap()[1], 1);
         assert!(report(false, 7, 0, 0).is_err());
+        // Option 3: service action used only where the opcode has them.
+        assert_eq!(report(false, 3, op::READ_10, 0x55).unwrap()[1] & 7, 3);
+        assert_eq!(
+            report(false, 3, op::PERSISTENT_RESERVE_IN, 2).unwrap()[5],
+            0x02
+        );
+        assert_eq!(
+            report(false, 3, op::PERSISTENT_RESERVE_IN, 9).unwrap()[1],
+            1
+        );
     }
 }

@@ -31,8 +31,8 @@ impl UaTable {
     /// Queues `ua` for one nexus; a condition already pending is not repeated.
     pub fn push(&mut self, nexus_id: u64, ua: Sense) {
         let q = self.queues.entry(nexus_id).or_default();
-        // A reset supersedes everything older (SPC-4 6.? UA precedence:
-        // power on / reset conditions report first and clear the others).
+        // A reset supersedes everything older (SAM-5 unit attention
+        // precedence: power on / reset conditions clear the others).
         if ua.asc == 0x29 {
             q.clear();
         }
