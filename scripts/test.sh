@@ -33,9 +33,10 @@ if [[ -x perf/smoke.sh ]]; then
   perf/smoke.sh
 fi
 
-if [[ -x tests/lab/run-scenario.sh ]]; then
-  step "host lab: xen-host scenario"
-  tests/lab/run-scenario.sh xen-host
-fi
+step "host lab: docs match what the guest runs"
+bash tests/lab/check-docs.sh
+
+step "host lab: xen-host scenario (QEMU guest: open-iscsi + dm-multipath + fio)"
+LAB_TANDEM_BIN="$TANDEM_BIN_DIR/tandem-dataplane" bash tests/lab/run-scenario.sh xen-host
 
 step "done"

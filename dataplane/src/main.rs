@@ -86,6 +86,9 @@ struct ServeArgs {
     /// Identity seed for serial / NAA / EUI-64 (an HA partner uses the same).
     #[arg(long)]
     identity_seed: Option<String>,
+    /// Adaptive mode: how long an idle reactor keeps polling before it sleeps (µs).
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    spin_us: u64,
     /// Ping an idle initiator with NOP-In after this many seconds (0: never).
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     nop_interval: u64,
@@ -242,7 +245,7 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             PollArg::Always => PollMode::Always,
             PollArg::Adaptive => PollMode::Adaptive,
         },
-        spin: tandem_dataplane::config_spec::DEFAULT_SPIN,
+        spin: std::time::Duration::from_micros(a.spin_us),
         timers: tandem_dataplane::reactor_ctx::ConnTimers {
             nop_interval: (a.nop_interval > 0)
                 .then(|| std::time::Duration::from_secs(a.nop_interval)),
