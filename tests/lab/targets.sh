@@ -16,7 +16,8 @@ target_start() {
             (cd "$REPO_DIR" && cargo build --release -q -p tandem-dataplane) >&2 || die "cargo build failed"
         fi
         [ -x "$bin" ] || die "no target binary $bin"
-        local args=(serve --ram 256MiB --iqn "$iqn") p
+        # shellcheck disable=SC2206 # LAB_TANDEM_ARGS is a word list on purpose
+        local args=(serve --ram 256MiB --iqn "$iqn" ${LAB_TANDEM_ARGS:-}) p
         for p in "$@"; do args+=(--portal "$p"); done
         log "target: $bin ${args[*]}"
         ip netns exec "$ns" "$bin" "${args[@]}" > "$run/target.log" 2>&1 &
