@@ -356,7 +356,8 @@ impl LogicalUnit {
                 done(Reply::data(d, alloc_len))
             }
             C::Read(rw) => self.read(st, cmd, rw),
-            C::Write(rw) | C::WriteAndVerify { rw, .. } => self.write(st, cmd, rw),
+            C::Write(rw) => self.write(st, cmd, rw, false),
+            C::WriteAndVerify { rw, bytchk } => self.write(st, cmd, rw, bytchk),
             C::Verify {
                 lba,
                 blocks,

@@ -90,6 +90,8 @@ pub(crate) enum ContKind {
     Read { len: usize },
     /// A write, flush or unmap whose success completes the command.
     Complete { is_write: bool },
+    /// WRITE AND VERIFY with BYTCHK=1: the write is done, read it back next.
+    WriteThenVerify { lba: u64, blocks: u32, bytes: usize },
     /// VERIFY with BYTCHK: compare what was read with the Data-Out buffer.
     Verify {
         bytchk: u8,

@@ -35,7 +35,9 @@ impl LogicalUnit {
             IoOutcome::MediumError => {
                 let write_like = matches!(
                     kind,
-                    ContKind::Complete { is_write: true } | ContKind::WriteSame { .. }
+                    ContKind::Complete { is_write: true }
+                        | ContKind::WriteSame { .. }
+                        | ContKind::WriteThenVerify { .. }
                 );
                 let s = if write_like {
                     Sense::write_error()
@@ -63,6 +65,21 @@ impl LogicalUnit {
                 })
             }
             ContKind::Complete { .. } => done(Reply::good()),
+            ContKind::WriteThenVerify { lba, blocks, bytes } => {
+                let Some(bs) = self.bytes(1) else {
+                    return check(Sense::internal_target_failure());
+                };
+                // Read back what was just written; the range stays held.
+                io_step(
+                    LuIo::Read { lba, blocks },
+                    ContKind::Verify {
+                        bytchk: 1,
+                        bytes,
+                        block_size: bs,
+                    },
+                    guard,
+                )
+            }
             ContKind::Verify {
                 bytchk,
                 bytes,
@@ -188,7 +205,9 @@ impl LogicalUnit {
         )
     }
 
-    pub(super) fn write(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
+    /// WRITE and WRITE AND VERIFY; with `verify_bytes` the written blocks
+    /// are read back and compared with the Data-Out buffer (BYTCHK=1).
+    pub(super) fn write(&self, st: &State, cmd: &Command, rw: RwCdb, verify_bytes: bool) -> Step {
         if let Err(s) = self.check_writable(st) {
             return check(s);
         }
@@ -216,7 +235,15 @@ impl LogicalUnit {
                 src: WriteSource::DataOut { offset: 0, len },
                 fua: Self::effective_fua(st, rw.fua),
             },
-            ContKind::Complete { is_write: true },
+            if verify_bytes {
+                ContKind::WriteThenVerify {
+                    lba: rw.lba.0,
+                    blocks: rw.blocks.0,
+                    bytes: len,
+                }
+            } else {
+                ContKind::Complete { is_write: true }
+            },
             Some(guard),
         )
     }

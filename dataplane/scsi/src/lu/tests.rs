@@ -472,6 +472,60 @@ fn compare_and_write_limits() {
 }
 
 #[test]
+fn write_and_verify_reads_back_with_bytchk() {
+    let r = Rig::new();
+    let n = nexus(1);
+    let mut c = rw10(0x2E, 3, 1);
+    c[1] = 0x02; // BYTCHK
+    let data = vec![0x77u8; BS];
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &c,
+        data_out: &data,
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    assert!(matches!(
+        p.io,
+        LuIo::Write {
+            lba: 3,
+            blocks: 1,
+            fua: true,
+            ..
+        }
+    ));
+    let Step::Io(p) =
+        r.lu.resume(&n, p.cont, IoOutcome::Ok { read_data: None }, &data)
+    else {
+        panic!()
+    };
+    assert_eq!(p.io, LuIo::Read { lba: 3, blocks: 1 });
+    // A medium that returns different bytes is a miscompare at that offset.
+    let mut back = data.clone();
+    back[9] = 0;
+    let Step::Done(rep) = r.lu.resume(
+        &n,
+        p.cont,
+        IoOutcome::Ok {
+            read_data: Some(&back),
+        },
+        &data,
+    ) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
+    assert_eq!(&rep.sense.unwrap()[3..7], &9u32.to_be_bytes());
+    // Without BYTCHK the write completes the command.
+    let mut rig = Rig::new();
+    assert_eq!(
+        rig.run(&n, &rw10(0x2E, 3, 1), &data).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(rig.run(&n, &c, &data).status, ScsiStatus::Good);
+}
+
+#[test]
 fn verify_bytchk() {
     let mut r = Rig::new();
     let n = nexus(1);
