@@ -55,11 +55,11 @@ impl ConnCore {
                     (FUNCTION_COMPLETE, self.abort_slots(ctx, vec![slot]))
                 }
                 _ => {
-                    // RFC 7143 §11.5.1: a task we never saw whose RefCmdSN is in the window
-                    // and before the TMF counts as received and aborted.
+                    // RFC 7143 §11.5.1: a task not received yet (RefCmdSN still inside the
+                    // window ExpCmdSN..MaxCmdSN, and before the TMF) counts as received and
+                    // aborted. One already answered (RefCmdSN below ExpCmdSN) does not exist.
                     let exp = self.exp_cmdsn();
-                    let low = exp.wrapping_sub(super::CMD_WINDOW);
-                    if sn_le(low, req.refcmdsn)
+                    if sn_le(exp, req.refcmdsn)
                         && sn_le(req.refcmdsn, req.cmdsn)
                         && req.refcmdsn != req.cmdsn
                     {

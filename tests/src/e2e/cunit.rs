@@ -78,8 +78,12 @@ fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestRes
     let t = line.trim_end();
     // CUnit ends a test with "passed" or "FAILED" at the end of a line; "[FAILED]" inside a
     // line is the test's own log and decides nothing.
-    let ends_passed = t.ends_with("passed");
-    let ends_failed = t.ends_with("FAILED");
+    // CUnit prints its verdict right after " ..." or at the start of a line; a test's
+    // teardown may log more on the same line after it.
+    let lead = t.trim_start();
+    let ends_passed =
+        t.ends_with("passed") || lead.starts_with("passed") || t.contains("...passed");
+    let ends_failed = t.ends_with("...FAILED") || lead == "FAILED" || lead.starts_with("FAILED ");
     text.push_str(line);
     text.push('\n');
     if ends_passed {
@@ -153,6 +157,14 @@ passed
   Test: Unwritten ...
 Run Summary:    Type  Total    Ran Passed Failed Inactive
 ";
+
+    #[test]
+    fn verdict_followed_by_teardown_log_counts() {
+        let out = "Suite: Reserve6\n  Test: LUNReset ...    [FAILED] RESERVE6 command: failed\npassed    [FAILED] PRIN command: failed\n";
+        let r = parse(out);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome, Outcome::Passed);
+    }
 
     #[test]
     fn skipped_passed_failed_and_unfinished_are_told_apart() {
