@@ -31,3 +31,32 @@ fn iscsi_test_cu_file_device() {
     );
     run_and_check("file", &t.url(0), SUITE_TIMEOUT);
 }
+
+/// The write-protect suite needs a read-only device; every write must fail DATA PROTECT.
+#[test]
+fn iscsi_test_cu_read_only_device() {
+    use tandem_tests::e2e::conformance::{report, run_suite};
+    use tandem_tests::e2e::cunit::Outcome;
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-ro")
+        .tempdir_in(scratch_dir())
+        .expect("temp dir");
+    let img = dir.path().join("ro.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("make image");
+    let t = Target::serve(
+        "ro",
+        &["--file", img.to_str().expect("utf-8 path"), "--read-only"],
+    );
+    let results = run_suite(&t.url(0), "ALL.ReadOnly", SUITE_TIMEOUT);
+    let c = report("read-only", &results);
+    assert!(
+        c.passed > 0 && c.skipped == 0,
+        "ReadOnly suite must run and pass: {c:?}"
+    );
+    assert!(
+        results.iter().all(|r| r.outcome == Outcome::Passed),
+        "ReadOnly failures: {results:?}"
+    );
+}
