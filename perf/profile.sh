@@ -14,7 +14,11 @@ OUT=/var/tmp/tandem-perf/profile
 mkdir -p "$OUT" /var/tmp/tandem-perf/bin
 command -v perf >/dev/null || { apt-get install -y -qq linux-perf >&2; }
 cargo build --release -q -p tandem-dataplane -p tandem-perf
-cp target/release/tandem-dataplane /var/tmp/tandem-perf/bin/tdp-prof-target
+NAME="$BACKING-$RW-qd$QD-$BS"
+# A copy per profile, kept next to the data, so `perf report` can still resolve symbols after
+# the shared target/ has been rebuilt.
+TBIN="$OUT/tdp-prof-$NAME"
+cp target/release/tandem-dataplane "$TBIN"
 cp target/release/tandem-loadgen /var/tmp/tandem-perf/bin/tdp-prof-loadgen
 PORT=3491
 case "$BACKING" in
@@ -24,7 +28,7 @@ case "$BACKING" in
         [[ -f $img ]] || dd if=/dev/zero of="$img" bs=1M count=1024 conv=fsync status=none
         backing=(--file "$img") ;;
 esac
-taskset -c 1 /var/tmp/tandem-perf/bin/tdp-prof-target serve --portal 127.0.0.1:$PORT \
+taskset -c 1 "$TBIN" serve --portal 127.0.0.1:$PORT \
     "${backing[@]}" --cores 1 --iqn iqn.2026-11.io.tandem:prof >"$OUT/target.log" 2>&1 &
 TPID=$!
 trap 'kill $TPID 2>/dev/null || true' EXIT
@@ -32,7 +36,6 @@ for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; 
 # Prefill (as tandem-bench does): RAM-disk pages resident, image blocks allocated.
 taskset -c 0 /var/tmp/tandem-perf/bin/tdp-prof-loadgen --portal 127.0.0.1:$PORT --rw write \
     --bs 256k --qd 8 --ops 4096 >/dev/null
-NAME="$BACKING-$RW-qd$QD-$BS"
 taskset -c 0 /var/tmp/tandem-perf/bin/tdp-prof-loadgen --portal 127.0.0.1:$PORT \
     --rw "$RW" --qd "$QD" --bs "$BS" --time $((SECS + 2)) >"$OUT/$NAME.loadgen.json" &
 LPID=$!

@@ -204,7 +204,9 @@ pub struct Goal {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Limits {
+    /// Best of the iperf3 runs.
     pub iperf3_gbit_s: Option<f64>,
+    pub iperf3_runs_gbit_s: Vec<f64>,
     pub iperf3_mb_s: Option<f64>,
     pub raw_fio: BTreeMap<String, Value>,
 }
@@ -645,55 +647,79 @@ fn start_targets(cfg: &BenchConfig) -> Result<Targets, String> {
 
 fn measure_limits(cfg: &BenchConfig, limits: &mut Limits, failures: &mut Vec<String>) {
     let secs = cfg.seconds.max(1).to_string();
-    // iperf3 over loopback: server on the target core, client on the client core.
-    let port = (cfg.port_base + 50).to_string();
-    let server = Command::new("taskset")
-        .args([
+    // iperf3 over loopback: server on the target core, client on the client core, 256 KiB
+    // writes (our largest PDU). Loopback bandwidth on a shared VM swings a lot, so it is measured
+    // several times and the best run is the limit (the harder goal for us).
+    let tries = if cfg.mode == Mode::Smoke { 1 } else { 3 };
+    let mut best: Option<f64> = None;
+    let mut all = Vec::new();
+    for i in 0..tries {
+        let port = (cfg.port_base + 50 + i as u16).to_string();
+        let server = Command::new("taskset")
+            .args([
+                "-c",
+                &cfg.target_core.to_string(),
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut srv = match server {
+            Ok(s) => s,
+            Err(e) => {
+                failures.push(format!("iperf3 server: {e}"));
+                break;
+            }
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let args: Vec<String> = [
             "-c",
-            &cfg.target_core.to_string(),
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
             "127.0.0.1",
             "-p",
             &port,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    match server {
-        Ok(mut srv) => {
-            std::thread::sleep(Duration::from_millis(300));
-            let args: Vec<String> = ["-c", "127.0.0.1", "-p", &port, "-t", &secs, "-J"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            match run_pinned(
-                cfg.client_core,
-                Path::new("iperf3"),
-                &args,
-                Duration::from_secs(cfg.seconds + 20),
-            ) {
-                Ok(Finished { out, .. }) => {
-                    let bps = serde_json::from_str::<Value>(&out).ok().and_then(|v| {
-                        v.pointer("/end/sum_received/bits_per_second")
-                            .and_then(Value::as_f64)
-                    });
-                    match bps {
-                        Some(b) => {
-                            limits.iperf3_gbit_s = Some(b / 1e9);
-                            limits.iperf3_mb_s = Some(b / 8e6);
-                        }
-                        None => failures.push("iperf3: no result in its JSON".into()),
+            "-t",
+            &secs,
+            "-l",
+            "256K",
+            "-J",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match run_pinned(
+            cfg.client_core,
+            Path::new("iperf3"),
+            &args,
+            Duration::from_secs(cfg.seconds + 20),
+        ) {
+            Ok(Finished { out, .. }) => {
+                let bps = serde_json::from_str::<Value>(&out).ok().and_then(|v| {
+                    v.pointer("/end/sum_received/bits_per_second")
+                        .and_then(Value::as_f64)
+                });
+                match bps {
+                    Some(b) => {
+                        all.push(b / 1e9);
+                        best = Some(best.map_or(b, |x: f64| x.max(b)));
                     }
+                    None => failures.push("iperf3: no result in its JSON".into()),
                 }
-                Err(e) => failures.push(format!("iperf3: {e}")),
             }
-            stop_child(&mut srv);
+            Err(e) => failures.push(format!("iperf3: {e}")),
         }
-        Err(e) => failures.push(format!("iperf3 server: {e}")),
+        stop_child(&mut srv);
+    }
+    if let Some(b) = best {
+        limits.iperf3_gbit_s = Some(b / 1e9);
+        limits.iperf3_mb_s = Some(b / 8e6);
+        limits.iperf3_runs_gbit_s = all;
     }
     // Raw disk: fio io_uring O_DIRECT on the same kind of image file the file-backed targets use.
     let img = cfg.workdir.join("tandem.img");
@@ -1071,6 +1097,18 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
         "tgt".into(),
         sh("tgtd", &["-V"])
             .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    );
+    report.setup.insert(
+        "git_head".into(),
+        sh("git", &["rev-parse", "--short", "HEAD"])
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    );
+    report.setup.insert(
+        "git_uncommitted_dataplane_files".into(),
+        sh("git", &["status", "--short", "--", "dataplane", "ffi"])
+            .map(|s| s.lines().count().to_string())
             .unwrap_or_default(),
     );
     eprintln!("tandem-bench: load before: {}", report.load_before);
