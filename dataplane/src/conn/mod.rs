@@ -198,7 +198,11 @@ impl Connection {
         if closed {
             self.close(ctx);
         }
-        PollResult { work, pdus: std::mem::take(&mut self.pdus_seen), closed }
+        PollResult {
+            work,
+            pdus: std::mem::take(&mut self.pdus_seen),
+            closed,
+        }
     }
 
     /// Continues a direct receive; returns (bytes received, still in progress).
