@@ -127,7 +127,11 @@ pub fn goals(r: &Report, _cfg: &BenchConfig) -> Vec<Goal> {
                     x,
                     0.7,
                     "×",
-                    &format!("{x:.2}× ({a:.1} vs {b:.1} µs)"),
+                    &format!(
+                        "{x:.2}× (p50 {a:.1} vs {b:.1} µs; mean {:.1} vs {:.1} µs)",
+                        row.tandem.mean_us.unwrap_or(0.0),
+                        row.tgt.mean_us.unwrap_or(0.0)
+                    ),
                 ));
             }
         }
