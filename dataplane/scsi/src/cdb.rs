@@ -23,6 +23,7 @@ pub mod op {
     pub const VERIFY_10: u8 = 0x2F;
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
     pub const MODE_SELECT_10: u8 = 0x55;
@@ -34,11 +35,13 @@ pub mod op {
     pub const READ_16: u8 = 0x88;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8A;
+    pub const ORWRITE_16: u8 = 0x8B;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
     pub const MAINTENANCE_IN: u8 = 0xA3;
@@ -46,6 +49,7 @@ pub mod op {
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
 
     /// SERVICE ACTION IN(16) service actions.
     pub const SAI_READ_CAPACITY_16: u8 = 0x10;
@@ -149,6 +153,21 @@ pub enum ScsiCommand {
         lba: Lba,
         blocks: Blocks,
         fua: bool,
+    },
+    /// ORWRITE(16): read, OR with the Data-Out buffer, write back.
+    OrWrite(RwCdb),
+    /// WRITE ATOMIC(16); `boundary` is the ATOMIC BOUNDARY field.
+    WriteAtomic {
+        rw: RwCdb,
+        boundary: u16,
+    },
+    /// READ DEFECT DATA (10)/(12).
+    ReadDefectData {
+        twelve: bool,
+        plist: bool,
+        glist: bool,
+        format: u8,
+        alloc_len: u32,
     },
     PreFetch {
         lba: Lba,
@@ -423,6 +442,29 @@ pub fn decode(cdb: &[u8]) -> Result<ScsiCommand, Sense> {
                 lba: Lba(f.be64(2)),
                 blocks: Blocks(f.u8(13).into()),
                 fua: f.bit(1, 0x08),
+            }
+        }
+        op::ORWRITE_16 => C::OrWrite(rw(&f, f.be64(2), f.be32(10))?),
+        op::WRITE_ATOMIC_16 => C::WriteAtomic {
+            rw: rw(&f, f.be64(2), f.be16(12).into())?,
+            boundary: f.be16(10),
+        },
+        op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
+            let twelve = opcode == op::READ_DEFECT_DATA_12;
+            // The flags are in byte 2 of the 10-byte CDB, byte 1 of the 12-byte one.
+            let flags_byte = if twelve { 1 } else { 2 };
+            let flags = f.u8(flags_byte);
+            let format = flags & 0x07;
+            // 111b is reserved; every other format is defined (SBC-3 6.2).
+            if format == 0x07 {
+                return Err(Sense::invalid_field_cdb(flags_byte as u16, Some(2)));
+            }
+            C::ReadDefectData {
+                twelve,
+                plist: flags & 0x10 != 0,
+                glist: flags & 0x08 != 0,
+                format,
+                alloc_len: if twelve { f.be32(6) } else { f.be16(7).into() },
             }
         }
         op::MAINTENANCE_IN => match f.u8(1) & 0x1F {

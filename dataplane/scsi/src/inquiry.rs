@@ -17,6 +17,43 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 /// Largest COMPARE AND WRITE, in blocks (the CDB field is one byte).
 pub const MAX_CAW_BLOCKS: u32 = 255;
+/// Physical block size we report (READ CAPACITY(16) LOGICAL BLOCKS PER
+/// PHYSICAL BLOCK EXPONENT, granularities of VPD 0xB0).
+pub const PHYSICAL_BLOCK_BYTES: u32 = 4096;
+
+/// Logical blocks per physical block (1 for 4096-byte logical blocks).
+pub fn blocks_per_physical(block_size: u32) -> u32 {
+    (PHYSICAL_BLOCK_BYTES / block_size.max(1)).max(1)
+}
+
+/// WRITE ATOMIC(16) limits, in logical blocks, reported in VPD 0xB0 and
+/// enforced by the command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtomicLimits {
+    /// MAXIMUM ATOMIC TRANSFER LENGTH (never above MAXIMUM TRANSFER LENGTH).
+    pub max_blocks: u32,
+    /// ATOMIC ALIGNMENT: the first LBA must be a multiple of it.
+    pub alignment: u32,
+    /// ATOMIC TRANSFER LENGTH GRANULARITY: the length must be a multiple of it.
+    pub granularity: u32,
+}
+
+impl AtomicLimits {
+    /// Atomic writes are whole physical blocks, naturally aligned, up to the
+    /// maximum transfer length (at most what the 16-bit CDB field can ask for).
+    pub fn new(block_size: u32, max_transfer_blocks: u32) -> AtomicLimits {
+        let unit = blocks_per_physical(block_size);
+        let cap = match max_transfer_blocks {
+            0 => u32::from(u16::MAX),
+            n => n.min(u32::from(u16::MAX)),
+        };
+        AtomicLimits {
+            max_blocks: cap / unit * unit,
+            alignment: unit,
+            granularity: unit,
+        }
+    }
+}
 
 /// What the VPD pages need to know about the LU and the asking nexus.
 pub struct VpdContext<'a> {
@@ -110,7 +147,7 @@ fn device_identification(ctx: &VpdContext) -> Vec<u8> {
 fn block_limits(ctx: &VpdContext) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Offsets below are page offsets minus the 4-byte header.
-    b[0] = 0x01; // WSNZ: WRITE SAME with 0 blocks is rejected
+    // WSNZ=0: WRITE SAME with 0 blocks writes through the last LBA.
     let max_xfer = ctx.max_transfer_blocks;
     let caw = if max_xfer == 0 {
         MAX_CAW_BLOCKS
@@ -118,7 +155,7 @@ fn block_limits(ctx: &VpdContext) -> Vec<u8> {
         max_xfer.min(MAX_CAW_BLOCKS)
     };
     b[1] = caw as u8;
-    let gran = (4096 / ctx.block_size.max(1)).max(1) as u16;
+    let gran = blocks_per_physical(ctx.block_size) as u16;
     b[2..4].copy_from_slice(&gran.to_be_bytes());
     b[4..8].copy_from_slice(&max_xfer.to_be_bytes());
     b[8..12].copy_from_slice(&max_xfer.to_be_bytes());
@@ -128,6 +165,11 @@ fn block_limits(ctx: &VpdContext) -> Vec<u8> {
         b[24..28].copy_from_slice(&u32::from(gran).to_be_bytes());
     }
     b[32..40].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // Atomic writes; atomic boundaries are not supported (their fields stay 0).
+    let atomic = AtomicLimits::new(ctx.block_size, max_xfer);
+    b[40..44].copy_from_slice(&atomic.max_blocks.to_be_bytes());
+    b[44..48].copy_from_slice(&atomic.alignment.to_be_bytes());
+    b[48..52].copy_from_slice(&atomic.granularity.to_be_bytes());
     page(0xB0, &b)
 }
 

@@ -381,6 +381,18 @@ impl LogicalUnit {
             C::CompareAndWrite { lba, blocks, fua } => {
                 self.compare_and_write(st, cmd, lba, blocks, fua)
             }
+            C::OrWrite(rw) => self.or_write(st, cmd, rw),
+            C::WriteAtomic { rw, boundary } => self.write_atomic(st, cmd, rw, boundary),
+            C::ReadDefectData {
+                twelve,
+                plist,
+                glist,
+                format,
+                alloc_len,
+            } => done(Reply::data(
+                read_defect_data(twelve, plist, glist, format),
+                alloc_len,
+            )),
             C::ReportSupportedOpcodes {
                 rctd,
                 options,
@@ -455,6 +467,17 @@ impl LogicalUnit {
 pub(super) fn param_list(data_out: &[u8], param_len: u32) -> Result<&[u8], Sense> {
     let n = usize::try_from(param_len).map_err(|_| Sense::invalid_field_in_iu())?;
     data_out.get(..n).ok_or_else(Sense::invalid_field_in_iu)
+}
+
+/// READ DEFECT DATA parameter data: an emulated medium has no defects, so
+/// the requested lists are valid and empty, in the requested format.
+fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8) -> Vec<u8> {
+    let flags = if plist { 0x10 } else { 0 } | if glist { 0x08 } else { 0 } | (format & 0x07);
+    // (10): 4-byte header with a 16-bit length; (12): GENERATION CODE 0
+    // (not supported) and a 32-bit length. DEFECT LIST LENGTH is 0 in both.
+    let mut d = vec![0u8; if twelve { 8 } else { 4 }];
+    d[1] = flags;
+    d
 }
 
 mod block;

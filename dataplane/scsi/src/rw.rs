@@ -1,5 +1,5 @@
 //! Block I/O planning state: continuations and the in-flight write-range
-//! table that makes COMPARE AND WRITE atomic.
+//! table that makes COMPARE AND WRITE, ORWRITE and WRITE ATOMIC atomic.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 struct Entry {
     lba: u64,
     end: u64,
-    /// COMPARE AND WRITE ranges exclude every overlapping write; plain
-    /// writes only exclude overlapping COMPARE AND WRITEs.
+    /// Exclusive ranges (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC) exclude
+    /// every overlapping write; plain writes only exclude exclusive ones.
     caw: bool,
 }
 
@@ -100,6 +100,13 @@ pub(crate) enum ContKind {
     },
     /// COMPARE AND WRITE, compare phase done next.
     CawRead {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+        bytes: usize,
+    },
+    /// ORWRITE, read phase done: OR the Data-Out buffer into it and write.
+    OrRead {
         lba: u64,
         blocks: u32,
         fua: bool,

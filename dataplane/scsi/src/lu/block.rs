@@ -1,9 +1,10 @@
 //! Block commands (SBC-3): READ, WRITE, VERIFY, WRITE SAME, UNMAP,
-//! COMPARE AND WRITE, and the `resume` state machine that finishes them.
+//! COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, and the `resume` state machine
+//! that finishes them.
 
 use crate::cdb::{Blocks, Lba, RwCdb};
 use crate::inquiry::{
-    MAX_CAW_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS,
+    AtomicLimits, MAX_CAW_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS,
 };
 use crate::rw::{first_mismatch, try_acquire, ContKind, Continuation, RangeGuard};
 use crate::sense::Sense;
@@ -131,6 +132,31 @@ impl LogicalUnit {
                             offset: bytes,
                             len: bytes,
                         },
+                        fua,
+                    },
+                    ContKind::Complete { is_write: true },
+                    guard,
+                )
+            }
+            ContKind::OrRead {
+                lba,
+                blocks,
+                fua,
+                bytes,
+            } => {
+                let (Some(read), Some(mask)) = (
+                    read_data.and_then(|d| d.get(..bytes)),
+                    data_out.get(..bytes),
+                ) else {
+                    return check(Sense::internal_target_failure());
+                };
+                let merged: Vec<u8> = read.iter().zip(mask).map(|(a, b)| a | b).collect();
+                // The range stays held until the merged blocks are written.
+                io_step(
+                    LuIo::Write {
+                        lba,
+                        blocks,
+                        src: WriteSource::Owned(merged),
                         fua,
                     },
                     ContKind::Complete { is_write: true },
@@ -310,16 +336,21 @@ impl LogicalUnit {
         if unmap && !self.unmap_supported {
             return check(Sense::invalid_field_cdb(1, Some(3)));
         }
-        // WSNZ=1: a zero NUMBER OF LOGICAL BLOCKS is not "to the end".
-        if blocks.0 == 0 {
-            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
-        }
         if let Err(s) = check_range(st.num_blocks, lba, blocks.0.into()) {
             return check(s);
         }
-        if u64::from(blocks.0) > MAX_WRITE_SAME_BLOCKS {
+        // WSNZ=0: NUMBER OF LOGICAL BLOCKS 0 means through the last LBA
+        // (at most MAXIMUM WRITE SAME LENGTH, like any other length).
+        let count = match blocks.0 {
+            0 => st.num_blocks - lba.0,
+            n => u64::from(n),
+        };
+        if count > MAX_WRITE_SAME_BLOCKS {
             return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
         }
+        let Ok(count) = u32::try_from(count) else {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        };
         let Some(bs) = self.bytes(1) else {
             return check(Sense::internal_target_failure());
         };
@@ -332,7 +363,11 @@ impl LogicalUnit {
             }
             cmd.data_out.to_vec()
         };
-        let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), false) else {
+        // 0 blocks at the capacity: nothing left to write.
+        if count == 0 {
+            return done(Reply::good());
+        }
+        let Some(guard) = try_acquire(&self.inflight, lba.0, count.into(), false) else {
             return Step::Defer;
         };
         // Unmap only when the result reads back as the block written: the
@@ -340,7 +375,7 @@ impl LogicalUnit {
         if unmap && self.unmap_supported && block.iter().all(|&b| b == 0) {
             return io_step(
                 LuIo::Unmap {
-                    ranges: vec![(lba.0, blocks.0)],
+                    ranges: vec![(lba.0, count)],
                 },
                 ContKind::Complete { is_write: true },
                 Some(guard),
@@ -348,14 +383,7 @@ impl LogicalUnit {
         }
         let chunk_blocks = u32::try_from((WRITE_SAME_CHUNK_BYTES / bs).max(1)).unwrap_or(1);
         let fua = Self::effective_fua(st, false);
-        Self::write_same_chunk(
-            lba.0,
-            blocks.0.into(),
-            block,
-            chunk_blocks,
-            fua,
-            Some(guard),
-        )
+        Self::write_same_chunk(lba.0, count.into(), block, chunk_blocks, fua, Some(guard))
     }
 
     pub(super) fn write_same_chunk(
@@ -475,6 +503,93 @@ impl LogicalUnit {
                 fua: Self::effective_fua(st, fua),
                 bytes,
             },
+            Some(guard),
+        )
+    }
+}
+
+impl LogicalUnit {
+    /// ORWRITE(16): read the blocks, OR the Data-Out buffer into them and
+    /// write the result, holding the range exclusively throughout so no
+    /// overlapping write lands between the read and the write.
+    pub(super) fn or_write(&self, st: &State, cmd: &Command, rw: RwCdb) -> Step {
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        if let Err(s) = self.check_transfer(st, cmd.cdb, rw.lba, rw.blocks.0.into()) {
+            return check(s);
+        }
+        if rw.blocks.0 == 0 {
+            return done(Reply::good());
+        }
+        let Some(bytes) = self.bytes(rw.blocks.0.into()) else {
+            return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
+        };
+        if cmd.data_out.len() < bytes {
+            return check(Sense::invalid_field_in_iu());
+        }
+        let Some(guard) = try_acquire(&self.inflight, rw.lba.0, rw.blocks.0.into(), true) else {
+            return Step::Defer;
+        };
+        io_step(
+            LuIo::Read {
+                lba: rw.lba.0,
+                blocks: rw.blocks.0,
+            },
+            ContKind::OrRead {
+                lba: rw.lba.0,
+                blocks: rw.blocks.0,
+                fua: Self::effective_fua(st, rw.fua),
+                bytes,
+            },
+            Some(guard),
+        )
+    }
+
+    /// WRITE ATOMIC(16): one write within the VPD 0xB0 atomic limits, with
+    /// its range held exclusively so overlapping writes are ordered around
+    /// it, never interleaved with it.
+    pub(super) fn write_atomic(&self, st: &State, cmd: &Command, rw: RwCdb, boundary: u16) -> Step {
+        /// TRANSFER LENGTH is bytes 12..14 of WRITE ATOMIC(16).
+        const LEN_BYTE: u16 = 12;
+        if let Err(s) = self.check_writable(st) {
+            return check(s);
+        }
+        let blocks = rw.blocks.0;
+        if let Err(s) = check_range(st.num_blocks, rw.lba, blocks.into()) {
+            return check(s);
+        }
+        // MAXIMUM ATOMIC BOUNDARY SIZE is 0: only ATOMIC BOUNDARY 0 is valid.
+        if boundary != 0 {
+            return check(Sense::invalid_field_cdb(10, None));
+        }
+        if blocks == 0 {
+            return done(Reply::good());
+        }
+        let lim = AtomicLimits::new(self.block_size, self.max_transfer_blocks);
+        if blocks > lim.max_blocks || !blocks.is_multiple_of(lim.granularity.max(1)) {
+            return check(Sense::invalid_field_cdb(LEN_BYTE, None));
+        }
+        if !rw.lba.0.is_multiple_of(u64::from(lim.alignment.max(1))) {
+            return check(Sense::invalid_field_cdb(2, None));
+        }
+        let Some(len) = self.bytes(blocks.into()) else {
+            return check(Sense::invalid_field_cdb(LEN_BYTE, None));
+        };
+        if cmd.data_out.len() < len {
+            return check(Sense::invalid_field_in_iu());
+        }
+        let Some(guard) = try_acquire(&self.inflight, rw.lba.0, blocks.into(), true) else {
+            return Step::Defer;
+        };
+        io_step(
+            LuIo::Write {
+                lba: rw.lba.0,
+                blocks,
+                src: WriteSource::DataOut { offset: 0, len },
+                fua: Self::effective_fua(st, rw.fua),
+            },
+            ContKind::Complete { is_write: true },
             Some(guard),
         )
     }

@@ -15,6 +15,7 @@ impl LogicalUnit {
             | C::Verify { .. }
             | C::ModeSense(_)
             | C::GetLbaStatus { .. }
+            | C::ReadDefectData { .. }
             | C::PreFetch { .. } => Access::Read,
             C::Write(_)
             | C::WriteAndVerify { .. }
@@ -22,6 +23,8 @@ impl LogicalUnit {
             | C::Unmap { .. }
             | C::SynchronizeCache { .. }
             | C::CompareAndWrite { .. }
+            | C::OrWrite(_)
+            | C::WriteAtomic { .. }
             | C::ModeSelect { .. }
             | C::StartStopUnit { .. } => Access::Write,
             _ => Access::Always,

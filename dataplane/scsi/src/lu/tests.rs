@@ -571,11 +571,14 @@ fn write_same_expands_in_chunks_and_unmaps_zeroes() {
         }
     );
     drop(p);
-    // Zero blocks with WSNZ=1, ANCHOR unsupported, too-short data.
+    // WSNZ=0: zero blocks writes through the last LBA.
     assert_eq!(
-        sense_of(&r.run(&n, &rw16(0x93, 0, 0), &[0; BS])),
-        (5, 0x24, 0)
+        r.run(&n, &rw16(0x93, 1000, 0), &[0x77; BS]).status,
+        ScsiStatus::Good
     );
+    assert!(r.disk[..1000 * BS].iter().all(|&b| b == 0x5A));
+    assert!(r.disk[1000 * BS..].iter().all(|&b| b == 0x77));
+    // ANCHOR unsupported, too-short data.
     let mut a = rw16(0x93, 0, 1);
     a[1] = 0x18;
     assert_eq!(sense_of(&r.run(&n, &a, &[0; BS])), (5, 0x24, 0));
