@@ -353,6 +353,17 @@ fn stop_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// True while the process exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -921,6 +932,12 @@ fn client_args(
 
 fn run_one(cfg: &BenchConfig, client: Client, t: &Target, w: &Workload) -> Option<RunResult> {
     let (prog, args) = client_args(cfg, client, t, w)?;
+    if !alive(t.pid) {
+        return Some(RunResult {
+            error: Some(format!("target process {} ({:?}) is gone", t.pid, t.kind)),
+            ..Default::default()
+        });
+    }
     let cpu0 = proc_cpu(t.pid);
     let started = Instant::now();
     let res = run_pinned(
