@@ -603,6 +603,62 @@ mod tests {
     }
 
     #[test]
+    fn orwrite_write_atomic_and_read_defect_data_fields() {
+        let mut c = [0u8; 16];
+        c[0] = op::ORWRITE_16;
+        c[1] = 0x1A; // DPO, FUA, FUA_NV (ignored)
+        c[2..10].copy_from_slice(&7u64.to_be_bytes());
+        c[10..14].copy_from_slice(&3u32.to_be_bytes());
+        let rw = RwCdb {
+            lba: Lba(7),
+            blocks: Blocks(3),
+            fua: true,
+            dpo: true,
+        };
+        assert_eq!(decode(&c).unwrap(), ScsiCommand::OrWrite(rw));
+        let mut c = [0u8; 16];
+        c[0] = op::WRITE_ATOMIC_16;
+        c[1] = 0x08;
+        c[2..10].copy_from_slice(&0x10u64.to_be_bytes());
+        c[10..12].copy_from_slice(&0x0102u16.to_be_bytes());
+        c[12..14].copy_from_slice(&8u16.to_be_bytes());
+        assert_eq!(
+            decode(&c).unwrap(),
+            ScsiCommand::WriteAtomic {
+                rw: RwCdb {
+                    lba: Lba(0x10),
+                    blocks: Blocks(8),
+                    fua: true,
+                    dpo: false
+                },
+                boundary: 0x0102
+            }
+        );
+        c[1] = 0x40; // WRPROTECT
+        assert_eq!(decode(&c).unwrap_err().field.unwrap().byte, 1);
+        assert_eq!(
+            decode(&[0xB7, 0x15, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0]).unwrap(),
+            ScsiCommand::ReadDefectData {
+                twelve: true,
+                plist: true,
+                glist: false,
+                format: 5,
+                alloc_len: 0x100,
+            }
+        );
+        assert_eq!(
+            decode(&[0x37, 0, 0x0B, 0, 0, 0, 0, 0x01, 0x02, 0]).unwrap(),
+            ScsiCommand::ReadDefectData {
+                twelve: false,
+                plist: false,
+                glist: true,
+                format: 3,
+                alloc_len: 0x102,
+            }
+        );
+    }
+
+    #[test]
     fn naca_rejected() {
         assert_eq!(
             decode(&[0, 0, 0, 0, 0, 0x04]).unwrap_err().triple(),

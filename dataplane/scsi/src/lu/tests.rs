@@ -1081,6 +1081,448 @@ fn lu_is_send_sync_and_continuation_send() {
     assert_send::<Continuation>();
 }
 
+// ---- ORWRITE / WRITE ATOMIC / READ DEFECT DATA -----------------------------------
+
+/// Field pointer of an ILLEGAL REQUEST sense: (C/D, byte).
+fn field_of(r: &Reply) -> (bool, u16) {
+    let s = r.sense.as_ref().unwrap();
+    assert_eq!(s[15] & 0x80, 0x80, "SKSV");
+    (s[15] & 0x40 != 0, u16::from_be_bytes([s[16], s[17]]))
+}
+
+fn wa16(lba: u64, blocks: u16) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9C;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[12..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn orwrite_ors_data_out_into_the_blocks() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    r.disk[4 * BS..6 * BS].fill(0x0F);
+    r.disk[5 * BS] = 0x80;
+    let mut d = vec![0xF0u8; 2 * BS];
+    d[1] = 0x30;
+    d[BS] = 0x01;
+    assert_eq!(r.run(&n, &rw16(0x8B, 4, 2), &d).status, ScsiStatus::Good);
+    let mut want = vec![0xFFu8; 2 * BS];
+    want[1] = 0x3F; // 0x0F | 0x30
+    want[BS] = 0x81; // 0x80 | 0x01
+    assert_eq!(&r.disk[4 * BS..6 * BS], &want[..]);
+    // Neighbours untouched.
+    assert!(r.disk[3 * BS..4 * BS].iter().all(|&b| b == 0));
+    assert!(r.disk[6 * BS..7 * BS].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn orwrite_reads_then_writes_with_fua_and_excludes_overlapping_writes() {
+    let r = Rig::new();
+    let n1 = nexus(1);
+    let n2 = nexus(2);
+    let mut c = rw16(0x8B, 8, 2);
+    c[1] = 0x18; // DPO, FUA
+    let d = vec![0x01u8; 2 * BS];
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &c,
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    }) else {
+        panic!()
+    };
+    assert_eq!(p.io, LuIo::Read { lba: 8, blocks: 2 });
+    let w = |lba| {
+        r.lu.execute(&Command {
+            cdb: &rw10(0x2A, lba, 1),
+            data_out: &d,
+            expected_in_len: 0,
+            nexus: &n2,
+        })
+    };
+    // Between the read and the write no overlapping write may land.
+    assert!(matches!(w(9), Step::Defer));
+    assert!(matches!(w(10), Step::Io(_)));
+    let old = vec![0x10u8; 2 * BS];
+    let Step::Io(p) = r.lu.resume(
+        &n1,
+        p.cont,
+        IoOutcome::Ok {
+            read_data: Some(&old),
+        },
+        &d,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        p.io,
+        LuIo::Write {
+            lba: 8,
+            blocks: 2,
+            src: WriteSource::Owned(vec![0x11; 2 * BS]),
+            fua: true,
+        }
+    );
+    assert!(matches!(w(8), Step::Defer));
+    let Step::Done(rep) =
+        r.lu.resume(&n1, p.cont, IoOutcome::Ok { read_data: None }, &d)
+    else {
+        panic!()
+    };
+    assert_eq!(rep.status, ScsiStatus::Good);
+    assert!(matches!(w(8), Step::Io(_)));
+    // And an ORWRITE over an in-flight write waits for it.
+    let Step::Io(write_plan) = w(30) else {
+        panic!()
+    };
+    let o = r.lu.execute(&Command {
+        cdb: &rw16(0x8B, 29, 2),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    });
+    assert!(matches!(o, Step::Defer));
+    drop(write_plan);
+    assert_eq!(crate::rw::inflight_len(&r.lu.inflight), 0);
+}
+
+#[test]
+fn orwrite_checks() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // 0 blocks: nothing to do, but the LBA is still checked.
+    assert_eq!(r.run(&n, &rw16(0x8B, 0, 0), &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&n, &rw16(0x8B, BLOCKS, 0), &[]).status,
+        ScsiStatus::Good
+    );
+    for lba in [BLOCKS + 1, 1 << 63, u64::MAX] {
+        assert_eq!(sense_of(&r.run(&n, &rw16(0x8B, lba, 0), &[])), (5, 0x21, 0));
+    }
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x8B, BLOCKS - 1, 2), &[0; 2 * BS])),
+        (5, 0x21, 0)
+    );
+    // ORPROTECT without protection information.
+    for p in 1..8u8 {
+        let mut c = rw16(0x8B, 0, 1);
+        c[1] = p << 5;
+        let rep = r.run(&n, &c, &[0; BS]);
+        assert_eq!(sense_of(&rep), (5, 0x24, 0));
+        assert_eq!(field_of(&rep), (true, 1));
+    }
+    // Beyond MAXIMUM TRANSFER LENGTH (128 blocks).
+    let rep = r.run(&n, &rw16(0x8B, 0, 129), &[0; 129 * BS]);
+    assert_eq!(sense_of(&rep), (5, 0x24, 0));
+    assert_eq!(field_of(&rep), (true, 10));
+    // Less Data-Out than the CDB says.
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x8B, 0, 2), &[0; BS])),
+        (5, 0x0E, 3)
+    );
+    assert!(r.disk.iter().all(|&b| b == 0));
+    // A read-only LU refuses it.
+    let mut ro = Rig::with(
+        LuConfig {
+            read_only: true,
+            ..config()
+        },
+        None,
+    );
+    assert_eq!(
+        sense_of(&ro.run(&n, &rw16(0x8B, 0, 1), &[0; BS])),
+        (7, 0x27, 0)
+    );
+}
+
+#[test]
+fn write_atomic_limits_in_block_limits_vpd() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let b0 = r.bytes(&n, &[0x12, 1, 0xB0, 0, 255, 0]);
+    assert_eq!(b0[4] & 0x01, 0, "WSNZ");
+    assert_eq!(
+        &b0[44..48],
+        &128u32.to_be_bytes(),
+        "max atomic = max transfer"
+    );
+    assert_eq!(&b0[48..52], &8u32.to_be_bytes(), "alignment: a 4 KiB block");
+    assert_eq!(
+        &b0[52..56],
+        &8u32.to_be_bytes(),
+        "granularity: a 4 KiB block"
+    );
+    assert_eq!(&b0[56..64], &[0; 8], "no atomic boundaries");
+    // 4096-byte blocks: every block is a physical block.
+    let mut r4 = Rig::with(
+        LuConfig {
+            block_size: 4096,
+            max_transfer_blocks: 0,
+            ..config()
+        },
+        None,
+    );
+    let b0 = r4.bytes(&n, &[0x12, 1, 0xB0, 0, 255, 0]);
+    assert_eq!(&b0[44..48], &0xFFFFu32.to_be_bytes());
+    assert_eq!(&b0[48..56], &[0, 0, 0, 1, 0, 0, 0, 1]);
+}
+
+#[test]
+fn write_atomic_writes_whole_aligned_physical_blocks() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let mut d = vec![0u8; 8 * BS];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    assert_eq!(r.run(&n, &wa16(16, 8), &d).status, ScsiStatus::Good);
+    assert_eq!(&r.disk[16 * BS..24 * BS], &d[..]);
+    assert!(r.disk[24 * BS..25 * BS].iter().all(|&b| b == 0));
+    // At the very end of the LU.
+    let end = BLOCKS - 128;
+    assert_eq!(
+        r.run(&n, &wa16(end, 128), &vec![0xA6; 128 * BS]).status,
+        ScsiStatus::Good
+    );
+    assert!(r.disk[end as usize * BS..].iter().all(|&b| b == 0xA6));
+    // FUA reaches the I/O.
+    let mut c = wa16(0, 8);
+    c[1] = 0x18;
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &c,
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        p.io,
+        LuIo::Write {
+            lba: 0,
+            blocks: 8,
+            src: WriteSource::DataOut {
+                offset: 0,
+                len: 8 * BS
+            },
+            fua: true,
+        }
+    );
+}
+
+#[test]
+fn write_atomic_checks() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    let ok = vec![0x5Au8; 16 * BS];
+    // 0 blocks: GOOD, but the LBA is still checked.
+    assert_eq!(r.run(&n, &wa16(0, 0), &[]).status, ScsiStatus::Good);
+    for lba in [BLOCKS + 8, 1 << 63, u64::MAX - 7] {
+        assert_eq!(sense_of(&r.run(&n, &wa16(lba, 0), &[])), (5, 0x21, 0));
+        assert_eq!(sense_of(&r.run(&n, &wa16(lba, 8), &ok)), (5, 0x21, 0));
+    }
+    assert_eq!(
+        sense_of(&r.run(&n, &wa16(BLOCKS - 8, 16), &ok)),
+        (5, 0x21, 0)
+    );
+    // Misaligned LBA: INVALID FIELD IN CDB at the LBA.
+    let rep = r.run(&n, &wa16(1, 8), &ok);
+    assert_eq!(sense_of(&rep), (5, 0x24, 0));
+    assert_eq!(field_of(&rep), (true, 2));
+    // Not a multiple of the granularity, or above the maximum: at the length.
+    for blocks in [1u16, 7, 9, 136] {
+        let rep = r.run(&n, &wa16(0, blocks), &vec![0; usize::from(blocks) * BS]);
+        assert_eq!(sense_of(&rep), (5, 0x24, 0), "{blocks} blocks");
+        assert_eq!(field_of(&rep), (true, 12));
+    }
+    // ATOMIC BOUNDARY is not supported.
+    let mut c = wa16(0, 8);
+    c[10..12].copy_from_slice(&1u16.to_be_bytes());
+    let rep = r.run(&n, &c, &ok);
+    assert_eq!(sense_of(&rep), (5, 0x24, 0));
+    assert_eq!(field_of(&rep), (true, 10));
+    // WRPROTECT without protection information.
+    for p in 1..8u8 {
+        let mut c = wa16(0, 8);
+        c[1] = p << 5;
+        let rep = r.run(&n, &c, &ok);
+        assert_eq!(sense_of(&rep), (5, 0x24, 0));
+        assert_eq!(field_of(&rep), (true, 1));
+    }
+    // Too little Data-Out.
+    assert_eq!(
+        sense_of(&r.run(&n, &wa16(0, 8), &ok[..4 * BS])),
+        (5, 0x0E, 3)
+    );
+    assert!(r.disk.iter().all(|&b| b == 0));
+    let mut ro = Rig::with(
+        LuConfig {
+            read_only: true,
+            ..config()
+        },
+        None,
+    );
+    assert_eq!(sense_of(&ro.run(&n, &wa16(0, 8), &ok)), (7, 0x27, 0));
+}
+
+#[test]
+fn write_atomic_is_exclusive_against_overlapping_writes() {
+    let r = Rig::new();
+    let n1 = nexus(1);
+    let n2 = nexus(2);
+    let d = vec![0u8; 8 * BS];
+    let Step::Io(atomic) = r.lu.execute(&Command {
+        cdb: &wa16(8, 8),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    }) else {
+        panic!()
+    };
+    let w = |lba| {
+        r.lu.execute(&Command {
+            cdb: &rw10(0x2A, lba, 1),
+            data_out: &d,
+            expected_in_len: 0,
+            nexus: &n2,
+        })
+    };
+    assert!(matches!(w(15), Step::Defer));
+    assert!(matches!(w(16), Step::Io(_)));
+    drop(atomic);
+    let Step::Io(write_plan) = w(12) else {
+        panic!()
+    };
+    let a = r.lu.execute(&Command {
+        cdb: &wa16(8, 8),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n1,
+    });
+    assert!(matches!(a, Step::Defer));
+    drop(write_plan);
+    assert_eq!(crate::rw::inflight_len(&r.lu.inflight), 0);
+}
+
+#[test]
+fn read_defect_data_reports_empty_lists() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // (10): PLIST, GLIST, bytes-from-index format, echoed with length 0.
+    assert_eq!(
+        r.bytes(&n, &[0x37, 0, 0x1C, 0, 0, 0, 0, 0, 32, 0]),
+        vec![0, 0x1C, 0, 0]
+    );
+    assert_eq!(
+        r.bytes(&n, &[0x37, 0, 0x00, 0, 0, 0, 0, 0, 32, 0]),
+        vec![0, 0, 0, 0]
+    );
+    // Allocation length truncates.
+    assert_eq!(
+        r.bytes(&n, &[0x37, 0, 0x1C, 0, 0, 0, 0, 0, 2, 0]),
+        vec![0, 0x1C]
+    );
+    // (12): flags in byte 1, 8-byte header (generation code 0, 32-bit length).
+    assert_eq!(
+        r.bytes(&n, &[0xB7, 0x0B, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]),
+        vec![0, 0x0B, 0, 0, 0, 0, 0, 0]
+    );
+    // Format 111b is reserved.
+    let rep = r.run(&n, &[0x37, 0, 0x07, 0, 0, 0, 0, 0, 32, 0], &[]);
+    assert_eq!(sense_of(&rep), (5, 0x24, 0));
+    assert_eq!(field_of(&rep), (true, 2));
+    let rep = r.run(&n, &[0xB7, 0x07, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0], &[]);
+    assert_eq!(field_of(&rep), (true, 1));
+}
+
+#[test]
+fn rsoc_lists_the_new_commands() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    for (op, len, b1) in [
+        (0x37u8, 10u16, 0x00u8),
+        (0x8B, 16, 0xF8),
+        (0x9C, 16, 0xF8),
+        (0xB7, 12, 0x1F),
+    ] {
+        let d = r.bytes(&n, &[0xA3, 0x0C, 0x01, op, 0, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(d[1] & 0x07, 3, "{op:#x} supported");
+        assert_eq!(&d[2..4], &len.to_be_bytes());
+        assert_eq!(d[4], op);
+        assert_eq!(d[5], b1, "{op:#x} byte 1 usage");
+    }
+    // DPO/FUA of ORWRITE and WRITE ATOMIC are honoured, as MODE SENSE says.
+    let ms = r.bytes(&n, &[0x1A, 0x08, 0x3F, 0, 255, 0]);
+    assert_eq!(ms[2] & 0x10, 0x10);
+}
+
+#[test]
+fn write_same_zero_blocks_runs_to_the_last_lba() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // At the capacity there is nothing left: GOOD without any I/O.
+    let step = r.lu.execute(&Command {
+        cdb: &rw10(0x41, BLOCKS as u32, 0),
+        data_out: &[1; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    });
+    assert!(matches!(step, Step::Done(ref rep) if rep.status == ScsiStatus::Good));
+    assert_eq!(
+        sense_of(&r.run(&n, &rw10(0x41, BLOCKS as u32 + 1, 0), &[1; BS])),
+        (5, 0x21, 0)
+    );
+    assert_eq!(
+        sense_of(&r.run(&n, &rw16(0x93, u64::MAX, 0), &[1; BS])),
+        (5, 0x21, 0)
+    );
+    // UNMAP with a zero block unmaps through the end.
+    let mut c = rw10(0x41, 1000, 0);
+    c[1] = 0x08;
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &c,
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        p.io,
+        LuIo::Unmap {
+            ranges: vec![(1000, 24)]
+        }
+    );
+    drop(p);
+    // More than MAXIMUM WRITE SAME LENGTH (0xFFFF) to the end is refused;
+    // exactly that many is fine.
+    let big = Rig::with(
+        LuConfig {
+            num_blocks: 0x20000,
+            ..config()
+        },
+        None,
+    );
+    let exec = |lba: u32| {
+        big.lu.execute(&Command {
+            cdb: &rw10(0x41, lba, 0),
+            data_out: &[0; BS],
+            expected_in_len: 0,
+            nexus: &n,
+        })
+    };
+    let Step::Done(rep) = exec(0x20000 - 0x10000) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (5, 0x24, 0));
+    let Step::Io(p) = exec(0x20000 - 0xFFFF) else {
+        panic!()
+    };
+    assert!(matches!(p.io, LuIo::Write { lba: 0x10001, .. }));
+}
+
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
@@ -1102,7 +1544,8 @@ mod fuzz {
                 Just(0x55), Just(0x56), Just(0x57), Just(0x5A), Just(0x5E), Just(0x5F),
                 Just(0x88), Just(0x89), Just(0x8A), Just(0x8E), Just(0x8F), Just(0x91),
                 Just(0x93), Just(0x9E), Just(0xA0), Just(0xA3), Just(0xA8), Just(0xAA),
-                Just(0xAE), Just(0xAF), any::<u8>()
+                Just(0xAE), Just(0xAF), Just(0x37), Just(0x8B), Just(0x9C), Just(0xB7),
+                any::<u8>()
             ],
             rest in proptest::collection::vec(any::<u8>(), 0..16),
             data in proptest::collection::vec(any::<u8>(), 0..2048),
