@@ -271,6 +271,14 @@ pub fn run(
     for (_, mut c) in conns.drain() {
         c.kill(&mut ctx);
     }
+    // Userspace connections just queued their FIN; send it (the kernel does this for its own
+    // sockets after we exit). Bounded: a few polls, no waiting for the peer.
+    for _ in 0..3 {
+        if poll_stacks(&stacks, Instant::now()) == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
     tracing::debug!(reactor = cfg.id, "reactor stopped");
 }
 
