@@ -21,7 +21,7 @@ cargo build --release --workspace --bins
 export TANDEM_BIN_DIR="$PWD/target/release"
 
 step "cargo test (unit + end-to-end)"
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace --no-fail-fast -- --test-threads=2
 
 if [[ -x fuzz/smoke.sh ]]; then
   step "fuzz smoke"
