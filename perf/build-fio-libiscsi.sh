@@ -25,13 +25,15 @@ if ! grep -rqs '^Types:.*deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sour
     tmp=$(mktemp)
     for f in /etc/apt/sources.list.d/*.sources; do
         [[ -f "$f" ]] || continue
-        # deb822 stanzas: keep every field, turn `Types: deb` into `Types: deb-src`.
-        sed -n 's/^Types:[[:space:]]*deb[[:space:]]*$/Types: deb-src/; /^#/d; p' "$f" >>"$tmp"
-        echo >>"$tmp"
+        # deb822 stanzas of the Debian archive only (third-party repositories may have no
+        # sources): keep every field, turn `Types: deb` into `Types: deb-src`.
+        grep -v '^#' "$f" | awk 'BEGIN { RS = ""; ORS = "\n\n" }
+            /URIs:[^\n]*debian/ && /Types:[ \t]*deb[ \t]*(\n|$)/ {
+                sub(/Types:[ \t]*deb[ \t]*\n/, "Types: deb-src\n"); print }' >>"$tmp"
     done
     if [[ -f /etc/apt/sources.list ]]; then
         # one-line format: deb URI suite comps -> deb-src URI suite comps
-        grep -E '^deb[[:space:]]' /etc/apt/sources.list | sed 's/^deb\([[:space:]]\)/deb-src\1/' \
+        grep -E '^deb[[:space:]].*debian' /etc/apt/sources.list | sed 's/^deb\([[:space:]]\)/deb-src\1/' \
             >"${SRC_LIST%.sources}.list" || true
     fi
     if grep -q '^Types: deb-src' "$tmp"; then
