@@ -155,6 +155,8 @@ pub struct RunResult {
     pub client_iops_per_cpu_s: f64,
     pub target_cpu_s: f64,
     pub target_cpu_us_per_io: f64,
+    /// Target CPU time over the client's run time: 1.0 = one core busy all the time.
+    pub target_core_busy: f64,
     pub target_rss_mib: f64,
     pub target_hwm_mib: f64,
     pub wall_s: f64,
@@ -174,6 +176,7 @@ pub struct Median {
     pub client_cpu_s: f64,
     pub client_iops_per_cpu_s: f64,
     pub target_cpu_us_per_io: f64,
+    pub target_core_busy: f64,
     pub target_rss_mib: f64,
     /// Percentiles of the run with the median IOPS (for the plot).
     pub percentiles: Vec<(f64, f64)>,
@@ -1021,6 +1024,7 @@ fn run_one(cfg: &BenchConfig, client: Client, t: &Target, w: &Workload) -> Optio
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         r.target_cpu_s = b.since(&a).total_s();
         r.target_cpu_us_per_io = r.target_cpu_s * 1e6 / p.ops;
+        r.target_core_busy = r.target_cpu_s / cfg.seconds.max(1) as f64;
     }
     Some(r)
 }
@@ -1044,6 +1048,7 @@ fn summarize(runs: &[&RunResult]) -> Median {
     m.client_cpu_s = median(ok.iter().map(|r| r.client_cpu_s).collect());
     m.client_iops_per_cpu_s = median(ok.iter().map(|r| r.client_iops_per_cpu_s).collect());
     m.target_cpu_us_per_io = median(ok.iter().map(|r| r.target_cpu_us_per_io).collect());
+    m.target_core_busy = median(ok.iter().map(|r| r.target_core_busy).collect());
     m.target_rss_mib = ok.iter().map(|r| r.target_rss_mib).fold(0.0, f64::max);
     let mut by_iops = ok.clone();
     by_iops.sort_by(|a, b| a.iops.total_cmp(&b.iops));

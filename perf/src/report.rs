@@ -328,22 +328,22 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         s,
         "IOPS and MB/s as the client reports them; latency p50/p99/p99.9 in µs (iscsi-perf reports none); \
-         target CPU = utime+stime of the target process (tgtd with all its threads) per I/O; \
+         target CPU = utime+stime of the target process (tgtd with all its threads) per I/O, and over the run time (core busy, 100 % = one core); \
          client CPU = user+sys seconds of the client process per run; RSS of the target after the runs.\n"
     );
     let _ = writeln!(
         s,
-        "| backing | client | workload | Tandem IOPS | tgt IOPS | IOPS ratio | Tandem MB/s | tgt MB/s | Tandem lat p50/p99/p99.9 | tgt lat p50/p99/p99.9 | p99 ratio | Tandem CPU µs/IO | tgt CPU µs/IO | CPU ratio | client CPU s T/t | client IOPS/CPU-s T/t | RSS MiB T/t |"
+        "| backing | client | workload | Tandem IOPS | tgt IOPS | IOPS ratio | Tandem MB/s | tgt MB/s | Tandem lat p50/p99/p99.9 | tgt lat p50/p99/p99.9 | p99 ratio | Tandem CPU µs/IO | tgt CPU µs/IO | CPU ratio | target core busy T/t | client CPU s T/t | client IOPS/CPU-s T/t | RSS MiB T/t |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
     );
     for row in &r.rows {
         let (a, b) = (&row.tandem, &row.tgt);
         let _ = writeln!(
             s,
-            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2}/{:.2} | {}/{} | {}/{} |",
+            "| {:?} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0}/{:.0} % | {:.2}/{:.2} | {}/{} | {}/{} |",
             row.backing,
             row.client.name(),
             row.label,
@@ -358,6 +358,8 @@ pub fn markdown(r: &Report) -> String {
             f1(a.target_cpu_us_per_io),
             f1(b.target_cpu_us_per_io),
             rat(row.cpu_per_io_ratio),
+            a.target_core_busy * 100.0,
+            b.target_core_busy * 100.0,
             a.client_cpu_s,
             b.client_cpu_s,
             f0(a.client_iops_per_cpu_s),
