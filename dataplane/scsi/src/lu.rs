@@ -337,9 +337,6 @@ impl LogicalUnit {
                 let mut d = vec![0u8; 32];
                 d[0..8].copy_from_slice(&st.num_blocks.saturating_sub(1).to_be_bytes());
                 d[8..12].copy_from_slice(&self.block_size.to_be_bytes());
-                // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (4 KiB physical
-                // blocks); LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0.
-                d[13] = inquiry::blocks_per_physical(self.block_size).trailing_zeros() as u8;
                 if self.unmap_supported {
                     d[14] = 0x80; // LBPME
                 }

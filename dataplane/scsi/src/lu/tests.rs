@@ -1407,27 +1407,6 @@ fn write_atomic_is_exclusive_against_overlapping_writes() {
 }
 
 #[test]
-fn read_capacity16_reports_4k_physical_blocks() {
-    let n = nexus(1);
-    let mut r = Rig::new();
-    let d = r.bytes(&n, &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
-    assert_eq!(&d[8..12], &512u32.to_be_bytes());
-    assert_eq!(d[13], 3, "2^3 logical blocks per physical block");
-    assert_eq!(d[14] & 0x3F, 0, "lowest aligned LBA 0");
-    assert_eq!(d[15], 0);
-    let mut r4 = Rig::with(
-        LuConfig {
-            block_size: 4096,
-            ..config()
-        },
-        None,
-    );
-    let d = r4.bytes(&n, &[0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
-    assert_eq!(&d[8..12], &4096u32.to_be_bytes());
-    assert_eq!(d[13], 0);
-}
-
-#[test]
 fn read_defect_data_reports_empty_lists() {
     let mut r = Rig::new();
     let n = nexus(1);
