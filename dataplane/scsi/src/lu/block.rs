@@ -415,11 +415,13 @@ impl LogicalUnit {
     }
 
     pub(super) fn unmap(&self, st: &State, cmd: &Command, anchor: bool, param_len: u32) -> Step {
-        if !self.unmap_supported {
-            return check(Sense::invalid_opcode());
-        }
+        // Write protection first: a read-only LU has no unmap support, yet
+        // its answer to UNMAP is that the medium is write protected.
         if let Err(s) = self.check_writable(st) {
             return check(s);
+        }
+        if !self.unmap_supported {
+            return check(Sense::invalid_opcode());
         }
         if anchor {
             return check(Sense::invalid_field_cdb(1, Some(0)));

@@ -700,6 +700,16 @@ fn unmap_parsing() {
     let mut ws = rw10(0x41, 0, 1);
     ws[1] = 0x08;
     assert_eq!(sense_of(&r2.run(&n, &ws, &[0; BS])), (5, 0x24, 0));
+    // A read-only LU (no unmap support either) says WRITE PROTECTED.
+    let mut ro = Rig::with(
+        LuConfig {
+            read_only: true,
+            unmap_supported: false,
+            ..config()
+        },
+        None,
+    );
+    assert_eq!(sense_of(&ro.run(&n, &unmap_cdb(p.len()), &p)), (7, 0x27, 0));
 }
 
 #[test]
