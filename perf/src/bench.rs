@@ -735,7 +735,14 @@ fn measure_limits(cfg: &BenchConfig, limits: &mut Limits, failures: &mut Vec<Str
         limits.iperf3_mb_s = Some(b / 8e6);
         limits.iperf3_runs_gbit_s = all;
     }
-    // Raw disk: fio io_uring O_DIRECT on the same kind of image file the file-backed targets use.
+    raw_disk(cfg, limits, failures, "");
+}
+
+/// Raw disk: fio io_uring O_DIRECT on the image file the file-backed Tandem serves. Run before
+/// the targets start and again after they stop (`suffix` " (end)"), since the VM's disk speed
+/// drifts; the goal uses the better of the two.
+fn raw_disk(cfg: &BenchConfig, limits: &mut Limits, failures: &mut Vec<String>, suffix: &str) {
+    let secs = cfg.seconds.max(1).to_string();
     let img = cfg.workdir.join("tandem.img");
     if let Err(e) = ensure_image(&img, cfg.size_mib) {
         failures.push(format!("image: {e}"));
@@ -773,7 +780,7 @@ fn measure_limits(cfg: &BenchConfig, limits: &mut Limits, failures: &mut Vec<Str
             Ok(Finished { out, cpu, .. }) => match parse_fio(&out, w.write) {
                 Some(r) => {
                     limits.raw_fio.insert(
-                        name.to_string(),
+                        format!("{name}{suffix}"),
                         serde_json::json!({
                             "iops": r.iops, "mb_s": r.mb_s, "p50_us": r.p50_us,
                             "p99_us": r.p99_us, "cpu_s": cpu.total_s(),
@@ -1319,6 +1326,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
         }
     }
     targets.shutdown();
+    raw_disk(cfg, &mut report.limits, &mut report.failures, " (end)");
     report.load_after = sh("uptime", &[])
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
