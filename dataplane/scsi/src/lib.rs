@@ -3,7 +3,8 @@
 //! The transport (iSCSI) hands a [`Command`] to [`LogicalUnit::execute`]; the
 //! LU answers with a [`Step`]: either a final [`Reply`], one block I/O to do
 //! ([`IoPlan`]) after which the transport calls [`LogicalUnit::resume`], or
-//! [`Step::Defer`] (retry later; used for COMPARE AND WRITE atomicity).
+//! [`Step::Defer`] (retry later; used for the atomicity of COMPARE AND
+//! WRITE, ORWRITE and WRITE ATOMIC against overlapping writes).
 //! Nothing here touches sockets, files or threads.
 //!
 //! ```

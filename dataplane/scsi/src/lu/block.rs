@@ -508,9 +508,7 @@ impl LogicalUnit {
             Some(guard),
         )
     }
-}
 
-impl LogicalUnit {
     /// ORWRITE(16): read the blocks, OR the Data-Out buffer into them and
     /// write the result, holding the range exclusively throughout so no
     /// overlapping write lands between the read and the write.
