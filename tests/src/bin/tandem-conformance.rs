@@ -3,6 +3,8 @@
 //!
 //! `tandem-conformance iscsi://127.0.0.1:3260/iqn.../1 [--json FILE] [--timeout-s N]`
 
+#![forbid(unsafe_code)]
+
 use std::time::Duration;
 use tandem_tests::e2e::conformance;
 
