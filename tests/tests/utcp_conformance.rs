@@ -10,7 +10,8 @@
 //!
 //! A second test abuses the stack: more connections than it admits, then 20 000 garbage
 //! frames (random bytes; IPv4/TCP to the portal with random fields, good and bad checksums)
-//! injected from the kernel's side of the TAP; the target must still serve afterwards.
+//! injected from the kernel's side of the TAP, and the TAP's link set down and up under load;
+//! the target must still serve afterwards.
 //!
 //! Needs root (netns, TAP). Without it the tests say so and do nothing.
 
@@ -356,6 +357,23 @@ fn userspace_stack_survives_garbage_and_connection_floods() {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(e) => eprintln!("[utcp] python3 unavailable ({e}); garbage frames not sent"),
+    }
+
+    // 3. The TAP's link goes down under a running session (writes fail with EIO; smoltcp's own
+    //    TAP driver would panic here) and comes back.
+    let mut load = Command::new("iscsi-perf")
+        .args(["-m", "4", "-b", "8", "-r", "-n", "-t", "4", &t.url()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok();
+    std::thread::sleep(Duration::from_millis(800));
+    ip(&["link", "set", TAP, "down"]).unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    ip(&["link", "set", TAP, "up"]).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(l) = load.as_mut() {
+        let _ = l.kill();
+        let _ = l.wait();
     }
 
     assert!(t.proc.is_running(), "tandem-dataplane died under abuse");
