@@ -6,8 +6,8 @@
 //! that reads and writes the socket's buffers. Everything lives on the reactor thread
 //! (`Rc<RefCell<..>>`), so nothing here locks.
 //!
-//! Bounds: at most `max_connections` connections (plus [`LISTEN_BACKLOG`] half-open
-//! handshakes), each with fixed receive and send buffers; at most [`INGRESS_BUDGET`]
+//! Bounds: at most `max_connections + LISTEN_BACKLOG` sockets in all, whatever their state
+//! (listening, in a handshake, open, closing), each with fixed receive and send buffers; at most [`INGRESS_BUDGET`]
 //! frames read and [`EGRESS_BUDGET`] poll rounds sent per `poll`; a closed connection keeps
 //! its socket for at most [`CLOSE_LINGER`] to finish its FIN handshake, then is reset.
 //!
