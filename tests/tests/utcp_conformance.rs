@@ -56,6 +56,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 impl Netns {
     fn create(name: &str) -> Netns {
+        remove_stale_namespaces();
         // A namespace of this exact name can only be ours, left by a killed earlier run.
         let _ = ip(&["netns", "del", name]);
         ip(&["netns", "add", name]).unwrap_or_else(|e| panic!("{e}"));
@@ -79,6 +80,28 @@ impl Netns {
         let ns = File::open(format!("/run/netns/{}", self.name)).expect("open the test namespace");
         setns(&ns, CloneFlags::CLONE_NEWNET).expect("setns into the test namespace");
         self.home = Some(home);
+    }
+}
+
+/// Deletes namespaces this test made in runs that were killed before their Drop ran
+/// (`tandem-utcp-<label>-<pid>` whose process is gone).
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("tandem-utcp-") else {
+            continue;
+        };
+        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "del", name]);
+        }
     }
 }
 
