@@ -175,6 +175,7 @@ pub fn run(
                         }
                     }
                 }
+                ReactorMsg::ForgetDevice { device_id } => ctx.forget_device(device_id),
                 ReactorMsg::Shutdown => break 'outer,
             }
         }

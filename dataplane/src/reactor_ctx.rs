@@ -26,6 +26,10 @@ pub enum ReactorMsg {
     CloseTarget {
         iqn: String,
     },
+    /// A device was removed: drop this reactor's channel to it.
+    ForgetDevice {
+        device_id: u64,
+    },
     Shutdown,
 }
 
@@ -202,20 +206,9 @@ impl ReactorCtx {
             .any(|(_, c)| c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none()))
     }
 
-    pub fn io_in_flight(&self) -> usize {
-        self.channels.values().map(|(_, c)| c.in_flight()).sum()
-    }
-
-    /// Drops channels of devices that are gone from the registry and idle.
+    /// Drops the channel of a removed device (closing its file and ring). Dropping a
+    /// channel finishes the work it still has in flight first.
     pub fn forget_device(&mut self, dev_id: u64) {
-        if let Some((_, ch)) = self.channels.get(&dev_id) {
-            if ch.in_flight() == 0 {
-                self.channels.remove(&dev_id);
-            }
-        }
-    }
-
-    pub fn device_for(&self, dev_id: u64) -> Option<Arc<Device>> {
-        self.channels.get(&dev_id).map(|(d, _)| d.clone())
+        self.channels.remove(&dev_id);
     }
 }

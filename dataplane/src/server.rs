@@ -361,6 +361,8 @@ impl Server {
             )));
         }
         self.devices.lock().retain(|d| d.id != dev.id);
+        let device_id = dev.id;
+        self.broadcast(|| ReactorMsg::ForgetDevice { device_id });
         dev.bdev
             .flush_blocking()
             .map_err(|e| LiveError::Io(e.to_string()))?;
