@@ -1,0 +1,1845 @@
+//! The replication engine of one replica of one device: a pure state machine.
+//!
+//! ## Ordering rule
+//! Every write of an epoch is ordered by that epoch's **sequencer** (one member of the
+//! configuration, see [`EpochConfig`]). The sequencer holds a cluster-wide lock on the
+//! write's block range from the moment it orders the write until every replica that
+//! receives writes has applied it, so overlapping writes are never in flight together
+//! anywhere and every replica applies them in the same order. Writes that do not overlap
+//! never wait for each other.
+//!
+//! * A write that arrives at the sequencer: lock, send `Mirror` to every other replica and
+//!   write locally in parallel; GOOD when the local write and every `MirrorAck` are in.
+//!   One round trip.
+//! * A write that arrives at another replica (the origin): `Forward` it to the sequencer,
+//!   which locks, applies it locally and on the remaining replicas, then `Grant`s; the
+//!   origin writes locally, answers GOOD and sends `Release`. One round trip in a two-node
+//!   cluster, two in a three-node one.
+//! * COMPARE AND WRITE is executed by the sequencer under the same lock (compare + write on
+//!   its copy, then mirrored), so it is atomic against every write through every node.
+//!
+//! ## Reads
+//! Reads are served from the local copy of a synchronized replica holding a valid lease.
+//! A read waits while its range is locked (sequencer) or behind a **read barrier** (every
+//! other replica: a write applied here but perhaps not yet everywhere, a forwarded write
+//! not yet applied here, a region whose content is being reconciled). So once any read
+//! returns a write's data, every replica returns it or a later write's.
+//!
+//! ## Failures
+//! A partner that does not answer within `peer_timeout` makes the engine ask the failover
+//! authority for a verdict; affected writes are held meanwhile. The authority answers with
+//! a new [`EpochConfig`] (the partner out, or this node out). When the sequencer itself
+//! changes, the new sequencer stops all I/O until every synchronized survivor has reported
+//! its *uncertain* regions (writes in flight when the old sequencer left), copies its own
+//! content of those regions to everyone, and only then serves them. A node that is not
+//! synchronized, or whose lease ran out, answers NOT READY (04/0C).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::generation::{compare, ReplicaMeta, SyncDecision};
+use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
+use crate::journal::{DirtyBitmap, Journal};
+use crate::membership::{EpochConfig, MemberState};
+use crate::msg::{Envelope, ForwardedOp, Msg};
+use crate::ranges::{Barriers, RangeLocks};
+use crate::types::{BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, OpId, RegionIndex, Time};
+
+/// Deliberate defects, switched on only by the simulator's tests to prove that its checker
+/// catches each of them. Production code never sets one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// GOOD to the host when the local write is done, without waiting for partners.
+    AckBeforePartner,
+    /// Overlapping writes are not ordered by the sequencer's range locks.
+    NoConflictOrdering,
+    /// A replica that goes on without a partner keeps its old data generation.
+    GenerationNotBumped,
+    /// Resync copies a region without locking it against host writes.
+    ResyncWithoutRegionLock,
+    /// Messages from a sender's former role (an older epoch) are accepted.
+    AcceptStaleEpoch,
+    /// Replicas serve reads of ranges that are not yet on every replica.
+    NoReadBarrier,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A partner silent this long on an operation makes the engine ask for a verdict.
+    pub peer_timeout_ns: u64,
+    /// Region copies in flight at once during resync (the rest of the link serves hosts).
+    pub resync_parallel: usize,
+    /// Messages from a newer epoch kept until this node's configuration catches up.
+    pub future_messages_max: usize,
+    pub planted_bug: Option<PlantedBug>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            peer_timeout_ns: 1_000_000_000,
+            resync_parallel: 4,
+            future_messages_max: 4096,
+            planted_bug: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum BarrierKey {
+    Op(OpId),
+    Region(RegionIndex),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyPurpose {
+    /// Bring a syncing member up to date.
+    Resync,
+    /// Make survivors agree on regions that were in flight when the sequencer changed.
+    Reconcile,
+}
+
+#[derive(Clone, Debug)]
+enum SeqKind<P> {
+    Write {
+        data: P,
+    },
+    CompareAndWrite {
+        verify: P,
+        data: P,
+    },
+    Copy {
+        region: RegionIndex,
+        purpose: CopyPurpose,
+    },
+}
+
+/// Stages of an operation at the sequencer.
+///
+/// ```text
+/// WaitLock ─► (Comparing) ─► Applying ─► done (own host write / copy)
+///   │             │              └─────► WaitRelease ─► done (forwarded write)
+///   └─(Copy)─► Reading ─► Applying
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum SeqStage {
+    WaitLock,
+    Comparing,
+    Reading,
+    Applying { local_done: bool, acks: Vec<NodeId> },
+    WaitRelease,
+}
+
+#[derive(Clone, Debug)]
+struct SeqOp<P> {
+    range: BlockRange,
+    kind: SeqKind<P>,
+    host: Option<HostTag>,
+    /// Replicas that must apply it (all non-out members but me and the origin).
+    targets: Vec<NodeId>,
+    /// Synchronized targets that keep a read barrier until `Commit`.
+    commit_to: Vec<NodeId>,
+    stage: SeqStage,
+    since: Time,
+}
+
+#[derive(Clone, Debug)]
+enum FwdStage {
+    AwaitGrant,
+    Applying,
+}
+
+/// A host write taken by a replica that is not the sequencer.
+#[derive(Clone, Debug)]
+struct FwdOp<P> {
+    range: BlockRange,
+    tag: HostTag,
+    op: ForwardedOp<P>,
+    stage: FwdStage,
+    since: Time,
+}
+
+#[derive(Clone, Debug)]
+struct AppliedOp {
+    range: BlockRange,
+    commit_follows: bool,
+    done: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum IoPurpose {
+    HostRead(HostTag),
+    Flush(HostTag),
+    Sequenced(OpId),
+    ForwardedApply(OpId),
+    MirrorApply(OpId),
+    CopyApply { id: OpId, region: RegionIndex },
+}
+
+#[derive(Clone, Debug)]
+enum ReadStage {
+    Waiting,
+    Reading,
+}
+
+/// A local write never runs beside an overlapping local write or read: the order of two
+/// overlapping writes on a disk is undefined, and a read that races a write may return the
+/// new data before the write is on every replica. A later overlapping write waits.
+#[derive(Debug)]
+struct LocalWrites<P> {
+    in_flight: Vec<(BlockRange, IoTag)>,
+    queued: VecDeque<(BlockRange, IoTag, LocalOp<P>)>,
+}
+
+impl<P> LocalWrites<P> {
+    /// Reads are never held here (locks and barriers already keep them off ranges being
+    /// written); they are only recorded so that writes wait for them.
+    fn submit_read(&mut self, range: BlockRange, io: IoTag, out: &mut Vec<Output<P>>) {
+        self.in_flight.push((range, io));
+        out.push(Output::Local {
+            io,
+            op: LocalOp::Read { range },
+        });
+    }
+
+    fn submit(&mut self, range: BlockRange, io: IoTag, op: LocalOp<P>, out: &mut Vec<Output<P>>) {
+        let blocked = self.in_flight.iter().any(|w| w.0.overlaps(&range))
+            || self.queued.iter().any(|w| w.0.overlaps(&range));
+        if blocked {
+            self.queued.push_back((range, io, op));
+        } else {
+            self.in_flight.push((range, io));
+            out.push(Output::Local { io, op });
+        }
+    }
+
+    fn complete(&mut self, io: IoTag, out: &mut Vec<Output<P>>) {
+        self.in_flight.retain(|w| w.1 != io);
+        let mut i = 0;
+        while i < self.queued.len() {
+            let range = self.queued[i].0;
+            let blocked = self.in_flight.iter().any(|w| w.0.overlaps(&range))
+                || self.queued.iter().take(i).any(|w| w.0.overlaps(&range));
+            if blocked {
+                i += 1;
+            } else {
+                let (r, io, op) = self.queued.remove(i).expect("index in range");
+                self.in_flight.push((r, io));
+                out.push(Output::Local { io, op });
+            }
+        }
+    }
+
+    fn write_ranges<'a>(
+        &'a self,
+        io: &'a BTreeMap<IoTag, IoPurpose>,
+    ) -> impl Iterator<Item = BlockRange> + 'a {
+        let is_read = |t: &IoTag| matches!(io.get(t), Some(IoPurpose::HostRead(_)));
+        self.in_flight
+            .iter()
+            .filter(move |w| !is_read(&w.1))
+            .map(|w| w.0)
+            .chain(self.queued.iter().map(|w| w.0))
+    }
+}
+
+/// One replica's engine. `P` is the payload handle (cloned when one write goes to several
+/// places; in the data plane a reference-counted buffer, so cloning is not copying).
+pub struct Engine<P> {
+    me: NodeId,
+    geometry: Geometry,
+    opts: Options,
+    config: Option<EpochConfig>,
+    sequencer_since: Epoch,
+    member_since: BTreeMap<NodeId, Epoch>,
+    lease_until: Time,
+    meta: ReplicaMeta,
+    meta_durable: u64,
+    journal: Journal,
+    /// Started without knowing whether partners saw its last writes: must be resynced
+    /// before serving, unless it is the only synchronized member.
+    restarted: bool,
+    next_op: u64,
+    next_io: u64,
+    locks: RangeLocks<OpId>,
+    seq: BTreeMap<OpId, SeqOp<P>>,
+    fwd: BTreeMap<OpId, FwdOp<P>>,
+    applied: BTreeMap<OpId, AppliedOp>,
+    reads: BTreeMap<HostTag, (BlockRange, ReadStage)>,
+    barriers: Barriers<BarrierKey>,
+    io: BTreeMap<IoTag, IoPurpose>,
+    writes: LocalWrites<P>,
+    /// Completions held until the metadata of this epoch is durable.
+    awaiting_meta: Vec<(HostTag, HostStatus<P>)>,
+    /// New sequencer: survivors whose uncertain regions have not been reported yet.
+    gate: Option<(BTreeSet<NodeId>, Time)>,
+    reconcile: BTreeSet<RegionIndex>,
+    /// Operations admitted while the gate was closed.
+    gated_ops: Vec<OpId>,
+    gated_host: VecDeque<(HostTag, HostCmd<P>)>,
+    resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
+    copies_in_flight: BTreeMap<NodeId, usize>,
+    suspected: BTreeSet<NodeId>,
+    future: Vec<(NodeId, Envelope<P>)>,
+    /// Syncing members whose copy is complete: `false` until they acknowledged
+    /// `SyncComplete`, then `true` and reported to the authority (re-reported until it makes
+    /// them synchronized: the report can be lost).
+    sync_done: BTreeMap<NodeId, bool>,
+    /// Joining replica: the sequencer's metadata from `SyncComplete`, adopted when the
+    /// authority makes this replica synchronized.
+    adopt: Option<ReplicaMeta>,
+    /// When this node last asked to join or offered its state for a resync (retried: the
+    /// sequencer may have restarted and forgotten it).
+    last_join_attempt: Option<Time>,
+}
+
+impl<P: Clone> Engine<P> {
+    /// A replica starting (first start or restart) with its persisted metadata. It serves
+    /// nothing until the authority's configuration and a lease arrive.
+    pub fn new(me: NodeId, geometry: Geometry, meta: ReplicaMeta, opts: Options) -> Self {
+        let meta_durable = meta.version;
+        Engine {
+            me,
+            geometry,
+            opts,
+            config: None,
+            sequencer_since: Epoch(0),
+            member_since: BTreeMap::new(),
+            lease_until: Time(0),
+            meta,
+            meta_durable,
+            journal: Journal::new(geometry),
+            restarted: true,
+            next_op: 0,
+            next_io: 0,
+            locks: RangeLocks::new(),
+            seq: BTreeMap::new(),
+            fwd: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            barriers: Barriers::new(),
+            io: BTreeMap::new(),
+            writes: LocalWrites {
+                in_flight: Vec::new(),
+                queued: VecDeque::new(),
+            },
+            awaiting_meta: Vec::new(),
+            gate: None,
+            reconcile: BTreeSet::new(),
+            gated_ops: Vec::new(),
+            gated_host: VecDeque::new(),
+            resync: BTreeMap::new(),
+            copies_in_flight: BTreeMap::new(),
+            suspected: BTreeSet::new(),
+            future: Vec::new(),
+            sync_done: BTreeMap::new(),
+            adopt: None,
+            last_join_attempt: None,
+        }
+    }
+
+    /// A replica of a brand-new device (every replica identical: created zeroed), so the
+    /// first configuration needs no resync.
+    pub fn new_device(me: NodeId, geometry: Geometry, config: &EpochConfig, opts: Options) -> Self {
+        let mut meta = ReplicaMeta::new(config.generation);
+        meta.epoch = config.epoch;
+        let mut e = Self::new(me, geometry, meta, opts);
+        e.restarted = false;
+        e
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn config(&self) -> Option<&EpochConfig> {
+        self.config.as_ref()
+    }
+
+    pub fn meta(&self) -> &ReplicaMeta {
+        &self.meta
+    }
+
+    pub fn dirty_for(&mut self, partner: NodeId) -> DirtyBitmap {
+        self.journal.bitmap(partner).clone()
+    }
+
+    /// Whether host I/O is served now (ALUA active/optimized); otherwise the node reports
+    /// unavailable and answers NOT READY.
+    pub fn serving(&self, now: Time) -> bool {
+        self.config
+            .as_ref()
+            .is_some_and(|c| c.state_of(self.me) == MemberState::Synchronized)
+            && !self.restarted
+            && now < self.lease_until
+    }
+
+    /// Operations in flight of any kind (for tests and quiesce checks).
+    pub fn busy(&self) -> bool {
+        !(self.seq.is_empty()
+            && self.fwd.is_empty()
+            && self.reads.is_empty()
+            && self.io.is_empty()
+            && self.gate.is_none()
+            && self.resync.values().all(|q| q.is_empty())
+            && self.awaiting_meta.is_empty())
+    }
+
+    /// Feed one input; outputs are appended to `out`.
+    pub fn handle(&mut self, now: Time, input: Input<P>, out: &mut Vec<Output<P>>) {
+        match input {
+            Input::Host { tag, cmd } => self.on_host(now, tag, cmd, out),
+            Input::Peer { from, env } => self.on_peer(now, from, env, out),
+            Input::LocalDone { io, result } => self.on_local_done(now, io, result, out),
+            Input::MetaPersisted { version } => self.on_meta_persisted(now, version, out),
+            Input::Config(cfg) => self.on_config(now, cfg, out),
+            Input::Lease { epoch, until } => {
+                if self.config.as_ref().is_some_and(|c| epoch <= c.epoch) {
+                    self.lease_until = self.lease_until.max(until);
+                }
+            }
+            Input::Tick => self.on_tick(now, out),
+        }
+        self.check_invariants();
+    }
+
+    // ---------------------------------------------------------------- host commands
+
+    fn on_host(&mut self, now: Time, tag: HostTag, cmd: HostCmd<P>, out: &mut Vec<Output<P>>) {
+        if !self.serving(now) {
+            out.push(Output::Complete {
+                tag,
+                status: HostStatus::NotReady,
+            });
+            return;
+        }
+        if self.gate.is_some() {
+            self.gated_host.push_back((tag, cmd));
+            return;
+        }
+        match cmd {
+            HostCmd::Read { range } => {
+                self.reads.insert(tag, (range, ReadStage::Waiting));
+                self.try_read(tag, out);
+            }
+            HostCmd::Flush => {
+                let io = self.new_io(IoPurpose::Flush(tag));
+                out.push(Output::Local {
+                    io,
+                    op: LocalOp::Flush,
+                });
+            }
+            HostCmd::Write { range, data } => {
+                self.host_write(now, tag, range, ForwardedOp::Write { data }, out)
+            }
+            HostCmd::CompareAndWrite {
+                range,
+                verify,
+                data,
+            } => self.host_write(
+                now,
+                tag,
+                range,
+                ForwardedOp::CompareAndWrite { verify, data },
+                out,
+            ),
+        }
+    }
+
+    fn host_write(
+        &mut self,
+        now: Time,
+        tag: HostTag,
+        range: BlockRange,
+        op: ForwardedOp<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let id = self.new_op();
+        let cfg = self
+            .config
+            .as_ref()
+            .expect("serving implies a configuration");
+        if cfg.sequencer == self.me {
+            let kind = match op {
+                ForwardedOp::Write { data } => SeqKind::Write { data },
+                ForwardedOp::CompareAndWrite { verify, data } => {
+                    SeqKind::CompareAndWrite { verify, data }
+                }
+            };
+            self.admit(now, id, range, kind, Some(tag), out);
+        } else {
+            let to = cfg.sequencer;
+            if self.opts.planted_bug != Some(PlantedBug::NoReadBarrier) {
+                self.barriers.add(range, BarrierKey::Op(id));
+            }
+            self.send(
+                to,
+                Msg::Forward {
+                    id,
+                    range,
+                    op: op.clone(),
+                },
+                out,
+            );
+            self.fwd.insert(
+                id,
+                FwdOp {
+                    range,
+                    tag,
+                    op,
+                    stage: FwdStage::AwaitGrant,
+                    since: now,
+                },
+            );
+        }
+    }
+
+    fn try_read(&mut self, tag: HostTag, out: &mut Vec<Output<P>>) {
+        let Some((range, stage)) = self.reads.get(&tag) else {
+            return;
+        };
+        if !matches!(stage, ReadStage::Waiting) {
+            return;
+        }
+        let range = *range;
+        if self.locks.held_overlaps(&range) || self.barriers.blocks(&range) {
+            return;
+        }
+        self.reads.insert(tag, (range, ReadStage::Reading));
+        let io = self.new_io(IoPurpose::HostRead(tag));
+        self.writes.submit_read(range, io, out);
+    }
+
+    fn wake_reads(&mut self, out: &mut Vec<Output<P>>) {
+        let waiting: Vec<HostTag> = self
+            .reads
+            .iter()
+            .filter(|(_, (_, s))| matches!(s, ReadStage::Waiting))
+            .map(|(t, _)| *t)
+            .collect();
+        for tag in waiting {
+            self.try_read(tag, out);
+        }
+    }
+
+    /// Answer the host, unless the answer must wait for this epoch's metadata or the
+    /// lease has run out (a node that may have lost the failover decision never says GOOD).
+    fn answer(&mut self, now: Time, tag: HostTag, status: HostStatus<P>, out: &mut Vec<Output<P>>) {
+        if matches!(status, HostStatus::Good { .. }) {
+            if self.meta_durable < self.meta.version {
+                self.awaiting_meta.push((tag, status));
+                return;
+            }
+            if now >= self.lease_until {
+                out.push(Output::Complete {
+                    tag,
+                    status: HostStatus::NotReady,
+                });
+                return;
+            }
+        }
+        out.push(Output::Complete { tag, status });
+    }
+
+    // ---------------------------------------------------------------- sequencer
+
+    fn admit(
+        &mut self,
+        now: Time,
+        id: OpId,
+        range: BlockRange,
+        kind: SeqKind<P>,
+        host: Option<HostTag>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let cfg = self.config.as_ref().expect("sequencer has a configuration");
+        let targets: Vec<NodeId> = cfg
+            .write_targets()
+            .filter(|&n| n != self.me && n != id.origin)
+            .collect();
+        self.seq.insert(
+            id,
+            SeqOp {
+                range,
+                kind,
+                host,
+                targets,
+                commit_to: Vec::new(),
+                stage: SeqStage::WaitLock,
+                since: now,
+            },
+        );
+        if self.gate.is_some() {
+            self.gated_ops.push(id);
+            return;
+        }
+        self.lock_and_start(now, id, out);
+    }
+
+    fn lock_and_start(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.seq.get(&id) else { return };
+        let range = op.range;
+        let bypass = match op.kind {
+            SeqKind::Copy { .. } => {
+                self.opts.planted_bug == Some(PlantedBug::ResyncWithoutRegionLock)
+            }
+            _ => self.opts.planted_bug == Some(PlantedBug::NoConflictOrdering),
+        };
+        let granted = if bypass {
+            self.locks.force(range, id);
+            true
+        } else {
+            self.locks.acquire(range, id)
+        };
+        if granted {
+            self.start(now, id, out);
+        }
+    }
+
+    /// The op holds its lock: send it on its way.
+    fn start(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.seq.get(&id) else { return };
+        let range = op.range;
+        match op.kind.clone() {
+            SeqKind::Write { data } => {
+                self.mirror(id, data.clone(), out);
+                self.local_write(
+                    id,
+                    range,
+                    LocalOp::Write { range, data },
+                    IoPurpose::Sequenced(id),
+                    out,
+                );
+                self.set_stage(
+                    now,
+                    id,
+                    SeqStage::Applying {
+                        local_done: false,
+                        acks: Vec::new(),
+                    },
+                );
+                self.expect_acks(id);
+            }
+            SeqKind::CompareAndWrite { verify, data } => {
+                let op = LocalOp::CompareAndWrite {
+                    range,
+                    verify,
+                    data,
+                };
+                self.local_write(id, range, op, IoPurpose::Sequenced(id), out);
+                self.set_stage(now, id, SeqStage::Comparing);
+            }
+            SeqKind::Copy { .. } => {
+                let io = self.new_io(IoPurpose::Sequenced(id));
+                self.writes.submit_read(range, io, out);
+                self.set_stage(now, id, SeqStage::Reading);
+            }
+        }
+    }
+
+    fn set_stage(&mut self, now: Time, id: OpId, stage: SeqStage) {
+        if let Some(op) = self.seq.get_mut(&id) {
+            op.stage = stage;
+            op.since = now;
+        }
+    }
+
+    fn expect_acks(&mut self, id: OpId) {
+        let bug = self.opts.planted_bug;
+        if let Some(op) = self.seq.get_mut(&id) {
+            if let SeqStage::Applying { acks, .. } = &mut op.stage {
+                *acks = if bug == Some(PlantedBug::AckBeforePartner) {
+                    Vec::new()
+                } else {
+                    op.targets.clone()
+                };
+            }
+        }
+    }
+
+    /// Send an ordered write to every target.
+    fn mirror(&mut self, id: OpId, data: P, out: &mut Vec<Output<P>>) {
+        let cfg = self.config.as_ref().expect("configured");
+        let op = self.seq.get(&id).expect("op exists");
+        let synced_targets: Vec<NodeId> = op
+            .targets
+            .iter()
+            .copied()
+            .filter(|&n| cfg.state_of(n) == MemberState::Synchronized)
+            .collect();
+        let other_copy_at_origin = id.origin != self.me
+            && matches!(
+                op.kind,
+                SeqKind::Write { .. } | SeqKind::CompareAndWrite { .. }
+            );
+        let readable_copies = synced_targets.len() + usize::from(other_copy_at_origin);
+        let commit_follows = readable_copies > 1;
+        let range = op.range;
+        let targets = op.targets.clone();
+        for &t in &targets {
+            let cf = commit_follows && synced_targets.contains(&t);
+            self.send(
+                t,
+                Msg::Mirror {
+                    id,
+                    range,
+                    data: data.clone(),
+                    commit_follows: cf,
+                },
+                out,
+            );
+        }
+        let op = self.seq.get_mut(&id).expect("op exists");
+        if commit_follows {
+            op.commit_to = synced_targets;
+        }
+    }
+
+    fn on_sequenced_io(
+        &mut self,
+        now: Time,
+        id: OpId,
+        result: LocalResult<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let Some(op) = self.seq.get(&id) else { return };
+        match (&op.stage, result) {
+            (SeqStage::Comparing, LocalResult::Done) => {
+                let SeqKind::CompareAndWrite { data, .. } = op.kind.clone() else {
+                    return;
+                };
+                self.mirror(id, data, out);
+                self.set_stage(
+                    now,
+                    id,
+                    SeqStage::Applying {
+                        local_done: true,
+                        acks: Vec::new(),
+                    },
+                );
+                self.expect_acks(id);
+                self.check_applied(now, id, out);
+            }
+            (SeqStage::Comparing, LocalResult::Miscompare) => {
+                let host = op.host;
+                if let Some(tag) = host {
+                    self.answer(now, tag, HostStatus::Miscompare, out);
+                } else {
+                    let origin = id.origin;
+                    self.send(origin, Msg::Grant { id, applied: false }, out);
+                }
+                self.finish_seq(now, id, out);
+            }
+            (SeqStage::Reading, LocalResult::ReadData(data)) => {
+                let SeqKind::Copy { region, .. } = op.kind else {
+                    return;
+                };
+                let targets = op.targets.clone();
+                for &t in &targets {
+                    self.send(
+                        t,
+                        Msg::RegionCopy {
+                            id,
+                            region,
+                            data: data.clone(),
+                        },
+                        out,
+                    );
+                }
+                self.set_stage(
+                    now,
+                    id,
+                    SeqStage::Applying {
+                        local_done: true,
+                        acks: targets,
+                    },
+                );
+                self.check_applied(now, id, out);
+            }
+            (SeqStage::Applying { acks, .. }, LocalResult::Done) => {
+                let acks = acks.clone();
+                self.set_stage(
+                    now,
+                    id,
+                    SeqStage::Applying {
+                        local_done: true,
+                        acks,
+                    },
+                );
+                self.check_applied(now, id, out);
+            }
+            (_, LocalResult::Failed) => {
+                // This node's disk failed the write: this replica can no longer vouch for the
+                // data. Answer the host with the medium error and stop serving; the authority
+                // decides who goes on.
+                if let Some(tag) = op.host {
+                    out.push(Output::Complete {
+                        tag,
+                        status: HostStatus::MediumError,
+                    });
+                }
+                let me = self.me;
+                self.suspect(me, out);
+                self.finish_seq(now, id, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn check_applied(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.seq.get(&id) else { return };
+        let SeqStage::Applying {
+            local_done: true,
+            acks,
+        } = &op.stage
+        else {
+            return;
+        };
+        if !acks.is_empty() {
+            return;
+        }
+        let origin_is_other = id.origin != self.me;
+        match op.kind {
+            SeqKind::Copy { region, purpose } => {
+                let targets = op.targets.clone();
+                if purpose == CopyPurpose::Resync {
+                    for t in &targets {
+                        self.journal.clean(*t, region);
+                        if let Some(n) = self.copies_in_flight.get_mut(t) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                } else {
+                    self.barriers.remove(BarrierKey::Region(region));
+                }
+                self.finish_seq(now, id, out);
+                self.pump_resync(now, out);
+                for t in targets {
+                    self.maybe_synchronized(t, out);
+                }
+            }
+            _ if origin_is_other => {
+                let origin = id.origin;
+                let origin_alive = self
+                    .config
+                    .as_ref()
+                    .is_some_and(|c| c.state_of(origin) != MemberState::Out);
+                if origin_alive {
+                    self.send(origin, Msg::Grant { id, applied: true }, out);
+                    self.set_stage(now, id, SeqStage::WaitRelease);
+                } else {
+                    self.commit(id, out);
+                    self.finish_seq(now, id, out);
+                }
+            }
+            _ => {
+                if let Some(tag) = op.host {
+                    self.answer(now, tag, HostStatus::Good { data: None }, out);
+                }
+                self.commit(id, out);
+                self.finish_seq(now, id, out);
+            }
+        }
+    }
+
+    fn commit(&mut self, id: OpId, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.seq.get(&id) else { return };
+        for t in op.commit_to.clone() {
+            self.send(t, Msg::Commit { id }, out);
+        }
+    }
+
+    fn finish_seq(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
+        self.seq.remove(&id);
+        let mut granted = Vec::new();
+        self.locks.release(id, &mut granted);
+        for g in granted {
+            self.start(now, g, out);
+        }
+        self.wake_reads(out);
+    }
+
+    // ---------------------------------------------------------------- resync
+
+    fn pump_resync(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        if self.gate.is_some() {
+            return;
+        }
+        let targets: Vec<NodeId> = self.resync.keys().copied().collect();
+        for t in targets {
+            while self.copies_in_flight.get(&t).copied().unwrap_or(0) < self.opts.resync_parallel {
+                let Some(region) = self.resync.get_mut(&t).and_then(|q| q.pop_front()) else {
+                    break;
+                };
+                *self.copies_in_flight.entry(t).or_insert(0) += 1;
+                let id = self.new_op();
+                let range = self.geometry.region_range(region);
+                self.seq.insert(
+                    id,
+                    SeqOp {
+                        range,
+                        kind: SeqKind::Copy {
+                            region,
+                            purpose: CopyPurpose::Resync,
+                        },
+                        host: None,
+                        targets: vec![t],
+                        commit_to: Vec::new(),
+                        stage: SeqStage::WaitLock,
+                        since: now,
+                    },
+                );
+                self.lock_and_start(now, id, out);
+            }
+        }
+    }
+
+    fn maybe_synchronized(&mut self, t: NodeId, out: &mut Vec<Output<P>>) {
+        let Some(q) = self.resync.get(&t) else { return };
+        if q.is_empty() && self.copies_in_flight.get(&t).copied().unwrap_or(0) == 0 {
+            self.resync.remove(&t);
+            self.copies_in_flight.remove(&t);
+            self.sync_done.insert(t, false);
+            let meta = self.meta.clone();
+            self.send(t, Msg::SyncComplete { meta }, out);
+        }
+    }
+
+    fn on_sync_offer(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        meta: ReplicaMeta,
+        dirty: Vec<RegionIndex>,
+        journal_complete: bool,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let Some(cfg) = &self.config else { return };
+        if cfg.sequencer != self.me
+            || cfg.state_of(from) != MemberState::Syncing
+            || self.resync.contains_key(&from)
+            || self.sync_done.contains_key(&from)
+        {
+            return;
+        }
+        let decision = compare(self.me, &self.meta, from, &meta);
+        let n = self.geometry.num_regions();
+        let copy = match decision {
+            SyncDecision::InSync | SyncDecision::FastFromMe => {
+                let peer_needs_full = meta.was_sequencer && !journal_complete;
+                if self.journal.is_complete(from) && !peer_needs_full {
+                    let mut b = self.journal.bitmap(from).clone();
+                    for r in dirty.into_iter().filter(|r| r.0 < n) {
+                        b.set(r);
+                    }
+                    b
+                } else {
+                    DirtyBitmap::all(n)
+                }
+            }
+            SyncDecision::FullFromMe => DirtyBitmap::all(n),
+            other => {
+                out.push(Output::SyncRefused {
+                    node: from,
+                    decision: other,
+                });
+                return;
+            }
+        };
+        // Every region to copy stays dirty until its copy is acknowledged.
+        for r in copy.iter() {
+            self.journal.mark(from, r);
+        }
+        self.resync.insert(from, copy.iter().collect());
+        self.copies_in_flight.insert(from, 0);
+        self.pump_resync(now, out);
+        self.maybe_synchronized(from, out);
+    }
+
+    // ---------------------------------------------------------------- peers
+
+    fn on_peer(&mut self, now: Time, from: NodeId, env: Envelope<P>, out: &mut Vec<Output<P>>) {
+        let Some(cfg) = &self.config else { return };
+        if env.epoch > cfg.epoch {
+            if self.future.len() < self.opts.future_messages_max {
+                self.future.push((from, env));
+            }
+            return;
+        }
+        if !self.accepts(from, &env) {
+            return;
+        }
+        match env.msg {
+            Msg::Mirror {
+                id,
+                range,
+                data,
+                commit_follows,
+            } => self.on_mirror(id, range, data, commit_follows, out),
+            Msg::MirrorAck { id } | Msg::RegionCopyAck { id } => self.on_ack(now, from, id, out),
+            Msg::Commit { id } => {
+                self.applied.remove(&id);
+                self.barriers.remove(BarrierKey::Op(id));
+                self.wake_reads(out);
+            }
+            Msg::Forward { id, range, op } => self.on_forward(now, id, range, op, out),
+            Msg::Grant { id, applied } => self.on_grant(now, id, applied, out),
+            Msg::Release { id } => {
+                if self
+                    .seq
+                    .get(&id)
+                    .is_some_and(|o| o.stage == SeqStage::WaitRelease)
+                {
+                    self.commit(id, out);
+                    self.finish_seq(now, id, out);
+                }
+            }
+            Msg::Uncertain { regions } => self.on_uncertain(now, from, regions, out),
+            Msg::SyncOffer {
+                meta,
+                dirty,
+                journal_complete,
+            } => self.on_sync_offer(now, from, meta, dirty, journal_complete, out),
+            Msg::RegionCopy { id, region, data } => self.on_region_copy(id, region, data, out),
+            Msg::SyncComplete { meta } => {
+                if self
+                    .config
+                    .as_ref()
+                    .is_some_and(|c| c.state_of(self.me) == MemberState::Syncing)
+                {
+                    self.adopt = Some(meta);
+                    let seq = self.sequencer();
+                    self.send(seq, Msg::SyncCompleteAck, out);
+                }
+            }
+            Msg::SyncCompleteAck => {
+                if let Some(acked) = self.sync_done.get_mut(&from) {
+                    if !*acked {
+                        *acked = true;
+                        let epoch = self.epoch();
+                        out.push(Output::Synchronized { node: from, epoch });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fencing: a message is taken only from a sender that still holds the role it sent it
+    /// in (the sequencer since `sequencer_since`, a member since it last joined).
+    fn accepts(&self, from: NodeId, env: &Envelope<P>) -> bool {
+        if self.opts.planted_bug == Some(PlantedBug::AcceptStaleEpoch) {
+            return true;
+        }
+        let cfg = self.config.as_ref().expect("checked by caller");
+        let from_sequencer = matches!(
+            env.msg,
+            Msg::Mirror { .. }
+                | Msg::Commit { .. }
+                | Msg::Grant { .. }
+                | Msg::RegionCopy { .. }
+                | Msg::SyncComplete { .. }
+        );
+        if from_sequencer {
+            from == cfg.sequencer && env.epoch >= self.sequencer_since
+        } else {
+            cfg.state_of(from) != MemberState::Out
+                && self
+                    .member_since
+                    .get(&from)
+                    .is_some_and(|&since| env.epoch >= since)
+        }
+    }
+
+    fn on_mirror(
+        &mut self,
+        id: OpId,
+        range: BlockRange,
+        data: P,
+        commit_follows: bool,
+        out: &mut Vec<Output<P>>,
+    ) {
+        if self.applied.contains_key(&id) || !self.geometry.contains(&range) {
+            return;
+        }
+        if self.opts.planted_bug != Some(PlantedBug::NoReadBarrier) {
+            self.barriers.add(range, BarrierKey::Op(id));
+        }
+        self.applied.insert(
+            id,
+            AppliedOp {
+                range,
+                commit_follows,
+                done: false,
+            },
+        );
+        self.local_write(
+            id,
+            range,
+            LocalOp::Write { range, data },
+            IoPurpose::MirrorApply(id),
+            out,
+        );
+    }
+
+    fn on_region_copy(&mut self, id: OpId, region: RegionIndex, data: P, out: &mut Vec<Output<P>>) {
+        if region.0 >= self.geometry.num_regions() {
+            return;
+        }
+        let range = self.geometry.region_range(region);
+        self.barriers.add(range, BarrierKey::Op(id));
+        self.local_write(
+            id,
+            range,
+            LocalOp::Write { range, data },
+            IoPurpose::CopyApply { id, region },
+            out,
+        );
+    }
+
+    fn on_ack(&mut self, now: Time, from: NodeId, id: OpId, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.seq.get_mut(&id) else {
+            return;
+        };
+        if let SeqStage::Applying { acks, .. } = &mut op.stage {
+            acks.retain(|&n| n != from);
+        }
+        self.check_applied(now, id, out);
+    }
+
+    fn on_forward(
+        &mut self,
+        now: Time,
+        id: OpId,
+        range: BlockRange,
+        op: ForwardedOp<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let Some(cfg) = &self.config else { return };
+        if cfg.sequencer != self.me || self.seq.contains_key(&id) || !self.geometry.contains(&range)
+        {
+            return;
+        }
+        let kind = match op {
+            ForwardedOp::Write { data } => SeqKind::Write { data },
+            ForwardedOp::CompareAndWrite { verify, data } => {
+                SeqKind::CompareAndWrite { verify, data }
+            }
+        };
+        self.admit(now, id, range, kind, None, out);
+    }
+
+    fn on_grant(&mut self, now: Time, id: OpId, applied: bool, out: &mut Vec<Output<P>>) {
+        let Some(op) = self.fwd.get_mut(&id) else {
+            return;
+        };
+        if !matches!(op.stage, FwdStage::AwaitGrant) {
+            return;
+        }
+        if !applied {
+            let tag = op.tag;
+            self.fwd.remove(&id);
+            self.barriers.remove(BarrierKey::Op(id));
+            let seq = self.sequencer();
+            self.send(seq, Msg::Release { id }, out);
+            self.answer(now, tag, HostStatus::Miscompare, out);
+            self.wake_reads(out);
+            return;
+        }
+        op.stage = FwdStage::Applying;
+        op.since = now;
+        let range = op.range;
+        let data = match &op.op {
+            ForwardedOp::Write { data } | ForwardedOp::CompareAndWrite { data, .. } => data.clone(),
+        };
+        self.local_write(
+            id,
+            range,
+            LocalOp::Write { range, data },
+            IoPurpose::ForwardedApply(id),
+            out,
+        );
+    }
+
+    fn on_uncertain(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        regions: Vec<RegionIndex>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let n = self.geometry.num_regions();
+        let Some((pending, _)) = &mut self.gate else {
+            return;
+        };
+        if !pending.remove(&from) {
+            return;
+        }
+        self.reconcile
+            .extend(regions.into_iter().filter(|r| r.0 < n));
+        if pending.is_empty() {
+            self.open_gate(now, out);
+        }
+    }
+
+    /// The new sequencer knows every uncertain region: copy its own content of each to every
+    /// other replica (reads of them wait until then), then let writes and reads in.
+    fn open_gate(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        self.gate = None;
+        let regions: Vec<RegionIndex> = std::mem::take(&mut self.reconcile).into_iter().collect();
+        let cfg = self.config.as_ref().expect("configured");
+        let has_targets = cfg.write_targets().any(|n| n != self.me);
+        for region in regions {
+            if !has_targets {
+                break;
+            }
+            let range = self.geometry.region_range(region);
+            self.barriers.add(range, BarrierKey::Region(region));
+            let id = self.new_op();
+            self.admit(
+                now,
+                id,
+                range,
+                SeqKind::Copy {
+                    region,
+                    purpose: CopyPurpose::Reconcile,
+                },
+                None,
+                out,
+            );
+        }
+        for id in std::mem::take(&mut self.gated_ops) {
+            self.lock_and_start(now, id, out);
+        }
+        while let Some((tag, cmd)) = self.gated_host.pop_front() {
+            self.on_host(now, tag, cmd, out);
+        }
+        self.pump_resync(now, out);
+    }
+
+    // ---------------------------------------------------------------- local completions
+
+    fn on_local_done(
+        &mut self,
+        now: Time,
+        io: IoTag,
+        result: LocalResult<P>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        // Ordering of local writes is released even for I/O whose purpose was dropped.
+        self.writes.complete(io, out);
+        let Some(purpose) = self.io.remove(&io) else {
+            return;
+        };
+        match purpose {
+            IoPurpose::HostRead(tag) => {
+                self.reads.remove(&tag);
+                let status = match result {
+                    LocalResult::ReadData(d) => HostStatus::Good { data: Some(d) },
+                    _ => HostStatus::MediumError,
+                };
+                // A node that woke up after its lease (a pause) answers nothing but NOT READY.
+                self.answer(now, tag, status, out);
+            }
+            IoPurpose::Flush(tag) => {
+                let status = match result {
+                    LocalResult::Done => HostStatus::Good { data: None },
+                    _ => HostStatus::MediumError,
+                };
+                self.answer(now, tag, status, out);
+            }
+            IoPurpose::Sequenced(id) => self.on_sequenced_io(now, id, result, out),
+            IoPurpose::ForwardedApply(id) => {
+                let Some(op) = self.fwd.remove(&id) else {
+                    return;
+                };
+                self.barriers.remove(BarrierKey::Op(id));
+                let seq = self.sequencer();
+                self.send(seq, Msg::Release { id }, out);
+                let status = match result {
+                    LocalResult::Done => HostStatus::Good { data: None },
+                    _ => HostStatus::MediumError,
+                };
+                self.answer(now, op.tag, status, out);
+                self.wake_reads(out);
+            }
+            IoPurpose::MirrorApply(id) => {
+                if !matches!(result, LocalResult::Done) {
+                    return; // no ack: the sequencer asks for a verdict about this node
+                }
+                let Some(a) = self.applied.get_mut(&id) else {
+                    return;
+                };
+                a.done = true;
+                let commit_follows = a.commit_follows;
+                let seq = self.sequencer();
+                self.send(seq, Msg::MirrorAck { id }, out);
+                if !commit_follows {
+                    self.applied.remove(&id);
+                    self.barriers.remove(BarrierKey::Op(id));
+                    self.wake_reads(out);
+                }
+            }
+            IoPurpose::CopyApply { id, region } => {
+                if !matches!(result, LocalResult::Done) {
+                    return;
+                }
+                self.barriers.remove(BarrierKey::Op(id));
+                self.barriers.remove(BarrierKey::Region(region));
+                let seq = self.sequencer();
+                self.send(seq, Msg::RegionCopyAck { id }, out);
+                self.wake_reads(out);
+            }
+        }
+    }
+
+    fn on_meta_persisted(&mut self, now: Time, version: u64, out: &mut Vec<Output<P>>) {
+        self.meta_durable = self.meta_durable.max(version);
+        if self.meta_durable >= self.meta.version {
+            for (tag, status) in std::mem::take(&mut self.awaiting_meta) {
+                self.answer(now, tag, status, out);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- configuration
+
+    fn on_config(&mut self, now: Time, cfg: EpochConfig, out: &mut Vec<Output<P>>) {
+        if self.config.as_ref().is_some_and(|c| cfg.epoch <= c.epoch) {
+            return;
+        }
+        let old = self.config.take();
+        let me = self.me;
+        let my_state = cfg.state_of(me);
+        let old_state = old.as_ref().map(|o| o.state_of(me));
+        let sequencer_changed = old.as_ref().is_none_or(|o| o.sequencer != cfg.sequencer);
+
+        // Membership epochs for fencing.
+        for (n, s) in &cfg.members {
+            let was_in = old
+                .as_ref()
+                .is_some_and(|o| o.state_of(*n) != MemberState::Out);
+            if *s == MemberState::Out {
+                self.member_since.remove(n);
+            } else if !was_in || !self.member_since.contains_key(n) {
+                self.member_since.insert(*n, cfg.epoch);
+            }
+        }
+        if sequencer_changed {
+            self.sequencer_since = cfg.epoch;
+        }
+        if self.restarted && old.is_none() {
+            for (n, _) in &cfg.members {
+                if *n != me {
+                    self.journal.mark_lost(*n);
+                }
+            }
+        }
+
+        // Regions whose content is in doubt at this moment (writes in flight here).
+        let uncertain = self.uncertain_regions();
+        let newly_out: Vec<NodeId> = cfg
+            .out_nodes()
+            .filter(|&n| {
+                n != me
+                    && old
+                        .as_ref()
+                        .is_none_or(|o| o.state_of(n) != MemberState::Out)
+            })
+            .collect();
+        for &p in &newly_out {
+            for &r in &uncertain {
+                self.journal.mark(p, r);
+            }
+            self.resync.remove(&p);
+            self.copies_in_flight.remove(&p);
+        }
+        if my_state != MemberState::Synchronized && old_state == Some(MemberState::Synchronized) {
+            // This replica left: what it had in flight may be missing on every partner (as a
+            // former sequencer it wrote before their acks), so its next sync copies it too.
+            for (p, _) in cfg.members.iter().filter(|m| m.0 != me) {
+                for &r in &uncertain {
+                    self.journal.mark(*p, r);
+                }
+            }
+        }
+
+        // Metadata: the generation of the data this replica now holds.
+        if my_state == MemberState::Synchronized {
+            if let Some(source) = self
+                .adopt
+                .take()
+                .filter(|_| old_state == Some(MemberState::Syncing))
+            {
+                // Our bytes are now the sequencer's: so is our lineage.
+                self.meta.current = source.current;
+                self.meta.history = source.history;
+                self.meta.bitmap_base = source
+                    .bitmap_base
+                    .into_iter()
+                    .filter(|b| b.0 != me)
+                    .collect();
+            }
+            if self.opts.planted_bug != Some(PlantedBug::GenerationNotBumped) {
+                let out_nodes: Vec<NodeId> = cfg.out_nodes().collect();
+                self.meta.advance(cfg.generation, out_nodes.into_iter());
+            }
+            for n in cfg.synchronized() {
+                if n != me
+                    && old
+                        .as_ref()
+                        .is_some_and(|o| o.state_of(n) != MemberState::Synchronized)
+                {
+                    self.meta.partner_synchronized(n);
+                    self.journal.reset(n);
+                }
+            }
+        }
+        self.sync_done
+            .retain(|&n, _| cfg.state_of(n) == MemberState::Syncing);
+        if sequencer_changed {
+            self.sync_done.clear();
+        }
+        self.last_join_attempt = None;
+        self.meta.epoch = cfg.epoch;
+        self.meta.was_sequencer = cfg.sequencer == me && my_state == MemberState::Synchronized;
+        self.meta.version += 1;
+        out.push(Output::PersistMeta(self.meta.clone()));
+        self.suspected.clear();
+
+        let sole_synchronized =
+            my_state == MemberState::Synchronized && cfg.synchronized().all(|n| n == me);
+        if self.restarted && my_state == MemberState::Synchronized && !sole_synchronized {
+            // Partners may lack writes this node had in flight when it stopped: it must be
+            // resynchronized before it serves anything.
+            out.push(Output::Join {
+                meta: self.meta.clone(),
+            });
+            self.last_join_attempt = Some(now);
+            self.config = Some(cfg);
+            return;
+        }
+        if my_state != MemberState::Out {
+            // Synchronized alone, or syncing (the resync repairs whatever the restart left).
+            self.restarted = false;
+        }
+
+        match my_state {
+            MemberState::Out | MemberState::Syncing => {
+                self.drop_serving_state(now, sequencer_changed, out);
+                if my_state == MemberState::Out {
+                    self.adopt = None;
+                    out.push(Output::Join {
+                        meta: self.meta.clone(),
+                    });
+                    self.last_join_attempt = Some(now);
+                }
+                self.config = Some(cfg);
+                if my_state == MemberState::Syncing
+                    && (old_state != Some(MemberState::Syncing) || sequencer_changed)
+                {
+                    self.send_sync_offer(out);
+                    self.last_join_attempt = Some(now);
+                }
+            }
+            MemberState::Synchronized => {
+                self.config = Some(cfg);
+                if sequencer_changed {
+                    self.take_over_or_report(now, uncertain, out);
+                } else {
+                    self.drop_departed(now, &newly_out, out);
+                }
+            }
+        }
+
+        // Messages that were ahead of this configuration.
+        let pending = std::mem::take(&mut self.future);
+        for (from, env) in pending {
+            self.on_peer(now, from, env, out);
+        }
+        self.wake_reads(out);
+    }
+
+    fn uncertain_regions(&self) -> BTreeSet<RegionIndex> {
+        let mut set = BTreeSet::new();
+        let ranges = self
+            .seq
+            .values()
+            .filter(|o| o.stage != SeqStage::WaitLock)
+            .map(|o| o.range)
+            .chain(self.fwd.values().map(|o| o.range))
+            .chain(self.applied.values().map(|a| a.range))
+            .chain(self.writes.write_ranges(&self.io));
+        for r in ranges {
+            for region in self.geometry.regions_of(&r) {
+                set.insert(RegionIndex(region));
+            }
+        }
+        set
+    }
+
+    /// This node no longer serves: everything a host is waiting for ends NOT READY so
+    /// multipath retries it on a node that does.
+    fn drop_serving_state(&mut self, now: Time, sequencer_changed: bool, out: &mut Vec<Output<P>>) {
+        let _ = now;
+        for (tag, _) in std::mem::take(&mut self.reads) {
+            out.push(Output::Complete {
+                tag,
+                status: HostStatus::NotReady,
+            });
+        }
+        for (_, op) in std::mem::take(&mut self.fwd) {
+            out.push(Output::Complete {
+                tag: op.tag,
+                status: HostStatus::NotReady,
+            });
+        }
+        for (_, op) in std::mem::take(&mut self.seq) {
+            if let Some(tag) = op.host {
+                out.push(Output::Complete {
+                    tag,
+                    status: HostStatus::NotReady,
+                });
+            }
+        }
+        for (tag, _) in std::mem::take(&mut self.awaiting_meta) {
+            out.push(Output::Complete {
+                tag,
+                status: HostStatus::NotReady,
+            });
+        }
+        for (tag, _) in std::mem::take(&mut self.gated_host) {
+            out.push(Output::Complete {
+                tag,
+                status: HostStatus::NotReady,
+            });
+        }
+        self.locks.clear();
+        self.barriers.clear();
+        self.gate = None;
+        self.reconcile.clear();
+        self.gated_ops.clear();
+        self.resync.clear();
+        self.copies_in_flight.clear();
+        if sequencer_changed {
+            // Nobody will take acks for these any more; the new sequencer copies the regions.
+            self.applied.clear();
+        }
+        // Local I/O still in flight keeps its purpose only for writes (ordering); reads and
+        // flushes were answered above.
+        self.io.retain(|_, p| {
+            !matches!(
+                p,
+                IoPurpose::HostRead(_)
+                    | IoPurpose::Flush(_)
+                    | IoPurpose::Sequenced(_)
+                    | IoPurpose::ForwardedApply(_)
+            )
+        });
+    }
+
+    /// The sequencer changed while this node stays synchronized.
+    fn take_over_or_report(
+        &mut self,
+        now: Time,
+        uncertain: BTreeSet<RegionIndex>,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let cfg = self.config.clone().expect("set by caller");
+        // Writes applied here for the old sequencer will get no Commit: their regions are
+        // reconciled instead.
+        let applied: Vec<OpId> = self.applied.keys().copied().collect();
+        for id in applied {
+            self.barriers.remove(BarrierKey::Op(id));
+        }
+        self.applied.clear();
+        // Sequenced ops of a former sequencer role cannot exist while synchronized (the
+        // sequencer is sticky), but be safe: answer and drop them.
+        for (_, op) in std::mem::take(&mut self.seq) {
+            if let Some(tag) = op.host {
+                out.push(Output::Complete {
+                    tag,
+                    status: HostStatus::NotReady,
+                });
+            }
+        }
+        self.locks.clear();
+        let waiting_fwd: Vec<OpId> = self
+            .fwd
+            .iter()
+            .filter(|(_, o)| matches!(o.stage, FwdStage::AwaitGrant))
+            .map(|(id, _)| *id)
+            .collect();
+        if cfg.sequencer == self.me {
+            let others: BTreeSet<NodeId> = cfg.synchronized().filter(|&n| n != self.me).collect();
+            self.reconcile = uncertain;
+            self.gate = Some((others, now));
+            // My own forwarded writes are now mine to order.
+            for id in waiting_fwd {
+                let op = self.fwd.remove(&id).expect("listed");
+                self.barriers.remove(BarrierKey::Op(id));
+                let kind = match op.op {
+                    ForwardedOp::Write { data } => SeqKind::Write { data },
+                    ForwardedOp::CompareAndWrite { verify, data } => {
+                        SeqKind::CompareAndWrite { verify, data }
+                    }
+                };
+                self.admit(now, id, op.range, kind, Some(op.tag), out);
+            }
+            if self.gate.as_ref().is_some_and(|g| g.0.is_empty()) {
+                self.open_gate(now, out);
+            }
+        } else {
+            let regions: Vec<RegionIndex> = uncertain.iter().copied().collect();
+            for &r in &regions {
+                let range = self.geometry.region_range(r);
+                self.barriers.add(range, BarrierKey::Region(r));
+            }
+            self.send(cfg.sequencer, Msg::Uncertain { regions }, out);
+            for id in waiting_fwd {
+                let op = self.fwd.get_mut(&id).expect("listed");
+                op.since = now;
+                let msg = Msg::Forward {
+                    id,
+                    range: op.range,
+                    op: op.op.clone(),
+                };
+                self.send(cfg.sequencer, msg, out);
+            }
+        }
+    }
+
+    /// Same sequencer, some members left: stop waiting for them.
+    fn drop_departed(&mut self, now: Time, newly_out: &[NodeId], out: &mut Vec<Output<P>>) {
+        if newly_out.is_empty() {
+            return;
+        }
+        if let Some((pending, _)) = &mut self.gate {
+            for n in newly_out {
+                pending.remove(n);
+            }
+            if pending.is_empty() {
+                self.open_gate(now, out);
+            }
+        }
+        let ids: Vec<OpId> = self.seq.keys().copied().collect();
+        for id in ids {
+            let Some(op) = self.seq.get_mut(&id) else {
+                continue;
+            };
+            op.targets.retain(|t| !newly_out.contains(t));
+            op.commit_to.retain(|t| !newly_out.contains(t));
+            if let SeqStage::Applying { acks, .. } = &mut op.stage {
+                acks.retain(|t| !newly_out.contains(t));
+            }
+            let orphaned = newly_out.contains(&id.origin) && op.stage == SeqStage::WaitRelease;
+            let empty_copy = matches!(op.kind, SeqKind::Copy { .. }) && op.targets.is_empty();
+            if orphaned
+                || (empty_copy && matches!(op.stage, SeqStage::WaitLock | SeqStage::Reading))
+            {
+                self.commit(id, out);
+                self.finish_seq(now, id, out);
+            } else {
+                self.check_applied(now, id, out);
+            }
+        }
+    }
+
+    fn send_sync_offer(&mut self, out: &mut Vec<Output<P>>) {
+        let seq = self.sequencer();
+        let journal_complete = self.journal.is_complete(seq);
+        let dirty: Vec<RegionIndex> = self.journal.bitmap(seq).iter().collect();
+        let meta = self.meta.clone();
+        self.send(
+            seq,
+            Msg::SyncOffer {
+                meta,
+                dirty,
+                journal_complete,
+            },
+            out,
+        );
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        let timeout = self.opts.peer_timeout_ns;
+        let late = |since: Time| now.0.saturating_sub(since.0) > timeout;
+        let mut suspects = BTreeSet::new();
+        for (id, op) in &self.seq {
+            match &op.stage {
+                SeqStage::Applying { acks, .. } if late(op.since) => {
+                    suspects.extend(acks.iter().copied())
+                }
+                SeqStage::WaitRelease if late(op.since) => {
+                    suspects.insert(id.origin);
+                }
+                _ => {}
+            }
+        }
+        if self
+            .fwd
+            .values()
+            .any(|o| matches!(o.stage, FwdStage::AwaitGrant) && late(o.since))
+        {
+            suspects.insert(self.sequencer());
+        }
+        if let Some((pending, since)) = &self.gate {
+            if late(*since) {
+                suspects.extend(pending.iter().copied());
+            }
+        }
+        for s in suspects {
+            self.suspect(s, out);
+        }
+        self.retry_membership(now, out);
+        // A node whose lease ran out answers nothing but NOT READY from now on.
+        if !self.serving(now)
+            && (!self.reads.is_empty() || !self.fwd.is_empty() || !self.gated_host.is_empty())
+        {
+            let waiting: Vec<HostTag> = self
+                .reads
+                .iter()
+                .filter(|(_, (_, s))| matches!(s, ReadStage::Waiting))
+                .map(|(t, _)| *t)
+                .collect();
+            for tag in waiting {
+                self.reads.remove(&tag);
+                out.push(Output::Complete {
+                    tag,
+                    status: HostStatus::NotReady,
+                });
+            }
+            while let Some((tag, _)) = self.gated_host.pop_front() {
+                out.push(Output::Complete {
+                    tag,
+                    status: HostStatus::NotReady,
+                });
+            }
+        }
+    }
+
+    /// Messages to the authority or the sequencer about membership can be lost (a cut link,
+    /// a restarted peer): repeat them until the configuration moves on.
+    fn retry_membership(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        let due = self
+            .last_join_attempt
+            .is_none_or(|t| now.0.saturating_sub(t.0) > 2 * self.opts.peer_timeout_ns);
+        if !due {
+            return;
+        }
+        let state = self.config.as_ref().map(|c| c.state_of(self.me));
+        let epoch = self.epoch();
+        match state {
+            None | Some(MemberState::Out) => {
+                out.push(Output::Join {
+                    meta: self.meta.clone(),
+                });
+                self.last_join_attempt = Some(now);
+            }
+            Some(MemberState::Synchronized) if self.restarted => {
+                out.push(Output::Join {
+                    meta: self.meta.clone(),
+                });
+                self.last_join_attempt = Some(now);
+            }
+            Some(MemberState::Syncing) => {
+                self.send_sync_offer(out);
+                self.last_join_attempt = Some(now);
+            }
+            Some(MemberState::Synchronized) => {
+                let done: Vec<(NodeId, bool)> =
+                    self.sync_done.iter().map(|(n, a)| (*n, *a)).collect();
+                for (n, acked) in done {
+                    if acked {
+                        out.push(Output::Synchronized { node: n, epoch });
+                    } else {
+                        let meta = self.meta.clone();
+                        self.send(n, Msg::SyncComplete { meta }, out);
+                    }
+                }
+                self.last_join_attempt = Some(now);
+            }
+        }
+    }
+
+    fn suspect(&mut self, node: NodeId, out: &mut Vec<Output<P>>) {
+        if self.suspected.insert(node) {
+            out.push(Output::VerdictRequest {
+                suspect: node,
+                epoch: self.epoch(),
+            });
+        }
+    }
+
+    // ---------------------------------------------------------------- helpers
+
+    fn epoch(&self) -> Epoch {
+        self.config.as_ref().map_or(Epoch(0), |c| c.epoch)
+    }
+
+    fn sequencer(&self) -> NodeId {
+        self.config.as_ref().map_or(self.me, |c| c.sequencer)
+    }
+
+    fn send(&self, to: NodeId, msg: Msg<P>, out: &mut Vec<Output<P>>) {
+        out.push(Output::Send {
+            to,
+            env: Envelope {
+                epoch: self.epoch(),
+                msg,
+            },
+        });
+    }
+
+    fn new_op(&mut self) -> OpId {
+        self.next_op += 1;
+        OpId {
+            origin: self.me,
+            n: self.next_op,
+        }
+    }
+
+    fn new_io(&mut self, purpose: IoPurpose) -> IoTag {
+        self.next_io += 1;
+        let io = IoTag(self.next_io);
+        self.io.insert(io, purpose);
+        io
+    }
+
+    /// Every local write goes through here: ordered against overlapping local writes, and
+    /// recorded as dirty for every partner that is out (they will need it on return).
+    fn local_write(
+        &mut self,
+        _id: OpId,
+        range: BlockRange,
+        op: LocalOp<P>,
+        purpose: IoPurpose,
+        out: &mut Vec<Output<P>>,
+    ) {
+        if let Some(cfg) = &self.config {
+            let outs: Vec<NodeId> = cfg.out_nodes().filter(|&n| n != self.me).collect();
+            for p in outs {
+                for r in self.geometry.regions_of(&range) {
+                    self.journal.mark(p, RegionIndex(r));
+                }
+            }
+        }
+        let io = self.new_io(purpose);
+        self.writes.submit(range, io, op, out);
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(
+            self.gate.is_none() || self.config.as_ref().is_some_and(|c| c.sequencer == self.me)
+        );
+        debug_assert!(self.meta_durable <= self.meta.version);
+        if let Some(cfg) = &self.config {
+            if cfg.sequencer != self.me {
+                debug_assert!(
+                    self.locks.is_empty(),
+                    "only the sequencer holds range locks"
+                );
+            }
+        }
+    }
+}

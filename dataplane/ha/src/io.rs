@@ -1,0 +1,134 @@
+//! What goes into the engine and what comes out of it.
+
+use crate::generation::{ReplicaMeta, SyncDecision};
+use crate::membership::EpochConfig;
+use crate::msg::Envelope;
+use crate::types::{BlockRange, Epoch, HostTag, IoTag, NodeId, Time};
+
+/// A host command that reached this node (already decoded and range-checked by SCSI).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostCmd<P> {
+    Read {
+        range: BlockRange,
+    },
+    /// WRITE, WRITE SAME and UNMAP all arrive as a write of the resulting blocks.
+    Write {
+        range: BlockRange,
+        data: P,
+    },
+    /// COMPARE AND WRITE (and ORWRITE / WRITE ATOMIC, expressed as compare + write).
+    CompareAndWrite {
+        range: BlockRange,
+        verify: P,
+        data: P,
+    },
+    /// SYNCHRONIZE CACHE / FUA.
+    Flush,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input<P> {
+    Host {
+        tag: HostTag,
+        cmd: HostCmd<P>,
+    },
+    Peer {
+        from: NodeId,
+        env: Envelope<P>,
+    },
+    LocalDone {
+        io: IoTag,
+        result: LocalResult<P>,
+    },
+    MetaPersisted {
+        version: u64,
+    },
+    /// A configuration from the failover authority (verdicts arrive this way).
+    Config(EpochConfig),
+    /// The authority lets this node serve until `until` (its clock) in `epoch`.
+    Lease {
+        epoch: Epoch,
+        until: Time,
+    },
+    /// Time passes: timeouts are checked.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalResult<P> {
+    Done,
+    ReadData(P),
+    Miscompare,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalOp<P> {
+    Read {
+        range: BlockRange,
+    },
+    Write {
+        range: BlockRange,
+        data: P,
+    },
+    /// Compare the blocks with `verify` and write `data` only if equal, atomically with
+    /// respect to other local I/O (the engine never has another write in flight there).
+    CompareAndWrite {
+        range: BlockRange,
+        verify: P,
+        data: P,
+    },
+    Flush,
+}
+
+/// How a host command ends. `NotReady` is CHECK CONDITION, NOT READY, LOGICAL UNIT NOT
+/// ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04/0C): multipath retries it on another
+/// node. The engine never answers MEDIUM ERROR or ILLEGAL REQUEST for a cluster condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostStatus<P> {
+    Good {
+        data: Option<P>,
+    },
+    Miscompare,
+    NotReady,
+    /// The local disk failed the I/O (a real medium problem on this node).
+    MediumError,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output<P> {
+    Local {
+        io: IoTag,
+        op: LocalOp<P>,
+    },
+    Send {
+        to: NodeId,
+        env: Envelope<P>,
+    },
+    Complete {
+        tag: HostTag,
+        status: HostStatus<P>,
+    },
+    /// Ask the failover authority to decide about a partner that does not answer. Until a
+    /// new configuration arrives, affected writes are held; if none arrives before the
+    /// lease ends, this node stops serving (fail safe).
+    VerdictRequest {
+        suspect: NodeId,
+        epoch: Epoch,
+    },
+    /// Ask the authority to (re)admit this node as a syncing member.
+    Join {
+        meta: ReplicaMeta,
+    },
+    /// Tell the authority that `node` now holds the same data as the sequencer.
+    Synchronized {
+        node: NodeId,
+        epoch: Epoch,
+    },
+    /// A reconnecting partner cannot be synchronized automatically (split brain, unrelated).
+    SyncRefused {
+        node: NodeId,
+        decision: SyncDecision,
+    },
+    PersistMeta(ReplicaMeta),
+}

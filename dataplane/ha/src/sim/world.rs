@@ -1,0 +1,1247 @@
+//! The simulated cluster: nodes (engine + disk + persisted metadata), links, the authority,
+//! host clients, the fault schedule, and the final checks.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt::Write as _;
+
+use super::authority::{Authority, AuthorityBug, ToAuthority, Update};
+use super::checker::{check_block, BlockOp, Event as CheckEvent};
+use super::rng::Rng;
+use crate::engine::{Engine, Options, PlantedBug};
+use crate::generation::ReplicaMeta;
+use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
+use crate::membership::{EpochConfig, MemberState};
+use crate::msg::Envelope;
+use crate::types::{BlockRange, Geometry, HostTag, IoTag, NodeId, Time};
+
+/// Per-block values: every write stores its unique id in each block it covers.
+type Data = Vec<u64>;
+
+const US: u64 = 1_000;
+const MS: u64 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Two data nodes; the authority is always reachable (heartbeat links outlive the sync
+    /// links), so only sync links, nodes and power fail.
+    TwoNodes,
+    /// Two data nodes and a witness that can be cut off or lose its state.
+    TwoNodesWitness,
+    /// Three data nodes.
+    ThreeNodes,
+}
+
+impl Shape {
+    pub fn parse(s: &str) -> Option<Shape> {
+        match s {
+            "2n" => Some(Shape::TwoNodes),
+            "2w" => Some(Shape::TwoNodesWitness),
+            "3n" => Some(Shape::ThreeNodes),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::TwoNodes => "2n",
+            Shape::TwoNodesWitness => "2w",
+            Shape::ThreeNodes => "3n",
+        }
+    }
+
+    fn data_nodes(self) -> usize {
+        if self == Shape::ThreeNodes {
+            3
+        } else {
+            2
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimParams {
+    pub shape: Shape,
+    pub seed: u64,
+    pub bug: Option<PlantedBug>,
+    pub authority_bug: Option<AuthorityBug>,
+    /// Simulated time with clients and faults active.
+    pub active_ms: u64,
+    pub trace: bool,
+}
+
+impl SimParams {
+    pub fn new(shape: Shape, seed: u64) -> Self {
+        SimParams {
+            shape,
+            seed,
+            bug: None,
+            authority_bug: None,
+            active_ms: 300,
+            trace: false,
+        }
+    }
+
+    /// The command that replays this run with a trace.
+    pub fn replay_command(&self) -> String {
+        let mut c = format!(
+            "cargo run --release -p tandem-ha --bin tandem-ha-sim -- --shape {} --seed {} --active-ms {} --trace",
+            self.shape.name(),
+            self.seed,
+            self.active_ms
+        );
+        if let Some(b) = self.bug {
+            let _ = write!(c, " --bug {b:?}");
+        }
+        if let Some(b) = self.authority_bug {
+            let _ = write!(c, " --authority-bug {b:?}");
+        }
+        c
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    pub ops_good: u64,
+    pub ops_not_ready: u64,
+    pub ops_unknown: u64,
+    pub faults: u64,
+    pub configurations: u64,
+    pub inconclusive_blocks: u64,
+    pub sim_time_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    CutLink(usize, usize),
+    HealLink(usize, usize),
+    CutAuthority(usize),
+    HealAuthority(usize),
+    Crash(usize),
+    Restart(usize),
+    Pause(usize),
+    Resume(usize),
+    PowerLoss { amnesia: bool },
+    PowerBack,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Host {
+        node: usize,
+        inc: u32,
+        tag: HostTag,
+        cmd: HostCmd<Data>,
+    },
+    Peer {
+        to: usize,
+        inc: u32,
+        from: usize,
+        env: Envelope<Data>,
+        link: u64,
+    },
+    Local {
+        node: usize,
+        inc: u32,
+        io: IoTag,
+    },
+    Meta {
+        node: usize,
+        inc: u32,
+        meta: ReplicaMeta,
+    },
+    ToAuth {
+        from: usize,
+        msg: ToAuthority,
+        link: u64,
+    },
+    FromAuth {
+        to: usize,
+        inc: u32,
+        update: Update,
+        link: u64,
+    },
+    Tick {
+        node: usize,
+        inc: u32,
+    },
+    LeaseRound {
+        node: usize,
+        inc: u32,
+    },
+    ClientNext {
+        client: usize,
+    },
+    ClientTimeout {
+        client: usize,
+        op: usize,
+    },
+    AuthDue,
+    Fault(Fault),
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq)) // min-heap
+    }
+}
+
+struct Node {
+    id: NodeId,
+    engine: Option<Engine<Data>>,
+    inc: u32,
+    disk: Vec<u64>,
+    meta_disk: ReplicaMeta,
+    paused: bool,
+    deferred: Vec<Ev>,
+    in_flight: BTreeMap<IoTag, LocalOp<Data>>,
+    meta_in_flight: Vec<ReplicaMeta>,
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Read,
+    Write { value: u64 },
+    Caw { expect: u64, value: u64 },
+    Flush,
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Pending,
+    Good(Option<Data>),
+    Miscompare,
+    NotReady,
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+struct HostOp {
+    client: usize,
+    node: usize,
+    kind: Kind,
+    range: BlockRange,
+    invoke: u64,
+    response: u64,
+    outcome: Outcome,
+}
+
+struct Link {
+    up: bool,
+    gen: u64,
+    last_delivery: u64,
+}
+
+struct World {
+    p: SimParams,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled>,
+    geometry: Geometry,
+    opts: Options,
+    nodes: Vec<Node>,
+    links: Vec<Vec<Link>>,
+    auth_links: Vec<Link>,
+    authority: Authority,
+    history: Vec<HostOp>,
+    client_busy: Vec<Option<usize>>,
+    client_last_seen: Vec<BTreeMap<u64, u64>>,
+    clients_active: bool,
+    faults_active: bool,
+    next_value: u64,
+    report: SimReport,
+    trace: Vec<String>,
+    failure: Option<String>,
+}
+
+const NUM_BLOCKS: u64 = 48;
+const REGION_BLOCKS: u32 = 4;
+const HOT_BLOCKS: u64 = 6;
+const CLIENTS: usize = 4;
+const LEASE_NS: u64 = 30 * MS;
+const MARGIN_NS: u64 = 5 * MS;
+const PEER_TIMEOUT_NS: u64 = 8 * MS;
+const CLIENT_TIMEOUT_NS: u64 = 120 * MS;
+const TICK_NS: u64 = 2 * MS;
+
+/// Run one seed. `Err` carries the failure, the replay command and (with `trace`) the trace.
+pub fn run(p: &SimParams) -> Result<SimReport, String> {
+    let n = p.shape.data_nodes();
+    let ids: Vec<NodeId> = (1..=n as u8).map(NodeId).collect();
+    let initial = EpochConfig::initial(&ids);
+    let geometry = Geometry {
+        block_size_bytes: 512,
+        num_blocks: NUM_BLOCKS,
+        region_blocks: REGION_BLOCKS,
+    };
+    let opts = Options {
+        peer_timeout_ns: PEER_TIMEOUT_NS,
+        resync_parallel: 2,
+        planted_bug: p.bug,
+        ..Options::default()
+    };
+    let nodes = ids
+        .iter()
+        .map(|&id| Node {
+            id,
+            engine: Some(Engine::new_device(id, geometry, &initial, opts.clone())),
+            inc: 0,
+            disk: vec![0; NUM_BLOCKS as usize],
+            meta_disk: Engine::<Data>::new_device(id, geometry, &initial, opts.clone())
+                .meta()
+                .clone(),
+            paused: false,
+            deferred: Vec::new(),
+            in_flight: BTreeMap::new(),
+            meta_in_flight: Vec::new(),
+        })
+        .collect();
+    let mk_link = || Link {
+        up: true,
+        gen: 0,
+        last_delivery: 0,
+    };
+    let mut w = World {
+        p: p.clone(),
+        rng: Rng::new(p.seed),
+        now: 0,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        geometry,
+        opts,
+        nodes,
+        links: (0..n)
+            .map(|_| (0..n).map(|_| mk_link()).collect())
+            .collect(),
+        auth_links: (0..n).map(|_| mk_link()).collect(),
+        authority: Authority::new(initial.clone(), LEASE_NS, MARGIN_NS, p.authority_bug),
+        history: Vec::new(),
+        client_busy: vec![None; CLIENTS],
+        client_last_seen: vec![BTreeMap::new(); CLIENTS],
+        clients_active: true,
+        faults_active: true,
+        next_value: 0,
+        report: SimReport::default(),
+        trace: Vec::new(),
+        failure: None,
+    };
+    for i in 0..n {
+        w.feed(i, Input::Config(initial.clone()));
+        w.schedule(0, Ev::LeaseRound { node: i, inc: 0 });
+        w.schedule(TICK_NS, Ev::Tick { node: i, inc: 0 });
+    }
+    for c in 0..CLIENTS {
+        let d = w.rng.range(0, MS);
+        w.schedule(d, Ev::ClientNext { client: c });
+    }
+    let first_fault = w.rng.range(20 * MS, 60 * MS);
+    w.schedule_fault(first_fault);
+    w.main_loop();
+    w.finish()
+}
+
+impl World {
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled {
+            at: self.now + delay,
+            seq: self.seq,
+            ev,
+        });
+    }
+
+    fn trace(&mut self, line: impl FnOnce() -> String) {
+        if self.p.trace {
+            let l = format!("{:>9}us {}", self.now / US, line());
+            self.trace.push(l);
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.failure.is_none() {
+            self.failure = Some(why);
+        }
+    }
+
+    fn main_loop(&mut self) {
+        let active_end = self.p.active_ms * MS;
+        let deadline = active_end + 3_000 * MS;
+        let mut healed = false;
+        while let Some(s) = self.queue.pop() {
+            self.now = s.at;
+            if self.failure.is_some() || self.now > deadline {
+                break;
+            }
+            if !healed && self.now >= active_end {
+                healed = true;
+                self.heal_everything();
+            }
+            self.dispatch(s.ev);
+            if healed && self.converged() {
+                break;
+            }
+        }
+        self.report.sim_time_ms = self.now / MS;
+    }
+
+    fn dispatch(&mut self, ev: Ev) {
+        match ev {
+            Ev::Host {
+                node,
+                inc,
+                tag,
+                cmd,
+            } => {
+                if self.deliverable(node, inc, &ev_clone_host(node, inc, tag, &cmd)) {
+                    self.feed(node, Input::Host { tag, cmd });
+                }
+            }
+            Ev::Peer {
+                to,
+                inc,
+                from,
+                env,
+                link,
+            } => {
+                let l = &self.links[from][to];
+                if !l.up || l.gen != link {
+                    return;
+                }
+                let e = Ev::Peer {
+                    to,
+                    inc,
+                    from,
+                    env: env.clone(),
+                    link,
+                };
+                if self.deliverable(to, inc, &e) {
+                    let from_id = self.nodes[from].id;
+                    self.trace(|| format!("n{} <- n{} {:?}", to + 1, from + 1, short(&env)));
+                    self.feed(to, Input::Peer { from: from_id, env });
+                }
+            }
+            Ev::Local { node, inc, io } => {
+                if !self.deliverable(node, inc, &Ev::Local { node, inc, io }) {
+                    return;
+                }
+                let Some(op) = self.nodes[node].in_flight.remove(&io) else {
+                    return;
+                };
+                let result = self.execute(node, op);
+                self.feed(node, Input::LocalDone { io, result });
+            }
+            Ev::Meta { node, inc, meta } => {
+                if !self.deliverable(
+                    node,
+                    inc,
+                    &Ev::Meta {
+                        node,
+                        inc,
+                        meta: meta.clone(),
+                    },
+                ) {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                n.meta_in_flight.retain(|m| m.version != meta.version);
+                if meta.version > n.meta_disk.version {
+                    n.meta_disk = meta.clone();
+                }
+                self.feed(
+                    node,
+                    Input::MetaPersisted {
+                        version: meta.version,
+                    },
+                );
+            }
+            Ev::ToAuth { from, msg, link } => {
+                let l = &self.auth_links[from];
+                if !l.up || l.gen != link {
+                    return;
+                }
+                let before = self.authority.config().map(|c| c.epoch);
+                let pick = self.rng.next_u64();
+                let id = self.nodes[from].id;
+                let reply = self.authority.on_message(Time(self.now), id, msg, pick);
+                if let Some(u) = reply {
+                    self.send_from_auth(from, u);
+                }
+                self.after_authority(before, Some(from));
+            }
+            Ev::AuthDue => {
+                let before = self.authority.config().map(|c| c.epoch);
+                self.authority.run_due(Time(self.now));
+                self.after_authority(before, None);
+            }
+            Ev::FromAuth {
+                to,
+                inc,
+                update,
+                link,
+            } => {
+                let l = &self.auth_links[to];
+                if !l.up || l.gen != link {
+                    return;
+                }
+                let e = Ev::FromAuth {
+                    to,
+                    inc,
+                    update: update.clone(),
+                    link,
+                };
+                if !self.deliverable(to, inc, &e) {
+                    return;
+                }
+                let epoch = update.config.epoch;
+                self.feed(to, Input::Config(update.config));
+                if let Some(until) = update.lease_until {
+                    self.feed(to, Input::Lease { epoch, until });
+                }
+            }
+            Ev::Tick { node, inc } => {
+                if self.nodes[node].inc != inc || self.nodes[node].engine.is_none() {
+                    return;
+                }
+                if !self.nodes[node].paused {
+                    self.feed(node, Input::Tick);
+                }
+                self.schedule(TICK_NS, Ev::Tick { node, inc });
+            }
+            Ev::LeaseRound { node, inc } => {
+                if self.nodes[node].inc != inc || self.nodes[node].engine.is_none() {
+                    return;
+                }
+                if !self.nodes[node].paused {
+                    self.to_authority(node, ToAuthority::LeaseRequest);
+                }
+                self.schedule(LEASE_NS / 4, Ev::LeaseRound { node, inc });
+            }
+            Ev::ClientNext { client } => self.client_issue(client),
+            Ev::ClientTimeout { client, op } => {
+                if self.client_busy[client] == Some(op) {
+                    self.history[op].outcome = Outcome::Unknown;
+                    self.report.ops_unknown += 1;
+                    self.client_busy[client] = None;
+                    self.schedule(0, Ev::ClientNext { client });
+                }
+            }
+            Ev::Fault(f) => self.apply_fault(f),
+        }
+    }
+
+    /// Deliver to a node's current incarnation; a paused node keeps events for later.
+    fn deliverable(&mut self, node: usize, inc: u32, ev: &Ev) -> bool {
+        let n = &mut self.nodes[node];
+        if n.inc != inc || n.engine.is_none() {
+            return false;
+        }
+        if n.paused {
+            n.deferred.push(ev.clone());
+            return false;
+        }
+        true
+    }
+
+    fn after_authority(&mut self, before: Option<crate::types::Epoch>, replied: Option<usize>) {
+        let after = self.authority.config().map(|c| c.epoch);
+        if after != before {
+            self.report.configurations += 1;
+            let cfg = self
+                .authority
+                .config()
+                .cloned()
+                .expect("changed to a config");
+            self.trace(|| format!("AUTHORITY {cfg:?}"));
+            for i in 0..self.nodes.len() {
+                if Some(i) != replied {
+                    self.send_from_auth(
+                        i,
+                        Update {
+                            config: cfg.clone(),
+                            lease_until: None,
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(due) = self.authority.next_due() {
+            let d = due.0.saturating_sub(self.now);
+            self.schedule(d, Ev::AuthDue);
+        }
+    }
+
+    fn net_delay(&mut self) -> u64 {
+        if self.rng.chance(5) {
+            self.rng.range(200 * US, 3 * MS) // a slow moment
+        } else {
+            self.rng.range(20 * US, 150 * US)
+        }
+    }
+
+    fn send_from_auth(&mut self, to: usize, update: Update) {
+        if !self.auth_links[to].up {
+            return;
+        }
+        let d = self.net_delay();
+        let link = self.auth_links[to].gen;
+        let inc = self.nodes[to].inc;
+        self.schedule(
+            d,
+            Ev::FromAuth {
+                to,
+                inc,
+                update,
+                link,
+            },
+        );
+    }
+
+    fn to_authority(&mut self, from: usize, msg: ToAuthority) {
+        if !self.auth_links[from].up {
+            return;
+        }
+        let d = self.net_delay();
+        let link = self.auth_links[from].gen;
+        self.schedule(d, Ev::ToAuth { from, msg, link });
+    }
+
+    fn feed(&mut self, node: usize, input: Input<Data>) {
+        let now = Time(self.now);
+        let mut out = Vec::new();
+        match self.nodes[node].engine.as_mut() {
+            Some(e) => e.handle(now, input, &mut out),
+            None => return,
+        }
+        for o in out {
+            self.output(node, o);
+        }
+    }
+
+    fn output(&mut self, node: usize, o: Output<Data>) {
+        match o {
+            Output::Local { io, op } => {
+                let d = self.rng.range(10 * US, 90 * US);
+                self.nodes[node].in_flight.insert(io, op);
+                let inc = self.nodes[node].inc;
+                self.schedule(d, Ev::Local { node, inc, io });
+            }
+            Output::Send { to, env } => {
+                let to = usize::from(to.0) - 1;
+                let l = &self.links[node][to];
+                if !l.up {
+                    return;
+                }
+                let gen = l.gen;
+                let d = self.net_delay();
+                let at = (self.now + d).max(self.links[node][to].last_delivery + 1);
+                self.links[node][to].last_delivery = at;
+                let inc = self.nodes[to].inc;
+                self.schedule(
+                    at - self.now,
+                    Ev::Peer {
+                        to,
+                        inc,
+                        from: node,
+                        env,
+                        link: gen,
+                    },
+                );
+            }
+            Output::Complete { tag, status } => self.complete(node, tag, status),
+            Output::VerdictRequest { suspect, epoch } => {
+                self.trace(|| {
+                    format!("n{} verdict request about {suspect} in {epoch:?}", node + 1)
+                });
+                self.to_authority(node, ToAuthority::Verdict { suspect, epoch })
+            }
+            Output::Join { meta } => self.to_authority(node, ToAuthority::Join { meta }),
+            Output::Synchronized { node: n, epoch } => {
+                self.to_authority(node, ToAuthority::Synchronized { node: n, epoch })
+            }
+            Output::SyncRefused { node: n, decision } => {
+                self.trace(|| format!("n{} refuses to sync {n}: {decision:?}", node + 1));
+            }
+            Output::PersistMeta(meta) => {
+                let d = self.rng.range(20 * US, 200 * US);
+                let inc = self.nodes[node].inc;
+                self.nodes[node].meta_in_flight.push(meta.clone());
+                self.schedule(d, Ev::Meta { node, inc, meta });
+            }
+        }
+    }
+
+    /// Local I/O takes effect when it completes (a read sees the disk at that instant).
+    fn execute(&mut self, node: usize, op: LocalOp<Data>) -> LocalResult<Data> {
+        let disk = &mut self.nodes[node].disk;
+        match op {
+            LocalOp::Read { range } => {
+                LocalResult::ReadData(range.blocks().map(|b| disk[b as usize]).collect())
+            }
+            LocalOp::Write { range, data } => {
+                for (b, v) in range.blocks().zip(data) {
+                    disk[b as usize] = v;
+                }
+                LocalResult::Done
+            }
+            LocalOp::CompareAndWrite {
+                range,
+                verify,
+                data,
+            } => {
+                let equal = range
+                    .blocks()
+                    .zip(&verify)
+                    .all(|(b, v)| disk[b as usize] == *v);
+                if !equal {
+                    return LocalResult::Miscompare;
+                }
+                for (b, v) in range.blocks().zip(data) {
+                    disk[b as usize] = v;
+                }
+                LocalResult::Done
+            }
+            LocalOp::Flush => LocalResult::Done,
+        }
+    }
+
+    // ------------------------------------------------------------------ clients
+
+    fn client_issue(&mut self, client: usize) {
+        if !self.clients_active || self.client_busy[client].is_some() {
+            return;
+        }
+        let node = self.rng.range(0, self.nodes.len() as u64) as usize;
+        let start = if self.rng.chance(70) {
+            self.rng.range(0, HOT_BLOCKS)
+        } else {
+            self.rng.range(0, NUM_BLOCKS)
+        };
+        let roll = self.rng.range(0, 100);
+        let (kind, range) = if roll < 45 {
+            let len = self.rng.range(1, 5).min(NUM_BLOCKS - start) as u32;
+            (Kind::Read, BlockRange::new(start, len))
+        } else if roll < 85 {
+            let len = self.rng.range(1, 5).min(NUM_BLOCKS - start) as u32;
+            self.next_value += 1;
+            (
+                Kind::Write {
+                    value: self.next_value,
+                },
+                BlockRange::new(start, len),
+            )
+        } else if roll < 97 {
+            self.next_value += 1;
+            let expect = self.client_last_seen[client]
+                .get(&start)
+                .copied()
+                .unwrap_or(0);
+            (
+                Kind::Caw {
+                    expect,
+                    value: self.next_value,
+                },
+                BlockRange::new(start, 1),
+            )
+        } else {
+            (Kind::Flush, BlockRange::new(0, 1))
+        };
+        let cmd = match &kind {
+            Kind::Read => HostCmd::Read { range },
+            Kind::Write { value } => HostCmd::Write {
+                range,
+                data: vec![*value; range.len_blocks as usize],
+            },
+            Kind::Caw { expect, value } => HostCmd::CompareAndWrite {
+                range,
+                verify: vec![*expect],
+                data: vec![*value],
+            },
+            Kind::Flush => HostCmd::Flush,
+        };
+        let idx = self.history.len();
+        self.history.push(HostOp {
+            client,
+            node,
+            kind,
+            range,
+            invoke: self.now,
+            response: u64::MAX,
+            outcome: Outcome::Pending,
+        });
+        self.client_busy[client] = Some(idx);
+        let d = self.rng.range(5 * US, 40 * US);
+        let inc = self.nodes[node].inc;
+        self.schedule(
+            d,
+            Ev::Host {
+                node,
+                inc,
+                tag: HostTag(idx as u64),
+                cmd,
+            },
+        );
+        self.schedule(CLIENT_TIMEOUT_NS, Ev::ClientTimeout { client, op: idx });
+    }
+
+    fn complete(&mut self, node: usize, tag: HostTag, status: HostStatus<Data>) {
+        let idx = tag.0 as usize;
+        let Some(op) = self.history.get(idx) else {
+            self.fail(format!("completion for unknown tag {}", tag.0));
+            return;
+        };
+        if !matches!(op.outcome, Outcome::Pending) || op.node != node {
+            return; // answered after the client gave up
+        }
+        let (client, range) = (op.client, op.range);
+        if matches!(status, HostStatus::Good { .. } | HostStatus::Miscompare) {
+            // Contract g: only a node the authority has synchronized right now answers GOOD.
+            let id = self.nodes[node].id;
+            let ok = self
+                .authority
+                .config_at(Time(self.now))
+                .is_some_and(|c| c.state_of(id) == MemberState::Synchronized);
+            if !ok {
+                self.fail(format!(
+                    "n{} answered {:?} for op #{idx} at {}us while the authority did not have it synchronized",
+                    node + 1,
+                    short_status(&status),
+                    self.now / US
+                ));
+            }
+        }
+        let outcome = match status {
+            HostStatus::Good { data } => {
+                self.report.ops_good += 1;
+                if let Some(d) = &data {
+                    if d.len() != range.len_blocks as usize {
+                        self.fail(format!(
+                            "read #{idx} returned {} blocks for {}",
+                            d.len(),
+                            range.len_blocks
+                        ));
+                    }
+                    for (b, v) in range.blocks().zip(d) {
+                        self.client_last_seen[client].insert(b, *v);
+                    }
+                }
+                if let Kind::Write { value } | Kind::Caw { value, .. } = self.history[idx].kind {
+                    for b in range.blocks() {
+                        self.client_last_seen[client].insert(b, value);
+                    }
+                }
+                Outcome::Good(data)
+            }
+            HostStatus::Miscompare => Outcome::Miscompare,
+            HostStatus::NotReady | HostStatus::MediumError => {
+                self.report.ops_not_ready += 1;
+                Outcome::NotReady
+            }
+        };
+        self.trace(|| format!("n{} completes #{idx}: {outcome:?}", node + 1));
+        let op = &mut self.history[idx];
+        op.outcome = outcome;
+        op.response = self.now;
+        self.client_busy[client] = None;
+        let think = self.rng.range(0, 300 * US);
+        self.schedule(think, Ev::ClientNext { client });
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    fn schedule_fault(&mut self, delay: u64) {
+        let n = self.nodes.len();
+        let a = self.rng.range(0, n as u64) as usize;
+        let b = (a + 1 + self.rng.range(0, n as u64 - 1) as usize) % n;
+        let witness = self.p.shape != Shape::TwoNodes;
+        let roll = self.rng.range(0, 100);
+        let (fault, heal, heal_after) = if roll < 30 {
+            (
+                Fault::CutLink(a, b),
+                Fault::HealLink(a, b),
+                self.rng.range(5 * MS, 80 * MS),
+            )
+        } else if roll < 45 && witness {
+            (
+                Fault::CutAuthority(a),
+                Fault::HealAuthority(a),
+                self.rng.range(5 * MS, 80 * MS),
+            )
+        } else if roll < 65 {
+            (
+                Fault::Crash(a),
+                Fault::Restart(a),
+                self.rng.range(1 * MS, 60 * MS),
+            )
+        } else if roll < 85 {
+            // Sometimes well past the lease: the paused node must not answer GOOD on waking.
+            (
+                Fault::Pause(a),
+                Fault::Resume(a),
+                self.rng.range(1 * MS, 80 * MS),
+            )
+        } else {
+            let amnesia = witness && self.rng.chance(40);
+            (
+                Fault::PowerLoss { amnesia },
+                Fault::PowerBack,
+                self.rng.range(1 * MS, 20 * MS),
+            )
+        };
+        self.schedule(delay, Ev::Fault(fault));
+        self.schedule(delay + heal_after, Ev::Fault(heal));
+    }
+
+    fn apply_fault(&mut self, f: Fault) {
+        let healing = matches!(
+            f,
+            Fault::HealLink(..)
+                | Fault::HealAuthority(_)
+                | Fault::Restart(_)
+                | Fault::Resume(_)
+                | Fault::PowerBack
+        );
+        if !self.faults_active && !healing {
+            return;
+        }
+        self.trace(|| format!("FAULT {f:?}"));
+        match f {
+            Fault::CutLink(a, b) => {
+                for (x, y) in [(a, b), (b, a)] {
+                    let l = &mut self.links[x][y];
+                    l.up = false;
+                    l.gen += 1;
+                }
+            }
+            Fault::HealLink(a, b) => {
+                self.links[a][b].up = true;
+                self.links[b][a].up = true;
+            }
+            Fault::CutAuthority(a) => {
+                self.auth_links[a].up = false;
+                self.auth_links[a].gen += 1;
+            }
+            Fault::HealAuthority(a) => self.auth_links[a].up = true,
+            Fault::Crash(a) => self.crash(a),
+            Fault::Restart(a) => self.restart(a),
+            Fault::Pause(a) => self.nodes[a].paused = true,
+            Fault::Resume(a) => self.resume(a),
+            Fault::PowerLoss { amnesia } => {
+                for i in 0..self.nodes.len() {
+                    self.crash(i);
+                }
+                if amnesia {
+                    self.authority.lose_state();
+                }
+            }
+            Fault::PowerBack => {
+                for i in 0..self.nodes.len() {
+                    self.restart(i);
+                }
+            }
+        }
+        if !healing {
+            self.report.faults += 1;
+            if self.faults_active {
+                let next = self.rng.range(10 * MS, 70 * MS);
+                self.schedule_fault(next);
+            }
+        }
+    }
+
+    /// Everything in flight on the disk lands or not, block by block; metadata writes are
+    /// atomic (they land whole or not at all).
+    fn crash(&mut self, i: usize) {
+        if self.nodes[i].engine.is_none() {
+            return;
+        }
+        let in_flight = std::mem::take(&mut self.nodes[i].in_flight);
+        for (_, op) in in_flight {
+            match op {
+                LocalOp::Write { range, data } | LocalOp::CompareAndWrite { range, data, .. } => {
+                    for (b, v) in range.blocks().zip(data) {
+                        if self.rng.chance(50) {
+                            self.nodes[i].disk[b as usize] = v;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for m in std::mem::take(&mut self.nodes[i].meta_in_flight) {
+            if self.rng.chance(50) && m.version > self.nodes[i].meta_disk.version {
+                self.nodes[i].meta_disk = m;
+            }
+        }
+        let n = &mut self.nodes[i];
+        n.engine = None;
+        n.paused = false;
+        n.deferred.clear();
+        n.inc += 1;
+    }
+
+    fn restart(&mut self, i: usize) {
+        if self.nodes[i].engine.is_some() {
+            return;
+        }
+        let n = &mut self.nodes[i];
+        n.engine = Some(Engine::new(
+            n.id,
+            self.geometry,
+            n.meta_disk.clone(),
+            self.opts.clone(),
+        ));
+        let inc = n.inc;
+        self.schedule(0, Ev::LeaseRound { node: i, inc });
+        self.schedule(TICK_NS, Ev::Tick { node: i, inc });
+    }
+
+    fn resume(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if !n.paused {
+            return;
+        }
+        n.paused = false;
+        for ev in std::mem::take(&mut n.deferred) {
+            self.schedule(0, ev);
+        }
+    }
+
+    fn heal_everything(&mut self) {
+        self.faults_active = false;
+        self.clients_active = false;
+        self.trace(|| "HEAL: faults and clients stop".to_string());
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in 0..n {
+                self.links[a][b].up = true;
+            }
+            self.auth_links[a].up = true;
+            self.restart(a);
+            self.resume(a);
+        }
+    }
+
+    fn converged(&self) -> bool {
+        let Some(cfg) = self.authority.config() else {
+            return false;
+        };
+        if cfg.members.iter().any(|m| m.1 != MemberState::Synchronized) {
+            return false;
+        }
+        if self.client_busy.iter().any(|c| c.is_some()) {
+            return false;
+        }
+        self.nodes.iter().all(|n| {
+            n.in_flight.is_empty()
+                && n.engine
+                    .as_ref()
+                    .is_some_and(|e| !e.busy() && e.config().is_some_and(|c| c.epoch == cfg.epoch))
+        })
+    }
+
+    // ------------------------------------------------------------------ verdict
+
+    fn finish(mut self) -> Result<SimReport, String> {
+        if self.failure.is_none() && !self.converged() {
+            let cfg = self.authority.config().cloned();
+            self.fail(format!(
+                "the cluster did not converge within 3 s after healing; authority: {cfg:?}"
+            ));
+        }
+        if self.failure.is_none() {
+            let d0 = &self.nodes[0].disk;
+            for n in &self.nodes[1..] {
+                if &n.disk != d0 {
+                    let diff: Vec<usize> = (0..d0.len()).filter(|&b| d0[b] != n.disk[b]).collect();
+                    let why = format!(
+                        "replicas differ after resync: n1 vs {} at blocks {diff:?}",
+                        n.id
+                    );
+                    self.fail(why);
+                    break;
+                }
+            }
+        }
+        if self.failure.is_none() {
+            self.check_history();
+        }
+        match self.failure.take() {
+            None => Ok(self.report),
+            Some(why) => {
+                let mut msg = format!(
+                    "seed {} failed: {why}\nreplay: {}\n",
+                    self.p.seed,
+                    self.p.replay_command()
+                );
+                if self.p.trace {
+                    for l in self.trace.iter().rev().take(4000).rev() {
+                        msg.push_str(l);
+                        msg.push('\n');
+                    }
+                }
+                Err(msg)
+            }
+        }
+    }
+
+    fn check_history(&mut self) {
+        let end = self.now + 1;
+        let final_disk = self.nodes[0].disk.clone();
+        for b in 0..NUM_BLOCKS {
+            let mut evs = Vec::new();
+            for (i, op) in self.history.iter().enumerate() {
+                if !op.range.blocks().contains(&b) {
+                    continue;
+                }
+                let k = (b - op.range.start.0) as usize;
+                let response = |o: &HostOp| Some(o.response);
+                let ev = match (&op.kind, &op.outcome) {
+                    (Kind::Read, Outcome::Good(Some(d))) => {
+                        Some((BlockOp::Read { value: d[k] }, response(op)))
+                    }
+                    (Kind::Write { value }, Outcome::Good(_)) => {
+                        Some((BlockOp::Write { value: *value }, response(op)))
+                    }
+                    (Kind::Write { value }, _) => Some((BlockOp::Write { value: *value }, None)),
+                    (Kind::Caw { expect, value }, Outcome::Good(_)) => Some((
+                        BlockOp::Swap {
+                            expect: *expect,
+                            value: *value,
+                        },
+                        response(op),
+                    )),
+                    (Kind::Caw { expect, .. }, Outcome::Miscompare) => {
+                        Some((BlockOp::Mismatch { expect: *expect }, response(op)))
+                    }
+                    (Kind::Caw { expect, value }, _) => Some((
+                        BlockOp::Swap {
+                            expect: *expect,
+                            value: *value,
+                        },
+                        None,
+                    )),
+                    _ => None,
+                };
+                if let Some((bop, resp)) = ev {
+                    evs.push(CheckEvent {
+                        op: bop,
+                        invoke: op.invoke,
+                        response: resp,
+                        history_index: i,
+                    });
+                }
+            }
+            // The final content, read after everything: no acknowledged write may be lost.
+            evs.push(CheckEvent {
+                op: BlockOp::Read {
+                    value: final_disk[b as usize],
+                },
+                invoke: end,
+                response: Some(end + 1),
+                history_index: usize::MAX,
+            });
+            match check_block(0, &evs, 2_000_000) {
+                Ok(true) => {}
+                Ok(false) => self.report.inconclusive_blocks += 1,
+                Err(e) => {
+                    let ops: Vec<String> = evs
+                        .iter()
+                        .map(|e| {
+                            let who = self
+                                .history
+                                .get(e.history_index)
+                                .map_or("final".to_string(), |o| {
+                                    format!("#{} n{} c{}", e.history_index, o.node + 1, o.client)
+                                });
+                            format!(
+                                "  {who}: {:?} [{}, {:?}]",
+                                e.op,
+                                e.invoke / US,
+                                e.response.map(|r| r / US)
+                            )
+                        })
+                        .collect();
+                    let ops = if self.p.trace {
+                        ops.join("\n")
+                    } else {
+                        String::new()
+                    };
+                    self.fail(format!("block {b} is not linearizable: {e}\n{ops}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn ev_clone_host(node: usize, inc: u32, tag: HostTag, cmd: &HostCmd<Data>) -> Ev {
+    Ev::Host {
+        node,
+        inc,
+        tag,
+        cmd: cmd.clone(),
+    }
+}
+
+fn short(env: &Envelope<Data>) -> String {
+    use crate::msg::Msg;
+    let m = match &env.msg {
+        Msg::Mirror {
+            id,
+            range,
+            data,
+            commit_follows,
+        } => {
+            format!(
+                "Mirror {id:?} {}+{} v{:?} cf={commit_follows}",
+                range.start.0,
+                range.len_blocks,
+                data.first()
+            )
+        }
+        Msg::Forward { id, range, .. } => {
+            format!("Forward {id:?} {}+{}", range.start.0, range.len_blocks)
+        }
+        Msg::RegionCopy { id, region, .. } => format!("RegionCopy {id:?} r{}", region.0),
+        Msg::SyncOffer {
+            meta,
+            dirty,
+            journal_complete,
+        } => {
+            format!(
+                "SyncOffer gen={:?} dirty={} complete={journal_complete}",
+                meta.current,
+                dirty.len()
+            )
+        }
+        other => format!("{other:?}"),
+    };
+    format!("e{} {m}", env.epoch.0)
+}
+
+fn short_status(s: &HostStatus<Data>) -> &'static str {
+    match s {
+        HostStatus::Good { .. } => "GOOD",
+        HostStatus::Miscompare => "MISCOMPARE",
+        HostStatus::NotReady => "NOT READY",
+        HostStatus::MediumError => "MEDIUM ERROR",
+    }
+}
