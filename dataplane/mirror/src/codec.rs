@@ -38,6 +38,7 @@ pub mod msg_type {
     pub const REGION_COPY_ACK: u8 = 0x0a;
     pub const SYNC_COMPLETE: u8 = 0x0b;
     pub const SYNC_COMPLETE_ACK: u8 = 0x0c;
+    pub const COMMIT_QUERY: u8 = 0x0d;
     pub const HELLO: u8 = 0x40;
     pub const PROOF: u8 = 0x41;
 }
@@ -99,6 +100,7 @@ pub const MSG_TYPES: &[MsgTypeInfo] = &[
     row(msg_type::REGION_COPY_ACK, "RegionCopyAck", 0, false),
     row(msg_type::SYNC_COMPLETE, "SyncComplete", 0, false),
     row(msg_type::SYNC_COMPLETE_ACK, "SyncCompleteAck", 0, false),
+    row(msg_type::COMMIT_QUERY, "CommitQuery", 0, false),
     row(msg_type::HELLO, "Hello", 0, false),
     row(msg_type::PROOF, "Proof", 0, false),
 ];
@@ -429,6 +431,10 @@ fn encode_body<P>(
             (msg_type::SYNC_COMPLETE, 0)
         }
         Msg::SyncCompleteAck => (msg_type::SYNC_COMPLETE_ACK, 0),
+        Msg::CommitQuery { id } => {
+            w.op(id);
+            (msg_type::COMMIT_QUERY, 0)
+        }
         // tandem-ha grows variants while this crate is built against it; a variant without a
         // row here is a typed error on send (the link is not used for it), not a broken
         // build of every crate that depends on this one. Give it a code, a row and a body.
@@ -629,6 +635,7 @@ pub fn decode_frame<'a>(frame: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
         msg_type::REGION_COPY_ACK => Msg::RegionCopyAck { id: r.op()? },
         msg_type::SYNC_COMPLETE => Msg::SyncComplete { meta: r.meta()? },
         msg_type::SYNC_COMPLETE_ACK => Msg::SyncCompleteAck,
+        msg_type::COMMIT_QUERY => Msg::CommitQuery { id: r.op()? },
         // A row in MSG_TYPES without a decoder arm: refuse rather than guess.
         other => return Err(WireError::UnknownType { msg_type: other }),
     };

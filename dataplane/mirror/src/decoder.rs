@@ -138,10 +138,10 @@ impl FrameDecoder {
         let frame_start = self.start;
         self.start += total;
         if self.start == self.end {
-            // Nothing left over: the next read can start at the front without a copy.
+            // Nothing left over: the next read starts at the front without a copy. The bytes
+            // handed out stay in place until the caller's borrow ends.
             self.start = 0;
             self.end = 0;
-            return Ok(Some(&self.buf[frame_start..frame_start + total]));
         }
         Ok(Some(&self.buf[frame_start..frame_start + total]))
     }
