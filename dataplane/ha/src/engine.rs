@@ -302,7 +302,16 @@ pub struct Engine<P> {
 impl<P: Clone> Engine<P> {
     /// A replica starting (first start or restart) with its persisted metadata. It serves
     /// nothing until the authority's configuration and a lease arrive.
-    pub fn new(me: NodeId, geometry: Geometry, meta: ReplicaMeta, opts: Options) -> Self {
+    ///
+    /// `boot_id` must differ on every start of this replica (the data plane uses its start
+    /// time): operation ids carry it, so an id from before a crash is never reused after it.
+    pub fn new(
+        me: NodeId,
+        geometry: Geometry,
+        meta: ReplicaMeta,
+        boot_id: u32,
+        opts: Options,
+    ) -> Self {
         let meta_durable = meta.version;
         Engine {
             me,
@@ -316,7 +325,7 @@ impl<P: Clone> Engine<P> {
             meta_durable,
             journal: Journal::new(geometry),
             restarted: true,
-            next_op: 0,
+            next_op: u64::from(boot_id) << 32,
             next_io: 0,
             locks: RangeLocks::new(),
             seq: BTreeMap::new(),
@@ -350,7 +359,7 @@ impl<P: Clone> Engine<P> {
     pub fn new_device(me: NodeId, geometry: Geometry, config: &EpochConfig, opts: Options) -> Self {
         let mut meta = ReplicaMeta::new(config.generation);
         meta.epoch = config.epoch;
-        let mut e = Self::new(me, geometry, meta, opts);
+        let mut e = Self::new(me, geometry, meta, 0, opts);
         e.restarted = false;
         e
     }
@@ -1496,7 +1505,13 @@ impl<P: Clone> Engine<P> {
         }
         self.last_join_attempt = None;
         self.meta.epoch = cfg.epoch;
-        self.meta.was_sequencer = cfg.sequencer == me && my_state == MemberState::Synchronized;
+        // Sticky until this replica is resynchronized: a former sequencer's disk may hold
+        // writes that no partner saw, whatever role it has had since.
+        if cfg.sequencer == me && my_state == MemberState::Synchronized {
+            self.meta.was_sequencer = true;
+        } else if my_state == MemberState::Synchronized && old_state == Some(MemberState::Syncing) {
+            self.meta.was_sequencer = false;
+        }
         self.meta.version += 1;
         out.push(Output::PersistMeta(self.meta.clone()));
         self.suspected.clear();

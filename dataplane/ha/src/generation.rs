@@ -28,8 +28,9 @@ pub struct ReplicaMeta {
     pub history: Vec<GenerationId>,
     /// The newest epoch this replica took part in.
     pub epoch: Epoch,
-    /// This replica sequenced writes in `epoch`: after a crash it may hold writes no partner
-    /// saw, and no surviving bitmap names them, so it needs a full sync.
+    /// This replica sequenced writes since it was last resynchronized: after a crash it may
+    /// hold writes no partner saw, and no surviving bitmap names them, so it needs a full
+    /// sync (unless its own journal survived).
     pub was_sequencer: bool,
     /// Bumped on every change so completions of persist requests can be matched.
     pub version: u64,
@@ -87,14 +88,17 @@ pub fn compare(me: NodeId, mine: &ReplicaMeta, peer: NodeId, theirs: &ReplicaMet
     }
     let my_base = mine.bitmap_base(peer);
     let their_base = theirs.bitmap_base(me);
-    if my_base.is_some() && my_base == their_base {
-        return SyncDecision::SplitBrain;
-    }
+    // One side still holds the generation the other moved on from: a plain fast sync (a
+    // base left over on the side that did not move on says nothing).
     if my_base == Some(theirs.current) {
         return SyncDecision::FastFromMe;
     }
     if their_base == Some(mine.current) {
         return SyncDecision::FastFromPeer;
+    }
+    // Both moved on from the same shared generation, each without the other.
+    if my_base.is_some() && my_base == their_base {
+        return SyncDecision::SplitBrain;
     }
     if mine.history.contains(&theirs.current) {
         return SyncDecision::FullFromMe;
@@ -150,6 +154,18 @@ mod tests {
         a.advance(GenerationId(30), std::iter::empty());
         assert_eq!(compare(A, &a, B, &b), SyncDecision::FullFromMe);
         assert_eq!(compare(B, &b, A, &a), SyncDecision::FullFromPeer);
+    }
+
+    #[test]
+    fn a_stale_base_on_the_side_that_stayed_is_not_split_brain() {
+        // 3 nodes: C left at 10 (A and B recorded it), then B left too, still at 10; A went
+        // on to 20. B's base for C is stale, and C never moved on: A is the source.
+        let (mut a, mut b) = pair();
+        let c = NodeId(3);
+        a.advance(GenerationId(20), [B, c].into_iter());
+        b.bitmap_base.push((A, GenerationId(10)));
+        assert_eq!(compare(A, &a, B, &b), SyncDecision::FastFromMe);
+        assert_eq!(compare(B, &b, A, &a), SyncDecision::FastFromPeer);
     }
 
     #[test]

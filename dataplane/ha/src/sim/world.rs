@@ -1025,6 +1025,7 @@ impl World {
             n.id,
             self.geometry,
             n.meta_disk.clone(),
+            n.inc,
             self.opts.clone(),
         ));
         let inc = n.inc;
