@@ -152,6 +152,9 @@ pub struct DeviceStatus {
     pub cache_dirty_bytes: u64,
     /// `online`, `failed` or another data-plane-defined word.
     pub state: String,
+    /// Why a `failed` device is not served, and what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
