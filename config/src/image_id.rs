@@ -399,11 +399,17 @@ mod tests {
     fn missing_image_and_record_refused() {
         let dir = tempfile::tempdir().unwrap();
         let err = verify(&dir.path().join("d.img"), &expected(Some(4096))).unwrap_err();
-        assert!(err.contains("missing") && err.contains("never recreated"), "{err}");
+        assert!(
+            err.contains("missing") && err.contains("never recreated"),
+            "{err}"
+        );
         assert!(!dir.path().join("d.img").exists(), "nothing was created");
         let img = image(dir.path(), 4096);
         let err = verify(&img, &expected(Some(4096))).unwrap_err();
-        assert!(err.contains("identity record") && err.contains("rebind"), "{err}");
+        assert!(
+            err.contains("identity record") && err.contains("rebind"),
+            "{err}"
+        );
         std::fs::write(record_path(&img), b"garbage").unwrap();
         let err = verify(&img, &expected(Some(4096))).unwrap_err();
         assert!(err.contains("bytes, not 4096"), "{err}");
@@ -414,7 +420,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = image(dir.path(), 8192);
         write(&img, &ImageRecord::new("other", 512, 8192)).unwrap();
-        assert!(verify(&img, &expected(None)).unwrap_err().contains("belongs to identity"));
+        assert!(verify(&img, &expected(None))
+            .unwrap_err()
+            .contains("belongs to identity"));
         write(&img, &ImageRecord::new("n1-d", 512, 8192)).unwrap();
         assert_eq!(verify(&img, &expected(None)).unwrap().size_bytes, 8192);
         std::fs::File::options()
@@ -423,7 +431,9 @@ mod tests {
             .unwrap()
             .set_len(4096)
             .unwrap();
-        assert!(verify(&img, &expected(None)).unwrap_err().contains("truncated"));
+        assert!(verify(&img, &expected(None))
+            .unwrap_err()
+            .contains("truncated"));
         std::fs::File::options()
             .write(true)
             .open(&img)

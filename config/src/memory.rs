@@ -87,8 +87,12 @@ mod tests {
         assert_eq!(m.available, 4 << 30);
         assert_eq!(m.budget(), 6 << 30);
         assert!(check(&m, 6 << 30, 1 << 30, true).is_ok());
-        assert!(check(&m, (6 << 30) + 1, 0, false).unwrap_err().contains("over the limit"));
-        assert!(check(&m, 5 << 30, 5 << 30, true).unwrap_err().contains("available"));
+        assert!(check(&m, (6 << 30) + 1, 0, false)
+            .unwrap_err()
+            .contains("over the limit"));
+        assert!(check(&m, 5 << 30, 5 << 30, true)
+            .unwrap_err()
+            .contains("available"));
         assert!(check(&m, 5 << 30, 5 << 30, false).is_ok());
         assert_eq!(MemInfo::parse("MemTotal: 1 kB\n"), None);
     }

@@ -525,7 +525,9 @@ fn huge_sizes_are_refused_before_the_data_plane() {
         "more than the largest supported",
     );
     expect_invalid(
-        &with_device("name = \"r\"\nram_size = \"1GiB\"\ncache = \"write-back\"\ncache_size = \"4096TiB\""),
+        &with_device(
+            "name = \"r\"\nram_size = \"1GiB\"\ncache = \"write-back\"\ncache_size = \"4096TiB\"",
+        ),
         "device[0].cache_size",
         "more than the largest supported",
     );

@@ -198,7 +198,7 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         .transpose()?
         .unwrap_or(256 << 20);
     let pr_state_path = match &backing {
-        Backing::File { path, .. } => Some(path.with_extension("pr")),
+        Backing::File { path, .. } => Some(tandem_dataplane::config_spec::pr_state_beside(path)),
         Backing::Ram { .. } => None,
     };
     let iqn = a
@@ -227,6 +227,11 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
                 .identity_seed
                 .unwrap_or_else(|| format!("{}-{}", a.node, a.alias)),
             pr_state_path,
+            // The command line names the file and, with --size, asks for it to be created.
+            verify_identity: false,
+            create_if_missing: true,
+            image_dirs: Vec::new(),
+            block_device: true,
         }],
         targets: vec![TargetSpec {
             iqn,
@@ -265,11 +270,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let mut node_config: Option<tandem_config::NodeConfig> = None;
+    let mut config_dir = std::path::PathBuf::from(".");
+    let serve_mode = matches!(cli.command, Some(Command::Serve(_)));
     let spec = match (cli.command, cli.config) {
         (Some(Command::Serve(a)), None) => serve_spec(a),
         (None, Some(path)) => match tandem_config::NodeConfig::load(&path) {
             Ok(cfg) => {
-                let spec = tandem_dataplane::config_spec::node_spec(&cfg);
+                config_dir = tandem_dataplane::config_spec::config_dir(&path);
+                let spec = tandem_dataplane::config_spec::node_spec(&cfg, &config_dir);
                 node_config = Some(cfg);
                 Ok(spec)
             }
@@ -283,7 +291,7 @@ fn main() -> ExitCode {
             tracing::info!(
                 "no --config given: serving the embedded default (RAM disk on 127.0.0.1:3260)"
             );
-            let spec = tandem_dataplane::config_spec::node_spec(&cfg);
+            let spec = tandem_dataplane::config_spec::node_spec(&cfg, &config_dir);
             node_config = Some(cfg);
             Ok(spec)
         }
@@ -311,12 +319,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if serve_mode {
+        // `serve` exports exactly one device: without it there is nothing to serve.
+        if let Some(f) = server.failed.lock().first() {
+            eprintln!("tandem-dataplane: device {}: {}", f.spec.name, f.reason);
+            server.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     let control = match cli.control_socket {
         Some(p) => {
             let ctx = tandem_dataplane::control_link::NodeContext {
                 config: node_config.unwrap_or_else(|| {
                     tandem_config::NodeConfig::empty("tandem", server.portals.clone())
                 }),
+                config_dir,
             };
             match tandem_dataplane::control_link::spawn(p.clone(), server.clone(), ctx) {
                 Ok(c) => Some(c),
