@@ -90,6 +90,9 @@ pub enum Request {
     },
     /// Answered with `Response::Stats`.
     Stats,
+    /// Opens a failed device again with this (possibly updated) config, e.g. after its image
+    /// was restored or re-bound; its targets are served once all their devices are.
+    RetryDevice(DeviceConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +333,7 @@ mod tests {
                 allowed_initiators: vec!["iqn.1994-05.com.redhat:a".into()],
             },
             Request::Stats,
+            Request::RetryDevice(DeviceConfig::file("f", "/tmp/f.img", None)),
         ];
         for (i, r) in requests.into_iter().enumerate() {
             let env = Envelope::request(i as u64, r);

@@ -28,6 +28,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/devices", get(list_devices).post(create_device))
         .route("/devices/:name", get(show_device).delete(remove_device))
         .route("/devices/:name/extend", post(extend_device))
+        .route("/devices/:name/rebind", post(rebind_device))
         .route("/devices/:name/cache", put(set_cache))
         .route("/jobs/:id", get(show_job))
         .route("/targets", get(list_targets).post(create_target))
@@ -167,6 +168,17 @@ async fn extend_device(
 ) -> ApiResult<Json<DeviceCreated>> {
     let req: DeviceExtend = parse(&body)?;
     let applied = node.extend_device(&name, req.size.bytes()).await?;
+    Ok(Json(DeviceCreated {
+        device: node.get_device(&name).await?,
+        dataplane: applied,
+    }))
+}
+
+async fn rebind_device(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeviceCreated>> {
+    let applied = node.rebind_device(&name).await?;
     Ok(Json(DeviceCreated {
         device: node.get_device(&name).await?,
         dataplane: applied,

@@ -91,6 +91,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (config, token) = prepare(&opts)?;
+    // No create runs yet: any `.NAME.partial` is from one a crash interrupted (issue 13, 12).
+    crate::image_guard::clean_partials(&crate::image_guard::partial_dirs(&config, &opts.data_dir));
+    if !opts.api.ip().is_loopback() {
+        tracing::warn!(
+            api = %opts.api,
+            "the management API listens beyond loopback over plain HTTP: the token and CHAP secrets \
+             cross the network unencrypted; put a TLS reverse proxy in front (docs/operations.md) \
+             and listen on 127.0.0.1"
+        );
+        eprintln!(
+            "tandem-control: warning: --api {} is reachable beyond this machine over plain HTTP; \
+             put a TLS reverse proxy in front (see docs/operations.md)",
+            opts.api
+        );
+    }
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
         .map_err(|e| format!("cannot listen on {} for the API: {e}", opts.api))?;

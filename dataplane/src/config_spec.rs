@@ -86,7 +86,8 @@ pub fn device_spec(cfg: &NodeConfig, config_dir: &Path, d: &DeviceConfig) -> Dev
         cache_size_bytes: d.effective_cache_size(),
         identity_seed: d.effective_identity_seed(&cfg.node.name),
         pr_state_path,
-        verify_identity: true,
+        // Block devices carry no identity record (there is no place beside them for one).
+        verify_identity: !d.block_device,
         create_if_missing: false,
         image_dirs: if d.block_device {
             Vec::new()

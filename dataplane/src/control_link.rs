@@ -120,6 +120,9 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
             live(server.add_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
         }
         Request::RemoveDevice { name } => live(server.remove_device(&name)),
+        Request::RetryDevice(d) => {
+            live(server.retry_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
+        }
         Request::ExtendDevice {
             name,
             new_size_bytes,

@@ -445,6 +445,53 @@ impl Server {
         Ok(())
     }
 
+    /// Opens a failed device again (its image restored or re-bound). On success its targets
+    /// whose devices are all online are served; on failure the new reason is kept.
+    pub fn retry_device(&self, spec: &DeviceSpec) -> Result<(), LiveError> {
+        if self.device(&spec.name).is_some() {
+            return Ok(());
+        }
+        if self.failed_device(&spec.name).is_none() {
+            return Err(LiveError::NotFound(format!("no device {}", spec.name)));
+        }
+        let mut claims = self.claims.lock();
+        match open_admitted(spec, &claims, self.mem.as_ref()) {
+            Err(reason) => {
+                if let Some(f) = self
+                    .failed
+                    .lock()
+                    .iter_mut()
+                    .find(|f| f.spec.name == spec.name)
+                {
+                    f.spec = spec.clone();
+                    f.reason = reason.clone();
+                }
+                Err(LiveError::BadRequest(format!(
+                    "device {} still fails: {reason}",
+                    spec.name
+                )))
+            }
+            Ok((dev, claim)) => {
+                claims.push((spec.name.clone(), claim));
+                drop(claims);
+                self.failed.lock().retain(|f| f.spec.name != spec.name);
+                self.devices.lock().push(dev);
+                tracing::info!(device = %spec.name, "failed device is online again");
+                let devices = self.devices.lock().clone();
+                let mut unserved = self.unserved_targets.lock();
+                let mut still = Vec::new();
+                for t in unserved.drain(..) {
+                    match build_target(&t, &devices) {
+                        Ok(target) => self.shared.registry.add_target(target),
+                        Err(_) => still.push(t),
+                    }
+                }
+                *unserved = still;
+                Ok(())
+            }
+        }
+    }
+
     pub fn failed_device(&self, name: &str) -> Option<FailedDevice> {
         self.failed
             .lock()
