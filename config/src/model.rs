@@ -70,8 +70,8 @@ pub struct NodeSection {
     pub portals: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
-    /// Directories image files may live in (and below). Empty: `data_dir`, or without it the
-    /// directory holding `node.toml`. See [`NodeConfig::allowed_image_dirs`].
+    /// More directories image files may live in (and below), besides `data_dir` (or, without
+    /// it, the directory holding `node.toml`). See [`NodeConfig::allowed_image_dirs`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_dirs: Vec<PathBuf>,
     /// Reactor cores; empty means "let the data plane choose".
@@ -504,10 +504,13 @@ impl NodeConfig {
                 errs.add(format!("node.image_dirs[{i}]"), reason);
             }
         }
-        let confined_to: Vec<&Path> = if node.image_dirs.is_empty() {
-            node.data_dir.iter().map(PathBuf::as_path).collect()
-        } else {
-            node.image_dirs.iter().map(PathBuf::as_path).collect()
+        // Without `data_dir` the default image directory is the control data dir, which the
+        // text does not say: the control service and the data plane confine those paths.
+        let confined_to: Vec<&Path> = match &node.data_dir {
+            Some(dir) => std::iter::once(dir.as_path())
+                .chain(node.image_dirs.iter().map(PathBuf::as_path))
+                .collect(),
+            None => Vec::new(),
         };
 
         // [[device]]
@@ -775,16 +778,13 @@ impl NodeConfig {
 }
 
 impl NodeConfig {
-    /// Where image files may live: `node.image_dirs`, else `node.data_dir`, else
-    /// `default_dir` (the directory holding `node.toml`, i.e. the control data dir).
+    /// Where image files may live (and below): `node.data_dir` (else `default_dir`, the
+    /// directory holding `node.toml`, i.e. the control data dir) and every `node.image_dirs`.
     pub fn allowed_image_dirs(&self, default_dir: &Path) -> Vec<PathBuf> {
-        if !self.node.image_dirs.is_empty() {
-            self.node.image_dirs.clone()
-        } else if let Some(dir) = &self.node.data_dir {
-            vec![dir.clone()]
-        } else {
-            vec![default_dir.to_path_buf()]
-        }
+        let home = self.node.data_dir.as_deref().unwrap_or(default_dir);
+        let mut dirs = vec![home.to_path_buf()];
+        dirs.extend(self.node.image_dirs.iter().cloned());
+        dirs
     }
 
     /// Bytes of RAM the node's RAM disks and caches take together (see `crate::memory`).

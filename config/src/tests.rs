@@ -555,11 +555,12 @@ fn image_paths_are_normal_and_confined() {
     );
     let confined = |file: &str, extra: &str| {
         format!(
-            "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\nimage_dirs = [\"/srv/img\"]\n[[device]]\nname = \"d\"\nfile = \"{file}\"\n{extra}"
+            "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\ndata_dir = \"/var/lib/tandem\"\nimage_dirs = [\"/srv/img\"]\n[[device]]\nname = \"d\"\nfile = \"{file}\"\n{extra}"
         )
     };
     assert!(parse(&confined("/srv/img/d.img", "")).is_ok());
     assert!(parse(&confined("/srv/img/sub/d.img", "")).is_ok());
+    assert!(parse(&confined("/var/lib/tandem/d.img", "")).is_ok());
     expect_invalid(
         &confined("/etc/x.img", ""),
         "device[0].file",
@@ -588,6 +589,9 @@ fn image_paths_are_normal_and_confined() {
     let c = parse(&confined("/srv/img/d.img", "")).unwrap();
     assert_eq!(
         c.allowed_image_dirs(std::path::Path::new("/default")),
-        vec![std::path::PathBuf::from("/srv/img")]
+        vec![
+            std::path::PathBuf::from("/var/lib/tandem"),
+            std::path::PathBuf::from("/srv/img")
+        ]
     );
 }

@@ -22,7 +22,11 @@ use crate::error::ApiError;
 /// symlinks (of the file if it exists, else of its directory).
 pub fn confine(path: &Path, dirs: &[PathBuf]) -> Result<(), ApiError> {
     check_normal_path(path).map_err(ApiError::bad_request)?;
-    let lexical: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let absolute: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    let lexical: Vec<&Path> = absolute.iter().map(PathBuf::as_path).collect();
     check_confined(path, &lexical).map_err(ApiError::bad_request)?;
     let real = match path.canonicalize() {
         Ok(p) => p,

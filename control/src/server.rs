@@ -20,6 +20,8 @@ pub struct Options {
     pub node_name: Option<String>,
     /// None: run without a data plane (API and persistence only).
     pub dataplane_bin: Option<PathBuf>,
+    /// Replaces `node.image_dirs` when not empty.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// The host name if it is a valid node name.
@@ -75,6 +77,9 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
     };
     if !opts.portals.is_empty() {
         config.node.portals = opts.portals.clone();
+    }
+    if !opts.image_dirs.is_empty() {
+        config.node.image_dirs = opts.image_dirs.clone();
     }
     if !path.exists() || NodeConfig::load(&path).ok().as_ref() != Some(&config) {
         config.save(&path).map_err(|e| e.to_string())?;

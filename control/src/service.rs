@@ -432,7 +432,6 @@ impl Node {
                 image_guard::confine(&path, &config.allowed_image_dirs(&self.data_dir))?;
             }
             image_guard::check_kind(&path, req.block_device)?;
-            image_guard::unique_file(config, &path, &req.name)?;
             match (std::fs::metadata(&path), req.size) {
                 (Ok(_), Some(_)) => {
                     return Err(ApiError::conflict(format!(
@@ -450,6 +449,7 @@ impl Node {
                     build_image = true;
                 }
                 (Ok(meta), None) => {
+                    image_guard::unique_file(config, &path, &req.name)?;
                     if !(meta.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())) {
                         return Err(ApiError::bad_request(format!("{} is not a regular file or block device", path.display())));
                     }
