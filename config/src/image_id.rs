@@ -21,6 +21,7 @@
 //! | 40     | 8    | created/updated, Unix seconds                                |
 //! | 48     | 2    | identity seed length (1..=255)                               |
 //! | 50     | 255  | identity seed (serial, NAA and EUI-64 derive from it)        |
+//! | 320    | 8    | inode number of the image file when bound (0 = not checked)  |
 //! | 512    | 8    | replication: current data generation (0 = none yet)         |
 //! | 520    | 32   | replication: bitmap generation per partner (4 slots)         |
 //! | 552    | 128  | replication: generation history (16 slots)                   |
@@ -58,6 +59,9 @@ pub struct ImageRecord {
     pub pending_size_blocks: u64,
     pub updated_unix_s: u64,
     pub identity_seed: String,
+    /// The image file's inode when it was bound: a file copied or moved over the image (same
+    /// name, same size) is a different inode. 0: not checked.
+    pub inode: u64,
     pub generations: Generations,
 }
 
@@ -112,6 +116,7 @@ impl ImageRecord {
             pending_size_blocks: 0,
             updated_unix_s: 0,
             identity_seed: identity_seed.to_string(),
+            inode: 0,
             generations: Generations::default(),
         }
     }
@@ -138,6 +143,7 @@ impl ImageRecord {
         let seed = &self.identity_seed.as_bytes()[..self.identity_seed.len().min(SEED_MAX)];
         b[48..50].copy_from_slice(&(seed.len() as u16).to_le_bytes());
         b[50..50 + seed.len()].copy_from_slice(seed);
+        b[320..328].copy_from_slice(&self.inode.to_le_bytes());
         b[512..520].copy_from_slice(&self.generations.current.to_le_bytes());
         for (i, g) in self.generations.bitmap.iter().enumerate() {
             b[520 + 8 * i..528 + 8 * i].copy_from_slice(&g.to_le_bytes());
@@ -194,6 +200,7 @@ impl ImageRecord {
             pending_size_blocks: u64_at(b, 32),
             updated_unix_s: u64_at(b, 40),
             identity_seed,
+            inode: u64_at(b, 320),
             generations,
         })
     }
@@ -219,8 +226,11 @@ pub fn read(image: &Path) -> io::Result<Option<Result<ImageRecord, DecodeError>>
 
 /// Writes the record of `image` atomically (temp file, fsync, rename, fsync of the directory),
 /// so a crash leaves the old or the new record, never a torn one.
+/// The record takes the image's current inode (the image must exist).
 pub fn write(image: &Path, record: &ImageRecord) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let mut record = record.clone();
+    record.inode = std::fs::metadata(image)?.ino();
     record.updated_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -269,6 +279,7 @@ pub fn verify(image: &Path, want: &Expected) -> Result<Verified, String> {
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));
     }
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     let rec_path = record_path(image);
     let mut rec = match read(image) {
         Err(e) => return Err(format!("cannot read {}: {e}", rec_path.display())),
@@ -290,6 +301,13 @@ pub fn verify(image: &Path, want: &Expected) -> Result<Verified, String> {
         return Err(format!(
             "{shown} belongs to identity `{}`, not `{}` (a swapped file?); {rebind}",
             rec.identity_seed, want.identity_seed
+        ));
+    }
+    if rec.inode != 0 && rec.inode != inode {
+        return Err(format!(
+            "{shown} was replaced by another file since it was bound (inode {inode}, bound {}): \
+             a copy or restore over the image?; {rebind}",
+            rec.inode
         ));
     }
     if rec.block_size != want.block_size {
@@ -443,6 +461,16 @@ mod tests {
         assert!(verify(&img, &expected(Some(16384)))
             .unwrap_err()
             .contains("config says"));
+        // Another file of the same size moved over the image is caught by its inode.
+        let other = dir.path().join("other.img");
+        std::fs::File::create(&other)
+            .unwrap()
+            .set_len(8192)
+            .unwrap();
+        std::fs::rename(&other, &img).unwrap();
+        assert!(verify(&img, &expected(None))
+            .unwrap_err()
+            .contains("replaced by another file"));
     }
 
     #[test]

@@ -925,12 +925,11 @@ fn bind_existing(device: &DeviceConfig, node_name: &str) -> Result<bool, ApiErro
             )?;
             Ok(true)
         }
-        Ok(Some(Ok(r)))
-            if r.identity_seed == seed
-                && r.block_size == device.block_size
-                && r.size_bytes() == len
-                && r.pending_size_blocks == 0 =>
-        {
+        Ok(Some(Ok(r))) if r.identity_seed == seed && r.block_size == device.block_size => {
+            // Same identity: attaching binds the file as it is now (its size and inode).
+            image_id::write(path, &ImageRecord::new(&seed, device.block_size, len)).map_err(
+                |e| ApiError::internal(format!("writing {}: {e}", rec_path.display())),
+            )?;
             Ok(false)
         }
         Ok(Some(Ok(r))) => Err(ApiError::conflict(format!(
