@@ -90,6 +90,18 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
     Ok((config, token))
 }
 
+/// The API speaks plain HTTP: beyond loopback the token and CHAP secrets cross the network
+/// in the clear, so say so (issue 13, Low 15).
+pub fn api_exposure_warning(api: SocketAddr) -> Option<String> {
+    (!api.ip().is_loopback()).then(|| {
+        format!(
+            "--api {api} is reachable beyond this machine over plain HTTP: the token and CHAP \
+             secrets cross the network unencrypted; listen on 127.0.0.1 and put a TLS reverse \
+             proxy in front (docs/operations.md)"
+        )
+    })
+}
+
 /// Runs until `shutdown` fires: API server plus data plane supervisor.
 pub async fn run(
     opts: Options,
@@ -98,18 +110,9 @@ pub async fn run(
     let (config, token) = prepare(&opts)?;
     // No create runs yet: any `.NAME.partial` is from one a crash interrupted (issue 13, 12).
     crate::image_guard::clean_partials(&crate::image_guard::partial_dirs(&config, &opts.data_dir));
-    if !opts.api.ip().is_loopback() {
-        tracing::warn!(
-            api = %opts.api,
-            "the management API listens beyond loopback over plain HTTP: the token and CHAP secrets \
-             cross the network unencrypted; put a TLS reverse proxy in front (docs/operations.md) \
-             and listen on 127.0.0.1"
-        );
-        eprintln!(
-            "tandem-control: warning: --api {} is reachable beyond this machine over plain HTTP; \
-             put a TLS reverse proxy in front (see docs/operations.md)",
-            opts.api
-        );
+    if let Some(warning) = api_exposure_warning(opts.api) {
+        tracing::warn!(api = %opts.api, "{warning}");
+        eprintln!("tandem-control: warning: {warning}");
     }
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
@@ -156,4 +159,27 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_beyond_loopback_is_warned_about() {
+        for quiet in ["127.0.0.1:3261", "127.0.1.5:3261", "[::1]:3261"] {
+            assert_eq!(
+                api_exposure_warning(quiet.parse().unwrap()),
+                None,
+                "{quiet}"
+            );
+        }
+        for loud in ["0.0.0.0:3261", "10.1.2.3:3261", "[::]:3261"] {
+            let w = api_exposure_warning(loud.parse().unwrap()).unwrap();
+            assert!(
+                w.contains("plain HTTP") && w.contains("reverse proxy"),
+                "{w}"
+            );
+        }
+    }
 }

@@ -95,9 +95,21 @@ struct ServeArgs {
     /// Close the connection when a ping stays unanswered this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     nop_timeout: u64,
-    /// CHAP user name the initiator must present (with --chap-secret).
-    #[arg(long, requires = "chap_secret")]
+    /// CHAP user name the initiator must present (with a secret from --chap-secret-file,
+    /// TANDEM_CHAP_SECRET or --chap-secret).
+    #[arg(long)]
     chap_user: Option<String>,
+    /// File holding the CHAP secret (trailing newline ignored); preferred: unlike the
+    /// command line, it is not visible to other local users.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "chap_user",
+        conflicts_with = "chap_secret"
+    )]
+    chap_secret_file: Option<PathBuf>,
+    /// The CHAP secret itself. Visible to every local user in the process list: prefer
+    /// --chap-secret-file or the TANDEM_CHAP_SECRET environment variable.
     #[arg(long, requires = "chap_user")]
     chap_secret: Option<String>,
     /// Allow only this initiator IQN (repeatable; default: everyone).
@@ -174,6 +186,46 @@ fn parse_size(s: &str) -> Result<u64, String> {
     tandem_config::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// The CHAP secret from --chap-secret-file, else TANDEM_CHAP_SECRET, else --chap-secret (with
+/// a warning: the command line is visible to every local user). Lengths follow the config
+/// rule (12-255 bytes).
+fn chap_secret(a: &ServeArgs) -> Result<Option<String>, String> {
+    let secret = if let Some(path) = &a.chap_secret_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--chap-secret-file {}: {e}", path.display()))?;
+        Some(text.trim_end_matches(['\n', '\r']).to_string())
+    } else if let Some(s) = std::env::var("TANDEM_CHAP_SECRET")
+        .ok()
+        .filter(|_| a.chap_secret.is_none())
+    {
+        Some(s)
+    } else if let Some(s) = &a.chap_secret {
+        eprintln!(
+            "tandem-dataplane: warning: --chap-secret is visible to every local user (ps, /proc); \
+             use --chap-secret-file FILE or TANDEM_CHAP_SECRET"
+        );
+        Some(s.clone())
+    } else {
+        None
+    };
+    if a.chap_user.is_none() {
+        return Ok(None);
+    }
+    if let Some(s) = &secret {
+        let (min, max) = (
+            tandem_config::CHAP_SECRET_LEN_MIN,
+            tandem_config::CHAP_SECRET_LEN_MAX,
+        );
+        if !(min..=max).contains(&s.len()) {
+            return Err(format!(
+                "the CHAP secret is {} bytes; use {min}-{max} (12-16 works with every initiator)",
+                s.len()
+            ));
+        }
+    }
+    Ok(secret)
+}
+
 fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
     let backing = match (&a.ram, &a.file) {
         (Some(r), None) => Backing::Ram {
@@ -205,12 +257,19 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         .iqn
         .clone()
         .unwrap_or_else(|| format!("iqn.2026-11.io.tandem:{}-{}", a.node, a.alias));
-    let auth = match (a.chap_user, a.chap_secret) {
+    let secret = chap_secret(&a)?;
+    let auth = match (a.chap_user, secret) {
         (Some(username), Some(secret)) => AuthPolicy::Chap {
             username,
             secret,
             mutual: None,
         },
+        (Some(_), None) => {
+            return Err(
+                "--chap-user needs a secret: --chap-secret-file FILE, TANDEM_CHAP_SECRET, or --chap-secret"
+                    .into(),
+            )
+        }
         _ => AuthPolicy::None,
     };
     Ok(NodeSpec {
