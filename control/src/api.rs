@@ -198,7 +198,9 @@ async fn set_cache(
                 .ok_or_else(|| crate::service::no_device(&name))?;
             d.cache = req.cache;
             d.cache_size = req.cache_size;
-            Ok(())
+            // A bigger cache takes more memory: the memory rule (docs/operations.md).
+            let old = node.config_snapshot();
+            crate::image_guard::check_ram(&old, c)
         })
         .await?;
     Ok(Json(DeviceCreated {

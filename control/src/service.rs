@@ -123,6 +123,11 @@ impl Node {
         NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The configuration as last saved, without waiting (for checks inside a change).
+    pub fn config_snapshot(&self) -> NodeConfig {
+        NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn publish(&self, config: &NodeConfig) {
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
     }

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use tandem_config::image_id::{self, Expected};
 use tandem_config::memory::{self, MemInfo};
 
+/// (st_dev, st_ino): what makes two paths one file.
+pub type FileId = (u64, u64);
+
 /// What an admitted device holds on to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Claim {
@@ -23,7 +26,7 @@ pub struct Claim {
     /// A RAM disk (grows in memory when extended).
     pub ram_disk: bool,
     /// (st_dev, st_ino) of the image file or block device.
-    pub file_id: Option<(u64, u64)>,
+    pub file_id: Option<FileId>,
     /// Size the file must be opened at (from the identity record), when checked.
     pub size_bytes: Option<u64>,
 }
@@ -89,7 +92,7 @@ fn admit_file(
     spec: &DeviceSpec,
     path: &Path,
     size_bytes: Option<u64>,
-) -> Result<(Option<(u64, u64)>, Option<u64>), String> {
+) -> Result<(Option<FileId>, Option<u64>), String> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,

@@ -249,6 +249,12 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         .map(parse_size)
         .transpose()?
         .unwrap_or(256 << 20);
+    // The command line names the device itself, so a block device needs no extra flag.
+    let is_block_device = match &backing {
+        Backing::File { path, .. } => std::fs::metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type())),
+        Backing::Ram { .. } => false,
+    };
     let pr_state_path = match &backing {
         Backing::File { path, .. } => Some(tandem_dataplane::config_spec::pr_state_beside(path)),
         Backing::Ram { .. } => None,
@@ -290,7 +296,7 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             verify_identity: false,
             create_if_missing: true,
             image_dirs: Vec::new(),
-            block_device: true,
+            block_device: is_block_device,
         }],
         targets: vec![TargetSpec {
             iqn,

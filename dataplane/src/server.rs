@@ -570,6 +570,16 @@ impl Server {
         let own = claims.iter_mut().find(|(n, _)| n == name);
         let mut grown_claim = None;
         if let Some((_, claim)) = own {
+            let max = if claim.ram_disk {
+                tandem_config::RAM_BYTES_MAX
+            } else {
+                tandem_config::DEVICE_BYTES_MAX
+            };
+            if new_size_bytes > max {
+                return Err(LiveError::BadRequest(format!(
+                    "new size {new_size_bytes} is more than the largest supported, {max}"
+                )));
+            }
             if claim.ram_disk {
                 let added = (blocks - dev.lu.num_blocks()).saturating_mul(bs);
                 if let Some(mem) = &self.mem {

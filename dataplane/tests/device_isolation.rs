@@ -148,6 +148,10 @@ fn bad_devices_fail_alone_and_the_rest_serve() {
     assert!(server.failed_device("missing").is_none());
     assert!(server.extend_device("unbound", 4 << 20).is_err());
 
+    // Growing a RAM disk to 4096TiB live is refused with an error, not a panic.
+    let e = server.extend_device("r0", 4096u64 << 40).unwrap_err();
+    assert!(e.to_string().contains("largest supported"), "{e}");
+    assert!(server.device("r0").is_some());
     // A live add of the 4096TiB RAM disk is refused with an error, not a panic.
     let e = server.add_device(&ram("huge2", 4096u64 << 40)).unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
