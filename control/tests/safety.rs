@@ -381,6 +381,10 @@ fn absurd_ram_sizes_in_node_toml_never_crash_the_node() {
     let out = c.cli(&["device", "extend", "ok", "--size", "64TiB"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("over the limit"), "{}", stderr(&out));
+    // A failed device and its unserved target can still be removed, live.
+    c.ok(&["device", "remove", "r1"]);
+    assert_eq!(c.json(&["device", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(c.json(&["status"])["dataplane"]["restarts"], 0);
 }
 
 /// Low 12: `.NAME.img.partial` left by a create killed mid-way is removed at the next start.

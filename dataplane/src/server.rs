@@ -155,14 +155,27 @@ fn build_device_sized(
                     path.display()
                 )));
             }
-            tandem_bdev::open_file(&tandem_bdev::FileConfig {
+            // Only `serve` passes a size to open_file, because open_file creates a missing
+            // file when given one; a node config opens the file as it is and compares after,
+            // so an image deleted after admission is not recreated either.
+            let want = verified_size.or(*size_bytes);
+            let bdev = tandem_bdev::open_file(&tandem_bdev::FileConfig {
                 name: spec.name.clone(),
                 path: path.clone(),
-                size_bytes: verified_size.or(*size_bytes),
+                size_bytes: if spec.create_if_missing { want } else { None },
                 block_size: spec.block_size,
                 read_only: spec.read_only,
             })
-            .map_err(|e| err(format!("{}: {e}", path.display())))?
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let info = bdev.info();
+            let have = info.num_blocks.saturating_mul(u64::from(info.block_size));
+            if let Some(want) = want.filter(|w| *w != have) {
+                return Err(err(format!(
+                    "{} is {have} bytes but should be {want}; refusing to serve it",
+                    path.display()
+                )));
+            }
+            bdev
         }
     };
     let bdev = if spec.cache == CacheMode::None {
