@@ -16,8 +16,11 @@
 //! ```
 //!
 //! Semantics the data plane implements (control persists the config *before* sending):
-//! - `AddDevice`: open/create the backing store (a missing file with `size` is created thick)
-//!   and make it available for targets. Error `already_exists` if the name is taken.
+//! - `AddDevice`: admit and open the backing store (an image must exist and match its identity
+//!   record; nothing is created) and make it available for targets. Error `already_exists` if
+//!   the name is taken, `bad_request` with the reason if the device cannot be admitted.
+//! - `RetryDevice`: open a device that failed (at start, or an earlier retry) again with the
+//!   given config; its unserved targets are served once all their devices are online.
 //! - `RemoveDevice`: control first removes (or re-adds without it) every target that uses it;
 //!   the data plane answers `busy` if a target still exports it.
 //! - `ExtendDevice`: grow to `new_size_bytes` (multiple of the block size, larger than now);

@@ -101,7 +101,8 @@ pub struct DeviceConfig {
     pub ram_size: Option<Size>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// For `file`: size to create (thick) when missing; optional for an existing file.
+    /// For `file`: the image's size (it must match the image and its identity record);
+    /// optional for an attached image. Loading a config never creates an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
     #[serde(default)]
