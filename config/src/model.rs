@@ -309,6 +309,18 @@ impl NodeConfig {
     /// Reads, parses and validates a config file. Errors name the file, the key and the reason.
     pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let path = path.as_ref();
+        let config = NodeConfig::load_unvalidated(path)?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file without the rules, so a caller can apply overrides
+    /// (e.g. `tandem-control --image-dir`) before it validates.
+    pub fn load_unvalidated(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
         let origin = path.display().to_string();
         let io_err = |source| ConfigError::Io {
             origin: origin.clone(),
@@ -323,11 +335,20 @@ impl NodeConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(io_err)?;
-        NodeConfig::from_toml_str(&text, &origin)
+        NodeConfig::parse_unvalidated(&text, &origin)
     }
 
     /// Parses and validates TOML text; `origin` names it in errors (a path, `"<api>"`, ...).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        let config = NodeConfig::parse_unvalidated(text, origin)?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    fn parse_unvalidated(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
         let config: NodeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
@@ -340,10 +361,6 @@ impl NodeConfig {
                 column: line_col.map(|(_, c)| c),
                 reason: inner.message().trim().to_string(),
             }
-        })?;
-        config.validate().map_err(|errors| ConfigError::Invalid {
-            origin: origin.to_string(),
-            errors,
         })?;
         Ok(config)
     }

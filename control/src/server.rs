@@ -57,10 +57,11 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     remove_stale_temps(&opts.data_dir);
     let path = opts.data_dir.join("node.toml");
+    let fix = "fix the file (or move it away to start empty) and start again";
     let mut config = if path.exists() {
-        NodeConfig::load(&path).map_err(|e| {
-            format!("{e}\nfix the file (or move it away to start empty) and start again")
-        })?
+        // Overrides apply before the rules: `--image-dir` can admit images that an older
+        // node.toml keeps outside the data dir.
+        NodeConfig::load_unvalidated(&path).map_err(|e| format!("{e}\n{fix}"))?
     } else {
         let name = opts
             .node_name
@@ -81,6 +82,13 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
     if !opts.image_dirs.is_empty() {
         config.node.image_dirs = opts.image_dirs.clone();
     }
+    config.validate().map_err(|errors| {
+        let e = tandem_config::ConfigError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        };
+        format!("{e}\n{fix}")
+    })?;
     if !path.exists() || NodeConfig::load(&path).ok().as_ref() != Some(&config) {
         config.save(&path).map_err(|e| e.to_string())?;
     }

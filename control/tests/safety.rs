@@ -472,3 +472,40 @@ fn interrupted_create_leaves_no_device_or_a_whole_one() {
         );
     }
 }
+
+/// Medium 7: with `data_dir` set, an image outside the image directories makes node.toml
+/// invalid (the key is named); `--image-dir` admits its directory without editing the file.
+#[test]
+fn image_dir_flag_admits_images_of_an_existing_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let elsewhere = dir.path().join("ssd");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let text = format!(
+        "[node]\nname = \"n1\"\nportals = [\"127.0.0.1:3260\"]\ndata_dir = \"{}\"\n\
+         [[device]]\nname = \"d\"\nfile = \"{}/d.img\"\n",
+        data.display(),
+        elsewhere.display()
+    );
+    std::fs::write(data.join("node.toml"), &text).unwrap();
+    let err = Control::try_start(&data, &["--no-dataplane"])
+        .err()
+        .expect("an image outside the image directories is refused");
+    assert!(
+        err.contains("device[0].file") && err.contains("outside the image directories"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("node.toml")).unwrap(),
+        text,
+        "not overwritten"
+    );
+    let c = Control::start(
+        &data,
+        &["--no-dataplane", "--image-dir", elsewhere.to_str().unwrap()],
+    );
+    assert_eq!(c.json(&["device", "list"]).as_array().unwrap().len(), 1);
+    let saved = NodeConfig::load(data.join("node.toml")).unwrap();
+    assert_eq!(saved.node.image_dirs, vec![elsewhere.clone()]);
+}
