@@ -304,7 +304,7 @@ impl Node {
             Backing::File { path, size_bytes } => ("file", Some(path.to_path_buf()), size_bytes),
         };
         let size_bytes = configured
-            .or(dp_dev.map(|x| x.size_bytes))
+            .or(dp_dev.map(|x| x.size_bytes).filter(|s| *s > 0))
             .or_else(|| {
                 file.as_ref()
                     .and_then(|f| std::fs::metadata(f).ok())
