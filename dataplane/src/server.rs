@@ -112,12 +112,13 @@ pub enum ServerError {
     Other(String),
 }
 
-/// Opens a device. `size_bytes` overrides the spec's file size (the size the identity record
-/// vouches for). Call [`crate::admission::admit`] first.
+/// Opens a device without admission (tests and tools); `Server` admits first
+/// ([`crate::admission::admit`]).
 pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
     build_device_sized(spec, None)
 }
 
+/// `verified_size`: the size the identity record vouches for, which the file must have.
 fn build_device_sized(
     spec: &DeviceSpec,
     verified_size: Option<u64>,
