@@ -17,6 +17,8 @@ use tandem_config::NodeConfig;
 #[derive(Clone)]
 pub struct NodeContext {
     pub config: NodeConfig,
+    /// The directory of the config file (default image directory).
+    pub config_dir: PathBuf,
 }
 
 pub struct ControlLink {
@@ -115,9 +117,12 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
         Request::Status => Response::Status(status(server)),
         Request::Stats => Response::Stats(stats(server)),
         Request::AddDevice(d) => {
-            live(server.add_device(&config_spec::device_spec(&ctx.config, &d)))
+            live(server.add_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
         }
         Request::RemoveDevice { name } => live(server.remove_device(&name)),
+        Request::RetryDevice(d) => {
+            live(server.retry_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
+        }
         Request::ExtendDevice {
             name,
             new_size_bytes,
@@ -142,7 +147,25 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
 }
 
 pub fn status(server: &Server) -> StatusReport {
-    let devices = server
+    let failed: Vec<DeviceStatus> = server
+        .failed
+        .lock()
+        .iter()
+        .map(|f| DeviceStatus {
+            name: f.spec.name.clone(),
+            block_size: f.spec.block_size,
+            read_only: f.spec.read_only,
+            cache: match f.spec.cache {
+                tandem_bdev::CacheMode::None => tandem_config::CacheMode::None,
+                tandem_bdev::CacheMode::WriteThrough => tandem_config::CacheMode::WriteThrough,
+                tandem_bdev::CacheMode::WriteBack => tandem_config::CacheMode::WriteBack,
+            },
+            state: "failed".into(),
+            error: Some(f.reason.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let mut devices: Vec<DeviceStatus> = server
         .devices
         .lock()
         .iter()
@@ -160,9 +183,11 @@ pub fn status(server: &Server) -> StatusReport {
                 },
                 cache_dirty_bytes: 0,
                 state: "online".into(),
+                error: None,
             }
         })
         .collect();
+    devices.extend(failed);
     let targets = server
         .shared
         .registry

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 pub struct FilePrStore {
@@ -17,9 +18,18 @@ impl FilePrStore {
 
 impl tandem_scsi::PrStore for FilePrStore {
     fn save(&self, blob: &[u8]) -> io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
+        // `x.img.pr` → `x.img.pr.tmp`; 0600: reservation keys are not for other local users.
+        let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = self.path.with_file_name(tmp_name);
+        let _ = fs::remove_file(&tmp);
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(blob)?;
             f.sync_all()?;
         }
