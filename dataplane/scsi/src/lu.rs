@@ -1,7 +1,7 @@
 //! The logical unit: command dispatch, unit attentions, reservations and
 //! the I/O state machine (`execute` -> `Step::Io` -> `resume` -> ...).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -31,6 +31,10 @@ struct State {
     ua: UaTable,
     /// PR identity of every nexus we know, for addressing PR unit attentions.
     nexuses: HashMap<u64, PortId>,
+    /// Initiator ports whose I_T nexus was lost (newest last, bounded): when
+    /// the same port logs in again it is the same I_T nexus in SAM terms and
+    /// sees I_T NEXUS LOSS OCCURRED rather than a power-on.
+    lost: VecDeque<PortId>,
     /// SPC-2 RESERVE holder (nexus id).
     spc2_holder: Option<u64>,
     pr: PrState,
@@ -57,6 +61,10 @@ impl State {
         }
     }
 }
+
+/// Bound on remembered lost initiator ports (older ones then simply see a
+/// power-on UA when they return).
+const LOST_PORTS_MAX: usize = 64;
 
 /// One SCSI logical unit. `Send + Sync`: share it through an `Arc`.
 pub struct LogicalUnit {
@@ -112,6 +120,7 @@ impl LogicalUnit {
                 groups: None,
                 ua: UaTable::default(),
                 nexuses: HashMap::new(),
+                lost: VecDeque::new(),
                 spc2_holder: None,
                 pr,
             }),
@@ -136,31 +145,75 @@ impl LogicalUnit {
 
     // ---- management hooks ---------------------------------------------------
 
-    /// New I_T nexus: it first sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    /// New I_T nexus. Unit attentions belong to the nexuses that existed when
+    /// their event happened (SAM-5 5.14), so a new nexus inherits none of the
+    /// pending ones: it sees only POWER ON, RESET, OR BUS DEVICE RESET
+    /// OCCURRED, or I_T NEXUS LOSS OCCURRED if its initiator port lost its
+    /// previous nexus (session reinstatement is the same I_T nexus).
     pub fn nexus_added(&self, nexus: &Nexus) {
         let mut st = self.state.lock();
+        st.ua.forget(nexus.id);
         st.see(nexus);
-        st.ua.push(nexus.id, Sense::power_on_reset());
+        let id = PortId::of(nexus);
+        let ua = match st.lost.iter().position(|p| *p == id) {
+            Some(i) => {
+                st.lost.remove(i);
+                Sense::nexus_loss_occurred()
+            }
+            None => Sense::power_on_reset(),
+        };
+        st.ua.push(nexus.id, ua);
     }
 
-    /// I_T nexus loss: drop its UAs and SPC-2 reservation; PR registrations stay.
+    /// I_T nexus loss: drop its UAs and SPC-2 reservation; PR registrations
+    /// stay. No other nexus is told (SPC-4 5.12 / SAM-5 6.3.4); the port
+    /// itself is, if it comes back.
     pub fn nexus_removed(&self, nexus_id: u64) {
         let mut st = self.state.lock();
         st.ua.forget(nexus_id);
-        st.nexuses.remove(&nexus_id);
+        if let Some(id) = st.nexuses.remove(&nexus_id) {
+            // Another live nexus of the same port (a reinstatement that
+            // overtook the old session's teardown) already had its own UA.
+            if !st.nexuses.values().any(|p| *p == id) && !st.lost.contains(&id) {
+                if st.lost.len() >= LOST_PORTS_MAX {
+                    st.lost.pop_front();
+                }
+                st.lost.push_back(id);
+            }
+        }
         if st.spc2_holder == Some(nexus_id) {
             st.spc2_holder = None;
         }
     }
 
-    /// LOGICAL UNIT RESET: clears the SPC-2 reservation (PRs stay), UA 29/03 to every nexus.
+    /// LOGICAL UNIT RESET received on `from`: clears the SPC-2 reservation
+    /// (PRs stay) and sets BUS DEVICE RESET FUNCTION OCCURRED for every I_T
+    /// nexus that exists now, the one that asked included (SAM-5 6.3.3;
+    /// libiscsi's MultipathIO.Reset checks every path, the resetting one
+    /// too). Nexuses created later do not inherit it.
     pub fn lun_reset(&self, from: &Nexus) {
+        self.reset(from, Sense::lun_reset_occurred());
+    }
+
+    /// TARGET WARM RESET (`cold == false`) or TARGET COLD RESET received on
+    /// `from`, applied to this LU: a warm reset is a hard reset, reported
+    /// like a LOGICAL UNIT RESET (BUS DEVICE RESET FUNCTION is its SCSI-2
+    /// name); a cold reset is a power cycle and reports POWER ON OCCURRED
+    /// to every nexus that survives it.
+    pub fn target_reset(&self, from: &Nexus, cold: bool) {
+        let ua = if cold {
+            Sense::power_on_occurred()
+        } else {
+            Sense::lun_reset_occurred()
+        };
+        self.reset(from, ua);
+    }
+
+    fn reset(&self, from: &Nexus, ua: Sense) {
         let mut st = self.state.lock();
         st.see(from);
         st.spc2_holder = None;
-        // SAM-5 §6.3.3: a LOGICAL UNIT RESET sets the unit attention for every I_T nexus,
-        // the one that asked for it included (multipath hosts check each path).
-        st.ua.push_all(Sense::lun_reset_occurred(), None);
+        st.ua.push_all(ua, None);
     }
 
     /// The device grew or shrank: every nexus sees CAPACITY DATA HAS CHANGED.

@@ -127,8 +127,18 @@ impl Sense {
     pub fn power_on_reset() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x29, 0x00)
     }
+    /// POWER ON OCCURRED: what a TARGET COLD RESET amounts to (SAM-5 6.3.1).
+    pub fn power_on_occurred() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x01)
+    }
+    /// BUS DEVICE RESET FUNCTION OCCURRED: LOGICAL UNIT RESET and TARGET
+    /// (WARM) RESET, the function SCSI-2 called BUS DEVICE RESET.
     pub fn lun_reset_occurred() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x29, 0x03)
+    }
+    /// I_T NEXUS LOSS OCCURRED (SAM-5 6.3.4), for the returning initiator port.
+    pub fn nexus_loss_occurred() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x07)
     }
     pub fn mode_parameters_changed() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x2A, 0x01)

@@ -90,8 +90,9 @@ impl ConnCore {
                 let slots = self.slots_for_lun(None);
                 let waiting = self.abort_slots(ctx, slots);
                 if let (Some(t), Some(n)) = (&target, &nexus) {
+                    let cold = matches!(req.function, TmfFunction::TargetColdReset);
                     for dev in &t.luns {
-                        dev.lu.lun_reset(n);
+                        dev.lu.target_reset(n, cold);
                     }
                 }
                 (FUNCTION_COMPLETE, waiting)

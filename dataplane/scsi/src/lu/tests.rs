@@ -766,7 +766,7 @@ fn unit_attention_ordering() {
 }
 
 #[test]
-fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus() {
+fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus_once() {
     let mut r = Rig::new();
     let (a, b) = (nexus(1), nexus(2));
     r.lu.nexus_added(&a);
@@ -779,9 +779,159 @@ fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus() {
     );
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::ReservationConflict);
     r.lu.lun_reset(&a);
+    // Every path sees it, the one that asked included (multipath hosts
+    // check each path), and only once.
     assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x29, 0x03));
     assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
     assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0x03));
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    // The SPC-2 reservation is gone.
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+}
+
+/// libiscsi Reserve6.LUNReset: initiator 1 reserves, resets the LUN, then
+/// initiator 2 logs in and reserves; the late nexus sees no reset UA.
+#[test]
+fn lun_reset_is_not_inherited_by_a_later_nexus() {
+    let mut r = Rig::new();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&c);
+    r.run(&a, &TUR, &[]);
+    r.run(&c, &TUR, &[]);
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.lun_reset(&a);
+    r.lu.nexus_added(&b);
+    // b's own power-on UA (consumed by the login TEST UNIT READY), then nothing.
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        r.run(&b, &[0x17, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    // a and c existed at the reset: each sees it exactly once.
+    let pr_in = [0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0];
+    for n in [&a, &c] {
+        assert_eq!(sense_of(&r.run(n, &pr_in, &[])), (6, 0x29, 0x03));
+        assert_eq!(r.run(n, &pr_in, &[]).status, ScsiStatus::Good);
+    }
+}
+
+#[test]
+fn target_warm_and_cold_reset_notify_existing_nexuses_once() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.target_reset(&a, false);
+    // A second reset before anyone looked is still one pending condition.
+    r.lu.target_reset(&a, false);
+    for n in [&a, &b] {
+        assert_eq!(sense_of(&r.run(n, &TUR, &[])), (6, 0x29, 0x03));
+        assert_eq!(r.run(n, &TUR, &[]).status, ScsiStatus::Good);
+    }
+    // The warm reset released b's SPC-2 reservation.
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.target_reset(&b, true);
+    for n in [&a, &b] {
+        assert_eq!(sense_of(&r.run(n, &TUR, &[])), (6, 0x29, 0x01));
+        assert_eq!(r.run(n, &TUR, &[]).status, ScsiStatus::Good);
+    }
+    // Nexuses created after the reset do not inherit it.
+    let c = nexus(3);
+    r.lu.nexus_added(&c);
+    assert_eq!(sense_of(&r.run(&c, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(r.run(&c, &TUR, &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn nexus_loss_is_reported_to_the_returning_port_only() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    r.lu.nexus_removed(a.id);
+    // Nobody else is told.
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    // The same initiator port (same name and ISID) logs in again: a new
+    // session, the same I_T nexus.
+    let a2 = Nexus { id: 11, ..nexus(1) };
+    r.lu.nexus_added(&a2);
+    assert_eq!(sense_of(&r.run(&a2, &TUR, &[])), (6, 0x29, 0x07));
+    assert_eq!(r.run(&a2, &TUR, &[]).status, ScsiStatus::Good);
+    // Only once: a third session of that port is a plain power-on again.
+    r.lu.nexus_removed(a2.id);
+    let a3 = Nexus { id: 12, ..nexus(1) };
+    r.lu.nexus_added(&a3);
+    assert_eq!(sense_of(&r.run(&a3, &TUR, &[])), (6, 0x29, 0x07));
+    let a4 = Nexus { id: 13, ..nexus(1) };
+    r.lu.nexus_added(&a4);
+    assert_eq!(sense_of(&r.run(&a4, &TUR, &[])), (6, 0x29, 0));
+}
+
+#[test]
+fn pr_preemption_ua_goes_to_existing_nexuses_of_the_preempted_port_only() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    pr(&mut r, &a, 0, 0, 0, 0xA);
+    pr(&mut r, &b, 0, 0, 0, 0xB);
+    pr(&mut r, &a, 1, 1, 0xA, 0);
+    assert_eq!(pr(&mut r, &b, 4, 1, 0xB, 0xA), ScsiStatus::Good);
+    // The preempting nexus gets nothing; the preempted one exactly once.
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x05));
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    // A nexus of another port created afterwards inherits nothing.
+    let c = nexus(3);
+    r.lu.nexus_added(&c);
+    assert_eq!(sense_of(&r.run(&c, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(r.run(&c, &TUR, &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn alua_and_capacity_changes_are_not_inherited_and_reported_once() {
+    let mut r = Rig::new();
+    let a = nexus(1);
+    r.lu.nexus_added(&a);
+    r.run(&a, &TUR, &[]);
+    r.lu.set_alua_state(AluaState::ActiveNonOptimized);
+    r.lu.set_port_groups(vec![PortGroup {
+        tpg_id: 7,
+        state: AluaState::ActiveNonOptimized,
+        relative_port_ids: vec![1],
+    }]);
+    r.lu.resize(BLOCKS * 2);
+    r.lu.resize(BLOCKS * 3);
+    let b = nexus(2);
+    r.lu.nexus_added(&b);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x06));
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x09));
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0));
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
 }
 
