@@ -37,7 +37,23 @@ struct State {
     lost: VecDeque<PortId>,
     /// SPC-2 RESERVE holder (nexus id).
     spc2_holder: Option<u64>,
+    /// Persistent reservation state as durable: a PR OUT changes it only
+    /// once its commit is (see `Step::Persist`).
     pr: PrState,
+    /// The blob last known to be in the store, so a change that leaves it
+    /// the same (no APTPL before or after) needs no commit.
+    pr_durable: Option<Vec<u8>>,
+    /// The PR OUT change being committed, at most one: applied once its
+    /// commit is durable, dropped if it failed (see `settle_pr`).
+    pr_pending: Option<PendingPr>,
+}
+
+/// A persistent-reservation change waiting for its commit.
+struct PendingPr {
+    next: PrState,
+    uas: Vec<(PortId, Sense)>,
+    blob: Vec<u8>,
+    state: crate::rw::CommitState,
 }
 
 impl State {
@@ -76,7 +92,7 @@ pub struct LogicalUnit {
     default_wce: bool,
     state: Mutex<State>,
     inflight: Inflight,
-    pr_store: Option<Box<dyn PrStore>>,
+    pr_store: Option<Arc<dyn PrStore>>,
 }
 
 pub(super) fn done(r: Reply) -> Step {
@@ -89,12 +105,21 @@ pub(super) fn check(s: Sense) -> Step {
 
 impl LogicalUnit {
     /// Creates an LU; restores APTPL reservation state from `pr_store`.
+    /// (Loading happens once, here, at device creation: not on an I/O path.)
     pub fn new(cfg: LuConfig, pr_store: Option<Box<dyn PrStore>>) -> LogicalUnit {
+        let pr_store: Option<Arc<dyn PrStore>> = pr_store.map(Arc::from);
+        let mut pr_durable = None;
         let pr = match pr_store.as_ref().map(|s| s.load()) {
-            Some(Ok(Some(blob))) => PrState::decode(&blob).unwrap_or_else(|| {
-                tracing::warn!("ignoring malformed persistent reservation state");
-                PrState::default()
-            }),
+            Some(Ok(Some(blob))) => match PrState::decode(&blob) {
+                Some(pr) => {
+                    pr_durable = Some(blob);
+                    pr
+                }
+                None => {
+                    tracing::warn!("ignoring malformed persistent reservation state");
+                    PrState::default()
+                }
+            },
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot load persistent reservation state");
                 PrState::default()
@@ -123,6 +148,8 @@ impl LogicalUnit {
                 lost: VecDeque::new(),
                 spc2_holder: None,
                 pr,
+                pr_durable,
+                pr_pending: None,
             }),
             inflight: Arc::default(),
             pr_store,
@@ -271,6 +298,10 @@ impl LogicalUnit {
     pub fn execute(&self, cmd: &Command) -> Step {
         let mut st = self.state.lock();
         st.see(cmd.nexus);
+        if st.pr_pending.is_some() {
+            // A commit whose command went away still takes effect once durable.
+            reservations::settle_pr(&mut st);
+        }
         let opcode = cmd.cdb.first().copied();
         // UAs are reported to every command but INQUIRY, REPORT LUNS and
         // REQUEST SENSE (which returns it as its data).

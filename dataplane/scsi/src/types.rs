@@ -89,8 +89,27 @@ pub enum Step {
     /// Do this I/O, then call [`crate::LogicalUnit::resume`].
     Io(IoPlan),
     /// Retry `execute` for the same command later (a conflicting atomic
-    /// operation is in flight).
+    /// operation, or another persistent-reservation commit, is in flight).
     Defer,
+    /// Make this persistent-reservation state durable, off the reactor
+    /// thread, then call [`crate::LogicalUnit::resume`] with the outcome
+    /// (`IoOutcome::Ok` only once it is durable). The LU applies the new
+    /// state and answers only then; on failure it keeps the old state.
+    /// With replication this is where "committed on every synchronized
+    /// partner" goes.
+    Persist(PrCommit),
+}
+
+/// A persistent-reservation change waiting to become durable.
+pub struct PrCommit {
+    /// The whole new state, as [`PrStore::save`] takes it.
+    pub blob: Vec<u8>,
+    /// Where it goes.
+    pub store: std::sync::Arc<dyn PrStore>,
+    /// Set it once the save returned (dropping it unset means failed).
+    pub signal: crate::rw::CommitSignal,
+    /// Hand back to `resume` with the outcome.
+    pub cont: Continuation,
 }
 
 impl std::fmt::Debug for Step {
@@ -99,6 +118,7 @@ impl std::fmt::Debug for Step {
             Step::Done(r) => f.debug_tuple("Done").field(r).finish(),
             Step::Io(p) => f.debug_tuple("Io").field(&p.io).finish(),
             Step::Defer => f.write_str("Defer"),
+            Step::Persist(c) => f.debug_tuple("Persist").field(&c.blob.len()).finish(),
         }
     }
 }
@@ -218,7 +238,12 @@ impl Reply {
 }
 
 /// Persistence for APTPL persistent-reservation state.
+///
+/// `save` blocks (it syncs to stable storage): the LU never calls it, the
+/// transport runs it off the reactor thread for a [`Step::Persist`].
 pub trait PrStore: Send + Sync {
+    /// Replaces the stored state atomically (a crash leaves the old or the
+    /// new blob) and returns only once the new one is durable.
     fn save(&self, blob: &[u8]) -> std::io::Result<()>;
     fn load(&self) -> std::io::Result<Option<Vec<u8>>>;
 }

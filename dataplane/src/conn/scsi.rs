@@ -460,7 +460,38 @@ impl ConnCore {
                 self.ready.push_back(slot);
             }
             Step::Io(IoPlan { io, cont }) => self.submit_io(ctx, slot, dev, io, cont),
+            Step::Persist(commit) => self.submit_persist(ctx, slot, dev, commit),
         }
+    }
+
+    /// A reservation change waits for the persister thread like an I/O for its device:
+    /// the completion comes back through `on_io_complete`, which resumes the LU.
+    fn submit_persist(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        slot: usize,
+        dev: &Arc<Device>,
+        commit: tandem_scsi::PrCommit,
+    ) {
+        let (queued, cont) = ctx.persist(make_tag(self.id, slot), commit);
+        if !queued {
+            let Some(nexus) = self.session.as_ref().map(|s| s.nexus.clone()) else {
+                return;
+            };
+            let step = dev.lu.resume(&nexus, cont, IoOutcome::Failed, &[]);
+            return self.handle_step(ctx, slot, dev, step);
+        }
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
+        t.stage = TaskStage::InIo;
+        t.cont = Some(cont);
+        t.pending_ios = 1;
+        t.io_failed = None;
+        t.data_out_in_io = false;
+        dev.stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn submit_io(

@@ -31,6 +31,9 @@ impl LogicalUnit {
             guard,
             io_lba,
         } = cont;
+        if matches!(kind, ContKind::PrCommit { .. }) {
+            return self.finish_pr_commit(kind, &outcome);
+        }
         let read_data = match outcome {
             IoOutcome::Ok { read_data } => read_data,
             IoOutcome::MediumError => {
@@ -66,6 +69,8 @@ impl LogicalUnit {
                 })
             }
             ContKind::Complete { .. } => done(Reply::good()),
+            // Taken before the outcome is read (its failure is not an LBA's).
+            ContKind::PrCommit { .. } => check(Sense::internal_target_failure()),
             ContKind::WriteThenVerify { lba, blocks, bytes } => {
                 let Some(bs) = self.bytes(1) else {
                     return check(Sense::internal_target_failure());

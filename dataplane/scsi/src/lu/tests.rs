@@ -2,7 +2,10 @@
 
 use super::block::WRITE_SAME_CHUNK_BYTES;
 use super::*;
-use crate::{Continuation, IoOutcome, IoPlan, ReplyData, ScsiStatus, TargetPort, WriteSource};
+use crate::pr::PrState;
+use crate::{
+    Continuation, IoOutcome, IoPlan, PrCommit, ReplyData, ScsiStatus, TargetPort, WriteSource,
+};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -103,6 +106,14 @@ impl Rig {
             match step {
                 Step::Done(r) => return r,
                 Step::Defer => panic!("unexpected defer"),
+                // The transport's persister, inline: save, then resume.
+                Step::Persist(c) => {
+                    let outcome = match c.store.save(&c.blob) {
+                        Ok(()) => IoOutcome::Ok { read_data: None },
+                        Err(_) => IoOutcome::Failed,
+                    };
+                    step = self.lu.resume(n, c.cont, outcome, data_out);
+                }
                 Step::Io(plan) => {
                     let data = self.do_io(&plan.io, data_out);
                     if matches!(plan.io, LuIo::Read { .. }) {
@@ -1195,6 +1206,168 @@ impl PrStore for MemStore {
     }
 }
 
+/// A store that records what it was asked to save and can be told to fail.
+#[derive(Clone, Default)]
+struct FlakyStore {
+    saved: Arc<Mutex<Vec<Vec<u8>>>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PrStore for FlakyStore {
+    fn save(&self, blob: &[u8]) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.saved.lock().push(blob.to_vec());
+        Ok(())
+    }
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.saved.lock().last().cloned())
+    }
+}
+
+fn execute(lu: &LogicalUnit, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Step {
+    lu.execute(&Command {
+        cdb,
+        data_out,
+        expected_in_len: 0,
+        nexus: n,
+    })
+}
+
+const READ_KEYS: [u8; 10] = [0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0];
+
+#[test]
+fn pr_out_applies_only_once_its_commit_is_durable() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    // REGISTER with APTPL: the LU asks for a commit and changes nothing yet.
+    let (c, mut p) = prout(0, 0, 0, 0xAB);
+    p[20] = 0x01;
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!("expected a commit")
+    };
+    assert!(store.saved.lock().is_empty(), "the LU never saves itself");
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    assert_eq!(keys.data, ReplyData::Bytes(vec![0, 0, 0, 0, 0, 0, 0, 0]));
+    // A second PR OUT waits for the first commit's outcome.
+    let (c2, p2) = prout(0, 0, 0, 0xCD);
+    assert!(matches!(execute(&lu, &b, &c2, &p2), Step::Defer));
+    // Durable: now it is applied and answered.
+    commit.store.save(&commit.blob).unwrap();
+    let Step::Done(r) = lu.resume(&a, commit.cont, IoOutcome::Ok { read_data: None }, &[]) else {
+        panic!()
+    };
+    assert_eq!(r.status, ScsiStatus::Good);
+    assert_eq!(
+        PrState::decode(&store.saved.lock()[0]).unwrap().regs.len(),
+        1
+    );
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    let ReplyData::Bytes(d) = keys.data else {
+        panic!()
+    };
+    assert_eq!(&d[4..16], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xAB]);
+    // The waiting PR OUT now goes ahead from the committed state.
+    assert!(matches!(execute(&lu, &b, &c2, &p2), Step::Persist(_)));
+}
+
+#[test]
+fn failed_commit_keeps_the_old_state_and_fails_the_command() {
+    let store = FlakyStore::default();
+    let mut r = Rig::with(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    // Both register with APTPL (the last REGISTER decides it), so every
+    // change after that has to reach the store.
+    for (n, key) in [(&a, 0xA), (&b, 0xB)] {
+        let (c, mut p) = prout(0, 0, 0, key);
+        p[20] = 0x01;
+        assert_eq!(r.run(n, &c, &p).status, ScsiStatus::Good);
+    }
+    assert_eq!(pr(&mut r, &a, 1, 1, 0xA, 0), ScsiStatus::Good);
+    let before = r.bytes(&a, &[0x5E, 3, 0, 0, 0, 0, 0, 0, 255, 0]);
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    // b preempts a; the save fails: HARDWARE ERROR / INTERNAL TARGET FAILURE,
+    // a is still registered and holds the reservation, and hears nothing.
+    let (c, p) = prout(4, 1, 0xB, 0xA);
+    assert_eq!(sense_of(&r.run(&b, &c, &p)), (4, 0x44, 0));
+    assert_eq!(r.bytes(&a, &[0x5E, 3, 0, 0, 0, 0, 0, 0, 255, 0]), before);
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&b, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::ReservationConflict
+    );
+    // The failed commit released its slot: once the store works, the same
+    // command succeeds.
+    store
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(r.run(&b, &c, &p).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x05));
+}
+
+#[test]
+fn abandoned_commit_settles_by_its_signal() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    let (c, mut p) = prout(0, 0, 0, 0xA);
+    p[20] = 0x01;
+    // A commit that never ran (dropped with its command): nothing changes,
+    // and the next PR OUT is not blocked.
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!()
+    };
+    drop(commit);
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!("a dropped commit must not block the next PR OUT")
+    };
+    // A commit whose command was aborted (continuation dropped) while the
+    // persister saved it still takes effect: memory matches the store.
+    let PrCommit {
+        blob,
+        store: s,
+        signal,
+        cont,
+    } = commit;
+    drop(cont);
+    s.save(&blob).unwrap();
+    signal.set(true);
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    let ReplyData::Bytes(d) = keys.data else {
+        panic!()
+    };
+    assert_eq!(&d[4..8], &8u32.to_be_bytes());
+}
+
+#[test]
+fn changes_that_leave_the_store_as_it_is_need_no_commit() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let a = nexus(1);
+    // Without APTPL the stored blob is the bare header: the first change
+    // writes it, later ones find it already there.
+    let (c, p) = prout(0, 0, 0, 0xA);
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!()
+    };
+    commit.store.save(&commit.blob).unwrap();
+    lu.resume(&a, commit.cont, IoOutcome::Ok { read_data: None }, &[]);
+    let (c, p) = prout(1, 1, 0xA, 0);
+    let Step::Done(r) = execute(&lu, &a, &c, &p) else {
+        panic!("expected an immediate answer")
+    };
+    assert_eq!(r.status, ScsiStatus::Good);
+    assert_eq!(store.saved.lock().len(), 1);
+}
+
 #[test]
 fn pr_aptpl_survives_restart() {
     let shared = Arc::new(Mutex::new(None));
@@ -1927,7 +2100,7 @@ fn shared_lu_across_threads() {
                             let _ = lu.resume(&n, p.cont, IoOutcome::Failed, &data);
                         }
                         Step::Defer => deferred += 1,
-                        Step::Done(_) => {}
+                        Step::Done(_) | Step::Persist(_) => {}
                     }
                 }
                 deferred
@@ -2104,6 +2277,10 @@ mod fuzz_sequences {
                             match step {
                                 Step::Done(r) => { check_reply(&r); break; }
                                 Step::Defer => break,
+                                Step::Persist(c) => {
+                                    let oc = if outcome == 0 { IoOutcome::Ok { read_data: None } } else { IoOutcome::Failed };
+                                    step = lu.resume(&n, c.cont, oc, &data);
+                                }
                                 Step::Io(p) => {
                                     // Sometimes keep the continuation alive to create overlap.
                                     if outcome == 3 { held.push(p); break; }
