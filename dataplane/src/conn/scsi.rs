@@ -19,8 +19,6 @@ const WRITE_LEN_MAX: u32 = 32 * 1024 * 1024;
 /// Tasks started per poll, so one connection's backlog cannot monopolise the reactor.
 const TASKS_PER_POLL: usize = 64;
 
-const OPCODE_REPORT_LUNS: u8 = 0xa0;
-
 /// Fixed-format sense: ILLEGAL REQUEST / INVALID FIELD IN CDB.
 fn sense_invalid_field_in_cdb() -> Vec<u8> {
     sense(0x05, 0x24, 0x00)
@@ -395,7 +393,7 @@ impl ConnCore {
         let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else {
             return;
         };
-        if cdb[0] == OPCODE_REPORT_LUNS {
+        if cdb[0] == tandem_scsi::cdb::op::REPORT_LUNS {
             let reply = tandem_scsi::report_luns(&target.lun_ids(), &cdb);
             self.send_reply(ctx, slot, reply);
             return;
