@@ -332,8 +332,10 @@ mod tests {
         let step = register_aptpl(&lu, &n);
         let reply = commit_through_persister(&lu, &n, step);
         assert_eq!(reply.status, ScsiStatus::CheckCondition);
-        let sense = tandem_scsi::sense::Sense::internal_target_failure().to_fixed();
-        assert_eq!(reply.sense.as_deref(), Some(sense.as_slice()));
+        assert_eq!(
+            reply.sense,
+            Some(tandem_scsi::Sense::internal_target_failure())
+        );
         assert_eq!(&read_keys(&lu, &n)[4..8], &[0, 0, 0, 0]);
     }
 }

@@ -94,6 +94,19 @@ impl Sense {
     pub fn param_list_length_error() -> Sense {
         Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
     }
+    /// INVALID FIELD IN CDB where no CDB field is to blame (e.g. the
+    /// transport's read and write bits), so there is nothing to point at.
+    pub fn invalid_field_cdb_unpointed() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x24, 0x00)
+    }
+    /// ABORTED COMMAND / DATA PHASE ERROR: the transport lost or misordered
+    /// part of the data (e.g. a Data-Out with a wrong DataSN at ERL 0).
+    pub fn data_phase_error() -> Sense {
+        Sense::new(SenseKey::AbortedCommand, 0x4B, 0x00)
+    }
+    pub fn insufficient_registration_resources() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x55, 0x04)
+    }
     pub fn invalid_field_in_iu() -> Sense {
         Sense::new(SenseKey::IllegalRequest, 0x0E, 0x03)
     }

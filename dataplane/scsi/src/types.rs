@@ -184,8 +184,9 @@ pub enum ScsiStatus {
 pub struct Reply {
     pub status: ScsiStatus,
     pub data: ReplyData,
-    /// Fixed-format sense data (18 bytes) for CHECK CONDITION.
-    pub sense: Option<Vec<u8>>,
+    /// The sense of a CHECK CONDITION; the transport renders it (fixed
+    /// format, [`crate::Sense::to_fixed`]) when it builds the response.
+    pub sense: Option<crate::Sense>,
 }
 
 /// Data-In of a reply.
@@ -224,7 +225,7 @@ impl Reply {
         Reply {
             status: ScsiStatus::CheckCondition,
             data: ReplyData::None,
-            sense: Some(sense.to_fixed()),
+            sense: Some(*sense),
         }
     }
 

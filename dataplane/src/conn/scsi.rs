@@ -11,28 +11,13 @@ use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
 };
 use tandem_scsi::{
-    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Step, WriteSource,
+    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Sense, Step, WriteSource,
 };
 
 /// Largest write we accept in one command; larger ones are refused before any data moves.
 const WRITE_LEN_MAX: u32 = 32 * 1024 * 1024;
 /// Tasks started per poll, so one connection's backlog cannot monopolise the reactor.
 const TASKS_PER_POLL: usize = 64;
-
-/// Fixed-format sense: ILLEGAL REQUEST / INVALID FIELD IN CDB.
-fn sense_invalid_field_in_cdb() -> Vec<u8> {
-    sense(0x05, 0x24, 0x00)
-}
-
-fn sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
-}
 
 /// SAM LUN field (8 bytes, peripheral or flat addressing) to a LUN number.
 pub(crate) fn decode_lun(field: u64) -> u64 {
@@ -142,7 +127,7 @@ impl ConnCore {
             // Bidirectional commands are not supported; oversize writes are refused before
             // any buffer is allocated for them.
             if cmd.read || cmd.edtl > WRITE_LEN_MAX {
-                early = Some(check_condition(sense_invalid_field_in_cdb()));
+                early = Some(Reply::check(&Sense::invalid_field_cdb_unpointed()));
             } else {
                 let dev = self.target_device(cmd.lun);
                 let mut buf = ctx.alloc_buf(dev.as_ref(), cmd.edtl as usize);
@@ -329,7 +314,7 @@ impl ConnCore {
             );
             t.draining = true;
             t.r2ts.clear();
-            self.send_reply(ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
+            self.send_reply(ctx, slot, Reply::check(&Sense::data_phase_error()));
             return None;
         }
         t.data_out.as_ref()?;
@@ -605,7 +590,7 @@ impl ConnCore {
             dev.stats
                 .in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
+            self.send_reply(ctx, slot, Reply::check(&Sense::internal_target_failure()));
         }
     }
 
@@ -787,6 +772,7 @@ impl ConnCore {
             return;
         }
         let sense_data = reply.sense.map(|s| {
+            let s = s.to_fixed();
             let mut v = Vec::with_capacity(2 + s.len());
             v.extend_from_slice(&(s.len() as u16).to_be_bytes());
             v.extend_from_slice(&s);
@@ -861,14 +847,6 @@ fn status_only(status: ScsiStatus) -> Reply {
     }
 }
 
-fn check_condition(sense: Vec<u8>) -> Reply {
-    Reply {
-        status: ScsiStatus::CheckCondition,
-        data: ReplyData::None,
-        sense: Some(sense),
-    }
-}
-
 /// Where an accepted Data-Out's payload goes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct AcceptedData {
@@ -907,7 +885,7 @@ fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit
     let residual = Residual::Overflow((wanted - edtl) as u32);
     if !edtl.is_multiple_of(bs) {
         // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
-        return WriteFit::Answer(check_condition(sense(0x05, 0x0e, 0x03)), residual);
+        return WriteFit::Answer(Reply::check(&Sense::invalid_field_in_iu()), residual);
     }
     let blocks = (edtl / bs) as u32;
     if blocks == 0 {

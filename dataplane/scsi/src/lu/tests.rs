@@ -145,7 +145,7 @@ impl Rig {
 
 fn sense_of(r: &Reply) -> (u8, u8, u8) {
     assert_eq!(r.status, ScsiStatus::CheckCondition, "{r:?}");
-    let s = r.sense.as_ref().unwrap();
+    let s = r.sense.as_ref().unwrap().to_fixed();
     assert_eq!(s.len(), 18);
     (s[2] & 0x0F, s[12], s[13])
 }
@@ -363,7 +363,10 @@ fn io_errors_map_to_sense() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (3, 0x11, 0));
-    assert_eq!(&rep.sense.as_ref().unwrap()[3..7], &7u32.to_be_bytes());
+    assert_eq!(
+        &rep.sense.as_ref().unwrap().to_fixed()[3..7],
+        &7u32.to_be_bytes()
+    );
     let Step::Io(p) = r.lu.execute(&Command {
         cdb: &rw10(0x2A, 0, 1),
         data_out: &[0; BS],
@@ -415,7 +418,7 @@ fn compare_and_write_success_and_miscompare_offset() {
     d.extend(vec![0xCC; BS]);
     let rep = r.run(&n, &caw(5, 1), &d);
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    let s = rep.sense.unwrap();
+    let s = rep.sense.unwrap().to_fixed();
     assert_eq!(s[0], 0xF0);
     assert_eq!(&s[3..7], &0x23u32.to_be_bytes());
     assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0xBB));
@@ -526,7 +529,7 @@ fn write_and_verify_reads_back_with_bytchk() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    assert_eq!(&rep.sense.unwrap()[3..7], &9u32.to_be_bytes());
+    assert_eq!(&rep.sense.unwrap().to_fixed()[3..7], &9u32.to_be_bytes());
     // Without BYTCHK the write completes the command.
     let mut rig = Rig::new();
     assert_eq!(
@@ -548,7 +551,7 @@ fn verify_bytchk() {
     d[100] = 9;
     let rep = r.run(&n, &c, &d);
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    assert_eq!(&rep.sense.unwrap()[3..7], &100u32.to_be_bytes());
+    assert_eq!(&rep.sense.unwrap().to_fixed()[3..7], &100u32.to_be_bytes());
     // BYTCHK=0 is a medium check only.
     assert_eq!(r.run(&n, &rw10(0x2F, 0, 1), &[]).status, ScsiStatus::Good);
     assert_eq!(
@@ -1418,7 +1421,7 @@ fn lu_is_send_sync_and_continuation_send() {
 
 /// Field pointer of an ILLEGAL REQUEST sense: (C/D, byte).
 fn field_of(r: &Reply) -> (bool, u16) {
-    let s = r.sense.as_ref().unwrap();
+    let s = r.sense.as_ref().unwrap().to_fixed();
     assert_eq!(s[15] & 0x80, 0x80, "SKSV");
     (s[15] & 0x40 != 0, u16::from_be_bytes([s[16], s[17]]))
 }
@@ -2252,7 +2255,11 @@ mod fuzz_sequences {
     fn check_reply(r: &Reply) {
         match r.status {
             ScsiStatus::CheckCondition => {
-                let s = r.sense.as_ref().expect("CHECK CONDITION carries sense");
+                let s = r
+                    .sense
+                    .as_ref()
+                    .expect("CHECK CONDITION carries sense")
+                    .to_fixed();
                 assert_eq!(s.len(), 18);
                 assert_eq!(s[0] & 0x7F, 0x70);
             }
@@ -2375,4 +2382,18 @@ fn nexus_removal_keeps_registrations() {
     );
     // The same initiator port coming back is still the holder.
     assert_eq!(r.run(&a, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn reply_carries_the_sense_value_with_its_field_pointer() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // An unsupported VPD page: the transport gets the value, field pointer
+    // included, and renders it itself.
+    let s = r.run(&n, &[0x12, 1, 0x99, 0, 255, 0], &[]).sense.unwrap();
+    assert_eq!(s.triple(), (5, 0x24, 0));
+    let fp = s.field.expect("INVALID FIELD IN CDB points at the field");
+    assert!(fp.in_cdb);
+    assert_eq!(fp.byte, 2);
+    assert_eq!(s.to_fixed()[15] & 0xC0, 0xC0);
 }
