@@ -5,7 +5,6 @@ use crate::reactor::PollMode;
 use crate::server::{Backing, DeviceSpec, NodeSpec, TargetSpec};
 use std::path::Path;
 use std::time::Duration;
-use tandem_bdev::CacheMode;
 use tandem_config::{DeviceConfig, NodeConfig, TargetConfig};
 use tandem_iscsi::login::AuthPolicy;
 
@@ -33,14 +32,6 @@ pub fn node_spec(cfg: &NodeConfig) -> NodeSpec {
     }
 }
 
-pub fn cache_mode(c: tandem_config::CacheMode) -> CacheMode {
-    match c {
-        tandem_config::CacheMode::None => CacheMode::None,
-        tandem_config::CacheMode::WriteThrough => CacheMode::WriteThrough,
-        tandem_config::CacheMode::WriteBack => CacheMode::WriteBack,
-    }
-}
-
 pub fn device_spec(cfg: &NodeConfig, d: &DeviceConfig) -> DeviceSpec {
     let backing = match d.backing() {
         tandem_config::Backing::Ram { size_bytes } => Backing::Ram { size_bytes },
@@ -60,7 +51,7 @@ pub fn device_spec(cfg: &NodeConfig, d: &DeviceConfig) -> DeviceSpec {
         backing,
         block_size: d.block_size,
         read_only: d.read_only,
-        cache: cache_mode(d.cache),
+        cache: d.cache,
         cache_size_bytes: d.effective_cache_size(),
         identity_seed: d.effective_identity_seed(&cfg.node.name),
         pr_state_path,

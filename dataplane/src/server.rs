@@ -132,11 +132,7 @@ pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
         tandem_bdev::with_cache(bdev, spec.cache, spec.cache_size_bytes)
     };
     let info = bdev.info();
-    let cache = match spec.cache {
-        CacheMode::None => tandem_scsi::CacheMode::None,
-        CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-        CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-    };
+    let cache = spec.cache;
     let pr_store = spec
         .pr_state_path
         .clone()
@@ -402,11 +398,7 @@ impl Server {
         dev.bdev
             .set_cache_mode(mode)
             .map_err(|e| LiveError::Unsupported(e.to_string()))?;
-        dev.lu.set_cache_mode(match mode {
-            CacheMode::None => tandem_scsi::CacheMode::None,
-            CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-            CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-        });
+        dev.lu.set_cache_mode(mode);
         Ok(())
     }
 

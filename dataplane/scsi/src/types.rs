@@ -22,13 +22,9 @@ pub struct LuIdentity {
     pub eui64: [u8; 8],
 }
 
-/// Host-visible cache policy of the device (drives the caching mode page).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheMode {
-    None,
-    WriteThrough,
-    WriteBack,
-}
+/// Host-visible cache policy of the device (drives the caching mode page):
+/// the configuration's type, shared with the block devices.
+pub use tandem_config::CacheMode;
 
 /// ALUA asymmetric access state of a target port group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

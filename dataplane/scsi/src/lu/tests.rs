@@ -2397,3 +2397,19 @@ fn reply_carries_the_sense_value_with_its_field_pointer() {
     assert_eq!(fp.byte, 2);
     assert_eq!(s.to_fixed()[15] & 0xC0, 0xC0);
 }
+
+#[test]
+fn cache_mode_is_the_configuration_type() {
+    // One vocabulary: what the configuration says is what the LU and the
+    // block devices take, with no translation layer to get wrong.
+    let from_config: tandem_config::CacheMode = "write-back".parse().unwrap();
+    let lu = LogicalUnit::new(
+        LuConfig {
+            cache: from_config,
+            ..config()
+        },
+        None,
+    );
+    lu.set_cache_mode(tandem_config::CacheMode::None);
+    assert_eq!(CacheMode::WriteBack, from_config);
+}
