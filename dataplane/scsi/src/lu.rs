@@ -14,8 +14,8 @@ use crate::rw::{ContKind, Inflight};
 use crate::sense::Sense;
 use crate::ua::UaTable;
 use crate::{
-    alua, luns, rsoc, AluaState, CacheMode, Command, LuConfig, LuIdentity, LuIo, Nexus, PortGroup,
-    PrStore, Reply, Step,
+    alua, luns, rsoc, AluaState, CacheMode, Command, DataOutFit, LuConfig, LuIdentity, LuIo, Nexus,
+    PortGroup, PrStore, Reply, Step,
 };
 
 /// Mutable LU state, behind one mutex.
@@ -168,6 +168,27 @@ impl LogicalUnit {
 
     fn bytes(&self, blocks: u64) -> Option<usize> {
         usize::try_from(blocks.checked_mul(u64::from(self.block_size))?).ok()
+    }
+
+    /// How much of `sent` bytes of Data-Out the command in `cdb` uses: WRITE
+    /// and WRITE AND VERIFY take whole blocks up to their transfer length
+    /// (see `write`); every other command's parameter data has its own
+    /// length rules and no residual. The transport reports the difference
+    /// as the command's residual; it never reads or rewrites the CDB itself.
+    pub fn data_out_fit(&self, cdb: &[u8], sent: u32) -> DataOutFit {
+        let wanted = match cdb::decode(cdb) {
+            Ok(ScsiCommand::Write(rw) | ScsiCommand::WriteAndVerify { rw, .. }) => {
+                u64::from(rw.blocks.0) * u64::from(self.block_size)
+            }
+            _ => return DataOutFit::Exact,
+        };
+        let sent = u64::from(sent);
+        let diff = |d: u64| u32::try_from(d).unwrap_or(u32::MAX);
+        match wanted.cmp(&sent) {
+            std::cmp::Ordering::Equal => DataOutFit::Exact,
+            std::cmp::Ordering::Greater => DataOutFit::Short(diff(wanted - sent)),
+            std::cmp::Ordering::Less => DataOutFit::Long(diff(sent - wanted)),
+        }
     }
 
     // ---- management hooks ---------------------------------------------------

@@ -153,6 +153,21 @@ pub enum WriteSource {
     Owned(Vec<u8>),
 }
 
+/// How the Data-Out an initiator sent compares with what the command uses
+/// ([`crate::LogicalUnit::data_out_fit`]); the transport reports the
+/// difference as the residual (RFC 7143 11.4.5.2, SAM-5 5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataOutFit {
+    /// As much as the command uses (or a command whose parameter data has
+    /// its own length rules).
+    Exact,
+    /// The CDB asks for this many bytes more than were sent (overflow).
+    Short(u32),
+    /// This many bytes more than the CDB asks for were sent (underflow);
+    /// they are ignored.
+    Long(u32),
+}
+
 /// Result of an I/O the transport did for an [`IoPlan`].
 #[derive(Debug)]
 pub enum IoOutcome<'a> {

@@ -11,7 +11,8 @@ use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
 };
 use tandem_scsi::{
-    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Sense, Step, WriteSource,
+    Command, DataOutFit, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Sense, Step,
+    WriteSource,
 };
 
 /// Largest write we accept in one command; larger ones are refused before any data moves.
@@ -389,25 +390,21 @@ impl ConnCore {
             return;
         };
         if needs_fit {
-            let mut cdb = cdb;
-            match fit_write_to_edtl(&mut cdb, dev.lu.block_size(), edtl) {
-                WriteFit::Execute(residual) => {
-                    let t = self.tasks.get_mut(slot).expect("slot checked above");
-                    t.write_fitted = true;
-                    t.cdb = cdb;
-                    t.residual = residual;
-                    if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
-                        let keep = buf.len() - r as usize;
-                        buf.set_len(keep);
-                    }
-                }
-                WriteFit::Answer(reply, residual) => {
-                    if let Some(t) = self.tasks.get_mut(slot) {
-                        t.residual = residual;
-                    }
-                    self.send_reply(ctx, slot, reply);
-                    return;
-                }
+            // The LU decides how much of the Data-Out the command uses; we report the
+            // difference as the residual (RFC 7143 §11.4.5.2).
+            let residual = match dev.lu.data_out_fit(&cdb, edtl) {
+                DataOutFit::Exact => Residual::None,
+                DataOutFit::Short(r) => Residual::Overflow(r),
+                DataOutFit::Long(r) => Residual::Underflow(r),
+            };
+            let t = self.tasks.get_mut(slot).expect("slot checked above");
+            t.write_fitted = true;
+            t.residual = residual;
+            // Data beyond what the command uses is dropped now, so the write can take
+            // the buffer as it is instead of copying the part it needs.
+            if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
+                let keep = buf.len().saturating_sub(r as usize);
+                buf.set_len(keep);
             }
         }
         let Some(session) = self.session.as_ref() else {
@@ -839,14 +836,6 @@ impl ConnCore {
     }
 }
 
-fn status_only(status: ScsiStatus) -> Reply {
-    Reply {
-        status,
-        data: ReplyData::None,
-        sense: None,
-    }
-}
-
 /// Where an accepted Data-Out's payload goes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct AcceptedData {
@@ -855,48 +844,3 @@ pub(super) struct AcceptedData {
     pub burst_done: bool,
 }
 
-enum WriteFit {
-    /// Run the (possibly shortened) command; report this residual.
-    Execute(Residual),
-    /// Answer without running it.
-    Answer(Reply, Residual),
-}
-
-/// Reconciles a write CDB's transfer length with the iSCSI Expected Data Transfer Length
-/// (RFC 7143 §11.4.5.2): when the initiator sends less than the CDB asks for, only what was
-/// sent is written (the CDB is shortened) and the shortfall is an overflow residual; extra
-/// data is ignored and reported as underflow. A length that is not whole blocks cannot be
-/// written and is refused.
-fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit {
-    let rw = match tandem_scsi::cdb::decode(cdb) {
-        Ok(tandem_scsi::cdb::ScsiCommand::Write(rw)) => rw,
-        Ok(tandem_scsi::cdb::ScsiCommand::WriteAndVerify { rw, .. }) => rw,
-        _ => return WriteFit::Execute(Residual::None),
-    };
-    let bs = block_size as u64;
-    let wanted = rw.blocks.0 as u64 * bs;
-    let edtl = edtl as u64;
-    if edtl == wanted {
-        return WriteFit::Execute(Residual::None);
-    }
-    if edtl > wanted {
-        return WriteFit::Execute(Residual::Underflow((edtl - wanted) as u32));
-    }
-    let residual = Residual::Overflow((wanted - edtl) as u32);
-    if !edtl.is_multiple_of(bs) {
-        // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
-        return WriteFit::Answer(Reply::check(&Sense::invalid_field_in_iu()), residual);
-    }
-    let blocks = (edtl / bs) as u32;
-    if blocks == 0 {
-        return WriteFit::Answer(status_only(ScsiStatus::Good), residual);
-    }
-    match cdb[0] {
-        0x0a => cdb[4] = blocks as u8,
-        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
-        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
-        0x8a | 0x8e => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
-        _ => return WriteFit::Execute(Residual::None),
-    }
-    WriteFit::Execute(residual)
-}

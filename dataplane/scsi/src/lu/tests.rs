@@ -318,15 +318,51 @@ fn transfer_limit_and_protect_fields() {
 }
 
 #[test]
-fn short_data_out_is_rejected_and_long_is_truncated() {
+fn short_data_out_writes_whole_blocks_sent_and_long_is_truncated() {
     let mut r = Rig::new();
     let n = nexus(1);
-    let s = r.run(&n, &rw10(0x2A, 0, 2), &[7u8; BS]);
-    assert_eq!(sense_of(&s), (5, 0x0E, 0x03));
-    assert!(r.disk[..BS].iter().all(|&b| b == 0));
-    let s = r.run(&n, &rw10(0x2A, 0, 1), &[7u8; 3 * BS]);
+    // The CDB asks for 3 blocks, 2 were sent: those 2 are written (the
+    // transport reports the third as overflow), the third block is untouched.
+    let cdb = rw10(0x2A, 0, 3);
+    assert_eq!(
+        r.lu.data_out_fit(&cdb, 2 * BS as u32),
+        DataOutFit::Short(BS as u32)
+    );
+    assert_eq!(r.run(&n, &cdb, &[7u8; 2 * BS]).status, ScsiStatus::Good);
+    assert!(r.disk[..2 * BS].iter().all(|&b| b == 7));
+    assert!(r.disk[2 * BS..3 * BS].iter().all(|&b| b == 0));
+    // A partial block cannot be written: nothing is.
+    let cdb = rw10(0x2A, 8, 2);
+    assert_eq!(sense_of(&r.run(&n, &cdb, &[9u8; BS + 7])), (5, 0x0E, 0x03));
+    assert!(r.disk[8 * BS..10 * BS].iter().all(|&b| b == 0));
+    // Nothing sent at all: nothing to write, GOOD (with an overflow residual).
+    assert_eq!(r.lu.data_out_fit(&cdb, 0), DataOutFit::Short(2 * BS as u32));
+    assert_eq!(r.run(&n, &cdb, &[]).status, ScsiStatus::Good);
+    // More than the CDB asks for: the rest is ignored (underflow).
+    let cdb = rw10(0x2A, 1, 1);
+    assert_eq!(
+        r.lu.data_out_fit(&cdb, 3 * BS as u32),
+        DataOutFit::Long(2 * BS as u32)
+    );
+    let s = r.run(&n, &cdb, &[5u8; 3 * BS]);
     assert_eq!(s.status, ScsiStatus::Good);
-    assert!(r.disk[BS..2 * BS].iter().all(|&b| b == 0));
+    assert!(r.disk[BS..2 * BS].iter().all(|&b| b == 5));
+    assert!(r.disk[2 * BS..3 * BS].iter().all(|&b| b == 0));
+    // WRITE AND VERIFY follows the same rule; other commands have their own.
+    let mut wv = rw10(0x2E, 4, 2);
+    wv[1] = 0x02; // BYTCHK
+    assert_eq!(r.run(&n, &wv, &[3u8; BS]).status, ScsiStatus::Good);
+    assert!(r.disk[4 * BS..5 * BS].iter().all(|&b| b == 3));
+    assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0));
+    assert_eq!(r.lu.data_out_fit(&rw10(0x41, 0, 1), 0), DataOutFit::Exact);
+    assert_eq!(
+        r.lu.data_out_fit(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], 10),
+        DataOutFit::Exact
+    );
+    assert_eq!(
+        r.lu.data_out_fit(&rw10(0x2A, 0, 1), BS as u32),
+        DataOutFit::Exact
+    );
 }
 
 #[test]
