@@ -109,6 +109,11 @@ pub struct PersistInbox {
     rx: Receiver<Completion>,
     wake: Arc<EventFd>,
     in_flight: usize,
+    /// Completions received whose eventfd notification has not been drained yet: the
+    /// persister notifies after it sends, so a notification can arrive after its
+    /// completion was taken; it must still be drained, or the eventfd would stay readable
+    /// and keep waking an idle reactor.
+    owed: u64,
 }
 
 impl PersistInbox {
@@ -121,6 +126,7 @@ impl PersistInbox {
             rx,
             wake: Arc::new(EventFd::new()?),
             in_flight: 0,
+            owed: 0,
         })
     }
 
@@ -164,16 +170,18 @@ impl PersistInbox {
 
     /// Moves finished commits into `out`; returns how many.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        if self.in_flight == 0 {
+        // Nothing in flight and nothing to drain: no syscall on the hot path.
+        if self.in_flight == 0 && self.owed == 0 {
             return 0;
         }
-        self.wake.drain();
+        let drained = self.wake.drain();
         let mut n = 0;
         while let Ok(c) = self.rx.try_recv() {
             out.push(c);
             n += 1;
         }
-        self.in_flight -= n;
+        self.in_flight = self.in_flight.saturating_sub(n);
+        self.owed = (self.owed + n as u64).saturating_sub(drained);
         n
     }
 
@@ -288,13 +296,17 @@ mod tests {
 
     /// The reactor's side: submit the commit, wait for its completion, resume the LU.
     fn commit_through_persister(lu: &LogicalUnit, n: &Nexus, step: Step) -> Reply {
+        let mut inbox = PersistInbox::new().expect("eventfd");
+        commit_through(&mut inbox, lu, n, step)
+    }
+
+    fn commit_through(inbox: &mut PersistInbox, lu: &LogicalUnit, n: &Nexus, step: Step) -> Reply {
         let Step::Persist(c) = step else {
             panic!("expected a commit, got {step:?}")
         };
-        let mut inbox = PersistInbox::new().expect("eventfd");
         let (store, blob, signal, cont) = (c.store, c.blob, c.signal, c.cont);
         assert!(inbox.submit(7, store, blob, signal));
-        let done = wait_for(&mut inbox);
+        let done = wait_for(inbox);
         assert_eq!(done.tag, 7);
         let outcome = match done.result {
             Ok(()) => IoOutcome::Ok { read_data: None },
@@ -319,6 +331,14 @@ mod tests {
         let reply = commit_through_persister(&unit, &n, step);
         assert_eq!(reply.status, ScsiStatus::Good);
         assert_eq!(&read_keys(&unit, &n)[4..8], &[0, 0, 0, 8]);
+        // Its notification is consumed too: an idle reactor is not woken again.
+        let mut inbox = PersistInbox::new().expect("eventfd");
+        let c = register_aptpl(&unit, &nexus());
+        commit_through(&mut inbox, &unit, &n, c);
+        let ws = tandem_ffi::WakeSet::new().expect("epoll");
+        ws.add(inbox.wake_fd()).expect("watch");
+        inbox.poll(&mut Vec::new());
+        assert!(!ws.wait(0).expect("wait"), "eventfd left readable");
         assert!(!path.with_extension("tmp").exists());
         // What a restart loads is what the initiator was told.
         let again = lu(store);

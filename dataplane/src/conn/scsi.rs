@@ -843,4 +843,3 @@ pub(super) struct AcceptedData {
     pub buffer_offset: usize,
     pub burst_done: bool,
 }
-
