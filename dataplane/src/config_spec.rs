@@ -5,7 +5,6 @@ use crate::reactor::PollMode;
 use crate::server::{Backing, DeviceSpec, NodeSpec, TargetSpec};
 use std::path::Path;
 use std::time::Duration;
-use tandem_bdev::CacheMode;
 use tandem_config::{DeviceConfig, NodeConfig, TargetConfig};
 use tandem_iscsi::login::AuthPolicy;
 
@@ -47,14 +46,6 @@ pub fn node_spec(cfg: &NodeConfig, config_dir: &Path) -> NodeSpec {
     }
 }
 
-pub fn cache_mode(c: tandem_config::CacheMode) -> CacheMode {
-    match c {
-        tandem_config::CacheMode::None => CacheMode::None,
-        tandem_config::CacheMode::WriteThrough => CacheMode::WriteThrough,
-        tandem_config::CacheMode::WriteBack => CacheMode::WriteBack,
-    }
-}
-
 /// The PR state file of an image: its full file name plus `.pr` (`x.img` → `x.img.pr`), so
 /// `x.img` and `x.raw` never share one.
 pub fn pr_state_beside(image: &Path) -> std::path::PathBuf {
@@ -82,7 +73,7 @@ pub fn device_spec(cfg: &NodeConfig, config_dir: &Path, d: &DeviceConfig) -> Dev
         backing,
         block_size: d.block_size,
         read_only: d.read_only,
-        cache: cache_mode(d.cache),
+        cache: d.cache,
         cache_size_bytes: d.effective_cache_size(),
         identity_seed: d.effective_identity_seed(&cfg.node.name),
         pr_state_path,

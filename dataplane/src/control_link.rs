@@ -127,9 +127,7 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
             name,
             new_size_bytes,
         } => live(server.extend_device(&name, new_size_bytes)),
-        Request::SetCacheMode { name, cache, .. } => {
-            live(server.set_cache_mode(&name, config_spec::cache_mode(cache)))
-        }
+        Request::SetCacheMode { name, cache, .. } => live(server.set_cache_mode(&name, cache)),
         Request::AddTarget(t) => {
             live(server.add_target(&config_spec::target_spec(&ctx.config, &t)))
         }
@@ -176,11 +174,7 @@ pub fn status(server: &Server) -> StatusReport {
                 size_bytes: d.lu.num_blocks() * d.lu.block_size() as u64,
                 block_size: d.lu.block_size(),
                 read_only: info.read_only,
-                cache: match info.cache {
-                    tandem_bdev::CacheMode::None => tandem_config::CacheMode::None,
-                    tandem_bdev::CacheMode::WriteThrough => tandem_config::CacheMode::WriteThrough,
-                    tandem_bdev::CacheMode::WriteBack => tandem_config::CacheMode::WriteBack,
-                },
+                cache: info.cache,
                 cache_dirty_bytes: 0,
                 state: "online".into(),
                 error: None,

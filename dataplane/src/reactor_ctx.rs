@@ -116,6 +116,10 @@ pub struct ReactorCtx {
     /// Readable when any channel has completions, so the reactor can sleep with disk I/O
     /// in flight and still wake for it.
     io_wake: Option<tandem_ffi::WakeSet>,
+    /// Completions of persistent-reservation commits (see `pr_store`).
+    persist: Option<crate::pr_store::PersistInbox>,
+    /// Whether a commit completion wakes a sleeping reactor (else it polls meanwhile).
+    persist_watched: bool,
 }
 
 impl ReactorCtx {
@@ -123,12 +127,24 @@ impl ReactorCtx {
         let io_wake = tandem_ffi::WakeSet::new()
             .map_err(|e| tracing::warn!(reactor = id, error = %e, "no completion wake-up; polling while I/O is in flight"))
             .ok();
+        let persist = crate::pr_store::PersistInbox::new()
+            .map_err(|e| tracing::warn!(reactor = id, error = %e, "no reservation persister inbox; PR changes that must persist fail"))
+            .ok();
+        let persist_watched = match (&io_wake, &persist) {
+            (Some(ws), Some(p)) => ws
+                .add(p.wake_fd())
+                .map_err(|e| tracing::warn!(reactor = id, error = %e, "reservation commits polled while in flight"))
+                .is_ok(),
+            _ => false,
+        };
         ReactorCtx {
             id,
             now: Instant::now(),
             shared,
             channels: HashMap::new(),
             io_wake,
+            persist,
+            persist_watched,
         }
     }
 
@@ -183,9 +199,24 @@ impl ReactorCtx {
         }
     }
 
-    /// Reaps completions of every channel into `out` as (tag, completion).
+    /// Hands a persistent-reservation commit to the persister thread; its completion comes
+    /// back through `poll_channels` with `tag`. False if it cannot be queued.
+    pub fn persist(
+        &mut self,
+        tag: u64,
+        commit: tandem_scsi::PrCommit,
+    ) -> (bool, tandem_scsi::Continuation) {
+        let ok = self
+            .persist
+            .as_mut()
+            .is_some_and(|p| p.submit(tag, commit.store, commit.blob, commit.signal));
+        (ok, commit.cont)
+    }
+
+    /// Reaps completions of every channel (and of reservation commits) into `out` as (tag,
+    /// completion).
     pub fn poll_channels(&mut self, out: &mut Vec<tandem_bdev::Completion>) -> usize {
-        let mut n = 0;
+        let mut n = self.persist.as_mut().map_or(0, |p| p.poll(out));
         for (_, ch) in self.channels.values_mut() {
             n += ch.poll(out);
         }
@@ -201,9 +232,11 @@ impl ReactorCtx {
     /// True while some channel has work in flight that cannot wake a sleeping reactor
     /// (no wake-up fd, e.g. RAM disks whose completions are ready at the next poll).
     pub fn must_keep_polling(&self) -> bool {
-        self.channels
-            .values()
-            .any(|(_, c)| c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none()))
+        let commits = self.persist.as_ref().map_or(0, |p| p.in_flight());
+        (commits > 0 && !self.persist_watched)
+            || self.channels.values().any(|(_, c)| {
+                c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none())
+            })
     }
 
     /// Drops the channel of a removed device (closing its file and ring). Dropping a

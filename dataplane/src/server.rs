@@ -191,11 +191,7 @@ fn build_device_sized(
             info.block_size, info.num_blocks
         )));
     }
-    let cache = match spec.cache {
-        CacheMode::None => tandem_scsi::CacheMode::None,
-        CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-        CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-    };
+    let cache = spec.cache;
     let pr_store = spec
         .pr_state_path
         .clone()
@@ -620,11 +616,7 @@ impl Server {
         dev.bdev
             .set_cache_mode(mode)
             .map_err(|e| LiveError::Unsupported(e.to_string()))?;
-        dev.lu.set_cache_mode(match mode {
-            CacheMode::None => tandem_scsi::CacheMode::None,
-            CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-            CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-        });
+        dev.lu.set_cache_mode(mode);
         Ok(())
     }
 

@@ -6,15 +6,8 @@ use crate::reactor_ctx::{ReactorCtx, ReactorMsg};
 use crate::session::{Admission, SessionKey};
 use crate::target::{LOCAL_RELATIVE_PORT_ID, LOCAL_TPG_ID, PORTAL_GROUP_TAG};
 use tandem_iscsi::login::{LoginOutcome, SessionType};
-use tandem_iscsi::wire::{Bhs, LoginRequestRepr, BHS_LEN};
+use tandem_iscsi::wire::{login_status, Bhs, LoginRequestRepr, BHS_LEN};
 use tandem_scsi::{Nexus, TargetPort};
-
-/// Login status class 3 (target error), detail 2: out of resources.
-const STATUS_TARGET_ERROR: u8 = 3;
-const DETAIL_OUT_OF_RESOURCES: u8 = 2;
-/// Class 2 (initiator error), detail 0x0a: session does not exist.
-const STATUS_INITIATOR_ERROR: u8 = 2;
-const DETAIL_SESSION_DOES_NOT_EXIST: u8 = 0x0a;
 
 impl ConnCore {
     pub(super) fn on_login(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
@@ -49,8 +42,8 @@ impl ConnCore {
                 if result.tsih != 0 {
                     // Adding a connection to an existing session (MC/S): not supported,
                     // MaxConnections is 1.
-                    step.response.status_class = STATUS_INITIATOR_ERROR;
-                    step.response.status_detail = DETAIL_SESSION_DOES_NOT_EXIST;
+                    (step.response.status_class, step.response.status_detail) =
+                        login_status::SESSION_DOES_NOT_EXIST;
                     step.response.transit = false;
                     self.queue_login_response(&step.response, Vec::new());
                     self.phase = Phase::Closing;
@@ -67,8 +60,8 @@ impl ConnCore {
                 };
                 if !discovery && target.is_none() {
                     // The target vanished between negotiation and now.
-                    step.response.status_class = STATUS_INITIATOR_ERROR;
-                    step.response.status_detail = 3;
+                    (step.response.status_class, step.response.status_detail) =
+                        login_status::NOT_FOUND;
                     step.response.transit = false;
                     self.queue_login_response(&step.response, Vec::new());
                     self.phase = Phase::Closing;
@@ -96,8 +89,8 @@ impl ConnCore {
                         tsih
                     }
                     Admission::Full => {
-                        step.response.status_class = STATUS_TARGET_ERROR;
-                        step.response.status_detail = DETAIL_OUT_OF_RESOURCES;
+                        (step.response.status_class, step.response.status_detail) =
+                            login_status::OUT_OF_RESOURCES;
                         step.response.transit = false;
                         self.queue_login_response(&step.response, Vec::new());
                         self.phase = Phase::Closing;

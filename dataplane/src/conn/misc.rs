@@ -5,16 +5,13 @@ use crate::reactor_ctx::ConnTimers;
 use crate::reactor_ctx::ReactorCtx;
 use std::time::Instant;
 use tandem_iscsi::text::{emit_pairs, parse_pairs, TextLimits};
+use tandem_iscsi::wire::logout_response::{
+    CLOSED_SUCCESSFULLY as LOGOUT_OK, RECOVERY_NOT_SUPPORTED as LOGOUT_RECOVERY_NOT_SUPPORTED,
+};
 use tandem_iscsi::wire::{
     reject, Bhs, LogoutReason, LogoutRequestRepr, LogoutResponseRepr, NopInRepr, NopOutRepr,
-    TextRequestRepr, TextResponseRepr, BHS_LEN,
+    TextRequestRepr, TextResponseRepr, BHS_LEN, RESERVED_TAG,
 };
-
-const RESERVED_TAG: u32 = u32::MAX;
-
-/// Logout response codes (RFC 7143 §11.15.1).
-const LOGOUT_OK: u8 = 0;
-const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
 
 /// A text response too long for one PDU, handed out piece by piece (C bit + TTT).
 pub(super) struct PendingText {

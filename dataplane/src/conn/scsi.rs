@@ -11,30 +11,14 @@ use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
 };
 use tandem_scsi::{
-    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Step, WriteSource,
+    Command, DataOutFit, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Sense, Step,
+    WriteSource,
 };
 
 /// Largest write we accept in one command; larger ones are refused before any data moves.
 const WRITE_LEN_MAX: u32 = 32 * 1024 * 1024;
 /// Tasks started per poll, so one connection's backlog cannot monopolise the reactor.
 const TASKS_PER_POLL: usize = 64;
-
-const OPCODE_REPORT_LUNS: u8 = 0xa0;
-
-/// Fixed-format sense: ILLEGAL REQUEST / INVALID FIELD IN CDB.
-fn sense_invalid_field_in_cdb() -> Vec<u8> {
-    sense(0x05, 0x24, 0x00)
-}
-
-fn sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
-}
 
 /// SAM LUN field (8 bytes, peripheral or flat addressing) to a LUN number.
 pub(crate) fn decode_lun(field: u64) -> u64 {
@@ -144,7 +128,7 @@ impl ConnCore {
             // Bidirectional commands are not supported; oversize writes are refused before
             // any buffer is allocated for them.
             if cmd.read || cmd.edtl > WRITE_LEN_MAX {
-                early = Some(check_condition(sense_invalid_field_in_cdb()));
+                early = Some(Reply::check(&Sense::invalid_field_cdb_unpointed()));
             } else {
                 let dev = self.target_device(cmd.lun);
                 let mut buf = ctx.alloc_buf(dev.as_ref(), cmd.edtl as usize);
@@ -331,7 +315,7 @@ impl ConnCore {
             );
             t.draining = true;
             t.r2ts.clear();
-            self.send_reply(ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
+            self.send_reply(ctx, slot, Reply::check(&Sense::data_phase_error()));
             return None;
         }
         t.data_out.as_ref()?;
@@ -395,7 +379,7 @@ impl ConnCore {
         let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else {
             return;
         };
-        if cdb[0] == OPCODE_REPORT_LUNS {
+        if cdb[0] == tandem_scsi::cdb::op::REPORT_LUNS {
             let reply = tandem_scsi::report_luns(&target.lun_ids(), &cdb);
             self.send_reply(ctx, slot, reply);
             return;
@@ -406,25 +390,21 @@ impl ConnCore {
             return;
         };
         if needs_fit {
-            let mut cdb = cdb;
-            match fit_write_to_edtl(&mut cdb, dev.lu.block_size(), edtl) {
-                WriteFit::Execute(residual) => {
-                    let t = self.tasks.get_mut(slot).expect("slot checked above");
-                    t.write_fitted = true;
-                    t.cdb = cdb;
-                    t.residual = residual;
-                    if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
-                        let keep = buf.len() - r as usize;
-                        buf.set_len(keep);
-                    }
-                }
-                WriteFit::Answer(reply, residual) => {
-                    if let Some(t) = self.tasks.get_mut(slot) {
-                        t.residual = residual;
-                    }
-                    self.send_reply(ctx, slot, reply);
-                    return;
-                }
+            // The LU decides how much of the Data-Out the command uses; we report the
+            // difference as the residual (RFC 7143 §11.4.5.2).
+            let residual = match dev.lu.data_out_fit(&cdb, edtl) {
+                DataOutFit::Exact => Residual::None,
+                DataOutFit::Short(r) => Residual::Overflow(r),
+                DataOutFit::Long(r) => Residual::Underflow(r),
+            };
+            let t = self.tasks.get_mut(slot).expect("slot checked above");
+            t.write_fitted = true;
+            t.residual = residual;
+            // Data beyond what the command uses is dropped now, so the write can take
+            // the buffer as it is instead of copying the part it needs.
+            if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
+                let keep = buf.len().saturating_sub(r as usize);
+                buf.set_len(keep);
             }
         }
         let Some(session) = self.session.as_ref() else {
@@ -460,7 +440,38 @@ impl ConnCore {
                 self.ready.push_back(slot);
             }
             Step::Io(IoPlan { io, cont }) => self.submit_io(ctx, slot, dev, io, cont),
+            Step::Persist(commit) => self.submit_persist(ctx, slot, dev, commit),
         }
+    }
+
+    /// A reservation change waits for the persister thread like an I/O for its device:
+    /// the completion comes back through `on_io_complete`, which resumes the LU.
+    fn submit_persist(
+        &mut self,
+        ctx: &mut ReactorCtx,
+        slot: usize,
+        dev: &Arc<Device>,
+        commit: tandem_scsi::PrCommit,
+    ) {
+        let (queued, cont) = ctx.persist(make_tag(self.id, slot), commit);
+        if !queued {
+            let Some(nexus) = self.session.as_ref().map(|s| s.nexus.clone()) else {
+                return;
+            };
+            let step = dev.lu.resume(&nexus, cont, IoOutcome::Failed, &[]);
+            return self.handle_step(ctx, slot, dev, step);
+        }
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
+        t.stage = TaskStage::InIo;
+        t.cont = Some(cont);
+        t.pending_ios = 1;
+        t.io_failed = None;
+        t.data_out_in_io = false;
+        dev.stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn submit_io(
@@ -576,7 +587,7 @@ impl ConnCore {
             dev.stats
                 .in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
+            self.send_reply(ctx, slot, Reply::check(&Sense::internal_target_failure()));
         }
     }
 
@@ -758,6 +769,7 @@ impl ConnCore {
             return;
         }
         let sense_data = reply.sense.map(|s| {
+            let s = s.to_fixed();
             let mut v = Vec::with_capacity(2 + s.len());
             v.extend_from_slice(&(s.len() as u16).to_be_bytes());
             v.extend_from_slice(&s);
@@ -824,72 +836,10 @@ impl ConnCore {
     }
 }
 
-fn status_only(status: ScsiStatus) -> Reply {
-    Reply {
-        status,
-        data: ReplyData::None,
-        sense: None,
-    }
-}
-
-fn check_condition(sense: Vec<u8>) -> Reply {
-    Reply {
-        status: ScsiStatus::CheckCondition,
-        data: ReplyData::None,
-        sense: Some(sense),
-    }
-}
-
 /// Where an accepted Data-Out's payload goes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct AcceptedData {
     pub slot: usize,
     pub buffer_offset: usize,
     pub burst_done: bool,
-}
-
-enum WriteFit {
-    /// Run the (possibly shortened) command; report this residual.
-    Execute(Residual),
-    /// Answer without running it.
-    Answer(Reply, Residual),
-}
-
-/// Reconciles a write CDB's transfer length with the iSCSI Expected Data Transfer Length
-/// (RFC 7143 §11.4.5.2): when the initiator sends less than the CDB asks for, only what was
-/// sent is written (the CDB is shortened) and the shortfall is an overflow residual; extra
-/// data is ignored and reported as underflow. A length that is not whole blocks cannot be
-/// written and is refused.
-fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit {
-    let rw = match tandem_scsi::cdb::decode(cdb) {
-        Ok(tandem_scsi::cdb::ScsiCommand::Write(rw)) => rw,
-        Ok(tandem_scsi::cdb::ScsiCommand::WriteAndVerify { rw, .. }) => rw,
-        _ => return WriteFit::Execute(Residual::None),
-    };
-    let bs = block_size as u64;
-    let wanted = rw.blocks.0 as u64 * bs;
-    let edtl = edtl as u64;
-    if edtl == wanted {
-        return WriteFit::Execute(Residual::None);
-    }
-    if edtl > wanted {
-        return WriteFit::Execute(Residual::Underflow((edtl - wanted) as u32));
-    }
-    let residual = Residual::Overflow((wanted - edtl) as u32);
-    if !edtl.is_multiple_of(bs) {
-        // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
-        return WriteFit::Answer(check_condition(sense(0x05, 0x0e, 0x03)), residual);
-    }
-    let blocks = (edtl / bs) as u32;
-    if blocks == 0 {
-        return WriteFit::Answer(status_only(ScsiStatus::Good), residual);
-    }
-    match cdb[0] {
-        0x0a => cdb[4] = blocks as u8,
-        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
-        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
-        0x8a | 0x8e => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
-        _ => return WriteFit::Execute(Residual::None),
-    }
-    WriteFit::Execute(residual)
 }

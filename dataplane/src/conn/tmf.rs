@@ -7,6 +7,10 @@
 use super::task::TaskStage;
 use super::{sn_le, ConnCore};
 use crate::reactor_ctx::ReactorCtx;
+use tandem_iscsi::wire::tmf_response::{
+    FUNCTION_COMPLETE, FUNCTION_NOT_SUPPORTED, LUN_DOES_NOT_EXIST,
+    TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED as REASSIGN_NOT_SUPPORTED, TASK_DOES_NOT_EXIST,
+};
 use tandem_iscsi::wire::{
     reject, Bhs, TaskMgmtRequestRepr, TaskMgmtResponseRepr, TmfFunction, BHS_LEN,
 };
@@ -16,13 +20,6 @@ pub(super) struct PendingTmf {
     response: u8,
     waiting: Vec<usize>,
 }
-
-/// TMF response codes (RFC 7143 §11.6.1).
-const FUNCTION_COMPLETE: u8 = 0;
-const TASK_DOES_NOT_EXIST: u8 = 1;
-const LUN_DOES_NOT_EXIST: u8 = 2;
-const REASSIGN_NOT_SUPPORTED: u8 = 4;
-const FUNCTION_NOT_SUPPORTED: u8 = 5;
 
 impl ConnCore {
     pub(super) fn on_tmf(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
@@ -90,8 +87,9 @@ impl ConnCore {
                 let slots = self.slots_for_lun(None);
                 let waiting = self.abort_slots(ctx, slots);
                 if let (Some(t), Some(n)) = (&target, &nexus) {
+                    let cold = matches!(req.function, TmfFunction::TargetColdReset);
                     for dev in &t.luns {
-                        dev.lu.lun_reset(n);
+                        dev.lu.target_reset(n, cold);
                     }
                 }
                 (FUNCTION_COMPLETE, waiting)
