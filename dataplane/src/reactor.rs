@@ -78,13 +78,19 @@ fn poll_stacks(stacks: &[UserspaceStack], now: Instant) -> usize {
     stacks.iter().map(|s| s.poll(now)).sum()
 }
 
-/// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer (at least
-/// 1 ms: timers already due ran while the reactor spun before sleeping).
-fn sleep_timeout(stacks: &[UserspaceStack], now: Instant) -> EpollTimeout {
+/// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer or
+/// connection deadline (a parked task's retry); at least 1 ms: timers already due ran while
+/// the reactor spun before sleeping.
+fn sleep_timeout(
+    stacks: &[UserspaceStack],
+    conn_deadline: Option<Instant>,
+    now: Instant,
+) -> EpollTimeout {
     let cap = Duration::from_millis(SLEEP_MAX_MS as u64);
     let next = stacks
         .iter()
         .filter_map(|s| s.poll_delay(now))
+        .chain(conn_deadline.map(|d| d.saturating_duration_since(now)))
         .min()
         .unwrap_or(cap);
     let ms = next.min(cap).as_millis().clamp(1, SLEEP_MAX_MS as u128) as u16;
@@ -251,7 +257,11 @@ pub fn run(
             std::thread::yield_now();
             continue;
         }
+        let mut conn_deadline: Option<Instant> = None;
         for (id, conn) in conns.iter() {
+            if let Some(d) = conn.next_deadline() {
+                conn_deadline = Some(conn_deadline.map_or(d, |c| c.min(d)));
+            }
             let want = conn.wants_write();
             if watching_out.get(id).copied() != Some(want) {
                 if let Some(fd) = conn.poll_fd() {
@@ -266,7 +276,10 @@ pub fn run(
             }
         }
         stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let _ = epoll.wait(&mut events, sleep_timeout(&stacks, Instant::now()));
+        let _ = epoll.wait(
+            &mut events,
+            sleep_timeout(&stacks, conn_deadline, Instant::now()),
+        );
         let _ = wake.read();
     }
     for (_, mut c) in conns.drain() {

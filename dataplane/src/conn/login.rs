@@ -1,8 +1,9 @@
 //! Login phase: feeds Login PDUs to the pure negotiation engine and turns its result into a
 //! session (TSIH, reinstatement, nexus, limits).
 
+use super::env::ConnEnv;
 use super::{ConnCore, FrameLimits, Phase, Session, CMD_WINDOW};
-use crate::reactor_ctx::{ReactorCtx, ReactorMsg};
+use crate::reactor_ctx::ReactorMsg;
 use crate::session::{Admission, SessionKey};
 use crate::target::{LOCAL_RELATIVE_PORT_ID, LOCAL_TPG_ID, PORTAL_GROUP_TAG};
 use tandem_iscsi::login::{LoginOutcome, SessionType};
@@ -17,7 +18,7 @@ const STATUS_INITIATOR_ERROR: u8 = 2;
 const DETAIL_SESSION_DOES_NOT_EXIST: u8 = 0x0a;
 
 impl ConnCore {
-    pub(super) fn on_login(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_login(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match LoginRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(e) => {
@@ -30,7 +31,7 @@ impl ConnCore {
             self.phase = Phase::Closing;
             return;
         };
-        let registry = ctx.shared.registry.clone();
+        let registry = ctx.shared().registry.clone();
         let mut step = login.handle(&req, data, &*registry);
         step.response.statsn = self.next_statsn();
         step.response.expcmdsn = req.cmdsn;
@@ -79,7 +80,7 @@ impl ConnCore {
                     isid: result.isid,
                     target: target.as_ref().map(|t| t.iqn.clone()).unwrap_or_default(),
                 };
-                let tsih = match ctx.shared.sessions.admit(key.clone(), self.conn_ref()) {
+                let tsih = match ctx.shared().sessions.admit(key.clone(), self.conn_ref()) {
                     Admission::New { tsih, replaced } => {
                         if let Some(old) = replaced {
                             tracing::info!(
@@ -87,10 +88,27 @@ impl ConnCore {
                                 old_conn = old.conn_id,
                                 "session reinstatement: closing the old session"
                             );
-                            if let Some(r) = ctx.shared.reactor(old.reactor) {
+                            let delivered = ctx.shared().reactor(old.reactor).map(|r| {
                                 r.send(ReactorMsg::CloseConnection {
                                     conn_id: old.conn_id,
-                                });
+                                })
+                                .is_ok()
+                            });
+                            if delivered == Some(false) {
+                                // The old session would live on beside the new one: refuse
+                                // the login instead (the initiator retries).
+                                tracing::error!(
+                                    conn = self.id,
+                                    old_conn = old.conn_id,
+                                    "cannot reach the old session's reactor; login refused"
+                                );
+                                ctx.shared().sessions.remove(&key, self.conn_ref());
+                                step.response.status_class = STATUS_TARGET_ERROR;
+                                step.response.status_detail = DETAIL_OUT_OF_RESOURCES;
+                                step.response.transit = false;
+                                self.queue_login_response(&step.response, Vec::new());
+                                self.phase = Phase::Closing;
+                                return;
                             }
                         }
                         tsih
@@ -106,7 +124,7 @@ impl ConnCore {
                 };
                 step.response.tsih = tsih;
                 let nexus = Nexus {
-                    id: ctx.shared.new_nexus_id(),
+                    id: ctx.shared().new_nexus_id(),
                     initiator_name: result.initiator_name.clone(),
                     isid: result.isid,
                     port: TargetPort {

@@ -1,8 +1,8 @@
 //! NOP-Out/NOP-In (including our liveness pings), Text (SendTargets) and Logout.
 
+use super::env::ConnEnv;
 use super::{ConnCore, Phase};
 use crate::reactor_ctx::ConnTimers;
-use crate::reactor_ctx::ReactorCtx;
 use std::time::Instant;
 use tandem_iscsi::text::{emit_pairs, parse_pairs, TextLimits};
 use tandem_iscsi::wire::{
@@ -100,7 +100,7 @@ impl ConnCore {
         1
     }
 
-    pub(super) fn on_text(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_text(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match TextRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -145,7 +145,7 @@ impl ConnCore {
                     .as_ref()
                     .map(|s| s.key.initiator.clone())
                     .unwrap_or_default();
-                let listings = ctx.shared.registry.listings(self.local_addr);
+                let listings = ctx.shared().registry.listings(self.local_addr);
                 // In a normal session an empty value means "this session's target".
                 let value = match (
                     v.as_str(),
@@ -199,7 +199,7 @@ impl ConnCore {
         self.tx.push_owned(out, body[offset..end].to_vec(), None);
     }
 
-    pub(super) fn on_logout(&mut self, _ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_logout(&mut self, _ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match LogoutRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
