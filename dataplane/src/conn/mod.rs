@@ -355,16 +355,7 @@ impl Connection {
     }
 
     fn flush(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<()> {
-        let core = &mut self.core;
-        let mut released = std::mem::take(&mut core.released);
-        let r = core
-            .tx
-            .flush(self.transport.as_mut(), &core.tasks, &mut released);
-        for slot in released.drain(..) {
-            core.free_task(ctx, slot);
-        }
-        core.released = released;
-        r
+        self.core.flush(ctx, self.transport.as_mut())
     }
 
     /// Ends the connection: the session (single connection per session) goes with it.
@@ -399,6 +390,17 @@ impl TaskBuffers for TaskTable {
 }
 
 impl ConnCore {
+    /// Writes what the transport takes; frees the tasks whose last PDU has left.
+    fn flush(&mut self, ctx: &mut dyn ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
+        let mut released = std::mem::take(&mut self.released);
+        let r = self.tx.flush(transport, &self.tasks, &mut released);
+        for slot in released.drain(..) {
+            self.free_task(ctx, slot);
+        }
+        self.released = released;
+        r
+    }
+
     fn conn_ref(&self) -> ConnRef {
         ConnRef {
             reactor: self.reactor,

@@ -689,8 +689,9 @@ impl ConnCore {
         let bs = dev.lu.block_size() as u64;
         if let LuIo::Read { .. } = io {
             let need = planned_read_len(&io, bs);
-            let first_in_line = self.held.is_empty();
-            if !first_in_line || !self.reserve_read(ctx, slot, need) {
+            let covered = self.tasks.get(slot).is_some_and(|t| t.mem.read >= need);
+            // First come, first served: a newer read does not overtake held ones.
+            if !covered && (!self.held.is_empty() || !self.reserve_read(ctx, slot, need)) {
                 // Its reply could not be buffered: wait for memory before reading at all.
                 if let Some(t) = self.tasks.get_mut(slot) {
                     t.stage = Stage::HeldForMemory(Planned { io, cont, data_out });
