@@ -148,6 +148,7 @@ pub fn run(
                 ReactorMsg::NewConnection(transport) => {
                     admit(
                         &cfg,
+                        &shared,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
@@ -192,6 +193,7 @@ pub fn run(
                     work += 1;
                     admit(
                         &cfg,
+                        &shared,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
@@ -299,6 +301,7 @@ pub fn run(
 /// Takes a new connection into this reactor (or refuses it at the connection limit).
 fn admit(
     cfg: &ReactorConfig,
+    shared: &Shared,
     epoll: &Epoll,
     conns: &mut HashMap<u32, Connection>,
     watching_out: &mut HashMap<u32, bool>,
@@ -313,9 +316,25 @@ fn admit(
         );
         return;
     }
+    let prelogin = match transport.peer_addr() {
+        Some(peer) => match shared
+            .prelogin
+            .enter(peer.ip(), shared.timers.prelogin_per_addr)
+        {
+            Some(g) => Some(g),
+            None => {
+                tracing::warn!(reactor = cfg.id, %peer,
+                    "too many connections from this address still logging in; closing");
+                let mut t = transport;
+                t.shutdown();
+                return;
+            }
+        },
+        None => None,
+    };
     let id = *next_conn_id;
     *next_conn_id = next_conn_id.wrapping_add(1).max(1);
-    let conn = Connection::new(id, cfg.id, transport, now);
+    let conn = Connection::new(id, cfg.id, transport, now, prelogin);
     if let Some(fd) = conn.poll_fd() {
         let _ = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id as u64));
     }

@@ -106,6 +106,7 @@ pub struct Shared {
     pub timers: ConnTimers,
     pub registry: Arc<Registry>,
     pub sessions: SessionTable,
+    pub prelogin: Arc<crate::session::PreloginTable>,
     pub reactors: OnceLock<Vec<ReactorHandle>>,
     pub next_nexus_id: AtomicU64,
 }
@@ -116,6 +117,7 @@ impl Shared {
             timers,
             registry,
             sessions: SessionTable::default(),
+            prelogin: Arc::default(),
             reactors: OnceLock::new(),
             next_nexus_id: AtomicU64::new(1),
         }

@@ -3,6 +3,56 @@
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Connections still in the login phase, per source address. A connection counts from
+/// accept until its login completes or it closes; beyond the cap new connections from that
+/// address are closed at once, so idle TCP connections from one host cannot fill the
+/// connection limit and lock legitimate initiators out.
+#[derive(Default, Debug)]
+pub struct PreloginTable {
+    by_addr: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One pre-login connection's place in [`PreloginTable`]; dropping it frees the place.
+#[derive(Debug)]
+pub struct PreloginGuard {
+    table: Arc<PreloginTable>,
+    addr: IpAddr,
+}
+
+impl PreloginTable {
+    /// Counts a new connection from `addr`; None if `addr` already has `cap` in login.
+    pub fn enter(self: &Arc<Self>, addr: IpAddr, cap: usize) -> Option<PreloginGuard> {
+        let mut m = self.by_addr.lock();
+        let n = m.entry(addr).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(PreloginGuard {
+            table: Arc::clone(self),
+            addr,
+        })
+    }
+
+    pub fn count(&self, addr: IpAddr) -> usize {
+        self.by_addr.lock().get(&addr).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PreloginGuard {
+    fn drop(&mut self) {
+        let mut m = self.table.by_addr.lock();
+        if let Some(n) = m.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
@@ -91,6 +141,20 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prelogin_cap_is_per_address_and_freed_on_drop() {
+        let t = Arc::new(PreloginTable::default());
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.1".parse().unwrap();
+        let g1 = t.enter(a, 2).unwrap();
+        let _g2 = t.enter(a, 2).unwrap();
+        assert!(t.enter(a, 2).is_none());
+        assert!(t.enter(b, 2).is_some(), "another address is not affected");
+        drop(g1);
+        assert!(t.enter(a, 2).is_some());
+        assert_eq!(t.count(a), 2);
+    }
 
     fn key(isid: u8) -> SessionKey {
         SessionKey {

@@ -300,6 +300,7 @@ impl H {
             ping: None,
             next_ttt: 1,
             op_scratch: Vec::new(),
+            prelogin: None,
         };
         let channel = dev.bdev.channel().expect("RAM channel");
         H {

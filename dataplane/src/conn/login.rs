@@ -163,6 +163,7 @@ impl ConnCore {
                     max_cmdsn: step.response.maxcmdsn,
                 });
                 self.login = None;
+                self.prelogin = None;
                 self.phase = Phase::FullFeature;
             }
         }

@@ -125,10 +125,18 @@ pub(crate) struct ConnCore {
     ping: Option<(u32, Instant)>,
     next_ttt: u32,
     op_scratch: Vec<tandem_bdev::BdevOp>,
+    /// Our place in the per-address count of connections still logging in.
+    prelogin: Option<crate::session::PreloginGuard>,
 }
 
 impl Connection {
-    pub fn new(id: u32, reactor: usize, transport: Box<dyn Transport>, now: Instant) -> Connection {
+    pub fn new(
+        id: u32,
+        reactor: usize,
+        transport: Box<dyn Transport>,
+        now: Instant,
+        prelogin: Option<crate::session::PreloginGuard>,
+    ) -> Connection {
         let limits = FrameLimits {
             header_digest: false,
             data_digest: false,
@@ -172,6 +180,7 @@ impl Connection {
                 ping: None,
                 next_ttt: 1,
                 op_scratch: Vec::with_capacity(4),
+                prelogin,
             },
         }
     }
