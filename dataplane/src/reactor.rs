@@ -148,13 +148,12 @@ pub fn run(
                 ReactorMsg::NewConnection(transport) => {
                     admit(
                         &cfg,
-                        &shared,
+                        &ctx,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
                         &mut next_conn_id,
                         transport,
-                        ctx.now,
                     );
                 }
                 ReactorMsg::CloseConnection { conn_id } => {
@@ -193,13 +192,12 @@ pub fn run(
                     work += 1;
                     admit(
                         &cfg,
-                        &shared,
+                        &ctx,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
                         &mut next_conn_id,
                         t,
-                        ctx.now,
                     );
                 }
             }
@@ -301,14 +299,14 @@ pub fn run(
 /// Takes a new connection into this reactor (or refuses it at the connection limit).
 fn admit(
     cfg: &ReactorConfig,
-    shared: &Shared,
+    ctx: &ReactorCtx,
     epoll: &Epoll,
     conns: &mut HashMap<u32, Connection>,
     watching_out: &mut HashMap<u32, bool>,
     next_conn_id: &mut u32,
     transport: Box<dyn Transport>,
-    now: Instant,
 ) {
+    let (shared, now) = (&ctx.shared, ctx.now);
     if conns.len() >= CONNECTIONS_MAX {
         tracing::warn!(
             reactor = cfg.id,
