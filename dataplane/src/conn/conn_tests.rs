@@ -293,6 +293,7 @@ impl H {
             released: Vec::new(),
             pending_tmf: Vec::new(),
             pending_text: None,
+            text_in: None,
             local_addr: None,
             peer: "test".into(),
             created: now,
@@ -1731,4 +1732,74 @@ fn stage_names_cover_the_lifecycle() {
         h.core.tasks.get(slot).unwrap().stage,
         Stage::Collecting(_)
     ));
+}
+
+// ---- text requests --------------------------------------------------------------------------
+
+fn text_req(h: &mut H, itt: u32, ttt: u32, cont: bool, data: &[u8]) {
+    let repr = tandem_iscsi::wire::TextRequestRepr {
+        immediate: true,
+        final_flag: !cont,
+        cont,
+        lun: 0,
+        itt,
+        ttt,
+        cmdsn: h.cmdsn,
+        expstatsn: 0,
+    };
+    let mut bhs = [0u8; BHS_LEN];
+    repr.emit(&mut bhs);
+    h.pdu(bhs, data);
+}
+
+fn text_resp(o: &Out) -> tandem_iscsi::wire::TextResponseRepr {
+    assert_eq!(o.op(), Opcode::TextResponse, "{o:?}");
+    tandem_iscsi::wire::TextResponseRepr::parse(&Bhs::new_unchecked(&o.bhs[..])).unwrap()
+}
+
+#[test]
+fn text_request_with_continue_bit_is_collected_not_rejected() {
+    let mut h = H::new();
+    text_req(&mut h, 9, u32::MAX, true, b"SendTarg");
+    let outs = h.out();
+    assert_eq!(outs.len(), 1);
+    let ack = text_resp(&outs[0]);
+    assert!(!ack.final_flag && !ack.cont);
+    assert_ne!(ack.ttt, u32::MAX, "our TTT names the exchange");
+    assert!(outs[0].data.is_empty());
+    text_req(&mut h, 9, ack.ttt, false, b"ets=All\0");
+    let outs = h.out();
+    let r = text_resp(&outs[0]);
+    assert!(r.final_flag);
+    let body = String::from_utf8_lossy(&outs[0].data).to_string();
+    assert!(body.contains("TargetName=iqn.t"), "{body:?}");
+}
+
+#[test]
+fn text_request_pieces_are_bounded() {
+    let mut h = H::new();
+    let chunk = vec![b'a'; 8192];
+    let mut ttt = u32::MAX;
+    let mut rejected = false;
+    for _ in 0..20 {
+        text_req(&mut h, 9, ttt, true, &chunk);
+        let outs = h.out();
+        if outs[0].op() == Opcode::Reject {
+            rejected = true;
+            break;
+        }
+        ttt = text_resp(&outs[0]).ttt;
+    }
+    assert!(rejected, "more than 64 KiB of text is refused");
+}
+
+#[test]
+fn new_text_exchange_discards_an_unfinished_one() {
+    let mut h = H::new();
+    text_req(&mut h, 9, u32::MAX, true, b"Send");
+    h.out();
+    text_req(&mut h, 10, u32::MAX, false, b"SendTargets=All\0");
+    let outs = h.out();
+    assert!(String::from_utf8_lossy(&outs[0].data).contains("TargetName=iqn.t"));
+    assert!(h.core.text_in.is_none());
 }
