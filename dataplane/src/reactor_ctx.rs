@@ -107,6 +107,7 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     pub sessions: SessionTable,
     pub prelogin: Arc<crate::session::PreloginTable>,
+    pub auth_failures: crate::session::AuthThrottle,
     pub reactors: OnceLock<Vec<ReactorHandle>>,
     pub next_nexus_id: AtomicU64,
 }
@@ -118,6 +119,7 @@ impl Shared {
             registry,
             sessions: SessionTable::default(),
             prelogin: Arc::default(),
+            auth_failures: Default::default(),
             reactors: OnceLock::new(),
             next_nexus_id: AtomicU64::new(1),
         }

@@ -6,6 +6,84 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// Failed authentications per (initiator name, source address): a few are free, then each
+/// further failure blocks that pair for a doubling time (capped), so CHAP secrets cannot be
+/// guessed at network speed. Keyed by the pair, not the name alone, so a host cannot lock
+/// out an initiator it merely impersonates from elsewhere.
+#[derive(Default, Debug)]
+pub struct AuthThrottle {
+    inner: Mutex<HashMap<(String, IpAddr), AuthFailures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AuthFailures {
+    count: u32,
+    last: std::time::Instant,
+    blocked_until: Option<std::time::Instant>,
+}
+
+/// Failures allowed before blocking starts.
+pub const AUTH_FREE_FAILURES: u32 = 3;
+/// Longest block after repeated failures.
+pub const AUTH_BLOCK_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// A pair with no failure for this long starts afresh.
+const AUTH_FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+/// Pairs tracked at most (a flood of names cannot grow the table without bound).
+const AUTH_TRACKED_MAX: usize = 4096;
+
+impl AuthThrottle {
+    /// Records a failure; returns (failures so far, blocked until).
+    pub fn failed(
+        &self,
+        initiator: &str,
+        addr: IpAddr,
+        now: std::time::Instant,
+    ) -> (u32, Option<std::time::Instant>) {
+        let mut m = self.inner.lock();
+        if m.len() >= AUTH_TRACKED_MAX {
+            m.retain(|_, f| now.duration_since(f.last) < AUTH_FORGET_AFTER);
+            if m.len() >= AUTH_TRACKED_MAX {
+                // Still full of recent failures: drop the oldest entry.
+                if let Some(k) = m.iter().min_by_key(|(_, f)| f.last).map(|(k, _)| k.clone()) {
+                    m.remove(&k);
+                }
+            }
+        }
+        let f = m
+            .entry((initiator.to_owned(), addr))
+            .or_insert(AuthFailures {
+                count: 0,
+                last: now,
+                blocked_until: None,
+            });
+        if now.duration_since(f.last) >= AUTH_FORGET_AFTER {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = now;
+        if f.count > AUTH_FREE_FAILURES {
+            let exp = (f.count - AUTH_FREE_FAILURES - 1).min(6);
+            let block = std::time::Duration::from_secs(1 << exp).min(AUTH_BLOCK_MAX);
+            f.blocked_until = Some(now + block);
+        }
+        (f.count, f.blocked_until)
+    }
+
+    /// True while the pair must not attempt a login.
+    pub fn blocked(&self, initiator: &str, addr: IpAddr, now: std::time::Instant) -> bool {
+        self.inner
+            .lock()
+            .get(&(initiator.to_owned(), addr))
+            .and_then(|f| f.blocked_until)
+            .is_some_and(|t| now < t)
+    }
+
+    /// A successful login clears the pair's record.
+    pub fn succeeded(&self, initiator: &str, addr: IpAddr) {
+        self.inner.lock().remove(&(initiator.to_owned(), addr));
+    }
+}
+
 /// Connections still in the login phase, per source address. A connection counts from
 /// accept until its login completes or it closes; beyond the cap new connections from that
 /// address are closed at once, so idle TCP connections from one host cannot fill the
@@ -141,6 +219,32 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_failures_block_after_the_free_ones_and_doubling() {
+        let t = AuthThrottle::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let now = std::time::Instant::now();
+        for i in 1..=AUTH_FREE_FAILURES {
+            assert_eq!(t.failed("iqn.x", a, now), (i, None));
+        }
+        assert!(!t.blocked("iqn.x", a, now));
+        let (_, until) = t.failed("iqn.x", a, now);
+        assert_eq!(until, Some(now + std::time::Duration::from_secs(1)));
+        assert!(t.blocked("iqn.x", a, now));
+        let (_, until) = t.failed("iqn.x", a, now);
+        assert_eq!(until, Some(now + std::time::Duration::from_secs(2)));
+        assert!(!t.blocked("iqn.x", "127.0.0.2".parse().unwrap(), now));
+        assert!(!t.blocked("iqn.y", a, now));
+        assert!(!t.blocked("iqn.x", a, now + std::time::Duration::from_secs(3)));
+        for _ in 0..20 {
+            t.failed("iqn.x", a, now);
+        }
+        let (_, until) = t.failed("iqn.x", a, now);
+        assert_eq!(until, Some(now + AUTH_BLOCK_MAX));
+        t.succeeded("iqn.x", a);
+        assert!(!t.blocked("iqn.x", a, now));
+    }
 
     #[test]
     fn prelogin_cap_is_per_address_and_freed_on_drop() {

@@ -340,6 +340,11 @@ impl LoginState {
         self.stage
     }
 
+    /// The InitiatorName given so far (set by the first request that carries it).
+    pub fn initiator_name(&self) -> Option<&str> {
+        self.initiator_name.as_deref()
+    }
+
     /// Handles one Login Request and its data segment.
     pub fn handle(
         &mut self,

@@ -296,6 +296,7 @@ impl H {
             text_in: None,
             local_addr: None,
             peer: "test".into(),
+            peer_ip: None,
             created: now,
             last_rx: now,
             ping: None,

@@ -33,9 +33,37 @@ impl ConnCore {
         };
         let registry = ctx.shared().registry.clone();
         let mut step = login.handle(&req, data, &*registry);
+        let initiator = login.initiator_name().map(str::to_owned);
         step.response.statsn = self.next_statsn();
         step.response.expcmdsn = req.cmdsn;
         step.response.maxcmdsn = req.cmdsn.wrapping_add(CMD_WINDOW - 1);
+        if let (Some(name), Some(ip)) = (initiator.as_deref(), self.peer_ip) {
+            let throttle = &ctx.shared().auth_failures;
+            let now = ctx.now();
+            let auth_failed = matches!(step.outcome, LoginOutcome::Failed)
+                && (step.response.status_class, step.response.status_detail)
+                    == tandem_iscsi::wire::login_status::AUTHENTICATION_FAILURE;
+            if auth_failed {
+                let (count, until) = throttle.failed(name, ip, now);
+                tracing::warn!(conn = self.id, peer = %self.peer, initiator = name, failures = count,
+                    blocked_for_ms = until.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                    "authentication failed");
+            } else if throttle.blocked(name, ip, now) {
+                // Too many recent failures from this initiator and address: refuse this
+                // attempt whatever it carries, so secrets cannot be guessed at speed.
+                tracing::warn!(conn = self.id, peer = %self.peer, initiator = name,
+                    "login refused: too many failed authentications, retry later");
+                let (class, detail) = tandem_iscsi::wire::login_status::AUTHENTICATION_FAILURE;
+                step.response.status_class = class;
+                step.response.status_detail = detail;
+                step.response.transit = false;
+                self.queue_login_response(&step.response, Vec::new());
+                self.phase = Phase::Closing;
+                return;
+            } else if matches!(step.outcome, LoginOutcome::Complete(_)) {
+                throttle.succeeded(name, ip);
+            }
+        }
         match step.outcome {
             LoginOutcome::Continue => {
                 self.queue_login_response(&step.response, step.data);

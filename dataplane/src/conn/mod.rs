@@ -121,6 +121,7 @@ pub(crate) struct ConnCore {
     text_in: Option<misc::CollectingText>,
     local_addr: Option<std::net::SocketAddr>,
     peer: String,
+    peer_ip: Option<std::net::IpAddr>,
     created: Instant,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
@@ -144,8 +145,8 @@ impl Connection {
             max_data_len: LOGIN_DATA_MAX,
         };
         let local_addr = transport.local_addr();
-        let peer = transport
-            .peer_addr()
+        let peer_addr = transport.peer_addr();
+        let peer = peer_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "?".into());
         tracing::debug!(conn = id, %peer, "connection accepted");
@@ -177,6 +178,7 @@ impl Connection {
                 text_in: None,
                 local_addr,
                 peer,
+                peer_ip: peer_addr.map(|a| a.ip()),
                 created: now,
                 last_rx: now,
                 ping: None,

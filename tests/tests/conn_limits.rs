@@ -1,0 +1,368 @@
+//! Limits of the connection layer against hostile or careless initiators, on a real
+//! `tandem-dataplane`: memory stays within the per-reactor budget however much data
+//! initiators announce or leave unread, idle connections cannot lock out logins, and CHAP
+//! guessing is throttled. Each test also checks that another session is served meanwhile.
+//!
+//! Memory is watched through /proc/PID/status (VmRSS); a watchdog kills the target as soon
+//! as it passes the bound, so a regression fails the test instead of exhausting the machine.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_iscsi::wire::{Bhs, DataOutRepr, Opcode, R2tRepr, ScsiCommandRepr, BHS_LEN};
+use tandem_tests::e2e::procs::Target;
+use tandem_tests::e2e::raw::RawConn;
+
+const MIB: u64 = 1 << 20;
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Samples the target's RSS every 20 ms; past `limit` it records the breach and kills the
+/// target (SIGKILL) so a regression cannot take the machine's memory.
+struct Watchdog {
+    peak: Arc<AtomicU64>,
+    breached: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, limit: u64) -> Watchdog {
+        let peak = Arc::new(AtomicU64::new(0));
+        let breached = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, b, s) = (peak.clone(), breached.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let Some(rss) = rss_bytes(pid) else { return };
+                p.fetch_max(rss, Ordering::Relaxed);
+                if rss > limit {
+                    b.store(true, Ordering::Relaxed);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Watchdog {
+            peak,
+            breached,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.peak.load(Ordering::Relaxed),
+            self.breached.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn login(t: &Target, initiator: &str) -> RawConn {
+    let mut c = RawConn::connect(t.portal);
+    let (resp, _) = c.login(initiator, Some(&t.iqn), &[]);
+    assert_eq!(
+        (resp.status_class, resp.status_detail),
+        (0, 0),
+        "login of {initiator} refused"
+    );
+    c
+}
+
+fn scsi_cmd(c: &mut RawConn, cdb: [u8; 16], edtl: u32, read: bool, write: bool, immediate: bool) {
+    let itt = c.itt();
+    let repr = ScsiCommandRepr {
+        immediate,
+        final_flag: true,
+        read,
+        write,
+        attr: 1,
+        lun: 0,
+        itt,
+        edtl,
+        cmdsn: c.cmdsn,
+        expstatsn: c.expstatsn,
+        cdb,
+    };
+    if !immediate {
+        c.cmdsn = c.cmdsn.wrapping_add(1);
+    }
+    let mut bhs = [0u8; BHS_LEN];
+    repr.emit(&mut bhs);
+    c.send(bhs, &[]).expect("send command");
+}
+
+fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+/// A well-behaved session: write 4 KiB, read it back, within `deadline`.
+fn other_session_is_served(t: &Target, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    let mut c = RawConn::connect(t.portal);
+    c.stream
+        .set_read_timeout(Some(deadline))
+        .expect("set timeout");
+    let (resp, _) = c.login("iqn.2026-11.io.tandem:bystander", Some(&t.iqn), &[]);
+    assert_eq!(resp.status_class, 0, "bystander login refused");
+    // A new nexus first sees a unit attention (power on / reset): take it.
+    let _ = c.command(&[0u8; 6], 0, &[], 0, 8192);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&100u32.to_be_bytes());
+    cdb[8] = 8;
+    let w = c.command(&cdb, 0, &data, data.len(), 8192);
+    assert_eq!(w.status, 0, "bystander write failed");
+    cdb[0] = 0x28;
+    let r = c.command(&cdb, 4096, &[], 0, 8192);
+    assert_eq!(r.status, 0, "bystander read failed");
+    assert_eq!(r.data_in, data);
+    let took = start.elapsed();
+    assert!(took < deadline, "bystander took {took:?}");
+    took
+}
+
+const BUDGET: u64 = 64 * MIB;
+/// RSS allowed above the idle baseline beyond the budget: the 16 MiB RAM disk as it gets
+/// written, receive buffers, buffer-pool caches, task tables, thread stacks.
+const MARGIN: u64 = 64 * MIB;
+
+#[test]
+fn slow_writers_announcing_huge_writes_stay_within_the_memory_budget() {
+    let t = Target::serve(
+        "slowwrite",
+        &[
+            "--ram",
+            "16MiB",
+            "--mem-budget",
+            "64MiB",
+            "--nop-interval",
+            "0",
+        ],
+    );
+    let pid = t.proc.pid();
+    // Warm up (first login, first I/O) before taking the baseline.
+    other_session_is_served(&t, Duration::from_secs(10));
+    let baseline = rss_bytes(pid).expect("target RSS");
+    let dog = Watchdog::start(pid, baseline + BUDGET + MARGIN);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for n in 0..16 {
+        let portal = t.portal;
+        let iqn = t.iqn.clone();
+        let stop = stop.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut c = RawConn::connect(portal);
+            let (resp, _) = c.login(&format!("iqn.2026-11.io.tandem:slow{n}"), Some(&iqn), &[]);
+            assert_eq!(resp.status_class, 0);
+            c.stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            // 128 in the CmdSN window plus 16 immediate: 144 writes announced, 8 MiB each
+            // (the maximum transfer), plus a few of 32 MiB that must be refused at once.
+            for i in 0..144u32 {
+                let lba = (i as u64 % 2) * 16384;
+                let (edtl, blocks) = if i % 36 == 35 {
+                    (32 << 20, 65536)
+                } else {
+                    (8 << 20, 16384)
+                };
+                scsi_cmd(&mut c, rw16(0x8a, lba, blocks), edtl, false, true, i >= 128);
+            }
+            let chunk = vec![0x5au8; 8192];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(pdu) = c.recv() else { continue };
+                if pdu.opcode() != Some(Opcode::R2T) {
+                    continue;
+                }
+                let r = R2tRepr::parse(&Bhs::new_unchecked(&pdu.bhs[..])).unwrap();
+                // Slowly: 8 KiB every 2 ms (4 MiB/s per connection).
+                let mut off = r.buffer_offset;
+                let end = off + r.desired_len;
+                let mut sn = 0;
+                while off < end && !stop.load(Ordering::Relaxed) {
+                    let n = (end - off).min(8192);
+                    let d = DataOutRepr {
+                        final_flag: off + n == end,
+                        lun: 0,
+                        itt: r.itt,
+                        ttt: r.ttt,
+                        expstatsn: c.expstatsn,
+                        datasn: sn,
+                        buffer_offset: off,
+                    };
+                    let mut bhs = [0u8; BHS_LEN];
+                    d.emit(&mut bhs);
+                    if c.send(bhs, &chunk[..n as usize]).is_err() {
+                        return;
+                    }
+                    sn += 1;
+                    off += n;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let took = other_session_is_served(&t, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    let (peak, breached) = dog.finish();
+    eprintln!(
+        "slow writers: baseline {} MiB, peak {} MiB (bound {} MiB), bystander served in {took:?}",
+        baseline / MIB,
+        peak / MIB,
+        (baseline + BUDGET + MARGIN) / MIB
+    );
+    assert!(!breached, "RSS passed the budget: peak {} MiB", peak / MIB);
+}
+
+#[test]
+fn readers_that_never_read_replies_stay_within_the_memory_budget() {
+    let t = Target::serve(
+        "noread",
+        &[
+            "--ram",
+            "16MiB",
+            "--mem-budget",
+            "64MiB",
+            "--nop-interval",
+            "0",
+        ],
+    );
+    let pid = t.proc.pid();
+    other_session_is_served(&t, Duration::from_secs(10));
+    let baseline = rss_bytes(pid).expect("target RSS");
+    let dog = Watchdog::start(pid, baseline + BUDGET + MARGIN);
+    let mut hogs = Vec::new();
+    for n in 0..4 {
+        let mut c = login(&t, &format!("iqn.2026-11.io.tandem:noread{n}"));
+        for i in 0..144u32 {
+            let lba = (i as u64 % 2) * 16384;
+            scsi_cmd(
+                &mut c,
+                rw16(0x88, lba, 16384),
+                8 << 20,
+                true,
+                false,
+                i >= 128,
+            );
+        }
+        // Never read: the replies pile up on the target's side.
+        hogs.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let took = other_session_is_served(&t, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let (peak, breached) = dog.finish();
+    eprintln!(
+        "non-reading clients: baseline {} MiB, peak {} MiB (bound {} MiB), bystander served in {took:?}",
+        baseline / MIB,
+        peak / MIB,
+        (baseline + BUDGET + MARGIN) / MIB
+    );
+    assert!(!breached, "RSS passed the budget: peak {} MiB", peak / MIB);
+    drop(hogs);
+}
+
+/// A TCP connection from a chosen loopback source address.
+fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(src, 0)))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
+    Ok(TcpStream::from(fd))
+}
+
+#[test]
+fn idle_connections_from_one_address_do_not_lock_out_a_login() {
+    let t = Target::serve("flood", &["--ram", "16MiB"]);
+    // More idle connections than one reactor admits (1024), all from 127.0.0.2.
+    let src = Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        match connect_from(src, t.portal) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connect from {src}: {e}"),
+        }
+    }
+    // Let the target take them all in.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = RawConn::connect(t.portal);
+    let (resp, _) = c.login("iqn.2026-11.io.tandem:legit", Some(&t.iqn), &[]);
+    assert_eq!(
+        (resp.status_class, resp.status_detail),
+        (0, 0),
+        "a legitimate login was locked out by idle connections"
+    );
+    let _ = IpAddr::V4(src);
+    drop(idle);
+}
+
+#[test]
+fn failed_chap_attempts_are_rate_limited() {
+    let secret = "correct-horse-battery";
+    let t = Target::serve(
+        "chapthrottle",
+        &[
+            "--ram",
+            "16MiB",
+            "--chap-user",
+            "alice",
+            "--chap-secret",
+            secret,
+        ],
+    );
+    let url = |pass: &str| format!("iscsi://alice%{pass}@{}/{}/0", t.portal, t.iqn);
+    let inq = |pass: &str| {
+        Command::new("iscsi-inq")
+            .arg(url(pass))
+            .output()
+            .expect("iscsi-inq (libiscsi-bin)")
+            .status
+            .success()
+    };
+    for _ in 0..4 {
+        assert!(!inq("wrong-secret-123"));
+    }
+    // Blocked now: even the right secret is refused for a while.
+    assert!(
+        !inq(secret),
+        "the right secret was accepted right after four failures: no throttling"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(inq(secret), "the block must end");
+}
