@@ -302,6 +302,7 @@ impl H {
             ping: None,
             next_ttt: 1,
             op_scratch: Vec::new(),
+            tx_progress: (0, now),
             prelogin: None,
         };
         let channel = dev.bdev.channel().expect("RAM channel");
@@ -1803,4 +1804,34 @@ fn new_text_exchange_discards_an_unfinished_one() {
     let outs = h.out();
     assert!(String::from_utf8_lossy(&outs[0].data).contains("TargetName=iqn.t"));
     assert!(h.core.text_in.is_none());
+}
+
+#[test]
+fn connection_whose_initiator_stops_reading_is_closed_after_the_silence_timeout() {
+    let mut h = H::new();
+    h.read10(0, 64, 32768);
+    h.settle();
+    h.wire.room = Some(1000);
+    h.core.flush(&mut h.env, &mut h.wire).unwrap();
+    h.core.timers(&mut h.env);
+    h.env.now += Duration::from_secs(10);
+    h.core.timers(&mut h.env);
+    assert_eq!(h.core.phase, Phase::FullFeature, "not yet");
+    h.env.now += Duration::from_secs(15);
+    h.core.timers(&mut h.env);
+    assert_eq!(h.core.phase, Phase::Closing);
+}
+
+#[test]
+fn slow_but_reading_initiator_is_not_closed() {
+    let mut h = H::new();
+    h.read10(0, 64, 32768);
+    h.settle();
+    for _ in 0..10 {
+        h.wire.room = Some(1000);
+        h.core.flush(&mut h.env, &mut h.wire).unwrap();
+        h.core.timers(&mut h.env);
+        h.env.now += Duration::from_secs(10);
+    }
+    assert_eq!(h.core.phase, Phase::FullFeature);
 }

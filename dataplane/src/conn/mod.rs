@@ -127,6 +127,8 @@ pub(crate) struct ConnCore {
     ping: Option<(u32, Instant)>,
     next_ttt: u32,
     op_scratch: Vec<tandem_bdev::BdevOp>,
+    /// Send-queue progress: (bytes written so far, when that count last changed).
+    tx_progress: (u64, Instant),
     /// Our place in the per-address count of connections still logging in.
     prelogin: Option<crate::session::PreloginGuard>,
 }
@@ -184,6 +186,7 @@ impl Connection {
                 ping: None,
                 next_ttt: 1,
                 op_scratch: Vec::with_capacity(4),
+                tx_progress: (0, now),
                 prelogin,
             },
         }
@@ -571,7 +574,21 @@ impl ConnCore {
             }
             Phase::FullFeature => {
                 let timers = ctx.shared().timers;
-                self.nop_ping(ctx.now(), timers)
+                let now = ctx.now();
+                // An initiator that stops reading its replies holds its share of the memory
+                // budget; after as long as a silent initiator is tolerated, it is closed.
+                let sent = self.tx.bytes_sent();
+                if self.tx.is_empty() || sent != self.tx_progress.0 {
+                    self.tx_progress = (sent, now);
+                } else if now.duration_since(self.tx_progress.1)
+                    > timers.nop_timeout + timers.nop_interval.unwrap_or_default()
+                {
+                    tracing::warn!(conn = self.id, peer = %self.peer,
+                        "initiator does not read its replies; closing");
+                    self.phase = Phase::Closing;
+                    return 1;
+                }
+                self.nop_ping(now, timers)
             }
             Phase::Closing => 0,
         }
