@@ -485,14 +485,21 @@ impl ConnCore {
         }
         if !self.parked.is_empty() && self.park_due.is_some_and(|d| ctx.now() >= d) {
             self.park_due = None;
-            for slot in std::mem::take(&mut self.parked) {
+            // Taken and put back (cleared) so its capacity is kept: no allocation per retry.
+            let mut parked = std::mem::take(&mut self.parked);
+            for &slot in parked.iter() {
                 if let Some(t) = self.tasks.get_mut(slot) {
-                    if let Stage::Deferred(r) = std::mem::replace(&mut t.stage, Stage::Moving) {
-                        t.stage = Stage::Ready(r);
-                        self.ready.push_back(slot);
+                    match std::mem::replace(&mut t.stage, Stage::Moving) {
+                        Stage::Deferred(r) => {
+                            t.stage = Stage::Ready(r);
+                            self.ready.push_back(slot);
+                        }
+                        other => t.stage = other,
                     }
                 }
             }
+            parked.clear();
+            self.parked = parked;
         }
         let batch = self.ready.len().min(TASKS_PER_POLL);
         for _ in 0..batch {
