@@ -314,28 +314,61 @@ fn admit(
         );
         return;
     }
-    let prelogin = match transport.peer_addr() {
-        Some(peer) => match shared
-            .prelogin
-            .enter(peer.ip(), shared.timers.prelogin_per_addr)
-        {
-            Some(g) => Some(g),
-            None => {
-                tracing::warn!(reactor = cfg.id, %peer,
-                    "too many connections from this address still logging in; closing");
-                let mut t = transport;
-                t.shutdown();
-                return;
-            }
-        },
-        None => None,
-    };
     let id = *next_conn_id;
     *next_conn_id = next_conn_id.wrapping_add(1).max(1);
+    let prelogin = transport.peer_addr().map(|peer| {
+        let me = crate::session::ConnRef {
+            reactor: cfg.id,
+            conn_id: id,
+        };
+        let (guard, evicted) =
+            shared
+                .prelogin
+                .enter(peer.ip(), shared.timers.prelogin_per_addr, me);
+        if let Some(old) = evicted {
+            tracing::warn!(reactor = cfg.id, %peer, old_conn = old.conn_id,
+                "too many connections from this address still logging in; closing its oldest");
+            evict(cfg, shared, epoll, conns, watching_out, old);
+        }
+        guard
+    });
     let conn = Connection::new(id, cfg.id, transport, now, prelogin);
     if let Some(fd) = conn.poll_fd() {
         let _ = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id as u64));
     }
     watching_out.insert(id, false);
     conns.insert(id, conn);
+}
+
+/// Closes a pre-login connection evicted by a newer one from the same address: here if it
+/// is ours, else through its reactor's inbox.
+fn evict(
+    cfg: &ReactorConfig,
+    shared: &Shared,
+    epoll: &Epoll,
+    conns: &mut HashMap<u32, Connection>,
+    watching_out: &mut HashMap<u32, bool>,
+    old: crate::session::ConnRef,
+) {
+    if old.reactor == cfg.id {
+        if let Some(mut c) = conns.remove(&old.conn_id) {
+            if let Some(fd) = c.poll_fd() {
+                let _ = epoll.delete(fd);
+            }
+            c.shutdown_transport();
+            watching_out.remove(&old.conn_id);
+        }
+    } else if let Some(r) = shared.reactor(old.reactor) {
+        if r.send(ReactorMsg::CloseConnection {
+            conn_id: old.conn_id,
+        })
+        .is_err()
+        {
+            tracing::error!(
+                reactor = old.reactor,
+                conn = old.conn_id,
+                "cannot reach a reactor to close an evicted pre-login connection"
+            );
+        }
+    }
 }

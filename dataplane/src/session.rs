@@ -85,12 +85,14 @@ impl AuthThrottle {
 }
 
 /// Connections still in the login phase, per source address. A connection counts from
-/// accept until its login completes or it closes; beyond the cap new connections from that
-/// address are closed at once, so idle TCP connections from one host cannot fill the
-/// connection limit and lock legitimate initiators out.
+/// accept until its login completes or it closes. When an address already has `cap` such
+/// connections, its oldest one is evicted to make room: a flood of idle TCP connections from
+/// one host only churns its own connections; it can neither fill the connection limit nor
+/// keep a real login (the newest connection) from that or any other address out.
 #[derive(Default, Debug)]
 pub struct PreloginTable {
-    by_addr: Mutex<HashMap<IpAddr, usize>>,
+    by_addr: Mutex<HashMap<IpAddr, std::collections::VecDeque<(u64, ConnRef)>>>,
+    next_token: std::sync::atomic::AtomicU64,
 }
 
 /// One pre-login connection's place in [`PreloginTable`]; dropping it frees the place.
@@ -98,34 +100,50 @@ pub struct PreloginTable {
 pub struct PreloginGuard {
     table: Arc<PreloginTable>,
     addr: IpAddr,
+    token: u64,
 }
 
 impl PreloginTable {
-    /// Counts a new connection from `addr`; None if `addr` already has `cap` in login.
-    pub fn enter(self: &Arc<Self>, addr: IpAddr, cap: usize) -> Option<PreloginGuard> {
+    /// Counts a new connection from `addr`; returns its guard and, if `addr` was at `cap`,
+    /// the oldest pre-login connection from it, which the caller must close.
+    pub fn enter(
+        self: &Arc<Self>,
+        addr: IpAddr,
+        cap: usize,
+        conn: ConnRef,
+    ) -> (PreloginGuard, Option<ConnRef>) {
+        let token = self
+            .next_token
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut m = self.by_addr.lock();
-        let n = m.entry(addr).or_insert(0);
-        if *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(PreloginGuard {
-            table: Arc::clone(self),
-            addr,
-        })
+        let q = m.entry(addr).or_default();
+        let evicted = if q.len() >= cap.max(1) {
+            q.pop_front().map(|(_, c)| c)
+        } else {
+            None
+        };
+        q.push_back((token, conn));
+        (
+            PreloginGuard {
+                table: Arc::clone(self),
+                addr,
+                token,
+            },
+            evicted,
+        )
     }
 
     pub fn count(&self, addr: IpAddr) -> usize {
-        self.by_addr.lock().get(&addr).copied().unwrap_or(0)
+        self.by_addr.lock().get(&addr).map(|q| q.len()).unwrap_or(0)
     }
 }
 
 impl Drop for PreloginGuard {
     fn drop(&mut self) {
         let mut m = self.table.by_addr.lock();
-        if let Some(n) = m.get_mut(&self.addr) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(q) = m.get_mut(&self.addr) {
+            q.retain(|(t, _)| *t != self.token);
+            if q.is_empty() {
                 m.remove(&self.addr);
             }
         }
@@ -247,17 +265,25 @@ mod tests {
     }
 
     #[test]
-    fn prelogin_cap_is_per_address_and_freed_on_drop() {
+    fn prelogin_cap_evicts_the_oldest_of_that_address_only() {
         let t = Arc::new(PreloginTable::default());
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.1".parse().unwrap();
-        let g1 = t.enter(a, 2).unwrap();
-        let _g2 = t.enter(a, 2).unwrap();
-        assert!(t.enter(a, 2).is_none());
-        assert!(t.enter(b, 2).is_some(), "another address is not affected");
-        drop(g1);
-        let _g3 = t.enter(a, 2).expect("a place was freed");
+        let c = |id| ConnRef {
+            reactor: 0,
+            conn_id: id,
+        };
+        let (g1, e) = t.enter(a, 2, c(1));
+        assert!(e.is_none());
+        let (_g2, e) = t.enter(a, 2, c(2));
+        assert!(e.is_none());
+        let (_g3, e) = t.enter(a, 2, c(3));
+        assert_eq!(e, Some(c(1)), "the oldest from that address goes");
+        let (_g4, e) = t.enter(b, 2, c(4));
+        assert!(e.is_none(), "another address is not affected");
         assert_eq!(t.count(a), 2);
+        drop(g1);
+        assert_eq!(t.count(a), 2, "an evicted guard's drop changes nothing");
     }
 
     fn key(isid: u8) -> SessionKey {

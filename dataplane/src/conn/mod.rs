@@ -380,6 +380,11 @@ impl Connection {
         self.core.teardown(ctx);
     }
 
+    /// Closes the socket of a connection that never logged in (nothing else to tear down).
+    pub fn shutdown_transport(&mut self) {
+        self.transport.shutdown();
+    }
+
     /// Forced close from another thread's request (reinstatement, target removal).
     pub fn kill(&mut self, ctx: &mut dyn ConnEnv) {
         tracing::info!(conn = self.id, peer = %self.core.peer, "closing connection on request");
