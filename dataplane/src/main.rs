@@ -98,7 +98,8 @@ struct ServeArgs {
     /// A connection must finish login within this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     login_timeout: u64,
-    /// Connections from one address that may be logging in at once (more are closed).
+    /// Connections from one address that may be logging in at once (a newer one closes the
+    /// oldest).
     #[arg(long, value_name = "N", default_value_t = 16)]
     prelogin_per_addr: usize,
     /// Memory budget per reactor for write buffers and unsent read data (e.g. 256MiB).
