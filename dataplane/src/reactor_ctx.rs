@@ -251,3 +251,48 @@ impl ReactorCtx {
         self.channels.remove(&dev_id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::eventfd::EfdFlags;
+
+    fn handle(cap: usize) -> (ReactorHandle, crossbeam_channel::Receiver<ReactorMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(cap);
+        let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
+        (
+            ReactorHandle {
+                tx,
+                wake,
+                connections: AtomicUsize::new(0),
+                stats: Default::default(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn send_on_a_full_inbox_waits_for_room_instead_of_dropping() {
+        let (h, rx) = handle(1);
+        h.send(ReactorMsg::Shutdown).expect("room for one");
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = 0;
+            while rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+                got += 1;
+            }
+            got
+        });
+        h.send(ReactorMsg::CloseConnection { conn_id: 3 })
+            .expect("delivered once the reactor drained its inbox");
+        drop(h);
+        assert_eq!(drain.join().unwrap(), 2, "both messages arrived");
+    }
+
+    #[test]
+    fn send_to_a_gone_reactor_is_reported() {
+        let (h, rx) = handle(1);
+        drop(rx);
+        assert!(h.send(ReactorMsg::Shutdown).is_err());
+    }
+}
