@@ -45,6 +45,11 @@ impl Watchdog {
                 let Some(rss) = rss_bytes(pid) else { return };
                 p.fetch_max(rss, Ordering::Relaxed);
                 if rss > limit {
+                    eprintln!(
+                        "target RSS {} MiB passed the bound of {} MiB: killing it",
+                        rss >> 20,
+                        limit >> 20
+                    );
                     b.store(true, Ordering::Relaxed);
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),

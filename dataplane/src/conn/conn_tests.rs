@@ -1835,3 +1835,16 @@ fn slow_but_reading_initiator_is_not_closed() {
     }
     assert_eq!(h.core.phase, Phase::FullFeature);
 }
+
+#[test]
+fn login_must_finish_within_the_short_default_timeout() {
+    let mut h = H::new();
+    h.core.phase = Phase::Login;
+    h.core.created = h.env.now;
+    h.env.now += Duration::from_secs(9);
+    h.core.timers(&mut h.env);
+    assert_eq!(h.core.phase, Phase::Login);
+    h.env.now += Duration::from_secs(2);
+    h.core.timers(&mut h.env);
+    assert_eq!(h.core.phase, Phase::Closing, "10 s by default, not 30");
+}
