@@ -16,6 +16,8 @@ pub const DEFAULT_BUDGET_BYTES: u64 = 256 << 20;
 /// Grants at most this large may use the reserve: small I/O (metadata, 4 KiB reads) keeps
 /// flowing while bulk transfers have spent the rest.
 const SMALL_GRANT: u64 = 1 << 20;
+/// Smallest budget: room for two maximum transfers (8 MiB) under the bulk ceiling.
+pub const MIN_BUDGET_BYTES: u64 = 16 << 20;
 
 #[derive(Debug)]
 pub struct MemBudget {
@@ -29,7 +31,7 @@ pub struct MemBudget {
 impl MemBudget {
     pub fn new(limit: u64) -> MemBudget {
         MemBudget {
-            limit: limit.max(SMALL_GRANT * 8),
+            limit: limit.max(MIN_BUDGET_BYTES),
             used: 0,
             epoch: 0,
             peak: 0,
@@ -61,6 +63,14 @@ impl MemBudget {
 
     /// Takes `n` bytes for a connection already holding `conn_held`; false = wait.
     pub fn try_take(&mut self, conn_held: u64, n: u64) -> bool {
+        if self.used == 0 {
+            // Nothing else holds memory: any one transfer may go, so a transfer larger
+            // than the ceilings (a small budget) still makes progress instead of waiting
+            // forever.
+            self.used = n;
+            self.peak = self.peak.max(n);
+            return true;
+        }
         if conn_held > 0 && conn_held.saturating_add(n) > self.per_connection() {
             return false;
         }
@@ -96,6 +106,16 @@ impl Default for MemBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lone_grant_larger_than_the_ceiling_still_goes() {
+        let mut b = MemBudget::new(1 << 20);
+        assert_eq!(b.limit(), MIN_BUDGET_BYTES);
+        assert!(b.try_take(0, 15 << 20), "nothing else held: it may go");
+        assert!(!b.try_take(0, 2 << 20));
+        b.give(15 << 20);
+        assert!(b.try_take(0, 8 << 20));
+    }
 
     #[test]
     fn bulk_grants_leave_a_reserve_for_small_ones() {
