@@ -616,7 +616,8 @@ impl ConnCore {
             self.send_reply(ctx, slot, reply, None);
             return;
         };
-        let Some(nexus) = self.session.as_ref().map(|s| s.nexus.clone()) else {
+        // Disjoint field borrows: no reference-count traffic per command.
+        let Some(session) = self.session.as_ref() else {
             return;
         };
         let t = self.tasks.get_mut(slot).expect("checked above");
@@ -628,7 +629,7 @@ impl ConnCore {
             cdb: &t.cdb,
             data_out: data_out.as_deref().unwrap_or(&[]),
             expected_in_len: edtl,
-            nexus: &nexus,
+            nexus: &session.nexus,
         });
         self.handle_step(ctx, slot, &dev, step, data_out, None);
     }
@@ -946,7 +947,6 @@ impl ConnCore {
         let Some(params) = self.session.as_ref().map(|s| s.params.clone()) else {
             return;
         };
-        let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
         let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
@@ -961,7 +961,11 @@ impl ConnCore {
         let read = t.read;
         let write = t.write;
         let write_residual = t.residual;
-        free_stage_buffers(ctx, dev.as_ref(), previous);
+        if stage_holds_buffers(&previous) {
+            // Usually not: on the I/O path the buffers were handed on before the answer.
+            let dev = self.target_device(lun);
+            free_stage_buffers(ctx, dev.as_ref(), previous);
+        }
         self.release(ctx, slot, true, !keep_read);
         let t = self.tasks.get(slot).expect("checked above");
         let (data_len, owned): (usize, Option<Vec<u8>>) = match reply.data {
@@ -1122,6 +1126,19 @@ fn task_io_len(t: &Task) -> usize {
     match &t.stage {
         Stage::Responding(r) => r.io_buf.as_ref().map(|b| b.len()).unwrap_or(0),
         _ => 0,
+    }
+}
+
+fn stage_holds_buffers(stage: &Stage) -> bool {
+    match stage {
+        Stage::Collecting(c) => c.buf.is_some(),
+        Stage::Ready(r) | Stage::Deferred(r) => r.data_out.is_some(),
+        Stage::HeldForMemory(p) => p.data_out.is_some(),
+        Stage::InIo(io) | Stage::Aborted(io) => {
+            matches!(io.data_out, OutBuf::Here(_)) || io.io_buf.is_some()
+        }
+        Stage::Responding(r) => r.io_buf.is_some(),
+        Stage::Moving => false,
     }
 }
 
