@@ -109,17 +109,17 @@ pub struct Reservation {
 /// Where a task is in its life.
 ///
 /// ```text
-///   command ──► Collecting ──(all data)──► Ready ◄──(retry)── Deferred
-///      │            │                        │ └──(range busy)──► ┘
-///      │            │                        ├──(read: no memory)──► HeldForMemory ─┐
-///      │            │                        ▼                                      │
-///      └────────────┴──────(answered)───► InIo ◄────────────────(memory granted)────┘
-///                                          │ └── (replication: WaitingPartners,
-///                                          │      HeldForVerdict go here)
-///                                          ▼
-///                                      Responding ──(last PDU sent)──► slot freed
-///   TMF abort: Collecting/Ready/Deferred/HeldForMemory ──► freed at once;
-///              InIo ──► Aborted ──(last completion)──► freed; Responding is not aborted.
+///   write ──► Collecting ──(every byte in)──► Ready ◄──(retry)── Deferred
+///   read  ─────────────────────────────────► Ready ──(range busy)──► Deferred
+///                                             │ Step::Io
+///                 HeldForMemory ◄──(no memory for the reply)──┤
+///                       └──(granted)──────────► InIo ◄──────┘
+///                                             │ last completion: next Step::Io, or the answer
+///   (answered early, from any stage) ───────► Responding ──(last PDU sent)──► freed
+///   abort: InIo ──► Aborted ──(last completion)──► freed; Responding is not aborted;
+///          every other stage is freed at once.
+/// ```
+/// (docs/architecture.md has the full diagram.)
 /// ```
 pub enum Stage {
     /// Waiting for Data-Out.
