@@ -371,3 +371,46 @@ fn failed_chap_attempts_are_rate_limited() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(inq(secret), "the block must end");
 }
+
+/// Issue reproduction: MaxBurstLength=512 offered with FirstBurstLength=65536 was answered
+/// with both unchanged; an 8 KiB write with immediate data up to the answered first burst
+/// was then rejected and never completed.
+#[test]
+fn first_burst_is_negotiated_no_larger_than_max_burst_and_writes_complete() {
+    let t = Target::serve("burst", &["--ram", "16MiB"]);
+    let mut c = RawConn::connect(t.portal);
+    let (resp, data) = c.login(
+        "iqn.2026-11.io.tandem:burst",
+        Some(&t.iqn),
+        &[
+            ("MaxBurstLength", "512"),
+            ("FirstBurstLength", "65536"),
+            ("ImmediateData", "Yes"),
+        ],
+    );
+    assert_eq!(resp.status_class, 0);
+    let keys = tandem_iscsi::text::parse_pairs(&data, &tandem_iscsi::text::TextLimits::DEFAULT)
+        .expect("login keys");
+    let get = |k: &str| {
+        keys.iter()
+            .find(|(kk, _)| kk == k)
+            .and_then(|(_, v)| v.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("{k} not answered"))
+    };
+    let (fbl, mbl) = (get("FirstBurstLength"), get("MaxBurstLength"));
+    assert_eq!(mbl, 512);
+    assert!(fbl <= mbl, "FirstBurstLength {fbl} > MaxBurstLength {mbl}");
+    // Take the power-on unit attention, then write 8 KiB with the answered first burst as
+    // immediate data: it must complete.
+    let _ = c.command(&[0u8; 6], 0, &[], 0, 512);
+    let payload: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[8] = 16;
+    let w = c.command(&cdb, 0, &payload, fbl as usize, 512);
+    assert_eq!(w.status, 0, "8 KiB write with immediate data failed");
+    cdb[0] = 0x28;
+    let r = c.command(&cdb, 8192, &[], 0, 512);
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data_in, payload);
+}
