@@ -414,3 +414,27 @@ fn first_burst_is_negotiated_no_larger_than_max_burst_and_writes_complete() {
     assert_eq!(r.status, 0);
     assert_eq!(r.data_in, payload);
 }
+
+/// Issue reproduction: READ(16) sent without the R bit, or with EDTL 0, returned GOOD with
+/// no data and no residual. RFC 7143 §11.4.5.2: the data the command produced beyond what
+/// the initiator expects is an overflow residual.
+#[test]
+fn read_without_r_bit_or_with_edtl_zero_reports_an_overflow_residual() {
+    use tandem_iscsi::wire::ScsiResponseRepr;
+    let t = Target::serve("residual", &["--ram", "16MiB"]);
+    let mut c = login(&t, "iqn.2026-11.io.tandem:residual");
+    let _ = c.command(&[0u8; 6], 0, &[], 0, 8192);
+    for (edtl, r_bit) in [(4096u32, false), (0, true), (0, false)] {
+        c.scsi(&rw16(0x88, 0, 8), edtl, r_bit, false, &[]);
+        let pdu = c.recv().expect("answer");
+        assert_eq!(
+            pdu.opcode(),
+            Some(Opcode::ScsiResponse),
+            "no Data-In expected (EDTL {edtl}, R {r_bit})"
+        );
+        let r = ScsiResponseRepr::parse(&Bhs::new_unchecked(&pdu.bhs[..])).unwrap();
+        assert_eq!(r.status, 0);
+        assert!(r.flags.overflow, "overflow bit (EDTL {edtl}, R {r_bit})");
+        assert_eq!(r.residual, 4096, "residual (EDTL {edtl}, R {r_bit})");
+    }
+}
