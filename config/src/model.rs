@@ -79,7 +79,14 @@ pub struct NodeSection {
     pub cores: Vec<usize>,
     #[serde(default)]
     pub poll_mode: PollMode,
+    /// Memory budget per reactor for write buffers and unsent read data (default 256 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_budget: Option<Size>,
 }
+
+/// Smallest and largest accepted `node.mem_budget`.
+pub const MEM_BUDGET_MIN: u64 = 16 << 20;
+pub const MEM_BUDGET_MAX: u64 = 1 << 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -396,6 +403,7 @@ impl NodeConfig {
                 image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                mem_budget: None,
             },
             devices: vec![DeviceConfig::ram("ram0", 1 << 30)],
             targets: vec![TargetConfig::for_device("ram0", "ram0")],
@@ -413,6 +421,7 @@ impl NodeConfig {
                 image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                mem_budget: None,
             },
             devices: Vec::new(),
             targets: Vec::new(),
@@ -457,6 +466,19 @@ impl NodeConfig {
                     node.name
                 ),
             );
+        }
+        if let Some(b) = node.mem_budget {
+            if !(MEM_BUDGET_MIN..=MEM_BUDGET_MAX).contains(&b.bytes()) {
+                errs.add(
+                    "node.mem_budget".into(),
+                    format!(
+                        "{} is outside {} .. {}",
+                        format_size(b.bytes()),
+                        format_size(MEM_BUDGET_MIN),
+                        format_size(MEM_BUDGET_MAX)
+                    ),
+                );
+            }
         }
         if node.portals.is_empty() {
             errs.add(

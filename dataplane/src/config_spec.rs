@@ -42,7 +42,14 @@ pub fn node_spec(cfg: &NodeConfig, config_dir: &Path) -> NodeSpec {
             tandem_config::PollMode::Always => PollMode::Always,
         },
         spin: DEFAULT_SPIN,
-        timers: Default::default(),
+        timers: crate::reactor_ctx::ConnTimers {
+            mem_budget_bytes: cfg
+                .node
+                .mem_budget
+                .map(|s| s.bytes())
+                .unwrap_or(crate::conn::DEFAULT_BUDGET_BYTES),
+            ..Default::default()
+        },
     }
 }
 

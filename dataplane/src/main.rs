@@ -95,6 +95,16 @@ struct ServeArgs {
     /// Close the connection when a ping stays unanswered this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     nop_timeout: u64,
+    /// A connection must finish login within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    login_timeout: u64,
+    /// Connections from one address that may be logging in at once (a newer one closes the
+    /// oldest).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    prelogin_per_addr: usize,
+    /// Memory budget per reactor for write buffers and unsent read data (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    mem_budget: String,
     /// CHAP user name the initiator must present (with a secret from --chap-secret-file,
     /// TANDEM_CHAP_SECRET or --chap-secret).
     #[arg(long)]
@@ -320,7 +330,9 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             nop_interval: (a.nop_interval > 0)
                 .then(|| std::time::Duration::from_secs(a.nop_interval)),
             nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
-            ..Default::default()
+            login_timeout: std::time::Duration::from_secs(a.login_timeout.max(1)),
+            prelogin_per_addr: a.prelogin_per_addr.max(1),
+            mem_budget_bytes: parse_size(&a.mem_budget)?,
         },
     })
 }

@@ -22,7 +22,10 @@ use tandem_iscsi::login::AuthPolicy;
 use tandem_scsi::{LogicalUnit, LuConfig, LuIdentity};
 
 /// Largest single transfer we advertise (VPD B0) and accept.
+/// The one maximum-transfer figure: the LU advertises it (VPD B0) and the connection layer
+/// enforces it before any data moves; the block layer's own limit is only a backstop.
 const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+const _: () = assert!(MAX_TRANSFER_BYTES <= tandem_bdev::MAX_IO_BYTES);
 const INBOX_CAPACITY: usize = 4096;
 
 #[derive(Clone, Debug)]
@@ -430,8 +433,12 @@ impl Server {
 impl Server {
     pub fn broadcast(&self, msg: impl Fn() -> ReactorMsg) {
         if let Some(rs) = self.shared.reactors.get() {
-            for r in rs {
-                r.send(msg());
+            for (i, r) in rs.iter().enumerate() {
+                if r.send(msg()).is_err() {
+                    // The reactor did not take a control message within the bounded wait:
+                    // it is stuck or gone; say so loudly rather than carry on as if applied.
+                    tracing::error!(reactor = i, "reactor did not accept a control message");
+                }
             }
         }
     }

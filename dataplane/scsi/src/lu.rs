@@ -161,6 +161,13 @@ impl LogicalUnit {
         self.block_size
     }
 
+    /// Largest transfer of one command in bytes, as advertised in VPD B0 (None: no limit
+    /// advertised). The transport enforces this before any data moves.
+    pub fn max_transfer_bytes(&self) -> Option<u64> {
+        (self.max_transfer_blocks > 0)
+            .then(|| u64::from(self.max_transfer_blocks) * u64::from(self.block_size))
+    }
+
     /// Current capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
         self.state.lock().num_blocks

@@ -4,9 +4,9 @@
 //! is dropped when it completes, and the TMF response waits until every such task is gone,
 //! so the initiator never sees a response for an aborted task after the TMF response.
 
-use super::task::TaskStage;
+use super::env::ConnEnv;
+use super::task::Stage;
 use super::{sn_le, ConnCore};
-use crate::reactor_ctx::ReactorCtx;
 use tandem_iscsi::wire::tmf_response::{
     FUNCTION_COMPLETE, FUNCTION_NOT_SUPPORTED, LUN_DOES_NOT_EXIST,
     TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED as REASSIGN_NOT_SUPPORTED, TASK_DOES_NOT_EXIST,
@@ -22,7 +22,7 @@ pub(super) struct PendingTmf {
 }
 
 impl ConnCore {
-    pub(super) fn on_tmf(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_tmf(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match TaskMgmtRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -127,23 +127,33 @@ impl ConnCore {
             .collect()
     }
 
-    /// Aborts the given tasks; returns those whose I/O is still with the device.
-    fn abort_slots(&mut self, ctx: &mut ReactorCtx, slots: Vec<usize>) -> Vec<usize> {
+    /// Aborts the given tasks; returns those whose I/O is still with the device. Aborting
+    /// is a transition: a task that has not reached the device is freed at once; one in I/O
+    /// becomes `Aborted` and is freed by its last completion; one already answered
+    /// (`Responding`) is not aborted: its response is on the way.
+    fn abort_slots(&mut self, ctx: &mut dyn ConnEnv, slots: Vec<usize>) -> Vec<usize> {
         let mut waiting = Vec::new();
         for slot in slots {
             let Some(t) = self.tasks.get_mut(slot) else {
                 continue;
             };
-            match t.stage {
-                TaskStage::InIo => {
-                    t.aborted = true;
+            tracing::debug!(
+                conn = self.id,
+                itt = t.itt,
+                stage = t.stage.name(),
+                "aborting task"
+            );
+            match std::mem::replace(&mut t.stage, Stage::Moving) {
+                Stage::InIo(io) | Stage::Aborted(io) => {
+                    t.stage = Stage::Aborted(io);
                     waiting.push(slot);
                 }
-                // Already answered: its response is on the way and it is not aborted.
-                TaskStage::Responding => {}
-                TaskStage::CollectingData | TaskStage::Ready => {
-                    t.aborted = true;
+                Stage::Responding(r) => t.stage = Stage::Responding(r),
+                other => {
+                    t.stage = other;
                     self.ready.retain(|&s| s != slot);
+                    self.parked.retain(|&s| s != slot);
+                    self.held.retain(|&s| s != slot);
                     self.free_task(ctx, slot);
                 }
             }
