@@ -8,7 +8,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1   # stable toolchain; cargo-fuzz needs -Z sanitizer flags
-for t in pdu_parse login_keys cdb_decode; do
+for t in pdu_parse login_keys cdb_decode mirror_decoder; do
   mkdir -p "corpus/$t"
   seeds=()
   [[ -d "seeds/$t" ]] && seeds=("seeds/$t")

@@ -163,6 +163,7 @@ struct AppliedOp {
     range: BlockRange,
     commit_follows: bool,
     done: bool,
+    since: Time,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,12 +279,18 @@ pub struct Engine<P> {
     gated_host: VecDeque<(HostTag, HostCmd<P>)>,
     resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
     copies_in_flight: BTreeMap<NodeId, usize>,
-    suspected: BTreeSet<NodeId>,
+    /// Verdicts asked for in this epoch, and when (asked again if no answer comes: the
+    /// request or the authority's link may have been lost).
+    suspected: BTreeMap<NodeId, Time>,
     future: Vec<(NodeId, Envelope<P>)>,
     /// Syncing members whose copy is complete: `false` until they acknowledged
     /// `SyncComplete`, then `true` and reported to the authority (re-reported until it makes
     /// them synchronized: the report can be lost).
     sync_done: BTreeMap<NodeId, bool>,
+    /// New sequencer: operations this replica had applied for the old sequencer. If their
+    /// origin forwards them again, they already took effect (a COMPARE AND WRITE must not
+    /// be compared a second time against its own result).
+    applied_under_old_sequencer: BTreeSet<OpId>,
     /// Joining replica: the sequencer's metadata from `SyncComplete`, adopted when the
     /// authority makes this replica synchronized.
     adopt: Option<ReplicaMeta>,
@@ -329,9 +336,10 @@ impl<P: Clone> Engine<P> {
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
-            suspected: BTreeSet::new(),
+            suspected: BTreeMap::new(),
             future: Vec::new(),
             sync_done: BTreeMap::new(),
+            applied_under_old_sequencer: BTreeSet::new(),
             adopt: None,
             last_join_attempt: None,
         }
@@ -371,6 +379,23 @@ impl<P: Clone> Engine<P> {
             .is_some_and(|c| c.state_of(self.me) == MemberState::Synchronized)
             && !self.restarted
             && now < self.lease_until
+    }
+
+    /// What keeps the engine busy, for diagnostics.
+    pub fn busy_detail(&self) -> String {
+        format!(
+            "seq {:?} fwd {} reads {} io {} gate {:?} resync {:?} awaiting_meta {}",
+            self.seq
+                .iter()
+                .map(|(id, o)| (id.n, o.stage.clone()))
+                .collect::<Vec<_>>(),
+            self.fwd.len(),
+            self.reads.len(),
+            self.io.len(),
+            self.gate,
+            self.resync,
+            self.awaiting_meta.len()
+        )
     }
 
     /// Operations in flight of any kind (for tests and quiesce checks).
@@ -524,7 +549,7 @@ impl<P: Clone> Engine<P> {
     /// Answer the host, unless the answer must wait for this epoch's metadata or the
     /// lease has run out (a node that may have lost the failover decision never says GOOD).
     fn answer(&mut self, now: Time, tag: HostTag, status: HostStatus<P>, out: &mut Vec<Output<P>>) {
-        if matches!(status, HostStatus::Good { .. }) {
+        if matches!(status, HostStatus::Good { .. } | HostStatus::Miscompare) {
             if self.meta_durable < self.meta.version {
                 self.awaiting_meta.push((tag, status));
                 return;
@@ -568,7 +593,10 @@ impl<P: Clone> Engine<P> {
                 since: now,
             },
         );
-        if self.gate.is_some() {
+        if self.gate.is_some() || self.meta_durable < self.meta.version {
+            // Not before every survivor's uncertain regions are known, and not before this
+            // node's role (and generation) is on disk: a crash must not leave writes that its
+            // metadata cannot account for.
             self.gated_ops.push(id);
             return;
         }
@@ -597,7 +625,29 @@ impl<P: Clone> Engine<P> {
 
     /// The op holds its lock: send it on its way.
     fn start(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
-        let Some(op) = self.seq.get(&id) else { return };
+        let me = self.me;
+        let Some(cfg) = self.config.as_ref() else {
+            return;
+        };
+        // Who receives the write is decided when it is ordered, not when it arrived: the
+        // membership may have changed while it waited for its lock.
+        let targets: Vec<NodeId> = cfg
+            .write_targets()
+            .filter(|&n| n != me && n != id.origin)
+            .collect();
+        let Some(op) = self.seq.get_mut(&id) else {
+            return;
+        };
+        let resync_copy = matches!(
+            op.kind,
+            SeqKind::Copy {
+                purpose: CopyPurpose::Resync,
+                ..
+            }
+        );
+        if !resync_copy {
+            op.targets = targets;
+        }
         let range = op.range;
         match op.kind.clone() {
             SeqKind::Write { data } => {
@@ -778,7 +828,7 @@ impl<P: Clone> Engine<P> {
                     });
                 }
                 let me = self.me;
-                self.suspect(me, out);
+                self.suspect(now, me, out);
                 self.finish_seq(now, id, out);
             }
             _ => {}
@@ -822,7 +872,7 @@ impl<P: Clone> Engine<P> {
                 let origin_alive = self
                     .config
                     .as_ref()
-                    .is_some_and(|c| c.state_of(origin) != MemberState::Out);
+                    .is_some_and(|c| c.state_of(origin) == MemberState::Synchronized);
                 if origin_alive {
                     self.send(origin, Msg::Grant { id, applied: true }, out);
                     self.set_stage(now, id, SeqStage::WaitRelease);
@@ -974,7 +1024,12 @@ impl<P: Clone> Engine<P> {
                 range,
                 data,
                 commit_follows,
-            } => self.on_mirror(id, range, data, commit_follows, out),
+            } => self.on_mirror(now, id, range, data, commit_follows, out),
+            Msg::CommitQuery { id } => {
+                if !self.seq.contains_key(&id) {
+                    self.send(from, Msg::Commit { id }, out);
+                }
+            }
             Msg::MirrorAck { id } | Msg::RegionCopyAck { id } => self.on_ack(now, from, id, out),
             Msg::Commit { id } => {
                 self.applied.remove(&id);
@@ -1051,6 +1106,7 @@ impl<P: Clone> Engine<P> {
 
     fn on_mirror(
         &mut self,
+        now: Time,
         id: OpId,
         range: BlockRange,
         data: P,
@@ -1069,6 +1125,7 @@ impl<P: Clone> Engine<P> {
                 range,
                 commit_follows,
                 done: false,
+                since: now,
             },
         );
         self.local_write(
@@ -1118,8 +1175,12 @@ impl<P: Clone> Engine<P> {
         {
             return;
         }
+        let replayed = self.applied_under_old_sequencer.contains(&id);
         let kind = match op {
             ForwardedOp::Write { data } => SeqKind::Write { data },
+            // Already applied by the old sequencer (and reconciled from here): writing the
+            // same data again is what it did, comparing again would fail against itself.
+            ForwardedOp::CompareAndWrite { data, .. } if replayed => SeqKind::Write { data },
             ForwardedOp::CompareAndWrite { verify, data } => {
                 SeqKind::CompareAndWrite { verify, data }
             }
@@ -1206,8 +1267,10 @@ impl<P: Clone> Engine<P> {
                 out,
             );
         }
-        for id in std::mem::take(&mut self.gated_ops) {
-            self.lock_and_start(now, id, out);
+        if self.meta_durable >= self.meta.version {
+            for id in std::mem::take(&mut self.gated_ops) {
+                self.lock_and_start(now, id, out);
+            }
         }
         while let Some((tag, cmd)) = self.gated_host.pop_front() {
             self.on_host(now, tag, cmd, out);
@@ -1293,6 +1356,11 @@ impl<P: Clone> Engine<P> {
 
     fn on_meta_persisted(&mut self, now: Time, version: u64, out: &mut Vec<Output<P>>) {
         self.meta_durable = self.meta_durable.max(version);
+        if self.meta_durable >= self.meta.version && self.gate.is_none() {
+            for id in std::mem::take(&mut self.gated_ops) {
+                self.lock_and_start(now, id, out);
+            }
+        }
         if self.meta_durable >= self.meta.version {
             for (tag, status) in std::mem::take(&mut self.awaiting_meta) {
                 self.answer(now, tag, status, out);
@@ -1336,14 +1404,21 @@ impl<P: Clone> Engine<P> {
 
         // Regions whose content is in doubt at this moment (writes in flight here).
         let uncertain = self.uncertain_regions();
+        // Partners that stopped receiving this replica's writes: gone out, or restarted and
+        // rejoining as syncing (a restarted process lost whatever was in flight to it).
         let newly_out: Vec<NodeId> = cfg
-            .out_nodes()
-            .filter(|&n| {
-                n != me
-                    && old
-                        .as_ref()
-                        .is_none_or(|o| o.state_of(n) != MemberState::Out)
+            .members
+            .iter()
+            .filter(|(n, s)| {
+                let before = old.as_ref().map(|o| o.state_of(*n));
+                *n != me
+                    && match s {
+                        MemberState::Out => before.is_none_or(|b| b != MemberState::Out),
+                        MemberState::Syncing => before == Some(MemberState::Synchronized),
+                        MemberState::Synchronized => false,
+                    }
             })
+            .map(|(n, _)| *n)
             .collect();
         for &p in &newly_out {
             for &r in &uncertain {
@@ -1364,11 +1439,9 @@ impl<P: Clone> Engine<P> {
 
         // Metadata: the generation of the data this replica now holds.
         if my_state == MemberState::Synchronized {
-            if let Some(source) = self
-                .adopt
-                .take()
-                .filter(|_| old_state == Some(MemberState::Syncing))
-            {
+            let skipped = old.as_ref().is_some_and(|o| cfg.epoch.0 > o.epoch.0 + 1);
+            let joined = old_state == Some(MemberState::Syncing);
+            if let Some(source) = self.adopt.take().filter(|_| joined) {
                 // Our bytes are now the sequencer's: so is our lineage.
                 self.meta.current = source.current;
                 self.meta.history = source.history;
@@ -1378,9 +1451,32 @@ impl<P: Clone> Engine<P> {
                     .filter(|b| b.0 != me)
                     .collect();
             }
-            if self.opts.planted_bug != Some(PlantedBug::GenerationNotBumped) {
-                let out_nodes: Vec<NodeId> = cfg.out_nodes().collect();
-                self.meta.advance(cfg.generation, out_nodes.into_iter());
+            if cfg.generation != self.meta.current
+                && self.opts.planted_bug != Some(PlantedBug::GenerationNotBumped)
+            {
+                // Every generation between ours and the new one, newest first.
+                let mut history: Vec<_> = cfg
+                    .lineage
+                    .iter()
+                    .take_while(|&&g| g != self.meta.current)
+                    .copied()
+                    .collect();
+                history.push(self.meta.current);
+                history.extend(self.meta.history.iter().copied());
+                history.dedup();
+                history.truncate(crate::membership::LINEAGE_LEN);
+                self.meta.history = history;
+                self.meta.current = cfg.generation;
+            }
+            for &(p, g) in &cfg.left_at {
+                if p != me && self.meta.bitmap_base(p).is_none() {
+                    self.meta.bitmap_base.push((p, g));
+                }
+                if joined || skipped {
+                    // Writes for that partner happened while this replica was not tracking
+                    // them (before it joined, or in configurations it never saw).
+                    self.journal.mark_lost(p);
+                }
             }
             for n in cfg.synchronized() {
                 if n != me
@@ -1473,6 +1569,12 @@ impl<P: Clone> Engine<P> {
                 set.insert(RegionIndex(region));
             }
         }
+        // Regions still waiting for a reconcile copy from a former sequencer.
+        for k in self.barriers.keys() {
+            if let BarrierKey::Region(r) = k {
+                set.insert(r);
+            }
+        }
         set
     }
 
@@ -1547,10 +1649,15 @@ impl<P: Clone> Engine<P> {
         // Writes applied here for the old sequencer will get no Commit: their regions are
         // reconciled instead.
         let applied: Vec<OpId> = self.applied.keys().copied().collect();
-        for id in applied {
+        for &id in &applied {
             self.barriers.remove(BarrierKey::Op(id));
         }
         self.applied.clear();
+        self.applied_under_old_sequencer = if cfg.sequencer == self.me {
+            applied.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
         // Sequenced ops of a former sequencer role cannot exist while synchronized (the
         // sequencer is sticky), but be safe: answer and drop them.
         for (_, op) in std::mem::take(&mut self.seq) {
@@ -1569,6 +1676,19 @@ impl<P: Clone> Engine<P> {
             .map(|(id, _)| *id)
             .collect();
         if cfg.sequencer == self.me {
+            // Barriers waited for the old sequencer's commits and copies, which will not come:
+            // every such range is in `uncertain` and gets reconciled from here.
+            self.barriers.clear();
+            // Only the old sequencer knew how far a syncing member's copy had got.
+            let syncing: Vec<NodeId> = cfg
+                .members
+                .iter()
+                .filter(|m| m.1 == MemberState::Syncing)
+                .map(|m| m.0)
+                .collect();
+            for p in syncing {
+                self.journal.mark_lost(p);
+            }
             let others: BTreeSet<NodeId> = cfg.synchronized().filter(|&n| n != self.me).collect();
             self.reconcile = uncertain;
             self.gate = Some((others, now));
@@ -1635,6 +1755,14 @@ impl<P: Clone> Engine<P> {
             if orphaned
                 || (empty_copy && matches!(op.stage, SeqStage::WaitLock | SeqStage::Reading))
             {
+                if let SeqKind::Copy {
+                    region,
+                    purpose: CopyPurpose::Reconcile,
+                } = op.kind
+                {
+                    // Nobody left to reconcile with: this copy is the agreed one.
+                    self.barriers.remove(BarrierKey::Region(region));
+                }
                 self.commit(id, out);
                 self.finish_seq(now, id, out);
             } else {
@@ -1689,7 +1817,22 @@ impl<P: Clone> Engine<P> {
             }
         }
         for s in suspects {
-            self.suspect(s, out);
+            self.suspect(now, s, out);
+        }
+        // A Commit can be lost with a broken connection; reads of its range would wait
+        // forever. Ask again.
+        let seq = self.sequencer();
+        let overdue: Vec<OpId> = self
+            .applied
+            .iter()
+            .filter(|(_, a)| a.done && a.commit_follows && late(a.since))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            if let Some(a) = self.applied.get_mut(&id) {
+                a.since = now;
+            }
+            self.send(seq, Msg::CommitQuery { id }, out);
         }
         self.retry_membership(now, out);
         // A node whose lease ran out answers nothing but NOT READY from now on.
@@ -1762,8 +1905,14 @@ impl<P: Clone> Engine<P> {
         }
     }
 
-    fn suspect(&mut self, node: NodeId, out: &mut Vec<Output<P>>) {
-        if self.suspected.insert(node) {
+    fn suspect(&mut self, now: Time, node: NodeId, out: &mut Vec<Output<P>>) {
+        let repeat_after_ns = 2 * self.opts.peer_timeout_ns;
+        let due = self
+            .suspected
+            .get(&node)
+            .is_none_or(|t| now.0.saturating_sub(t.0) > repeat_after_ns);
+        if due {
+            self.suspected.insert(node, now);
             out.push(Output::VerdictRequest {
                 suspect: node,
                 epoch: self.epoch(),

@@ -30,7 +30,16 @@ pub struct EpochConfig {
     pub members: Vec<(NodeId, MemberState)>,
     /// The data generation that the synchronized members hold in this epoch.
     pub generation: GenerationId,
+    /// Earlier generations of the synchronized set, newest first (bounded): a replica that
+    /// missed some configurations still learns the whole lineage of the data it holds.
+    pub lineage: Vec<GenerationId>,
+    /// For each member that is not synchronized: the generation the synchronized set held
+    /// when it stopped being synchronized (what its copy and the survivors last shared).
+    pub left_at: Vec<(NodeId, GenerationId)>,
 }
+
+/// How many earlier generations a configuration carries.
+pub const LINEAGE_LEN: usize = 8;
 
 impl EpochConfig {
     /// The first configuration of a device: every listed node synchronized, the lowest id
@@ -47,6 +56,8 @@ impl EpochConfig {
             sequencer,
             members,
             generation: GenerationId::for_config(Epoch(1), sequencer),
+            lineage: Vec::new(),
+            left_at: Vec::new(),
         }
     }
 
@@ -72,6 +83,10 @@ impl EpochConfig {
             .map(|m| m.0)
     }
 
+    pub fn left_at(&self, n: NodeId) -> Option<GenerationId> {
+        self.left_at.iter().find(|l| l.0 == n).map(|l| l.1)
+    }
+
     pub fn out_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.members
             .iter()
@@ -84,15 +99,25 @@ impl EpochConfig {
     /// member stopped receiving writes (the survivors' data now differ from its copy).
     pub fn next(&self, changes: &[(NodeId, MemberState)]) -> Option<EpochConfig> {
         let mut members = self.members.clone();
+        let mut left_at = self.left_at.clone();
         let mut lost_member = false;
         for &(n, s) in changes {
+            let before = members
+                .iter()
+                .find(|m| m.0 == n)
+                .map_or(MemberState::Out, |m| m.1);
+            if before == MemberState::Synchronized && s != MemberState::Synchronized {
+                left_at.retain(|l| l.0 != n);
+                left_at.push((n, self.generation));
+            }
+            if s == MemberState::Synchronized {
+                left_at.retain(|l| l.0 != n);
+            }
+            if before != MemberState::Out && s == MemberState::Out {
+                lost_member = true;
+            }
             match members.iter_mut().find(|m| m.0 == n) {
-                Some(m) => {
-                    if m.1 != MemberState::Out && s == MemberState::Out {
-                        lost_member = true;
-                    }
-                    m.1 = s;
-                }
+                Some(m) => m.1 = s,
                 None => members.push((n, s)),
             }
         }
@@ -108,7 +133,10 @@ impl EpochConfig {
             *synced.first()?
         };
         let epoch = Epoch(self.epoch.0 + 1);
+        let mut lineage = self.lineage.clone();
         let generation = if lost_member {
+            lineage.insert(0, self.generation);
+            lineage.truncate(LINEAGE_LEN);
             GenerationId::for_config(epoch, sequencer)
         } else {
             self.generation
@@ -118,6 +146,8 @@ impl EpochConfig {
             sequencer,
             members,
             generation,
+            lineage,
+            left_at,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum Msg<P> {
     MirrorAck { id: OpId },
     /// Sequencer → replicas: every replica has `id`; reads may see it.
     Commit { id: OpId },
+    /// Replica → sequencer: I have waited long for `Commit { id }` (it may have been lost
+    /// with a broken connection); send it again if `id` is done.
+    CommitQuery { id: OpId },
     /// Origin → sequencer: order and apply this host write for me.
     Forward {
         id: OpId,

@@ -108,6 +108,10 @@ impl<K: Copy + PartialEq> Barriers<K> {
         self.ranges.iter().any(|r| r.0.overlaps(range))
     }
 
+    pub fn keys(&self) -> impl Iterator<Item = K> + '_ {
+        self.ranges.iter().map(|r| r.1)
+    }
+
     pub fn contains(&self, key: K) -> bool {
         self.ranges.iter().any(|r| r.1 == key)
     }

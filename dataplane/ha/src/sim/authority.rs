@@ -133,8 +133,12 @@ impl Authority {
                 Some(cfg) => {
                     let state = cfg.state_of(from);
                     let others_synced = cfg.synchronized().any(|n| n != from);
+                    // A synchronized member is demoted only by a request made in the current
+                    // epoch (a restarted process asking to be resynchronized); an older
+                    // request is stale and the node may be serving by now.
+                    let current_request = meta.epoch == cfg.epoch;
                     if state == MemberState::Out
-                        || (state == MemberState::Synchronized && others_synced)
+                        || (state == MemberState::Synchronized && others_synced && current_request)
                     {
                         if let Some(next) = cfg.next(&[(from, MemberState::Syncing)]) {
                             self.install(now, next);
@@ -259,6 +263,8 @@ impl Authority {
             sequencer: source,
             members,
             generation: GenerationId::for_config(epoch, source),
+            lineage: Vec::new(),
+            left_at: Vec::new(),
         };
         self.cold_joins.clear();
         self.install(now, cfg);

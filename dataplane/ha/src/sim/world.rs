@@ -974,15 +974,34 @@ impl World {
         }
         let in_flight = std::mem::take(&mut self.nodes[i].in_flight);
         for (_, op) in in_flight {
-            match op {
-                LocalOp::Write { range, data } | LocalOp::CompareAndWrite { range, data, .. } => {
+            let (range, data) = match op {
+                LocalOp::Write { range, data } => (range, data),
+                LocalOp::CompareAndWrite {
+                    range,
+                    verify,
+                    data,
+                } => {
+                    // The compare happens before any block is written.
+                    let disk = &self.nodes[i].disk;
+                    if !range
+                        .blocks()
+                        .zip(&verify)
+                        .all(|(b, v)| disk[b as usize] == *v)
+                    {
+                        continue;
+                    }
+                    (range, data)
+                }
+                _ => continue,
+            };
+            {
+                {
                     for (b, v) in range.blocks().zip(data) {
                         if self.rng.chance(50) {
                             self.nodes[i].disk[b as usize] = v;
                         }
                     }
                 }
-                _ => {}
             }
         }
         for m in std::mem::take(&mut self.nodes[i].meta_in_flight) {
@@ -1062,8 +1081,23 @@ impl World {
     fn finish(mut self) -> Result<SimReport, String> {
         if self.failure.is_none() && !self.converged() {
             let cfg = self.authority.config().cloned();
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match &n.engine {
+                    None => format!("{}: down", n.id),
+                    Some(e) => format!(
+                        "{}: epoch {:?} {} in-flight I/O {}",
+                        n.id,
+                        e.config().map(|c| c.epoch),
+                        e.busy_detail(),
+                        n.in_flight.len()
+                    ),
+                })
+                .collect();
             self.fail(format!(
-                "the cluster did not converge within 3 s after healing; authority: {cfg:?}"
+                "the cluster did not converge within 3 s after healing; authority: {cfg:?}; {}",
+                nodes.join("; ")
             ));
         }
         if self.failure.is_none() {
