@@ -16,8 +16,11 @@
 //! ```
 //!
 //! Semantics the data plane implements (control persists the config *before* sending):
-//! - `AddDevice`: open/create the backing store (a missing file with `size` is created thick)
-//!   and make it available for targets. Error `already_exists` if the name is taken.
+//! - `AddDevice`: admit and open the backing store (an image must exist and match its identity
+//!   record; nothing is created) and make it available for targets. Error `already_exists` if
+//!   the name is taken, `bad_request` with the reason if the device cannot be admitted.
+//! - `RetryDevice`: open a device that failed (at start, or an earlier retry) again with the
+//!   given config; its unserved targets are served once all their devices are online.
 //! - `RemoveDevice`: control first removes (or re-adds without it) every target that uses it;
 //!   the data plane answers `busy` if a target still exports it.
 //! - `ExtendDevice`: grow to `new_size_bytes` (multiple of the block size, larger than now);
@@ -90,6 +93,9 @@ pub enum Request {
     },
     /// Answered with `Response::Stats`.
     Stats,
+    /// Opens a failed device again with this (possibly updated) config, e.g. after its image
+    /// was restored or re-bound; its targets are served once all their devices are.
+    RetryDevice(DeviceConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +158,9 @@ pub struct DeviceStatus {
     pub cache_dirty_bytes: u64,
     /// `online`, `failed` or another data-plane-defined word.
     pub state: String,
+    /// Why a `failed` device is not served, and what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -327,6 +336,7 @@ mod tests {
                 allowed_initiators: vec!["iqn.1994-05.com.redhat:a".into()],
             },
             Request::Stats,
+            Request::RetryDevice(DeviceConfig::file("f", "/tmp/f.img", None)),
         ];
         for (i, r) in requests.into_iter().enumerate() {
             let env = Envelope::request(i as u64, r);

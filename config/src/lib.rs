@@ -4,7 +4,9 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod image_id;
 pub mod ipc;
+pub mod memory;
 mod model;
 pub mod names;
 pub mod reconcile;

@@ -28,6 +28,13 @@ pub const CHAP_SECRET_LEN_MIN: usize = 12;
 pub const CHAP_SECRET_LEN_MAX: usize = 255;
 /// Identity seeds longer than this are refused.
 pub const IDENTITY_SEED_LEN_MAX: usize = 255;
+/// Largest RAM disk or RAM cache (the RAM block device's own limit); the memory rule
+/// (`crate::memory`) usually refuses far less.
+pub const RAM_BYTES_MAX: u64 = 1 << 48;
+/// Largest image file device (1 PiB).
+pub const DEVICE_BYTES_MAX: u64 = 1 << 50;
+/// Entries in `node.image_dirs`.
+pub const IMAGE_DIRS_MAX: usize = 64;
 
 /// Everything a node serves. See `docs/config.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,12 +70,23 @@ pub struct NodeSection {
     pub portals: Vec<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// More directories image files may live in (and below), besides `data_dir` (or, without
+    /// it, the directory holding `node.toml`). See [`NodeConfig::allowed_image_dirs`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_dirs: Vec<PathBuf>,
     /// Reactor cores; empty means "let the data plane choose".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cores: Vec<usize>,
     #[serde(default)]
     pub poll_mode: PollMode,
+    /// Memory budget per reactor for write buffers and unsent read data (default 256 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_budget: Option<Size>,
 }
+
+/// Smallest and largest accepted `node.mem_budget`.
+pub const MEM_BUDGET_MIN: u64 = 16 << 20;
+pub const MEM_BUDGET_MAX: u64 = 1 << 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -90,11 +108,16 @@ pub struct DeviceConfig {
     pub ram_size: Option<Size>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// For `file`: size to create (thick) when missing; optional for an existing file.
+    /// For `file`: the image's size (it must match the image and its identity record);
+    /// optional for an attached image. Loading a config never creates an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<Size>,
     #[serde(default)]
     pub read_only: bool,
+    /// `file` is a block device. Must be said explicitly: block devices are exempt from
+    /// `image_dirs`, so only an admin editing the config can hand one out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub block_device: bool,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
     #[serde(default)]
@@ -172,6 +195,7 @@ impl DeviceConfig {
             file: None,
             size: None,
             read_only: false,
+            block_device: false,
             block_size: default_block_size(),
             cache: CacheMode::None,
             cache_size: None,
@@ -292,6 +316,18 @@ impl NodeConfig {
     /// Reads, parses and validates a config file. Errors name the file, the key and the reason.
     pub fn load(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
         let path = path.as_ref();
+        let config = NodeConfig::load_unvalidated(path)?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file without the rules, so a caller can apply overrides
+    /// (e.g. `tandem-control --image-dir`) before it validates.
+    pub fn load_unvalidated(path: impl AsRef<Path>) -> Result<NodeConfig, ConfigError> {
+        let path = path.as_ref();
         let origin = path.display().to_string();
         let io_err = |source| ConfigError::Io {
             origin: origin.clone(),
@@ -306,11 +342,20 @@ impl NodeConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(io_err)?;
-        NodeConfig::from_toml_str(&text, &origin)
+        NodeConfig::parse_unvalidated(&text, &origin)
     }
 
     /// Parses and validates TOML text; `origin` names it in errors (a path, `"<api>"`, ...).
     pub fn from_toml_str(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
+        let config = NodeConfig::parse_unvalidated(text, origin)?;
+        config.validate().map_err(|errors| ConfigError::Invalid {
+            origin: origin.to_string(),
+            errors,
+        })?;
+        Ok(config)
+    }
+
+    fn parse_unvalidated(text: &str, origin: &str) -> Result<NodeConfig, ConfigError> {
         let deserializer = toml::Deserializer::new(text);
         let config: NodeConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
@@ -323,10 +368,6 @@ impl NodeConfig {
                 column: line_col.map(|(_, c)| c),
                 reason: inner.message().trim().to_string(),
             }
-        })?;
-        config.validate().map_err(|errors| ConfigError::Invalid {
-            origin: origin.to_string(),
-            errors,
         })?;
         Ok(config)
     }
@@ -359,8 +400,10 @@ impl NodeConfig {
                 name: "tandem".to_string(),
                 portals: vec![portal],
                 data_dir: None,
+                image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                mem_budget: None,
             },
             devices: vec![DeviceConfig::ram("ram0", 1 << 30)],
             targets: vec![TargetConfig::for_device("ram0", "ram0")],
@@ -375,8 +418,10 @@ impl NodeConfig {
                 name: name.to_string(),
                 portals,
                 data_dir: None,
+                image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                mem_budget: None,
             },
             devices: Vec::new(),
             targets: Vec::new(),
@@ -421,6 +466,19 @@ impl NodeConfig {
                     node.name
                 ),
             );
+        }
+        if let Some(b) = node.mem_budget {
+            if !(MEM_BUDGET_MIN..=MEM_BUDGET_MAX).contains(&b.bytes()) {
+                errs.add(
+                    "node.mem_budget".into(),
+                    format!(
+                        "{} is outside {} .. {}",
+                        format_size(b.bytes()),
+                        format_size(MEM_BUDGET_MIN),
+                        format_size(MEM_BUDGET_MAX)
+                    ),
+                );
+            }
         }
         if node.portals.is_empty() {
             errs.add(
@@ -468,13 +526,32 @@ impl NodeConfig {
             }
         }
         if let Some(dir) = &node.data_dir {
-            if !dir.is_absolute() {
-                errs.add(
-                    "node.data_dir".into(),
-                    format!("`{}` must be an absolute path", dir.display()),
-                );
+            if let Err(reason) = check_normal_path(dir) {
+                errs.add("node.data_dir".into(), reason);
             }
         }
+        if node.image_dirs.len() > IMAGE_DIRS_MAX {
+            errs.add(
+                "node.image_dirs".into(),
+                format!(
+                    "{} directories, at most {IMAGE_DIRS_MAX} allowed",
+                    node.image_dirs.len()
+                ),
+            );
+        }
+        for (i, dir) in node.image_dirs.iter().enumerate() {
+            if let Err(reason) = check_normal_path(dir) {
+                errs.add(format!("node.image_dirs[{i}]"), reason);
+            }
+        }
+        // Without `data_dir` the default image directory is the control data dir, which the
+        // text does not say: the control service and the data plane confine those paths.
+        let confined_to: Vec<&Path> = match &node.data_dir {
+            Some(dir) => std::iter::once(dir.as_path())
+                .chain(node.image_dirs.iter().map(PathBuf::as_path))
+                .collect(),
+            None => Vec::new(),
+        };
 
         // [[device]]
         if self.devices.len() > DEVICES_MAX {
@@ -512,8 +589,22 @@ impl NodeConfig {
             }
             let bs = u64::from(d.block_size);
             let check_size = |errs: &mut Problems, field: &str, size: Size| {
+                let max = if field == "size" {
+                    DEVICE_BYTES_MAX
+                } else {
+                    RAM_BYTES_MAX
+                };
                 if size.0 == 0 {
                     errs.add(key(field), "size must be greater than 0".into());
+                } else if size.0 > max {
+                    errs.add(
+                        key(field),
+                        format!(
+                            "{} is more than the largest supported, {}",
+                            format_size(size.0),
+                            format_size(max)
+                        ),
+                    );
                 } else if (bs == 512 || bs == 4096) && size.0 % bs != 0 {
                     errs.add(
                         key(field),
@@ -540,6 +631,12 @@ impl NodeConfig {
                 ),
                 (Some(size), None) => {
                     check_size(&mut errs, "ram_size", *size);
+                    if d.block_device {
+                        errs.add(
+                            key("block_device"),
+                            "a RAM disk is not a block device: drop `block_device`".into(),
+                        );
+                    }
                     if d.size.is_some() {
                         errs.add(
                             key("size"),
@@ -548,12 +645,14 @@ impl NodeConfig {
                     }
                 }
                 (None, Some(path)) => {
-                    if !path.is_absolute() {
-                        errs.add(
-                            key("file"),
-                            format!("`{}` must be an absolute path", path.display()),
-                        );
-                    } else if !files.insert(path.as_path()) {
+                    if let Err(reason) = check_normal_path(path) {
+                        errs.add(key("file"), reason);
+                    } else if !d.block_device && !confined_to.is_empty() {
+                        if let Err(reason) = check_confined(path, &confined_to) {
+                            errs.add(key("file"), reason);
+                        }
+                    }
+                    if path.is_absolute() && !files.insert(path.as_path()) {
                         errs.add(
                             key("file"),
                             format!("`{}` is already used by another device", path.display()),
@@ -716,6 +815,73 @@ impl NodeConfig {
             Err(ValidationErrors(errs.0))
         }
     }
+}
+
+impl NodeConfig {
+    /// Where image files may live (and below): `node.data_dir` (else `default_dir`, the
+    /// directory holding `node.toml`, i.e. the control data dir) and every `node.image_dirs`.
+    pub fn allowed_image_dirs(&self, default_dir: &Path) -> Vec<PathBuf> {
+        let home = self.node.data_dir.as_deref().unwrap_or(default_dir);
+        let mut dirs = vec![home.to_path_buf()];
+        dirs.extend(self.node.image_dirs.iter().cloned());
+        dirs
+    }
+
+    /// Bytes of RAM the node's RAM disks and caches take together (see `crate::memory`).
+    pub fn ram_bytes(&self) -> u64 {
+        self.devices.iter().map(DeviceConfig::ram_bytes).sum()
+    }
+}
+
+impl DeviceConfig {
+    /// Bytes of RAM this device takes: its RAM disk plus its cache.
+    pub fn ram_bytes(&self) -> u64 {
+        self.ram_size
+            .map_or(0, Size::bytes)
+            .saturating_add(self.effective_cache_size())
+    }
+}
+
+/// An absolute path in normal form: no `.` or `..` components, no `//` or trailing `/`, so
+/// what is stored is what is meant and two spellings of one file cannot both pass.
+pub fn check_normal_path(path: &Path) -> Result<(), String> {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return Err(format!("`{}` must be an absolute path", path.display()));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "`{}` contains `.` or `..`: write the path without them",
+            path.display()
+        ));
+    }
+    let rebuilt: PathBuf = path.components().collect();
+    if rebuilt.as_os_str() != path.as_os_str() {
+        return Err(format!(
+            "`{}` is not in normal form: write it as `{}`",
+            path.display(),
+            rebuilt.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `path` lies below one of `dirs` (compared by components, both in normal form).
+pub fn check_confined(path: &Path, dirs: &[&Path]) -> Result<(), String> {
+    if dirs.iter().any(|d| path.starts_with(d) && path != *d) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` is outside the image directories ({}); put images there or add a directory to `node.image_dirs`",
+        path.display(),
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 impl Chap {

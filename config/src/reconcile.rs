@@ -157,6 +157,13 @@ pub fn apply(config: &mut NodeConfig, request: &Request) -> bool {
             config.devices.push(d.clone());
             true
         }
+        Request::RetryDevice(d) => match config.device_mut(&d.name) {
+            Some(old) => {
+                *old = d.clone();
+                true
+            }
+            None => false,
+        },
         Request::RemoveDevice { name } => {
             let before = config.devices.len();
             config.devices.retain(|d| d.name != *name);

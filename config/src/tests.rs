@@ -509,3 +509,89 @@ fn server_rules() {
     );
     expect_invalid(&twice, "server[1].name", "listed twice");
 }
+
+/// Issue 13 (High 2): 4096TiB in `node.toml` is refused by validation with the key named, so
+/// it never reaches the data plane's RAM geometry (which divided by zero on it).
+#[test]
+fn huge_sizes_are_refused_before_the_data_plane() {
+    expect_invalid(
+        &with_device("name = \"r\"\nram_size = \"4096TiB\""),
+        "device[0].ram_size",
+        "more than the largest supported",
+    );
+    expect_invalid(
+        &with_device("name = \"d\"\nfile = \"/x.img\"\nsize = \"4096TiB\""),
+        "device[0].size",
+        "more than the largest supported",
+    );
+    expect_invalid(
+        &with_device(
+            "name = \"r\"\nram_size = \"1GiB\"\ncache = \"write-back\"\ncache_size = \"4096TiB\"",
+        ),
+        "device[0].cache_size",
+        "more than the largest supported",
+    );
+    assert!(parse(&with_device("name = \"r\"\nram_size = \"1GiB\"")).is_ok());
+}
+
+/// Issue 13 (Medium 5, 7): `..`, `.` and doubled slashes are never stored, and with image
+/// directories configured an image outside them is refused.
+#[test]
+fn image_paths_are_normal_and_confined() {
+    expect_invalid(
+        &with_device("name = \"d\"\nfile = \"/x/img/../img/victim.bin\""),
+        "device[0].file",
+        "`.` or `..`",
+    );
+    expect_invalid(
+        &with_device("name = \"d\"\nfile = \"/x/./v.img\""),
+        "device[0].file",
+        "normal form",
+    );
+    expect_invalid(
+        &with_device("name = \"d\"\nfile = \"/x//v.img\""),
+        "device[0].file",
+        "normal form",
+    );
+    let confined = |file: &str, extra: &str| {
+        format!(
+            "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\ndata_dir = \"/var/lib/tandem\"\nimage_dirs = [\"/srv/img\"]\n[[device]]\nname = \"d\"\nfile = \"{file}\"\n{extra}"
+        )
+    };
+    assert!(parse(&confined("/srv/img/d.img", "")).is_ok());
+    assert!(parse(&confined("/srv/img/sub/d.img", "")).is_ok());
+    assert!(parse(&confined("/var/lib/tandem/d.img", "")).is_ok());
+    expect_invalid(
+        &confined("/etc/x.img", ""),
+        "device[0].file",
+        "outside the image directories",
+    );
+    expect_invalid(
+        &confined("/srv/img2/x.img", ""),
+        "device[0].file",
+        "outside the image directories",
+    );
+    // Block devices are exempt only when flagged as such.
+    assert!(parse(&confined("/dev/sdb", "block_device = true")).is_ok());
+    expect_invalid(
+        &with_device("name = \"r\"\nram_size = \"1GiB\"\nblock_device = true"),
+        "device[0].block_device",
+        "not a block device",
+    );
+    // data_dir confines when image_dirs is not given; `..` is refused there too.
+    let text = "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\ndata_dir = \"/var/lib/tandem\"\n[[device]]\nname = \"d\"\nfile = \"/etc/x.img\"\n";
+    expect_invalid(text, "device[0].file", "outside the image directories");
+    expect_invalid(
+        "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\nimage_dirs = [\"/srv/../etc\"]\n",
+        "node.image_dirs[0]",
+        "`..`",
+    );
+    let c = parse(&confined("/srv/img/d.img", "")).unwrap();
+    assert_eq!(
+        c.allowed_image_dirs(std::path::Path::new("/default")),
+        vec![
+            std::path::PathBuf::from("/var/lib/tandem"),
+            std::path::PathBuf::from("/srv/img")
+        ]
+    );
+}

@@ -28,6 +28,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/devices", get(list_devices).post(create_device))
         .route("/devices/:name", get(show_device).delete(remove_device))
         .route("/devices/:name/extend", post(extend_device))
+        .route("/devices/:name/rebind", post(rebind_device))
         .route("/devices/:name/cache", put(set_cache))
         .route("/jobs/:id", get(show_job))
         .route("/targets", get(list_targets).post(create_target))
@@ -173,6 +174,17 @@ async fn extend_device(
     }))
 }
 
+async fn rebind_device(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeviceCreated>> {
+    let applied = node.rebind_device(&name).await?;
+    Ok(Json(DeviceCreated {
+        device: node.get_device(&name).await?,
+        dataplane: applied,
+    }))
+}
+
 async fn set_cache(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
@@ -186,7 +198,9 @@ async fn set_cache(
                 .ok_or_else(|| crate::service::no_device(&name))?;
             d.cache = req.cache;
             d.cache_size = req.cache_size;
-            Ok(())
+            // A bigger cache takes more memory: the memory rule (docs/operations.md).
+            let old = node.config_snapshot();
+            crate::image_guard::check_ram(&old, c)
         })
         .await?;
     Ok(Json(DeviceCreated {

@@ -41,6 +41,10 @@ pub struct DeviceCreate {
     /// Do not create a target for the device.
     #[serde(default)]
     pub no_target: bool,
+    /// `file` is a block device (never assumed: block devices are exempt from the image
+    /// directories).
+    #[serde(default)]
+    pub block_device: bool,
 }
 
 /// Where a change stands in the data plane.
@@ -81,6 +85,9 @@ pub struct DeviceInfo {
     /// Data plane state (`online`, ...), `creating` while its image is built, `pending` when
     /// the data plane is not connected.
     pub state: String,
+    /// Why a `failed` device is not served, and what to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub sessions: u32,
 }
 

@@ -8,6 +8,7 @@ pub mod api_types;
 pub mod client;
 pub mod error;
 pub mod image;
+pub mod image_guard;
 pub mod ipc_client;
 pub mod metrics;
 pub mod server;

@@ -20,6 +20,8 @@ pub struct Options {
     pub node_name: Option<String>,
     /// None: run without a data plane (API and persistence only).
     pub dataplane_bin: Option<PathBuf>,
+    /// Replaces `node.image_dirs` when not empty.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// The host name if it is a valid node name.
@@ -55,10 +57,11 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
         .map_err(|e| format!("cannot create data dir {}: {e}", opts.data_dir.display()))?;
     remove_stale_temps(&opts.data_dir);
     let path = opts.data_dir.join("node.toml");
+    let fix = "fix the file (or move it away to start empty) and start again";
     let mut config = if path.exists() {
-        NodeConfig::load(&path).map_err(|e| {
-            format!("{e}\nfix the file (or move it away to start empty) and start again")
-        })?
+        // Overrides apply before the rules: `--image-dir` can admit images that an older
+        // node.toml keeps outside the data dir.
+        NodeConfig::load_unvalidated(&path).map_err(|e| format!("{e}\n{fix}"))?
     } else {
         let name = opts
             .node_name
@@ -76,6 +79,16 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
     if !opts.portals.is_empty() {
         config.node.portals = opts.portals.clone();
     }
+    if !opts.image_dirs.is_empty() {
+        config.node.image_dirs = opts.image_dirs.clone();
+    }
+    config.validate().map_err(|errors| {
+        let e = tandem_config::ConfigError::Invalid {
+            origin: path.display().to_string(),
+            errors,
+        };
+        format!("{e}\n{fix}")
+    })?;
     if !path.exists() || NodeConfig::load(&path).ok().as_ref() != Some(&config) {
         config.save(&path).map_err(|e| e.to_string())?;
     }
@@ -85,12 +98,30 @@ pub fn prepare(opts: &Options) -> Result<(NodeConfig, String), String> {
     Ok((config, token))
 }
 
+/// The API speaks plain HTTP: beyond loopback the token and CHAP secrets cross the network
+/// in the clear, so say so (issue 13, Low 15).
+pub fn api_exposure_warning(api: SocketAddr) -> Option<String> {
+    (!api.ip().is_loopback()).then(|| {
+        format!(
+            "--api {api} is reachable beyond this machine over plain HTTP: the token and CHAP \
+             secrets cross the network unencrypted; listen on 127.0.0.1 and put a TLS reverse \
+             proxy in front (docs/operations.md)"
+        )
+    })
+}
+
 /// Runs until `shutdown` fires: API server plus data plane supervisor.
 pub async fn run(
     opts: Options,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let (config, token) = prepare(&opts)?;
+    // No create runs yet: any `.NAME.partial` is from one a crash interrupted (issue 13, 12).
+    crate::image_guard::clean_partials(&crate::image_guard::partial_dirs(&config, &opts.data_dir));
+    if let Some(warning) = api_exposure_warning(opts.api) {
+        tracing::warn!(api = %opts.api, "{warning}");
+        eprintln!("tandem-control: warning: {warning}");
+    }
     let listener = tokio::net::TcpListener::bind(opts.api)
         .await
         .map_err(|e| format!("cannot listen on {} for the API: {e}", opts.api))?;
@@ -136,4 +167,27 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_beyond_loopback_is_warned_about() {
+        for quiet in ["127.0.0.1:3261", "127.0.1.5:3261", "[::1]:3261"] {
+            assert_eq!(
+                api_exposure_warning(quiet.parse().unwrap()),
+                None,
+                "{quiet}"
+            );
+        }
+        for loud in ["0.0.0.0:3261", "10.1.2.3:3261", "[::]:3261"] {
+            let w = api_exposure_warning(loud.parse().unwrap()).unwrap();
+            assert!(
+                w.contains("plain HTTP") && w.contains("reverse proxy"),
+                "{w}"
+            );
+        }
+    }
 }

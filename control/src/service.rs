@@ -25,7 +25,9 @@ use tokio::sync::{Mutex, MutexGuard, Notify};
 use crate::api_types::*;
 use crate::error::ApiError;
 use crate::image;
+use crate::image_guard;
 use crate::ipc_client::{CallError, IpcClient};
+use tandem_config::image_id::{self, ImageRecord};
 
 /// How long a Status or Stats query may take.
 const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -118,6 +120,11 @@ impl Node {
 
     /// The configuration as last saved.
     pub async fn config(&self) -> NodeConfig {
+        NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The configuration as last saved, without waiting (for checks inside a change).
+    pub fn config_snapshot(&self) -> NodeConfig {
         NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -297,7 +304,7 @@ impl Node {
             Backing::File { path, size_bytes } => ("file", Some(path.to_path_buf()), size_bytes),
         };
         let size_bytes = configured
-            .or(dp_dev.map(|x| x.size_bytes))
+            .or(dp_dev.map(|x| x.size_bytes).filter(|s| *s > 0))
             .or_else(|| {
                 file.as_ref()
                     .and_then(|f| std::fs::metadata(f).ok())
@@ -317,6 +324,7 @@ impl Node {
                     .sum()
             })
             .unwrap_or(0);
+        let error = dp_dev.and_then(|x| x.error.clone());
         let state = match (dp_dev, dp) {
             (Some(x), _) => x.state.clone(),
             (None, Some(_)) => "missing".to_string(),
@@ -335,6 +343,7 @@ impl Node {
             identity_seed: d.effective_identity_seed(node),
             targets: targets.iter().map(|t| t.iqn(node)).collect(),
             state,
+            error,
             sessions,
         }
     }
@@ -361,6 +370,7 @@ impl Node {
                     identity_seed: String::new(),
                     targets: vec![],
                     state: "creating".into(),
+                    error: None,
                     sessions: 0,
                 });
             }
@@ -416,6 +426,17 @@ impl Node {
                     path.display()
                 )));
             }
+            if req.block_device {
+                if req.size.is_some() {
+                    return Err(ApiError::bad_request(
+                        "a block device is attached, not created: drop `size`",
+                    ));
+                }
+                tandem_config::check_normal_path(&path).map_err(ApiError::bad_request)?;
+            } else {
+                image_guard::confine(&path, &config.allowed_image_dirs(&self.data_dir))?;
+            }
+            image_guard::check_kind(&path, req.block_device)?;
             match (std::fs::metadata(&path), req.size) {
                 (Ok(_), Some(_)) => {
                     return Err(ApiError::conflict(format!(
@@ -433,6 +454,7 @@ impl Node {
                     build_image = true;
                 }
                 (Ok(meta), None) => {
+                    image_guard::unique_file(config, &path, &req.name)?;
                     if !(meta.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())) {
                         return Err(ApiError::bad_request(format!("{} is not a regular file or block device", path.display())));
                     }
@@ -455,6 +477,7 @@ impl Node {
             }
             device.file = Some(path);
             device.size = req.size;
+            device.block_device = req.block_device;
         }
         device.read_only = req.read_only;
         if let Some(bs) = req.block_size {
@@ -476,6 +499,7 @@ impl Node {
         candidate.devices.push(device.clone());
         candidate.targets.extend(target.clone());
         candidate.validate().map_err(ApiError::invalid)?;
+        image_guard::check_ram(config, &candidate)?;
         Ok((device, target, build_image))
     }
 
@@ -513,7 +537,17 @@ impl Node {
         }
         let (device, target, build_image) = self.plan_create(&config, &req)?;
         if !build_image {
-            let applied = self.change(|c| Self::add_to(c, &device, &target)).await?;
+            // Attaching is the explicit step that binds an existing image to this device.
+            let wrote_record = bind_existing(&device, &config.node.name)?;
+            let applied = match self.change(|c| Self::add_to(c, &device, &target)).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if let (Some(path), true) = (&device.file, wrote_record) {
+                        let _ = std::fs::remove_file(image_id::record_path(path));
+                    }
+                    return Err(e);
+                }
+            };
             let config = self.config().await;
             let dp = self.dataplane_status().await;
             let info = self.device_info(
@@ -527,6 +561,11 @@ impl Node {
             }));
         }
         let total = device.size.map_or(0, |s| s.bytes());
+        let record = ImageRecord::new(
+            &device.effective_identity_seed(&config.node.name),
+            device.block_size,
+            total,
+        );
         let done = Arc::new(AtomicU64::new(0));
         let info = {
             let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -559,9 +598,19 @@ impl Node {
         let id = info.id;
         tokio::spawn(async move {
             let path = device.file.clone().unwrap_or_default();
+            // Order for crash safety: the image is built under a temporary name and renamed,
+            // then bound (identity record), then the config is saved. A crash before the save
+            // leaves no device (an orphan image that `attach` can take, or a temporary that
+            // the next start removes); after it, the device with its image.
             let build = {
                 let (path, done) = (path.clone(), done.clone());
-                tokio::task::spawn_blocking(move || image::create_thick(&path, total, &done)).await
+                tokio::task::spawn_blocking(move || {
+                    image::create_thick(&path, total, &done)?;
+                    image_id::write(&path, &record).inspect_err(|_| {
+                        let _ = std::fs::remove_file(&path);
+                    })
+                })
+                .await
             };
             let result = match build {
                 Ok(Ok(())) => node
@@ -570,6 +619,7 @@ impl Node {
                     .map(|_| ())
                     .map_err(|e| {
                         let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_file(image_id::record_path(&path));
                         e.message
                     }),
                 Ok(Err(e)) => Err(format!("creating {}: {e}", path.display())),
@@ -600,6 +650,7 @@ impl Node {
     pub async fn extend_device(&self, name: &str, new_size: u64) -> Result<Applied, ApiError> {
         let mut st = self.state.lock().await;
         let mut new = st.config.clone();
+        let node_name = new.node.name.clone();
         let d = new.device_mut(name).ok_or_else(|| no_device(name))?;
         if d.read_only {
             return Err(ApiError::conflict(format!(
@@ -625,19 +676,168 @@ impl Node {
                 d.block_size
             )));
         }
-        if let Some(path) = d.file.clone() {
+        let Some(path) = d.file.clone() else {
+            d.ram_size = Some(tandem_config::Size(new_size));
+            image_guard::check_ram(&st.config, &new)?;
+            return self.commit(&mut st, new).await;
+        };
+        if d.block_device {
             d.size = Some(tandem_config::Size(new_size));
             new.validate().map_err(ApiError::invalid)?;
-            let grown = tokio::task::spawn_blocking(move || {
+            return self.commit(&mut st, new).await;
+        }
+        let (seed, block_size) = (d.effective_identity_seed(&node_name), d.block_size);
+        // Only an image that is verifiably this device's may be grown (and re-recorded).
+        image_id::verify(
+            &path,
+            &image_id::Expected {
+                device: name,
+                identity_seed: &seed,
+                block_size,
+                size_bytes: d.size.map(tandem_config::Size::bytes),
+            },
+        )
+        .map_err(|e| ApiError::conflict(format!("device `{name}` cannot be extended: {e}")))?;
+        d.size = Some(tandem_config::Size(new_size));
+        new.validate().map_err(ApiError::invalid)?;
+        // Crash-safe order (issue 13, High 3): record the intent in the identity record,
+        // grow the file, commit the config (the commit point), then clear the intent. A
+        // restart in between finishes the extend if the config has the new size, or cuts
+        // the never-served tail off if it does not (`tandem_config::image_id::verify`).
+        let mut record = ImageRecord::new(&seed, block_size, current);
+        record.pending_size_blocks = new_size / u64::from(block_size);
+        {
+            let (p, record) = (path.clone(), record.clone());
+            tokio::task::spawn_blocking(move || image_id::write(&p, &record))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| {
+                    ApiError::internal(format!(
+                        "recording the extend in {}: {e}; nothing was changed",
+                        image_id::record_path(&path).display()
+                    ))
+                })?;
+        }
+        let undo = |path: PathBuf, record: ImageRecord| async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                let cut = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_len(record.size_bytes()));
+                let mut clean = record;
+                clean.pending_size_blocks = 0;
+                cut.and_then(|()| image_id::write(&path, &clean))
+            })
+            .await;
+        };
+        let grown = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
                 image::grow_thick(&path, new_size, &AtomicU64::new(0))
             })
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            grown.map_err(|e| ApiError::internal(format!("growing the image: {e}")))?;
-        } else {
-            d.ram_size = Some(tandem_config::Size(new_size));
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        if let Err(e) = grown {
+            undo(path, record).await;
+            return Err(ApiError::internal(format!(
+                "growing the image: {e}; the device keeps its size"
+            )));
         }
-        self.commit(&mut st, new).await
+        match self.commit(&mut st, new).await {
+            Ok(applied) => {
+                let mut done = record;
+                done.size_blocks = done.pending_size_blocks;
+                done.pending_size_blocks = 0;
+                let p = path.clone();
+                let written = tokio::task::spawn_blocking(move || image_id::write(&p, &done)).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    // The config is committed: the next start completes the record.
+                    tracing::warn!(path = %path.display(), "could not clear the extend intent; the next start completes it");
+                }
+                Ok(applied)
+            }
+            Err(e) => {
+                // The config was restored by commit; undo the file too unless the new size
+                // reached node.toml (then the next start completes it).
+                if st.config.device(name).and_then(|d| d.size)
+                    != Some(tandem_config::Size(new_size))
+                {
+                    undo(path, record).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-binds a device's image as it is now (writes a new identity record from the config
+    /// and the file's size) and opens it again: the documented way back from a missing or
+    /// mismatched identity record, after the admin has made sure the file is the right one.
+    pub async fn rebind_device(&self, name: &str) -> Result<Applied, ApiError> {
+        let mut st = self.state.lock().await;
+        let mut new = st.config.clone();
+        let node_name = new.node.name.clone();
+        let d = new.device_mut(name).ok_or_else(|| no_device(name))?;
+        let Some(path) = d.file.clone() else {
+            return Err(ApiError::bad_request(format!(
+                "device `{name}` is a RAM disk; there is no image to bind"
+            )));
+        };
+        if d.block_device {
+            return Err(ApiError::bad_request(format!(
+                "device `{name}` is a block device; block devices carry no identity record"
+            )));
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            ApiError::conflict(format!(
+                "cannot bind {}: {e}; restore the image first (it is never recreated)",
+                path.display()
+            ))
+        })?;
+        let bs = u64::from(d.block_size);
+        if !meta.is_file() || meta.len() == 0 || meta.len() % bs != 0 {
+            return Err(ApiError::bad_request(format!(
+                "{} is not a regular file of a non-zero multiple of {bs} bytes",
+                path.display()
+            )));
+        }
+        if d.size.is_some() {
+            d.size = Some(tandem_config::Size(meta.len()));
+        }
+        let device = d.clone();
+        new.validate().map_err(ApiError::invalid)?;
+        image_guard::confine(&path, &new.allowed_image_dirs(&self.data_dir))?;
+        image_guard::unique_file(&new, &path, name)?;
+        let record = ImageRecord::new(
+            &device.effective_identity_seed(&node_name),
+            device.block_size,
+            meta.len(),
+        );
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || image_id::write(&p, &record))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("writing the identity record: {e}")))?;
+        tracing::warn!(device = %name, path = %path.display(), bytes = meta.len(), "image re-bound by the admin");
+        if new != st.config {
+            save(&self.config_path, &new).await?;
+            st.config = new.clone();
+            self.publish(&new);
+        }
+        if !self.dataplane_enabled {
+            return Ok(Applied::Disabled);
+        }
+        let mut ipc = self.ipc.lock().await;
+        let (Some(applied), Some(client)) = (st.applied.as_mut(), ipc.as_mut()) else {
+            return Ok(Applied::Pending);
+        };
+        let request = tandem_config::ipc::Request::RetryDevice(device);
+        client
+            .call_ok(request.clone())
+            .await
+            .map_err(ApiError::dataplane)?;
+        apply(applied, &request);
+        Ok(Applied::Applied)
     }
 
     /// Removes a device and its targets (a target with other LUNs keeps them). Refused with
@@ -702,6 +902,56 @@ pub fn no_target(iqn: &str) -> ApiError {
     ApiError::not_found(format!(
         "no target with IQN `{iqn}`; `tandem target list` shows them"
     ))
+}
+
+/// Binds an existing regular file to `device` for an attach: writes its identity record if it
+/// has none; keeps a record that already says the same; refuses one for another identity.
+/// Returns whether a record was written.
+fn bind_existing(device: &DeviceConfig, node_name: &str) -> Result<bool, ApiError> {
+    let Some(path) = device.file.as_deref() else {
+        return Ok(false);
+    };
+    if device.block_device {
+        return Ok(false);
+    }
+    let len = std::fs::metadata(path)
+        .map_err(|e| ApiError::bad_request(format!("cannot attach {}: {e}", path.display())))?
+        .len();
+    let seed = device.effective_identity_seed(node_name);
+    let rec_path = image_id::record_path(path);
+    match image_id::read(path) {
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot read {}: {e}",
+            rec_path.display()
+        ))),
+        Ok(None) => {
+            image_id::write(path, &ImageRecord::new(&seed, device.block_size, len)).map_err(
+                |e| ApiError::internal(format!("writing {}: {e}", rec_path.display())),
+            )?;
+            Ok(true)
+        }
+        Ok(Some(Ok(r))) if r.identity_seed == seed && r.block_size == device.block_size => {
+            // Same identity: attaching binds the file as it is now (its size and inode).
+            image_id::write(path, &ImageRecord::new(&seed, device.block_size, len)).map_err(
+                |e| ApiError::internal(format!("writing {}: {e}", rec_path.display())),
+            )?;
+            Ok(false)
+        }
+        Ok(Some(Ok(r))) => Err(ApiError::conflict(format!(
+            "{} binds this image to identity `{}` ({} bytes, block size {}); attach it with `--identity-seed {}` \
+             to keep that identity, or delete {} to bind it anew",
+            rec_path.display(),
+            r.identity_seed,
+            r.size_bytes(),
+            r.block_size,
+            r.identity_seed,
+            rec_path.display()
+        ))),
+        Ok(Some(Err(e))) => Err(ApiError::conflict(format!(
+            "{} {e}; delete it to bind the image anew",
+            rec_path.display()
+        ))),
+    }
 }
 
 /// Saves off the async threads.

@@ -13,6 +13,9 @@ fn start(dir: &std::path::Path) -> Control {
     Control::start(
         &dir.join("data"),
         &[
+            // The tests keep images beside the data dir (issue 13: images are confined).
+            "--image-dir",
+            dir.to_str().unwrap(),
             "--no-dataplane",
             "--node-name",
             "n1",
@@ -92,6 +95,7 @@ fn bad_requests_get_precise_4xx() {
     let c = start(dir.path());
     let t = c.token();
     let post = |path: &str, body: &str| c.http("POST", path, Some(&t), Some(body));
+    let root = dir.path().display().to_string();
     let cases: Vec<(u16, (u16, String), &str)> = vec![
         (
             400,
@@ -145,17 +149,59 @@ fn bad_requests_get_precise_4xx() {
             400,
             post(
                 "/api/v1/devices",
-                r#"{"name":"d","file":"/nonexistent/x.img"}"#,
+                &format!(r#"{{"name":"d","file":"{root}/x.img"}}"#),
             ),
-            "cannot attach /nonexistent/x.img",
+            "/x.img: No such file",
         ),
         (
             400,
             post(
                 "/api/v1/devices",
-                r#"{"name":"d","size":"1MiB","location":"/nonexistent"}"#,
+                &format!(r#"{{"name":"d","size":"1MiB","location":"{root}/nonexistent"}}"#),
             ),
-            "directory /nonexistent does not exist",
+            "nonexistent is not usable",
+        ),
+        // Issue 13 (Medium 7): images are confined; `..` is never stored.
+        (
+            400,
+            post(
+                "/api/v1/devices",
+                r#"{"name":"d","size":"1MiB","file":"/etc/x.img"}"#,
+            ),
+            "outside the image directories",
+        ),
+        (
+            400,
+            post(
+                "/api/v1/devices",
+                &format!(r#"{{"name":"d","size":"1MiB","file":"{root}/../../etc/x.img"}}"#),
+            ),
+            "contains `.` or `..`",
+        ),
+        (
+            400,
+            post(
+                "/api/v1/devices",
+                &format!(r#"{{"name":"d","size":"1MiB","location":"{root}/../../etc"}}"#),
+            ),
+            "contains `.` or `..`",
+        ),
+        // Issue 13 (High 2, Medium 8): absurd and over-memory RAM disks are refused.
+        (
+            422,
+            post(
+                "/api/v1/devices",
+                r#"{"name":"r1","ram":true,"size":"4096TiB"}"#,
+            ),
+            "more than the largest supported",
+        ),
+        (
+            400,
+            post(
+                "/api/v1/devices",
+                r#"{"name":"r1","ram":true,"size":"200TiB"}"#,
+            ),
+            "over the limit",
         ),
         (
             404,

@@ -35,6 +35,9 @@ fn start_node(dir: tempfile::TempDir, portal: &str) -> Node {
     let control = Control::start(
         &dir.path().join("data"),
         &[
+            // The tests keep images beside the data dir (issue 13: images are confined).
+            "--image-dir",
+            dir.path().to_str().unwrap(),
             "--node-name",
             "n1",
             "--portal",

@@ -17,6 +17,8 @@ use tandem_config::NodeConfig;
 #[derive(Clone)]
 pub struct NodeContext {
     pub config: NodeConfig,
+    /// The directory of the config file (default image directory).
+    pub config_dir: PathBuf,
 }
 
 pub struct ControlLink {
@@ -115,16 +117,17 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
         Request::Status => Response::Status(status(server)),
         Request::Stats => Response::Stats(stats(server)),
         Request::AddDevice(d) => {
-            live(server.add_device(&config_spec::device_spec(&ctx.config, &d)))
+            live(server.add_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
         }
         Request::RemoveDevice { name } => live(server.remove_device(&name)),
+        Request::RetryDevice(d) => {
+            live(server.retry_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
+        }
         Request::ExtendDevice {
             name,
             new_size_bytes,
         } => live(server.extend_device(&name, new_size_bytes)),
-        Request::SetCacheMode { name, cache, .. } => {
-            live(server.set_cache_mode(&name, config_spec::cache_mode(cache)))
-        }
+        Request::SetCacheMode { name, cache, .. } => live(server.set_cache_mode(&name, cache)),
         Request::AddTarget(t) => {
             live(server.add_target(&config_spec::target_spec(&ctx.config, &t)))
         }
@@ -142,7 +145,25 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
 }
 
 pub fn status(server: &Server) -> StatusReport {
-    let devices = server
+    let failed: Vec<DeviceStatus> = server
+        .failed
+        .lock()
+        .iter()
+        .map(|f| DeviceStatus {
+            name: f.spec.name.clone(),
+            block_size: f.spec.block_size,
+            read_only: f.spec.read_only,
+            cache: match f.spec.cache {
+                tandem_bdev::CacheMode::None => tandem_config::CacheMode::None,
+                tandem_bdev::CacheMode::WriteThrough => tandem_config::CacheMode::WriteThrough,
+                tandem_bdev::CacheMode::WriteBack => tandem_config::CacheMode::WriteBack,
+            },
+            state: "failed".into(),
+            error: Some(f.reason.clone()),
+            ..Default::default()
+        })
+        .collect();
+    let mut devices: Vec<DeviceStatus> = server
         .devices
         .lock()
         .iter()
@@ -153,16 +174,14 @@ pub fn status(server: &Server) -> StatusReport {
                 size_bytes: d.lu.num_blocks() * d.lu.block_size() as u64,
                 block_size: d.lu.block_size(),
                 read_only: info.read_only,
-                cache: match info.cache {
-                    tandem_bdev::CacheMode::None => tandem_config::CacheMode::None,
-                    tandem_bdev::CacheMode::WriteThrough => tandem_config::CacheMode::WriteThrough,
-                    tandem_bdev::CacheMode::WriteBack => tandem_config::CacheMode::WriteBack,
-                },
+                cache: info.cache,
                 cache_dirty_bytes: 0,
                 state: "online".into(),
+                error: None,
             }
         })
         .collect();
+    devices.extend(failed);
     let targets = server
         .shared
         .registry

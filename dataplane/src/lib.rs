@@ -2,6 +2,7 @@
 //! devices. See `docs/architecture.md` for the PDU path.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod config_spec;
 pub mod conn;
 pub mod control_link;

@@ -95,9 +95,31 @@ struct ServeArgs {
     /// Close the connection when a ping stays unanswered this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 15)]
     nop_timeout: u64,
-    /// CHAP user name the initiator must present (with --chap-secret).
-    #[arg(long, requires = "chap_secret")]
+    /// A connection must finish login within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    login_timeout: u64,
+    /// Connections from one address that may be logging in at once (a newer one closes the
+    /// oldest).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    prelogin_per_addr: usize,
+    /// Memory budget per reactor for write buffers and unsent read data (e.g. 256MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    mem_budget: String,
+    /// CHAP user name the initiator must present (with a secret from --chap-secret-file,
+    /// TANDEM_CHAP_SECRET or --chap-secret).
+    #[arg(long)]
     chap_user: Option<String>,
+    /// File holding the CHAP secret (trailing newline ignored); preferred: unlike the
+    /// command line, it is not visible to other local users.
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "chap_user",
+        conflicts_with = "chap_secret"
+    )]
+    chap_secret_file: Option<PathBuf>,
+    /// The CHAP secret itself. Visible to every local user in the process list: prefer
+    /// --chap-secret-file or the TANDEM_CHAP_SECRET environment variable.
     #[arg(long, requires = "chap_user")]
     chap_secret: Option<String>,
     /// Allow only this initiator IQN (repeatable; default: everyone).
@@ -174,6 +196,46 @@ fn parse_size(s: &str) -> Result<u64, String> {
     tandem_config::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// The CHAP secret from --chap-secret-file, else TANDEM_CHAP_SECRET, else --chap-secret (with
+/// a warning: the command line is visible to every local user). Lengths follow the config
+/// rule (12-255 bytes).
+fn chap_secret(a: &ServeArgs) -> Result<Option<String>, String> {
+    let secret = if let Some(path) = &a.chap_secret_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--chap-secret-file {}: {e}", path.display()))?;
+        Some(text.trim_end_matches(['\n', '\r']).to_string())
+    } else if let Some(s) = std::env::var("TANDEM_CHAP_SECRET")
+        .ok()
+        .filter(|_| a.chap_secret.is_none())
+    {
+        Some(s)
+    } else if let Some(s) = &a.chap_secret {
+        eprintln!(
+            "tandem-dataplane: warning: --chap-secret is visible to every local user (ps, /proc); \
+             use --chap-secret-file FILE or TANDEM_CHAP_SECRET"
+        );
+        Some(s.clone())
+    } else {
+        None
+    };
+    if a.chap_user.is_none() {
+        return Ok(None);
+    }
+    if let Some(s) = &secret {
+        let (min, max) = (
+            tandem_config::CHAP_SECRET_LEN_MIN,
+            tandem_config::CHAP_SECRET_LEN_MAX,
+        );
+        if !(min..=max).contains(&s.len()) {
+            return Err(format!(
+                "the CHAP secret is {} bytes; use {min}-{max} (12-16 works with every initiator)",
+                s.len()
+            ));
+        }
+    }
+    Ok(secret)
+}
+
 fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
     let backing = match (&a.ram, &a.file) {
         (Some(r), None) => Backing::Ram {
@@ -197,20 +259,33 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
         .map(parse_size)
         .transpose()?
         .unwrap_or(256 << 20);
+    // The command line names the device itself, so a block device needs no extra flag.
+    let is_block_device = match &backing {
+        Backing::File { path, .. } => std::fs::metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type())),
+        Backing::Ram { .. } => false,
+    };
     let pr_state_path = match &backing {
-        Backing::File { path, .. } => Some(path.with_extension("pr")),
+        Backing::File { path, .. } => Some(tandem_dataplane::config_spec::pr_state_beside(path)),
         Backing::Ram { .. } => None,
     };
     let iqn = a
         .iqn
         .clone()
         .unwrap_or_else(|| format!("iqn.2026-11.io.tandem:{}-{}", a.node, a.alias));
-    let auth = match (a.chap_user, a.chap_secret) {
+    let secret = chap_secret(&a)?;
+    let auth = match (a.chap_user, secret) {
         (Some(username), Some(secret)) => AuthPolicy::Chap {
             username,
             secret,
             mutual: None,
         },
+        (Some(_), None) => {
+            return Err(
+                "--chap-user needs a secret: --chap-secret-file FILE, TANDEM_CHAP_SECRET, or --chap-secret"
+                    .into(),
+            )
+        }
         _ => AuthPolicy::None,
     };
     Ok(NodeSpec {
@@ -227,6 +302,11 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
                 .identity_seed
                 .unwrap_or_else(|| format!("{}-{}", a.node, a.alias)),
             pr_state_path,
+            // The command line names the file and, with --size, asks for it to be created.
+            verify_identity: false,
+            create_if_missing: true,
+            image_dirs: Vec::new(),
+            block_device: is_block_device,
         }],
         targets: vec![TargetSpec {
             iqn,
@@ -250,7 +330,9 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             nop_interval: (a.nop_interval > 0)
                 .then(|| std::time::Duration::from_secs(a.nop_interval)),
             nop_timeout: std::time::Duration::from_secs(a.nop_timeout.max(1)),
-            ..Default::default()
+            login_timeout: std::time::Duration::from_secs(a.login_timeout.max(1)),
+            prelogin_per_addr: a.prelogin_per_addr.max(1),
+            mem_budget_bytes: parse_size(&a.mem_budget)?,
         },
     })
 }
@@ -265,11 +347,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let mut node_config: Option<tandem_config::NodeConfig> = None;
+    let mut config_dir = std::path::PathBuf::from(".");
+    let serve_mode = matches!(cli.command, Some(Command::Serve(_)));
     let spec = match (cli.command, cli.config) {
         (Some(Command::Serve(a)), None) => serve_spec(a),
         (None, Some(path)) => match tandem_config::NodeConfig::load(&path) {
             Ok(cfg) => {
-                let spec = tandem_dataplane::config_spec::node_spec(&cfg);
+                config_dir = tandem_dataplane::config_spec::config_dir(&path);
+                let spec = tandem_dataplane::config_spec::node_spec(&cfg, &config_dir);
                 node_config = Some(cfg);
                 Ok(spec)
             }
@@ -283,7 +368,7 @@ fn main() -> ExitCode {
             tracing::info!(
                 "no --config given: serving the embedded default (RAM disk on 127.0.0.1:3260)"
             );
-            let spec = tandem_dataplane::config_spec::node_spec(&cfg);
+            let spec = tandem_dataplane::config_spec::node_spec(&cfg, &config_dir);
             node_config = Some(cfg);
             Ok(spec)
         }
@@ -311,12 +396,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if serve_mode {
+        // `serve` exports exactly one device: without it there is nothing to serve.
+        if let Some(f) = server.failed.lock().first() {
+            eprintln!("tandem-dataplane: device {}: {}", f.spec.name, f.reason);
+            server.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     let control = match cli.control_socket {
         Some(p) => {
             let ctx = tandem_dataplane::control_link::NodeContext {
                 config: node_config.unwrap_or_else(|| {
                     tandem_config::NodeConfig::empty("tandem", server.portals.clone())
                 }),
+                config_dir,
             };
             match tandem_dataplane::control_link::spawn(p.clone(), server.clone(), ctx) {
                 Ok(c) => Some(c),

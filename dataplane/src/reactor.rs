@@ -78,13 +78,19 @@ fn poll_stacks(stacks: &[UserspaceStack], now: Instant) -> usize {
     stacks.iter().map(|s| s.poll(now)).sum()
 }
 
-/// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer (at least
-/// 1 ms: timers already due ran while the reactor spun before sleeping).
-fn sleep_timeout(stacks: &[UserspaceStack], now: Instant) -> EpollTimeout {
+/// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer or
+/// connection deadline (a parked task's retry); at least 1 ms: timers already due ran while
+/// the reactor spun before sleeping.
+fn sleep_timeout(
+    stacks: &[UserspaceStack],
+    conn_deadline: Option<Instant>,
+    now: Instant,
+) -> EpollTimeout {
     let cap = Duration::from_millis(SLEEP_MAX_MS as u64);
     let next = stacks
         .iter()
         .filter_map(|s| s.poll_delay(now))
+        .chain(conn_deadline.map(|d| d.saturating_duration_since(now)))
         .min()
         .unwrap_or(cap);
     let ms = next.min(cap).as_millis().clamp(1, SLEEP_MAX_MS as u128) as u16;
@@ -142,12 +148,12 @@ pub fn run(
                 ReactorMsg::NewConnection(transport) => {
                     admit(
                         &cfg,
+                        &ctx,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
                         &mut next_conn_id,
                         transport,
-                        ctx.now,
                     );
                 }
                 ReactorMsg::CloseConnection { conn_id } => {
@@ -186,12 +192,12 @@ pub fn run(
                     work += 1;
                     admit(
                         &cfg,
+                        &ctx,
                         &epoll,
                         &mut conns,
                         &mut watching_out,
                         &mut next_conn_id,
                         t,
-                        ctx.now,
                     );
                 }
             }
@@ -251,7 +257,11 @@ pub fn run(
             std::thread::yield_now();
             continue;
         }
+        let mut conn_deadline: Option<Instant> = None;
         for (id, conn) in conns.iter() {
+            if let Some(d) = conn.next_deadline() {
+                conn_deadline = Some(conn_deadline.map_or(d, |c| c.min(d)));
+            }
             let want = conn.wants_write();
             if watching_out.get(id).copied() != Some(want) {
                 if let Some(fd) = conn.poll_fd() {
@@ -266,7 +276,10 @@ pub fn run(
             }
         }
         stats.sleeps.fetch_add(1, Ordering::Relaxed);
-        let _ = epoll.wait(&mut events, sleep_timeout(&stacks, Instant::now()));
+        let _ = epoll.wait(
+            &mut events,
+            sleep_timeout(&stacks, conn_deadline, Instant::now()),
+        );
         let _ = wake.read();
     }
     for (_, mut c) in conns.drain() {
@@ -286,13 +299,14 @@ pub fn run(
 /// Takes a new connection into this reactor (or refuses it at the connection limit).
 fn admit(
     cfg: &ReactorConfig,
+    ctx: &ReactorCtx,
     epoll: &Epoll,
     conns: &mut HashMap<u32, Connection>,
     watching_out: &mut HashMap<u32, bool>,
     next_conn_id: &mut u32,
     transport: Box<dyn Transport>,
-    now: Instant,
 ) {
+    let (shared, now) = (&ctx.shared, ctx.now);
     if conns.len() >= CONNECTIONS_MAX {
         tracing::warn!(
             reactor = cfg.id,
@@ -302,10 +316,59 @@ fn admit(
     }
     let id = *next_conn_id;
     *next_conn_id = next_conn_id.wrapping_add(1).max(1);
-    let conn = Connection::new(id, cfg.id, transport, now);
+    let prelogin = transport.peer_addr().map(|peer| {
+        let me = crate::session::ConnRef {
+            reactor: cfg.id,
+            conn_id: id,
+        };
+        let (guard, evicted) =
+            shared
+                .prelogin
+                .enter(peer.ip(), shared.timers.prelogin_per_addr, me);
+        if let Some(old) = evicted {
+            tracing::warn!(reactor = cfg.id, %peer, old_conn = old.conn_id,
+                "too many connections from this address still logging in; closing its oldest");
+            evict(cfg, shared, epoll, conns, watching_out, old);
+        }
+        guard
+    });
+    let conn = Connection::new(id, cfg.id, transport, now, prelogin);
     if let Some(fd) = conn.poll_fd() {
         let _ = epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, id as u64));
     }
     watching_out.insert(id, false);
     conns.insert(id, conn);
+}
+
+/// Closes a pre-login connection evicted by a newer one from the same address: here if it
+/// is ours, else through its reactor's inbox.
+fn evict(
+    cfg: &ReactorConfig,
+    shared: &Shared,
+    epoll: &Epoll,
+    conns: &mut HashMap<u32, Connection>,
+    watching_out: &mut HashMap<u32, bool>,
+    old: crate::session::ConnRef,
+) {
+    if old.reactor == cfg.id {
+        if let Some(mut c) = conns.remove(&old.conn_id) {
+            if let Some(fd) = c.poll_fd() {
+                let _ = epoll.delete(fd);
+            }
+            c.shutdown_transport();
+            watching_out.remove(&old.conn_id);
+        }
+    } else if let Some(r) = shared.reactor(old.reactor) {
+        if r.send(ReactorMsg::CloseConnection {
+            conn_id: old.conn_id,
+        })
+        .is_err()
+        {
+            tracing::error!(
+                reactor = old.reactor,
+                conn = old.conn_id,
+                "cannot reach a reactor to close an evicted pre-login connection"
+            );
+        }
+    }
 }

@@ -40,12 +40,34 @@ pub struct ReactorHandle {
     pub stats: Arc<crate::stats::ReactorStats>,
 }
 
+/// How long a sender waits on a full inbox before it gives up and escalates.
+const INBOX_FULL_WAIT: Duration = Duration::from_secs(5);
+
+/// A message that could not be delivered: the reactor's inbox stayed full (or the reactor
+/// is gone). The caller gets it back and must act on it (fail the login, close the socket).
+#[derive(Debug)]
+pub struct NotDelivered;
+
 impl ReactorHandle {
-    pub fn send(&self, msg: ReactorMsg) -> bool {
-        let ok = self.tx.try_send(msg).is_ok();
+    /// Delivers a message, waiting (bounded) while the inbox is full: messages are never
+    /// dropped silently. A reactor drains at most `INBOX_PER_POLL` messages per loop and
+    /// never blocks itself, so a full inbox empties quickly unless the reactor is stuck.
+    #[must_use = "an undelivered message must be handled (the caller escalates)"]
+    pub fn send(&self, msg: ReactorMsg) -> Result<(), NotDelivered> {
+        let r = match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(msg)) => {
+                // Wake it first so it drains while we wait.
+                let _ = self.wake.write(1);
+                self.tx
+                    .send_timeout(msg, INBOX_FULL_WAIT)
+                    .map_err(|_| NotDelivered)
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(NotDelivered),
+        };
         // A full eventfd counter only means the reactor is already due to wake.
         let _ = self.wake.write(1);
-        ok
+        r
     }
 }
 
@@ -56,8 +78,15 @@ pub struct ConnTimers {
     pub nop_interval: Option<Duration>,
     /// An unanswered ping this old means the initiator is gone: the connection is closed.
     pub nop_timeout: Duration,
-    /// A connection must finish login within this time.
+    /// A connection must finish login within this time. Short: a connection that has not
+    /// logged in holds a slot of the connection limit for nothing.
     pub login_timeout: Duration,
+    /// Connections from one source address that may be in the login phase at once; more are
+    /// closed at accept, so a flood of idle connections cannot lock others out.
+    pub prelogin_per_addr: usize,
+    /// Memory budget per reactor for write buffers and unsent read data (see
+    /// `conn::budget`).
+    pub mem_budget_bytes: u64,
 }
 
 impl Default for ConnTimers {
@@ -65,7 +94,9 @@ impl Default for ConnTimers {
         ConnTimers {
             nop_interval: Some(Duration::from_secs(5)),
             nop_timeout: Duration::from_secs(15),
-            login_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(10),
+            prelogin_per_addr: 16,
+            mem_budget_bytes: crate::conn::DEFAULT_BUDGET_BYTES,
         }
     }
 }
@@ -75,6 +106,8 @@ pub struct Shared {
     pub timers: ConnTimers,
     pub registry: Arc<Registry>,
     pub sessions: SessionTable,
+    pub prelogin: Arc<crate::session::PreloginTable>,
+    pub auth_failures: crate::session::AuthThrottle,
     pub reactors: OnceLock<Vec<ReactorHandle>>,
     pub next_nexus_id: AtomicU64,
 }
@@ -85,6 +118,8 @@ impl Shared {
             timers,
             registry,
             sessions: SessionTable::default(),
+            prelogin: Arc::default(),
+            auth_failures: Default::default(),
             reactors: OnceLock::new(),
             next_nexus_id: AtomicU64::new(1),
         }
@@ -116,6 +151,12 @@ pub struct ReactorCtx {
     /// Readable when any channel has completions, so the reactor can sleep with disk I/O
     /// in flight and still wake for it.
     io_wake: Option<tandem_ffi::WakeSet>,
+    /// Completions of persistent-reservation commits (see `pr_store`).
+    persist: Option<crate::pr_store::PersistInbox>,
+    /// Whether a commit completion wakes a sleeping reactor (else it polls meanwhile).
+    persist_watched: bool,
+    /// This reactor's memory budget for initiator data (write buffers, unsent reads).
+    pub budget: crate::conn::MemBudget,
 }
 
 impl ReactorCtx {
@@ -123,12 +164,26 @@ impl ReactorCtx {
         let io_wake = tandem_ffi::WakeSet::new()
             .map_err(|e| tracing::warn!(reactor = id, error = %e, "no completion wake-up; polling while I/O is in flight"))
             .ok();
+        let persist = crate::pr_store::PersistInbox::new()
+            .map_err(|e| tracing::warn!(reactor = id, error = %e, "no reservation persister inbox; PR changes that must persist fail"))
+            .ok();
+        let persist_watched = match (&io_wake, &persist) {
+            (Some(ws), Some(p)) => ws
+                .add(p.wake_fd())
+                .map_err(|e| tracing::warn!(reactor = id, error = %e, "reservation commits polled while in flight"))
+                .is_ok(),
+            _ => false,
+        };
+        let budget = crate::conn::MemBudget::new(shared.timers.mem_budget_bytes);
         ReactorCtx {
             id,
             now: Instant::now(),
+            budget,
             shared,
             channels: HashMap::new(),
             io_wake,
+            persist,
+            persist_watched,
         }
     }
 
@@ -183,9 +238,24 @@ impl ReactorCtx {
         }
     }
 
-    /// Reaps completions of every channel into `out` as (tag, completion).
+    /// Hands a persistent-reservation commit to the persister thread; its completion comes
+    /// back through `poll_channels` with `tag`. False if it cannot be queued.
+    pub fn persist(
+        &mut self,
+        tag: u64,
+        commit: tandem_scsi::PrCommit,
+    ) -> (bool, tandem_scsi::Continuation) {
+        let ok = self
+            .persist
+            .as_mut()
+            .is_some_and(|p| p.submit(tag, commit.store, commit.blob, commit.signal));
+        (ok, commit.cont)
+    }
+
+    /// Reaps completions of every channel (and of reservation commits) into `out` as (tag,
+    /// completion).
     pub fn poll_channels(&mut self, out: &mut Vec<tandem_bdev::Completion>) -> usize {
-        let mut n = 0;
+        let mut n = self.persist.as_mut().map_or(0, |p| p.poll(out));
         for (_, ch) in self.channels.values_mut() {
             n += ch.poll(out);
         }
@@ -201,14 +271,61 @@ impl ReactorCtx {
     /// True while some channel has work in flight that cannot wake a sleeping reactor
     /// (no wake-up fd, e.g. RAM disks whose completions are ready at the next poll).
     pub fn must_keep_polling(&self) -> bool {
-        self.channels
-            .values()
-            .any(|(_, c)| c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none()))
+        let commits = self.persist.as_ref().map_or(0, |p| p.in_flight());
+        (commits > 0 && !self.persist_watched)
+            || self.channels.values().any(|(_, c)| {
+                c.in_flight() > 0 && (c.wake_fd().is_none() || self.io_wake.is_none())
+            })
     }
 
     /// Drops the channel of a removed device (closing its file and ring). Dropping a
     /// channel finishes the work it still has in flight first.
     pub fn forget_device(&mut self, dev_id: u64) {
         self.channels.remove(&dev_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::eventfd::EfdFlags;
+
+    fn handle(cap: usize) -> (ReactorHandle, crossbeam_channel::Receiver<ReactorMsg>) {
+        let (tx, rx) = crossbeam_channel::bounded(cap);
+        let wake = Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).expect("eventfd"));
+        (
+            ReactorHandle {
+                tx,
+                wake,
+                connections: AtomicUsize::new(0),
+                stats: Default::default(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn send_on_a_full_inbox_waits_for_room_instead_of_dropping() {
+        let (h, rx) = handle(1);
+        h.send(ReactorMsg::Shutdown).expect("room for one");
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = 0;
+            while rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+                got += 1;
+            }
+            got
+        });
+        h.send(ReactorMsg::CloseConnection { conn_id: 3 })
+            .expect("delivered once the reactor drained its inbox");
+        drop(h);
+        assert_eq!(drain.join().unwrap(), 2, "both messages arrived");
+    }
+
+    #[test]
+    fn send_to_a_gone_reactor_is_reported() {
+        let (h, rx) = handle(1);
+        drop(rx);
+        assert!(h.send(ReactorMsg::Shutdown).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Builds a running data plane from a node description: devices, targets, reactors and
 //! portal listeners; and takes it down cleanly (write-back caches flushed).
 
+use crate::admission::{self, Claim};
 use crate::net::listener;
 use crate::net::utcp::{UtcpConfig, UtcpPortal};
 use crate::pr_store::FilePrStore;
@@ -16,11 +17,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tandem_bdev::CacheMode;
+use tandem_config::memory::{self, MemInfo};
 use tandem_iscsi::login::AuthPolicy;
 use tandem_scsi::{LogicalUnit, LuConfig, LuIdentity};
 
 /// Largest single transfer we advertise (VPD B0) and accept.
+/// The one maximum-transfer figure: the LU advertises it (VPD B0) and the connection layer
+/// enforces it before any data moves; the block layer's own limit is only a backstop.
 const MAX_TRANSFER_BYTES: u64 = 8 * 1024 * 1024;
+const _: () = assert!(MAX_TRANSFER_BYTES <= tandem_bdev::MAX_IO_BYTES);
 const INBOX_CAPACITY: usize = 4096;
 
 #[derive(Clone, Debug)]
@@ -45,6 +50,23 @@ pub struct DeviceSpec {
     pub identity_seed: String,
     /// Where persistent reservation state (APTPL) is kept, if anywhere.
     pub pr_state_path: Option<PathBuf>,
+    /// Check the image's identity record (`tandem_config::image_id`) before serving it.
+    /// Devices from a node config always do; `serve` on the command line does not.
+    pub verify_identity: bool,
+    /// Create a missing image (only `serve --file X --size S`, where the command line asks
+    /// for it). A node config never creates images: that is the `create` call's job.
+    pub create_if_missing: bool,
+    /// Image files must lie below one of these (after resolving symlinks); empty: anywhere.
+    pub image_dirs: Vec<PathBuf>,
+    /// The file is a block device, said explicitly.
+    pub block_device: bool,
+}
+
+/// A configured device that could not be opened: not served, shown with its reason.
+#[derive(Clone, Debug)]
+pub struct FailedDevice {
+    pub spec: DeviceSpec,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +115,17 @@ pub enum ServerError {
     Other(String),
 }
 
+/// Opens a device without admission (tests and tools); `Server` admits first
+/// ([`crate::admission::admit`]).
 pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
+    build_device_sized(spec, None)
+}
+
+/// `verified_size`: the size the identity record vouches for, which the file must have.
+fn build_device_sized(
+    spec: &DeviceSpec,
+    verified_size: Option<u64>,
+) -> Result<Arc<Device>, ServerError> {
     let err = |reason: String| ServerError::Device {
         name: spec.name.clone(),
         reason,
@@ -111,20 +143,44 @@ pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
                     "RAM size {size_bytes} is not a positive multiple of the block size"
                 )));
             }
-            tandem_bdev::open_ram(
+            // try_open_ram refuses what it cannot hold (open_ram would hand back a disk
+            // with block size 0, and the geometry below would divide by it).
+            tandem_bdev::try_open_ram(
                 &spec.name,
                 spec.block_size,
                 size_bytes / spec.block_size as u64,
             )
+            .map_err(|e| err(format!("RAM disk of {size_bytes} bytes: {e}")))?
         }
-        Backing::File { path, size_bytes } => tandem_bdev::open_file(&tandem_bdev::FileConfig {
-            name: spec.name.clone(),
-            path: path.clone(),
-            size_bytes: *size_bytes,
-            block_size: spec.block_size,
-            read_only: spec.read_only,
-        })
-        .map_err(|e| err(format!("{}: {e}", path.display())))?,
+        Backing::File { path, size_bytes } => {
+            if !spec.create_if_missing && !path.exists() {
+                return Err(err(format!(
+                    "image {} is missing; it is never recreated (restore it, or create the device anew)",
+                    path.display()
+                )));
+            }
+            // Only `serve` passes a size to open_file, because open_file creates a missing
+            // file when given one; a node config opens the file as it is and compares after,
+            // so an image deleted after admission is not recreated either.
+            let want = verified_size.or(*size_bytes);
+            let bdev = tandem_bdev::open_file(&tandem_bdev::FileConfig {
+                name: spec.name.clone(),
+                path: path.clone(),
+                size_bytes: if spec.create_if_missing { want } else { None },
+                block_size: spec.block_size,
+                read_only: spec.read_only,
+            })
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+            let info = bdev.info();
+            let have = info.num_blocks.saturating_mul(u64::from(info.block_size));
+            if let Some(want) = want.filter(|w| *w != have) {
+                return Err(err(format!(
+                    "{} is {have} bytes but should be {want}; refusing to serve it",
+                    path.display()
+                )));
+            }
+            bdev
+        }
     };
     let bdev = if spec.cache == CacheMode::None {
         bdev
@@ -132,11 +188,13 @@ pub fn build_device(spec: &DeviceSpec) -> Result<Arc<Device>, ServerError> {
         tandem_bdev::with_cache(bdev, spec.cache, spec.cache_size_bytes)
     };
     let info = bdev.info();
-    let cache = match spec.cache {
-        CacheMode::None => tandem_scsi::CacheMode::None,
-        CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-        CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-    };
+    if info.block_size == 0 || info.num_blocks == 0 {
+        return Err(err(format!(
+            "unusable geometry: block size {}, {} blocks",
+            info.block_size, info.num_blocks
+        )));
+    }
+    let cache = spec.cache;
     let pr_store = spec
         .pr_state_path
         .clone()
@@ -183,6 +241,14 @@ pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target
 pub struct Server {
     pub shared: Arc<Shared>,
     pub devices: parking_lot::Mutex<Vec<Arc<Device>>>,
+    /// Configured devices that could not be opened (not served; the rest of the node is).
+    pub failed: parking_lot::Mutex<Vec<FailedDevice>>,
+    /// Targets not served because a LUN's device failed; kept so the control service can
+    /// still change or remove them.
+    pub unserved_targets: parking_lot::Mutex<Vec<TargetSpec>>,
+    /// What each open device holds (RAM, file identity), by device name.
+    claims: parking_lot::Mutex<Vec<(String, Claim)>>,
+    mem: Option<MemInfo>,
     pub portals: Vec<SocketAddr>,
     pub started: std::time::Instant,
     reactor_threads: parking_lot::Mutex<Vec<JoinHandle<()>>>,
@@ -190,13 +256,50 @@ pub struct Server {
     stop: Arc<AtomicBool>,
 }
 
+/// Admits and opens one device against the claims of those already open.
+fn open_admitted(
+    spec: &DeviceSpec,
+    claims: &[(String, Claim)],
+    mem: Option<&MemInfo>,
+) -> Result<(Arc<Device>, Claim), String> {
+    let others: Vec<Claim> = claims
+        .iter()
+        .filter(|(n, _)| *n != spec.name)
+        .map(|(_, c)| c.clone())
+        .collect();
+    let claim = admission::admit(spec, &others, mem)?;
+    let dev = build_device_sized(spec, claim.size_bytes).map_err(|e| e.to_string())?;
+    Ok((dev, claim))
+}
+
 impl Server {
     pub fn start(spec: NodeSpec) -> Result<Server, ServerError> {
-        let devices: Vec<Arc<Device>> = spec
-            .devices
-            .iter()
-            .map(build_device)
-            .collect::<Result<_, _>>()?;
+        let mem = match MemInfo::read() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read /proc/meminfo; RAM devices are not bounded by memory");
+                None
+            }
+        };
+        // One device's problem fails that device only: the rest of the node serves.
+        let mut devices: Vec<Arc<Device>> = Vec::new();
+        let mut claims: Vec<(String, Claim)> = Vec::new();
+        let mut failed = Vec::new();
+        for d in &spec.devices {
+            match open_admitted(d, &claims, mem.as_ref()) {
+                Ok((dev, claim)) => {
+                    devices.push(dev);
+                    claims.push((d.name.clone(), claim));
+                }
+                Err(reason) => {
+                    tracing::error!(device = %d.name, %reason, "device failed; it is not served");
+                    failed.push(FailedDevice {
+                        spec: d.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
         let mut listeners = Vec::new();
         let mut portals = Vec::new();
         for p in &spec.portals {
@@ -218,8 +321,15 @@ impl Server {
         }
         // SendTargets lists the userspace portals too.
         let registry = Arc::new(Registry::new(advertised));
+        let mut unserved_targets = Vec::new();
         for t in &spec.targets {
-            registry.add_target(build_target(t, &devices)?);
+            match build_target(t, &devices) {
+                Ok(target) => registry.add_target(target),
+                Err(e) => {
+                    tracing::error!(target = %t.iqn, error = %e, "target not served: a device it exports failed");
+                    unserved_targets.push(t.clone());
+                }
+            }
         }
         let shared = Arc::new(Shared::new(registry, spec.timers));
         let cores: Vec<Option<usize>> = if spec.cores.is_empty() {
@@ -287,6 +397,10 @@ impl Server {
         Ok(Server {
             shared,
             devices: parking_lot::Mutex::new(devices),
+            failed: parking_lot::Mutex::new(failed),
+            unserved_targets: parking_lot::Mutex::new(unserved_targets),
+            claims: parking_lot::Mutex::new(claims),
+            mem,
             portals,
             started: std::time::Instant::now(),
             reactor_threads: parking_lot::Mutex::new(reactor_threads),
@@ -319,8 +433,12 @@ impl Server {
 impl Server {
     pub fn broadcast(&self, msg: impl Fn() -> ReactorMsg) {
         if let Some(rs) = self.shared.reactors.get() {
-            for r in rs {
-                r.send(msg());
+            for (i, r) in rs.iter().enumerate() {
+                if r.send(msg()).is_err() {
+                    // The reactor did not take a control message within the bounded wait:
+                    // it is stuck or gone; say so loudly rather than carry on as if applied.
+                    tracing::error!(reactor = i, "reactor did not accept a control message");
+                }
             }
         }
     }
@@ -330,22 +448,96 @@ impl Server {
     }
 
     pub fn add_device(&self, spec: &DeviceSpec) -> Result<(), LiveError> {
-        if self.device(&spec.name).is_some() {
+        if self.device(&spec.name).is_some() || self.failed_device(&spec.name).is_some() {
             return Err(LiveError::AlreadyExists(format!(
                 "device {} already exists",
                 spec.name
             )));
         }
-        let dev = build_device(spec).map_err(|e| LiveError::Io(e.to_string()))?;
+        let mut claims = self.claims.lock();
+        let (dev, claim) = open_admitted(spec, &claims, self.mem.as_ref())
+            .map_err(|e| LiveError::BadRequest(format!("device {}: {e}", spec.name)))?;
+        claims.push((spec.name.clone(), claim));
         self.devices.lock().push(dev);
         Ok(())
     }
 
+    /// Opens a failed device again (its image restored or re-bound). On success its targets
+    /// whose devices are all online are served; on failure the new reason is kept.
+    pub fn retry_device(&self, spec: &DeviceSpec) -> Result<(), LiveError> {
+        if self.device(&spec.name).is_some() {
+            return Ok(());
+        }
+        if self.failed_device(&spec.name).is_none() {
+            return Err(LiveError::NotFound(format!("no device {}", spec.name)));
+        }
+        let mut claims = self.claims.lock();
+        match open_admitted(spec, &claims, self.mem.as_ref()) {
+            Err(reason) => {
+                if let Some(f) = self
+                    .failed
+                    .lock()
+                    .iter_mut()
+                    .find(|f| f.spec.name == spec.name)
+                {
+                    f.spec = spec.clone();
+                    f.reason = reason.clone();
+                }
+                Err(LiveError::BadRequest(format!(
+                    "device {} still fails: {reason}",
+                    spec.name
+                )))
+            }
+            Ok((dev, claim)) => {
+                claims.push((spec.name.clone(), claim));
+                drop(claims);
+                self.failed.lock().retain(|f| f.spec.name != spec.name);
+                self.devices.lock().push(dev);
+                tracing::info!(device = %spec.name, "failed device is online again");
+                let devices = self.devices.lock().clone();
+                let mut unserved = self.unserved_targets.lock();
+                let mut still = Vec::new();
+                for t in unserved.drain(..) {
+                    match build_target(&t, &devices) {
+                        Ok(target) => self.shared.registry.add_target(target),
+                        Err(_) => still.push(t),
+                    }
+                }
+                *unserved = still;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn failed_device(&self, name: &str) -> Option<FailedDevice> {
+        self.failed
+            .lock()
+            .iter()
+            .find(|f| f.spec.name == name)
+            .cloned()
+    }
+
+    fn refuse_failed(&self, name: &str) -> LiveError {
+        match self.failed_device(name) {
+            Some(f) => LiveError::Busy(format!(
+                "device {name} is failed ({}); fix that first",
+                f.reason
+            )),
+            None => LiveError::NotFound(format!("no device {name}")),
+        }
+    }
+
     /// Removes a device no target exports any more (remove or change the target first).
     pub fn remove_device(&self, name: &str) -> Result<(), LiveError> {
-        let dev = self
-            .device(name)
-            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        let Some(dev) = self.device(name) else {
+            let mut failed = self.failed.lock();
+            let before = failed.len();
+            failed.retain(|f| f.spec.name != name);
+            if failed.len() == before {
+                return Err(LiveError::NotFound(format!("no device {name}")));
+            }
+            return Ok(());
+        };
         let users: Vec<String> = self
             .shared
             .registry
@@ -361,6 +553,7 @@ impl Server {
             )));
         }
         self.devices.lock().retain(|d| d.id != dev.id);
+        self.claims.lock().retain(|(n, _)| n != name);
         let device_id = dev.id;
         self.broadcast(|| ReactorMsg::ForgetDevice { device_id });
         dev.bdev
@@ -371,9 +564,7 @@ impl Server {
 
     /// Grows a device online; every session sees CAPACITY DATA HAS CHANGED.
     pub fn extend_device(&self, name: &str, new_size_bytes: u64) -> Result<(), LiveError> {
-        let dev = self
-            .device(name)
-            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        let dev = self.device(name).ok_or_else(|| self.refuse_failed(name))?;
         let bs = dev.lu.block_size() as u64;
         if !new_size_bytes.is_multiple_of(bs) {
             return Err(LiveError::BadRequest(format!(
@@ -387,26 +578,52 @@ impl Server {
                 dev.lu.num_blocks() * bs
             )));
         }
+        // A RAM disk that grows takes more memory: the memory rule applies (issue 13, 8).
+        let mut claims = self.claims.lock();
+        let total_before: u64 = claims
+            .iter()
+            .map(|(_, c)| c.ram_bytes)
+            .fold(0, u64::saturating_add);
+        let own = claims.iter_mut().find(|(n, _)| n == name);
+        let mut grown_claim = None;
+        if let Some((_, claim)) = own {
+            let max = if claim.ram_disk {
+                tandem_config::RAM_BYTES_MAX
+            } else {
+                tandem_config::DEVICE_BYTES_MAX
+            };
+            if new_size_bytes > max {
+                return Err(LiveError::BadRequest(format!(
+                    "new size {new_size_bytes} is more than the largest supported, {max}"
+                )));
+            }
+            if claim.ram_disk {
+                let added = (blocks - dev.lu.num_blocks()).saturating_mul(bs);
+                if let Some(mem) = &self.mem {
+                    memory::check(mem, total_before.saturating_add(added), added, true)
+                        .map_err(LiveError::BadRequest)?;
+                }
+                grown_claim = Some((claim, added));
+            }
+        }
         dev.bdev
             .resize(blocks)
             .map_err(|e| LiveError::Io(e.to_string()))?;
         dev.lu.resize(blocks);
+        if let Some((claim, added)) = grown_claim {
+            claim.ram_bytes = claim.ram_bytes.saturating_add(added);
+        }
+        drop(claims);
         tracing::info!(device = %name, blocks, "device extended");
         Ok(())
     }
 
     pub fn set_cache_mode(&self, name: &str, mode: CacheMode) -> Result<(), LiveError> {
-        let dev = self
-            .device(name)
-            .ok_or_else(|| LiveError::NotFound(format!("no device {name}")))?;
+        let dev = self.device(name).ok_or_else(|| self.refuse_failed(name))?;
         dev.bdev
             .set_cache_mode(mode)
             .map_err(|e| LiveError::Unsupported(e.to_string()))?;
-        dev.lu.set_cache_mode(match mode {
-            CacheMode::None => tandem_scsi::CacheMode::None,
-            CacheMode::WriteThrough => tandem_scsi::CacheMode::WriteThrough,
-            CacheMode::WriteBack => tandem_scsi::CacheMode::WriteBack,
-        });
+        dev.lu.set_cache_mode(mode);
         Ok(())
     }
 
@@ -417,6 +634,21 @@ impl Server {
                 spec.iqn
             )));
         }
+        let mut unserved = self.unserved_targets.lock();
+        if unserved
+            .iter()
+            .any(|t| t.iqn.eq_ignore_ascii_case(&spec.iqn))
+        {
+            return Err(LiveError::AlreadyExists(format!(
+                "target {} already exists (not served: a device it exports failed)",
+                spec.iqn
+            )));
+        }
+        if spec.luns.iter().any(|l| self.failed_device(l).is_some()) {
+            tracing::warn!(target = %spec.iqn, "target not served: a device it exports failed");
+            unserved.push(spec.clone());
+            return Ok(());
+        }
         let devices = self.devices.lock().clone();
         let t = build_target(spec, &devices).map_err(|e| LiveError::NotFound(e.to_string()))?;
         self.shared.registry.add_target(t);
@@ -426,7 +658,13 @@ impl Server {
     /// Removes a target and closes its sessions.
     pub fn remove_target(&self, iqn: &str) -> Result<(), LiveError> {
         if !self.shared.registry.remove_target(iqn) {
-            return Err(LiveError::NotFound(format!("no target {iqn}")));
+            let mut unserved = self.unserved_targets.lock();
+            let before = unserved.len();
+            unserved.retain(|t| !t.iqn.eq_ignore_ascii_case(iqn));
+            if unserved.len() == before {
+                return Err(LiveError::NotFound(format!("no target {iqn}")));
+            }
+            return Ok(());
         }
         self.broadcast(|| ReactorMsg::CloseTarget {
             iqn: iqn.to_string(),
@@ -452,9 +690,23 @@ impl Server {
                 .unwrap_or_else(|| t.allowed_initiators.clone()),
         });
         if ok {
-            Ok(())
-        } else {
-            Err(LiveError::NotFound(format!("no target {iqn}")))
+            return Ok(());
+        }
+        let mut unserved = self.unserved_targets.lock();
+        match unserved
+            .iter_mut()
+            .find(|t| t.iqn.eq_ignore_ascii_case(iqn))
+        {
+            Some(t) => {
+                if let Some(auth) = auth {
+                    t.auth = auth;
+                }
+                if let Some(allowed) = allowed {
+                    t.allowed_initiators = allowed;
+                }
+                Ok(())
+            }
+            None => Err(LiveError::NotFound(format!("no target {iqn}"))),
         }
     }
 }

@@ -42,6 +42,10 @@ fn reads_and_writes_do_not_allocate_per_command() {
             cache_size_bytes: 0,
             identity_seed: "alloc-test".into(),
             pr_state_path: None,
+            verify_identity: false,
+            create_if_missing: false,
+            image_dirs: Vec::new(),
+            block_device: false,
         }],
         targets: vec![TargetSpec {
             iqn: iqn.clone(),

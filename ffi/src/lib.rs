@@ -29,5 +29,5 @@ pub use file::{
     DioAlignment, DirectFile,
 };
 pub use tap::Tap;
-pub use thread::{pin_current_thread, set_thread_name};
+pub use thread::{default_sigpipe, pin_current_thread, set_thread_name};
 pub use uring::{Uring, UringCompletion};

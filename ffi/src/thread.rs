@@ -25,6 +25,17 @@ pub fn set_thread_name(name: &str) -> bool {
     r == 0
 }
 
+/// Restores the default SIGPIPE action (terminate quietly), as command-line tools expect:
+/// Rust starts with SIGPIPE ignored, so `tandem ... | head` made `println!` panic on EPIPE.
+/// Call it first thing in a CLI's `main`, never in a daemon.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL is a valid disposition for SIGPIPE; no handler code runs, and the call
+    // happens before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,10 @@ struct Args {
     /// Data plane binary (default: tandem-dataplane next to this program, else on PATH).
     #[arg(long, value_name = "PATH")]
     dataplane_bin: Option<PathBuf>,
+    /// A directory image files may live in (besides the data dir); repeat for several.
+    /// Replaces `node.image_dirs` in node.toml. Absolute, without `..`.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    image_dirs: Vec<PathBuf>,
     /// Do not start a data plane: API and configuration only.
     #[arg(long, conflicts_with = "dataplane_bin")]
     no_dataplane: bool,
@@ -56,6 +60,7 @@ async fn main() {
         portals: args.portals,
         node_name: args.node_name,
         dataplane_bin,
+        image_dirs: args.image_dirs,
     };
     if let Err(e) = server::run(opts, server::shutdown_signal()).await {
         eprintln!("tandem-control: {e}");

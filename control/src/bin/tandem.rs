@@ -146,11 +146,21 @@ enum DeviceCmd {
         file: PathBuf,
         #[arg(long)]
         read_only: bool,
+        /// FILE is a block device (required to use one; block devices are not confined to
+        /// the image directories).
+        #[arg(long)]
+        block_device: bool,
         #[command(flatten)]
         opts: DeviceOpts,
     },
     List,
     Show {
+        name: String,
+    },
+    /// Bind the device's image file as it is now and open the device again: after restoring
+    /// a missing image, or when its identity record is missing or does not match and you
+    /// have checked that the file is the right one (docs/operations.md).
+    Rebind {
         name: String,
     },
     /// Grow a device online; hosts see the new capacity.
@@ -257,6 +267,8 @@ impl From<ClientError> for CliError {
 }
 
 fn main() {
+    // `tandem device show X | head -5`: end quietly when the reader goes away (issue 13, 13).
+    tandem_ffi::default_sigpipe();
     let cli = Cli::parse();
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
@@ -490,6 +502,9 @@ fn print_device(ctx: &Ctx, d: &DeviceInfo) {
         }
     );
     println!("state          {}", d.state);
+    if let Some(e) = &d.error {
+        println!("error          {e}");
+    }
     println!("sessions       {}", d.sessions);
 }
 
@@ -602,11 +617,13 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             name,
             file,
             read_only,
+            block_device,
             opts,
         } => {
             let body = DeviceCreate {
                 file: Some(file),
                 read_only,
+                block_device,
                 ..device_create_body(name, opts)
             };
             submit_device(ctx, body, true)
@@ -616,6 +633,10 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             if ctx.json {
                 print_json(&list);
             } else {
+                let failed: Vec<(String, String)> = list
+                    .iter()
+                    .filter_map(|d| d.error.clone().map(|e| (d.name.clone(), e)))
+                    .collect();
                 let rows = list
                     .into_iter()
                     .map(|d| {
@@ -639,12 +660,33 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
                     ],
                     rows,
                 );
+                for (name, error) in failed {
+                    println!("{name}: {error}");
+                }
             }
             Ok(())
         }
         DeviceCmd::Show { name } => {
             let d: DeviceInfo = c.get(&format!("/api/v1/devices/{}", segment(&name)))?;
             print_device(ctx, &d);
+            Ok(())
+        }
+        DeviceCmd::Rebind { name } => {
+            let (_, r): (u16, DeviceCreated) = c.send(
+                "POST",
+                &format!("/api/v1/devices/{}/rebind", segment(&name)),
+                &serde_json::json!({}),
+            )?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "device {name} re-bound ({}), state {}: {}",
+                    format_size(r.device.size_bytes),
+                    r.device.state,
+                    applied_note(r.dataplane)
+                );
+            }
             Ok(())
         }
         DeviceCmd::Extend { name, size } => {

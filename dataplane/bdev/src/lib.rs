@@ -40,16 +40,12 @@ pub const BUF_ALIGN: usize = 4096;
 /// [`BdevError::Other`]; the SCSI layer advertises a smaller maximum transfer length.
 pub const MAX_IO_BYTES: u64 = 64 << 20;
 
-/// How a device caches writes in RAM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheMode {
-    /// No caching: every operation goes to the backing device.
-    None,
-    /// Writes complete when the backing device has them; reads are served from RAM on a hit.
-    WriteThrough,
-    /// Writes complete when RAM has them; dirty data is written back in the background.
-    WriteBack,
-}
+/// How a device caches writes in RAM: `None` (every operation goes to the backing device),
+/// `WriteThrough` (writes complete when the backing device has them; reads are served from
+/// RAM on a hit) or `WriteBack` (writes complete when RAM has them; dirty data is written
+/// back in the background). One type for the configuration, the API, the block devices and
+/// the caching mode page, so no layer translates it.
+pub use tandem_config::CacheMode;
 
 /// Static and current properties of a device.
 #[derive(Clone, Debug)]

@@ -340,6 +340,11 @@ impl LoginState {
         self.stage
     }
 
+    /// The InitiatorName given so far (set by the first request that carries it).
+    pub fn initiator_name(&self) -> Option<&str> {
+        self.initiator_name.as_deref()
+    }
+
     /// Handles one Login Request and its data segment.
     pub fn handle(
         &mut self,
@@ -508,6 +513,16 @@ impl LoginState {
                 }
             }
             Stage::Reserved | Stage::FullFeature => return Err(login_status::INITIATOR_ERROR),
+        }
+        // RFC 7143 §13.14: FirstBurstLength must not exceed MaxBurstLength. The two keys
+        // come in either order, so the answer is fixed after the whole request: otherwise
+        // the initiator believes in a first burst we then refuse.
+        if self.params.first_burst_length > self.params.max_burst_length {
+            self.params.first_burst_length = self.params.max_burst_length;
+            let v = self.params.first_burst_length.to_string();
+            if let Some(e) = out.iter_mut().find(|(k, _)| k == "FirstBurstLength") {
+                e.1 = v;
+            }
         }
 
         // Stage transition.

@@ -2,9 +2,11 @@
 //!
 //! The transport (iSCSI) hands a [`Command`] to [`LogicalUnit::execute`]; the
 //! LU answers with a [`Step`]: either a final [`Reply`], one block I/O to do
-//! ([`IoPlan`]) after which the transport calls [`LogicalUnit::resume`], or
-//! [`Step::Defer`] (retry later; used for the atomicity of COMPARE AND
-//! WRITE, ORWRITE and WRITE ATOMIC against overlapping writes).
+//! ([`IoPlan`]) after which the transport calls [`LogicalUnit::resume`],
+//! [`Step::Persist`] (make a persistent-reservation change durable, off the
+//! reactor thread, then `resume`), or [`Step::Defer`] (retry later; used for
+//! the atomicity of COMPARE AND WRITE, ORWRITE and WRITE ATOMIC against
+//! overlapping writes, and to order PR OUT commits).
 //! Nothing here touches sockets, files or threads.
 //!
 //! ```
@@ -67,6 +69,6 @@ mod ua;
 pub use cdb::ScsiCommand;
 pub use lu::LogicalUnit;
 pub use luns::{lun_not_present, report_luns};
-pub use rw::Continuation;
+pub use rw::{CommitSignal, Continuation};
 pub use sense::{Sense, SenseKey};
 pub use types::*;

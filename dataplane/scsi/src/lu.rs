@@ -1,7 +1,7 @@
 //! The logical unit: command dispatch, unit attentions, reservations and
 //! the I/O state machine (`execute` -> `Step::Io` -> `resume` -> ...).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -14,8 +14,8 @@ use crate::rw::{ContKind, Inflight};
 use crate::sense::Sense;
 use crate::ua::UaTable;
 use crate::{
-    alua, luns, rsoc, AluaState, CacheMode, Command, LuConfig, LuIdentity, LuIo, Nexus, PortGroup,
-    PrStore, Reply, Step,
+    alua, luns, rsoc, AluaState, CacheMode, Command, DataOutFit, LuConfig, LuIdentity, LuIo, Nexus,
+    PortGroup, PrStore, Reply, Step,
 };
 
 /// Mutable LU state, behind one mutex.
@@ -31,9 +31,29 @@ struct State {
     ua: UaTable,
     /// PR identity of every nexus we know, for addressing PR unit attentions.
     nexuses: HashMap<u64, PortId>,
+    /// Initiator ports whose I_T nexus was lost (newest last, bounded): when
+    /// the same port logs in again it is the same I_T nexus in SAM terms and
+    /// sees I_T NEXUS LOSS OCCURRED rather than a power-on.
+    lost: VecDeque<PortId>,
     /// SPC-2 RESERVE holder (nexus id).
     spc2_holder: Option<u64>,
+    /// Persistent reservation state as durable: a PR OUT changes it only
+    /// once its commit is (see `Step::Persist`).
     pr: PrState,
+    /// The blob last known to be in the store, so a change that leaves it
+    /// the same (no APTPL before or after) needs no commit.
+    pr_durable: Option<Vec<u8>>,
+    /// The PR OUT change being committed, at most one: applied once its
+    /// commit is durable, dropped if it failed (see `settle_pr`).
+    pr_pending: Option<PendingPr>,
+}
+
+/// A persistent-reservation change waiting for its commit.
+struct PendingPr {
+    next: PrState,
+    uas: Vec<(PortId, Sense)>,
+    blob: Vec<u8>,
+    state: crate::rw::CommitState,
 }
 
 impl State {
@@ -58,6 +78,10 @@ impl State {
     }
 }
 
+/// Bound on remembered lost initiator ports (older ones then simply see a
+/// power-on UA when they return).
+const LOST_PORTS_MAX: usize = 64;
+
 /// One SCSI logical unit. `Send + Sync`: share it through an `Arc`.
 pub struct LogicalUnit {
     identity: LuIdentity,
@@ -68,7 +92,7 @@ pub struct LogicalUnit {
     default_wce: bool,
     state: Mutex<State>,
     inflight: Inflight,
-    pr_store: Option<Box<dyn PrStore>>,
+    pr_store: Option<Arc<dyn PrStore>>,
 }
 
 pub(super) fn done(r: Reply) -> Step {
@@ -81,12 +105,21 @@ pub(super) fn check(s: Sense) -> Step {
 
 impl LogicalUnit {
     /// Creates an LU; restores APTPL reservation state from `pr_store`.
+    /// (Loading happens once, here, at device creation: not on an I/O path.)
     pub fn new(cfg: LuConfig, pr_store: Option<Box<dyn PrStore>>) -> LogicalUnit {
+        let pr_store: Option<Arc<dyn PrStore>> = pr_store.map(Arc::from);
+        let mut pr_durable = None;
         let pr = match pr_store.as_ref().map(|s| s.load()) {
-            Some(Ok(Some(blob))) => PrState::decode(&blob).unwrap_or_else(|| {
-                tracing::warn!("ignoring malformed persistent reservation state");
-                PrState::default()
-            }),
+            Some(Ok(Some(blob))) => match PrState::decode(&blob) {
+                Some(pr) => {
+                    pr_durable = Some(blob);
+                    pr
+                }
+                None => {
+                    tracing::warn!("ignoring malformed persistent reservation state");
+                    PrState::default()
+                }
+            },
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot load persistent reservation state");
                 PrState::default()
@@ -112,8 +145,11 @@ impl LogicalUnit {
                 groups: None,
                 ua: UaTable::default(),
                 nexuses: HashMap::new(),
+                lost: VecDeque::new(),
                 spc2_holder: None,
                 pr,
+                pr_durable,
+                pr_pending: None,
             }),
             inflight: Arc::default(),
             pr_store,
@@ -125,6 +161,13 @@ impl LogicalUnit {
         self.block_size
     }
 
+    /// Largest transfer of one command in bytes, as advertised in VPD B0 (None: no limit
+    /// advertised). The transport enforces this before any data moves.
+    pub fn max_transfer_bytes(&self) -> Option<u64> {
+        (self.max_transfer_blocks > 0)
+            .then(|| u64::from(self.max_transfer_blocks) * u64::from(self.block_size))
+    }
+
     /// Current capacity in logical blocks.
     pub fn num_blocks(&self) -> u64 {
         self.state.lock().num_blocks
@@ -134,33 +177,98 @@ impl LogicalUnit {
         usize::try_from(blocks.checked_mul(u64::from(self.block_size))?).ok()
     }
 
-    // ---- management hooks ---------------------------------------------------
-
-    /// New I_T nexus: it first sees POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
-    pub fn nexus_added(&self, nexus: &Nexus) {
-        let mut st = self.state.lock();
-        st.see(nexus);
-        st.ua.push(nexus.id, Sense::power_on_reset());
+    /// How much of `sent` bytes of Data-Out the command in `cdb` uses: WRITE
+    /// and WRITE AND VERIFY take whole blocks up to their transfer length
+    /// (see `write`); every other command's parameter data has its own
+    /// length rules and no residual. The transport reports the difference
+    /// as the command's residual; it never reads or rewrites the CDB itself.
+    pub fn data_out_fit(&self, cdb: &[u8], sent: u32) -> DataOutFit {
+        let wanted = match cdb::decode(cdb) {
+            Ok(ScsiCommand::Write(rw) | ScsiCommand::WriteAndVerify { rw, .. }) => {
+                u64::from(rw.blocks.0) * u64::from(self.block_size)
+            }
+            _ => return DataOutFit::Exact,
+        };
+        let sent = u64::from(sent);
+        let diff = |d: u64| u32::try_from(d).unwrap_or(u32::MAX);
+        match wanted.cmp(&sent) {
+            std::cmp::Ordering::Equal => DataOutFit::Exact,
+            std::cmp::Ordering::Greater => DataOutFit::Short(diff(wanted - sent)),
+            std::cmp::Ordering::Less => DataOutFit::Long(diff(sent - wanted)),
+        }
     }
 
-    /// I_T nexus loss: drop its UAs and SPC-2 reservation; PR registrations stay.
+    // ---- management hooks ---------------------------------------------------
+
+    /// New I_T nexus. Unit attentions belong to the nexuses that existed when
+    /// their event happened (SAM-5 5.14), so a new nexus inherits none of the
+    /// pending ones: it sees only POWER ON, RESET, OR BUS DEVICE RESET
+    /// OCCURRED, or I_T NEXUS LOSS OCCURRED if its initiator port lost its
+    /// previous nexus (session reinstatement is the same I_T nexus).
+    pub fn nexus_added(&self, nexus: &Nexus) {
+        let mut st = self.state.lock();
+        st.ua.forget(nexus.id);
+        st.see(nexus);
+        let id = PortId::of(nexus);
+        let ua = match st.lost.iter().position(|p| *p == id) {
+            Some(i) => {
+                st.lost.remove(i);
+                Sense::nexus_loss_occurred()
+            }
+            None => Sense::power_on_reset(),
+        };
+        st.ua.push(nexus.id, ua);
+    }
+
+    /// I_T nexus loss: drop its UAs and SPC-2 reservation; PR registrations
+    /// stay. No other nexus is told (SPC-4 5.12 / SAM-5 6.3.4); the port
+    /// itself is, if it comes back.
     pub fn nexus_removed(&self, nexus_id: u64) {
         let mut st = self.state.lock();
         st.ua.forget(nexus_id);
-        st.nexuses.remove(&nexus_id);
+        if let Some(id) = st.nexuses.remove(&nexus_id) {
+            // Another live nexus of the same port (a reinstatement that
+            // overtook the old session's teardown) already had its own UA.
+            if !st.nexuses.values().any(|p| *p == id) && !st.lost.contains(&id) {
+                if st.lost.len() >= LOST_PORTS_MAX {
+                    st.lost.pop_front();
+                }
+                st.lost.push_back(id);
+            }
+        }
         if st.spc2_holder == Some(nexus_id) {
             st.spc2_holder = None;
         }
     }
 
-    /// LOGICAL UNIT RESET: clears the SPC-2 reservation (PRs stay), UA 29/03 to every nexus.
+    /// LOGICAL UNIT RESET received on `from`: clears the SPC-2 reservation
+    /// (PRs stay) and sets BUS DEVICE RESET FUNCTION OCCURRED for every I_T
+    /// nexus that exists now, the one that asked included (SAM-5 6.3.3;
+    /// libiscsi's MultipathIO.Reset checks every path, the resetting one
+    /// too). Nexuses created later do not inherit it.
     pub fn lun_reset(&self, from: &Nexus) {
+        self.reset(from, Sense::lun_reset_occurred());
+    }
+
+    /// TARGET WARM RESET (`cold == false`) or TARGET COLD RESET received on
+    /// `from`, applied to this LU: a warm reset is a hard reset, reported
+    /// like a LOGICAL UNIT RESET (BUS DEVICE RESET FUNCTION is its SCSI-2
+    /// name); a cold reset is a power cycle and reports POWER ON OCCURRED
+    /// to every nexus that survives it.
+    pub fn target_reset(&self, from: &Nexus, cold: bool) {
+        let ua = if cold {
+            Sense::power_on_occurred()
+        } else {
+            Sense::lun_reset_occurred()
+        };
+        self.reset(from, ua);
+    }
+
+    fn reset(&self, from: &Nexus, ua: Sense) {
         let mut st = self.state.lock();
         st.see(from);
         st.spc2_holder = None;
-        // SAM-5 §6.3.3: a LOGICAL UNIT RESET sets the unit attention for every I_T nexus,
-        // the one that asked for it included (multipath hosts check each path).
-        st.ua.push_all(Sense::lun_reset_occurred(), None);
+        st.ua.push_all(ua, None);
     }
 
     /// The device grew or shrank: every nexus sees CAPACITY DATA HAS CHANGED.
@@ -218,6 +326,10 @@ impl LogicalUnit {
     pub fn execute(&self, cmd: &Command) -> Step {
         let mut st = self.state.lock();
         st.see(cmd.nexus);
+        if st.pr_pending.is_some() {
+            // A commit whose command went away still takes effect once durable.
+            reservations::settle_pr(&mut st);
+        }
         let opcode = cmd.cdb.first().copied();
         // UAs are reported to every command but INQUIRY, REPORT LUNS and
         // REQUEST SENSE (which returns it as its data).

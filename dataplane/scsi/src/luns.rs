@@ -121,8 +121,7 @@ mod tests {
     fn report_luns_errors() {
         let r = report_luns(&[0], &cdb(8, 0));
         assert_eq!(r.status, ScsiStatus::CheckCondition);
-        let s = r.sense.unwrap();
-        assert_eq!((s[2], s[12], s[13]), (5, 0x24, 0));
+        assert_eq!(r.sense.unwrap().triple(), (5, 0x24, 0));
         let r = report_luns(&[0], &cdb(64, 9));
         assert_eq!(r.status, ScsiStatus::CheckCondition);
     }
@@ -141,7 +140,6 @@ mod tests {
         };
         assert_eq!((d[2], d[12], d[13]), (5, 0x25, 0));
         let r = lun_not_present(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-        let s = r.sense.unwrap();
-        assert_eq!((s[2], s[12], s[13]), (5, 0x25, 0));
+        assert_eq!(r.sense.unwrap().triple(), (5, 0x25, 0));
     }
 }

@@ -301,7 +301,7 @@ impl PrState {
                         return Ok(fx); // unregistering an unregistered nexus: no-op
                     }
                     if self.regs.len() >= MAX_REGISTRATIONS {
-                        return Err(Sense::new(crate::SenseKey::IllegalRequest, 0x55, 0x04).into());
+                        return Err(Sense::insufficient_registration_resources().into());
                     }
                     self.regs.push(Registration {
                         id: me.clone(),
@@ -517,7 +517,7 @@ impl PrState {
         }
         if self.reg_index(&dest).is_none() {
             if self.regs.len() >= MAX_REGISTRATIONS {
-                return Err(Sense::new(crate::SenseKey::IllegalRequest, 0x55, 0x04).into());
+                return Err(Sense::insufficient_registration_resources().into());
             }
             self.regs.push(Registration {
                 id: dest.clone(),

@@ -2,6 +2,7 @@
 //! table that makes COMPARE AND WRITE, ORWRITE and WRITE ATOMIC atomic.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -83,6 +84,44 @@ pub(crate) fn inflight_len(table: &Inflight) -> usize {
     table.lock().entries.len()
 }
 
+/// The outcome of one persistent-reservation commit, as the LU sees it.
+pub(crate) type CommitState = Arc<AtomicU8>;
+pub(crate) const COMMIT_PENDING: u8 = 0;
+pub(crate) const COMMIT_DURABLE: u8 = 1;
+pub(crate) const COMMIT_FAILED: u8 = 2;
+
+/// Tells the LU whether a [`crate::PrCommit`] became durable. The transport's persister
+/// calls [`CommitSignal::set`] once the save returned; dropping the signal unset (the
+/// commit never ran) counts as a failure. The LU settles the commit by this signal even if
+/// the command's continuation is dropped (command aborted, connection gone), so its state
+/// always matches the store.
+#[derive(Debug)]
+pub struct CommitSignal(pub(crate) CommitState);
+
+impl CommitSignal {
+    pub fn set(self, durable: bool) {
+        let v = if durable {
+            COMMIT_DURABLE
+        } else {
+            COMMIT_FAILED
+        };
+        let _ = self
+            .0
+            .compare_exchange(COMMIT_PENDING, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+impl Drop for CommitSignal {
+    fn drop(&mut self) {
+        let _ = self.0.compare_exchange(
+            COMMIT_PENDING,
+            COMMIT_FAILED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+}
+
 /// What `resume` does with the outcome of the I/O just performed.
 #[derive(Debug)]
 pub(crate) enum ContKind {
@@ -112,6 +151,9 @@ pub(crate) enum ContKind {
         fua: bool,
         bytes: usize,
     },
+    /// PERSISTENT RESERVE OUT whose new state is being made durable: the
+    /// LU's pending commit with this state decides the answer.
+    PrCommit { state: CommitState },
     /// WRITE SAME: more chunks may follow.
     WriteSame {
         next_lba: u64,

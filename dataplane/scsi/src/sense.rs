@@ -94,6 +94,19 @@ impl Sense {
     pub fn param_list_length_error() -> Sense {
         Sense::new(SenseKey::IllegalRequest, 0x1A, 0x00)
     }
+    /// INVALID FIELD IN CDB where no CDB field is to blame (e.g. the
+    /// transport's read and write bits), so there is nothing to point at.
+    pub fn invalid_field_cdb_unpointed() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x24, 0x00)
+    }
+    /// ABORTED COMMAND / DATA PHASE ERROR: the transport lost or misordered
+    /// part of the data (e.g. a Data-Out with a wrong DataSN at ERL 0).
+    pub fn data_phase_error() -> Sense {
+        Sense::new(SenseKey::AbortedCommand, 0x4B, 0x00)
+    }
+    pub fn insufficient_registration_resources() -> Sense {
+        Sense::new(SenseKey::IllegalRequest, 0x55, 0x04)
+    }
     pub fn invalid_field_in_iu() -> Sense {
         Sense::new(SenseKey::IllegalRequest, 0x0E, 0x03)
     }
@@ -127,8 +140,18 @@ impl Sense {
     pub fn power_on_reset() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x29, 0x00)
     }
+    /// POWER ON OCCURRED: what a TARGET COLD RESET amounts to (SAM-5 6.3.1).
+    pub fn power_on_occurred() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x01)
+    }
+    /// BUS DEVICE RESET FUNCTION OCCURRED: LOGICAL UNIT RESET and TARGET
+    /// (WARM) RESET, the function SCSI-2 called BUS DEVICE RESET.
     pub fn lun_reset_occurred() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x29, 0x03)
+    }
+    /// I_T NEXUS LOSS OCCURRED (SAM-5 6.3.4), for the returning initiator port.
+    pub fn nexus_loss_occurred() -> Sense {
+        Sense::new(SenseKey::UnitAttention, 0x29, 0x07)
     }
     pub fn mode_parameters_changed() -> Sense {
         Sense::new(SenseKey::UnitAttention, 0x2A, 0x01)

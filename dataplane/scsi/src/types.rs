@@ -22,13 +22,9 @@ pub struct LuIdentity {
     pub eui64: [u8; 8],
 }
 
-/// Host-visible cache policy of the device (drives the caching mode page).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheMode {
-    None,
-    WriteThrough,
-    WriteBack,
-}
+/// Host-visible cache policy of the device (drives the caching mode page):
+/// the configuration's type, shared with the block devices.
+pub use tandem_config::CacheMode;
 
 /// ALUA asymmetric access state of a target port group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,8 +85,27 @@ pub enum Step {
     /// Do this I/O, then call [`crate::LogicalUnit::resume`].
     Io(IoPlan),
     /// Retry `execute` for the same command later (a conflicting atomic
-    /// operation is in flight).
+    /// operation, or another persistent-reservation commit, is in flight).
     Defer,
+    /// Make this persistent-reservation state durable, off the reactor
+    /// thread, then call [`crate::LogicalUnit::resume`] with the outcome
+    /// (`IoOutcome::Ok` only once it is durable). The LU applies the new
+    /// state and answers only then; on failure it keeps the old state.
+    /// With replication this is where "committed on every synchronized
+    /// partner" goes.
+    Persist(PrCommit),
+}
+
+/// A persistent-reservation change waiting to become durable.
+pub struct PrCommit {
+    /// The whole new state, as [`PrStore::save`] takes it.
+    pub blob: Vec<u8>,
+    /// Where it goes.
+    pub store: std::sync::Arc<dyn PrStore>,
+    /// Set it once the save returned (dropping it unset means failed).
+    pub signal: crate::rw::CommitSignal,
+    /// Hand back to `resume` with the outcome.
+    pub cont: Continuation,
 }
 
 impl std::fmt::Debug for Step {
@@ -99,6 +114,7 @@ impl std::fmt::Debug for Step {
             Step::Done(r) => f.debug_tuple("Done").field(r).finish(),
             Step::Io(p) => f.debug_tuple("Io").field(&p.io).finish(),
             Step::Defer => f.write_str("Defer"),
+            Step::Persist(c) => f.debug_tuple("Persist").field(&c.blob.len()).finish(),
         }
     }
 }
@@ -137,6 +153,21 @@ pub enum WriteSource {
     Owned(Vec<u8>),
 }
 
+/// How the Data-Out an initiator sent compares with what the command uses
+/// ([`crate::LogicalUnit::data_out_fit`]); the transport reports the
+/// difference as the residual (RFC 7143 11.4.5.2, SAM-5 5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataOutFit {
+    /// As much as the command uses (or a command whose parameter data has
+    /// its own length rules).
+    Exact,
+    /// The CDB asks for this many bytes more than were sent (overflow).
+    Short(u32),
+    /// This many bytes more than the CDB asks for were sent (underflow);
+    /// they are ignored.
+    Long(u32),
+}
+
 /// Result of an I/O the transport did for an [`IoPlan`].
 #[derive(Debug)]
 pub enum IoOutcome<'a> {
@@ -164,8 +195,9 @@ pub enum ScsiStatus {
 pub struct Reply {
     pub status: ScsiStatus,
     pub data: ReplyData,
-    /// Fixed-format sense data (18 bytes) for CHECK CONDITION.
-    pub sense: Option<Vec<u8>>,
+    /// The sense of a CHECK CONDITION; the transport renders it (fixed
+    /// format, [`crate::Sense::to_fixed`]) when it builds the response.
+    pub sense: Option<crate::Sense>,
 }
 
 /// Data-In of a reply.
@@ -204,7 +236,7 @@ impl Reply {
         Reply {
             status: ScsiStatus::CheckCondition,
             data: ReplyData::None,
-            sense: Some(sense.to_fixed()),
+            sense: Some(*sense),
         }
     }
 
@@ -218,7 +250,12 @@ impl Reply {
 }
 
 /// Persistence for APTPL persistent-reservation state.
+///
+/// `save` blocks (it syncs to stable storage): the LU never calls it, the
+/// transport runs it off the reactor thread for a [`Step::Persist`].
 pub trait PrStore: Send + Sync {
+    /// Replaces the stored state atomically (a crash leaves the old or the
+    /// new blob) and returns only once the new one is durable.
     fn save(&self, blob: &[u8]) -> std::io::Result<()>;
     fn load(&self) -> std::io::Result<Option<Vec<u8>>>;
 }

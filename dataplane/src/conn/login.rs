@@ -1,23 +1,17 @@
 //! Login phase: feeds Login PDUs to the pure negotiation engine and turns its result into a
 //! session (TSIH, reinstatement, nexus, limits).
 
+use super::env::ConnEnv;
 use super::{ConnCore, FrameLimits, Phase, Session, CMD_WINDOW};
-use crate::reactor_ctx::{ReactorCtx, ReactorMsg};
+use crate::reactor_ctx::ReactorMsg;
 use crate::session::{Admission, SessionKey};
 use crate::target::{LOCAL_RELATIVE_PORT_ID, LOCAL_TPG_ID, PORTAL_GROUP_TAG};
 use tandem_iscsi::login::{LoginOutcome, SessionType};
-use tandem_iscsi::wire::{Bhs, LoginRequestRepr, BHS_LEN};
+use tandem_iscsi::wire::{login_status, Bhs, LoginRequestRepr, BHS_LEN};
 use tandem_scsi::{Nexus, TargetPort};
 
-/// Login status class 3 (target error), detail 2: out of resources.
-const STATUS_TARGET_ERROR: u8 = 3;
-const DETAIL_OUT_OF_RESOURCES: u8 = 2;
-/// Class 2 (initiator error), detail 0x0a: session does not exist.
-const STATUS_INITIATOR_ERROR: u8 = 2;
-const DETAIL_SESSION_DOES_NOT_EXIST: u8 = 0x0a;
-
 impl ConnCore {
-    pub(super) fn on_login(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_login(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match LoginRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(e) => {
@@ -30,11 +24,39 @@ impl ConnCore {
             self.phase = Phase::Closing;
             return;
         };
-        let registry = ctx.shared.registry.clone();
+        let registry = ctx.shared().registry.clone();
         let mut step = login.handle(&req, data, &*registry);
+        let initiator = login.initiator_name().map(str::to_owned);
         step.response.statsn = self.next_statsn();
         step.response.expcmdsn = req.cmdsn;
         step.response.maxcmdsn = req.cmdsn.wrapping_add(CMD_WINDOW - 1);
+        if let (Some(name), Some(ip)) = (initiator.as_deref(), self.peer_ip) {
+            let throttle = &ctx.shared().auth_failures;
+            let now = ctx.now();
+            let auth_failed = matches!(step.outcome, LoginOutcome::Failed)
+                && (step.response.status_class, step.response.status_detail)
+                    == tandem_iscsi::wire::login_status::AUTHENTICATION_FAILURE;
+            if auth_failed {
+                let (count, until) = throttle.failed(name, ip, now);
+                tracing::warn!(conn = self.id, peer = %self.peer, initiator = name, failures = count,
+                    blocked_for_ms = until.map(|t| t.saturating_duration_since(now).as_millis() as u64),
+                    "authentication failed");
+            } else if throttle.blocked(name, ip, now) {
+                // Too many recent failures from this initiator and address: refuse this
+                // attempt whatever it carries, so secrets cannot be guessed at speed.
+                tracing::warn!(conn = self.id, peer = %self.peer, initiator = name,
+                    "login refused: too many failed authentications, retry later");
+                let (class, detail) = tandem_iscsi::wire::login_status::AUTHENTICATION_FAILURE;
+                step.response.status_class = class;
+                step.response.status_detail = detail;
+                step.response.transit = false;
+                self.queue_login_response(&step.response, Vec::new());
+                self.phase = Phase::Closing;
+                return;
+            } else if matches!(step.outcome, LoginOutcome::Complete(_)) {
+                throttle.succeeded(name, ip);
+            }
+        }
         match step.outcome {
             LoginOutcome::Continue => {
                 self.queue_login_response(&step.response, step.data);
@@ -49,8 +71,8 @@ impl ConnCore {
                 if result.tsih != 0 {
                     // Adding a connection to an existing session (MC/S): not supported,
                     // MaxConnections is 1.
-                    step.response.status_class = STATUS_INITIATOR_ERROR;
-                    step.response.status_detail = DETAIL_SESSION_DOES_NOT_EXIST;
+                    (step.response.status_class, step.response.status_detail) =
+                        login_status::SESSION_DOES_NOT_EXIST;
                     step.response.transit = false;
                     self.queue_login_response(&step.response, Vec::new());
                     self.phase = Phase::Closing;
@@ -67,8 +89,8 @@ impl ConnCore {
                 };
                 if !discovery && target.is_none() {
                     // The target vanished between negotiation and now.
-                    step.response.status_class = STATUS_INITIATOR_ERROR;
-                    step.response.status_detail = 3;
+                    (step.response.status_class, step.response.status_detail) =
+                        login_status::NOT_FOUND;
                     step.response.transit = false;
                     self.queue_login_response(&step.response, Vec::new());
                     self.phase = Phase::Closing;
@@ -79,7 +101,7 @@ impl ConnCore {
                     isid: result.isid,
                     target: target.as_ref().map(|t| t.iqn.clone()).unwrap_or_default(),
                 };
-                let tsih = match ctx.shared.sessions.admit(key.clone(), self.conn_ref()) {
+                let tsih = match ctx.shared().sessions.admit(key.clone(), self.conn_ref()) {
                     Admission::New { tsih, replaced } => {
                         if let Some(old) = replaced {
                             tracing::info!(
@@ -87,17 +109,34 @@ impl ConnCore {
                                 old_conn = old.conn_id,
                                 "session reinstatement: closing the old session"
                             );
-                            if let Some(r) = ctx.shared.reactor(old.reactor) {
+                            let delivered = ctx.shared().reactor(old.reactor).map(|r| {
                                 r.send(ReactorMsg::CloseConnection {
                                     conn_id: old.conn_id,
-                                });
+                                })
+                                .is_ok()
+                            });
+                            if delivered == Some(false) {
+                                // The old session would live on beside the new one: refuse
+                                // the login instead (the initiator retries).
+                                tracing::error!(
+                                    conn = self.id,
+                                    old_conn = old.conn_id,
+                                    "cannot reach the old session's reactor; login refused"
+                                );
+                                ctx.shared().sessions.remove(&key, self.conn_ref());
+                                (step.response.status_class, step.response.status_detail) =
+                                    login_status::OUT_OF_RESOURCES;
+                                step.response.transit = false;
+                                self.queue_login_response(&step.response, Vec::new());
+                                self.phase = Phase::Closing;
+                                return;
                             }
                         }
                         tsih
                     }
                     Admission::Full => {
-                        step.response.status_class = STATUS_TARGET_ERROR;
-                        step.response.status_detail = DETAIL_OUT_OF_RESOURCES;
+                        (step.response.status_class, step.response.status_detail) =
+                            login_status::OUT_OF_RESOURCES;
                         step.response.transit = false;
                         self.queue_login_response(&step.response, Vec::new());
                         self.phase = Phase::Closing;
@@ -106,7 +145,7 @@ impl ConnCore {
                 };
                 step.response.tsih = tsih;
                 let nexus = Nexus {
-                    id: ctx.shared.new_nexus_id(),
+                    id: ctx.shared().new_nexus_id(),
                     initiator_name: result.initiator_name.clone(),
                     isid: result.isid,
                     port: TargetPort {
@@ -145,6 +184,7 @@ impl ConnCore {
                     max_cmdsn: step.response.maxcmdsn,
                 });
                 self.login = None;
+                self.prelogin = None;
                 self.phase = Phase::FullFeature;
             }
         }

@@ -1,20 +1,27 @@
 //! NOP-Out/NOP-In (including our liveness pings), Text (SendTargets) and Logout.
 
+use super::env::ConnEnv;
 use super::{ConnCore, Phase};
 use crate::reactor_ctx::ConnTimers;
-use crate::reactor_ctx::ReactorCtx;
 use std::time::Instant;
 use tandem_iscsi::text::{emit_pairs, parse_pairs, TextLimits};
+use tandem_iscsi::wire::logout_response::{
+    CLOSED_SUCCESSFULLY as LOGOUT_OK, RECOVERY_NOT_SUPPORTED as LOGOUT_RECOVERY_NOT_SUPPORTED,
+};
 use tandem_iscsi::wire::{
     reject, Bhs, LogoutReason, LogoutRequestRepr, LogoutResponseRepr, NopInRepr, NopOutRepr,
-    TextRequestRepr, TextResponseRepr, BHS_LEN,
+    TextRequestRepr, TextResponseRepr, BHS_LEN, RESERVED_TAG,
 };
 
-const RESERVED_TAG: u32 = u32::MAX;
+/// Most text an initiator may send split over several Text Requests (C bit).
+const TEXT_COLLECT_MAX: usize = 64 * 1024;
 
-/// Logout response codes (RFC 7143 §11.15.1).
-const LOGOUT_OK: u8 = 0;
-const LOGOUT_RECOVERY_NOT_SUPPORTED: u8 = 2;
+/// A text request arriving in pieces (C bit): what came so far, under our TTT.
+pub(super) struct CollectingText {
+    itt: u32,
+    ttt: u32,
+    data: Vec<u8>,
+}
 
 /// A text response too long for one PDU, handed out piece by piece (C bit + TTT).
 pub(super) struct PendingText {
@@ -100,7 +107,7 @@ impl ConnCore {
         1
     }
 
-    pub(super) fn on_text(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_text(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match TextRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -117,16 +124,62 @@ impl ConnCore {
             .map(|s| s.params.max_recv_data_segment_length_initiator as usize)
             .unwrap_or(8192)
             .max(512);
+        // A request split over several PDUs (RFC 7143 §11.10.2): collect the pieces, answer
+        // each with an empty Text Response carrying our TTT, handle the whole at the end.
+        let mut collected: Option<Vec<u8>> = None;
+        if req.ttt != RESERVED_TAG
+            && self
+                .text_in
+                .as_ref()
+                .is_some_and(|c| c.itt == req.itt && c.ttt == req.ttt)
+        {
+            collected = self.text_in.take().map(|c| c.data);
+        } else if req.ttt == RESERVED_TAG {
+            self.text_in = None;
+        }
+        if req.cont || collected.is_some() {
+            let mut buf = collected.unwrap_or_default();
+            if buf.len() + data.len() > TEXT_COLLECT_MAX {
+                tracing::warn!(conn = self.id, "text request longer than allowed; rejected");
+                self.send_reject(reject::PROTOCOL_ERROR, bhs);
+                return;
+            }
+            buf.extend_from_slice(data);
+            if req.cont {
+                let ttt = self.new_ttt();
+                self.text_in = Some(CollectingText {
+                    itt: req.itt,
+                    ttt,
+                    data: buf,
+                });
+                self.pending_text = None;
+                self.send_text_piece(req.itt, ttt, &[], 0, max_seg, false);
+                return;
+            }
+            self.answer_text(ctx, bhs, req.itt, &buf, max_seg);
+            return;
+        }
         // Continuation of a long answer.
         if req.ttt != RESERVED_TAG {
             if let Some(p) = self.pending_text.as_ref().filter(|p| p.ttt == req.ttt) {
                 let (ttt, body, off) = (p.ttt, p.data.clone(), p.offset);
-                self.send_text_piece(req.itt, ttt, &body, off, max_seg);
+                self.send_text_piece(req.itt, ttt, &body, off, max_seg, true);
             } else {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
             }
             return;
         }
+        self.answer_text(ctx, bhs, req.itt, data, max_seg);
+    }
+
+    fn answer_text(
+        &mut self,
+        ctx: &mut dyn ConnEnv,
+        bhs: &[u8; BHS_LEN],
+        itt: u32,
+        data: &[u8],
+        max_seg: usize,
+    ) {
         self.pending_text = None;
         let pairs = match parse_pairs(data, &TextLimits::default()) {
             Ok(p) => p,
@@ -145,7 +198,7 @@ impl ConnCore {
                     .as_ref()
                     .map(|s| s.key.initiator.clone())
                     .unwrap_or_default();
-                let listings = ctx.shared.registry.listings(self.local_addr);
+                let listings = ctx.shared().registry.listings(self.local_addr);
                 // In a normal session an empty value means "this session's target".
                 let value = match (
                     v.as_str(),
@@ -169,15 +222,25 @@ impl ConnCore {
                 data: body.clone(),
                 offset: 0,
             });
-            self.send_text_piece(req.itt, ttt, &body, 0, max_seg);
+            self.send_text_piece(itt, ttt, &body, 0, max_seg, true);
         } else {
-            self.send_text_piece(req.itt, RESERVED_TAG, &body, 0, max_seg);
+            self.send_text_piece(itt, RESERVED_TAG, &body, 0, max_seg, true);
         }
     }
 
-    fn send_text_piece(&mut self, itt: u32, ttt: u32, body: &[u8], offset: usize, max_seg: usize) {
+    /// One Text Response with `body[offset..]` (as much as fits). `answer` false: an empty
+    /// acknowledgement of a request piece (not final, our TTT, no C bit).
+    fn send_text_piece(
+        &mut self,
+        itt: u32,
+        ttt: u32,
+        body: &[u8],
+        offset: usize,
+        max_seg: usize,
+        answer: bool,
+    ) {
         let end = (offset + max_seg).min(body.len());
-        let last = end == body.len();
+        let last = answer && end == body.len();
         if last {
             self.pending_text = None;
         } else if let Some(p) = self.pending_text.as_mut() {
@@ -186,7 +249,7 @@ impl ConnCore {
         let statsn = self.next_statsn();
         let repr = TextResponseRepr {
             final_flag: last,
-            cont: !last,
+            cont: answer && !last,
             lun: 0,
             itt,
             ttt: if last { RESERVED_TAG } else { ttt },
@@ -199,7 +262,7 @@ impl ConnCore {
         self.tx.push_owned(out, body[offset..end].to_vec(), None);
     }
 
-    pub(super) fn on_logout(&mut self, _ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_logout(&mut self, _ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match LogoutRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {

@@ -4,6 +4,10 @@
 //! handles a bounded number of PDUs, runs ready tasks and writes what the socket takes;
 //! block-device completions come back through `on_io_complete`.
 
+mod budget;
+#[cfg(test)]
+mod conn_tests;
+mod env;
 mod login;
 mod misc;
 mod rx;
@@ -12,6 +16,8 @@ mod task;
 mod tmf;
 mod tx;
 
+pub use budget::{MemBudget, DEFAULT_BUDGET_BYTES};
+pub use env::ConnEnv;
 pub use rx::{FrameEvent, FrameLimits, RxBuffer};
 
 /// Data-Out segments at least this long are received straight into the task's aligned
@@ -29,7 +35,6 @@ struct DirectRx {
 }
 
 use crate::net::Transport;
-use crate::reactor_ctx::ReactorCtx;
 use crate::session::{ConnRef, SessionKey};
 use crate::target::Target;
 use std::collections::VecDeque;
@@ -39,6 +44,7 @@ use std::time::Instant;
 use tandem_iscsi::login::LoginState;
 use tandem_iscsi::params::SessionParams;
 use tandem_iscsi::wire::{Bhs, Opcode, BHS_LEN};
+
 use tandem_scsi::Nexus;
 use task::TaskTable;
 use tx::{TaskBuffers, TxQueue, TX_QUEUE_SOFT_MAX};
@@ -100,28 +106,49 @@ pub(crate) struct ConnCore {
     session: Option<Session>,
     tasks: TaskTable,
     ready: VecDeque<usize>,
+    /// Deferred tasks (conflicting range in flight), retried at `park_due`.
+    parked: Vec<usize>,
+    park_due: Option<Instant>,
+    /// Tasks waiting for the memory budget (write buffers, read replies), oldest first.
+    held: VecDeque<usize>,
+    /// Budget epoch at the last refusal: held tasks are retried only after a release.
+    held_epoch: u64,
+    /// Budget bytes held by this connection's tasks.
+    mem_held: u64,
     released: Vec<usize>,
     pending_tmf: Vec<tmf::PendingTmf>,
     pending_text: Option<misc::PendingText>,
+    text_in: Option<misc::CollectingText>,
     local_addr: Option<std::net::SocketAddr>,
     peer: String,
+    peer_ip: Option<std::net::IpAddr>,
     created: Instant,
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     next_ttt: u32,
     op_scratch: Vec<tandem_bdev::BdevOp>,
+    /// Send-queue progress: (bytes written so far, when that count last changed).
+    tx_progress: (u64, Instant),
+    /// Our place in the per-address count of connections still logging in.
+    prelogin: Option<crate::session::PreloginGuard>,
 }
 
 impl Connection {
-    pub fn new(id: u32, reactor: usize, transport: Box<dyn Transport>, now: Instant) -> Connection {
+    pub fn new(
+        id: u32,
+        reactor: usize,
+        transport: Box<dyn Transport>,
+        now: Instant,
+        prelogin: Option<crate::session::PreloginGuard>,
+    ) -> Connection {
         let limits = FrameLimits {
             header_digest: false,
             data_digest: false,
             max_data_len: LOGIN_DATA_MAX,
         };
         let local_addr = transport.local_addr();
-        let peer = transport
-            .peer_addr()
+        let peer_addr = transport.peer_addr();
+        let peer = peer_addr
             .map(|a| a.to_string())
             .unwrap_or_else(|| "?".into());
         tracing::debug!(conn = id, %peer, "connection accepted");
@@ -141,23 +168,38 @@ impl Connection {
                 login: Some(LoginState::new(rand::random())),
                 session: None,
                 tasks: TaskTable::new(),
-                ready: VecDeque::new(),
+                ready: VecDeque::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
+                parked: Vec::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
+                park_due: None,
+                held: VecDeque::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
+                held_epoch: 0,
+                mem_held: 0,
                 released: Vec::new(),
                 pending_tmf: Vec::new(),
                 pending_text: None,
+                text_in: None,
                 local_addr,
                 peer,
+                peer_ip: peer_addr.map(|a| a.ip()),
                 created: now,
                 last_rx: now,
                 ping: None,
                 next_ttt: 1,
                 op_scratch: Vec::with_capacity(4),
+                tx_progress: (0, now),
+                prelogin,
             },
         }
     }
 
     pub fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.transport.poll_fd()
+    }
+
+    /// When this connection next needs a poll even if nothing arrives (a parked task's
+    /// retry), so the reactor can sleep until then instead of spinning.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.core.park_due
     }
 
     pub fn wants_write(&self) -> bool {
@@ -172,7 +214,7 @@ impl Connection {
             .map(|t| t.iqn.as_str())
     }
 
-    pub fn poll(&mut self, ctx: &mut ReactorCtx) -> PollResult {
+    pub fn poll(&mut self, ctx: &mut dyn ConnEnv) -> PollResult {
         let mut work = 0;
         let mut closed = false;
         if self.core.phase != Phase::Closing {
@@ -206,7 +248,7 @@ impl Connection {
     }
 
     /// Continues a direct receive; returns (bytes received, still in progress).
-    fn direct_receive(&mut self) -> io::Result<(usize, bool)> {
+    fn direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<(usize, bool)> {
         let Some(mut d) = self.direct else {
             return Ok((0, false));
         };
@@ -235,13 +277,13 @@ impl Connection {
         }
         self.direct = None;
         self.rx.skip(d.pad);
-        self.core.data_out_landed(d.accepted, d.len);
+        self.core.data_out_landed(ctx, d.accepted, d.len);
         Ok((got.max(1), false))
     }
 
     /// If the next PDU is a large Data-Out whose data has not all arrived, accepts its
     /// header and switches to receiving its payload straight into the task buffer.
-    fn start_direct_receive(&mut self, ctx: &mut ReactorCtx) -> bool {
+    fn start_direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> bool {
         let limits = self.core.limits;
         let Some(p) = self.rx.peek_partial(&limits) else {
             return false;
@@ -274,10 +316,10 @@ impl Connection {
         true
     }
 
-    fn read_and_handle(&mut self, ctx: &mut ReactorCtx) -> io::Result<usize> {
+    fn read_and_handle(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<usize> {
         let mut work = 0;
         if self.direct.is_some() {
-            let (n, pending) = self.direct_receive()?;
+            let (n, pending) = self.direct_receive(ctx)?;
             work += n.min(1);
             if pending {
                 return Ok(work);
@@ -296,7 +338,7 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => {
                     self.rx.advance_end(n);
-                    self.core.last_rx = ctx.now;
+                    self.core.last_rx = ctx.now();
                     work += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -310,7 +352,7 @@ impl Connection {
             if self.core.phase == Phase::FullFeature && self.start_direct_receive(ctx) {
                 handled += 1;
                 if self.direct.is_some() {
-                    let (_, pending) = self.direct_receive()?;
+                    let (_, pending) = self.direct_receive(ctx)?;
                     if pending {
                         break;
                     }
@@ -328,34 +370,30 @@ impl Connection {
         Ok(work + handled)
     }
 
-    fn flush(&mut self, ctx: &mut ReactorCtx) -> io::Result<()> {
-        let core = &mut self.core;
-        let mut released = std::mem::take(&mut core.released);
-        let r = core
-            .tx
-            .flush(self.transport.as_mut(), &core.tasks, &mut released);
-        for slot in released.drain(..) {
-            core.free_task(ctx, slot);
-        }
-        core.released = released;
-        r
+    fn flush(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<()> {
+        self.core.flush(ctx, self.transport.as_mut())
     }
 
     /// Ends the connection: the session (single connection per session) goes with it.
-    fn close(&mut self, ctx: &mut ReactorCtx) {
+    fn close(&mut self, ctx: &mut dyn ConnEnv) {
         self.transport.shutdown();
         self.core.teardown(ctx);
     }
 
+    /// Closes the socket of a connection that never logged in (nothing else to tear down).
+    pub fn shutdown_transport(&mut self) {
+        self.transport.shutdown();
+    }
+
     /// Forced close from another thread's request (reinstatement, target removal).
-    pub fn kill(&mut self, ctx: &mut ReactorCtx) {
+    pub fn kill(&mut self, ctx: &mut dyn ConnEnv) {
         tracing::info!(conn = self.id, peer = %self.core.peer, "closing connection on request");
         self.close(ctx);
     }
 
     pub fn on_io_complete(
         &mut self,
-        ctx: &mut ReactorCtx,
+        ctx: &mut dyn ConnEnv,
         slot: usize,
         c: tandem_bdev::Completion,
     ) {
@@ -365,13 +403,25 @@ impl Connection {
 
 impl TaskBuffers for TaskTable {
     fn task_buf(&self, slot: usize) -> &[u8] {
-        self.get(slot)
-            .and_then(|t| t.io_buf.as_deref())
-            .unwrap_or(&[])
+        match self.get(slot).map(|t| &t.stage) {
+            Some(task::Stage::Responding(r)) => r.io_buf.as_deref().unwrap_or(&[]),
+            _ => &[],
+        }
     }
 }
 
 impl ConnCore {
+    /// Writes what the transport takes; frees the tasks whose last PDU has left.
+    fn flush(&mut self, ctx: &mut dyn ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
+        let mut released = std::mem::take(&mut self.released);
+        let r = self.tx.flush(transport, &self.tasks, &mut released);
+        for slot in released.drain(..) {
+            self.free_task(ctx, slot);
+        }
+        self.released = released;
+        r
+    }
+
     fn conn_ref(&self) -> ConnRef {
         ConnRef {
             reactor: self.reactor,
@@ -379,7 +429,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_event(&mut self, ctx: &mut ReactorCtx, ev: FrameEvent, bytes: &[u8]) {
+    fn handle_event(&mut self, ctx: &mut dyn ConnEnv, ev: FrameEvent, bytes: &[u8]) {
         match ev {
             FrameEvent::Pdu(frame) => {
                 let data = &bytes[frame.data.clone()];
@@ -405,7 +455,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_pdu(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    fn handle_pdu(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let view = Bhs::new_unchecked(&bhs[..]);
         let Some(op) = view.opcode() else {
             tracing::warn!(
@@ -517,35 +567,54 @@ impl ConnCore {
         t
     }
 
-    fn timers(&mut self, ctx: &mut ReactorCtx) -> usize {
+    fn timers(&mut self, ctx: &mut dyn ConnEnv) -> usize {
         match self.phase {
             Phase::Login => {
-                if ctx.now.duration_since(self.created) > ctx.shared.timers.login_timeout {
+                if ctx.now().duration_since(self.created) > ctx.shared().timers.login_timeout {
                     tracing::warn!(conn = self.id, peer = %self.peer, "login not finished in time; closing");
                     self.phase = Phase::Closing;
                     return 1;
                 }
                 0
             }
-            Phase::FullFeature => self.nop_ping(ctx.now, ctx.shared.timers),
+            Phase::FullFeature => {
+                let timers = ctx.shared().timers;
+                let now = ctx.now();
+                // An initiator that stops reading its replies holds its share of the memory
+                // budget; after as long as a silent initiator is tolerated, it is closed.
+                let sent = self.tx.bytes_sent();
+                if self.tx.is_empty() || sent != self.tx_progress.0 {
+                    self.tx_progress = (sent, now);
+                } else if now.duration_since(self.tx_progress.1)
+                    > timers.nop_timeout + timers.nop_interval.unwrap_or_default()
+                {
+                    tracing::warn!(conn = self.id, peer = %self.peer,
+                        "initiator does not read its replies; closing");
+                    self.phase = Phase::Closing;
+                    return 1;
+                }
+                self.nop_ping(now, timers)
+            }
             Phase::Closing => 0,
         }
     }
 
-    fn teardown(&mut self, ctx: &mut ReactorCtx) {
+    fn teardown(&mut self, ctx: &mut dyn ConnEnv) {
         self.phase = Phase::Closing;
         let slots: Vec<usize> = self.tasks.slots().collect();
         for slot in slots {
             let in_io = self
                 .tasks
                 .get(slot)
-                .map(|t| t.stage == task::TaskStage::InIo)
+                .map(|t| matches!(t.stage, task::Stage::InIo(_) | task::Stage::Aborted(_)))
                 .unwrap_or(false);
-            if !in_io {
+            if in_io {
+                // Its completion will find no connection (the buffer is dropped then); the
+                // budget it holds is given back now.
+                self.release(ctx, slot, true, true);
+            } else {
                 self.free_task(ctx, slot);
             }
-            // Tasks with I/O in flight: their completions find no connection and their
-            // buffers are dropped then.
         }
         if let Some(s) = self.session.take() {
             if let Some(t) = &s.target {
@@ -553,7 +622,7 @@ impl ConnCore {
                     dev.lu.nexus_removed(s.nexus.id);
                 }
             }
-            ctx.shared.sessions.remove(&s.key, self.conn_ref());
+            ctx.shared().sessions.remove(&s.key, self.conn_ref());
             tracing::info!(conn = self.id, peer = %self.peer, initiator = %s.key.initiator,
                 target = %s.key.target, tsih = s.tsih, "session closed");
         }

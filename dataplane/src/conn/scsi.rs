@@ -1,40 +1,36 @@
 //! SCSI commands over iSCSI: command PDUs, Data-Out collection with R2T, running the
 //! logical unit's steps against the block device, and Data-In / SCSI Response.
+//!
+//! Every task moves through [`Stage`] (see `task.rs` for the diagram); each transition is
+//! one function here. Large buffers are granted from the reactor's memory budget before
+//! they are allocated: a write's buffer before its first R2T (or at once if unsolicited
+//! data comes with it), a read's reply buffer before its I/O starts.
 
-use super::task::{R2tSet, R2tWindow, Residual, Task, TaskStage};
+use super::env::ConnEnv;
+use super::task::{
+    Collecting, InIo, IoFailure, OutBuf, Planned, R2tSet, R2tWindow, Ready, Reservation, Residual,
+    Responding, Stage, Task,
+};
 use super::{ConnCore, Phase};
-use crate::reactor_ctx::{make_tag, ReactorCtx};
+use crate::reactor_ctx::make_tag;
 use crate::target::Device;
 use std::sync::Arc;
-use tandem_bdev::{BdevOp, Completion};
+use std::time::Duration;
+use tandem_bdev::{AlignedBuf, BdevOp, Completion};
 use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
 };
 use tandem_scsi::{
-    Command, IoOutcome, IoPlan, LuIo, Reply, ReplyData, ScsiStatus, Step, WriteSource,
+    Command, DataOutFit, IoOutcome, IoPlan, LuIo, PrCommit, Reply, ReplyData, ScsiStatus, Sense,
+    Step, WriteSource,
 };
 
-/// Largest write we accept in one command; larger ones are refused before any data moves.
-const WRITE_LEN_MAX: u32 = 32 * 1024 * 1024;
 /// Tasks started per poll, so one connection's backlog cannot monopolise the reactor.
 const TASKS_PER_POLL: usize = 64;
-
-const OPCODE_REPORT_LUNS: u8 = 0xa0;
-
-/// Fixed-format sense: ILLEGAL REQUEST / INVALID FIELD IN CDB.
-fn sense_invalid_field_in_cdb() -> Vec<u8> {
-    sense(0x05, 0x24, 0x00)
-}
-
-fn sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
-    let mut s = vec![0u8; 18];
-    s[0] = 0x70;
-    s[2] = key;
-    s[7] = 10;
-    s[12] = asc;
-    s[13] = ascq;
-    s
-}
+/// A deferred task (conflicting range in flight) is retried after this long if no
+/// completion on its connection has prompted an earlier retry. The range's holder may sit
+/// on another reactor, whose completions we do not see; the reactor sleeps meanwhile.
+pub(super) const PARK_RETRY: Duration = Duration::from_millis(1);
 
 /// SAM LUN field (8 bytes, peripheral or flat addressing) to a LUN number.
 pub(crate) fn decode_lun(field: u64) -> u64 {
@@ -45,6 +41,14 @@ pub(crate) fn decode_lun(field: u64) -> u64 {
     }
 }
 
+/// The largest transfer a command to `dev` may announce: the LU's advertised maximum
+/// (VPD B0), else the block layer's.
+fn max_transfer(dev: Option<&Arc<Device>>) -> u64 {
+    dev.and_then(|d| d.lu.max_transfer_bytes())
+        .unwrap_or(tandem_bdev::MAX_IO_BYTES)
+        .min(tandem_bdev::MAX_IO_BYTES)
+}
+
 impl ConnCore {
     fn target_device(&self, lun: u64) -> Option<Arc<Device>> {
         let s = self.session.as_ref()?;
@@ -53,7 +57,7 @@ impl ConnCore {
 
     pub(super) fn on_scsi_command(
         &mut self,
-        ctx: &mut ReactorCtx,
+        ctx: &mut dyn ConnEnv,
         bhs: &[u8; BHS_LEN],
         data: &[u8],
     ) {
@@ -84,38 +88,6 @@ impl ConnCore {
             self.send_reject(reject::TASK_IN_PROGRESS, bhs);
             return;
         }
-        let params = self
-            .session
-            .as_ref()
-            .map(|s| s.params.clone())
-            .unwrap_or_default();
-        let mut task = Task {
-            itt: cmd.itt,
-            lun: cmd.lun,
-            cdb: cmd.cdb,
-            edtl: cmd.edtl,
-            read: cmd.read,
-            write: cmd.write,
-            stage: TaskStage::Ready,
-            aborted: false,
-            data_out: None,
-            received: 0,
-            unsolicited_end: 0,
-            next_r2t_offset: 0,
-            r2tsn: 0,
-            r2ts: R2tSet::default(),
-            io_buf: None,
-            cont: None,
-            datasn: 0,
-            draining: false,
-            io_started_at: Some(ctx.now),
-            pending_ios: 0,
-            io_failed: None,
-            data_out_in_io: false,
-            unsolicited_datasn: 0,
-            residual: Residual::None,
-            write_fitted: false,
-        };
         if !self.tasks.has_room(cmd.immediate) {
             // Within the window but no room (e.g. many answers still being sent): answer
             // TASK SET FULL so the initiator retries, never drop the command.
@@ -123,39 +95,60 @@ impl ConnCore {
             self.send_status_without_task(cmd.itt, ScsiStatus::TaskSetFull);
             return;
         }
+        let (immediate_ok, first_burst, initial_r2t) = match self.session.as_ref() {
+            Some(s) => (
+                s.params.immediate_data,
+                s.params.first_burst_length,
+                s.params.initial_r2t,
+            ),
+            None => return,
+        };
         let mut early: Option<Reply> = None;
+        let mut stage = Stage::Ready(Ready { data_out: None });
+        let mut needs_buf_now = false;
         if cmd.write {
-            if !data.is_empty() && !params.immediate_data {
+            if !data.is_empty() && !immediate_ok {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
-            if data.len() as u64 > cmd.edtl as u64
-                || data.len() as u64 > params.first_burst_length as u64
-            {
+            if data.len() as u64 > cmd.edtl as u64 || data.len() as u64 > first_burst as u64 {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return;
             }
-            task.unsolicited_end = if params.initial_r2t {
+            let unsolicited_end = if initial_r2t {
                 data.len() as u32
             } else {
-                cmd.edtl.min(params.first_burst_length)
+                cmd.edtl.min(first_burst)
             };
-            task.next_r2t_offset = task.unsolicited_end;
-            // Bidirectional commands are not supported; oversize writes are refused before
-            // any buffer is allocated for them.
-            if cmd.read || cmd.edtl > WRITE_LEN_MAX {
-                early = Some(check_condition(sense_invalid_field_in_cdb()));
-            } else {
-                let dev = self.target_device(cmd.lun);
-                let mut buf = ctx.alloc_buf(dev.as_ref(), cmd.edtl as usize);
-                buf[..data.len()].copy_from_slice(data);
-                task.data_out = Some(buf);
-                task.received = data.len() as u32;
+            let dev = self.target_device(cmd.lun);
+            // Bidirectional commands are not supported; writes beyond the maximum transfer
+            // are refused before any buffer is granted or any data moves.
+            if cmd.read || cmd.edtl as u64 > max_transfer(dev.as_ref()) {
+                early = Some(Reply::check(&Sense::invalid_field_cdb_unpointed()));
             }
-            if task.received < cmd.edtl || early.is_some() {
-                task.stage = TaskStage::CollectingData;
-            }
+            needs_buf_now = unsolicited_end > 0;
+            stage = Stage::Collecting(Collecting {
+                buf: None,
+                received: 0,
+                unsolicited_end,
+                unsolicited_datasn: 0,
+                next_r2t_offset: unsolicited_end,
+                r2tsn: 0,
+                r2ts: R2tSet::default(),
+            });
         }
+        let task = Task {
+            itt: cmd.itt,
+            lun: cmd.lun,
+            cdb: cmd.cdb,
+            edtl: cmd.edtl,
+            read: cmd.read,
+            write: cmd.write,
+            started: ctx.now(),
+            residual: Residual::None,
+            mem: Reservation::default(),
+            stage,
+        };
         let Some(slot) = self.tasks.insert(task) else {
             self.send_reject(reject::TASK_IN_PROGRESS, bhs);
             return;
@@ -166,58 +159,122 @@ impl ConnCore {
                 itt = cmd.itt,
                 "command refused before data transfer"
             );
-            if let Some(t) = self.tasks.get_mut(slot) {
-                t.draining = true;
-            }
-            self.send_reply(ctx, slot, reply);
+            self.send_reply(ctx, slot, reply, None);
             return;
         }
-        match self.tasks.get(slot).map(|t| t.stage) {
-            Some(TaskStage::CollectingData) => self.issue_r2ts(slot),
-            Some(TaskStage::Ready) => self.ready.push_back(slot),
-            _ => {}
+        if !cmd.write {
+            self.ready.push_back(slot);
+            return;
+        }
+        if needs_buf_now {
+            // Unsolicited data is on its way: its buffer cannot wait for memory.
+            if !self.grant_write(ctx, slot) {
+                tracing::debug!(
+                    conn = self.id,
+                    itt = cmd.itt,
+                    "memory budget spent; TASK SET FULL"
+                );
+                self.send_reply(ctx, slot, status_only(ScsiStatus::TaskSetFull), None);
+                return;
+            }
+            if let Some(Stage::Collecting(c)) = self.tasks.get_mut(slot).map(|t| &mut t.stage) {
+                if let Some(buf) = c.buf.as_mut() {
+                    buf[..data.len()].copy_from_slice(data);
+                    c.received = data.len() as u32;
+                }
+            }
+        }
+        if data.len() as u32 >= cmd.edtl {
+            self.data_complete(slot);
+        } else {
+            self.issue_r2ts(ctx, slot);
+        }
+    }
+
+    /// Grants a write its Data-Out buffer from the memory budget; false = not now.
+    fn grant_write(&mut self, ctx: &mut dyn ConnEnv, slot: usize) -> bool {
+        let Some(t) = self.tasks.get(slot) else {
+            return false;
+        };
+        let Stage::Collecting(c) = &t.stage else {
+            return false;
+        };
+        if c.buf.is_some() {
+            return true;
+        }
+        let len = t.edtl as u64;
+        if !ctx.budget().try_take(self.mem_held, len) {
+            self.held_epoch = ctx.budget().epoch();
+            return false;
+        }
+        let dev = self.target_device(t.lun);
+        let buf = ctx.alloc_buf(dev.as_ref(), len as usize);
+        self.mem_held += len;
+        let t = self.tasks.get_mut(slot).expect("checked above");
+        t.mem.write += len;
+        if let Stage::Collecting(c) = &mut t.stage {
+            c.buf = Some(buf);
+        }
+        true
+    }
+
+    fn hold(&mut self, slot: usize) {
+        if !self.held.contains(&slot) {
+            self.held.push_back(slot);
         }
     }
 
     /// Sends R2Ts for the part of the write not covered by unsolicited data, keeping at
-    /// most MaxOutstandingR2T outstanding, each at most MaxBurstLength long.
-    fn issue_r2ts(&mut self, slot: usize) {
+    /// most MaxOutstandingR2T outstanding, each at most MaxBurstLength long. Nothing is
+    /// asked for until the buffer it lands in is granted (held otherwise).
+    fn issue_r2ts(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
         let Some(s) = self.session.as_ref() else {
             return;
         };
         let max_outstanding = s.params.max_outstanding_r2t.max(1) as usize;
         let max_burst = s.params.max_burst_length.max(512);
+        let needs_grant = matches!(
+            self.tasks.get(slot).map(|t| &t.stage),
+            Some(Stage::Collecting(Collecting { buf: None, .. }))
+        );
+        if needs_grant {
+            // First come, first served: a newer command does not overtake held ones.
+            if !self.held.is_empty() || !self.grant_write(ctx, slot) {
+                self.hold(slot);
+                return;
+            }
+        }
         let exp_cmdsn = self.exp_cmdsn();
         let max_cmdsn = self.max_cmdsn();
         loop {
-            let Some(t) = self.tasks.get(slot) else {
+            let statsn = self.statsn;
+            let ttt = self.next_ttt;
+            let Some(t) = self.tasks.get_mut(slot) else {
                 return;
             };
-            if t.draining
-                || t.r2ts.len() >= max_outstanding
-                || t.r2ts.is_full()
-                || t.next_r2t_offset >= t.edtl
-            {
+            let (lun, itt, edtl) = (t.lun, t.itt, t.edtl);
+            let Stage::Collecting(c) = &mut t.stage else {
+                return;
+            };
+            if c.r2ts.len() >= max_outstanding || c.r2ts.is_full() || c.next_r2t_offset >= edtl {
                 return;
             }
-            let offset = t.next_r2t_offset;
-            let len = (t.edtl - offset).min(max_burst);
-            let ttt = self.new_ttt();
-            let statsn = self.statsn;
-            let t = self.tasks.get_mut(slot).expect("slot checked above");
-            let r2tsn = t.r2tsn;
-            t.r2tsn = t.r2tsn.wrapping_add(1);
-            t.next_r2t_offset = offset + len;
-            t.r2ts.push(R2tWindow {
+            let offset = c.next_r2t_offset;
+            let len = (edtl - offset).min(max_burst);
+            let r2tsn = c.r2tsn;
+            c.r2tsn = c.r2tsn.wrapping_add(1);
+            c.next_r2t_offset = offset + len;
+            c.r2ts.push(R2tWindow {
                 ttt,
                 offset,
                 len,
                 received: 0,
                 next_datasn: 0,
             });
+            let _ = self.new_ttt();
             let repr = R2tRepr {
-                lun: t.lun,
-                itt: t.itt,
+                lun,
+                itt,
                 ttt,
                 statsn,
                 expcmdsn: exp_cmdsn,
@@ -232,19 +289,15 @@ impl ConnCore {
         }
     }
 
-    pub(super) fn on_data_out(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_data_out(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let Some(accepted) = self.accept_data_out(ctx, bhs, data.len()) else {
             return;
         };
-        if let Some(buf) = self
-            .tasks
-            .get_mut(accepted.slot)
-            .and_then(|t| t.data_out.as_mut())
-        {
+        if let Some(buf) = self.data_out_buf(accepted.slot) {
             let start = accepted.buffer_offset;
             buf[start..start + data.len()].copy_from_slice(data);
         }
-        self.data_out_landed(accepted, data.len());
+        self.data_out_landed(ctx, accepted, data.len());
     }
 
     /// Checks a Data-Out header against its task (ITT, TTT, offsets, DataSN) and does the
@@ -252,7 +305,7 @@ impl ConnCore {
     /// dropped (the PDU was answered with a Reject or the command has failed).
     pub(super) fn accept_data_out(
         &mut self,
-        ctx: &mut ReactorCtx,
+        ctx: &mut dyn ConnEnv,
         bhs: &[u8; BHS_LEN],
         len: usize,
     ) -> Option<AcceptedData> {
@@ -274,18 +327,17 @@ impl ConnCore {
             return None;
         };
         let t = self.tasks.get_mut(slot)?;
-        if t.stage != TaskStage::CollectingData || !t.write {
-            if !t.draining {
-                self.send_reject(reject::PROTOCOL_ERROR, bhs);
-            }
+        let edtl = t.edtl;
+        let Stage::Collecting(c) = &mut t.stage else {
+            self.send_reject(reject::PROTOCOL_ERROR, bhs);
             return None;
-        }
+        };
         let end = d.buffer_offset as u64 + len as u64;
-        if end > t.edtl as u64 {
+        if end > edtl as u64 || c.buf.is_none() {
             tracing::warn!(
                 conn = self.id,
                 itt = d.itt,
-                "Data-Out beyond the expected length; rejected"
+                "Data-Out beyond the expected length or not asked for; rejected"
             );
             self.send_reject(reject::PROTOCOL_ERROR, bhs);
             return None;
@@ -293,14 +345,14 @@ impl ConnCore {
         let mut burst_done = false;
         let datasn_ok;
         if d.ttt == u32::MAX {
-            if end > t.unsolicited_end as u64 {
+            if end > c.unsolicited_end as u64 {
                 self.send_reject(reject::PROTOCOL_ERROR, bhs);
                 return None;
             }
-            datasn_ok = d.datasn == t.unsolicited_datasn;
-            t.unsolicited_datasn = t.unsolicited_datasn.wrapping_add(1);
+            datasn_ok = d.datasn == c.unsolicited_datasn;
+            c.unsolicited_datasn = c.unsolicited_datasn.wrapping_add(1);
         } else {
-            let Some(w) = t.r2ts.find_mut(d.ttt) else {
+            let Some(w) = c.r2ts.find_mut(d.ttt) else {
                 self.send_reject(reject::INVALID_PDU_FIELD, bhs);
                 return None;
             };
@@ -314,27 +366,21 @@ impl ConnCore {
             if w.received >= w.len || d.final_flag {
                 burst_done = true;
                 let ttt = d.ttt;
-                t.r2ts.remove(ttt);
+                c.r2ts.remove(ttt);
             }
-        }
-        if t.draining {
-            return None;
         }
         if !datasn_ok {
             // ErrorRecoveryLevel 0 cannot ask for the missing PDU again: the command fails
-            // (and the rest of its data is absorbed) rather than write data out of order.
+            // (later Data-Out for it is rejected) rather than write data out of order.
             tracing::warn!(
                 conn = self.id,
                 itt = d.itt,
                 datasn = d.datasn,
                 "Data-Out with wrong DataSN; command aborted"
             );
-            t.draining = true;
-            t.r2ts.clear();
-            self.send_reply(ctx, slot, check_condition(sense(0x0b, 0x4b, 0x00)));
+            self.send_reply(ctx, slot, Reply::check(&Sense::data_phase_error()), None);
             return None;
         }
-        t.data_out.as_ref()?;
         Some(AcceptedData {
             slot,
             buffer_offset: d.buffer_offset as usize,
@@ -344,29 +390,99 @@ impl ConnCore {
 
     /// The data of an accepted Data-Out is in the task's buffer: count it, and run the
     /// command or ask for the next burst.
-    pub(super) fn data_out_landed(&mut self, accepted: AcceptedData, len: usize) {
+    pub(super) fn data_out_landed(
+        &mut self,
+        ctx: &mut dyn ConnEnv,
+        accepted: AcceptedData,
+        len: usize,
+    ) {
         let slot = accepted.slot;
         let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
-        t.received = t.received.saturating_add(len as u32);
-        if t.received >= t.edtl && t.r2ts.is_empty() {
-            t.stage = TaskStage::Ready;
-            self.ready.push_back(slot);
+        let edtl = t.edtl;
+        let Stage::Collecting(c) = &mut t.stage else {
+            return;
+        };
+        c.received = c.received.saturating_add(len as u32);
+        if c.received >= edtl && c.r2ts.is_empty() {
+            self.data_complete(slot);
         } else if accepted.burst_done {
-            self.issue_r2ts(slot);
+            self.issue_r2ts(ctx, slot);
         }
+    }
+
+    /// Collecting → Ready: every byte is here. The LU says once, now, how much of the
+    /// Data-Out the command uses (the residual), so a deferred re-run keeps it.
+    fn data_complete(&mut self, slot: usize) {
+        let Some(t) = self.tasks.get(slot) else {
+            return;
+        };
+        let dev = self.target_device(t.lun);
+        let t = self.tasks.get_mut(slot).expect("checked above");
+        let data_out = match std::mem::replace(&mut t.stage, Stage::Moving) {
+            Stage::Collecting(c) => c.buf,
+            other => {
+                t.stage = other;
+                return;
+            }
+        };
+        t.stage = Stage::Ready(Ready { data_out });
+        if let Some(dev) = dev {
+            // The LU decides how much of the Data-Out the command uses; we report the
+            // difference as the residual (RFC 7143 §11.4.5.2).
+            let residual = match dev.lu.data_out_fit(&t.cdb, t.edtl) {
+                DataOutFit::Exact => Residual::None,
+                DataOutFit::Short(r) => Residual::Overflow(r),
+                DataOutFit::Long(r) => Residual::Underflow(r),
+            };
+            t.residual = residual;
+            // Data beyond what the command uses is dropped now, so the write can take the
+            // buffer as it is instead of copying the part it needs.
+            if let (Residual::Underflow(r), Stage::Ready(Ready { data_out: Some(b) })) =
+                (residual, &mut t.stage)
+            {
+                let keep = b.len().saturating_sub(r as usize);
+                b.set_len(keep);
+            }
+        }
+        self.ready.push_back(slot);
     }
 
     /// The Data-Out buffer of a task, for receiving straight from the socket.
     pub(super) fn data_out_buf(&mut self, slot: usize) -> Option<&mut [u8]> {
-        self.tasks
-            .get_mut(slot)
-            .and_then(|t| t.data_out.as_deref_mut())
+        match &mut self.tasks.get_mut(slot)?.stage {
+            Stage::Collecting(c) => c.buf.as_deref_mut(),
+            _ => None,
+        }
     }
 
-    pub(super) fn run_ready(&mut self, ctx: &mut ReactorCtx) -> usize {
+    pub(super) fn run_ready(&mut self, ctx: &mut dyn ConnEnv) -> usize {
         let mut n = 0;
+        if self.phase == Phase::Closing {
+            return 0;
+        }
+        if !self.held.is_empty() && ctx.budget().epoch() != self.held_epoch {
+            n += self.retry_held(ctx);
+        }
+        if !self.parked.is_empty() && self.park_due.is_some_and(|d| ctx.now() >= d) {
+            self.park_due = None;
+            // Taken and put back (cleared) so its capacity is kept: no allocation per retry.
+            let mut parked = std::mem::take(&mut self.parked);
+            for &slot in parked.iter() {
+                if let Some(t) = self.tasks.get_mut(slot) {
+                    match std::mem::replace(&mut t.stage, Stage::Moving) {
+                        Stage::Deferred(r) => {
+                            t.stage = Stage::Ready(r);
+                            self.ready.push_back(slot);
+                        }
+                        other => t.stage = other,
+                    }
+                }
+            }
+            parked.clear();
+            self.parked = parked;
+        }
         let batch = self.ready.len().min(TASKS_PER_POLL);
         for _ in 0..batch {
             let Some(slot) = self.ready.pop_front() else {
@@ -381,102 +497,257 @@ impl ConnCore {
         n
     }
 
-    fn execute(&mut self, ctx: &mut ReactorCtx, slot: usize) {
+    /// Gives waiting tasks the memory they wait for, oldest first; stops at the first that
+    /// still cannot have it.
+    fn retry_held(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+        let mut n = 0;
+        while let Some(&slot) = self.held.front() {
+            let granted = match self.tasks.get(slot).map(|t| &t.stage) {
+                Some(Stage::Collecting(Collecting { buf: None, .. })) => {
+                    let ok = self.grant_write(ctx, slot);
+                    if ok {
+                        self.held.pop_front();
+                        self.issue_r2ts(ctx, slot);
+                    }
+                    ok
+                }
+                Some(Stage::HeldForMemory(p)) => {
+                    let need = planned_read_len(&p.io, self.block_size_of(slot));
+                    let ok = self.reserve_read(ctx, slot, need);
+                    if ok {
+                        self.held.pop_front();
+                        self.resume_planned(ctx, slot);
+                    }
+                    ok
+                }
+                // Gone or moved on (aborted): forget it.
+                _ => {
+                    self.held.pop_front();
+                    true
+                }
+            };
+            if !granted {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn block_size_of(&self, slot: usize) -> u64 {
+        self.tasks
+            .get(slot)
+            .and_then(|t| self.target_device(t.lun))
+            .map(|d| d.lu.block_size() as u64)
+            .unwrap_or(512)
+    }
+
+    /// Takes budget for `need` bytes of read data (beyond what the task holds already).
+    fn reserve_read(&mut self, ctx: &mut dyn ConnEnv, slot: usize, need: u64) -> bool {
+        let Some(t) = self.tasks.get(slot) else {
+            return false;
+        };
+        let more = need.saturating_sub(t.mem.read);
+        if more == 0 {
+            return true;
+        }
+        if !ctx.budget().try_take(self.mem_held, more) {
+            self.held_epoch = ctx.budget().epoch();
+            return false;
+        }
+        self.mem_held += more;
+        if let Some(t) = self.tasks.get_mut(slot) {
+            t.mem.read += more;
+        }
+        true
+    }
+
+    fn resume_planned(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+        let Some(dev) = self.tasks.get(slot).and_then(|t| self.target_device(t.lun)) else {
+            return;
+        };
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
+        match std::mem::replace(&mut t.stage, Stage::Moving) {
+            Stage::HeldForMemory(p) => self.submit_io(ctx, slot, &dev, p.io, p.cont, p.data_out),
+            other => t.stage = other,
+        }
+    }
+
+    fn execute(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
         let Some(t) = self.tasks.get(slot) else {
             return;
         };
-        if t.stage != TaskStage::Ready || t.aborted {
+        if !matches!(t.stage, Stage::Ready(_)) {
             return;
         }
         let cdb = t.cdb;
         let edtl = t.edtl;
         let lun = t.lun;
-        let needs_fit = t.write && !t.write_fitted;
         let Some(target) = self.session.as_ref().and_then(|s| s.target.clone()) else {
             return;
         };
-        if cdb[0] == OPCODE_REPORT_LUNS {
+        if cdb[0] == tandem_scsi::cdb::op::REPORT_LUNS {
             let reply = tandem_scsi::report_luns(&target.lun_ids(), &cdb);
-            self.send_reply(ctx, slot, reply);
+            self.send_reply(ctx, slot, reply, None);
             return;
         }
         let Some(dev) = target.lun(decode_lun(lun)).cloned() else {
             let reply = tandem_scsi::lun_not_present(&cdb);
-            self.send_reply(ctx, slot, reply);
+            self.send_reply(ctx, slot, reply, None);
             return;
         };
-        if needs_fit {
-            let mut cdb = cdb;
-            match fit_write_to_edtl(&mut cdb, dev.lu.block_size(), edtl) {
-                WriteFit::Execute(residual) => {
-                    let t = self.tasks.get_mut(slot).expect("slot checked above");
-                    t.write_fitted = true;
-                    t.cdb = cdb;
-                    t.residual = residual;
-                    if let (Residual::Underflow(r), Some(buf)) = (residual, t.data_out.as_mut()) {
-                        let keep = buf.len() - r as usize;
-                        buf.set_len(keep);
-                    }
-                }
-                WriteFit::Answer(reply, residual) => {
-                    if let Some(t) = self.tasks.get_mut(slot) {
-                        t.residual = residual;
-                    }
-                    self.send_reply(ctx, slot, reply);
-                    return;
-                }
-            }
-        }
+        // Disjoint field borrows: no reference-count traffic per command.
         let Some(session) = self.session.as_ref() else {
             return;
         };
-        let t = self.tasks.get(slot).expect("slot checked above");
-        let data_out: &[u8] = t.data_out.as_deref().unwrap_or(&[]);
+        let t = self.tasks.get_mut(slot).expect("checked above");
+        let data_out = match std::mem::replace(&mut t.stage, Stage::Moving) {
+            Stage::Ready(r) => r.data_out,
+            _ => None,
+        };
         let step = dev.lu.execute(&Command {
             cdb: &t.cdb,
-            data_out,
+            data_out: data_out.as_deref().unwrap_or(&[]),
             expected_in_len: edtl,
             nexus: &session.nexus,
         });
-        self.handle_step(ctx, slot, &dev, step);
+        self.handle_step(ctx, slot, &dev, step, data_out, None);
     }
 
-    fn handle_step(&mut self, ctx: &mut ReactorCtx, slot: usize, dev: &Arc<Device>, step: Step) {
+    fn handle_step(
+        &mut self,
+        ctx: &mut dyn ConnEnv,
+        slot: usize,
+        dev: &Arc<Device>,
+        step: Step,
+        data_out: Option<AlignedBuf>,
+        io_buf: Option<AlignedBuf>,
+    ) {
         match step {
             Step::Done(reply) => {
                 if reply.status != ScsiStatus::Good {
                     dev.stats.count_error();
                 }
-                if let Some(started) = self.tasks.get(slot).and_then(|t| t.io_started_at) {
-                    let us = ctx.now.saturating_duration_since(started).as_micros() as u64;
+                if let Some(started) = self.tasks.get(slot).map(|t| t.started) {
+                    let us = ctx.now().saturating_duration_since(started).as_micros() as u64;
                     dev.stats.record_latency_us(us);
                 }
-                self.send_reply(ctx, slot, reply)
+                if let Some(b) = data_out {
+                    ctx.free_buf(Some(dev), b);
+                }
+                let keep = matches!(reply.data, ReplyData::IoBuffer { .. });
+                let io_buf = match io_buf {
+                    Some(b) if !keep => {
+                        ctx.free_buf(Some(dev), b);
+                        None
+                    }
+                    other => other,
+                };
+                self.send_reply(ctx, slot, reply, io_buf)
             }
             Step::Defer => {
-                if let Some(t) = self.tasks.get_mut(slot) {
-                    t.stage = TaskStage::Ready;
+                if let Some(b) = io_buf {
+                    ctx.free_buf(Some(dev), b);
                 }
-                self.ready.push_back(slot);
+                if let Some(t) = self.tasks.get_mut(slot) {
+                    t.stage = Stage::Deferred(Ready { data_out });
+                    self.parked.push(slot);
+                    let due = ctx.now() + PARK_RETRY;
+                    self.park_due = Some(self.park_due.map_or(due, |d| d.min(due)));
+                }
             }
-            Step::Io(IoPlan { io, cont }) => self.submit_io(ctx, slot, dev, io, cont),
+            Step::Io(IoPlan { io, cont }) => {
+                if let Some(b) = io_buf {
+                    ctx.free_buf(Some(dev), b);
+                }
+                self.submit_io(ctx, slot, dev, io, cont, data_out)
+            }
+            Step::Persist(commit) => {
+                if let Some(b) = io_buf {
+                    ctx.free_buf(Some(dev), b);
+                }
+                self.submit_persist(ctx, slot, dev, commit, data_out)
+            }
         }
+    }
+
+    /// Ready → InIo for a reservation change: it waits for the persister thread like an
+    /// I/O for its device, and its completion comes back through `on_io_complete`, which
+    /// resumes the LU; the LU answers only once the change is durable.
+    fn submit_persist(
+        &mut self,
+        ctx: &mut dyn ConnEnv,
+        slot: usize,
+        dev: &Arc<Device>,
+        commit: PrCommit,
+        data_out: Option<AlignedBuf>,
+    ) {
+        let (queued, cont) = ctx.persist(make_tag(self.id, slot), commit);
+        if !queued {
+            let Some(nexus) = self.session.as_ref().map(|s| s.nexus.clone()) else {
+                if let Some(b) = data_out {
+                    ctx.free_buf(Some(dev), b);
+                }
+                return;
+            };
+            let step = dev.lu.resume(
+                &nexus,
+                cont,
+                IoOutcome::Failed,
+                data_out.as_deref().unwrap_or(&[]),
+            );
+            return self.handle_step(ctx, slot, dev, step, data_out, None);
+        }
+        let Some(t) = self.tasks.get_mut(slot) else {
+            if let Some(b) = data_out {
+                ctx.free_buf(Some(dev), b);
+            }
+            return;
+        };
+        t.stage = Stage::InIo(InIo {
+            cont: Some(cont),
+            pending: 1,
+            failure: None,
+            data_out: data_out.map_or(OutBuf::None, OutBuf::Here),
+            io_buf: None,
+            reading: false,
+        });
+        dev.stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn submit_io(
         &mut self,
-        ctx: &mut ReactorCtx,
+        ctx: &mut dyn ConnEnv,
         slot: usize,
         dev: &Arc<Device>,
         io: LuIo,
         cont: tandem_scsi::Continuation,
+        mut data_out: Option<AlignedBuf>,
     ) {
         let bs = dev.lu.block_size() as u64;
+        if let LuIo::Read { .. } = io {
+            let need = planned_read_len(&io, bs);
+            let covered = self.tasks.get(slot).is_some_and(|t| t.mem.read >= need);
+            // First come, first served: a newer read does not overtake held ones.
+            if !covered && (!self.held.is_empty() || !self.reserve_read(ctx, slot, need)) {
+                // Its reply could not be buffered: wait for memory before reading at all.
+                if let Some(t) = self.tasks.get_mut(slot) {
+                    t.stage = Stage::HeldForMemory(Planned { io, cont, data_out });
+                    self.hold(slot);
+                }
+                return;
+            }
+        }
         let tag = make_tag(self.id, slot);
         // Reused scratch list (keeps its capacity): no allocation per I/O.
         let mut ops = std::mem::take(&mut self.op_scratch);
         ops.clear();
-        let mut moved_data_out = false;
+        let mut out_buf = OutBuf::None;
+        let reading = matches!(io, LuIo::Read { .. });
         match io {
             LuIo::Read { lba, blocks } => {
                 let len = blocks as u64 * bs;
@@ -499,20 +770,16 @@ impl ConnCore {
                         offset,
                         len: src_len,
                     } => {
-                        let t = self.tasks.get_mut(slot).expect("task of a running step");
-                        let whole = t
-                            .data_out
+                        let whole = data_out
                             .as_ref()
                             .map(|b| offset == 0 && src_len == b.len() && src_len == len)
                             .unwrap_or(false);
                         if whole {
-                            moved_data_out = true;
-                            t.data_out.take().expect("checked above")
+                            out_buf = OutBuf::WithDevice;
+                            data_out.take().expect("checked above")
                         } else {
                             let mut b = ctx.alloc_buf(Some(dev), len);
-                            let t = self.tasks.get(slot).expect("task of a running step");
-                            let src = t
-                                .data_out
+                            let src = data_out
                                 .as_deref()
                                 .and_then(|d| d.get(offset..offset + src_len))
                                 .unwrap_or(&[]);
@@ -549,112 +816,171 @@ impl ConnCore {
                 }
             }
         }
-        let count = ops.len() as u32;
-        {
-            let t = self.tasks.get_mut(slot).expect("task of a running step");
-            t.stage = TaskStage::InIo;
-            t.cont = Some(cont);
-            t.pending_ios = count;
-            t.io_failed = None;
-            t.data_out_in_io = moved_data_out;
-        }
-        dev.stats
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut submitted = true;
-        for op in ops.drain(..) {
-            if submitted && !ctx.submit(dev, tag, op) {
-                submitted = false;
+        if let OutBuf::None = out_buf {
+            if let Some(b) = data_out {
+                out_buf = OutBuf::Here(b);
             }
         }
-        self.op_scratch = ops;
-        if !submitted {
-            let t = self.tasks.get_mut(slot).expect("task of a running step");
-            t.pending_ios = 0;
-            t.stage = TaskStage::Ready;
-            t.cont = None;
-            dev.stats
-                .in_flight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            self.send_reply(ctx, slot, check_condition(sense(0x04, 0x44, 0x00)));
-        }
-    }
-
-    pub(super) fn on_io_complete(&mut self, ctx: &mut ReactorCtx, slot: usize, c: Completion) {
-        let Some(dev) = self.tasks.get(slot).and_then(|t| self.target_device(t.lun)) else {
-            return;
-        };
         let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
-        if t.stage != TaskStage::InIo {
-            return;
-        }
-        t.pending_ios = t.pending_ios.saturating_sub(1);
-        if let Err(e) = &c.result {
-            tracing::warn!(device = %dev.name, error = %e, "block device I/O failed");
-            t.io_failed = Some(matches!(e, tandem_bdev::BdevError::Io(_)));
-        }
-        if let Some(buf) = c.buf {
-            if t.data_out_in_io && t.data_out.is_none() {
-                t.data_out = Some(buf);
-            } else if t.io_buf.is_none() {
-                t.io_buf = Some(buf);
-            } else {
-                ctx.free_buf(Some(&dev), buf);
-            }
-        }
-        if t.pending_ios > 0 {
-            return;
-        }
+        t.stage = Stage::InIo(InIo {
+            cont: Some(cont),
+            pending: 0,
+            failure: None,
+            data_out: out_buf,
+            io_buf: None,
+            reading,
+        });
         dev.stats
             .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        t.data_out_in_io = false;
-        let cont = t.cont.take();
-        if t.aborted {
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut submitted = 0u32;
+        let mut refused = false;
+        for op in ops.drain(..) {
+            if !refused && ctx.submit(dev, tag, op) {
+                submitted += 1;
+            } else {
+                refused = true;
+            }
+        }
+        self.op_scratch = ops;
+        if let Some(Stage::InIo(io)) = self.tasks.get_mut(slot).map(|t| &mut t.stage) {
+            io.pending = submitted;
+            if refused {
+                io.failure = Some(IoFailure::Other);
+                if matches!(io.data_out, OutBuf::WithDevice) && submitted == 0 {
+                    // The buffer went down with the refused operation.
+                    io.data_out = OutBuf::None;
+                }
+            }
+        }
+        if refused && submitted == 0 {
+            // Nothing reached the device: no completion will come; answer now.
+            dev.stats
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.respond_failed_submit(ctx, slot);
+        }
+    }
+
+    fn respond_failed_submit(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+        // LOGICAL UNIT COMMUNICATION FAILURE is not quite it; INTERNAL TARGET FAILURE is.
+        self.send_reply(
+            ctx,
+            slot,
+            Reply::check(&Sense::internal_target_failure()),
+            None,
+        );
+    }
+
+    pub(super) fn on_io_complete(&mut self, ctx: &mut dyn ConnEnv, slot: usize, c: Completion) {
+        let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
+        let Some(t) = self.tasks.get_mut(slot) else {
+            if let Some(b) = c.buf {
+                ctx.free_buf(dev.as_ref(), b);
+            }
+            return;
+        };
+        let aborted = matches!(t.stage, Stage::Aborted(_));
+        let (Stage::InIo(io) | Stage::Aborted(io)) = &mut t.stage else {
+            // A completion for no I/O of this task: ignore it (its buffer is freed).
+            if let Some(b) = c.buf {
+                ctx.free_buf(dev.as_ref(), b);
+            }
+            return;
+        };
+        io.pending = io.pending.saturating_sub(1);
+        if let Err(e) = &c.result {
+            tracing::warn!(device = ?dev.as_ref().map(|d| &d.name), error = %e, "block device I/O failed");
+            io.failure = Some(if matches!(e, tandem_bdev::BdevError::Io(_)) {
+                IoFailure::Medium
+            } else {
+                IoFailure::Other
+            });
+        }
+        if let Some(buf) = c.buf {
+            if matches!(io.data_out, OutBuf::WithDevice) {
+                io.data_out = OutBuf::Here(buf);
+            } else if io.reading && io.io_buf.is_none() {
+                io.io_buf = Some(buf);
+            } else {
+                ctx.free_buf(dev.as_ref(), buf);
+            }
+        }
+        if io.pending > 0 {
+            return;
+        }
+        if let Some(d) = &dev {
+            d.stats
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // A range may have been released: let parked tasks try again now.
+        if !self.parked.is_empty() {
+            self.park_due = Some(ctx.now());
+        }
+        if aborted {
             self.finish_aborted(ctx, slot);
             return;
         }
-        let Some(cont) = cont else { return };
-        let io_buf = t.io_buf.take();
-        let data_out = t.data_out.take();
-        let outcome = match t.io_failed {
+        let Some(dev) = dev else {
+            return;
+        };
+        let Some(nexus) = self.session.as_ref().map(|s| s.nexus.clone()) else {
+            return;
+        };
+        let t = self.tasks.get_mut(slot).expect("checked above");
+        let Stage::InIo(io) = std::mem::replace(&mut t.stage, Stage::Moving) else {
+            return;
+        };
+        let Some(cont) = io.cont else {
+            return;
+        };
+        let data_out = match io.data_out {
+            OutBuf::Here(b) => Some(b),
+            _ => None,
+        };
+        let io_buf = io.io_buf;
+        let outcome = match io.failure {
             None => IoOutcome::Ok {
                 read_data: io_buf.as_deref(),
             },
-            Some(true) => IoOutcome::MediumError,
-            Some(false) => IoOutcome::Failed,
-        };
-        let nexus = match self.session.as_ref() {
-            Some(s) => s.nexus.clone(),
-            None => return,
+            Some(IoFailure::Medium) => IoOutcome::MediumError,
+            Some(IoFailure::Other) => IoOutcome::Failed,
         };
         let step = dev
             .lu
             .resume(&nexus, cont, outcome, data_out.as_deref().unwrap_or(&[]));
-        let t = self.tasks.get_mut(slot).expect("slot checked above");
-        t.data_out = data_out;
-        t.stage = TaskStage::Ready;
-        // A read buffer is kept for Data-In; a later step may bring a new one.
-        if let Some(b) = io_buf {
-            if matches!(
-                step,
-                Step::Done(Reply {
-                    data: ReplyData::IoBuffer { .. },
-                    ..
-                })
-            ) {
-                t.io_buf = Some(b);
-            } else {
-                ctx.free_buf(Some(&dev), b);
-            }
-        }
-        self.handle_step(ctx, slot, &dev, step);
+        self.handle_step(ctx, slot, &dev, step, data_out, io_buf);
     }
 
-    /// Queues Data-In and/or SCSI Response for a finished task.
-    pub(super) fn send_reply(&mut self, ctx: &mut ReactorCtx, slot: usize, reply: Reply) {
+    /// Gives back budget the task no longer needs.
+    pub(super) fn release(&mut self, ctx: &mut dyn ConnEnv, slot: usize, write: bool, read: bool) {
+        let Some(t) = self.tasks.get_mut(slot) else {
+            return;
+        };
+        let mut n = 0;
+        if write {
+            n += std::mem::take(&mut t.mem.write);
+        }
+        if read {
+            n += std::mem::take(&mut t.mem.read);
+        }
+        if n > 0 {
+            self.mem_held -= n;
+            ctx.budget().give(n);
+        }
+    }
+
+    /// Queues Data-In and/or SCSI Response for a finished task: any stage → Responding.
+    pub(super) fn send_reply(
+        &mut self,
+        ctx: &mut dyn ConnEnv,
+        slot: usize,
+        reply: Reply,
+        io_buf: Option<AlignedBuf>,
+    ) {
         let exp_cmdsn = self.exp_cmdsn();
         let max_cmdsn = self.max_cmdsn();
         let Some(params) = self.session.as_ref().map(|s| s.params.clone()) else {
@@ -663,39 +989,44 @@ impl ConnCore {
         let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
-        if t.aborted {
+        if matches!(t.stage, Stage::Aborted(_)) {
             return;
         }
-        t.stage = TaskStage::Responding;
+        let keep_read = io_buf.is_some();
+        let previous = std::mem::replace(&mut t.stage, Stage::Responding(Responding { io_buf }));
         let itt = t.itt;
         let lun = t.lun;
         let edtl = t.edtl as usize;
         let read = t.read;
         let write = t.write;
+        let write_residual = t.residual;
+        if stage_holds_buffers(&previous) {
+            // Usually not: on the I/O path the buffers were handed on before the answer.
+            let dev = self.target_device(lun);
+            free_stage_buffers(ctx, dev.as_ref(), previous);
+        }
+        self.release(ctx, slot, true, !keep_read);
+        let t = self.tasks.get(slot).expect("checked above");
         let (data_len, owned): (usize, Option<Vec<u8>>) = match reply.data {
             ReplyData::None => (0, None),
             ReplyData::Bytes(v) => (v.len(), Some(v)),
-            ReplyData::IoBuffer { len } => (
-                len.min(t.io_buf.as_ref().map(|b| b.len()).unwrap_or(0)),
-                None,
-            ),
+            ReplyData::IoBuffer { len } => (len.min(task_io_len(t)), None),
         };
-        let send_len = if read { data_len.min(edtl) } else { 0 };
-        let (under, over, residual) = if read {
-            if data_len < edtl {
-                (true, false, (edtl - data_len) as u32)
-            } else if data_len > edtl {
-                (false, true, (data_len - edtl) as u32)
-            } else {
-                (false, false, 0)
-            }
+        // RFC 7143 §11.4.5.2: data the command produced beyond what the initiator expects
+        // (EDTL, or nothing at all without the R bit) is an overflow residual.
+        let transferable = if read { edtl } else { 0 };
+        let send_len = data_len.min(transferable);
+        let (under, over, residual) = if data_len > transferable {
+            (false, true, (data_len - transferable) as u32)
+        } else if read && data_len < edtl {
+            (true, false, (edtl - data_len) as u32)
         } else if write {
-            match t.residual {
+            match write_residual {
                 Residual::None => (false, false, 0),
                 Residual::Overflow(r) => (false, true, r),
                 Residual::Underflow(r) => (true, false, r),
             }
-        } else if edtl > 0 {
+        } else if !read && edtl > 0 {
             (true, false, edtl as u32)
         } else {
             (false, false, 0)
@@ -742,7 +1073,11 @@ impl ConnCore {
                     .push_owned(bhs, v[offset..offset + len].to_vec(), release),
                 None => {
                     let t = self.tasks.get(slot).expect("slot checked above");
-                    let bytes = &t.io_buf.as_deref().unwrap_or(&[])[offset..offset + len];
+                    let bytes = match &t.stage {
+                        Stage::Responding(r) => r.io_buf.as_deref().unwrap_or(&[]),
+                        _ => &[],
+                    };
+                    let bytes = bytes.get(offset..offset + len).unwrap_or(&[]);
                     self.tx
                         .push_task_data(bhs, slot, offset..offset + len, bytes, release);
                 }
@@ -750,14 +1085,12 @@ impl ConnCore {
             datasn += 1;
             offset += len;
         }
-        if let Some(t) = self.tasks.get_mut(slot) {
-            t.datasn = datasn;
-        }
         self.tasks.retire_itt(slot);
         if status_in_data {
             return;
         }
         let sense_data = reply.sense.map(|s| {
+            let s = s.to_fixed();
             let mut v = Vec::with_capacity(2 + s.len());
             v.extend_from_slice(&(s.len() as u16).to_be_bytes());
             v.extend_from_slice(&s);
@@ -776,7 +1109,6 @@ impl ConnCore {
         repr.emit(&mut bhs);
         self.tx
             .push_owned(bhs, sense_data.unwrap_or_default(), Some(slot));
-        let _ = ctx;
     }
 
     /// A SCSI Response for a command that has no task slot (nothing to release).
@@ -792,19 +1124,17 @@ impl ConnCore {
         self.tx.push_owned(bhs, Vec::new(), None);
     }
 
-    pub(super) fn free_task(&mut self, ctx: &mut ReactorCtx, slot: usize) {
+    /// Removes a task and everything it holds (buffers, budget). The caller makes sure no
+    /// I/O of it is still with the device (see `Stage::Aborted`).
+    pub(super) fn free_task(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
         let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
+        self.release(ctx, slot, true, true);
         if let Some(task) = self.tasks.remove(slot) {
-            if let Some(b) = task.data_out {
-                ctx.free_buf(dev.as_ref(), b);
-            }
-            if let Some(b) = task.io_buf {
-                ctx.free_buf(dev.as_ref(), b);
-            }
+            free_stage_buffers(ctx, dev.as_ref(), task.stage);
         }
     }
 
-    fn finish_aborted(&mut self, ctx: &mut ReactorCtx, slot: usize) {
+    fn finish_aborted(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
         self.free_task(ctx, slot);
         self.tmf_task_gone(slot);
     }
@@ -824,19 +1154,61 @@ impl ConnCore {
     }
 }
 
+/// Bytes a planned read brings into memory.
+fn planned_read_len(io: &LuIo, block_size: u64) -> u64 {
+    match io {
+        LuIo::Read { blocks, .. } => *blocks as u64 * block_size,
+        _ => 0,
+    }
+}
+
+fn task_io_len(t: &Task) -> usize {
+    match &t.stage {
+        Stage::Responding(r) => r.io_buf.as_ref().map(|b| b.len()).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn stage_holds_buffers(stage: &Stage) -> bool {
+    match stage {
+        Stage::Collecting(c) => c.buf.is_some(),
+        Stage::Ready(r) | Stage::Deferred(r) => r.data_out.is_some(),
+        Stage::HeldForMemory(p) => p.data_out.is_some(),
+        Stage::InIo(io) | Stage::Aborted(io) => {
+            matches!(io.data_out, OutBuf::Here(_)) || io.io_buf.is_some()
+        }
+        Stage::Responding(r) => r.io_buf.is_some(),
+        Stage::Moving => false,
+    }
+}
+
+/// Returns the buffers a stage holds to the pool.
+fn free_stage_buffers(ctx: &mut dyn ConnEnv, dev: Option<&Arc<Device>>, stage: Stage) {
+    let mut free = |b: Option<AlignedBuf>| {
+        if let Some(b) = b {
+            ctx.free_buf(dev, b);
+        }
+    };
+    match stage {
+        Stage::Collecting(c) => free(c.buf),
+        Stage::Ready(r) | Stage::Deferred(r) => free(r.data_out),
+        Stage::HeldForMemory(p) => free(p.data_out),
+        Stage::InIo(io) | Stage::Aborted(io) => {
+            if let OutBuf::Here(b) = io.data_out {
+                free(Some(b));
+            }
+            free(io.io_buf);
+        }
+        Stage::Responding(r) => free(r.io_buf),
+        Stage::Moving => {}
+    }
+}
+
 fn status_only(status: ScsiStatus) -> Reply {
     Reply {
         status,
         data: ReplyData::None,
         sense: None,
-    }
-}
-
-fn check_condition(sense: Vec<u8>) -> Reply {
-    Reply {
-        status: ScsiStatus::CheckCondition,
-        data: ReplyData::None,
-        sense: Some(sense),
     }
 }
 
@@ -846,50 +1218,4 @@ pub(super) struct AcceptedData {
     pub slot: usize,
     pub buffer_offset: usize,
     pub burst_done: bool,
-}
-
-enum WriteFit {
-    /// Run the (possibly shortened) command; report this residual.
-    Execute(Residual),
-    /// Answer without running it.
-    Answer(Reply, Residual),
-}
-
-/// Reconciles a write CDB's transfer length with the iSCSI Expected Data Transfer Length
-/// (RFC 7143 §11.4.5.2): when the initiator sends less than the CDB asks for, only what was
-/// sent is written (the CDB is shortened) and the shortfall is an overflow residual; extra
-/// data is ignored and reported as underflow. A length that is not whole blocks cannot be
-/// written and is refused.
-fn fit_write_to_edtl(cdb: &mut [u8; 16], block_size: u32, edtl: u32) -> WriteFit {
-    let rw = match tandem_scsi::cdb::decode(cdb) {
-        Ok(tandem_scsi::cdb::ScsiCommand::Write(rw)) => rw,
-        Ok(tandem_scsi::cdb::ScsiCommand::WriteAndVerify { rw, .. }) => rw,
-        _ => return WriteFit::Execute(Residual::None),
-    };
-    let bs = block_size as u64;
-    let wanted = rw.blocks.0 as u64 * bs;
-    let edtl = edtl as u64;
-    if edtl == wanted {
-        return WriteFit::Execute(Residual::None);
-    }
-    if edtl > wanted {
-        return WriteFit::Execute(Residual::Underflow((edtl - wanted) as u32));
-    }
-    let residual = Residual::Overflow((wanted - edtl) as u32);
-    if !edtl.is_multiple_of(bs) {
-        // ILLEGAL REQUEST / INVALID FIELD IN INFORMATION UNIT.
-        return WriteFit::Answer(check_condition(sense(0x05, 0x0e, 0x03)), residual);
-    }
-    let blocks = (edtl / bs) as u32;
-    if blocks == 0 {
-        return WriteFit::Answer(status_only(ScsiStatus::Good), residual);
-    }
-    match cdb[0] {
-        0x0a => cdb[4] = blocks as u8,
-        0x2a | 0x2e => cdb[7..9].copy_from_slice(&(blocks as u16).to_be_bytes()),
-        0xaa | 0xae => cdb[6..10].copy_from_slice(&blocks.to_be_bytes()),
-        0x8a | 0x8e => cdb[10..14].copy_from_slice(&blocks.to_be_bytes()),
-        _ => return WriteFit::Execute(Residual::None),
-    }
-    WriteFit::Execute(residual)
 }

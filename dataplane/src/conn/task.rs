@@ -2,25 +2,14 @@
 //! command in steady state) indexed by ITT.
 
 use std::collections::HashMap;
+use std::time::Instant;
 use tandem_bdev::AlignedBuf;
-use tandem_scsi::Continuation;
+use tandem_scsi::{Continuation, LuIo};
 
 /// Most tasks a connection holds at once; it also bounds the CmdSN window we advertise.
 pub const TASKS_MAX: usize = 128;
 /// Extra slots for immediate commands, which the CmdSN window does not bound.
 pub const IMMEDIATE_SLOTS: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskStage {
-    /// Waiting for (more) Data-Out.
-    CollectingData,
-    /// All data present; waiting to run (or to be re-run after `Step::Defer`).
-    Ready,
-    /// An I/O is with the block device.
-    InIo,
-    /// Response queued; the slot is freed when its last PDU has been sent.
-    Responding,
-}
 
 /// One outstanding R2T.
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,10 +69,6 @@ impl R2tSet {
             }
         }
     }
-
-    pub fn clear(&mut self) {
-        *self = R2tSet::default();
-    }
 }
 
 /// How the iSCSI expected length relates to what the CDB asks to write (RFC 7143 §11.4.5).
@@ -96,6 +81,9 @@ pub enum Residual {
     Underflow(u32),
 }
 
+/// One SCSI command of a connection. What the command is (`itt`..`write`) never changes;
+/// where it is in its life is [`Stage`], and each stage carries exactly the data that stage
+/// needs, so no combination of flags can describe an impossible task.
 pub struct Task {
     pub itt: u32,
     pub lun: u64,
@@ -103,38 +91,138 @@ pub struct Task {
     pub edtl: u32,
     pub read: bool,
     pub write: bool,
-    pub stage: TaskStage,
-    /// The task was aborted by a TMF: its I/O may still complete, but nothing is sent.
-    pub aborted: bool,
-    /// Write payload (Data-Out), exactly `edtl` bytes once complete.
-    pub data_out: Option<AlignedBuf>,
+    pub started: Instant,
+    /// Write residual, decided when the last Data-Out arrived (the LU's `data_out_fit`).
+    pub residual: Residual,
+    /// Bytes of the reactor's memory budget this task holds.
+    pub mem: Reservation,
+    pub stage: Stage,
+}
+
+/// Budget bytes held by a task: its Data-Out buffer and its read data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    pub write: u64,
+    pub read: u64,
+}
+
+/// Where a task is in its life.
+///
+/// ```text
+///   write ──► Collecting ──(every byte in)──► Ready ◄──(retry)── Deferred
+///   read  ─────────────────────────────────► Ready ──(range busy)──► Deferred
+///                                             │ Step::Io / Step::Persist
+///                 HeldForMemory ◄──(no memory for the reply)──┤
+///                       └──(granted)──────────► InIo ◄──────┘
+///                                             │ last completion: next Step::Io, or the answer
+///   (answered early, from any stage) ───────► Responding ──(last PDU sent)──► freed
+///   abort: InIo ──► Aborted ──(last completion)──► freed; Responding is not aborted;
+///          every other stage is freed at once.
+/// ```
+/// (docs/architecture.md has the full diagram.)
+/// ```
+pub enum Stage {
+    /// Waiting for Data-Out.
+    Collecting(Collecting),
+    /// Every byte is here (or none was expected): queued to run.
+    Ready(Ready),
+    /// The logical unit found a conflicting range in flight; parked until a release (a
+    /// completion on this connection) or the park timer, never spun on.
+    Deferred(Ready),
+    /// A read whose reply buffer the memory budget cannot grant yet; runs when it can.
+    HeldForMemory(Planned),
+    /// Operations with the block device, or a reservation commit at the persister thread;
+    /// the continuation resumes the logical unit.
+    ///
+    /// Replication adds its stages after this one: `WaitingPartners` (local write done,
+    /// partners' acknowledgements outstanding) and `HeldForVerdict` (a partner timed out;
+    /// the control service decides). Both carry an `InIo`-like record and end in
+    /// `Responding`, so aborting and freeing work the same way for them.
+    InIo(InIo),
+    /// The answer is queued; Data-In may be sent from `io_buf`. The slot is freed when the
+    /// last PDU has left.
+    Responding(Responding),
+    /// Aborted by a TMF while its I/O was with the device: its result is dropped when the
+    /// last operation completes (the continuation keeps its range locked until then).
+    Aborted(InIo),
+    /// Momentary placeholder while a stage's data moves to the next stage.
+    Moving,
+}
+
+impl Stage {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage::Collecting(_) => "collecting",
+            Stage::Ready(_) => "ready",
+            Stage::Deferred(_) => "deferred",
+            Stage::HeldForMemory(_) => "held-for-memory",
+            Stage::InIo(_) => "in-io",
+            Stage::Responding(_) => "responding",
+            Stage::Aborted(_) => "aborted",
+            Stage::Moving => "moving",
+        }
+    }
+}
+
+/// Collecting write data: the buffer and the R2T window.
+pub struct Collecting {
+    /// The Data-Out buffer (exactly `edtl` bytes); None while the memory budget cannot grant
+    /// it, and then no R2T is outstanding (they are held).
+    pub buf: Option<AlignedBuf>,
     pub received: u32,
     /// Unsolicited data (immediate + Data-Out without R2T) may go up to this offset.
     pub unsolicited_end: u32,
+    /// DataSN the next unsolicited Data-Out must carry.
+    pub unsolicited_datasn: u32,
     pub next_r2t_offset: u32,
     pub r2tsn: u32,
     pub r2ts: R2tSet,
-    /// Buffer of the last read I/O; Data-In is sent from it.
-    pub io_buf: Option<AlignedBuf>,
+}
+
+/// Ready to run (again).
+pub struct Ready {
+    /// The complete Data-Out of a write (already fitted to the CDB).
+    pub data_out: Option<AlignedBuf>,
+}
+
+/// A planned read waiting for memory.
+pub struct Planned {
+    pub io: LuIo,
+    pub cont: Continuation,
+    pub data_out: Option<AlignedBuf>,
+}
+
+/// Where the Data-Out buffer is while I/O runs.
+pub enum OutBuf {
+    None,
+    Here(AlignedBuf),
+    /// Given to the device as the write buffer (no copy); it comes back in the completion.
+    WithDevice,
+}
+
+/// Why an operation of the current step failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoFailure {
+    Medium,
+    Other,
+}
+
+pub struct InIo {
     pub cont: Option<Continuation>,
-    pub datasn: u32,
-    /// If set, the command was answered early (e.g. a bad CDB); remaining unsolicited
-    /// Data-Out is absorbed and dropped.
-    pub draining: bool,
-    pub io_started_at: Option<std::time::Instant>,
-    /// Block-device operations of the current step still in flight (UNMAP may need several).
-    pub pending_ios: u32,
-    /// Set when an operation of the current step failed; true = medium error.
-    pub io_failed: Option<bool>,
-    /// The Data-Out buffer itself went to the device (no copy) and comes back with the
-    /// write's completion.
-    pub data_out_in_io: bool,
-    /// DataSN the next unsolicited Data-Out must carry.
-    pub unsolicited_datasn: u32,
-    /// Write residual decided when the command runs.
-    pub residual: Residual,
-    /// The CDB has been reconciled with the expected length (done once, before the first run).
-    pub write_fitted: bool,
+    /// Operations of this step still in flight (UNMAP may need several).
+    pub pending: u32,
+    pub failure: Option<IoFailure>,
+    pub data_out: OutBuf,
+    /// The buffer of a read, once it completed.
+    pub io_buf: Option<AlignedBuf>,
+    /// The step reads (its completion brings the reply buffer); writes' buffers that come
+    /// back are copies (or the Data-Out buffer itself, see `data_out`).
+    pub reading: bool,
+}
+
+pub struct Responding {
+    /// Data-In is sent straight from here.
+    pub io_buf: Option<AlignedBuf>,
 }
 
 pub struct TaskTable {

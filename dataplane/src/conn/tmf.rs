@@ -4,9 +4,13 @@
 //! is dropped when it completes, and the TMF response waits until every such task is gone,
 //! so the initiator never sees a response for an aborted task after the TMF response.
 
-use super::task::TaskStage;
+use super::env::ConnEnv;
+use super::task::Stage;
 use super::{sn_le, ConnCore};
-use crate::reactor_ctx::ReactorCtx;
+use tandem_iscsi::wire::tmf_response::{
+    FUNCTION_COMPLETE, FUNCTION_NOT_SUPPORTED, LUN_DOES_NOT_EXIST,
+    TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED as REASSIGN_NOT_SUPPORTED, TASK_DOES_NOT_EXIST,
+};
 use tandem_iscsi::wire::{
     reject, Bhs, TaskMgmtRequestRepr, TaskMgmtResponseRepr, TmfFunction, BHS_LEN,
 };
@@ -17,15 +21,8 @@ pub(super) struct PendingTmf {
     waiting: Vec<usize>,
 }
 
-/// TMF response codes (RFC 7143 §11.6.1).
-const FUNCTION_COMPLETE: u8 = 0;
-const TASK_DOES_NOT_EXIST: u8 = 1;
-const LUN_DOES_NOT_EXIST: u8 = 2;
-const REASSIGN_NOT_SUPPORTED: u8 = 4;
-const FUNCTION_NOT_SUPPORTED: u8 = 5;
-
 impl ConnCore {
-    pub(super) fn on_tmf(&mut self, ctx: &mut ReactorCtx, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_tmf(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match TaskMgmtRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -90,8 +87,9 @@ impl ConnCore {
                 let slots = self.slots_for_lun(None);
                 let waiting = self.abort_slots(ctx, slots);
                 if let (Some(t), Some(n)) = (&target, &nexus) {
+                    let cold = matches!(req.function, TmfFunction::TargetColdReset);
                     for dev in &t.luns {
-                        dev.lu.lun_reset(n);
+                        dev.lu.target_reset(n, cold);
                     }
                 }
                 (FUNCTION_COMPLETE, waiting)
@@ -129,23 +127,33 @@ impl ConnCore {
             .collect()
     }
 
-    /// Aborts the given tasks; returns those whose I/O is still with the device.
-    fn abort_slots(&mut self, ctx: &mut ReactorCtx, slots: Vec<usize>) -> Vec<usize> {
+    /// Aborts the given tasks; returns those whose I/O is still with the device. Aborting
+    /// is a transition: a task that has not reached the device is freed at once; one in I/O
+    /// becomes `Aborted` and is freed by its last completion; one already answered
+    /// (`Responding`) is not aborted: its response is on the way.
+    fn abort_slots(&mut self, ctx: &mut dyn ConnEnv, slots: Vec<usize>) -> Vec<usize> {
         let mut waiting = Vec::new();
         for slot in slots {
             let Some(t) = self.tasks.get_mut(slot) else {
                 continue;
             };
-            match t.stage {
-                TaskStage::InIo => {
-                    t.aborted = true;
+            tracing::debug!(
+                conn = self.id,
+                itt = t.itt,
+                stage = t.stage.name(),
+                "aborting task"
+            );
+            match std::mem::replace(&mut t.stage, Stage::Moving) {
+                Stage::InIo(io) | Stage::Aborted(io) => {
+                    t.stage = Stage::Aborted(io);
                     waiting.push(slot);
                 }
-                // Already answered: its response is on the way and it is not aborted.
-                TaskStage::Responding => {}
-                TaskStage::CollectingData | TaskStage::Ready => {
-                    t.aborted = true;
+                Stage::Responding(r) => t.stage = Stage::Responding(r),
+                other => {
+                    t.stage = other;
                     self.ready.retain(|&s| s != slot);
+                    self.parked.retain(|&s| s != slot);
+                    self.held.retain(|&s| s != slot);
                     self.free_task(ctx, slot);
                 }
             }

@@ -55,6 +55,8 @@ pub struct Digests {
 pub struct TxQueue {
     queue: VecDeque<OutPdu>,
     pub digests: Digests,
+    /// Bytes written to the transport so far (to notice a peer that stopped reading).
+    sent: u64,
 }
 
 /// Gives the queue access to task I/O buffers for `OutData::TaskBuf` entries.
@@ -69,6 +71,10 @@ impl TxQueue {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
     }
 
     /// Queues a PDU whose data the queue owns.
@@ -190,6 +196,7 @@ impl TxQueue {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            self.sent += written as u64;
             let mut left = written;
             while left > 0 {
                 let Some(front) = self.queue.front_mut() else {

@@ -44,8 +44,11 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                     Ok(t) => {
                         // Count it now so a burst of accepts spreads over reactors.
                         r.connections.fetch_add(1, Ordering::Relaxed);
-                        if !r.send(ReactorMsg::NewConnection(Box::new(t))) {
-                            tracing::warn!(%peer, reactor = idx, "reactor inbox full; connection dropped");
+                        if r.send(ReactorMsg::NewConnection(Box::new(t))).is_err() {
+                            // Waited and still full: the socket is closed (the initiator
+                            // sees a reset and retries), and the count given back.
+                            r.connections.fetch_sub(1, Ordering::Relaxed);
+                            tracing::error!(%peer, reactor = idx, "reactor inbox stays full; connection closed");
                         }
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "cannot set up accepted socket"),

@@ -17,6 +17,10 @@ pub struct TestResult {
     pub outcome: Outcome,
     /// Failure or skip details as printed.
     pub detail: String,
+    /// `[FAILED]` lines the test printed before its verdict: a helper that
+    /// saw a wrong answer but did not assert, so CUnit may still say passed.
+    /// Lines after the verdict belong to the teardown or suite cleanup.
+    pub failed_lines: Vec<String>,
 }
 
 /// Parses one `iscsi-test-cu` run. Tests that started but never finished (the suite hung
@@ -69,7 +73,20 @@ fn finish(name: String, outcome: Outcome, detail: String) -> TestResult {
         name,
         outcome,
         detail: detail.trim().to_string(),
+        failed_lines: Vec::new(),
     }
+}
+
+/// The part of a line printed before CUnit's "passed" verdict, if the line
+/// carries that verdict.
+fn before_passed(t: &str) -> Option<&str> {
+    if t.trim_start().starts_with("passed") {
+        return Some("");
+    }
+    if let Some(i) = t.find("...passed") {
+        return Some(&t[..i]);
+    }
+    t.strip_suffix("passed")
 }
 
 /// Adds one line of a running test's output; returns the result if the line ends the test.
@@ -81,12 +98,11 @@ fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestRes
     // CUnit prints its verdict right after " ..." or at the start of a line; a test's
     // teardown may log more on the same line after it.
     let lead = t.trim_start();
-    let ends_passed =
-        t.ends_with("passed") || lead.starts_with("passed") || t.contains("...passed");
+    let inside = before_passed(t);
     let ends_failed = t.ends_with("...FAILED") || lead == "FAILED" || lead.starts_with("FAILED ");
-    text.push_str(line);
+    text.push_str(inside.unwrap_or(line));
     text.push('\n');
-    if ends_passed {
+    if inside.is_some() {
         let (name, text) = current.take()?;
         let outcome = if text.contains("[SKIPPED]") {
             Outcome::Skipped
@@ -98,7 +114,13 @@ fn consume(current: &mut Option<(String, String)>, line: &str) -> Option<TestRes
         } else {
             String::new()
         };
-        return Some(finish(name, outcome, detail));
+        let mut r = finish(name, outcome, detail);
+        r.failed_lines = text
+            .lines()
+            .filter(|l| l.contains("[FAILED]"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        return Some(r);
     }
     if ends_failed {
         let (name, text) = current.take()?;
@@ -164,6 +186,19 @@ Run Summary:    Type  Total    Ran Passed Failed Inactive
         let r = parse(out);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].outcome, Outcome::Passed);
+        // The RESERVE6 line is the test's own; the PRIN line comes from the
+        // suite cleanup after the verdict.
+        assert_eq!(r[0].failed_lines, vec!["[FAILED] RESERVE6 command: failed"]);
+    }
+
+    #[test]
+    fn failed_lines_inside_a_passed_test_are_kept() {
+        let out = "Suite: iSCSIdatasn\n  Test: iSCSIDataSnInvalid ...\n    Send writes\n    [FAILED] WRITE10 command: failed\n    more\npassed\n  Test: Clean ...passed\n";
+        let r = parse(out);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].outcome, Outcome::Passed);
+        assert_eq!(r[0].failed_lines, vec!["[FAILED] WRITE10 command: failed"]);
+        assert!(r[1].failed_lines.is_empty());
     }
 
     #[test]

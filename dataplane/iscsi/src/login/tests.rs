@@ -1324,3 +1324,46 @@ fn request_with_data_during_response_pieces_fails() {
     );
     assert_eq!(status(&step), login_status::INITIATOR_ERROR);
 }
+
+fn burst_login(pairs: &[(&str, &str)]) -> (Vec<(String, String)>, LoginResult) {
+    let d = dir(AuthPolicy::None, vec![]);
+    let mut st = state();
+    let step = st.handle(
+        &req(Stage::Security, Stage::Operational, true),
+        &first_security(&[("AuthMethod", "None")]),
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    let step = st.handle(
+        &req(Stage::Operational, Stage::FullFeature, true),
+        &text(pairs),
+        &d,
+    );
+    assert_eq!(status(&step), (0, 0));
+    let k = keys(&step.data);
+    let LoginOutcome::Complete(r) = step.outcome else {
+        panic!("not complete")
+    };
+    (k, r)
+}
+
+#[test]
+fn first_burst_answer_never_exceeds_max_burst_either_order() {
+    for pairs in [
+        [("MaxBurstLength", "512"), ("FirstBurstLength", "65536")],
+        [("FirstBurstLength", "65536"), ("MaxBurstLength", "512")],
+    ] {
+        let (k, r) = burst_login(&pairs);
+        assert_eq!(key(&k, "MaxBurstLength"), Some("512"), "{pairs:?}");
+        assert_eq!(key(&k, "FirstBurstLength"), Some("512"), "{pairs:?}");
+        assert_eq!(r.params.first_burst_length, 512);
+        assert_eq!(r.params.max_burst_length, 512);
+    }
+}
+
+#[test]
+fn first_burst_below_max_burst_is_kept() {
+    let (k, r) = burst_login(&[("MaxBurstLength", "65536"), ("FirstBurstLength", "8192")]);
+    assert_eq!(key(&k, "FirstBurstLength"), Some("8192"));
+    assert_eq!(r.params.first_burst_length, 8192);
+}

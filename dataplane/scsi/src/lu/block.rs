@@ -31,6 +31,9 @@ impl LogicalUnit {
             guard,
             io_lba,
         } = cont;
+        if matches!(kind, ContKind::PrCommit { .. }) {
+            return self.finish_pr_commit(kind, &outcome);
+        }
         let read_data = match outcome {
             IoOutcome::Ok { read_data } => read_data,
             IoOutcome::MediumError => {
@@ -66,6 +69,8 @@ impl LogicalUnit {
                 })
             }
             ContKind::Complete { .. } => done(Reply::good()),
+            // Taken before the outcome is read (its failure is not an LBA's).
+            ContKind::PrCommit { .. } => check(Sense::internal_target_failure()),
             ContKind::WriteThenVerify { lba, blocks, bytes } => {
                 let Some(bs) = self.bytes(1) else {
                     return check(Sense::internal_target_failure());
@@ -246,25 +251,37 @@ impl LogicalUnit {
         let Some(len) = self.bytes(rw.blocks.0.into()) else {
             return check(Sense::invalid_field_cdb(len_field_byte(cmd.cdb), None));
         };
-        // Less Data-Out than the CDB says: reject without writing anything
-        // (SAM-5 allows this answer for an overflow). More is ignored.
+        // Less Data-Out than the CDB says (an overflow, reported by the
+        // transport from `data_out_fit`): the whole blocks that were sent are
+        // written, as RFC 7143 11.4.5.2 lets the target use the data it got;
+        // a partial block cannot be written, so nothing is. More is ignored.
+        let mut blocks = rw.blocks.0;
+        let mut len = len;
         if cmd.data_out.len() < len {
-            return check(Sense::invalid_field_in_iu());
+            let bs = self.block_size as usize;
+            if !cmd.data_out.len().is_multiple_of(bs) {
+                return check(Sense::invalid_field_in_iu());
+            }
+            len = cmd.data_out.len();
+            blocks = (len / bs) as u32;
+            if blocks == 0 {
+                return done(Reply::good());
+            }
         }
-        let Some(guard) = try_acquire(&self.inflight, rw.lba.0, rw.blocks.0.into(), false) else {
+        let Some(guard) = try_acquire(&self.inflight, rw.lba.0, blocks.into(), false) else {
             return Step::Defer;
         };
         io_step(
             LuIo::Write {
                 lba: rw.lba.0,
-                blocks: rw.blocks.0,
+                blocks,
                 src: WriteSource::DataOut { offset: 0, len },
                 fua: Self::effective_fua(st, rw.fua),
             },
             if verify_bytes {
                 ContKind::WriteThenVerify {
                     lba: rw.lba.0,
-                    blocks: rw.blocks.0,
+                    blocks,
                     bytes: len,
                 }
             } else {

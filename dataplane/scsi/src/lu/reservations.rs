@@ -1,11 +1,42 @@
 //! Reservation checks (SPC-4 5.12 / SPC-2 RESERVE) and PERSISTENT RESERVE OUT.
 
 use crate::cdb::ScsiCommand;
-use crate::pr::{Access, PortId, PrError};
-use crate::sense::Sense;
-use crate::{Command, Nexus, Reply, Step};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use super::{check, done, param_list, LogicalUnit, State};
+use crate::pr::{Access, PortId, PrError, PrState};
+use crate::rw::{
+    CommitSignal, CommitState, ContKind, COMMIT_DURABLE, COMMIT_FAILED, COMMIT_PENDING,
+};
+use crate::sense::Sense;
+use crate::{Command, Continuation, IoOutcome, Nexus, PrCommit, Reply, Step};
+
+use super::{check, done, param_list, LogicalUnit, PendingPr, State};
+
+/// Settles the pending commit if its outcome is known: durable, its state
+/// becomes the LU's; failed, it is dropped. Returns the pending commit's
+/// outcome (`None`: there was none).
+pub(super) fn settle_pr(st: &mut State) -> Option<u8> {
+    let outcome = st.pr_pending.as_ref()?.state.load(Ordering::Acquire);
+    if outcome != COMMIT_PENDING {
+        if let Some(p) = st.pr_pending.take() {
+            if outcome == COMMIT_DURABLE {
+                st.pr_durable = Some(p.blob);
+                apply_pr(st, p.next, p.uas);
+            }
+        }
+    }
+    Some(outcome)
+}
+
+/// Makes `next` the LU's reservation state and queues its unit attentions
+/// for the nexuses that exist now.
+fn apply_pr(st: &mut State, next: PrState, uas: Vec<(PortId, Sense)>) {
+    st.pr = next;
+    for (id, ua) in &uas {
+        st.ua_for_port(id, *ua);
+    }
+}
 
 impl LogicalUnit {
     pub(super) fn access_class(cmd: &ScsiCommand) -> Access {
@@ -70,6 +101,10 @@ impl LogicalUnit {
         st.pr.conflicts(&PortId::of(nexus), Self::access_class(cmd))
     }
 
+    /// PERSISTENT RESERVE OUT: computes the new state from the durable one
+    /// without touching it; if the store's content must change, hands the
+    /// new state to the transport as a [`Step::Persist`] and applies it in
+    /// `resume` once durable. Nothing here blocks.
     pub(super) fn pr_out(
         &self,
         st: &mut State,
@@ -86,30 +121,103 @@ impl LogicalUnit {
             Ok(p) => p,
             Err(s) => return check(s),
         };
+        // Another PR OUT is being committed: its outcome decides the state
+        // this one must start from.
+        if settle_pr(st) == Some(COMMIT_PENDING) {
+            return Step::Defer;
+        }
         let me = PortId::of(cmd.nexus);
-        let can_persist = self.pr_store.is_some();
-        let fx = match st
-            .pr
-            .out(&me, service_action, scope, pr_type, param, can_persist)
-        {
+        let mut next = st.pr.clone();
+        let fx = match next.out(
+            &me,
+            service_action,
+            scope,
+            pr_type,
+            param,
+            self.pr_store.is_some(),
+        ) {
             Ok(fx) => fx,
             Err(PrError::Conflict) => return done(Reply::conflict()),
             Err(PrError::Check(s)) => return check(s),
         };
-        for (id, ua) in &fx.uas {
-            st.ua_for_port(id, *ua);
-        }
-        if fx.changed {
-            if let Some(store) = &self.pr_store {
-                if let Err(e) = store.save(&st.pr.encode()) {
-                    tracing::error!(error = %e, "cannot persist reservation state");
-                    return check(Sense::internal_target_failure());
-                }
+        let store = match &self.pr_store {
+            Some(store) if fx.changed => store,
+            // Nothing to make durable: apply now.
+            _ => {
+                apply_pr(st, next, fx.uas);
+                return done(Reply::good());
             }
+        };
+        let blob = next.encode();
+        if st.pr_durable.as_deref() == Some(blob.as_slice()) {
+            // The store already holds exactly this (e.g. no APTPL before or
+            // after): the change is as durable as it needs to be.
+            apply_pr(st, next, fx.uas);
+            return done(Reply::good());
         }
-        done(Reply::good())
+        let state: CommitState = Arc::default();
+        st.pr_pending = Some(PendingPr {
+            next,
+            uas: fx.uas,
+            blob: blob.clone(),
+            state: Arc::clone(&state),
+        });
+        Step::Persist(PrCommit {
+            blob,
+            store: Arc::clone(store),
+            signal: CommitSignal(Arc::clone(&state)),
+            cont: Continuation {
+                kind: ContKind::PrCommit { state },
+                guard: None,
+                io_lba: None,
+            },
+        })
     }
 
+    /// Ends a [`Step::Persist`]: answers GOOD if the commit is durable (its
+    /// state then applied), else keeps the old state and fails the command.
+    pub(super) fn finish_pr_commit(&self, kind: ContKind, outcome: &IoOutcome) -> Step {
+        let ContKind::PrCommit { state } = kind else {
+            return check(Sense::internal_target_failure());
+        };
+        // The outcome the transport reports is the signal's, unless the
+        // signal already said it.
+        let reported = if matches!(outcome, IoOutcome::Ok { .. }) {
+            COMMIT_DURABLE
+        } else {
+            COMMIT_FAILED
+        };
+        let _ = state.compare_exchange(
+            COMMIT_PENDING,
+            reported,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        {
+            let mut st = self.state.lock();
+            if st
+                .pr_pending
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(&p.state, &state))
+            {
+                settle_pr(&mut st);
+            }
+        }
+        // (The lock is released: logging may block.)
+        match state.load(Ordering::Acquire) {
+            COMMIT_DURABLE => done(Reply::good()),
+            _ => {
+                // HARDWARE ERROR / INTERNAL TARGET FAILURE: the target's own
+                // reservation store failed, not the medium the command
+                // addresses (so not MEDIUM ERROR, which names an LBA) and not
+                // a transient condition (BUSY would be retried forever). The
+                // state is unchanged, so the initiator may safely retry or
+                // report it; Linux passes it up instead of retrying blindly.
+                tracing::error!("persistent reservation change not durable; state unchanged");
+                check(Sense::internal_target_failure())
+            }
+        }
+    }
     /// SPC-2 RESERVE(6)/(10), with the SPC-4 5.12.3 exceptions (CRH=1)
     /// when a persistent reservation exists.
     pub(super) fn spc2_reserve(&self, st: &mut State, nexus: &Nexus) -> Step {

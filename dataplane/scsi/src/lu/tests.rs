@@ -2,7 +2,10 @@
 
 use super::block::WRITE_SAME_CHUNK_BYTES;
 use super::*;
-use crate::{Continuation, IoOutcome, IoPlan, ReplyData, ScsiStatus, TargetPort, WriteSource};
+use crate::pr::PrState;
+use crate::{
+    Continuation, IoOutcome, IoPlan, PrCommit, ReplyData, ScsiStatus, TargetPort, WriteSource,
+};
 
 const BS: usize = 512;
 const BLOCKS: u64 = 1024;
@@ -103,6 +106,14 @@ impl Rig {
             match step {
                 Step::Done(r) => return r,
                 Step::Defer => panic!("unexpected defer"),
+                // The transport's persister, inline: save, then resume.
+                Step::Persist(c) => {
+                    let outcome = match c.store.save(&c.blob) {
+                        Ok(()) => IoOutcome::Ok { read_data: None },
+                        Err(_) => IoOutcome::Failed,
+                    };
+                    step = self.lu.resume(n, c.cont, outcome, data_out);
+                }
                 Step::Io(plan) => {
                     let data = self.do_io(&plan.io, data_out);
                     if matches!(plan.io, LuIo::Read { .. }) {
@@ -134,7 +145,7 @@ impl Rig {
 
 fn sense_of(r: &Reply) -> (u8, u8, u8) {
     assert_eq!(r.status, ScsiStatus::CheckCondition, "{r:?}");
-    let s = r.sense.as_ref().unwrap();
+    let s = r.sense.as_ref().unwrap().to_fixed();
     assert_eq!(s.len(), 18);
     (s[2] & 0x0F, s[12], s[13])
 }
@@ -307,15 +318,51 @@ fn transfer_limit_and_protect_fields() {
 }
 
 #[test]
-fn short_data_out_is_rejected_and_long_is_truncated() {
+fn short_data_out_writes_whole_blocks_sent_and_long_is_truncated() {
     let mut r = Rig::new();
     let n = nexus(1);
-    let s = r.run(&n, &rw10(0x2A, 0, 2), &[7u8; BS]);
-    assert_eq!(sense_of(&s), (5, 0x0E, 0x03));
-    assert!(r.disk[..BS].iter().all(|&b| b == 0));
-    let s = r.run(&n, &rw10(0x2A, 0, 1), &[7u8; 3 * BS]);
+    // The CDB asks for 3 blocks, 2 were sent: those 2 are written (the
+    // transport reports the third as overflow), the third block is untouched.
+    let cdb = rw10(0x2A, 0, 3);
+    assert_eq!(
+        r.lu.data_out_fit(&cdb, 2 * BS as u32),
+        DataOutFit::Short(BS as u32)
+    );
+    assert_eq!(r.run(&n, &cdb, &[7u8; 2 * BS]).status, ScsiStatus::Good);
+    assert!(r.disk[..2 * BS].iter().all(|&b| b == 7));
+    assert!(r.disk[2 * BS..3 * BS].iter().all(|&b| b == 0));
+    // A partial block cannot be written: nothing is.
+    let cdb = rw10(0x2A, 8, 2);
+    assert_eq!(sense_of(&r.run(&n, &cdb, &[9u8; BS + 7])), (5, 0x0E, 0x03));
+    assert!(r.disk[8 * BS..10 * BS].iter().all(|&b| b == 0));
+    // Nothing sent at all: nothing to write, GOOD (with an overflow residual).
+    assert_eq!(r.lu.data_out_fit(&cdb, 0), DataOutFit::Short(2 * BS as u32));
+    assert_eq!(r.run(&n, &cdb, &[]).status, ScsiStatus::Good);
+    // More than the CDB asks for: the rest is ignored (underflow).
+    let cdb = rw10(0x2A, 1, 1);
+    assert_eq!(
+        r.lu.data_out_fit(&cdb, 3 * BS as u32),
+        DataOutFit::Long(2 * BS as u32)
+    );
+    let s = r.run(&n, &cdb, &[5u8; 3 * BS]);
     assert_eq!(s.status, ScsiStatus::Good);
-    assert!(r.disk[BS..2 * BS].iter().all(|&b| b == 0));
+    assert!(r.disk[BS..2 * BS].iter().all(|&b| b == 5));
+    assert!(r.disk[2 * BS..3 * BS].iter().all(|&b| b == 0));
+    // WRITE AND VERIFY follows the same rule; other commands have their own.
+    let mut wv = rw10(0x2E, 4, 2);
+    wv[1] = 0x02; // BYTCHK
+    assert_eq!(r.run(&n, &wv, &[3u8; BS]).status, ScsiStatus::Good);
+    assert!(r.disk[4 * BS..5 * BS].iter().all(|&b| b == 3));
+    assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0));
+    assert_eq!(r.lu.data_out_fit(&rw10(0x41, 0, 1), 0), DataOutFit::Exact);
+    assert_eq!(
+        r.lu.data_out_fit(&[0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], 10),
+        DataOutFit::Exact
+    );
+    assert_eq!(
+        r.lu.data_out_fit(&rw10(0x2A, 0, 1), BS as u32),
+        DataOutFit::Exact
+    );
 }
 
 #[test]
@@ -352,7 +399,10 @@ fn io_errors_map_to_sense() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (3, 0x11, 0));
-    assert_eq!(&rep.sense.as_ref().unwrap()[3..7], &7u32.to_be_bytes());
+    assert_eq!(
+        &rep.sense.as_ref().unwrap().to_fixed()[3..7],
+        &7u32.to_be_bytes()
+    );
     let Step::Io(p) = r.lu.execute(&Command {
         cdb: &rw10(0x2A, 0, 1),
         data_out: &[0; BS],
@@ -404,7 +454,7 @@ fn compare_and_write_success_and_miscompare_offset() {
     d.extend(vec![0xCC; BS]);
     let rep = r.run(&n, &caw(5, 1), &d);
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    let s = rep.sense.unwrap();
+    let s = rep.sense.unwrap().to_fixed();
     assert_eq!(s[0], 0xF0);
     assert_eq!(&s[3..7], &0x23u32.to_be_bytes());
     assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0xBB));
@@ -515,7 +565,7 @@ fn write_and_verify_reads_back_with_bytchk() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    assert_eq!(&rep.sense.unwrap()[3..7], &9u32.to_be_bytes());
+    assert_eq!(&rep.sense.unwrap().to_fixed()[3..7], &9u32.to_be_bytes());
     // Without BYTCHK the write completes the command.
     let mut rig = Rig::new();
     assert_eq!(
@@ -537,7 +587,7 @@ fn verify_bytchk() {
     d[100] = 9;
     let rep = r.run(&n, &c, &d);
     assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
-    assert_eq!(&rep.sense.unwrap()[3..7], &100u32.to_be_bytes());
+    assert_eq!(&rep.sense.unwrap().to_fixed()[3..7], &100u32.to_be_bytes());
     // BYTCHK=0 is a medium check only.
     assert_eq!(r.run(&n, &rw10(0x2F, 0, 1), &[]).status, ScsiStatus::Good);
     assert_eq!(
@@ -766,7 +816,7 @@ fn unit_attention_ordering() {
 }
 
 #[test]
-fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus() {
+fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus_once() {
     let mut r = Rig::new();
     let (a, b) = (nexus(1), nexus(2));
     r.lu.nexus_added(&a);
@@ -779,9 +829,159 @@ fn lun_reset_clears_spc2_reservation_and_notifies_every_nexus() {
     );
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::ReservationConflict);
     r.lu.lun_reset(&a);
+    // Every path sees it, the one that asked included (multipath hosts
+    // check each path), and only once.
     assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x29, 0x03));
     assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
     assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0x03));
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    // The SPC-2 reservation is gone.
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+}
+
+/// libiscsi Reserve6.LUNReset: initiator 1 reserves, resets the LUN, then
+/// initiator 2 logs in and reserves; the late nexus sees no reset UA.
+#[test]
+fn lun_reset_is_not_inherited_by_a_later_nexus() {
+    let mut r = Rig::new();
+    let (a, b, c) = (nexus(1), nexus(2), nexus(3));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&c);
+    r.run(&a, &TUR, &[]);
+    r.run(&c, &TUR, &[]);
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.lun_reset(&a);
+    r.lu.nexus_added(&b);
+    // b's own power-on UA (consumed by the login TEST UNIT READY), then nothing.
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(
+        r.run(&b, &[0x17, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    // a and c existed at the reset: each sees it exactly once.
+    let pr_in = [0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0];
+    for n in [&a, &c] {
+        assert_eq!(sense_of(&r.run(n, &pr_in, &[])), (6, 0x29, 0x03));
+        assert_eq!(r.run(n, &pr_in, &[]).status, ScsiStatus::Good);
+    }
+}
+
+#[test]
+fn target_warm_and_cold_reset_notify_existing_nexuses_once() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.target_reset(&a, false);
+    // A second reset before anyone looked is still one pending condition.
+    r.lu.target_reset(&a, false);
+    for n in [&a, &b] {
+        assert_eq!(sense_of(&r.run(n, &TUR, &[])), (6, 0x29, 0x03));
+        assert_eq!(r.run(n, &TUR, &[]).status, ScsiStatus::Good);
+    }
+    // The warm reset released b's SPC-2 reservation.
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    r.lu.target_reset(&b, true);
+    for n in [&a, &b] {
+        assert_eq!(sense_of(&r.run(n, &TUR, &[])), (6, 0x29, 0x01));
+        assert_eq!(r.run(n, &TUR, &[]).status, ScsiStatus::Good);
+    }
+    // Nexuses created after the reset do not inherit it.
+    let c = nexus(3);
+    r.lu.nexus_added(&c);
+    assert_eq!(sense_of(&r.run(&c, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(r.run(&c, &TUR, &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn nexus_loss_is_reported_to_the_returning_port_only() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    r.lu.nexus_removed(a.id);
+    // Nobody else is told.
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    // The same initiator port (same name and ISID) logs in again: a new
+    // session, the same I_T nexus.
+    let a2 = Nexus { id: 11, ..nexus(1) };
+    r.lu.nexus_added(&a2);
+    assert_eq!(sense_of(&r.run(&a2, &TUR, &[])), (6, 0x29, 0x07));
+    assert_eq!(r.run(&a2, &TUR, &[]).status, ScsiStatus::Good);
+    // Only once: a third session of that port is a plain power-on again.
+    r.lu.nexus_removed(a2.id);
+    let a3 = Nexus { id: 12, ..nexus(1) };
+    r.lu.nexus_added(&a3);
+    assert_eq!(sense_of(&r.run(&a3, &TUR, &[])), (6, 0x29, 0x07));
+    let a4 = Nexus { id: 13, ..nexus(1) };
+    r.lu.nexus_added(&a4);
+    assert_eq!(sense_of(&r.run(&a4, &TUR, &[])), (6, 0x29, 0));
+}
+
+#[test]
+fn pr_preemption_ua_goes_to_existing_nexuses_of_the_preempted_port_only() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    for n in [&a, &b] {
+        r.lu.nexus_added(n);
+        r.run(n, &TUR, &[]);
+    }
+    pr(&mut r, &a, 0, 0, 0, 0xA);
+    pr(&mut r, &b, 0, 0, 0, 0xB);
+    pr(&mut r, &a, 1, 1, 0xA, 0);
+    assert_eq!(pr(&mut r, &b, 4, 1, 0xB, 0xA), ScsiStatus::Good);
+    // The preempting nexus gets nothing; the preempted one exactly once.
+    assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x05));
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    // A nexus of another port created afterwards inherits nothing.
+    let c = nexus(3);
+    r.lu.nexus_added(&c);
+    assert_eq!(sense_of(&r.run(&c, &TUR, &[])), (6, 0x29, 0));
+    assert_eq!(r.run(&c, &TUR, &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn alua_and_capacity_changes_are_not_inherited_and_reported_once() {
+    let mut r = Rig::new();
+    let a = nexus(1);
+    r.lu.nexus_added(&a);
+    r.run(&a, &TUR, &[]);
+    r.lu.set_alua_state(AluaState::ActiveNonOptimized);
+    r.lu.set_port_groups(vec![PortGroup {
+        tpg_id: 7,
+        state: AluaState::ActiveNonOptimized,
+        relative_port_ids: vec![1],
+    }]);
+    r.lu.resize(BLOCKS * 2);
+    r.lu.resize(BLOCKS * 3);
+    let b = nexus(2);
+    r.lu.nexus_added(&b);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x06));
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x09));
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&b, &TUR, &[])), (6, 0x29, 0));
     assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
 }
 
@@ -1045,6 +1245,168 @@ impl PrStore for MemStore {
     }
 }
 
+/// A store that records what it was asked to save and can be told to fail.
+#[derive(Clone, Default)]
+struct FlakyStore {
+    saved: Arc<Mutex<Vec<Vec<u8>>>>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PrStore for FlakyStore {
+    fn save(&self, blob: &[u8]) -> std::io::Result<()> {
+        if self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.saved.lock().push(blob.to_vec());
+        Ok(())
+    }
+    fn load(&self) -> std::io::Result<Option<Vec<u8>>> {
+        Ok(self.saved.lock().last().cloned())
+    }
+}
+
+fn execute(lu: &LogicalUnit, n: &Nexus, cdb: &[u8], data_out: &[u8]) -> Step {
+    lu.execute(&Command {
+        cdb,
+        data_out,
+        expected_in_len: 0,
+        nexus: n,
+    })
+}
+
+const READ_KEYS: [u8; 10] = [0x5E, 0, 0, 0, 0, 0, 0, 0, 255, 0];
+
+#[test]
+fn pr_out_applies_only_once_its_commit_is_durable() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    // REGISTER with APTPL: the LU asks for a commit and changes nothing yet.
+    let (c, mut p) = prout(0, 0, 0, 0xAB);
+    p[20] = 0x01;
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!("expected a commit")
+    };
+    assert!(store.saved.lock().is_empty(), "the LU never saves itself");
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    assert_eq!(keys.data, ReplyData::Bytes(vec![0, 0, 0, 0, 0, 0, 0, 0]));
+    // A second PR OUT waits for the first commit's outcome.
+    let (c2, p2) = prout(0, 0, 0, 0xCD);
+    assert!(matches!(execute(&lu, &b, &c2, &p2), Step::Defer));
+    // Durable: now it is applied and answered.
+    commit.store.save(&commit.blob).unwrap();
+    let Step::Done(r) = lu.resume(&a, commit.cont, IoOutcome::Ok { read_data: None }, &[]) else {
+        panic!()
+    };
+    assert_eq!(r.status, ScsiStatus::Good);
+    assert_eq!(
+        PrState::decode(&store.saved.lock()[0]).unwrap().regs.len(),
+        1
+    );
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    let ReplyData::Bytes(d) = keys.data else {
+        panic!()
+    };
+    assert_eq!(&d[4..16], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xAB]);
+    // The waiting PR OUT now goes ahead from the committed state.
+    assert!(matches!(execute(&lu, &b, &c2, &p2), Step::Persist(_)));
+}
+
+#[test]
+fn failed_commit_keeps_the_old_state_and_fails_the_command() {
+    let store = FlakyStore::default();
+    let mut r = Rig::with(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    // Both register with APTPL (the last REGISTER decides it), so every
+    // change after that has to reach the store.
+    for (n, key) in [(&a, 0xA), (&b, 0xB)] {
+        let (c, mut p) = prout(0, 0, 0, key);
+        p[20] = 0x01;
+        assert_eq!(r.run(n, &c, &p).status, ScsiStatus::Good);
+    }
+    assert_eq!(pr(&mut r, &a, 1, 1, 0xA, 0), ScsiStatus::Good);
+    let before = r.bytes(&a, &[0x5E, 3, 0, 0, 0, 0, 0, 0, 255, 0]);
+    store.fail.store(true, std::sync::atomic::Ordering::Relaxed);
+    // b preempts a; the save fails: HARDWARE ERROR / INTERNAL TARGET FAILURE,
+    // a is still registered and holds the reservation, and hears nothing.
+    let (c, p) = prout(4, 1, 0xB, 0xA);
+    assert_eq!(sense_of(&r.run(&b, &c, &p)), (4, 0x44, 0));
+    assert_eq!(r.bytes(&a, &[0x5E, 3, 0, 0, 0, 0, 0, 0, 255, 0]), before);
+    assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+    assert_eq!(
+        r.run(&b, &rw10(0x2A, 0, 1), &[0; BS]).status,
+        ScsiStatus::ReservationConflict
+    );
+    // The failed commit released its slot: once the store works, the same
+    // command succeeds.
+    store
+        .fail
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(r.run(&b, &c, &p).status, ScsiStatus::Good);
+    assert_eq!(sense_of(&r.run(&a, &TUR, &[])), (6, 0x2A, 0x05));
+}
+
+#[test]
+fn abandoned_commit_settles_by_its_signal() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let (a, b) = (nexus(1), nexus(2));
+    let (c, mut p) = prout(0, 0, 0, 0xA);
+    p[20] = 0x01;
+    // A commit that never ran (dropped with its command): nothing changes,
+    // and the next PR OUT is not blocked.
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!()
+    };
+    drop(commit);
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!("a dropped commit must not block the next PR OUT")
+    };
+    // A commit whose command was aborted (continuation dropped) while the
+    // persister saved it still takes effect: memory matches the store.
+    let PrCommit {
+        blob,
+        store: s,
+        signal,
+        cont,
+    } = commit;
+    drop(cont);
+    s.save(&blob).unwrap();
+    signal.set(true);
+    let Step::Done(keys) = execute(&lu, &b, &READ_KEYS, &[]) else {
+        panic!()
+    };
+    let ReplyData::Bytes(d) = keys.data else {
+        panic!()
+    };
+    assert_eq!(&d[4..8], &8u32.to_be_bytes());
+}
+
+#[test]
+fn changes_that_leave_the_store_as_it_is_need_no_commit() {
+    let store = FlakyStore::default();
+    let lu = LogicalUnit::new(config(), Some(Box::new(store.clone())));
+    let a = nexus(1);
+    // Without APTPL the stored blob is the bare header: the first change
+    // writes it, later ones find it already there.
+    let (c, p) = prout(0, 0, 0, 0xA);
+    let Step::Persist(commit) = execute(&lu, &a, &c, &p) else {
+        panic!()
+    };
+    commit.store.save(&commit.blob).unwrap();
+    lu.resume(&a, commit.cont, IoOutcome::Ok { read_data: None }, &[]);
+    let (c, p) = prout(1, 1, 0xA, 0);
+    let Step::Done(r) = execute(&lu, &a, &c, &p) else {
+        panic!("expected an immediate answer")
+    };
+    assert_eq!(r.status, ScsiStatus::Good);
+    assert_eq!(store.saved.lock().len(), 1);
+}
+
 #[test]
 fn pr_aptpl_survives_restart() {
     let shared = Arc::new(Mutex::new(None));
@@ -1095,7 +1457,7 @@ fn lu_is_send_sync_and_continuation_send() {
 
 /// Field pointer of an ILLEGAL REQUEST sense: (C/D, byte).
 fn field_of(r: &Reply) -> (bool, u16) {
-    let s = r.sense.as_ref().unwrap();
+    let s = r.sense.as_ref().unwrap().to_fixed();
     assert_eq!(s[15] & 0x80, 0x80, "SKSV");
     (s[15] & 0x40 != 0, u16::from_be_bytes([s[16], s[17]]))
 }
@@ -1777,7 +2139,7 @@ fn shared_lu_across_threads() {
                             let _ = lu.resume(&n, p.cont, IoOutcome::Failed, &data);
                         }
                         Step::Defer => deferred += 1,
-                        Step::Done(_) => {}
+                        Step::Done(_) | Step::Persist(_) => {}
                     }
                 }
                 deferred
@@ -1929,7 +2291,11 @@ mod fuzz_sequences {
     fn check_reply(r: &Reply) {
         match r.status {
             ScsiStatus::CheckCondition => {
-                let s = r.sense.as_ref().expect("CHECK CONDITION carries sense");
+                let s = r
+                    .sense
+                    .as_ref()
+                    .expect("CHECK CONDITION carries sense")
+                    .to_fixed();
                 assert_eq!(s.len(), 18);
                 assert_eq!(s[0] & 0x7F, 0x70);
             }
@@ -1954,6 +2320,10 @@ mod fuzz_sequences {
                             match step {
                                 Step::Done(r) => { check_reply(&r); break; }
                                 Step::Defer => break,
+                                Step::Persist(c) => {
+                                    let oc = if outcome == 0 { IoOutcome::Ok { read_data: None } } else { IoOutcome::Failed };
+                                    step = lu.resume(&n, c.cont, oc, &data);
+                                }
                                 Step::Io(p) => {
                                     // Sometimes keep the continuation alive to create overlap.
                                     if outcome == 3 { held.push(p); break; }
@@ -2048,4 +2418,34 @@ fn nexus_removal_keeps_registrations() {
     );
     // The same initiator port coming back is still the holder.
     assert_eq!(r.run(&a, &rw10(0x28, 0, 1), &[]).status, ScsiStatus::Good);
+}
+
+#[test]
+fn reply_carries_the_sense_value_with_its_field_pointer() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // An unsupported VPD page: the transport gets the value, field pointer
+    // included, and renders it itself.
+    let s = r.run(&n, &[0x12, 1, 0x99, 0, 255, 0], &[]).sense.unwrap();
+    assert_eq!(s.triple(), (5, 0x24, 0));
+    let fp = s.field.expect("INVALID FIELD IN CDB points at the field");
+    assert!(fp.in_cdb);
+    assert_eq!(fp.byte, 2);
+    assert_eq!(s.to_fixed()[15] & 0xC0, 0xC0);
+}
+
+#[test]
+fn cache_mode_is_the_configuration_type() {
+    // One vocabulary: what the configuration says is what the LU and the
+    // block devices take, with no translation layer to get wrong.
+    let from_config: tandem_config::CacheMode = "write-back".parse().unwrap();
+    let lu = LogicalUnit::new(
+        LuConfig {
+            cache: from_config,
+            ..config()
+        },
+        None,
+    );
+    lu.set_cache_mode(tandem_config::CacheMode::None);
+    assert_eq!(CacheMode::WriteBack, from_config);
 }
