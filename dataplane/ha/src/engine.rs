@@ -640,9 +640,12 @@ impl<P: Clone> Engine<P> {
         };
         // Who receives the write is decided when it is ordered, not when it arrived: the
         // membership may have changed while it waited for its lock.
+        // A synchronized origin applies its own write after the grant; an origin that left
+        // (or restarted and is syncing) gets it like any other replica.
+        let origin_applies = cfg.state_of(id.origin) == MemberState::Synchronized;
         let targets: Vec<NodeId> = cfg
             .write_targets()
-            .filter(|&n| n != me && n != id.origin)
+            .filter(|&n| n != me && !(n == id.origin && origin_applies))
             .collect();
         let Some(op) = self.seq.get_mut(&id) else {
             return;
@@ -726,6 +729,7 @@ impl<P: Clone> Engine<P> {
             .filter(|&n| cfg.state_of(n) == MemberState::Synchronized)
             .collect();
         let other_copy_at_origin = id.origin != self.me
+            && !op.targets.contains(&id.origin)
             && matches!(
                 op.kind,
                 SeqKind::Write { .. } | SeqKind::CompareAndWrite { .. }

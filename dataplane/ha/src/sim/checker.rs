@@ -135,21 +135,22 @@ pub fn check_block(initial: u64, events: &[Event], search_budget: usize) -> Resu
         // Anything placed next must have started before every unplaced completed op ended.
         let horizon = horizon_of(&done);
         let mut next: Vec<(u64, usize, u64)> = Vec::new();
-        for i in 0..n {
-            if is_done(&done, i) || ev[i].invoke > horizon {
+        for (i, e) in ev.iter().enumerate() {
+            if is_done(&done, i) || e.invoke > horizon {
                 continue;
             }
-            let v = match ev[i].op {
+            let v = match e.op {
                 BlockOp::Write { value: v } => Some(v),
                 BlockOp::Swap { expect, value: v } => (expect == value).then_some(v),
-                BlockOp::Read { .. } | BlockOp::Mismatch { .. } => None, // placed eagerly or not yet possible
+                // Placed eagerly above, or not possible yet.
+                BlockOp::Read { .. } | BlockOp::Mismatch { .. } => None,
             };
             if let Some(v) = v {
-                next.push((ev[i].response.unwrap_or(u64::MAX), i, v));
+                next.push((e.response.unwrap_or(u64::MAX), i, v));
             }
         }
         // Depth first, most urgent (earliest response) first: pushed last.
-        next.sort_by(|a, b| b.0.cmp(&a.0));
+        next.sort_by_key(|e| std::cmp::Reverse(e.0));
         for (_, i, v) in next {
             let mut d = done.clone();
             d[i / 64] |= 1 << (i % 64);

@@ -530,7 +530,7 @@ impl World {
                     return;
                 }
                 if !self.nodes[node].paused {
-                    self.to_authority(node, ToAuthority::LeaseRequest);
+                    self.send_to_authority(node, ToAuthority::LeaseRequest);
                 }
                 self.schedule(LEASE_NS / 4, Ev::LeaseRound { node, inc });
             }
@@ -614,7 +614,7 @@ impl World {
         );
     }
 
-    fn to_authority(&mut self, from: usize, msg: ToAuthority) {
+    fn send_to_authority(&mut self, from: usize, msg: ToAuthority) {
         if !self.auth_links[from].up {
             return;
         }
@@ -670,11 +670,11 @@ impl World {
                 self.trace(|| {
                     format!("n{} verdict request about {suspect} in {epoch:?}", node + 1)
                 });
-                self.to_authority(node, ToAuthority::Verdict { suspect, epoch })
+                self.send_to_authority(node, ToAuthority::Verdict { suspect, epoch })
             }
-            Output::Join { meta } => self.to_authority(node, ToAuthority::Join { meta }),
+            Output::Join { meta } => self.send_to_authority(node, ToAuthority::Join { meta }),
             Output::Synchronized { node: n, epoch } => {
-                self.to_authority(node, ToAuthority::Synchronized { node: n, epoch })
+                self.send_to_authority(node, ToAuthority::Synchronized { node: n, epoch })
             }
             Output::SyncRefused { node: n, decision } => {
                 self.trace(|| format!("n{} refuses to sync {n}: {decision:?}", node + 1));
@@ -888,21 +888,21 @@ impl World {
             (
                 Fault::Crash(a),
                 Fault::Restart(a),
-                self.rng.range(1 * MS, 60 * MS),
+                self.rng.range(MS, 60 * MS),
             )
         } else if roll < 85 {
             // Sometimes well past the lease: the paused node must not answer GOOD on waking.
             (
                 Fault::Pause(a),
                 Fault::Resume(a),
-                self.rng.range(1 * MS, 80 * MS),
+                self.rng.range(MS, 80 * MS),
             )
         } else {
             let amnesia = witness && self.rng.chance(40);
             (
                 Fault::PowerLoss { amnesia },
                 Fault::PowerBack,
-                self.rng.range(1 * MS, 20 * MS),
+                self.rng.range(MS, 20 * MS),
             )
         };
         self.schedule(delay, Ev::Fault(fault));
@@ -1193,7 +1193,7 @@ impl World {
                 response: Some(end + 1),
                 history_index: usize::MAX,
             });
-            match check_block(0, &evs, 2_000_000) {
+            match check_block(0, &evs, 150_000) {
                 Ok(true) => {}
                 Ok(false) => self.report.inconclusive_blocks += 1,
                 Err(e) => {
