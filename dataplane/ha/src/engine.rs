@@ -111,6 +111,12 @@ enum SeqKind<P> {
         region: RegionIndex,
         purpose: CopyPurpose,
     },
+    /// A forwarded write that the old sequencer had already applied (this replica applied
+    /// its mirror): it keeps its place in the order, ahead of anything newer on its range.
+    /// Its data is already everywhere after the reconcile, so it is only granted (never
+    /// applied or compared again) once its origin asks again, or released if the origin had
+    /// its grant already.
+    Replayed,
 }
 
 /// Stages of an operation at the sequencer.
@@ -125,8 +131,15 @@ enum SeqStage {
     WaitLock,
     Comparing,
     Reading,
-    Applying { local_done: bool, acks: Vec<NodeId> },
+    Applying {
+        local_done: bool,
+        acks: Vec<NodeId>,
+    },
     WaitRelease,
+    /// `Replayed`: holding its lock until the origin forwards it again or releases it.
+    AwaitOrigin {
+        forwarded: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -287,10 +300,6 @@ pub struct Engine<P> {
     /// `SyncComplete`, then `true` and reported to the authority (re-reported until it makes
     /// them synchronized: the report can be lost).
     sync_done: BTreeMap<NodeId, bool>,
-    /// New sequencer: operations this replica had applied for the old sequencer. If their
-    /// origin forwards them again, they already took effect (a COMPARE AND WRITE must not
-    /// be compared a second time against its own result).
-    applied_under_old_sequencer: BTreeSet<OpId>,
     /// Joining replica: the sequencer's metadata from `SyncComplete`, adopted when the
     /// authority makes this replica synchronized.
     adopt: Option<ReplicaMeta>,
@@ -348,7 +357,6 @@ impl<P: Clone> Engine<P> {
             suspected: BTreeMap::new(),
             future: Vec::new(),
             sync_done: BTreeMap::new(),
-            applied_under_old_sequencer: BTreeSet::new(),
             adopt: None,
             last_join_attempt: None,
         }
@@ -690,6 +698,18 @@ impl<P: Clone> Engine<P> {
                 self.local_write(id, range, op, IoPurpose::Sequenced(id), out);
                 self.set_stage(now, id, SeqStage::Comparing);
             }
+            SeqKind::Replayed => {
+                let forwarded = matches!(
+                    self.seq.get(&id).map(|o| &o.stage),
+                    Some(SeqStage::AwaitOrigin { forwarded: true })
+                );
+                if forwarded {
+                    self.send(id.origin, Msg::Grant { id, applied: true }, out);
+                    self.set_stage(now, id, SeqStage::WaitRelease);
+                } else {
+                    self.set_stage(now, id, SeqStage::AwaitOrigin { forwarded: false });
+                }
+            }
             SeqKind::Copy { .. } => {
                 let io = self.new_io(IoPurpose::Sequenced(id));
                 self.writes.submit_read(range, io, out);
@@ -720,41 +740,36 @@ impl<P: Clone> Engine<P> {
 
     /// Send an ordered write to every target.
     fn mirror(&mut self, id: OpId, data: P, out: &mut Vec<Output<P>>) {
-        let cfg = self.config.as_ref().expect("configured");
         let op = self.seq.get(&id).expect("op exists");
-        let synced_targets: Vec<NodeId> = op
-            .targets
-            .iter()
-            .copied()
-            .filter(|&n| cfg.state_of(n) == MemberState::Synchronized)
-            .collect();
         let other_copy_at_origin = id.origin != self.me
             && !op.targets.contains(&id.origin)
             && matches!(
                 op.kind,
                 SeqKind::Write { .. } | SeqKind::CompareAndWrite { .. }
             );
-        let readable_copies = synced_targets.len() + usize::from(other_copy_at_origin);
+        // Reads must wait for `Commit` wherever another replica could serve a read of this
+        // range before every copy has it. A syncing target counts too: it may become
+        // synchronized while the write is still in flight.
+        let readable_copies = op.targets.len() + usize::from(other_copy_at_origin);
         let commit_follows = readable_copies > 1;
         let range = op.range;
         let targets = op.targets.clone();
         for &t in &targets {
-            let cf = commit_follows && synced_targets.contains(&t);
             self.send(
                 t,
                 Msg::Mirror {
                     id,
                     range,
                     data: data.clone(),
-                    commit_follows: cf,
+                    commit_follows,
                 },
                 out,
             );
         }
+        // Every target hears `Commit`: until then the write is uncertain there (if the
+        // sequencer changes, its region is reconciled), whether or not reads wait for it.
         let op = self.seq.get_mut(&id).expect("op exists");
-        if commit_follows {
-            op.commit_to = synced_targets;
-        }
+        op.commit_to = targets;
     }
 
     fn on_sequenced_io(
@@ -1052,11 +1067,12 @@ impl<P: Clone> Engine<P> {
             Msg::Forward { id, range, op } => self.on_forward(now, id, range, op, out),
             Msg::Grant { id, applied } => self.on_grant(now, id, applied, out),
             Msg::Release { id } => {
-                if self
-                    .seq
-                    .get(&id)
-                    .is_some_and(|o| o.stage == SeqStage::WaitRelease)
-                {
+                if self.seq.get(&id).is_some_and(|o| {
+                    matches!(
+                        o.stage,
+                        SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. }
+                    )
+                }) {
                     self.commit(id, out);
                     self.finish_seq(now, id, out);
                 }
@@ -1184,16 +1200,26 @@ impl<P: Clone> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         let Some(cfg) = &self.config else { return };
-        if cfg.sequencer != self.me || self.seq.contains_key(&id) || !self.geometry.contains(&range)
-        {
+        if cfg.sequencer != self.me || !self.geometry.contains(&range) {
             return;
         }
-        let replayed = self.applied_under_old_sequencer.contains(&id);
+        if let Some(existing) = self.seq.get_mut(&id) {
+            // A replayed write asked for again: grant it now if it holds its place, or as
+            // soon as it does.
+            match existing.stage {
+                SeqStage::AwaitOrigin { .. } => {
+                    self.send(id.origin, Msg::Grant { id, applied: true }, out);
+                    self.set_stage(now, id, SeqStage::WaitRelease);
+                }
+                SeqStage::WaitLock if matches!(existing.kind, SeqKind::Replayed) => {
+                    existing.stage = SeqStage::AwaitOrigin { forwarded: true };
+                }
+                _ => {}
+            }
+            return;
+        }
         let kind = match op {
             ForwardedOp::Write { data } => SeqKind::Write { data },
-            // Already applied by the old sequencer (and reconciled from here): writing the
-            // same data again is what it did, comparing again would fail against itself.
-            ForwardedOp::CompareAndWrite { data, .. } if replayed => SeqKind::Write { data },
             ForwardedOp::CompareAndWrite { verify, data } => {
                 SeqKind::CompareAndWrite { verify, data }
             }
@@ -1349,7 +1375,8 @@ impl<P: Clone> Engine<P> {
                 let seq = self.sequencer();
                 self.send(seq, Msg::MirrorAck { id }, out);
                 if !commit_follows {
-                    self.applied.remove(&id);
+                    // Reads need not wait (no other replica serves them before the sequencer
+                    // has every ack), but the write stays uncertain here until `Commit`.
                     self.barriers.remove(BarrierKey::Op(id));
                     self.wake_reads(out);
                 }
@@ -1667,16 +1694,12 @@ impl<P: Clone> Engine<P> {
         let cfg = self.config.clone().expect("set by caller");
         // Writes applied here for the old sequencer will get no Commit: their regions are
         // reconciled instead.
-        let applied: Vec<OpId> = self.applied.keys().copied().collect();
-        for &id in &applied {
+        let applied: Vec<(OpId, BlockRange)> =
+            self.applied.iter().map(|(id, a)| (*id, a.range)).collect();
+        for &(id, _) in &applied {
             self.barriers.remove(BarrierKey::Op(id));
         }
         self.applied.clear();
-        self.applied_under_old_sequencer = if cfg.sequencer == self.me {
-            applied.into_iter().collect()
-        } else {
-            BTreeSet::new()
-        };
         // Sequenced ops of a former sequencer role cannot exist while synchronized (the
         // sequencer is sticky), but be safe: answer and drop them.
         for (_, op) in std::mem::take(&mut self.seq) {
@@ -1711,6 +1734,13 @@ impl<P: Clone> Engine<P> {
             let others: BTreeSet<NodeId> = cfg.synchronized().filter(|&n| n != self.me).collect();
             self.reconcile = uncertain;
             self.gate = Some((others, now));
+            // Writes of surviving origins that the old sequencer had applied keep their
+            // place ahead of everything ordered from now on.
+            for (id, range) in applied {
+                if id.origin != self.me && cfg.state_of(id.origin) == MemberState::Synchronized {
+                    self.admit(now, id, range, SeqKind::Replayed, None, out);
+                }
+            }
             // My own forwarded writes are now mine to order.
             for id in waiting_fwd {
                 let op = self.fwd.remove(&id).expect("listed");
@@ -1769,7 +1799,11 @@ impl<P: Clone> Engine<P> {
             if let SeqStage::Applying { acks, .. } = &mut op.stage {
                 acks.retain(|t| !newly_out.contains(t));
             }
-            let orphaned = newly_out.contains(&id.origin) && op.stage == SeqStage::WaitRelease;
+            let orphaned = newly_out.contains(&id.origin)
+                && matches!(
+                    op.stage,
+                    SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. }
+                );
             let empty_copy = matches!(op.kind, SeqKind::Copy { .. }) && op.targets.is_empty();
             if orphaned
                 || (empty_copy && matches!(op.stage, SeqStage::WaitLock | SeqStage::Reading))
@@ -1817,7 +1851,7 @@ impl<P: Clone> Engine<P> {
                 SeqStage::Applying { acks, .. } if late(op.since) => {
                     suspects.extend(acks.iter().copied())
                 }
-                SeqStage::WaitRelease if late(op.since) => {
+                SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. } if late(op.since) => {
                     suspects.insert(id.origin);
                 }
                 _ => {}
@@ -1844,7 +1878,7 @@ impl<P: Clone> Engine<P> {
         let overdue: Vec<OpId> = self
             .applied
             .iter()
-            .filter(|(_, a)| a.done && a.commit_follows && late(a.since))
+            .filter(|(_, a)| a.done && late(a.since))
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {

@@ -1105,9 +1105,12 @@ impl World {
             let d0 = &self.nodes[0].disk;
             for n in &self.nodes[1..] {
                 if &n.disk != d0 {
-                    let diff: Vec<usize> = (0..d0.len()).filter(|&b| d0[b] != n.disk[b]).collect();
+                    let diff: Vec<(usize, u64, u64)> = (0..d0.len())
+                        .filter(|&b| d0[b] != n.disk[b])
+                        .map(|b| (b, d0[b], n.disk[b]))
+                        .collect();
                     let why = format!(
-                        "replicas differ after resync: n1 vs {} at blocks {diff:?}",
+                        "replicas differ after resync: n1 vs {} at (block, n1's value, its value) {diff:?}",
                         n.id
                     );
                     self.fail(why);
