@@ -119,6 +119,17 @@ enum SeqKind<P> {
     Replayed,
 }
 
+impl<P> From<ForwardedOp<P>> for SeqKind<P> {
+    fn from(op: ForwardedOp<P>) -> Self {
+        match op {
+            ForwardedOp::Write { data } => SeqKind::Write { data },
+            ForwardedOp::CompareAndWrite { verify, data } => {
+                SeqKind::CompareAndWrite { verify, data }
+            }
+        }
+    }
+}
+
 /// Stages of an operation at the sequencer.
 ///
 /// ```text
@@ -501,12 +512,7 @@ impl<P: Clone> Engine<P> {
             .as_ref()
             .expect("serving implies a configuration");
         if cfg.sequencer == self.me {
-            let kind = match op {
-                ForwardedOp::Write { data } => SeqKind::Write { data },
-                ForwardedOp::CompareAndWrite { verify, data } => {
-                    SeqKind::CompareAndWrite { verify, data }
-                }
-            };
+            let kind = SeqKind::from(op);
             self.admit(now, id, range, kind, Some(tag), out);
         } else {
             let to = cfg.sequencer;
@@ -1218,12 +1224,7 @@ impl<P: Clone> Engine<P> {
             }
             return;
         }
-        let kind = match op {
-            ForwardedOp::Write { data } => SeqKind::Write { data },
-            ForwardedOp::CompareAndWrite { verify, data } => {
-                SeqKind::CompareAndWrite { verify, data }
-            }
-        };
+        let kind = SeqKind::from(op);
         self.admit(now, id, range, kind, None, out);
     }
 
@@ -1745,12 +1746,7 @@ impl<P: Clone> Engine<P> {
             for id in waiting_fwd {
                 let op = self.fwd.remove(&id).expect("listed");
                 self.barriers.remove(BarrierKey::Op(id));
-                let kind = match op.op {
-                    ForwardedOp::Write { data } => SeqKind::Write { data },
-                    ForwardedOp::CompareAndWrite { verify, data } => {
-                        SeqKind::CompareAndWrite { verify, data }
-                    }
-                };
+                let kind = SeqKind::from(op.op);
                 self.admit(now, id, op.range, kind, Some(op.tag), out);
             }
             if self.gate.as_ref().is_some_and(|g| g.0.is_empty()) {
