@@ -206,35 +206,49 @@ enum ReadStage {
     Reading,
 }
 
-/// A local write never runs beside an overlapping local write or read: the order of two
-/// overlapping writes on a disk is undefined, and a read that races a write may return the
-/// new data before the write is on every replica. A later overlapping write waits.
+/// Local I/O ordering on one node. A write never runs beside an overlapping write or read:
+/// the order of two overlapping writes on a disk is undefined, and a read that races a write
+/// may see either. A read never runs beside an overlapping write either (a resync copy must
+/// not read a region while a write granted by a former sequencer is still landing there).
+/// Later overlapping I/O waits, in arrival order.
 #[derive(Debug)]
 struct LocalWrites<P> {
-    in_flight: Vec<(BlockRange, IoTag)>,
+    /// In flight: range, tag, is a read.
+    in_flight: Vec<(BlockRange, IoTag, bool)>,
     queued: VecDeque<(BlockRange, IoTag, LocalOp<P>)>,
 }
 
+fn is_read<P>(op: &LocalOp<P>) -> bool {
+    matches!(op, LocalOp::Read { .. })
+}
+
 impl<P> LocalWrites<P> {
-    /// Reads are never held here (locks and barriers already keep them off ranges being
-    /// written); they are only recorded so that writes wait for them.
-    fn submit_read(&mut self, range: BlockRange, io: IoTag, out: &mut Vec<Output<P>>) {
-        self.in_flight.push((range, io));
-        out.push(Output::Local {
-            io,
-            op: LocalOp::Read { range },
-        });
+    /// Whether `range` (a read if `read`) must wait behind what is in flight or queued
+    /// (`earlier` queued entries only).
+    fn blocked(&self, range: &BlockRange, read: bool, earlier: usize) -> bool {
+        let conflicts = |other_read: bool| !(read && other_read);
+        self.in_flight
+            .iter()
+            .any(|w| conflicts(w.2) && w.0.overlaps(range))
+            || self
+                .queued
+                .iter()
+                .take(earlier)
+                .any(|w| conflicts(is_read(&w.2)) && w.0.overlaps(range))
     }
 
     fn submit(&mut self, range: BlockRange, io: IoTag, op: LocalOp<P>, out: &mut Vec<Output<P>>) {
-        let blocked = self.in_flight.iter().any(|w| w.0.overlaps(&range))
-            || self.queued.iter().any(|w| w.0.overlaps(&range));
-        if blocked {
+        let read = is_read(&op);
+        if self.blocked(&range, read, self.queued.len()) {
             self.queued.push_back((range, io, op));
         } else {
-            self.in_flight.push((range, io));
+            self.in_flight.push((range, io, read));
             out.push(Output::Local { io, op });
         }
+    }
+
+    fn submit_read(&mut self, range: BlockRange, io: IoTag, out: &mut Vec<Output<P>>) {
+        self.submit(range, io, LocalOp::Read { range }, out);
     }
 
     fn complete(&mut self, io: IoTag, out: &mut Vec<Output<P>>) {
@@ -242,28 +256,23 @@ impl<P> LocalWrites<P> {
         let mut i = 0;
         while i < self.queued.len() {
             let range = self.queued[i].0;
-            let blocked = self.in_flight.iter().any(|w| w.0.overlaps(&range))
-                || self.queued.iter().take(i).any(|w| w.0.overlaps(&range));
-            if blocked {
+            let read = is_read(&self.queued[i].2);
+            if self.blocked(&range, read, i) {
                 i += 1;
             } else {
                 let (r, io, op) = self.queued.remove(i).expect("index in range");
-                self.in_flight.push((r, io));
+                self.in_flight.push((r, io, read));
                 out.push(Output::Local { io, op });
             }
         }
     }
 
-    fn write_ranges<'a>(
-        &'a self,
-        io: &'a BTreeMap<IoTag, IoPurpose>,
-    ) -> impl Iterator<Item = BlockRange> + 'a {
-        let is_read = |t: &IoTag| matches!(io.get(t), Some(IoPurpose::HostRead(_)));
+    fn write_ranges(&self) -> impl Iterator<Item = BlockRange> + '_ {
         self.in_flight
             .iter()
-            .filter(move |w| !is_read(&w.1))
+            .filter(|w| !w.2)
             .map(|w| w.0)
-            .chain(self.queued.iter().map(|w| w.0))
+            .chain(self.queued.iter().filter(|w| !is_read(&w.2)).map(|w| w.0))
     }
 }
 
@@ -1020,7 +1029,9 @@ impl<P: Clone> Engine<P> {
                     DirtyBitmap::all(n)
                 }
             }
-            SyncDecision::FullFromMe => DirtyBitmap::all(n),
+            // The authority admitted it as a member of this device; a lineage too long for
+            // the bounded history to relate is copied whole, never trusted piecemeal.
+            SyncDecision::FullFromMe | SyncDecision::Unrelated => DirtyBitmap::all(n),
             other => {
                 out.push(Output::SyncRefused {
                     node: from,
@@ -1610,7 +1621,7 @@ impl<P: Clone> Engine<P> {
             .map(|o| o.range)
             .chain(self.fwd.values().map(|o| o.range))
             .chain(self.applied.values().map(|a| a.range))
-            .chain(self.writes.write_ranges(&self.io));
+            .chain(self.writes.write_ranges());
         for r in ranges {
             for region in self.geometry.regions_of(&r) {
                 set.insert(RegionIndex(region));
@@ -1777,6 +1788,24 @@ impl<P: Clone> Engine<P> {
         if newly_out.is_empty() {
             return;
         }
+        // Only operations already under way chose their targets under the old membership.
+        // One started from here on (a lock handed over below) chooses them afresh, and a
+        // departed member that rejoined as syncing must stay among them.
+        let started_before: Vec<OpId> = self
+            .seq
+            .iter()
+            .filter(|(_, o)| {
+                o.stage != SeqStage::WaitLock
+                    || matches!(
+                        o.kind,
+                        SeqKind::Copy {
+                            purpose: CopyPurpose::Resync,
+                            ..
+                        }
+                    )
+            })
+            .map(|(id, _)| *id)
+            .collect();
         if let Some((pending, _)) = &mut self.gate {
             for n in newly_out {
                 pending.remove(n);
@@ -1785,8 +1814,7 @@ impl<P: Clone> Engine<P> {
                 self.open_gate(now, out);
             }
         }
-        let ids: Vec<OpId> = self.seq.keys().copied().collect();
-        for id in ids {
+        for id in started_before {
             let Some(op) = self.seq.get_mut(&id) else {
                 continue;
             };

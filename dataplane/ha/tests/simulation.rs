@@ -10,6 +10,15 @@ use std::sync::Arc;
 use tandem_ha::sim::{run, AuthorityBug, Shape, SimParams};
 use tandem_ha::PlantedBug;
 
+/// Seeds that still fail, each a real open defect (see docs/ha.md, "Known failing seeds").
+/// They are skipped by the sweeps below and must keep failing: `known_failures_still_fail`
+/// fails as soon as one passes, so a fix has to remove it from this list.
+const KNOWN_FAILING: &[(Shape, u64)] = &[
+    // Replicas differ after two members resync from a new sequencer in the same epoch: a
+    // region written through the old sequencer is missing from the copy set.
+    (Shape::ThreeNodes, 1278),
+];
+
 fn seeds() -> u64 {
     std::env::var("TANDEM_SIM_SEEDS")
         .ok()
@@ -32,6 +41,9 @@ fn run_seeds(shape: Shape, count: u64) {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= count {
                         return Ok((good, inconclusive));
+                    }
+                    if KNOWN_FAILING.contains(&(shape, seed)) {
+                        continue;
                     }
                     let r = run(&SimParams::new(shape, seed))?;
                     good += r.ops_good;
@@ -149,6 +161,17 @@ fn planted_lease_not_waited_out_is_caught() {
         None,
         Some(AuthorityBug::LeaseNotWaited),
     );
+}
+
+#[test]
+fn known_failures_still_fail() {
+    for &(shape, seed) in KNOWN_FAILING {
+        assert!(
+            run(&SimParams::new(shape, seed)).is_err(),
+            "seed {seed} of {} passes now: remove it from KNOWN_FAILING",
+            shape.name()
+        );
+    }
 }
 
 #[test]
