@@ -558,7 +558,9 @@ impl<P: Clone> Engine<P> {
             return;
         }
         let range = *range;
-        if self.locks.held_overlaps(&range) || self.barriers.blocks(&range) {
+        // A new sequencer serves no read before every survivor's uncertain regions are known
+        // (a read taken before the takeover waits too).
+        if self.gate.is_some() || self.locks.held_overlaps(&range) || self.barriers.blocks(&range) {
             return;
         }
         self.reads.insert(tag, (range, ReadStage::Reading));
@@ -1326,6 +1328,7 @@ impl<P: Clone> Engine<P> {
         while let Some((tag, cmd)) = self.gated_host.pop_front() {
             self.on_host(now, tag, cmd, out);
         }
+        self.wake_reads(out);
         self.pump_resync(now, out);
     }
 
