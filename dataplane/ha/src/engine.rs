@@ -1031,15 +1031,18 @@ impl<P: Clone> Engine<P> {
                     DirtyBitmap::all(n)
                 }
             }
-            // The authority admitted it as a member of this device; a lineage too long for
-            // the bounded history to relate is copied whole, never trusted piecemeal.
-            SyncDecision::FullFromMe | SyncDecision::Unrelated => DirtyBitmap::all(n),
+            // Anything else (unrelated lineage, peer claims to be ahead, both bases equal)
+            // cannot be a real divergence here: one authority decides membership, the
+            // sequencer is synchronized and the joiner is not, so the joiner holds no
+            // acknowledged write the sequencer lacks. Its metadata is only stale (a lineage
+            // longer than the bounded history, configurations it never saw): copy everything
+            // and say so. Split brain needs two deciders (Heartbeat strategy, issue 11).
             other => {
                 out.push(Output::SyncRefused {
                     node: from,
                     decision: other,
                 });
-                return;
+                DirtyBitmap::all(n)
             }
         };
         // Every region to copy stays dirty until its copy is acknowledged.
