@@ -66,9 +66,20 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, name: &str) -> Proc {
         cmd.stdin(Stdio::null());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        // ETXTBSY: a test that has just copied the binary can find it "busy" while another
+        // test thread's fork still holds the copy's write descriptor (until that child
+        // execs). The race is in the test harness, not the target; try again briefly.
+        let mut attempts = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Ok(child) => break child,
+                Err(e) if e.raw_os_error() == Some(libc_etxtbsy()) && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot start {name}: {e}"),
+            }
+        };
         Proc {
             child,
             name: name.to_string(),
@@ -156,4 +167,9 @@ pub fn scratch_dir() -> PathBuf {
     std::env::var_os("TANDEM_SCRATCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+}
+
+/// errno ETXTBSY ("Text file busy") on Linux.
+const fn libc_etxtbsy() -> i32 {
+    26
 }
