@@ -468,10 +468,7 @@ impl<P: Clone> Engine<P> {
 
     fn on_host(&mut self, now: Time, tag: HostTag, cmd: HostCmd<P>, out: &mut Vec<Output<P>>) {
         if !self.serving(now) {
-            out.push(Output::Complete {
-                tag,
-                status: HostStatus::NotReady,
-            });
+            not_ready(tag, out);
             return;
         }
         if self.gate.is_some() {
@@ -589,10 +586,7 @@ impl<P: Clone> Engine<P> {
                 return;
             }
             if now >= self.lease_until {
-                out.push(Output::Complete {
-                    tag,
-                    status: HostStatus::NotReady,
-                });
+                not_ready(tag, out);
                 return;
             }
         }
@@ -1584,7 +1578,7 @@ impl<P: Clone> Engine<P> {
 
         match my_state {
             MemberState::Out | MemberState::Syncing => {
-                self.drop_serving_state(now, sequencer_changed, out);
+                self.drop_serving_state(sequencer_changed, out);
                 if my_state == MemberState::Out {
                     self.adopt = None;
                     out.push(Output::Join {
@@ -1644,39 +1638,23 @@ impl<P: Clone> Engine<P> {
 
     /// This node no longer serves: everything a host is waiting for ends NOT READY so
     /// multipath retries it on a node that does.
-    fn drop_serving_state(&mut self, now: Time, sequencer_changed: bool, out: &mut Vec<Output<P>>) {
-        let _ = now;
+    fn drop_serving_state(&mut self, sequencer_changed: bool, out: &mut Vec<Output<P>>) {
         for (tag, _) in std::mem::take(&mut self.reads) {
-            out.push(Output::Complete {
-                tag,
-                status: HostStatus::NotReady,
-            });
+            not_ready(tag, out);
         }
         for (_, op) in std::mem::take(&mut self.fwd) {
-            out.push(Output::Complete {
-                tag: op.tag,
-                status: HostStatus::NotReady,
-            });
+            not_ready(op.tag, out);
         }
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
-                out.push(Output::Complete {
-                    tag,
-                    status: HostStatus::NotReady,
-                });
+                not_ready(tag, out);
             }
         }
         for (tag, _) in std::mem::take(&mut self.awaiting_meta) {
-            out.push(Output::Complete {
-                tag,
-                status: HostStatus::NotReady,
-            });
+            not_ready(tag, out);
         }
         for (tag, _) in std::mem::take(&mut self.gated_host) {
-            out.push(Output::Complete {
-                tag,
-                status: HostStatus::NotReady,
-            });
+            not_ready(tag, out);
         }
         self.locks.clear();
         self.barriers.clear();
@@ -1722,10 +1700,7 @@ impl<P: Clone> Engine<P> {
         // sequencer is sticky), but be safe: answer and drop them.
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
-                out.push(Output::Complete {
-                    tag,
-                    status: HostStatus::NotReady,
-                });
+                not_ready(tag, out);
             }
         }
         self.locks.clear();
@@ -1930,16 +1905,10 @@ impl<P: Clone> Engine<P> {
                 .collect();
             for tag in waiting {
                 self.reads.remove(&tag);
-                out.push(Output::Complete {
-                    tag,
-                    status: HostStatus::NotReady,
-                });
+                not_ready(tag, out);
             }
             while let Some((tag, _)) = self.gated_host.pop_front() {
-                out.push(Output::Complete {
-                    tag,
-                    status: HostStatus::NotReady,
-                });
+                not_ready(tag, out);
             }
         }
     }
@@ -2074,4 +2043,13 @@ impl<P: Clone> Engine<P> {
             }
         }
     }
+}
+
+/// End a host command with NOT READY / LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN
+/// UNAVAILABLE STATE (04/0C): multipath retries it on another node.
+fn not_ready<P>(tag: HostTag, out: &mut Vec<Output<P>>) {
+    out.push(Output::Complete {
+        tag,
+        status: HostStatus::NotReady,
+    });
 }
