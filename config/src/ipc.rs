@@ -96,6 +96,76 @@ pub enum Request {
     /// Opens a failed device again with this (possibly updated) config, e.g. after its image
     /// was restored or re-bound; its targets are served once all their devices are.
     RetryDevice(DeviceConfig),
+    /// Replicated devices: deliver the failover authority's updates to the device's engine
+    /// and collect what the engine asks of the authority. Answered with `Response::Ha`.
+    /// The control service calls it periodically (and at once after an update).
+    HaExchange {
+        device: String,
+        updates: Vec<HaUpdate>,
+    },
+}
+
+/// A configuration from the failover authority, with the lease it grants (if any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaUpdate {
+    pub config: tandem_ha::EpochConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<HaLease>,
+}
+
+/// A lease: this node may serve in `epoch` for `duration_ns` counted from `requested_at_ns`,
+/// the data plane's own clock when it reported the lease request (echoed from
+/// [`HaReport::now_ns`]). Counting from the request, not the grant, keeps the node's lease
+/// ending before the authority's view of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaLease {
+    pub epoch: tandem_ha::Epoch,
+    pub requested_at_ns: u64,
+    pub duration_ns: u64,
+}
+
+/// What a replicated device's engine asks of the authority, and its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaReport {
+    /// The data plane's monotonic clock when this report was built.
+    pub now_ns: u64,
+    /// Requests for the authority (a lease request is always included while the device is a
+    /// member).
+    pub requests: Vec<tandem_ha::authority::ToAuthority>,
+    pub status: HaDeviceStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaDeviceStatus {
+    pub node_id: u8,
+    /// The configuration this node's engine holds (none before the first one arrives).
+    pub config: Option<tandem_ha::EpochConfig>,
+    /// Serving host I/O now (synchronized member with a valid lease).
+    pub serving: bool,
+    pub meta: tandem_ha::ReplicaMeta,
+    pub partners: Vec<HaPartnerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaPartnerStatus {
+    pub name: String,
+    pub node_id: u8,
+    pub links: Vec<HaLinkStatus>,
+    /// Regions this node holds dirty for the partner (to copy when it returns).
+    pub dirty_regions: u64,
+    /// Resync towards the partner, when this node sequences one: regions copied / to copy.
+    pub resync_done_regions: u64,
+    pub resync_total_regions: u64,
+    pub bytes_mirrored: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaLinkStatus {
+    /// `LOCAL_IP:PORT=PARTNER_IP:PORT`
+    pub link: String,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +175,7 @@ pub enum Response {
     Error { code: ErrorCode, message: String },
     Status(StatusReport),
     Stats(StatsReport),
+    Ha(HaReport),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

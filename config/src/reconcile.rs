@@ -149,7 +149,7 @@ pub fn plan(from: &NodeConfig, to: &NodeConfig) -> Vec<Request> {
 pub fn apply(config: &mut NodeConfig, request: &Request) -> bool {
     let node = config.node.name.clone();
     match request {
-        Request::Hello | Request::Status | Request::Stats => false,
+        Request::Hello | Request::Status | Request::Stats | Request::HaExchange { .. } => false,
         Request::AddDevice(d) => {
             if config.device(&d.name).is_some() {
                 return false;

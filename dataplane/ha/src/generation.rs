@@ -21,7 +21,7 @@ use crate::types::{Epoch, GenerationId, NodeId};
 const HISTORY_LEN: usize = 4;
 
 /// What a replica persists besides its data (the metadata write the engine asks for).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReplicaMeta {
     pub current: GenerationId,
     pub bitmap_base: Vec<(NodeId, GenerationId)>,
@@ -70,7 +70,7 @@ impl ReplicaMeta {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SyncDecision {
     InSync,
     FastFromMe,

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod engine;
 pub mod generation;
 pub mod io;

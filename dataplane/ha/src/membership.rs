@@ -12,7 +12,7 @@
 
 use crate::types::{Epoch, GenerationId, NodeId};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MemberState {
     Synchronized,
     Syncing,
@@ -21,7 +21,7 @@ pub enum MemberState {
 
 /// One configuration of a replicated device. Issued only by the failover authority, which
 /// guarantees that at most one configuration exists per epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpochConfig {
     pub epoch: Epoch,
     /// Orders every write of this epoch (holds the cluster-wide range locks). Sticky: it

@@ -7,7 +7,9 @@ use std::fmt;
 
 /// A data node of the cluster. Small integers; the lowest synchronized id becomes the
 /// sequencer of a new configuration when the previous sequencer is gone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(pub u8);
 
 impl fmt::Display for NodeId {
@@ -18,11 +20,35 @@ impl fmt::Display for NodeId {
 
 /// A configuration number issued by the failover authority (control service / witness).
 /// Strictly increasing; every mirror message carries it and stale ones are refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Epoch(pub u64);
 
 /// Engine time in nanoseconds. Passed in with every input, never read inside.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Time(pub u64);
 
 impl Time {
@@ -131,7 +157,19 @@ pub struct IoTag(pub u64);
 /// A data generation id (DRBD's "UUID" idea): which history a replica's bytes belong to.
 /// Derived from the configuration that created it, so every member that goes on together
 /// gets the same id, and two sides that went on alone under different configurations differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct GenerationId(pub u64);
 
 impl GenerationId {

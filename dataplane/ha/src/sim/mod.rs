@@ -16,10 +16,9 @@
 //!
 //! A failure prints a one-line command that replays the seed with a trace.
 
-pub mod authority;
 pub mod checker;
 mod rng;
 mod world;
 
-pub use authority::AuthorityBug;
+pub use crate::authority::AuthorityBug;
 pub use world::{run, Shape, SimParams, SimReport};

@@ -5,9 +5,9 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 
-use super::authority::{Authority, AuthorityBug, ToAuthority, Update};
 use super::checker::{check_block, BlockOp, Event as CheckEvent};
 use super::rng::Rng;
+use crate::authority::{Authority, AuthorityBug, ToAuthority, Update};
 use crate::engine::{Engine, Options, PlantedBug};
 use crate::generation::ReplicaMeta;
 use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};

@@ -1,5 +1,5 @@
-//! The simulator's failover authority: the part of the control service (and witness) that
-//! issues configurations and leases. It is the single place that decides membership, so it
+//! The failover authority: the part of the control service (or witness) that issues
+//! configurations and leases. The simulator and `tandem-control` run this same code. It is the single place that decides membership, so it
 //! guarantees at most one configuration per epoch; it removes a member only after that
 //! member's last lease has expired plus a margin, so a partitioned or paused loser has
 //! stopped serving before anyone goes on without it.
@@ -17,7 +17,8 @@ pub enum AuthorityBug {
     LeaseNotWaited,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ToAuthority {
     LeaseRequest,
     Verdict { suspect: NodeId, epoch: Epoch },
@@ -25,7 +26,7 @@ pub enum ToAuthority {
     Synchronized { node: NodeId, epoch: Epoch },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Update {
     pub config: EpochConfig,
     pub lease_until: Option<Time>,
