@@ -43,6 +43,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod session;
+pub mod shared;
 
 pub use codec::{
     decode, decode_frame, encode, encode_header, payload_parts, type_info, Decoded, MsgTypeInfo,
@@ -53,3 +54,4 @@ pub use error::WireError;
 pub use frame::{payload_crc32c, payload_crc32c_concat, Frame, HeaderRepr, Limits};
 pub use handshake::{AuthError, Handshake, HandshakeMsg, Hello, LinkConfig, Role};
 pub use session::{Inbound, LinkError, LinkSession};
+pub use shared::SharedPayload;
