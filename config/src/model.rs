@@ -58,6 +58,10 @@ pub struct ServerConfig {
     pub name: String,
     /// Its management API (`ip:port`, usually port 3261).
     pub address: SocketAddr,
+    /// File holding that node's API token (0600), for calls this node makes to it
+    /// (creating partner devices, relaying to the failover authority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[node]`

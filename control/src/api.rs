@@ -433,6 +433,7 @@ async fn add_server(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Res
             c.servers.push(ServerConfig {
                 name: req.name.clone(),
                 address: req.address,
+                token_file: None,
             });
             Ok(())
         })
