@@ -28,6 +28,10 @@ struct State {
     swp: bool,
     alua: AluaState,
     groups: Option<Vec<PortGroup>>,
+    /// For a replicated device: this node's (target port group, relative target port id),
+    /// unique across the cluster, reported instead of the transport's single-node values so
+    /// a host sees one port group per node (`set_cluster_port`).
+    cluster_port: Option<(u16, u16)>,
     ua: UaTable,
     /// PR identity of every nexus we know, for addressing PR unit attentions.
     nexuses: HashMap<u64, PortId>,
@@ -57,6 +61,16 @@ struct PendingPr {
 }
 
 impl State {
+    /// The nexus with this node's cluster-wide port ids, for the commands that report them.
+    fn nexus_as_seen(&self, n: &Nexus) -> Nexus {
+        let mut n = n.clone();
+        if let Some((tpg_id, relative_port_id)) = self.cluster_port {
+            n.port.tpg_id = tpg_id;
+            n.port.relative_port_id = relative_port_id;
+        }
+        n
+    }
+
     fn see(&mut self, n: &Nexus) {
         if !self.ua.is_tracked(n.id) {
             self.ua.track(n.id);
@@ -143,6 +157,7 @@ impl LogicalUnit {
                 swp: false,
                 alua: AluaState::ActiveOptimized,
                 groups: None,
+                cluster_port: None,
                 ua: UaTable::default(),
                 nexuses: HashMap::new(),
                 lost: VecDeque::new(),
@@ -291,6 +306,12 @@ impl LogicalUnit {
         }
     }
 
+    /// A replicated device: this node's target port group and relative target port id, as
+    /// reported in VPD 0x83 and REPORT TARGET PORT GROUPS on every nexus.
+    pub fn set_cluster_port(&self, tpg_id: u16, relative_port_id: u16) {
+        self.state.lock().cluster_port = Some((tpg_id, relative_port_id));
+    }
+
     /// All port groups of the device (this node's and its partners') for
     /// REPORT TARGET PORT GROUPS. A change of any group's state is an ALUA UA.
     pub fn set_port_groups(&self, groups: Vec<PortGroup>) {
@@ -391,6 +412,7 @@ impl LogicalUnit {
                 alloc_len,
             } => {
                 let d = if evpd {
+                    let nexus = &st.nexus_as_seen(nexus);
                     let ctx = VpdContext {
                         identity: &self.identity,
                         nexus,
@@ -521,6 +543,7 @@ impl LogicalUnit {
             } => {
                 // The group of the asking port always shows the state this
                 // LU enforces, so RTPG never disagrees with what commands see.
+                let nexus = &st.nexus_as_seen(nexus);
                 let groups: Vec<PortGroup> = match &st.groups {
                     Some(g) => g
                         .iter()

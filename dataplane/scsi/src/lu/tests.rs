@@ -2449,3 +2449,45 @@ fn cache_mode_is_the_configuration_type() {
     lu.set_cache_mode(tandem_config::CacheMode::None);
     assert_eq!(CacheMode::WriteBack, from_config);
 }
+
+#[test]
+fn a_replica_reports_its_own_cluster_port_and_every_nodes_group() {
+    let mut r = Rig::new();
+    let n = nexus(1);
+    // Node 2 of a replicated device: its port group and relative port are 2, whatever the
+    // transport's single-node values (7 and 1 in this rig) are.
+    r.lu.set_cluster_port(2, 2);
+    r.lu.set_port_groups(vec![
+        PortGroup {
+            tpg_id: 1,
+            state: AluaState::ActiveOptimized,
+            relative_port_ids: vec![1],
+        },
+        PortGroup {
+            tpg_id: 2,
+            state: AluaState::ActiveOptimized,
+            relative_port_ids: vec![2],
+        },
+    ]);
+    r.lu.set_alua_state(AluaState::Unavailable);
+    let d = r.bytes(&n, &[0x12, 1, 0x83, 0x01, 0x00, 0]);
+    let mut found = Vec::new();
+    let mut off = 4;
+    while off + 4 <= d.len() {
+        let l = d[off + 3] as usize;
+        found.push((d[off], d[off + 1], d[off + 4..off + 4 + l].to_vec()));
+        off += 4 + l;
+    }
+    assert!(found.contains(&(0x51, 0x94, vec![0, 0, 0, 2])));
+    assert!(found.contains(&(0x51, 0x95, vec![0, 0, 0, 2])));
+    let mut rtpg = [0u8; 12];
+    rtpg[0] = 0xA3;
+    rtpg[1] = 0x0A;
+    rtpg[9] = 255;
+    let d = r.bytes(&n, &rtpg);
+    assert_eq!(&d[0..4], &24u32.to_be_bytes());
+    // Group 1 (the partner) as the cluster says; group 2 (this node) as this LU enforces.
+    assert_eq!((d[4] & 0x0F, &d[6..8]), (0x0, &1u16.to_be_bytes()[..]));
+    assert_eq!((d[16] & 0x0F, &d[18..20]), (0x3, &2u16.to_be_bytes()[..]));
+    assert_eq!(&d[26..28], &2u16.to_be_bytes());
+}
