@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use tandem_config::ipc::DeviceStats;
-use tandem_config::{format_size, format_size_approx, CacheMode, Chap, Size};
+use tandem_config::{
+    format_size, format_size_approx, CacheMode, Chap, FailoverStrategy, JournalKind, LinkPair,
+    Priority, Size,
+};
 use tandem_control::api_types::*;
 use tandem_control::client::{exit, segment, Client, ClientError};
 
@@ -52,6 +55,9 @@ enum Command {
     /// Virtual disks.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Replicas of a device on other nodes (HA devices).
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
     /// iSCSI targets.
     #[command(subcommand)]
     Target(TargetCmd),
@@ -83,15 +89,102 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ServerCmd {
-    /// Add a node by name and management address (ip:port).
+    /// Add a node by its node name and management address (ip:port). With `--token-file FILE`
+    /// (that node's DATA_DIR/token, written after `add`) the node is checked at once and can
+    /// hold replicas; the token is copied to this node's DATA_DIR/servers/NAME.token (0600).
     Add {
         name: String,
         address: std::net::SocketAddr,
+        /// That node's API token file (`--token-file FILE` after `server add` means this).
+        #[arg(long = "partner-token-file", value_name = "FILE")]
+        partner_token_file: Option<PathBuf>,
     },
-    List,
+    /// Known nodes, with whether each answers now.
+    List {
+        /// Do not contact the servers.
+        #[arg(long)]
+        no_check: bool,
+    },
     Remove {
         name: String,
     },
+}
+
+/// Parses a kebab-case word into one of the configuration's enums.
+fn kebab<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+
+/// `NAME:LOCAL_IP:PORT=PARTNER_IP:PORT` (a link seen from existing partner NAME).
+fn peer_link(s: &str) -> Result<PeerLink, String> {
+    let (partner, link) = s.split_once(':').ok_or_else(|| {
+        format!("{s:?} is not EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT")
+    })?;
+    Ok(PeerLink {
+        partner: partner.to_string(),
+        link: link.parse()?,
+    })
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// Replicate DEVICE to a partner node: creates the partner's device (same size, block
+    /// size and identifiers; its own target with the same alias), configures both nodes and
+    /// re-opens the device here so replication starts. A second `replica add` with another
+    /// partner makes the device three-way (give --peer-sync-link for the existing partner).
+    Add {
+        device: String,
+        /// A server added with `tandem server add NAME ADDR --token-file FILE`.
+        #[arg(long)]
+        partner: String,
+        /// LOCAL_IP:PORT=PARTNER_IP:PORT (repeat for several links).
+        #[arg(long = "sync-link", required = true, value_name = "L=P")]
+        sync_links: Vec<LinkPair>,
+        /// LOCAL_IP:PORT=PARTNER_IP:PORT, heartbeat only.
+        #[arg(long = "heartbeat-link", value_name = "L=P")]
+        heartbeat_links: Vec<LinkPair>,
+        /// Three-way: EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT.
+        #[arg(long = "peer-sync-link", value_name = "NAME:L=P", value_parser = peer_link)]
+        peer_sync_links: Vec<PeerLink>,
+        #[arg(long = "peer-heartbeat-link", value_name = "NAME:L=P", value_parser = peer_link)]
+        peer_heartbeat_links: Vec<PeerLink>,
+        /// Directory of the partner's image (and disk journal); default its data dir.
+        #[arg(long)]
+        partner_location: Option<PathBuf>,
+        /// heartbeat or node-majority.
+        #[arg(long, value_parser = kebab::<FailoverStrategy>)]
+        failover: Option<FailoverStrategy>,
+        /// This node's priority (first or second); the partner gets the other.
+        #[arg(long, value_parser = kebab::<Priority>)]
+        priority: Option<Priority>,
+        /// ram, disk-failure or disk-continuous.
+        #[arg(long, value_parser = kebab::<JournalKind>)]
+        journal: Option<JournalKind>,
+        /// Directory of this node's disk journal.
+        #[arg(long)]
+        journal_location: Option<PathBuf>,
+        /// sync-from-existing (default) or zeroed.
+        #[arg(long, value_parser = kebab::<InitMode>)]
+        init: Option<InitMode>,
+        /// Node majority: the server holding the third vote.
+        #[arg(long)]
+        witness: Option<String>,
+    },
+    /// Remove the partner's replica: its device and target are removed there (image kept
+    /// unless --delete-file), the other replicas forget it.
+    Remove {
+        device: String,
+        #[arg(long)]
+        partner: String,
+        /// Go on when the partner cannot be reached (this node changes anyway).
+        #[arg(long)]
+        force: bool,
+        /// Delete the partner's image file too.
+        #[arg(long)]
+        delete_file: bool,
+    },
+    /// Every replica of DEVICE: node, state, journal, links.
+    List { device: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,7 +362,7 @@ impl From<ClientError> for CliError {
 fn main() {
     // `tandem device show X | head -5`: end quietly when the reader goes away (issue 13, 13).
     tandem_ffi::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(rewrite_partner_token_file(std::env::args_os().collect()));
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
             *shell,
@@ -303,6 +396,38 @@ fn main() {
             std::process::exit(code);
         }
     }
+}
+
+/// `tandem server add NAME ADDR --token-file FILE`: after `server add`, `--token-file` names
+/// the partner's token (the CLI's own comes from a `--token-file` before `server`, or
+/// TANDEM_TOKEN_FILE).
+fn rewrite_partner_token_file(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // The first two words that are not options (or values of the global ones).
+    let mut words = Vec::new();
+    let mut i = 1;
+    while i < args.len() && words.len() < 2 {
+        let a = &args[i];
+        if a == "--api" || a == "--token-file" {
+            i += 1;
+        } else if !a.to_string_lossy().starts_with('-') {
+            words.push(i);
+        }
+        i += 1;
+    }
+    let add = match words[..] {
+        [s, a] if args[s] == "server" && args[a] == "add" => Some(a + 1),
+        _ => None,
+    };
+    if let Some(start) = add {
+        for a in &mut args[start..] {
+            if a == "--token-file" {
+                *a = "--partner-token-file".into();
+            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--token-file=")) {
+                *a = format!("--partner-token-file={v}").into();
+            }
+        }
+    }
+    args
 }
 
 fn read_token(path: &PathBuf) -> Result<String, CliError> {
@@ -400,31 +525,61 @@ fn run(ctx: &Ctx, command: Command) -> Res {
             Ok(())
         }
         Command::Server(cmd) => match cmd {
-            ServerCmd::Add { name, address } => {
+            ServerCmd::Add {
+                name,
+                address,
+                partner_token_file,
+            } => {
+                let token = match &partner_token_file {
+                    Some(f) => Some(read_token(f)?),
+                    None => None,
+                };
                 let (_, v): (u16, serde_json::Value) = c.send(
                     "POST",
                     "/api/v1/servers",
-                    &ServerInfo {
+                    &ServerAdd {
                         name: name.clone(),
                         address,
+                        token,
                     },
                 )?;
                 if ctx.json {
                     print_json(&v);
+                } else if partner_token_file.is_some() {
+                    println!("server {name} ({address}) added: reachable, token accepted");
                 } else {
-                    println!("server {name} ({address}) added");
+                    println!("server {name} ({address}) added (no token: not checked, cannot hold replicas)");
                 }
                 Ok(())
             }
-            ServerCmd::List => {
-                let list: Vec<ServerInfo> = c.get("/api/v1/servers")?;
+            ServerCmd::List { no_check } => {
+                let path = if no_check {
+                    "/api/v1/servers?check=false"
+                } else {
+                    "/api/v1/servers"
+                };
+                let list: Vec<ServerInfo> = c.get(path)?;
                 if ctx.json {
                     print_json(&list);
                 } else {
                     table(
-                        &["NAME", "ADDRESS"],
+                        &["NAME", "ADDRESS", "TOKEN", "REACHABLE", "NODE", "NOTE"],
                         list.into_iter()
-                            .map(|s| vec![s.name, s.address.to_string()])
+                            .map(|s| {
+                                vec![
+                                    s.name,
+                                    s.address.to_string(),
+                                    if s.token { "yes" } else { "no" }.to_string(),
+                                    match s.reachable {
+                                        Some(true) => "yes",
+                                        Some(false) => "no",
+                                        None => "-",
+                                    }
+                                    .to_string(),
+                                    s.node.unwrap_or_else(|| "-".into()),
+                                    s.error.unwrap_or_default(),
+                                ]
+                            })
                             .collect(),
                     );
                 }
@@ -437,6 +592,7 @@ fn run(ctx: &Ctx, command: Command) -> Res {
             }
         },
         Command::Device(cmd) => device(ctx, cmd),
+        Command::Replica(cmd) => replica(ctx, cmd),
         Command::Target(cmd) => target(ctx, cmd),
         Command::Chap(cmd) => chap(ctx, cmd),
         Command::Acl(cmd) => acl(ctx, cmd),
@@ -506,6 +662,178 @@ fn print_device(ctx: &Ctx, d: &DeviceInfo) {
         println!("error          {e}");
     }
     println!("sessions       {}", d.sessions);
+    if let Some(r) = &d.replication {
+        println!(
+            "replication    node id {}, {} failover{}",
+            r.node_id,
+            kebab_name(&r.failover),
+            r.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default()
+        );
+        println!();
+        print_replicas(r);
+    }
+}
+
+fn kebab_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `synchronized`, `syncing 42%`, `not-synchronized`...
+fn replica_state(r: &ReplicaRow) -> String {
+    match r.progress_percent {
+        Some(p) => format!("{} {p}%", r.state),
+        None => r.state.clone(),
+    }
+}
+
+fn print_replicas(l: &ReplicaListing) {
+    let rows = l
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut role = if r.local { "this node" } else { "partner" }.to_string();
+            if r.sequencer {
+                role.push_str(", sequencer");
+            }
+            vec![
+                r.node.clone(),
+                r.node_id.to_string(),
+                role,
+                replica_state(r),
+                kebab_name(&r.journal),
+                if r.local {
+                    "-".to_string()
+                } else {
+                    r.links
+                        .iter()
+                        .map(|k| format!("{} {} {}", k.kind, k.link, k.state))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(&["NODE", "ID", "ROLE", "STATE", "JOURNAL", "LINKS"], rows);
+    for r in &l.replicas {
+        if let Some(reason) = &r.reason {
+            println!("{}: {reason}", r.node);
+        }
+        for k in r.links.iter().filter(|k| k.last_error.is_some()) {
+            println!(
+                "{}: {} link {}: {}",
+                r.node,
+                k.kind,
+                k.link,
+                k.last_error.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
+    let c = &ctx.client;
+    match cmd {
+        ReplicaCmd::Add {
+            device,
+            partner,
+            sync_links,
+            heartbeat_links,
+            peer_sync_links,
+            peer_heartbeat_links,
+            partner_location,
+            failover,
+            priority,
+            journal,
+            journal_location,
+            init,
+            witness,
+        } => {
+            if !ctx.json {
+                eprintln!("creating the replica of {device} on {partner}...");
+            }
+            let (_, r): (u16, ReplicaAdded) = c.send(
+                "POST",
+                &format!("/api/v1/devices/{}/replicas", segment(&device)),
+                &ReplicaAdd {
+                    partner,
+                    sync_links,
+                    heartbeat_links,
+                    peer_sync_links,
+                    peer_heartbeat_links,
+                    partner_location,
+                    failover,
+                    priority,
+                    journal,
+                    journal_location,
+                    init,
+                    witness,
+                },
+            )?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "replica of {} added on {} (node id {}; this node {}), initial content: {}",
+                    r.device,
+                    r.partner,
+                    r.partner_node_id,
+                    r.node_id,
+                    r.init.as_str()
+                );
+                if let Some(t) = &r.partner_target {
+                    println!("partner target {t}");
+                }
+                println!("this node: {}", applied_note(r.dataplane));
+                println!("{}: {}", r.partner, applied_note(r.partner_dataplane));
+                println!("follow the sync with `tandem replica list {}`", r.device);
+            }
+            Ok(())
+        }
+        ReplicaCmd::Remove {
+            device,
+            partner,
+            force,
+            delete_file,
+        } => {
+            let r: ReplicaRemoved = c.delete(&format!(
+                "/api/v1/devices/{}/replicas/{}?force={force}&delete_file={delete_file}",
+                segment(&device),
+                segment(&partner)
+            ))?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "replica of {} on {} removed{}: {}",
+                    r.device,
+                    r.partner,
+                    if r.partner_cleaned {
+                        ""
+                    } else {
+                        " here only (the partner was not cleaned)"
+                    },
+                    applied_note(r.dataplane)
+                );
+            }
+            Ok(())
+        }
+        ReplicaCmd::List { device } => {
+            let l: ReplicaListing =
+                c.get(&format!("/api/v1/devices/{}/replicas", segment(&device)))?;
+            if ctx.json {
+                print_json(&l);
+            } else {
+                print_replicas(&l);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Follows an image-building job, drawing progress on stderr when it is a terminal.
