@@ -724,11 +724,16 @@ async fn device_stats(
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let config = node.config().await;
     let stats = node.stats().await.ok();
+    let mut ha = Vec::new();
+    for d in config.devices.iter().filter(|d| d.replication.is_some()) {
+        ha.push((d.name.clone(), ha_status(&node, &d.name).await));
+    }
     let text = crate::metrics::render(
         &config,
         &node.dataplane_info(),
         node.uptime_s(),
         stats.as_ref(),
+        &ha,
     );
     (
         [(
