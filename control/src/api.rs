@@ -36,7 +36,10 @@ pub fn router(node: Arc<Node>) -> Router {
                 .put(put_replication)
                 .delete(delete_replication),
         )
-        .route("/devices/:name/replicas", get(list_replicas).post(add_replica))
+        .route(
+            "/devices/:name/replicas",
+            get(list_replicas).post(add_replica),
+        )
         .route("/devices/:name/replicas/:partner", delete(remove_replica))
         .route("/devices/:name/ha-status", get(get_ha_status))
         .route("/jobs/:id", get(show_job))

@@ -176,7 +176,11 @@ pub fn render(
 
 /// Per replicated device and partner: status known, serving, replica state, link up, bytes
 /// mirrored, resync progress, dirty regions.
-fn render_replication(out: &mut String, config: &NodeConfig, ha: &[(String, Option<HaDeviceStatus>)]) {
+fn render_replication(
+    out: &mut String,
+    config: &NodeConfig,
+    ha: &[(String, Option<HaDeviceStatus>)],
+) {
     if ha.is_empty() {
         return;
     }
@@ -190,7 +194,11 @@ fn render_replication(out: &mut String, config: &NodeConfig, ha: &[(String, Opti
         "1 when the data plane reported the replicated device's status (the other series need it).",
     );
     for (d, s) in ha {
-        f.sample("tandem_replication_status_known", &dev(d), u8::from(s.is_some()));
+        f.sample(
+            "tandem_replication_status_known",
+            &dev(d),
+            u8::from(s.is_some()),
+        );
     }
     let known: Vec<(&str, &HaDeviceStatus)> = ha
         .iter()
@@ -431,7 +439,10 @@ mod tests {
         }
         assert!(!text.contains("tandem_replication_serving{node=\"tandem\",device=\"d2\"}"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{line}");
+            assert!(
+                line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(),
+                "{line}"
+            );
         }
     }
 }

@@ -173,9 +173,8 @@ impl Peer {
             .call(method, path, body)
             .await
             .map_err(|e| self.error(e))?;
-        let t = serde_json::from_value(v).map_err(|e| {
-            self.error(PeerError::Decode(format!("{method} {path}: {e}")))
-        })?;
+        let t = serde_json::from_value(v)
+            .map_err(|e| self.error(PeerError::Decode(format!("{method} {path}: {e}"))))?;
         Ok((status, t))
     }
 
@@ -358,10 +357,7 @@ fn local_endpoints(config: &NodeConfig, skip_device: &str) -> Vec<(SocketAddr, S
         if let Some(r) = &d.replication {
             for p in &r.partners {
                 for l in p.sync_links.iter().chain(&p.heartbeat_links) {
-                    out.push((
-                        l.local,
-                        format!("device `{}` (partner {})", d.name, p.name),
-                    ));
+                    out.push((l.local, format!("device `{}` (partner {})", d.name, p.name)));
                 }
             }
         }
@@ -478,7 +474,9 @@ pub fn check_spec(
         )));
     }
     if spec.partners.is_empty() {
-        return Err(bad("replication.partners is empty: a replicated device has at least one partner"));
+        return Err(bad(
+            "replication.partners is empty: a replicated device has at least one partner",
+        ));
     }
     if spec.partners.len() + 1 > REPLICAS_MAX {
         return Err(bad(format!(
@@ -599,7 +597,10 @@ fn check_secret(secret: &str) -> Result<(), ApiError> {
 
 fn read_secret(path: &Path) -> Result<String, ApiError> {
     let s = std::fs::read_to_string(path).map_err(|e| {
-        ApiError::internal(format!("cannot read the cluster secret {}: {e}", path.display()))
+        ApiError::internal(format!(
+            "cannot read the cluster secret {}: {e}",
+            path.display()
+        ))
     })?;
     let s = s.trim().to_string();
     check_secret(&s).map_err(|_| {
@@ -633,7 +634,9 @@ fn secret_location(
     if holds(&cluster) {
         return Ok((cluster, false));
     }
-    let own = data_dir.join("secrets").join(format!("{}.secret", device.name));
+    let own = data_dir
+        .join("secrets")
+        .join(format!("{}.secret", device.name));
     Ok((own.clone(), !holds(&own)))
 }
 
@@ -731,7 +734,12 @@ struct AddPlan {
     init: InitMode,
 }
 
-fn plan_add(node: &Node, config: &NodeConfig, device: &str, req: &ReplicaAdd) -> Result<AddPlan, ApiError> {
+fn plan_add(
+    node: &Node,
+    config: &NodeConfig,
+    device: &str,
+    req: &ReplicaAdd,
+) -> Result<AddPlan, ApiError> {
     fn bad(m: impl Into<String>) -> ApiError {
         ApiError::bad_request(m)
     }
@@ -788,7 +796,9 @@ fn plan_add(node: &Node, config: &NodeConfig, device: &str, req: &ReplicaAdd) ->
         )));
     }
     if req.sync_links.is_empty() {
-        return Err(bad("at least one sync link is required (`--sync-link LOCAL_IP:PORT=PARTNER_IP:PORT`)"));
+        return Err(bad(
+            "at least one sync link is required (`--sync-link LOCAL_IP:PORT=PARTNER_IP:PORT`)",
+        ));
     }
     if let Some(loc) = &req.partner_location {
         if !loc.is_absolute() {
@@ -1022,11 +1032,18 @@ async fn follow_job(peer: &Peer, mut job: JobInfo) -> Result<(), ApiError> {
 }
 
 /// Removes the partner's device (undo of a failed add, or `replica remove`).
-async fn remove_remote_device(peer: &Peer, device: &str, delete_file: bool) -> Result<(), ApiError> {
+async fn remove_remote_device(
+    peer: &Peer,
+    device: &str,
+    delete_file: bool,
+) -> Result<(), ApiError> {
     match peer
         .call(
             "DELETE",
-            &format!("/api/v1/devices/{}?force=true&delete_file={delete_file}", seg(device)),
+            &format!(
+                "/api/v1/devices/{}?force=true&delete_file={delete_file}",
+                seg(device)
+            ),
             None,
         )
         .await
@@ -1079,7 +1096,11 @@ async fn restore(updated: &[(&Peer, ReplicationConfig)], device: &str, secret: &
 }
 
 /// `POST /api/v1/devices/{name}/replicas`.
-pub async fn add(node: &Arc<Node>, device: &str, req: ReplicaAdd) -> Result<ReplicaAdded, ApiError> {
+pub async fn add(
+    node: &Arc<Node>,
+    device: &str,
+    req: ReplicaAdd,
+) -> Result<ReplicaAdded, ApiError> {
     let _serial = REPLICA_LOCK.lock().await;
     let config = node.config().await;
     let plan = plan_add(node, &config, device, &req)?;
@@ -1229,7 +1250,10 @@ pub async fn remove(
     let _serial = REPLICA_LOCK.lock().await;
     let config = node.config().await;
     let d = config.device(device).ok_or_else(|| no_device(device))?;
-    let r = d.replication.clone().ok_or_else(|| not_replicated(device))?;
+    let r = d
+        .replication
+        .clone()
+        .ok_or_else(|| not_replicated(device))?;
     if !r.partners.iter().any(|p| p.name == partner) {
         return Err(ApiError::not_found(format!(
             "`{partner}` holds no replica of `{device}`; `tandem replica list {device}` shows them"
@@ -1327,7 +1351,10 @@ pub async fn remove(
             .map(|_| ())
         };
         if let Err(e) = result {
-            skip(e, &format!("partner `{}` still lists `{partner}`", peer.name))?;
+            skip(
+                e,
+                &format!("partner `{}` still lists `{partner}`", peer.name),
+            )?;
         }
     }
     let applied = node
@@ -1353,7 +1380,10 @@ pub async fn remove(
 
 // ---- replica list: rows from the engine's status ----------------------------------------------
 
-fn link_rows(p: &PartnerConfig, status: Option<&tandem_config::ipc::HaPartnerStatus>) -> Vec<LinkRow> {
+fn link_rows(
+    p: &PartnerConfig,
+    status: Option<&tandem_config::ipc::HaPartnerStatus>,
+) -> Vec<LinkRow> {
     let row = |l: &LinkPair, kind: &str| {
         let text = l.to_string();
         let live = status.and_then(|s| s.links.iter().find(|x| x.link == text));
@@ -1396,9 +1426,7 @@ pub fn replica_rows(
 ) -> ReplicaListing {
     let cfg = status.and_then(|s| s.config.as_ref());
     let mut rows = Vec::new();
-    let member = |id: u8| {
-        cfg.and_then(|c| c.members.iter().find(|m| m.0 .0 == id).map(|m| m.1))
-    };
+    let member = |id: u8| cfg.and_then(|c| c.members.iter().find(|m| m.0 .0 == id).map(|m| m.1));
     let split = |id: u8| {
         let (Some(local), Some(c)) = (status, cfg) else {
             return false;
@@ -1440,7 +1468,9 @@ pub fn replica_rows(
                 .map(|l| format!(", left at generation {}", l.1 .0))
                 .unwrap_or_default();
             match member(id) {
-                Some(MemberState::Out) => format!("out of the cluster in epoch {}{left}", c.epoch.0),
+                Some(MemberState::Out) => {
+                    format!("out of the cluster in epoch {}{left}", c.epoch.0)
+                }
                 _ => format!("not a member of epoch {} (waiting to join)", c.epoch.0),
             }
         })
@@ -1622,7 +1652,11 @@ mod tests {
         }
     }
 
-    fn status(config: Option<EpochConfig>, serving: bool, partners: Vec<HaPartnerStatus>) -> HaDeviceStatus {
+    fn status(
+        config: Option<EpochConfig>,
+        serving: bool,
+        partners: Vec<HaPartnerStatus>,
+    ) -> HaDeviceStatus {
         HaDeviceStatus {
             node_id: 1,
             config,
@@ -1656,7 +1690,11 @@ mod tests {
     fn no_configuration_yet() {
         let l = replica_rows("a", &repl(), Some(&status(None, false, vec![])), &[]);
         assert_eq!(states(&l), vec![("not-synchronized", None); 3]);
-        assert!(l.replicas[0].reason.as_ref().unwrap().contains("failover authority"));
+        assert!(l.replicas[0]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("failover authority"));
     }
 
     #[test]
@@ -1668,7 +1706,10 @@ mod tests {
             vec![
                 partner(
                     2,
-                    &[("10.0.0.1:7001=10.0.0.2:7001", true), ("10.1.0.1:7001=10.1.0.2:7001", false)],
+                    &[
+                        ("10.0.0.1:7001=10.0.0.2:7001", true),
+                        ("10.1.0.1:7001=10.1.0.2:7001", false),
+                    ],
                     30,
                     120,
                 ),
@@ -1678,7 +1719,11 @@ mod tests {
         let l = replica_rows("a", &repl(), Some(&s), &[]);
         assert_eq!(
             states(&l),
-            vec![("synchronized", None), ("syncing", Some(25)), ("not-synchronized", None)]
+            vec![
+                ("synchronized", None),
+                ("syncing", Some(25)),
+                ("not-synchronized", None)
+            ]
         );
         assert_eq!(l.epoch, Some(7));
         assert!(l.replicas[0].sequencer && !l.replicas[1].sequencer);
@@ -1700,10 +1745,22 @@ mod tests {
     fn blocked_without_lease_or_links() {
         use MemberState::*;
         let s = status(
-            Some(cfg(&[(1, Synchronized), (2, Synchronized), (3, Synchronized)])),
+            Some(cfg(&[
+                (1, Synchronized),
+                (2, Synchronized),
+                (3, Synchronized),
+            ])),
             false,
             vec![
-                partner(2, &[("10.0.0.1:7001=10.0.0.2:7001", false), ("10.1.0.1:7001=10.1.0.2:7001", false)], 0, 0),
+                partner(
+                    2,
+                    &[
+                        ("10.0.0.1:7001=10.0.0.2:7001", false),
+                        ("10.1.0.1:7001=10.1.0.2:7001", false),
+                    ],
+                    0,
+                    0,
+                ),
                 partner(3, &[("10.0.0.1:7003=10.0.0.3:7003", true)], 0, 0),
             ],
         );
@@ -1725,10 +1782,18 @@ mod tests {
         let l = replica_rows("a", &repl(), Some(&s), &[]);
         assert_eq!(
             states(&l),
-            vec![("syncing", None), ("synchronized", None), ("not-synchronized", None)]
+            vec![
+                ("syncing", None),
+                ("synchronized", None),
+                ("not-synchronized", None)
+            ]
         );
         assert!(l.replicas[0].reason.as_ref().unwrap().contains("node 2"));
-        assert!(l.replicas[2].reason.as_ref().unwrap().contains("not a member of epoch 7"));
+        assert!(l.replicas[2]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("not a member of epoch 7"));
         assert!(l.replicas[1].sequencer);
     }
 
@@ -1746,14 +1811,20 @@ mod tests {
         let mut two = repl();
         two.partners.truncate(1);
         let l = replica_rows("a", &two, Some(&here), std::slice::from_ref(&theirs));
-        assert_eq!(states(&l), vec![("split-brain", None), ("split-brain", None)]);
+        assert_eq!(
+            states(&l),
+            vec![("split-brain", None), ("split-brain", None)]
+        );
         // The other side not serving: just out.
         let idle = HaDeviceStatus {
             serving: false,
             ..theirs.clone()
         };
         let l = replica_rows("a", &two, Some(&here), &[idle]);
-        assert_eq!(states(&l), vec![("synchronized", None), ("not-synchronized", None)]);
+        assert_eq!(
+            states(&l),
+            vec![("synchronized", None), ("not-synchronized", None)]
+        );
         // Same generation: not diverged.
         let mut same = theirs;
         if let Some(c) = &mut same.config {
@@ -1852,7 +1923,11 @@ mod tests {
         ];
         for (s, needle) in cases {
             let e = check_spec(&c, "d", &s, None).unwrap_err();
-            assert!(e.message.contains(needle), "`{needle}` not in `{}`", e.message);
+            assert!(
+                e.message.contains(needle),
+                "`{needle}` not in `{}`",
+                e.message
+            );
             assert!(e.status.is_client_error(), "{e}");
         }
         // A link endpoint another device uses.
@@ -1888,7 +1963,11 @@ mod tests {
             0o600
         );
         assert_eq!(
-            std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
     }

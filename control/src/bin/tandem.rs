@@ -117,9 +117,9 @@ fn kebab<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 
 /// `NAME:LOCAL_IP:PORT=PARTNER_IP:PORT` (a link seen from existing partner NAME).
 fn peer_link(s: &str) -> Result<PeerLink, String> {
-    let (partner, link) = s.split_once(':').ok_or_else(|| {
-        format!("{s:?} is not EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT")
-    })?;
+    let (partner, link) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT"))?;
     Ok(PeerLink {
         partner: partner.to_string(),
         link: link.parse()?,
