@@ -569,7 +569,7 @@ async fn list_servers(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Vec<ServerInfo>>> {
     check_query(&query, &["check"])?;
-    let check = query.get("check").is_none() || flag(&query, "check")?;
+    let check = !query.contains_key("check") || flag(&query, "check")?;
     let config = node.config().await;
     // All at once: one after another would take up to PROBE_TIMEOUT per server.
     let handles: Vec<_> = config

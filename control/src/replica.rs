@@ -1441,7 +1441,7 @@ pub fn replica_rows(
                     .members
                     .iter()
                     .find(|m| m.0 .0 == repl.node_id)
-                    .is_none_or(|m| m.1 != MemberState::Synchronized)
+                    .map_or(true, |m| m.1 != MemberState::Synchronized)
                 && rc.generation != c.generation
         })
     };
