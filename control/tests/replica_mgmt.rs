@@ -730,3 +730,170 @@ fn replica_remove_cleans_both_sides() {
         "is a RAM disk",
     );
 }
+
+#[test]
+fn new_routes_need_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start(&tmp.path().join("a"), "127.0.0.1", "node-a");
+    for (method, path) in [
+        ("GET", "/api/v1/devices/d1/replicas"),
+        ("POST", "/api/v1/devices/d1/replicas"),
+        ("DELETE", "/api/v1/devices/d1/replicas/node-b"),
+        ("GET", "/api/v1/devices/d1/replication"),
+        ("PUT", "/api/v1/devices/d1/replication"),
+        ("DELETE", "/api/v1/devices/d1/replication"),
+        ("GET", "/api/v1/devices/d1/ha-status"),
+    ] {
+        let body = (method == "POST" || method == "PUT").then_some("{}");
+        let (status, body) = a.http(method, path, None, body);
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        let (status, _) = a.http(method, path, Some(&"0".repeat(64)), None);
+        assert_eq!(status, 401, "{method} {path} with a wrong token");
+    }
+}
+
+fn iscsi(tool: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// With real data planes: the replica add is applied live on both nodes (the device is
+/// re-opened here with its section), and both nodes' targets present the same disk to a host
+/// (capacity, serial VPD 0x80, designators VPD 0x83).
+#[test]
+fn both_nodes_serve_the_same_disk_identity() {
+    common::require_libiscsi();
+    let bin = common::dataplane_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let node = |ip: &str, name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(dir.join("images")).unwrap();
+        let portal = format!("{ip}:{}", common::free_port());
+        let c = Control::try_start_at(
+            &dir,
+            &format!("{ip}:0"),
+            &[
+                "--node-name",
+                name,
+                "--portal",
+                &portal,
+                "--dataplane-bin",
+                bin.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+        wait_for("the data plane", || {
+            c.json(&["status"])["dataplane"]["state"] == "running"
+        });
+        (c, portal)
+    };
+    let (a, pa) = node("127.0.0.1", "node-a");
+    let (b, pb) = node("127.0.0.2", "node-b");
+    a.ok(&[
+        "server",
+        "add",
+        "node-b",
+        &addr(&b),
+        "--token-file",
+        &token_file(&b),
+    ]);
+    a.ok(&[
+        "device",
+        "create",
+        "d1",
+        "--size",
+        "8MiB",
+        "--location",
+        &images(&a),
+        "--block-size",
+        "4096",
+    ]);
+    let url_a = format!("iscsi://{pa}/iqn.2026-11.io.tandem:node-a-d1/0");
+    let before = iscsi("iscsi-inq", &["-e", "1", "-c", "128", &url_a]);
+
+    let added = a.json(&[
+        "replica",
+        "add",
+        "d1",
+        "--partner",
+        "node-b",
+        "--sync-link",
+        "127.0.0.1:7501=127.0.0.2:7501",
+        "--partner-location",
+        &images(&b),
+    ]);
+    assert_eq!(added["dataplane"], "applied", "{added}");
+    assert_eq!(added["partner_dataplane"], "applied", "{added}");
+    for c in [&a, &b] {
+        wait_for("d1 online", || {
+            c.json(&["device", "show", "d1"])["state"] == "online"
+        });
+    }
+    let url_b = format!("iscsi://{pb}/iqn.2026-11.io.tandem:node-b-d1/0");
+    let cap = |u: &str| {
+        iscsi("iscsi-readcapacity16", &[u])
+            .lines()
+            .find(|l| l.starts_with("Total size:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(cap(&url_a), "Total size:8388608");
+    assert_eq!(cap(&url_b), cap(&url_a));
+    let serial_a = iscsi("iscsi-inq", &["-e", "1", "-c", "128", &url_a]);
+    assert_eq!(serial_a, before, "re-opening keeps the identity");
+    assert_eq!(
+        iscsi("iscsi-inq", &["-e", "1", "-c", "128", &url_b]),
+        serial_a
+    );
+    // Logical-unit designators (T10 vendor id, EUI-64, NAA) are identical; the target
+    // designators name each node's own target (two nodes really answered).
+    let designators = |u: &str, association: &str| {
+        iscsi("iscsi-inq", &["-e", "1", "-c", "131", u])
+            .split("DEVICE DESIGNATOR")
+            .skip(1)
+            .filter(|d| d.contains(association))
+            .map(|d| d.split_once('\n').map_or("", |x| x.1).to_string())
+            .collect::<Vec<_>>()
+    };
+    let lu_a = designators(&url_a, "LOGICAL_UNIT");
+    let lu_b = designators(&url_b, "LOGICAL_UNIT");
+    for kind in ["T10_VENDORT_ID", "EUI_64", "NAA"] {
+        assert_eq!(
+            lu_a.iter().filter(|d| d.contains(kind)).count(),
+            1,
+            "{kind} in {lu_a:?}"
+        );
+    }
+    assert_eq!(lu_a, lu_b);
+    let td_a = designators(&url_a, "TARGET_DEVICE");
+    let td_b = designators(&url_b, "TARGET_DEVICE");
+    assert!(td_a.concat().contains("node-a-d1") && td_b.concat().contains("node-b-d1"));
+
+    let removed = a.json(&["replica", "remove", "d1", "--partner", "node-b"]);
+    assert_eq!(removed["dataplane"], "applied", "{removed}");
+    wait_for("d1 online after the remove", || {
+        a.json(&["device", "show", "d1"])["state"] == "online"
+    });
+    assert_eq!(cap(&url_a), "Total size:8388608");
+    let (status, _) = b.http("GET", "/api/v1/devices/d1", Some(&b.token()), None);
+    assert_eq!(status, 404);
+}
