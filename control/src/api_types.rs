@@ -407,6 +407,11 @@ pub struct ReplicaRow {
     /// Resync progress (syncing, when this node sequences the resync).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
+    /// Regions copied / to copy by that resync (rate and ETA come from two reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_done_regions: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_total_regions: Option<u64>,
     /// Why it is not synchronized / blocked / unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

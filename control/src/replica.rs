@@ -1451,6 +1451,8 @@ pub fn replica_rows(
         local,
         state: "unknown".into(),
         progress_percent: None,
+        resync_done_regions: None,
+        resync_total_regions: None,
         reason: None,
         sequencer: cfg.is_some_and(|c| c.sequencer.0 == id),
         serving: None,
@@ -1543,6 +1545,8 @@ pub fn replica_rows(
                         let pct = x.resync_done_regions.min(x.resync_total_regions) * 100
                             / x.resync_total_regions;
                         row.progress_percent = Some(pct as u8);
+                        row.resync_done_regions = Some(x.resync_done_regions);
+                        row.resync_total_regions = Some(x.resync_total_regions);
                     } else if c.sequencer.0 != repl.node_id {
                         row.reason = Some(format!("resync sequenced by node {}", c.sequencer.0));
                     }
@@ -1735,6 +1739,10 @@ mod tests {
         assert_eq!(b.links[2].state, "unknown", "heartbeat link not reported");
         assert_eq!(b.dirty_regions, Some(5));
         assert_eq!(b.bytes_mirrored, Some(4096));
+        assert_eq!(
+            (b.resync_done_regions, b.resync_total_regions),
+            (Some(30), Some(120))
+        );
         let c = l.replicas[2].reason.as_deref().unwrap();
         assert!(c.contains("out of the cluster in epoch 7"), "{c}");
         assert!(c.contains("left at generation 60"), "{c}");
@@ -1969,6 +1977,37 @@ mod tests {
                 .mode()
                 & 0o777,
             0o700
+        );
+    }
+
+    #[test]
+    fn the_secret_goes_where_this_node_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "ab".repeat(32);
+        let mut d = tandem_config::DeviceConfig::ram("d1", 1 << 20);
+        let cluster = dir.path().join("cluster.secret");
+        // None yet: the node's cluster secret, to be written.
+        assert_eq!(
+            secret_location(dir.path(), &d, &secret).unwrap(),
+            (cluster.clone(), true)
+        );
+        write_secret_file(&cluster, &secret).unwrap();
+        assert_eq!(
+            secret_location(dir.path(), &d, &secret).unwrap(),
+            (cluster.clone(), false)
+        );
+        // Another cluster's secret: a file for this device.
+        let other = "cd".repeat(32);
+        let own = dir.path().join("secrets/d1.secret");
+        assert_eq!(
+            secret_location(dir.path(), &d, &other).unwrap(),
+            (own.clone(), true)
+        );
+        write_secret_file(&own, &other).unwrap();
+        d.replication = Some(spec(vec![]).into_config(own.clone()));
+        assert_eq!(
+            secret_location(dir.path(), &d, &other).unwrap(),
+            (own, false)
         );
     }
 

@@ -484,6 +484,28 @@ fn replica_add_three_way_and_remove() {
         table.contains("node-b") && table.contains("unknown"),
         "{table}"
     );
+    let watched = a.ok(&[
+        "replica",
+        "list",
+        "d1",
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(watched.matches("NODE").count(), 2, "{watched}");
+    let watched = a.ok(&[
+        "device",
+        "show",
+        "d1",
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+    ]);
+    assert_eq!(watched.matches("identity seed").count(), 2, "{watched}");
     let show = a.json(&["device", "show", "d1"]);
     assert_eq!(
         show["replication"]["replicas"][1]["node"], "node-b",

@@ -126,6 +126,20 @@ fn peer_link(s: &str) -> Result<PeerLink, String> {
     })
 }
 
+/// `--watch`: refresh, with a progress bar, rate and ETA for replicas being synchronized.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct WatchOpts {
+    /// Refresh every interval (replicas: progress bar, rate and ETA while syncing).
+    #[arg(long, short)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0, requires = "watch")]
+    interval: f64,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 enum ReplicaCmd {
     /// Replicate DEVICE to a partner node: creates the partner's device (same size, block
@@ -184,7 +198,11 @@ enum ReplicaCmd {
         delete_file: bool,
     },
     /// Every replica of DEVICE: node, state, journal, links.
-    List { device: String },
+    List {
+        device: String,
+        #[command(flatten)]
+        watch: WatchOpts,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -249,6 +267,8 @@ enum DeviceCmd {
     List,
     Show {
         name: String,
+        #[command(flatten)]
+        watch: WatchOpts,
     },
     /// Bind the device's image file as it is now and open the device again: after restoring
     /// a missing image, or when its identity record is missing or does not match and you
@@ -609,6 +629,107 @@ fn run(ctx: &Ctx, command: Command) -> Res {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rate_and_eta() {
+        assert_eq!(progress_bar(0, 10), "[----------]");
+        assert_eq!(progress_bar(42, 10), "[#####-----]");
+        assert_eq!(progress_bar(100, 10), "[##########]");
+        assert_eq!(progress_bar(250, 4), "[####]");
+        assert_eq!(resync_rate(None, 10, 100, 1.0), None);
+        assert_eq!(resync_rate(Some(10), 30, 100, 2.0), Some((10.0, Some(7.0))));
+        assert_eq!(resync_rate(Some(30), 30, 100, 2.0), Some((0.0, None)));
+        assert_eq!(format_eta(7.0), "7s");
+        assert_eq!(format_eta(125.0), "2m05s");
+        assert_eq!(format_eta(7322.0), "2h02m");
+    }
+
+    #[test]
+    fn token_file_after_server_add_is_the_partners() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            rewrite_partner_token_file(args(&[
+                "tandem",
+                "--token-file",
+                "mine",
+                "server",
+                "add",
+                "b",
+                "1.2.3.4:5",
+                "--token-file",
+                "theirs"
+            ])),
+            args(&[
+                "tandem",
+                "--token-file",
+                "mine",
+                "server",
+                "add",
+                "b",
+                "1.2.3.4:5",
+                "--partner-token-file",
+                "theirs"
+            ])
+        );
+        assert_eq!(
+            rewrite_partner_token_file(args(&[
+                "tandem",
+                "server",
+                "add",
+                "b",
+                "x:1",
+                "--token-file=t"
+            ])),
+            args(&[
+                "tandem",
+                "server",
+                "add",
+                "b",
+                "x:1",
+                "--partner-token-file=t"
+            ])
+        );
+        // Elsewhere it stays the CLI's own token.
+        for v in [
+            &["tandem", "server", "list", "--token-file", "t"][..],
+            &[
+                "tandem",
+                "device",
+                "create",
+                "server",
+                "--size",
+                "1MiB",
+                "--token-file",
+                "add",
+            ],
+            &[
+                "tandem",
+                "--api",
+                "server",
+                "device",
+                "add",
+                "--token-file",
+                "t",
+            ],
+        ] {
+            assert_eq!(rewrite_partner_token_file(args(v)), args(v));
+        }
+        Cli::try_parse_from(rewrite_partner_token_file(args(&[
+            "tandem",
+            "server",
+            "add",
+            "b",
+            "127.0.0.1:1",
+            "--token-file",
+            "t",
+        ])))
+        .unwrap();
+    }
+}
+
 fn device_create_body(name: String, opts: DeviceOpts) -> DeviceCreate {
     DeviceCreate {
         name,
@@ -733,6 +854,85 @@ fn print_replicas(l: &ReplicaListing) {
     }
 }
 
+/// A text progress bar: `[########------------]`.
+fn progress_bar(percent: u8, width: usize) -> String {
+    let filled = (usize::from(percent.min(100)) * width)
+        .div_ceil(100)
+        .min(width);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// Rate (regions/s) and ETA (s) of a resync between two reads `secs` apart.
+fn resync_rate(prev: Option<u64>, done: u64, total: u64, secs: f64) -> Option<(f64, Option<f64>)> {
+    let prev = prev?;
+    let rate = done.saturating_sub(prev) as f64 / secs.max(1e-3);
+    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
+    Some((rate, eta))
+}
+
+fn format_eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Runs `show` every interval; after each table, one progress line per syncing replica.
+fn watch_loop(
+    ctx: &Ctx,
+    opts: WatchOpts,
+    mut show: impl FnMut(&Ctx) -> Result<Option<ReplicaListing>, CliError>,
+) -> Res {
+    let interval = Duration::from_secs_f64(opts.interval.max(0.1));
+    let mut prev: std::collections::HashMap<String, u64> = Default::default();
+    let mut last = std::time::Instant::now();
+    let mut n = 0u64;
+    loop {
+        let listing = show(ctx)?;
+        let secs = last.elapsed().as_secs_f64();
+        last = std::time::Instant::now();
+        for r in listing.iter().flat_map(|l| &l.replicas) {
+            let (Some(pct), Some(done), Some(total)) = (
+                r.progress_percent,
+                r.resync_done_regions,
+                r.resync_total_regions,
+            ) else {
+                continue;
+            };
+            if ctx.json {
+                prev.insert(r.node.clone(), done);
+                continue;
+            }
+            let rate = match resync_rate(prev.get(&r.node).copied(), done, total, secs) {
+                Some((rate, eta)) => format!(
+                    "  {rate:.0} regions/s  ETA {}",
+                    eta.map_or("-".to_string(), format_eta)
+                ),
+                None => String::new(),
+            };
+            println!(
+                "sync to {}: {} {pct:>3}% ({done}/{total} regions){rate}",
+                r.node,
+                progress_bar(pct, 30)
+            );
+            prev.insert(r.node.clone(), done);
+        }
+        let _ = std::io::stdout().flush();
+        n += 1;
+        if opts.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+        if !ctx.json {
+            println!();
+        }
+    }
+}
+
 fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
     let c = &ctx.client;
     match cmd {
@@ -823,15 +1023,26 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
             }
             Ok(())
         }
-        ReplicaCmd::List { device } => {
-            let l: ReplicaListing =
-                c.get(&format!("/api/v1/devices/{}/replicas", segment(&device)))?;
-            if ctx.json {
-                print_json(&l);
-            } else {
-                print_replicas(&l);
+        ReplicaCmd::List { device, watch } => {
+            let path = format!("/api/v1/devices/{}/replicas", segment(&device));
+            if !watch.watch {
+                let l: ReplicaListing = c.get(&path)?;
+                if ctx.json {
+                    print_json(&l);
+                } else {
+                    print_replicas(&l);
+                }
+                return Ok(());
             }
-            Ok(())
+            watch_loop(ctx, watch, |ctx| {
+                let l: ReplicaListing = ctx.client.get(&path)?;
+                if ctx.json {
+                    println!("{}", serde_json::to_string(&l).unwrap_or_default());
+                } else {
+                    print_replicas(&l);
+                }
+                Ok(Some(l))
+            })
         }
     }
 }
@@ -994,10 +1205,22 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             }
             Ok(())
         }
-        DeviceCmd::Show { name } => {
-            let d: DeviceInfo = c.get(&format!("/api/v1/devices/{}", segment(&name)))?;
-            print_device(ctx, &d);
-            Ok(())
+        DeviceCmd::Show { name, watch } => {
+            let path = format!("/api/v1/devices/{}", segment(&name));
+            if !watch.watch {
+                let d: DeviceInfo = c.get(&path)?;
+                print_device(ctx, &d);
+                return Ok(());
+            }
+            watch_loop(ctx, watch, |ctx| {
+                let d: DeviceInfo = ctx.client.get(&path)?;
+                if ctx.json {
+                    println!("{}", serde_json::to_string(&d).unwrap_or_default());
+                } else {
+                    print_device(ctx, &d);
+                }
+                Ok(d.replication)
+            })
         }
         DeviceCmd::Rebind { name } => {
             let (_, r): (u16, DeviceCreated) = c.send(
