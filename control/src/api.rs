@@ -171,7 +171,11 @@ async fn replica_listing(node: &Arc<Node>, device: &str) -> Option<ReplicaListin
     let config = node.config().await;
     let repl = config.device(device)?.replication.clone()?;
     let local = ha_status(node, device).await;
-    let remote = remote_statuses(&config, device, &repl).await;
+    // A split brain needs this node serving: only then are the partners asked.
+    let remote = match &local {
+        Some(s) if s.serving => remote_statuses(&config, device, &repl).await,
+        _ => Vec::new(),
+    };
     let mut listing =
         crate::replica::replica_rows(&config.node.name, &repl, local.as_ref(), &remote);
     listing.device = device.to_string();

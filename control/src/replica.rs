@@ -1318,7 +1318,12 @@ pub async fn remove(
         };
         others.extend(section);
     }
-    let secret = read_secret(&r.secret_file)?;
+    // Only needed to rewrite the remaining partners' sections.
+    let secret = if others.is_empty() {
+        String::new()
+    } else {
+        read_secret(&r.secret_file)?
+    };
     let mut partner_cleaned = false;
     if let Some(peer) = &target {
         match remove_remote_device(peer, device, delete_file).await {
