@@ -717,6 +717,36 @@ fn replica_remove_cleans_both_sides() {
     assert_eq!(d.ram_size.map(|s| s.bytes()), Some(4 << 20));
     assert_eq!(d.block_size, 4096);
     assert!(replication(&b, "r1").is_some());
+    // Both sections survive a restart of either node unchanged.
+    let (before_a, before_b) = (config(&a), config(&b));
+    let (a_dir, b_dir) = (a.data_dir.clone(), b.data_dir.clone());
+    a.stop();
+    b.stop();
+    let a = Control::try_start_at(
+        &a_dir,
+        "127.0.0.1:0",
+        &["--no-dataplane", "--node-name", "node-a"],
+    )
+    .unwrap();
+    let b_port = {
+        let s = &before_a
+            .servers
+            .iter()
+            .find(|s| s.name == "node-b")
+            .unwrap()
+            .address;
+        s.to_string()
+    };
+    let b = Control::try_start_at(
+        &b_dir,
+        &b_port,
+        &["--no-dataplane", "--node-name", "node-b"],
+    )
+    .unwrap();
+    assert_eq!(config(&a), before_a);
+    assert_eq!(config(&b), before_b);
+    let l = a.json(&["replica", "list", "r1"]);
+    assert_eq!(l["replicas"][1]["node"], "node-b", "{l}");
     let out = a.ok(&["replica", "remove", "r1", "--partner", "node-b"]);
     assert!(out.contains("replica of r1 on node-b removed: "), "{out}");
     assert!(
