@@ -954,7 +954,8 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
             if !ctx.json {
                 eprintln!("creating the replica of {device} on {partner}...");
             }
-            let (_, r): (u16, ReplicaAdded) = c.send(
+            // The partner's thick image is built within this request.
+            let (_, r): (u16, ReplicaAdded) = c.long(Duration::from_secs(24 * 3600)).send(
                 "POST",
                 &format!("/api/v1/devices/{}/replicas", segment(&device)),
                 &ReplicaAdd {
