@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tandem_config::ipc::StatusReport;
-use tandem_config::{Chap, NodeConfig, ServerConfig, TargetConfig};
+use tandem_config::ipc::{HaDeviceStatus, StatusReport};
+use tandem_config::{Chap, NodeConfig, ReplicationConfig, ServerConfig, TargetConfig};
 
 use crate::api_types::*;
 use crate::error::ApiError;
@@ -30,6 +30,18 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/devices/:name/extend", post(extend_device))
         .route("/devices/:name/rebind", post(rebind_device))
         .route("/devices/:name/cache", put(set_cache))
+        .route(
+            "/devices/:name/replication",
+            get(get_replication)
+                .put(put_replication)
+                .delete(delete_replication),
+        )
+        .route(
+            "/devices/:name/replicas",
+            get(list_replicas).post(add_replica),
+        )
+        .route("/devices/:name/replicas/:partner", delete(remove_replica))
+        .route("/devices/:name/ha-status", get(get_ha_status))
         .route("/jobs/:id", get(show_job))
         .route("/targets", get(list_targets).post(create_target))
         .route("/targets/:iqn", get(show_target).delete(remove_target))
@@ -138,7 +150,157 @@ async fn show_device(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeviceInfo>> {
-    node.get_device(&name).await.map(Json)
+    let mut info = node.get_device(&name).await?;
+    info.replication = replica_listing(&node, &name).await;
+    Ok(Json(info))
+}
+
+// ---- replication ---------------------------------------------------------------------------
+
+/// The latest replication status of `device` from this node's data plane, None when it is
+/// not known. THE one place to switch to the failover driver's status
+/// (`crate::ha::status(node, device)`) once it exists: everything that shows live
+/// replication state (replica list, device show, ha-status, metrics) reads it through here.
+pub async fn ha_status(node: &Node, device: &str) -> Option<HaDeviceStatus> {
+    let _ = (node, device);
+    None
+}
+
+/// The replica rows of a replicated device (None: not replicated).
+async fn replica_listing(node: &Arc<Node>, device: &str) -> Option<ReplicaListing> {
+    let config = node.config().await;
+    let repl = config.device(device)?.replication.clone()?;
+    let local = ha_status(node, device).await;
+    // A split brain needs this node serving: only then are the partners asked.
+    let remote = match &local {
+        Some(s) if s.serving => remote_statuses(&config, device, &repl).await,
+        _ => Vec::new(),
+    };
+    let mut listing =
+        crate::replica::replica_rows(&config.node.name, &repl, local.as_ref(), &remote);
+    listing.device = device.to_string();
+    Some(listing)
+}
+
+/// The partners' own statuses (for split-brain), asked with a short timeout; a partner that
+/// does not answer is left out.
+async fn remote_statuses(
+    config: &NodeConfig,
+    device: &str,
+    repl: &ReplicationConfig,
+) -> Vec<HaDeviceStatus> {
+    let mut out = Vec::new();
+    for p in &repl.partners {
+        let Some(server) = config.servers.iter().find(|s| s.name == p.name) else {
+            continue;
+        };
+        let Ok(peer) = crate::replica::Peer::for_server(server) else {
+            continue;
+        };
+        let peer = peer.with_timeout(crate::replica::PROBE_TIMEOUT);
+        let path = format!(
+            "/api/v1/devices/{}/ha-status",
+            crate::client::segment(device)
+        );
+        if let Ok((_, v)) = peer.call("GET", &path, None).await {
+            if let Ok(s) = serde_json::from_value::<HaDeviceStatus>(v) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+async fn get_replication(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ReplicationConfig>> {
+    let config = node.config().await;
+    let d = config
+        .device(&name)
+        .ok_or_else(|| crate::service::no_device(&name))?;
+    d.replication
+        .clone()
+        .map(Json)
+        .ok_or_else(|| crate::replica::not_replicated(&name))
+}
+
+async fn put_replication(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ChangeResult>> {
+    let req: ReplicationSet = parse(&body)?;
+    let applied = crate::replica::set_replication(&node, &name, req).await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn delete_replication(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ChangeResult>> {
+    let applied = crate::replica::clear_replication(&node, &name).await?;
+    Ok(Json(ChangeResult { dataplane: applied }))
+}
+
+async fn list_replicas(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ReplicaListing>> {
+    if node.config().await.device(&name).is_none() {
+        return Err(crate::service::no_device(&name));
+    }
+    replica_listing(&node, &name)
+        .await
+        .map(Json)
+        .ok_or_else(|| crate::replica::not_replicated(&name))
+}
+
+async fn add_replica(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: ReplicaAdd = parse(&body)?;
+    let added = crate::replica::add(&node, &name, req).await?;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn remove_replica(
+    State(node): State<Arc<Node>>,
+    Path((name, partner)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<ReplicaRemoved>> {
+    check_query(&query, &["force", "delete_file"])?;
+    crate::replica::remove(
+        &node,
+        &name,
+        &partner,
+        flag(&query, "force")?,
+        flag(&query, "delete_file")?,
+    )
+    .await
+    .map(Json)
+}
+
+/// This node's own engine status for the device (what partners read to detect a split
+/// brain); 503 while it is not known.
+async fn get_ha_status(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<HaDeviceStatus>> {
+    let config = node.config().await;
+    let d = config
+        .device(&name)
+        .ok_or_else(|| crate::service::no_device(&name))?;
+    if d.replication.is_none() {
+        return Err(crate::replica::not_replicated(&name));
+    }
+    ha_status(&node, &name).await.map(Json).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "no replication status for `{name}` yet (the data plane has not reported one)"
+        ))
+    })
 }
 
 async fn create_device(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
@@ -406,41 +568,105 @@ async fn acl_remove(
     Ok(Json(ChangeResult { dataplane: applied }))
 }
 
-async fn list_servers(State(node): State<Arc<Node>>) -> Json<Vec<ServerInfo>> {
+async fn list_servers(
+    State(node): State<Arc<Node>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Vec<ServerInfo>>> {
+    check_query(&query, &["check"])?;
+    let check = !query.contains_key("check") || flag(&query, "check")?;
     let config = node.config().await;
-    Json(
-        config
-            .servers
-            .iter()
-            .map(|s| ServerInfo {
-                name: s.name.clone(),
-                address: s.address,
+    // All at once: one after another would take up to PROBE_TIMEOUT per server.
+    let handles: Vec<_> = config
+        .servers
+        .iter()
+        .cloned()
+        .map(|s| {
+            tokio::spawn(async move {
+                if check {
+                    crate::replica::probe_server(&s).await
+                } else {
+                    ServerInfo {
+                        name: s.name.clone(),
+                        address: s.address,
+                        token: s.token_file.is_some(),
+                        reachable: None,
+                        node: None,
+                        error: None,
+                    }
+                }
             })
-            .collect(),
-    )
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.map_err(|e| ApiError::internal(e.to_string()))?);
+    }
+    Ok(Json(out))
 }
 
 async fn add_server(State(node): State<Arc<Node>>, body: Bytes) -> ApiResult<Response> {
-    let req: ServerInfo = parse(&body)?;
+    let req: ServerAdd = parse(&body)?;
+    let server = ServerConfig {
+        name: req.name.clone(),
+        address: req.address,
+        token_file: None,
+    };
+    // Rules first (name, duplicates), then the other node, then save.
+    let mut candidate = node.config().await;
+    if candidate.servers.iter().any(|s| s.name == req.name) {
+        return Err(ApiError::conflict(format!(
+            "server `{}` is already known",
+            req.name
+        )));
+    }
+    candidate.servers.push(server.clone());
+    candidate.validate().map_err(ApiError::invalid)?;
+    let token_file = match &req.token {
+        None => None,
+        Some(t) => {
+            let t = crate::replica::check_token(t)?;
+            crate::replica::verify_server(&req.name, req.address, t).await?;
+            let path = crate::replica::server_token_path(&node.data_dir, &req.name);
+            crate::replica::write_secret_file(&path, t)?;
+            Some(path)
+        }
+    };
+    let saved = ServerConfig {
+        token_file: token_file.clone(),
+        ..server
+    };
     let applied = node
         .change(|c| {
-            if c.servers.iter().any(|s| s.name == req.name) {
+            if c.servers.iter().any(|s| s.name == saved.name) {
                 return Err(ApiError::conflict(format!(
                     "server `{}` is already known",
-                    req.name
+                    saved.name
                 )));
             }
-            c.servers.push(ServerConfig {
-                name: req.name.clone(),
-                address: req.address,
-                token_file: None,
-            });
+            c.servers.push(saved.clone());
             Ok(())
         })
-        .await?;
+        .await;
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(p) = &token_file {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
+    let info = ServerInfo {
+        name: req.name,
+        address: req.address,
+        token: token_file.is_some(),
+        reachable: req.token.as_ref().map(|_| true),
+        node: None,
+        error: None,
+    };
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({ "server": req, "dataplane": applied })),
+        Json(serde_json::json!({ "server": info, "dataplane": applied })),
     )
         .into_response())
 }
@@ -449,9 +675,25 @@ async fn remove_server(
     State(node): State<Arc<Node>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ChangeResult>> {
+    let mut token_file = None;
     let applied = node
         .change(|c| {
+            if let Some(d) = c.devices.iter().find(|d| {
+                d.replication.as_ref().is_some_and(|r| {
+                    r.partners.iter().any(|p| p.name == name) || r.witness.as_deref() == Some(&name)
+                })
+            }) {
+                return Err(ApiError::conflict(format!(
+                    "server `{name}` is a replica partner or witness of device `{}`; `tandem replica remove {} --partner {name}` first",
+                    d.name, d.name
+                )));
+            }
             let before = c.servers.len();
+            token_file = c
+                .servers
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.token_file.clone());
             c.servers.retain(|s| s.name != name);
             if before == c.servers.len() {
                 return Err(ApiError::not_found(format!(
@@ -461,6 +703,12 @@ async fn remove_server(
             Ok(())
         })
         .await?;
+    // The token copy this node made is removed with the server.
+    if let Some(p) = token_file {
+        if p == crate::replica::server_token_path(&node.data_dir, &name) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
     Ok(Json(ChangeResult { dataplane: applied }))
 }
 
@@ -483,11 +731,16 @@ async fn device_stats(
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let config = node.config().await;
     let stats = node.stats().await.ok();
+    let mut ha = Vec::new();
+    for d in config.devices.iter().filter(|d| d.replication.is_some()) {
+        ha.push((d.name.clone(), ha_status(&node, &d.name).await));
+    }
     let text = crate::metrics::render(
         &config,
         &node.dataplane_info(),
         node.uptime_s(),
         stats.as_ref(),
+        &ha,
     );
     (
         [(

@@ -79,6 +79,19 @@ impl Client {
         }
     }
 
+    /// The same client for a call that may run long (e.g. `replica add` waits while the
+    /// partner builds a thick image): no overall timeout short of `limit`.
+    pub fn long(&self, limit: Duration) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: self.token.clone(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .timeout(limit)
+                .build(),
+        }
+    }
+
     fn call(
         &self,
         method: &str,

@@ -11,6 +11,7 @@ pub mod image;
 pub mod image_guard;
 pub mod ipc_client;
 pub mod metrics;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod supervisor;

@@ -345,6 +345,7 @@ impl Node {
             state,
             error,
             sessions,
+            replication: None,
         }
     }
 
@@ -372,6 +373,7 @@ impl Node {
                     state: "creating".into(),
                     error: None,
                     sessions: 0,
+                    replication: None,
                 });
             }
         }

@@ -8,9 +8,11 @@ fn every_route_is_documented_and_every_documented_path_exists() {
     let api = std::fs::read_to_string(format!("{root}/control/src/api.rs")).unwrap();
     let yaml = std::fs::read_to_string(format!("{root}/docs/api/openapi.yaml")).unwrap();
     let served: BTreeSet<String> = api
-        .split(".route(\"")
+        .split(".route(")
         .skip(1)
         .map(|rest| {
+            // rustfmt may put the path on the next line.
+            let rest = rest.trim_start().strip_prefix('"').unwrap();
             let path = &rest[..rest.find('"').unwrap()];
             let path = path
                 .split('/')

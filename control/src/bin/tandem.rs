@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use tandem_config::ipc::DeviceStats;
-use tandem_config::{format_size, format_size_approx, CacheMode, Chap, Size};
+use tandem_config::{
+    format_size, format_size_approx, CacheMode, Chap, FailoverStrategy, JournalKind, LinkPair,
+    Priority, Size,
+};
 use tandem_control::api_types::*;
 use tandem_control::client::{exit, segment, Client, ClientError};
 
@@ -52,6 +55,9 @@ enum Command {
     /// Virtual disks.
     #[command(subcommand)]
     Device(DeviceCmd),
+    /// Replicas of a device on other nodes (HA devices).
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
     /// iSCSI targets.
     #[command(subcommand)]
     Target(TargetCmd),
@@ -83,14 +89,119 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ServerCmd {
-    /// Add a node by name and management address (ip:port).
+    /// Add a node by its node name and management address (ip:port). With `--token-file FILE`
+    /// (that node's DATA_DIR/token, written after `add`) the node is checked at once and can
+    /// hold replicas; the token is copied to this node's DATA_DIR/servers/NAME.token (0600).
     Add {
         name: String,
         address: std::net::SocketAddr,
+        /// That node's API token file (`--token-file FILE` after `server add` means this).
+        #[arg(long = "partner-token-file", value_name = "FILE")]
+        partner_token_file: Option<PathBuf>,
     },
-    List,
+    /// Known nodes, with whether each answers now.
+    List {
+        /// Do not contact the servers.
+        #[arg(long)]
+        no_check: bool,
+    },
     Remove {
         name: String,
+    },
+}
+
+/// Parses a kebab-case word into one of the configuration's enums.
+fn kebab<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| e.to_string())
+}
+
+/// `NAME:LOCAL_IP:PORT=PARTNER_IP:PORT` (a link seen from existing partner NAME).
+fn peer_link(s: &str) -> Result<PeerLink, String> {
+    let (partner, link) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} is not EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT"))?;
+    Ok(PeerLink {
+        partner: partner.to_string(),
+        link: link.parse()?,
+    })
+}
+
+/// `--watch`: refresh, with a progress bar, rate and ETA for replicas being synchronized.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct WatchOpts {
+    /// Refresh every interval (replicas: progress bar, rate and ETA while syncing).
+    #[arg(long, short)]
+    watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0, requires = "watch")]
+    interval: f64,
+    /// Stop after this many refreshes (default: until interrupted).
+    #[arg(long, requires = "watch")]
+    count: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// Replicate DEVICE to a partner node: creates the partner's device (same size, block
+    /// size and identifiers; its own target with the same alias), configures both nodes and
+    /// re-opens the device here so replication starts. A second `replica add` with another
+    /// partner makes the device three-way (give --peer-sync-link for the existing partner).
+    Add {
+        device: String,
+        /// A server added with `tandem server add NAME ADDR --token-file FILE`.
+        #[arg(long)]
+        partner: String,
+        /// LOCAL_IP:PORT=PARTNER_IP:PORT (repeat for several links).
+        #[arg(long = "sync-link", required = true, value_name = "L=P")]
+        sync_links: Vec<LinkPair>,
+        /// LOCAL_IP:PORT=PARTNER_IP:PORT, heartbeat only.
+        #[arg(long = "heartbeat-link", value_name = "L=P")]
+        heartbeat_links: Vec<LinkPair>,
+        /// Three-way: EXISTING_PARTNER:ITS_IP:PORT=NEW_PARTNER_IP:PORT.
+        #[arg(long = "peer-sync-link", value_name = "NAME:L=P", value_parser = peer_link)]
+        peer_sync_links: Vec<PeerLink>,
+        #[arg(long = "peer-heartbeat-link", value_name = "NAME:L=P", value_parser = peer_link)]
+        peer_heartbeat_links: Vec<PeerLink>,
+        /// Directory of the partner's image (and disk journal); default its data dir.
+        #[arg(long)]
+        partner_location: Option<PathBuf>,
+        /// heartbeat or node-majority.
+        #[arg(long, value_parser = kebab::<FailoverStrategy>)]
+        failover: Option<FailoverStrategy>,
+        /// This node's priority (first or second); the partner gets the other.
+        #[arg(long, value_parser = kebab::<Priority>)]
+        priority: Option<Priority>,
+        /// ram, disk-failure or disk-continuous.
+        #[arg(long, value_parser = kebab::<JournalKind>)]
+        journal: Option<JournalKind>,
+        /// Directory of this node's disk journal.
+        #[arg(long)]
+        journal_location: Option<PathBuf>,
+        /// sync-from-existing (default) or zeroed.
+        #[arg(long, value_parser = kebab::<InitMode>)]
+        init: Option<InitMode>,
+        /// Node majority: the server holding the third vote.
+        #[arg(long)]
+        witness: Option<String>,
+    },
+    /// Remove the partner's replica: its device and target are removed there (image kept
+    /// unless --delete-file), the other replicas forget it.
+    Remove {
+        device: String,
+        #[arg(long)]
+        partner: String,
+        /// Go on when the partner cannot be reached (this node changes anyway).
+        #[arg(long)]
+        force: bool,
+        /// Delete the partner's image file too.
+        #[arg(long)]
+        delete_file: bool,
+    },
+    /// Every replica of DEVICE: node, state, journal, links.
+    List {
+        device: String,
+        #[command(flatten)]
+        watch: WatchOpts,
     },
 }
 
@@ -156,6 +267,8 @@ enum DeviceCmd {
     List,
     Show {
         name: String,
+        #[command(flatten)]
+        watch: WatchOpts,
     },
     /// Bind the device's image file as it is now and open the device again: after restoring
     /// a missing image, or when its identity record is missing or does not match and you
@@ -269,7 +382,7 @@ impl From<ClientError> for CliError {
 fn main() {
     // `tandem device show X | head -5`: end quietly when the reader goes away (issue 13, 13).
     tandem_ffi::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(rewrite_partner_token_file(std::env::args_os().collect()));
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
             *shell,
@@ -303,6 +416,38 @@ fn main() {
             std::process::exit(code);
         }
     }
+}
+
+/// `tandem server add NAME ADDR --token-file FILE`: after `server add`, `--token-file` names
+/// the partner's token (the CLI's own comes from a `--token-file` before `server`, or
+/// TANDEM_TOKEN_FILE).
+fn rewrite_partner_token_file(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    // The first two words that are not options (or values of the global ones).
+    let mut words = Vec::new();
+    let mut i = 1;
+    while i < args.len() && words.len() < 2 {
+        let a = &args[i];
+        if a == "--api" || a == "--token-file" {
+            i += 1;
+        } else if !a.to_string_lossy().starts_with('-') {
+            words.push(i);
+        }
+        i += 1;
+    }
+    let add = match words[..] {
+        [s, a] if args[s] == "server" && args[a] == "add" => Some(a + 1),
+        _ => None,
+    };
+    if let Some(start) = add {
+        for a in &mut args[start..] {
+            if a == "--token-file" {
+                *a = "--partner-token-file".into();
+            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("--token-file=")) {
+                *a = format!("--partner-token-file={v}").into();
+            }
+        }
+    }
+    args
 }
 
 fn read_token(path: &PathBuf) -> Result<String, CliError> {
@@ -400,31 +545,61 @@ fn run(ctx: &Ctx, command: Command) -> Res {
             Ok(())
         }
         Command::Server(cmd) => match cmd {
-            ServerCmd::Add { name, address } => {
+            ServerCmd::Add {
+                name,
+                address,
+                partner_token_file,
+            } => {
+                let token = match &partner_token_file {
+                    Some(f) => Some(read_token(f)?),
+                    None => None,
+                };
                 let (_, v): (u16, serde_json::Value) = c.send(
                     "POST",
                     "/api/v1/servers",
-                    &ServerInfo {
+                    &ServerAdd {
                         name: name.clone(),
                         address,
+                        token,
                     },
                 )?;
                 if ctx.json {
                     print_json(&v);
+                } else if partner_token_file.is_some() {
+                    println!("server {name} ({address}) added: reachable, token accepted");
                 } else {
-                    println!("server {name} ({address}) added");
+                    println!("server {name} ({address}) added (no token: not checked, cannot hold replicas)");
                 }
                 Ok(())
             }
-            ServerCmd::List => {
-                let list: Vec<ServerInfo> = c.get("/api/v1/servers")?;
+            ServerCmd::List { no_check } => {
+                let path = if no_check {
+                    "/api/v1/servers?check=false"
+                } else {
+                    "/api/v1/servers"
+                };
+                let list: Vec<ServerInfo> = c.get(path)?;
                 if ctx.json {
                     print_json(&list);
                 } else {
                     table(
-                        &["NAME", "ADDRESS"],
+                        &["NAME", "ADDRESS", "TOKEN", "REACHABLE", "NODE", "NOTE"],
                         list.into_iter()
-                            .map(|s| vec![s.name, s.address.to_string()])
+                            .map(|s| {
+                                vec![
+                                    s.name,
+                                    s.address.to_string(),
+                                    if s.token { "yes" } else { "no" }.to_string(),
+                                    match s.reachable {
+                                        Some(true) => "yes",
+                                        Some(false) => "no",
+                                        None => "-",
+                                    }
+                                    .to_string(),
+                                    s.node.unwrap_or_else(|| "-".into()),
+                                    s.error.unwrap_or_default(),
+                                ]
+                            })
                             .collect(),
                     );
                 }
@@ -437,6 +612,7 @@ fn run(ctx: &Ctx, command: Command) -> Res {
             }
         },
         Command::Device(cmd) => device(ctx, cmd),
+        Command::Replica(cmd) => replica(ctx, cmd),
         Command::Target(cmd) => target(ctx, cmd),
         Command::Chap(cmd) => chap(ctx, cmd),
         Command::Acl(cmd) => acl(ctx, cmd),
@@ -450,6 +626,107 @@ fn run(ctx: &Ctx, command: Command) -> Res {
             print!("{}", c.get_text("/metrics")?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_rate_and_eta() {
+        assert_eq!(progress_bar(0, 10), "[----------]");
+        assert_eq!(progress_bar(42, 10), "[#####-----]");
+        assert_eq!(progress_bar(100, 10), "[##########]");
+        assert_eq!(progress_bar(250, 4), "[####]");
+        assert_eq!(resync_rate(None, 10, 100, 1.0), None);
+        assert_eq!(resync_rate(Some(10), 30, 100, 2.0), Some((10.0, Some(7.0))));
+        assert_eq!(resync_rate(Some(30), 30, 100, 2.0), Some((0.0, None)));
+        assert_eq!(format_eta(7.0), "7s");
+        assert_eq!(format_eta(125.0), "2m05s");
+        assert_eq!(format_eta(7322.0), "2h02m");
+    }
+
+    #[test]
+    fn token_file_after_server_add_is_the_partners() {
+        let args = |v: &[&str]| v.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            rewrite_partner_token_file(args(&[
+                "tandem",
+                "--token-file",
+                "mine",
+                "server",
+                "add",
+                "b",
+                "1.2.3.4:5",
+                "--token-file",
+                "theirs"
+            ])),
+            args(&[
+                "tandem",
+                "--token-file",
+                "mine",
+                "server",
+                "add",
+                "b",
+                "1.2.3.4:5",
+                "--partner-token-file",
+                "theirs"
+            ])
+        );
+        assert_eq!(
+            rewrite_partner_token_file(args(&[
+                "tandem",
+                "server",
+                "add",
+                "b",
+                "x:1",
+                "--token-file=t"
+            ])),
+            args(&[
+                "tandem",
+                "server",
+                "add",
+                "b",
+                "x:1",
+                "--partner-token-file=t"
+            ])
+        );
+        // Elsewhere it stays the CLI's own token.
+        for v in [
+            &["tandem", "server", "list", "--token-file", "t"][..],
+            &[
+                "tandem",
+                "device",
+                "create",
+                "server",
+                "--size",
+                "1MiB",
+                "--token-file",
+                "add",
+            ],
+            &[
+                "tandem",
+                "--api",
+                "server",
+                "device",
+                "add",
+                "--token-file",
+                "t",
+            ],
+        ] {
+            assert_eq!(rewrite_partner_token_file(args(v)), args(v));
+        }
+        Cli::try_parse_from(rewrite_partner_token_file(args(&[
+            "tandem",
+            "server",
+            "add",
+            "b",
+            "127.0.0.1:1",
+            "--token-file",
+            "t",
+        ])))
+        .unwrap();
     }
 }
 
@@ -506,6 +783,269 @@ fn print_device(ctx: &Ctx, d: &DeviceInfo) {
         println!("error          {e}");
     }
     println!("sessions       {}", d.sessions);
+    if let Some(r) = &d.replication {
+        println!(
+            "replication    node id {}, {} failover{}",
+            r.node_id,
+            kebab_name(&r.failover),
+            r.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default()
+        );
+        println!();
+        print_replicas(r);
+    }
+}
+
+fn kebab_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `synchronized`, `syncing 42%`, `not-synchronized`...
+fn replica_state(r: &ReplicaRow) -> String {
+    match r.progress_percent {
+        Some(p) => format!("{} {p}%", r.state),
+        None => r.state.clone(),
+    }
+}
+
+fn print_replicas(l: &ReplicaListing) {
+    let rows = l
+        .replicas
+        .iter()
+        .map(|r| {
+            let mut role = if r.local { "this node" } else { "partner" }.to_string();
+            if r.sequencer {
+                role.push_str(", sequencer");
+            }
+            vec![
+                r.node.clone(),
+                r.node_id.to_string(),
+                role,
+                replica_state(r),
+                kebab_name(&r.journal),
+                if r.local {
+                    "-".to_string()
+                } else {
+                    r.links
+                        .iter()
+                        .map(|k| format!("{} {} {}", k.kind, k.link, k.state))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ]
+        })
+        .collect();
+    table(&["NODE", "ID", "ROLE", "STATE", "JOURNAL", "LINKS"], rows);
+    for r in &l.replicas {
+        if let Some(reason) = &r.reason {
+            println!("{}: {reason}", r.node);
+        }
+        for k in r.links.iter().filter(|k| k.last_error.is_some()) {
+            println!(
+                "{}: {} link {}: {}",
+                r.node,
+                k.kind,
+                k.link,
+                k.last_error.as_deref().unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A text progress bar: `[########------------]`.
+fn progress_bar(percent: u8, width: usize) -> String {
+    let filled = (usize::from(percent.min(100)) * width)
+        .div_ceil(100)
+        .min(width);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// Rate (regions/s) and ETA (s) of a resync between two reads `secs` apart.
+fn resync_rate(prev: Option<u64>, done: u64, total: u64, secs: f64) -> Option<(f64, Option<f64>)> {
+    let prev = prev?;
+    let rate = done.saturating_sub(prev) as f64 / secs.max(1e-3);
+    let eta = (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate);
+    Some((rate, eta))
+}
+
+fn format_eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Runs `show` every interval; after each table, one progress line per syncing replica.
+fn watch_loop(
+    ctx: &Ctx,
+    opts: WatchOpts,
+    mut show: impl FnMut(&Ctx) -> Result<Option<ReplicaListing>, CliError>,
+) -> Res {
+    let interval = Duration::from_secs_f64(opts.interval.max(0.1));
+    let mut prev: std::collections::HashMap<String, u64> = Default::default();
+    let mut last = std::time::Instant::now();
+    let mut n = 0u64;
+    loop {
+        let listing = show(ctx)?;
+        let secs = last.elapsed().as_secs_f64();
+        last = std::time::Instant::now();
+        for r in listing.iter().flat_map(|l| &l.replicas) {
+            let (Some(pct), Some(done), Some(total)) = (
+                r.progress_percent,
+                r.resync_done_regions,
+                r.resync_total_regions,
+            ) else {
+                continue;
+            };
+            if ctx.json {
+                prev.insert(r.node.clone(), done);
+                continue;
+            }
+            let rate = match resync_rate(prev.get(&r.node).copied(), done, total, secs) {
+                Some((rate, eta)) => format!(
+                    "  {rate:.0} regions/s  ETA {}",
+                    eta.map_or("-".to_string(), format_eta)
+                ),
+                None => String::new(),
+            };
+            println!(
+                "sync to {}: {} {pct:>3}% ({done}/{total} regions){rate}",
+                r.node,
+                progress_bar(pct, 30)
+            );
+            prev.insert(r.node.clone(), done);
+        }
+        let _ = std::io::stdout().flush();
+        n += 1;
+        if opts.count.is_some_and(|c| n >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+        if !ctx.json {
+            println!();
+        }
+    }
+}
+
+fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
+    let c = &ctx.client;
+    match cmd {
+        ReplicaCmd::Add {
+            device,
+            partner,
+            sync_links,
+            heartbeat_links,
+            peer_sync_links,
+            peer_heartbeat_links,
+            partner_location,
+            failover,
+            priority,
+            journal,
+            journal_location,
+            init,
+            witness,
+        } => {
+            if !ctx.json {
+                eprintln!("creating the replica of {device} on {partner}...");
+            }
+            // The partner's thick image is built within this request.
+            let (_, r): (u16, ReplicaAdded) = c.long(Duration::from_secs(24 * 3600)).send(
+                "POST",
+                &format!("/api/v1/devices/{}/replicas", segment(&device)),
+                &ReplicaAdd {
+                    partner,
+                    sync_links,
+                    heartbeat_links,
+                    peer_sync_links,
+                    peer_heartbeat_links,
+                    partner_location,
+                    failover,
+                    priority,
+                    journal,
+                    journal_location,
+                    init,
+                    witness,
+                },
+            )?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "replica of {} added on {} (node id {}; this node {}), initial content: {}",
+                    r.device,
+                    r.partner,
+                    r.partner_node_id,
+                    r.node_id,
+                    r.init.as_str()
+                );
+                if let Some(t) = &r.partner_target {
+                    println!("partner target {t}");
+                }
+                println!("this node: {}", applied_note(r.dataplane));
+                println!("{}: {}", r.partner, applied_note(r.partner_dataplane));
+                println!("follow the sync with `tandem replica list {}`", r.device);
+            }
+            Ok(())
+        }
+        ReplicaCmd::Remove {
+            device,
+            partner,
+            force,
+            delete_file,
+        } => {
+            let r: ReplicaRemoved = c.delete(&format!(
+                "/api/v1/devices/{}/replicas/{}?force={force}&delete_file={delete_file}",
+                segment(&device),
+                segment(&partner)
+            ))?;
+            if ctx.json {
+                print_json(&r);
+            } else {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "replica of {} on {} removed{}: {}",
+                    r.device,
+                    r.partner,
+                    if r.partner_cleaned {
+                        ""
+                    } else {
+                        " here only (the partner was not cleaned)"
+                    },
+                    applied_note(r.dataplane)
+                );
+            }
+            Ok(())
+        }
+        ReplicaCmd::List { device, watch } => {
+            let path = format!("/api/v1/devices/{}/replicas", segment(&device));
+            if !watch.watch {
+                let l: ReplicaListing = c.get(&path)?;
+                if ctx.json {
+                    print_json(&l);
+                } else {
+                    print_replicas(&l);
+                }
+                return Ok(());
+            }
+            watch_loop(ctx, watch, |ctx| {
+                let l: ReplicaListing = ctx.client.get(&path)?;
+                if ctx.json {
+                    println!("{}", serde_json::to_string(&l).unwrap_or_default());
+                } else {
+                    print_replicas(&l);
+                }
+                Ok(Some(l))
+            })
+        }
+    }
 }
 
 /// Follows an image-building job, drawing progress on stderr when it is a terminal.
@@ -666,10 +1206,22 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             }
             Ok(())
         }
-        DeviceCmd::Show { name } => {
-            let d: DeviceInfo = c.get(&format!("/api/v1/devices/{}", segment(&name)))?;
-            print_device(ctx, &d);
-            Ok(())
+        DeviceCmd::Show { name, watch } => {
+            let path = format!("/api/v1/devices/{}", segment(&name));
+            if !watch.watch {
+                let d: DeviceInfo = c.get(&path)?;
+                print_device(ctx, &d);
+                return Ok(());
+            }
+            watch_loop(ctx, watch, |ctx| {
+                let d: DeviceInfo = ctx.client.get(&path)?;
+                if ctx.json {
+                    println!("{}", serde_json::to_string(&d).unwrap_or_default());
+                } else {
+                    print_device(ctx, &d);
+                }
+                Ok(d.replication)
+            })
         }
         DeviceCmd::Rebind { name } => {
             let (_, r): (u16, DeviceCreated) = c.send(

@@ -62,10 +62,15 @@ impl Control {
     }
 
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Control, String> {
+        Self::try_start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts tandem-control with its API on `api` (e.g. `127.0.0.2:0`).
+    pub fn try_start_at(data_dir: &Path, api: &str, extra: &[&str]) -> Result<Control, String> {
         let mut child = Command::new(CONTROL)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--api", "127.0.0.1:0"])
+            .args(["--api", api])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
