@@ -70,6 +70,8 @@ pub struct Node {
     /// Asks the supervisor to restart a data plane that stopped answering.
     pub(crate) restart_dataplane: Notify,
     started: Instant,
+    /// Failover authority, HA drivers, heartbeats (`crate::ha`).
+    pub ha: crate::ha::HaState,
 }
 
 fn unix_ms() -> u64 {
@@ -115,6 +117,7 @@ impl Node {
             jobs: std::sync::Mutex::new(Jobs::default()),
             restart_dataplane: Notify::new(),
             started: Instant::now(),
+            ha: crate::ha::HaState::default(),
         })
     }
 

@@ -1,0 +1,629 @@
+//! Hosts the failover authority (`tandem_ha::authority::Authority`, the code the simulator
+//! proves) for one replicated device, on the node that is its authority.
+//!
+//! - Time: the process's monotonic clock, as nanoseconds since the host was built.
+//! - Durability: the state (newest epoch, configuration) is written to
+//!   `DATA_DIR/ha/<device>.authority.json` (temp file, fsync, rename, fsync dir) before any
+//!   update built from it leaves the process; a save that fails stops the host (every later
+//!   request is refused), so a restarted authority never issues an epoch twice.
+//! - Restart: the leases granted before are not on disk, so for one lease plus margin after
+//!   a restart the host ignores verdict requests (the engine repeats them); a member that
+//!   held a lease from the previous incarnation is never removed before that lease ended.
+//! - No state yet: the initial configuration (every replica synchronized) is issued only if
+//!   `DATA_DIR/ha/<device>.fresh` says the device was created zeroed on every node;
+//!   otherwise the authority starts cold (`lose_state`) and waits for every node's `Join`
+//!   metadata, then picks the newest copy as the source.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tandem_ha::authority::{Authority, ToAuthority};
+use tandem_ha::{Epoch, EpochConfig, NodeId, Time};
+
+use super::{ha_dir, HaSettings};
+use crate::service::Node;
+
+const STATE_VERSION: u32 = 1;
+/// Most requests handled in one call.
+pub const REQUESTS_MAX: usize = 64;
+
+/// What is on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    pub version: u32,
+    pub device: String,
+    /// The device's data nodes.
+    pub nodes: Vec<NodeId>,
+    /// The newest epoch ever issued (also while cold).
+    pub last_epoch: Epoch,
+    /// The configuration in force (None: cold, waiting for every node's metadata).
+    pub config: Option<EpochConfig>,
+    /// Set when this node took the authority over from that node (heartbeat strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<NodeId>,
+}
+
+/// An answer for one node: the configuration in force and, for a serving member, the
+/// lease it may count from its own request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub config: EpochConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_duration_ns: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("authority state {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("the authority stopped after failing to save its state: {0}")]
+    Stopped(String),
+    #[error("node {0} is not a member of this device")]
+    NotMember(u8),
+    #[error("this authority serves nodes {expected:?}, the request names {got:?}")]
+    Nodes { expected: Vec<u8>, got: Vec<u8> },
+}
+
+pub struct AuthorityHost {
+    pub device: String,
+    path: PathBuf,
+    authority: Authority,
+    base: Instant,
+    quiet_until: Instant,
+    saved: Persisted,
+    failed: Option<String>,
+}
+
+pub fn state_path(data_dir: &Path, device: &str) -> PathBuf {
+    ha_dir(data_dir).join(format!("{device}.authority.json"))
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl AuthorityHost {
+    /// Loads the device's state, or creates it (initial configuration if `fresh`, else
+    /// cold). `nodes` are the device's data nodes; they must match the stored ones.
+    pub fn open(
+        data_dir: &Path,
+        device: &str,
+        nodes: &[NodeId],
+        fresh: bool,
+        settings: &HaSettings,
+        now: Instant,
+    ) -> Result<AuthorityHost, HostError> {
+        let path = state_path(data_dir, device);
+        let stored = Self::read(&path)?;
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        if let Some(s) = &stored {
+            if !nodes.is_empty() && s.nodes != sorted {
+                return Err(HostError::Nodes {
+                    expected: s.nodes.iter().map(|n| n.0).collect(),
+                    got: sorted.iter().map(|n| n.0).collect(),
+                });
+            }
+        }
+        let saved = match stored {
+            Some(s) => s,
+            None => {
+                if sorted.len() < 2 {
+                    return Err(HostError::State {
+                        path: path.display().to_string(),
+                        reason: "a replicated device needs two or three nodes".into(),
+                    });
+                }
+                let config = fresh.then(|| EpochConfig::initial(&sorted));
+                Persisted {
+                    version: STATE_VERSION,
+                    device: device.to_string(),
+                    nodes: sorted,
+                    last_epoch: config.as_ref().map_or(Epoch(0), |c| c.epoch),
+                    config,
+                    took_over_from: None,
+                }
+            }
+        };
+        let mut host = Self::from_persisted(path, saved, settings, now, true);
+        if !host.path.exists() {
+            host.save()?;
+        }
+        Ok(host)
+    }
+
+    /// Builds a host around `saved` (a restart, or a takeover). `restarted`: leases of an
+    /// earlier incarnation may be out there, so verdicts wait one lease plus margin.
+    fn from_persisted(
+        path: PathBuf,
+        saved: Persisted,
+        settings: &HaSettings,
+        now: Instant,
+        restarted: bool,
+    ) -> AuthorityHost {
+        let (lease_ns, margin_ns) = (ns(settings.lease), ns(settings.margin));
+        let authority = match &saved.config {
+            Some(c) => Authority::new(c.clone(), lease_ns, margin_ns, None),
+            None => {
+                let mut init = EpochConfig::initial(&saved.nodes);
+                init.epoch = saved.last_epoch;
+                let mut a = Authority::new(init, lease_ns, margin_ns, None);
+                a.lose_state();
+                a
+            }
+        };
+        let quiet_until = if restarted {
+            now + settings.lease + settings.margin
+        } else {
+            now
+        };
+        AuthorityHost {
+            device: saved.device.clone(),
+            path,
+            authority,
+            base: now,
+            quiet_until,
+            saved,
+            failed: None,
+        }
+    }
+
+    /// Takes the authority over (heartbeat strategy, second node): issues `config` (an
+    /// epoch above every one this node saw) and persists it first.
+    pub fn take_over(
+        data_dir: &Path,
+        device: &str,
+        nodes: &[NodeId],
+        config: EpochConfig,
+        from: NodeId,
+        settings: &HaSettings,
+        now: Instant,
+    ) -> Result<AuthorityHost, HostError> {
+        let path = state_path(data_dir, device);
+        if let Some(old) = Self::read(&path)? {
+            if old.last_epoch >= config.epoch {
+                return Err(HostError::State {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "holds epoch {} already, takeover wanted {}",
+                        old.last_epoch.0, config.epoch.0
+                    ),
+                });
+            }
+        }
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let saved = Persisted {
+            version: STATE_VERSION,
+            device: device.to_string(),
+            nodes: sorted,
+            last_epoch: config.epoch,
+            config: Some(config),
+            took_over_from: Some(from),
+        };
+        // Leases granted by the old authority ended before the takeover was decided (the
+        // decision waits lease + margin of silence), so no quiet period beyond that.
+        let mut host = Self::from_persisted(path, saved, settings, now, false);
+        host.save()?;
+        Ok(host)
+    }
+
+    fn read(path: &Path) -> Result<Option<Persisted>, HostError> {
+        let err = |reason: String| HostError::State {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+        if p.version != STATE_VERSION {
+            return Err(err(format!("version {} is not {STATE_VERSION}", p.version)));
+        }
+        Ok(Some(p))
+    }
+
+    fn save(&mut self) -> Result<(), HostError> {
+        let result = (|| {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let text = serde_json::to_vec_pretty(&self.saved).map_err(std::io::Error::other)?;
+            tandem_config::save_atomic(&self.path, &text)
+        })();
+        result.map_err(|e| {
+            let reason = e.to_string();
+            self.failed = Some(reason.clone());
+            tracing::error!(device = %self.device, path = %self.path.display(), %reason,
+                "cannot save the authority state: this authority stops answering");
+            HostError::Stopped(reason)
+        })
+    }
+
+    /// Saves if the authority's configuration changed. Must run before anything built from
+    /// that configuration leaves the process.
+    fn persist_changes(&mut self) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        let current = self.authority.config().cloned();
+        if current == self.saved.config {
+            return Ok(());
+        }
+        if let Some(c) = &current {
+            self.saved.last_epoch = self.saved.last_epoch.max(c.epoch);
+        }
+        self.saved.config = current;
+        self.save()
+    }
+
+    fn time(&self, now: Instant) -> Time {
+        Time(ns(now.saturating_duration_since(self.base)))
+    }
+
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.saved.nodes
+    }
+
+    pub fn config(&self) -> Option<&EpochConfig> {
+        self.authority.config()
+    }
+
+    pub fn persisted(&self) -> &Persisted {
+        &self.saved
+    }
+
+    /// Requests from node `from`; returns what to answer it (persisted first).
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        requests: Vec<ToAuthority>,
+        pick: u64,
+    ) -> Result<Option<Grant>, HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        if !self.saved.nodes.contains(&from) {
+            return Err(HostError::NotMember(from.0));
+        }
+        let t = self.time(now);
+        let quiet = now < self.quiet_until;
+        let mut last = None;
+        for r in requests.into_iter().take(REQUESTS_MAX) {
+            if quiet && matches!(r, ToAuthority::Verdict { .. }) {
+                tracing::debug!(device = %self.device, "verdict deferred: leases of the previous authority may still run");
+                continue;
+            }
+            if let Some(u) = self.authority.on_message(t, from, r, pick) {
+                last = Some(u);
+            }
+        }
+        if !quiet {
+            self.authority.run_due(t);
+        }
+        self.persist_changes()?;
+        let grant = match last {
+            // Rebuild from the current configuration: a later request may have changed it.
+            Some(u) => {
+                let current = self.authority.config().cloned().unwrap_or(u.config);
+                let lease = u.lease_until.map(|until| until.0.saturating_sub(t.0));
+                let still_member = current.state_of(from) != tandem_ha::MemberState::Out;
+                Some(Grant {
+                    config: current,
+                    lease_duration_ns: lease.filter(|_| still_member),
+                })
+            }
+            // Nothing to ask (a node without its data plane): the configuration, no lease.
+            None => self.authority.config().cloned().map(|config| Grant {
+                config,
+                lease_duration_ns: None,
+            }),
+        };
+        Ok(grant)
+    }
+
+    /// Removals whose wait is over; persisted.
+    pub fn tick(&mut self, now: Instant) -> Result<(), HostError> {
+        if self.failed.is_some() || now < self.quiet_until {
+            return Ok(());
+        }
+        let t = self.time(now);
+        self.authority.run_due(t);
+        self.persist_changes()
+    }
+}
+
+/// Loads every authority this node hosted before (`DATA_DIR/ha/*.authority.json`).
+pub fn load_existing(node: &Arc<Node>) {
+    let dir = ha_dir(&node.data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let settings = node.ha.settings();
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(device) = name.strip_suffix(".authority.json") else {
+            continue;
+        };
+        if name.starts_with('.') || hosts.contains_key(device) {
+            continue;
+        }
+        match AuthorityHost::open(
+            &node.data_dir,
+            device,
+            &[],
+            false,
+            &settings,
+            Instant::now(),
+        ) {
+            Ok(h) => {
+                tracing::info!(
+                    device,
+                    epoch = h.saved.last_epoch.0,
+                    "hosting the failover authority (state loaded)"
+                );
+                hosts.insert(device.to_string(), h);
+            }
+            Err(e) => tracing::error!(device, "cannot load the authority state: {e}"),
+        }
+    }
+}
+
+/// Runs due removals of every hosted authority, every 100 ms.
+pub async fn tick_all(node: Arc<Node>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = Instant::now();
+        let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        for h in hosts.values_mut() {
+            let _ = h.tick(now);
+        }
+    }
+}
+
+/// Handles requests for `device` if this node hosts its authority; `Ok(None)` if not.
+pub fn handle_local(
+    node: &Node,
+    device: &str,
+    from: NodeId,
+    requests: Vec<ToAuthority>,
+) -> Option<Result<Option<Grant>, HostError>> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    let h = hosts.get_mut(device)?;
+    Some(h.handle(Instant::now(), from, requests, rand::random()))
+}
+
+/// Opens (or creates) the host for `device` if it is not there yet.
+pub fn ensure_host(
+    node: &Node,
+    device: &str,
+    nodes: &[NodeId],
+    fresh: bool,
+    limit: usize,
+) -> Result<(), HostError> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if hosts.contains_key(device) {
+        return Ok(());
+    }
+    if hosts.len() >= limit {
+        return Err(HostError::State {
+            path: device.to_string(),
+            reason: format!("this node hosts {limit} authorities already"),
+        });
+    }
+    let h = AuthorityHost::open(
+        &node.data_dir,
+        device,
+        nodes,
+        fresh,
+        &node.ha.settings(),
+        Instant::now(),
+    )?;
+    tracing::info!(
+        device,
+        epoch = h.saved.last_epoch.0,
+        cold = h.saved.config.is_none(),
+        "hosting the failover authority"
+    );
+    hosts.insert(device.to_string(), h);
+    Ok(())
+}
+
+/// Installs a takeover host (replacing nothing: the caller checked there is none).
+pub fn install(node: &Node, host: AuthorityHost) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts.insert(host.device.clone(), host);
+}
+
+pub fn hosts_device(node: &Node, device: &str) -> bool {
+    node.ha
+        .hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(device)
+}
+
+/// The epoch of the authority hosted here for `device`, if any.
+pub fn hosted_epoch(node: &Node, device: &str) -> Option<u64> {
+    let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts.get(device).map(|h| h.saved.last_epoch.0)
+}
+
+pub type Hosts = HashMap<String, AuthorityHost>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_ha::generation::ReplicaMeta;
+    use tandem_ha::MemberState;
+
+    fn settings() -> HaSettings {
+        HaSettings::default()
+    }
+
+    const N1: NodeId = NodeId(1);
+    const N2: NodeId = NodeId(2);
+
+    #[test]
+    fn fresh_device_starts_synchronized_and_persists_before_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], true, &settings(), t0).unwrap();
+        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.config.as_ref().unwrap().epoch, Epoch(1));
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N2), MemberState::Synchronized);
+        assert_eq!(g.lease_duration_ns, Some(1_500_000_000));
+    }
+
+    #[test]
+    fn not_fresh_starts_cold_and_waits_for_every_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h =
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+        assert!(h.config().is_none());
+        let meta = ReplicaMeta::default();
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta.clone() }], 0)
+            .unwrap();
+        assert!(g.is_none(), "one join is not enough");
+        let g = h
+            .handle(t0, N2, vec![ToAuthority::Join { meta }], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.config.epoch >= Epoch(1));
+        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.config, Some(g.config));
+    }
+
+    #[test]
+    fn removal_waits_for_lease_plus_margin_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        // A fresh host was never restarted in this test's sense: open() always assumes it
+        // might have been, so verdicts wait one lease + margin first.
+        let after_quiet = t0 + s.lease + s.margin;
+        h.handle(after_quiet, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        let g = h.handle(after_quiet, N1, vec![v], 0).unwrap().unwrap();
+        assert_eq!(g.config.epoch, Epoch(1), "N2's lease still runs");
+        let almost = after_quiet + s.lease + s.margin - Duration::from_millis(1);
+        h.tick(almost).unwrap();
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        h.tick(after_quiet + s.lease + s.margin).unwrap();
+        let cfg = h.config().unwrap().clone();
+        assert_eq!(cfg.epoch, Epoch(2));
+        assert_eq!(cfg.state_of(N2), MemberState::Out);
+        // Persisted at the tick, before anyone could be told.
+        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.config, Some(cfg.clone()));
+        // A restart continues from epoch 2: the next change is epoch 3, never 2 again.
+        let t1 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t1).unwrap();
+        assert_eq!(h.config(), Some(&cfg));
+        let meta = ReplicaMeta {
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        let g = h
+            .handle(t1, N2, vec![ToAuthority::Join { meta }], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.epoch, Epoch(3));
+        assert_eq!(g.config.state_of(N2), MemberState::Syncing);
+        assert_eq!(g.lease_duration_ns, Some(ns(s.lease)));
+    }
+
+    #[test]
+    fn restarted_host_defers_verdicts_for_a_lease_plus_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap());
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        h.handle(t0, N1, vec![v.clone()], 0).unwrap();
+        // The verdict was dropped, so even long after nothing happens without a new one.
+        h.tick(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        // Asked again after the quiet period: N2 never had a lease from this incarnation.
+        let later = t0 + s.lease + s.margin;
+        h.handle(later, N1, vec![v], 0).unwrap();
+        h.tick(later + s.margin).unwrap();
+        assert_eq!(h.config().unwrap().state_of(N2), MemberState::Out);
+    }
+
+    #[test]
+    fn stranger_and_node_mismatch_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &settings(), t0).unwrap();
+        assert!(matches!(
+            h.handle(t0, NodeId(3), vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::NotMember(3))
+        ));
+        drop(h);
+        assert!(matches!(
+            AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], true, &settings(), t0),
+            Err(HostError::Nodes { .. })
+        ));
+    }
+
+    #[test]
+    fn takeover_needs_a_newer_epoch_and_is_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let base = EpochConfig::initial(&[N1, N2]);
+        let next = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let h = AuthorityHost::take_over(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            next.clone(),
+            N1,
+            &settings(),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(h.persisted().took_over_from, Some(N1));
+        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.config, Some(next.clone()));
+        assert!(
+            AuthorityHost::take_over(dir.path(), "d", &[N1, N2], next, N1, &settings(), t0)
+                .is_err()
+        );
+    }
+}

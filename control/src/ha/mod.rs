@@ -1,0 +1,264 @@
+//! High availability in the control service (issue 11): the failover authority, the driver
+//! that connects each replicated device's engine (in the data plane) to it, heartbeats
+//! between control services, and the failover strategies. `docs/ha.md` ("The failover
+//! authority in the control service") describes the rules.
+//!
+//! - [`authority_host`]: hosts `tandem_ha::authority::Authority` for a device, with its state
+//!   persisted before any update built from it leaves the process.
+//! - [`api`]: `POST /api/v1/ha/authority/{device}` for remote nodes, `GET /api/v1/ha/status`.
+//! - [`driver`]: one task per replicated device: data plane <-> authority.
+//! - [`membership`]: authenticated UDP heartbeats over every sync and heartbeat link.
+//! - [`strategy`]: pure decisions (where the authority is, when to take it over).
+//!
+//! The control service never sees user data: only configurations, leases and metadata.
+
+pub mod api;
+pub mod authority_host;
+pub mod driver;
+pub mod membership;
+pub mod strategy;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tandem_config::ipc::HaDeviceStatus;
+use tandem_ha::EpochConfig;
+
+use crate::service::Node;
+
+pub use api::routes;
+use authority_host::AuthorityHost;
+
+/// Most devices a witness hosts an authority for (it creates them on request).
+pub const WITNESS_DEVICES_MAX: usize = 1024;
+
+/// What this control service is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// A data node: data plane, iSCSI, replicas.
+    #[default]
+    Node,
+    /// A witness: control service only (no data plane, no iSCSI); hosts the failover
+    /// authority of node-majority devices that name it.
+    Witness,
+}
+
+/// Timings of the failover machinery. Defaults decide a lost partner within about 2 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HaSettings {
+    /// Lease the authority grants (counted by the node from its request).
+    pub lease: Duration,
+    /// Clock-drift margin the authority waits beyond a lease before removing its holder.
+    pub margin: Duration,
+    /// Heartbeat datagram interval, per link.
+    pub heartbeat_interval: Duration,
+    /// A link is down when nothing authentic arrived on it for this long.
+    pub heartbeat_timeout: Duration,
+    /// How often the driver exchanges with the data plane and the authority.
+    pub exchange_interval: Duration,
+    /// Timeout of one call to a remote authority.
+    pub remote_timeout: Duration,
+}
+
+impl Default for HaSettings {
+    fn default() -> Self {
+        HaSettings {
+            lease: Duration::from_millis(1500),
+            margin: Duration::from_millis(500),
+            heartbeat_interval: Duration::from_millis(200),
+            heartbeat_timeout: Duration::from_millis(1500),
+            exchange_interval: Duration::from_millis(100),
+            remote_timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// Where a device's authority runs, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AuthorityPlace {
+    /// In this process.
+    Local,
+    /// On another node (a `[[server]]` name).
+    Remote { server: String },
+    /// Nowhere (configuration not supported yet): the device gets no lease and never serves.
+    Unavailable { reason: String },
+}
+
+/// What the HA machinery knows about one device on this node (for the API and the CLI).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HaView {
+    pub device: String,
+    /// The engine's report from the last exchange with the data plane.
+    pub status: Option<HaDeviceStatus>,
+    pub authority: Option<AuthorityPlace>,
+    /// The newest configuration this node has seen (from the engine or the authority).
+    pub config: Option<EpochConfig>,
+    /// Last error reaching the authority or the data plane.
+    pub last_error: Option<String>,
+    /// Per partner node id: seconds since an authentic heartbeat (None: never).
+    pub partners: Vec<PeerView>,
+    /// Heartbeats rejected (bad MAC, replay, unknown device or node, malformed).
+    pub heartbeats_rejected: u64,
+    /// This node took the authority over from the named node id (heartbeat strategy).
+    pub took_over_from: Option<u8>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerView {
+    pub node_id: u8,
+    pub name: String,
+    /// Links (`LOCAL=PARTNER`) with an authentic heartbeat within the timeout.
+    pub links_up: Vec<String>,
+    pub links_down: Vec<String>,
+    pub last_heard_ms_ago: Option<u64>,
+    /// The partner says it hosts the device's authority, at this epoch.
+    pub hosts_authority_epoch: Option<u64>,
+}
+
+/// Per-node HA state, held by [`Node`].
+#[derive(Default)]
+pub struct HaState {
+    settings: OnceLock<HaSettings>,
+    role: OnceLock<Role>,
+    pub(crate) views: Mutex<HashMap<String, HaView>>,
+    /// Authorities hosted here, by device.
+    pub(crate) hosts: Mutex<HashMap<String, AuthorityHost>>,
+    pub(crate) heartbeats: membership::Heard,
+}
+
+impl HaState {
+    pub fn settings(&self) -> HaSettings {
+        self.settings.get().copied().unwrap_or_default()
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.get().copied().unwrap_or_default()
+    }
+
+    pub(crate) fn view_mut<R>(&self, device: &str, f: impl FnOnce(&mut HaView) -> R) -> R {
+        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
+        let v = views.entry(device.to_string()).or_insert_with(|| HaView {
+            device: device.to_string(),
+            ..HaView::default()
+        });
+        f(v)
+    }
+}
+
+/// The engine's last report for `device` (None: not replicated here, or no report yet).
+/// For `tandem replica list` / `device show`.
+pub fn ha_status(node: &Node, device: &str) -> Option<HaDeviceStatus> {
+    ha_view(node, device).and_then(|v| v.status)
+}
+
+/// Everything this node knows about `device`'s replication (see [`HaView`]).
+pub fn ha_view(node: &Node, device: &str) -> Option<HaView> {
+    let mut view = node
+        .ha
+        .views
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(device)
+        .cloned()?;
+    let config = node.config_snapshot();
+    if let Some(r) = config
+        .devices
+        .iter()
+        .find(|d| d.name == device)
+        .and_then(|d| d.replication.as_ref())
+    {
+        let settings = node.ha.settings();
+        view.partners =
+            node.ha
+                .heartbeats
+                .peer_views(device, r, Instant::now(), settings.heartbeat_timeout);
+        view.heartbeats_rejected = node.ha.heartbeats.rejected();
+    }
+    Some(view)
+}
+
+/// Every device with HA state on this node.
+pub fn ha_views(node: &Node) -> Vec<HaView> {
+    let mut names: Vec<String> = node
+        .ha
+        .views
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    names.iter().filter_map(|d| ha_view(node, d)).collect()
+}
+
+/// `DATA_DIR/ha`: authority state and markers.
+pub fn ha_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("ha")
+}
+
+/// Marks `device` as freshly created on every node (`--init zeroed`): an authority that
+/// starts without state may then issue the initial configuration (every replica
+/// synchronized) instead of waiting for every node's metadata. The management code calls
+/// it on the authority node when it creates such a device.
+pub fn mark_fresh(data_dir: &Path, device: &str) -> std::io::Result<()> {
+    let dir = ha_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    tandem_config::save_atomic(dir.join(format!("{device}.fresh")), b"zeroed\n")
+}
+
+pub(crate) fn is_fresh(data_dir: &Path, device: &str) -> bool {
+    ha_dir(data_dir).join(format!("{device}.fresh")).exists()
+}
+
+/// Reads a replication secret: hex (as `tandem-control` writes it), at least 16 bytes.
+pub fn load_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > 4096 {
+        return Err(format!("{}: larger than 4 KiB", path.display()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let secret =
+        hex::decode(text.trim()).map_err(|e| format!("{}: not hex ({e})", path.display()))?;
+    if secret.len() < 16 {
+        return Err(format!(
+            "{}: {} bytes, at least 16 needed",
+            path.display(),
+            secret.len()
+        ));
+    }
+    Ok(secret)
+}
+
+/// Starts the HA machinery of this node: the authorities it hosts, one driver per
+/// replicated device, the heartbeat sockets. Call once, after the node is built.
+pub fn start(node: Arc<Node>, settings: HaSettings, role: Role) {
+    let _ = node.ha.settings.set(settings);
+    let _ = node.ha.role.set(role);
+    if role == Role::Witness {
+        // A witness hosts every authority it already had, and creates others on request.
+        authority_host::load_existing(&node);
+        tokio::spawn(authority_host::tick_all(node));
+        return;
+    }
+    let config = node.config_snapshot();
+    let replicated: Vec<_> = config
+        .devices
+        .iter()
+        .filter(|d| d.replication.is_some())
+        .map(|d| d.name.clone())
+        .collect();
+    authority_host::load_existing(&node);
+    tokio::spawn(authority_host::tick_all(node.clone()));
+    if replicated.is_empty() {
+        return;
+    }
+    membership::start(node.clone());
+    for device in replicated {
+        tokio::spawn(driver::run(node.clone(), device));
+    }
+}
