@@ -7,11 +7,13 @@
 //! "THB1" | node id u8 | device length u8 | device | counter u64 BE | epoch u64 BE
 //!        | flags u8 (bit 0: the sender hosts the device's authority) | HMAC-SHA256 (32)
 //! ```
-//! The MAC covers everything before it, keyed with the device's cluster secret
-//! (`secret_file`). The counter is the sender's clock in nanoseconds since the Unix epoch,
-//! raised by one when the clock does not advance; a receiver accepts only counters above
-//! the last it accepted from that node for that device, so a recorded datagram cannot be
-//! replayed. Anything else is rejected, counted and logged (at most once per 10 s per
+//! The MAC covers everything before it and the destination address (`IP:PORT`, not sent:
+//! the receiver uses its own end of the link), keyed with the device's cluster secret
+//! (`secret_file`); so a datagram is valid only on the link it was sent on. The counter is
+//! the sender's clock in nanoseconds since the Unix epoch, raised by one when the clock does
+//! not advance; a receiver accepts, per link, only counters above the last it accepted from
+//! that node for that device, so a recorded datagram cannot be replayed (per link, because
+//! datagrams on different links overtake each other). Anything else is rejected, counted and logged (at most once per 10 s per
 //! reason).
 
 use std::collections::HashMap;
@@ -61,7 +63,8 @@ pub enum Reject {
 }
 
 impl Heartbeat {
-    pub fn encode(&self, secret: &[u8]) -> Vec<u8> {
+    /// The datagram for the link whose far end is `dest`.
+    pub fn encode(&self, secret: &[u8], dest: SocketAddr) -> Vec<u8> {
         let dev = self.device.as_bytes();
         let dev = &dev[..dev.len().min(DEVICE_NAME_MAX)];
         let mut b = Vec::with_capacity(DATAGRAM_MAX);
@@ -78,6 +81,7 @@ impl Heartbeat {
         });
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(&b);
+        mac.update(dest.to_string().as_bytes());
         b.extend_from_slice(&mac.finalize().into_bytes());
         b
     }
@@ -110,11 +114,12 @@ impl Heartbeat {
         Ok((hb, &b[..body_end], &b[body_end..]))
     }
 
-    /// Parses and checks the MAC with `secret`.
-    pub fn verify(b: &[u8], secret: &[u8]) -> Result<Heartbeat, Reject> {
+    /// Parses and checks the MAC with `secret`, for a datagram that arrived on `local`.
+    pub fn verify(b: &[u8], secret: &[u8], local: SocketAddr) -> Result<Heartbeat, Reject> {
         let (hb, body, tag) = Heartbeat::parse(b)?;
         let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| Reject::BadMac)?;
         mac.update(body);
+        mac.update(local.to_string().as_bytes());
         mac.verify_slice(tag).map_err(|_| Reject::BadMac)?;
         Ok(hb)
     }
@@ -123,9 +128,8 @@ impl Heartbeat {
 /// What was heard from one partner of one device.
 #[derive(Clone, Debug, Default)]
 struct Peer {
-    last_counter: u64,
-    /// By the local address of the link it arrived on.
-    links: HashMap<SocketAddr, Instant>,
+    /// By the local address of the link it arrived on: when, and the last counter.
+    links: HashMap<SocketAddr, (Instant, u64)>,
     last_any: Option<Instant>,
     epoch: u64,
     hosts_authority: bool,
@@ -144,11 +148,10 @@ impl Heard {
     pub fn accept(&self, hb: &Heartbeat, local: SocketAddr, now: Instant) -> Result<(), Reject> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let p = peers.entry((hb.device.clone(), hb.node_id)).or_default();
-        if hb.counter <= p.last_counter {
+        if p.links.get(&local).is_some_and(|l| hb.counter <= l.1) {
             return Err(Reject::Replay);
         }
-        p.last_counter = hb.counter;
-        p.links.insert(local, now);
+        p.links.insert(local, (now, hb.counter));
         p.last_any = Some(now);
         p.epoch = hb.epoch;
         p.hosts_authority = hb.hosts_authority;
@@ -213,7 +216,7 @@ impl Heard {
                 for l in p.sync_links.iter().chain(&p.heartbeat_links) {
                     let up = heard
                         .and_then(|h| h.links.get(&l.local))
-                        .is_some_and(|t| now.saturating_duration_since(*t) < timeout);
+                        .is_some_and(|t| now.saturating_duration_since(t.0) < timeout);
                     if up {
                         v.links_up.push(l.to_string());
                     } else {
@@ -334,7 +337,9 @@ pub fn start(node: Arc<Node>) {
                     hosts_authority: epoch_hosted.is_some(),
                 };
                 // A cut link fails here or silently; either way the peer times it out.
-                let _ = sock.send_to(&hb.encode(&secret), link.partner).await;
+                let _ = sock
+                    .send_to(&hb.encode(&secret, link.partner), link.partner)
+                    .await;
             }
         }
     });
@@ -381,13 +386,17 @@ fn check(node: &Node, datagram: &[u8], local: SocketAddr, now: Instant) -> Resul
         return Err(Reject::UnknownNode);
     }
     let secret = super::load_secret(&r.secret_file).map_err(|_| Reject::BadMac)?;
-    let hb = Heartbeat::verify(datagram, &secret)?;
+    let hb = Heartbeat::verify(datagram, &secret, local)?;
     node.ha.heartbeats.accept(&hb, local, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dest() -> SocketAddr {
+        "127.0.0.2:7000".parse().unwrap()
+    }
 
     fn hb(counter: u64) -> Heartbeat {
         Heartbeat {
@@ -402,28 +411,40 @@ mod tests {
     #[test]
     fn round_trip_and_mac() {
         let secret = [7u8; 32];
-        let b = hb(5).encode(&secret);
+        let b = hb(5).encode(&secret, dest());
         assert!(b.len() <= DATAGRAM_MAX);
-        assert_eq!(Heartbeat::verify(&b, &secret).unwrap(), hb(5));
-        assert_eq!(Heartbeat::verify(&b, &[8u8; 32]), Err(Reject::BadMac));
+        assert_eq!(Heartbeat::verify(&b, &secret, dest()).unwrap(), hb(5));
+        assert_eq!(
+            Heartbeat::verify(&b, &[8u8; 32], dest()),
+            Err(Reject::BadMac)
+        );
+        // Valid only on the link it was sent on.
+        let other: SocketAddr = "127.0.0.2:7001".parse().unwrap();
+        assert_eq!(Heartbeat::verify(&b, &secret, other), Err(Reject::BadMac));
         // Every single-bit flip is caught.
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 1;
-            assert!(Heartbeat::verify(&c, &secret).is_err(), "flip at {i}");
+            assert!(
+                Heartbeat::verify(&c, &secret, dest()).is_err(),
+                "flip at {i}"
+            );
         }
     }
 
     #[test]
     fn malformed_input_never_panics() {
         let secret = [1u8; 16];
-        let good = hb(1).encode(&secret);
+        let good = hb(1).encode(&secret, dest());
         for n in 0..good.len() {
-            assert!(Heartbeat::verify(&good[..n], &secret).is_err());
+            assert!(Heartbeat::verify(&good[..n], &secret, dest()).is_err());
         }
         let mut long = good.clone();
         long.push(0);
-        assert_eq!(Heartbeat::verify(&long, &secret), Err(Reject::Malformed));
+        assert_eq!(
+            Heartbeat::verify(&long, &secret, dest()),
+            Err(Reject::Malformed)
+        );
         let mut bad_len = good.clone();
         bad_len[5] = 200;
         assert_eq!(Heartbeat::parse(&bad_len).unwrap_err(), Reject::Malformed);
@@ -438,7 +459,7 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = Heartbeat::verify(&v, &secret);
+            let _ = Heartbeat::verify(&v, &secret, dest());
         }
     }
 
@@ -451,6 +472,10 @@ mod tests {
         assert_eq!(heard.accept(&hb(10), local, t), Err(Reject::Replay));
         assert_eq!(heard.accept(&hb(9), local, t), Err(Reject::Replay));
         heard.accept(&hb(11), local, t).unwrap();
+        // Another link has its own window: datagrams on different links overtake.
+        let local2: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        heard.accept(&hb(8), local2, t).unwrap();
+        assert_eq!(heard.accept(&hb(8), local2, t), Err(Reject::Replay));
         assert_eq!(heard.hosts_authority("disk1", 2), Some(7));
         assert_eq!(heard.last_heard("disk1", 2), Some(t));
         assert_eq!(heard.last_heard("disk1", 3), None);
