@@ -193,8 +193,20 @@ heartbeat_links = ["{hb}"]
     )
 }
 
-#[test]
-fn second_node_takes_the_authority_over_when_the_first_is_gone() {
+struct Pair {
+    _tmp: tempfile::TempDir,
+    dir_a: PathBuf,
+    dir_b: PathBuf,
+    api_b: String,
+    /// b's end of the heartbeat link.
+    hb_b: String,
+    a: Proc,
+    b: Proc,
+}
+
+/// Nodes a (127.0.0.1, priority first, the authority) and b (127.0.0.2), one sync link and
+/// one heartbeat link, running until b has seen epoch 1 and heard a on both links.
+fn pair() -> Pair {
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
     for d in [&dir_a, &dir_b] {
@@ -250,9 +262,44 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
     // Created zeroed on both nodes: the authority may start with everyone synchronized.
     tandem_control::ha::mark_fresh(&dir_a, "disk1").unwrap();
 
-    let mut a = Proc::start(&dir_a, &api_a, &["--no-dataplane"]);
+    let a = Proc::start(&dir_a, &api_a, &["--no-dataplane"]);
     let b = Proc::start(&dir_b, &api_b, &["--no-dataplane"]);
+    wait_for(
+        "b to see epoch 1 and both links up",
+        Duration::from_secs(20),
+        || {
+            let (code, body) = b.http("GET", "/api/v1/ha/status/disk1", Some(&b.token()), None);
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let up = v["partners"][0]["links_up"].as_array().map_or(0, Vec::len);
+            (code == 200
+                && v["config"]["epoch"] == 1
+                && up == 2
+                && v["authority"]["kind"] == "remote")
+                .then_some(())
+        },
+    );
+    Pair {
+        _tmp: tmp,
+        dir_a,
+        dir_b,
+        api_b,
+        hb_b,
+        a,
+        b,
+    }
+}
 
+#[test]
+fn second_node_takes_the_authority_over_when_the_first_is_gone() {
+    let Pair {
+        _tmp,
+        dir_b,
+        api_b,
+        hb_b,
+        mut a,
+        b,
+        ..
+    } = pair();
     // a hosts the authority at epoch 1; b learns it through the API and hears a on both links.
     let st = a.get("/api/v1/ha/status");
     assert_eq!(st["role"], "node");
@@ -260,9 +307,13 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
         "b to see epoch 1 and both links up",
         Duration::from_secs(20),
         || {
-            let v = b.get("/api/v1/ha/status/disk1");
+            let (code, body) = b.http("GET", "/api/v1/ha/status/disk1", Some(&b.token()), None);
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             let up = v["partners"][0]["links_up"].as_array().map_or(0, Vec::len);
-            (v["config"]["epoch"] == 1 && up == 2 && v["authority"]["kind"] == "remote")
+            (code == 200
+                && v["config"]["epoch"] == 1
+                && up == 2
+                && v["authority"]["kind"] == "remote")
                 .then_some(())
         },
     );
@@ -406,6 +457,73 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
     assert_eq!(st["authorities"][0]["took_over_from"], 1);
 }
 
+/// SIGSTOP of the authority node for longer than a lease plus margin: b takes over; when
+/// a wakes it grants nothing at once (pause detected), hears b announce the authority at a
+/// higher epoch, and stops its own for good (persisted), so a paused loser never serves.
+#[test]
+fn a_paused_authority_wakes_superseded_and_grants_nothing() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Pair {
+        _tmp,
+        dir_a,
+        dir_b,
+        a,
+        b,
+        ..
+    } = pair();
+    let pid = Pid::from_raw(a.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let state_b = dir_b.join("ha/disk1.authority.json");
+    let stored: serde_json::Value = wait_for("b's takeover", Duration::from_secs(20), || {
+        serde_json::from_str(&std::fs::read_to_string(&state_b).ok()?).ok()
+    });
+    assert_eq!(stored["last_epoch"], 2);
+    std::thread::sleep(Duration::from_millis(300));
+    kill(pid, Signal::SIGCONT).unwrap();
+    // Right after waking, a lease request to a gets no lease (paused) or a 409 (superseded).
+    let lease = r#"{"from": 1, "requests": ["lease_request"]}"#;
+    let (code, body) = a.http(
+        "POST",
+        "/api/v1/ha/authority/disk1",
+        Some(&a.token()),
+        Some(lease),
+    );
+    if code == 200 {
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            reply["update"]["lease_duration_ns"],
+            serde_json::Value::Null,
+            "{body}"
+        );
+    } else {
+        assert_eq!(code, 409, "{body}");
+    }
+    let state_a = dir_a.join("ha/disk1.authority.json");
+    wait_for("a to stop its authority", Duration::from_secs(10), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state_a).ok()?).ok()?;
+        (v["superseded_by"] == serde_json::json!([2, 2])).then_some(())
+    });
+    assert_eq!(
+        a.http(
+            "POST",
+            "/api/v1/ha/authority/disk1",
+            Some(&a.token()),
+            Some(lease)
+        )
+        .0,
+        409
+    );
+    let log = a.log();
+    assert!(log.contains("the authority was paused"), "{log}");
+    assert!(log.contains("split brain"), "{log}");
+    // b goes on as the authority.
+    let st = b.get("/api/v1/ha/status");
+    assert_eq!(st["authorities"][0]["last_epoch"], 2);
+    assert_eq!(st["authorities"][0].get("superseded_by"), None);
+}
+
 #[test]
 fn witness_starts_without_data_plane_and_never_reissues_an_epoch() {
     let tmp = tempfile::tempdir().unwrap();
@@ -460,10 +578,18 @@ fn witness_starts_without_data_plane_and_never_reissues_an_epoch() {
     let done = format!(
         r#"{{"from": {seq}, "requests": [{{"synchronized": {{"node": {other}, "epoch": {epoch}}}}}]}}"#
     );
+    // Right after the restart the witness changes nothing (it may have granted leases
+    // before); the engine repeats its request until it gets an answer.
     let (code, body) = w.http("POST", path, Some(&w.token()), Some(&done));
     assert_eq!(code, 200, "{body}");
     let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(reply["update"]["config"]["epoch"], epoch + 1, "{body}");
+    assert_eq!(reply["update"]["config"]["epoch"], epoch, "{body}");
+    wait_for("the witness to act again", Duration::from_secs(10), || {
+        let (code, body) = w.http("POST", path, Some(&w.token()), Some(&done));
+        assert_eq!(code, 200, "{body}");
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (reply["update"]["config"]["epoch"] == epoch + 1).then_some(())
+    });
     let stored: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("ha/vol7.authority.json")).unwrap())
             .unwrap();

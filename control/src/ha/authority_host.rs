@@ -6,9 +6,19 @@
 //!   `DATA_DIR/ha/<device>.authority.json` (temp file, fsync, rename, fsync dir) before any
 //!   update built from it leaves the process; a save that fails stops the host (every later
 //!   request is refused), so a restarted authority never issues an epoch twice.
-//! - Restart: the leases granted before are not on disk, so for one lease plus margin after
-//!   a restart the host ignores verdict requests (the engine repeats them); a member that
-//!   held a lease from the previous incarnation is never removed before that lease ended.
+//! - Restart or pause: the leases granted before are not on disk, so for one lease plus
+//!   margin after a restart the host passes no request to the authority: it grants no lease
+//!   and changes no membership, and answers with the configuration only (the engine repeats
+//!   its requests); a member that held a lease from the previous incarnation is never
+//!   removed before that lease ended. A pause is a gap of more than half a lease between two
+//!   calls (SIGSTOP, a starved process) and is treated the same way: while it was stopped,
+//!   the partner may have taken the authority over (heartbeat strategy), and the quiet period
+//!   leaves time to hear that before granting anything (see `supersede`).
+//! - Superseded: a partner announces (authenticated heartbeats) that it hosts the same
+//!   device's authority at a higher epoch, or at the same epoch while this node has priority
+//!   second. This host then stops for good (persisted): it answers nothing, so the leases it
+//!   granted lapse and its node serves nothing. Two authorities mean a split brain; an
+//!   administrator resolves it (issue 11, item 4).
 //! - No state yet: the initial configuration (every replica synchronized) is issued only if
 //!   `DATA_DIR/ha/<device>.fresh` says the device was created zeroed on every node;
 //!   otherwise the authority starts cold (`lose_state`) and waits for every node's `Join`
@@ -45,6 +55,10 @@ pub struct Persisted {
     /// Set when this node took the authority over from that node (heartbeat strategy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub took_over_from: Option<NodeId>,
+    /// Set when another node's authority for this device superseded this one: (node, its
+    /// epoch). A superseded authority answers nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<(NodeId, Epoch)>,
 }
 
 /// An answer for one node: the configuration in force and, for a serving member, the
@@ -64,6 +78,8 @@ pub enum HostError {
     Stopped(String),
     #[error("node {0} is not a member of this device")]
     NotMember(u8),
+    #[error("superseded by the authority on node {0} at epoch {1}: split brain, an administrator decides")]
+    Superseded(u8, u64),
     #[error("this authority serves nodes {expected:?}, the request names {got:?}")]
     Nodes { expected: Vec<u8>, got: Vec<u8> },
 }
@@ -73,7 +89,12 @@ pub struct AuthorityHost {
     path: PathBuf,
     authority: Authority,
     base: Instant,
+    /// No leases, no removals before this (restart, pause).
     quiet_until: Instant,
+    /// The last call (to detect pauses).
+    last_seen: Instant,
+    pause_limit: Duration,
+    quiet_for: Duration,
     saved: Persisted,
     failed: Option<String>,
 }
@@ -110,6 +131,7 @@ impl AuthorityHost {
                 });
             }
         }
+        let restarted = stored.is_some();
         let saved = match stored {
             Some(s) => s,
             None => {
@@ -127,10 +149,11 @@ impl AuthorityHost {
                     last_epoch: config.as_ref().map_or(Epoch(0), |c| c.epoch),
                     config,
                     took_over_from: None,
+                    superseded_by: None,
                 }
             }
         };
-        let mut host = Self::from_persisted(path, saved, settings, now, true);
+        let mut host = Self::from_persisted(path, saved, settings, now, restarted);
         if !host.path.exists() {
             host.save()?;
         }
@@ -157,17 +180,17 @@ impl AuthorityHost {
                 a
             }
         };
-        let quiet_until = if restarted {
-            now + settings.lease + settings.margin
-        } else {
-            now
-        };
+        let quiet_for = settings.lease + settings.margin;
+        let quiet_until = if restarted { now + quiet_for } else { now };
         AuthorityHost {
             device: saved.device.clone(),
             path,
             authority,
             base: now,
             quiet_until,
+            last_seen: now,
+            pause_limit: settings.lease / 2,
+            quiet_for,
             saved,
             failed: None,
         }
@@ -206,6 +229,7 @@ impl AuthorityHost {
             last_epoch: config.epoch,
             config: Some(config),
             took_over_from: Some(from),
+            superseded_by: None,
         };
         // Leases granted by the old authority ended before the takeover was decided (the
         // decision waits lease + margin of silence), so no quiet period beyond that.
@@ -265,6 +289,40 @@ impl AuthorityHost {
         self.save()
     }
 
+    /// A gap of more than half a lease since the last call: this process was stopped or
+    /// starved. Leases and removals wait again for a lease plus margin.
+    fn observe(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_seen) > self.pause_limit {
+            tracing::warn!(device = %self.device, gap_ms = now.saturating_duration_since(self.last_seen).as_millis() as u64,
+                "the authority was paused: no leases or removals for a lease plus margin");
+            self.quiet_until = self.quiet_until.max(now + self.quiet_for);
+        }
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    fn check_live(&self) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        if let Some((n, e)) = self.saved.superseded_by {
+            return Err(HostError::Superseded(n.0, e.0));
+        }
+        Ok(())
+    }
+
+    /// Another node hosts this device's authority at `epoch` and wins (see the module
+    /// comment): stop for good, persisted.
+    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<(), HostError> {
+        if self.saved.superseded_by.is_some() {
+            return Ok(());
+        }
+        tracing::error!(device = %self.device, by = by.0, epoch = epoch.0, own_epoch = self.saved.last_epoch.0,
+            "another node hosts this device's failover authority: split brain; this authority stops \
+             (its node's lease lapses, it serves nothing); an administrator decides which copy stays");
+        self.saved.superseded_by = Some((by, epoch));
+        self.save()
+    }
+
     fn time(&self, now: Instant) -> Time {
         Time(ns(now.saturating_duration_since(self.base)))
     }
@@ -289,20 +347,18 @@ impl AuthorityHost {
         requests: Vec<ToAuthority>,
         pick: u64,
     ) -> Result<Option<Grant>, HostError> {
-        if let Some(reason) = &self.failed {
-            return Err(HostError::Stopped(reason.clone()));
-        }
+        self.check_live()?;
         if !self.saved.nodes.contains(&from) {
             return Err(HostError::NotMember(from.0));
         }
+        self.observe(now);
         let t = self.time(now);
         let quiet = now < self.quiet_until;
         let mut last = None;
+        // While quiet, nothing reaches the authority (its replies grant leases, and every
+        // call runs due removals): the node is told the configuration and asks again.
+        let requests = if quiet { Vec::new() } else { requests };
         for r in requests.into_iter().take(REQUESTS_MAX) {
-            if quiet && matches!(r, ToAuthority::Verdict { .. }) {
-                tracing::debug!(device = %self.device, "verdict deferred: leases of the previous authority may still run");
-                continue;
-            }
             if let Some(u) = self.authority.on_message(t, from, r, pick) {
                 last = Some(u);
             }
@@ -319,7 +375,7 @@ impl AuthorityHost {
                 let still_member = current.state_of(from) != tandem_ha::MemberState::Out;
                 Some(Grant {
                     config: current,
-                    lease_duration_ns: lease.filter(|_| still_member),
+                    lease_duration_ns: lease.filter(|_| still_member && !quiet),
                 })
             }
             // Nothing to ask (a node without its data plane): the configuration, no lease.
@@ -333,7 +389,11 @@ impl AuthorityHost {
 
     /// Removals whose wait is over; persisted.
     pub fn tick(&mut self, now: Instant) -> Result<(), HostError> {
-        if self.failed.is_some() || now < self.quiet_until {
+        if self.check_live().is_err() {
+            return Ok(());
+        }
+        self.observe(now);
+        if now < self.quiet_until {
             return Ok(());
         }
         let t = self.time(now);
@@ -441,6 +501,14 @@ pub fn ensure_host(
     Ok(())
 }
 
+/// Stops the local authority of `device` (another node's wins).
+pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = hosts.get_mut(device) {
+        let _ = h.supersede(by, epoch);
+    }
+}
+
 /// Installs a takeover host (replacing nothing: the caller checked there is none).
 pub fn install(node: &Node, host: AuthorityHost) {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
@@ -475,22 +543,38 @@ mod tests {
 
     const N1: NodeId = NodeId(1);
     const N2: NodeId = NodeId(2);
+    const STEP: Duration = Duration::from_millis(100);
+
+    /// Ticks every 100 ms (as `tick_all` does) up to `until`.
+    fn run_to(h: &mut AuthorityHost, now: &mut Instant, until: Instant) {
+        while *now + STEP <= until {
+            *now += STEP;
+            h.tick(*now).unwrap();
+        }
+        *now = until;
+        h.tick(*now).unwrap();
+    }
+
+    fn stored(dir: &Path) -> Persisted {
+        AuthorityHost::read(&state_path(dir, "d")).unwrap().unwrap()
+    }
 
     #[test]
     fn fresh_device_starts_synchronized_and_persists_before_answering() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], true, &settings(), t0).unwrap();
-        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.config.as_ref().unwrap().epoch, Epoch(1));
+        assert_eq!(stored(dir.path()).config.unwrap().epoch, Epoch(1));
         let g = h
             .handle(t0, N1, vec![ToAuthority::LeaseRequest], 0)
             .unwrap()
             .unwrap();
         assert_eq!(g.config.state_of(N2), MemberState::Synchronized);
-        assert_eq!(g.lease_duration_ns, Some(1_500_000_000));
+        assert_eq!(
+            g.lease_duration_ns,
+            Some(1_500_000_000),
+            "a new authority has no earlier leases to wait out"
+        );
     }
 
     #[test]
@@ -510,78 +594,147 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(g.config.epoch >= Epoch(1));
-        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.config, Some(g.config));
+        assert_eq!(stored(dir.path()).config, Some(g.config));
     }
 
     #[test]
     fn removal_waits_for_lease_plus_margin_and_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
-        let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
-        // A fresh host was never restarted in this test's sense: open() always assumes it
-        // might have been, so verdicts wait one lease + margin first.
-        let after_quiet = t0 + s.lease + s.margin;
-        h.handle(after_quiet, N2, vec![ToAuthority::LeaseRequest], 0)
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
             .unwrap();
+        assert!(g.lease_duration_ns.is_some());
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),
         };
-        let g = h.handle(after_quiet, N1, vec![v], 0).unwrap().unwrap();
+        let asked = now;
+        let g = h.handle(now, N1, vec![v], 0).unwrap().unwrap();
         assert_eq!(g.config.epoch, Epoch(1), "N2's lease still runs");
-        let almost = after_quiet + s.lease + s.margin - Duration::from_millis(1);
-        h.tick(almost).unwrap();
+        // N2 asks again before the removal: pending removal, so no lease renewal.
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None);
+        run_to(
+            &mut h,
+            &mut now,
+            asked + s.lease + s.margin - Duration::from_millis(1),
+        );
         assert_eq!(h.config().unwrap().epoch, Epoch(1));
-        h.tick(after_quiet + s.lease + s.margin).unwrap();
+        run_to(&mut h, &mut now, asked + s.lease + s.margin);
         let cfg = h.config().unwrap().clone();
         assert_eq!(cfg.epoch, Epoch(2));
         assert_eq!(cfg.state_of(N2), MemberState::Out);
         // Persisted at the tick, before anyone could be told.
-        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.config, Some(cfg.clone()));
+        assert_eq!(stored(dir.path()).config, Some(cfg.clone()));
         // A restart continues from epoch 2: the next change is epoch 3, never 2 again.
-        let t1 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t1).unwrap();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
         assert_eq!(h.config(), Some(&cfg));
         let meta = ReplicaMeta {
             epoch: Epoch(2),
             ..ReplicaMeta::default()
         };
-        let g = h
-            .handle(t1, N2, vec![ToAuthority::Join { meta }], 0)
-            .unwrap()
-            .unwrap();
+        let join = vec![ToAuthority::Join { meta }];
+        let g = h.handle(now, N2, join.clone(), 0).unwrap().unwrap();
+        assert_eq!(g.config, cfg, "nothing changes right after a restart");
+        assert_eq!(g.lease_duration_ns, None, "no leases right after a restart");
+        let until = now + s.lease + s.margin;
+        run_to(&mut h, &mut now, until);
+        let g = h.handle(now, N2, join, 0).unwrap().unwrap();
         assert_eq!(g.config.epoch, Epoch(3));
         assert_eq!(g.config.state_of(N2), MemberState::Syncing);
-        assert_eq!(g.lease_duration_ns, Some(ns(s.lease)));
+        assert_eq!(stored(dir.path()).last_epoch, Epoch(3));
     }
 
     #[test]
-    fn restarted_host_defers_verdicts_for_a_lease_plus_margin() {
+    fn restarted_host_defers_verdicts_and_leases_for_a_lease_plus_margin() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let t0 = Instant::now();
         drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap());
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        let mut now = t0;
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),
         };
-        h.handle(t0, N1, vec![v.clone()], 0).unwrap();
+        let g = h.handle(now, N1, vec![v.clone()], 0).unwrap().unwrap();
+        assert_eq!(g.lease_duration_ns, None);
         // The verdict was dropped, so even long after nothing happens without a new one.
-        h.tick(t0 + Duration::from_secs(10)).unwrap();
+        run_to(&mut h, &mut now, t0 + Duration::from_secs(5));
         assert_eq!(h.config().unwrap().epoch, Epoch(1));
-        // Asked again after the quiet period: N2 never had a lease from this incarnation.
-        let later = t0 + s.lease + s.margin;
-        h.handle(later, N1, vec![v], 0).unwrap();
-        h.tick(later + s.margin).unwrap();
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(
+            g.lease_duration_ns.is_some(),
+            "leases again after the quiet period"
+        );
+        // Asked again: N2 never had a lease from this incarnation, so margin only.
+        h.handle(now, N1, vec![v], 0).unwrap();
+        let until = now + s.margin;
+        run_to(&mut h, &mut now, until);
         assert_eq!(h.config().unwrap().state_of(N2), MemberState::Out);
+    }
+
+    #[test]
+    fn a_pause_stops_leases_and_removals_for_a_lease_plus_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        h.handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        h.handle(now, N1, vec![v], 0).unwrap();
+        // SIGSTOP for 5 s: the removal is overdue, but it waits a lease plus margin more.
+        now += Duration::from_secs(5);
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None, "no lease right after a pause");
+        assert_eq!(g.config.epoch, Epoch(1), "no removal right after a pause");
+        let woke = now;
+        run_to(&mut h, &mut now, woke + s.lease + s.margin - STEP);
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        run_to(&mut h, &mut now, woke + s.lease + s.margin);
+        assert_eq!(h.config().unwrap().epoch, Epoch(2));
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.lease_duration_ns.is_some());
+    }
+
+    #[test]
+    fn a_superseded_authority_answers_nothing_even_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        h.supersede(N2, Epoch(2)).unwrap();
+        assert!(matches!(
+            h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(2, 2))
+        ));
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        assert!(matches!(
+            h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(2, 2))
+        ));
+        assert_eq!(stored(dir.path()).superseded_by, Some((N2, Epoch(2))));
     }
 
     #[test]
@@ -597,6 +750,30 @@ mod tests {
         assert!(matches!(
             AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], true, &settings(), t0),
             Err(HostError::Nodes { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_save_stops_the_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        h.handle(now, N1, vec![v], 0).unwrap();
+        // The state file's directory becomes a file: the save of epoch 2 fails.
+        std::fs::remove_dir_all(dir.path().join("ha")).unwrap();
+        std::fs::write(dir.path().join("ha"), b"x").unwrap();
+        while now < Instant::now() + s.margin + STEP {
+            now += STEP;
+            let _ = h.tick(now);
+        }
+        assert!(matches!(
+            h.handle(now, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Stopped(_))
         ));
     }
 
@@ -617,10 +794,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(h.persisted().took_over_from, Some(N1));
-        let stored = AuthorityHost::read(&state_path(dir.path(), "d"))
-            .unwrap()
-            .unwrap();
-        assert_eq!(stored.config, Some(next.clone()));
+        assert_eq!(stored(dir.path()).config, Some(next.clone()));
         assert!(
             AuthorityHost::take_over(dir.path(), "d", &[N1, N2], next, N1, &settings(), t0)
                 .is_err()

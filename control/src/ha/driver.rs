@@ -123,6 +123,7 @@ pub async fn run(node: Arc<Node>, device: String) {
         }
 
         // 2. The authority.
+        check_superseded(&node, &device, &r, &settings);
         let hosted = authority_host::hosts_device(&node, &device);
         let place = strategy::authority_place(&r, hosted);
         let nodes = strategy::device_nodes(&r);
@@ -207,6 +208,35 @@ fn note_error(node: &Node, device: &str, e: String) {
         }
         v.last_error = Some(e);
     });
+}
+
+/// A partner hosting this device's authority too (a takeover this node did not see: a
+/// pause, a total partition) wins with a higher epoch, or with the same epoch if this node
+/// has priority second ([`strategy::superseded`]); the local authority then stops.
+fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: &HaSettings) {
+    let Some(mine) = authority_host::hosted_epoch(node, device) else {
+        return;
+    };
+    let now = Instant::now();
+    for p in &r.partners {
+        let Some(theirs) = node.ha.heartbeats.hosts_authority_recent(
+            device,
+            p.node_id,
+            now,
+            settings.heartbeat_timeout,
+        ) else {
+            continue;
+        };
+        if strategy::superseded(mine, theirs, r.priority) {
+            authority_host::supersede(node, device, NodeId(p.node_id), tandem_ha::Epoch(theirs));
+            node.ha.view_mut(device, |v| {
+                v.last_error = Some(format!(
+                    "split brain: node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stopped",
+                    p.name
+                ))
+            });
+        }
+    }
 }
 
 fn consider_takeover(

@@ -192,6 +192,25 @@ impl Heard {
             .map(|p| p.epoch)
     }
 
+    /// Like [`Heard::hosts_authority`], from a heartbeat heard within `timeout`.
+    pub fn hosts_authority_recent(
+        &self,
+        device: &str,
+        node: u8,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<u64> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&(device.to_string(), node))
+            .filter(|p| p.hosts_authority)
+            .filter(|p| {
+                p.last_any
+                    .is_some_and(|t| now.saturating_duration_since(t) < timeout)
+            })
+            .map(|p| p.epoch)
+    }
+
     pub fn peer_views(
         &self,
         device: &str,

@@ -138,8 +138,35 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     }
 }
 
+/// Two nodes host the same device's authority (a takeover one of them did not see). The
+/// one with the lower epoch stops; on equal epochs, the node with priority second stops
+/// (the first is the authority by configuration). `mine`/`theirs`: the hosted epochs.
+pub fn superseded(mine: u64, theirs: u64, my_priority: Priority) -> bool {
+    theirs > mine || (theirs == mine && my_priority == Priority::Second)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn superseded_table() {
+        use super::superseded;
+        use tandem_config::Priority::*;
+        for (mine, theirs, prio, want) in [
+            (1, 2, First, true),
+            (2, 1, First, false),
+            (2, 1, Second, false),
+            (2, 2, First, false),
+            (2, 2, Second, true),
+            (3, 2, Second, false),
+        ] {
+            assert_eq!(
+                superseded(mine, theirs, prio),
+                want,
+                "{mine} vs {theirs} as {prio:?}"
+            );
+        }
+    }
+
     use super::*;
     use tandem_config::{LinkPair, PartnerConfig};
     use tandem_ha::Epoch;
