@@ -88,6 +88,10 @@ async fn main() {
             ..Default::default()
         },
     };
+    if let Err(e) = opts.ha.check() {
+        eprintln!("tandem-control: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = server::run(opts, server::shutdown_signal()).await {
         eprintln!("tandem-control: {e}");
         std::process::exit(1);

@@ -77,6 +77,31 @@ impl Default for HaSettings {
     }
 }
 
+impl HaSettings {
+    /// The timing rules the safety argument needs (docs/ha.md, "Timing assumptions").
+    pub fn check(&self) -> Result<(), String> {
+        if self.margin <= self.heartbeat_interval {
+            return Err(format!(
+                "the lease margin ({:?}) must exceed the heartbeat interval ({:?}): a takeover counts silence from the last heartbeat, and the old authority may have granted a lease up to one interval later",
+                self.margin, self.heartbeat_interval
+            ));
+        }
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval {
+            return Err(format!(
+                "the heartbeat timeout ({:?}) must be at least two intervals ({:?})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.lease < 3 * self.exchange_interval {
+            return Err(format!(
+                "the lease ({:?}) must cover at least three exchanges ({:?} each) so that renewals arrive before it ends",
+                self.lease, self.exchange_interval
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where a device's authority runs, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -245,20 +270,57 @@ pub fn start(node: Arc<Node>, settings: HaSettings, role: Role) {
         tokio::spawn(authority_host::tick_all(node));
         return;
     }
-    let config = node.config_snapshot();
-    let replicated: Vec<_> = config
-        .devices
-        .iter()
-        .filter(|d| d.replication.is_some())
-        .map(|d| d.name.clone())
-        .collect();
     authority_host::load_existing(&node);
     tokio::spawn(authority_host::tick_all(node.clone()));
-    if replicated.is_empty() {
-        return;
-    }
     membership::start(node.clone());
-    for device in replicated {
-        tokio::spawn(driver::run(node.clone(), device));
+    tokio::spawn(drivers(node));
+}
+
+/// Starts a driver for every replicated device, now and whenever one appears (`replica
+/// add` changes the configuration live); a driver ends when its device stops being
+/// replicated here.
+async fn drivers(node: Arc<Node>) {
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        running.retain(|_, task| !task.is_finished());
+        let config = node.config_snapshot();
+        for d in config.devices.iter().filter(|d| d.replication.is_some()) {
+            if !running.contains_key(&d.name) {
+                running.insert(
+                    d.name.clone(),
+                    tokio::spawn(driver::run(node.clone(), d.name.clone())),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_rules() {
+        assert_eq!(HaSettings::default().check(), Ok(()));
+        let ms = Duration::from_millis;
+        let bad = [
+            HaSettings {
+                margin: ms(200),
+                ..HaSettings::default()
+            },
+            HaSettings {
+                heartbeat_timeout: ms(300),
+                ..HaSettings::default()
+            },
+            HaSettings {
+                lease: ms(250),
+                ..HaSettings::default()
+            },
+        ];
+        for s in bad {
+            assert!(s.check().is_err(), "{s:?}");
+        }
     }
 }
