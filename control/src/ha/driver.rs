@@ -69,7 +69,6 @@ fn newer(a: Option<EpochConfig>, b: Option<&EpochConfig>) -> Option<EpochConfig>
 
 pub async fn run(node: Arc<Node>, device: String) {
     let settings = node.ha.settings();
-    let started = Instant::now();
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(settings.remote_timeout)
         .timeout(settings.remote_timeout)
@@ -84,7 +83,7 @@ pub async fn run(node: Arc<Node>, device: String) {
         if !at_once {
             every.tick().await;
         }
-        at_once = false;
+        let was_at_once = std::mem::take(&mut at_once);
         let config = node.config_snapshot();
         let Some(r) = config.device(&device).and_then(|d| d.replication.clone()) else {
             tracing::info!(%device, "HA driver stops: the device is no longer replicated here");
@@ -169,7 +168,9 @@ pub async fn run(node: Arc<Node>, device: String) {
                             requested_at_ns: at,
                             duration_ns: d,
                         });
-                        at_once = engine_epoch.is_none_or_older(g.config.epoch);
+                        // One immediate exchange at most: a data plane that does not take
+                        // the configuration must not make this loop spin.
+                        at_once = !was_at_once && engine_epoch.is_none_or_older(g.config.epoch);
                         pending.push(HaUpdate {
                             config: g.config,
                             lease,
@@ -184,7 +185,7 @@ pub async fn run(node: Arc<Node>, device: String) {
         }
 
         // 3. Heartbeat strategy: take the authority over?
-        consider_takeover(&node, &device, &r, &settings, started, last_answer);
+        consider_takeover(&node, &device, &r, &settings, last_answer);
     }
 }
 
@@ -244,7 +245,6 @@ fn consider_takeover(
     device: &str,
     r: &ReplicationConfig,
     settings: &HaSettings,
-    started: Instant,
     last_answer: Option<Instant>,
 ) {
     let Some(first) = r.partners.first() else {
@@ -264,7 +264,6 @@ fn consider_takeover(
         me: NodeId(r.node_id),
         authority: NodeId(first.node_id),
         silent_for: last.map(|t| now.saturating_duration_since(t)),
-        since_start: now.saturating_duration_since(started),
         lease_plus_margin: settings.lease + settings.margin,
         newest,
     };

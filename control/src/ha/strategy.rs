@@ -82,10 +82,8 @@ pub struct TakeoverInput {
     /// The authority node (the partner with priority first).
     pub authority: NodeId,
     /// Time since anything authentic came from the authority node: a heartbeat on any sync
-    /// or heartbeat link, or an answer of its API. None: nothing yet since this process
-    /// started (then `since_start` counts).
+    /// or heartbeat link, or an answer of its API. None: nothing since this process started.
     pub silent_for: Option<Duration>,
-    pub since_start: Duration,
     /// The lease the authority grants plus its margin.
     pub lease_plus_margin: Duration,
     /// The newest configuration this node saw (engine or authority).
@@ -117,7 +115,11 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     if i.hosting {
         return Takeover::Stay("already the authority");
     }
-    let silent = i.silent_for.unwrap_or(i.since_start);
+    // Never heard since this process started: a local fault (sockets that did not bind, a
+    // wrong address) would look the same as a dead partner, so stay (fail safe).
+    let Some(silent) = i.silent_for else {
+        return Takeover::Stay("the authority node was never heard since this process started");
+    };
     if silent <= i.lease_plus_margin {
         return Takeover::Stay("the authority node was heard within a lease plus margin");
     }
@@ -270,7 +272,6 @@ mod tests {
             me: NodeId(2),
             authority: NodeId(1),
             silent_for: Some(Duration::from_millis(2100)),
-            since_start: Duration::from_secs(60),
             lease_plus_margin: Duration::from_millis(2000),
             newest: Some(EpochConfig::initial(&[NodeId(1), NodeId(2)])),
         }
@@ -297,19 +298,7 @@ mod tests {
                 |i| i.silent_for = Some(Duration::from_millis(300)),
                 None,
             ),
-            (
-                "never heard, long since start",
-                |i| i.silent_for = None,
-                Some(2),
-            ),
-            (
-                "never heard, just started",
-                |i| {
-                    i.silent_for = None;
-                    i.since_start = Duration::from_secs(1);
-                },
-                None,
-            ),
+            ("never heard since start", |i| i.silent_for = None, None),
             (
                 "first priority never takes over",
                 |i| i.priority = Priority::First,
