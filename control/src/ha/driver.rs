@@ -162,19 +162,12 @@ pub async fn run(node: Arc<Node>, device: String) {
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), Some(&g.config));
                     });
-                    if let Some(at) = now_ns {
-                        let lease = g.lease_duration_ns.map(|d| HaLease {
-                            epoch: g.config.epoch,
-                            requested_at_ns: at,
-                            duration_ns: d,
-                        });
+                    if let Some(update) = to_update(g, now_ns) {
                         // One immediate exchange at most: a data plane that does not take
                         // the configuration must not make this loop spin.
-                        at_once = !was_at_once && engine_epoch.is_none_or_older(g.config.epoch);
-                        pending.push(HaUpdate {
-                            config: g.config,
-                            lease,
-                        });
+                        at_once =
+                            !was_at_once && engine_epoch.is_none_or_older(update.config.epoch);
+                        pending.push(update);
                         if pending.len() > PENDING_MAX {
                             pending.remove(0);
                         }
@@ -187,6 +180,23 @@ pub async fn run(node: Arc<Node>, device: String) {
         // 3. Heartbeat strategy: take the authority over?
         consider_takeover(&node, &device, &r, &settings, last_answer);
     }
+}
+
+/// The update for the data plane from the authority's answer to requests the data plane
+/// reported at `report_now_ns` (its own clock). The lease counts from that instant, which
+/// is before the authority received the requests: the node's lease ends before the
+/// authority's record of it. None without a report (nothing to answer).
+pub fn to_update(grant: Grant, report_now_ns: Option<u64>) -> Option<HaUpdate> {
+    let at = report_now_ns?;
+    let lease = grant.lease_duration_ns.map(|d| HaLease {
+        epoch: grant.config.epoch,
+        requested_at_ns: at,
+        duration_ns: d,
+    });
+    Some(HaUpdate {
+        config: grant.config,
+        lease,
+    })
 }
 
 trait OlderThan {
@@ -347,4 +357,91 @@ async fn remote_call(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(format!("authority call: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::authority_host::AuthorityHost;
+    use std::time::Duration;
+
+    /// The node's lease (its clock, from its request) ends no later than the authority's
+    /// record of it (the authority's clock, from its receipt), and the authority removes the
+    /// node only a margin after that: for any delay between request and receipt.
+    #[test]
+    fn the_nodes_lease_ends_before_the_authority_can_remove_it() {
+        let s = HaSettings::default();
+        for delay_ms in [0u64, 1, 50, 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut now = Instant::now();
+            let mut h =
+                AuthorityHost::open(dir.path(), "d", &[NodeId(1), NodeId(2)], true, &s, now)
+                    .unwrap();
+            // Node 2 reports a lease request at its clock 7 s; the authority gets it later.
+            let node_clock_at_request = 7_000_000_000u64;
+            let delay = Duration::from_millis(delay_ms);
+            now += delay;
+            let received = now;
+            let g = h
+                .handle(received, NodeId(2), vec![ToAuthority::LeaseRequest], 0)
+                .unwrap()
+                .unwrap();
+            let u = to_update(g, Some(node_clock_at_request)).unwrap();
+            let lease = u.lease.unwrap();
+            assert_eq!(lease.requested_at_ns, node_clock_at_request);
+            assert_eq!(lease.epoch, u.config.epoch);
+            // The node serves until (in its clock) request + duration, i.e. at most
+            // `duration` after the request, so at most `duration` after the receipt.
+            let node_lease = Duration::from_nanos(lease.duration_ns);
+            assert!(node_lease <= s.lease);
+            // The other node asks for a verdict at once; removal happens no earlier than
+            // receipt + lease + margin.
+            let v = ToAuthority::Verdict {
+                suspect: NodeId(2),
+                epoch: u.config.epoch,
+            };
+            h.handle(received, NodeId(1), vec![v], 0).unwrap();
+            let mut removed_at = None;
+            for _ in 0..40 {
+                now += Duration::from_millis(100);
+                h.tick(now).unwrap();
+                if h.config().unwrap().state_of(NodeId(2)) == tandem_ha::MemberState::Out {
+                    removed_at = Some(now);
+                    break;
+                }
+            }
+            let removed_at = removed_at.expect("removed eventually");
+            assert!(
+                removed_at.duration_since(received) >= node_lease + s.margin,
+                "delay {delay_ms} ms: removed {:?} after the receipt, the node's lease is {:?}",
+                removed_at.duration_since(received),
+                node_lease
+            );
+        }
+    }
+
+    #[test]
+    fn no_report_no_update_and_no_lease_for_a_non_member() {
+        let cfg = EpochConfig::initial(&[NodeId(1), NodeId(2)]);
+        let g = Grant {
+            config: cfg.clone(),
+            lease_duration_ns: None,
+        };
+        assert_eq!(to_update(g.clone(), None), None);
+        let u = to_update(g, Some(5)).unwrap();
+        assert_eq!(u.lease, None);
+        assert_eq!(u.config, cfg);
+    }
+
+    #[test]
+    fn newest_configuration_wins() {
+        let c1 = EpochConfig::initial(&[NodeId(1), NodeId(2)]);
+        let c2 = c1
+            .next(&[(NodeId(2), tandem_ha::MemberState::Out)])
+            .unwrap();
+        assert_eq!(newer(Some(c1.clone()), Some(&c2)), Some(c2.clone()));
+        assert_eq!(newer(Some(c2.clone()), Some(&c1)), Some(c2.clone()));
+        assert_eq!(newer(None, Some(&c1)), Some(c1.clone()));
+        assert_eq!(newer(Some(c1.clone()), None), Some(c1));
+    }
 }
