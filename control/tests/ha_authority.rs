@@ -595,3 +595,110 @@ fn witness_starts_without_data_plane_and_never_reissues_an_epoch() {
             .unwrap();
     assert_eq!(stored["last_epoch"], epoch + 1);
 }
+
+/// Node majority with a witness, through the drivers: two data nodes (no data plane) find
+/// the witness by its [[server]] entry and token file; the witness creates the device's
+/// authority on first contact; both nodes learn epoch 1 from it. With the witness gone,
+/// neither data node takes the authority over (only the heartbeat strategy moves it).
+#[test]
+fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b, dir_w) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("w"),
+    );
+    for d in [&dir_a, &dir_b, &dir_w] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let secret = tmp.path().join("cluster.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let api_w = format!("127.0.0.3:{}", free_port());
+    let mut w = Proc::start(&dir_w, &api_w, &["--role", "witness"]);
+    let (sync_a, sync_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.2:{}", free_port()),
+    );
+    let toml = |name: &str, portal: &str, id: u8, partner: &str, pid: u8, link: String| {
+        format!(
+            "[node]\nname = \"{name}\"\nportals = [\"{portal}\"]\n\n\
+             [[device]]\nname = \"disk1\"\nram_size = \"1MiB\"\n\n\
+             [device.replication]\nnode_id = {id}\nsecret_file = \"{}\"\n\
+             failover = \"node-majority\"\nwitness = \"w\"\n\n\
+             [[device.replication.partner]]\nname = \"{partner}\"\nnode_id = {pid}\n\
+             sync_links = [\"{link}\"]\n\n\
+             [[server]]\nname = \"w\"\naddress = \"{api_w}\"\ntoken_file = \"{}\"\n",
+            secret.display(),
+            dir_w.join("token").display()
+        )
+    };
+    std::fs::write(
+        dir_a.join("node.toml"),
+        toml(
+            "a",
+            "127.0.0.1:3260",
+            1,
+            "b",
+            2,
+            format!("{sync_a}={sync_b}"),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir_b.join("node.toml"),
+        toml(
+            "b",
+            "127.0.0.2:3260",
+            2,
+            "a",
+            1,
+            format!("{sync_b}={sync_a}"),
+        ),
+    )
+    .unwrap();
+    for d in [&dir_a, &dir_b] {
+        tandem_control::ha::mark_fresh(d, "disk1").unwrap();
+    }
+    let a = Proc::start(
+        &dir_a,
+        &format!("127.0.0.1:{}", free_port()),
+        &["--no-dataplane"],
+    );
+    let b = Proc::start(
+        &dir_b,
+        &format!("127.0.0.2:{}", free_port()),
+        &["--no-dataplane"],
+    );
+    for n in [&a, &b] {
+        wait_for("epoch 1 from the witness", Duration::from_secs(20), || {
+            let (code, body) = n.http("GET", "/api/v1/ha/status/disk1", Some(&n.token()), None);
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && v["config"]["epoch"] == 1 && v["authority"]["server"] == "w")
+                .then_some(())
+        });
+    }
+    let st = w.get("/api/v1/ha/status");
+    assert_eq!(st["authorities"][0]["device"], "disk1");
+    assert_eq!(st["authorities"][0]["nodes"], serde_json::json!([1, 2]));
+    assert_eq!(st["authorities"][0]["last_epoch"], 1);
+    // The data nodes hear each other on the sync link.
+    wait_for("a to hear b", Duration::from_secs(10), || {
+        let v = a.get("/api/v1/ha/status/disk1");
+        (v["partners"][0]["links_up"].as_array().map_or(0, Vec::len) == 1).then_some(())
+    });
+
+    w.kill();
+    std::thread::sleep(Duration::from_millis(LEASE_MS + MARGIN_MS + 1000));
+    for (n, dir) in [(&a, &dir_a), (&b, &dir_b)] {
+        let v = n.get("/api/v1/ha/status/disk1");
+        assert!(
+            v["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("authority"),
+            "{v}"
+        );
+        assert_eq!(v["authority"]["server"], "w");
+        assert!(!dir.join("ha/disk1.authority.json").exists());
+    }
+}
