@@ -141,7 +141,15 @@ pub struct Heard {
     peers: Mutex<HashMap<(String, u8), Peer>>,
     rejected: AtomicU64,
     last_log: Mutex<HashMap<Reject, Instant>>,
+    /// Secrets by file, re-read at most every [`SECRET_REFRESH`] (datagrams arrive at
+    /// network rate; the file is not read for each).
+    secrets: Mutex<HashMap<std::path::PathBuf, CachedSecret>>,
 }
+
+/// When it was read, and the secret (None: unreadable).
+type CachedSecret = (Instant, Option<Vec<u8>>);
+
+const SECRET_REFRESH: Duration = Duration::from_secs(5);
 
 impl Heard {
     /// Accepts `hb` (already authenticated) arriving on the link whose local end is `local`.
@@ -169,6 +177,25 @@ impl Heard {
             last.insert(why, now);
             tracing::warn!(%from, reason = %why, "heartbeat rejected");
         }
+    }
+
+    /// The secret in `path` (cached; None if it cannot be read).
+    pub fn secret(&self, path: &std::path::Path, now: Instant) -> Option<Vec<u8>> {
+        let mut cache = self.secrets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, s)) = cache.get(path) {
+            if now.saturating_duration_since(*at) < SECRET_REFRESH {
+                return s.clone();
+            }
+        }
+        let s = match super::load_secret(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("heartbeats: cluster secret: {e}");
+                None
+            }
+        };
+        cache.insert(path.to_path_buf(), (now, s.clone()));
+        s
     }
 
     pub fn rejected(&self) -> u64 {
@@ -295,7 +322,6 @@ pub fn start(node: Arc<Node>) {
         let counter = Counter(AtomicU64::new(0));
         let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
         let mut failed_bind: HashMap<SocketAddr, Instant> = HashMap::new();
-        let mut secrets: HashMap<String, (std::path::PathBuf, Vec<u8>)> = HashMap::new();
         let interval = node.ha.settings().heartbeat_interval;
         let mut every = tokio::time::interval(interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,18 +332,8 @@ pub fn start(node: Arc<Node>) {
                 let Some(r) = config.device(&device).and_then(|d| d.replication.as_ref()) else {
                     continue;
                 };
-                let secret = match secrets.get(&device) {
-                    Some((path, s)) if *path == r.secret_file => s.clone(),
-                    _ => match super::load_secret(&r.secret_file) {
-                        Ok(s) => {
-                            secrets.insert(device.clone(), (r.secret_file.clone(), s.clone()));
-                            s
-                        }
-                        Err(e) => {
-                            tracing::warn!(%device, "no heartbeats: cluster secret: {e}");
-                            continue;
-                        }
-                    },
+                let Some(secret) = node.ha.heartbeats.secret(&r.secret_file, Instant::now()) else {
+                    continue;
                 };
                 let sock = match sockets.get(&link.local) {
                     Some(s) => s.clone(),
@@ -404,7 +420,11 @@ fn check(node: &Node, datagram: &[u8], local: SocketAddr, now: Instant) -> Resul
     {
         return Err(Reject::UnknownNode);
     }
-    let secret = super::load_secret(&r.secret_file).map_err(|_| Reject::BadMac)?;
+    let secret = node
+        .ha
+        .heartbeats
+        .secret(&r.secret_file, now)
+        .ok_or(Reject::BadMac)?;
     let hb = Heartbeat::verify(datagram, &secret, local)?;
     node.ha.heartbeats.accept(&hb, local, now)
 }
