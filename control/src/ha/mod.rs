@@ -240,18 +240,23 @@ pub(crate) fn is_fresh(data_dir: &Path, device: &str) -> bool {
     ha_dir(data_dir).join(format!("{device}.fresh")).exists()
 }
 
-/// Reads a replication secret: hex (as `tandem-control` writes it), at least 16 bytes.
+/// Reads a replication secret the way the data plane does: hex (what `tandem-control`
+/// writes) or, if the file is not hex, its raw bytes; at least 16 bytes, at most 4 KiB of
+/// file.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > 4096 {
         return Err(format!("{}: larger than 4 KiB", path.display()));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let secret =
-        hex::decode(text.trim()).map_err(|e| format!("{}: not hex ({e})", path.display()))?;
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
+    let secret = match hex::decode(text) {
+        Ok(bytes) if !text.is_empty() => bytes,
+        _ => raw,
+    };
     if secret.len() < 16 {
         return Err(format!(
-            "{}: {} bytes, at least 16 needed",
+            "{}: {} bytes of secret, at least 16 needed",
             path.display(),
             secret.len()
         ));
@@ -300,6 +305,24 @@ async fn drivers(node: Arc<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_hex_or_raw_and_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("s");
+        std::fs::write(&f, "00112233445566778899aabbccddeeff\n").unwrap();
+        assert_eq!(
+            load_secret(&f).unwrap(),
+            hex::decode("00112233445566778899aabbccddeeff").unwrap()
+        );
+        std::fs::write(&f, "not hex but long enough").unwrap();
+        assert_eq!(load_secret(&f).unwrap(), b"not hex but long enough");
+        std::fs::write(&f, "0011").unwrap();
+        assert!(load_secret(&f).is_err());
+        std::fs::write(&f, vec![b'a'; 5000]).unwrap();
+        assert!(load_secret(&f).is_err());
+        assert!(load_secret(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn settings_rules() {
