@@ -222,7 +222,10 @@ fn pair() -> Pair {
     let hb_a = format!("127.0.0.1:{}", free_port());
     let sync_b = format!("127.0.0.2:{}", free_port());
     let hb_b = format!("127.0.0.2:{}", free_port());
-    let server_b = format!("[[server]]\nname = \"b\"\naddress = \"{api_b}\"\n");
+    let server_b = format!(
+        "[[server]]\nname = \"b\"\naddress = \"{api_b}\"\ntoken_file = \"{}\"\n",
+        dir_b.join("token").display()
+    );
     let server_a = format!(
         "[[server]]\nname = \"a\"\naddress = \"{api_a}\"\ntoken_file = \"{}\"\n",
         dir_a.join("token").display()
@@ -518,6 +521,12 @@ fn a_paused_authority_wakes_superseded_and_grants_nothing() {
     let log = a.log();
     assert!(log.contains("the authority was paused"), "{log}");
     assert!(log.contains("split brain"), "{log}");
+    // a now asks b's authority (its node would rejoin through it, or be refused as a
+    // split brain if its copy went on alone).
+    wait_for("a to follow b's authority", Duration::from_secs(10), || {
+        let v = a.get("/api/v1/ha/status/disk1");
+        (v["authority"]["server"] == "b" && v["config"]["epoch"] == 2).then_some(())
+    });
     // b goes on as the authority.
     let st = b.get("/api/v1/ha/status");
     assert_eq!(st["authorities"][0]["last_epoch"], 2);

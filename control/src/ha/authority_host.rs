@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tandem_ha::authority::{Authority, ToAuthority};
-use tandem_ha::{Epoch, EpochConfig, NodeId, Time};
+use tandem_ha::{Epoch, EpochConfig, GenerationId, NodeId, Time};
 
 use super::{ha_dir, HaSettings};
 use crate::service::Node;
@@ -59,6 +59,10 @@ pub struct Persisted {
     /// epoch). A superseded authority answers nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<(NodeId, Epoch)>,
+    /// Nodes refused a join because their copy went on alone (split brain), with the
+    /// generation they hold. Their copies are never merged: an administrator decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<(NodeId, GenerationId)>,
 }
 
 /// An answer for one node: the configuration in force and, for a serving member, the
@@ -150,6 +154,7 @@ impl AuthorityHost {
                     config,
                     took_over_from: None,
                     superseded_by: None,
+                    split_brain: Vec::new(),
                 }
             }
         };
@@ -230,6 +235,7 @@ impl AuthorityHost {
             config: Some(config),
             took_over_from: Some(from),
             superseded_by: None,
+            split_brain: Vec::new(),
         };
         // Leases granted by the old authority ended before the takeover was decided (the
         // decision waits lease + margin of silence), so no quiet period beyond that.
@@ -323,6 +329,37 @@ impl AuthorityHost {
         self.save()
     }
 
+    /// A node asking to join holds `current`. If that generation is not one the cluster's
+    /// configuration knows (the current one, its lineage, or the one the node left at), the
+    /// node's copy moved on without this authority: two authorities, split brain. Returns
+    /// the generation then. A replica with no generation yet (new, or metadata lost) is a
+    /// plain full-sync target.
+    fn went_on_alone(&self, from: NodeId, current: GenerationId) -> Option<GenerationId> {
+        let cfg = self.authority.config()?;
+        let known = current == GenerationId::default()
+            || current == cfg.generation
+            || cfg.lineage.contains(&current)
+            || cfg.left_at(from) == Some(current);
+        (!known).then_some(current)
+    }
+
+    fn refuse_join(&mut self, from: NodeId, current: GenerationId) -> Result<(), HostError> {
+        if self
+            .saved
+            .split_brain
+            .iter()
+            .any(|&(n, g)| n == from && g == current)
+        {
+            return Ok(());
+        }
+        tracing::error!(device = %self.device, node = from.0, generation = current.0,
+            "split brain: this node's copy went on alone (its generation is unknown to this authority); \
+             its join is refused and nothing is merged; an administrator decides which copy stays");
+        self.saved.split_brain.retain(|&(n, _)| n != from);
+        self.saved.split_brain.push((from, current));
+        self.save()
+    }
+
     fn time(&self, now: Instant) -> Time {
         Time(ns(now.saturating_duration_since(self.base)))
     }
@@ -359,6 +396,12 @@ impl AuthorityHost {
         // call runs due removals): the node is told the configuration and asks again.
         let requests = if quiet { Vec::new() } else { requests };
         for r in requests.into_iter().take(REQUESTS_MAX) {
+            if let ToAuthority::Join { meta } = &r {
+                if let Some(current) = self.went_on_alone(from, meta.current) {
+                    self.refuse_join(from, current)?;
+                    continue;
+                }
+            }
             if let Some(u) = self.authority.on_message(t, from, r, pick) {
                 last = Some(u);
             }
@@ -509,6 +552,15 @@ pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) {
     }
 }
 
+/// The node whose authority superseded the one hosted here for `device`, if any.
+pub fn superseded_by(node: &Node, device: &str) -> Option<NodeId> {
+    let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts
+        .get(device)
+        .and_then(|h| h.saved.superseded_by)
+        .map(|(n, _)| n)
+}
+
 /// Installs a takeover host (replacing nothing: the caller checked there is none).
 pub fn install(node: &Node, host: AuthorityHost) {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
@@ -523,10 +575,14 @@ pub fn hosts_device(node: &Node, device: &str) -> bool {
         .contains_key(device)
 }
 
-/// The epoch of the authority hosted here for `device`, if any.
+/// The epoch of the live authority hosted here for `device`, if any (a superseded one
+/// does not count: it is not announced and never competes again).
 pub fn hosted_epoch(node: &Node, device: &str) -> Option<u64> {
     let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
-    hosts.get(device).map(|h| h.saved.last_epoch.0)
+    hosts
+        .get(device)
+        .filter(|h| h.saved.superseded_by.is_none())
+        .map(|h| h.saved.last_epoch.0)
 }
 
 pub type Hosts = HashMap<String, AuthorityHost>;
@@ -735,6 +791,57 @@ mod tests {
             Err(HostError::Superseded(2, 2))
         ));
         assert_eq!(stored(dir.path()).superseded_by, Some((N2, Epoch(2))));
+    }
+
+    #[test]
+    fn a_node_that_went_on_alone_is_refused_and_recorded_as_split_brain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        // Node 2 took over from node 1 (epoch 2, node 1 out, left at generation g1).
+        let base = EpochConfig::initial(&[N1, N2]);
+        let g1 = base.generation;
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        // Node 1 also went on alone in epoch 2 (its own authority removed node 2).
+        let alone = base.next(&[(N2, MemberState::Out)]).unwrap().generation;
+        assert_ne!(alone, taken.generation);
+        let meta = |current| ReplicaMeta {
+            current,
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta(alone) }], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config, taken, "refused: nothing changes");
+        assert_eq!(stored(dir.path()).split_brain, vec![(N1, alone)]);
+        // A node that only fell behind (it holds the generation it left at) rejoins.
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta(g1) }], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.epoch, Epoch(3));
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+        // So does a replica with no generation at all (new disk, lost metadata).
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut h =
+            AuthorityHost::take_over(dir2.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+                .unwrap();
+        let g = h
+            .handle(
+                t0,
+                N1,
+                vec![ToAuthority::Join {
+                    meta: ReplicaMeta::default(),
+                }],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub async fn run(node: Arc<Node>, device: String) {
         // 2. The authority.
         check_superseded(&node, &device, &r, &settings);
         let hosted = authority_host::hosts_device(&node, &device);
-        let place = strategy::authority_place(&r, hosted);
+        let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
+        let place = strategy::authority_place(&r, hosted, superseded);
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
         let fresh = super::is_fresh(&node.data_dir, &device);

@@ -16,8 +16,23 @@ use tandem_ha::{EpochConfig, MemberState, NodeId};
 use super::AuthorityPlace;
 
 /// Where the authority of a device with replication `r` runs, seen from this node.
-/// `hosted_here`: this node already hosts it (state on disk, e.g. after a takeover).
-pub fn authority_place(r: &ReplicationConfig, hosted_here: bool) -> AuthorityPlace {
+/// `hosted_here`: this node already hosts it (state on disk, e.g. after a takeover);
+/// `superseded_by`: that authority was superseded by this partner's, which is then asked.
+pub fn authority_place(
+    r: &ReplicationConfig,
+    hosted_here: bool,
+    superseded_by: Option<u8>,
+) -> AuthorityPlace {
+    if let Some(n) = superseded_by {
+        return match r.partners.iter().find(|p| p.node_id == n) {
+            Some(p) => AuthorityPlace::Remote {
+                server: p.name.clone(),
+            },
+            None => AuthorityPlace::Unavailable {
+                reason: format!("superseded by node {n}, which is not a partner"),
+            },
+        };
+    }
     if hosted_here {
         return AuthorityPlace::Local;
     }
@@ -252,14 +267,19 @@ mod tests {
             ),
         ];
         for (name, r, hosted, want) in cases {
-            assert_eq!(authority_place(&r, hosted), want, "{name}");
+            assert_eq!(authority_place(&r, hosted, None), want, "{name}");
         }
+        assert_eq!(
+            authority_place(&repl(1, Heartbeat, First, &[(2, "b")]), true, Some(2)),
+            remote("b"),
+            "a superseded authority asks the partner's"
+        );
         assert!(matches!(
-            authority_place(&file, false),
+            authority_place(&file, false, None),
             AuthorityPlace::Unavailable { .. }
         ));
         assert!(matches!(
-            authority_place(&repl(1, NodeMajority, First, &[(2, "b")]), false),
+            authority_place(&repl(1, NodeMajority, First, &[(2, "b")]), false, None),
             AuthorityPlace::Unavailable { .. }
         ));
     }
