@@ -37,6 +37,8 @@ use super::{ha_dir, HaSettings};
 use crate::service::Node;
 
 const STATE_VERSION: u32 = 1;
+/// Largest epoch accepted from a node (the authority computes `epoch + 1`).
+pub const EPOCH_MAX: u64 = u64::MAX >> 8;
 /// Most requests handled in one call.
 pub const REQUESTS_MAX: usize = 64;
 
@@ -397,6 +399,12 @@ impl AuthorityHost {
         let requests = if quiet { Vec::new() } else { requests };
         for r in requests.into_iter().take(REQUESTS_MAX) {
             if let ToAuthority::Join { meta } = &r {
+                // The authority adds one to the largest epoch it is told of.
+                if meta.epoch.0 > EPOCH_MAX {
+                    tracing::warn!(device = %self.device, node = from.0, epoch = meta.epoch.0,
+                        "join with an absurd epoch ignored");
+                    continue;
+                }
                 if let Some(current) = self.went_on_alone(from, meta.current) {
                     self.refuse_join(from, current)?;
                     continue;
@@ -842,6 +850,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn an_absurd_epoch_from_the_network_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h =
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+        for n in [N1, N2] {
+            let meta = ReplicaMeta {
+                epoch: Epoch(u64::MAX),
+                ..ReplicaMeta::default()
+            };
+            assert_eq!(
+                h.handle(t0, n, vec![ToAuthority::Join { meta }], 0)
+                    .unwrap(),
+                None
+            );
+        }
+        assert!(h.config().is_none());
     }
 
     #[test]
