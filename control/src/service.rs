@@ -131,6 +131,14 @@ impl Node {
         NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// The configuration as last saved, shared (no copy): for frequent readers.
+    pub fn config_arc(&self) -> Arc<NodeConfig> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn publish(&self, config: &NodeConfig) {
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config.clone());
     }

@@ -84,7 +84,7 @@ pub async fn run(node: Arc<Node>, device: String) {
             every.tick().await;
         }
         let was_at_once = std::mem::take(&mut at_once);
-        let config = node.config_snapshot();
+        let config = node.config_arc();
         let Some(r) = config.device(&device).and_then(|d| d.replication.clone()) else {
             tracing::info!(%device, "HA driver stops: the device is no longer replicated here");
             node.ha

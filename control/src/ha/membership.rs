@@ -327,7 +327,7 @@ pub fn start(node: Arc<Node>) {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let config = node.config_snapshot();
+            let config = node.config_arc();
             for (device, me, _peer, link) in links(&config) {
                 let Some(r) = config.device(&device).and_then(|d| d.replication.as_ref()) else {
                     continue;
@@ -401,7 +401,7 @@ async fn receive(node: Arc<Node>, sock: Arc<UdpSocket>, local: SocketAddr) {
 
 fn check(node: &Node, datagram: &[u8], local: SocketAddr, now: Instant) -> Result<(), Reject> {
     let (claimed, _, _) = Heartbeat::parse(datagram)?;
-    let config = node.config_snapshot();
+    let config = node.config_arc();
     let r = config
         .device(&claimed.device)
         .and_then(|d| d.replication.as_ref())

@@ -190,7 +190,7 @@ pub fn ha_view(node: &Node, device: &str) -> Option<HaView> {
         .unwrap_or_else(|e| e.into_inner())
         .get(device)
         .cloned()?;
-    let config = node.config_snapshot();
+    let config = node.config_arc();
     if let Some(r) = config
         .devices
         .iter()
@@ -290,7 +290,7 @@ async fn drivers(node: Arc<Node>) {
     loop {
         every.tick().await;
         running.retain(|_, task| !task.is_finished());
-        let config = node.config_snapshot();
+        let config = node.config_arc();
         for d in config.devices.iter().filter(|d| d.replication.is_some()) {
             if !running.contains_key(&d.name) {
                 running.insert(
