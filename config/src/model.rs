@@ -692,12 +692,6 @@ impl NodeConfig {
         }
         match r.failover {
             FailoverStrategy::Heartbeat => {
-                if r.partners.len() > 1 {
-                    errs.add(
-                        key("failover"),
-                        "the heartbeat strategy decides between two nodes; a three-way device uses `node-majority`".into(),
-                    );
-                }
                 if r.witness.is_some() || r.witness_file.is_some() {
                     errs.add(
                         key("witness"),

@@ -702,11 +702,16 @@ fn replication_section_is_validated() {
         };
         expect_invalid(&text, key, reason);
     }
-    // Three-way under the heartbeat strategy: refused.
+    // Three-way, under either strategy.
     let three = replicated("", "", "").replace(
         "[[device.replication.partner]]\nname = \"b\"",
         "[[device.replication.partner]]\nname = \"c\"\nnode_id = 3\nsync_links = [\"127.0.0.1:7200=127.0.0.3:7200\"]\n[[device.replication.partner]]\nname = \"b\"",
     );
-    expect_invalid(&three, "device[0].replication.failover", "two nodes");
+    parse(&three).unwrap();
     parse(&three.replace("secret\"\n", "secret\"\nfailover = \"node-majority\"\n")).unwrap();
+    expect_invalid(
+        &three.replace("node_id = 3", "node_id = 2"),
+        "device[0].replication.partner[1].node_id",
+        "used twice",
+    );
 }

@@ -272,6 +272,7 @@ fn consider_takeover(
         strategy: r.failover,
         priority: r.priority,
         hosting: authority_host::hosts_device(node, device),
+        partners: r.partners.len(),
         me: NodeId(r.node_id),
         authority: NodeId(first.node_id),
         silent_for: last.map(|t| now.saturating_duration_since(t)),

@@ -37,6 +37,9 @@ pub fn authority_place(
         return AuthorityPlace::Local;
     }
     match r.failover {
+        // Three nodes under the heartbeat strategy: the nodes do not know each other's
+        // priority, so they agree on the lowest node id (no takeover).
+        FailoverStrategy::Heartbeat if r.partners.len() > 1 => lowest_id(r),
         FailoverStrategy::Heartbeat => match (r.priority, r.partners.first()) {
             (Priority::First, _) => AuthorityPlace::Local,
             (Priority::Second, Some(p)) => AuthorityPlace::Remote {
@@ -60,18 +63,23 @@ pub fn authority_place(
                     reason: "node majority with two data nodes needs a witness".into(),
                 };
             }
-            match r
-                .partners
-                .iter()
-                .filter(|p| p.node_id < r.node_id)
-                .min_by_key(|p| p.node_id)
-            {
-                None => AuthorityPlace::Local,
-                Some(p) => AuthorityPlace::Remote {
-                    server: p.name.clone(),
-                },
-            }
+            lowest_id(r)
         }
+    }
+}
+
+/// The node with the lowest id hosts the authority.
+fn lowest_id(r: &ReplicationConfig) -> AuthorityPlace {
+    match r
+        .partners
+        .iter()
+        .filter(|p| p.node_id < r.node_id)
+        .min_by_key(|p| p.node_id)
+    {
+        None => AuthorityPlace::Local,
+        Some(p) => AuthorityPlace::Remote {
+            server: p.name.clone(),
+        },
     }
 }
 
@@ -93,6 +101,8 @@ pub struct TakeoverInput {
     pub priority: Priority,
     /// This node hosts the authority already.
     pub hosting: bool,
+    /// Partners of the device (the takeover is defined for two nodes only).
+    pub partners: usize,
     pub me: NodeId,
     /// The authority node (the partner with priority first).
     pub authority: NodeId,
@@ -129,6 +139,9 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     }
     if i.hosting {
         return Takeover::Stay("already the authority");
+    }
+    if i.partners != 1 {
+        return Takeover::Stay("the heartbeat takeover is defined for two nodes");
     }
     // Never heard since this process started: a local fault (sockets that did not bind, a
     // wrong address) would look the same as a dead partner, so stay (fail safe).
@@ -265,6 +278,18 @@ mod tests {
                 false,
                 remote("a"),
             ),
+            (
+                "heartbeat 3, first priority, not lowest",
+                repl(2, Heartbeat, First, &[(3, "c"), (1, "a")]),
+                false,
+                remote("a"),
+            ),
+            (
+                "heartbeat 3 lowest",
+                repl(1, Heartbeat, Second, &[(3, "c"), (2, "b")]),
+                false,
+                AuthorityPlace::Local,
+            ),
         ];
         for (name, r, hosted, want) in cases {
             assert_eq!(authority_place(&r, hosted, None), want, "{name}");
@@ -289,6 +314,7 @@ mod tests {
             strategy: FailoverStrategy::Heartbeat,
             priority: Priority::Second,
             hosting: false,
+            partners: 1,
             me: NodeId(2),
             authority: NodeId(1),
             silent_for: Some(Duration::from_millis(2100)),
@@ -330,6 +356,7 @@ mod tests {
                 None,
             ),
             ("already hosting", |i| i.hosting = true, None),
+            ("three nodes", |i| i.partners = 2, None),
             ("no configuration seen", |i| i.newest = None, None),
         ];
         for (name, edit, want_epoch) in cases {
