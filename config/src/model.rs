@@ -35,6 +35,12 @@ pub const RAM_BYTES_MAX: u64 = 1 << 48;
 pub const DEVICE_BYTES_MAX: u64 = 1 << 50;
 /// Entries in `node.image_dirs`.
 pub const IMAGE_DIRS_MAX: usize = 64;
+/// Replica node ids of a replicated device are 1..=this.
+pub const REPLICA_NODE_ID_MAX: u8 = 3;
+/// Partners of one replica (three-way at most).
+pub const REPLICA_PARTNERS_MAX: usize = 2;
+/// Sync links, and heartbeat links, per partner.
+pub const REPLICA_LINKS_MAX: usize = 4;
 
 /// Everything a node serves. See `docs/config.md`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,6 +591,145 @@ impl NodeConfig {
             .find(|t| t.iqn(&node).eq_ignore_ascii_case(iqn))
     }
 
+    /// `[device.replication]` of one device (`at` is its key, `device[i].replication`).
+    fn validate_replication(&self, r: &ReplicationConfig, at: &str, errs: &mut Problems) {
+        let key = |field: &str| format!("{at}.{field}");
+        let id_ok = |id: u8| (1..=REPLICA_NODE_ID_MAX).contains(&id);
+        if !id_ok(r.node_id) {
+            errs.add(
+                key("node_id"),
+                format!(
+                    "{} is not a node id: use 1..={REPLICA_NODE_ID_MAX}",
+                    r.node_id
+                ),
+            );
+        }
+        if let Err(reason) = check_normal_path(&r.secret_file) {
+            errs.add(key("secret_file"), reason);
+        }
+        if let Some(dir) = &r.journal_location {
+            if let Err(reason) = check_normal_path(dir) {
+                errs.add(key("journal_location"), reason);
+            }
+        }
+        if r.partners.is_empty() || r.partners.len() > REPLICA_PARTNERS_MAX {
+            errs.add(
+                key("partner"),
+                format!(
+                    "{} partners: a replicated device has 1 or {REPLICA_PARTNERS_MAX} partners",
+                    r.partners.len()
+                ),
+            );
+        }
+        let mut ids = HashSet::from([r.node_id]);
+        let mut names = HashSet::new();
+        let mut locals = HashSet::new();
+        for (j, p) in r.partners.iter().enumerate() {
+            let pkey = |field: &str| format!("{at}.partner[{j}].{field}");
+            if !is_node_name(&p.name) {
+                errs.add(
+                    pkey("name"),
+                    format!("`{}` is not a valid node name", p.name),
+                );
+            } else if !names.insert(p.name.as_str()) || p.name == self.node.name {
+                errs.add(
+                    pkey("name"),
+                    format!("`{}` is this node or another partner", p.name),
+                );
+            }
+            if !id_ok(p.node_id) {
+                errs.add(
+                    pkey("node_id"),
+                    format!(
+                        "{} is not a node id: use 1..={REPLICA_NODE_ID_MAX}",
+                        p.node_id
+                    ),
+                );
+            } else if !ids.insert(p.node_id) {
+                errs.add(
+                    pkey("node_id"),
+                    format!(
+                        "node id {} is used twice (this node's and every partner's must differ)",
+                        p.node_id
+                    ),
+                );
+            }
+            if p.sync_links.is_empty() {
+                errs.add(
+                    pkey("sync_links"),
+                    "at least one sync link is needed".into(),
+                );
+            }
+            for (field, links) in [
+                ("sync_links", &p.sync_links),
+                ("heartbeat_links", &p.heartbeat_links),
+            ] {
+                if links.len() > REPLICA_LINKS_MAX {
+                    errs.add(
+                        pkey(field),
+                        format!("{} links, at most {REPLICA_LINKS_MAX} allowed", links.len()),
+                    );
+                }
+                for (k, l) in links.iter().enumerate() {
+                    if l.local.port() == 0 || l.partner.port() == 0 {
+                        errs.add(format!("{}[{k}]", pkey(field)), format!("`{l}`: port 0"));
+                    } else if l.local == l.partner {
+                        errs.add(
+                            format!("{}[{k}]", pkey(field)),
+                            format!("`{l}`: local and partner address are the same"),
+                        );
+                    } else if !locals.insert(l.local) {
+                        errs.add(
+                            format!("{}[{k}]", pkey(field)),
+                            format!(
+                                "`{}` is the local end of another link of this device",
+                                l.local
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        match r.failover {
+            FailoverStrategy::Heartbeat => {
+                if r.witness.is_some() || r.witness_file.is_some() {
+                    errs.add(
+                        key("witness"),
+                        "a witness holds a vote under `failover = \"node-majority\"` only".into(),
+                    );
+                }
+            }
+            FailoverStrategy::NodeMajority => {
+                if r.witness.is_some() && r.witness_file.is_some() {
+                    errs.add(
+                        key("witness"),
+                        "set `witness` (a witness node) or `witness_file` (a lock file), not both"
+                            .into(),
+                    );
+                }
+                if let Some(w) = &r.witness {
+                    if !self.servers.iter().any(|s| &s.name == w) {
+                        errs.add(
+                            key("witness"),
+                            format!("no [[server]] named `{w}` (add the witness node with `tandem server add`)"),
+                        );
+                    }
+                }
+                if let Some(f) = &r.witness_file {
+                    if let Err(reason) = check_normal_path(f) {
+                        errs.add(key("witness_file"), reason);
+                    }
+                }
+                if r.partners.len() == 1 && r.witness.is_none() && r.witness_file.is_none() {
+                    errs.add(
+                        key("failover"),
+                        "node majority with two data nodes needs a third vote: set `witness` or `witness_file`".into(),
+                    );
+                }
+            }
+        }
+    }
+
     /// Checks everything serde cannot: names, uniqueness, references, sizes, limits.
     /// Returns every problem found, each with its key (`device[1].block_size`) and reason.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -815,6 +960,9 @@ impl NodeConfig {
                         format!("must be 1-{IDENTITY_SEED_LEN_MAX} bytes of printable text"),
                     );
                 }
+            }
+            if let Some(r) = &d.replication {
+                self.validate_replication(r, &key("replication"), &mut errs);
             }
         }
 

@@ -595,3 +595,123 @@ fn image_paths_are_normal_and_confined() {
         ]
     );
 }
+
+/// A two-node replicated device, as node 1 sees it; `repl` and `partner` add keys.
+fn replicated(repl: &str, partner: &str, servers: &str) -> String {
+    format!(
+        "[node]\nname = \"a\"\nportals = [\"127.0.0.1:3260\"]\n\
+         [[device]]\nname = \"d\"\nram_size = \"1MiB\"\n\
+         [device.replication]\nnode_id = 1\nsecret_file = \"/etc/tandem/secret\"\n{repl}\n\
+         [[device.replication.partner]]\nname = \"b\"\nnode_id = 2\n\
+         sync_links = [\"127.0.0.1:7000=127.0.0.2:7000\"]\n{partner}\n{servers}"
+    )
+}
+
+#[test]
+fn replication_section_is_validated() {
+    parse(&replicated(
+        "",
+        "heartbeat_links = [\"127.0.0.1:7100=127.0.0.2:7100\"]",
+        "",
+    ))
+    .unwrap();
+    let witness = "[[server]]\nname = \"w\"\naddress = \"127.0.0.3:3261\"\n";
+    parse(&replicated(
+        "failover = \"node-majority\"\nwitness = \"w\"",
+        "",
+        witness,
+    ))
+    .unwrap();
+    let cases: &[(&str, &str, &str, &str, &str)] = &[
+        ("node_id = 1", "", "", "device[0].replication.node_id", ""),
+        ("", "node_id = 1", "", "", ""),
+        (
+            "priority = \"first\"\nfailover = \"node-majority\"",
+            "",
+            "",
+            "device[0].replication.failover",
+            "needs a third vote",
+        ),
+        (
+            "failover = \"node-majority\"\nwitness = \"nobody\"",
+            "",
+            "",
+            "device[0].replication.witness",
+            "no [[server]] named `nobody`",
+        ),
+        (
+            "witness = \"w\"",
+            "",
+            witness,
+            "device[0].replication.witness",
+            "node-majority",
+        ),
+        (
+            "failover = \"node-majority\"\nwitness = \"w\"\nwitness_file = \"/share/lock\"",
+            "",
+            witness,
+            "device[0].replication.witness",
+            "not both",
+        ),
+        (
+            "journal_location = \"rel/dir\"",
+            "",
+            "",
+            "device[0].replication.journal_location",
+            "absolute",
+        ),
+        (
+            "",
+            "heartbeat_links = [\"127.0.0.1:7000=127.0.0.2:7001\"]",
+            "",
+            "device[0].replication.partner[0].heartbeat_links[0]",
+            "local end of another link",
+        ),
+        (
+            "",
+            "heartbeat_links = [\"127.0.0.1:7100=127.0.0.1:7100\"]",
+            "",
+            "device[0].replication.partner[0].heartbeat_links[0]",
+            "the same",
+        ),
+        (
+            "",
+            "heartbeat_links = [\"127.0.0.1:0=127.0.0.2:7100\"]",
+            "",
+            "device[0].replication.partner[0].heartbeat_links[0]",
+            "port 0",
+        ),
+    ];
+    for (repl, partner, servers, key, reason) in cases {
+        // Duplicate keys are TOML errors, not validation errors: patch the text instead.
+        let text = if repl.starts_with("node_id") {
+            replicated("", "", servers).replace("node_id = 2", "node_id = 1")
+        } else if partner.starts_with("node_id") {
+            replicated("", "", servers).replace("node_id = 1\n", "node_id = 9\n")
+        } else {
+            replicated(repl, partner, servers)
+        };
+        let (key, reason) = match (*key, *reason) {
+            ("", "") if partner.starts_with("node_id") => {
+                ("device[0].replication.node_id", "not a node id")
+            }
+            ("device[0].replication.node_id", "") => {
+                ("device[0].replication.partner[0].node_id", "used twice")
+            }
+            other => other,
+        };
+        expect_invalid(&text, key, reason);
+    }
+    // Three-way, under either strategy.
+    let three = replicated("", "", "").replace(
+        "[[device.replication.partner]]\nname = \"b\"",
+        "[[device.replication.partner]]\nname = \"c\"\nnode_id = 3\nsync_links = [\"127.0.0.1:7200=127.0.0.3:7200\"]\n[[device.replication.partner]]\nname = \"b\"",
+    );
+    parse(&three).unwrap();
+    parse(&three.replace("secret\"\n", "secret\"\nfailover = \"node-majority\"\n")).unwrap();
+    expect_invalid(
+        &three.replace("node_id = 3", "node_id = 2"),
+        "device[0].replication.partner[1].node_id",
+        "used twice",
+    );
+}

@@ -7,6 +7,7 @@ pub mod api;
 pub mod api_types;
 pub mod client;
 pub mod error;
+pub mod ha;
 pub mod image;
 pub mod image_guard;
 pub mod ipc_client;

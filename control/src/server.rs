@@ -22,6 +22,10 @@ pub struct Options {
     pub dataplane_bin: Option<PathBuf>,
     /// Replaces `node.image_dirs` when not empty.
     pub image_dirs: Vec<PathBuf>,
+    /// Data node or witness (`--role witness`: no data plane, hosts failover authorities).
+    pub role: crate::ha::Role,
+    /// Lease, margin and heartbeat timings.
+    pub ha: crate::ha::HaSettings,
 }
 
 /// The host name if it is a valid node name.
@@ -133,6 +137,7 @@ pub async fn run(
         token,
         opts.dataplane_bin.is_some(),
     );
+    crate::ha::start(node.clone(), opts.ha, opts.role);
     let (stop_tx, stop_rx) = watch::channel(false);
     let supervisor = opts.dataplane_bin.clone().map(|bin| {
         tracing::info!(bin = %bin.display(), "supervising the data plane");
@@ -144,7 +149,7 @@ pub async fn run(
         opts.data_dir.display()
     );
     tracing::info!(%api_addr, token_file = %opts.data_dir.join("token").display(), "management API listening");
-    let app = crate::api::router(node.clone());
+    let app = crate::ha::routes(node.clone()).merge(crate::api::router(node.clone()));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -70,6 +70,8 @@ pub struct Node {
     /// Asks the supervisor to restart a data plane that stopped answering.
     pub(crate) restart_dataplane: Notify,
     started: Instant,
+    /// Failover authority, HA drivers, heartbeats (`crate::ha`).
+    pub ha: crate::ha::HaState,
 }
 
 fn unix_ms() -> u64 {
@@ -115,6 +117,7 @@ impl Node {
             jobs: std::sync::Mutex::new(Jobs::default()),
             restart_dataplane: Notify::new(),
             started: Instant::now(),
+            ha: crate::ha::HaState::default(),
         })
     }
 
@@ -126,6 +129,14 @@ impl Node {
     /// The configuration as last saved, without waiting (for checks inside a change).
     pub fn config_snapshot(&self) -> NodeConfig {
         NodeConfig::clone(&self.published.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The configuration as last saved, shared (no copy): for frequent readers.
+    pub fn config_arc(&self) -> Arc<NodeConfig> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn publish(&self, config: &NodeConfig) {

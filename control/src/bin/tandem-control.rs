@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use tandem_control::server::{self, Options, DEFAULT_API};
@@ -34,6 +35,22 @@ struct Args {
     /// Do not start a data plane: API and configuration only.
     #[arg(long, conflicts_with = "dataplane_bin")]
     no_dataplane: bool,
+    /// `node` (data node) or `witness` (control service only: no data plane, no iSCSI;
+    /// holds the failover authority of node-majority devices that name it).
+    #[arg(long, value_enum, default_value = "node")]
+    role: tandem_control::ha::Role,
+    /// Lease the failover authority grants, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    ha_lease_ms: u64,
+    /// Clock-drift margin the authority waits beyond a lease, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    ha_margin_ms: u64,
+    /// Heartbeat interval per link, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    heartbeat_interval_ms: u64,
+    /// A link is down after this long without an authentic heartbeat, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 1500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    heartbeat_timeout_ms: u64,
 }
 
 #[tokio::main]
@@ -46,7 +63,8 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let dataplane_bin = if args.no_dataplane {
+    let witness = args.role == tandem_control::ha::Role::Witness;
+    let dataplane_bin = if args.no_dataplane || witness {
         None
     } else {
         Some(
@@ -61,7 +79,19 @@ async fn main() {
         node_name: args.node_name,
         dataplane_bin,
         image_dirs: args.image_dirs,
+        role: args.role,
+        ha: tandem_control::ha::HaSettings {
+            lease: Duration::from_millis(args.ha_lease_ms),
+            margin: Duration::from_millis(args.ha_margin_ms),
+            heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms),
+            ..Default::default()
+        },
     };
+    if let Err(e) = opts.ha.check() {
+        eprintln!("tandem-control: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = server::run(opts, server::shutdown_signal()).await {
         eprintln!("tandem-control: {e}");
         std::process::exit(1);

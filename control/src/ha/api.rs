@@ -1,0 +1,166 @@
+//! HA endpoints of the management API, behind the same bearer token as the rest:
+//!
+//! - `POST /api/v1/ha/authority/{device}`: a node's requests to the device's failover
+//!   authority hosted here. Body [`AuthorityRequest`], answer [`AuthorityReply`]. 409 when
+//!   this node does not host that authority; 503 when the authority stopped (its state
+//!   could not be saved). A witness (`--role witness`) creates the authority on first
+//!   contact from the request's `nodes`.
+//! - `GET /api/v1/ha/status`: [`HaView`] of every replicated device on this node, plus the
+//!   authorities hosted here.
+//! - `GET /api/v1/ha/status/{device}`: one device's [`HaView`].
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tandem_config::names::is_device_name;
+use tandem_config::REPLICA_NODE_ID_MAX;
+
+use super::authority_host::{self, HostError, Persisted};
+use super::driver::{AuthorityReply, AuthorityRequest};
+use super::{HaView, Role, WITNESS_DEVICES_MAX};
+use crate::error::ApiError;
+use crate::service::Node;
+use crate::token::constant_time_eq;
+
+/// Largest request body.
+pub const BODY_BYTES_MAX: usize = 64 << 10;
+
+/// The HA routes, with their own token check (same token, same comparison as the rest of
+/// the API); mounted by `server::run`.
+pub fn routes(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/v1/ha/authority/:device", post(authority))
+        .route("/api/v1/ha/status", get(status_all))
+        .route("/api/v1/ha/status/:device", get(status_one))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .route_layer(middleware::from_fn_with_state(node.clone(), auth))
+        .with_state(node)
+}
+
+async fn auth(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), node.token.as_bytes()) => next.run(request).await,
+        _ => ApiError::unauthorized(
+            "missing or wrong `Authorization: Bearer <token>`; the token is in DATA_DIR/token",
+        )
+        .into_response(),
+    }
+}
+
+fn host_error(e: HostError) -> ApiError {
+    match e {
+        HostError::Stopped(_) => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "authority_stopped",
+            e.to_string(),
+        ),
+        HostError::Superseded(..) => ApiError::conflict(e.to_string()),
+        HostError::NotMember(_) | HostError::Nodes { .. } => ApiError::bad_request(e.to_string()),
+        HostError::State { .. } => ApiError::internal(e.to_string()),
+    }
+}
+
+/// Checks a request from the network before it reaches the authority.
+pub fn check_request(device: &str, req: &AuthorityRequest) -> Result<(), ApiError> {
+    if !is_device_name(device) {
+        return Err(ApiError::bad_request(format!(
+            "`{device}` is not a device name"
+        )));
+    }
+    let id_ok = |n: u8| (1..=REPLICA_NODE_ID_MAX).contains(&n);
+    if !id_ok(req.from.0) {
+        return Err(ApiError::bad_request(format!(
+            "`from` {} is not a node id",
+            req.from.0
+        )));
+    }
+    if req.nodes.len() > usize::from(REPLICA_NODE_ID_MAX) || req.nodes.iter().any(|n| !id_ok(n.0)) {
+        return Err(ApiError::bad_request("`nodes`: at most 3 ids, each 1..=3"));
+    }
+    if req.requests.len() > authority_host::REQUESTS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "{} requests, at most {} allowed",
+            req.requests.len(),
+            authority_host::REQUESTS_MAX
+        )));
+    }
+    Ok(())
+}
+
+async fn authority(
+    State(node): State<Arc<Node>>,
+    Path(device): Path<String>,
+    body: Bytes,
+) -> Result<Json<AuthorityReply>, ApiError> {
+    let req: AuthorityRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    check_request(&device, &req)?;
+    if !authority_host::hosts_device(&node, &device) {
+        if node.ha.role() != Role::Witness {
+            return Err(ApiError::conflict(format!(
+                "this node does not host the failover authority of `{device}`"
+            )));
+        }
+        if req.nodes.len() < 2 || !req.nodes.contains(&req.from) {
+            return Err(ApiError::bad_request(
+                "`nodes` must list the device's two or three node ids, the sender's included",
+            ));
+        }
+        authority_host::ensure_host(&node, &device, &req.nodes, req.fresh, WITNESS_DEVICES_MAX)
+            .map_err(host_error)?;
+    }
+    match authority_host::handle_local(&node, &device, req.from, req.requests) {
+        Some(Ok(update)) => Ok(Json(AuthorityReply { update })),
+        Some(Err(e)) => Err(host_error(e)),
+        None => Err(ApiError::conflict(format!(
+            "this node does not host the failover authority of `{device}`"
+        ))),
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct HaStatusAll {
+    pub role: Role,
+    pub devices: Vec<HaView>,
+    /// Authorities hosted here (their persisted state).
+    pub authorities: Vec<Persisted>,
+}
+
+async fn status_all(State(node): State<Arc<Node>>) -> Json<HaStatusAll> {
+    let mut authorities: Vec<Persisted> = node
+        .ha
+        .hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|h| h.persisted().clone())
+        .collect();
+    authorities.sort_by(|a, b| a.device.cmp(&b.device));
+    Json(HaStatusAll {
+        role: node.ha.role(),
+        devices: super::ha_views(&node),
+        authorities,
+    })
+}
+
+async fn status_one(
+    State(node): State<Arc<Node>>,
+    Path(device): Path<String>,
+) -> Result<Json<HaView>, ApiError> {
+    super::ha_view(&node, &device)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no replicated device `{device}` on this node")))
+}

@@ -1,0 +1,938 @@
+//! Hosts the failover authority (`tandem_ha::authority::Authority`, the code the simulator
+//! proves) for one replicated device, on the node that is its authority.
+//!
+//! - Time: the process's monotonic clock, as nanoseconds since the host was built.
+//! - Durability: the state (newest epoch, configuration) is written to
+//!   `DATA_DIR/ha/<device>.authority.json` (temp file, fsync, rename, fsync dir) before any
+//!   update built from it leaves the process; a save that fails stops the host (every later
+//!   request is refused), so a restarted authority never issues an epoch twice.
+//! - Restart or pause: the leases granted before are not on disk, so for one lease plus
+//!   margin after a restart the host passes no request to the authority: it grants no lease
+//!   and changes no membership, and answers with the configuration only (the engine repeats
+//!   its requests); a member that held a lease from the previous incarnation is never
+//!   removed before that lease ended. A pause is a gap of more than half a lease between two
+//!   calls (SIGSTOP, a starved process) and is treated the same way: while it was stopped,
+//!   the partner may have taken the authority over (heartbeat strategy), and the quiet period
+//!   leaves time to hear that before granting anything (see `supersede`).
+//! - Superseded: a partner announces (authenticated heartbeats) that it hosts the same
+//!   device's authority at a higher epoch, or at the same epoch while this node has priority
+//!   second. This host then stops for good (persisted): it answers nothing, so the leases it
+//!   granted lapse and its node serves nothing. Two authorities mean a split brain; an
+//!   administrator resolves it (issue 11, item 4).
+//! - No state yet: the initial configuration (every replica synchronized) is issued only if
+//!   `DATA_DIR/ha/<device>.fresh` says the device was created zeroed on every node;
+//!   otherwise the authority starts cold (`lose_state`) and waits for every node's `Join`
+//!   metadata, then picks the newest copy as the source.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tandem_ha::authority::{Authority, ToAuthority};
+use tandem_ha::{Epoch, EpochConfig, GenerationId, NodeId, Time};
+
+use super::{ha_dir, HaSettings};
+use crate::service::Node;
+
+const STATE_VERSION: u32 = 1;
+/// Largest epoch accepted from a node (the authority computes `epoch + 1`).
+pub const EPOCH_MAX: u64 = u64::MAX >> 8;
+/// Most requests handled in one call.
+pub const REQUESTS_MAX: usize = 64;
+
+/// What is on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    pub version: u32,
+    pub device: String,
+    /// The device's data nodes.
+    pub nodes: Vec<NodeId>,
+    /// The newest epoch ever issued (also while cold).
+    pub last_epoch: Epoch,
+    /// The configuration in force (None: cold, waiting for every node's metadata).
+    pub config: Option<EpochConfig>,
+    /// Set when this node took the authority over from that node (heartbeat strategy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub took_over_from: Option<NodeId>,
+    /// Set when another node's authority for this device superseded this one: (node, its
+    /// epoch). A superseded authority answers nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<(NodeId, Epoch)>,
+    /// Nodes refused a join because their copy went on alone (split brain), with the
+    /// generation they hold. Their copies are never merged: an administrator decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<(NodeId, GenerationId)>,
+}
+
+/// An answer for one node: the configuration in force and, for a serving member, the
+/// lease it may count from its own request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub config: EpochConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_duration_ns: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("authority state {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("the authority stopped after failing to save its state: {0}")]
+    Stopped(String),
+    #[error("node {0} is not a member of this device")]
+    NotMember(u8),
+    #[error("superseded by the authority on node {0} at epoch {1}: split brain, an administrator decides")]
+    Superseded(u8, u64),
+    #[error("this authority serves nodes {expected:?}, the request names {got:?}")]
+    Nodes { expected: Vec<u8>, got: Vec<u8> },
+}
+
+pub struct AuthorityHost {
+    pub device: String,
+    path: PathBuf,
+    authority: Authority,
+    base: Instant,
+    /// No leases, no removals before this (restart, pause).
+    quiet_until: Instant,
+    /// The last call (to detect pauses).
+    last_seen: Instant,
+    pause_limit: Duration,
+    quiet_for: Duration,
+    saved: Persisted,
+    failed: Option<String>,
+}
+
+pub fn state_path(data_dir: &Path, device: &str) -> PathBuf {
+    ha_dir(data_dir).join(format!("{device}.authority.json"))
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl AuthorityHost {
+    /// Loads the device's state, or creates it (initial configuration if `fresh`, else
+    /// cold). `nodes` are the device's data nodes; they must match the stored ones.
+    pub fn open(
+        data_dir: &Path,
+        device: &str,
+        nodes: &[NodeId],
+        fresh: bool,
+        settings: &HaSettings,
+        now: Instant,
+    ) -> Result<AuthorityHost, HostError> {
+        let path = state_path(data_dir, device);
+        let stored = Self::read(&path)?;
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        if let Some(s) = &stored {
+            if !nodes.is_empty() && s.nodes != sorted {
+                return Err(HostError::Nodes {
+                    expected: s.nodes.iter().map(|n| n.0).collect(),
+                    got: sorted.iter().map(|n| n.0).collect(),
+                });
+            }
+        }
+        let restarted = stored.is_some();
+        let saved = match stored {
+            Some(s) => s,
+            None => {
+                if sorted.len() < 2 {
+                    return Err(HostError::State {
+                        path: path.display().to_string(),
+                        reason: "a replicated device needs two or three nodes".into(),
+                    });
+                }
+                let config = fresh.then(|| EpochConfig::initial(&sorted));
+                Persisted {
+                    version: STATE_VERSION,
+                    device: device.to_string(),
+                    nodes: sorted,
+                    last_epoch: config.as_ref().map_or(Epoch(0), |c| c.epoch),
+                    config,
+                    took_over_from: None,
+                    superseded_by: None,
+                    split_brain: Vec::new(),
+                }
+            }
+        };
+        let mut host = Self::from_persisted(path, saved, settings, now, restarted);
+        if !host.path.exists() {
+            host.save()?;
+        }
+        Ok(host)
+    }
+
+    /// Builds a host around `saved` (a restart, or a takeover). `restarted`: leases of an
+    /// earlier incarnation may be out there, so verdicts wait one lease plus margin.
+    fn from_persisted(
+        path: PathBuf,
+        saved: Persisted,
+        settings: &HaSettings,
+        now: Instant,
+        restarted: bool,
+    ) -> AuthorityHost {
+        let (lease_ns, margin_ns) = (ns(settings.lease), ns(settings.margin));
+        let authority = match &saved.config {
+            Some(c) => Authority::new(c.clone(), lease_ns, margin_ns, None),
+            None => {
+                let mut init = EpochConfig::initial(&saved.nodes);
+                init.epoch = saved.last_epoch;
+                let mut a = Authority::new(init, lease_ns, margin_ns, None);
+                a.lose_state();
+                a
+            }
+        };
+        let quiet_for = settings.lease + settings.margin;
+        let quiet_until = if restarted { now + quiet_for } else { now };
+        AuthorityHost {
+            device: saved.device.clone(),
+            path,
+            authority,
+            base: now,
+            quiet_until,
+            last_seen: now,
+            pause_limit: settings.lease / 2,
+            quiet_for,
+            saved,
+            failed: None,
+        }
+    }
+
+    /// Takes the authority over (heartbeat strategy, second node): issues `config` (an
+    /// epoch above every one this node saw) and persists it first.
+    pub fn take_over(
+        data_dir: &Path,
+        device: &str,
+        nodes: &[NodeId],
+        config: EpochConfig,
+        from: NodeId,
+        settings: &HaSettings,
+        now: Instant,
+    ) -> Result<AuthorityHost, HostError> {
+        let path = state_path(data_dir, device);
+        if let Some(old) = Self::read(&path)? {
+            if old.last_epoch >= config.epoch {
+                return Err(HostError::State {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "holds epoch {} already, takeover wanted {}",
+                        old.last_epoch.0, config.epoch.0
+                    ),
+                });
+            }
+        }
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let saved = Persisted {
+            version: STATE_VERSION,
+            device: device.to_string(),
+            nodes: sorted,
+            last_epoch: config.epoch,
+            config: Some(config),
+            took_over_from: Some(from),
+            superseded_by: None,
+            split_brain: Vec::new(),
+        };
+        // Leases granted by the old authority ended before the takeover was decided (the
+        // decision waits lease + margin of silence), so no quiet period beyond that.
+        let mut host = Self::from_persisted(path, saved, settings, now, false);
+        host.save()?;
+        Ok(host)
+    }
+
+    fn read(path: &Path) -> Result<Option<Persisted>, HostError> {
+        let err = |reason: String| HostError::State {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+        if p.version != STATE_VERSION {
+            return Err(err(format!("version {} is not {STATE_VERSION}", p.version)));
+        }
+        Ok(Some(p))
+    }
+
+    fn save(&mut self) -> Result<(), HostError> {
+        let result = (|| {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let text = serde_json::to_vec_pretty(&self.saved).map_err(std::io::Error::other)?;
+            tandem_config::save_atomic(&self.path, &text)
+        })();
+        result.map_err(|e| {
+            let reason = e.to_string();
+            self.failed = Some(reason.clone());
+            tracing::error!(device = %self.device, path = %self.path.display(), %reason,
+                "cannot save the authority state: this authority stops answering");
+            HostError::Stopped(reason)
+        })
+    }
+
+    /// Saves if the authority's configuration changed. Must run before anything built from
+    /// that configuration leaves the process.
+    fn persist_changes(&mut self) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        let current = self.authority.config().cloned();
+        if current == self.saved.config {
+            return Ok(());
+        }
+        if let Some(c) = &current {
+            self.saved.last_epoch = self.saved.last_epoch.max(c.epoch);
+        }
+        self.saved.config = current;
+        self.save()
+    }
+
+    /// A gap of more than half a lease since the last call: this process was stopped or
+    /// starved. Leases and removals wait again for a lease plus margin.
+    fn observe(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.last_seen) > self.pause_limit {
+            tracing::warn!(device = %self.device, gap_ms = now.saturating_duration_since(self.last_seen).as_millis() as u64,
+                "the authority was paused: no leases or removals for a lease plus margin");
+            self.quiet_until = self.quiet_until.max(now + self.quiet_for);
+        }
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    fn check_live(&self) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        if let Some((n, e)) = self.saved.superseded_by {
+            return Err(HostError::Superseded(n.0, e.0));
+        }
+        Ok(())
+    }
+
+    /// Another node hosts this device's authority at `epoch` and wins (see the module
+    /// comment): stop for good, persisted.
+    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<(), HostError> {
+        if self.saved.superseded_by.is_some() {
+            return Ok(());
+        }
+        tracing::error!(device = %self.device, by = by.0, epoch = epoch.0, own_epoch = self.saved.last_epoch.0,
+            "another node hosts this device's failover authority: split brain; this authority stops \
+             (its node's lease lapses, it serves nothing); an administrator decides which copy stays");
+        self.saved.superseded_by = Some((by, epoch));
+        self.save()
+    }
+
+    /// A node asking to join holds `current`. If that generation is not one the cluster's
+    /// configuration knows (the current one, its lineage, or the one the node left at), the
+    /// node's copy moved on without this authority: two authorities, split brain. Returns
+    /// the generation then. A replica with no generation yet (new, or metadata lost) is a
+    /// plain full-sync target.
+    fn went_on_alone(&self, from: NodeId, current: GenerationId) -> Option<GenerationId> {
+        let cfg = self.authority.config()?;
+        let known = current == GenerationId::default()
+            || current == cfg.generation
+            || cfg.lineage.contains(&current)
+            || cfg.left_at(from) == Some(current);
+        (!known).then_some(current)
+    }
+
+    fn refuse_join(&mut self, from: NodeId, current: GenerationId) -> Result<(), HostError> {
+        if self
+            .saved
+            .split_brain
+            .iter()
+            .any(|&(n, g)| n == from && g == current)
+        {
+            return Ok(());
+        }
+        tracing::error!(device = %self.device, node = from.0, generation = current.0,
+            "split brain: this node's copy went on alone (its generation is unknown to this authority); \
+             its join is refused and nothing is merged; an administrator decides which copy stays");
+        self.saved.split_brain.retain(|&(n, _)| n != from);
+        self.saved.split_brain.push((from, current));
+        self.save()
+    }
+
+    fn time(&self, now: Instant) -> Time {
+        Time(ns(now.saturating_duration_since(self.base)))
+    }
+
+    pub fn nodes(&self) -> &[NodeId] {
+        &self.saved.nodes
+    }
+
+    pub fn config(&self) -> Option<&EpochConfig> {
+        self.authority.config()
+    }
+
+    pub fn persisted(&self) -> &Persisted {
+        &self.saved
+    }
+
+    /// Requests from node `from`; returns what to answer it (persisted first).
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        requests: Vec<ToAuthority>,
+        pick: u64,
+    ) -> Result<Option<Grant>, HostError> {
+        self.check_live()?;
+        if !self.saved.nodes.contains(&from) {
+            return Err(HostError::NotMember(from.0));
+        }
+        self.observe(now);
+        let t = self.time(now);
+        let quiet = now < self.quiet_until;
+        let mut last = None;
+        // While quiet, nothing reaches the authority (its replies grant leases, and every
+        // call runs due removals): the node is told the configuration and asks again.
+        let requests = if quiet { Vec::new() } else { requests };
+        for r in requests.into_iter().take(REQUESTS_MAX) {
+            if let ToAuthority::Join { meta } = &r {
+                // The authority adds one to the largest epoch it is told of.
+                if meta.epoch.0 > EPOCH_MAX {
+                    tracing::warn!(device = %self.device, node = from.0, epoch = meta.epoch.0,
+                        "join with an absurd epoch ignored");
+                    continue;
+                }
+                if let Some(current) = self.went_on_alone(from, meta.current) {
+                    self.refuse_join(from, current)?;
+                    continue;
+                }
+            }
+            if let Some(u) = self.authority.on_message(t, from, r, pick) {
+                last = Some(u);
+            }
+        }
+        if !quiet {
+            self.authority.run_due(t);
+        }
+        self.persist_changes()?;
+        let grant = match last {
+            // Rebuild from the current configuration: a later request may have changed it.
+            Some(u) => {
+                let current = self.authority.config().cloned().unwrap_or(u.config);
+                let lease = u.lease_until.map(|until| until.0.saturating_sub(t.0));
+                let still_member = current.state_of(from) != tandem_ha::MemberState::Out;
+                Some(Grant {
+                    config: current,
+                    lease_duration_ns: lease.filter(|_| still_member && !quiet),
+                })
+            }
+            // Nothing to ask (a node without its data plane): the configuration, no lease.
+            None => self.authority.config().cloned().map(|config| Grant {
+                config,
+                lease_duration_ns: None,
+            }),
+        };
+        Ok(grant)
+    }
+
+    /// Removals whose wait is over; persisted.
+    pub fn tick(&mut self, now: Instant) -> Result<(), HostError> {
+        if self.check_live().is_err() {
+            return Ok(());
+        }
+        self.observe(now);
+        if now < self.quiet_until {
+            return Ok(());
+        }
+        let t = self.time(now);
+        self.authority.run_due(t);
+        self.persist_changes()
+    }
+}
+
+/// Loads every authority this node hosted before (`DATA_DIR/ha/*.authority.json`).
+pub fn load_existing(node: &Arc<Node>) {
+    let dir = ha_dir(&node.data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let settings = node.ha.settings();
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(device) = name.strip_suffix(".authority.json") else {
+            continue;
+        };
+        if name.starts_with('.') || hosts.contains_key(device) {
+            continue;
+        }
+        match AuthorityHost::open(
+            &node.data_dir,
+            device,
+            &[],
+            false,
+            &settings,
+            Instant::now(),
+        ) {
+            Ok(h) => {
+                tracing::info!(
+                    device,
+                    epoch = h.saved.last_epoch.0,
+                    "hosting the failover authority (state loaded)"
+                );
+                hosts.insert(device.to_string(), h);
+            }
+            Err(e) => tracing::error!(device, "cannot load the authority state: {e}"),
+        }
+    }
+}
+
+/// Runs due removals of every hosted authority, every 100 ms.
+pub async fn tick_all(node: Arc<Node>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = Instant::now();
+        let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        for h in hosts.values_mut() {
+            let _ = h.tick(now);
+        }
+    }
+}
+
+/// Handles requests for `device` if this node hosts its authority; `Ok(None)` if not.
+pub fn handle_local(
+    node: &Node,
+    device: &str,
+    from: NodeId,
+    requests: Vec<ToAuthority>,
+) -> Option<Result<Option<Grant>, HostError>> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    let h = hosts.get_mut(device)?;
+    Some(h.handle(Instant::now(), from, requests, rand::random()))
+}
+
+/// Opens (or creates) the host for `device` if it is not there yet.
+pub fn ensure_host(
+    node: &Node,
+    device: &str,
+    nodes: &[NodeId],
+    fresh: bool,
+    limit: usize,
+) -> Result<(), HostError> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if hosts.contains_key(device) {
+        return Ok(());
+    }
+    if hosts.len() >= limit {
+        return Err(HostError::State {
+            path: device.to_string(),
+            reason: format!("this node hosts {limit} authorities already"),
+        });
+    }
+    let h = AuthorityHost::open(
+        &node.data_dir,
+        device,
+        nodes,
+        fresh,
+        &node.ha.settings(),
+        Instant::now(),
+    )?;
+    tracing::info!(
+        device,
+        epoch = h.saved.last_epoch.0,
+        cold = h.saved.config.is_none(),
+        "hosting the failover authority"
+    );
+    hosts.insert(device.to_string(), h);
+    Ok(())
+}
+
+/// Stops the local authority of `device` (another node's wins).
+pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = hosts.get_mut(device) {
+        let _ = h.supersede(by, epoch);
+    }
+}
+
+/// The node whose authority superseded the one hosted here for `device`, if any.
+pub fn superseded_by(node: &Node, device: &str) -> Option<NodeId> {
+    let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts
+        .get(device)
+        .and_then(|h| h.saved.superseded_by)
+        .map(|(n, _)| n)
+}
+
+/// Installs a takeover host (replacing nothing: the caller checked there is none).
+pub fn install(node: &Node, host: AuthorityHost) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts.insert(host.device.clone(), host);
+}
+
+pub fn hosts_device(node: &Node, device: &str) -> bool {
+    node.ha
+        .hosts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(device)
+}
+
+/// The epoch of the live authority hosted here for `device`, if any (a superseded one
+/// does not count: it is not announced and never competes again).
+pub fn hosted_epoch(node: &Node, device: &str) -> Option<u64> {
+    let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts
+        .get(device)
+        .filter(|h| h.saved.superseded_by.is_none())
+        .map(|h| h.saved.last_epoch.0)
+}
+
+pub type Hosts = HashMap<String, AuthorityHost>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_ha::generation::ReplicaMeta;
+    use tandem_ha::MemberState;
+
+    fn settings() -> HaSettings {
+        HaSettings::default()
+    }
+
+    const N1: NodeId = NodeId(1);
+    const N2: NodeId = NodeId(2);
+    const STEP: Duration = Duration::from_millis(100);
+
+    /// Ticks every 100 ms (as `tick_all` does) up to `until`.
+    fn run_to(h: &mut AuthorityHost, now: &mut Instant, until: Instant) {
+        while *now + STEP <= until {
+            *now += STEP;
+            h.tick(*now).unwrap();
+        }
+        *now = until;
+        h.tick(*now).unwrap();
+    }
+
+    fn stored(dir: &Path) -> Persisted {
+        AuthorityHost::read(&state_path(dir, "d")).unwrap().unwrap()
+    }
+
+    #[test]
+    fn fresh_device_starts_synchronized_and_persists_before_answering() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], true, &settings(), t0).unwrap();
+        assert_eq!(stored(dir.path()).config.unwrap().epoch, Epoch(1));
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N2), MemberState::Synchronized);
+        assert_eq!(
+            g.lease_duration_ns,
+            Some(1_500_000_000),
+            "a new authority has no earlier leases to wait out"
+        );
+    }
+
+    #[test]
+    fn not_fresh_starts_cold_and_waits_for_every_join() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h =
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+        assert!(h.config().is_none());
+        let meta = ReplicaMeta::default();
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta.clone() }], 0)
+            .unwrap();
+        assert!(g.is_none(), "one join is not enough");
+        let g = h
+            .handle(t0, N2, vec![ToAuthority::Join { meta }], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.config.epoch >= Epoch(1));
+        assert_eq!(stored(dir.path()).config, Some(g.config));
+    }
+
+    #[test]
+    fn removal_waits_for_lease_plus_margin_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.lease_duration_ns.is_some());
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        let asked = now;
+        let g = h.handle(now, N1, vec![v], 0).unwrap().unwrap();
+        assert_eq!(g.config.epoch, Epoch(1), "N2's lease still runs");
+        // N2 asks again before the removal: pending removal, so no lease renewal.
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None);
+        run_to(
+            &mut h,
+            &mut now,
+            asked + s.lease + s.margin - Duration::from_millis(1),
+        );
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        run_to(&mut h, &mut now, asked + s.lease + s.margin);
+        let cfg = h.config().unwrap().clone();
+        assert_eq!(cfg.epoch, Epoch(2));
+        assert_eq!(cfg.state_of(N2), MemberState::Out);
+        // Persisted at the tick, before anyone could be told.
+        assert_eq!(stored(dir.path()).config, Some(cfg.clone()));
+        // A restart continues from epoch 2: the next change is epoch 3, never 2 again.
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        assert_eq!(h.config(), Some(&cfg));
+        let meta = ReplicaMeta {
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        let join = vec![ToAuthority::Join { meta }];
+        let g = h.handle(now, N2, join.clone(), 0).unwrap().unwrap();
+        assert_eq!(g.config, cfg, "nothing changes right after a restart");
+        assert_eq!(g.lease_duration_ns, None, "no leases right after a restart");
+        let until = now + s.lease + s.margin;
+        run_to(&mut h, &mut now, until);
+        let g = h.handle(now, N2, join, 0).unwrap().unwrap();
+        assert_eq!(g.config.epoch, Epoch(3));
+        assert_eq!(g.config.state_of(N2), MemberState::Syncing);
+        assert_eq!(stored(dir.path()).last_epoch, Epoch(3));
+    }
+
+    #[test]
+    fn restarted_host_defers_verdicts_and_leases_for_a_lease_plus_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap());
+        let mut now = t0;
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        let g = h.handle(now, N1, vec![v.clone()], 0).unwrap().unwrap();
+        assert_eq!(g.lease_duration_ns, None);
+        // The verdict was dropped, so even long after nothing happens without a new one.
+        run_to(&mut h, &mut now, t0 + Duration::from_secs(5));
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(
+            g.lease_duration_ns.is_some(),
+            "leases again after the quiet period"
+        );
+        // Asked again: N2 never had a lease from this incarnation, so margin only.
+        h.handle(now, N1, vec![v], 0).unwrap();
+        let until = now + s.margin;
+        run_to(&mut h, &mut now, until);
+        assert_eq!(h.config().unwrap().state_of(N2), MemberState::Out);
+    }
+
+    #[test]
+    fn a_pause_stops_leases_and_removals_for_a_lease_plus_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        h.handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        h.handle(now, N1, vec![v], 0).unwrap();
+        // SIGSTOP for 5 s: the removal is overdue, but it waits a lease plus margin more.
+        now += Duration::from_secs(5);
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None, "no lease right after a pause");
+        assert_eq!(g.config.epoch, Epoch(1), "no removal right after a pause");
+        let woke = now;
+        run_to(&mut h, &mut now, woke + s.lease + s.margin - STEP);
+        assert_eq!(h.config().unwrap().epoch, Epoch(1));
+        run_to(&mut h, &mut now, woke + s.lease + s.margin);
+        assert_eq!(h.config().unwrap().epoch, Epoch(2));
+        let g = h
+            .handle(now, N1, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.lease_duration_ns.is_some());
+    }
+
+    #[test]
+    fn a_superseded_authority_answers_nothing_even_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        h.supersede(N2, Epoch(2)).unwrap();
+        assert!(matches!(
+            h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(2, 2))
+        ));
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        assert!(matches!(
+            h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(2, 2))
+        ));
+        assert_eq!(stored(dir.path()).superseded_by, Some((N2, Epoch(2))));
+    }
+
+    #[test]
+    fn a_node_that_went_on_alone_is_refused_and_recorded_as_split_brain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        // Node 2 took over from node 1 (epoch 2, node 1 out, left at generation g1).
+        let base = EpochConfig::initial(&[N1, N2]);
+        let g1 = base.generation;
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        // Node 1 also went on alone in epoch 2 (its own authority removed node 2).
+        let alone = base.next(&[(N2, MemberState::Out)]).unwrap().generation;
+        assert_ne!(alone, taken.generation);
+        let meta = |current| ReplicaMeta {
+            current,
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta(alone) }], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config, taken, "refused: nothing changes");
+        assert_eq!(stored(dir.path()).split_brain, vec![(N1, alone)]);
+        // A node that only fell behind (it holds the generation it left at) rejoins.
+        let g = h
+            .handle(t0, N1, vec![ToAuthority::Join { meta: meta(g1) }], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.epoch, Epoch(3));
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+        // So does a replica with no generation at all (new disk, lost metadata).
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut h =
+            AuthorityHost::take_over(dir2.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+                .unwrap();
+        let g = h
+            .handle(
+                t0,
+                N1,
+                vec![ToAuthority::Join {
+                    meta: ReplicaMeta::default(),
+                }],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn an_absurd_epoch_from_the_network_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h =
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+        for n in [N1, N2] {
+            let meta = ReplicaMeta {
+                epoch: Epoch(u64::MAX),
+                ..ReplicaMeta::default()
+            };
+            assert_eq!(
+                h.handle(t0, n, vec![ToAuthority::Join { meta }], 0)
+                    .unwrap(),
+                None
+            );
+        }
+        assert!(h.config().is_none());
+    }
+
+    #[test]
+    fn stranger_and_node_mismatch_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &settings(), t0).unwrap();
+        assert!(matches!(
+            h.handle(t0, NodeId(3), vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::NotMember(3))
+        ));
+        drop(h);
+        assert!(matches!(
+            AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], true, &settings(), t0),
+            Err(HostError::Nodes { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_save_stops_the_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let mut now = Instant::now();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let v = ToAuthority::Verdict {
+            suspect: N2,
+            epoch: Epoch(1),
+        };
+        h.handle(now, N1, vec![v], 0).unwrap();
+        // The state file's directory becomes a file: the save of epoch 2 fails.
+        std::fs::remove_dir_all(dir.path().join("ha")).unwrap();
+        std::fs::write(dir.path().join("ha"), b"x").unwrap();
+        while now < Instant::now() + s.margin + STEP {
+            now += STEP;
+            let _ = h.tick(now);
+        }
+        assert!(matches!(
+            h.handle(now, N1, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Stopped(_))
+        ));
+    }
+
+    #[test]
+    fn takeover_needs_a_newer_epoch_and_is_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let base = EpochConfig::initial(&[N1, N2]);
+        let next = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let h = AuthorityHost::take_over(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            next.clone(),
+            N1,
+            &settings(),
+            t0,
+        )
+        .unwrap();
+        assert_eq!(h.persisted().took_over_from, Some(N1));
+        assert_eq!(stored(dir.path()).config, Some(next.clone()));
+        assert!(
+            AuthorityHost::take_over(dir.path(), "d", &[N1, N2], next, N1, &settings(), t0)
+                .is_err()
+        );
+    }
+}

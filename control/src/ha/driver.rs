@@ -1,0 +1,449 @@
+//! One task per replicated device: every `exchange_interval` (100 ms), and at once after a
+//! new configuration, it
+//! 1. sends `HaExchange` to the local data plane with the updates not yet delivered, and
+//!    takes the engine's requests and status from the report;
+//! 2. hands the requests to the device's authority (in this process, or by HTTP to the
+//!    authority node's API with its `[[server]]` address and token file);
+//! 3. turns the answer into an `HaUpdate` whose lease counts from the report's `now_ns`
+//!    (the data plane's clock when it asked), for the next exchange;
+//! 4. under the Heartbeat strategy, on the second node, decides whether to take the
+//!    authority over ([`super::strategy::decide_takeover`]).
+//!
+//! A data plane that is down (or absent: `--no-dataplane`) is retried quietly; the driver
+//! still polls the authority for the configuration, so that the takeover decision knows
+//! the newest one. Without leases the engine serves nothing (fail safe).
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tandem_config::ipc::{HaLease, HaUpdate, Request, Response};
+use tandem_config::{NodeConfig, ReplicationConfig};
+use tandem_ha::authority::ToAuthority;
+use tandem_ha::{EpochConfig, NodeId};
+
+use super::authority_host::{self, AuthorityHost, Grant};
+use super::strategy::{self, Takeover, TakeoverInput};
+use super::{AuthorityPlace, HaSettings};
+use crate::service::Node;
+
+/// Updates kept for a data plane that does not answer (oldest dropped).
+const PENDING_MAX: usize = 4;
+/// Largest answer accepted from a remote authority.
+const REPLY_BYTES_MAX: u64 = 256 << 10;
+/// Largest token file read.
+const TOKEN_BYTES_MAX: u64 = 4096;
+
+/// Body of `POST /api/v1/ha/authority/{device}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityRequest {
+    /// The asking node's id within the device.
+    pub from: NodeId,
+    /// The device's data nodes (lets a witness create the authority on first contact).
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
+    /// The device was created zeroed on every node (`--init zeroed`).
+    #[serde(default)]
+    pub fresh: bool,
+    /// What the node's engine asks (empty: just tell me the configuration).
+    #[serde(default)]
+    pub requests: Vec<ToAuthority>,
+}
+
+/// Answer of `POST /api/v1/ha/authority/{device}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorityReply {
+    /// None while the authority is cold (waiting for every node's metadata).
+    pub update: Option<Grant>,
+}
+
+fn newer(a: Option<EpochConfig>, b: Option<&EpochConfig>) -> Option<EpochConfig> {
+    match (a, b) {
+        (Some(a), Some(b)) if b.epoch > a.epoch => Some(b.clone()),
+        (Some(a), _) => Some(a),
+        (None, b) => b.cloned(),
+    }
+}
+
+pub async fn run(node: Arc<Node>, device: String) {
+    let settings = node.ha.settings();
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(settings.remote_timeout)
+        .timeout(settings.remote_timeout)
+        .build();
+    let mut pending: Vec<HaUpdate> = Vec::new();
+    let mut last_answer: Option<Instant> = None;
+    let mut every = tokio::time::interval(settings.exchange_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut at_once = false;
+    tracing::info!(%device, "HA driver started");
+    loop {
+        if !at_once {
+            every.tick().await;
+        }
+        let was_at_once = std::mem::take(&mut at_once);
+        let config = node.config_arc();
+        let Some(r) = config.device(&device).and_then(|d| d.replication.clone()) else {
+            tracing::info!(%device, "HA driver stops: the device is no longer replicated here");
+            node.ha
+                .views
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&device);
+            return;
+        };
+
+        // 1. The data plane.
+        let mut requests = Vec::new();
+        let mut now_ns = None;
+        let mut engine_epoch = None;
+        if node.dataplane_enabled {
+            let call = Request::HaExchange {
+                device: device.clone(),
+                updates: pending.clone(),
+            };
+            match node.query(call).await {
+                Ok(Response::Ha(report)) => {
+                    pending.clear();
+                    now_ns = Some(report.now_ns);
+                    requests = report.requests;
+                    requests.truncate(authority_host::REQUESTS_MAX);
+                    engine_epoch = report.status.config.as_ref().map(|c| c.epoch);
+                    node.ha.view_mut(&device, |v| {
+                        v.config = newer(v.config.take(), report.status.config.as_ref());
+                        v.status = Some(report.status);
+                    });
+                }
+                Ok(other) => note_error(&node, &device, format!("data plane answered {other:?}")),
+                Err(e) => note_error(&node, &device, format!("data plane: {}", e.message)),
+            }
+        }
+
+        // 2. The authority.
+        check_superseded(&node, &device, &r, &settings);
+        let hosted = authority_host::hosts_device(&node, &device);
+        let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
+        let place = strategy::authority_place(&r, hosted, superseded);
+        let nodes = strategy::device_nodes(&r);
+        let me = NodeId(r.node_id);
+        let fresh = super::is_fresh(&node.data_dir, &device);
+        let answer = match &place {
+            AuthorityPlace::Local => {
+                if !hosted {
+                    if let Err(e) =
+                        authority_host::ensure_host(&node, &device, &nodes, fresh, usize::MAX)
+                    {
+                        note_error(&node, &device, e.to_string());
+                    }
+                }
+                authority_host::handle_local(&node, &device, me, requests)
+                    .unwrap_or(Ok(None))
+                    .map_err(|e| e.to_string())
+            }
+            AuthorityPlace::Remote { server } => {
+                let body = AuthorityRequest {
+                    from: me,
+                    nodes: nodes.clone(),
+                    fresh,
+                    requests,
+                };
+                remote_call(&agent, &config, server, &device, body).await
+            }
+            AuthorityPlace::Unavailable { reason } => Err(reason.clone()),
+        };
+        node.ha
+            .view_mut(&device, |v| v.authority = Some(place.clone()));
+        match answer {
+            Ok(grant) => {
+                last_answer = Some(Instant::now());
+                node.ha.view_mut(&device, |v| v.last_error = None);
+                if let Some(g) = grant {
+                    node.ha.view_mut(&device, |v| {
+                        v.config = newer(v.config.take(), Some(&g.config));
+                    });
+                    if let Some(update) = to_update(g, now_ns) {
+                        // One immediate exchange at most: a data plane that does not take
+                        // the configuration must not make this loop spin.
+                        at_once =
+                            !was_at_once && engine_epoch.is_none_or_older(update.config.epoch);
+                        pending.push(update);
+                        if pending.len() > PENDING_MAX {
+                            pending.remove(0);
+                        }
+                    }
+                }
+            }
+            Err(e) => note_error(&node, &device, format!("authority: {e}")),
+        }
+
+        // 3. Heartbeat strategy: take the authority over?
+        consider_takeover(&node, &device, &r, &settings, last_answer);
+    }
+}
+
+/// The update for the data plane from the authority's answer to requests the data plane
+/// reported at `report_now_ns` (its own clock). The lease counts from that instant, which
+/// is before the authority received the requests: the node's lease ends before the
+/// authority's record of it. None without a report (nothing to answer).
+pub fn to_update(grant: Grant, report_now_ns: Option<u64>) -> Option<HaUpdate> {
+    let at = report_now_ns?;
+    let lease = grant.lease_duration_ns.map(|d| HaLease {
+        epoch: grant.config.epoch,
+        requested_at_ns: at,
+        duration_ns: d,
+    });
+    Some(HaUpdate {
+        config: grant.config,
+        lease,
+    })
+}
+
+trait OlderThan {
+    fn is_none_or_older(&self, e: tandem_ha::Epoch) -> bool;
+}
+
+impl OlderThan for Option<tandem_ha::Epoch> {
+    fn is_none_or_older(&self, e: tandem_ha::Epoch) -> bool {
+        match self {
+            Some(mine) => *mine < e,
+            None => true,
+        }
+    }
+}
+
+fn note_error(node: &Node, device: &str, e: String) {
+    node.ha.view_mut(device, |v| {
+        if v.last_error.as_deref() != Some(e.as_str()) {
+            tracing::debug!(%device, "HA: {e}");
+        }
+        v.last_error = Some(e);
+    });
+}
+
+/// A partner hosting this device's authority too (a takeover this node did not see: a
+/// pause, a total partition) wins with a higher epoch, or with the same epoch if this node
+/// has priority second ([`strategy::superseded`]); the local authority then stops.
+fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: &HaSettings) {
+    let Some(mine) = authority_host::hosted_epoch(node, device) else {
+        return;
+    };
+    let now = Instant::now();
+    for p in &r.partners {
+        let Some(theirs) = node.ha.heartbeats.hosts_authority_recent(
+            device,
+            p.node_id,
+            now,
+            settings.heartbeat_timeout,
+        ) else {
+            continue;
+        };
+        if strategy::superseded(mine, theirs, r.priority) {
+            authority_host::supersede(node, device, NodeId(p.node_id), tandem_ha::Epoch(theirs));
+            node.ha.view_mut(device, |v| {
+                v.last_error = Some(format!(
+                    "split brain: node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stopped",
+                    p.name
+                ))
+            });
+        }
+    }
+}
+
+fn consider_takeover(
+    node: &Arc<Node>,
+    device: &str,
+    r: &ReplicationConfig,
+    settings: &HaSettings,
+    last_answer: Option<Instant>,
+) {
+    let Some(first) = r.partners.first() else {
+        return;
+    };
+    let now = Instant::now();
+    let heard = node.ha.heartbeats.last_heard(device, first.node_id);
+    let last = match (heard, last_answer) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let newest = node.ha.view_mut(device, |v| v.config.clone());
+    let input = TakeoverInput {
+        strategy: r.failover,
+        priority: r.priority,
+        hosting: authority_host::hosts_device(node, device),
+        partners: r.partners.len(),
+        me: NodeId(r.node_id),
+        authority: NodeId(first.node_id),
+        silent_for: last.map(|t| now.saturating_duration_since(t)),
+        lease_plus_margin: settings.lease + settings.margin,
+        newest,
+    };
+    let Takeover::TakeOver(config) = strategy::decide_takeover(&input) else {
+        return;
+    };
+    let epoch = config.epoch.0;
+    match AuthorityHost::take_over(
+        &node.data_dir,
+        device,
+        &strategy::device_nodes(r),
+        config,
+        NodeId(first.node_id),
+        settings,
+        now,
+    ) {
+        Ok(host) => {
+            tracing::warn!(%device, from = %first.name, epoch,
+                "the authority node was silent on every link for longer than a lease plus margin: \
+                 this node takes the failover authority over and goes on without it \
+                 (if that node is alive behind a total partition, this is a split brain)");
+            authority_host::install(node, host);
+            node.ha
+                .view_mut(device, |v| v.took_over_from = Some(first.node_id));
+        }
+        Err(e) => note_error(node, device, format!("takeover: {e}")),
+    }
+}
+
+/// Calls the authority on `server` (a `[[server]]` entry with a token file).
+async fn remote_call(
+    agent: &ureq::Agent,
+    config: &NodeConfig,
+    server: &str,
+    device: &str,
+    body: AuthorityRequest,
+) -> Result<Option<Grant>, String> {
+    let s = config
+        .servers
+        .iter()
+        .find(|s| s.name == server)
+        .ok_or_else(|| format!("no [[server]] named `{server}` (tandem server add)"))?;
+    let token_file = s
+        .token_file
+        .clone()
+        .ok_or_else(|| format!("[[server]] `{server}` has no token_file"))?;
+    let url = format!(
+        "http://{}/api/v1/ha/authority/{}",
+        s.address,
+        crate::client::segment(device)
+    );
+    let agent = agent.clone();
+    let work = move || -> Result<Option<Grant>, String> {
+        let mut token = String::new();
+        std::fs::File::open(&token_file)
+            .and_then(|f| f.take(TOKEN_BYTES_MAX).read_to_string(&mut token))
+            .map_err(|e| format!("token file {}: {e}", token_file.display()))?;
+        let value = serde_json::to_value(&body).map_err(|e| e.to_string())?;
+        let resp = agent
+            .post(&url)
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .send_json(value);
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                let mut text = String::new();
+                let _ = r.into_reader().take(4096).read_to_string(&mut text);
+                return Err(format!("{url}: HTTP {code}: {}", text.trim()));
+            }
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
+        let mut bytes = Vec::new();
+        resp.into_reader()
+            .take(REPLY_BYTES_MAX)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{url}: {e}"))?;
+        let reply: AuthorityReply =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{url}: bad answer: {e}"))?;
+        Ok(reply.update)
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(format!("authority call: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::authority_host::AuthorityHost;
+    use std::time::Duration;
+
+    /// The node's lease (its clock, from its request) ends no later than the authority's
+    /// record of it (the authority's clock, from its receipt), and the authority removes the
+    /// node only a margin after that: for any delay between request and receipt.
+    #[test]
+    fn the_nodes_lease_ends_before_the_authority_can_remove_it() {
+        let s = HaSettings::default();
+        for delay_ms in [0u64, 1, 50, 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut now = Instant::now();
+            let mut h =
+                AuthorityHost::open(dir.path(), "d", &[NodeId(1), NodeId(2)], true, &s, now)
+                    .unwrap();
+            // Node 2 reports a lease request at its clock 7 s; the authority gets it later.
+            let node_clock_at_request = 7_000_000_000u64;
+            let delay = Duration::from_millis(delay_ms);
+            now += delay;
+            let received = now;
+            let g = h
+                .handle(received, NodeId(2), vec![ToAuthority::LeaseRequest], 0)
+                .unwrap()
+                .unwrap();
+            let u = to_update(g, Some(node_clock_at_request)).unwrap();
+            let lease = u.lease.unwrap();
+            assert_eq!(lease.requested_at_ns, node_clock_at_request);
+            assert_eq!(lease.epoch, u.config.epoch);
+            // The node serves until (in its clock) request + duration, i.e. at most
+            // `duration` after the request, so at most `duration` after the receipt.
+            let node_lease = Duration::from_nanos(lease.duration_ns);
+            assert!(node_lease <= s.lease);
+            // The other node asks for a verdict at once; removal happens no earlier than
+            // receipt + lease + margin.
+            let v = ToAuthority::Verdict {
+                suspect: NodeId(2),
+                epoch: u.config.epoch,
+            };
+            h.handle(received, NodeId(1), vec![v], 0).unwrap();
+            let mut removed_at = None;
+            for _ in 0..40 {
+                now += Duration::from_millis(100);
+                h.tick(now).unwrap();
+                if h.config().unwrap().state_of(NodeId(2)) == tandem_ha::MemberState::Out {
+                    removed_at = Some(now);
+                    break;
+                }
+            }
+            let removed_at = removed_at.expect("removed eventually");
+            assert!(
+                removed_at.duration_since(received) >= node_lease + s.margin,
+                "delay {delay_ms} ms: removed {:?} after the receipt, the node's lease is {:?}",
+                removed_at.duration_since(received),
+                node_lease
+            );
+        }
+    }
+
+    #[test]
+    fn no_report_no_update_and_no_lease_for_a_non_member() {
+        let cfg = EpochConfig::initial(&[NodeId(1), NodeId(2)]);
+        let g = Grant {
+            config: cfg.clone(),
+            lease_duration_ns: None,
+        };
+        assert_eq!(to_update(g.clone(), None), None);
+        let u = to_update(g, Some(5)).unwrap();
+        assert_eq!(u.lease, None);
+        assert_eq!(u.config, cfg);
+    }
+
+    #[test]
+    fn newest_configuration_wins() {
+        let c1 = EpochConfig::initial(&[NodeId(1), NodeId(2)]);
+        let c2 = c1
+            .next(&[(NodeId(2), tandem_ha::MemberState::Out)])
+            .unwrap();
+        assert_eq!(newer(Some(c1.clone()), Some(&c2)), Some(c2.clone()));
+        assert_eq!(newer(Some(c2.clone()), Some(&c1)), Some(c2.clone()));
+        assert_eq!(newer(None, Some(&c1)), Some(c1.clone()));
+        assert_eq!(newer(Some(c1.clone()), None), Some(c1));
+    }
+}
