@@ -158,12 +158,10 @@ async fn show_device(
 // ---- replication ---------------------------------------------------------------------------
 
 /// The latest replication status of `device` from this node's data plane, None when it is
-/// not known. THE one place to switch to the failover driver's status
-/// (`crate::ha::status(node, device)`) once it exists: everything that shows live
-/// replication state (replica list, device show, ha-status, metrics) reads it through here.
+/// not known. The failover driver's last report from the data plane: everything that shows
+/// live replication state (replica list, device show, ha-status, metrics) reads it here.
 pub async fn ha_status(node: &Node, device: &str) -> Option<HaDeviceStatus> {
-    let _ = (node, device);
-    None
+    crate::ha::ha_status(node, device)
 }
 
 /// The replica rows of a replicated device (None: not replicated).
