@@ -119,7 +119,7 @@ async fn authority(
                 "`nodes` must list the device's two or three node ids, the sender's included",
             ));
         }
-        authority_host::ensure_host(&node, &device, &req.nodes, req.fresh, WITNESS_DEVICES_MAX)
+        authority_host::ensure_host(&node, &device, &req.nodes, req.initial, WITNESS_DEVICES_MAX)
             .map_err(host_error)?;
     }
     match authority_host::handle_local(&node, &device, req.from, req.requests) {

@@ -19,8 +19,9 @@
 //!   second. This host then stops for good (persisted): it answers nothing, so the leases it
 //!   granted lapse and its node serves nothing. Two authorities mean a split brain; an
 //!   administrator resolves it (issue 11, item 4).
-//! - No state yet: the initial configuration (every replica synchronized) is issued only if
-//!   `DATA_DIR/ha/<device>.fresh` says the device was created zeroed on every node;
+//! - No state yet: an initial configuration is issued only if
+//!   `DATA_DIR/ha/<device>.fresh` says how the first configuration is made (`InitialSync`:
+//!   created zeroed on every node, or synced from the node that holds the data);
 //!   otherwise the authority starts cold (`lose_state`) and waits for every node's `Join`
 //!   metadata, then picks the newest copy as the source.
 
@@ -33,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tandem_ha::authority::{Authority, ToAuthority};
 use tandem_ha::{Epoch, EpochConfig, GenerationId, NodeId, Time};
 
-use super::{ha_dir, HaSettings};
+use super::{ha_dir, HaSettings, InitialSync};
 use crate::service::Node;
 
 const STATE_VERSION: u32 = 1;
@@ -113,14 +114,38 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The first configuration of a device whose authority has no state: every replica
+/// synchronized (created zeroed), or the source synchronized and every other node syncing
+/// from it; None (cold start from the nodes' metadata) without a mark or with a source that
+/// is not one of the nodes.
+pub fn initial_config(initial: Option<InitialSync>, nodes: &[NodeId]) -> Option<EpochConfig> {
+    match initial? {
+        InitialSync::Zeroed => Some(EpochConfig::initial(nodes)),
+        InitialSync::Source(source) => {
+            if !nodes.contains(&source) {
+                return None;
+            }
+            let mut config = EpochConfig::initial(nodes);
+            config.sequencer = source;
+            config.generation = tandem_ha::GenerationId::for_config(config.epoch, source);
+            for m in &mut config.members {
+                if m.0 != source {
+                    m.1 = tandem_ha::MemberState::Syncing;
+                }
+            }
+            Some(config)
+        }
+    }
+}
+
 impl AuthorityHost {
-    /// Loads the device's state, or creates it (initial configuration if `fresh`, else
-    /// cold). `nodes` are the device's data nodes; they must match the stored ones.
+    /// Loads the device's state, or creates it (the initial configuration `initial` says,
+    /// else cold). `nodes` are the device's data nodes; they must match the stored ones.
     pub fn open(
         data_dir: &Path,
         device: &str,
         nodes: &[NodeId],
-        fresh: bool,
+        initial: Option<InitialSync>,
         settings: &HaSettings,
         now: Instant,
     ) -> Result<AuthorityHost, HostError> {
@@ -147,7 +172,7 @@ impl AuthorityHost {
                         reason: "a replicated device needs two or three nodes".into(),
                     });
                 }
-                let config = fresh.then(|| EpochConfig::initial(&sorted));
+                let config = initial_config(initial, &sorted);
                 Persisted {
                     version: STATE_VERSION,
                     device: device.to_string(),
@@ -473,7 +498,7 @@ pub fn load_existing(node: &Arc<Node>) {
             &node.data_dir,
             device,
             &[],
-            false,
+            None,
             &settings,
             Instant::now(),
         ) {
@@ -521,7 +546,7 @@ pub fn ensure_host(
     node: &Node,
     device: &str,
     nodes: &[NodeId],
-    fresh: bool,
+    initial: Option<InitialSync>,
     limit: usize,
 ) -> Result<(), HostError> {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,7 +563,7 @@ pub fn ensure_host(
         &node.data_dir,
         device,
         nodes,
-        fresh,
+        initial,
         &node.ha.settings(),
         Instant::now(),
     )?;
@@ -627,7 +652,7 @@ mod tests {
     fn fresh_device_starts_synchronized_and_persists_before_answering() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], true, &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], Some(InitialSync::Zeroed), &settings(), t0).unwrap();
         assert_eq!(stored(dir.path()).config.unwrap().epoch, Epoch(1));
         let g = h
             .handle(t0, N1, vec![ToAuthority::LeaseRequest], 0)
@@ -646,7 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut h =
-            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
         assert!(h.config().is_none());
         let meta = ReplicaMeta::default();
         let g = h
@@ -666,7 +691,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
         let g = h
             .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
             .unwrap()
@@ -699,7 +724,7 @@ mod tests {
         assert_eq!(stored(dir.path()).config, Some(cfg.clone()));
         // A restart continues from epoch 2: the next change is epoch 3, never 2 again.
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
         assert_eq!(h.config(), Some(&cfg));
         let meta = ReplicaMeta {
             epoch: Epoch(2),
@@ -722,9 +747,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let t0 = Instant::now();
-        drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap());
+        drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap());
         let mut now = t0;
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),
@@ -754,7 +779,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
         h.handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
             .unwrap();
         let v = ToAuthority::Verdict {
@@ -787,13 +812,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap();
         h.supersede(N2, Epoch(2)).unwrap();
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))
         ));
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap();
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))
@@ -857,7 +882,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
         let mut h =
-            AuthorityHost::open(dir.path(), "d", &[N1, N2], false, &settings(), t0).unwrap();
+            AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
         for n in [N1, N2] {
             let meta = ReplicaMeta {
                 epoch: Epoch(u64::MAX),
@@ -876,14 +901,14 @@ mod tests {
     fn stranger_and_node_mismatch_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &settings(), t0).unwrap();
         assert!(matches!(
             h.handle(t0, NodeId(3), vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::NotMember(3))
         ));
         drop(h);
         assert!(matches!(
-            AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], true, &settings(), t0),
+            AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], Some(InitialSync::Zeroed), &settings(), t0),
             Err(HostError::Nodes { .. })
         ));
     }
@@ -893,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], true, &s, now).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),

@@ -44,9 +44,10 @@ pub struct AuthorityRequest {
     /// The device's data nodes (lets a witness create the authority on first contact).
     #[serde(default)]
     pub nodes: Vec<NodeId>,
-    /// The device was created zeroed on every node (`--init zeroed`).
-    #[serde(default)]
-    pub fresh: bool,
+    /// How the first configuration is made, when the authority has no state yet (the
+    /// sender's `replica add` mark; see `InitialSync`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<super::InitialSync>,
     /// What the node's engine asks (empty: just tell me the configuration).
     #[serde(default)]
     pub requests: Vec<ToAuthority>,
@@ -128,12 +129,12 @@ pub async fn run(node: Arc<Node>, device: String) {
         let place = strategy::authority_place(&r, hosted, superseded);
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
-        let fresh = super::is_fresh(&node.data_dir, &device);
+        let initial = super::initial_mark(&node.data_dir, &device);
         let answer = match &place {
             AuthorityPlace::Local => {
                 if !hosted {
                     if let Err(e) =
-                        authority_host::ensure_host(&node, &device, &nodes, fresh, usize::MAX)
+                        authority_host::ensure_host(&node, &device, &nodes, initial, usize::MAX)
                     {
                         note_error(&node, &device, e.to_string());
                     }
@@ -146,7 +147,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                 let body = AuthorityRequest {
                     from: me,
                     nodes: nodes.clone(),
-                    fresh,
+                    initial,
                     requests,
                 };
                 remote_call(&agent, &config, server, &device, body).await
@@ -377,7 +378,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut now = Instant::now();
             let mut h =
-                AuthorityHost::open(dir.path(), "d", &[NodeId(1), NodeId(2)], true, &s, now)
+                AuthorityHost::open(dir.path(), "d", &[NodeId(1), NodeId(2)], Some(super::super::InitialSync::Zeroed), &s, now)
                     .unwrap();
             // Node 2 reports a lease request at its clock 7 s; the authority gets it later.
             let node_clock_at_request = 7_000_000_000u64;

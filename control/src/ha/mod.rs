@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tandem_config::ipc::HaDeviceStatus;
-use tandem_ha::EpochConfig;
+use tandem_ha::{EpochConfig, NodeId};
 
 use crate::service::Node;
 
@@ -226,18 +226,46 @@ pub fn ha_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("ha")
 }
 
-/// Marks `device` as freshly created on every node (`--init zeroed`): an authority that
-/// starts without state may then issue the initial configuration (every replica
-/// synchronized) instead of waiting for every node's metadata. The management code calls
-/// it on the authority node when it creates such a device.
-pub fn mark_fresh(data_dir: &Path, device: &str) -> std::io::Result<()> {
-    let dir = ha_dir(data_dir);
-    std::fs::create_dir_all(&dir)?;
-    tandem_config::save_atomic(dir.join(format!("{device}.fresh")), b"zeroed\n")
+/// How a replicated device's first configuration is made, when its authority starts with no
+/// state: written by `replica add` on every node (`DATA_DIR/ha/<device>.fresh`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialSync {
+    /// `--init zeroed`: every replica was created zeroed; all start synchronized.
+    Zeroed,
+    /// `--init sync-from-existing`: this node holds the data; the others start syncing from
+    /// it (never the other way round, whatever order the nodes start in).
+    Source(NodeId),
 }
 
-pub(crate) fn is_fresh(data_dir: &Path, device: &str) -> bool {
-    ha_dir(data_dir).join(format!("{device}.fresh")).exists()
+/// Records how `device`'s first configuration is made ([`InitialSync`]). Without a mark an
+/// authority with no state starts cold and waits for every node's metadata.
+pub fn mark_initial(data_dir: &Path, device: &str, initial: InitialSync) -> std::io::Result<()> {
+    let dir = ha_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    let text = match initial {
+        InitialSync::Zeroed => "zeroed\n".to_string(),
+        InitialSync::Source(n) => format!("source={}\n", n.0),
+    };
+    tandem_config::save_atomic(dir.join(format!("{device}.fresh")), text.as_bytes())
+}
+
+/// The `--init zeroed` mark (see [`mark_initial`]).
+pub fn mark_fresh(data_dir: &Path, device: &str) -> std::io::Result<()> {
+    mark_initial(data_dir, device, InitialSync::Zeroed)
+}
+
+/// The device's initial-sync mark; an unreadable or unknown mark counts as none (cold start,
+/// the safe side).
+pub(crate) fn initial_mark(data_dir: &Path, device: &str) -> Option<InitialSync> {
+    let text = std::fs::read_to_string(ha_dir(data_dir).join(format!("{device}.fresh"))).ok()?;
+    match text.trim() {
+        "zeroed" => Some(InitialSync::Zeroed),
+        t => t
+            .strip_prefix("source=")
+            .and_then(|n| n.parse::<u8>().ok())
+            .map(|n| InitialSync::Source(NodeId(n))),
+    }
 }
 
 /// Reads a replication secret the way the data plane does: hex (what `tandem-control`
