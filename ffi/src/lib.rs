@@ -23,7 +23,7 @@ mod thread;
 mod uring;
 
 pub use buf::AlignedBuf;
-pub use event::{wait_readable, EventFd, WakeSet};
+pub use event::{wait_any, wait_readable, EventFd, WakeSet};
 pub use file::{
     allocate_thick, device_size, dio_alignment, logical_block_size, open_direct, punch_hole,
     DioAlignment, DirectFile,

@@ -174,6 +174,10 @@ pub enum IoOutcome<'a> {
     Ok { read_data: Option<&'a [u8]> },
     MediumError,
     Failed,
+    /// The device is not accessible through this node now (a replica that is not serving):
+    /// CHECK CONDITION, NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE
+    /// STATE (04/0C), which multipath retries on another path.
+    NotReady,
 }
 
 /// SCSI status byte (SAM-5).
