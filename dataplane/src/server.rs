@@ -60,6 +60,35 @@ pub struct DeviceSpec {
     pub image_dirs: Vec<PathBuf>,
     /// The file is a block device, said explicitly.
     pub block_device: bool,
+    /// `[device.replication]`: this device is one replica of an HA device, served through
+    /// the replication engine. `Err`: the replication settings cannot be used (the device
+    /// fails with that reason rather than being served unreplicated).
+    pub replication: Option<Result<ReplicationSpec, String>>,
+}
+
+/// How this node's replica of an HA device reaches its partners.
+#[derive(Clone)]
+pub struct ReplicationSpec {
+    pub node_id: u8,
+    /// The per-cluster secret sync links authenticate with (at least 16 bytes).
+    pub secret: Vec<u8>,
+    pub cluster_id: [u8; 16],
+    pub device_id: u64,
+    /// Where the replica metadata is kept (`None`: in memory).
+    pub meta_path: Option<PathBuf>,
+    pub partners: Vec<tandem_config::PartnerConfig>,
+}
+
+impl std::fmt::Debug for ReplicationSpec {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSpec")
+            .field("node_id", &self.node_id)
+            .field("device_id", &self.device_id)
+            .field("meta_path", &self.meta_path)
+            .field("partners", &self.partners)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configured device that could not be opened: not served, shown with its reason.
@@ -187,6 +216,15 @@ fn build_device_sized(
     } else {
         tandem_bdev::with_cache(bdev, spec.cache, spec.cache_size_bytes)
     };
+    // A replicated device: every host I/O goes through the replication engine (outermost).
+    let (bdev, replica) = match &spec.replication {
+        None => (bdev, None),
+        Some(Err(reason)) => return Err(err(format!("replication: {reason}"))),
+        Some(Ok(r)) => {
+            let (dev, handle) = crate::replica::start(&spec.name, bdev, r).map_err(err)?;
+            (dev as Arc<dyn tandem_bdev::Bdev>, Some(handle))
+        }
+    };
     let info = bdev.info();
     if info.block_size == 0 || info.num_blocks == 0 {
         return Err(err(format!(
@@ -213,7 +251,9 @@ fn build_device_sized(
     );
     tracing::info!(device = %spec.name, block_size = info.block_size, blocks = info.num_blocks,
         cache = ?spec.cache, read_only = spec.read_only, "device ready");
-    Ok(Arc::new(Device::new(spec.name.clone(), bdev, Arc::new(lu))))
+    let mut dev = Device::new(spec.name.clone(), bdev, Arc::new(lu));
+    dev.replica = replica;
+    Ok(Arc::new(dev))
 }
 
 pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target, ServerError> {

@@ -26,6 +26,8 @@ pub struct Device {
     pub bdev: Arc<dyn Bdev>,
     pub lu: Arc<LogicalUnit>,
     pub stats: crate::stats::DeviceStats,
+    /// A replicated device: the control link's way into its replication thread.
+    pub replica: Option<tandem_replica::ReplicaHandle>,
 }
 
 impl Device {
@@ -36,6 +38,7 @@ impl Device {
             bdev,
             lu,
             stats: Default::default(),
+            replica: None,
         }
     }
 }
