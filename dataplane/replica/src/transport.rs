@@ -212,3 +212,66 @@ impl PeerTransport for MemTransport {
         self.sent
     }
 }
+
+/// The sync links of `tandem-synclink` as a partner transport.
+impl PeerTransport for tandem_synclink::PeerLinks {
+    fn send(&mut self, env: Envelope<SharedPayload>) -> Result<(), Full> {
+        // Cheap: the payload is reference-counted. Kept for a full window.
+        let copy = env.clone();
+        match tandem_synclink::PeerLinks::send(self, env) {
+            Ok(()) => Ok(()),
+            Err(tandem_synclink::SendError::Full) => Err(Full(copy)),
+            Err(e) => {
+                // A message without a wire form is a bug here, not the peer's doing: it is
+                // dropped (the engine's timeouts and retries take over) and logged.
+                tracing::error!(error = %e, "replication message not sent");
+                Ok(())
+            }
+        }
+    }
+
+    fn poll(&mut self, now: Instant, events: &mut Vec<PeerEvent>) {
+        let mut evs = Vec::new();
+        tandem_synclink::PeerLinks::poll(self, now, &mut evs);
+        let links = tandem_synclink::PeerLinks::status(self);
+        let name = |i: usize| {
+            links
+                .get(i)
+                .map_or_else(|| format!("link {i}"), |l| l.link.clone())
+        };
+        for e in evs {
+            use tandem_synclink::PeerEvent as E;
+            events.push(match e {
+                E::Message(env) => PeerEvent::Message(env),
+                E::Connected { peer_boot_id } => PeerEvent::Connected { peer_boot_id },
+                E::PeerRestarted { peer_boot_id } => PeerEvent::PeerRestarted { peer_boot_id },
+                E::AllLinksDown => PeerEvent::AllLinksDown,
+                E::LinkUp { link } => PeerEvent::LinkUp { link: name(link) },
+                E::LinkDown { link, reason } => PeerEvent::LinkDown {
+                    link: name(link),
+                    reason,
+                },
+            });
+        }
+    }
+
+    fn wait_fds(&self, fds: &mut Vec<(RawFd, bool)>) {
+        tandem_synclink::PeerLinks::wait_fds(self, fds)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        tandem_synclink::PeerLinks::next_deadline(self)
+    }
+
+    fn status(&self) -> Vec<HaLinkStatus> {
+        tandem_synclink::PeerLinks::status(self)
+    }
+
+    fn is_up(&self) -> bool {
+        tandem_synclink::PeerLinks::is_up(self)
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        tandem_synclink::PeerLinks::bytes_sent(self)
+    }
+}

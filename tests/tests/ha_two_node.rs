@@ -1,0 +1,431 @@
+//! Two real `tandem-dataplane` processes serve one replicated device: node A on 127.0.0.1,
+//! node B on 127.0.0.2, one sync link between them, image files on a real disk. The test
+//! hosts the failover authority and speaks the control-socket IPC (`HaExchange`) to both
+//! nodes, as `tandem-control` will. Data written through A is read back through B; B is
+//! killed with SIGKILL while A keeps serving; B restarts and is resynchronized; the two
+//! images are compared byte for byte.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tandem_config::image_id::{self, ImageRecord};
+use tandem_config::ipc::{Body, Envelope, HaLease, HaReport, HaUpdate, Request, Response};
+use tandem_ha::authority::Authority;
+use tandem_ha::{EpochConfig, MemberState, NodeId, Time};
+use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port, Proc};
+use tandem_tests::e2e::raw::RawConn;
+
+const SIZE: u64 = 64 << 20;
+const SEED: &str = "e2e-ha-disk";
+const LEASE_NS: u64 = 2_000_000_000;
+const MARGIN_NS: u64 = 500_000_000;
+const INITIATOR: &str = "iqn.2026-11.io.tandem.test:ha";
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+
+struct Node {
+    id: NodeId,
+    name: String,
+    dir: PathBuf,
+    config: PathBuf,
+    socket: PathBuf,
+    portal: SocketAddr,
+    image: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Node {
+    fn iqn(&self) -> String {
+        format!("iqn.2026-11.io.tandem:{}-ha", self.name)
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new(bin("tandem-dataplane"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--control-socket")
+            .arg(&self.socket);
+        if std::env::var_os("TANDEM_LOG").is_none() {
+            cmd.env("TANDEM_LOG", "warn");
+        }
+        let mut p = Proc::spawn(cmd, &format!("tandem-dataplane {}", self.name));
+        if !wait_for_port(self.portal, Duration::from_secs(20)) {
+            let _ = p.child.kill();
+            panic!("{} did not start listening on {}", self.name, self.portal);
+        }
+        self.proc = Some(p);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.child.kill().unwrap(); // SIGKILL
+            p.child.wait().unwrap();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn node(root: &Path, id: NodeId, ip: &str, partner_ip: &str, port: u16, sync: u16, secret: &Path) -> Node {
+    let name = format!("node{}", id.0);
+    let dir = root.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let image = dir.join("ha.img");
+    std::fs::File::create(&image).unwrap().set_len(SIZE).unwrap();
+    image_id::write(&image, &ImageRecord::new(SEED, 512, SIZE)).unwrap();
+    let portal: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let peer = if id == N1 { N2 } else { N1 };
+    let toml = format!(
+        r#"[node]
+name = "{name}"
+portals = ["{portal}"]
+data_dir = "{dir}"
+
+[[device]]
+name = "ha"
+file = "{image}"
+size = "{SIZE}"
+identity_seed = "{SEED}"
+
+[device.replication]
+node_id = {me}
+secret_file = "{secret}"
+
+[[device.replication.partner]]
+name = "node{peer}"
+node_id = {peer}
+sync_links = ["{ip}:{sync}={partner_ip}:{sync}"]
+
+[[target]]
+alias = "ha"
+luns = ["ha"]
+"#,
+        dir = dir.display(),
+        image = image.display(),
+        me = id.0,
+        peer = peer.0,
+        secret = secret.display(),
+    );
+    let config = dir.join("node.toml");
+    std::fs::write(&config, toml).unwrap();
+    Node {
+        id,
+        name,
+        socket: dir.join("dp.sock"),
+        dir,
+        config,
+        portal,
+        image,
+        proc: None,
+    }
+}
+
+/// The failover authority, polling both nodes' control sockets every 20 ms.
+struct AuthorityLoop {
+    reports: Arc<Mutex<HashMap<NodeId, (Instant, HaReport)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn exchange(
+    conn: &mut Option<BufReader<UnixStream>>,
+    socket: &Path,
+    id: u64,
+    updates: Vec<HaUpdate>,
+) -> Option<HaReport> {
+    if conn.is_none() {
+        let s = UnixStream::connect(socket).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        *conn = Some(BufReader::new(s));
+    }
+    let r = conn.as_mut()?;
+    let req = Envelope::request(
+        id,
+        Request::HaExchange {
+            device: "ha".into(),
+            updates,
+        },
+    );
+    let ok = r.get_mut().write_all(req.to_line().as_bytes()).is_ok();
+    let mut line = String::new();
+    if !ok || r.read_line(&mut line).unwrap_or(0) == 0 {
+        *conn = None;
+        return None;
+    }
+    match Envelope::from_line(&line).ok()?.body {
+        Body::Response(Response::Ha(report)) => Some(report),
+        other => panic!("HaExchange answered {other:?}"),
+    }
+}
+
+impl AuthorityLoop {
+    fn start(sockets: Vec<(NodeId, PathBuf)>) -> AuthorityLoop {
+        let reports: Arc<Mutex<HashMap<NodeId, (Instant, HaReport)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (reports.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut auth = Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
+            let start = Instant::now();
+            let mut pending: HashMap<NodeId, Vec<HaUpdate>> = HashMap::new();
+            let mut conns: HashMap<NodeId, Option<BufReader<UnixStream>>> = HashMap::new();
+            let mut seq = 0;
+            while !s.load(Ordering::Relaxed) {
+                for (id, sock) in &sockets {
+                    seq += 1;
+                    let conn = conns.entry(*id).or_default();
+                    let updates = pending.remove(id).unwrap_or_default();
+                    let Some(report) = exchange(conn, sock, seq, updates) else {
+                        continue;
+                    };
+                    for req in report.requests.clone() {
+                        let now = Time(start.elapsed().as_nanos() as u64);
+                        if let Some(u) = auth.on_message(now, *id, req, 0) {
+                            let lease = u.lease_until.map(|_| HaLease {
+                                epoch: u.config.epoch,
+                                requested_at_ns: report.now_ns,
+                                duration_ns: LEASE_NS,
+                            });
+                            pending.insert(
+                                *id,
+                                vec![HaUpdate {
+                                    config: u.config,
+                                    lease,
+                                }],
+                            );
+                        }
+                    }
+                    r.lock().unwrap().insert(*id, (Instant::now(), report));
+                }
+                auth.run_due(Time(start.elapsed().as_nanos() as u64));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        AuthorityLoop {
+            reports,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn report(&self, id: NodeId) -> Option<HaReport> {
+        self.reports.lock().unwrap().get(&id).map(|r| r.1.clone())
+    }
+
+    /// Waits for a report of every node, newer than `since`, with both serving and both
+    /// synchronized.
+    fn wait_both_serving(&self, since: Instant, timeout: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let ok = [N1, N2].iter().all(|id| {
+                self.reports.lock().unwrap().get(id).is_some_and(|(at, r)| {
+                    *at > since
+                        && r.status.serving
+                        && r.status.config.as_ref().is_some_and(|c| {
+                            c.state_of(N1) == MemberState::Synchronized
+                                && c.state_of(N2) == MemberState::Synchronized
+                        })
+                })
+            });
+            if ok {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "not both serving after {timeout:?}: {:#?}",
+                [N1, N2].map(|id| self.report(id))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AuthorityLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn write16(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x8a;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn read16(lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = write16(lba, blocks);
+    c[0] = 0x88;
+    c
+}
+
+fn login(n: &Node) -> RawConn {
+    let mut c = RawConn::connect(n.portal);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let keys = [
+        ("MaxRecvDataSegmentLength", "262144"),
+        ("FirstBurstLength", "65536"),
+        ("MaxBurstLength", "262144"),
+        ("ImmediateData", "Yes"),
+        ("InitialR2T", "No"),
+    ];
+    let (r, _) = c.login(INITIATOR, Some(&n.iqn()), &keys);
+    assert_eq!(r.status_class, 0, "login to {}", n.name);
+    let ua = c.command(&[0u8; 6], 0, &[], 0, 0);
+    assert_eq!(ua.status, 2, "power-on unit attention");
+    c
+}
+
+/// A command, retried while the node answers NOT READY 04/0C (as multipath would, on the
+/// same path here). Returns the result and how many NOT READY answers came first.
+fn command_retrying(
+    c: &mut RawConn,
+    cdb: &[u8],
+    read_len: u32,
+    data: &[u8],
+    timeout: Duration,
+) -> (tandem_tests::e2e::raw::CommandResult, u32) {
+    let t0 = Instant::now();
+    let mut not_ready = 0;
+    loop {
+        let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
+        let nr = r.status == 2 && r.sense.len() > 13 && (r.sense[2] & 0x0f, r.sense[12], r.sense[13]) == (2, 4, 0x0c);
+        if !nr || t0.elapsed() > timeout {
+            return (r, not_ready);
+        }
+        not_ready += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {
+    let (r, _) = command_retrying(c, &write16(lba, (data.len() / 512) as u32), 0, data, Duration::from_secs(10));
+    assert_eq!(r.status, 0, "write at {lba}: sense {:02x?}", r.sense);
+}
+
+fn read_blocks(c: &mut RawConn, lba: u64, len: usize) -> Vec<u8> {
+    let (r, _) = command_retrying(c, &read16(lba, (len / 512) as u32), len as u32, &[], Duration::from_secs(10));
+    assert_eq!(r.status, 0, "read at {lba}: sense {:02x?}", r.sense);
+    r.data_in
+}
+
+fn sync_cache(c: &mut RawConn) {
+    let (r, _) = command_retrying(c, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[], Duration::from_secs(10));
+    assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
+}
+
+fn images_identical(a: &Path, b: &Path) {
+    let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert_eq!(x.len(), y.len());
+    if let Some(i) = x.iter().zip(&y).position(|(p, q)| p != q) {
+        panic!("images differ first at byte {i} (region {})", i / 65536);
+    }
+}
+
+#[test]
+fn two_nodes_mirror_survive_kill_and_resync() {
+    let root = tempfile::Builder::new()
+        .prefix("tandem-ha2")
+        .tempdir_in(scratch_dir())
+        .unwrap();
+    let secret = root.path().join("cluster.secret");
+    std::fs::write(&secret, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    let sync = free_port();
+    let mut a = node(root.path(), N1, "127.0.0.1", "127.0.0.2", free_port(), sync, &secret);
+    let mut b = node(root.path(), N2, "127.0.0.2", "127.0.0.1", free_port(), sync, &secret);
+    a.start();
+    b.start();
+    let auth = AuthorityLoop::start(vec![(N1, a.socket.clone()), (N2, b.socket.clone())]);
+    let first = auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
+    eprintln!("both nodes serving after {first:?} (initial full sync of {} MiB)", SIZE >> 20);
+
+    // Written through A, read through B.
+    let mut ca = login(&a);
+    let mut cb = login(&b);
+    let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
+    let t0 = Instant::now();
+    for i in 0..200u32 {
+        let lba = u64::from(i) * 640 % (SIZE / 512 - 128);
+        let data = pattern(4096 * (1 + (i as usize % 16)), i + 1);
+        write_blocks(if i % 2 == 0 { &mut ca } else { &mut cb }, lba, &data);
+        model.retain(|(l, d)| lba + (data.len() as u64 / 512) <= *l || *l + (d.len() as u64 / 512) <= lba);
+        model.push((lba, data));
+    }
+    eprintln!("200 writes through both nodes (4-64 KiB, QD1): {:?}", t0.elapsed());
+    for (lba, data) in &model {
+        assert_eq!(&read_blocks(&mut cb, *lba, data.len()), data, "read through B at {lba}");
+        assert_eq!(&read_blocks(&mut ca, *lba, data.len()), data, "read through A at {lba}");
+    }
+    sync_cache(&mut ca);
+    sync_cache(&mut cb);
+    images_identical(&a.image, &b.image);
+    eprintln!("images identical after the first phase");
+
+    // kill -9 B: A keeps serving (after at most the lease + margin + peer timeout).
+    drop(cb);
+    b.kill9();
+    let t0 = Instant::now();
+    let data = pattern(65536, 1000);
+    let (r, not_ready) = command_retrying(&mut ca, &write16(4096, 128), 0, &data, Duration::from_secs(15));
+    let pause = t0.elapsed();
+    assert_eq!(r.status, 0, "write through A after B died: sense {:02x?}", r.sense);
+    eprintln!("first write through A after kill -9 of B: {pause:?} ({not_ready} NOT READY answers)");
+    assert!(pause < Duration::from_secs(8), "{pause:?}");
+    for i in 0..100u32 {
+        let lba = 8192 + u64::from(i) * 256;
+        let data = pattern(8192, 2000 + i);
+        write_blocks(&mut ca, lba, &data);
+        model.retain(|(l, d)| lba + 16 <= *l || *l + (d.len() as u64 / 512) <= lba);
+        model.push((lba, data));
+    }
+    let ra = auth.report(N1).unwrap();
+    let dirty = ra.status.partners[0].dirty_regions;
+    let copied_before = ra.status.partners[0].resync_done_regions;
+    eprintln!("regions dirty for B while it was down: {dirty}");
+
+    // B restarts with its metadata and is resynchronized.
+    let t0 = Instant::now();
+    b.start();
+    let resync = auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
+    let copied = auth.report(N1).unwrap().status.partners[0].resync_done_regions - copied_before;
+    eprintln!(
+        "B serving again {:?} after its restart ({resync:?} after its process listened); {copied} regions copied of {}",
+        t0.elapsed(),
+        SIZE / 65536
+    );
+    let mut cb = login(&b);
+    for (lba, data) in &model {
+        assert_eq!(&read_blocks(&mut cb, *lba, data.len()), data, "read through B at {lba}");
+    }
+    sync_cache(&mut ca);
+    sync_cache(&mut cb);
+    images_identical(&a.image, &b.image);
+    eprintln!("images identical after B's resync");
+    drop(auth);
+    let _ = (&a.dir, &b.dir, a.id, b.id);
+}
