@@ -119,17 +119,15 @@ pub fn ha_meta_path(cfg: &NodeConfig, d: &DeviceConfig) -> Option<std::path::Pat
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     let raw = std::fs::read(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
     let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or("");
-    let secret = if !text.is_empty()
-        && text.len() % 2 == 0
-        && text.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap_or(0))
-            .collect()
-    } else {
-        raw
-    };
+    let secret =
+        if !text.is_empty() && text.len() & 1 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap_or(0))
+                .collect()
+        } else {
+            raw
+        };
     if secret.len() < 16 {
         return Err(format!(
             "secret file {}: {} bytes of secret; at least 16 are required",

@@ -37,6 +37,11 @@ pub fn start(
             transport: Box::new(links),
         });
     }
-    tracing::info!(device, node = spec.node_id, partners = partners.len(), "replicated device: replication thread starting");
+    tracing::info!(
+        device,
+        node = spec.node_id,
+        partners = partners.len(),
+        "replicated device: replication thread starting"
+    );
     ReplicatedBdev::start(local, opts, partners).map_err(|e| e.to_string())
 }

@@ -73,13 +73,24 @@ impl Node {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn node(root: &Path, id: NodeId, ip: &str, partner_ip: &str, port: u16, sync: u16, secret: &Path) -> Node {
+fn node(
+    root: &Path,
+    id: NodeId,
+    ip: &str,
+    partner_ip: &str,
+    port: u16,
+    sync: u16,
+    secret: &Path,
+) -> Node {
     let name = format!("node{}", id.0);
     let dir = root.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     let dir = dir.canonicalize().unwrap();
     let image = dir.join("ha.img");
-    std::fs::File::create(&image).unwrap().set_len(SIZE).unwrap();
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
     image_id::write(&image, &ImageRecord::new(SEED, 512, SIZE)).unwrap();
     let portal: SocketAddr = format!("{ip}:{port}").parse().unwrap();
     let peer = if id == N1 { N2 } else { N1 };
@@ -172,7 +183,8 @@ impl AuthorityLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let (r, s) = (reports.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut auth = Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
+            let mut auth =
+                Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
             let start = Instant::now();
             let mut pending: HashMap<NodeId, Vec<HaUpdate>> = HashMap::new();
             let mut conns: HashMap<NodeId, Option<BufReader<UnixStream>>> = HashMap::new();
@@ -314,7 +326,9 @@ fn command_retrying(
     let mut not_ready = 0;
     loop {
         let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
-        let nr = r.status == 2 && r.sense.len() > 13 && (r.sense[2] & 0x0f, r.sense[12], r.sense[13]) == (2, 4, 0x0c);
+        let nr = r.status == 2
+            && r.sense.len() > 13
+            && (r.sense[2] & 0x0f, r.sense[12], r.sense[13]) == (2, 4, 0x0c);
         if !nr || t0.elapsed() > timeout {
             return (r, not_ready);
         }
@@ -324,18 +338,36 @@ fn command_retrying(
 }
 
 fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {
-    let (r, _) = command_retrying(c, &write16(lba, (data.len() / 512) as u32), 0, data, Duration::from_secs(10));
+    let (r, _) = command_retrying(
+        c,
+        &write16(lba, (data.len() / 512) as u32),
+        0,
+        data,
+        Duration::from_secs(10),
+    );
     assert_eq!(r.status, 0, "write at {lba}: sense {:02x?}", r.sense);
 }
 
 fn read_blocks(c: &mut RawConn, lba: u64, len: usize) -> Vec<u8> {
-    let (r, _) = command_retrying(c, &read16(lba, (len / 512) as u32), len as u32, &[], Duration::from_secs(10));
+    let (r, _) = command_retrying(
+        c,
+        &read16(lba, (len / 512) as u32),
+        len as u32,
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(r.status, 0, "read at {lba}: sense {:02x?}", r.sense);
     r.data_in
 }
 
 fn sync_cache(c: &mut RawConn) {
-    let (r, _) = command_retrying(c, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[], Duration::from_secs(10));
+    let (r, _) = command_retrying(
+        c,
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        0,
+        &[],
+        Duration::from_secs(10),
+    );
     assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
 }
 
@@ -354,15 +386,38 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         .tempdir_in(scratch_dir())
         .unwrap();
     let secret = root.path().join("cluster.secret");
-    std::fs::write(&secret, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
+    std::fs::write(
+        &secret,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
     let sync = free_port();
-    let mut a = node(root.path(), N1, "127.0.0.1", "127.0.0.2", free_port(), sync, &secret);
-    let mut b = node(root.path(), N2, "127.0.0.2", "127.0.0.1", free_port(), sync, &secret);
+    let mut a = node(
+        root.path(),
+        N1,
+        "127.0.0.1",
+        "127.0.0.2",
+        free_port(),
+        sync,
+        &secret,
+    );
+    let mut b = node(
+        root.path(),
+        N2,
+        "127.0.0.2",
+        "127.0.0.1",
+        free_port(),
+        sync,
+        &secret,
+    );
     a.start();
     b.start();
     let auth = AuthorityLoop::start(vec![(N1, a.socket.clone()), (N2, b.socket.clone())]);
     let first = auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
-    eprintln!("both nodes serving after {first:?} (initial full sync of {} MiB)", SIZE >> 20);
+    eprintln!(
+        "both nodes serving after {first:?} (initial full sync of {} MiB)",
+        SIZE >> 20
+    );
 
     // Written through A, read through B.
     let mut ca = login(&a);
@@ -373,13 +428,26 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         let lba = u64::from(i) * 640 % (SIZE / 512 - 128);
         let data = pattern(4096 * (1 + (i as usize % 16)), i + 1);
         write_blocks(if i % 2 == 0 { &mut ca } else { &mut cb }, lba, &data);
-        model.retain(|(l, d)| lba + (data.len() as u64 / 512) <= *l || *l + (d.len() as u64 / 512) <= lba);
+        model.retain(|(l, d)| {
+            lba + (data.len() as u64 / 512) <= *l || *l + (d.len() as u64 / 512) <= lba
+        });
         model.push((lba, data));
     }
-    eprintln!("200 writes through both nodes (4-64 KiB, QD1): {:?}", t0.elapsed());
+    eprintln!(
+        "200 writes through both nodes (4-64 KiB, QD1): {:?}",
+        t0.elapsed()
+    );
     for (lba, data) in &model {
-        assert_eq!(&read_blocks(&mut cb, *lba, data.len()), data, "read through B at {lba}");
-        assert_eq!(&read_blocks(&mut ca, *lba, data.len()), data, "read through A at {lba}");
+        assert_eq!(
+            &read_blocks(&mut cb, *lba, data.len()),
+            data,
+            "read through B at {lba}"
+        );
+        assert_eq!(
+            &read_blocks(&mut ca, *lba, data.len()),
+            data,
+            "read through A at {lba}"
+        );
     }
     sync_cache(&mut ca);
     sync_cache(&mut cb);
@@ -398,14 +466,27 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     for (round, victim) in [(1u32, 1 - seq_idx), (2, seq_idx)] {
         let survivor = 1 - victim;
         let (vname, sname) = (nodes[victim].name.clone(), nodes[survivor].name.clone());
-        eprintln!("round {round}: kill -9 of {vname} (sequencer {})", if victim == seq_idx { &vname } else { &sname });
+        eprintln!(
+            "round {round}: kill -9 of {vname} (sequencer {})",
+            if victim == seq_idx { &vname } else { &sname }
+        );
         let mut cs = login(&nodes[survivor]);
         nodes[victim].kill9();
         let t0 = Instant::now();
         let data = pattern(65536, 1000 + round);
-        let (r, not_ready) = command_retrying(&mut cs, &write16(4096, 128), 0, &data, Duration::from_secs(15));
+        let (r, not_ready) = command_retrying(
+            &mut cs,
+            &write16(4096, 128),
+            0,
+            &data,
+            Duration::from_secs(15),
+        );
         let pause = t0.elapsed();
-        assert_eq!(r.status, 0, "write through {sname} after {vname} died: sense {:02x?}", r.sense);
+        assert_eq!(
+            r.status, 0,
+            "write through {sname} after {vname} died: sense {:02x?}",
+            r.sense
+        );
         eprintln!("  first write through {sname} after kill -9 of {vname}: {pause:?} ({not_ready} NOT READY answers)");
         assert!(pause < Duration::from_secs(8), "{pause:?}");
         model.retain(|(l, d)| 4096 + 128 <= *l || *l + (d.len() as u64 / 512) <= 4096);
@@ -429,18 +510,26 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         let t0 = Instant::now();
         nodes[victim].start();
         let resync = auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
-        let copied = auth.report(sid).unwrap().status.partners[0].resync_done_regions - copied_before;
+        let copied =
+            auth.report(sid).unwrap().status.partners[0].resync_done_regions - copied_before;
         eprintln!(
             "  {vname} serving again {:?} after its restart ({resync:?} after its portal listened); {copied} regions copied of {}",
             t0.elapsed(),
             SIZE / 65536
         );
         if round == 1 {
-            assert!(copied >= dirty && copied < SIZE / 65536, "fast resync expected: {copied} regions");
+            assert!(
+                copied >= dirty && copied < SIZE / 65536,
+                "fast resync expected: {copied} regions"
+            );
         }
         let mut cv = login(&nodes[victim]);
         for (lba, data) in &model {
-            assert_eq!(&read_blocks(&mut cv, *lba, data.len()), data, "read through {vname} at {lba}");
+            assert_eq!(
+                &read_blocks(&mut cv, *lba, data.len()),
+                data,
+                "read through {vname} at {lba}"
+            );
         }
         sync_cache(&mut cs);
         sync_cache(&mut cv);

@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
-use tandem_bdev::{AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion, DeviceInfo};
+use tandem_bdev::{
+    AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion, DeviceInfo,
+};
 use tandem_config::ipc::{HaReport, HaUpdate};
 use tandem_ffi::EventFd;
 use tandem_ha::NodeId;

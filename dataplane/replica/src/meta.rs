@@ -65,9 +65,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = MetaStore::new(Some(dir.path().join("d.ha-meta")));
         assert_eq!(s.load().unwrap(), ReplicaMeta::default());
-        let mut m = ReplicaMeta::default();
-        m.version = 7;
-        m.was_sequencer = true;
+        let m = ReplicaMeta {
+            version: 7,
+            was_sequencer: true,
+            ..Default::default()
+        };
         s.save(&m).unwrap();
         assert_eq!(s.load().unwrap(), m);
         std::fs::write(dir.path().join("d.ha-meta"), b"{garbage").unwrap();

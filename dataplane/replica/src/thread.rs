@@ -379,7 +379,13 @@ impl Worker {
 
     // ---- host side ----------------------------------------------------------------------
 
-    fn complete(&mut self, chan: u64, tag: u64, result: Result<(), BdevError>, buf: Option<AlignedBuf>) {
+    fn complete(
+        &mut self,
+        chan: u64,
+        tag: u64,
+        result: Result<(), BdevError>,
+        buf: Option<AlignedBuf>,
+    ) {
         if let Some((tx, _)) = self.channels.get(&chan) {
             let _ = tx.send(Completion { tag, result, buf });
             if !self.to_wake.contains(&chan) {
@@ -551,50 +557,48 @@ impl Worker {
             return;
         };
         let err = match status {
-            HostStatus::Good { data } => {
-                match &mut req.kind {
-                    ReqKind::Read { len } => {
-                        let len = *len;
-                        let result = match data {
-                            Some(d) if d.as_slice().len() == len => {
-                                let mut buf = AlignedBuf::new(len, BUF_ALIGN);
-                                buf.copy_from_slice(d.as_slice());
-                                Ok(buf)
-                            }
-                            _ => Err(BdevError::Other("replicated read returned no data".into())),
-                        };
-                        match result {
-                            Ok(buf) => self.complete(req.chan, req.tag, Ok(()), Some(buf)),
-                            Err(e) => self.complete(req.chan, req.tag, Err(e), None),
+            HostStatus::Good { data } => match &mut req.kind {
+                ReqKind::Read { len } => {
+                    let len = *len;
+                    let result = match data {
+                        Some(d) if d.as_slice().len() == len => {
+                            let mut buf = AlignedBuf::new(len, BUF_ALIGN);
+                            buf.copy_from_slice(d.as_slice());
+                            Ok(buf)
                         }
-                        return;
+                        _ => Err(BdevError::Other("replicated read returned no data".into())),
+                    };
+                    match result {
+                        Ok(buf) => self.complete(req.chan, req.tag, Ok(()), Some(buf)),
+                        Err(e) => self.complete(req.chan, req.tag, Err(e), None),
                     }
-                    ReqKind::Write { buf, fua, flushing } => {
-                        if *fua && !*flushing {
-                            *flushing = true;
-                            self.reqs.insert(id, req);
-                            self.host(id, HostCmd::Flush);
-                            return;
-                        }
-                        let buf = buf.take();
-                        self.complete(req.chan, req.tag, Ok(()), buf);
-                        return;
-                    }
-                    ReqKind::Flush => {
-                        self.complete(req.chan, req.tag, Ok(()), None);
-                        return;
-                    }
-                    ReqKind::Discard { next, end } => {
-                        if next < end {
-                            self.reqs.insert(id, req);
-                            self.next_discard_chunk(id);
-                        } else {
-                            self.complete(req.chan, req.tag, Ok(()), None);
-                        }
-                        return;
-                    }
+                    return;
                 }
-            }
+                ReqKind::Write { buf, fua, flushing } => {
+                    if *fua && !*flushing {
+                        *flushing = true;
+                        self.reqs.insert(id, req);
+                        self.host(id, HostCmd::Flush);
+                        return;
+                    }
+                    let buf = buf.take();
+                    self.complete(req.chan, req.tag, Ok(()), buf);
+                    return;
+                }
+                ReqKind::Flush => {
+                    self.complete(req.chan, req.tag, Ok(()), None);
+                    return;
+                }
+                ReqKind::Discard { next, end } => {
+                    if next < end {
+                        self.reqs.insert(id, req);
+                        self.next_discard_chunk(id);
+                    } else {
+                        self.complete(req.chan, req.tag, Ok(()), None);
+                    }
+                    return;
+                }
+            },
             HostStatus::NotReady => BdevError::NotReady,
             HostStatus::MediumError => {
                 BdevError::Io(std::io::Error::other("the local copy failed the I/O"))

@@ -133,7 +133,10 @@ impl Drop for MemTransport {
 impl PeerTransport for MemTransport {
     fn send(&mut self, env: Envelope<SharedPayload>) -> Result<(), Full> {
         let g = self.net.inner.lock();
-        if g.cut.iter().any(|p| *p == (self.me, self.peer) || *p == (self.peer, self.me)) {
+        if g.cut
+            .iter()
+            .any(|p| *p == (self.me, self.peer) || *p == (self.peer, self.me))
+        {
             return Ok(());
         }
         let Some((tx, wake, _)) = g.inboxes.get(&(self.peer, self.me)) else {

@@ -38,7 +38,8 @@ impl AuthorityLoop {
         let stop = Arc::new(AtomicBool::new(false));
         let (n, r, s) = (nodes.clone(), reports.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut auth = Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
+            let mut auth =
+                Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
             let start = Instant::now();
             let mut pending: HashMap<NodeId, Vec<HaUpdate>> = HashMap::new();
             while !s.load(Ordering::Relaxed) {
@@ -187,7 +188,10 @@ impl Client {
         let mut out = Vec::new();
         while out.len() < n {
             if self.ch.poll(&mut out) == 0 {
-                assert!(t0.elapsed() < timeout, "I/O did not complete in {timeout:?}");
+                assert!(
+                    t0.elapsed() < timeout,
+                    "I/O did not complete in {timeout:?}"
+                );
                 tandem_ffi::wait_readable(self.ch.wake_fd().unwrap(), 50).unwrap();
             }
         }
@@ -304,7 +308,10 @@ fn two_replicas_mirror_fail_over_and_resync() {
         s.spawn(|| random_writes(&*a, &*b, 0, 8 << 20, 2000, 11));
         s.spawn(|| random_writes(&*b, &*a, 8 << 20, 8 << 20, 2000, 12));
     });
-    eprintln!("4000 replicated 4 KiB writes (QD 8 per node) + reads: {:?}", t0.elapsed());
+    eprintln!(
+        "4000 replicated 4 KiB writes (QD 8 per node) + reads: {:?}",
+        t0.elapsed()
+    );
     // Discard through B reads back zeroes through A.
     let mut cb = Client::new(&*b);
     let c = cb.batch(
@@ -337,7 +344,11 @@ fn two_replicas_mirror_fail_over_and_resync() {
     for (round, victim) in [(1, 1 - seq_idx), (2, seq_idx)] {
         let survivor = 1 - victim;
         let (vid, sid) = (nodes[victim].0, nodes[survivor].0);
-        eprintln!("round {round}: stopping n{} (sequencer n{})", vid.0, seq_of(&auth, sid).0);
+        eprintln!(
+            "round {round}: stopping n{} (sequencer n{})",
+            vid.0,
+            seq_of(&auth, sid).0
+        );
         auth.remove(vid);
         drop(nodes[victim].1.take());
         let sdev = nodes[survivor].1.clone().unwrap();
@@ -345,13 +356,18 @@ fn two_replicas_mirror_fail_over_and_resync() {
         let t0 = Instant::now();
         cs.write(0, &pattern(2 + round, 4096)).unwrap();
         let pause = t0.elapsed();
-        eprintln!("  first write through n{} after n{} stopped completed in {pause:?}", sid.0, vid.0);
+        eprintln!(
+            "  first write through n{} after n{} stopped completed in {pause:?}",
+            sid.0, vid.0
+        );
         assert!(pause < Duration::from_secs(8), "{pause:?}");
         // The survivor's next report shows the configuration that let the write complete.
         let t1 = Instant::now();
         let cfg = loop {
             let cfg = auth.report(sid).unwrap().status.config.unwrap();
-            if cfg.state_of(vid) == tandem_ha::MemberState::Out || t1.elapsed() > Duration::from_secs(2) {
+            if cfg.state_of(vid) == tandem_ha::MemberState::Out
+                || t1.elapsed() > Duration::from_secs(2)
+            {
                 break cfg;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -367,7 +383,13 @@ fn two_replicas_mirror_fail_over_and_resync() {
 
         // It restarts with its metadata, is resynchronized, and both serve again.
         let copied_before = auth.report(sid).unwrap().status.partners[0].resync_done_regions;
-        let (dev, h) = replica(&net, nodes[victim].2.clone(), vid, sid, nodes[victim].4.clone());
+        let (dev, h) = replica(
+            &net,
+            nodes[victim].2.clone(),
+            vid,
+            sid,
+            nodes[victim].4.clone(),
+        );
         let t0 = Instant::now();
         auth.add(vid, h);
         auth.wait_serving(&[N1, N2], Duration::from_secs(60));
@@ -380,9 +402,16 @@ fn two_replicas_mirror_fail_over_and_resync() {
             SIZE / 65536
         );
         if round == 1 {
-            assert!(copied >= dirty && copied < SIZE / 65536, "fast sync expected: {copied}");
+            assert!(
+                copied >= dirty && copied < SIZE / 65536,
+                "fast sync expected: {copied}"
+            );
         } else {
-            assert_eq!(copied, SIZE / 65536, "a former sequencer is fully resynchronized");
+            assert_eq!(
+                copied,
+                SIZE / 65536,
+                "a former sequencer is fully resynchronized"
+            );
         }
         // Writes through the restarted node land on the survivor too.
         let data = pattern(30 + round, 8192);

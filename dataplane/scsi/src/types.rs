@@ -171,7 +171,9 @@ pub enum DataOutFit {
 /// Result of an I/O the transport did for an [`IoPlan`].
 #[derive(Debug)]
 pub enum IoOutcome<'a> {
-    Ok { read_data: Option<&'a [u8]> },
+    Ok {
+        read_data: Option<&'a [u8]>,
+    },
     MediumError,
     Failed,
     /// The device is not accessible through this node now (a replica that is not serving):
