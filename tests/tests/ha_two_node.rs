@@ -536,6 +536,26 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         images_identical(&nodes[0].image, &nodes[1].image);
         eprintln!("  images identical after {vname}'s resync");
     }
+    // Idle, both processes back off (replication threads block; reactors park): three
+    // processes share two cores in CI.
+    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.as_ref().unwrap().pid()).collect();
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, p) in pids.iter().enumerate() {
+        let used = (cpu_ticks(*p) - before[i]) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+        eprintln!("idle CPU of {}: {:.1} %", nodes[i].name, used * 100.0);
+        assert!(used < 0.15, "{} is not idle: {:.1} % of a core", nodes[i].name, used * 100.0);
+    }
     drop(auth);
     let _ = (&nodes[0].dir, &nodes[1].dir);
+}
+
+/// User + system CPU time of a process, in clock ticks (USER_HZ = 100 on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
