@@ -192,3 +192,70 @@ pub fn target_spec(cfg: &NodeConfig, t: &TargetConfig) -> TargetSpec {
         allowed_initiators: t.allowed_initiators.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, secret_file: &str) -> NodeConfig {
+        let text = format!(
+            r#"[node]
+name = "node1"
+portals = ["127.0.0.1:3260"]
+data_dir = "{dir}"
+
+[[device]]
+name = "ha"
+ram_size = "16MiB"
+identity_seed = "shared-seed"
+
+[device.replication]
+node_id = 1
+secret_file = "{secret_file}"
+
+[[device.replication.partner]]
+name = "node2"
+node_id = 2
+sync_links = ["127.0.0.1:7000=127.0.0.2:7000"]
+"#,
+            dir = dir.display()
+        );
+        NodeConfig::from_toml_str(&text, "test").unwrap()
+    }
+
+    fn spec(dir: &Path, secret_file: &str) -> Result<crate::server::ReplicationSpec, String> {
+        let cfg = config(dir, secret_file);
+        device_spec(&cfg, dir, &cfg.devices[0]).replication.unwrap()
+    }
+
+    #[test]
+    fn replication_secret_hex_raw_short_and_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("hex"), "00112233445566778899aabbccddeeff\n").unwrap();
+        let s = spec(d, "hex").unwrap();
+        assert_eq!(s.secret.len(), 16);
+        assert_eq!(s.secret[15], 0xff);
+        assert_eq!(s.meta_path, Some(d.join("ha.ha-meta")));
+        assert_eq!(s.partners[0].node_id, 2);
+        // Ids depend on the identity seed only: every replica derives the same ones.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("hex"), "ffeeddccbbaa99887766554433221100").unwrap();
+        let s2 = spec(other.path(), "hex").unwrap();
+        assert_eq!((s.cluster_id, s.device_id), (s2.cluster_id, s2.device_id));
+
+        std::fs::write(d.join("raw"), b"not hex but twenty bytes").unwrap();
+        assert_eq!(spec(d, "raw").unwrap().secret, b"not hex but twenty bytes");
+
+        std::fs::write(d.join("short"), "0011223344").unwrap();
+        let e = spec(d, "short").unwrap_err();
+        assert!(e.contains("at least 16"), "{e}");
+        let e = spec(d, "absent").unwrap_err();
+        assert!(e.contains("absent"), "{e}");
+        // The reason reaches the device's failure.
+        let cfg = config(d, "short");
+        let ds = device_spec(&cfg, d, &cfg.devices[0]);
+        let e = crate::server::build_device(&ds).err().unwrap().to_string();
+        assert!(e.contains("replication") && e.contains("at least 16"), "{e}");
+    }
+}
