@@ -256,6 +256,9 @@ sync_links = ["127.0.0.1:7000=127.0.0.2:7000"]
         let cfg = config(d, "short");
         let ds = device_spec(&cfg, d, &cfg.devices[0]);
         let e = crate::server::build_device(&ds).err().unwrap().to_string();
-        assert!(e.contains("replication") && e.contains("at least 16"), "{e}");
+        assert!(
+            e.contains("replication") && e.contains("at least 16"),
+            "{e}"
+        );
     }
 }

@@ -412,6 +412,19 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     );
     a.start();
     b.start();
+    // Before the authority has spoken, a replica serves nothing: NOT READY, LOGICAL UNIT NOT
+    // ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04/0C), never MEDIUM ERROR.
+    {
+        let mut c = login(&a);
+        let r = c.command(&read16(0, 8), 4096, &[], 0, 0);
+        assert_eq!(r.status, 2, "read before any configuration");
+        assert_eq!((r.sense[2] & 0x0f, r.sense[12], r.sense[13]), (2, 4, 0x0c));
+        let r = c.command(&write16(0, 8), 0, &[7u8; 4096], 4096, 4096);
+        assert_eq!(
+            (r.status, r.sense[2] & 0x0f, r.sense[12], r.sense[13]),
+            (2, 2, 4, 0x0c)
+        );
+    }
     let auth = AuthorityLoop::start(vec![(N1, a.socket.clone()), (N2, b.socket.clone())]);
     let first = auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
     eprintln!(
@@ -538,14 +551,22 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     }
     // Idle, both processes back off (replication threads block; reactors park): three
     // processes share two cores in CI.
-    let pids: Vec<u32> = nodes.iter().map(|n| n.proc.as_ref().unwrap().pid()).collect();
+    let pids: Vec<u32> = nodes
+        .iter()
+        .map(|n| n.proc.as_ref().unwrap().pid())
+        .collect();
     let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     for (i, p) in pids.iter().enumerate() {
         let used = (cpu_ticks(*p) - before[i]) as f64 / 100.0 / t0.elapsed().as_secs_f64();
         eprintln!("idle CPU of {}: {:.1} %", nodes[i].name, used * 100.0);
-        assert!(used < 0.15, "{} is not idle: {:.1} % of a core", nodes[i].name, used * 100.0);
+        assert!(
+            used < 0.15,
+            "{} is not idle: {:.1} % of a core",
+            nodes[i].name,
+            used * 100.0
+        );
     }
     drop(auth);
     let _ = (&nodes[0].dir, &nodes[1].dir);

@@ -430,3 +430,76 @@ fn two_replicas_mirror_fail_over_and_resync() {
 fn seq_of(auth: &AuthorityLoop, id: NodeId) -> NodeId {
     auth.report(id).unwrap().status.config.unwrap().sequencer
 }
+
+#[test]
+fn requests_are_checked_and_a_stopped_replica_answers_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = MemNet::new();
+    let (_, inner) = image(dir.path(), "c");
+    let (dev, h) = replica(&net, inner, N1, N2, dir.path().join("c.ha-meta"));
+    let mut c = Client::new(&*dev);
+    let t = Duration::from_secs(5);
+    let buf = |c: &mut Client, n| c.ch.alloc_buf(n);
+    let b = buf(&mut c, 4096);
+    let r = c.batch(
+        vec![
+            BdevOp::Read {
+                offset: 100,
+                len: 512,
+            },
+            BdevOp::Read {
+                offset: SIZE,
+                len: 512,
+            },
+            BdevOp::Write {
+                offset: SIZE - 512,
+                buf: b,
+                fua: false,
+            },
+            BdevOp::Discard {
+                offset: 0,
+                len: SIZE + 512,
+            },
+            BdevOp::Read { offset: 0, len: 0 },
+            BdevOp::Flush,
+        ],
+        t,
+    );
+    assert!(matches!(r[0].result, Err(BdevError::Misaligned)));
+    assert!(matches!(r[1].result, Err(BdevError::OutOfRange)));
+    assert!(matches!(r[2].result, Err(BdevError::OutOfRange)));
+    assert!(r[2].buf.is_some(), "a refused write's buffer comes back");
+    assert!(matches!(r[3].result, Err(BdevError::OutOfRange)));
+    assert!(r[4].result.is_ok());
+    // Not a member yet: NOT READY (never MEDIUM ERROR).
+    assert!(matches!(r[5].result, Err(BdevError::NotReady)));
+    // The report before any configuration: a lease request, no configuration, not serving.
+    let rep = h.exchange(Vec::new()).unwrap();
+    assert!(rep
+        .requests
+        .contains(&tandem_ha::authority::ToAuthority::LeaseRequest));
+    assert!(rep.status.config.is_none() && !rep.status.serving);
+    assert_eq!(rep.status.partners.len(), 1);
+    // Stopped: every submission still completes, NOT READY; exchange fails cleanly.
+    dev.stop();
+    let b = buf(&mut c, 4096);
+    let r = c.batch(
+        vec![
+            BdevOp::Write {
+                offset: 0,
+                buf: b,
+                fua: true,
+            },
+            BdevOp::Read {
+                offset: 0,
+                len: 512,
+            },
+        ],
+        t,
+    );
+    assert!(r
+        .iter()
+        .all(|c| matches!(c.result, Err(BdevError::NotReady))));
+    assert!(r[0].buf.is_some());
+    assert!(h.exchange(Vec::new()).is_err());
+}
