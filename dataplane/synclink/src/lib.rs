@@ -674,7 +674,11 @@ impl PeerLinks {
             let Some(i) = self.conns.iter().position(|c| c.id == id) else {
                 continue;
             };
-            let c = self.conns.swap_remove(i);
+            let mut c = self.conns.swap_remove(i);
+            if !c.is_up() && !reason.starts_with("write") {
+                // Best effort: our Proof, so a refused peer logs the refusal too.
+                let _ = c.flush(&self.sess.unacked, now, &mut self.bytes_sent);
+            }
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             if self.sess.active == Some(id) {
                 self.sess.active = None;
