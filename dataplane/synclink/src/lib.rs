@@ -558,6 +558,7 @@ impl PeerLinks {
             ack_sent,
             last_rx,
             link,
+            id,
             ..
         } = c;
         loop {
@@ -567,6 +568,7 @@ impl PeerLinks {
                 Err(e) => return Err(format!("malformed frame from peer: {e}")),
             };
             *last_rx = now;
+            tracing::trace!(conn = *id, len = frame.len(), "frame in");
             let was_auth = session.is_authenticated();
             let inbound = session.on_frame(frame).map_err(|e| e.to_string())?;
             match inbound {
@@ -600,7 +602,7 @@ impl PeerLinks {
                                 events.push(PeerEvent::Connected { peer_boot_id: boot });
                             }
                         }
-                        info!(peer_name = %cfg.peer_name, link = *link, "sync link up");
+                        info!(peer_name = %cfg.peer_name, link = *link, conn = *id, "sync link up");
                         events.push(PeerEvent::LinkUp { link: *link });
                         // Tell the peer where we are: it frees what we already have.
                         let next = sess.rx_next;
@@ -687,7 +689,7 @@ impl PeerLinks {
                 self.links[c.link].next_dial = now + self.cfg.reconnect_interval;
             }
             if c.is_up() {
-                warn!(peer = %c.peer_addr, link = c.link, peer_name = %self.cfg.peer_name,
+                warn!(peer = %c.peer_addr, link = c.link, peer_name = %self.cfg.peer_name, conn = c.id,
                       "sync link down: {reason}");
                 self.links[c.link].last_error = Some(reason.clone());
                 events.push(PeerEvent::LinkDown {
@@ -757,6 +759,13 @@ impl PeerLinks {
                 && c.partial.is_none();
             let news = c.ack_due && c.ack_sent != Some(rx_next);
             if news || idle {
+                tracing::trace!(
+                    conn = c.id,
+                    link = c.link,
+                    next = rx_next,
+                    news,
+                    "ack queued"
+                );
                 match encode_ctl(|b| LinkMsg::Ack { next: rx_next }.encode(b)) {
                     Ok(f) => c.ctl.push_back(f),
                     Err(e) => closing.push((c.id, e)),

@@ -72,10 +72,16 @@ fn a_broken_link_moves_traffic_to_the_other_exactly_once_in_order() {
             let l = a.pl.active_link().expect("an active link");
             a.pl.debug_break_link(l);
             broke.push(l);
+            return false;
         }
         // The second break on the receiver's side, once the first link is back.
-        if broke.len() == 1 && a.pl.links_up().len() == 2 && b.pl.links_up().len() == 2 {
-            let l = b.pl.links_up()[0];
+        if broke.len() == 1
+            && got >= 1500
+            && a.pl.links_up().len() == 2
+            && b.pl.links_up().len() == 2
+        {
+            // The link node 1 sends on now, cut at node 2's end.
+            let l = a.pl.active_link().expect("an active link");
             b.pl.debug_break_link(l);
             broke.push(l);
         }
@@ -83,6 +89,14 @@ fn a_broken_link_moves_traffic_to_the_other_exactly_once_in_order() {
     });
     check_in_order(&b.got, 0);
     assert_eq!(broke.len(), 2);
+    assert_ne!(
+        broke[0], broke[1],
+        "both links carried traffic and failed once"
+    );
+    eprintln!(
+        "resent messages dropped as duplicates: {}",
+        b.pl.duplicates_dropped()
+    );
     assert!(a.saw(|e| matches!(e, PeerEvent::LinkDown { .. })));
     assert!(b.saw(|e| matches!(e, PeerEvent::LinkDown { .. })));
     // One link was left at every moment: never all down, one incarnation.
@@ -350,4 +364,24 @@ fn the_caller_can_sleep_on_fds_and_deadline() {
     assert!(fds.iter().all(|(_, w)| !w));
     // The dialer has to dial now.
     assert!(pl.next_deadline().unwrap() <= Instant::now());
+}
+
+#[test]
+fn idle_links_stay_up_on_keepalives() {
+    init_tracing();
+    let (la, lb) = links(9, 2);
+    let mut a = Node::new(config(1, 2, la, 1));
+    let mut b = Node::new(config(2, 1, lb, 2));
+    run_until(&mut a, &mut b, |a, b| {
+        a.pl.links_up().len() == 2 && b.pl.links_up().len() == 2
+    });
+    run_for(&mut a, &mut b, Duration::from_millis(2500));
+    for n in [&a, &b] {
+        assert!(
+            !n.saw(|e| matches!(e, PeerEvent::LinkDown { .. })),
+            "{:?}",
+            n.events
+        );
+        assert_eq!(n.pl.links_up(), vec![0, 1]);
+    }
 }
