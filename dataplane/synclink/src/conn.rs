@@ -95,6 +95,17 @@ impl Unacked {
     }
 }
 
+pub(crate) enum ReadOutcome {
+    /// Bytes arrived (or the read was interrupted): read again.
+    Data,
+    /// Nothing more now (would block, or the budget is spent).
+    Stop,
+    /// The decoder's buffer is full (it then holds a whole frame): take frames out first.
+    Full,
+    /// The peer closed the connection.
+    Eof,
+}
+
 pub(crate) enum Phase {
     /// Non-blocking connect in progress (dialer only).
     Connecting,
@@ -248,25 +259,25 @@ impl Conn {
         }
     }
 
-    /// Reads into the decoder's free space. `Ok(true)`: the peer closed the connection.
-    pub fn read_some(&mut self, budget: &mut usize) -> io::Result<bool> {
+    /// One read into the decoder's free space (never more than `budget`).
+    pub fn read_some(&mut self, budget: &mut usize) -> io::Result<ReadOutcome> {
+        if *budget == 0 {
+            return Ok(ReadOutcome::Stop);
+        }
         let space = self.decoder.free_space();
-        if space.is_empty() || *budget == 0 {
-            return Ok(false);
+        if space.is_empty() {
+            return Ok(ReadOutcome::Full);
         }
         let want = space.len().min(*budget);
         match self.stream.read(&mut space[..want]) {
-            Ok(0) => Ok(true),
+            Ok(0) => Ok(ReadOutcome::Eof),
             Ok(n) => {
                 self.decoder.advance(n);
                 *budget -= n;
-                Ok(false)
+                Ok(ReadOutcome::Data)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *budget = 0;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::Stop),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Data),
             Err(e) => Err(e),
         }
     }

@@ -39,11 +39,13 @@ use tandem_mirror::{
 };
 use tracing::{debug, info, warn};
 
-use conn::{Conn, OutFrame, Phase, Unacked, READ_BUDGET_BYTES};
+use conn::{Conn, OutFrame, Phase, ReadOutcome, Unacked, READ_BUDGET_BYTES};
 
 /// Connections accepted on one link that have not authenticated yet; more are closed at
 /// once, so a stranger cannot exhaust descriptors.
 const PENDING_ACCEPTS_MAX_PER_LINK: usize = 4;
+/// Control frames queued on one connection at most (handshake, Start, Ack).
+const CTL_QUEUE_MAX: usize = 8;
 /// Connections accepted per listener per poll.
 const ACCEPTS_MAX_PER_POLL: usize = 16;
 
@@ -521,16 +523,26 @@ impl PeerLinks {
         events: &mut Vec<PeerEvent>,
     ) -> Result<(), String> {
         let mut budget = READ_BUDGET_BYTES;
-        while budget > 0 {
-            let eof = self.conns[i]
+        let mut full_before = false;
+        loop {
+            let r = self.conns[i]
                 .read_some(&mut budget)
                 .map_err(|e| format!("read: {e}"))?;
+            if matches!(r, ReadOutcome::Data) {
+                // Bytes arrived: the link is alive even while a large frame is still coming.
+                self.conns[i].last_rx = now;
+            }
             self.handle_frames(i, now, events)?;
-            if eof {
-                return Err("closed by the peer".into());
+            match r {
+                ReadOutcome::Data => full_before = false,
+                ReadOutcome::Eof => return Err("closed by the peer".into()),
+                ReadOutcome::Stop => return Ok(()),
+                // A full buffer holds a whole frame, which handle_frames took out; twice in
+                // a row would be a decoder bug: close rather than spin.
+                ReadOutcome::Full if full_before => return Err("receive buffer stalled".into()),
+                ReadOutcome::Full => full_before = true,
             }
         }
-        Ok(())
     }
 
     fn handle_frames(
@@ -758,7 +770,9 @@ impl PeerLinks {
                 && c.ctl.is_empty()
                 && c.partial.is_none();
             let news = c.ack_due && c.ack_sent != Some(rx_next);
-            if news || idle {
+            // A peer that sends but does not read cannot grow the queue: later acks cover
+            // earlier ones, so one may be skipped.
+            if (news || idle) && c.ctl.len() < CTL_QUEUE_MAX {
                 tracing::trace!(
                     conn = c.id,
                     link = c.link,

@@ -107,7 +107,7 @@ impl Node {
 pub fn payload_len(n: u64) -> usize {
     if n % 250 == 7 {
         1024 * 1024
-    } else if n % 7 == 0 {
+    } else if n.is_multiple_of(7) {
         (n as usize * 131) % 65536
     } else {
         512 + (n as usize * 37) % 3584
@@ -139,7 +139,7 @@ pub fn message(origin: u8, n: u64) -> Envelope<SharedPayload> {
             id,
             range: BlockRange::new(n * 8, 8),
             data: SharedPayload::from_host(&payload(n)),
-            commit_follows: n % 2 == 0,
+            commit_follows: n.is_multiple_of(2),
         }
     };
     Envelope {
