@@ -385,3 +385,152 @@ fn idle_links_stay_up_on_keepalives() {
         assert_eq!(n.pl.links_up(), vec![0, 1]);
     }
 }
+
+/// A hand-driven node 1: authenticates on link 0 of node 2 with the right secret, then
+/// behaves as the test wants.
+fn fake_node1(listen: SocketAddr, b: &mut Node, boot_id: u64) -> TcpStream {
+    use tandem_mirror::{Handshake, HandshakeMsg, Inbound, Limits, LinkConfig, LinkSession, Role};
+    let mut s = TcpStream::connect(listen).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let cfg = LinkConfig {
+        cluster_id: [9; 16],
+        node_id: tandem_ha::NodeId(1),
+        peer_node_id: tandem_ha::NodeId(2),
+        device_id: 77,
+        link_id: 0,
+        boot_id,
+        secret: SECRET.to_vec(),
+    };
+    let hs = Handshake::new(cfg, Role::Initiator, [0x42; 32], 0).unwrap();
+    let mut out = Vec::new();
+    hs.hello().encode(&mut out).unwrap();
+    s.write_all(&out).unwrap();
+    let mut session = LinkSession::new(hs, Limits::default());
+    let mut dec = tandem_mirror::FrameDecoder::new(Limits::default());
+    let end = Instant::now() + Duration::from_secs(5);
+    while !session.is_authenticated() {
+        assert!(Instant::now() < end, "fake node 1: no handshake");
+        b.poll();
+        let space = dec.free_space();
+        match s.read(space) {
+            Ok(0) => panic!("node 2 closed the fake's connection"),
+            Ok(n) => dec.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        while let Some(f) = dec.next_frame().unwrap() {
+            if let Inbound::Handshake { reply: Some(m) } = session.on_frame(f).unwrap() {
+                let HandshakeMsg::Proof { .. } = m else {
+                    panic!()
+                };
+                m.encode(&mut out).unwrap();
+                s.write_all(&out).unwrap();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s
+}
+
+fn mirror_frame(n: u64) -> Vec<u8> {
+    let data = payload(n);
+    let env: tandem_ha::Envelope<&[u8]> = tandem_ha::Envelope {
+        epoch: tandem_ha::Epoch(3),
+        msg: tandem_ha::Msg::Mirror {
+            id: tandem_ha::OpId {
+                origin: tandem_ha::NodeId(1),
+                n,
+            },
+            range: tandem_ha::BlockRange::new(8, 8),
+            data: &data,
+            commit_follows: false,
+        },
+    };
+    let mut f = Vec::new();
+    tandem_mirror::encode(&env, &Default::default(), &mut f).unwrap();
+    f
+}
+
+fn link_frame(m: tandem_mirror::LinkMsg) -> Vec<u8> {
+    let mut f = Vec::new();
+    m.encode(&mut f).unwrap();
+    f
+}
+
+#[test]
+fn a_bad_payload_crc_or_a_sequence_gap_closes_the_link() {
+    init_tracing();
+    let (la, lb) = links(10, 1);
+    let listen = lb[0].local;
+    let mut b = Node::new(config(2, 1, lb, 2));
+
+    // Authenticated, then a Mirror whose payload was corrupted on the way.
+    let mut s = fake_node1(listen, &mut b, 1);
+    let mut bytes = link_frame(tandem_mirror::LinkMsg::Start { first_seq: 0 });
+    let mut m = mirror_frame(1); // a payload of 549 bytes
+    let last = m.len() - 1;
+    m[last] ^= 0x01;
+    bytes.extend_from_slice(&m);
+    s.write_all(&bytes).unwrap();
+    assert!(closed_by_peer(
+        &mut s,
+        &mut || b.poll(),
+        Duration::from_secs(3)
+    ));
+    let err = b.pl.status()[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("payload CRC32C mismatch"), "{err}");
+    assert!(b.got.is_empty());
+    assert!(b.saw(|e| matches!(e, PeerEvent::LinkDown { link: 0, .. })));
+
+    // A Start past the next expected message (a gap).
+    let mut s = fake_node1(listen, &mut b, 1);
+    s.write_all(&link_frame(tandem_mirror::LinkMsg::Start { first_seq: 5 }))
+        .unwrap();
+    assert!(closed_by_peer(
+        &mut s,
+        &mut || b.poll(),
+        Duration::from_secs(3)
+    ));
+    let err = b.pl.status()[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("a gap"), "{err}");
+
+    // An ack for messages node 2 never sent.
+    let mut s = fake_node1(listen, &mut b, 1);
+    s.write_all(&link_frame(tandem_mirror::LinkMsg::Ack { next: 1 }))
+        .unwrap();
+    assert!(closed_by_peer(
+        &mut s,
+        &mut || b.poll(),
+        Duration::from_secs(3)
+    ));
+    let err = b.pl.status()[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("acknowledges message 1"), "{err}");
+
+    // A duplicate is dropped, the next one delivered.
+    let mut s = fake_node1(listen, &mut b, 1);
+    let mut bytes = link_frame(tandem_mirror::LinkMsg::Start { first_seq: 0 });
+    bytes.extend_from_slice(&mirror_frame(0));
+    bytes.extend_from_slice(&link_frame(tandem_mirror::LinkMsg::Start { first_seq: 0 }));
+    bytes.extend_from_slice(&mirror_frame(0));
+    bytes.extend_from_slice(&mirror_frame(1));
+    s.write_all(&bytes).unwrap();
+    let end = Instant::now() + TEST_LIMIT;
+    while b.got.len() < 2 {
+        b.poll();
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(b.got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(b.pl.duplicates_dropped(), 1);
+    drop(s);
+
+    // The real node 1 (another incarnation: boot ids differ on every start) gets in.
+    let mut a = Node::new(config(1, 2, la, 5));
+    let mut next = 2u64;
+    run_until(&mut a, &mut b, |a, b| {
+        send_some(a, &mut next, 10);
+        b.got.len() == 10
+    });
+    assert!(b.saw(|e| *e == PeerEvent::PeerRestarted { peer_boot_id: 5 }));
+    check_in_order(&b.got, 0);
+}
