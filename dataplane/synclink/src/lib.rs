@@ -49,6 +49,7 @@ const CTL_QUEUE_MAX: usize = 8;
 /// Connections accepted per listener per poll.
 const ACCEPTS_MAX_PER_POLL: usize = 16;
 
+#[derive(Clone)]
 pub struct PeerConfig {
     pub me: NodeId,
     pub peer: NodeId,
