@@ -392,11 +392,27 @@ impl PeerLinks {
                 let pending = self
                     .conns
                     .iter()
-                    .filter(|c| c.link == link && !c.is_up())
+                    .filter(|c| c.link == link && c.role == Role::Acceptor && !c.is_up())
                     .count();
                 if pending >= PENDING_ACCEPTS_MAX_PER_LINK {
-                    warn!(peer = %addr, link, "sync link: too many unauthenticated connections, closing this one");
-                    continue;
+                    // Evict the oldest: the peer authenticates within milliseconds, so a
+                    // few silent strangers cannot keep it out until their handshake deadline.
+                    if let Some(i) = self
+                        .conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.link == link && c.role == Role::Acceptor && !c.is_up())
+                        .min_by_key(|(_, c)| c.id)
+                        .map(|(i, _)| i)
+                    {
+                        let old = self.conns.swap_remove(i);
+                        let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                        self.note_error(
+                            link,
+                            old.peer_addr,
+                            "too many unauthenticated connections: closed the oldest".into(),
+                        );
+                    }
                 }
                 if let Err(e) = stream.set_nonblocking(true) {
                     debug!(peer = %addr, link, error = %e, "sync link: set_nonblocking failed");

@@ -290,8 +290,11 @@ fn garbage_and_oversize_streams_are_closed_and_a_good_peer_still_connects() {
 
     let err = b.pl.status()[0].last_error.clone().unwrap_or_default();
     assert!(err.contains("before the link is authenticated"), "{err}");
-    // A silent stranger holds a slot (until the handshake deadline): the peer still gets in.
-    let _silent = TcpStream::connect(listen).unwrap();
+    // Silent strangers fill every unauthenticated slot (until their handshake deadline):
+    // the oldest is evicted and the peer still gets in.
+    let _silent: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
     let mut a = Node::new(config(1, 2, la, 1));
     a.pl.send(message(1, 0)).unwrap();
     run_until(&mut a, &mut b, |_, b| b.got.len() == 1);
