@@ -17,7 +17,30 @@
 //!   link fails, sends it again, in order, on the next link.
 //!
 //! No async runtime: non-blocking sockets, [`PeerLinks::poll`] does all the work, and the
-//! caller sleeps on [`PeerLinks::wait_fds`] until [`PeerLinks::next_deadline`].
+//! caller sleeps on [`PeerLinks::wait_fds`] until [`PeerLinks::next_deadline`] (for
+//! example with `tandem_ffi::poll_fds`). Writes to a connection the peer reset rely on
+//! SIGPIPE being ignored, as it is in every Rust binary that does not reset it (only the
+//! `tandem` CLI does).
+//!
+//! ```no_run
+//! # use tandem_synclink::{PeerConfig, PeerLinks, PeerEvent};
+//! # fn cfg() -> PeerConfig { unimplemented!() }
+//! let mut links = PeerLinks::new(cfg())?;
+//! let (mut events, mut fds) = (Vec::new(), Vec::new());
+//! loop {
+//!     links.poll(std::time::Instant::now(), &mut events);
+//!     for e in events.drain(..) {
+//!         if let PeerEvent::Message(env) = e { /* to the engine */ }
+//!     }
+//!     fds.clear();
+//!     links.wait_fds(&mut fds);
+//!     let ms = links.next_deadline().map_or(100, |d| {
+//!         d.saturating_duration_since(std::time::Instant::now()).as_millis() as i32 + 1
+//!     });
+//!     tandem_ffi::poll_fds(&fds, ms)?;
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
 mod conn;
