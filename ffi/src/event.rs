@@ -161,37 +161,6 @@ pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     })
 }
 
-/// Waits up to `timeout_ms` (-1 = forever) until any of `fds` is ready: readable, or also
-/// writable for entries whose flag is true; errors and hang-ups count as ready. Returns how
-/// many are ready (0 on timeout or `EINTR`). At most 1024 descriptors (more are an error).
-pub fn wait_any(fds: &[(RawFd, bool)], timeout_ms: i32) -> io::Result<usize> {
-    if fds.len() > 1024 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "wait_any: more than 1024 descriptors",
-        ));
-    }
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&(fd, write)| libc::pollfd {
-            fd,
-            events: libc::POLLIN | if write { libc::POLLOUT } else { 0 },
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structures that lives across
-    // the call; the kernel only writes their `revents`.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(e);
-    }
-    Ok(r as usize)
-}
-
 fn poll_readable(fd: RawFd, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd,

@@ -259,7 +259,7 @@ impl Worker {
             let timeout = deadline.saturating_duration_since(Instant::now());
             let ms = timeout.as_millis().min(1000) as i32;
             let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
-            if let Err(e) = tandem_ffi::wait_any(&fds, ms) {
+            if let Err(e) = tandem_ffi::poll_fds(&fds, ms) {
                 tracing::warn!(device = %self.info.name, error = %e, "replication thread: poll failed");
                 std::thread::sleep(Duration::from_millis(1));
             }

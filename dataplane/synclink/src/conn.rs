@@ -95,6 +95,17 @@ impl Unacked {
     }
 }
 
+pub(crate) enum ReadOutcome {
+    /// Bytes arrived (or the read was interrupted): read again.
+    Data,
+    /// Nothing more now (would block, or the budget is spent).
+    Stop,
+    /// The decoder's buffer is full (it then holds a whole frame): take frames out first.
+    Full,
+    /// The peer closed the connection.
+    Eof,
+}
+
 pub(crate) enum Phase {
     /// Non-blocking connect in progress (dialer only).
     Connecting,
@@ -180,14 +191,18 @@ impl Conn {
                     f.push_slices(*off, &mut iov);
                     offered += f.len() - off;
                 }
+                let mut all_ctl = true;
                 for f in &self.ctl {
                     if iov.len() >= IOV_MAX_PER_WRITE - 3 || offered >= BYTES_MAX_PER_WRITE {
+                        all_ctl = false;
                         break;
                     }
                     f.push_slices(0, &mut iov);
                     offered += f.len();
                 }
-                if let Some(mut seq) = self.data_next {
+                // Replication frames only after every control frame (`consume` relies on
+                // this order, and a Start must precede the frames it numbers).
+                if let (true, Some(mut seq)) = (all_ctl, self.data_next) {
                     while iov.len() < IOV_MAX_PER_WRITE - 3 && offered < BYTES_MAX_PER_WRITE {
                         let Some(f) = unacked.get(seq) else { break };
                         f.push_slices(0, &mut iov);
@@ -248,26 +263,81 @@ impl Conn {
         }
     }
 
-    /// Reads into the decoder's free space. `Ok(true)`: the peer closed the connection.
-    pub fn read_some(&mut self, budget: &mut usize) -> io::Result<bool> {
+    /// One read into the decoder's free space (never more than `budget`).
+    pub fn read_some(&mut self, budget: &mut usize) -> io::Result<ReadOutcome> {
+        if *budget == 0 {
+            return Ok(ReadOutcome::Stop);
+        }
         let space = self.decoder.free_space();
-        if space.is_empty() || *budget == 0 {
-            return Ok(false);
+        if space.is_empty() {
+            return Ok(ReadOutcome::Full);
         }
         let want = space.len().min(*budget);
         match self.stream.read(&mut space[..want]) {
-            Ok(0) => Ok(true),
+            Ok(0) => Ok(ReadOutcome::Eof),
             Ok(n) => {
                 self.decoder.advance(n);
                 *budget -= n;
-                Ok(false)
+                Ok(ReadOutcome::Data)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                *budget = 0;
-                Ok(false)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::Stop),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(ReadOutcome::Data),
             Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(header_len: usize, payload_len: usize) -> OutFrame {
+        OutFrame {
+            header: vec![1u8; header_len].into(),
+            parts: [
+                (payload_len > 0).then(|| SharedPayload::from_host(&vec![2u8; payload_len])),
+                None,
+            ],
+        }
+    }
+
+    #[test]
+    fn the_window_frees_in_order_and_counts_bytes() {
+        let mut u = Unacked::default();
+        for i in 0..5 {
+            let f = frame(40, i * 100);
+            u.bytes += f.len();
+            u.frames.push_back(f);
+        }
+        assert_eq!(u.next_seq(), 5);
+        assert_eq!(u.bytes, 5 * 40 + 1000);
+        u.ack(2);
+        assert_eq!((u.base, u.frames.len(), u.bytes), (2, 3, 3 * 40 + 900));
+        assert!(u.get(1).is_none());
+        assert_eq!(u.get(4).map(OutFrame::len), Some(440));
+        assert!(u.get(5).is_none());
+        u.ack(1); // stale: nothing happens
+        assert_eq!(u.base, 2);
+        u.ack(9); // past the end: stops at the end (the caller refuses such acks)
+        assert_eq!((u.base, u.bytes), (5, 0));
+        u.reset();
+        assert_eq!(u.next_seq(), 0);
+    }
+
+    #[test]
+    fn slices_skip_what_was_written() {
+        let f = OutFrame {
+            header: vec![1u8; 4].into(),
+            parts: [
+                Some(SharedPayload::from_host(&[2u8; 3])),
+                Some(SharedPayload::from_host(&[3u8; 2])),
+            ],
+        };
+        for skip in 0..f.len() {
+            let mut iov = Vec::new();
+            f.push_slices(skip, &mut iov);
+            let bytes: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(bytes, [1, 1, 1, 1, 2, 2, 2, 3, 3][skip..]);
         }
     }
 }

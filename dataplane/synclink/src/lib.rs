@@ -17,7 +17,30 @@
 //!   link fails, sends it again, in order, on the next link.
 //!
 //! No async runtime: non-blocking sockets, [`PeerLinks::poll`] does all the work, and the
-//! caller sleeps on [`PeerLinks::wait_fds`] until [`PeerLinks::next_deadline`].
+//! caller sleeps on [`PeerLinks::wait_fds`] until [`PeerLinks::next_deadline`] (for
+//! example with `tandem_ffi::poll_fds`). Writes to a connection the peer reset rely on
+//! SIGPIPE being ignored, as it is in every Rust binary that does not reset it (only the
+//! `tandem` CLI does).
+//!
+//! ```no_run
+//! # use tandem_synclink::{PeerConfig, PeerLinks, PeerEvent};
+//! # fn cfg() -> PeerConfig { unimplemented!() }
+//! let mut links = PeerLinks::new(cfg())?;
+//! let (mut events, mut fds) = (Vec::new(), Vec::new());
+//! loop {
+//!     links.poll(std::time::Instant::now(), &mut events);
+//!     for e in events.drain(..) {
+//!         if let PeerEvent::Message(env) = e { /* to the engine */ }
+//!     }
+//!     fds.clear();
+//!     links.wait_fds(&mut fds);
+//!     let ms = links.next_deadline().map_or(100, |d| {
+//!         d.saturating_duration_since(std::time::Instant::now()).as_millis() as i32 + 1
+//!     });
+//!     tandem_ffi::poll_fds(&fds, ms)?;
+//! }
+//! # Ok::<(), std::io::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 
 mod conn;
@@ -39,14 +62,17 @@ use tandem_mirror::{
 };
 use tracing::{debug, info, warn};
 
-use conn::{Conn, OutFrame, Phase, Unacked, READ_BUDGET_BYTES};
+use conn::{Conn, OutFrame, Phase, ReadOutcome, Unacked, READ_BUDGET_BYTES};
 
 /// Connections accepted on one link that have not authenticated yet; more are closed at
 /// once, so a stranger cannot exhaust descriptors.
 const PENDING_ACCEPTS_MAX_PER_LINK: usize = 4;
+/// Control frames queued on one connection at most (handshake, Start, Ack).
+const CTL_QUEUE_MAX: usize = 8;
 /// Connections accepted per listener per poll.
 const ACCEPTS_MAX_PER_POLL: usize = 16;
 
+#[derive(Clone)]
 pub struct PeerConfig {
     pub me: NodeId,
     pub peer: NodeId,
@@ -389,11 +415,27 @@ impl PeerLinks {
                 let pending = self
                     .conns
                     .iter()
-                    .filter(|c| c.link == link && !c.is_up())
+                    .filter(|c| c.link == link && c.role == Role::Acceptor && !c.is_up())
                     .count();
                 if pending >= PENDING_ACCEPTS_MAX_PER_LINK {
-                    warn!(peer = %addr, link, "sync link: too many unauthenticated connections, closing this one");
-                    continue;
+                    // Evict the oldest: the peer authenticates within milliseconds, so a
+                    // few silent strangers cannot keep it out until their handshake deadline.
+                    if let Some(i) = self
+                        .conns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.link == link && c.role == Role::Acceptor && !c.is_up())
+                        .min_by_key(|(_, c)| c.id)
+                        .map(|(i, _)| i)
+                    {
+                        let old = self.conns.swap_remove(i);
+                        let _ = old.stream.shutdown(std::net::Shutdown::Both);
+                        self.note_error(
+                            link,
+                            old.peer_addr,
+                            "too many unauthenticated connections: closed the oldest".into(),
+                        );
+                    }
                 }
                 if let Err(e) = stream.set_nonblocking(true) {
                     debug!(peer = %addr, link, error = %e, "sync link: set_nonblocking failed");
@@ -521,16 +563,26 @@ impl PeerLinks {
         events: &mut Vec<PeerEvent>,
     ) -> Result<(), String> {
         let mut budget = READ_BUDGET_BYTES;
-        while budget > 0 {
-            let eof = self.conns[i]
+        let mut full_before = false;
+        loop {
+            let r = self.conns[i]
                 .read_some(&mut budget)
                 .map_err(|e| format!("read: {e}"))?;
+            if matches!(r, ReadOutcome::Data) {
+                // Bytes arrived: the link is alive even while a large frame is still coming.
+                self.conns[i].last_rx = now;
+            }
             self.handle_frames(i, now, events)?;
-            if eof {
-                return Err("closed by the peer".into());
+            match r {
+                ReadOutcome::Data => full_before = false,
+                ReadOutcome::Eof => return Err("closed by the peer".into()),
+                ReadOutcome::Stop => return Ok(()),
+                // A full buffer holds a whole frame, which handle_frames took out; twice in
+                // a row would be a decoder bug: close rather than spin.
+                ReadOutcome::Full if full_before => return Err("receive buffer stalled".into()),
+                ReadOutcome::Full => full_before = true,
             }
         }
-        Ok(())
     }
 
     fn handle_frames(
@@ -558,6 +610,7 @@ impl PeerLinks {
             ack_sent,
             last_rx,
             link,
+            id,
             ..
         } = c;
         loop {
@@ -567,6 +620,7 @@ impl PeerLinks {
                 Err(e) => return Err(format!("malformed frame from peer: {e}")),
             };
             *last_rx = now;
+            tracing::trace!(conn = *id, len = frame.len(), "frame in");
             let was_auth = session.is_authenticated();
             let inbound = session.on_frame(frame).map_err(|e| e.to_string())?;
             match inbound {
@@ -600,7 +654,7 @@ impl PeerLinks {
                                 events.push(PeerEvent::Connected { peer_boot_id: boot });
                             }
                         }
-                        info!(peer_name = %cfg.peer_name, link = *link, "sync link up");
+                        info!(peer_name = %cfg.peer_name, link = *link, conn = *id, "sync link up");
                         events.push(PeerEvent::LinkUp { link: *link });
                         // Tell the peer where we are: it frees what we already have.
                         let next = sess.rx_next;
@@ -674,7 +728,11 @@ impl PeerLinks {
             let Some(i) = self.conns.iter().position(|c| c.id == id) else {
                 continue;
             };
-            let c = self.conns.swap_remove(i);
+            let mut c = self.conns.swap_remove(i);
+            if !c.is_up() && !reason.starts_with("write") {
+                // Best effort: our Proof, so a refused peer logs the refusal too.
+                let _ = c.flush(&self.sess.unacked, now, &mut self.bytes_sent);
+            }
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
             if self.sess.active == Some(id) {
                 self.sess.active = None;
@@ -683,7 +741,7 @@ impl PeerLinks {
                 self.links[c.link].next_dial = now + self.cfg.reconnect_interval;
             }
             if c.is_up() {
-                warn!(peer = %c.peer_addr, link = c.link, peer_name = %self.cfg.peer_name,
+                warn!(peer = %c.peer_addr, link = c.link, peer_name = %self.cfg.peer_name, conn = c.id,
                       "sync link down: {reason}");
                 self.links[c.link].last_error = Some(reason.clone());
                 events.push(PeerEvent::LinkDown {
@@ -752,7 +810,16 @@ impl PeerLinks {
                 && c.ctl.is_empty()
                 && c.partial.is_none();
             let news = c.ack_due && c.ack_sent != Some(rx_next);
-            if news || idle {
+            // A peer that sends but does not read cannot grow the queue: later acks cover
+            // earlier ones, so one may be skipped.
+            if (news || idle) && c.ctl.len() < CTL_QUEUE_MAX {
+                tracing::trace!(
+                    conn = c.id,
+                    link = c.link,
+                    next = rx_next,
+                    news,
+                    "ack queued"
+                );
                 match encode_ctl(|b| LinkMsg::Ack { next: rx_next }.encode(b)) {
                     Ok(f) => c.ctl.push_back(f),
                     Err(e) => closing.push((c.id, e)),
