@@ -216,15 +216,6 @@ fn build_device_sized(
     } else {
         tandem_bdev::with_cache(bdev, spec.cache, spec.cache_size_bytes)
     };
-    // A replicated device: every host I/O goes through the replication engine (outermost).
-    let (bdev, replica) = match &spec.replication {
-        None => (bdev, None),
-        Some(Err(reason)) => return Err(err(format!("replication: {reason}"))),
-        Some(Ok(r)) => {
-            let (dev, handle) = crate::replica::start(&spec.name, bdev, r).map_err(err)?;
-            (dev as Arc<dyn tandem_bdev::Bdev>, Some(handle))
-        }
-    };
     let info = bdev.info();
     if info.block_size == 0 || info.num_blocks == 0 {
         return Err(err(format!(
@@ -251,8 +242,25 @@ fn build_device_sized(
     );
     tracing::info!(device = %spec.name, block_size = info.block_size, blocks = info.num_blocks,
         cache = ?spec.cache, read_only = spec.read_only, "device ready");
-    let mut dev = Device::new(spec.name.clone(), bdev, Arc::new(lu));
+    let lu = Arc::new(lu);
+    // A replicated device: every host I/O goes through the replication engine (outermost);
+    // the LU's ALUA state follows the engine (unavailable until it serves).
+    let (bdev, replica, ha_node) = match &spec.replication {
+        None => (bdev, None, None),
+        Some(Err(reason)) => return Err(err(format!("replication: {reason}"))),
+        Some(Ok(r)) => {
+            let (dev, handle) =
+                crate::replica::start(&spec.name, bdev, r, lu.clone()).map_err(err)?;
+            (
+                dev as Arc<dyn tandem_bdev::Bdev>,
+                Some(handle),
+                Some(r.node_id),
+            )
+        }
+    };
+    let mut dev = Device::new(spec.name.clone(), bdev, lu);
     dev.replica = replica;
+    dev.ha_node = ha_node;
     Ok(Arc::new(dev))
 }
 
@@ -269,12 +277,17 @@ pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target
                 })?;
         luns.push(dev.clone());
     }
+    // A target of a replicated device is this node's port in the device's cluster: its
+    // port group and relative port are the node's id there, so every node's ports differ.
+    let ha_node = luns.iter().find_map(|d| d.ha_node).map(u16::from);
     Ok(Target {
         iqn: spec.iqn.clone(),
         alias: spec.alias.clone(),
         luns,
         auth: spec.auth.clone(),
         allowed_initiators: spec.allowed_initiators.clone(),
+        tpg_id: ha_node.unwrap_or(crate::target::LOCAL_TPG_ID),
+        relative_port_id: ha_node.unwrap_or(crate::target::LOCAL_RELATIVE_PORT_ID),
     })
 }
 
@@ -728,6 +741,8 @@ impl Server {
             allowed_initiators: allowed
                 .clone()
                 .unwrap_or_else(|| t.allowed_initiators.clone()),
+            tpg_id: t.tpg_id,
+            relative_port_id: t.relative_port_id,
         });
         if ok {
             return Ok(());

@@ -314,7 +314,8 @@ fn login(n: &Node) -> RawConn {
 }
 
 /// A command, retried while the node answers NOT READY 04/0C (as multipath would, on the
-/// same path here). Returns the result and how many NOT READY answers came first.
+/// same path here) or UNIT ATTENTION (ALUA state changes: 2A/06). Returns the result and how
+/// many NOT READY answers came first.
 fn command_retrying(
     c: &mut RawConn,
     cdb: &[u8],
@@ -326,13 +327,16 @@ fn command_retrying(
     let mut not_ready = 0;
     loop {
         let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
-        let nr = r.status == 2
-            && r.sense.len() > 13
-            && (r.sense[2] & 0x0f, r.sense[12], r.sense[13]) == (2, 4, 0x0c);
-        if !nr || t0.elapsed() > timeout {
+        let key = (r.status == 2 && r.sense.len() > 13)
+            .then(|| (r.sense[2] & 0x0f, r.sense[12], r.sense[13]));
+        let nr = key == Some((2, 4, 0x0c));
+        let ua = key.is_some_and(|k| k.0 == 6);
+        if !(nr || ua) || t0.elapsed() > timeout {
             return (r, not_ready);
         }
-        not_ready += 1;
+        if nr {
+            not_ready += 1;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -369,6 +373,26 @@ fn sync_cache(c: &mut RawConn) {
         Duration::from_secs(10),
     );
     assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
+}
+
+/// REPORT TARGET PORT GROUPS: (group id, asymmetric access state, relative port ids).
+fn rtpg(c: &mut RawConn) -> Vec<(u16, u8, Vec<u16>)> {
+    let cdb = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
+    let (r, _) = command_retrying(c, &cdb, 1024, &[], Duration::from_secs(10));
+    assert_eq!(r.status, 0, "RTPG: sense {:02x?}", r.sense);
+    let d = &r.data_in;
+    let len = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut i = 4;
+    while i + 8 <= 4 + len {
+        let n = d[i + 7] as usize;
+        let ports = (0..n)
+            .map(|k| u16::from_be_bytes([d[i + 8 + 4 * k + 2], d[i + 8 + 4 * k + 3]]))
+            .collect();
+        out.push((u16::from_be_bytes([d[i + 2], d[i + 3]]), d[i] & 0x0f, ports));
+        i += 8 + 4 * n;
+    }
+    out
 }
 
 fn images_identical(a: &Path, b: &Path) {
@@ -435,6 +459,11 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     // Written through A, read through B.
     let mut ca = login(&a);
     let mut cb = login(&b);
+    // One ALUA port group per node (group and relative port = node id), both
+    // active/optimized, seen the same through either node.
+    let both = vec![(1, 0, vec![1]), (2, 0, vec![2])];
+    assert_eq!(rtpg(&mut ca), both);
+    assert_eq!(rtpg(&mut cb), both);
     let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
     let t0 = Instant::now();
     for i in 0..200u32 {
@@ -502,6 +531,21 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         );
         eprintln!("  first write through {sname} after kill -9 of {vname}: {pause:?} ({not_ready} NOT READY answers)");
         assert!(pause < Duration::from_secs(8), "{pause:?}");
+        // The survivor reports the dead node's group unavailable.
+        let t1 = Instant::now();
+        let (vid, sid16) = (
+            u16::from(nodes[victim].id.0),
+            u16::from(nodes[survivor].id.0),
+        );
+        loop {
+            let g = rtpg(&mut cs);
+            if g.iter().any(|x| x.0 == vid && x.1 == 3) {
+                assert!(g.iter().any(|x| x.0 == sid16 && x.1 == 0), "{g:?}");
+                break;
+            }
+            assert!(t1.elapsed() < Duration::from_secs(5), "{g:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         model.retain(|(l, d)| 4096 + 128 <= *l || *l + (d.len() as u64 / 512) <= 4096);
         model.push((4096, data));
         for i in 0..100u32 {
@@ -537,6 +581,7 @@ fn two_nodes_mirror_survive_kill_and_resync() {
             );
         }
         let mut cv = login(&nodes[victim]);
+        assert_eq!(rtpg(&mut cv), both);
         for (lba, data) in &model {
             assert_eq!(
                 &read_blocks(&mut cv, *lba, data.len()),

@@ -44,6 +44,7 @@ use tandem_ffi::EventFd;
 use tandem_ha::NodeId;
 
 pub use meta::MetaStore;
+pub use tandem_ha::EpochConfig;
 pub use transport::{Full, MemNet, MemTransport, PeerEvent, PeerTransport};
 
 /// Largest chunk of zeroes one DISCARD becomes at a time (bounded memory).
@@ -68,6 +69,22 @@ pub struct ReplicaOptions {
     pub engine: tandem_ha::Options,
     /// Differs on every start (the start time by default).
     pub boot_id: u32,
+    /// Called on the replication thread whenever the replica starts or stops serving or a
+    /// new configuration arrives (the data plane sets the LU's ALUA states from it). Must
+    /// not block.
+    pub on_state: Option<StateCallback>,
+}
+
+/// See [`ReplicaOptions::on_state`].
+pub type StateCallback = Box<dyn FnMut(&ReplicaState) + Send>;
+
+/// What [`ReplicaOptions::on_state`] is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// Host I/O is served now (synchronized member with a valid lease).
+    pub serving: bool,
+    /// The configuration the engine holds.
+    pub config: Option<tandem_ha::EpochConfig>,
 }
 
 impl ReplicaOptions {
@@ -77,6 +94,7 @@ impl ReplicaOptions {
             meta_path,
             engine: tandem_ha::Options::default(),
             boot_id: boot_id_now(),
+            on_state: None,
         }
     }
 }

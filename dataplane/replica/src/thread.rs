@@ -20,7 +20,7 @@ use tandem_mirror::SharedPayload;
 
 use crate::meta::MetaStore;
 use crate::transport::{PeerEvent, PeerTransport};
-use crate::{Mail, Partner, ReplicaOptions, Shared, Submit, DISCARD_CHUNK_BYTES};
+use crate::{Mail, Partner, ReplicaOptions, ReplicaState, Shared, Submit, DISCARD_CHUNK_BYTES};
 
 type P = SharedPayload;
 
@@ -100,6 +100,9 @@ pub(crate) struct Worker {
     to_wake: Vec<u64>,
     completions: Vec<Completion>,
     events: Vec<PeerEvent>,
+    on_state: Option<crate::StateCallback>,
+    /// What `on_state` was last told: serving, configuration epoch.
+    told: Option<(bool, Option<tandem_ha::Epoch>)>,
 }
 
 impl Worker {
@@ -115,6 +118,8 @@ impl Worker {
         submit_rx: Receiver<Submit>,
         mail_rx: Receiver<Mail>,
     ) -> Worker {
+        let mut opts = opts;
+        let on_state = opts.on_state.take();
         let geometry = Geometry::with_64k_regions(info.block_size, info.num_blocks);
         let engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
         let now = Instant::now();
@@ -150,6 +155,8 @@ impl Worker {
             to_wake: Vec::new(),
             completions: Vec::new(),
             events: Vec::new(),
+            on_state,
+            told: None,
         }
     }
 
@@ -234,6 +241,7 @@ impl Worker {
                 self.next_tick = now_i + period;
             }
             self.wake_channels();
+            self.tell_state();
             if work {
                 continue;
             }
@@ -263,6 +271,25 @@ impl Worker {
                 tracing::warn!(device = %self.info.name, error = %e, "replication thread: poll failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
+        }
+    }
+
+    /// Tells `on_state` when serving or the configuration changed (a lease running out
+    /// included: checked on every loop, at least every tick).
+    fn tell_state(&mut self) {
+        let Some(f) = self.on_state.as_mut() else {
+            return;
+        };
+        let now = Time(self.start.elapsed().as_nanos() as u64);
+        let serving = self.engine.serving(now);
+        let config = self.engine.config();
+        let key = (serving, config.map(|c| c.epoch));
+        if self.told != Some(key) {
+            self.told = Some(key);
+            f(&ReplicaState {
+                serving,
+                config: config.cloned(),
+            });
         }
     }
 
