@@ -130,6 +130,18 @@ impl Drop for AuthorityLoop {
     }
 }
 
+/// O_DIRECT needs a real disk filesystem (not tmpfs, which /tmp may be): `$TANDEM_SCRATCH`,
+/// else /var/tmp.
+fn scratch() -> tempfile::TempDir {
+    let dir = std::env::var_os("TANDEM_SCRATCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    tempfile::Builder::new()
+        .prefix("tandem-replica")
+        .tempdir_in(dir)
+        .unwrap()
+}
+
 fn image(dir: &Path, name: &str) -> (PathBuf, Arc<dyn Bdev>) {
     let path = dir.join(format!("{name}.img"));
     let dev = open_file(&FileConfig {
@@ -276,7 +288,7 @@ fn images_identical(a: &Path, b: &Path) {
 
 #[test]
 fn two_replicas_mirror_fail_over_and_resync() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let net = MemNet::new();
     let auth = AuthorityLoop::start();
     let (img_a, inner_a) = image(dir.path(), "a");
@@ -433,7 +445,7 @@ fn seq_of(auth: &AuthorityLoop, id: NodeId) -> NodeId {
 
 #[test]
 fn requests_are_checked_and_a_stopped_replica_answers_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let net = MemNet::new();
     let (_, inner) = image(dir.path(), "c");
     let (dev, h) = replica(&net, inner, N1, N2, dir.path().join("c.ha-meta"));
