@@ -33,13 +33,18 @@ struct AuthorityLoop {
 
 impl AuthorityLoop {
     fn start() -> AuthorityLoop {
+        AuthorityLoop::start_with(&[N1, N2])
+    }
+
+    fn start_with(members: &[NodeId]) -> AuthorityLoop {
+        let members = members.to_vec();
         let nodes: Arc<Mutex<HashMap<NodeId, ReplicaHandle>>> = Arc::default();
         let reports: Arc<Mutex<HashMap<NodeId, HaReport>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (n, r, s) = (nodes.clone(), reports.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut auth =
-                Authority::new(EpochConfig::initial(&[N1, N2]), LEASE_NS, MARGIN_NS, None);
+                Authority::new(EpochConfig::initial(&members), LEASE_NS, MARGIN_NS, None);
             let start = Instant::now();
             let mut pending: HashMap<NodeId, Vec<HaUpdate>> = HashMap::new();
             while !s.load(Ordering::Relaxed) {
@@ -514,4 +519,129 @@ fn requests_are_checked_and_a_stopped_replica_answers_not_ready() {
         .all(|c| matches!(c.result, Err(BdevError::NotReady))));
     assert!(r[0].buf.is_some());
     assert!(h.exchange(Vec::new()).is_err());
+}
+
+/// id, image, local copy, metadata path, the running replica.
+type TestNode = (
+    NodeId,
+    PathBuf,
+    Arc<dyn Bdev>,
+    PathBuf,
+    Option<Arc<ReplicatedBdev>>,
+);
+
+/// A replica with several partners (all on `net`).
+fn replica_of(
+    net: &MemNet,
+    inner: Arc<dyn Bdev>,
+    me: NodeId,
+    peers: &[NodeId],
+    meta: PathBuf,
+) -> (Arc<ReplicatedBdev>, ReplicaHandle) {
+    let partners = peers
+        .iter()
+        .map(|&p| Partner {
+            name: format!("node{}", p.0),
+            node_id: p,
+            transport: Box::new(net.transport(me, p).unwrap()),
+        })
+        .collect();
+    ReplicatedBdev::start(inner, ReplicaOptions::new(me, Some(meta)), partners).unwrap()
+}
+
+#[test]
+fn three_replicas_write_everywhere_lose_one_and_take_it_back() {
+    const N3: NodeId = NodeId(3);
+    let ids = [N1, N2, N3];
+    let dir = scratch();
+    let net = MemNet::new();
+    let auth = AuthorityLoop::start_with(&ids);
+    let mut nodes: Vec<TestNode> = Vec::new();
+    for id in ids {
+        let (img, inner) = image(dir.path(), &format!("n{}", id.0));
+        let meta = dir.path().join(format!("n{}.ha-meta", id.0));
+        let peers: Vec<NodeId> = ids.iter().copied().filter(|p| *p != id).collect();
+        let (dev, h) = replica_of(&net, inner.clone(), id, &peers, meta.clone());
+        auth.add(id, h);
+        nodes.push((id, img, inner, meta, Some(dev)));
+    }
+    let t = auth.wait_serving(&ids, Duration::from_secs(60));
+    eprintln!("three replicas serving after {t:?}");
+    let dev = |nodes: &Vec<TestNode>, i: usize| nodes[i].4.clone().unwrap();
+    // Writes through each node, checked through the next one.
+    std::thread::scope(|s| {
+        for i in 0..3 {
+            let (w, r) = (dev(&nodes, i), dev(&nodes, (i + 1) % 3));
+            s.spawn(move || {
+                random_writes(&*w, &*r, i as u64 * (8 << 20), 8 << 20, 800, 40 + i as u64)
+            });
+        }
+    });
+    for n in &nodes {
+        n.4.as_ref().unwrap().flush_blocking().unwrap();
+    }
+    images_identical(&nodes[0].1, &nodes[1].1);
+    images_identical(&nodes[0].1, &nodes[2].1);
+
+    // The sequencer goes away: the two others go on (one of them sequencing), then it comes
+    // back and is resynchronized.
+    let seq = auth.report(N1).unwrap().status.config.unwrap().sequencer;
+    let v = nodes.iter().position(|n| n.0 == seq).unwrap();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != v).collect();
+    auth.remove(seq);
+    drop(nodes[v].4.take());
+    let t0 = Instant::now();
+    Client::new(&*dev(&nodes, survivors[1]))
+        .write(0, &pattern(77, 4096))
+        .unwrap();
+    eprintln!(
+        "first write after the sequencer n{} stopped: {:?}",
+        seq.0,
+        t0.elapsed()
+    );
+    random_writes(
+        &*dev(&nodes, survivors[0]),
+        &*dev(&nodes, survivors[1]),
+        24 << 20,
+        4 << 20,
+        400,
+        50,
+    );
+    let (dev_v, h) = replica_of(
+        &net,
+        nodes[v].2.clone(),
+        seq,
+        &ids.iter()
+            .copied()
+            .filter(|p| *p != seq)
+            .collect::<Vec<_>>(),
+        nodes[v].3.clone(),
+    );
+    let t0 = Instant::now();
+    auth.add(seq, h);
+    auth.wait_serving(&ids, Duration::from_secs(60));
+    eprintln!(
+        "n{} resynchronized {:?} after its restart",
+        seq.0,
+        t0.elapsed()
+    );
+    nodes[v].4 = Some(dev_v);
+    let data = pattern(78, 8192);
+    Client::new(&*dev(&nodes, v))
+        .write(31 << 20, &data)
+        .unwrap();
+    for i in survivors {
+        assert_eq!(
+            Client::new(&*dev(&nodes, i)).read(31 << 20, 8192).unwrap(),
+            data
+        );
+    }
+    for n in &nodes {
+        n.4.as_ref().unwrap().flush_blocking().unwrap();
+    }
+    images_identical(&nodes[0].1, &nodes[1].1);
+    images_identical(&nodes[0].1, &nodes[2].1);
+    for id in ids {
+        auth.remove(id);
+    }
 }
