@@ -459,6 +459,8 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     // Written through A, read through B.
     let mut ca = login(&a);
     let mut cb = login(&b);
+    let seq0 = auth.report(N1).unwrap().status.config.unwrap().sequencer;
+    eprintln!("sequencer: node{}", seq0.0);
     // One ALUA port group per node (group and relative port = node id), both
     // active/optimized, seen the same through either node.
     let both = vec![(1, 0, vec![1]), (2, 0, vec![2])];
@@ -489,6 +491,22 @@ fn two_nodes_mirror_survive_kill_and_resync() {
             &read_blocks(&mut ca, *lba, data.len()),
             data,
             "read through A at {lba}"
+        );
+    }
+    // 4 KiB QD1 write latency through each node (the sequencer writes and mirrors; the
+    // other forwards to it).
+    for (name, c) in [("node1", &mut ca), ("node2", &mut cb)] {
+        let t0 = Instant::now();
+        for i in 0..300u32 {
+            let lba = 100_000 + u64::from(i) * 8;
+            let data = pattern(4096, 5000 + i);
+            write_blocks(c, lba, &data);
+            model.retain(|(l, d)| lba + 8 <= *l || *l + (d.len() as u64 / 512) <= lba);
+            model.push((lba, data));
+        }
+        eprintln!(
+            "4 KiB QD1 writes through {name}: {:.0} us each",
+            t0.elapsed().as_secs_f64() * 1e6 / 300.0
         );
     }
     sync_cache(&mut ca);
