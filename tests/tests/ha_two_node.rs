@@ -375,6 +375,32 @@ fn sync_cache(c: &mut RawConn) {
     assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
 }
 
+/// INQUIRY VPD 0x83 designators: (association, designator type, bytes).
+fn vpd83(c: &mut RawConn) -> Vec<(u8, u8, Vec<u8>)> {
+    let (r, _) = command_retrying(
+        c,
+        &[0x12, 1, 0x83, 1, 0, 0],
+        256,
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.status, 0, "INQUIRY VPD 0x83: sense {:02x?}", r.sense);
+    let d = &r.data_in;
+    let len = u16::from_be_bytes([d[2], d[3]]) as usize;
+    let mut out = Vec::new();
+    let mut i = 4;
+    while i + 4 <= (4 + len).min(d.len()) {
+        let n = d[i + 3] as usize;
+        out.push((
+            (d[i + 1] >> 4) & 3,
+            d[i + 1] & 0x0f,
+            d[i + 4..i + 4 + n].to_vec(),
+        ));
+        i += 4 + n;
+    }
+    out
+}
+
 /// REPORT TARGET PORT GROUPS: (group id, asymmetric access state, relative port ids).
 fn rtpg(c: &mut RawConn) -> Vec<(u16, u8, Vec<u16>)> {
     let cdb = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
@@ -466,6 +492,26 @@ fn two_nodes_mirror_survive_kill_and_resync() {
     let both = vec![(1, 0, vec![1]), (2, 0, vec![2])];
     assert_eq!(rtpg(&mut ca), both);
     assert_eq!(rtpg(&mut cb), both);
+    // One logical unit to the host: identical LU designators through both nodes; each node's
+    // port has its own relative port (type 4) and port group (type 5) designator.
+    let (va, vb) = (vpd83(&mut ca), vpd83(&mut cb));
+    let lu =
+        |v: &Vec<(u8, u8, Vec<u8>)>| v.iter().filter(|d| d.0 == 0).cloned().collect::<Vec<_>>();
+    assert!(!lu(&va).is_empty());
+    assert_eq!(lu(&va), lu(&vb));
+    let port = |v: &Vec<(u8, u8, Vec<u8>)>, t: u8| {
+        v.iter()
+            .find(|d| d.0 == 1 && d.1 == t)
+            .map(|d| d.2[2..4].to_vec())
+    };
+    assert_eq!(
+        (port(&va, 4), port(&va, 5)),
+        (Some(vec![0, 1]), Some(vec![0, 1]))
+    );
+    assert_eq!(
+        (port(&vb, 4), port(&vb, 5)),
+        (Some(vec![0, 2]), Some(vec![0, 2]))
+    );
     let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
     let t0 = Instant::now();
     for i in 0..200u32 {
