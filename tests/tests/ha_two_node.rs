@@ -295,6 +295,12 @@ fn read16(lba: u64, blocks: u32) -> [u8; 16] {
 }
 
 fn login(n: &Node) -> RawConn {
+    login_as(n, INITIATOR)
+}
+
+/// A session of its own (another initiator name: the same name and ISID would reinstate,
+/// i.e. close, the first session).
+fn login_as(n: &Node, initiator: &str) -> RawConn {
     let mut c = RawConn::connect(n.portal);
     c.stream
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -306,7 +312,7 @@ fn login(n: &Node) -> RawConn {
         ("ImmediateData", "Yes"),
         ("InitialR2T", "No"),
     ];
-    let (r, _) = c.login(INITIATOR, Some(&n.iqn()), &keys);
+    let (r, _) = c.login(initiator, Some(&n.iqn()), &keys);
     assert_eq!(r.status_class, 0, "login to {}", n.name);
     let ua = c.command(&[0u8; 6], 0, &[], 0, 0);
     assert_eq!(ua.status, 2, "power-on unit attention");
@@ -577,6 +583,28 @@ fn two_nodes_mirror_survive_kill_and_resync() {
             if victim == seq_idx { &vname } else { &sname }
         );
         let mut cs = login(&nodes[survivor]);
+        // Load through the survivor the whole time: kill, failover, restart and resync.
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = {
+            let stop = stop.clone();
+            let mut c = login_as(&nodes[survivor], "iqn.2026-11.io.tandem.test:ha-load");
+            std::thread::spawn(move || {
+                let mut written = Vec::new();
+                let mut worst = Duration::ZERO;
+                let mut k = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let lba = 120_000 + u64::from(k % 512) * 8;
+                    let data = pattern(4096, 100_000 * round + k);
+                    let t = Instant::now();
+                    write_blocks(&mut c, lba, &data);
+                    worst = worst.max(t.elapsed());
+                    written.push((lba, data));
+                    k += 1;
+                }
+                (written, worst)
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
         nodes[victim].kill9();
         let t0 = Instant::now();
         let data = pattern(65536, 1000 + round);
@@ -644,6 +672,23 @@ fn two_nodes_mirror_survive_kill_and_resync() {
                 "fast resync expected: {copied} regions"
             );
         }
+        // The load went on throughout (every write GOOD, after retries of NOT READY / UNIT
+        // ATTENTION on the same path at most, as multipath would).
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (written, worst) = loader.join().expect("the load through the survivor failed");
+        eprintln!(
+            "  load through {sname}: {} 4 KiB writes during kill, failover, restart and resync; slowest {worst:?}",
+            written.len()
+        );
+        for (lba, data) in written {
+            model.retain(|(l, d)| lba + 8 <= *l || *l + (d.len() as u64 / 512) <= lba);
+            model.push((lba, data));
+        }
+        // A fresh session on the survivor (the old one sat idle through the resync, and the
+        // raw test client does not answer the target's NOP-In pings).
+        drop(cs);
+        let mut cs = login(&nodes[survivor]);
         let mut cv = login(&nodes[victim]);
         assert_eq!(rtpg(&mut cv), both);
         for (lba, data) in &model {

@@ -328,7 +328,10 @@ impl Worker {
             }
             Output::Complete { tag, status } => self.on_host_complete(tag, status),
             Output::VerdictRequest { suspect, epoch } => {
-                tracing::info!(device = %self.info.name, suspect = suspect.0, epoch = epoch.0, "asking the authority for a verdict");
+                let p = self.partners.iter().find(|p| p.node_id == suspect);
+                tracing::info!(device = %self.info.name, suspect = suspect.0, epoch = epoch.0,
+                    link_up = p.map(|p| p.transport.is_up()), backlog = p.map(|p| p.backlog.len()),
+                    engine = %self.engine.busy_detail(), "asking the authority for a verdict");
                 self.request(ToAuthority::Verdict { suspect, epoch });
             }
             Output::Join { meta } => self.request(ToAuthority::Join { meta }),
