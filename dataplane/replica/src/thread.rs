@@ -238,7 +238,11 @@ impl Worker {
             let now_i = Instant::now();
             if now_i >= self.next_tick {
                 self.inputs.push_back(Input::Tick);
-                self.pump();
+                // A tick's outputs (retries, verdict requests, messages) are carried out by
+                // another pass of the loop before it may sleep (messages go out in `poll`).
+                if self.pump() {
+                    work = true;
+                }
                 let period = if self.engine.busy() {
                     TICK_BUSY
                 } else {
@@ -305,16 +309,20 @@ impl Worker {
     }
 
     /// Feeds queued inputs to the engine and carries out its outputs until both are empty.
-    fn pump(&mut self) {
+    /// Returns whether the engine produced any output.
+    fn pump(&mut self) -> bool {
+        let mut produced = false;
         while let Some(input) = self.inputs.pop_front() {
             let now = self.now();
             let mut outs = std::mem::take(&mut self.outs);
             self.engine.handle(now, input, &mut outs);
+            produced |= !outs.is_empty();
             for o in outs.drain(..) {
                 self.on_output(o);
             }
             self.outs = outs;
         }
+        produced
     }
 
     fn on_output(&mut self, o: Output<P>) {
