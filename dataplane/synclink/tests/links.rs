@@ -537,3 +537,22 @@ fn a_bad_payload_crc_or_a_sequence_gap_closes_the_link() {
     assert!(b.saw(|e| *e == PeerEvent::PeerRestarted { peer_boot_id: 5 }));
     check_in_order(&b.got, 0);
 }
+
+#[test]
+fn bad_configurations_are_refused() {
+    let (la, _) = links(12, 1);
+    let mut c = config(1, 2, la.clone(), 1);
+    c.secret = b"short".to_vec();
+    assert!(PeerLinks::new(c).is_err());
+    let mut c = config(1, 2, la.clone(), 1);
+    c.dead_after = c.keepalive;
+    assert!(PeerLinks::new(c).is_err());
+    let mut c = config(1, 2, la.clone(), 1);
+    c.reconnect_interval = Duration::MAX;
+    assert!(PeerLinks::new(c).is_err());
+    assert!(PeerLinks::new(config(1, 1, la.clone(), 1)).is_err());
+    assert!(PeerLinks::new(config(1, 2, Vec::new(), 1)).is_err());
+    let mut c = config(1, 2, la, 1);
+    c.unacked_max_msgs = 0;
+    assert!(PeerLinks::new(c).is_err());
+}
