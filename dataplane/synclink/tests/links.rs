@@ -386,7 +386,44 @@ fn idle_links_stay_up_on_keepalives() {
             n.events
         );
         assert_eq!(n.pl.links_up(), vec![0, 1]);
+        // Idle: the caller sleeps on readability only (listeners and both links), until
+        // the next keepalive is due.
+        let mut fds = Vec::new();
+        n.pl.wait_fds(&mut fds);
+        assert_eq!(fds.len(), 4);
+        assert!(fds.iter().all(|&(_, w)| !w), "{fds:?}");
+        let d = n.pl.next_deadline().unwrap();
+        assert!(d <= Instant::now() + Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead() {
+    init_tracing();
+    let (_, lb) = links(13, 1);
+    let listen = lb[0].local;
+    let mut cb = config(2, 1, lb, 2);
+    cb.keepalive = Duration::from_millis(50);
+    cb.dead_after = Duration::from_millis(300);
+    let mut b = Node::new(cb);
+    // Authenticates, then neither sends nor closes (a pulled cable looks like this).
+    let _s = fake_node1(listen, &mut b, 1);
+    let t = Instant::now();
+    let end = t + TEST_LIMIT;
+    while !b.saw(|e| matches!(e, PeerEvent::LinkDown { .. })) {
+        b.poll();
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(b.saw(
+        |e| matches!(e, PeerEvent::LinkDown { reason, .. } if reason.contains("nothing received"))
+    ));
+    assert!(b.saw(|e| *e == PeerEvent::AllLinksDown));
 }
 
 /// A hand-driven node 1: authenticates on link 0 of node 2 with the right secret, then
