@@ -593,3 +593,37 @@ fn bad_configurations_are_refused() {
     c.unacked_max_msgs = 0;
     assert!(PeerLinks::new(c).is_err());
 }
+
+#[test]
+fn a_restart_is_recognized_while_the_old_connection_still_looks_up() {
+    init_tracing();
+    let (la, lb) = links(14, 1);
+    let listen = lb[0].local;
+    let mut b = Node::new(config(2, 1, lb, 2));
+    // Node 1's previous incarnation: authenticated, its connection half-open (no FIN).
+    let _old = fake_node1(listen, &mut b, 1);
+    b.poll();
+    assert!(b.pl.is_up());
+    assert!(b.saw(|e| *e == PeerEvent::Connected { peer_boot_id: 1 }));
+    b.pl.send(message(2, 0)).unwrap(); // for the old incarnation: dropped
+                                       // Node 1 restarted (dialer side) and reconnects the same link.
+    let mut a = Node::new(config(1, 2, la, 3));
+    run_until(&mut a, &mut b, |_, b| {
+        b.saw(|e| *e == PeerEvent::PeerRestarted { peer_boot_id: 3 })
+    });
+    run_until(&mut a, &mut b, |_, b| {
+        b.saw(|e| {
+            matches!(e, PeerEvent::LinkDown { reason, .. } if reason.contains("earlier incarnation"))
+        })
+    });
+    assert!(!b.saw(|e| *e == PeerEvent::AllLinksDown));
+    assert_eq!(b.pl.unacked_msgs(), 0);
+    let mut next = 10u64;
+    run_until(&mut a, &mut b, |_, b| {
+        send_some(b, &mut next, 20);
+        b.pl.unacked_msgs() == 0 && next == 20
+    });
+    run_until(&mut a, &mut b, |a, _| a.got.len() == 10);
+    check_in_order(&a.got, 10);
+    assert!(b.pl.is_up() && a.pl.is_up());
+}
