@@ -277,6 +277,19 @@ impl PeerLinks {
                 "the unacknowledged window must not be empty".into(),
             ));
         }
+        let hour = Duration::from_secs(3600);
+        if cfg.keepalive.is_zero()
+            || cfg.dead_after <= cfg.keepalive
+            || cfg.dead_after > hour
+            || cfg.reconnect_interval.is_zero()
+            || cfg.reconnect_interval > hour
+        {
+            return Err(invalid(format!(
+                "sync link timers: need 0 < keepalive ({:?}) < dead_after ({:?}) <= 1 h \
+                 and 0 < reconnect_interval ({:?}) <= 1 h",
+                cfg.keepalive, cfg.dead_after, cfg.reconnect_interval
+            )));
+        }
         let mut listeners = Vec::with_capacity(cfg.links.len());
         for l in &cfg.links {
             listeners.push(listen(l.local).map_err(|e| {

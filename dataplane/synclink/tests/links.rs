@@ -386,7 +386,44 @@ fn idle_links_stay_up_on_keepalives() {
             n.events
         );
         assert_eq!(n.pl.links_up(), vec![0, 1]);
+        // Idle: the caller sleeps on readability only (listeners and both links), until
+        // the next keepalive is due.
+        let mut fds = Vec::new();
+        n.pl.wait_fds(&mut fds);
+        assert_eq!(fds.len(), 4);
+        assert!(fds.iter().all(|&(_, w)| !w), "{fds:?}");
+        let d = n.pl.next_deadline().unwrap();
+        assert!(d <= Instant::now() + Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead() {
+    init_tracing();
+    let (_, lb) = links(13, 1);
+    let listen = lb[0].local;
+    let mut cb = config(2, 1, lb, 2);
+    cb.keepalive = Duration::from_millis(50);
+    cb.dead_after = Duration::from_millis(300);
+    let mut b = Node::new(cb);
+    // Authenticates, then neither sends nor closes (a pulled cable looks like this).
+    let _s = fake_node1(listen, &mut b, 1);
+    let t = Instant::now();
+    let end = t + TEST_LIMIT;
+    while !b.saw(|e| matches!(e, PeerEvent::LinkDown { .. })) {
+        b.poll();
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(b.saw(
+        |e| matches!(e, PeerEvent::LinkDown { reason, .. } if reason.contains("nothing received"))
+    ));
+    assert!(b.saw(|e| *e == PeerEvent::AllLinksDown));
 }
 
 /// A hand-driven node 1: authenticates on link 0 of node 2 with the right secret, then
@@ -536,4 +573,57 @@ fn a_bad_payload_crc_or_a_sequence_gap_closes_the_link() {
     });
     assert!(b.saw(|e| *e == PeerEvent::PeerRestarted { peer_boot_id: 5 }));
     check_in_order(&b.got, 0);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let (la, _) = links(12, 1);
+    let mut c = config(1, 2, la.clone(), 1);
+    c.secret = b"short".to_vec();
+    assert!(PeerLinks::new(c).is_err());
+    let mut c = config(1, 2, la.clone(), 1);
+    c.dead_after = c.keepalive;
+    assert!(PeerLinks::new(c).is_err());
+    let mut c = config(1, 2, la.clone(), 1);
+    c.reconnect_interval = Duration::MAX;
+    assert!(PeerLinks::new(c).is_err());
+    assert!(PeerLinks::new(config(1, 1, la.clone(), 1)).is_err());
+    assert!(PeerLinks::new(config(1, 2, Vec::new(), 1)).is_err());
+    let mut c = config(1, 2, la, 1);
+    c.unacked_max_msgs = 0;
+    assert!(PeerLinks::new(c).is_err());
+}
+
+#[test]
+fn a_restart_is_recognized_while_the_old_connection_still_looks_up() {
+    init_tracing();
+    let (la, lb) = links(14, 1);
+    let listen = lb[0].local;
+    let mut b = Node::new(config(2, 1, lb, 2));
+    // Node 1's previous incarnation: authenticated, its connection half-open (no FIN).
+    let _old = fake_node1(listen, &mut b, 1);
+    b.poll();
+    assert!(b.pl.is_up());
+    assert!(b.saw(|e| *e == PeerEvent::Connected { peer_boot_id: 1 }));
+    b.pl.send(message(2, 0)).unwrap(); // for the old incarnation: dropped
+                                       // Node 1 restarted (dialer side) and reconnects the same link.
+    let mut a = Node::new(config(1, 2, la, 3));
+    run_until(&mut a, &mut b, |_, b| {
+        b.saw(|e| *e == PeerEvent::PeerRestarted { peer_boot_id: 3 })
+    });
+    run_until(&mut a, &mut b, |_, b| {
+        b.saw(|e| {
+            matches!(e, PeerEvent::LinkDown { reason, .. } if reason.contains("earlier incarnation"))
+        })
+    });
+    assert!(!b.saw(|e| *e == PeerEvent::AllLinksDown));
+    assert_eq!(b.pl.unacked_msgs(), 0);
+    let mut next = 10u64;
+    run_until(&mut a, &mut b, |_, b| {
+        send_some(b, &mut next, 20);
+        b.pl.unacked_msgs() == 0 && next == 20
+    });
+    run_until(&mut a, &mut b, |a, _| a.got.len() == 10);
+    check_in_order(&a.got, 10);
+    assert!(b.pl.is_up() && a.pl.is_up());
 }
