@@ -545,6 +545,22 @@ fn two_nodes_mirror_survive_kill_and_resync() {
             "read through A at {lba}"
         );
     }
+    // UNMAP through B (zero writes through the engine, in chunks): zeroes through A too.
+    {
+        let (lba, blocks) = (1000u64, 4096u32); // 2 MiB, not region aligned
+        let mut params = vec![0u8; 24];
+        params[0..2].copy_from_slice(&22u16.to_be_bytes());
+        params[2..4].copy_from_slice(&16u16.to_be_bytes());
+        params[8..16].copy_from_slice(&lba.to_be_bytes());
+        params[16..20].copy_from_slice(&blocks.to_be_bytes());
+        let cdb = [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0];
+        let (r, _) = command_retrying(&mut cb, &cdb, 0, &params, Duration::from_secs(10));
+        assert_eq!(r.status, 0, "UNMAP: sense {:02x?}", r.sense);
+        let end = lba + u64::from(blocks);
+        model.retain(|(l, d)| end <= *l || *l + (d.len() as u64 / 512) <= lba);
+        model.push((lba, vec![0u8; blocks as usize * 512]));
+        assert!(read_blocks(&mut ca, lba, 65536).iter().all(|b| *b == 0));
+    }
     // 4 KiB QD1 write latency through each node (the sequencer writes and mirrors; the
     // other forwards to it).
     for (name, c) in [("node1", &mut ca), ("node2", &mut cb)] {
