@@ -96,6 +96,17 @@ impl MemNet {
         })
     }
 
+    /// Delivers `env` to `to` as if `from` had sent it (tests of what a partner may send).
+    pub fn inject(&self, from: NodeId, to: NodeId, env: Envelope<SharedPayload>) -> bool {
+        let g = self.inner.lock();
+        let Some((tx, wake, _)) = g.inboxes.get(&(to, from)) else {
+            return false;
+        };
+        let ok = tx.try_send(env).is_ok();
+        let _ = wake.notify();
+        ok
+    }
+
     /// Cuts or heals the link between two nodes (messages sent while cut are lost).
     pub fn set_cut(&self, a: NodeId, b: NodeId, cut: bool) {
         let mut g = self.inner.lock();

@@ -13,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use tandem_bdev::{open_file, Bdev, BdevChannel, BdevError, BdevOp, Completion, FileConfig};
 use tandem_config::ipc::{HaLease, HaReport, HaUpdate};
 use tandem_ha::authority::Authority;
-use tandem_ha::{EpochConfig, NodeId, Time};
+use tandem_ha::{BlockRange, Envelope, EpochConfig, Msg, NodeId, OpId, Time};
+use tandem_mirror::{Payload, SharedPayload};
 use tandem_replica::{MemNet, Partner, ReplicaHandle, ReplicaOptions, ReplicatedBdev};
 
 const BS: u32 = 512;
@@ -644,4 +645,57 @@ fn three_replicas_write_everywhere_lose_one_and_take_it_back() {
     for id in ids {
         auth.remove(id);
     }
+}
+
+#[test]
+fn a_corrupt_payload_from_the_partner_is_never_written() {
+    let dir = scratch();
+    let net = MemNet::new();
+    let auth = AuthorityLoop::start();
+    let (img_a, inner_a) = image(dir.path(), "a");
+    let (img_b, inner_b) = image(dir.path(), "b");
+    let (a, ha) = replica(&net, inner_a, N1, N2, dir.path().join("a.ha-meta"));
+    let (b, hb) = replica(&net, inner_b, N2, N1, dir.path().join("b.ha-meta"));
+    auth.add(N1, ha);
+    auth.add(N2, hb);
+    auth.wait_serving(&[N1, N2], Duration::from_secs(60));
+    let cfg = auth.report(N1).unwrap().status.config.unwrap();
+    let (seq, other) = if cfg.sequencer == N1 {
+        (N1, N2)
+    } else {
+        (N2, N1)
+    };
+    let other_img = if other == N1 { &img_a } else { &img_b };
+    // A Mirror "from the sequencer" whose bytes no longer match their CRC (flipped in flight).
+    let good = SharedPayload::from_host(&[0x5au8; 4096]);
+    let mut bad = good.as_slice().to_vec();
+    bad[100] ^= 1;
+    let env = Envelope {
+        epoch: cfg.epoch,
+        msg: Msg::Mirror {
+            id: OpId {
+                origin: seq,
+                n: u64::MAX - 1,
+            },
+            range: BlockRange::new(20_000, 8),
+            data: SharedPayload::received(&bad, good.crc32c()),
+            commit_follows: false,
+        },
+    };
+    assert!(net.inject(seq, other, env));
+    std::thread::sleep(Duration::from_millis(500));
+    a.flush_blocking().unwrap();
+    b.flush_blocking().unwrap();
+    let bytes = std::fs::read(other_img).unwrap();
+    let at = 20_000 * 512;
+    assert!(
+        bytes[at..at + 4096].iter().all(|x| *x == 0),
+        "corrupt payload reached the disk"
+    );
+    // Both replicas still serve and mirror.
+    let data = pattern(9, 4096);
+    Client::new(&*a).write(1 << 20, &data).unwrap();
+    assert_eq!(Client::new(&*b).read(1 << 20, 4096).unwrap(), data);
+    auth.remove(N1);
+    auth.remove(N2);
 }
