@@ -120,11 +120,18 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
             live(server.add_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
         }
         Request::RemoveDevice { name } => live(server.remove_device(&name)),
-        // Replicated devices are not wired into the data plane yet.
-        Request::HaExchange { device, .. } => Response::error(
-            ErrorCode::NotFound,
-            format!("device {device} is not a replicated device"),
-        ),
+        Request::HaExchange { device, updates } => {
+            match server.device(&device).and_then(|d| d.replica.clone()) {
+                None => Response::error(
+                    ErrorCode::NotFound,
+                    format!("device {device} is not a replicated device served here"),
+                ),
+                Some(h) => match h.exchange(updates) {
+                    Ok(report) => Response::Ha(report),
+                    Err(e) => Response::error(ErrorCode::Internal, format!("device {device}: {e}")),
+                },
+            }
+        }
         Request::RetryDevice(d) => {
             live(server.retry_device(&config_spec::device_spec(&ctx.config, &ctx.config_dir, &d)))
         }

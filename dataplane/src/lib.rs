@@ -10,6 +10,7 @@ pub mod net;
 pub mod pr_store;
 pub mod reactor;
 pub mod reactor_ctx;
+pub mod replica;
 pub mod server;
 pub mod session;
 pub mod stats;

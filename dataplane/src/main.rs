@@ -307,6 +307,7 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             create_if_missing: true,
             image_dirs: Vec::new(),
             block_device: is_block_device,
+            replication: None,
         }],
         targets: vec![TargetSpec {
             iqn,

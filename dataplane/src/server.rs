@@ -60,6 +60,35 @@ pub struct DeviceSpec {
     pub image_dirs: Vec<PathBuf>,
     /// The file is a block device, said explicitly.
     pub block_device: bool,
+    /// `[device.replication]`: this device is one replica of an HA device, served through
+    /// the replication engine. `Err`: the replication settings cannot be used (the device
+    /// fails with that reason rather than being served unreplicated).
+    pub replication: Option<Result<ReplicationSpec, String>>,
+}
+
+/// How this node's replica of an HA device reaches its partners.
+#[derive(Clone)]
+pub struct ReplicationSpec {
+    pub node_id: u8,
+    /// The per-cluster secret sync links authenticate with (at least 16 bytes).
+    pub secret: Vec<u8>,
+    pub cluster_id: [u8; 16],
+    pub device_id: u64,
+    /// Where the replica metadata is kept (`None`: in memory).
+    pub meta_path: Option<PathBuf>,
+    pub partners: Vec<tandem_config::PartnerConfig>,
+}
+
+impl std::fmt::Debug for ReplicationSpec {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationSpec")
+            .field("node_id", &self.node_id)
+            .field("device_id", &self.device_id)
+            .field("meta_path", &self.meta_path)
+            .field("partners", &self.partners)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A configured device that could not be opened: not served, shown with its reason.
@@ -213,7 +242,26 @@ fn build_device_sized(
     );
     tracing::info!(device = %spec.name, block_size = info.block_size, blocks = info.num_blocks,
         cache = ?spec.cache, read_only = spec.read_only, "device ready");
-    Ok(Arc::new(Device::new(spec.name.clone(), bdev, Arc::new(lu))))
+    let lu = Arc::new(lu);
+    // A replicated device: every host I/O goes through the replication engine (outermost);
+    // the LU's ALUA state follows the engine (unavailable until it serves).
+    let (bdev, replica, ha_node) = match &spec.replication {
+        None => (bdev, None, None),
+        Some(Err(reason)) => return Err(err(format!("replication: {reason}"))),
+        Some(Ok(r)) => {
+            let (dev, handle) =
+                crate::replica::start(&spec.name, bdev, r, lu.clone()).map_err(err)?;
+            (
+                dev as Arc<dyn tandem_bdev::Bdev>,
+                Some(handle),
+                Some(r.node_id),
+            )
+        }
+    };
+    let mut dev = Device::new(spec.name.clone(), bdev, lu);
+    dev.replica = replica;
+    dev.ha_node = ha_node;
+    Ok(Arc::new(dev))
 }
 
 pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target, ServerError> {
@@ -229,12 +277,17 @@ pub fn build_target(spec: &TargetSpec, devices: &[Arc<Device>]) -> Result<Target
                 })?;
         luns.push(dev.clone());
     }
+    // A target of a replicated device is this node's port in the device's cluster: its
+    // port group and relative port are the node's id there, so every node's ports differ.
+    let ha_node = luns.iter().find_map(|d| d.ha_node).map(u16::from);
     Ok(Target {
         iqn: spec.iqn.clone(),
         alias: spec.alias.clone(),
         luns,
         auth: spec.auth.clone(),
         allowed_initiators: spec.allowed_initiators.clone(),
+        tpg_id: ha_node.unwrap_or(crate::target::LOCAL_TPG_ID),
+        relative_port_id: ha_node.unwrap_or(crate::target::LOCAL_RELATIVE_PORT_ID),
     })
 }
 
@@ -688,6 +741,8 @@ impl Server {
             allowed_initiators: allowed
                 .clone()
                 .unwrap_or_else(|| t.allowed_initiators.clone()),
+            tpg_id: t.tpg_id,
+            relative_port_id: t.relative_port_id,
         });
         if ok {
             return Ok(());

@@ -26,6 +26,10 @@ pub struct Device {
     pub bdev: Arc<dyn Bdev>,
     pub lu: Arc<LogicalUnit>,
     pub stats: crate::stats::DeviceStats,
+    /// A replicated device: the control link's way into its replication thread.
+    pub replica: Option<tandem_replica::ReplicaHandle>,
+    /// A replicated device: this node's id in the device's cluster (its ALUA port group).
+    pub ha_node: Option<u8>,
 }
 
 impl Device {
@@ -36,6 +40,8 @@ impl Device {
             bdev,
             lu,
             stats: Default::default(),
+            replica: None,
+            ha_node: None,
         }
     }
 }
@@ -46,6 +52,11 @@ pub struct Target {
     pub luns: Vec<Arc<Device>>,
     pub auth: AuthPolicy,
     pub allowed_initiators: Vec<String>,
+    /// This node's ALUA target port group and relative target port for this target's
+    /// nexuses: [`LOCAL_TPG_ID`] / [`LOCAL_RELATIVE_PORT_ID`], or for a target of a replicated
+    /// device the node's id in the device's cluster (unique across its nodes).
+    pub tpg_id: u16,
+    pub relative_port_id: u16,
 }
 
 impl Target {

@@ -46,6 +46,7 @@ fn reads_and_writes_do_not_allocate_per_command() {
             create_if_missing: false,
             image_dirs: Vec::new(),
             block_device: false,
+            replication: None,
         }],
         targets: vec![TargetSpec {
             iqn: iqn.clone(),

@@ -26,6 +26,7 @@ fn ram(name: &str, size_bytes: u64) -> DeviceSpec {
         create_if_missing: false,
         image_dirs: Vec::new(),
         block_device: false,
+        replication: None,
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - [`AlignedBuf`]: heap buffers with a chosen alignment (for `O_DIRECT`).
 //! - [`Uring`]: an io_uring wrapper that owns each I/O buffer while the kernel may touch it.
-//! - [`EventFd`] and [`WakeSet`]: wake-up primitives for reactors that sleep in epoll.
+//! - [`EventFd`] and [`WakeSet`]: wake-up primitives for reactors that sleep in epoll;
+//!   [`poll_fds`]: `poll(2)` over (fd, want_write) pairs for loops without a reactor.
 //! - File helpers: [`open_direct`], [`allocate_thick`], [`punch_hole`], [`logical_block_size`].
 //! - Threads: [`pin_current_thread`], [`set_thread_name`].
 //! - [`Tap`]: a non-blocking TAP interface for the userspace TCP stack.
@@ -18,6 +19,7 @@ pub mod alloc_count;
 mod buf;
 mod event;
 mod file;
+mod poll;
 mod tap;
 mod thread;
 mod uring;
@@ -28,6 +30,7 @@ pub use file::{
     allocate_thick, device_size, dio_alignment, logical_block_size, open_direct, punch_hole,
     DioAlignment, DirectFile,
 };
+pub use poll::poll_fds;
 pub use tap::Tap;
 pub use thread::{default_sigpipe, pin_current_thread, set_thread_name};
 pub use uring::{Uring, UringCompletion};

@@ -74,6 +74,12 @@ fn check_round_trip(frame: &[u8], limits: &Limits) {
             encode(&env, limits, &mut again).expect("a decoded message re-encodes");
             assert_eq!(again, frame);
         }
+        Ok(Decoded::Link(m)) => {
+            let mut again = Vec::new();
+            m.encode(&mut again)
+                .expect("a decoded link control frame re-encodes");
+            assert_eq!(again, frame);
+        }
         Ok(Decoded::Handshake(m)) => {
             let mut again = Vec::new();
             m.encode(&mut again)

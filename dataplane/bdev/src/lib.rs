@@ -125,6 +125,12 @@ pub enum BdevError {
     /// Anything else, with an explanation.
     #[error("{0}")]
     Other(String),
+    /// The device cannot serve I/O on this node now (a replicated device that is not a
+    /// synchronized member with a valid lease). SCSI answers NOT READY, LOGICAL UNIT NOT
+    /// ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04/0C) so multipath retries the command
+    /// on another node; never MEDIUM ERROR.
+    #[error("not ready: this node's replica is not serving")]
+    NotReady,
 }
 
 /// A block device shared by all reactor threads.

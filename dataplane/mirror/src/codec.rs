@@ -24,7 +24,8 @@ use crate::frame::{
 };
 use crate::handshake::HandshakeMsg;
 
-/// Message type codes. Replication messages are below 0x40, handshake messages from 0x40.
+/// Message type codes. Replication messages are below 0x30, link control (sequencing and
+/// acknowledgement, see [`LinkMsg`]) 0x30..0x40, handshake messages from 0x40.
 pub mod msg_type {
     pub const MIRROR: u8 = 0x01;
     pub const MIRROR_ACK: u8 = 0x02;
@@ -39,6 +40,8 @@ pub mod msg_type {
     pub const SYNC_COMPLETE: u8 = 0x0b;
     pub const SYNC_COMPLETE_ACK: u8 = 0x0c;
     pub const COMMIT_QUERY: u8 = 0x0d;
+    pub const ACK: u8 = 0x30;
+    pub const START: u8 = 0x31;
     pub const HELLO: u8 = 0x40;
     pub const PROOF: u8 = 0x41;
 }
@@ -64,6 +67,8 @@ pub struct MsgTypeInfo {
     pub flags_allowed: u8,
     pub carries_payload: bool,
     pub handshake: bool,
+    /// Link control (0x30..0x40): sequencing and acknowledgement between the two ends.
+    pub link_control: bool,
 }
 
 const fn row(
@@ -78,6 +83,7 @@ const fn row(
         flags_allowed,
         carries_payload,
         handshake: code >= 0x40,
+        link_control: code >= 0x30 && code < 0x40,
     }
 }
 
@@ -101,6 +107,8 @@ pub const MSG_TYPES: &[MsgTypeInfo] = &[
     row(msg_type::SYNC_COMPLETE, "SyncComplete", 0, false),
     row(msg_type::SYNC_COMPLETE_ACK, "SyncCompleteAck", 0, false),
     row(msg_type::COMMIT_QUERY, "CommitQuery", 0, false),
+    row(msg_type::ACK, "Ack", 0, false),
+    row(msg_type::START, "Start", 0, false),
     row(msg_type::HELLO, "Hello", 0, false),
     row(msg_type::PROOF, "Proof", 0, false),
 ];
@@ -531,11 +539,51 @@ pub fn encode<P: AsRef<[u8]>>(
     Ok(())
 }
 
-/// A decoded frame: replication traffic or a handshake step.
+/// A decoded frame: replication traffic, link control or a handshake step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     Replication(Envelope<&'a [u8]>),
+    Link(LinkMsg),
     Handshake(HandshakeMsg),
+}
+
+/// Link control: how the two ends of a peer session keep replication messages exactly once
+/// and in order across links (docs/ha-wire.md, "Reliable delivery"). Sequence numbers count
+/// the replication messages of one session (sender's boot id, receiver's boot id) from 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkMsg {
+    /// Cumulative acknowledgement: the sender of this frame has delivered every replication
+    /// message with a sequence number below `next` (the next one it expects). Also the
+    /// keepalive of an idle link.
+    Ack { next: u64 },
+    /// The replication frames that follow on this link carry sequence numbers `first_seq`,
+    /// `first_seq + 1`, ... (a sequence number is a frame's position after its Start).
+    Start { first_seq: u64 },
+}
+
+impl LinkMsg {
+    /// Encodes the whole frame (epoch 0, no payload) into `out` (cleared first).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.clear();
+        out.resize(FIXED_HEADER_LEN, 0);
+        let (t, v) = match *self {
+            LinkMsg::Ack { next } => (msg_type::ACK, next),
+            LinkMsg::Start { first_seq } => (msg_type::START, first_seq),
+        };
+        out.extend_from_slice(&v.to_le_bytes());
+        finish_header(out, t, 0, 0, 0, 0, &Limits::default())?;
+        Ok(())
+    }
+
+    fn parse_body(msg_type: u8, r: &mut Reader<'_>) -> Result<Self, WireError> {
+        match msg_type {
+            msg_type::ACK => Ok(LinkMsg::Ack { next: r.u64()? }),
+            msg_type::START => Ok(LinkMsg::Start {
+                first_seq: r.u64()?,
+            }),
+            other => Err(WireError::UnknownType { msg_type: other }),
+        }
+    }
 }
 
 /// Decodes one whole frame (exactly header plus payload, as cut by
@@ -576,6 +624,15 @@ pub fn decode_frame<'a>(frame: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
         });
     }
     let mut r = Reader::new(body, hdr.msg_type);
+    if info.link_control {
+        // Like handshake frames, link control belongs to no epoch (one encoding per frame).
+        if hdr.epoch != 0 {
+            return Err(r.err("link control frame with a nonzero epoch"));
+        }
+        let m = LinkMsg::parse_body(hdr.msg_type, &mut r)?;
+        r.finish()?;
+        return Ok(Decoded::Link(m));
+    }
     if info.handshake {
         // Handshake frames belong to no epoch; one fixed value keeps every frame's encoding
         // unique (the fuzz target re-encodes whatever decodes and compares bytes).
@@ -650,7 +707,7 @@ pub fn decode_frame<'a>(frame: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
 pub fn decode<'a>(frame: &'a [u8], limits: &Limits) -> Result<Envelope<&'a [u8]>, WireError> {
     match decode_frame(frame, limits)? {
         Decoded::Replication(env) => Ok(env),
-        Decoded::Handshake(_) => Err(WireError::NotReplication {
+        Decoded::Handshake(_) | Decoded::Link(_) => Err(WireError::NotReplication {
             msg_type: frame[crate::frame::field::MSG_TYPE],
         }),
     }
@@ -672,7 +729,7 @@ mod tests {
     /// data "cd".
     fn caw_bytes() -> Vec<u8> {
         let mut b = vec![
-            b'T', b'N', b'D', b'M', 0x01, 0x00, // magic, version 1
+            b'T', b'N', b'D', b'M', 0x02, 0x00, // magic, version 2
             0x04, 0x01, // Forward, COMPARE_AND_WRITE
             57, 0x00, 0x00, 0x00, // header_len 57, reserved
             0x04, 0x00, 0x00, 0x00, // payload_len 4
@@ -894,6 +951,39 @@ mod tests {
             decode_frame(&b, &Limits::default()),
             Err(WireError::Body { msg_type: 0x41, .. })
         ));
+    }
+
+    #[test]
+    fn link_control_frames_round_trip() {
+        let limits = Limits::default();
+        for m in [
+            LinkMsg::Ack { next: 0 },
+            LinkMsg::Ack { next: u64::MAX },
+            LinkMsg::Start { first_seq: 77 },
+        ] {
+            let mut b = Vec::new();
+            m.encode(&mut b).unwrap();
+            assert_eq!(b.len(), FIXED_HEADER_LEN + 8);
+            assert_eq!(decode_frame(&b, &limits), Ok(Decoded::Link(m)));
+            assert!(matches!(
+                decode(&b, &limits),
+                Err(WireError::NotReplication { .. })
+            ));
+            // Short body, nonzero epoch: malformed.
+            let mut short = b[..b.len() - 1].to_vec();
+            Frame::new_unchecked(&mut short[..]).set_header_len(39);
+            Frame::new_unchecked(&mut short[..]).fill_header_crc();
+            assert!(matches!(
+                decode_frame(&short, &limits),
+                Err(WireError::Body { .. })
+            ));
+            b[field::EPOCH.start] = 1;
+            Frame::new_unchecked(&mut b[..]).fill_header_crc();
+            assert!(matches!(
+                decode_frame(&b, &limits),
+                Err(WireError::Body { .. })
+            ));
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub type Field = core::ops::Range<usize>;
 pub const MAGIC: [u8; 4] = *b"TNDM";
 /// The one protocol version this build speaks. Bump on any change to the layout or meaning of
 /// any field; a peer with another version is refused at once (no negotiation).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 pub mod field {
     use super::Field;
@@ -368,7 +368,7 @@ mod tests {
     /// A Commit frame (type 3) with body origin=2, n=7, epoch 5, no payload.
     const COMMIT: [u8; 41] = [
         b'T', b'N', b'D', b'M', // magic
-        0x01, 0x00, // version 1
+        0x02, 0x00, // version 2
         0x03, // type Commit
         0x00, // flags
         41, 0x00, // header_len
@@ -392,7 +392,7 @@ mod tests {
         let b = commit_bytes();
         let f = Frame::new_checked(&b[..]).unwrap();
         assert_eq!(f.magic(), MAGIC);
-        assert_eq!(f.version(), 1);
+        assert_eq!(f.version(), 2);
         assert_eq!(f.msg_type(), 3);
         assert_eq!(f.flags(), 0);
         assert_eq!(f.header_len(), 41);
@@ -471,12 +471,12 @@ mod tests {
     #[test]
     fn other_versions_and_strangers_are_refused() {
         let mut b = commit_bytes();
-        Frame::new_unchecked(&mut b[..]).set_version(2);
+        Frame::new_unchecked(&mut b[..]).set_version(3);
         assert_eq!(
             Frame::new_unchecked(&b[..]).check_fixed(&Limits::default()),
             Err(WireError::UnsupportedVersion {
-                got: 2,
-                supported: 1
+                got: 3,
+                supported: 2
             })
         );
         b[0] = b'X';

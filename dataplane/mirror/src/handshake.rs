@@ -3,11 +3,12 @@
 //!
 //! ```text
 //!   initiator (dialed)                         acceptor (accepted)
-//!     Hello{v, cluster, node, device, link, nonce_i}  ──►
-//!                 ◄──  Hello{v, cluster, node, device, link, nonce_a}
+//!     Hello{v, cluster, node, device, link, nonce_i, boot_i}  ──►
+//!                 ◄──  Hello{v, cluster, node, device, link, nonce_a, boot_a}
 //!     Proof{HMAC(secret, "initiator->acceptor" ‖ ctx)} ──►
 //!                 ◄──  Proof{HMAC(secret, "acceptor->initiator" ‖ ctx)}
 //!   ctx = version ‖ cluster ‖ device ‖ link ‖ initiator node ‖ acceptor node ‖ nonce_i ‖ nonce_a
+//!         ‖ boot_i ‖ boot_a
 //! ```
 //!
 //! Both sides send Hello at once and their Proof as soon as they have the peer's Hello; the
@@ -70,6 +71,9 @@ pub struct LinkConfig {
     pub peer_node_id: NodeId,
     pub device_id: u64,
     pub link_id: u16,
+    /// This process incarnation (differs on every start). Carried in Hello and bound into
+    /// both proofs, so a peer learns, authenticated, that this node restarted.
+    pub boot_id: u64,
     /// The per-cluster secret that tandem-control generates and distributes.
     pub secret: Vec<u8>,
 }
@@ -83,6 +87,7 @@ impl std::fmt::Debug for LinkConfig {
             .field("peer_node_id", &self.peer_node_id)
             .field("device_id", &self.device_id)
             .field("link_id", &self.link_id)
+            .field("boot_id", &self.boot_id)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +100,8 @@ pub struct Hello {
     pub device_id: u64,
     pub link_id: u16,
     pub nonce: [u8; NONCE_LEN],
+    /// The sender's process incarnation (`LinkConfig::boot_id`).
+    pub boot_id: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +120,7 @@ impl HandshakeMsg {
                 device_id: r.u64()?,
                 link_id: r.u16()?,
                 nonce: r.bytes()?,
+                boot_id: r.u64()?,
             })),
             msg_type::PROOF => Ok(HandshakeMsg::Proof { mac: r.bytes()? }),
             other => Err(WireError::NotHandshake { msg_type: other }),
@@ -131,6 +139,7 @@ impl HandshakeMsg {
                 out.extend_from_slice(&h.device_id.to_le_bytes());
                 out.extend_from_slice(&h.link_id.to_le_bytes());
                 out.extend_from_slice(&h.nonce);
+                out.extend_from_slice(&h.boot_id.to_le_bytes());
                 msg_type::HELLO
             }
             HandshakeMsg::Proof { mac } => {
@@ -235,6 +244,7 @@ impl Handshake {
             device_id: self.cfg.device_id,
             link_id: self.cfg.link_id,
             nonce: self.nonce,
+            boot_id: self.cfg.boot_id,
         })
     }
 
@@ -352,9 +362,23 @@ impl Handshake {
         // HMAC takes keys of any length; the error arm cannot happen.
         let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.cfg.secret)
             .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        let (init_node, acc_node, init_nonce, acc_nonce) = match self.role {
-            Role::Initiator => (self.cfg.node_id, peer.node_id, &self.nonce, &peer.nonce),
-            Role::Acceptor => (peer.node_id, self.cfg.node_id, &peer.nonce, &self.nonce),
+        let (init_node, acc_node, init_nonce, acc_nonce, init_boot, acc_boot) = match self.role {
+            Role::Initiator => (
+                self.cfg.node_id,
+                peer.node_id,
+                &self.nonce,
+                &peer.nonce,
+                self.cfg.boot_id,
+                peer.boot_id,
+            ),
+            Role::Acceptor => (
+                peer.node_id,
+                self.cfg.node_id,
+                &peer.nonce,
+                &self.nonce,
+                peer.boot_id,
+                self.cfg.boot_id,
+            ),
         };
         mac.update(match prover {
             Role::Initiator => LABEL_INITIATOR,
@@ -367,6 +391,8 @@ impl Handshake {
         mac.update(&[init_node.0, acc_node.0]);
         mac.update(init_nonce);
         mac.update(acc_nonce);
+        mac.update(&init_boot.to_le_bytes());
+        mac.update(&acc_boot.to_le_bytes());
         mac
     }
 }
@@ -385,6 +411,7 @@ mod tests {
             peer_node_id: peer,
             device_id: 42,
             link_id: 1,
+            boot_id: 100 + u64::from(me.0),
             secret: b"0123456789abcdef0123456789abcdef".to_vec(),
         }
     }
@@ -413,6 +440,8 @@ mod tests {
         assert!(a.is_authenticated() && b.is_authenticated());
         assert_eq!(a.peer().unwrap().node_id, B);
         assert_eq!(b.peer().unwrap().node_id, A);
+        assert_eq!(a.peer().unwrap().boot_id, 102);
+        assert_eq!(b.peer().unwrap().boot_id, 101);
         assert_eq!(
             a.on_message(&b.hello()),
             Err(AuthError::AlreadyAuthenticated)
@@ -431,6 +460,21 @@ mod tests {
         assert_eq!(b.on_message(&pa), Err(AuthError::BadProof));
         assert!(!a.is_authenticated());
         assert_eq!(a.on_message(&pb), Err(AuthError::Failed));
+    }
+
+    #[test]
+    fn a_forged_boot_id_fails_the_proof() {
+        // A man in the middle rewrites B's boot id (to fake or hide a restart): A's check of
+        // B's proof covers the boot id A saw, so it fails.
+        let (mut a, mut b) = pair(1, 2);
+        let mut hb = match b.hello() {
+            HandshakeMsg::Hello(h) => h,
+            _ => unreachable!(),
+        };
+        hb.boot_id ^= 1;
+        a.on_message(&HandshakeMsg::Hello(hb)).unwrap();
+        let pb = b.on_message(&a.hello()).unwrap().unwrap();
+        assert_eq!(a.on_message(&pb), Err(AuthError::BadProof));
     }
 
     #[test]
@@ -490,10 +534,10 @@ mod tests {
         type Edit = fn(&mut Hello);
         let cases: [(Edit, AuthError); 5] = [
             (
-                |h| h.version = 2,
+                |h| h.version = 3,
                 AuthError::Version {
-                    got: 2,
-                    supported: 1,
+                    got: 3,
+                    supported: 2,
                 },
             ),
             (|h| h.cluster_id[0] ^= 1, AuthError::ClusterMismatch),

@@ -6,6 +6,8 @@
 //!   by value ([`encode_header`] + writev on send, [`decode`] borrows it on receive).
 //! * [`decoder`]: [`FrameDecoder`] cuts frames out of a stream that arrives in any pieces,
 //!   buffering at most one largest frame.
+//! * [`LinkMsg`]: link control (cumulative Ack, Start of a sequence) for exactly-once,
+//!   in-order delivery across links (the crate tandem-synclink drives it).
 //! * [`handshake`]: the HMAC-SHA256 mutual authentication that opens each link, and
 //!   [`session`]: the gate that refuses replication traffic before it.
 //!
@@ -46,8 +48,8 @@ pub mod session;
 pub mod shared;
 
 pub use codec::{
-    decode, decode_frame, encode, encode_header, payload_parts, type_info, Decoded, MsgTypeInfo,
-    Payload, PayloadDesc, MSG_TYPES,
+    decode, decode_frame, encode, encode_header, payload_parts, type_info, Decoded, LinkMsg,
+    MsgTypeInfo, Payload, PayloadDesc, MSG_TYPES,
 };
 pub use decoder::FrameDecoder;
 pub use error::WireError;

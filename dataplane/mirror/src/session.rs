@@ -5,7 +5,7 @@
 use tandem_ha::Envelope;
 use thiserror::Error;
 
-use crate::codec::{decode_frame, Decoded};
+use crate::codec::{decode_frame, Decoded, LinkMsg};
 use crate::error::WireError;
 use crate::frame::Limits;
 use crate::handshake::{AuthError, Handshake, HandshakeMsg};
@@ -26,6 +26,8 @@ pub enum Inbound<'a> {
     Handshake { reply: Option<HandshakeMsg> },
     /// Replication traffic from an authenticated peer, for the engine.
     Message(Envelope<&'a [u8]>),
+    /// Link control (sequencing, acknowledgement) from an authenticated peer.
+    Link(LinkMsg),
 }
 
 pub struct LinkSession {
@@ -59,7 +61,8 @@ impl LinkSession {
             Decoded::Replication(env) if self.handshake.is_authenticated() => {
                 Ok(Inbound::Message(env))
             }
-            Decoded::Replication(_) => Err(AuthError::NotAuthenticated {
+            Decoded::Link(m) if self.handshake.is_authenticated() => Ok(Inbound::Link(m)),
+            Decoded::Replication(_) | Decoded::Link(_) => Err(AuthError::NotAuthenticated {
                 msg_type: frame[crate::frame::field::MSG_TYPE],
             }
             .into()),
@@ -81,6 +84,7 @@ mod tests {
             peer_node_id: NodeId(peer),
             device_id: 5,
             link_id: 0,
+            boot_id: u64::from(me),
             secret: vec![0x5a; 32],
         };
         LinkSession::new(

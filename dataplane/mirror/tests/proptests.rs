@@ -225,9 +225,10 @@ proptest! {
 
     #[test]
     fn hello_round_trips(v in any::<u16>(), c in any::<[u8; 16]>(), n in any::<u8>(),
-                         dev in any::<u64>(), link in any::<u16>(), nonce in any::<[u8; 32]>()) {
+                         dev in any::<u64>(), link in any::<u16>(), nonce in any::<[u8; 32]>(),
+                         boot_id in any::<u64>()) {
         let h = HandshakeMsg::Hello(Hello { version: v, cluster_id: c, node_id: NodeId(n),
-                                            device_id: dev, link_id: link, nonce });
+                                            device_id: dev, link_id: link, nonce, boot_id });
         let mut out = Vec::new();
         h.encode(&mut out).unwrap();
         prop_assert_eq!(decode_frame(&out, &Limits::default()).unwrap(), Decoded::Handshake(h));

@@ -171,9 +171,15 @@ pub enum DataOutFit {
 /// Result of an I/O the transport did for an [`IoPlan`].
 #[derive(Debug)]
 pub enum IoOutcome<'a> {
-    Ok { read_data: Option<&'a [u8]> },
+    Ok {
+        read_data: Option<&'a [u8]>,
+    },
     MediumError,
     Failed,
+    /// The device is not accessible through this node now (a replica that is not serving):
+    /// CHECK CONDITION, NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE
+    /// STATE (04/0C), which multipath retries on another path.
+    NotReady,
 }
 
 /// SCSI status byte (SAM-5).

@@ -287,6 +287,8 @@ impl H {
             luns: vec![dev.clone()],
             auth: AuthPolicy::None,
             allowed_initiators: vec![],
+            tpg_id: crate::target::LOCAL_TPG_ID,
+            relative_port_id: crate::target::LOCAL_RELATIVE_PORT_ID,
         };
         registry.add_target(target);
         let target = registry.target("iqn.t");

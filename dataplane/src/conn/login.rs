@@ -149,8 +149,10 @@ impl ConnCore {
                     initiator_name: result.initiator_name.clone(),
                     isid: result.isid,
                     port: TargetPort {
-                        relative_port_id: LOCAL_RELATIVE_PORT_ID,
-                        tpg_id: LOCAL_TPG_ID,
+                        relative_port_id: target
+                            .as_ref()
+                            .map_or(LOCAL_RELATIVE_PORT_ID, |t| t.relative_port_id),
+                        tpg_id: target.as_ref().map_or(LOCAL_TPG_ID, |t| t.tpg_id),
                         target_name: key.target.clone(),
                         tpgt: PORTAL_GROUP_TAG,
                     },

@@ -892,12 +892,21 @@ impl ConnCore {
         };
         io.pending = io.pending.saturating_sub(1);
         if let Err(e) = &c.result {
-            tracing::warn!(device = ?dev.as_ref().map(|d| &d.name), error = %e, "block device I/O failed");
-            io.failure = Some(if matches!(e, tandem_bdev::BdevError::Io(_)) {
-                IoFailure::Medium
+            let failure = match e {
+                tandem_bdev::BdevError::Io(_) => IoFailure::Medium,
+                tandem_bdev::BdevError::NotReady => IoFailure::NotReady,
+                _ => IoFailure::Other,
+            };
+            if failure == IoFailure::NotReady {
+                tracing::debug!(device = ?dev.as_ref().map(|d| &d.name), "replica not serving: NOT READY");
             } else {
-                IoFailure::Other
-            });
+                tracing::warn!(device = ?dev.as_ref().map(|d| &d.name), error = %e, "block device I/O failed");
+            }
+            // A replica that does not serve now: multipath retries on another node. Once any
+            // part of a command is NOT READY the whole command is (never MEDIUM ERROR).
+            if io.failure != Some(IoFailure::NotReady) {
+                io.failure = Some(failure);
+            }
         }
         if let Some(buf) = c.buf {
             if matches!(io.data_out, OutBuf::WithDevice) {
@@ -947,6 +956,7 @@ impl ConnCore {
                 read_data: io_buf.as_deref(),
             },
             Some(IoFailure::Medium) => IoOutcome::MediumError,
+            Some(IoFailure::NotReady) => IoOutcome::NotReady,
             Some(IoFailure::Other) => IoOutcome::Failed,
         };
         let step = dev

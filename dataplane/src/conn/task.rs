@@ -204,6 +204,8 @@ pub enum OutBuf {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoFailure {
     Medium,
+    /// A replicated device not serving on this node: NOT READY 04/0C.
+    NotReady,
     Other,
 }
 

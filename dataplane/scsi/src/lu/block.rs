@@ -56,6 +56,7 @@ impl LogicalUnit {
                 });
             }
             IoOutcome::Failed => return check(Sense::internal_target_failure()),
+            IoOutcome::NotReady => return check(Sense::alua_unavailable()),
         };
         match kind {
             ContKind::Read { len } => {

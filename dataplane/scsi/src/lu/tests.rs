@@ -427,6 +427,19 @@ fn io_errors_map_to_sense() {
         panic!()
     };
     assert_eq!(sense_of(&rep), (4, 0x44, 0));
+    // A replica that is not serving: NOT READY 04/0C (multipath retries elsewhere).
+    let Step::Io(p) = r.lu.execute(&Command {
+        cdb: &rw10(0x2A, 0, 1),
+        data_out: &[0; BS],
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    let Step::Done(rep) = r.lu.resume(&n, p.cont, IoOutcome::NotReady, &[]) else {
+        panic!()
+    };
+    assert_eq!(sense_of(&rep), (2, 0x04, 0x0C));
 }
 
 // ---- compare and write / verify / write same / unmap ------------------------

@@ -1,0 +1,371 @@
+//! `tandem-replica`: a replicated block device.
+//!
+//! [`ReplicatedBdev`] wraps the node's local copy (`Arc<dyn Bdev>`) of an HA device. Every
+//! host I/O goes through the replication engine ([`tandem_ha::Engine`]) that one
+//! *replication thread* per device owns, together with one local [`BdevChannel`] and the
+//! partners' transports ([`PeerTransport`]; the sync links of `tandem-synclink`, or
+//! [`MemNet`] in tests).
+//!
+//! ```text
+//!  reactor ──submit(tag, op)──► crossbeam ─┐           ┌─► local BdevChannel (one)
+//!  reactor ◄──poll()── completions ◄───────┤ replica   ├─► partners (PeerTransport)
+//!          ◄── wake eventfd (per channel) ─┤ thread    ├─◄ ReplicaHandle::exchange
+//!                                          └ Engine ───┘   (control link: configs, leases)
+//! ```
+//!
+//! The thread runs while there is work and blocks in `poll(2)` on its own eventfd, the local
+//! channel's wake fd and the transports' descriptors when idle (no busy spin: several
+//! processes share two cores in tests). Time for the engine is the thread's monotonic clock.
+//!
+//! The one copy left on the write path: host data is copied into the engine's
+//! [`SharedPayload`] (CRC computed there, shared by the local write and every partner send),
+//! and the local write copies it into an aligned buffer for the disk.
+#![forbid(unsafe_code)]
+// `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
+
+mod meta;
+mod thread;
+pub mod transport;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+use tandem_bdev::{
+    AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion, DeviceInfo,
+};
+use tandem_config::ipc::{HaReport, HaUpdate};
+use tandem_ffi::EventFd;
+use tandem_ha::NodeId;
+
+pub use meta::MetaStore;
+pub use tandem_ha::EpochConfig;
+pub use transport::{Full, MemNet, MemTransport, PeerEvent, PeerTransport};
+
+/// Largest chunk of zeroes one DISCARD becomes at a time (bounded memory).
+pub const DISCARD_CHUNK_BYTES: u64 = 1 << 20;
+
+/// How long [`ReplicaHandle::exchange`] waits for the replication thread.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One partner of this replica.
+pub struct Partner {
+    pub name: String,
+    pub node_id: NodeId,
+    pub transport: Box<dyn PeerTransport>,
+}
+
+/// How to build a [`ReplicatedBdev`].
+pub struct ReplicaOptions {
+    /// This node's id in the device's cluster.
+    pub node_id: NodeId,
+    /// Where the replica metadata lives (`None`: in memory, for RAM devices).
+    pub meta_path: Option<PathBuf>,
+    pub engine: tandem_ha::Options,
+    /// Differs on every start (the start time by default).
+    pub boot_id: u32,
+    /// Called on the replication thread whenever the replica starts or stops serving or a
+    /// new configuration arrives (the data plane sets the LU's ALUA states from it). Must
+    /// not block.
+    pub on_state: Option<StateCallback>,
+}
+
+/// See [`ReplicaOptions::on_state`].
+pub type StateCallback = Box<dyn FnMut(&ReplicaState) + Send>;
+
+/// What [`ReplicaOptions::on_state`] is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaState {
+    /// Host I/O is served now (synchronized member with a valid lease).
+    pub serving: bool,
+    /// The configuration the engine holds.
+    pub config: Option<tandem_ha::EpochConfig>,
+}
+
+impl ReplicaOptions {
+    pub fn new(node_id: NodeId, meta_path: Option<PathBuf>) -> ReplicaOptions {
+        ReplicaOptions {
+            node_id,
+            meta_path,
+            engine: tandem_ha::Options::default(),
+            boot_id: boot_id_now(),
+            on_state: None,
+        }
+    }
+}
+
+/// A boot id from the wall clock (milliseconds, wrapping every 49 days): different on every
+/// start of a replica.
+pub fn boot_id_now() -> u32 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    (ms as u32).max(1)
+}
+
+/// A host operation handed to the replication thread.
+pub(crate) struct Submit {
+    pub chan: u64,
+    pub tag: u64,
+    pub op: BdevOp,
+}
+
+/// Control messages to the replication thread.
+pub(crate) enum Mail {
+    NewChannel {
+        id: u64,
+        completions: Sender<Completion>,
+        wake: Arc<EventFd>,
+    },
+    DropChannel {
+        id: u64,
+    },
+    Exchange {
+        updates: Vec<HaUpdate>,
+        reply: Sender<HaReport>,
+    },
+    Stop,
+}
+
+/// What the thread shares with the handles.
+pub(crate) struct Shared {
+    pub submit: Sender<Submit>,
+    pub mail: Sender<Mail>,
+    pub wake: EventFd,
+}
+
+/// A replicated device: the local copy behind the replication engine.
+pub struct ReplicatedBdev {
+    inner: Arc<dyn Bdev>,
+    shared: Arc<Shared>,
+    next_channel: AtomicU64,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Thread-safe access to the replication thread for the control link.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    shared: Arc<Shared>,
+}
+
+impl ReplicaHandle {
+    /// Delivers the failover authority's updates and returns what the engine asks of the
+    /// authority, with the device's state. Waits at most [`EXCHANGE_TIMEOUT`].
+    pub fn exchange(&self, updates: Vec<HaUpdate>) -> Result<HaReport, String> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shared
+            .mail
+            .send(Mail::Exchange { updates, reply: tx })
+            .map_err(|_| "the replication thread has stopped".to_string())?;
+        let _ = self.shared.wake.notify();
+        rx.recv_timeout(EXCHANGE_TIMEOUT)
+            .map_err(|_| "the replication thread did not answer in time".to_string())
+    }
+}
+
+impl ReplicatedBdev {
+    /// Starts the replication thread for `inner` (this node's copy). The metadata is loaded
+    /// from `opts.meta_path` (absent: a replica that needs a full sync).
+    pub fn start(
+        inner: Arc<dyn Bdev>,
+        opts: ReplicaOptions,
+        partners: Vec<Partner>,
+    ) -> Result<(Arc<ReplicatedBdev>, ReplicaHandle), BdevError> {
+        let info = inner.info();
+        let bs = info.block_size;
+        if !(512..=65536).contains(&bs) || !bs.is_power_of_two() {
+            return Err(BdevError::Other(format!(
+                "replicated device {}: block size {bs} not supported (512..=65536, power of two)",
+                info.name
+            )));
+        }
+        if info.num_blocks == 0 {
+            return Err(BdevError::Other(format!(
+                "replicated device {}: empty device",
+                info.name
+            )));
+        }
+        if let Some(p) = partners.iter().find(|p| p.node_id == opts.node_id) {
+            return Err(BdevError::Other(format!(
+                "replicated device {}: partner {} has this node's id {}",
+                info.name, p.name, opts.node_id.0
+            )));
+        }
+        let store = MetaStore::new(opts.meta_path.clone());
+        let meta = store.load().map_err(|e| {
+            BdevError::Other(format!(
+                "replicated device {}: replica metadata: {e}",
+                info.name
+            ))
+        })?;
+        let local = inner.channel()?;
+        let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
+        let (mail_tx, mail_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            submit: submit_tx,
+            mail: mail_tx,
+            wake: EventFd::new().map_err(BdevError::Io)?,
+        });
+        let mut worker = thread::Worker::new(
+            info.clone(),
+            opts,
+            meta,
+            store,
+            local,
+            partners,
+            shared.clone(),
+            submit_rx,
+            mail_rx,
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("replica-{}", info.name))
+            .spawn(move || worker.run())
+            .map_err(BdevError::Io)?;
+        let dev = Arc::new(ReplicatedBdev {
+            inner,
+            shared: shared.clone(),
+            next_channel: AtomicU64::new(1),
+            thread: Mutex::new(Some(handle)),
+        });
+        Ok((dev, ReplicaHandle { shared }))
+    }
+
+    /// The local copy underneath.
+    pub fn inner(&self) -> &Arc<dyn Bdev> {
+        &self.inner
+    }
+
+    /// Stops the replication thread (host I/O still queued ends NOT READY).
+    pub fn stop(&self) {
+        let _ = self.shared.mail.send(Mail::Stop);
+        let _ = self.shared.wake.notify();
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ReplicatedBdev {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Bdev for ReplicatedBdev {
+    fn info(&self) -> DeviceInfo {
+        self.inner.info()
+    }
+
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let wake = Arc::new(EventFd::new().map_err(BdevError::Io)?);
+        self.shared
+            .mail
+            .send(Mail::NewChannel {
+                id,
+                completions: tx,
+                wake: wake.clone(),
+            })
+            .map_err(|_| BdevError::NotReady)?;
+        let _ = self.shared.wake.notify();
+        Ok(Box::new(ReplicaChannel {
+            id,
+            shared: self.shared.clone(),
+            completions: rx,
+            wake,
+            in_flight: 0,
+            refused: Vec::new(),
+        }))
+    }
+
+    fn resize(&self, _new_num_blocks: u64) -> Result<(), BdevError> {
+        Err(BdevError::Other(
+            "online extend of a replicated device is not supported yet".into(),
+        ))
+    }
+
+    fn flush_blocking(&self) -> Result<(), BdevError> {
+        self.inner.flush_blocking()
+    }
+
+    fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError> {
+        self.inner.set_cache_mode(mode)
+    }
+}
+
+/// A reactor's handle on a replicated device.
+struct ReplicaChannel {
+    id: u64,
+    shared: Arc<Shared>,
+    completions: Receiver<Completion>,
+    wake: Arc<EventFd>,
+    in_flight: usize,
+    /// Submissions refused after the thread stopped, answered by the next `poll`.
+    refused: Vec<Completion>,
+}
+
+impl Drop for ReplicaChannel {
+    fn drop(&mut self) {
+        let _ = self.shared.mail.send(Mail::DropChannel { id: self.id });
+        let _ = self.shared.wake.notify();
+    }
+}
+
+impl BdevChannel for ReplicaChannel {
+    fn submit(&mut self, tag: u64, op: BdevOp) {
+        self.in_flight += 1;
+        if let Err(e) = self.shared.submit.send(Submit {
+            chan: self.id,
+            tag,
+            op,
+        }) {
+            // The replication thread is gone: NOT READY, answered here.
+            let s = e.into_inner();
+            let buf = match s.op {
+                BdevOp::Write { buf, .. } => Some(buf),
+                _ => None,
+            };
+            self.refused.push(Completion {
+                tag: s.tag,
+                result: Err(BdevError::NotReady),
+                buf,
+            });
+            let _ = self.wake.notify();
+            return;
+        }
+        let _ = self.shared.wake.notify();
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.wake.drain();
+        let mut n = self.refused.len();
+        out.append(&mut self.refused);
+        while let Ok(c) = self.completions.try_recv() {
+            out.push(c);
+            n += 1;
+        }
+        self.in_flight = self.in_flight.saturating_sub(n);
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.wake.as_raw_fd())
+    }
+
+    fn alloc_buf(&mut self, len: usize) -> AlignedBuf {
+        AlignedBuf::new(len, tandem_bdev::BUF_ALIGN)
+    }
+
+    fn free_buf(&mut self, _buf: AlignedBuf) {}
+}

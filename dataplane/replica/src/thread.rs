@@ -1,0 +1,893 @@
+//! The replication thread of one device: owns the engine, the local channel and the partners'
+//! transports; turns block operations into host commands and engine outputs into I/O,
+//! messages and completions.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tandem_bdev::{AlignedBuf, BdevChannel, BdevError, BdevOp, Completion, DeviceInfo, BUF_ALIGN};
+use tandem_config::ipc::{HaDeviceStatus, HaPartnerStatus, HaReport, HaUpdate};
+use tandem_ffi::EventFd;
+use tandem_ha::authority::ToAuthority;
+use tandem_ha::{
+    BlockRange, Engine, Envelope, Geometry, HostCmd, HostStatus, HostTag, Input, IoTag, LocalOp,
+    LocalResult, MemberState, Msg, NodeId, Output, ReplicaMeta, Time,
+};
+use tandem_mirror::SharedPayload;
+
+use crate::meta::MetaStore;
+use crate::transport::{PeerEvent, PeerTransport};
+use crate::{Mail, Partner, ReplicaOptions, ReplicaState, Shared, Submit, DISCARD_CHUNK_BYTES};
+
+type P = SharedPayload;
+
+/// Engine ticks while it has work in flight, and when idle.
+const TICK_BUSY: Duration = Duration::from_millis(10);
+const TICK_IDLE: Duration = Duration::from_millis(100);
+/// Requests kept for the authority between two exchanges (the engine repeats them anyway).
+const REQUESTS_MAX: usize = 256;
+/// Host submissions taken per loop iteration (the rest wait for the next one).
+const SUBMIT_BATCH: usize = 256;
+/// After work, the loop keeps polling this long before it sleeps: the next step of a
+/// replicated write (the partner's ack, the local completion, the reactor's next command)
+/// usually comes within it, and waking a sleeping thread costs more than that on a busy
+/// machine. Idle, the thread sleeps (no spinning without recent work).
+const SPIN: Duration = Duration::from_micros(50);
+
+struct PartnerState {
+    name: String,
+    node_id: NodeId,
+    transport: Box<dyn PeerTransport>,
+    /// Messages the transport had no room for, in order (sent before anything newer).
+    backlog: VecDeque<Envelope<P>>,
+    regions_copied: u64,
+    corrupt_payloads: u64,
+}
+
+enum ReqKind {
+    Read {
+        len: usize,
+    },
+    Write {
+        buf: Option<AlignedBuf>,
+        fua: bool,
+        flushing: bool,
+    },
+    Flush,
+    Discard {
+        next: u64,
+        end: u64,
+    },
+}
+
+struct HostReq {
+    chan: u64,
+    tag: u64,
+    kind: ReqKind,
+}
+
+enum LocalPending {
+    Read,
+    Write,
+    Flush,
+    /// COMPARE AND WRITE, first step: reading the blocks to compare.
+    CawRead {
+        range: BlockRange,
+        verify: P,
+        data: P,
+    },
+    CawWrite,
+}
+
+pub(crate) struct Worker {
+    info: DeviceInfo,
+    me: NodeId,
+    engine: Engine<P>,
+    store: MetaStore,
+    local: Box<dyn BdevChannel>,
+    partners: Vec<PartnerState>,
+    shared: Arc<Shared>,
+    submit_rx: Receiver<Submit>,
+    mail_rx: Receiver<Mail>,
+    channels: HashMap<u64, (Sender<Completion>, Arc<EventFd>)>,
+    start: Instant,
+    next_req: u64,
+    reqs: HashMap<u64, HostReq>,
+    local_ios: HashMap<u64, LocalPending>,
+    inputs: VecDeque<Input<P>>,
+    outs: Vec<Output<P>>,
+    requests: Vec<ToAuthority>,
+    next_tick: Instant,
+    /// Channels to notify once this iteration's completions are queued.
+    to_wake: Vec<u64>,
+    completions: Vec<Completion>,
+    events: Vec<PeerEvent>,
+    on_state: Option<crate::StateCallback>,
+    /// What `on_state` was last told: serving, configuration epoch.
+    told: Option<(bool, Option<tandem_ha::Epoch>)>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        info: DeviceInfo,
+        opts: ReplicaOptions,
+        meta: ReplicaMeta,
+        store: MetaStore,
+        local: Box<dyn BdevChannel>,
+        partners: Vec<Partner>,
+        shared: Arc<Shared>,
+        submit_rx: Receiver<Submit>,
+        mail_rx: Receiver<Mail>,
+    ) -> Worker {
+        let mut opts = opts;
+        let on_state = opts.on_state.take();
+        let geometry = Geometry::with_64k_regions(info.block_size, info.num_blocks);
+        let engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
+        let now = Instant::now();
+        Worker {
+            info,
+            me: opts.node_id,
+            engine,
+            store,
+            local,
+            partners: partners
+                .into_iter()
+                .map(|p| PartnerState {
+                    name: p.name,
+                    node_id: p.node_id,
+                    transport: p.transport,
+                    backlog: VecDeque::new(),
+                    regions_copied: 0,
+                    corrupt_payloads: 0,
+                })
+                .collect(),
+            shared,
+            submit_rx,
+            mail_rx,
+            channels: HashMap::new(),
+            start: now,
+            next_req: 1,
+            reqs: HashMap::new(),
+            local_ios: HashMap::new(),
+            inputs: VecDeque::new(),
+            outs: Vec::new(),
+            requests: Vec::new(),
+            next_tick: now,
+            to_wake: Vec::new(),
+            completions: Vec::new(),
+            events: Vec::new(),
+            on_state,
+            told: None,
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_nanos() as u64)
+    }
+
+    pub(crate) fn run(&mut self) {
+        tracing::info!(device = %self.info.name, node = self.me.0, "replication thread started");
+        let mut fds: Vec<(RawFd, bool)> = Vec::new();
+        let mut last_work = Instant::now();
+        loop {
+            let mut work = false;
+            self.shared.wake.drain();
+            // Control mail first (channels must exist before their submissions complete).
+            while let Ok(m) = self.mail_rx.try_recv() {
+                work = true;
+                match m {
+                    Mail::NewChannel {
+                        id,
+                        completions,
+                        wake,
+                    } => {
+                        self.channels.insert(id, (completions, wake));
+                    }
+                    Mail::DropChannel { id } => {
+                        self.channels.remove(&id);
+                    }
+                    Mail::Exchange { updates, reply } => {
+                        let report = self.exchange(updates);
+                        let _ = reply.send(report);
+                    }
+                    Mail::Stop => {
+                        self.shutdown();
+                        return;
+                    }
+                }
+            }
+            for _ in 0..SUBMIT_BATCH {
+                let Ok(s) = self.submit_rx.try_recv() else {
+                    break;
+                };
+                work = true;
+                self.on_submit(s);
+            }
+            self.pump();
+            // Local completions.
+            self.completions.clear();
+            let mut done = std::mem::take(&mut self.completions);
+            if self.local.poll(&mut done) > 0 {
+                work = true;
+                for c in done.drain(..) {
+                    self.on_local_complete(c);
+                }
+            }
+            self.completions = done;
+            self.pump();
+            // Partners.
+            let now_i = Instant::now();
+            for i in 0..self.partners.len() {
+                let mut events = std::mem::take(&mut self.events);
+                self.partners[i].transport.poll(now_i, &mut events);
+                if !events.is_empty() {
+                    work = true;
+                }
+                for ev in events.drain(..) {
+                    self.on_peer_event(i, ev);
+                }
+                self.events = events;
+                self.flush_backlog(i);
+            }
+            self.pump();
+            // Time.
+            let now_i = Instant::now();
+            if now_i >= self.next_tick {
+                self.inputs.push_back(Input::Tick);
+                // A tick's outputs (retries, verdict requests, messages) are carried out by
+                // another pass of the loop before it may sleep (messages go out in `poll`).
+                if self.pump() {
+                    work = true;
+                }
+                let period = if self.engine.busy() {
+                    TICK_BUSY
+                } else {
+                    TICK_IDLE
+                };
+                self.next_tick = now_i + period;
+            }
+            self.wake_channels();
+            self.tell_state();
+            if work {
+                last_work = Instant::now();
+                continue;
+            }
+            if last_work.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Idle: block until something is ready or a timer is due.
+            fds.clear();
+            fds.push((self.shared.wake.as_raw_fd(), false));
+            if self.local.in_flight() > 0 {
+                match self.local.wake_fd() {
+                    Some(fd) => fds.push((fd, false)),
+                    None => continue,
+                }
+            }
+            let mut deadline = self.next_tick;
+            for p in &self.partners {
+                p.transport.wait_fds(&mut fds);
+                if let Some(d) = p.transport.next_deadline() {
+                    deadline = deadline.min(d);
+                }
+                if !p.backlog.is_empty() {
+                    deadline = deadline.min(Instant::now() + Duration::from_millis(1));
+                }
+            }
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let ms = timeout.as_millis().min(1000) as i32;
+            let ms = if ms == 0 && !timeout.is_zero() { 1 } else { ms };
+            if let Err(e) = tandem_ffi::poll_fds(&fds, ms) {
+                tracing::warn!(device = %self.info.name, error = %e, "replication thread: poll failed");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Tells `on_state` when serving or the configuration changed (a lease running out
+    /// included: checked on every loop, at least every tick).
+    fn tell_state(&mut self) {
+        let Some(f) = self.on_state.as_mut() else {
+            return;
+        };
+        let now = Time(self.start.elapsed().as_nanos() as u64);
+        let serving = self.engine.serving(now);
+        let config = self.engine.config();
+        let key = (serving, config.map(|c| c.epoch));
+        if self.told != Some(key) {
+            self.told = Some(key);
+            f(&ReplicaState {
+                serving,
+                config: config.cloned(),
+            });
+        }
+    }
+
+    /// Feeds queued inputs to the engine and carries out its outputs until both are empty.
+    /// Returns whether the engine produced any output.
+    fn pump(&mut self) -> bool {
+        let mut produced = false;
+        while let Some(input) = self.inputs.pop_front() {
+            let now = self.now();
+            let mut outs = std::mem::take(&mut self.outs);
+            self.engine.handle(now, input, &mut outs);
+            produced |= !outs.is_empty();
+            for o in outs.drain(..) {
+                self.on_output(o);
+            }
+            self.outs = outs;
+        }
+        produced
+    }
+
+    fn on_output(&mut self, o: Output<P>) {
+        match o {
+            Output::Local { io, op } => self.submit_local(io, op),
+            Output::Send { to, env } => {
+                let Some(i) = self.partners.iter().position(|p| p.node_id == to) else {
+                    tracing::warn!(device = %self.info.name, to = to.0, "message for an unknown partner dropped");
+                    return;
+                };
+                if matches!(env.msg, Msg::RegionCopy { .. }) {
+                    self.partners[i].regions_copied += 1;
+                }
+                let p = &mut self.partners[i];
+                if !p.backlog.is_empty() {
+                    p.backlog.push_back(env);
+                    return;
+                }
+                if let Err(full) = p.transport.send(env) {
+                    p.backlog.push_back(full.0);
+                }
+            }
+            Output::Complete { tag, status } => self.on_host_complete(tag, status),
+            Output::VerdictRequest { suspect, epoch } => {
+                let p = self.partners.iter().find(|p| p.node_id == suspect);
+                tracing::info!(device = %self.info.name, suspect = suspect.0, epoch = epoch.0,
+                    link_up = p.map(|p| p.transport.is_up()), backlog = p.map(|p| p.backlog.len()),
+                    engine = %self.engine.busy_detail(), "asking the authority for a verdict");
+                self.request(ToAuthority::Verdict { suspect, epoch });
+            }
+            Output::Join { meta } => self.request(ToAuthority::Join { meta }),
+            Output::Synchronized { node, epoch } => {
+                self.request(ToAuthority::Synchronized { node, epoch })
+            }
+            Output::SyncRefused { node, decision } => {
+                tracing::warn!(device = %self.info.name, partner = node.0, ?decision, "partner's data cannot be synchronized automatically");
+            }
+            Output::PersistMeta(meta) => {
+                let version = meta.version;
+                match self.store.save(&meta) {
+                    Ok(()) => self.inputs.push_back(Input::MetaPersisted { version }),
+                    // Not durable: the engine keeps holding what depends on it (never
+                    // acknowledged); the next change asks again.
+                    Err(e) => {
+                        tracing::error!(device = %self.info.name, error = %e, "replica metadata not saved")
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, r: ToAuthority) {
+        if !self.requests.contains(&r) && self.requests.len() < REQUESTS_MAX {
+            self.requests.push(r);
+        }
+    }
+
+    fn flush_backlog(&mut self, i: usize) {
+        let p = &mut self.partners[i];
+        while let Some(env) = p.backlog.pop_front() {
+            if let Err(full) = p.transport.send(env) {
+                p.backlog.push_front(full.0);
+                break;
+            }
+        }
+    }
+
+    fn on_peer_event(&mut self, i: usize, ev: PeerEvent) {
+        let p = &mut self.partners[i];
+        match ev {
+            PeerEvent::Message(env) => {
+                // End to end: the payload must still match the CRC computed where it entered
+                // from the host. A corrupt one never reaches the disk or the engine.
+                let intact = tandem_mirror::payload_parts(&env.msg)
+                    .iter()
+                    .flatten()
+                    .all(|d| d.is_intact());
+                if !intact {
+                    p.corrupt_payloads += 1;
+                    tracing::error!(device = %self.info.name, partner = %p.name, "payload from partner fails its end-to-end CRC: message dropped");
+                    return;
+                }
+                let from = p.node_id;
+                self.inputs.push_back(Input::Peer { from, env });
+            }
+            PeerEvent::Connected { peer_boot_id } => {
+                tracing::info!(device = %self.info.name, partner = %p.name, peer_boot_id, "partner connected")
+            }
+            PeerEvent::PeerRestarted { peer_boot_id } => {
+                tracing::info!(device = %self.info.name, partner = %p.name, peer_boot_id, "partner restarted")
+            }
+            PeerEvent::AllLinksDown => {
+                tracing::warn!(device = %self.info.name, partner = %p.name, "every sync link to the partner is down")
+            }
+            PeerEvent::LinkUp { link } => {
+                tracing::info!(device = %self.info.name, partner = %p.name, %link, "sync link up")
+            }
+            PeerEvent::LinkDown { link, reason } => {
+                tracing::warn!(device = %self.info.name, partner = %p.name, %link, %reason, "sync link down")
+            }
+        }
+    }
+
+    // ---- host side ----------------------------------------------------------------------
+
+    fn complete(
+        &mut self,
+        chan: u64,
+        tag: u64,
+        result: Result<(), BdevError>,
+        buf: Option<AlignedBuf>,
+    ) {
+        if let Some((tx, _)) = self.channels.get(&chan) {
+            let _ = tx.send(Completion { tag, result, buf });
+            if !self.to_wake.contains(&chan) {
+                self.to_wake.push(chan);
+            }
+        }
+    }
+
+    fn wake_channels(&mut self) {
+        for chan in self.to_wake.drain(..) {
+            if let Some((_, wake)) = self.channels.get(&chan) {
+                let _ = wake.notify();
+            }
+        }
+    }
+
+    fn check(&self, offset: u64, len: u64, write: bool) -> Result<(), BdevError> {
+        if write && self.info.read_only {
+            return Err(BdevError::ReadOnly);
+        }
+        let bs = u64::from(self.info.block_size);
+        if offset % bs != 0 || len % bs != 0 {
+            return Err(BdevError::Misaligned);
+        }
+        let (lba, n) = (offset / bs, len / bs);
+        if lba > self.info.num_blocks || self.info.num_blocks - lba < n {
+            return Err(BdevError::OutOfRange);
+        }
+        if len > tandem_bdev::MAX_IO_BYTES {
+            return Err(BdevError::Other(format!(
+                "I/O of {len} bytes exceeds the {}-byte limit",
+                tandem_bdev::MAX_IO_BYTES
+            )));
+        }
+        Ok(())
+    }
+
+    fn range(&self, offset: u64, len: u64) -> BlockRange {
+        let bs = u64::from(self.info.block_size);
+        BlockRange::new(offset / bs, (len / bs) as u32)
+    }
+
+    fn on_submit(&mut self, s: Submit) {
+        let Submit { chan, tag, op } = s;
+        let id = self.next_req;
+        self.next_req += 1;
+        match op {
+            BdevOp::Read { offset, len } => {
+                if let Err(e) = self.check(offset, u64::from(len), false) {
+                    return self.complete(chan, tag, Err(e), None);
+                }
+                if len == 0 {
+                    return self.complete(chan, tag, Ok(()), Some(AlignedBuf::new(0, BUF_ALIGN)));
+                }
+                let range = self.range(offset, u64::from(len));
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::Read { len: len as usize },
+                    },
+                );
+                self.host(id, HostCmd::Read { range });
+            }
+            BdevOp::Write { offset, buf, fua } => {
+                if let Err(e) = self.check(offset, buf.len() as u64, true) {
+                    return self.complete(chan, tag, Err(e), Some(buf));
+                }
+                let cmd = if buf.is_empty() {
+                    if !fua {
+                        return self.complete(chan, tag, Ok(()), Some(buf));
+                    }
+                    HostCmd::Flush
+                } else {
+                    HostCmd::Write {
+                        range: self.range(offset, buf.len() as u64),
+                        data: SharedPayload::from_host(&buf),
+                    }
+                };
+                let flushing = matches!(cmd, HostCmd::Flush);
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::Write {
+                            buf: Some(buf),
+                            fua,
+                            flushing,
+                        },
+                    },
+                );
+                self.host(id, cmd);
+            }
+            BdevOp::Flush => {
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::Flush,
+                    },
+                );
+                self.host(id, HostCmd::Flush);
+            }
+            BdevOp::Discard { offset, len } => {
+                if let Err(e) = self.check(offset, 0, true).and_then(|()| {
+                    // The whole range, without the per-I/O size limit (it goes in chunks).
+                    let bs = u64::from(self.info.block_size);
+                    if len % bs != 0 {
+                        return Err(BdevError::Misaligned);
+                    }
+                    if self.info.num_blocks - offset / bs < len / bs {
+                        return Err(BdevError::OutOfRange);
+                    }
+                    Ok(())
+                }) {
+                    return self.complete(chan, tag, Err(e), None);
+                }
+                if len == 0 {
+                    return self.complete(chan, tag, Ok(()), None);
+                }
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::Discard {
+                            next: offset,
+                            end: offset + len,
+                        },
+                    },
+                );
+                self.next_discard_chunk(id);
+            }
+        }
+    }
+
+    fn host(&mut self, id: u64, cmd: HostCmd<P>) {
+        self.inputs.push_back(Input::Host {
+            tag: HostTag(id),
+            cmd,
+        });
+    }
+
+    /// DISCARD is a write of zero blocks (so every replica reads back zeroes), one bounded
+    /// chunk at a time.
+    fn next_discard_chunk(&mut self, id: u64) {
+        let Some(HostReq {
+            kind: ReqKind::Discard { next, end },
+            ..
+        }) = self.reqs.get_mut(&id)
+        else {
+            return;
+        };
+        let n = (*end - *next).min(DISCARD_CHUNK_BYTES);
+        let offset = *next;
+        *next += n;
+        let range = self.range(offset, n);
+        let data = SharedPayload::from_host(&vec![0u8; n as usize]);
+        self.host(id, HostCmd::Write { range, data });
+    }
+
+    fn on_host_complete(&mut self, tag: HostTag, status: HostStatus<P>) {
+        let id = tag.0;
+        let Some(mut req) = self.reqs.remove(&id) else {
+            tracing::warn!(device = %self.info.name, tag = id, "completion for an unknown host command");
+            return;
+        };
+        let err = match status {
+            HostStatus::Good { data } => match &mut req.kind {
+                ReqKind::Read { len } => {
+                    let len = *len;
+                    let result = match data {
+                        Some(d) if d.as_slice().len() == len => {
+                            let mut buf = AlignedBuf::new(len, BUF_ALIGN);
+                            buf.copy_from_slice(d.as_slice());
+                            Ok(buf)
+                        }
+                        _ => Err(BdevError::Other("replicated read returned no data".into())),
+                    };
+                    match result {
+                        Ok(buf) => self.complete(req.chan, req.tag, Ok(()), Some(buf)),
+                        Err(e) => self.complete(req.chan, req.tag, Err(e), None),
+                    }
+                    return;
+                }
+                ReqKind::Write { buf, fua, flushing } => {
+                    if *fua && !*flushing {
+                        *flushing = true;
+                        self.reqs.insert(id, req);
+                        self.host(id, HostCmd::Flush);
+                        return;
+                    }
+                    let buf = buf.take();
+                    self.complete(req.chan, req.tag, Ok(()), buf);
+                    return;
+                }
+                ReqKind::Flush => {
+                    self.complete(req.chan, req.tag, Ok(()), None);
+                    return;
+                }
+                ReqKind::Discard { next, end } => {
+                    if next < end {
+                        self.reqs.insert(id, req);
+                        self.next_discard_chunk(id);
+                    } else {
+                        self.complete(req.chan, req.tag, Ok(()), None);
+                    }
+                    return;
+                }
+            },
+            HostStatus::NotReady => BdevError::NotReady,
+            HostStatus::MediumError => {
+                BdevError::Io(std::io::Error::other("the local copy failed the I/O"))
+            }
+            HostStatus::Miscompare => BdevError::Other("miscompare".into()),
+        };
+        let buf = match &mut req.kind {
+            ReqKind::Write { buf, .. } => buf.take(),
+            _ => None,
+        };
+        self.complete(req.chan, req.tag, Err(err), buf);
+    }
+
+    // ---- local side ---------------------------------------------------------------------
+
+    fn aligned_copy(&mut self, data: &P) -> AlignedBuf {
+        // The one copy left on the write path (zero copy: issue 10).
+        let mut buf = self.local.alloc_buf(data.as_slice().len());
+        buf.copy_from_slice(data.as_slice());
+        buf
+    }
+
+    fn byte_range(&self, range: &BlockRange) -> (u64, u64) {
+        let bs = u64::from(self.info.block_size);
+        (range.start.0 * bs, u64::from(range.len_blocks) * bs)
+    }
+
+    fn submit_local(&mut self, io: IoTag, op: LocalOp<P>) {
+        match op {
+            LocalOp::Read { range } => {
+                let (offset, len) = self.byte_range(&range);
+                self.local_ios.insert(io.0, LocalPending::Read);
+                self.local.submit(
+                    io.0,
+                    BdevOp::Read {
+                        offset,
+                        len: len as u32,
+                    },
+                );
+            }
+            LocalOp::Write { range, data } => {
+                let (offset, len) = self.byte_range(&range);
+                if !data.is_intact() || data.as_slice().len() as u64 != len {
+                    // Never write corrupt data; the engine treats it as a failed local write.
+                    tracing::error!(device = %self.info.name, offset, "write payload fails its end-to-end check: not written");
+                    self.inputs.push_back(Input::LocalDone {
+                        io,
+                        result: LocalResult::Failed,
+                    });
+                    return;
+                }
+                let buf = self.aligned_copy(&data);
+                self.local_ios.insert(io.0, LocalPending::Write);
+                self.local.submit(
+                    io.0,
+                    BdevOp::Write {
+                        offset,
+                        buf,
+                        fua: false,
+                    },
+                );
+            }
+            LocalOp::CompareAndWrite {
+                range,
+                verify,
+                data,
+            } => {
+                let (offset, len) = self.byte_range(&range);
+                self.local_ios.insert(
+                    io.0,
+                    LocalPending::CawRead {
+                        range,
+                        verify,
+                        data,
+                    },
+                );
+                self.local.submit(
+                    io.0,
+                    BdevOp::Read {
+                        offset,
+                        len: len as u32,
+                    },
+                );
+            }
+            LocalOp::Flush => {
+                self.local_ios.insert(io.0, LocalPending::Flush);
+                self.local.submit(io.0, BdevOp::Flush);
+            }
+        }
+    }
+
+    fn on_local_complete(&mut self, c: Completion) {
+        let io = IoTag(c.tag);
+        let Some(pending) = self.local_ios.remove(&c.tag) else {
+            if let Some(b) = c.buf {
+                self.local.free_buf(b);
+            }
+            return;
+        };
+        if let Err(e) = &c.result {
+            tracing::error!(device = %self.info.name, error = %e, "local I/O of a replicated device failed");
+        }
+        let result = match (pending, c.result) {
+            (LocalPending::Read, Ok(())) => match c.buf {
+                Some(b) => {
+                    let p = SharedPayload::from_host(&b);
+                    self.local.free_buf(b);
+                    LocalResult::ReadData(p)
+                }
+                None => LocalResult::Failed,
+            },
+            (
+                LocalPending::CawRead {
+                    range,
+                    verify,
+                    data,
+                },
+                Ok(()),
+            ) => {
+                let equal = c.buf.as_deref() == Some(verify.as_slice());
+                if let Some(b) = c.buf {
+                    self.local.free_buf(b);
+                }
+                if !equal {
+                    LocalResult::Miscompare
+                } else {
+                    let (offset, _) = self.byte_range(&range);
+                    let buf = self.aligned_copy(&data);
+                    self.local_ios.insert(io.0, LocalPending::CawWrite);
+                    self.local.submit(
+                        io.0,
+                        BdevOp::Write {
+                            offset,
+                            buf,
+                            fua: false,
+                        },
+                    );
+                    return;
+                }
+            }
+            (_, Ok(())) => {
+                if let Some(b) = c.buf {
+                    self.local.free_buf(b);
+                }
+                LocalResult::Done
+            }
+            (_, Err(_)) => {
+                if let Some(b) = c.buf {
+                    self.local.free_buf(b);
+                }
+                LocalResult::Failed
+            }
+        };
+        self.inputs.push_back(Input::LocalDone { io, result });
+    }
+
+    // ---- control side -------------------------------------------------------------------
+
+    fn exchange(&mut self, updates: Vec<HaUpdate>) -> HaReport {
+        for u in updates {
+            self.inputs.push_back(Input::Config(u.config));
+            if let Some(l) = u.lease {
+                self.inputs.push_back(Input::Lease {
+                    epoch: l.epoch,
+                    until: Time(l.requested_at_ns.saturating_add(l.duration_ns)),
+                });
+            }
+        }
+        self.pump();
+        self.wake_channels();
+        let now = self.now();
+        let mut requests = vec![ToAuthority::LeaseRequest];
+        requests.append(&mut self.requests);
+        let config = self.engine.config().cloned();
+        let partners = self
+            .partners
+            .iter()
+            .map(|p| {
+                let dirty = self.engine.dirty_for(p.node_id).count();
+                let syncing = config
+                    .as_ref()
+                    .is_some_and(|c| c.state_of(p.node_id) == MemberState::Syncing);
+                HaPartnerStatus {
+                    name: p.name.clone(),
+                    node_id: p.node_id.0,
+                    links: p.transport.status(),
+                    dirty_regions: dirty,
+                    resync_done_regions: p.regions_copied,
+                    resync_total_regions: if syncing {
+                        p.regions_copied + dirty
+                    } else {
+                        p.regions_copied
+                    },
+                    bytes_mirrored: p.transport.bytes_sent(),
+                }
+            })
+            .collect();
+        HaReport {
+            now_ns: now.0,
+            requests,
+            status: HaDeviceStatus {
+                node_id: self.me.0,
+                serving: self.engine.serving(now),
+                config,
+                meta: self.engine.meta().clone(),
+                partners,
+            },
+        }
+    }
+
+    fn shutdown(&mut self) {
+        tracing::info!(device = %self.info.name, "replication thread stopping");
+        let ids: Vec<u64> = self.reqs.keys().copied().collect();
+        for id in ids {
+            if let Some(mut req) = self.reqs.remove(&id) {
+                let buf = match &mut req.kind {
+                    ReqKind::Write { buf, .. } => buf.take(),
+                    _ => None,
+                };
+                self.complete(req.chan, req.tag, Err(BdevError::NotReady), buf);
+            }
+        }
+        while let Ok(s) = self.submit_rx.try_recv() {
+            let buf = match s.op {
+                BdevOp::Write { buf, .. } => Some(buf),
+                _ => None,
+            };
+            self.complete(s.chan, s.tag, Err(BdevError::NotReady), buf);
+        }
+        self.wake_channels();
+        // Local I/O still in flight finishes before the channel goes away.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut done = Vec::new();
+        while self.local.in_flight() > 0 && Instant::now() < deadline {
+            done.clear();
+            if self.local.poll(&mut done) == 0 {
+                if let Some(fd) = self.local.wake_fd() {
+                    let _ = tandem_ffi::wait_readable(fd, 10);
+                }
+            }
+        }
+    }
+}
