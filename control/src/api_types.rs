@@ -323,6 +323,10 @@ pub struct ReplicationSet {
     pub secret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<DeviceIdentity>,
+    /// A new replicated device: how its first configuration is made (recorded on every node,
+    /// for whichever one hosts the failover authority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<crate::ha::InitialSync>,
 }
 
 /// `[device.replication]` without the secret file (each node chooses where it keeps it).

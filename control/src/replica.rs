@@ -672,6 +672,11 @@ pub async fn set_replication(
     if write {
         write_secret_file(&secret_file, &req.secret)?;
     }
+    if let Some(initial) = req.initial {
+        crate::ha::mark_initial(&node.data_dir, device, initial).map_err(|e| {
+            ApiError::internal(format!("cannot record the initial sync of `{device}`: {e}"))
+        })?;
+    }
     let replication = req.replication.into_config(secret_file);
     node.change(|c| {
         let d = c.device_mut(device).ok_or_else(|| no_device(device))?;
@@ -732,6 +737,9 @@ struct AddPlan {
     secret_to_write: Option<PathBuf>,
     target_alias: Option<String>,
     init: InitMode,
+    /// A device's first replica: how its first configuration is made (None for a third
+    /// replica: the authority has a configuration already).
+    initial: Option<crate::ha::InitialSync>,
 }
 
 fn plan_add(
@@ -1004,6 +1012,10 @@ fn plan_add(
         secret_to_write,
         target_alias,
         init,
+        initial: existing.is_none().then_some(match init {
+            InitMode::Zeroed => crate::ha::InitialSync::Zeroed,
+            InitMode::SyncFromExisting => crate::ha::InitialSync::Source(tandem_ha::NodeId(own_id)),
+        }),
     })
 }
 
@@ -1088,6 +1100,7 @@ async fn restore(updated: &[(&Peer, ReplicationConfig)], device: &str, secret: &
             replication: ReplicationSpec::from_config(old),
             secret: secret.to_string(),
             expect: None,
+            initial: None,
         };
         if let Err(e) = put_remote_replication(p, device, &body).await {
             tracing::warn!(partner = %p.name, device, error = %e.message, "could not restore a partner's replication section");
@@ -1163,6 +1176,7 @@ pub async fn add(
         replication: plan.partner_spec.clone(),
         secret: plan.secret.clone(),
         expect: Some(plan.expect.clone()),
+        initial: plan.initial,
     };
     let partner_applied = match put_remote_replication(peer, device, &set).await {
         Ok(a) => a,
@@ -1182,6 +1196,7 @@ pub async fn add(
             replication: spec,
             secret: plan.secret.clone(),
             expect: Some(plan.expect.clone()),
+            initial: None,
         };
         if let Err(e) = put_remote_replication(p, device, &body).await {
             restore(&updated, device, &plan.secret).await;
@@ -1192,6 +1207,15 @@ pub async fn add(
     }
 
     // This node.
+    if let Some(initial) = plan.initial {
+        if let Err(e) = crate::ha::mark_initial(&node.data_dir, device, initial) {
+            restore(&updated, device, &plan.secret).await;
+            undo_partner().await;
+            return Err(ApiError::internal(format!(
+                "cannot record the initial sync of `{device}`: {e}"
+            )));
+        }
+    }
     let local = plan.local.clone();
     let applied = node
         .change(|c| {
@@ -1350,6 +1374,7 @@ pub async fn remove(
                     replication: spec,
                     secret: secret.clone(),
                     expect: None,
+                    initial: None,
                 },
             )
             .await

@@ -494,14 +494,7 @@ pub fn load_existing(node: &Arc<Node>) {
         if name.starts_with('.') || hosts.contains_key(device) {
             continue;
         }
-        match AuthorityHost::open(
-            &node.data_dir,
-            device,
-            &[],
-            None,
-            &settings,
-            Instant::now(),
-        ) {
+        match AuthorityHost::open(&node.data_dir, device, &[], None, &settings, Instant::now()) {
             Ok(h) => {
                 tracing::info!(
                     device,
@@ -652,7 +645,15 @@ mod tests {
     fn fresh_device_starts_synchronized_and_persists_before_answering() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N2, N1], Some(InitialSync::Zeroed), &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N2, N1],
+            Some(InitialSync::Zeroed),
+            &settings(),
+            t0,
+        )
+        .unwrap();
         assert_eq!(stored(dir.path()).config.unwrap().epoch, Epoch(1));
         let g = h
             .handle(t0, N1, vec![ToAuthority::LeaseRequest], 0)
@@ -670,8 +671,7 @@ mod tests {
     fn not_fresh_starts_cold_and_waits_for_every_join() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h =
-            AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
         assert!(h.config().is_none());
         let meta = ReplicaMeta::default();
         let g = h
@@ -691,7 +691,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
         let g = h
             .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
             .unwrap()
@@ -724,7 +732,15 @@ mod tests {
         assert_eq!(stored(dir.path()).config, Some(cfg.clone()));
         // A restart continues from epoch 2: the next change is epoch 3, never 2 again.
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
         assert_eq!(h.config(), Some(&cfg));
         let meta = ReplicaMeta {
             epoch: Epoch(2),
@@ -747,9 +763,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let t0 = Instant::now();
-        drop(AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap());
+        drop(
+            AuthorityHost::open(
+                dir.path(),
+                "d",
+                &[N1, N2],
+                Some(InitialSync::Zeroed),
+                &s,
+                t0,
+            )
+            .unwrap(),
+        );
         let mut now = t0;
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),
@@ -779,7 +813,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
         h.handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
             .unwrap();
         let v = ToAuthority::Verdict {
@@ -812,13 +854,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            t0,
+        )
+        .unwrap();
         h.supersede(N2, Epoch(2)).unwrap();
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))
         ));
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, t0).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            t0,
+        )
+        .unwrap();
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))
@@ -881,8 +939,7 @@ mod tests {
     fn an_absurd_epoch_from_the_network_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h =
-            AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], None, &settings(), t0).unwrap();
         for n in [N1, N2] {
             let meta = ReplicaMeta {
                 epoch: Epoch(u64::MAX),
@@ -901,14 +958,29 @@ mod tests {
     fn stranger_and_node_mismatch_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &settings(), t0).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &settings(),
+            t0,
+        )
+        .unwrap();
         assert!(matches!(
             h.handle(t0, NodeId(3), vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::NotMember(3))
         ));
         drop(h);
         assert!(matches!(
-            AuthorityHost::open(dir.path(), "d", &[N1, NodeId(3)], Some(InitialSync::Zeroed), &settings(), t0),
+            AuthorityHost::open(
+                dir.path(),
+                "d",
+                &[N1, NodeId(3)],
+                Some(InitialSync::Zeroed),
+                &settings(),
+                t0
+            ),
             Err(HostError::Nodes { .. })
         ));
     }
@@ -918,7 +990,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings();
         let mut now = Instant::now();
-        let mut h = AuthorityHost::open(dir.path(), "d", &[N1, N2], Some(InitialSync::Zeroed), &s, now).unwrap();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            Some(InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
         let v = ToAuthority::Verdict {
             suspect: N2,
             epoch: Epoch(1),

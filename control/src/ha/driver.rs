@@ -377,9 +377,15 @@ mod tests {
         for delay_ms in [0u64, 1, 50, 100] {
             let dir = tempfile::tempdir().unwrap();
             let mut now = Instant::now();
-            let mut h =
-                AuthorityHost::open(dir.path(), "d", &[NodeId(1), NodeId(2)], Some(super::super::InitialSync::Zeroed), &s, now)
-                    .unwrap();
+            let mut h = AuthorityHost::open(
+                dir.path(),
+                "d",
+                &[NodeId(1), NodeId(2)],
+                Some(super::super::InitialSync::Zeroed),
+                &s,
+                now,
+            )
+            .unwrap();
             // Node 2 reports a lease request at its clock 7 s; the authority gets it later.
             let node_clock_at_request = 7_000_000_000u64;
             let delay = Duration::from_millis(delay_ms);

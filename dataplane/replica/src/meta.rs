@@ -11,20 +11,35 @@ pub struct MetaStore {
     path: Option<PathBuf>,
 }
 
+/// The metadata of a copy that holds no replicated history: a generation of its own, unique
+/// to this start, so the generation comparison never finds it "in sync" with another copy
+/// (two blank copies are not the same data: one may be an existing disk, the other a new
+/// empty one). Such a copy is fully synchronized from the sequencer, or, when every copy is
+/// blank and no initial configuration was recorded, an administrator decides.
+pub fn blank_meta() -> ReplicaMeta {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let unique = nanos ^ (u64::from(std::process::id()) << 40);
+    // The top bit keeps it apart from every generation an authority issues (epoch << 8 | node).
+    ReplicaMeta::new(tandem_ha::GenerationId((1 << 63) | unique))
+}
+
 impl MetaStore {
     pub fn new(path: Option<PathBuf>) -> MetaStore {
         MetaStore { path }
     }
 
-    /// The stored metadata; absent means a replica that was never synchronized (full sync).
+    /// The stored metadata; absent means a replica that was never synchronized (a RAM
+    /// device's is never stored): see [`blank_meta`].
     pub fn load(&self) -> Result<ReplicaMeta, String> {
         let Some(path) = &self.path else {
-            return Ok(ReplicaMeta::default());
+            return Ok(blank_meta());
         };
         match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| format!("{}: not valid replica metadata: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ReplicaMeta::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(blank_meta()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
@@ -64,7 +79,13 @@ mod tests {
     fn round_trip_and_absent() {
         let dir = tempfile::tempdir().unwrap();
         let s = MetaStore::new(Some(dir.path().join("d.ha-meta")));
-        assert_eq!(s.load().unwrap(), ReplicaMeta::default());
+        let a = s.load().unwrap();
+        let b = MetaStore::new(None).load().unwrap();
+        assert_ne!(a.current, b.current, "two blank copies never look in sync");
+        assert_eq!(
+            tandem_ha::compare(tandem_ha::NodeId(1), &a, tandem_ha::NodeId(2), &b),
+            tandem_ha::SyncDecision::Unrelated
+        );
         let m = ReplicaMeta {
             version: 7,
             was_sequencer: true,
