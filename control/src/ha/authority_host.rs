@@ -363,7 +363,7 @@ impl AuthorityHost {
     /// plain full-sync target.
     fn went_on_alone(&self, from: NodeId, current: GenerationId) -> Option<GenerationId> {
         let cfg = self.authority.config()?;
-        let known = current == GenerationId::default()
+        let known = current.is_blank()
             || current == cfg.generation
             || cfg.lineage.contains(&current)
             || cfg.left_at(from) == Some(current);

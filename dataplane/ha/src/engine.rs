@@ -1025,6 +1025,9 @@ impl<P: Clone> Engine<P> {
                     DirtyBitmap::all(n)
                 }
             }
+            // A copy with no history yet (new, or its metadata lost) is a plain full-sync
+            // target, nothing to report.
+            _ if meta.current.is_blank() => DirtyBitmap::all(n),
             // Anything else (unrelated lineage, peer claims to be ahead, both bases equal)
             // cannot be a real divergence here: one authority decides membership, the
             // sequencer is synchronized and the joiner is not, so the joiner holds no

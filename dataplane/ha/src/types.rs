@@ -176,6 +176,19 @@ impl GenerationId {
     pub fn for_config(epoch: Epoch, sequencer: NodeId) -> Self {
         GenerationId((epoch.0 << 8) | u64::from(sequencer.0))
     }
+
+    /// The generation of a copy that holds no replicated history yet (new, or its metadata
+    /// lost), unique to that start so two such copies never compare "in sync" (one may be an
+    /// existing disk, the other a new empty one). The top bit keeps it apart from every
+    /// generation an authority issues.
+    pub fn blank(unique: u64) -> Self {
+        GenerationId((1 << 63) | unique)
+    }
+
+    /// No replicated history: a plain full-sync target, never a split-brain side.
+    pub fn is_blank(self) -> bool {
+        self.0 == 0 || self.0 >> 63 == 1
+    }
 }
 
 #[cfg(test)]

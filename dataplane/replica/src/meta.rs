@@ -21,8 +21,7 @@ pub fn blank_meta() -> ReplicaMeta {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let unique = nanos ^ (u64::from(std::process::id()) << 40);
-    // The top bit keeps it apart from every generation an authority issues (epoch << 8 | node).
-    ReplicaMeta::new(tandem_ha::GenerationId((1 << 63) | unique))
+    ReplicaMeta::new(tandem_ha::GenerationId::blank(unique))
 }
 
 impl MetaStore {
