@@ -1633,6 +1633,11 @@ impl<P: Clone> Engine<P> {
                 set.insert(r);
             }
         }
+        // A new sequencer whose gate is still closed keeps the regions it must reconcile
+        // here, not behind barriers: they are just as uncertain (writes of the old sequencer
+        // applied here and perhaps nowhere else). Forgetting them when this node leaves
+        // before the gate opens left those writes out of every dirty bitmap (3n seed 1278).
+        set.extend(self.reconcile.iter().copied());
         set
     }
 
@@ -2018,7 +2023,24 @@ impl<P: Clone> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         if let Some(cfg) = &self.config {
-            let outs: Vec<NodeId> = cfg.out_nodes().filter(|&n| n != self.me).collect();
+            // The sequencer writes under the configuration it orders in, so its out members
+            // are exactly the ones that miss this write. Any other replica may apply a write
+            // ordered in an earlier epoch, when a partner that is syncing now was still out
+            // (and so never got it): it marks every partner that is not synchronized (3n seed
+            // 3780: a write granted under epoch 11 and applied under epoch 12 was missing from
+            // the bitmap of the replica that later sequenced the resync).
+            let sequencer = cfg.sequencer == self.me;
+            let outs: Vec<NodeId> = cfg
+                .members
+                .iter()
+                .filter(|m| m.0 != self.me)
+                .filter(|m| match m.1 {
+                    MemberState::Out => true,
+                    MemberState::Syncing => !sequencer,
+                    MemberState::Synchronized => false,
+                })
+                .map(|m| m.0)
+                .collect();
             for p in outs {
                 for r in self.geometry.regions_of(&range) {
                     self.journal.mark(p, RegionIndex(r));
