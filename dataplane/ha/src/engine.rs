@@ -70,6 +70,13 @@ pub struct Options {
     pub resync_parallel: usize,
     /// Messages from a newer epoch kept until this node's configuration catches up.
     pub future_messages_max: usize,
+    /// Bound on the host writes this node holds unanswered (contract j): at most this many
+    /// writes and this many bytes of their data. A write beyond it ends NOT READY at once, and
+    /// the engine asks the authority for a verdict about every partner those writes wait for,
+    /// without waiting for `peer_timeout_ns` (the authority then declares that partner out).
+    /// A single write larger than `held_bytes_max` is taken when nothing else is held.
+    pub held_writes_max: usize,
+    pub held_bytes_max: u64,
     pub planted_bug: Option<PlantedBug>,
 }
 
@@ -79,6 +86,8 @@ impl Default for Options {
             peer_timeout_ns: 1_000_000_000,
             resync_parallel: 4,
             future_messages_max: 4096,
+            held_writes_max: 1000,
+            held_bytes_max: 64 << 20,
             planted_bug: None,
         }
     }
@@ -326,6 +335,13 @@ pub struct Engine<P> {
     /// When this node last asked to join or offered its state for a resync (retried: the
     /// sequencer may have restarted and forgotten it).
     last_join_attempt: Option<Time>,
+    /// Host writes taken here and not answered yet, and the bytes of their data (contract j):
+    /// own writes being sequenced here, forwarded writes awaiting their grant, writes queued
+    /// behind a closed gate. Kept incrementally (no walk on the write path).
+    held_writes: usize,
+    held_bytes: u64,
+    /// Host writes refused because the bound on held writes was reached.
+    refused_over_bound: u64,
 }
 
 impl<P: Clone> Engine<P> {
@@ -379,6 +395,9 @@ impl<P: Clone> Engine<P> {
             sync_done: BTreeMap::new(),
             adopt: None,
             last_join_attempt: None,
+            held_writes: 0,
+            held_bytes: 0,
+            refused_over_bound: 0,
         }
     }
 
@@ -416,6 +435,27 @@ impl<P: Clone> Engine<P> {
             .is_some_and(|c| c.state_of(self.me) == MemberState::Synchronized)
             && !self.restarted
             && now < self.lease_until
+    }
+
+    /// Host writes held unanswered here and the bytes of their data (contract j; bounded by
+    /// `Options::held_writes_max` and `held_bytes_max`).
+    pub fn held_writes(&self) -> (usize, u64) {
+        (self.held_writes, self.held_bytes)
+    }
+
+    /// The same, counted from scratch (the simulator checks that the running count is right).
+    pub fn held_writes_recount(&self) -> (usize, u64) {
+        let seq = self.seq.values().filter(|o| o.host.is_some()).map(|o| o.range);
+        let fwd = self.fwd.values().map(|o| o.range);
+        let gated = self.gated_host.iter().filter_map(|(_, c)| write_range(c));
+        seq.chain(fwd)
+            .chain(gated)
+            .fold((0, 0), |(n, b), r| (n + 1, b + self.range_bytes(&r)))
+    }
+
+    /// Host writes refused (NOT READY) because the bound on held writes was reached.
+    pub fn refused_over_bound(&self) -> u64 {
+        self.refused_over_bound
     }
 
     /// What keeps the engine busy, for diagnostics.
@@ -471,7 +511,27 @@ impl<P: Clone> Engine<P> {
             not_ready(tag, out);
             return;
         }
+        if let Some(range) = write_range(&cmd) {
+            let bytes = self.range_bytes(&range);
+            let over = self.held_writes >= self.opts.held_writes_max
+                || self.held_bytes.saturating_add(bytes) > self.opts.held_bytes_max;
+            if self.held_writes > 0 && over {
+                // Contract j: holding more would be unbounded memory. Refuse this one (the
+                // host retries it) and have the partners that hold the others declared out
+                // now rather than after `peer_timeout`.
+                self.refused_over_bound += 1;
+                let silent = self.awaited_partners(now, None);
+                for p in silent {
+                    self.suspect(now, p, out);
+                }
+                not_ready(tag, out);
+                return;
+            }
+        }
         if self.gate.is_some() {
+            if let Some(range) = write_range(&cmd) {
+                self.hold(&range);
+            }
             self.gated_host.push_back((tag, cmd));
             return;
         }
@@ -534,6 +594,7 @@ impl<P: Clone> Engine<P> {
                 },
                 out,
             );
+            self.hold(&range);
             self.fwd.insert(
                 id,
                 FwdOp {
@@ -609,6 +670,9 @@ impl<P: Clone> Engine<P> {
             .write_targets()
             .filter(|&n| n != self.me && n != id.origin)
             .collect();
+        if host.is_some() {
+            self.hold(&range);
+        }
         self.seq.insert(
             id,
             SeqOp {
@@ -938,7 +1002,11 @@ impl<P: Clone> Engine<P> {
     }
 
     fn finish_seq(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
-        self.seq.remove(&id);
+        if let Some(op) = self.seq.remove(&id) {
+            if op.host.is_some() {
+                self.unhold(&op.range);
+            }
+        }
         let mut granted = Vec::new();
         self.locks.release(id, &mut granted);
         for g in granted {
@@ -1246,8 +1314,9 @@ impl<P: Clone> Engine<P> {
             return;
         }
         if !applied {
-            let tag = op.tag;
+            let (tag, range) = (op.tag, op.range);
             self.fwd.remove(&id);
+            self.unhold(&range);
             self.barriers.remove(BarrierKey::Op(id));
             let seq = self.sequencer();
             self.send(seq, Msg::Release { id }, out);
@@ -1323,6 +1392,9 @@ impl<P: Clone> Engine<P> {
             }
         }
         while let Some((tag, cmd)) = self.gated_host.pop_front() {
+            if let Some(range) = write_range(&cmd) {
+                self.unhold(&range);
+            }
             self.on_host(now, tag, cmd, out);
         }
         self.wake_reads(out);
@@ -1365,6 +1437,7 @@ impl<P: Clone> Engine<P> {
                 let Some(op) = self.fwd.remove(&id) else {
                     return;
                 };
+                self.unhold(&op.range);
                 self.barriers.remove(BarrierKey::Op(id));
                 let seq = self.sequencer();
                 self.send(seq, Msg::Release { id }, out);
@@ -1661,6 +1734,8 @@ impl<P: Clone> Engine<P> {
         for (tag, _) in std::mem::take(&mut self.gated_host) {
             not_ready(tag, out);
         }
+        self.held_writes = 0;
+        self.held_bytes = 0;
         self.locks.clear();
         self.barriers.clear();
         self.gate = None;
@@ -1705,6 +1780,7 @@ impl<P: Clone> Engine<P> {
         // sequencer is sticky), but be safe: answer and drop them.
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
+                self.unhold(&op.range);
                 not_ready(tag, out);
             }
         }
@@ -1742,6 +1818,7 @@ impl<P: Clone> Engine<P> {
             // My own forwarded writes are now mine to order.
             for id in waiting_fwd {
                 let op = self.fwd.remove(&id).expect("listed");
+                self.unhold(&op.range);
                 self.barriers.remove(BarrierKey::Op(id));
                 let kind = SeqKind::from(op.op);
                 self.admit(now, id, op.range, kind, Some(op.tag), out);
@@ -1855,31 +1932,7 @@ impl<P: Clone> Engine<P> {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output<P>>) {
         let timeout = self.opts.peer_timeout_ns;
         let late = |since: Time| now.0.saturating_sub(since.0) > timeout;
-        let mut suspects = BTreeSet::new();
-        for (id, op) in &self.seq {
-            match &op.stage {
-                SeqStage::Applying { acks, .. } if late(op.since) => {
-                    suspects.extend(acks.iter().copied())
-                }
-                SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. } if late(op.since) => {
-                    suspects.insert(id.origin);
-                }
-                _ => {}
-            }
-        }
-        if self
-            .fwd
-            .values()
-            .any(|o| matches!(o.stage, FwdStage::AwaitGrant) && late(o.since))
-        {
-            suspects.insert(self.sequencer());
-        }
-        if let Some((pending, since)) = &self.gate {
-            if late(*since) {
-                suspects.extend(pending.iter().copied());
-            }
-        }
-        for s in suspects {
+        for s in self.awaited_partners(now, Some(timeout)) {
             self.suspect(now, s, out);
         }
         // A Commit can be lost with a broken connection; reads of its range would wait
@@ -1912,7 +1965,10 @@ impl<P: Clone> Engine<P> {
                 self.reads.remove(&tag);
                 not_ready(tag, out);
             }
-            while let Some((tag, _)) = self.gated_host.pop_front() {
+            while let Some((tag, cmd)) = self.gated_host.pop_front() {
+                if let Some(range) = write_range(&cmd) {
+                    self.unhold(&range);
+                }
                 not_ready(tag, out);
             }
         }
@@ -1960,6 +2016,38 @@ impl<P: Clone> Engine<P> {
                 self.last_join_attempt = Some(now);
             }
         }
+    }
+
+    /// Partners that operations here wait for: all of them (`older_than: None`), or only
+    /// those waited for longer than the given time.
+    fn awaited_partners(&self, now: Time, older_than: Option<u64>) -> BTreeSet<NodeId> {
+        let late = |since: Time| older_than.is_none_or(|t| now.0.saturating_sub(since.0) > t);
+        let mut partners = BTreeSet::new();
+        for (id, op) in &self.seq {
+            match &op.stage {
+                SeqStage::Applying { acks, .. } if late(op.since) => {
+                    partners.extend(acks.iter().copied())
+                }
+                SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. } if late(op.since) => {
+                    partners.insert(id.origin);
+                }
+                _ => {}
+            }
+        }
+        if self
+            .fwd
+            .values()
+            .any(|o| matches!(o.stage, FwdStage::AwaitGrant) && late(o.since))
+        {
+            partners.insert(self.sequencer());
+        }
+        if let Some((pending, since)) = &self.gate {
+            if late(*since) {
+                partners.extend(pending.iter().copied());
+            }
+        }
+        partners.remove(&self.me);
+        partners
     }
 
     fn suspect(&mut self, now: Time, node: NodeId, out: &mut Vec<Output<P>>) {
@@ -2051,6 +2139,22 @@ impl<P: Clone> Engine<P> {
         self.writes.submit(range, io, op, out);
     }
 
+    fn range_bytes(&self, range: &BlockRange) -> u64 {
+        u64::from(range.len_blocks) * u64::from(self.geometry.block_size_bytes)
+    }
+
+    fn hold(&mut self, range: &BlockRange) {
+        self.held_writes += 1;
+        self.held_bytes += self.range_bytes(range);
+    }
+
+    fn unhold(&mut self, range: &BlockRange) {
+        let bytes = self.range_bytes(range);
+        debug_assert!(self.held_writes > 0 && self.held_bytes >= bytes);
+        self.held_writes = self.held_writes.saturating_sub(1);
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
+    }
+
     fn check_invariants(&self) {
         debug_assert!(
             self.gate.is_none() || self.config.as_ref().is_some_and(|c| c.sequencer == self.me)
@@ -2064,6 +2168,14 @@ impl<P: Clone> Engine<P> {
                 );
             }
         }
+    }
+}
+
+/// The blocks a host command writes (WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE).
+fn write_range<P>(cmd: &HostCmd<P>) -> Option<BlockRange> {
+    match cmd {
+        HostCmd::Write { range, .. } | HostCmd::CompareAndWrite { range, .. } => Some(*range),
+        HostCmd::Read { .. } | HostCmd::Flush => None,
     }
 }
 
