@@ -318,6 +318,9 @@ pub struct Engine<P> {
     reconcile: BTreeSet<RegionIndex>,
     /// Operations admitted while the gate was closed.
     gated_ops: Vec<OpId>,
+    /// Survivors that left this sequencer's gate without reporting their uncertain regions:
+    /// only their own journal knows those regions, so if it was lost they need a full sync.
+    unreported: BTreeSet<NodeId>,
     gated_host: VecDeque<(HostTag, HostCmd<P>)>,
     resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
     copies_in_flight: BTreeMap<NodeId, usize>,
@@ -387,6 +390,7 @@ impl<P: Clone> Engine<P> {
             gate: None,
             reconcile: BTreeSet::new(),
             gated_ops: Vec::new(),
+            unreported: BTreeSet::new(),
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
@@ -1082,7 +1086,12 @@ impl<P: Clone> Engine<P> {
         let n = self.geometry.num_regions();
         let copy = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
-                let peer_needs_full = meta.was_sequencer && !journal_complete;
+                // The joiner's own journal is the only record of writes it may hold that the
+                // sequencer lacks: as a former sequencer, or as a survivor that left before
+                // reporting its uncertain regions to this sequencer (3n seed 14403: a mirror
+                // of the old sequencer, applied only there, then a crash).
+                let joiner_only_writes = meta.was_sequencer || self.unreported.contains(&from);
+                let peer_needs_full = joiner_only_writes && !journal_complete;
                 if self.journal.is_complete(from) && !peer_needs_full {
                     let mut b = self.journal.bitmap(from).clone();
                     for r in dirty.into_iter().filter(|r| r.0 < n) {
@@ -1611,6 +1620,7 @@ impl<P: Clone> Engine<P> {
                 {
                     self.meta.partner_synchronized(n);
                     self.journal.reset(n);
+                    self.unreported.remove(&n);
                 }
             }
         }
@@ -1871,7 +1881,9 @@ impl<P: Clone> Engine<P> {
             .collect();
         if let Some((pending, _)) = &mut self.gate {
             for n in newly_out {
-                pending.remove(n);
+                if pending.remove(n) {
+                    self.unreported.insert(*n);
+                }
             }
             if pending.is_empty() {
                 self.open_gate(now, out);
