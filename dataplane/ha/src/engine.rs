@@ -189,6 +189,8 @@ struct FwdOp<P> {
     op: ForwardedOp<P>,
     stage: FwdStage,
     since: Time,
+    /// Sent again to a new sequencer: a former one may have applied it already.
+    retried: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +320,10 @@ pub struct Engine<P> {
     reconcile: BTreeSet<RegionIndex>,
     /// Operations admitted while the gate was closed.
     gated_ops: Vec<OpId>,
+    /// This node's own COMPARE AND WRITEs that it ordered itself after taking over as
+    /// sequencer while they awaited a grant from the former one: a failed compare of one of
+    /// them ends NOT READY, not MISCOMPARE.
+    retried_own: BTreeSet<OpId>,
     /// Survivors that left this sequencer's gate without reporting their uncertain regions:
     /// only their own journal knows those regions, so if it was lost they need a full sync.
     unreported: BTreeSet<NodeId>,
@@ -391,6 +397,7 @@ impl<P: Clone> Engine<P> {
             reconcile: BTreeSet::new(),
             gated_ops: Vec::new(),
             unreported: BTreeSet::new(),
+            retried_own: BTreeSet::new(),
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
@@ -607,6 +614,7 @@ impl<P: Clone> Engine<P> {
                     op,
                     stage: FwdStage::AwaitGrant,
                     since: now,
+                    retried: false,
                 },
             );
         }
@@ -879,7 +887,13 @@ impl<P: Clone> Engine<P> {
             (SeqStage::Comparing, LocalResult::Miscompare) => {
                 let host = op.host;
                 if let Some(tag) = host {
-                    self.answer(now, tag, HostStatus::Miscompare, out);
+                    // As in `on_grant`: a retried compare that fails has an unknown outcome.
+                    let status = if self.retried_own.contains(&id) {
+                        HostStatus::NotReady
+                    } else {
+                        HostStatus::Miscompare
+                    };
+                    self.answer(now, tag, status, out);
                 } else {
                     let origin = id.origin;
                     self.send(origin, Msg::Grant { id, applied: false }, out);
@@ -1006,6 +1020,7 @@ impl<P: Clone> Engine<P> {
     }
 
     fn finish_seq(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
+        self.retried_own.remove(&id);
         if let Some(op) = self.seq.remove(&id) {
             if op.host.is_some() {
                 self.unhold(&op.range);
@@ -1323,13 +1338,20 @@ impl<P: Clone> Engine<P> {
             return;
         }
         if !applied {
-            let (tag, range) = (op.tag, op.range);
+            let (tag, range, op_retried) = (op.tag, op.range, op.retried);
             self.fwd.remove(&id);
             self.unhold(&range);
             self.barriers.remove(BarrierKey::Op(id));
             let seq = self.sequencer();
             self.send(seq, Msg::Release { id }, out);
-            self.answer(now, tag, HostStatus::Miscompare, out);
+            let status = if op_retried {
+                // A former sequencer may have applied it: the data that failed the compare
+                // may be its own. The outcome is unknown, which only NOT READY may say.
+                HostStatus::NotReady
+            } else {
+                HostStatus::Miscompare
+            };
+            self.answer(now, tag, status, out);
             self.wake_reads(out);
             return;
         }
@@ -1733,6 +1755,7 @@ impl<P: Clone> Engine<P> {
         for (_, op) in std::mem::take(&mut self.fwd) {
             not_ready(op.tag, out);
         }
+        self.retried_own.clear();
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
                 not_ready(tag, out);
@@ -1788,6 +1811,7 @@ impl<P: Clone> Engine<P> {
         self.applied.clear();
         // Sequenced ops of a former sequencer role cannot exist while synchronized (the
         // sequencer is sticky), but be safe: answer and drop them.
+        self.retried_own.clear();
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
                 self.unhold(&op.range);
@@ -1830,6 +1854,12 @@ impl<P: Clone> Engine<P> {
                 let op = self.fwd.remove(&id).expect("listed");
                 self.unhold(&op.range);
                 self.barriers.remove(BarrierKey::Op(id));
+                // Its data may be in place already (applied by a former sequencer and copied
+                // here by a reconcile), so a failed compare no longer means MISCOMPARE
+                // (3n seed 4486).
+                if matches!(op.op, ForwardedOp::CompareAndWrite { .. }) {
+                    self.retried_own.insert(id);
+                }
                 let kind = SeqKind::from(op.op);
                 self.admit(now, id, op.range, kind, Some(op.tag), out);
             }
@@ -1846,6 +1876,7 @@ impl<P: Clone> Engine<P> {
             for id in waiting_fwd {
                 let op = self.fwd.get_mut(&id).expect("listed");
                 op.since = now;
+                op.retried = true;
                 let msg = Msg::Forward {
                     id,
                     range: op.range,
