@@ -60,6 +60,8 @@ pub enum PlantedBug {
     AcceptStaleEpoch,
     /// Replicas serve reads of ranges that are not yet on every replica.
     NoReadBarrier,
+    /// Host writes are held for a silent partner without bound (contract j).
+    UnboundedHolding,
 }
 
 #[derive(Clone, Debug)]
@@ -456,7 +458,11 @@ impl<P: Clone> Engine<P> {
 
     /// The same, counted from scratch (the simulator checks that the running count is right).
     pub fn held_writes_recount(&self) -> (usize, u64) {
-        let seq = self.seq.values().filter(|o| o.host.is_some()).map(|o| o.range);
+        let seq = self
+            .seq
+            .values()
+            .filter(|o| o.host.is_some())
+            .map(|o| o.range);
         let fwd = self.fwd.values().map(|o| o.range);
         let gated = self.gated_host.iter().filter_map(|(_, c)| write_range(c));
         seq.chain(fwd)
@@ -526,7 +532,8 @@ impl<P: Clone> Engine<P> {
             let bytes = self.range_bytes(&range);
             let over = self.held_writes >= self.opts.held_writes_max
                 || self.held_bytes.saturating_add(bytes) > self.opts.held_bytes_max;
-            if self.held_writes > 0 && over {
+            let enforced = self.opts.planted_bug != Some(PlantedBug::UnboundedHolding);
+            if self.held_writes > 0 && over && enforced {
                 // Contract j: holding more would be unbounded memory. Refuse this one (the
                 // host retries it) and have the partners that hold the others declared out
                 // now rather than after `peer_timeout`.

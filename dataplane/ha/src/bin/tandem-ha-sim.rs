@@ -21,6 +21,7 @@ fn parse_bug(s: &str) -> Option<PlantedBug> {
         "ResyncWithoutRegionLock" => PlantedBug::ResyncWithoutRegionLock,
         "AcceptStaleEpoch" => PlantedBug::AcceptStaleEpoch,
         "NoReadBarrier" => PlantedBug::NoReadBarrier,
+        "UnboundedHolding" => PlantedBug::UnboundedHolding,
         _ => return None,
     })
 }
