@@ -41,10 +41,10 @@ fn sequencer_with(opts: Options, report: bool) -> (Engine<u64>, EpochConfig) {
         &mut out,
     );
     // The partner's (empty) report of uncertain regions opens the new sequencer's gate.
-    let msg = report.then(|| Msg::Uncertain {
-        regions: Vec::new(),
-    });
-    for msg in msg {
+    if report {
+        let msg = Msg::Uncertain {
+            regions: Vec::new(),
+        };
         e.handle(
             Time(0),
             Input::Peer {
