@@ -4,8 +4,9 @@
 # Prints one line per chunk and the time per shape. Stops at the first failing chunk and
 # prints the command that replays the failing seed with a trace; with --keep-going it runs
 # every chunk, lists every failing seed, and fails at the end.
-# Cost: about 4 CPU-ms per seed for 3n and far more for 2n and 2w, whose larger per-block
-# histories make the linearizability checker the bulk of the work (see docs/ha.md).
+# Cost (measured 2026-11-30): about 8 CPU-ms per seed for 3n, 34 for 2n and 75 for 2w, whose
+# longer per-block histories make the linearizability checker most of the work. 100 000 seeds
+# per shape: about 3.3 CPU-hours, so about 1 h 40 min on two otherwise idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seeds=${1:-100000}
