@@ -60,6 +60,8 @@ pub enum PlantedBug {
     AcceptStaleEpoch,
     /// Replicas serve reads of ranges that are not yet on every replica.
     NoReadBarrier,
+    /// Host writes are held for a silent partner without bound (contract j).
+    UnboundedHolding,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +72,13 @@ pub struct Options {
     pub resync_parallel: usize,
     /// Messages from a newer epoch kept until this node's configuration catches up.
     pub future_messages_max: usize,
+    /// Bound on the host writes this node holds unanswered (contract j): at most this many
+    /// writes and this many bytes of their data. A write beyond it ends NOT READY at once, and
+    /// the engine asks the authority for a verdict about every partner those writes wait for,
+    /// without waiting for `peer_timeout_ns` (the authority then declares that partner out).
+    /// A single write larger than `held_bytes_max` is taken when nothing else is held.
+    pub held_writes_max: usize,
+    pub held_bytes_max: u64,
     pub planted_bug: Option<PlantedBug>,
 }
 
@@ -79,6 +88,8 @@ impl Default for Options {
             peer_timeout_ns: 1_000_000_000,
             resync_parallel: 4,
             future_messages_max: 4096,
+            held_writes_max: 1000,
+            held_bytes_max: 64 << 20,
             planted_bug: None,
         }
     }
@@ -180,6 +191,8 @@ struct FwdOp<P> {
     op: ForwardedOp<P>,
     stage: FwdStage,
     since: Time,
+    /// Sent again to a new sequencer: a former one may have applied it already.
+    retried: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -309,6 +322,13 @@ pub struct Engine<P> {
     reconcile: BTreeSet<RegionIndex>,
     /// Operations admitted while the gate was closed.
     gated_ops: Vec<OpId>,
+    /// This node's own COMPARE AND WRITEs that it ordered itself after taking over as
+    /// sequencer while they awaited a grant from the former one: a failed compare of one of
+    /// them ends NOT READY, not MISCOMPARE.
+    retried_own: BTreeSet<OpId>,
+    /// Survivors that left this sequencer's gate without reporting their uncertain regions:
+    /// only their own journal knows those regions, so if it was lost they need a full sync.
+    unreported: BTreeSet<NodeId>,
     gated_host: VecDeque<(HostTag, HostCmd<P>)>,
     resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
     copies_in_flight: BTreeMap<NodeId, usize>,
@@ -326,6 +346,13 @@ pub struct Engine<P> {
     /// When this node last asked to join or offered its state for a resync (retried: the
     /// sequencer may have restarted and forgotten it).
     last_join_attempt: Option<Time>,
+    /// Host writes taken here and not answered yet, and the bytes of their data (contract j):
+    /// own writes being sequenced here, forwarded writes awaiting their grant, writes queued
+    /// behind a closed gate. Kept incrementally (no walk on the write path).
+    held_writes: usize,
+    held_bytes: u64,
+    /// Host writes refused because the bound on held writes was reached.
+    refused_over_bound: u64,
 }
 
 impl<P: Clone> Engine<P> {
@@ -371,6 +398,8 @@ impl<P: Clone> Engine<P> {
             gate: None,
             reconcile: BTreeSet::new(),
             gated_ops: Vec::new(),
+            unreported: BTreeSet::new(),
+            retried_own: BTreeSet::new(),
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
@@ -379,6 +408,9 @@ impl<P: Clone> Engine<P> {
             sync_done: BTreeMap::new(),
             adopt: None,
             last_join_attempt: None,
+            held_writes: 0,
+            held_bytes: 0,
+            refused_over_bound: 0,
         }
     }
 
@@ -416,6 +448,31 @@ impl<P: Clone> Engine<P> {
             .is_some_and(|c| c.state_of(self.me) == MemberState::Synchronized)
             && !self.restarted
             && now < self.lease_until
+    }
+
+    /// Host writes held unanswered here and the bytes of their data (contract j; bounded by
+    /// `Options::held_writes_max` and `held_bytes_max`).
+    pub fn held_writes(&self) -> (usize, u64) {
+        (self.held_writes, self.held_bytes)
+    }
+
+    /// The same, counted from scratch (the simulator checks that the running count is right).
+    pub fn held_writes_recount(&self) -> (usize, u64) {
+        let seq = self
+            .seq
+            .values()
+            .filter(|o| o.host.is_some())
+            .map(|o| o.range);
+        let fwd = self.fwd.values().map(|o| o.range);
+        let gated = self.gated_host.iter().filter_map(|(_, c)| write_range(c));
+        seq.chain(fwd)
+            .chain(gated)
+            .fold((0, 0), |(n, b), r| (n + 1, b + self.range_bytes(&r)))
+    }
+
+    /// Host writes refused (NOT READY) because the bound on held writes was reached.
+    pub fn refused_over_bound(&self) -> u64 {
+        self.refused_over_bound
     }
 
     /// What keeps the engine busy, for diagnostics.
@@ -471,7 +528,28 @@ impl<P: Clone> Engine<P> {
             not_ready(tag, out);
             return;
         }
+        if let Some(range) = write_range(&cmd) {
+            let bytes = self.range_bytes(&range);
+            let over = self.held_writes >= self.opts.held_writes_max
+                || self.held_bytes.saturating_add(bytes) > self.opts.held_bytes_max;
+            let enforced = self.opts.planted_bug != Some(PlantedBug::UnboundedHolding);
+            if self.held_writes > 0 && over && enforced {
+                // Contract j: holding more would be unbounded memory. Refuse this one (the
+                // host retries it) and have the partners that hold the others declared out
+                // now rather than after `peer_timeout`.
+                self.refused_over_bound += 1;
+                let silent = self.awaited_partners(now, None);
+                for p in silent {
+                    self.suspect(now, p, out);
+                }
+                not_ready(tag, out);
+                return;
+            }
+        }
         if self.gate.is_some() {
+            if let Some(range) = write_range(&cmd) {
+                self.hold(&range);
+            }
             self.gated_host.push_back((tag, cmd));
             return;
         }
@@ -534,6 +612,7 @@ impl<P: Clone> Engine<P> {
                 },
                 out,
             );
+            self.hold(&range);
             self.fwd.insert(
                 id,
                 FwdOp {
@@ -542,6 +621,7 @@ impl<P: Clone> Engine<P> {
                     op,
                     stage: FwdStage::AwaitGrant,
                     since: now,
+                    retried: false,
                 },
             );
         }
@@ -609,6 +689,9 @@ impl<P: Clone> Engine<P> {
             .write_targets()
             .filter(|&n| n != self.me && n != id.origin)
             .collect();
+        if host.is_some() {
+            self.hold(&range);
+        }
         self.seq.insert(
             id,
             SeqOp {
@@ -811,7 +894,13 @@ impl<P: Clone> Engine<P> {
             (SeqStage::Comparing, LocalResult::Miscompare) => {
                 let host = op.host;
                 if let Some(tag) = host {
-                    self.answer(now, tag, HostStatus::Miscompare, out);
+                    // As in `on_grant`: a retried compare that fails has an unknown outcome.
+                    let status = if self.retried_own.contains(&id) {
+                        HostStatus::NotReady
+                    } else {
+                        HostStatus::Miscompare
+                    };
+                    self.answer(now, tag, status, out);
                 } else {
                     let origin = id.origin;
                     self.send(origin, Msg::Grant { id, applied: false }, out);
@@ -938,7 +1027,12 @@ impl<P: Clone> Engine<P> {
     }
 
     fn finish_seq(&mut self, now: Time, id: OpId, out: &mut Vec<Output<P>>) {
-        self.seq.remove(&id);
+        self.retried_own.remove(&id);
+        if let Some(op) = self.seq.remove(&id) {
+            if op.host.is_some() {
+                self.unhold(&op.range);
+            }
+        }
         let mut granted = Vec::new();
         self.locks.release(id, &mut granted);
         for g in granted {
@@ -1014,7 +1108,12 @@ impl<P: Clone> Engine<P> {
         let n = self.geometry.num_regions();
         let copy = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
-                let peer_needs_full = meta.was_sequencer && !journal_complete;
+                // The joiner's own journal is the only record of writes it may hold that the
+                // sequencer lacks: as a former sequencer, or as a survivor that left before
+                // reporting its uncertain regions to this sequencer (3n seed 14403: a mirror
+                // of the old sequencer, applied only there, then a crash).
+                let joiner_only_writes = meta.was_sequencer || self.unreported.contains(&from);
+                let peer_needs_full = joiner_only_writes && !journal_complete;
                 if self.journal.is_complete(from) && !peer_needs_full {
                     let mut b = self.journal.bitmap(from).clone();
                     for r in dirty.into_iter().filter(|r| r.0 < n) {
@@ -1249,12 +1348,20 @@ impl<P: Clone> Engine<P> {
             return;
         }
         if !applied {
-            let tag = op.tag;
+            let (tag, range, op_retried) = (op.tag, op.range, op.retried);
             self.fwd.remove(&id);
+            self.unhold(&range);
             self.barriers.remove(BarrierKey::Op(id));
             let seq = self.sequencer();
             self.send(seq, Msg::Release { id }, out);
-            self.answer(now, tag, HostStatus::Miscompare, out);
+            let status = if op_retried {
+                // A former sequencer may have applied it: the data that failed the compare
+                // may be its own. The outcome is unknown, which only NOT READY may say.
+                HostStatus::NotReady
+            } else {
+                HostStatus::Miscompare
+            };
+            self.answer(now, tag, status, out);
             self.wake_reads(out);
             return;
         }
@@ -1326,6 +1433,9 @@ impl<P: Clone> Engine<P> {
             }
         }
         while let Some((tag, cmd)) = self.gated_host.pop_front() {
+            if let Some(range) = write_range(&cmd) {
+                self.unhold(&range);
+            }
             self.on_host(now, tag, cmd, out);
         }
         self.wake_reads(out);
@@ -1368,6 +1478,7 @@ impl<P: Clone> Engine<P> {
                 let Some(op) = self.fwd.remove(&id) else {
                     return;
                 };
+                self.unhold(&op.range);
                 self.barriers.remove(BarrierKey::Op(id));
                 let seq = self.sequencer();
                 self.send(seq, Msg::Release { id }, out);
@@ -1541,6 +1652,7 @@ impl<P: Clone> Engine<P> {
                 {
                     self.meta.partner_synchronized(n);
                     self.journal.reset(n);
+                    self.unreported.remove(&n);
                 }
             }
         }
@@ -1636,6 +1748,11 @@ impl<P: Clone> Engine<P> {
                 set.insert(r);
             }
         }
+        // A new sequencer whose gate is still closed keeps the regions it must reconcile
+        // here, not behind barriers: they are just as uncertain (writes of the old sequencer
+        // applied here and perhaps nowhere else). Forgetting them when this node leaves
+        // before the gate opens left those writes out of every dirty bitmap (3n seed 1278).
+        set.extend(self.reconcile.iter().copied());
         set
     }
 
@@ -1648,6 +1765,7 @@ impl<P: Clone> Engine<P> {
         for (_, op) in std::mem::take(&mut self.fwd) {
             not_ready(op.tag, out);
         }
+        self.retried_own.clear();
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
                 not_ready(tag, out);
@@ -1659,6 +1777,8 @@ impl<P: Clone> Engine<P> {
         for (tag, _) in std::mem::take(&mut self.gated_host) {
             not_ready(tag, out);
         }
+        self.held_writes = 0;
+        self.held_bytes = 0;
         self.locks.clear();
         self.barriers.clear();
         self.gate = None;
@@ -1701,8 +1821,10 @@ impl<P: Clone> Engine<P> {
         self.applied.clear();
         // Sequenced ops of a former sequencer role cannot exist while synchronized (the
         // sequencer is sticky), but be safe: answer and drop them.
+        self.retried_own.clear();
         for (_, op) in std::mem::take(&mut self.seq) {
             if let Some(tag) = op.host {
+                self.unhold(&op.range);
                 not_ready(tag, out);
             }
         }
@@ -1740,7 +1862,14 @@ impl<P: Clone> Engine<P> {
             // My own forwarded writes are now mine to order.
             for id in waiting_fwd {
                 let op = self.fwd.remove(&id).expect("listed");
+                self.unhold(&op.range);
                 self.barriers.remove(BarrierKey::Op(id));
+                // Its data may be in place already (applied by a former sequencer and copied
+                // here by a reconcile), so a failed compare no longer means MISCOMPARE
+                // (3n seed 4486).
+                if matches!(op.op, ForwardedOp::CompareAndWrite { .. }) {
+                    self.retried_own.insert(id);
+                }
                 let kind = SeqKind::from(op.op);
                 self.admit(now, id, op.range, kind, Some(op.tag), out);
             }
@@ -1757,6 +1886,7 @@ impl<P: Clone> Engine<P> {
             for id in waiting_fwd {
                 let op = self.fwd.get_mut(&id).expect("listed");
                 op.since = now;
+                op.retried = true;
                 let msg = Msg::Forward {
                     id,
                     range: op.range,
@@ -1792,7 +1922,9 @@ impl<P: Clone> Engine<P> {
             .collect();
         if let Some((pending, _)) = &mut self.gate {
             for n in newly_out {
-                pending.remove(n);
+                if pending.remove(n) {
+                    self.unreported.insert(*n);
+                }
             }
             if pending.is_empty() {
                 self.open_gate(now, out);
@@ -1853,31 +1985,7 @@ impl<P: Clone> Engine<P> {
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output<P>>) {
         let timeout = self.opts.peer_timeout_ns;
         let late = |since: Time| now.0.saturating_sub(since.0) > timeout;
-        let mut suspects = BTreeSet::new();
-        for (id, op) in &self.seq {
-            match &op.stage {
-                SeqStage::Applying { acks, .. } if late(op.since) => {
-                    suspects.extend(acks.iter().copied())
-                }
-                SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. } if late(op.since) => {
-                    suspects.insert(id.origin);
-                }
-                _ => {}
-            }
-        }
-        if self
-            .fwd
-            .values()
-            .any(|o| matches!(o.stage, FwdStage::AwaitGrant) && late(o.since))
-        {
-            suspects.insert(self.sequencer());
-        }
-        if let Some((pending, since)) = &self.gate {
-            if late(*since) {
-                suspects.extend(pending.iter().copied());
-            }
-        }
-        for s in suspects {
+        for s in self.awaited_partners(now, Some(timeout)) {
             self.suspect(now, s, out);
         }
         // A Commit can be lost with a broken connection; reads of its range would wait
@@ -1910,7 +2018,10 @@ impl<P: Clone> Engine<P> {
                 self.reads.remove(&tag);
                 not_ready(tag, out);
             }
-            while let Some((tag, _)) = self.gated_host.pop_front() {
+            while let Some((tag, cmd)) = self.gated_host.pop_front() {
+                if let Some(range) = write_range(&cmd) {
+                    self.unhold(&range);
+                }
                 not_ready(tag, out);
             }
         }
@@ -1958,6 +2069,38 @@ impl<P: Clone> Engine<P> {
                 self.last_join_attempt = Some(now);
             }
         }
+    }
+
+    /// Partners that operations here wait for: all of them (`older_than: None`), or only
+    /// those waited for longer than the given time.
+    fn awaited_partners(&self, now: Time, older_than: Option<u64>) -> BTreeSet<NodeId> {
+        let late = |since: Time| older_than.is_none_or(|t| now.0.saturating_sub(since.0) > t);
+        let mut partners = BTreeSet::new();
+        for (id, op) in &self.seq {
+            match &op.stage {
+                SeqStage::Applying { acks, .. } if late(op.since) => {
+                    partners.extend(acks.iter().copied())
+                }
+                SeqStage::WaitRelease | SeqStage::AwaitOrigin { .. } if late(op.since) => {
+                    partners.insert(id.origin);
+                }
+                _ => {}
+            }
+        }
+        if self
+            .fwd
+            .values()
+            .any(|o| matches!(o.stage, FwdStage::AwaitGrant) && late(o.since))
+        {
+            partners.insert(self.sequencer());
+        }
+        if let Some((pending, since)) = &self.gate {
+            if late(*since) {
+                partners.extend(pending.iter().copied());
+            }
+        }
+        partners.remove(&self.me);
+        partners
     }
 
     fn suspect(&mut self, now: Time, node: NodeId, out: &mut Vec<Output<P>>) {
@@ -2021,7 +2164,24 @@ impl<P: Clone> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         if let Some(cfg) = &self.config {
-            let outs: Vec<NodeId> = cfg.out_nodes().filter(|&n| n != self.me).collect();
+            // The sequencer writes under the configuration it orders in, so its out members
+            // are exactly the ones that miss this write. Any other replica may apply a write
+            // ordered in an earlier epoch, when a partner that is syncing now was still out
+            // (and so never got it): it marks every partner that is not synchronized (3n seed
+            // 3780: a write granted under epoch 11 and applied under epoch 12 was missing from
+            // the bitmap of the replica that later sequenced the resync).
+            let sequencer = cfg.sequencer == self.me;
+            let outs: Vec<NodeId> = cfg
+                .members
+                .iter()
+                .filter(|m| m.0 != self.me)
+                .filter(|m| match m.1 {
+                    MemberState::Out => true,
+                    MemberState::Syncing => !sequencer,
+                    MemberState::Synchronized => false,
+                })
+                .map(|m| m.0)
+                .collect();
             for p in outs {
                 for r in self.geometry.regions_of(&range) {
                     self.journal.mark(p, RegionIndex(r));
@@ -2030,6 +2190,22 @@ impl<P: Clone> Engine<P> {
         }
         let io = self.new_io(purpose);
         self.writes.submit(range, io, op, out);
+    }
+
+    fn range_bytes(&self, range: &BlockRange) -> u64 {
+        u64::from(range.len_blocks) * u64::from(self.geometry.block_size_bytes)
+    }
+
+    fn hold(&mut self, range: &BlockRange) {
+        self.held_writes += 1;
+        self.held_bytes += self.range_bytes(range);
+    }
+
+    fn unhold(&mut self, range: &BlockRange) {
+        let bytes = self.range_bytes(range);
+        debug_assert!(self.held_writes > 0 && self.held_bytes >= bytes);
+        self.held_writes = self.held_writes.saturating_sub(1);
+        self.held_bytes = self.held_bytes.saturating_sub(bytes);
     }
 
     fn check_invariants(&self) {
@@ -2045,6 +2221,14 @@ impl<P: Clone> Engine<P> {
                 );
             }
         }
+    }
+}
+
+/// The blocks a host command writes (WRITE, WRITE SAME, UNMAP, COMPARE AND WRITE).
+fn write_range<P>(cmd: &HostCmd<P>) -> Option<BlockRange> {
+    match cmd {
+        HostCmd::Write { range, .. } | HostCmd::CompareAndWrite { range, .. } => Some(*range),
+        HostCmd::Read { .. } | HostCmd::Flush => None,
     }
 }
 

@@ -14,10 +14,56 @@ use tandem_ha::PlantedBug;
 /// They are skipped by the sweeps below and must keep failing: `known_failures_still_fail`
 /// fails as soon as one passes, so a fix has to remove it from this list.
 const KNOWN_FAILING: &[(Shape, u64)] = &[
-    // Replicas differ after two members resync from a new sequencer in the same epoch: a
-    // region written through the old sequencer is missing from the copy set.
-    (Shape::ThreeNodes, 1278),
+    // An acknowledged write is missing from the final content after a power loss with the
+    // authority's state lost (cold start from the nodes' generations), then resyncs. Found
+    // by the 20 000-seed sweep; also fails without this session's changes. Not analysed yet.
+    (Shape::TwoNodesWitness, 9464),
+    (Shape::TwoNodesWitness, 19527),
 ];
+
+/// Seeds that failed once and were fixed, with the defect; each must keep passing (they are
+/// also inside or beyond the sweeps' ranges, but named here so a regression says which).
+const REGRESSIONS: &[(Shape, u64, &str)] = &[
+    (
+        Shape::ThreeNodes,
+        1278,
+        "a new sequencer left before its gate opened and forgot the regions it had to reconcile",
+    ),
+    (
+        Shape::ThreeNodes,
+        3780,
+        "a write ordered while a partner was out, applied after it became syncing, was not marked dirty for it",
+    ),
+    (
+        Shape::ThreeNodes,
+        4486,
+        "a retried COMPARE AND WRITE answered MISCOMPARE against its own data",
+    ),
+    (
+        Shape::ThreeNodes,
+        13799,
+        "a retried COMPARE AND WRITE answered MISCOMPARE against its own data",
+    ),
+    (
+        Shape::ThreeNodes,
+        14403,
+        "a survivor that never reported its uncertain regions lost its journal and got only a fast sync",
+    ),
+    (
+        Shape::ThreeNodes,
+        17366,
+        "a survivor that never reported its uncertain regions lost its journal and got only a fast sync",
+    ),
+];
+
+#[test]
+fn fixed_seeds_pass() {
+    for &(shape, seed, defect) in REGRESSIONS {
+        if let Err(report) = run(&SimParams::new(shape, seed)) {
+            panic!("regression ({defect}):\n{report}");
+        }
+    }
+}
 
 fn seeds() -> u64 {
     std::env::var("TANDEM_SIM_SEEDS")
@@ -152,6 +198,12 @@ fn planted_stale_epoch_accepted_is_caught() {
 #[test]
 fn planted_missing_read_barrier_is_caught() {
     assert_caught(Shape::ThreeNodes, Some(PlantedBug::NoReadBarrier), None);
+}
+
+#[test]
+fn planted_unbounded_holding_is_caught() {
+    // Contract j: caught by the bound check in the seeds that run with a tiny bound.
+    assert_caught(Shape::TwoNodes, Some(PlantedBug::UnboundedHolding), None);
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! Runs the replication simulator over a range of seeds (or replays one with a trace).
 //!
 //! ```text
-//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace]
+//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going]
 //! ```
+//!
+//! It stops at the first failing seed, unless `--keep-going`: then it reports every failing
+//! seed of the range and fails at the end.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -18,6 +21,7 @@ fn parse_bug(s: &str) -> Option<PlantedBug> {
         "ResyncWithoutRegionLock" => PlantedBug::ResyncWithoutRegionLock,
         "AcceptStaleEpoch" => PlantedBug::AcceptStaleEpoch,
         "NoReadBarrier" => PlantedBug::NoReadBarrier,
+        "UnboundedHolding" => PlantedBug::UnboundedHolding,
         _ => return None,
     })
 }
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     let mut bug = None;
     let mut authority_bug = None;
     let mut trace = false;
+    let mut keep_going = false;
     let mut active_ms = 300;
     let mut i = 0;
     while i < args.len() {
@@ -68,13 +73,19 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
+            "--keep-going" => {
+                keep_going = true;
+                i += 1;
+                continue;
+            }
             other => return usage(&format!("unknown argument {other:?}")),
         }
         i += 2;
     }
     let started = Instant::now();
-    let (mut good, mut faults, mut inconclusive) = (0u64, 0u64, 0u64);
+    let (mut good, mut faults, mut inconclusive, mut refused) = (0u64, 0u64, 0u64, 0u64);
     let count = seeds.end - seeds.start;
+    let mut failed = Vec::new();
     for seed in seeds {
         let p = SimParams {
             shape,
@@ -89,15 +100,28 @@ fn main() -> ExitCode {
                 good += r.ops_good;
                 faults += r.faults;
                 inconclusive += r.inconclusive_blocks;
+                refused += r.refused_over_bound;
             }
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::FAILURE;
+                if !keep_going {
+                    return ExitCode::FAILURE;
+                }
+                failed.push(seed);
             }
         }
     }
+    if !failed.is_empty() {
+        println!(
+            "shape {} seeds {count}: {} FAILED {failed:?}, {:.1} s",
+            shape.name(),
+            failed.len(),
+            started.elapsed().as_secs_f64()
+        );
+        return ExitCode::FAILURE;
+    }
     println!(
-        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {:.1} s",
+        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {refused} writes refused at the held-writes bound, {:.1} s",
         shape.name(),
         started.elapsed().as_secs_f64()
     );
@@ -105,6 +129,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace]");
+    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going]");
     ExitCode::from(2)
 }

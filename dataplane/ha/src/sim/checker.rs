@@ -104,20 +104,26 @@ pub fn check_block(initial: u64, events: &[Event], search_budget: usize) -> Resu
         };
         // Reads (and MISCOMPAREs) that agree with the current value never hurt to place at
         // once: they change nothing and only widen what may come next.
+        // Placing one only raises the horizon, so every pass places all that qualify; the
+        // fixpoint is the same as placing them one at a time.
         loop {
             let horizon = horizon_of(&done);
-            let eager = (0..n).find(|&i| {
-                !is_done(&done, i)
+            let mut placed_any = false;
+            for i in 0..n {
+                if !is_done(&done, i)
                     && ev[i].invoke <= horizon
                     && match ev[i].op {
                         BlockOp::Read { value: v } => v == value,
                         BlockOp::Mismatch { expect } => expect != value,
                         _ => false,
                     }
-            });
-            match eager {
-                Some(i) => done[i / 64] |= 1 << (i % 64),
-                None => break,
+                {
+                    done[i / 64] |= 1 << (i % 64);
+                    placed_any = true;
+                }
+            }
+            if !placed_any {
+                break;
             }
         }
         let placed_required = (0..n)
