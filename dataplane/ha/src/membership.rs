@@ -113,7 +113,13 @@ impl EpochConfig {
             if s == MemberState::Synchronized {
                 left_at.retain(|l| l.0 != n);
             }
-            if before != MemberState::Out && s == MemberState::Out {
+            // A member that stops being synchronized (out, or demoted to syncing after a
+            // restart) no longer holds what the survivors write next: the survivors' data
+            // becomes a new history, so a later comparison (e.g. an authority rebuilding
+            // membership after losing its state) can never take the demoted copy for theirs.
+            if (before != MemberState::Out && s == MemberState::Out)
+                || (before == MemberState::Synchronized && s != MemberState::Synchronized)
+            {
                 lost_member = true;
             }
             match members.iter_mut().find(|m| m.0 == n) {

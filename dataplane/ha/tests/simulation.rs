@@ -13,17 +13,21 @@ use tandem_ha::PlantedBug;
 /// Seeds that still fail, each a real open defect (see docs/ha.md, "Known failing seeds").
 /// They are skipped by the sweeps below and must keep failing: `known_failures_still_fail`
 /// fails as soon as one passes, so a fix has to remove it from this list.
-const KNOWN_FAILING: &[(Shape, u64)] = &[
-    // An acknowledged write is missing from the final content after a power loss with the
-    // authority's state lost (cold start from the nodes' generations), then resyncs. Found
-    // by the 20 000-seed sweep; also fails without this session's changes. Not analysed yet.
-    (Shape::TwoNodesWitness, 9464),
-    (Shape::TwoNodesWitness, 19527),
-];
+const KNOWN_FAILING: &[(Shape, u64)] = &[];
 
 /// Seeds that failed once and were fixed, with the defect; each must keep passing (they are
 /// also inside or beyond the sweeps' ranges, but named here so a regression says which).
 const REGRESSIONS: &[(Shape, u64, &str)] = &[
+    (
+        Shape::TwoNodesWitness,
+        9464,
+        "a restarted member demoted to syncing kept the survivors' generation; after a power loss with the authority's state lost, the cold start took its stale copy for the newest",
+    ),
+    (
+        Shape::TwoNodesWitness,
+        19527,
+        "same as 9464",
+    ),
     (
         Shape::ThreeNodes,
         1278,
