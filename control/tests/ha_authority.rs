@@ -103,19 +103,7 @@ impl Proc {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        let mut req = ureq::request(method, &format!("{}{}", self.api, path));
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let result = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        match result {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
+        common::http_call(&self.api, method, path, token, body)
     }
 
     fn get(&self, path: &str) -> serde_json::Value {

@@ -167,19 +167,7 @@ impl Control {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        let mut req = ureq::request(method, &format!("{}{}", self.api, path));
-        if let Some(t) = token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let result = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        match result {
-            Ok(r) => (r.status(), r.into_string().unwrap()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
+        http_call(&self.api, method, path, token, body)
     }
 
     /// SIGTERM and wait (graceful: the data plane is stopped too).
@@ -222,4 +210,27 @@ pub fn code(out: &Output) -> i32 {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One HTTP call to a control API at `api` (`http://ip:port`); returns (status, body).
+pub fn http_call(
+    api: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut req = ureq::request(method, &format!("{}{}", api, path));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
 }
