@@ -579,8 +579,22 @@ fn two_control_services_replicate_survive_kills_and_resync() {
     eprintln!("64 x 256 KiB + 64 x 4 KiB written through node-a before replication");
 
     let token = |n: &Node| n.dir.join("token").display().to_string();
-    a.ok(&["server", "add", "node-b", &b.api, "--token-file", &token(&b)]);
-    b.ok(&["server", "add", "node-a", &a.api, "--token-file", &token(&a)]);
+    a.ok(&[
+        "server",
+        "add",
+        "node-b",
+        &b.api,
+        "--token-file",
+        &token(&b),
+    ]);
+    b.ok(&[
+        "server",
+        "add",
+        "node-a",
+        &a.api,
+        "--token-file",
+        &token(&a),
+    ]);
     let sync = free_port();
     let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
     let t0 = Instant::now();
@@ -611,7 +625,11 @@ fn two_control_services_replicate_survive_kills_and_resync() {
         let mut c = login(&b, "iqn.2026-11.io.tandem.test:cluster-b");
         for i in 0..100u32 {
             let lba = 20_000 + u64::from(i) * 333;
-            model.write_through(&mut c, lba, &pattern(4096 * (1 + i as usize % 16), 5000 + i));
+            model.write_through(
+                &mut c,
+                lba,
+                &pattern(4096 * (1 + i as usize % 16), 5000 + i),
+            );
         }
         sync_cache(&mut c);
     }
@@ -702,7 +720,9 @@ fn two_control_services_replicate_survive_kills_and_resync() {
             })
         },
     );
-    eprintln!("node-b reports itself sequencer and node-a not synchronized {took_over:?} after the kill");
+    eprintln!(
+        "node-b reports itself sequencer and node-a not synchronized {took_over:?} after the kill"
+    );
     // Writes through B while A is down.
     std::thread::sleep(Duration::from_secs(2));
     b.ok(&["replica", "list", DEVICE]);
@@ -740,4 +760,17 @@ fn two_control_services_replicate_survive_kills_and_resync() {
     model.verify_through(&a, "after node-a's kill and restart");
     model.verify_through(&b, "after node-a's kill and restart");
     model.images_identical(&a, &b, "after node-a's kill and restart");
+
+    // The restarted node-a serves writes again: through A, read back through B.
+    {
+        let mut c = login(&a, "iqn.2026-11.io.tandem.test:cluster-a-again");
+        for i in 0..50u32 {
+            let lba = 60_000 + u64::from(i) * 517;
+            model.write_through(&mut c, lba, &pattern(4096 * (1 + i as usize % 8), 9000 + i));
+        }
+        sync_cache(&mut c);
+    }
+    model.verify_through(&b, "written through the restarted node-a");
+    model.verify_through(&a, "written through the restarted node-a");
+    model.images_identical(&a, &b, "at the end");
 }
