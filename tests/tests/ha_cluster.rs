@@ -689,88 +689,111 @@ fn two_control_services_replicate_survive_kills_and_resync() {
     model.verify_through(&b, "after node-b's data plane kill");
     model.images_identical(&a, &b, "after node-b's data plane kill");
 
-    // ---- 4. kill -9 of the whole node A under load through B.
-    let writer = Writer::start(&b, 4);
+    // ---- 4. kill -9 of the whole node A (sequencer, authority host) under load through B.
+    kill_node_and_restart(&mut a, &b, &mut model, 4);
+
+    // ---- 5. And back: kill -9 of the whole node B (which took the authority over) under
+    // load through A; A must take it over again.
+    kill_node_and_restart(&mut b, &a, &mut model, 5);
+}
+
+/// kill -9 of `victim`'s control service and data plane while a writer keeps writing through
+/// `survivor`: the writes resume within [`MAX_PAUSE`]; the survivor reports itself sequencer
+/// and the victim not synchronized; the victim's control service is restarted on the same
+/// data dir; both synchronized; every acknowledged write reads back through both; images
+/// identical; the restarted victim serves writes again.
+fn kill_node_and_restart(victim: &mut Node, survivor: &Node, model: &mut Model, seed: u32) {
+    let (v, s) = (victim.name.clone(), survivor.name.clone());
+    let writer = Writer::start(survivor, seed);
     std::thread::sleep(Duration::from_millis(500));
-    let a_dp = a.dataplane_pid();
-    let mut a_control = a.control.take().unwrap();
+    let dp = victim.dataplane_pid();
+    let mut control = victim.control.take().unwrap();
     let t_kill = Instant::now();
-    a_control.kill().unwrap(); // SIGKILL
-    kill9(a_dp);
-    a_control.wait().unwrap();
+    control.kill().unwrap(); // SIGKILL
+    kill9(dp);
+    control.wait().unwrap();
     eprintln!(
-        "kill -9 of node-a: control service (pid {}) and data plane (pid {a_dp})",
-        a_control.id()
+        "kill -9 of {v}: control service (pid {}) and data plane (pid {dp})",
+        control.id()
     );
-    wait_until("node-a's data plane gone", Duration::from_secs(10), || {
-        !alive(a_dp)
-    });
+    wait_until(
+        &format!("{v}'s data plane gone"),
+        Duration::from_secs(10),
+        || !alive(dp),
+    );
     let took_over = wait_until(
-        "node-b serving as sequencer, node-a not synchronized",
+        &format!("{s} serving as sequencer, {v} not synchronized"),
         Duration::from_secs(30),
         || {
-            b.replicas().is_some_and(|l| {
+            survivor.replicas().is_some_and(|l| {
                 l["replicas"].as_array().is_some_and(|rs| {
                     rs.iter().any(|r| {
                         r["local"] == true && r["serving"] == true && r["sequencer"] == true
                     }) && rs
                         .iter()
-                        .any(|r| r["node"] == "node-a" && r["state"] != "synchronized")
+                        .any(|r| r["node"] == v.as_str() && r["state"] != "synchronized")
                 })
             })
         },
     );
-    eprintln!(
-        "node-b reports itself sequencer and node-a not synchronized {took_over:?} after the kill"
-    );
-    // Writes through B while A is down.
+    eprintln!("{s} reports itself sequencer and {v} not synchronized {took_over:?} after the kill");
+    // Writes through the survivor while the victim is down.
     std::thread::sleep(Duration::from_secs(2));
-    b.ok(&["replica", "list", DEVICE]);
+    survivor.ok(&["replica", "list", DEVICE]);
     let t_restart = Instant::now();
-    a.start();
+    victim.start();
     let resync = wait_until(
-        "both synchronized after node-a's restart",
+        &format!("both synchronized after {v}'s restart"),
         Duration::from_secs(90),
-        || a.synchronized() && b.synchronized(),
+        || victim.synchronized() && survivor.synchronized(),
     );
     eprintln!(
-        "MEASURE node-a restart: both synchronized {:?} after its control service was started ({resync:?} after its data plane ran)",
+        "MEASURE {v} restart: both synchronized {:?} after its control service was started ({resync:?} after its data plane ran)",
         t_restart.elapsed()
     );
-    a.ok(&["replica", "list", DEVICE]);
+    victim.ok(&["replica", "list", DEVICE]);
     std::thread::sleep(Duration::from_millis(300));
-    let times = writer.finish(&mut model);
+    let times = writer.finish(model);
     let (pause, first) = pause_after(&times, t_kill);
     let during_down = times
         .iter()
         .filter(|t| **t > t_kill && **t < t_restart)
         .count();
     eprintln!(
-        "MEASURE writer through node-b: {} writes acknowledged, {during_down} while node-a was down; first ack after the kill {first:?}; longest pause {pause:?}",
+        "MEASURE writer through {s}: {} writes acknowledged, {during_down} while {v} was down; first ack after the kill {first:?}; longest pause {pause:?}",
         times.len()
     );
     assert!(
         during_down > 0,
-        "no write through node-b acknowledged while node-a was down"
+        "no write through {s} acknowledged while {v} was down"
     );
     assert!(
         pause < MAX_PAUSE,
-        "writes through node-b paused {pause:?} (bound {MAX_PAUSE:?})"
+        "writes through {s} paused {pause:?} after {v} was killed (bound {MAX_PAUSE:?})"
     );
-    model.verify_through(&a, "after node-a's kill and restart");
-    model.verify_through(&b, "after node-a's kill and restart");
-    model.images_identical(&a, &b, "after node-a's kill and restart");
+    let what = format!("after {v}'s kill and restart");
+    model.verify_through(victim, &what);
+    model.verify_through(survivor, &what);
+    model.images_identical(victim, survivor, &what);
 
-    // The restarted node-a serves writes again: through A, read back through B.
+    // The restarted node serves writes again: through it, read back through the other.
     {
-        let mut c = login(&a, "iqn.2026-11.io.tandem.test:cluster-a-again");
+        let mut c = login(
+            victim,
+            &format!("iqn.2026-11.io.tandem.test:cluster-again-{seed}"),
+        );
         for i in 0..50u32 {
             let lba = 60_000 + u64::from(i) * 517;
-            model.write_through(&mut c, lba, &pattern(4096 * (1 + i as usize % 8), 9000 + i));
+            model.write_through(
+                &mut c,
+                lba,
+                &pattern(4096 * (1 + i as usize % 8), seed * 10_000 + i),
+            );
         }
         sync_cache(&mut c);
     }
-    model.verify_through(&b, "written through the restarted node-a");
-    model.verify_through(&a, "written through the restarted node-a");
-    model.images_identical(&a, &b, "at the end");
+    let what = format!("written through the restarted {v}");
+    model.verify_through(survivor, &what);
+    model.verify_through(victim, &what);
+    model.images_identical(victim, survivor, &what);
 }
