@@ -253,6 +253,25 @@ impl RawConn {
                         sense,
                     };
                 }
+                // A target ping while the command is held (e.g. a replica waiting for its
+                // failover authority): answer it as an initiator does, keep waiting.
+                Some(Opcode::NopIn) => {
+                    use tandem_iscsi::wire::{NopInRepr, NopOutRepr};
+                    let nop = NopInRepr::parse(&bhs).expect("NOP-In");
+                    if nop.ttt != u32::MAX {
+                        let reply = NopOutRepr {
+                            immediate: true,
+                            lun: 0,
+                            itt: u32::MAX,
+                            ttt: nop.ttt,
+                            cmdsn: self.cmdsn,
+                            expstatsn: self.expstatsn,
+                        };
+                        let mut h = [0u8; BHS_LEN];
+                        reply.emit(&mut h);
+                        self.send(h, &[]).expect("send NOP-Out");
+                    }
+                }
                 other => panic!("unexpected PDU {other:?} during a command"),
             }
         }
