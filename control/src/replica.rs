@@ -1076,6 +1076,43 @@ async fn get_remote_replication(peer: &Peer, device: &str) -> Result<Replication
         .1)
 }
 
+/// Registers this node (name, API address, token) as a server on `peer`, unless `peer`
+/// knows a server of that name already. A node whose API listens on an unspecified address
+/// (0.0.0.0) cannot say where it is reached: the admin adds it on the partner by hand.
+async fn introduce_to(node: &Arc<Node>, peer: &Peer) -> Result<(), ApiError> {
+    let me = node.config().await.node.name.clone();
+    let (_, known) = peer
+        .call("GET", "/api/v1/servers?check=false", None)
+        .await
+        .map_err(|e| peer.error(e))?;
+    let known_here = known
+        .as_array()
+        .is_some_and(|list| list.iter().any(|s| s["name"] == me.as_str()));
+    if known_here {
+        return Ok(());
+    }
+    let Some(address) = api_addr(node).filter(|a| !a.ip().is_unspecified()) else {
+        tracing::warn!(partner = %peer.name, api = %node.api_addr,
+            "this node's API address cannot be given to the partner; add this node there with `tandem server add`");
+        return Ok(());
+    };
+    let body = serde_json::to_value(ServerAdd {
+        name: me,
+        address,
+        token: Some(node.token.clone()),
+    })
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (status, answer) = peer
+        .call("POST", "/api/v1/servers", Some(body))
+        .await
+        .map_err(|e| peer.error(e))?;
+    if !(200..300).contains(&status) {
+        tracing::warn!(partner = %peer.name, status, %answer,
+            "the partner could not register this node; add it there with `tandem server add`");
+    }
+    Ok(())
+}
+
 async fn put_remote_replication(
     peer: &Peer,
     device: &str,
@@ -1147,6 +1184,10 @@ pub async fn add(
     for (p, _) in &plan.existing {
         existing_sections.push(get_remote_replication(p, device).await?);
     }
+
+    // The partner must be able to reach this node's API too (its failover driver asks this
+    // node's authority, or takes it over): register this node there unless it is known.
+    introduce_to(node, peer).await?;
 
     // Create the partner's device.
     let body = serde_json::to_value(&plan.create).map_err(|e| ApiError::internal(e.to_string()))?;

@@ -899,6 +899,14 @@ fn both_nodes_serve_the_same_disk_identity() {
         wait_for("d1 online", || {
             c.json(&["device", "show", "d1"])["state"] == "online"
         });
+        // A replica serves (and a login's TEST UNIT READY passes) once the failover
+        // authority has made it synchronized.
+        wait_for("d1 synchronized on both nodes", || {
+            let list = c.json(&["replica", "list", "d1"]);
+            list["replicas"]
+                .as_array()
+                .is_some_and(|r| r.len() == 2 && r.iter().all(|x| x["state"] == "synchronized"))
+        });
     }
     let url_b = format!("iscsi://{pb}/iqn.2026-11.io.tandem:node-b-d1/0");
     let cap = |u: &str| {

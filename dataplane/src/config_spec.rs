@@ -211,7 +211,7 @@ identity_seed = "shared-seed"
 
 [device.replication]
 node_id = 1
-secret_file = "{secret_file}"
+secret_file = "{dir}/{secret_file}"
 
 [[device.replication.partner]]
 name = "node2"

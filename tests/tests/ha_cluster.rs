@@ -556,13 +556,10 @@ fn two_control_services_replicate_survive_kills_and_resync() {
 }
 
 /// Phases 1-4, then a second whole-node failure: node-b, which took the failover authority
-/// over from node-a in phase 4, is killed after node-a has returned and been resynchronized.
-/// Fails today: under the heartbeat strategy only the node with priority `second` ever takes
-/// the authority over, so once node-b hosts it, node-a (priority `first`) never takes it
-/// back; node-a stays NOT READY (its writes held, "asking the authority for a verdict")
-/// although it is a synchronized replica. Run with `--ignored`.
+/// over from node-a in phase 4, is killed after node-a has returned and been resynchronized;
+/// node-a takes the authority back and serves alone (before, only the priority-second node
+/// ever took over, so node-b stayed a single point of failure after its takeover).
 #[test]
-#[ignore = "product gap: no takeover back by the priority-first node after a takeover (see the doc comment)"]
 fn second_failure_after_takeover() {
     scenario(true);
 }

@@ -587,7 +587,7 @@ pub fn superseded_by(node: &Node, device: &str) -> Option<NodeId> {
         .map(|(n, _)| n)
 }
 
-/// Installs a takeover host (replacing nothing: the caller checked there is none).
+/// Installs a takeover host (replacing at most a superseded one, kept until then as a record).
 pub fn install(node: &Node, host: AuthorityHost) {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
     hosts.insert(host.device.clone(), host);

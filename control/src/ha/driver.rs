@@ -272,7 +272,9 @@ fn consider_takeover(
     let input = TakeoverInput {
         strategy: r.failover,
         priority: r.priority,
-        hosting: authority_host::hosts_device(node, device),
+        // A superseded authority is kept only as a record: it does not count as hosting.
+        hosting: authority_host::hosts_device(node, device)
+            && authority_host::superseded_by(node, device).is_none(),
         partners: r.partners.len(),
         me: NodeId(r.node_id),
         authority: NodeId(first.node_id),

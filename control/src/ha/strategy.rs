@@ -3,7 +3,7 @@
 //!
 //! | strategy | authority |
 //! |---|---|
-//! | heartbeat | the node with `priority = "first"`; the second takes it over when the first is silent on every link (and its API) for longer than a lease plus margin |
+//! | heartbeat | the node with `priority = "first"`; the other takes it over when the node holding it is silent on every link (and its API) for longer than a lease plus margin (the second from the first, and the first back from a second that took over) |
 //! | node-majority, `witness = NAME` | the witness node (`tandem-control --role witness`) |
 //! | node-majority, three data nodes | the lowest node id (no takeover yet: losing it stops the others' leases, fail safe) |
 //! | node-majority, `witness_file` | not built: no authority, the device never serves |
@@ -104,7 +104,7 @@ pub struct TakeoverInput {
     /// Partners of the device (the takeover is defined for two nodes only).
     pub partners: usize,
     pub me: NodeId,
-    /// The authority node (the partner with priority first).
+    /// The partner, which holds the authority whenever this node does not.
     pub authority: NodeId,
     /// Time since anything authentic came from the authority node: a heartbeat on any sync
     /// or heartbeat link, or an answer of its API. None: nothing since this process started.
@@ -134,9 +134,9 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     if i.strategy != FailoverStrategy::Heartbeat {
         return Takeover::Stay("only the heartbeat strategy moves its authority");
     }
-    if i.priority != Priority::Second {
-        return Takeover::Stay("the first node is the authority");
-    }
+    // Either node may take over from the other: the second from the first (the authority by
+    // configuration), and the first back from a second that took over and then died (else
+    // the second would stay a single point of failure after its takeover).
     if i.hosting {
         return Takeover::Stay("already the authority");
     }
@@ -346,11 +346,6 @@ mod tests {
             ),
             ("never heard since start", |i| i.silent_for = None, None),
             (
-                "first priority never takes over",
-                |i| i.priority = Priority::First,
-                None,
-            ),
-            (
                 "node majority never takes over",
                 |i| i.strategy = FailoverStrategy::NodeMajority,
                 None,
@@ -377,6 +372,24 @@ mod tests {
                 }
                 (w, g) => panic!("{name}: wanted {w:?}, got {g:?}"),
             }
+        }
+        // The first node takes the authority back from a second that took over and died.
+        let mut i = input();
+        i.priority = Priority::First;
+        i.me = NodeId(1);
+        i.authority = NodeId(2);
+        i.newest = Some(
+            first_out
+                .next(&[(NodeId(1), MemberState::Syncing)])
+                .and_then(|c| c.next(&[(NodeId(1), MemberState::Synchronized)]))
+                .unwrap(),
+        );
+        match decide_takeover(&i) {
+            Takeover::TakeOver(c) => {
+                assert_eq!(c.state_of(NodeId(2)), MemberState::Out);
+                assert_eq!(c.sequencer, NodeId(1));
+            }
+            other => panic!("the first node must take the authority back: {other:?}"),
         }
         let mut i = input();
         i.newest = Some(removed_me);
