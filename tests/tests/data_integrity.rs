@@ -1,36 +1,11 @@
 //! Large transfers through every data path (immediate data, R2T bursts with large and small
 //! Data-Out segments, multi-PDU Data-In) read back byte for byte, on RAM and O_DIRECT files.
 
+use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::procs::{scratch_dir, Target};
 use tandem_tests::e2e::raw::RawConn;
 
 const INITIATOR: &str = "iqn.2026-11.io.tandem.test:integrity";
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn write16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x8a;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn read16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = write16(lba, blocks);
-    c[0] = 0x88;
-    c
-}
 
 fn exercise(t: &Target) {
     let mut c = RawConn::connect(t.portal);

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
 use tandem_tests::e2e::raw::{CommandResult, RawConn};
 
@@ -297,32 +298,6 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Dur
 }
 
 // ---- iSCSI client (the raw test initiator; retries like a multipath host on one path) ----
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn write16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x8a;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn read16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = write16(lba, blocks);
-    c[0] = 0x88;
-    c
-}
 
 /// A session of its own per initiator name.
 fn login(n: &Node, initiator: &str) -> RawConn {

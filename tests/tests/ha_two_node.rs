@@ -19,6 +19,7 @@ use tandem_config::image_id::{self, ImageRecord};
 use tandem_config::ipc::{Body, Envelope, HaLease, HaReport, HaUpdate, Request, Response};
 use tandem_ha::authority::Authority;
 use tandem_ha::{EpochConfig, MemberState, NodeId, Time};
+use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port, Proc};
 use tandem_tests::e2e::raw::RawConn;
 
@@ -266,32 +267,6 @@ impl Drop for AuthorityLoop {
             let _ = t.join();
         }
     }
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn write16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = 0x8a;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
-}
-
-fn read16(lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = write16(lba, blocks);
-    c[0] = 0x88;
-    c
 }
 
 fn login(n: &Node) -> RawConn {

@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end tests: finding the built binaries, starting a target
 //! process on a free loopback port, and reading libiscsi's CUnit output.
 
+pub mod blocks;
 pub mod conformance;
 pub mod cunit;
 pub mod procs;
