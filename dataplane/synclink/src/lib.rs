@@ -24,8 +24,12 @@
 //!
 //! ```no_run
 //! # use tandem_synclink::{PeerConfig, PeerLinks, PeerEvent};
-//! # fn cfg() -> PeerConfig { unimplemented!() }
-//! let mut links = PeerLinks::new(cfg())?;
+//! # use tandem_ha::NodeId;
+//! let link = "127.0.0.1:7000=127.0.0.2:7000".parse().unwrap();
+//! let secret = b"the cluster secret, 16 bytes or more".to_vec();
+//! let cfg = PeerConfig::new(NodeId(1), NodeId(2), "node-b".into(), vec![link],
+//!     [7; 16], 42, secret, 1);
+//! let mut links = PeerLinks::new(cfg)?;
 //! let (mut events, mut fds) = (Vec::new(), Vec::new());
 //! loop {
 //!     links.poll(std::time::Instant::now(), &mut events);
