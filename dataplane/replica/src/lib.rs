@@ -205,6 +205,9 @@ impl ReplicatedBdev {
             ))
         })?;
         let local = inner.channel()?;
+        // Unbounded channel, bounded load: every submission is a SCSI task of a connection
+        // (at most its task slots, with write buffers inside the reactor's memory budget),
+        // and the engine ends writes beyond its held-writes bound NOT READY at once.
         let (submit_tx, submit_rx) = crossbeam_channel::unbounded();
         let (mail_tx, mail_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
