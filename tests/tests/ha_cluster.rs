@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
-use tandem_tests::e2e::raw::{CommandResult, RawConn};
+use tandem_tests::e2e::raw::command_retrying;
+use tandem_tests::e2e::raw::RawConn;
 
 const SIZE: usize = 64 << 20;
 const DEVICE: &str = "disk1";
@@ -317,34 +318,6 @@ fn login(n: &Node, initiator: &str) -> RawConn {
     // TEST UNIT READY: consumes the power-on unit attention.
     let _ = c.command(&[0u8; 6], 0, &[], 0, 0);
     c
-}
-
-/// A command, retried while the node answers NOT READY (logical unit not accessible /
-/// becoming ready) or UNIT ATTENTION, as multipath would on the same path. Returns the result
-/// and how many NOT READY answers came first.
-fn command_retrying(
-    c: &mut RawConn,
-    cdb: &[u8],
-    read_len: u32,
-    data: &[u8],
-    timeout: Duration,
-) -> (CommandResult, u32) {
-    let t0 = Instant::now();
-    let mut not_ready = 0;
-    loop {
-        let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
-        let key = (r.status == 2 && r.sense.len() > 13)
-            .then(|| (r.sense[2] & 0x0f, r.sense[12], r.sense[13]));
-        let nr = key.is_some_and(|k| k.0 == 2 && k.1 == 4);
-        let ua = key.is_some_and(|k| k.0 == 6);
-        if !(nr || ua) || t0.elapsed() > timeout {
-            return (r, not_ready);
-        }
-        if nr {
-            not_ready += 1;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {

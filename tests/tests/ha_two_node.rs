@@ -21,6 +21,7 @@ use tandem_ha::authority::Authority;
 use tandem_ha::{EpochConfig, MemberState, NodeId, Time};
 use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port, Proc};
+use tandem_tests::e2e::raw::command_retrying;
 use tandem_tests::e2e::raw::RawConn;
 
 const SIZE: u64 = 64 << 20;
@@ -292,34 +293,6 @@ fn login_as(n: &Node, initiator: &str) -> RawConn {
     let ua = c.command(&[0u8; 6], 0, &[], 0, 0);
     assert_eq!(ua.status, 2, "power-on unit attention");
     c
-}
-
-/// A command, retried while the node answers NOT READY 04/0C (as multipath would, on the
-/// same path here) or UNIT ATTENTION (ALUA state changes: 2A/06). Returns the result and how
-/// many NOT READY answers came first.
-fn command_retrying(
-    c: &mut RawConn,
-    cdb: &[u8],
-    read_len: u32,
-    data: &[u8],
-    timeout: Duration,
-) -> (tandem_tests::e2e::raw::CommandResult, u32) {
-    let t0 = Instant::now();
-    let mut not_ready = 0;
-    loop {
-        let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
-        let key = (r.status == 2 && r.sense.len() > 13)
-            .then(|| (r.sense[2] & 0x0f, r.sense[12], r.sense[13]));
-        let nr = key == Some((2, 4, 0x0c));
-        let ua = key.is_some_and(|k| k.0 == 6);
-        if !(nr || ua) || t0.elapsed() > timeout {
-            return (r, not_ready);
-        }
-        if nr {
-            not_ready += 1;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {

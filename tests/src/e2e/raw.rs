@@ -277,3 +277,32 @@ impl RawConn {
         }
     }
 }
+
+/// A command, retried while the node answers NOT READY 04/0C (logical unit not accessible,
+/// target port in unavailable state: a replica that is not serving) or UNIT ATTENTION (ALUA
+/// state changes: 2A/06), as multipath would on the same path. Returns the result and how
+/// many NOT READY answers came first; gives up (returning the last answer) after `timeout`.
+pub fn command_retrying(
+    c: &mut RawConn,
+    cdb: &[u8],
+    read_len: u32,
+    data: &[u8],
+    timeout: Duration,
+) -> (CommandResult, u32) {
+    let t0 = std::time::Instant::now();
+    let mut not_ready = 0;
+    loop {
+        let r = c.command(cdb, read_len, data, data.len().min(65536), 262144);
+        let key = (r.status == 2 && r.sense.len() > 13)
+            .then(|| (r.sense[2] & 0x0f, r.sense[12], r.sense[13]));
+        let nr = key == Some((2, 4, 0x0c));
+        let ua = key.is_some_and(|k| k.0 == 6);
+        if !(nr || ua) || t0.elapsed() > timeout {
+            return (r, not_ready);
+        }
+        if nr {
+            not_ready += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
