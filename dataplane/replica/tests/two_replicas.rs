@@ -841,7 +841,7 @@ fn compare_and_write_is_atomic_across_nodes() {
     let t0 = Instant::now();
     std::thread::scope(|s| {
         for client in 1..=4u64 {
-            let dev: &ReplicatedBdev = if client % 2 == 1 { &*a } else { &*b };
+            let dev: &ReplicatedBdev = if client % 2 == 1 { &a } else { &b };
             let (successes, miscompares) = (&successes, &miscompares);
             s.spawn(move || {
                 let mut c = Client::new(dev);
