@@ -395,17 +395,25 @@ fn install_drop(topo: &Topology, member: Member, table: &str, input: &str, outpu
     );
 }
 
-/// Prints the tail of each log when the test fails.
+/// Prints the tail of each log when the test fails (every line of them, also on success,
+/// with `TANDEM_TEST_LOGS=1`).
 pub struct LogsOnFailure(pub Vec<PathBuf>);
 
 impl Drop for LogsOnFailure {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        // TANDEM_TEST_LOGS=1: the whole logs, also on success.
+        let all = std::env::var_os("TANDEM_TEST_LOGS").is_some();
+        if std::thread::panicking() || all {
+            let keep = if all { usize::MAX } else { 80 };
             for p in &self.0 {
                 let text = std::fs::read_to_string(p).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().collect();
-                eprintln!("===== last 80 lines of {} =====", p.display());
-                for l in &lines[lines.len().saturating_sub(80)..] {
+                eprintln!(
+                    "===== last {} lines of {} =====",
+                    keep.min(lines.len()),
+                    p.display()
+                );
+                for l in &lines[lines.len().saturating_sub(keep)..] {
                     eprintln!("{l}");
                 }
             }
