@@ -27,7 +27,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::host_io::{
-    first_difference, login, probe_read, Model, Outcome, PathSpec, Report, Writer, WriterSpec,
+    first_difference, login, probe_read, Event, Model, Outcome, PathSpec, Prober, Report, Writer,
+    WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
     cut_networks, cut_peers, heal_cuts, link, wait_until, ClusterNode, LogsOnFailure,
@@ -205,6 +206,11 @@ impl Cluster {
         spec.retry_failed_after = Duration::from_millis(200);
         spec.queue_bound = Duration::from_secs(120);
         Writer::start(&self.topo, HOST, &[self.path(n)], spec)
+    }
+
+    /// A path checker on `n`: one READ every 100 ms on a session of its own.
+    fn prober(&self, n: &ClusterNode) -> Prober {
+        Prober::start(&self.topo, HOST, &self.path(n), Duration::from_millis(100))
     }
 
     fn image(n: &ClusterNode) -> Vec<u8> {
@@ -391,6 +397,7 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
     };
     let mut model = Model::new(SIZE);
     let w = c.multipath_writer((8192, 16384), 2_000_000);
+    let probe_b = c.prober(&c.b);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     cut_networks(&c.topo, B, &["sync0", "sync1"]);
@@ -418,12 +425,17 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
         MAX_RESYNC,
         || c.both_synchronized(),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    // The writer tries node-b's failed path again once a second: give it time to.
+    std::thread::sleep(Duration::from_millis(3000));
     let r = finish(w, "multipath A+B");
+    let probes_b = probe_b.finish();
     model.apply(&r);
 
     let pause = r.longest_pause(t_cut, t_restore);
-    let nr_b = r.first(1, Outcome::NotReady, t_cut);
+    let nr_b = probes_b.first(Outcome::NotReady, t_cut);
+    let good_b = probes_b.last_good(t_cut + Duration::from_secs(5), t_restore);
+    let held_a = r.longest_command(0, t_cut, t_restore);
+    let held_b = r.longest_command(1, t_cut, t_restore);
     let acks_a_alone = r
         .acked
         .iter()
@@ -440,11 +452,17 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
         .filter(|a| a.path == 1 && a.at > t_restore)
         .count();
     eprintln!(
-        "MEASURE both sync links cut (heartbeat alive): node-b NOT READY {} after the cut; node-a reports node-b not-synchronized {} after; longest write pause {}; {acks_a_alone} writes acknowledged by node-a alone; resync (both synchronized) {} after the links returned; {acks_b_after} writes through node-b after",
+        "MEASURE both sync links cut (heartbeat alive): node-b NOT READY {} after the cut (path checker reads); node-a reports node-b not-synchronized {} after; longest write pause {} (longest command held: by node-a {}, by node-b {}); {acks_a_alone} writes acknowledged by node-a alone; resync (both synchronized) {} after the links returned; {acks_b_after} writes through node-b after",
         opt_ms(nr_b),
         ms(out),
         ms(pause),
+        ms(held_a),
+        ms(held_b),
         ms(resync)
+    );
+    assert!(
+        good_b.is_none(),
+        "node-b answered a read while it should be out (5 s after the cut)"
     );
     assert!(
         nr_b.is_some(),
@@ -541,6 +559,11 @@ fn total_partition_heartbeat_split_brain_detected_never_merged() {
     std::thread::sleep(Duration::from_secs(5));
     c.a.ok(&c.topo, &["replica", "list", DEVICE]);
     c.b.ok(&c.topo, &["replica", "list", DEVICE]);
+    let later = c.split_brain_reports();
+    eprintln!(
+        "split brain still reported {:?} after reconnect: {later:#?}",
+        t_heal.elapsed()
+    );
     let (sa, sb) = (c.serves(&c.a), c.serves(&c.b));
     eprintln!("after reconnect: node-a answers {sa:?}, node-b answers {sb:?}");
     let (ia, ib) = (Cluster::image(&c.a), Cluster::image(&c.b));
@@ -579,6 +602,7 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     };
     let wa = c.single_writer(&c.a, (8192, 4096), 6_000_000);
     let wb = c.single_writer(&c.b, (20_000, 4096), 7_000_000);
+    let probe_a = c.prober(&c.a);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     cut_peers(&c.topo, A, &[B, Member::Witness]);
@@ -602,8 +626,10 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     );
     std::thread::sleep(Duration::from_millis(1500));
     let (ra, rb) = (finish(wa, "through node-a"), finish(wb, "through node-b"));
+    let probes_a = probe_a.finish();
 
-    let a_nr = r_first(&ra, Outcome::NotReady, t_cut);
+    let a_nr = probes_a.first(Outcome::NotReady, t_cut);
+    let a_held = ra.longest_command(0, t_cut, Instant::now());
     let b_pause = rb.longest_pause(t_cut, t_restore);
     // B goes on: its first acknowledgement after its pause at the cut.
     let b_resume = rb
@@ -616,31 +642,53 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
         .find(|w| w[1] - w[0] >= b_pause)
         .map(|w| w[1])
         .or_else(|| rb.acked.iter().map(|x| x.at).find(|t| *t > t_cut));
-    let a_last_ack = ra
-        .acked
+    // What node-a answered while isolated, with when each command was sent: an answer is
+    // produced between the two instants, and the host thread may be descheduled, so the
+    // checks below compare send times with B's receive time (robust on a loaded machine).
+    let a_answers: Vec<&Event> = probes_a
+        .0
         .iter()
-        .map(|x| x.at)
-        .filter(|t| *t > t_cut && *t < t_restore)
+        .chain(&ra.events)
+        .filter(|e| e.at > t_cut && e.at < t_restore)
+        .collect();
+    let a_last_good = a_answers
+        .iter()
+        .filter(|e| e.outcome == Outcome::Ack)
+        .map(|e| e.at)
         .max();
+    let a_last_good_sent = a_answers
+        .iter()
+        .filter(|e| e.outcome == Outcome::Ack)
+        .map(|e| e.at - e.took)
+        .max();
+    let a_first_nr_sent = probes_a
+        .0
+        .iter()
+        .find(|e| e.outcome == Outcome::NotReady && e.at > t_cut)
+        .map(|e| e.at - e.took);
     eprintln!(
-        "MEASURE node majority, node-a isolated: node-a NOT READY {} after the cut (last ack {}); node-b goes on {} after the cut (longest pause {}); resync {} after the links returned",
+        "MEASURE node majority, node-a isolated: node-a NOT READY {} after the cut (path checker reads; last GOOD answer {}; a write it held answered after {}); node-b goes on {} after the cut (longest pause {}); resync {} after the links returned",
         opt_ms(a_nr),
-        opt_ms(a_last_ack.map(|t| t - t_cut)),
+        opt_ms(a_last_good.map(|t| t - t_cut)),
+        ms(a_held),
         opt_ms(b_resume.map(|t| t - t_cut)),
         ms(b_pause),
         ms(resync)
     );
-    let a_nr = a_nr.expect("node-a never answered NOT READY while isolated");
     let b_resume = b_resume.expect("node-b never went on without node-a");
+    let a_first_nr_sent = a_first_nr_sent.expect("node-a never answered NOT READY while isolated");
     assert!(
-        t_cut + a_nr < b_resume,
-        "node-b went on ({:?} after the cut) before node-a stopped serving ({a_nr:?})",
+        a_first_nr_sent < b_resume,
+        "node-a still served a command sent {:?} after the cut, when node-b had gone on ({:?})",
+        a_first_nr_sent - t_cut,
         b_resume - t_cut
     );
-    if let Some(last) = a_last_ack {
+    if let Some(sent) = a_last_good_sent {
         assert!(
-            last < b_resume,
-            "node-a acknowledged a write after node-b went on alone"
+            sent < b_resume,
+            "node-a answered GOOD to a command sent {:?} after the cut, after node-b went on alone ({:?})",
+            sent - t_cut,
+            b_resume - t_cut
         );
     }
     assert!(
@@ -661,8 +709,4 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     model.apply(&ra);
     model.apply(&rb);
     c.verify_all(&model, "after node-a's isolation and return");
-}
-
-fn r_first(r: &Report, o: Outcome, after: Instant) -> Option<Duration> {
-    r.first(0, o, after)
 }

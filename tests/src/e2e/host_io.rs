@@ -145,6 +145,17 @@ impl Report {
             .next_back()
     }
 
+    /// The longest time one command through `path` took, among those answered in
+    /// `(from, to]` (a command a node held).
+    pub fn longest_command(&self, path: usize, from: Instant, to: Instant) -> Duration {
+        self.events
+            .iter()
+            .filter(|e| e.path == path && e.at > from && e.at <= to)
+            .map(|e| e.took)
+            .max()
+            .unwrap_or_default()
+    }
+
     pub fn count(&self, path: usize, outcome: Outcome, from: Instant, to: Instant) -> usize {
         self.events
             .iter()
@@ -456,5 +467,82 @@ pub fn probe_read(c: &mut RawConn) -> Option<Outcome> {
         (2, Some((2, 4, 0x0c))) => Some(Outcome::NotReady),
         (2, Some((6, _, _))) => Some(Outcome::UnitAttention),
         _ => None,
+    }
+}
+
+/// A thread that reads one block through one path every `interval` on a session of its own
+/// (a path checker): when the node started answering NOT READY, and whether it still
+/// answered GOOD after some instant (a stale read from a node that should have stopped).
+/// A writer at queue depth 1 cannot tell that, as it waits on a command the node holds.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Event>>,
+}
+
+impl Prober {
+    pub fn start(topo: &Topology, host: Member, path: &PathSpec, interval: Duration) -> Prober {
+        let mut c = login(
+            topo,
+            host,
+            path,
+            &format!("iqn.2026-11.io.tandem.test:probe-{}", path.node),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut events = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if let Some(outcome) = probe_read(&mut c) {
+                    let at = Instant::now();
+                    events.push(Event {
+                        at,
+                        path: 0,
+                        outcome,
+                        took: at - t0,
+                    });
+                }
+                std::thread::sleep(interval);
+            }
+            events
+        });
+        Prober { stop, thread }
+    }
+
+    pub fn finish(self) -> ProbeLog {
+        self.stop.store(true, Ordering::Relaxed);
+        ProbeLog(self.thread.join().expect("prober thread panicked"))
+    }
+}
+
+/// What a [`Prober`] saw.
+pub struct ProbeLog(pub Vec<Event>);
+
+impl ProbeLog {
+    /// The first `outcome` after `after`, counted from `after`.
+    pub fn first(&self, outcome: Outcome, after: Instant) -> Option<Duration> {
+        self.0
+            .iter()
+            .find(|e| e.outcome == outcome && e.at > after)
+            .map(|e| e.at - after)
+    }
+
+    /// The last GOOD answer in `(from, to)`.
+    pub fn last_good(&self, from: Instant, to: Instant) -> Option<Instant> {
+        self.0
+            .iter()
+            .filter(|e| e.outcome == Outcome::Ack && e.at > from && e.at < to)
+            .map(|e| e.at)
+            .next_back()
+    }
+
+    /// The longest time one probe took in `(from, to)`.
+    pub fn longest(&self, from: Instant, to: Instant) -> Duration {
+        self.0
+            .iter()
+            .filter(|e| e.at > from && e.at < to)
+            .map(|e| e.took)
+            .max()
+            .unwrap_or_default()
     }
 }
