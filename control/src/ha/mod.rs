@@ -131,6 +131,10 @@ pub struct HaView {
     pub heartbeats_rejected: u64,
     /// This node took the authority over from the named node id (heartbeat strategy).
     pub took_over_from: Option<u8>,
+    /// When the data plane last answered an exchange (for the heartbeat priority rule:
+    /// a stale report says nothing about a data plane that has since died).
+    #[serde(skip)]
+    pub exchanged_at: Option<std::time::Instant>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
