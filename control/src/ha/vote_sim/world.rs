@@ -345,19 +345,22 @@ impl<'a> World<'a> {
         self.parts[p].clock.local(self.now)
     }
 
-    /// Schedules the periodic ticks of participant `p`'s current life, at a random phase.
-    fn start_ticks(&mut self, p: usize, control: bool) {
+    /// Schedules the periodic ticks of participant `p`'s current life: at a random phase
+    /// for a process that starts, at once (within 2 ms, in random order) for one that
+    /// resumes, as tokio's intervals fire missed ticks at once.
+    fn start_ticks(&mut self, p: usize, control: bool, resumed: bool) {
         let life = self.parts[p].life;
-        let j = self.rng.range(1, 100) * MS;
+        let (control_phase, heartbeat_phase) = if resumed { (2, 2) } else { (100, 200) };
+        let j = self.rng.range(1, control_phase * 1000) * 1000;
         if control {
             self.at(self.now + j, Event::ControlTick { p, life });
             if self.parts[p].data {
-                let j = self.rng.range(1, 200) * MS;
+                let j = self.rng.range(1, heartbeat_phase * 1000) * 1000;
                 self.at(self.now + j, Event::HeartbeatTick { p, life });
             }
         }
         if self.parts[p].data {
-            let j = self.rng.range(1, 100) * MS;
+            let j = self.rng.range(1, control_phase * 1000) * 1000;
             self.at(self.now + j, Event::EngineTick { p, life });
         }
     }
@@ -371,7 +374,7 @@ impl<'a> World<'a> {
     pub fn run(mut self) -> SimReport {
         for p in 0..self.parts.len() {
             self.start_control(p);
-            self.start_ticks(p, true);
+            self.start_ticks(p, true, false);
         }
         let first = self.rng.range(300, 1500) * MS;
         self.at(first, Event::Fault);
@@ -506,7 +509,7 @@ impl<'a> World<'a> {
                 self.parts[p].inbox.retain(|(_, m)| m.for_data_plane());
                 // The data plane goes on (its ticks belong to the old life).
                 if self.parts[p].data {
-                    self.start_ticks(p, false);
+                    self.start_ticks(p, false, true);
                 }
                 self.at(self.now + down_ms * MS, Event::Restart { p });
             }
@@ -534,7 +537,7 @@ impl<'a> World<'a> {
         self.parts[p].life += 1;
         self.start_control(p);
         if !self.parts[p].paused {
-            self.start_ticks(p, true);
+            self.start_ticks(p, true, false);
         }
     }
 
@@ -547,7 +550,7 @@ impl<'a> World<'a> {
         self.parts[p].life += 1;
         // Without a control service (it crashed meanwhile) only the data plane ticks.
         let has_control = self.parts[p].control.is_some();
-        self.start_ticks(p, has_control);
+        self.start_ticks(p, has_control, true);
         for (from, msg) in std::mem::take(&mut self.parts[p].inbox) {
             self.receive(from, p, msg);
         }
