@@ -74,6 +74,8 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut known = Vec::new();
     let (mut takeovers, mut superseded, mut not_serving) = (0u64, 0u64, 0u64);
+    // Over passing seeds: the longest time from healing to a node serving, to all serving.
+    let (mut serve_max, mut all_serve_max, mut not_all) = (0u64, 0u64, 0u64);
     for seed in seeds {
         let mut p = SimParams::new(shape, seed);
         p.bug = bug;
@@ -84,7 +86,14 @@ fn main() -> ExitCode {
         }
         takeovers += r.takeovers;
         superseded += r.superseded;
-        not_serving += u64::from(r.serve_after_heal_ms.is_none());
+        not_serving += u64::from(r.serve_after_heal_ms.is_none() && r.violation.is_none());
+        if r.violation.is_none() {
+            serve_max = serve_max.max(r.serve_after_heal_ms.unwrap_or(0));
+            match r.all_serve_after_heal_ms {
+                Some(ms) => all_serve_max = all_serve_max.max(ms),
+                None => not_all += 1,
+            }
+        }
         if trace {
             println!(
                 "seed {seed}: {} events, {} faults, {} configurations issued, {} takeovers, {} superseded, serving {:?} ms / all {:?} ms after healing",
@@ -106,12 +115,13 @@ fn main() -> ExitCode {
     }
     let n = to - from;
     println!(
-        "tandem-vote-sim {}: seeds {from}..{to}: {} passed, {} failed, {} known open defects in {:.1} s ({takeovers} takeovers, {superseded} superseded, {not_serving} seeds with no node serving after healing)",
+        "tandem-vote-sim {}: seeds {from}..{to}: {} passed, {} failed, {} known open defects in {:.1} s ({takeovers} takeovers, {superseded} superseded, {not_serving} passing seeds with no node serving after healing; after healing some node served within {serve_max} ms, every node within {all_serve_max} ms in {} of them)",
         shape.name(),
         n - failed.len() as u64 - known.len() as u64,
         failed.len(),
         known.len(),
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        n - failed.len() as u64 - known.len() as u64 - not_all
     );
     if !known.is_empty() {
         println!(
