@@ -17,6 +17,7 @@ pub mod authority_host;
 pub mod driver;
 pub mod membership;
 pub mod strategy;
+pub mod vote_sim;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
