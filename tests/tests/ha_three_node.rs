@@ -506,22 +506,28 @@ impl Model {
 struct Unacked {
     lba: u64,
     data: Vec<u8>,
-    status: u8,
-    sense: Vec<u8>,
+    /// None: no answer (the session was shut down while the write was held).
+    answer: Option<(u8, Vec<u8>)>,
     at: Instant,
 }
 
+#[derive(Default)]
 struct Written {
     acked: Vec<(Instant, u64, Vec<u8>)>,
+    /// The write under way (sent, not answered yet).
+    in_flight: Option<(u64, Vec<u8>)>,
     gave_up: Option<Unacked>,
 }
 
 /// Writes through one node at QD1 until stopped, retrying NOT READY / UNIT ATTENTION for up
 /// to `patience`; every acknowledged write is recorded with its completion time. A write
 /// still refused after `patience` ends the writer (recorded as unknown: not acknowledged).
+/// A write held without an answer can be cut off by shutting the session down.
 struct Writer {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Written>,
+    shared: Arc<std::sync::Mutex<Written>>,
+    socket: TcpStream,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Writer {
@@ -530,49 +536,67 @@ impl Writer {
             n,
             &format!("iqn.2026-11.io.tandem.test:three-writer-{seed}"),
         );
+        let socket = c.stream.try_clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let shared = Arc::new(std::sync::Mutex::new(Written::default()));
+        let (s, w) = (stop.clone(), shared.clone());
         let thread = std::thread::spawn(move || {
-            let mut acked = Vec::new();
             let mut k = 0u32;
             while !s.load(Ordering::Relaxed) {
                 // 4 or 16 KiB in an 8 MiB area, overwriting itself.
                 let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
                 let lba = 40_000 + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
                 let data = pattern(blocks * 512, seed * 1_000_000 + k);
+                w.lock().unwrap().in_flight = Some((lba, data.clone()));
+                // Panics (ending the thread) when the session is shut down under it.
                 let (r, _) =
                     command_retrying(&mut c, &write16(lba, blocks as u32), 0, &data, patience);
+                let mut w = w.lock().unwrap();
+                w.in_flight = None;
                 if r.status != 0 {
-                    return Written {
-                        acked,
-                        gave_up: Some(Unacked {
-                            lba,
-                            data,
-                            status: r.status,
-                            sense: r.sense.clone(),
-                            at: Instant::now(),
-                        }),
-                    };
+                    w.gave_up = Some(Unacked {
+                        lba,
+                        data,
+                        answer: Some((r.status, r.sense.clone())),
+                        at: Instant::now(),
+                    });
+                    return;
                 }
-                acked.push((Instant::now(), lba, data));
+                w.acked.push((Instant::now(), lba, data));
                 k += 1;
             }
-            Written {
-                acked,
-                gave_up: None,
-            }
         });
-        Writer { stop, thread }
+        Writer {
+            stop,
+            shared,
+            socket,
+            thread,
+        }
     }
 
-    /// Stops the writer and applies its acknowledged writes (and its unknown one) to the
-    /// model.
-    fn finish(self, model: &mut Model) -> (Vec<Instant>, Option<Unacked>) {
+    /// The writer is still writing (it neither gave up nor was stopped).
+    fn running(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    /// Stops the writer (shutting its session down if `cut`, for a write held without an
+    /// answer) and applies its acknowledged writes (and its unknown one) to the model.
+    fn finish(self, model: &mut Model, cut: bool) -> (Vec<Instant>, Option<Unacked>) {
         self.stop.store(true, Ordering::Relaxed);
-        let w = match self.thread.join() {
-            Ok(w) => w,
-            Err(_) => panic!("the writer thread panicked (see above)"),
-        };
+        if cut {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+        let panicked = self.thread.join().is_err();
+        let mut w = std::mem::take(&mut *self.shared.lock().unwrap());
+        assert!(!panicked || cut, "the writer thread panicked (see above)");
+        if let Some((lba, data)) = w.in_flight.take() {
+            w.gave_up.get_or_insert(Unacked {
+                lba,
+                data,
+                answer: None,
+                at: Instant::now(),
+            });
+        }
         let mut times = Vec::new();
         for (t, lba, data) in w.acked {
             model.write(lba, &data);
@@ -746,11 +770,11 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
     );
     std::thread::sleep(Duration::from_secs(2));
     b.ok(&["replica", "list", DEVICE]);
-    let (times, gave_up) = writer.finish(&mut model);
+    let (times, gave_up) = writer.finish(&mut model, false);
     if let Some(u) = &gave_up {
         panic!(
-            "the writer through node-c gave up after the authority node died: status {} sense {:02x?}",
-            u.status, u.sense
+            "the writer through node-c gave up after the authority node died: {:?}",
+            u.answer
         );
     }
     let (pause, first) = pause_after(&times, t_kill_a);
@@ -775,49 +799,53 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
     let writer = Writer::start(&c, 4, Duration::from_secs(12));
     std::thread::sleep(Duration::from_millis(800));
     let t_kill_b = b.kill();
-    let (times, gave_up) = writer.finish(&mut model);
-    let gave_up = gave_up.expect("the writer through the last node must be refused");
-    let refused_after = gave_up.at.duration_since(t_kill_b);
-    assert_eq!(
-        sense_of(gave_up.status, &gave_up.sense),
-        Some(NOT_READY_04_0C),
-        "the last node refuses with NOT READY 04/0C (status {} sense {:02x?})",
-        gave_up.status,
-        gave_up.sense
+    // New commands through node C are refused NOT READY 04/0C once its lease has ended.
+    let mut s = login(&c, "iqn.2026-11.io.tandem.test:three-alone");
+    let refused = wait_until(
+        "node-c alone refuses READ with NOT READY 04/0C",
+        Duration::from_secs(30),
+        || {
+            let r = s.command(&read16(0, 8), 4096, &[], 0, 262144);
+            sense_of(r.status, &r.sense) == Some(NOT_READY_04_0C)
+        },
     );
+    let r = s.command(&write16(100, 8), 0, &pattern(4096, 77), 4096, 262144);
+    assert_eq!(
+        sense_of(r.status, &r.sense),
+        Some(NOT_READY_04_0C),
+        "WRITE through the last node: status {} sense {:02x?}",
+        r.status,
+        r.sense
+    );
+    // Refused, so never acknowledged: its content may or may not be anywhere (unknown).
+    model.unknown.push((100 * 512, pattern(4096, 77)));
+    let r = s.command(&[0u8; 6], 0, &[], 0, 0);
+    assert_eq!(
+        sense_of(r.status, &r.sense),
+        Some(NOT_READY_04_0C),
+        "TEST UNIT READY through the last node: status {} sense {:02x?}",
+        r.status,
+        r.sense
+    );
+    drop(s);
+    // The writer's own write: refused after its patience, or held without an answer
+    // (forwarded to the dead sequencer); either way not acknowledged. Cut it off.
+    std::thread::sleep(Duration::from_secs(2));
+    let was_running = writer.running();
+    let (times, gave_up) = writer.finish(&mut model, true);
     let last_ack = times.last().map(|t| t.saturating_duration_since(t_kill_b));
     eprintln!(
-        "MEASURE node-b killed, node-c alone: {} writes acknowledged by node-c, the last {last_ack:?} after the kill; writes refused NOT READY 04/0C (the writer gave up {refused_after:?} after the kill)",
-        times.len()
+        "MEASURE node-b killed, node-c alone: new READs refused NOT READY 04/0C {refused:?} after the kill; {} writes acknowledged by node-c in all, the last {last_ack:?} after the kill; the writer's last write: {} ({:?})",
+        times.len(),
+        if was_running { "held without an answer, cut off" } else { "refused" },
+        gave_up.as_ref().map(|u| u.answer.as_ref().map(|(st, se)| (st, sense_of(*st, se))))
     );
-    {
-        // A fresh session: reads and writes both refused NOT READY 04/0C.
-        let mut s = login(&c, "iqn.2026-11.io.tandem.test:three-alone");
-        let (r, _) = command_retrying(&mut s, &read16(0, 8), 4096, &[], Duration::from_millis(100));
+    if let Some(Some((st, se))) = gave_up.as_ref().map(|u| &u.answer) {
         assert_eq!(
-            sense_of(r.status, &r.sense),
+            sense_of(*st, se),
             Some(NOT_READY_04_0C),
-            "READ through the last node: status {} sense {:02x?}",
-            r.status,
-            r.sense
+            "the writer's refusal"
         );
-        let (r, _) = command_retrying(
-            &mut s,
-            &write16(100, 8),
-            0,
-            &pattern(4096, 77),
-            Duration::from_millis(100),
-        );
-        assert_eq!(
-            sense_of(r.status, &r.sense),
-            Some(NOT_READY_04_0C),
-            "WRITE through the last node: status {} sense {:02x?}",
-            r.status,
-            r.sense
-        );
-        // That write was refused; it may not appear anywhere... but it was never
-        // acknowledged, so treat it as unknown like the writer's last one.
-        model.unknown.push((100 * 512, pattern(4096, 77)));
     }
     assert!(
         c.authority_state().is_none(),
