@@ -660,6 +660,85 @@ mod tests {
         }
     }
 
+    /// Three-node majority: an authority without a majority holds (no lease, no removal)
+    /// and resumes once the hold is over; a takeover's quiet period is longer than the
+    /// time the old authority can still count a vote plus its node's lease.
+    #[test]
+    fn a_held_authority_grants_no_lease_and_removes_nobody() {
+        let s = HaSettings::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut now = Instant::now();
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &nodes,
+            Some(super::super::InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
+        let span = s.lease + s.margin;
+        h.hold(now, span);
+        let g = h
+            .handle(now, NodeId(1), vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None, "held: no lease");
+        let v = ToAuthority::Verdict {
+            suspect: NodeId(2),
+            epoch: g.config.epoch,
+        };
+        h.handle(now, NodeId(1), vec![v], 0).unwrap();
+        for _ in 0..15 {
+            now += Duration::from_millis(100);
+            h.tick(now).unwrap();
+        }
+        assert_eq!(
+            h.config().unwrap().state_of(NodeId(2)),
+            tandem_ha::MemberState::Synchronized,
+            "held: nobody removed"
+        );
+        // In small steps: a jump would look like a paused process (another hold).
+        for _ in 0..20 {
+            now += Duration::from_millis(100);
+            h.tick(now).unwrap();
+        }
+        let g = h
+            .handle(now, NodeId(1), vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(
+            g.lease_duration_ns.is_some(),
+            "the hold is over: leases again"
+        );
+        assert!(
+            takeover_quiet(&s)
+                > s.remote_timeout + s.heartbeat_interval + vote_window(&s) + s.lease
+        );
+    }
+
+    /// A device that becomes three-way: its authority accepts the new node once widened.
+    #[test]
+    fn a_widened_authority_accepts_the_third_node() {
+        let s = HaSettings::default();
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[NodeId(1), NodeId(2)],
+            Some(super::super::InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
+        assert!(h.handle(now, NodeId(3), vec![], 0).is_err());
+        h.widen_nodes(&[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
+        assert!(h.handle(now, NodeId(3), vec![], 0).is_ok());
+        assert_eq!(h.nodes(), &[NodeId(1), NodeId(2), NodeId(3)]);
+    }
+
     #[test]
     fn no_report_no_update_and_no_lease_for_a_non_member() {
         let cfg = EpochConfig::initial(&[NodeId(1), NodeId(2)]);
