@@ -781,8 +781,21 @@ fn plan_add(
                 "`{device}` already has {REPLICAS_MAX} replicas (the most a device has)"
             )));
         }
+        // The add that makes a device three-way may move it to node majority: three data
+        // nodes are their own majority (no witness), which two nodes cannot be, so a
+        // two-way device could not have been created that way.
+        let to_three_node_majority = req.failover == Some(FailoverStrategy::NodeMajority)
+            && r.failover == FailoverStrategy::Heartbeat
+            && r.partners.len() == 1
+            && r.witness.is_none()
+            && r.witness_file.is_none()
+            && req.witness.is_none();
+        let given_failover = req
+            .failover
+            .filter(|_| !to_three_node_majority)
+            .map(|f| f as u8);
         for (field, given, have) in [
-            ("failover", req.failover.map(|f| f as u8), r.failover as u8),
+            ("failover", given_failover, r.failover as u8),
             ("journal", req.journal.map(|j| j as u8), r.journal as u8),
         ] {
             if given.is_some_and(|g| g != have) {
@@ -858,9 +871,17 @@ fn plan_add(
         .ok_or_else(|| ApiError::conflict(format!("`{device}` has no free node id")))?;
 
     // This node's new section.
+    // An existing device keeps its strategy, except that the add making it three-way may
+    // move it to node majority (checked above).
     let failover = existing
         .as_ref()
-        .map_or(req.failover.unwrap_or_default(), |r| r.failover);
+        .map_or(req.failover.unwrap_or_default(), |r| {
+            if r.partners.len() == 1 && req.failover == Some(FailoverStrategy::NodeMajority) {
+                FailoverStrategy::NodeMajority
+            } else {
+                r.failover
+            }
+        });
     let journal = existing
         .as_ref()
         .map_or(req.journal.unwrap_or_default(), |r| r.journal);
@@ -1231,6 +1252,8 @@ pub async fn add(
     let mut updated: Vec<(&Peer, ReplicationConfig)> = Vec::new();
     for ((p, addition), old) in plan.existing.iter().zip(existing_sections) {
         let mut spec = ReplicationSpec::from_config(&old);
+        // Every replica of a device has one strategy (the third add may change it).
+        spec.failover = plan.local.failover;
         spec.partners.retain(|x| x.name != addition.name);
         spec.partners.push(addition.clone());
         let body = ReplicationSet {

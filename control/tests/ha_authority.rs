@@ -369,6 +369,7 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
         counter: u64::MAX - 1,
         epoch: 99,
         hosts_authority: true,
+        lost_authority: false,
     };
     forger
         .send_to(&forged.encode(&[0x55; 32], hb_b.parse().unwrap()), &hb_b)

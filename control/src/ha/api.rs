@@ -124,6 +124,9 @@ async fn authority(
         authority_host::ensure_host(&node, &device, &req.nodes, req.initial, WITNESS_DEVICES_MAX)
             .map_err(host_error)?;
     }
+    // A request that reached this authority is its sender's vote (three-node majority).
+    node.ha
+        .record_vote(&device, req.from.0, std::time::Instant::now());
     let (me, turned, requests) = turn_verdicts(&node, &device, req.from, req.requests);
     if !turned.is_empty() {
         if let Some(Err(e)) = authority_host::handle_local(&node, &device, me, turned) {

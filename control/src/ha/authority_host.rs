@@ -395,6 +395,33 @@ impl AuthorityHost {
         self.save()
     }
 
+    /// Grants no lease and runs no removal until `now + span` (three-node majority: this
+    /// authority lost its majority, or has just been taken over). Requests still get the
+    /// current configuration.
+    pub fn hold(&mut self, now: Instant, span: Duration) {
+        self.quiet_until = self.quiet_until.max(now + span);
+    }
+
+    /// The device gained a data node (`replica add` making it three-way): requests from it
+    /// are accepted from now on; persisted. Nodes are only ever added here.
+    pub fn widen_nodes(&mut self, nodes: &[NodeId]) -> Result<(), HostError> {
+        let mut all = self.saved.nodes.clone();
+        all.extend(
+            nodes
+                .iter()
+                .copied()
+                .filter(|n| !self.saved.nodes.contains(n)),
+        );
+        all.sort();
+        if all == self.saved.nodes {
+            return Ok(());
+        }
+        tracing::info!(device = %self.device, nodes = ?all.iter().map(|n| n.0).collect::<Vec<_>>(),
+            "the device gained a data node: its authority accepts it");
+        self.saved.nodes = all;
+        self.save()
+    }
+
     /// A node asking to join holds `current`. If that generation is not one the cluster's
     /// configuration knows (the current one, its lineage, or the one the node left at), the
     /// node's copy moved on without this authority: two authorities, split brain. Returns
@@ -555,7 +582,11 @@ pub async fn tick_all(node: Arc<Node>) {
         every.tick().await;
         let now = Instant::now();
         let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        for h in hosts.values_mut() {
+        for (device, h) in hosts.iter_mut() {
+            // Three-node majority: no removal without a majority (see the driver).
+            if let Some(span) = super::driver::hold_without_majority(&node, device, now) {
+                h.hold(now, span);
+            }
             let _ = h.tick(now);
         }
     }
@@ -607,6 +638,23 @@ pub fn ensure_host(
     );
     hosts.insert(device.to_string(), h);
     Ok(())
+}
+
+/// Holds the local authority of `device` for `span` ([`AuthorityHost::hold`]).
+pub fn hold(node: &Node, device: &str, now: Instant, span: Duration) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = hosts.get_mut(device) {
+        h.hold(now, span);
+    }
+}
+
+/// Lets the local authority of `device` accept `nodes` ([`AuthorityHost::widen_nodes`]).
+pub fn widen_nodes(node: &Node, device: &str, nodes: &[NodeId]) -> Result<(), HostError> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    match hosts.get_mut(device) {
+        Some(h) => h.widen_nodes(nodes),
+        None => Ok(()),
+    }
 }
 
 /// Stops the local authority of `device` (another node's wins).

@@ -7,15 +7,23 @@
 //! 3. turns the answer into an `HaUpdate` whose lease counts from the report's `now_ns`
 //!    (the data plane's clock when it asked), for the next exchange;
 //! 4. under the Heartbeat strategy, on the second node, decides whether to take the
-//!    authority over ([`super::strategy::decide_takeover`]).
+//!    authority over ([`super::strategy::decide_takeover`]); with three data nodes under
+//!    node majority, any node may, with the third node's agreement
+//!    ([`super::strategy::decide_majority_takeover`]).
+//!
+//! Three data nodes under node majority: the node holding the authority follows it by the
+//! heartbeat announcements (highest epoch), a hosted authority stands down when a partner
+//! knows a newer epoch, and it holds (no lease, no removal) while fewer than one partner
+//! asked it within a lease (its majority).
 //!
 //! A data plane that is down (or absent: `--no-dataplane`) is retried quietly; the driver
 //! still polls the authority for the configuration, so that the takeover decision knows
 //! the newest one. Without leases the engine serves nothing (fail safe).
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tandem_config::ipc::{HaLease, HaUpdate, Request, Response};
@@ -24,7 +32,7 @@ use tandem_ha::authority::ToAuthority;
 use tandem_ha::{EpochConfig, NodeId};
 
 use super::authority_host::{self, AuthorityHost, Grant};
-use super::strategy::{self, Takeover, TakeoverInput};
+use super::strategy::{self, HeardPartner, MajorityTakeoverInput, Takeover, TakeoverInput};
 use super::{AuthorityPlace, HaSettings};
 use crate::service::Node;
 
@@ -76,6 +84,8 @@ pub async fn run(node: Arc<Node>, device: String) {
         .build();
     let mut pending: Vec<HaUpdate> = Vec::new();
     let mut last_answer: Option<Instant> = None;
+    // Three-node majority: when each partner's authority last answered, by node id.
+    let mut answered_by: HashMap<u8, Instant> = HashMap::new();
     let mut every = tokio::time::interval(settings.exchange_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut at_once = false;
@@ -124,10 +134,24 @@ pub async fn run(node: Arc<Node>, device: String) {
         }
 
         // 2. The authority.
-        check_superseded(&node, &device, &r, &settings);
+        let three = strategy::is_three_node_majority(&r);
+        let heard = if three {
+            heard_partners(&node, &device, &r, &settings)
+        } else {
+            Vec::new()
+        };
+        if three {
+            check_stand_down(&node, &device, &r, &heard);
+        } else {
+            check_superseded(&node, &device, &r, &settings);
+        }
         let hosted = authority_host::hosts_device(&node, &device);
         let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
-        let place = strategy::authority_place(&r, hosted, superseded);
+        let place = if three {
+            majority_place(&node, &device, &r, &heard)
+        } else {
+            strategy::authority_place(&r, hosted, superseded)
+        };
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
         let initial = super::initial_mark(&node.data_dir, &device);
@@ -139,6 +163,11 @@ pub async fn run(node: Arc<Node>, device: String) {
                     {
                         note_error(&node, &device, e.to_string());
                     }
+                } else if let Err(e) = authority_host::widen_nodes(&node, &device, &nodes) {
+                    note_error(&node, &device, e.to_string());
+                }
+                if let Some(span) = hold_without_majority(&node, &device, Instant::now()) {
+                    authority_host::hold(&node, &device, Instant::now(), span);
                 }
                 authority_host::handle_local(&node, &device, me, requests)
                     .unwrap_or(Ok(None))
@@ -160,6 +189,11 @@ pub async fn run(node: Arc<Node>, device: String) {
         match answer {
             Ok(grant) => {
                 last_answer = Some(Instant::now());
+                if let AuthorityPlace::Remote { server } = &place {
+                    if let Some(p) = r.partners.iter().find(|p| &p.name == server) {
+                        answered_by.insert(p.node_id, Instant::now());
+                    }
+                }
                 node.ha.view_mut(&device, |v| v.last_error = None);
                 if let Some(g) = grant {
                     node.ha.view_mut(&device, |v| {
@@ -180,8 +214,12 @@ pub async fn run(node: Arc<Node>, device: String) {
             Err(e) => note_error(&node, &device, format!("authority: {e}")),
         }
 
-        // 3. Heartbeat strategy: take the authority over?
-        consider_takeover(&node, &device, &r, &settings, last_answer);
+        // 3. Take the authority over?
+        if three {
+            consider_majority_takeover(&node, &device, &r, &settings, &place, &heard, &answered_by);
+        } else {
+            consider_takeover(&node, &device, &r, &settings, last_answer);
+        }
     }
 }
 
@@ -250,6 +288,196 @@ fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: 
                 ))
             });
         }
+    }
+}
+
+// ---- Three data nodes under node majority (strategy: `decide_majority_takeover`) ----
+
+/// What each partner said in a heartbeat within the timeout.
+fn heard_partners(
+    node: &Node,
+    device: &str,
+    r: &ReplicationConfig,
+    settings: &HaSettings,
+) -> Vec<HeardPartner> {
+    let now = Instant::now();
+    r.partners
+        .iter()
+        .filter_map(|p| {
+            let h =
+                node.ha
+                    .heartbeats
+                    .recent(device, p.node_id, now, settings.heartbeat_timeout)?;
+            Some(HeardPartner {
+                id: NodeId(p.node_id),
+                epoch: h.epoch,
+                hosts_authority: h.hosts_authority,
+                lost_authority: h.lost_authority,
+            })
+        })
+        .collect()
+}
+
+/// Where this node asks, as an [`AuthorityPlace`].
+fn majority_place(
+    node: &Node,
+    device: &str,
+    r: &ReplicationConfig,
+    heard: &[HeardPartner],
+) -> AuthorityPlace {
+    let hosting_live = authority_host::hosted_epoch(node, device).is_some();
+    let superseded = authority_host::superseded_by(node, device);
+    let known = node
+        .ha
+        .view_mut(device, |v| v.config.as_ref().map_or(0, |c| c.epoch.0));
+    let me = NodeId(r.node_id);
+    match strategy::majority_place(
+        me,
+        &strategy::device_nodes(r),
+        hosting_live,
+        superseded,
+        known,
+        heard,
+    ) {
+        Ok(n) if n == me => AuthorityPlace::Local,
+        Ok(n) => match r.partners.iter().find(|p| p.node_id == n.0) {
+            Some(p) => AuthorityPlace::Remote {
+                server: p.name.clone(),
+            },
+            None => AuthorityPlace::Unavailable {
+                reason: format!("node {} is not a partner", n.0),
+            },
+        },
+        Err(reason) => AuthorityPlace::Unavailable { reason },
+    }
+}
+
+/// The authority hosted here stands down when a partner knows a newer epoch
+/// ([`strategy::majority_stand_down`]): it is kept as a record and answers nothing.
+fn check_stand_down(node: &Node, device: &str, r: &ReplicationConfig, heard: &[HeardPartner]) {
+    let Some(mine) = authority_host::hosted_epoch(node, device) else {
+        return;
+    };
+    if let Some((by, epoch)) = strategy::majority_stand_down(NodeId(r.node_id), mine, heard) {
+        tracing::warn!(%device, by = by.0, epoch, own_epoch = mine,
+            "a partner knows a newer configuration of this device (the authority was taken over \
+             while this node was away or cut off): the authority hosted here stands down");
+        authority_host::supersede(node, device, by, tandem_ha::Epoch(epoch));
+        node.ha.view_mut(device, |v| {
+            v.last_error = Some(format!(
+                "the authority hosted here (epoch {mine}) stood down: node {} knows epoch {epoch}",
+                by.0
+            ))
+        });
+    }
+}
+
+/// The votes window: a partner that asked this node's authority within a lease counts.
+fn vote_window(settings: &HaSettings) -> Duration {
+    settings.lease
+}
+
+/// Three-node majority: if the authority hosted here for `device` has no majority (no
+/// partner asked it within [`vote_window`]), how long to hold it (a lease plus margin, so
+/// that leases resume only after a majority has been back for that long). None otherwise.
+pub(crate) fn hold_without_majority(node: &Node, device: &str, now: Instant) -> Option<Duration> {
+    let config = node.config_arc();
+    let r = config.device(device).and_then(|d| d.replication.as_ref())?;
+    if !strategy::is_three_node_majority(r) {
+        return None;
+    }
+    let settings = node.ha.settings();
+    let ages: Vec<Option<Duration>> = r
+        .partners
+        .iter()
+        .map(|p| {
+            node.ha
+                .last_vote(device, p.node_id)
+                .map(|t| now.saturating_duration_since(t))
+        })
+        .collect();
+    let nodes = r.partners.len() + 1;
+    (!strategy::has_majority(nodes, &ages, vote_window(&settings)))
+        .then_some(settings.lease + settings.margin)
+}
+
+/// How long a new authority waits before its first lease or removal: the old authority may
+/// have counted a vote until the third node switched to the new one (a heartbeat interval
+/// and an exchange, plus a call still under way: the remote timeout), kept its majority for
+/// a vote window after that, and its node's lease runs a lease beyond; plus the margin.
+fn takeover_quiet(settings: &HaSettings) -> Duration {
+    settings.remote_timeout
+        + settings.heartbeat_interval
+        + settings.exchange_interval
+        + vote_window(settings)
+        + settings.lease
+        + settings.margin
+}
+
+fn consider_majority_takeover(
+    node: &Arc<Node>,
+    device: &str,
+    r: &ReplicationConfig,
+    settings: &HaSettings,
+    place: &AuthorityPlace,
+    heard: &[HeardPartner],
+    answered_by: &HashMap<u8, Instant>,
+) {
+    let now = Instant::now();
+    let lease_plus_margin = settings.lease + settings.margin;
+    // The node this one follows (none when it hosts the authority or follows nobody).
+    let authority = match place {
+        AuthorityPlace::Remote { server } => r.partners.iter().find(|p| &p.name == server),
+        _ => None,
+    };
+    let Some(authority) = authority else {
+        node.ha.view_mut(device, |v| v.authority_lost = false);
+        return;
+    };
+    let heard_at = node.ha.heartbeats.last_heard(device, authority.node_id);
+    let last = match (heard_at, answered_by.get(&authority.node_id).copied()) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let silent_for = last.map(|t| now.saturating_duration_since(t));
+    let lost = silent_for.is_some_and(|s| s > lease_plus_margin);
+    node.ha.view_mut(device, |v| v.authority_lost = lost);
+    let newest = node.ha.view_mut(device, |v| v.config.clone());
+    let input = MajorityTakeoverInput {
+        me: NodeId(r.node_id),
+        hosting: authority_host::hosted_epoch(node, device).is_some(),
+        authority: NodeId(authority.node_id),
+        silent_for,
+        lease_plus_margin,
+        other: heard.iter().find(|p| p.id.0 != authority.node_id).cloned(),
+        newest,
+    };
+    let Takeover::TakeOver(config) = strategy::decide_majority_takeover(&input) else {
+        return;
+    };
+    let epoch = config.epoch.0;
+    match AuthorityHost::take_over(
+        &node.data_dir,
+        device,
+        &strategy::device_nodes(r),
+        config,
+        NodeId(authority.node_id),
+        settings,
+        now,
+    ) {
+        Ok(mut host) => {
+            host.hold(now, takeover_quiet(settings));
+            tracing::warn!(%device, from = %authority.name, epoch,
+                "the authority node was silent to both other nodes for longer than a lease plus \
+                 margin: this node takes the failover authority over with the third node's vote \
+                 (two of three)");
+            authority_host::install(node, host);
+            node.ha.view_mut(device, |v| {
+                v.took_over_from = Some(authority.node_id);
+                v.authority_lost = false;
+            });
+        }
+        Err(e) => note_error(node, device, format!("takeover: {e}")),
     }
 }
 
@@ -430,6 +658,85 @@ mod tests {
                 node_lease
             );
         }
+    }
+
+    /// Three-node majority: an authority without a majority holds (no lease, no removal)
+    /// and resumes once the hold is over; a takeover's quiet period is longer than the
+    /// time the old authority can still count a vote plus its node's lease.
+    #[test]
+    fn a_held_authority_grants_no_lease_and_removes_nobody() {
+        let s = HaSettings::default();
+        let dir = tempfile::tempdir().unwrap();
+        let mut now = Instant::now();
+        let nodes = [NodeId(1), NodeId(2), NodeId(3)];
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &nodes,
+            Some(super::super::InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
+        let span = s.lease + s.margin;
+        h.hold(now, span);
+        let g = h
+            .handle(now, NodeId(1), vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None, "held: no lease");
+        let v = ToAuthority::Verdict {
+            suspect: NodeId(2),
+            epoch: g.config.epoch,
+        };
+        h.handle(now, NodeId(1), vec![v], 0).unwrap();
+        for _ in 0..15 {
+            now += Duration::from_millis(100);
+            h.tick(now).unwrap();
+        }
+        assert_eq!(
+            h.config().unwrap().state_of(NodeId(2)),
+            tandem_ha::MemberState::Synchronized,
+            "held: nobody removed"
+        );
+        // In small steps: a jump would look like a paused process (another hold).
+        for _ in 0..20 {
+            now += Duration::from_millis(100);
+            h.tick(now).unwrap();
+        }
+        let g = h
+            .handle(now, NodeId(1), vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(
+            g.lease_duration_ns.is_some(),
+            "the hold is over: leases again"
+        );
+        assert!(
+            takeover_quiet(&s)
+                > s.remote_timeout + s.heartbeat_interval + vote_window(&s) + s.lease
+        );
+    }
+
+    /// A device that becomes three-way: its authority accepts the new node once widened.
+    #[test]
+    fn a_widened_authority_accepts_the_third_node() {
+        let s = HaSettings::default();
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut h = AuthorityHost::open(
+            dir.path(),
+            "d",
+            &[NodeId(1), NodeId(2)],
+            Some(super::super::InitialSync::Zeroed),
+            &s,
+            now,
+        )
+        .unwrap();
+        assert!(h.handle(now, NodeId(3), vec![], 0).is_err());
+        h.widen_nodes(&[NodeId(1), NodeId(2), NodeId(3)]).unwrap();
+        assert!(h.handle(now, NodeId(3), vec![], 0).is_ok());
+        assert_eq!(h.nodes(), &[NodeId(1), NodeId(2), NodeId(3)]);
     }
 
     #[test]

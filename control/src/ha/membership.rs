@@ -5,7 +5,8 @@
 //! Datagram (at most [`DATAGRAM_MAX`] bytes):
 //! ```text
 //! "THB1" | node id u8 | device length u8 | device | counter u64 BE | epoch u64 BE
-//!        | flags u8 (bit 0: the sender hosts the device's authority) | HMAC-SHA256 (32)
+//!        | flags u8 (bit 0: the sender hosts the device's authority; bit 1: the sender has
+//!          lost the authority it follows, three-node majority) | HMAC-SHA256 (32)
 //! ```
 //! The MAC covers everything before it and the destination address (`IP:PORT`, not sent:
 //! the receiver uses its own end of the link), keyed with the device's cluster secret
@@ -37,6 +38,7 @@ const MAC_LEN: usize = 32;
 pub const DEVICE_NAME_MAX: usize = 64;
 pub const DATAGRAM_MAX: usize = 4 + 1 + 1 + DEVICE_NAME_MAX + 8 + 8 + 1 + MAC_LEN;
 const FLAG_HOSTS_AUTHORITY: u8 = 1;
+const FLAG_LOST_AUTHORITY: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -46,6 +48,10 @@ pub struct Heartbeat {
     /// The newest epoch the sender knows for the device.
     pub epoch: u64,
     pub hosts_authority: bool,
+    /// Three data nodes under node majority: the sender has heard nothing from the node
+    /// whose authority it follows for longer than a lease plus margin (its vote for a
+    /// takeover; see `strategy::decide_majority_takeover`).
+    pub lost_authority: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -74,11 +80,14 @@ impl Heartbeat {
         b.extend_from_slice(dev);
         b.extend_from_slice(&self.counter.to_be_bytes());
         b.extend_from_slice(&self.epoch.to_be_bytes());
-        b.push(if self.hosts_authority {
-            FLAG_HOSTS_AUTHORITY
-        } else {
-            0
-        });
+        let mut flags = 0;
+        if self.hosts_authority {
+            flags |= FLAG_HOSTS_AUTHORITY;
+        }
+        if self.lost_authority {
+            flags |= FLAG_LOST_AUTHORITY;
+        }
+        b.push(flags);
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(&b);
         mac.update(dest.to_string().as_bytes());
@@ -109,6 +118,7 @@ impl Heartbeat {
             counter: u64_at(at),
             epoch: u64_at(at + 8),
             hosts_authority: b[at + 16] & FLAG_HOSTS_AUTHORITY != 0,
+            lost_authority: b[at + 16] & FLAG_LOST_AUTHORITY != 0,
         };
         let body_end = at + 17;
         Ok((hb, &b[..body_end], &b[body_end..]))
@@ -133,6 +143,16 @@ struct Peer {
     last_any: Option<Instant>,
     epoch: u64,
     hosts_authority: bool,
+    lost_authority: bool,
+}
+
+/// A partner's last heartbeat, heard recently ([`Heard::recent`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecentPeer {
+    /// The newest epoch it knows (or hosts at).
+    pub epoch: u64,
+    pub hosts_authority: bool,
+    pub lost_authority: bool,
 }
 
 /// Authentic heartbeats received, and rejections (shared by the receive loops).
@@ -163,6 +183,7 @@ impl Heard {
         p.last_any = Some(now);
         p.epoch = hb.epoch;
         p.hosts_authority = hb.hosts_authority;
+        p.lost_authority = hb.lost_authority;
         Ok(())
     }
 
@@ -236,6 +257,28 @@ impl Heard {
                     .is_some_and(|t| now.saturating_duration_since(t) < timeout)
             })
             .map(|p| p.epoch)
+    }
+
+    /// What `node` said in its last heartbeat for `device`, if one came within `timeout`.
+    pub fn recent(
+        &self,
+        device: &str,
+        node: u8,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<RecentPeer> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&(device.to_string(), node))
+            .filter(|p| {
+                p.last_any
+                    .is_some_and(|t| now.saturating_duration_since(t) < timeout)
+            })
+            .map(|p| RecentPeer {
+                epoch: p.epoch,
+                hosts_authority: p.hosts_authority,
+                lost_authority: p.lost_authority,
+            })
     }
 
     pub fn peer_views(
@@ -370,6 +413,7 @@ pub fn start(node: Arc<Node>) {
                     counter: counter.next(),
                     epoch: epoch_hosted.unwrap_or(0).max(known),
                     hosts_authority: epoch_hosted.is_some(),
+                    lost_authority: node.ha.view_mut(&device, |v| v.authority_lost),
                 };
                 // A cut link fails here or silently; either way the peer times it out.
                 let _ = sock
@@ -444,6 +488,7 @@ mod tests {
             counter,
             epoch: 7,
             hosts_authority: true,
+            lost_authority: false,
         }
     }
 

@@ -136,6 +136,11 @@ pub struct HaView {
     /// a stale report says nothing about a data plane that has since died).
     #[serde(skip)]
     pub exchanged_at: Option<std::time::Instant>,
+    /// Three data nodes under node majority: the node whose authority this node follows
+    /// has been silent for longer than a lease plus margin (announced in heartbeats: this
+    /// node's vote for a takeover).
+    #[serde(default)]
+    pub authority_lost: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -159,6 +164,10 @@ pub struct HaState {
     /// Authorities hosted here, by device.
     pub(crate) hosts: Mutex<HashMap<String, AuthorityHost>>,
     pub(crate) heartbeats: membership::Heard,
+    /// Three-node majority: when each partner last asked an authority hosted here, by
+    /// (device, node id). Such a request is that node's vote for this authority
+    /// (`strategy::has_majority`).
+    pub(crate) votes: Mutex<HashMap<(String, u8), Instant>>,
 }
 
 impl HaState {
@@ -168,6 +177,30 @@ impl HaState {
 
     pub fn role(&self) -> Role {
         self.role.get().copied().unwrap_or_default()
+    }
+
+    /// `node` asked this node's authority for `device` just now (its vote).
+    pub(crate) fn record_vote(&self, device: &str, node: u8, now: Instant) {
+        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        if votes.len() >= WITNESS_DEVICES_MAX * 3
+            && !votes.contains_key(&(device.to_string(), node))
+        {
+            // Bounded: forget the oldest.
+            if let Some(k) = votes
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            {
+                votes.remove(&k);
+            }
+        }
+        votes.insert((device.to_string(), node), now);
+    }
+
+    /// When `node` last asked this node's authority for `device`.
+    pub(crate) fn last_vote(&self, device: &str, node: u8) -> Option<Instant> {
+        let votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        votes.get(&(device.to_string(), node)).copied()
     }
 
     pub(crate) fn view_mut<R>(&self, device: &str, f: impl FnOnce(&mut HaView) -> R) -> R {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | heartbeat | the node with `priority = "first"`; the other takes it over when the node holding it is silent on every link (and its API) for longer than a lease plus margin (the second from the first, and the first back from a second that took over) |
 //! | node-majority, `witness = NAME` | the witness node (`tandem-control --role witness`) |
-//! | node-majority, three data nodes | the lowest node id (no takeover yet: losing it stops the others' leases, fail safe) |
+//! | node-majority, three data nodes | the lowest node id at first, then whichever node announces hosting it at the highest epoch; the two others take it over when the node holding it is silent to both of them (majority, [`decide_majority_takeover`]) |
 //! | node-majority, `witness_file` | not built: no authority, the device never serves |
 
 use std::time::Duration;
@@ -156,6 +156,176 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     };
     if newest.state_of(i.me) != MemberState::Synchronized {
         return Takeover::Stay("this replica is not synchronized: its copy is not the cluster's");
+    }
+    let next = if newest.state_of(i.authority) == MemberState::Out {
+        newest.next(&[])
+    } else {
+        newest.next(&[(i.authority, MemberState::Out)])
+    };
+    match next {
+        Some(c) => Takeover::TakeOver(c),
+        None => Takeover::Stay("no synchronized member would remain"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Three data nodes under node majority (no witness): every node is a vote; whoever holds
+// the authority serves only with two of three votes, and the two others may take it over.
+// ---------------------------------------------------------------------------------------
+
+/// Node majority with three data nodes and no witness: the rules below apply.
+pub fn is_three_node_majority(r: &ReplicationConfig) -> bool {
+    r.failover == FailoverStrategy::NodeMajority
+        && r.witness.is_none()
+        && r.witness_file.is_none()
+        && r.partners.len() == 2
+}
+
+/// What this node heard lately from one partner (heartbeats within the timeout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeardPartner {
+    pub id: NodeId,
+    /// The newest epoch it knows, or hosts its authority at.
+    pub epoch: u64,
+    pub hosts_authority: bool,
+    /// It has lost the authority it follows (its vote for a takeover).
+    pub lost_authority: bool,
+}
+
+/// Where the authority of a three-node majority device is, seen from this node.
+/// - hosted here (and not superseded): here;
+/// - else the recently heard partner that announces hosting it at the highest epoch (ties:
+///   lowest id), provided that epoch is not older than the configuration this node holds
+///   (`known_epoch`): a stale authority, e.g. the old host back from the dead, never gets
+///   this node's vote;
+/// - else the partner that superseded the authority kept here as a record;
+/// - else the lowest node id (the first start).
+///
+/// Returns the node id, `Ok(None)` for "nowhere" with a reason in `Err`.
+pub fn majority_place(
+    me: NodeId,
+    nodes: &[NodeId],
+    hosting_live: bool,
+    superseded_by: Option<NodeId>,
+    known_epoch: u64,
+    heard: &[HeardPartner],
+) -> Result<NodeId, String> {
+    if hosting_live {
+        return Ok(me);
+    }
+    let best = heard
+        .iter()
+        .filter(|p| p.hosts_authority)
+        .max_by_key(|p| (p.epoch, std::cmp::Reverse(p.id)));
+    if let Some(p) = best {
+        if p.epoch >= known_epoch {
+            return Ok(p.id);
+        }
+        return Err(format!(
+            "node {} announces the authority at epoch {}, older than this node's configuration (epoch {known_epoch}): a stale authority gets no vote",
+            p.id.0, p.epoch
+        ));
+    }
+    if let Some(n) = superseded_by {
+        return Ok(n);
+    }
+    nodes
+        .iter()
+        .min()
+        .copied()
+        .ok_or_else(|| "no nodes".to_string())
+}
+
+/// The authority hosted here (at epoch `mine`) must stand down when a partner knows a newer
+/// epoch (a takeover happened while this node was away or cut off), or hosts the
+/// authority at the same epoch and has the lower id. Returns the partner it yields to.
+pub fn majority_stand_down(me: NodeId, mine: u64, heard: &[HeardPartner]) -> Option<(NodeId, u64)> {
+    heard
+        .iter()
+        .filter(|p| p.epoch > mine || (p.hosts_authority && p.epoch == mine && p.id < me))
+        .max_by_key(|p| (p.hosts_authority, p.epoch, std::cmp::Reverse(p.id)))
+        .map(|p| (p.id, p.epoch))
+}
+
+/// The authority hosted here may grant leases and remove members only while it has a
+/// majority: itself plus at least one partner whose request reached it within `window`
+/// (`last_votes`: when each partner last asked). Without it, it holds (no lease, no
+/// removal), so a node cut off from both others stops serving when its lease ends and
+/// never goes on alone.
+pub fn has_majority(nodes: usize, last_votes: &[Option<Duration>], window: Duration) -> bool {
+    let votes = 1 + last_votes
+        .iter()
+        .filter(|ago| ago.is_some_and(|a| a <= window))
+        .count();
+    2 * votes > nodes
+}
+
+/// What a node of a three-node majority device knows when it considers a takeover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MajorityTakeoverInput {
+    pub me: NodeId,
+    /// This node hosts a live authority for the device already.
+    pub hosting: bool,
+    /// The node whose authority this node follows.
+    pub authority: NodeId,
+    /// Time since anything authentic came from it (heartbeat on any link, or an answer of
+    /// its API). None: nothing since this process started.
+    pub silent_for: Option<Duration>,
+    /// The lease the authority grants plus its margin.
+    pub lease_plus_margin: Duration,
+    /// The third node, if heard within the heartbeat timeout.
+    pub other: Option<HeardPartner>,
+    /// The newest configuration this node saw.
+    pub newest: Option<EpochConfig>,
+}
+
+/// Three data nodes under node majority: this node takes the authority over when all hold:
+/// - the node holding it has been silent for longer than a lease plus margin (so every
+///   lease it granted has ended, and its own: it stops when it loses its majority);
+/// - the third node is heard and has lost the authority too (majority: two of three agree
+///   it is gone; an authority still heard by the third node keeps its majority, and this
+///   node just stops serving);
+/// - this node is synchronized in the newest configuration it saw, and the third node does
+///   not know a newer one;
+/// - of the two survivors, this node is the one to act: the third node is not
+///   synchronized, or has the higher id. So two survivors never both take over; the other
+///   follows the new authority when it announces itself.
+///
+/// The new configuration has an epoch above every one this node saw and the old authority
+/// node out. A node alone (no third node heard) never takes over.
+pub fn decide_majority_takeover(i: &MajorityTakeoverInput) -> Takeover {
+    if i.hosting {
+        return Takeover::Stay("already the authority");
+    }
+    if i.authority == i.me {
+        return Takeover::Stay("this node is the authority by configuration");
+    }
+    let Some(silent) = i.silent_for else {
+        return Takeover::Stay("the authority node was never heard since this process started");
+    };
+    if silent <= i.lease_plus_margin {
+        return Takeover::Stay("the authority node was heard within a lease plus margin");
+    }
+    let Some(other) = &i.other else {
+        return Takeover::Stay("no majority: the third node is not heard either");
+    };
+    if other.id == i.authority {
+        return Takeover::Stay("the third node is the authority node");
+    }
+    if !other.lost_authority {
+        return Takeover::Stay("the third node still hears the authority: it keeps its majority");
+    }
+    let Some(newest) = &i.newest else {
+        return Takeover::Stay("no configuration seen yet: this replica may be stale");
+    };
+    if newest.state_of(i.me) != MemberState::Synchronized {
+        return Takeover::Stay("this replica is not synchronized: its copy is not the cluster's");
+    }
+    if other.epoch > newest.epoch.0 {
+        return Takeover::Stay("the third node knows a newer configuration: it decides");
+    }
+    if newest.state_of(other.id) == MemberState::Synchronized && other.id < i.me {
+        return Takeover::Stay("the third node has the lower id: it takes over, this node follows");
     }
     let next = if newest.state_of(i.authority) == MemberState::Out {
         newest.next(&[])
@@ -494,5 +664,201 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod three_node_tests {
+    use super::*;
+    use tandem_ha::Epoch;
+
+    const A: NodeId = NodeId(1);
+    const B: NodeId = NodeId(2);
+    const C: NodeId = NodeId(3);
+
+    fn heard(id: NodeId, epoch: u64, hosts: bool, lost: bool) -> HeardPartner {
+        HeardPartner {
+            id,
+            epoch,
+            hosts_authority: hosts,
+            lost_authority: lost,
+        }
+    }
+
+    fn start() -> EpochConfig {
+        EpochConfig::initial(&[A, B, C])
+    }
+
+    /// `me` considers taking over from A (silent), the third node `other` heard.
+    fn input(me: NodeId, other: Option<HeardPartner>) -> MajorityTakeoverInput {
+        MajorityTakeoverInput {
+            me,
+            hosting: false,
+            authority: A,
+            silent_for: Some(Duration::from_millis(2100)),
+            lease_plus_margin: Duration::from_millis(2000),
+            other,
+            newest: Some(start()),
+        }
+    }
+
+    fn takes_over(i: &MajorityTakeoverInput) -> Option<EpochConfig> {
+        match decide_majority_takeover(i) {
+            Takeover::TakeOver(c) => Some(c),
+            Takeover::Stay(_) => None,
+        }
+    }
+
+    #[test]
+    fn two_survivors_pick_the_same_new_host_and_it_removes_the_old_one() {
+        let at_b = takes_over(&input(B, Some(heard(C, 1, false, true))));
+        let at_c = takes_over(&input(C, Some(heard(B, 1, false, true))));
+        let c = at_b.expect("B, the lower surviving id, takes over");
+        assert!(at_c.is_none(), "C follows B: never both");
+        assert_eq!(c.epoch, Epoch(2), "an epoch above every one seen");
+        assert_eq!(c.state_of(A), MemberState::Out);
+        assert_eq!(c.state_of(B), MemberState::Synchronized);
+        assert_eq!(c.state_of(C), MemberState::Synchronized);
+        assert_ne!(c.sequencer, A);
+    }
+
+    #[test]
+    fn an_isolated_minority_never_takes_over() {
+        // Nothing heard from the third node: no majority, whatever else holds.
+        for me in [B, C] {
+            assert!(takes_over(&input(me, None)).is_none(), "{me:?} alone");
+        }
+        // Heard, but it still hears the authority (only this node's link to A is cut):
+        // the authority keeps its majority with the third node.
+        assert!(takes_over(&input(B, Some(heard(C, 1, false, false)))).is_none());
+    }
+
+    #[test]
+    fn the_takeover_waits_for_the_old_leases() {
+        for silent in [None, Some(300), Some(2000)] {
+            let mut i = input(B, Some(heard(C, 1, false, true)));
+            i.silent_for = silent.map(Duration::from_millis);
+            assert!(takes_over(&i).is_none(), "silent {silent:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_synchronized_up_to_date_survivor_takes_over() {
+        // B syncing (from A): C, synchronized, takes over even with the higher id.
+        let b_syncing = start().next(&[(B, MemberState::Syncing)]).unwrap();
+        let mut at_b = input(B, Some(heard(C, 2, false, true)));
+        at_b.newest = Some(b_syncing.clone());
+        let mut at_c = input(C, Some(heard(B, 2, false, true)));
+        at_c.newest = Some(b_syncing);
+        assert!(takes_over(&at_b).is_none());
+        let c = takes_over(&at_c).expect("C takes over");
+        assert_eq!(c.state_of(A), MemberState::Out);
+        assert_eq!(c.sequencer, C);
+        // A survivor that knows an older configuration than the third node stays.
+        let mut behind = input(B, Some(heard(C, 5, false, true)));
+        behind.newest = Some(start());
+        assert!(takes_over(&behind).is_none());
+        // No configuration, or hosting already: stay.
+        let mut none = input(B, Some(heard(C, 1, false, true)));
+        none.newest = None;
+        assert!(takes_over(&none).is_none());
+        let mut hosting = input(B, Some(heard(C, 1, false, true)));
+        hosting.hosting = true;
+        assert!(takes_over(&hosting).is_none());
+    }
+
+    #[test]
+    fn a_returning_old_authority_stands_down_and_follows() {
+        // A comes back hosting epoch 1; B took over at epoch 2 and C knows it.
+        assert_eq!(
+            majority_stand_down(A, 1, &[heard(B, 2, true, false), heard(C, 2, false, false)]),
+            Some((B, 2))
+        );
+        // Only C heard (B still away): A stands down all the same.
+        assert_eq!(
+            majority_stand_down(A, 1, &[heard(C, 2, false, false)]),
+            Some((C, 2))
+        );
+        // The current authority does not stand down for an older or equal one.
+        assert_eq!(majority_stand_down(B, 2, &[heard(A, 1, true, false)]), None);
+        assert_eq!(majority_stand_down(A, 2, &[heard(B, 2, true, false)]), None);
+        assert_eq!(
+            majority_stand_down(B, 2, &[heard(A, 2, true, false)]),
+            Some((A, 2)),
+            "equal epochs: the lower id wins"
+        );
+        // It then follows the announcer with the highest epoch...
+        let nodes = [A, B, C];
+        let heard_now = [heard(B, 2, true, false), heard(C, 2, false, false)];
+        assert_eq!(
+            majority_place(A, &nodes, false, Some(B), 0, &heard_now),
+            Ok(B)
+        );
+        // ... and C never votes for the stale one.
+        assert!(majority_place(C, &nodes, false, None, 2, &[heard(A, 1, true, false)]).is_err());
+        assert_eq!(
+            majority_place(
+                C,
+                &nodes,
+                false,
+                None,
+                2,
+                &[heard(A, 1, true, false), heard(B, 2, true, false)]
+            ),
+            Ok(B)
+        );
+    }
+
+    #[test]
+    fn place_defaults_to_the_lowest_id_and_prefers_hosting_here() {
+        let nodes = [A, B, C];
+        assert_eq!(majority_place(A, &nodes, false, None, 0, &[]), Ok(A));
+        assert_eq!(majority_place(C, &nodes, false, None, 0, &[]), Ok(A));
+        assert_eq!(
+            majority_place(B, &nodes, true, None, 7, &[heard(C, 9, true, false)]),
+            Ok(B)
+        );
+        assert_eq!(majority_place(C, &nodes, false, Some(B), 3, &[]), Ok(B));
+    }
+
+    #[test]
+    fn an_authority_serves_only_with_a_majority_of_votes() {
+        let w = Duration::from_millis(1500);
+        let ms = |m| Some(Duration::from_millis(m));
+        assert!(has_majority(3, &[ms(100), None], w));
+        assert!(has_majority(3, &[None, ms(1500)], w));
+        assert!(!has_majority(3, &[None, None], w), "alone: no majority");
+        assert!(!has_majority(3, &[ms(1600), ms(4000)], w), "votes too old");
+    }
+
+    #[test]
+    fn three_node_majority_is_recognised() {
+        use tandem_config::{LinkPair, PartnerConfig};
+        let partner = |n: u8| PartnerConfig {
+            name: format!("n{n}"),
+            node_id: n,
+            sync_links: vec!["127.0.0.1:1=127.0.0.2:1".parse::<LinkPair>().unwrap()],
+            heartbeat_links: vec![],
+        };
+        let mut r = ReplicationConfig {
+            node_id: 1,
+            secret_file: "/s".into(),
+            failover: FailoverStrategy::NodeMajority,
+            priority: Priority::First,
+            journal: Default::default(),
+            journal_location: None,
+            witness: None,
+            witness_file: None,
+            partners: vec![partner(2), partner(3)],
+        };
+        assert!(is_three_node_majority(&r));
+        r.witness = Some("w".into());
+        assert!(!is_three_node_majority(&r));
+        r.witness = None;
+        r.failover = FailoverStrategy::Heartbeat;
+        assert!(!is_three_node_majority(&r));
+        r.failover = FailoverStrategy::NodeMajority;
+        r.partners.pop();
+        assert!(!is_three_node_majority(&r));
     }
 }
