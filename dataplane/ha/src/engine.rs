@@ -353,6 +353,11 @@ pub struct Engine<P> {
     held_bytes: u64,
     /// Host writes refused because the bound on held writes was reached.
     refused_over_bound: u64,
+    /// Host writes answered NOT READY when the lease ran out while they were still in
+    /// flight (waiting for a partner that may never answer). The operation goes on inside
+    /// the cluster; its later completion is not passed to the host a second time.
+    answered_early: BTreeSet<HostTag>,
+    answering_early: Vec<HostTag>,
 }
 
 impl<P: Clone> Engine<P> {
@@ -411,6 +416,8 @@ impl<P: Clone> Engine<P> {
             held_writes: 0,
             held_bytes: 0,
             refused_over_bound: 0,
+            answered_early: BTreeSet::new(),
+            answering_early: Vec::new(),
         }
     }
 
@@ -505,6 +512,7 @@ impl<P: Clone> Engine<P> {
 
     /// Feed one input; outputs are appended to `out`.
     pub fn handle(&mut self, now: Time, input: Input<P>, out: &mut Vec<Output<P>>) {
+        let first_new = out.len();
         match input {
             Input::Host { tag, cmd } => self.on_host(now, tag, cmd, out),
             Input::Peer { from, env } => self.on_peer(now, from, env, out),
@@ -518,7 +526,28 @@ impl<P: Clone> Engine<P> {
             }
             Input::Tick => self.on_tick(now, out),
         }
+        if !self.answered_early.is_empty() {
+            self.drop_second_answers(first_new, out);
+        }
+        for tag in self.answering_early.drain(..) {
+            self.answered_early.insert(tag);
+            not_ready(tag, out);
+        }
         self.check_invariants();
+    }
+
+    /// Removes, from the outputs of this step, the completions of host writes that were
+    /// already answered NOT READY when the lease ran out (each host command is answered once).
+    fn drop_second_answers(&mut self, first_new: usize, out: &mut Vec<Output<P>>) {
+        let mut i = first_new;
+        while i < out.len() {
+            let second = matches!(&out[i], Output::Complete { tag, .. } if self.answered_early.remove(tag));
+            if second {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     // ---------------------------------------------------------------- host commands
@@ -1983,6 +2012,16 @@ impl<P: Clone> Engine<P> {
     // ---------------------------------------------------------------- time
 
     fn on_tick(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        if !self.answered_early.is_empty() {
+            // Forget writes answered early whose operation ended without a completion of
+            // its own (dropped by an epoch change): nothing is left to filter.
+            let (seq, fwd, meta) = (&self.seq, &self.fwd, &self.awaiting_meta);
+            self.answered_early.retain(|t| {
+                seq.values().any(|o| o.host == Some(*t))
+                    || fwd.values().any(|o| o.tag == *t)
+                    || meta.iter().any(|(m, _)| m == t)
+            });
+        }
         let timeout = self.opts.peer_timeout_ns;
         let late = |since: Time| now.0.saturating_sub(since.0) > timeout;
         for s in self.awaited_partners(now, Some(timeout)) {
@@ -2006,7 +2045,10 @@ impl<P: Clone> Engine<P> {
         self.retry_membership(now, out);
         // A node whose lease ran out answers nothing but NOT READY from now on.
         if !self.serving(now)
-            && (!self.reads.is_empty() || !self.fwd.is_empty() || !self.gated_host.is_empty())
+            && (!self.reads.is_empty()
+                || !self.fwd.is_empty()
+                || !self.seq.is_empty()
+                || !self.gated_host.is_empty())
         {
             let waiting: Vec<HostTag> = self
                 .reads
@@ -2024,6 +2066,21 @@ impl<P: Clone> Engine<P> {
                 }
                 not_ready(tag, out);
             }
+            // Writes in flight wait for partners that may stay silent until the links
+            // return: the host would wait for its command timeout. Answer NOT READY now (the
+            // host retries through another node); the write itself goes on (its range lock
+            // and acks are the cluster's business) or is fenced by the next epoch, and its
+            // own completion is dropped. An unanswered write may land or not, as any write
+            // answered NOT READY.
+            let in_flight: Vec<HostTag> = self
+                .seq
+                .values()
+                .filter_map(|o| o.host)
+                .chain(self.fwd.values().map(|o| o.tag))
+                .filter(|t| !self.answered_early.contains(t))
+                .collect();
+            // Answered by `handle` after it dropped this step's second answers.
+            self.answering_early.extend(in_flight);
         }
     }
 

@@ -245,3 +245,48 @@ fn writes_queued_behind_a_closed_gate_count_too() {
     assert_eq!(completions(&out), vec![(9, HostStatus::NotReady)]);
     assert_eq!(verdicts(&out), vec![N2]);
 }
+
+#[test]
+fn a_held_write_is_answered_not_ready_when_the_lease_ends_and_only_once() {
+    let (mut e, cfg) = sequencer(Options::default());
+    let out = write(&mut e, Time(MS), 7, 0, 1);
+    assert!(completions(&out).is_empty(), "held for the silent partner");
+
+    // Still leased: the write waits (the partner may answer yet).
+    let mut out = Vec::new();
+    e.handle(Time(9_000 * MS), Input::Tick, &mut out);
+    assert!(completions(&out).is_empty(), "{out:?}");
+
+    // The lease ends while the partner is still silent: the host hears NOT READY now, not
+    // when the links return, and retries through another node.
+    let mut out = Vec::new();
+    e.handle(Time(10_001 * MS), Input::Tick, &mut out);
+    assert_eq!(completions(&out), vec![(7, HostStatus::NotReady)]);
+    let mut out = Vec::new();
+    e.handle(Time(10_002 * MS), Input::Tick, &mut out);
+    assert!(completions(&out).is_empty(), "answered once: {out:?}");
+
+    // The write itself went on: when the partner is declared out it ends inside the
+    // engine, and its completion is not passed to the host a second time.
+    let cfg2 = cfg.next(&[(N2, MemberState::Out)]).expect("n1 stays");
+    let now = Time(10_003 * MS);
+    let mut out = Vec::new();
+    e.handle(now, Input::Config(cfg2.clone()), &mut out);
+    let more = persist(&mut e, now, &out);
+    out.extend(more);
+    assert!(completions(&out).is_empty(), "no second answer: {out:?}");
+    assert_eq!(e.held_writes(), (0, 0));
+
+    // With a new lease, writes are answered as usual.
+    let mut out = Vec::new();
+    e.handle(
+        now,
+        Input::Lease {
+            epoch: cfg2.epoch,
+            until: Time(20_000 * MS),
+        },
+        &mut out,
+    );
+    let out = write(&mut e, now, 8, 8, 1);
+    assert_eq!(completions(&out), vec![(8, HostStatus::Good { data: None })]);
+}

@@ -958,7 +958,16 @@ impl Worker {
         self.wake_channels();
         let now = self.now();
         let mut requests = vec![ToAuthority::LeaseRequest];
-        requests.append(&mut self.requests);
+        if self.join_deliverable() {
+            requests.append(&mut self.requests);
+        } else {
+            // Kept for a later exchange (the engine repeats its Join anyway).
+            let (joins, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.requests)
+                .into_iter()
+                .partition(|r| matches!(r, ToAuthority::Join { .. }));
+            self.requests = joins;
+            requests.extend(rest);
+        }
         let config = self.engine.config().cloned();
         let partners = self
             .partners
@@ -994,6 +1003,22 @@ impl Worker {
                 partners,
             },
         }
+    }
+
+    /// A Join goes to the authority only while a sync link to the sequencer (which copies
+    /// the data to a joiner) is up. Otherwise the authority would make this node a syncing
+    /// member whose copy the sequencer's writes then wait for, until the node is removed
+    /// again, and again (seen with every sync link cut and the heartbeat link alive:
+    /// `tests/tests/ha_netns.rs`). Without a configuration (cold start) it always goes.
+    fn join_deliverable(&self) -> bool {
+        let Some(cfg) = self.engine.config() else {
+            return true;
+        };
+        cfg.sequencer == self.me
+            || self
+                .partners
+                .iter()
+                .any(|p| p.node_id == cfg.sequencer && p.transport.is_up())
     }
 
     fn shutdown(&mut self) {
