@@ -36,6 +36,7 @@ use tandem_ha::{Epoch, EpochConfig, GenerationId, NodeId, Time};
 
 use super::{ha_dir, HaSettings, InitialSync};
 use crate::service::Node;
+use tandem_config::FailoverStrategy;
 
 const STATE_VERSION: u32 = 1;
 /// Largest epoch accepted from a node (the authority computes `epoch + 1`).
@@ -95,6 +96,8 @@ pub struct AuthorityHost {
     pub device: String,
     path: PathBuf,
     authority: Authority,
+    /// Built from a state file an earlier incarnation wrote (a restart).
+    restarted: bool,
     base: Instant,
     /// No leases, no removals while quiet (restart, pause); on `time(now)`.
     quiet: QuietPeriod,
@@ -115,6 +118,11 @@ pub struct QuietPeriod {
     pause_limit_ns: u64,
     /// A lease plus margin: every lease granted before has ended by then.
     quiet_for_ns: u64,
+    /// Heartbeat strategy, two nodes ([`QuietPeriod::require_partner`]): after a restart
+    /// or a pause the partner may have taken the authority over meanwhile, and only the
+    /// partner can say so. Quiet until it is heard after this instant.
+    partner_mode: bool,
+    partner_wait_from: Option<u64>,
 }
 
 impl QuietPeriod {
@@ -131,7 +139,36 @@ impl QuietPeriod {
             last_seen_ns: now_ns,
             pause_limit_ns: ns(settings.lease / 2),
             quiet_for_ns,
+            partner_mode: false,
+            partner_wait_from: None,
         }
+    }
+
+    /// Heartbeat strategy with two nodes: a host that restarted (`restarted`), or that is
+    /// paused later, stays quiet until the partner is heard ([`QuietPeriod::partner_heard`])
+    /// as well as for a lease plus margin. A lease plus margin is not enough on its own: the
+    /// partner may have taken over while this process was down, and if the partner is
+    /// silent now (its control service down too) nothing here tells. Fail safe: with the
+    /// partner gone for good, this authority grants nothing until it returns.
+    pub fn require_partner(&mut self, now_ns: u64, restarted: bool) {
+        self.partner_mode = true;
+        if restarted {
+            self.partner_wait_from = Some(now_ns);
+        }
+    }
+
+    /// The partner was heard (an authentic heartbeat, which says whether it hosts the
+    /// authority) at `at_ns`. Call it only after that heartbeat's announcement was checked
+    /// for a superseding authority.
+    pub fn partner_heard(&mut self, at_ns: u64) {
+        if self.partner_wait_from.is_some_and(|from| at_ns > from) {
+            self.partner_wait_from = None;
+        }
+    }
+
+    /// Waiting to hear the partner after a restart or a pause.
+    pub fn awaits_partner(&self) -> bool {
+        self.partner_wait_from.is_some()
     }
 
     /// A call at `now_ns`. Returns the gap since the previous call if it was a pause (the
@@ -141,13 +178,21 @@ impl QuietPeriod {
         self.last_seen_ns = self.last_seen_ns.max(now_ns);
         if gap > self.pause_limit_ns {
             self.until_ns = self.until_ns.max(now_ns.saturating_add(self.quiet_for_ns));
+            if self.partner_mode {
+                self.partner_wait_from = Some(now_ns);
+            }
             return Some(gap);
         }
         None
     }
 
+    /// Quiet until at least `until_ns` (a three-node authority without its majority).
+    pub fn hold_until(&mut self, until_ns: u64) {
+        self.until_ns = self.until_ns.max(until_ns);
+    }
+
     pub fn is_quiet(&self, now_ns: u64) -> bool {
-        now_ns < self.until_ns
+        now_ns < self.until_ns || self.partner_wait_from.is_some()
     }
 }
 
@@ -261,6 +306,7 @@ impl AuthorityHost {
             device: saved.device.clone(),
             path,
             authority,
+            restarted,
             base: now,
             quiet: QuietPeriod::new(settings, 0, restarted),
             saved,
@@ -395,11 +441,30 @@ impl AuthorityHost {
         self.save()
     }
 
+    /// Heartbeat strategy with two nodes ([`QuietPeriod::require_partner`]): after a restart
+    /// (`restarted`) or a later pause, quiet until the partner is heard.
+    pub fn require_partner(&mut self, now: Instant, restarted: bool) {
+        let t = self.time(now).0;
+        self.quiet.require_partner(t, restarted);
+    }
+
+    /// The partner was heard at `at` ([`QuietPeriod::partner_heard`]).
+    pub fn partner_heard(&mut self, at: Instant) {
+        let t = self.time(at).0;
+        if self.quiet.awaits_partner() {
+            self.quiet.partner_heard(t);
+            if !self.quiet.awaits_partner() {
+                tracing::info!(device = %self.device, "the partner was heard after this authority's restart or pause: it may grant leases again");
+            }
+        }
+    }
+
     /// Grants no lease and runs no removal until `now + span` (three-node majority: this
     /// authority lost its majority, or has just been taken over). Requests still get the
     /// current configuration.
     pub fn hold(&mut self, now: Instant, span: Duration) {
-        self.quiet_until = self.quiet_until.max(now + span);
+        let until = self.time(now + span).0;
+        self.quiet.hold_until(until);
     }
 
     /// The device gained a data node (`replica add` making it three-way): requests from it
@@ -561,12 +626,13 @@ pub fn load_existing(node: &Arc<Node>) {
             continue;
         }
         match AuthorityHost::open(&node.data_dir, device, &[], None, &settings, Instant::now()) {
-            Ok(h) => {
+            Ok(mut h) => {
                 tracing::info!(
                     device,
                     epoch = h.saved.last_epoch.0,
                     "hosting the failover authority (state loaded)"
                 );
+                arm_partner_wait(node, device, &mut h, true);
                 hosts.insert(device.to_string(), h);
             }
             Err(e) => tracing::error!(device, "cannot load the authority state: {e}"),
@@ -636,8 +702,33 @@ pub fn ensure_host(
         cold = h.saved.config.is_none(),
         "hosting the failover authority"
     );
+    let mut h = h;
+    let restarted = h.restarted;
+    arm_partner_wait(node, device, &mut h, restarted);
     hosts.insert(device.to_string(), h);
     Ok(())
+}
+
+/// Heartbeat strategy with two nodes: the host waits to hear the partner after a restart
+/// or a pause ([`QuietPeriod::require_partner`]). Other placements need no such wait: a
+/// witness or a three-node majority never has a rival that took over unseen.
+pub fn arm_partner_wait(node: &Node, device: &str, h: &mut AuthorityHost, restarted: bool) {
+    let config = node.config_arc();
+    let two_node_heartbeat = config
+        .device(device)
+        .and_then(|d| d.replication.as_ref())
+        .is_some_and(|r| r.failover == FailoverStrategy::Heartbeat && r.partners.len() == 1);
+    if two_node_heartbeat {
+        h.require_partner(Instant::now(), restarted);
+    }
+}
+
+/// The partner of `device` was heard at `at` ([`AuthorityHost::partner_heard`]).
+pub fn partner_heard(node: &Node, device: &str, at: Instant) {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = hosts.get_mut(device) {
+        h.partner_heard(at);
+    }
 }
 
 /// Holds the local authority of `device` for `span` ([`AuthorityHost::hold`]).
@@ -713,6 +804,39 @@ mod tests {
     const N1: NodeId = NodeId(1);
     const N2: NodeId = NodeId(2);
     const STEP: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_restarted_two_node_heartbeat_authority_waits_to_hear_its_partner() {
+        let s = settings();
+        let quiet = ns(s.lease + s.margin);
+        let mut q = QuietPeriod::new(&s, 0, true);
+        q.require_partner(0, true);
+        assert!(q.is_quiet(quiet + 1), "a lease plus margin is not enough");
+        q.partner_heard(0);
+        assert!(
+            q.is_quiet(quiet + 1),
+            "heard at the restart itself: not after it"
+        );
+        q.partner_heard(5);
+        assert!(!q.is_quiet(quiet + 1));
+        // Calls every 100 ms, then a pause: the wait is armed again.
+        let mut t = 0;
+        for _ in 0..30 {
+            t += 100_000_000;
+            assert!(q.observe(t).is_none());
+        }
+        t += ns(s.lease);
+        assert!(q.observe(t).is_some(), "a gap of a lease is a pause");
+        assert!(
+            q.is_quiet(t + quiet + 1),
+            "after a pause, too, until the partner is heard"
+        );
+        q.partner_heard(t + 1);
+        assert!(!q.is_quiet(t + quiet + 1));
+        // Without `require_partner` (a witness, three nodes), a lease plus margin is enough.
+        let plain = QuietPeriod::new(&s, 0, true);
+        assert!(!plain.is_quiet(quiet + 1));
+    }
 
     /// Ticks every 100 ms (as `tick_all` does) up to `until`.
     fn run_to(h: &mut AuthorityHost, now: &mut Instant, until: Instant) {

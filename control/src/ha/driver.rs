@@ -143,7 +143,16 @@ pub async fn run(node: Arc<Node>, device: String) {
         if three {
             check_stand_down(&node, &device, &r, &heard);
         } else {
+            // Taken before the announcement is checked, so the heartbeat that ends a
+            // restarted authority's wait for its partner is one already checked.
+            let partner_heard = r
+                .partners
+                .first()
+                .and_then(|p| node.ha.heartbeats.last_heard(&device, p.node_id));
             check_superseded(&node, &device, &r, &settings);
+            if let Some(at) = partner_heard {
+                authority_host::partner_heard(&node, &device, at);
+            }
         }
         let hosted = authority_host::hosts_device(&node, &device);
         let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
@@ -481,6 +490,28 @@ fn consider_majority_takeover(
     }
 }
 
+/// Whether this node's data plane served (held a lease) when the authority node was last
+/// heard at `last`: sampled each time `last` moves, from the last exchange if it is fresh
+/// (younger than half the margin; older says nothing: not leased, fail safe). The sample's
+/// age stays below the margin, which is what [`TakeoverInput::leased_when_last_heard`]
+/// needs: the authority removes a member only a margin after that member's lease ended.
+fn leased_when_heard(
+    node: &Node,
+    device: &str,
+    last: Option<Instant>,
+    settings: &HaSettings,
+) -> bool {
+    let fresh = settings.margin / 2;
+    node.ha.view_mut(device, |v| {
+        if v.heard_sample.map(|(t, _)| t) != last {
+            let serving = v.status.as_ref().is_some_and(|s| s.serving)
+                && v.exchanged_at.is_some_and(|t| t.elapsed() < fresh);
+            v.heard_sample = last.map(|t| (t, serving));
+        }
+        v.heard_sample.is_some_and(|(_, leased)| leased)
+    })
+}
+
 fn consider_takeover(
     node: &Arc<Node>,
     device: &str,
@@ -498,6 +529,7 @@ fn consider_takeover(
         (a, b) => a.or(b),
     };
     let newest = node.ha.view_mut(device, |v| v.config.clone());
+    let leased_when_last_heard = leased_when_heard(node, device, last, settings);
     let input = TakeoverInput {
         strategy: r.failover,
         priority: r.priority,
@@ -509,6 +541,7 @@ fn consider_takeover(
         authority: NodeId(first.node_id),
         silent_for: last.map(|t| now.saturating_duration_since(t)),
         lease_plus_margin: settings.lease + settings.margin,
+        leased_when_last_heard,
         newest,
     };
     let Takeover::TakeOver(config) = strategy::decide_takeover(&input) else {

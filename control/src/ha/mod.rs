@@ -136,6 +136,10 @@ pub struct HaView {
     /// a stale report says nothing about a data plane that has since died).
     #[serde(skip)]
     pub exchanged_at: Option<std::time::Instant>,
+    /// When the authority node (heartbeat strategy) was last heard, and whether this
+    /// node's data plane served then (`driver::leased_when_heard`).
+    #[serde(skip)]
+    pub heard_sample: Option<(std::time::Instant, bool)>,
     /// Three data nodes under node majority: the node whose authority this node follows
     /// has been silent for longer than a lease plus margin (announced in heartbeats: this
     /// node's vote for a takeover).

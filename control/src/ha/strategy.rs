@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use tandem_config::{FailoverStrategy, Priority, ReplicationConfig};
-use tandem_ha::{EpochConfig, MemberState, NodeId};
+use tandem_ha::{Epoch, EpochConfig, GenerationId, MemberState, NodeId};
 
 use super::AuthorityPlace;
 
@@ -111,6 +111,13 @@ pub struct TakeoverInput {
     pub silent_for: Option<Duration>,
     /// The lease the authority grants plus its margin.
     pub lease_plus_margin: Duration,
+    /// This node's data plane held a lease (it served) when the authority node was last
+    /// heard, as reported by an exchange fresh enough (see `driver::leased_when_heard`).
+    /// If it did not, that authority may already have removed it: it removes a member
+    /// a margin after that member's lease ended, so a lease that had ended when the
+    /// authority was last heard proves nothing, while a lease still running proves the
+    /// removal had not happened by then.
+    pub leased_when_last_heard: bool,
     /// The newest configuration this node saw (engine or authority).
     pub newest: Option<EpochConfig>,
 }
@@ -151,18 +158,20 @@ pub fn decide_takeover(i: &TakeoverInput) -> Takeover {
     if silent <= i.lease_plus_margin {
         return Takeover::Stay("the authority node was heard within a lease plus margin");
     }
+    // Found by the vote simulation (hb2 seed 1): removed at an epoch this node never saw,
+    // then a takeover at an equal epoch with different members; the removed copy lost.
+    if !i.leased_when_last_heard {
+        return Takeover::Stay(
+            "this node held no lease when the authority node was last heard: it may have been removed",
+        );
+    }
     let Some(newest) = &i.newest else {
         return Takeover::Stay("no configuration seen yet: this replica may be stale");
     };
     if newest.state_of(i.me) != MemberState::Synchronized {
         return Takeover::Stay("this replica is not synchronized: its copy is not the cluster's");
     }
-    let next = if newest.state_of(i.authority) == MemberState::Out {
-        newest.next(&[])
-    } else {
-        newest.next(&[(i.authority, MemberState::Out)])
-    };
-    match next {
+    match takeover_config(newest, i.authority) {
         Some(c) => Takeover::TakeOver(c),
         None => Takeover::Stay("no synchronized member would remain"),
     }
@@ -327,15 +336,37 @@ pub fn decide_majority_takeover(i: &MajorityTakeoverInput) -> Takeover {
     if newest.state_of(other.id) == MemberState::Synchronized && other.id < i.me {
         return Takeover::Stay("the third node has the lower id: it takes over, this node follows");
     }
-    let next = if newest.state_of(i.authority) == MemberState::Out {
-        newest.next(&[])
-    } else {
-        newest.next(&[(i.authority, MemberState::Out)])
-    };
-    match next {
+    match takeover_config(newest, i.authority) {
         Some(c) => Takeover::TakeOver(c),
         None => Takeover::Stay("no synchronized member would remain"),
     }
+}
+
+/// How far a takeover's epoch skips above the newest one the taker saw.
+pub const TAKEOVER_EPOCH_GAP: u64 = 1000;
+
+/// The configuration a node issues when it takes the authority over from `authority`:
+/// that node out, and an epoch [`TAKEOVER_EPOCH_GAP`] above the newest this node saw, with
+/// a generation of its own. The old authority may have issued configurations this node
+/// never saw, in the moments before it went silent (found by the vote simulation, hb2 seed
+/// 1348: a join issued 50 ms before that control service crashed). An epoch one above the
+/// newest seen could then equal one of them, with other members, and even the same
+/// generation id (`GenerationId::for_config` of the same epoch and sequencer): engines keep
+/// the first configuration of an epoch they see, and two histories would share one
+/// generation. An authority issues a handful of configurations per second at most, so a
+/// silent one (stopped, crashed, paused) never crosses the gap; one alive behind a total
+/// partition is the split brain the heartbeat strategy accepts, detected when they meet.
+pub fn takeover_config(newest: &EpochConfig, authority: NodeId) -> Option<EpochConfig> {
+    let mut c = if newest.state_of(authority) == MemberState::Out {
+        newest.next(&[])
+    } else {
+        newest.next(&[(authority, MemberState::Out)])
+    }?;
+    c.epoch = Epoch(c.epoch.0 + TAKEOVER_EPOCH_GAP);
+    if c.generation != newest.generation {
+        c.generation = GenerationId::for_config(c.epoch, c.sequencer);
+    }
+    Some(c)
 }
 
 /// Two nodes host the same device's authority (a takeover one of them did not see). The
@@ -577,6 +608,7 @@ mod tests {
             authority: NodeId(1),
             silent_for: Some(Duration::from_millis(2100)),
             lease_plus_margin: Duration::from_millis(2000),
+            leased_when_last_heard: true,
             newest: Some(EpochConfig::initial(&[NodeId(1), NodeId(2)])),
         }
     }
@@ -591,7 +623,11 @@ mod tests {
             .unwrap();
         type Edit = fn(&mut TakeoverInput);
         let cases: Vec<(&str, Edit, Option<u64>)> = vec![
-            ("silent past lease+margin", |_| {}, Some(2)),
+            (
+                "silent past lease+margin",
+                |_| {},
+                Some(2 + TAKEOVER_EPOCH_GAP),
+            ),
             (
                 "silent exactly lease+margin",
                 |i| i.silent_for = Some(Duration::from_millis(2000)),
@@ -611,6 +647,11 @@ mod tests {
             ("already hosting", |i| i.hosting = true, None),
             ("three nodes", |i| i.partners = 2, None),
             ("no configuration seen", |i| i.newest = None, None),
+            (
+                "no lease when the authority was last heard (maybe removed)",
+                |i| i.leased_when_last_heard = false,
+                None,
+            ),
         ];
         for (name, edit, want_epoch) in cases {
             let mut i = input();
@@ -659,7 +700,7 @@ mod tests {
         i.newest = Some(first_out.clone());
         match decide_takeover(&i) {
             Takeover::TakeOver(c) => {
-                assert_eq!(c.epoch, Epoch(first_out.epoch.0 + 1));
+                assert_eq!(c.epoch, Epoch(first_out.epoch.0 + 1 + TAKEOVER_EPOCH_GAP));
                 assert_eq!(c.generation, first_out.generation);
             }
             other => panic!("{other:?}"),
@@ -715,7 +756,11 @@ mod three_node_tests {
         let at_c = takes_over(&input(C, Some(heard(B, 1, false, true))));
         let c = at_b.expect("B, the lower surviving id, takes over");
         assert!(at_c.is_none(), "C follows B: never both");
-        assert_eq!(c.epoch, Epoch(2), "an epoch above every one seen");
+        assert_eq!(
+            c.epoch,
+            Epoch(2 + TAKEOVER_EPOCH_GAP),
+            "an epoch above every one seen, with the gap"
+        );
         assert_eq!(c.state_of(A), MemberState::Out);
         assert_eq!(c.state_of(B), MemberState::Synchronized);
         assert_eq!(c.state_of(C), MemberState::Synchronized);

@@ -541,7 +541,8 @@ impl<P: Clone> Engine<P> {
     fn drop_second_answers(&mut self, first_new: usize, out: &mut Vec<Output<P>>) {
         let mut i = first_new;
         while i < out.len() {
-            let second = matches!(&out[i], Output::Complete { tag, .. } if self.answered_early.remove(tag));
+            let second =
+                matches!(&out[i], Output::Complete { tag, .. } if self.answered_early.remove(tag));
             if second {
                 out.remove(i);
             } else {

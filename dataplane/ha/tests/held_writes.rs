@@ -288,5 +288,8 @@ fn a_held_write_is_answered_not_ready_when_the_lease_ends_and_only_once() {
         &mut out,
     );
     let out = write(&mut e, now, 8, 8, 1);
-    assert_eq!(completions(&out), vec![(8, HostStatus::Good { data: None })]);
+    assert_eq!(
+        completions(&out),
+        vec![(8, HostStatus::Good { data: None })]
+    );
 }

@@ -89,6 +89,18 @@ impl SimHost {
         h
     }
 
+    /// `AuthorityHost::require_partner` (heartbeat strategy, two nodes).
+    pub fn require_partner(&mut self, now: u64, restarted: bool) {
+        let t = self.time(now);
+        self.quiet.require_partner(t, restarted);
+    }
+
+    /// `AuthorityHost::partner_heard`.
+    pub fn partner_heard(&mut self, at: u64) {
+        let t = self.time(at);
+        self.quiet.partner_heard(t);
+    }
+
     fn time(&self, now: u64) -> u64 {
         now.saturating_sub(self.base)
     }

@@ -113,18 +113,7 @@ impl SimParams {
 /// proposed fixes): the shape and the check that catches them. Sweeps and the soak count
 /// these separately and fail on any other violation; each sweep also asserts that they
 /// still occur, so a fix must remove them from this list.
-pub const KNOWN_OPEN_DEFECTS: [(Shape, checker::ViolationKind, &str); 2] = [
-    (
-        Shape::Hb2,
-        checker::ViolationKind::TwoConfigurationsOneEpoch,
-        "the first removes the second, then stops before the second hears of it; the second, synchronized in the newest configuration it saw, takes over at the same epoch",
-    ),
-    (
-        Shape::Hb2,
-        checker::ViolationKind::OlderGeneration,
-        "the second took over and its control service is down; the first's restarted authority hears no heartbeat announcing the takeover and, after its quiet period, grants its own node a lease in the old generation",
-    ),
-];
+pub const KNOWN_OPEN_DEFECTS: [(Shape, checker::ViolationKind, &str); 0] = [];
 
 /// Whether `v` in `shape` is one of [`KNOWN_OPEN_DEFECTS`].
 pub fn is_known_open_defect(shape: Shape, v: &checker::Violation) -> bool {

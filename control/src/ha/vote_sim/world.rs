@@ -120,6 +120,11 @@ struct Control {
     last_answer: Option<u64>,
     /// The remote call in flight: id, local send time, the engine's clock when it reported.
     call: Option<(u64, u64, u64)>,
+    /// The data plane's last report: local time, serving (`HaView::exchanged_at`, `status`).
+    reported: Option<(u64, bool)>,
+    /// `HaView::heard_sample`: when the authority node was last heard, and whether this
+    /// node served then.
+    heard_sample: Option<(u64, bool)>,
 }
 
 /// The data plane's engine, reduced to what the vote decides: its configuration, its
@@ -569,9 +574,14 @@ impl<'a> World<'a> {
             self.parts[p].durable = self.parts[p].durable_before.clone();
         }
         let mut restarted_at = None;
+        let two_node_heartbeat = self.parts[p].repl.as_ref().is_some_and(two_node_heartbeat);
         let host = self.parts[p].durable.clone().map(|d| {
             restarted_at = Some(d.last_epoch);
-            SimHost::from_durable(d, &self.nodes, &self.settings, local, true, bug)
+            let mut h = SimHost::from_durable(d, &self.nodes, &self.settings, local, true, bug);
+            if two_node_heartbeat {
+                h.require_partner(local, true);
+            }
+            h
         });
         if host.is_some() || self.checker_knows(p) {
             if let Err(e) = self.checker.restarted(p, restarted_at) {
@@ -584,6 +594,8 @@ impl<'a> World<'a> {
             heard: BTreeMap::new(),
             last_answer: None,
             call: None,
+            reported: None,
+            heard_sample: None,
         });
     }
 
@@ -721,7 +733,8 @@ impl<'a> World<'a> {
         if c.host.is_some() {
             return;
         }
-        let host = match self.parts[p].durable.clone() {
+        let two_node_heartbeat = self.parts[p].repl.as_ref().is_some_and(two_node_heartbeat);
+        let mut host = match self.parts[p].durable.clone() {
             Some(d) => SimHost::from_durable(d, &self.nodes, &self.settings, local, false, bug),
             None => {
                 let h = SimHost::fresh(&self.nodes, &self.settings, local, bug);
@@ -733,6 +746,9 @@ impl<'a> World<'a> {
                 h
             }
         };
+        if two_node_heartbeat {
+            host.require_partner(local, false);
+        }
         self.parts[p].control.as_mut().expect("alive").host = Some(host);
         self.after_host_op(p);
     }
@@ -780,11 +796,24 @@ impl<'a> World<'a> {
         let engine = self.parts[p].engine.as_mut().expect("data node");
         let requests = engine.requests(local, resync_ns);
         let engine_config = engine.config.clone();
+        let serving = engine.serving(local);
         let c = self.parts[p].control.as_mut().expect("alive");
         c.newest = newer(c.newest.take(), Some(&engine_config));
+        c.reported = Some((local, serving));
 
         // 2. The authority.
+        let partner_heard = repl
+            .partners
+            .first()
+            .filter(|_| two_node_heartbeat(&repl))
+            .and_then(|f| c.heard.get(&(f.node_id as usize - 1)))
+            .map(|h| h.last_any);
         self.check_superseded(p, &repl);
+        if let Some(at) = partner_heard {
+            if let Some(h) = self.parts[p].control.as_mut().and_then(|c| c.host.as_mut()) {
+                h.partner_heard(at);
+            }
+        }
         let c = self.parts[p].control.as_ref().expect("alive");
         let hosted = c.host.is_some();
         let superseded_by = c
@@ -915,6 +944,17 @@ impl<'a> World<'a> {
         if self.params.bug == Some(VoteBug::TakeoverLeaseNotWaited) {
             lease_plus_margin = self.settings.heartbeat_timeout / 2;
         }
+        // `driver::leased_when_heard`: sampled when `last` moves, from a fresh report.
+        let fresh = u64::try_from((self.settings.margin / 2).as_nanos()).unwrap_or(u64::MAX);
+        let c = self.parts[p].control.as_mut().expect("alive");
+        if c.heard_sample.map(|(t, _)| t) != last {
+            let serving = c
+                .reported
+                .is_some_and(|(at, s)| s && local.saturating_sub(at) < fresh);
+            c.heard_sample = last.map(|t| (t, serving));
+        }
+        let leased_when_last_heard = c.heard_sample.is_some_and(|(_, s)| s);
+        let c = self.parts[p].control.as_ref().expect("alive");
         let input = TakeoverInput {
             strategy: repl.failover,
             priority: repl.priority,
@@ -924,6 +964,7 @@ impl<'a> World<'a> {
             authority: NodeId(first.node_id),
             silent_for: last.map(|t| std::time::Duration::from_nanos(local.saturating_sub(t))),
             lease_plus_margin,
+            leased_when_last_heard,
             newest: c.newest.clone(),
         };
         let Takeover::TakeOver(config) = strategy::decide_takeover(&input) else {
@@ -948,7 +989,7 @@ impl<'a> World<'a> {
             took_over_from: Some(NodeId(first.node_id)),
             superseded_by: None,
         };
-        let host = SimHost::from_durable(
+        let mut host = SimHost::from_durable(
             saved.clone(),
             &self.nodes,
             &self.settings,
@@ -956,6 +997,7 @@ impl<'a> World<'a> {
             false,
             self.bug_authority(),
         );
+        host.require_partner(local, false);
         if self.params.bug != Some(VoteBug::EpochNotPersisted) {
             self.parts[p].durable_before = self.parts[p].durable.replace(saved);
         }
@@ -1006,4 +1048,9 @@ fn newer(a: Option<EpochConfig>, b: Option<&EpochConfig>) -> Option<EpochConfig>
         (Some(a), _) => Some(a),
         (None, b) => b.cloned(),
     }
+}
+
+/// `authority_host::arm_partner_wait`'s condition: heartbeat strategy, two data nodes.
+fn two_node_heartbeat(r: &ReplicationConfig) -> bool {
+    r.failover == tandem_config::FailoverStrategy::Heartbeat && r.partners.len() == 1
 }
