@@ -629,9 +629,9 @@ fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8) -> Vec<u
 }
 
 mod block;
-mod reservations;
 #[cfg(test)]
 mod release_tests;
+mod reservations;
 #[cfg(test)]
 mod tests;
 

@@ -107,7 +107,11 @@ mod tests {
         assert!(!r.watch(3, seen), "the generation moved: retry");
         // The registration was consumed by the wake; a new one is needed for the next.
         r.released();
-        assert_eq!(woken.load(SeqCst), 1 << 3, "re-registered by the watch above");
+        assert_eq!(
+            woken.load(SeqCst),
+            1 << 3,
+            "re-registered by the watch above"
+        );
     }
 
     #[test]
