@@ -79,8 +79,9 @@ fn poll_stacks(stacks: &[UserspaceStack], now: Instant) -> usize {
 }
 
 /// The epoll timeout: the sleep cap, shortened to the nearest userspace TCP timer or
-/// connection deadline (a parked task's retry); at least 1 ms: timers already due ran while
-/// the reactor spun before sleeping.
+/// connection deadline; at least 1 ms: timers already due ran while the reactor spun before
+/// sleeping. (A parked task sets no deadline: the logical unit that deferred it wakes this
+/// reactor through its inbox eventfd when it releases a range, from whichever thread.)
 fn sleep_timeout(
     stacks: &[UserspaceStack],
     conn_deadline: Option<Instant>,

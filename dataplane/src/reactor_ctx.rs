@@ -134,6 +134,28 @@ impl Shared {
     }
 }
 
+/// The waker a logical unit calls when it releases something a parked command waits on:
+/// it wakes the reactors whose bits are set (bit `id % 64`; with more than 64 reactors a
+/// bit wakes every reactor sharing it, which only costs them a poll). It holds the shared
+/// state weakly: devices live inside it, and the waker must not keep it alive.
+pub fn release_waker(shared: &Arc<Shared>) -> tandem_scsi::ReleaseWaker {
+    let shared = Arc::downgrade(shared);
+    Box::new(move |bits| {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(reactors) = shared.reactors.get() else {
+            return;
+        };
+        for (i, r) in reactors.iter().enumerate() {
+            if bits & (1u64 << (i % 64)) != 0 {
+                // A full eventfd counter only means the reactor is already due to wake.
+                let _ = r.wake.write(1);
+            }
+        }
+    })
+}
+
 /// A completion tag names the connection and its task slot.
 pub fn make_tag(conn_id: u32, slot: usize) -> u64 {
     ((conn_id as u64) << 32) | slot as u64
@@ -270,6 +292,17 @@ impl ReactorCtx {
 
     /// True while some channel has work in flight that cannot wake a sleeping reactor
     /// (no wake-up fd, e.g. RAM disks whose completions are ready at the next poll).
+    /// Registers this reactor for the next release on `dev`'s logical unit (installing the
+    /// waker the first time) and tells whether a command deferred at generation `seen` must
+    /// keep waiting (true) or may retry now (false).
+    pub fn watch_release(&mut self, dev: &Arc<Device>, seen: u64) -> bool {
+        let releases = dev.lu.releases();
+        if !releases.has_waker() {
+            releases.set_waker(release_waker(&self.shared));
+        }
+        releases.watch(self.id, seen)
+    }
+
     pub fn must_keep_polling(&self) -> bool {
         let commits = self.persist.as_ref().map_or(0, |p| p.in_flight());
         (commits > 0 && !self.persist_watched)
@@ -320,6 +353,24 @@ mod tests {
             .expect("delivered once the reactor drained its inbox");
         drop(h);
         assert_eq!(drain.join().unwrap(), 2, "both messages arrived");
+    }
+
+    #[test]
+    fn release_waker_wakes_exactly_the_reactors_named_by_its_bits() {
+        let registry = Arc::new(Registry::new(vec![]));
+        let shared = Arc::new(Shared::new(registry, ConnTimers::default()));
+        let handles: Vec<ReactorHandle> = (0..3).map(|_| handle(1).0).collect();
+        let fds: Vec<Arc<EventFd>> = handles.iter().map(|h| Arc::clone(&h.wake)).collect();
+        assert!(shared.reactors.set(handles).is_ok());
+        let wake = release_waker(&shared);
+        wake(0b101);
+        assert!(fds[0].read().is_ok(), "reactor 0 woken");
+        assert!(fds[1].read().is_err(), "reactor 1 not (nothing to read)");
+        assert!(fds[2].read().is_ok(), "reactor 2 woken");
+        // The waker holds the shared state weakly: once it is gone, waking does nothing.
+        drop(shared);
+        wake(0b111);
+        assert!(fds[0].read().is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::cdb::{self, ScsiCommand};
 use crate::inquiry::{self, VpdContext};
 use crate::mode::{self, ModeContext};
 use crate::pr::{PortId, PrState};
+use crate::release::Releases;
 use crate::rw::{ContKind, Inflight};
 use crate::sense::Sense;
 use crate::ua::UaTable;
@@ -106,6 +107,8 @@ pub struct LogicalUnit {
     default_wce: bool,
     state: Mutex<State>,
     inflight: Inflight,
+    /// Signalled by every release of a range in `inflight` or of a pending PR commit.
+    releases: Arc<Releases>,
     pr_store: Option<Arc<dyn PrStore>>,
     /// The device runs COMPARE AND WRITE atomically itself (`LuIo::CompareAndWrite`).
     device_caw: std::sync::atomic::AtomicBool,
@@ -143,6 +146,8 @@ impl LogicalUnit {
             _ => PrState::default(),
         };
         let wce = cfg.cache == CacheMode::WriteBack;
+        let inflight: Inflight = Arc::default();
+        let releases = Arc::clone(inflight.lock().releases());
         LogicalUnit {
             identity: cfg.identity,
             // Only 512 and 4096 are valid; anything else would break every
@@ -169,9 +174,17 @@ impl LogicalUnit {
                 pr_durable,
                 pr_pending: None,
             }),
-            inflight: Arc::default(),
+            inflight,
+            releases,
             pr_store,
         }
+    }
+
+    /// The release signal: a transport that parks a deferred command ([`Step::Defer`])
+    /// reads its generation before executing and waits for the next release (see
+    /// [`Releases`]).
+    pub fn releases(&self) -> &Releases {
+        &self.releases
     }
 
     /// Logical block size in bytes.
@@ -619,6 +632,8 @@ fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8) -> Vec<u
 }
 
 mod block;
+#[cfg(test)]
+mod release_tests;
 mod reservations;
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::release::Releases;
+
 /// One in-flight write range (blocks `lba..end`).
 #[derive(Debug)]
 struct Entry {
@@ -26,6 +28,14 @@ pub(crate) struct InflightTable {
     next_id: u64,
     entries: HashMap<u64, Entry>,
     caw_count: usize,
+    /// Told of every release, so deferred commands are retried then (not on a timer).
+    releases: Arc<Releases>,
+}
+
+impl InflightTable {
+    pub(crate) fn releases(&self) -> &Arc<Releases> {
+        &self.releases
+    }
 }
 
 pub(crate) type Inflight = Arc<Mutex<InflightTable>>;
@@ -46,6 +56,7 @@ impl Drop for RangeGuard {
                 t.caw_count -= 1;
             }
         }
+        t.releases.released();
     }
 }
 
@@ -96,7 +107,11 @@ pub(crate) const COMMIT_FAILED: u8 = 2;
 /// the command's continuation is dropped (command aborted, connection gone), so its state
 /// always matches the store.
 #[derive(Debug)]
-pub struct CommitSignal(pub(crate) CommitState);
+pub struct CommitSignal {
+    pub(crate) state: CommitState,
+    /// A PR OUT deferred behind this commit is retried when it settles.
+    pub(crate) releases: Arc<Releases>,
+}
 
 impl CommitSignal {
     pub fn set(self, durable: bool) {
@@ -106,19 +121,21 @@ impl CommitSignal {
             COMMIT_FAILED
         };
         let _ = self
-            .0
+            .state
             .compare_exchange(COMMIT_PENDING, v, Ordering::AcqRel, Ordering::Acquire);
+        // `drop` runs next and signals the release.
     }
 }
 
 impl Drop for CommitSignal {
     fn drop(&mut self) {
-        let _ = self.0.compare_exchange(
+        let _ = self.state.compare_exchange(
             COMMIT_PENDING,
             COMMIT_FAILED,
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        self.releases.released();
     }
 }
 

@@ -13,6 +13,7 @@ use crate::session::SessionKey;
 use crate::target::{Device, Registry, Target};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_bdev::{AlignedBuf, BdevChannel, BdevOp, Completion};
@@ -51,6 +52,37 @@ struct TestEnv {
     persisted: Vec<Completion>,
     /// Reservation commits handed to the persister so far.
     commits: usize,
+    /// Commits are kept (not saved) until `run_held_persist`: a persister that is slow.
+    hold_persist: bool,
+    held_commits: Vec<HeldCommit>,
+    /// The reactor this connection lives on (its bit in the LU's release waiters).
+    reactor: usize,
+    /// Calls of `watch_release` (registrations for a release wake-up).
+    watches: usize,
+}
+
+/// A reservation commit the test's slow persister has not saved yet.
+struct HeldCommit {
+    tag: u64,
+    blob: Vec<u8>,
+    store: Arc<dyn PrStore>,
+    signal: tandem_scsi::CommitSignal,
+}
+
+impl TestEnv {
+    /// The slow persister saves what it holds now (completions go out with the next
+    /// `complete`).
+    fn run_held_persist(&mut self) {
+        for c in std::mem::take(&mut self.held_commits) {
+            let result = c.store.save(&c.blob).map_err(tandem_bdev::BdevError::Io);
+            c.signal.set(result.is_ok());
+            self.persisted.push(Completion {
+                tag: c.tag,
+                result,
+                buf: None,
+            });
+        }
+    }
 }
 
 impl ConnEnv for TestEnv {
@@ -73,6 +105,22 @@ impl ConnEnv for TestEnv {
             return (false, commit.cont);
         }
         self.commits += 1;
+        if self.hold_persist {
+            // The continuation goes back to the connection; the commit waits here.
+            let PrCommit {
+                blob,
+                store,
+                signal,
+                cont,
+            } = commit;
+            self.held_commits.push(HeldCommit {
+                tag,
+                blob,
+                store,
+                signal,
+            });
+            return (true, cont);
+        }
         let result = commit
             .store
             .save(&commit.blob)
@@ -93,6 +141,10 @@ impl ConnEnv for TestEnv {
     fn free_buf(&mut self, _dev: Option<&Arc<Device>>, _buf: AlignedBuf) {}
     fn budget(&mut self) -> &mut MemBudget {
         &mut self.budget
+    }
+    fn watch_release(&mut self, dev: &Arc<Device>, seen: u64) -> bool {
+        self.watches += 1;
+        dev.lu.releases().watch(self.reactor, seen)
     }
 }
 
@@ -334,8 +386,7 @@ impl H {
             }),
             tasks: TaskTable::new(),
             ready: Default::default(),
-            parked: Vec::new(),
-            park_due: None,
+            parked: Vec::with_capacity(super::task::TASKS_MAX + super::task::IMMEDIATE_SLOTS),
             held: Default::default(),
             held_epoch: 0,
             mem_held: 0,
@@ -368,6 +419,10 @@ impl H {
                 refuse_persist: false,
                 persisted: Vec::new(),
                 commits: 0,
+                hold_persist: false,
+                held_commits: Vec::new(),
+                reactor: 0,
+                watches: 0,
             },
 
             cmdsn: 1,
@@ -1431,6 +1486,17 @@ fn caw(lba: u64) -> [u8; 16] {
     c
 }
 
+/// Installs a waker on the device's LU that records which reactors it wakes (the tests'
+/// stand-in for the reactors' eventfds; the first waker installed stays).
+fn record_wakes(dev: &Arc<Device>) -> Arc<AtomicU64> {
+    let woken = Arc::new(AtomicU64::new(0));
+    let w = Arc::clone(&woken);
+    assert!(dev.lu.releases().set_waker(Box::new(move |bits| {
+        w.fetch_or(bits, SeqCst);
+    })));
+    woken
+}
+
 #[test]
 fn conflicting_write_parks_instead_of_spinning_and_runs_after_the_release() {
     let mut h = H::new();
@@ -1441,10 +1507,14 @@ fn conflicting_write_parks_instead_of_spinning_and_runs_after_the_release() {
     let b = h.write10(0, 1, 512, &[7u8; 512]);
     h.core.run_ready(&mut h.env);
     assert_eq!(h.stage_of(b), Some("deferred"));
-    // Parked: further polls do no work and keep it parked until its retry time.
+    // Parked: further polls do no work and keep it parked; it is registered for a wake-up.
     assert_eq!(h.core.run_ready(&mut h.env), 0);
     assert_eq!(h.core.run_ready(&mut h.env), 0);
-    assert!(h.core.park_due.is_some(), "the reactor knows when to wake");
+    assert!(
+        h.env.watches >= 2,
+        "each poll re-registers it for the next release"
+    );
+    assert_eq!(h.stage_of(b), Some("deferred"));
     // The CAW finishes (read, compare, write); the release lets the write run.
     h.settle();
     let outs = h.out();
@@ -1458,21 +1528,130 @@ fn conflicting_write_parks_instead_of_spinning_and_runs_after_the_release() {
 }
 
 #[test]
-fn parked_task_is_retried_at_its_deadline_without_a_completion() {
+fn parked_task_runs_right_after_the_release_with_no_time_passing() {
+    let mut h = H::new();
+    let start = h.env.now;
+    let a = h.cmd(caw(0), 1024, false, true, &[0u8; 1024]);
+    h.core.run_ready(&mut h.env);
+    let b = h.write10(0, 1, 512, &[7u8; 512]);
+    h.core.run_ready(&mut h.env);
+    assert_eq!(h.stage_of(b), Some("deferred"));
+    // The CAW's read, then its write: the range is released in the last completion.
+    let mut polls = 0;
+    while h.stage_of(a).is_some_and(|s| s == "in-io") {
+        h.complete();
+        polls += 1;
+        assert!(polls < 10, "the CAW does not finish");
+    }
+    assert_eq!(h.stage_of(b), Some("deferred"), "not retried before a poll");
+    // The very next poll unparks and starts it; the clock has not moved.
+    assert_eq!(h.core.run_ready(&mut h.env), 2, "unparked, then started");
+    assert_eq!(h.env.now, start);
+    assert_eq!(h.stage_of(b), Some("in-io"));
+    let outs = h.settle_out();
+    let statuses: Vec<u8> = outs
+        .iter()
+        .filter(|o| o.op() == Opcode::ScsiResponse)
+        .map(|o| o.status().0)
+        .collect();
+    assert_eq!(statuses, vec![GOOD, GOOD]);
+}
+
+#[test]
+fn parked_task_asks_for_no_wake_up_time_and_waits_however_long_it_takes() {
     let mut h = H::new();
     let a = h.cmd(caw(0), 1024, false, true, &[0u8; 1024]);
     h.core.run_ready(&mut h.env);
     let b = h.write10(0, 1, 512, &[7u8; 512]);
     h.core.run_ready(&mut h.env);
     assert_eq!(h.stage_of(b), Some("deferred"));
-    h.env.now += Duration::from_millis(2);
-    h.core.run_ready(&mut h.env);
     assert_eq!(
-        h.stage_of(b),
-        Some("deferred"),
-        "still conflicting: parked again"
+        h.core.next_deadline(),
+        None,
+        "no timer: the release wakes it"
     );
-    let _ = a;
+    // Time passes without a release: polls find nothing to do (the reactor would sleep).
+    for _ in 0..5 {
+        h.env.now += Duration::from_millis(250);
+        assert_eq!(h.core.run_ready(&mut h.env), 0);
+        assert_eq!(h.core.next_deadline(), None);
+    }
+    assert_eq!(h.stage_of(b), Some("deferred"), "still conflicting: parked");
+    assert_eq!(h.stage_of(a), Some("in-io"));
+    // The parked list keeps its capacity across checks (no allocation per poll).
+    let cap = h.core.parked.capacity();
+    h.settle();
+    assert_eq!(h.core.parked.capacity(), cap);
+    assert!(h.core.parked.is_empty());
+}
+
+#[test]
+fn parked_task_released_by_a_command_on_another_reactor_runs() {
+    let dev = device();
+    let woken = record_wakes(&dev);
+    // Two connections to the same LU, on reactors 0 and 1.
+    let mut holder = H::with_device(params(), 256 << 20, dev.clone());
+    let mut waiter = H::with_device(params(), 256 << 20, dev);
+    waiter.env.reactor = 1;
+    holder.cmd(caw(0), 1024, false, true, &[0u8; 1024]);
+    holder.core.run_ready(&mut holder.env);
+    let b = waiter.write10(0, 1, 512, &[9u8; 512]);
+    waiter.core.run_ready(&mut waiter.env);
+    assert_eq!(waiter.stage_of(b), Some("deferred"));
+    assert_eq!(waiter.core.run_ready(&mut waiter.env), 0);
+    assert_eq!(woken.load(SeqCst), 0, "nothing released yet");
+    // The other connection's CAW completes: its release wakes reactor 1 (only).
+    let outs = holder.settle_out();
+    assert_eq!(only_status(&outs).0, GOOD);
+    assert_eq!(woken.load(SeqCst), 1 << 1);
+    // Woken, reactor 1 polls its connection: the write is unparked and started.
+    assert_eq!(waiter.core.run_ready(&mut waiter.env), 2);
+    assert_eq!(waiter.stage_of(b), Some("in-io"));
+    let outs = waiter.settle_out();
+    assert_eq!(only_status(&outs).0, GOOD);
+    assert_eq!(waiter.read_back(0, 512), vec![9u8; 512]);
+}
+
+#[test]
+fn pr_out_parked_behind_another_connections_commit_runs_when_it_settles() {
+    let store = MemStore::default();
+    let dev = device_with_store(Some(Box::new(store.clone())));
+    let woken = record_wakes(&dev);
+    let mut first = H::with_device(params(), 256 << 20, dev.clone());
+    let mut second = H::with_device(params(), 256 << 20, dev);
+    second.env.reactor = 2;
+    // Another initiator port (its own I_T nexus, so its own registration).
+    let s = second.core.session.as_mut().unwrap();
+    let mut other = (*s.nexus).clone();
+    other.id = 2;
+    other.isid = [2; 6];
+    s.nexus = Arc::new(other);
+    // The first connection's persister has not run yet: its commit stays pending.
+    first.env.hold_persist = true;
+    let register = |key: u64| {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x5F;
+        cdb[8] = 24;
+        let mut p = vec![0u8; 24];
+        p[8..16].copy_from_slice(&key.to_be_bytes());
+        p[20] = 0x01; // APTPL: must be made durable
+        (cdb, p)
+    };
+    let (c1, p1) = register(0xAB);
+    first.cmd(c1, 24, false, true, &p1);
+    first.core.run_ready(&mut first.env);
+    let (c2, p2) = register(0xCD);
+    let b = second.cmd(c2, 24, false, true, &p2);
+    second.core.run_ready(&mut second.env);
+    assert_eq!(second.stage_of(b), Some("deferred"));
+    assert_eq!(second.core.run_ready(&mut second.env), 0);
+    // The persister saves the first commit: reactor 2 is woken and the PR OUT goes ahead.
+    first.env.run_held_persist();
+    assert_eq!(woken.load(SeqCst), 1 << 2);
+    assert_eq!(only_status(&first.settle_out()).0, GOOD);
+    assert_eq!(second.core.run_ready(&mut second.env), 2);
+    assert_eq!(only_status(&second.settle_out()).0, GOOD);
+    assert_eq!(store.0.lock().unwrap().len(), 2, "both registrations saved");
 }
 
 // ---- CmdSN window ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! What a connection needs from its surroundings, as a narrow interface: the clock, node-wide
-//! shared state, block-device submission, reservation commits, buffers and the reactor's
-//! memory budget.
+//! shared state, block-device submission, reservation commits, buffers, the reactor's
+//! memory budget and the release signal parked tasks wait on.
 //!
 //! The reactor implements it with live device channels ([`ReactorCtx`]); the unit tests
 //! implement it with a recorder, so the connection's reaction to PDUs and completions is
@@ -27,6 +27,10 @@ pub trait ConnEnv {
     fn alloc_buf(&mut self, dev: Option<&Arc<Device>>, len: usize) -> AlignedBuf;
     fn free_buf(&mut self, dev: Option<&Arc<Device>>, buf: AlignedBuf);
     fn budget(&mut self) -> &mut MemBudget;
+    /// A task was deferred on `dev` when its logical unit's release generation was `seen`:
+    /// true = nothing released since, keep it parked (this reactor is woken at the next
+    /// release, from whichever thread releases); false = released since, retry now.
+    fn watch_release(&mut self, dev: &Arc<Device>, seen: u64) -> bool;
 }
 
 impl ConnEnv for ReactorCtx {
@@ -56,5 +60,9 @@ impl ConnEnv for ReactorCtx {
 
     fn budget(&mut self) -> &mut MemBudget {
         &mut self.budget
+    }
+
+    fn watch_release(&mut self, dev: &Arc<Device>, seen: u64) -> bool {
+        ReactorCtx::watch_release(self, dev, seen)
     }
 }

@@ -106,9 +106,9 @@ pub(crate) struct ConnCore {
     session: Option<Session>,
     tasks: TaskTable,
     ready: VecDeque<usize>,
-    /// Deferred tasks (conflicting range in flight), retried at `park_due`.
+    /// Deferred tasks (conflicting range in flight), retried when their LU signals a
+    /// release. Capacity for every slot, so parking never allocates.
     parked: Vec<usize>,
-    park_due: Option<Instant>,
     /// Tasks waiting for the memory budget (write buffers, read replies), oldest first.
     held: VecDeque<usize>,
     /// Budget epoch at the last refusal: held tasks are retried only after a release.
@@ -170,7 +170,6 @@ impl Connection {
                 tasks: TaskTable::new(),
                 ready: VecDeque::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
                 parked: Vec::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
-                park_due: None,
                 held: VecDeque::with_capacity(task::TASKS_MAX + task::IMMEDIATE_SLOTS),
                 held_epoch: 0,
                 mem_held: 0,
@@ -196,10 +195,10 @@ impl Connection {
         self.transport.poll_fd()
     }
 
-    /// When this connection next needs a poll even if nothing arrives (a parked task's
-    /// retry), so the reactor can sleep until then instead of spinning.
+    /// When this connection next needs a poll even if nothing arrives, so the reactor can
+    /// sleep until then instead of spinning.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.core.park_due
+        self.core.next_deadline()
     }
 
     pub fn wants_write(&self) -> bool {
@@ -565,6 +564,15 @@ impl ConnCore {
             self.next_ttt = 1;
         }
         t
+    }
+
+    /// Nothing a connection holds needs a timed wake-up: parked tasks are woken by their
+    /// logical unit's release signal (`Releases`), and connection timers (NOP-In, login and
+    /// send timeouts) have second granularity and run within the reactor's 100 ms sleep cap.
+    /// That cap is also the documented fallback should a release wake-up ever be missed:
+    /// every poll re-checks the parked tasks' release generations.
+    fn next_deadline(&self) -> Option<Instant> {
+        None
     }
 
     fn timers(&mut self, ctx: &mut dyn ConnEnv) -> usize {

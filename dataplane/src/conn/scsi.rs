@@ -8,14 +8,13 @@
 
 use super::env::ConnEnv;
 use super::task::{
-    Collecting, InIo, IoFailure, OutBuf, Planned, R2tSet, R2tWindow, Ready, Reservation, Residual,
-    Responding, Stage, Task,
+    Collecting, InIo, IoFailure, OutBuf, Parked, Planned, R2tSet, R2tWindow, Ready, Reservation,
+    Residual, Responding, Stage, Task,
 };
 use super::{ConnCore, Phase};
 use crate::reactor_ctx::make_tag;
 use crate::target::Device;
 use std::sync::Arc;
-use std::time::Duration;
 use tandem_bdev::{AlignedBuf, BdevOp, Completion};
 use tandem_iscsi::wire::{
     reject, Bhs, DataInRepr, DataOutRepr, R2tRepr, ScsiCommandRepr, ScsiResponseRepr, BHS_LEN,
@@ -27,10 +26,6 @@ use tandem_scsi::{
 
 /// Tasks started per poll, so one connection's backlog cannot monopolise the reactor.
 const TASKS_PER_POLL: usize = 64;
-/// A deferred task (conflicting range in flight) is retried after this long if no
-/// completion on its connection has prompted an earlier retry. The range's holder may sit
-/// on another reactor, whose completions we do not see; the reactor sleeps meanwhile.
-pub(super) const PARK_RETRY: Duration = Duration::from_millis(1);
 
 /// SAM LUN field (8 bytes, peripheral or flat addressing) to a LUN number.
 pub(crate) fn decode_lun(field: u64) -> u64 {
@@ -465,23 +460,8 @@ impl ConnCore {
         if !self.held.is_empty() && ctx.budget().epoch() != self.held_epoch {
             n += self.retry_held(ctx);
         }
-        if !self.parked.is_empty() && self.park_due.is_some_and(|d| ctx.now() >= d) {
-            self.park_due = None;
-            // Taken and put back (cleared) so its capacity is kept: no allocation per retry.
-            let mut parked = std::mem::take(&mut self.parked);
-            for &slot in parked.iter() {
-                if let Some(t) = self.tasks.get_mut(slot) {
-                    match std::mem::replace(&mut t.stage, Stage::Moving) {
-                        Stage::Deferred(r) => {
-                            t.stage = Stage::Ready(r);
-                            self.ready.push_back(slot);
-                        }
-                        other => t.stage = other,
-                    }
-                }
-            }
-            parked.clear();
-            self.parked = parked;
+        if !self.parked.is_empty() {
+            n += self.unpark_released(ctx);
         }
         let batch = self.ready.len().min(TASKS_PER_POLL);
         for _ in 0..batch {
@@ -495,6 +475,35 @@ impl ConnCore {
             self.execute(ctx, slot);
         }
         n
+    }
+
+    /// Moves the parked tasks whose logical unit released something since they were
+    /// deferred back to the ready queue; the others stay parked, registered for the next
+    /// release (which wakes this reactor from whichever thread releases). No timer: a
+    /// reactor with only parked work sleeps. Returns the tasks moved.
+    fn unpark_released(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+        let mut moved = 0;
+        let (tasks, ready) = (&mut self.tasks, &mut self.ready);
+        // `retain` keeps the list's capacity: no allocation per check.
+        self.parked.retain(|&slot| {
+            let Some(t) = tasks.get_mut(slot) else {
+                return false;
+            };
+            // Anything else is a stale entry (the task was freed, its slot maybe reused).
+            let Stage::Deferred(p) = &t.stage else {
+                return false;
+            };
+            if ctx.watch_release(&p.dev, p.seen) {
+                return true;
+            }
+            if let Stage::Deferred(p) = std::mem::replace(&mut t.stage, Stage::Moving) {
+                t.stage = Stage::Ready(p.ready);
+                ready.push_back(slot);
+                moved += 1;
+            }
+            false
+        });
+        moved
     }
 
     /// Gives waiting tasks the memory they wait for, oldest first; stops at the first that
@@ -607,13 +616,15 @@ impl ConnCore {
             Stage::Ready(r) => r.data_out,
             _ => None,
         };
+        // Read before the LU looks for conflicts, so a release in between is not missed.
+        let seen = dev.lu.releases().generation();
         let step = dev.lu.execute(&Command {
             cdb: &t.cdb,
             data_out: data_out.as_deref().unwrap_or(&[]),
             expected_in_len: edtl,
             nexus: &session.nexus,
         });
-        self.handle_step(ctx, slot, &dev, step, data_out, None);
+        self.handle_step(ctx, slot, &dev, (step, seen), data_out, None);
     }
 
     fn handle_step(
@@ -621,7 +632,7 @@ impl ConnCore {
         ctx: &mut dyn ConnEnv,
         slot: usize,
         dev: &Arc<Device>,
-        step: Step,
+        (step, seen): (Step, u64),
         data_out: Option<AlignedBuf>,
         io_buf: Option<AlignedBuf>,
     ) {
@@ -651,11 +662,17 @@ impl ConnCore {
                 if let Some(b) = io_buf {
                     ctx.free_buf(Some(dev), b);
                 }
+                // Parked until the LU releases something (checked, and registered for a
+                // wake-up, by the next `run_ready`).
                 if let Some(t) = self.tasks.get_mut(slot) {
-                    t.stage = Stage::Deferred(Ready { data_out });
+                    t.stage = Stage::Deferred(Parked {
+                        ready: Ready { data_out },
+                        dev: Arc::clone(dev),
+                        seen,
+                    });
                     self.parked.push(slot);
-                    let due = ctx.now() + PARK_RETRY;
-                    self.park_due = Some(self.park_due.map_or(due, |d| d.min(due)));
+                } else if let Some(b) = data_out {
+                    ctx.free_buf(Some(dev), b);
                 }
             }
             Step::Io(IoPlan { io, cont }) => {
@@ -692,13 +709,14 @@ impl ConnCore {
                 }
                 return;
             };
+            let seen = dev.lu.releases().generation();
             let step = dev.lu.resume(
                 &nexus,
                 cont,
                 IoOutcome::Failed,
                 data_out.as_deref().unwrap_or(&[]),
             );
-            return self.handle_step(ctx, slot, dev, step, data_out, None);
+            return self.handle_step(ctx, slot, dev, (step, seen), data_out, None);
         }
         let Some(t) = self.tasks.get_mut(slot) else {
             if let Some(b) = data_out {
@@ -954,10 +972,6 @@ impl ConnCore {
                 .in_flight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
-        // A range may have been released: let parked tasks try again now.
-        if !self.parked.is_empty() {
-            self.park_due = Some(ctx.now());
-        }
         if aborted {
             self.finish_aborted(ctx, slot);
             return;
@@ -989,10 +1003,11 @@ impl ConnCore {
             Some(IoFailure::Miscompare(offset)) => IoOutcome::Miscompare { offset },
             Some(IoFailure::Other) => IoOutcome::Failed,
         };
+        let seen = dev.lu.releases().generation();
         let step = dev
             .lu
             .resume(&nexus, cont, outcome, data_out.as_deref().unwrap_or(&[]));
-        self.handle_step(ctx, slot, &dev, step, data_out, io_buf);
+        self.handle_step(ctx, slot, &dev, (step, seen), data_out, io_buf);
     }
 
     /// Gives back budget the task no longer needs.
@@ -1212,7 +1227,7 @@ fn task_io_len(t: &Task) -> usize {
 fn stage_holds_buffers(stage: &Stage) -> bool {
     match stage {
         Stage::Collecting(c) => c.buf.is_some(),
-        Stage::Ready(r) | Stage::Deferred(r) => r.data_out.is_some(),
+        Stage::Ready(r) | Stage::Deferred(Parked { ready: r, .. }) => r.data_out.is_some(),
         Stage::HeldForMemory(p) => p.data_out.is_some(),
         Stage::InIo(io) | Stage::Aborted(io) => {
             matches!(io.data_out, OutBuf::Here(_)) || io.io_buf.is_some()
@@ -1231,7 +1246,7 @@ fn free_stage_buffers(ctx: &mut dyn ConnEnv, dev: Option<&Arc<Device>>, stage: S
     };
     match stage {
         Stage::Collecting(c) => free(c.buf),
-        Stage::Ready(r) | Stage::Deferred(r) => free(r.data_out),
+        Stage::Ready(r) | Stage::Deferred(Parked { ready: r, .. }) => free(r.data_out),
         Stage::HeldForMemory(p) => free(p.data_out),
         Stage::InIo(io) | Stage::Aborted(io) => {
             if let OutBuf::Here(b) = io.data_out {

@@ -1,7 +1,9 @@
 //! In-flight SCSI tasks of one connection: a fixed-size slot table (no allocation per
 //! command in steady state) indexed by ITT.
 
+use crate::target::Device;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 use tandem_bdev::AlignedBuf;
 use tandem_scsi::{Continuation, LuIo};
@@ -109,7 +111,7 @@ pub struct Reservation {
 /// Where a task is in its life.
 ///
 /// ```text
-///   write ──► Collecting ──(every byte in)──► Ready ◄──(retry)── Deferred
+///   write ──► Collecting ──(every byte in)──► Ready ◄──(LU release)── Deferred
 ///   read  ─────────────────────────────────► Ready ──(range busy)──► Deferred
 ///                                             │ Step::Io / Step::Persist
 ///                 HeldForMemory ◄──(no memory for the reply)──┤
@@ -126,9 +128,9 @@ pub enum Stage {
     Collecting(Collecting),
     /// Every byte is here (or none was expected): queued to run.
     Ready(Ready),
-    /// The logical unit found a conflicting range in flight; parked until a release (a
-    /// completion on this connection) or the park timer, never spun on.
-    Deferred(Ready),
+    /// The logical unit found a conflicting range in flight (or a reservation commit
+    /// pending); parked until the LU signals a release, never spun on and never on a timer.
+    Deferred(Parked),
     /// A read whose reply buffer the memory budget cannot grant yet; runs when it can.
     HeldForMemory(Planned),
     /// Operations with the block device, or a reservation commit at the persister thread;
@@ -183,6 +185,16 @@ pub struct Collecting {
 pub struct Ready {
     /// The complete Data-Out of a write (already fitted to the CDB).
     pub data_out: Option<AlignedBuf>,
+}
+
+/// A deferred task: what it needs to run again, and what it waits on.
+pub struct Parked {
+    pub ready: Ready,
+    /// The device whose logical unit deferred it.
+    pub dev: Arc<Device>,
+    /// That LU's release generation read before the command ran: any later release may
+    /// have removed the conflict.
+    pub seen: u64,
 }
 
 /// A planned read waiting for memory.

@@ -165,7 +165,10 @@ impl LogicalUnit {
         Step::Persist(PrCommit {
             blob,
             store: Arc::clone(store),
-            signal: CommitSignal(Arc::clone(&state)),
+            signal: CommitSignal {
+                state: Arc::clone(&state),
+                releases: Arc::clone(&self.releases),
+            },
             cont: Continuation {
                 kind: ContKind::PrCommit { state },
                 guard: None,
