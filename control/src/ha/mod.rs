@@ -15,6 +15,8 @@
 pub mod api;
 pub mod authority_host;
 pub mod driver;
+pub mod file_witness;
+pub mod file_witness_task;
 pub mod membership;
 pub mod strategy;
 
