@@ -476,7 +476,9 @@ mod tests {
         let r = record(1, 5, Some(cfg()));
         let bytes = encode(&r);
         assert_eq!(decode(&bytes, DEV), Ok(r.clone()));
-        assert!(decode(&bytes, "other").unwrap_err().contains("belongs to device"));
+        assert!(decode(&bytes, "other")
+            .unwrap_err()
+            .contains("belongs to device"));
         // One digit changed: valid JSON, wrong checksum.
         let text = String::from_utf8(bytes.clone()).unwrap();
         let edited = text.replacen("\"counter\": 5", "\"counter\": 6", 1);
@@ -609,7 +611,10 @@ mod tests {
         let a = ClaimAttempt::new(t0, DEV, NodeId(1), Observed::Absent, Some(cfg()), 1, 0, &t);
         let hold = a.confirm(&Observed::Record(a.record.clone()), &t).unwrap();
         assert_eq!(hold.until, t0 + t.file_lease);
-        assert_eq!(hold.limit_lease(t0 + ms(100), 1_500_000_000), Some(1_500_000_000));
+        assert_eq!(
+            hold.limit_lease(t0 + ms(100), 1_500_000_000),
+            Some(1_500_000_000)
+        );
         assert_eq!(
             hold.limit_lease(t0 + ms(2000), 1_500_000_000),
             Some(1_000_000_000)
@@ -662,10 +667,16 @@ mod tests {
         // Same counter, another nonce or holder: lost.
         let mut other = a.record.clone();
         other.nonce += 1;
-        assert_eq!(a.confirm(&Observed::Record(other), &t), Err(ClaimError::Lost));
+        assert_eq!(
+            a.confirm(&Observed::Record(other), &t),
+            Err(ClaimError::Lost)
+        );
         let mut other = a.record.clone();
         other.holder = 2;
-        assert_eq!(a.confirm(&Observed::Record(other), &t), Err(ClaimError::Lost));
+        assert_eq!(
+            a.confirm(&Observed::Record(other), &t),
+            Err(ClaimError::Lost)
+        );
     }
 
     /// A model of the shared file with writes landing at chosen instants, and two nodes
@@ -775,7 +786,9 @@ mod tests {
                 if !wrote[i] || a.check_written(*landed, &t).is_err() {
                     continue;
                 }
-                if a.confirm(&file_at(&writes, *landed + t.confirm_delay), &t).is_ok() {
+                if a.confirm(&file_at(&writes, *landed + t.confirm_delay), &t)
+                    .is_ok()
+                {
                     holds += 1;
                 }
             }

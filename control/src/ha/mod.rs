@@ -9,6 +9,8 @@
 //! - [`driver`]: one task per replicated device: data plane <-> authority.
 //! - [`membership`]: authenticated UDP heartbeats over every sync and heartbeat link.
 //! - [`strategy`]: pure decisions (where the authority is, when to take it over).
+//! - [`file_witness`], [`file_witness_task`]: the file-share witness (a lock file on a share
+//!   both data nodes mount): decisions, and the thread that reads and writes the file.
 //!
 //! The control service never sees user data: only configurations, leases and metadata.
 
@@ -114,6 +116,9 @@ pub enum AuthorityPlace {
     Remote { server: String },
     /// Nowhere (configuration not supported yet): the device gets no lease and never serves.
     Unavailable { reason: String },
+    /// With whichever data node holds the lock file (node majority with `witness_file`);
+    /// the driver resolves it to `Local` or `Remote` (`file_witness_task::place`).
+    FileWitness,
 }
 
 /// What the HA machinery knows about one device on this node (for the API and the CLI).
@@ -156,6 +161,8 @@ pub struct HaState {
     /// Authorities hosted here, by device.
     pub(crate) hosts: Mutex<HashMap<String, AuthorityHost>>,
     pub(crate) heartbeats: membership::Heard,
+    /// File-share witness holds, by device (`file_witness_task`).
+    pub(crate) witness: file_witness_task::Holds,
 }
 
 impl HaState {
