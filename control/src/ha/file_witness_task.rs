@@ -95,9 +95,8 @@ fn publish(node: &Node, device: &str, hold: Option<Hold>, error: Option<String>)
     let mut holds = node.ha.witness.lock().unwrap_or_else(|e| e.into_inner());
     let e = holds.entry(device.to_string()).or_default();
     e.hold = hold;
-    if let Some(err) = error {
-        e.last_error = Some(err);
-    }
+    // A success clears the last problem; a failure replaces it.
+    e.last_error = error;
 }
 
 fn witness_config(node: &Node, device: &str) -> Option<ReplicationConfig> {
@@ -335,6 +334,12 @@ pub fn place(node: &Node, device: &str, r: &ReplicationConfig) -> AuthorityPlace
             reason: "no partner".into(),
         },
     }
+}
+
+/// The last problem with the device's lock file on this node (for the status view).
+pub fn last_error(node: &Node, device: &str) -> Option<String> {
+    let holds = node.ha.witness.lock().unwrap_or_else(|e| e.into_inner());
+    holds.get(device).and_then(|w| w.last_error.clone())
 }
 
 /// The current hold (for the status view).

@@ -138,6 +138,12 @@ pub struct HaView {
     pub heartbeats_rejected: u64,
     /// This node took the authority over from the named node id (heartbeat strategy).
     pub took_over_from: Option<u8>,
+    /// File-share witness: this node holds the lock file for this many more ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_file_held_ms: Option<u64>,
+    /// File-share witness: the last problem with the lock file on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_file_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -212,6 +218,10 @@ pub fn ha_view(node: &Node, device: &str) -> Option<HaView> {
                 .heartbeats
                 .peer_views(device, r, Instant::now(), settings.heartbeat_timeout);
         view.heartbeats_rejected = node.ha.heartbeats.rejected();
+        if r.witness_file.is_some() {
+            view.witness_file_held_ms = file_witness_task::held_until_ms(node, device);
+            view.witness_file_error = file_witness_task::last_error(node, device);
+        }
     }
     Some(view)
 }
