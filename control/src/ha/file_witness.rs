@@ -339,7 +339,6 @@ impl ClaimAttempt {
         expect: Observed,
         config: Option<EpochConfig>,
         nonce: u64,
-        now_unix_ms: u64,
         t: &Timing,
     ) -> ClaimAttempt {
         let counter = match &expect {
@@ -354,13 +353,20 @@ impl ClaimAttempt {
                 counter,
                 nonce,
                 config,
-                written_unix_ms: now_unix_ms,
-                expires_unix_ms: now_unix_ms
-                    .saturating_add(u64::try_from(t.file_lease.as_millis()).unwrap_or(0)),
+                written_unix_ms: 0,
+                expires_unix_ms: 0,
             },
             expect,
             started,
         }
+    }
+
+    /// Sets the wall-clock fields (for people reading the file; no decision uses them).
+    pub fn stamp(mut self, now_unix_ms: u64, t: &Timing) -> ClaimAttempt {
+        self.record.written_unix_ms = now_unix_ms;
+        self.record.expires_unix_ms =
+            now_unix_ms.saturating_add(u64::try_from(t.file_lease.as_millis()).unwrap_or(0));
+        self
     }
 
     /// Checks the first read; Ok: go on and write.
@@ -608,7 +614,7 @@ mod tests {
     fn leases_end_with_the_hold_and_only_recorded_configurations_leave() {
         let t = t();
         let t0 = Instant::now();
-        let a = ClaimAttempt::new(t0, DEV, NodeId(1), Observed::Absent, Some(cfg()), 1, 0, &t);
+        let a = ClaimAttempt::new(t0, DEV, NodeId(1), Observed::Absent, Some(cfg()), 1, &t);
         let hold = a.confirm(&Observed::Record(a.record.clone()), &t).unwrap();
         assert_eq!(hold.until, t0 + t.file_lease);
         assert_eq!(
@@ -641,7 +647,6 @@ mod tests {
             Observed::Record(mine.clone()),
             Some(cfg()),
             99,
-            0,
             &t,
         );
         assert_eq!(a.record.counter, 4);
@@ -716,11 +721,10 @@ mod tests {
         me: u8,
         expect: Observed,
         nonce: u64,
-        r: u64,
-        w: u64,
+        (r, w): (u64, u64),
         t: &Timing,
     ) -> (Option<Hold>, Instant) {
-        let a = ClaimAttempt::new(start, DEV, NodeId(me), expect, Some(cfg()), nonce, 0, t);
+        let a = ClaimAttempt::new(start, DEV, NodeId(me), expect, Some(cfg()), nonce, t);
         let first = file_at(writes, start + ms(r));
         if a.check_first_read(&first).is_err() {
             return (None, start + ms(r));
@@ -758,7 +762,6 @@ mod tests {
                         Observed::Absent,
                         None,
                         u64::from(me),
-                        0,
                         &t,
                     );
                     (a, read, landed)
@@ -813,7 +816,7 @@ mod tests {
             let mut writes: Vec<Write> = Vec::new();
             // Node 1 claims the absent file, then renews every renew_every, each read and
             // write taking up to 250 ms. Node 2 reads every poll and claims when stale.
-            let (h, _) = run_claim(&mut writes, t0, 1, Observed::Absent, 1, 5, 5, &t);
+            let (h, _) = run_claim(&mut writes, t0, 1, Observed::Absent, 1, (5, 5), &t);
             let mut hold = h.expect("an uncontested claim succeeds");
             let mut watch = Watch::default();
             let mut now = t0;
@@ -831,8 +834,7 @@ mod tests {
                         1,
                         expect,
                         nonce,
-                        rng.next(120),
-                        rng.next(120),
+                        (rng.next(120), rng.next(120)),
                         &t,
                     );
                     hold = h.expect("a renewal in time succeeds");
@@ -856,7 +858,7 @@ mod tests {
                     decide_claim(&watch, now, &t, NodeId(2), false, 0)
                 {
                     assert!(now > died_hold_until + t.margin, "seed {seed}");
-                    let (h, at) = run_claim(&mut writes, now, 2, expect, 999, 3, 3, &t);
+                    let (h, at) = run_claim(&mut writes, now, 2, expect, 999, (3, 3), &t);
                     assert!(h.is_some(), "seed {seed}");
                     assert!(at > died_hold_until);
                     break;

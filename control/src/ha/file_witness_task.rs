@@ -155,9 +155,9 @@ fn run(node: Arc<Node>, device: String) {
                 Observed::Record(h.record.clone()),
                 config,
                 rand::random(),
-                unix_ms(),
                 &t,
-            );
+            )
+            .stamp(unix_ms(), &t);
             match run_claim(&path, &device, &a, &t) {
                 Ok(new) => {
                     hold = Some(new.clone());
@@ -207,9 +207,9 @@ fn run(node: Arc<Node>, device: String) {
             expect,
             config.clone(),
             rand::random(),
-            unix_ms(),
             &t,
-        );
+        )
+        .stamp(unix_ms(), &t);
         match run_claim(&path, &device, &a, &t) {
             Ok(h) => match host_authority(&node, &device, &r, config, previous) {
                 Ok(()) => {
@@ -385,7 +385,6 @@ mod tests {
             Observed::Unreadable(String::new()),
             None,
             7,
-            unix_ms(),
             &t,
         );
         // Garbage in the file: the claim is refused, never panics.
@@ -398,7 +397,6 @@ mod tests {
             Observed::Absent,
             None,
             7,
-            unix_ms(),
             &t,
         );
         let h = run_claim(&p, "vol", &a, &t).unwrap();
@@ -414,7 +412,6 @@ mod tests {
             Observed::Absent,
             None,
             8,
-            unix_ms(),
             &t,
         );
         assert!(run_claim(&gone, "vol", &a, &t).is_err());
