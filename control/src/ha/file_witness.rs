@@ -339,7 +339,6 @@ impl ClaimAttempt {
         expect: Observed,
         config: Option<EpochConfig>,
         nonce: u64,
-        t: &Timing,
     ) -> ClaimAttempt {
         let counter = match &expect {
             Observed::Record(r) => r.counter.saturating_add(1),
@@ -614,7 +613,7 @@ mod tests {
     fn leases_end_with_the_hold_and_only_recorded_configurations_leave() {
         let t = t();
         let t0 = Instant::now();
-        let a = ClaimAttempt::new(t0, DEV, NodeId(1), Observed::Absent, Some(cfg()), 1, &t);
+        let a = ClaimAttempt::new(t0, DEV, NodeId(1), Observed::Absent, Some(cfg()), 1);
         let hold = a.confirm(&Observed::Record(a.record.clone()), &t).unwrap();
         assert_eq!(hold.until, t0 + t.file_lease);
         assert_eq!(
@@ -647,7 +646,6 @@ mod tests {
             Observed::Record(mine.clone()),
             Some(cfg()),
             99,
-            &t,
         );
         assert_eq!(a.record.counter, 4);
         assert_eq!(a.check_first_read(&Observed::Record(mine.clone())), Ok(()));
@@ -724,7 +722,7 @@ mod tests {
         (r, w): (u64, u64),
         t: &Timing,
     ) -> (Option<Hold>, Instant) {
-        let a = ClaimAttempt::new(start, DEV, NodeId(me), expect, Some(cfg()), nonce, t);
+        let a = ClaimAttempt::new(start, DEV, NodeId(me), expect, Some(cfg()), nonce);
         let first = file_at(writes, start + ms(r));
         if a.check_first_read(&first).is_err() {
             return (None, start + ms(r));
@@ -762,7 +760,6 @@ mod tests {
                         Observed::Absent,
                         None,
                         u64::from(me),
-                        &t,
                     );
                     (a, read, landed)
                 })

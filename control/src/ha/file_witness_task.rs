@@ -155,7 +155,6 @@ fn run(node: Arc<Node>, device: String) {
                 Observed::Record(h.record.clone()),
                 config,
                 rand::random(),
-                &t,
             )
             .stamp(unix_ms(), &t);
             match run_claim(&path, &device, &a, &t) {
@@ -207,7 +206,6 @@ fn run(node: Arc<Node>, device: String) {
             expect,
             config.clone(),
             rand::random(),
-            &t,
         )
         .stamp(unix_ms(), &t);
         match run_claim(&path, &device, &a, &t) {
@@ -385,35 +383,18 @@ mod tests {
             Observed::Unreadable(String::new()),
             None,
             7,
-            &t,
         );
         // Garbage in the file: the claim is refused, never panics.
         assert!(run_claim(&p, "vol", &a, &t).is_err());
         std::fs::remove_file(&p).unwrap();
-        let a = ClaimAttempt::new(
-            Instant::now(),
-            "vol",
-            NodeId(1),
-            Observed::Absent,
-            None,
-            7,
-            &t,
-        );
+        let a = ClaimAttempt::new(Instant::now(), "vol", NodeId(1), Observed::Absent, None, 7);
         let h = run_claim(&p, "vol", &a, &t).unwrap();
         assert_eq!(read_lock(&p, "vol"), Observed::Record(h.record));
         // Another device's file is refused.
         assert!(matches!(read_lock(&p, "other"), Observed::Unreadable(_)));
         // A directory that does not exist (the share is gone): the claim fails.
         let gone = dir.path().join("missing").join("lock");
-        let a = ClaimAttempt::new(
-            Instant::now(),
-            "vol",
-            NodeId(1),
-            Observed::Absent,
-            None,
-            8,
-            &t,
-        );
+        let a = ClaimAttempt::new(Instant::now(), "vol", NodeId(1), Observed::Absent, None, 8);
         assert!(run_claim(&gone, "vol", &a, &t).is_err());
     }
 }
