@@ -599,8 +599,6 @@ fn file_share_witness_takeover_and_share_loss() {
     ]);
     let sync = free_port();
     let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
-    let hb = free_port();
-    let hb_link = format!("{}:{hb}={}:{hb}", a.ip, b.ip);
     let base_args = [
         "replica",
         "add",
@@ -609,8 +607,6 @@ fn file_share_witness_takeover_and_share_loss() {
         "node-b",
         "--sync-link",
         &link,
-        "--heartbeat-link",
-        &hb_link,
         "--failover",
         "node-majority",
         "--witness-file",
@@ -732,7 +728,8 @@ fn file_share_witness_takeover_and_share_loss() {
     let (hn, on) = (holder.name.clone(), other.name.clone());
     eprintln!("{hn} holds the lock file; its share becomes unreachable");
     let w_holder = Writer::start(holder, 3, 40_000);
-    let w_other = Writer::start(other, 4, 50_000);
+    // Disjoint areas (each writer covers 16 Ki blocks from its base): the model is exact.
+    let w_other = Writer::start(other, 4, 70_000);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     holder.cut_share();
