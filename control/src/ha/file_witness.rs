@@ -229,11 +229,14 @@ impl Watch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TakerDecision {
     Wait(&'static str),
-    /// Claim the file, expecting `expect` (the stale content), writing `config`.
-    Claim {
-        expect: Observed,
-        config: Option<EpochConfig>,
-    },
+    Claim(Box<ClaimPlan>),
+}
+
+/// Claim the file, expecting `expect` (the stale content), writing `config`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimPlan {
+    pub expect: Observed,
+    pub config: Option<EpochConfig>,
 }
 
 /// Whether this node (`me`, partner `partner`) claims the file, from what it watched and
@@ -258,15 +261,15 @@ pub fn decide_claim(
         Observed::Absent if has_local_state => TakerDecision::Wait(
             "the lock file is missing but this node hosted the authority before: restore the file",
         ),
-        Observed::Absent => TakerDecision::Claim {
+        Observed::Absent => TakerDecision::Claim(Box::new(ClaimPlan {
             expect: Observed::Absent,
             config: None,
-        },
+        })),
         Observed::Record(r) => match takeover_config(r, me, local_epoch) {
-            Ok(config) => TakerDecision::Claim {
+            Ok(config) => TakerDecision::Claim(Box::new(ClaimPlan {
                 expect: stale.clone(),
                 config,
-            },
+            })),
             Err(why) => TakerDecision::Wait(why),
         },
     }
@@ -516,9 +519,9 @@ mod tests {
             );
         }
         match decide_claim(&w, t0 + ms(3501), &t, NodeId(2), false, 0) {
-            TakerDecision::Claim { expect, config } => {
-                assert_eq!(expect, held);
-                let c = config.unwrap();
+            TakerDecision::Claim(p) => {
+                assert_eq!(p.expect, held);
+                let c = p.config.unwrap();
                 assert_eq!(c.state_of(NodeId(1)), MemberState::Out);
                 assert_eq!(c.sequencer, NodeId(2));
                 assert!(c.epoch > cfg().epoch);
@@ -540,7 +543,7 @@ mod tests {
         ));
         assert!(matches!(
             decide_claim(&w, t0 + ms(10_801), &t, NodeId(2), false, 0),
-            TakerDecision::Claim { .. }
+            TakerDecision::Claim(_)
         ));
     }
 
@@ -563,7 +566,7 @@ mod tests {
         ));
         assert!(matches!(
             decide_claim(&w, t0 + ms(5000), &t, NodeId(2), false, 0),
-            TakerDecision::Claim { config: None, .. }
+            TakerDecision::Claim(p) if p.config.is_none()
         ));
         let mut w = Watch::default();
         w.observe(t0, Observed::Unreadable("corrupt".into()));
@@ -604,7 +607,7 @@ mod tests {
             ));
             assert!(matches!(
                 decide_claim(&w, t0 + ms(3600), &t, NodeId(2), false, 0),
-                TakerDecision::Claim { .. }
+                TakerDecision::Claim(_)
             ));
         }
     }
@@ -851,9 +854,9 @@ mod tests {
             loop {
                 now += t.poll;
                 watch.observe(now, file_at(&writes, now));
-                if let TakerDecision::Claim { expect, .. } =
-                    decide_claim(&watch, now, &t, NodeId(2), false, 0)
+                if let TakerDecision::Claim(p) = decide_claim(&watch, now, &t, NodeId(2), false, 0)
                 {
+                    let expect = p.expect;
                     assert!(now > died_hold_until + t.margin, "seed {seed}");
                     let (h, at) = run_claim(&mut writes, now, 2, expect, 999, (3, 3), &t);
                     assert!(h.is_some(), "seed {seed}");

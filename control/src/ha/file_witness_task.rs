@@ -193,7 +193,7 @@ fn run(node: Arc<Node>, device: String) {
                 }
                 continue;
             }
-            TakerDecision::Claim { expect, config } => (expect, config),
+            TakerDecision::Claim(plan) => (plan.expect, plan.config),
         };
         let previous = match &expect {
             Observed::Record(rec) => Some(NodeId(rec.holder)),
