@@ -677,7 +677,7 @@ fn file_share_witness_takeover_and_share_loss() {
     );
     eprintln!("MEASURE {s} claimed the lock file {claimed:?} after the kill");
     wait_until(
-        &format!("{s} serving as sequencer"),
+        &format!("{s} serving as sequencer, {v} not synchronized"),
         Duration::from_secs(30),
         || {
             survivor.replicas().is_some_and(|l| {
@@ -686,7 +686,7 @@ fn file_share_witness_takeover_and_share_loss() {
                         r["local"] == true && r["serving"] == true && r["sequencer"] == true
                     })
                 })
-            })
+            }) && survivor.state_of(&v).is_some_and(|st| st != "synchronized")
         },
     );
     std::thread::sleep(Duration::from_secs(2));
