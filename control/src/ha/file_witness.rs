@@ -5,12 +5,13 @@
 //! - The file holds one [`LockRecord`]: the holder node, the device, the authority's newest
 //!   configuration (and so its epoch), a counter that grows with every write, a random
 //!   nonce per write, and a wall-clock expiry that is for people only (no decision reads it).
-//! - Every write is a **claim** ([`ClaimAttempt`]): read the file and check it is what the
-//!   claimer expects, write the new record (temp file, fsync, rename, fsync of the
-//!   directory), and the whole read+write must finish within `write_bound`; then wait
-//!   `confirm_delay` (> `write_bound`) and read again: only if the file still holds exactly
-//!   this record did the claim succeed. The claim then holds until its **start** plus
-//!   `file_lease`, counted on the claimer's monotonic clock.
+//! - Every write is a **claim** ([`ClaimAttempt`]): write the new record to a temp file and
+//!   fsync it; read the file and check it is what the claimer expects; rename the temp file
+//!   over it (the read and the rename must finish within `write_bound`); fsync the
+//!   directory; wait `confirm_delay` (> `write_bound`) and read again: only if the file still
+//!   holds exactly this record did the claim succeed. The claim then holds until its
+//!   **start** (just before the first read) plus `file_lease`, on the claimer's monotonic
+//!   clock.
 //! - The holder renews (a claim that expects its own last record) every `file_lease / 3`.
 //!   Another node claims only after it saw the same record (same counter and nonce)
 //!   unchanged for longer than `file_lease + margin` on **its own** monotonic clock
@@ -149,7 +150,7 @@ pub struct Timing {
     pub margin: Duration,
     /// The holder renews this often (file_lease / 3).
     pub renew_every: Duration,
-    /// A claim's first read plus its write must finish within this, else it failed.
+    /// A claim's first read plus its rename must finish within this, else it failed.
     pub write_bound: Duration,
     /// Wait between a claim's write and its confirmation read; more than `write_bound`.
     pub confirm_delay: Duration,
@@ -316,7 +317,7 @@ pub enum ClaimError {
     /// The first read was not what the claimer expected (someone wrote meanwhile).
     Changed,
     Unreadable(String),
-    /// The first read plus the write took longer than the bound.
+    /// The first read plus the rename took longer than the bound.
     TooSlow(Duration),
     /// The confirmation read shows another write.
     Lost,
@@ -327,7 +328,7 @@ impl std::fmt::Display for ClaimError {
         match self {
             ClaimError::Changed => write!(f, "the lock file changed before the write"),
             ClaimError::Unreadable(e) => write!(f, "{e}"),
-            ClaimError::TooSlow(d) => write!(f, "the read and write took {d:?}, too long"),
+            ClaimError::TooSlow(d) => write!(f, "the read and rename took {d:?}, too long"),
             ClaimError::Lost => write!(f, "another node's record replaced this one"),
         }
     }

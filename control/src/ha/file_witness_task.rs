@@ -58,12 +58,51 @@ pub fn read_lock(path: &Path, device: &str) -> Observed {
     }
 }
 
-/// One claim: first read, write (temp file, fsync, rename, fsync dir), confirmation read.
+/// One claim. The new record is written to a temp file in the same directory and fsynced
+/// first (the slow part, outside the bound); then the first read, the rename, and only the
+/// read and the rename count against the write bound (the record is visible to other nodes
+/// from the rename on); then the directory is fsynced, and after the confirm delay the file
+/// is read again. The hold counts from just before the first read.
 fn run_claim(path: &Path, device: &str, a: &ClaimAttempt, t: &Timing) -> Result<Hold, ClaimError> {
-    a.check_first_read(&read_lock(path, device))?;
-    tandem_config::save_atomic(path, &encode(&a.record))
-        .map_err(|e| ClaimError::Unreadable(format!("{}: {e}", path.display())))?;
+    let io = |e: std::io::Error| ClaimError::Unreadable(format!("{}: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.{}.{:016x}.tmp",
+        a.record.holder, a.record.nonce
+    ));
+    let prepared = (|| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(&encode(&a.record))?;
+        f.sync_all()
+    })();
+    if let Err(e) = prepared {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    let mut a = a.clone();
+    a.started = Instant::now();
+    let swapped = a
+        .check_first_read(&read_lock(path, device))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
+    if let Err(e) = swapped {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     a.check_written(Instant::now(), t)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     std::thread::sleep(t.confirm_delay);
     a.confirm(&read_lock(path, device), t)
 }
