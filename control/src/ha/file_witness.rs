@@ -329,7 +329,7 @@ impl std::fmt::Display for ClaimError {
             ClaimError::Changed => write!(f, "the lock file changed before the write"),
             ClaimError::Unreadable(e) => write!(f, "{e}"),
             ClaimError::TooSlow(d) => write!(f, "the read and rename took {d:?}, too long"),
-            ClaimError::Lost => write!(f, "another node's record replaced this one"),
+            ClaimError::Lost => write!(f, "the confirmation read did not find this record"),
         }
     }
 }
