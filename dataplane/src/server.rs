@@ -258,6 +258,9 @@ fn build_device_sized(
             )
         }
     };
+    // A device that runs COMPARE AND WRITE atomically itself (replicated: cluster-wide)
+    // gets it as one operation; others get the LU's local read, compare and write.
+    lu.set_device_compare_and_write(bdev.atomic_compare_and_write());
     let mut dev = Device::new(spec.name.clone(), bdev, lu);
     dev.replica = replica;
     dev.ha_node = ha_node;

@@ -24,10 +24,12 @@ use tandem_config::REPLICA_NODE_ID_MAX;
 
 use super::authority_host::{self, HostError, Persisted};
 use super::driver::{AuthorityReply, AuthorityRequest};
-use super::{HaView, Role, WITNESS_DEVICES_MAX};
+use super::{strategy, HaView, Role, WITNESS_DEVICES_MAX};
 use crate::error::ApiError;
 use crate::service::Node;
 use crate::token::constant_time_eq;
+use tandem_ha::authority::ToAuthority;
+use tandem_ha::NodeId;
 
 /// Largest request body.
 pub const BODY_BYTES_MAX: usize = 64 << 10;
@@ -124,13 +126,69 @@ async fn authority(
         authority_host::ensure_host(&node, &device, &req.nodes, req.initial, WITNESS_DEVICES_MAX)
             .map_err(host_error)?;
     }
-    match authority_host::handle_local(&node, &device, req.from, req.requests) {
+    let (me, turned, requests) = turn_verdicts(&node, &device, req.from, req.requests);
+    if !turned.is_empty() {
+        if let Some(Err(e)) = authority_host::handle_local(&node, &device, me, turned) {
+            return Err(host_error(e));
+        }
+    }
+    match authority_host::handle_local(&node, &device, req.from, requests) {
         Some(Ok(update)) => Ok(Json(AuthorityReply { update })),
         Some(Err(e)) => Err(host_error(e)),
         None => Err(ApiError::conflict(format!(
             "this node does not host the failover authority of `{device}`"
         ))),
     }
+}
+
+/// Splits a partner's requests: verdicts about this node that the heartbeat strategy's
+/// priority turns against the asker ([`strategy::verdict_suspect`]) become this node's own
+/// verdicts about the asker (returned with this node's id); the rest go on as sent.
+fn turn_verdicts(
+    node: &Node,
+    device: &str,
+    from: NodeId,
+    requests: Vec<ToAuthority>,
+) -> (NodeId, Vec<ToAuthority>, Vec<ToAuthority>) {
+    let config = node.config_arc();
+    let Some(r) = config.device(device).and_then(|d| d.replication.as_ref()) else {
+        return (from, Vec::new(), requests);
+    };
+    let me = NodeId(r.node_id);
+    let lease = node.ha.settings().lease;
+    let local_serving = node
+        .ha
+        .views
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(device)
+        .is_some_and(|v| {
+            v.status.as_ref().is_some_and(|s| s.serving)
+                && v.exchanged_at.is_some_and(|t| t.elapsed() < lease)
+        });
+    let mut turned = Vec::new();
+    let mut rest = Vec::new();
+    for q in requests {
+        match q {
+            ToAuthority::Verdict { suspect, epoch }
+                if strategy::verdict_suspect(r, from, suspect, local_serving) != suspect =>
+            {
+                tracing::info!(
+                    device,
+                    asker = from.0,
+                    epoch = epoch.0,
+                    "heartbeat strategy: node {} asks for a verdict about this node (priority first, serving); the node with priority second stops instead",
+                    from.0
+                );
+                turned.push(ToAuthority::Verdict {
+                    suspect: from,
+                    epoch,
+                });
+            }
+            q => rest.push(q),
+        }
+    }
+    (me, turned, rest)
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

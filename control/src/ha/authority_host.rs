@@ -98,14 +98,59 @@ pub struct AuthorityHost {
     path: PathBuf,
     authority: Authority,
     base: Instant,
-    /// No leases, no removals before this (restart, pause).
-    quiet_until: Instant,
-    /// The last call (to detect pauses).
-    last_seen: Instant,
-    pause_limit: Duration,
-    quiet_for: Duration,
+    /// No leases, no removals while quiet (restart, pause); on `time(now)`.
+    quiet: QuietPeriod,
     saved: Persisted,
     failed: Option<String>,
+}
+
+/// The quiet period of a restarted or paused authority (see the module comment), on a
+/// clock of nanoseconds. Pure, so that the vote simulation (`super::vote_sim`) runs the
+/// same rule as this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuietPeriod {
+    /// No leases, no removals before this.
+    until_ns: u64,
+    /// The last call (to detect pauses).
+    last_seen_ns: u64,
+    /// A gap longer than this between two calls is a pause: half a lease.
+    pause_limit_ns: u64,
+    /// A lease plus margin: every lease granted before has ended by then.
+    quiet_for_ns: u64,
+}
+
+impl QuietPeriod {
+    /// `restarted`: leases of an earlier incarnation may be out there, so the host starts
+    /// quiet.
+    pub fn new(settings: &HaSettings, now_ns: u64, restarted: bool) -> QuietPeriod {
+        let quiet_for_ns = ns(settings.lease + settings.margin);
+        QuietPeriod {
+            until_ns: if restarted {
+                now_ns.saturating_add(quiet_for_ns)
+            } else {
+                now_ns
+            },
+            last_seen_ns: now_ns,
+            pause_limit_ns: ns(settings.lease / 2),
+            quiet_for_ns,
+        }
+    }
+
+    /// A call at `now_ns`. Returns the gap since the previous call if it was a pause (the
+    /// host is then quiet again for a lease plus margin).
+    pub fn observe(&mut self, now_ns: u64) -> Option<u64> {
+        let gap = now_ns.saturating_sub(self.last_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(now_ns);
+        if gap > self.pause_limit_ns {
+            self.until_ns = self.until_ns.max(now_ns.saturating_add(self.quiet_for_ns));
+            return Some(gap);
+        }
+        None
+    }
+
+    pub fn is_quiet(&self, now_ns: u64) -> bool {
+        now_ns < self.until_ns
+    }
 }
 
 pub fn state_path(data_dir: &Path, device: &str) -> PathBuf {
@@ -214,17 +259,12 @@ impl AuthorityHost {
                 a
             }
         };
-        let quiet_for = settings.lease + settings.margin;
-        let quiet_until = if restarted { now + quiet_for } else { now };
         AuthorityHost {
             device: saved.device.clone(),
             path,
             authority,
             base: now,
-            quiet_until,
-            last_seen: now,
-            pause_limit: settings.lease / 2,
-            quiet_for,
+            quiet: QuietPeriod::new(settings, 0, restarted),
             saved,
             failed: None,
         }
@@ -327,12 +367,11 @@ impl AuthorityHost {
     /// A gap of more than half a lease since the last call: this process was stopped or
     /// starved. Leases and removals wait again for a lease plus margin.
     fn observe(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.last_seen) > self.pause_limit {
-            tracing::warn!(device = %self.device, gap_ms = now.saturating_duration_since(self.last_seen).as_millis() as u64,
+        let t = self.time(now).0;
+        if let Some(gap) = self.quiet.observe(t) {
+            tracing::warn!(device = %self.device, gap_ms = gap / 1_000_000,
                 "the authority was paused: no leases or removals for a lease plus margin");
-            self.quiet_until = self.quiet_until.max(now + self.quiet_for);
         }
-        self.last_seen = self.last_seen.max(now);
     }
 
     fn check_live(&self) -> Result<(), HostError> {
@@ -419,7 +458,7 @@ impl AuthorityHost {
         }
         self.observe(now);
         let t = self.time(now);
-        let quiet = now < self.quiet_until;
+        let quiet = self.quiet.is_quiet(t.0);
         let mut last = None;
         // While quiet, nothing reaches the authority (its replies grant leases, and every
         // call runs due removals): the node is told the configuration and asks again.
@@ -471,10 +510,10 @@ impl AuthorityHost {
             return Ok(());
         }
         self.observe(now);
-        if now < self.quiet_until {
+        let t = self.time(now);
+        if self.quiet.is_quiet(t.0) {
             return Ok(());
         }
-        let t = self.time(now);
         self.authority.run_due(t);
         self.persist_changes()
     }

@@ -116,6 +116,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), report.status.config.as_ref());
                         v.status = Some(report.status);
+                        v.exchanged_at = Some(Instant::now());
                     });
                 }
                 Ok(other) => note_error(&node, &device, format!("data plane answered {other:?}")),

@@ -21,6 +21,7 @@ pub mod file_witness;
 pub mod file_witness_task;
 pub mod membership;
 pub mod strategy;
+pub mod vote_sim;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -138,6 +139,10 @@ pub struct HaView {
     pub heartbeats_rejected: u64,
     /// This node took the authority over from the named node id (heartbeat strategy).
     pub took_over_from: Option<u8>,
+    /// When the data plane last answered an exchange (for the heartbeat priority rule:
+    /// a stale report says nothing about a data plane that has since died).
+    #[serde(skip)]
+    pub exchanged_at: Option<std::time::Instant>,
     /// File-share witness: this node holds the lock file for this many more ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_file_held_ms: Option<u64>,

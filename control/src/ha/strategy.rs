@@ -177,6 +177,35 @@ pub fn superseded(mine: u64, theirs: u64, my_priority: Priority) -> bool {
     theirs > mine || (theirs == mine && my_priority == Priority::Second)
 }
 
+/// Heartbeat strategy, two nodes, the authority on this node: the partner asks for a
+/// verdict about this node. When the sync links fail and a heartbeat link (or the API) is
+/// alive, both engines ask for a verdict about each other, and whichever request arrived
+/// first used to win: the node with priority first could be removed, and rejoin, and be
+/// removed again, every two seconds. The strategy says the node with priority second stops.
+/// So while this node (priority first) is alive and serving (`local_serving`: its engine
+/// reported, within a lease, that it serves), the verdict is turned against the asker.
+/// Returns the node the verdict must name. Any other case keeps the suspect: a node whose
+/// data plane is gone or that does not serve is rightly removed.
+pub fn verdict_suspect(
+    r: &ReplicationConfig,
+    from: NodeId,
+    suspect: NodeId,
+    local_serving: bool,
+) -> NodeId {
+    let me = NodeId(r.node_id);
+    let against_first_here = r.failover == FailoverStrategy::Heartbeat
+        && r.partners.len() == 1
+        && r.priority == Priority::First
+        && suspect == me
+        && from != me
+        && r.partners.iter().any(|p| NodeId(p.node_id) == from);
+    if against_first_here && local_serving {
+        from
+    } else {
+        suspect
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -200,6 +229,65 @@ mod tests {
     }
 
     use super::*;
+    #[test]
+    fn a_second_nodes_verdict_about_a_serving_first_turns_against_the_second() {
+        use tandem_config::{JournalKind, PartnerConfig};
+        let r = |priority, failover, partners: u8| ReplicationConfig {
+            node_id: 1,
+            secret_file: "/x".into(),
+            failover,
+            priority,
+            journal: JournalKind::Ram,
+            journal_location: None,
+            witness: None,
+            witness_file: None,
+            partners: (2..2 + partners)
+                .map(|id| PartnerConfig {
+                    name: format!("n{id}"),
+                    node_id: id,
+                    sync_links: vec![],
+                    heartbeat_links: vec![],
+                })
+                .collect(),
+        };
+        let hb = FailoverStrategy::Heartbeat;
+        let (me, partner) = (NodeId(1), NodeId(2));
+        // The rule: the second asks about the serving first -> the second is named.
+        assert_eq!(
+            verdict_suspect(&r(Priority::First, hb, 1), partner, me, true),
+            partner
+        );
+        // This node does not serve (data plane gone, syncing): the verdict stands.
+        assert_eq!(
+            verdict_suspect(&r(Priority::First, hb, 1), partner, me, false),
+            me
+        );
+        // This node is the second (it took the authority over): the verdict stands.
+        assert_eq!(
+            verdict_suspect(&r(Priority::Second, hb, 1), partner, me, true),
+            me
+        );
+        // About someone else, or asked by this node itself: unchanged.
+        assert_eq!(
+            verdict_suspect(&r(Priority::First, hb, 1), me, partner, true),
+            partner
+        );
+        // Three nodes, node majority: unchanged.
+        assert_eq!(
+            verdict_suspect(&r(Priority::First, hb, 2), partner, me, true),
+            me
+        );
+        assert_eq!(
+            verdict_suspect(
+                &r(Priority::First, FailoverStrategy::NodeMajority, 1),
+                partner,
+                me,
+                true
+            ),
+            me
+        );
+    }
+
     use tandem_config::{LinkPair, PartnerConfig};
     use tandem_ha::Epoch;
 

@@ -1318,6 +1318,10 @@ impl BdevChannel for CacheChannel {
                 self.through(tag, offset, len, None, false)
             }
             BdevOp::Flush => self.flush(tag),
+            // Refused by `check_op` above; kept for an exhaustive match.
+            BdevOp::CompareAndWrite { buf, .. } => {
+                self.finish(tag, Err(BdevError::Unsupported), Some(buf))
+            }
         }
     }
 

@@ -627,6 +627,10 @@ impl BdevChannel for FileChannel {
                     self.start_zero(tag, offset, len, 0);
                 }
             }
+            // Refused by `check_op` above; kept for an exhaustive match.
+            BdevOp::CompareAndWrite { buf, .. } => {
+                self.finish(tag, Err(BdevError::Unsupported), Some(buf))
+            }
         }
         if let Err(e) = self.ring.flush_submissions() {
             tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");

@@ -93,6 +93,22 @@ pub enum BdevOp {
         /// Byte length.
         len: u64,
     },
+    /// COMPARE AND WRITE: `buf` holds the expected data (first half) then the new data
+    /// (second half), each `buf.len() / 2` bytes at `offset`. The device compares the blocks
+    /// with the first half and, only if equal, writes the second half, atomically against
+    /// every other write to the device (on a replicated device: through any node). Unequal:
+    /// [`BdevError::Miscompare`]. Offered only by devices whose
+    /// [`Bdev::atomic_compare_and_write`] is true; others refuse it with
+    /// [`BdevError::Unsupported`] (the caller then compares itself). The buffer must be
+    /// aligned to [`BUF_ALIGN`]; it comes back in the completion.
+    CompareAndWrite {
+        /// Byte offset.
+        offset: u64,
+        /// Expected data, then new data (equal halves).
+        buf: AlignedBuf,
+        /// Force unit access for the write.
+        fua: bool,
+    },
 }
 
 /// The result of one operation.
@@ -102,8 +118,8 @@ pub struct Completion {
     pub tag: u64,
     /// Success or why not.
     pub result: Result<(), BdevError>,
-    /// Read: the filled buffer (`len` = requested). Write: the caller's buffer back for reuse
-    /// (also on errors). None otherwise.
+    /// Read: the filled buffer (`len` = requested). Write and compare-and-write: the caller's
+    /// buffer back for reuse (also on errors). None otherwise.
     pub buf: Option<AlignedBuf>,
 }
 
@@ -131,6 +147,17 @@ pub enum BdevError {
     /// on another node; never MEDIUM ERROR.
     #[error("not ready: this node's replica is not serving")]
     NotReady,
+    /// COMPARE AND WRITE found different data; nothing was written. `offset` is the offset of
+    /// the first differing byte from the start of the compared range (SCSI reports it in the
+    /// sense data's INFORMATION field).
+    #[error("miscompare at byte {offset} of the compared range")]
+    Miscompare {
+        /// First differing byte, from the start of the range.
+        offset: u64,
+    },
+    /// The device does not offer this operation (see [`Bdev::atomic_compare_and_write`]).
+    #[error("operation not supported by this device")]
+    Unsupported,
 }
 
 /// A block device shared by all reactor threads.
@@ -151,6 +178,13 @@ pub trait Bdev: Send + Sync {
     /// (blocking, like [`Bdev::flush_blocking`]). Devices without a cache layer accept only
     /// [`CacheMode::None`].
     fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError>;
+    /// Whether channels run [`BdevOp::CompareAndWrite`] themselves, atomically against every
+    /// other write to the device wherever it comes from (a replicated device, whose writes
+    /// also arrive through partner nodes). A local device says no: the SCSI layer's own
+    /// read, compare and write under its range lock is atomic there already.
+    fn atomic_compare_and_write(&self) -> bool {
+        false
+    }
 }
 
 /// A per-thread handle for submitting I/O to a [`Bdev`].
@@ -236,19 +270,27 @@ pub(crate) fn check_op(
             }
             check_range(block_size, num_blocks, *offset, *len)
         }
+        // Local devices leave COMPARE AND WRITE to the caller (see the trait).
+        BdevOp::CompareAndWrite { .. } => Err(BdevError::Unsupported),
     }
 }
 
 /// The completion for an operation refused before it started (returns a write's buffer).
 pub(crate) fn reject(tag: u64, op: BdevOp, err: BdevError) -> Completion {
-    let buf = match op {
-        BdevOp::Write { buf, .. } => Some(buf),
-        _ => None,
-    };
     Completion {
         tag,
         result: Err(err),
-        buf,
+        buf: op.into_buf(),
+    }
+}
+
+impl BdevOp {
+    /// The caller's buffer this operation carries (write, compare-and-write), to hand back.
+    pub fn into_buf(self) -> Option<AlignedBuf> {
+        match self {
+            BdevOp::Write { buf, .. } | BdevOp::CompareAndWrite { buf, .. } => Some(buf),
+            BdevOp::Read { .. } | BdevOp::Flush | BdevOp::Discard { .. } => None,
+        }
     }
 }
 

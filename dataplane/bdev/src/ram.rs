@@ -256,6 +256,8 @@ impl BdevChannel for RamChannel {
                     buf: None,
                 }
             }
+            // Refused by `check_op` above; kept for an exhaustive match.
+            op @ BdevOp::CompareAndWrite { .. } => reject(tag, op, BdevError::Unsupported),
         };
         self.ready.push_back(c);
     }

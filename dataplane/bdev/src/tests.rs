@@ -1704,3 +1704,29 @@ fn slow_read_sees_data_written_back_meanwhile() {
     assert!(buf[..BS as usize] == new[..], "stale data from the backend");
     assert!(buf[BS as usize..].iter().all(|&b| b == 0));
 }
+
+/// Local devices do not offer COMPARE AND WRITE: they say so, refuse it without touching the
+/// data, and hand the buffer back.
+#[test]
+fn local_devices_refuse_compare_and_write() {
+    for (name, s) in all_subjects() {
+        assert!(!s.dev.atomic_compare_and_write(), "{name}");
+        let mut ch = s.dev.channel().unwrap();
+        let ch = ch.as_mut();
+        let mut buf = ch.alloc_buf(2 * BS as usize);
+        buf.fill(0);
+        buf[BS as usize..].fill(7);
+        let c = run(
+            ch,
+            BdevOp::CompareAndWrite {
+                offset: 0,
+                buf,
+                fua: false,
+            },
+        );
+        assert!(matches!(c.result, Err(BdevError::Unsupported)), "{name}");
+        assert_eq!(c.buf.map(|b| b.len()), Some(2 * BS as usize), "{name}");
+        assert!(read(ch, 0, BS).unwrap().iter().all(|&b| b == 0), "{name}");
+        settle(ch);
+    }
+}

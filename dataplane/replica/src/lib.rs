@@ -301,6 +301,13 @@ impl Bdev for ReplicatedBdev {
     fn set_cache_mode(&self, mode: CacheMode) -> Result<(), BdevError> {
         self.inner.set_cache_mode(mode)
     }
+
+    /// COMPARE AND WRITE goes to the engine as one command: the sequencer compares and
+    /// writes under its cluster-wide range lock, so it is atomic against writes through
+    /// every node (a compare on this node's copy alone would not be).
+    fn atomic_compare_and_write(&self) -> bool {
+        true
+    }
 }
 
 /// A reactor's handle on a replicated device.
@@ -331,14 +338,10 @@ impl BdevChannel for ReplicaChannel {
         }) {
             // The replication thread is gone: NOT READY, answered here.
             let s = e.into_inner();
-            let buf = match s.op {
-                BdevOp::Write { buf, .. } => Some(buf),
-                _ => None,
-            };
             self.refused.push(Completion {
                 tag: s.tag,
                 result: Err(BdevError::NotReady),
-                buf,
+                buf: s.op.into_buf(),
             });
             let _ = self.wake.notify();
             return;

@@ -36,6 +36,9 @@ const SUBMIT_BATCH: usize = 256;
 /// usually comes within it, and waking a sleeping thread costs more than that on a busy
 /// machine. Idle, the thread sleeps (no spinning without recent work).
 const SPIN: Duration = Duration::from_micros(50);
+/// Tags of local reads the thread submits itself (outside the engine): the engine numbers its
+/// local I/O from 1 upwards and never reaches this bit.
+const OWN_IO_TAG: u64 = 1 << 63;
 
 struct PartnerState {
     name: String,
@@ -61,6 +64,13 @@ enum ReqKind {
         next: u64,
         end: u64,
     },
+    /// COMPARE AND WRITE: `buf` is the expected data then the new data (equal halves).
+    CompareAndWrite {
+        buf: Option<AlignedBuf>,
+        offset: u64,
+        fua: bool,
+        flushing: bool,
+    },
 }
 
 struct HostReq {
@@ -80,6 +90,11 @@ enum LocalPending {
         data: P,
     },
     CawWrite,
+    /// The engine answered MISCOMPARE for host request `req`: reading the local copy to
+    /// find the first differing byte (the engine does not carry it; see `locate_miscompare`).
+    LocateMiscompare {
+        req: u64,
+    },
 }
 
 pub(crate) struct Worker {
@@ -541,6 +556,41 @@ impl Worker {
                 );
                 self.host(id, HostCmd::Flush);
             }
+            BdevOp::CompareAndWrite { offset, buf, fua } => {
+                let half = buf.len() / 2;
+                let checked = if buf.len() % 2 != 0 {
+                    Err(BdevError::Misaligned)
+                } else {
+                    self.check(offset, half as u64, true)
+                };
+                if let Err(e) = checked {
+                    return self.complete(chan, tag, Err(e), Some(buf));
+                }
+                if half == 0 {
+                    return self.complete(chan, tag, Ok(()), Some(buf));
+                }
+                // The sequencer's cluster-wide range lock makes it atomic against every
+                // other write, through any node.
+                let cmd = HostCmd::CompareAndWrite {
+                    range: self.range(offset, half as u64),
+                    verify: SharedPayload::from_host(&buf[..half]),
+                    data: SharedPayload::from_host(&buf[half..]),
+                };
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::CompareAndWrite {
+                            buf: Some(buf),
+                            offset,
+                            fua,
+                            flushing: false,
+                        },
+                    },
+                );
+                self.host(id, cmd);
+            }
             BdevOp::Discard { offset, len } => {
                 if let Err(e) = self.check(offset, 0, true).and_then(|()| {
                     // The whole range, without the per-I/O size limit (it goes in chunks).
@@ -634,6 +684,19 @@ impl Worker {
                     self.complete(req.chan, req.tag, Ok(()), buf);
                     return;
                 }
+                ReqKind::CompareAndWrite {
+                    buf, fua, flushing, ..
+                } => {
+                    if *fua && !*flushing {
+                        *flushing = true;
+                        self.reqs.insert(id, req);
+                        self.host(id, HostCmd::Flush);
+                        return;
+                    }
+                    let buf = buf.take();
+                    self.complete(req.chan, req.tag, Ok(()), buf);
+                    return;
+                }
                 ReqKind::Flush => {
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
@@ -652,13 +715,85 @@ impl Worker {
             HostStatus::MediumError => {
                 BdevError::Io(std::io::Error::other("the local copy failed the I/O"))
             }
-            HostStatus::Miscompare => BdevError::Other("miscompare".into()),
+            HostStatus::Miscompare => {
+                if matches!(req.kind, ReqKind::CompareAndWrite { .. }) {
+                    return self.locate_miscompare(id, req);
+                }
+                BdevError::Other("miscompare for a command that compares nothing".into())
+            }
         };
         let buf = match &mut req.kind {
-            ReqKind::Write { buf, .. } => buf.take(),
+            ReqKind::Write { buf, .. } | ReqKind::CompareAndWrite { buf, .. } => buf.take(),
             _ => None,
         };
         self.complete(req.chan, req.tag, Err(err), buf);
+    }
+
+    /// SCSI reports where a COMPARE AND WRITE first differed, but the engine's MISCOMPARE
+    /// does not say (for a forwarded one the compare ran on the sequencer). Every replica
+    /// held the compared data when the sequencer compared (the range lock lets no write
+    /// overlap until every copy has it), so the local copy, read now, gives the same offset
+    /// unless a newer write to the range has landed since; then the offset is that of the
+    /// newer data, or 0 if it now matches (the MISCOMPARE itself stands either way).
+    fn locate_miscompare(&mut self, id: u64, req: HostReq) {
+        let ReqKind::CompareAndWrite {
+            buf: Some(buf),
+            offset,
+            ..
+        } = &req.kind
+        else {
+            return self.complete(
+                req.chan,
+                req.tag,
+                Err(BdevError::Miscompare { offset: 0 }),
+                None,
+            );
+        };
+        let (offset, len) = (*offset, buf.len() / 2);
+        let own = OWN_IO_TAG | id;
+        self.reqs.insert(id, req);
+        self.local_ios
+            .insert(own, LocalPending::LocateMiscompare { req: id });
+        self.local.submit(
+            own,
+            BdevOp::Read {
+                offset,
+                len: len as u32,
+            },
+        );
+    }
+
+    fn on_miscompare_located(&mut self, req_id: u64, c: Completion) {
+        let Some(mut req) = self.reqs.remove(&req_id) else {
+            if let Some(b) = c.buf {
+                self.local.free_buf(b);
+            }
+            return;
+        };
+        let ReqKind::CompareAndWrite { buf, .. } = &mut req.kind else {
+            return;
+        };
+        let buf = buf.take();
+        let offset = match (&c.result, c.buf.as_deref(), buf.as_deref()) {
+            (Ok(()), Some(local), Some(host)) => {
+                let expected = &host[..host.len() / 2];
+                local
+                    .iter()
+                    .zip(expected)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0) as u64
+            }
+            _ => 0,
+        };
+        if let Some(b) = c.buf {
+            self.local.free_buf(b);
+        }
+        self.complete(
+            req.chan,
+            req.tag,
+            Err(BdevError::Miscompare { offset }),
+            buf,
+        );
     }
 
     // ---- local side ---------------------------------------------------------------------
@@ -749,6 +884,9 @@ impl Worker {
         };
         if let Err(e) = &c.result {
             tracing::error!(device = %self.info.name, error = %e, "local I/O of a replicated device failed");
+        }
+        if let LocalPending::LocateMiscompare { req } = pending {
+            return self.on_miscompare_located(req, c);
         }
         let result = match (pending, c.result) {
             (LocalPending::Read, Ok(())) => match c.buf {
@@ -864,18 +1002,14 @@ impl Worker {
         for id in ids {
             if let Some(mut req) = self.reqs.remove(&id) {
                 let buf = match &mut req.kind {
-                    ReqKind::Write { buf, .. } => buf.take(),
+                    ReqKind::Write { buf, .. } | ReqKind::CompareAndWrite { buf, .. } => buf.take(),
                     _ => None,
                 };
                 self.complete(req.chan, req.tag, Err(BdevError::NotReady), buf);
             }
         }
         while let Ok(s) = self.submit_rx.try_recv() {
-            let buf = match s.op {
-                BdevOp::Write { buf, .. } => Some(buf),
-                _ => None,
-            };
-            self.complete(s.chan, s.tag, Err(BdevError::NotReady), buf);
+            self.complete(s.chan, s.tag, Err(BdevError::NotReady), s.op.into_buf());
         }
         self.wake_channels();
         // Local I/O still in flight finishes before the channel goes away.

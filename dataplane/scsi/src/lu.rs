@@ -107,6 +107,8 @@ pub struct LogicalUnit {
     state: Mutex<State>,
     inflight: Inflight,
     pr_store: Option<Arc<dyn PrStore>>,
+    /// The device runs COMPARE AND WRITE atomically itself (`LuIo::CompareAndWrite`).
+    device_caw: std::sync::atomic::AtomicBool,
 }
 
 pub(super) fn done(r: Reply) -> Step {
@@ -150,6 +152,7 @@ impl LogicalUnit {
             unmap_supported: cfg.unmap_supported,
             max_transfer_blocks: cfg.max_transfer_blocks,
             default_wce: wce,
+            device_caw: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(State {
                 num_blocks: cfg.num_blocks,
                 cache: cfg.cache,

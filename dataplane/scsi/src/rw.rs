@@ -137,6 +137,8 @@ pub(crate) enum ContKind {
         bytes: usize,
         block_size: usize,
     },
+    /// COMPARE AND WRITE that the device compared and wrote itself.
+    CawByDevice,
     /// COMPARE AND WRITE, compare phase done next.
     CawRead {
         lba: u64,

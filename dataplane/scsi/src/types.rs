@@ -142,6 +142,15 @@ pub enum LuIo {
     Unmap {
         ranges: Vec<(u64, u32)>,
     },
+    /// COMPARE AND WRITE run by the device itself (one that offers it atomically, e.g. a
+    /// replicated device: see [`crate::LogicalUnit::set_device_compare_and_write`]). The
+    /// command's Data-Out buffer is the expected data then the new data, `blocks` each; a
+    /// difference comes back as [`IoOutcome::Miscompare`].
+    CompareAndWrite {
+        lba: u64,
+        blocks: u32,
+        fua: bool,
+    },
 }
 
 /// Where the bytes of a write come from.
@@ -180,6 +189,11 @@ pub enum IoOutcome<'a> {
     /// CHECK CONDITION, NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE
     /// STATE (04/0C), which multipath retries on another path.
     NotReady,
+    /// A device-run [`LuIo::CompareAndWrite`] found different data (nothing was written);
+    /// `offset` is the first differing byte from the start of the compared range.
+    Miscompare {
+        offset: u64,
+    },
 }
 
 /// SCSI status byte (SAM-5).

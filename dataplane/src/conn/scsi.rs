@@ -803,6 +803,32 @@ impl ConnCore {
                     fua,
                 });
             }
+            LuIo::CompareAndWrite { lba, blocks, fua } => {
+                let len = (blocks as u64 * bs) as usize;
+                dev.stats.count_write(len as u64);
+                // The Data-Out buffer is exactly compare ‖ write data (the LU checked): it
+                // goes to the device as it is and comes back in the completion.
+                let buf = match data_out.take() {
+                    Some(b) if b.len() == 2 * len => {
+                        out_buf = OutBuf::WithDevice;
+                        b
+                    }
+                    other => {
+                        let mut b = ctx.alloc_buf(Some(dev), 2 * len);
+                        let src = other.as_deref().unwrap_or(&[]);
+                        let n = src.len().min(2 * len);
+                        b[..n].copy_from_slice(&src[..n]);
+                        b[n..].fill(0);
+                        data_out = other;
+                        b
+                    }
+                };
+                ops.push(BdevOp::CompareAndWrite {
+                    offset: lba * bs,
+                    buf,
+                    fua,
+                });
+            }
             LuIo::Flush => ops.push(BdevOp::Flush),
             LuIo::Unmap { ranges } => {
                 for (lba, blocks) in ranges {
@@ -895,9 +921,12 @@ impl ConnCore {
             let failure = match e {
                 tandem_bdev::BdevError::Io(_) => IoFailure::Medium,
                 tandem_bdev::BdevError::NotReady => IoFailure::NotReady,
+                tandem_bdev::BdevError::Miscompare { offset } => IoFailure::Miscompare(*offset),
                 _ => IoFailure::Other,
             };
-            if failure == IoFailure::NotReady {
+            if let IoFailure::Miscompare(offset) = failure {
+                tracing::debug!(device = ?dev.as_ref().map(|d| &d.name), offset, "compare and write: miscompare");
+            } else if failure == IoFailure::NotReady {
                 tracing::debug!(device = ?dev.as_ref().map(|d| &d.name), "replica not serving: NOT READY");
             } else {
                 tracing::warn!(device = ?dev.as_ref().map(|d| &d.name), error = %e, "block device I/O failed");
@@ -957,6 +986,7 @@ impl ConnCore {
             },
             Some(IoFailure::Medium) => IoOutcome::MediumError,
             Some(IoFailure::NotReady) => IoOutcome::NotReady,
+            Some(IoFailure::Miscompare(offset)) => IoOutcome::Miscompare { offset },
             Some(IoFailure::Other) => IoOutcome::Failed,
         };
         let step = dev

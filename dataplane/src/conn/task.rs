@@ -206,6 +206,8 @@ pub enum IoFailure {
     Medium,
     /// A replicated device not serving on this node: NOT READY 04/0C.
     NotReady,
+    /// A device-run COMPARE AND WRITE differed at this byte of the range.
+    Miscompare(u64),
     Other,
 }
 

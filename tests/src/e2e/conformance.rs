@@ -27,6 +27,16 @@ pub fn suites() -> Vec<String> {
 
 /// Runs one suite; a suite that outlives `timeout` is killed and its unfinished test fails.
 pub fn run_suite(url: &str, suite: &str, timeout: Duration) -> Vec<TestResult> {
+    if suite == "ALL.MultipathIO" {
+        // A second session to the same LUN stands in for a second path.
+        return run_suite_on(&[url, url], suite, timeout);
+    }
+    run_suite_on(&[url], suite, timeout)
+}
+
+/// Runs one suite given one URL per path (`ALL.MultipathIO` takes two: e.g. two nodes'
+/// targets of one replicated device).
+pub fn run_suite_on(urls: &[&str], suite: &str, timeout: Duration) -> Vec<TestResult> {
     let mut args = vec![
         "--dataloss",
         "-i",
@@ -36,12 +46,8 @@ pub fn run_suite(url: &str, suite: &str, timeout: Duration) -> Vec<TestResult> {
         "-v",
         "-t",
         suite,
-        url,
     ];
-    if suite == "ALL.MultipathIO" {
-        // A second session to the same LUN stands in for a second path.
-        args.push(url);
-    }
+    args.extend_from_slice(urls);
     let mut child = Command::new("iscsi-test-cu")
         .args(&args)
         .stdin(Stdio::null())

@@ -4,5 +4,7 @@
 pub mod blocks;
 pub mod conformance;
 pub mod cunit;
+pub mod host_io;
+pub mod netns_cluster;
 pub mod procs;
 pub mod raw;

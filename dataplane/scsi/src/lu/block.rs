@@ -42,6 +42,7 @@ impl LogicalUnit {
                     ContKind::Complete { is_write: true }
                         | ContKind::WriteSame { .. }
                         | ContKind::WriteThenVerify { .. }
+                        | ContKind::CawByDevice
                 );
                 let s = if write_like {
                     Sense::write_error()
@@ -57,6 +58,13 @@ impl LogicalUnit {
             }
             IoOutcome::Failed => return check(Sense::internal_target_failure()),
             IoOutcome::NotReady => return check(Sense::alua_unavailable()),
+            IoOutcome::Miscompare { offset } => {
+                return check(match kind {
+                    ContKind::CawByDevice => Sense::miscompare(offset),
+                    // Only a device-run COMPARE AND WRITE compares.
+                    _ => Sense::internal_target_failure(),
+                });
+            }
         };
         match kind {
             ContKind::Read { len } => {
@@ -69,7 +77,7 @@ impl LogicalUnit {
                     sense: None,
                 })
             }
-            ContKind::Complete { .. } => done(Reply::good()),
+            ContKind::Complete { .. } | ContKind::CawByDevice => done(Reply::good()),
             // Taken before the outcome is read (its failure is not an LBA's).
             ContKind::PrCommit { .. } => check(Sense::internal_target_failure()),
             ContKind::WriteThenVerify { lba, blocks, bytes } => {
@@ -182,6 +190,15 @@ impl LogicalUnit {
                 Self::write_same_chunk(next_lba, remaining, block, chunk_blocks, fua, guard)
             }
         }
+    }
+
+    /// Tells the LU whether its device runs COMPARE AND WRITE itself, atomically against
+    /// every write it takes (`tandem_bdev::Bdev::atomic_compare_and_write`, true for a
+    /// replicated device). Then COMPARE AND WRITE becomes one [`LuIo::CompareAndWrite`];
+    /// otherwise the LU reads, compares and writes under its own range lock.
+    pub fn set_device_compare_and_write(&self, on: bool) {
+        self.device_caw
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// DATA PROTECT for a read-only LU or under software write protect.
@@ -512,6 +529,22 @@ impl LogicalUnit {
         let Some(guard) = try_acquire(&self.inflight, lba.0, blocks.0.into(), true) else {
             return Step::Defer;
         };
+        let fua = Self::effective_fua(st, fua);
+        if self.device_caw.load(std::sync::atomic::Ordering::Relaxed) {
+            // A compare on this node's copy would not be atomic against writes the device
+            // takes elsewhere (a replicated device's partners): the device does it all. The
+            // local range stays held too, so this node's own overlapping writes wait as for
+            // the local path.
+            return io_step(
+                LuIo::CompareAndWrite {
+                    lba: lba.0,
+                    blocks: blocks.0,
+                    fua,
+                },
+                ContKind::CawByDevice,
+                Some(guard),
+            );
+        }
         io_step(
             LuIo::Read {
                 lba: lba.0,
@@ -520,7 +553,7 @@ impl LogicalUnit {
             ContKind::CawRead {
                 lba: lba.0,
                 blocks: blocks.0,
-                fua: Self::effective_fua(st, fua),
+                fua,
                 bytes,
             },
             Some(guard),
@@ -617,7 +650,9 @@ impl LogicalUnit {
 /// started so a medium error can report that LBA in INFORMATION.
 pub(super) fn io_step(io: LuIo, kind: ContKind, guard: Option<RangeGuard>) -> Step {
     let io_lba = match &io {
-        LuIo::Read { lba, .. } | LuIo::Write { lba, .. } => Some(*lba),
+        LuIo::Read { lba, .. } | LuIo::Write { lba, .. } | LuIo::CompareAndWrite { lba, .. } => {
+            Some(*lba)
+        }
         LuIo::Flush | LuIo::Unmap { .. } => None,
     };
     Step::Io(IoPlan {

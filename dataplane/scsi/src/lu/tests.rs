@@ -41,6 +41,8 @@ struct Rig {
     lu: LogicalUnit,
     disk: Vec<u8>,
     last_read: Vec<u8>,
+    /// A device-run COMPARE AND WRITE found this difference (answered as the outcome).
+    device_miscompare: Option<u64>,
 }
 
 impl Rig {
@@ -54,6 +56,7 @@ impl Rig {
             lu: LogicalUnit::new(cfg, store),
             disk,
             last_read: Vec::new(),
+            device_miscompare: None,
         }
     }
 
@@ -91,6 +94,18 @@ impl Rig {
                 Vec::new()
             }
             LuIo::Flush => Vec::new(),
+            // The device's own compare and write (what a replicated device does cluster-wide).
+            LuIo::CompareAndWrite { lba, blocks, .. } => {
+                let s = *lba as usize * bs;
+                let n = *blocks as usize * bs;
+                assert_eq!(data_out.len(), 2 * n);
+                let current = &self.disk[s..s + n];
+                match current.iter().zip(&data_out[..n]).position(|(a, b)| a != b) {
+                    Some(off) => self.device_miscompare = Some(off as u64),
+                    None => self.disk[s..s + n].copy_from_slice(&data_out[n..]),
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -118,6 +133,15 @@ impl Rig {
                     let data = self.do_io(&plan.io, data_out);
                     if matches!(plan.io, LuIo::Read { .. }) {
                         self.last_read = data.clone();
+                    }
+                    if let Some(offset) = self.device_miscompare.take() {
+                        step = self.lu.resume(
+                            n,
+                            plan.cont,
+                            IoOutcome::Miscompare { offset },
+                            data_out,
+                        );
+                        continue;
                     }
                     step = self.lu.resume(
                         n,
@@ -471,6 +495,57 @@ fn compare_and_write_success_and_miscompare_offset() {
     assert_eq!(s[0], 0xF0);
     assert_eq!(&s[3..7], &0x23u32.to_be_bytes());
     assert!(r.disk[5 * BS..6 * BS].iter().all(|&b| b == 0xBB));
+}
+
+/// A device that runs COMPARE AND WRITE itself (a replicated device) gets it as one I/O,
+/// with the whole Data-Out; its MISCOMPARE keeps the sense and INFORMATION of the local path,
+/// and the local range lock is still held meanwhile.
+#[test]
+fn compare_and_write_by_a_device_that_offers_it() {
+    let mut r = Rig::new();
+    r.lu.set_device_compare_and_write(true);
+    let n = nexus(1);
+    r.disk[5 * BS..7 * BS].fill(0xAA);
+    let mut d = vec![0xAA; 2 * BS];
+    d.extend(vec![0xBB; 2 * BS]);
+    let Step::Io(plan) = r.lu.execute(&Command {
+        cdb: &caw(5, 2),
+        data_out: &d,
+        expected_in_len: 0,
+        nexus: &n,
+    }) else {
+        panic!()
+    };
+    assert_eq!(
+        plan.io,
+        LuIo::CompareAndWrite {
+            lba: 5,
+            blocks: 2,
+            fua: false
+        }
+    );
+    // An overlapping write on this node waits for it.
+    let w = r.lu.execute(&Command {
+        cdb: &rw10(0x2A, 6, 1),
+        data_out: &d[..BS],
+        expected_in_len: 0,
+        nexus: &n,
+    });
+    assert!(matches!(w, Step::Defer));
+    drop(plan);
+    assert_eq!(r.run(&n, &caw(5, 2), &d).status, ScsiStatus::Good);
+    assert!(r.disk[5 * BS..7 * BS].iter().all(|&b| b == 0xBB));
+    // Differs at byte BS + 0x11 (second block): MISCOMPARE, INFORMATION = that offset.
+    let mut d = vec![0xBB; 2 * BS];
+    d[BS + 0x11] = 0;
+    d.extend(vec![0xCC; 2 * BS]);
+    let rep = r.run(&n, &caw(5, 2), &d);
+    assert_eq!(sense_of(&rep), (0x0E, 0x1D, 0));
+    let s = rep.sense.unwrap().to_fixed();
+    assert_eq!(s[0], 0xF0);
+    assert_eq!(&s[3..7], &((BS + 0x11) as u32).to_be_bytes());
+    assert!(r.disk[5 * BS..7 * BS].iter().all(|&b| b == 0xBB));
+    assert_eq!(crate::rw::inflight_len(&r.lu.inflight), 0);
 }
 
 #[test]

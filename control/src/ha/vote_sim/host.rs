@@ -1,0 +1,197 @@
+//! The authority host of the simulation: `authority_host::AuthorityHost` without files or
+//! `Instant`. It runs the real `tandem_ha::authority::Authority` and the real quiet period
+//! (`authority_host::QuietPeriod`). Modelled rather than shared (the host's `handle` does
+//! file I/O): the order of `handle` and `tick` (quiet requests dropped, due removals run,
+//! persisted before the answer leaves), `take_over`, and `supersede`. Not modelled: the
+//! refusal of a join from a copy that went on alone (split brain, which the simulated
+//! shapes never reach) and the limits on hostile input.
+
+use tandem_ha::authority::{Authority, AuthorityBug, ToAuthority};
+use tandem_ha::{Epoch, EpochConfig, MemberState, NodeId, Time};
+
+use crate::ha::authority_host::{Grant, QuietPeriod};
+use crate::ha::HaSettings;
+
+/// What the host keeps on disk (`authority_host::Persisted`, the parts that matter here).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durable {
+    pub last_epoch: Epoch,
+    pub config: Option<EpochConfig>,
+    pub took_over_from: Option<NodeId>,
+    pub superseded_by: Option<(NodeId, Epoch)>,
+}
+
+pub struct SimHost {
+    authority: Authority,
+    quiet: QuietPeriod,
+    /// The host's clock origin (local ns), as `AuthorityHost::base`.
+    base: u64,
+    nodes: Vec<NodeId>,
+    pub saved: Durable,
+    /// `saved` changed since the world last wrote it to the durable store.
+    pub dirty: bool,
+    /// Entries of `authority.history` already reported to the checker.
+    reported: usize,
+}
+
+fn ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl SimHost {
+    /// `AuthorityHost::from_persisted`. `restarted`: quiet for a lease plus margin.
+    pub fn from_durable(
+        saved: Durable,
+        nodes: &[NodeId],
+        settings: &HaSettings,
+        now: u64,
+        restarted: bool,
+        bug: Option<AuthorityBug>,
+    ) -> SimHost {
+        let (lease_ns, margin_ns) = (ns(settings.lease), ns(settings.margin));
+        let authority = match &saved.config {
+            Some(c) => Authority::new(c.clone(), lease_ns, margin_ns, bug),
+            None => {
+                let mut init = EpochConfig::initial(nodes);
+                init.epoch = saved.last_epoch;
+                let mut a = Authority::new(init, lease_ns, margin_ns, bug);
+                a.lose_state();
+                a
+            }
+        };
+        SimHost {
+            authority,
+            quiet: QuietPeriod::new(settings, 0, restarted),
+            base: now,
+            nodes: nodes.to_vec(),
+            saved,
+            dirty: false,
+            reported: 1,
+        }
+    }
+
+    /// A first start with the `--init zeroed` mark: every replica synchronized.
+    pub fn fresh(
+        nodes: &[NodeId],
+        settings: &HaSettings,
+        now: u64,
+        bug: Option<AuthorityBug>,
+    ) -> SimHost {
+        let config = EpochConfig::initial(nodes);
+        let saved = Durable {
+            last_epoch: config.epoch,
+            config: Some(config),
+            took_over_from: None,
+            superseded_by: None,
+        };
+        let mut h = SimHost::from_durable(saved, nodes, settings, now, false, bug);
+        h.dirty = true;
+        h
+    }
+
+    fn time(&self, now: u64) -> u64 {
+        now.saturating_sub(self.base)
+    }
+
+    pub fn config(&self) -> Option<&EpochConfig> {
+        self.authority.config()
+    }
+
+    pub fn superseded(&self) -> bool {
+        self.saved.superseded_by.is_some()
+    }
+
+    /// The epoch announced in heartbeats (`authority_host::hosted_epoch`).
+    pub fn hosted_epoch(&self) -> Option<u64> {
+        (!self.superseded()).then_some(self.saved.last_epoch.0)
+    }
+
+    /// Configurations the authority issued since the last call (for the checker).
+    pub fn newly_issued(&mut self) -> Vec<EpochConfig> {
+        let new = self.authority.history[self.reported..]
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect();
+        self.reported = self.authority.history.len();
+        new
+    }
+
+    fn persist_changes(&mut self) {
+        let current = self.authority.config().cloned();
+        if current == self.saved.config {
+            return;
+        }
+        if let Some(c) = &current {
+            self.saved.last_epoch = self.saved.last_epoch.max(c.epoch);
+        }
+        self.saved.config = current;
+        self.dirty = true;
+    }
+
+    /// `AuthorityHost::handle`.
+    pub fn handle(
+        &mut self,
+        now: u64,
+        from: NodeId,
+        requests: Vec<ToAuthority>,
+        pick: u64,
+    ) -> Result<Option<Grant>, String> {
+        if let Some((n, e)) = self.saved.superseded_by {
+            return Err(format!("superseded by node {} at epoch {}", n.0, e.0));
+        }
+        if !self.nodes.contains(&from) {
+            return Err(format!("node {} is not a member", from.0));
+        }
+        let t = self.time(now);
+        self.quiet.observe(t);
+        let quiet = self.quiet.is_quiet(t);
+        let requests = if quiet { Vec::new() } else { requests };
+        let mut last = None;
+        for r in requests {
+            if let Some(u) = self.authority.on_message(Time(t), from, r, pick) {
+                last = Some(u);
+            }
+        }
+        if !quiet {
+            self.authority.run_due(Time(t));
+        }
+        self.persist_changes();
+        Ok(match last {
+            Some(u) => {
+                let current = self.authority.config().cloned().unwrap_or(u.config);
+                let lease = u.lease_until.map(|until| until.0.saturating_sub(t));
+                let still_member = current.state_of(from) != MemberState::Out;
+                Some(Grant {
+                    config: current,
+                    lease_duration_ns: lease.filter(|_| still_member && !quiet),
+                })
+            }
+            None => self.authority.config().cloned().map(|config| Grant {
+                config,
+                lease_duration_ns: None,
+            }),
+        })
+    }
+
+    /// `AuthorityHost::tick`: due removals, every 100 ms.
+    pub fn tick(&mut self, now: u64) {
+        if self.superseded() {
+            return;
+        }
+        let t = self.time(now);
+        self.quiet.observe(t);
+        if self.quiet.is_quiet(t) {
+            return;
+        }
+        self.authority.run_due(Time(t));
+        self.persist_changes();
+    }
+
+    /// `AuthorityHost::supersede`: stop for good, persisted.
+    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) {
+        if self.saved.superseded_by.is_none() {
+            self.saved.superseded_by = Some((by, epoch));
+            self.dirty = true;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Replicated write and read cost, as a host sees it: a two-node cluster on one machine
+# (tandem-control x2 on 127.0.9.1 and 127.0.9.2, one sync link over loopback, image files),
+# fio with the libiscsi engine as the client. Every row is measured next to a plain
+# (unreplicated) device on node A in the same run, in alternating order, so the ratio holds
+# on a shared, noisy machine.
+#
+#   perf/replicated.sh [ROUNDS] [SECONDS]      (default 3 rounds of 8 s per row)
+#
+# Rows: 4 KiB random write QD1, 4 KiB random write QD32, 4 KiB random read QD32; targets:
+# `solo` (plain device on node A), `repl-A` (replicated device through node A, the
+# sequencer), `repl-B` (the same device through node B). Prints the median IOPS and mean
+# completion latency per row and target, and the ratio to `solo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-8}
+command -v jq >/dev/null || { echo "perf/replicated.sh needs jq" >&2; exit 2; }
+cargo build --release -q -p tandem-control -p tandem-dataplane
+fio=$(perf/build-fio-libiscsi.sh)
+bin=$PWD/target/release
+work=$(mktemp -d /var/tmp/tandem-repl.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+a_ip=127.0.9.1 b_ip=127.0.9.2
+mkdir -p "$work/na" "$work/nb"
+"$bin/tandem-control" --data-dir "$work/na" --api $a_ip:3261 --portal $a_ip:3260 \
+  --node-name perf-a >"$work/na.log" 2>&1 & pids+=($!)
+"$bin/tandem-control" --data-dir "$work/nb" --api $b_ip:3261 --portal $b_ip:3260 \
+  --node-name perf-b >"$work/nb.log" 2>&1 & pids+=($!)
+for n in na nb; do
+  for _ in $(seq 100); do [[ -s "$work/$n/token" ]] && break; sleep 0.1; done
+done
+sleep 1
+A=("$bin/tandem" --api http://$a_ip:3261 --token-file "$work/na/token")
+B=("$bin/tandem" --api http://$b_ip:3261 --token-file "$work/nb/token")
+"${A[@]}" device create solo --size 512MiB >/dev/null
+"${A[@]}" device create repl --size 512MiB >/dev/null
+"${A[@]}" server add perf-b $b_ip:3261 --token-file "$work/nb/token" >/dev/null
+"${B[@]}" server add perf-a $a_ip:3261 --token-file "$work/na/token" >/dev/null
+"${A[@]}" replica add repl --partner perf-b --sync-link $a_ip:3270=$b_ip:3270 >/dev/null
+sync_start=$(date +%s.%N)
+for _ in $(seq 600); do
+  "${A[@]}" replica list repl | grep -Eq '^perf-b .* synchronized ' && break
+  sleep 1
+done
+"${A[@]}" replica list repl | grep -Eq '^perf-b .* synchronized ' \
+  || { echo "replica never synchronized" >&2; "${A[@]}" replica list repl >&2; exit 1; }
+sync_s=$(echo "$(date +%s.%N) - $sync_start" | bc -l)
+
+url() { # target node-ip
+  local iqn
+  case $1 in
+    solo) iqn=iqn.2026-11.io.tandem:perf-a-solo; ip=$a_ip ;;
+    repl-A) iqn=iqn.2026-11.io.tandem:perf-a-repl; ip=$a_ip ;;
+    repl-B) iqn=iqn.2026-11.io.tandem:perf-b-repl; ip=$b_ip ;;
+  esac
+  echo "iscsi\\://$ip\\:3260/${iqn//:/\\:}/0"
+}
+
+# Fill what the read rows read, so no row reads never-written blocks.
+for t in solo repl-A; do
+  "$fio" --name=fill --ioengine=libiscsi --rw=write --bs=1m --size=256M --iodepth=8 \
+    --filename="$(url $t)" --output-format=terse >/dev/null
+done
+
+rows=("randwrite 1" "randwrite 32" "randread 32")
+targets=(solo repl-A repl-B)
+results="$work/results.tsv"
+: >"$results"
+for round in $(seq "$rounds"); do
+  # Alternate the order of the targets each round (solo first, then last).
+  order=("${targets[@]}")
+  if (( round % 2 == 0 )); then order=(repl-B repl-A solo); fi
+  for row in "${rows[@]}"; do
+    read -r rw qd <<<"$row"
+    for t in "${order[@]}"; do
+      json=$("$fio" --name=r --ioengine=libiscsi --rw="$rw" --bs=4k --size=256M \
+        --iodepth="$qd" --time_based --runtime="$secs" --ramp_time=1 \
+        --filename="$(url $t)" --output-format=json 2>>"$work/fio.err" | sed -n '/^{/,$p')
+      [[ -n $json ]] || { echo "fio failed on $t:" >&2; cat "$work/fio.err" >&2; exit 1; }
+      side=$([[ $rw == randread ]] && echo read || echo write)
+      iops=$(jq ".jobs[0].$side.iops" <<<"$json")
+      lat=$(jq ".jobs[0].$side.clat_ns.mean / 1000" <<<"$json")
+      printf '%s\t%s\t%s\t%.0f\t%.1f\n' "$rw" "$qd" "$t" "$iops" "$lat" >>"$results"
+    done
+  done
+done
+
+echo "# perf/replicated.sh: $rounds rounds x ${secs} s, $(date -u +%FT%TZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'initial sync of the 512 MiB device (sync-from-existing): %.1f s\n' "$sync_s"
+echo
+echo "| row | target | IOPS (median) | mean latency us | IOPS vs solo | latency vs solo |"
+echo "|---|---|---|---|---|---|"
+for row in "${rows[@]}"; do
+  read -r rw qd <<<"$row"
+  median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+  solo_iops=$(awk -v r="$rw" -v q="$qd" '$1==r && $2==q && $3=="solo" {print $4}' "$results" | median)
+  solo_lat=$(awk -v r="$rw" -v q="$qd" '$1==r && $2==q && $3=="solo" {print $5}' "$results" | median)
+  for t in "${targets[@]}"; do
+    iops=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $4}' "$results" | median)
+    lat=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $5}' "$results" | median)
+    printf '| 4 KiB %s QD%s | %s | %.0f | %.1f | %.2f | %.2f |\n' "$rw" "$qd" "$t" "$iops" "$lat" \
+      "$(echo "$iops / $solo_iops" | bc -l)" "$(echo "$lat / $solo_lat" | bc -l)"
+  done
+done

@@ -1,0 +1,422 @@
+//! A Tandem cluster in network namespaces: each data node (and the witness) runs its own
+//! `tandem-control` (which starts its own `tandem-dataplane`) inside its namespace of a
+//! [`Topology`]; the `tandem` CLI and the management API are used from the host's namespace,
+//! as an administrator's workstation would; links between nodes are cut silently with
+//! nftables drop rules inside one node's namespace (no RST, carrier stays up), which is the
+//! failure of a switch or a cable further away.
+//!
+//! Addresses are the topology's (`10.210.x.y`, only inside the namespaces it made). Every
+//! node uses the same ports in its own namespace: API 7000, portals 3260, sync links 7100,
+//! heartbeat links 7200.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use crate::netns::{Member, Topology};
+
+pub const API_PORT: u16 = 7000;
+pub const PORTAL_PORT: u16 = 3260;
+pub const SYNC_PORT: u16 = 7100;
+pub const HEARTBEAT_PORT: u16 = 7200;
+
+/// Short HA timings (as `tests/tests/ha_cluster.rs`): a lost partner is decided in about
+/// 1.3 s after the engine notices it.
+pub const HA_FLAGS: [&str; 8] = [
+    "--ha-lease-ms",
+    "1000",
+    "--ha-margin-ms",
+    "300",
+    "--heartbeat-interval-ms",
+    "100",
+    "--heartbeat-timeout-ms",
+    "1000",
+];
+
+/// The release binaries when built (`$TANDEM_BIN_DIR` first), else whatever `bin()` finds.
+pub fn binary(name: &str) -> PathBuf {
+    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent")
+            .join("target/release")
+            .join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    super::procs::bin(name)
+}
+
+/// One `tandem-control` in a member's namespace.
+pub struct ClusterNode {
+    pub member: Member,
+    pub name: String,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub api: SocketAddr,
+    /// Portals on `portal0` and `portal1` (none for a witness).
+    pub portals: Vec<SocketAddr>,
+    /// The member that runs the CLI and the iSCSI clients.
+    pub admin: Member,
+}
+
+impl ClusterNode {
+    /// Paths and addresses of a node; nothing is started.
+    pub fn new(topo: &Topology, root: &Path, member: Member, name: &str) -> ClusterNode {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("create the node's data dir");
+        let api = SocketAddr::from((topo.addr(member, "mgmt").expect("mgmt address"), API_PORT));
+        let portals = match member {
+            Member::Node(_) => ["portal0", "portal1"]
+                .iter()
+                .filter_map(|n| topo.addr(member, n).ok())
+                .map(|ip| SocketAddr::from((ip, PORTAL_PORT)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        ClusterNode {
+            member,
+            name: name.to_string(),
+            log: root.join(format!("{name}.log")),
+            dir,
+            api,
+            portals,
+            admin: Member::Host(1),
+        }
+    }
+
+    pub fn is_witness(&self) -> bool {
+        self.member == Member::Witness
+    }
+
+    /// Starts the control service (`--role witness` for the witness member) and waits for
+    /// its API (and, on a data node, its data plane and first portal, seen from the host).
+    pub fn start(&self, topo: &mut Topology) {
+        let control = binary("tandem-control").display().to_string();
+        let dataplane = binary("tandem-dataplane").display().to_string();
+        let dir = self.dir.display().to_string();
+        let api = self.api.to_string();
+        let mut argv: Vec<String> = vec![
+            control,
+            "--data-dir".into(),
+            dir,
+            "--api".into(),
+            api,
+            "--node-name".into(),
+            self.name.clone(),
+        ];
+        if self.is_witness() {
+            argv.extend(["--role".into(), "witness".into()]);
+        } else {
+            argv.extend(["--dataplane-bin".into(), dataplane]);
+            for p in &self.portals {
+                argv.extend(["--portal".into(), p.to_string()]);
+            }
+        }
+        argv.extend(HA_FLAGS.iter().map(|s| s.to_string()));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        topo.spawn(
+            self.member,
+            &format!("control-{}", self.name),
+            &argv,
+            &[],
+            Some(&self.log),
+        )
+        .expect("start tandem-control in its namespace");
+        let t0 = Instant::now();
+        let witness = self.is_witness();
+        wait_until(
+            &format!("{}: API up (and data plane running)", self.name),
+            Duration::from_secs(40),
+            || {
+                self.json(topo, &["status"])
+                    .is_some_and(|s| witness || s["dataplane"]["state"] == "running")
+            },
+        );
+        if let Some(&portal) = self.portals.first() {
+            wait_until(
+                &format!("{}: portal {portal} reachable from the host", self.name),
+                Duration::from_secs(20),
+                || {
+                    topo.run_in(self.admin, move || {
+                        TcpStream::connect_timeout(&portal, Duration::from_millis(300)).is_ok()
+                    })
+                    .unwrap_or(false)
+                },
+            );
+        }
+        eprintln!("{}: control service up in {:?}", self.name, t0.elapsed());
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// `tandem ARGS` against this node's API, run in the admin's namespace.
+    pub fn cli(&self, topo: &Topology, args: &[&str]) -> Output {
+        let bin = binary("tandem").display().to_string();
+        let api = format!("http://{}", self.api);
+        let token = self.token_file().display().to_string();
+        let mut argv = vec![bin.as_str(), "--api", &api, "--token-file", &token];
+        argv.extend_from_slice(args);
+        topo.exec(self.admin, &argv, Duration::from_secs(60))
+            .expect("run tandem in the host namespace")
+    }
+
+    /// `tandem ARGS`, which must succeed; its stdout (printed).
+    pub fn ok(&self, topo: &Topology, args: &[&str]) -> String {
+        let out = self.cli(topo, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("[{}] $ tandem {}\n{stdout}", self.name, args.join(" "));
+        assert!(
+            out.status.success(),
+            "[{}] tandem {args:?} failed ({:?}): {}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `tandem --json ARGS` parsed; None when it fails.
+    pub fn json(&self, topo: &Topology, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(topo, &all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `GET path` on this node's API with its token, from the admin's namespace.
+    pub fn api_get(&self, topo: &Topology, path: &str) -> Option<serde_json::Value> {
+        let token = std::fs::read_to_string(self.token_file()).ok()?;
+        http_get_json(topo, self.admin, self.api, path, token.trim())
+    }
+
+    /// The `replica list DEVICE --json` of this node.
+    pub fn replicas(&self, topo: &Topology, device: &str) -> Option<serde_json::Value> {
+        self.json(topo, &["replica", "list", device])
+    }
+
+    /// This node serves `device` and sees `expected` replicas synchronized, every sync link up.
+    pub fn synchronized(&self, topo: &Topology, device: &str, expected: usize) -> bool {
+        let Some(l) = self.replicas(topo, device) else {
+            return false;
+        };
+        let Some(rs) = l["replicas"].as_array() else {
+            return false;
+        };
+        rs.len() == expected
+            && rs.iter().all(|r| {
+                r["state"] == "synchronized"
+                    && (r["local"] == false || r["serving"] == true)
+                    && r["links"].as_array().is_some_and(|ls| {
+                        // Heartbeat links show `unknown` here: the data plane reports only
+                        // the sync links it carries.
+                        ls.iter()
+                            .filter(|x| x["kind"] == "sync")
+                            .all(|x| x["state"] == "up")
+                    })
+            })
+    }
+
+    /// State of replica `of` (a node name) as this node reports it.
+    pub fn state_of(&self, topo: &Topology, device: &str, of: &str) -> Option<String> {
+        let l = self.replicas(topo, device)?;
+        l["replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["node"] == of)
+            .and_then(|r| r["state"].as_str().map(String::from))
+    }
+
+    /// The image file of a file device created in the data dir.
+    pub fn image(&self, device: &str) -> PathBuf {
+        self.dir.join(format!("{device}.img"))
+    }
+
+    pub fn iqn(&self, device: &str) -> String {
+        format!("iqn.2026-11.io.tandem:{}-{device}", self.name)
+    }
+}
+
+/// `LOCAL_IP:PORT=PARTNER_IP:PORT` for a link between two members on `net`.
+pub fn link(topo: &Topology, from: Member, to: Member, net: &str, port: u16) -> String {
+    format!(
+        "{}:{port}={}:{port}",
+        topo.addr(from, net).expect("from address"),
+        topo.addr(to, net).expect("to address")
+    )
+}
+
+/// A minimal HTTP/1.1 GET with a bearer token from a member's namespace; the JSON body.
+pub fn http_get_json(
+    topo: &Topology,
+    from: Member,
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let raw = topo
+        .run_in(from, move || -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut buf = Vec::new();
+            s.take(4 << 20).read_to_end(&mut buf)?;
+            Ok(buf)
+        })
+        .ok()?
+        .ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return None;
+    }
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    serde_json::from_slice(&body).ok()
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let len = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if len == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..len)?);
+        b = b.get(len + 2..)?;
+    }
+}
+
+/// Polls `f` every 100 ms; panics with `what` after `timeout`. Returns the time it took.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- silent link cuts (nftables inside one member's namespace) ----
+
+/// Drop every packet in and out of `member` on the named interfaces (its links on those
+/// networks), silently. Replaces an earlier [`cut_networks`] of that member.
+pub fn cut_networks(topo: &Topology, member: Member, nets: &[&str]) {
+    let set = nets
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    install_drop(
+        topo,
+        member,
+        "tandem_cut_nets",
+        &format!("iifname {{ {set} }} drop;"),
+        &format!("oifname {{ {set} }} drop;"),
+    );
+}
+
+/// Drop every packet between `member` and every address of `peers` (on every network),
+/// silently; other members (the hosts) still reach `member`. Replaces an earlier
+/// [`cut_peers`] of that member.
+pub fn cut_peers(topo: &Topology, member: Member, peers: &[Member]) {
+    let mut addrs = Vec::new();
+    for p in peers {
+        for net in topo.networks() {
+            if let Ok(a) = topo.addr(*p, net) {
+                addrs.push(a.to_string());
+            }
+        }
+    }
+    let set = addrs.join(", ");
+    install_drop(
+        topo,
+        member,
+        "tandem_cut_peers",
+        &format!("ip saddr {{ {set} }} drop;"),
+        &format!("ip daddr {{ {set} }} drop;"),
+    );
+}
+
+/// Undo [`cut_networks`] and [`cut_peers`] on `member`.
+pub fn heal_cuts(topo: &Topology, member: Member) {
+    for table in ["tandem_cut_nets", "tandem_cut_peers"] {
+        let _ = topo.exec(
+            member,
+            &["nft", "delete", "table", "inet", table],
+            Duration::from_secs(10),
+        );
+    }
+}
+
+fn install_drop(topo: &Topology, member: Member, table: &str, input: &str, output: &str) {
+    let ruleset = format!(
+        "table inet {table} {{\n\
+         \tchain in {{ type filter hook input priority -10; policy accept; {input} }}\n\
+         \tchain out {{ type filter hook output priority -10; policy accept; {output} }}\n\
+         }}\n"
+    );
+    let _ = topo.exec(
+        member,
+        &["nft", "delete", "table", "inet", table],
+        Duration::from_secs(10),
+    );
+    let dir = tempfile::tempdir().expect("tempdir for the ruleset");
+    let file = dir.path().join("cut.nft");
+    std::fs::write(&file, ruleset).expect("write the ruleset");
+    let path = file.display().to_string();
+    let out = topo
+        .exec(member, &["nft", "-f", &path], Duration::from_secs(10))
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft -f in {member}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Prints the tail of each log when the test fails (every line of them, also on success,
+/// with `TANDEM_TEST_LOGS=1`).
+pub struct LogsOnFailure(pub Vec<PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        // TANDEM_TEST_LOGS=1: the whole logs, also on success.
+        let all = std::env::var_os("TANDEM_TEST_LOGS").is_some();
+        if std::thread::panicking() || all {
+            let keep = if all { usize::MAX } else { 80 };
+            for p in &self.0 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "===== last {} lines of {} =====",
+                    keep.min(lines.len()),
+                    p.display()
+                );
+                for l in &lines[lines.len().saturating_sub(keep)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
