@@ -284,6 +284,10 @@ pub struct ReplicaAdd {
     /// Node majority: a `[[server]]` (known to every replica's node) holding the third vote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness: Option<String>,
+    /// Node majority: a lock file on a share both nodes mount (same path on both), the
+    /// third vote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

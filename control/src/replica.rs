@@ -456,6 +456,39 @@ pub fn check_links(
     Ok(())
 }
 
+/// A witness file: an absolute path whose directory (the share, mounted at the same path on
+/// every data node) exists here and is a directory; the file itself is made by the nodes.
+fn check_witness_file(f: &std::path::Path, node: &str) -> Result<(), ApiError> {
+    if !f.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "witness file `{}` is not an absolute path",
+            f.display()
+        )));
+    }
+    if f.file_name().is_none() {
+        return Err(ApiError::bad_request(format!(
+            "witness file `{}` has no file name",
+            f.display()
+        )));
+    }
+    match f.parent() {
+        Some(dir) if dir.is_dir() => {}
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "witness file `{}`: its directory does not exist on node `{node}`; mount the share there (same path on every data node) first",
+                f.display()
+            )))
+        }
+    }
+    if f.is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "witness file `{}` is a directory",
+            f.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a replication section for this node: ids 1..=3 and distinct, partners distinct and
 /// not this node, strategy options consistent, witness known, journal directory usable.
 pub fn check_spec(
@@ -522,7 +555,7 @@ pub fn check_spec(
         }
         (FailoverStrategy::NodeMajority, None, None) if spec.partners.len() + 1 < 3 => {
             return Err(bad(
-                "node-majority failover with two replicas needs a third vote: a witness server (`--witness NAME`)",
+                "node-majority failover with two replicas needs a third vote: a witness server (`--witness NAME`) or a witness file on a share (`--witness-file PATH`)",
             ))
         }
         (_, Some(w), Some(_)) => {
@@ -544,6 +577,9 @@ pub fn check_spec(
                 "witness `{w}` is a replica of the device; the witness must be another node"
             )));
         }
+    }
+    if let Some(f) = &spec.witness_file {
+        check_witness_file(f, &config.node.name)?;
     }
     if let Some(dir) = &spec.journal_location {
         if spec.journal == JournalKind::Ram {
@@ -804,6 +840,12 @@ fn plan_add(
                 )));
             }
         }
+        if req.witness_file.is_some() && req.witness_file != r.witness_file {
+            return Err(ApiError::conflict(format!(
+                "`{device}` is already replicated with witness file {:?}; a device has one witness",
+                r.witness_file
+            )));
+        }
         if req.witness.is_some() && req.witness != r.witness {
             return Err(ApiError::conflict(format!(
                 "`{device}` is already replicated with witness {:?}; a device has one witness",
@@ -922,7 +964,9 @@ fn plan_add(
             .as_ref()
             .map_or(req.journal_location.clone(), |r| r.journal_location.clone()),
         witness: witness.clone(),
-        witness_file: existing.as_ref().and_then(|r| r.witness_file.clone()),
+        witness_file: existing
+            .as_ref()
+            .map_or(req.witness_file.clone(), |r| r.witness_file.clone()),
         partners,
     };
     let spec = ReplicationSpec::from_config(&local);
@@ -2022,7 +2066,49 @@ mod tests {
                 },
                 "disk journals only",
             ),
+            (
+                ReplicationSpec {
+                    failover: FailoverStrategy::NodeMajority,
+                    witness_file: Some("share/lock".into()),
+                    ..ok.clone()
+                },
+                "not an absolute path",
+            ),
+            (
+                ReplicationSpec {
+                    failover: FailoverStrategy::NodeMajority,
+                    witness_file: Some("/no/such/share/lock".into()),
+                    ..ok.clone()
+                },
+                "its directory does not exist",
+            ),
+            (
+                ReplicationSpec {
+                    failover: FailoverStrategy::NodeMajority,
+                    witness_file: Some("/tmp".into()),
+                    ..ok.clone()
+                },
+                "is a directory",
+            ),
+            (
+                ReplicationSpec {
+                    witness_file: Some("/tmp/lock".into()),
+                    ..ok.clone()
+                },
+                "only applies to node-majority",
+            ),
         ];
+        check_spec(
+            &c,
+            "d",
+            &ReplicationSpec {
+                failover: FailoverStrategy::NodeMajority,
+                witness_file: Some("/tmp/tandem-witness-check".into()),
+                ..ok.clone()
+            },
+            None,
+        )
+        .unwrap();
         for (s, needle) in cases {
             let e = check_spec(&c, "d", &s, None).unwrap_err();
             assert!(

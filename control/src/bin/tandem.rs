@@ -183,6 +183,10 @@ enum ReplicaCmd {
         /// Node majority: the server holding the third vote.
         #[arg(long)]
         witness: Option<String>,
+        /// Node majority: a lock file on a share both nodes mount at this same absolute
+        /// path (NFS, SMB), the third vote.
+        #[arg(long)]
+        witness_file: Option<PathBuf>,
     },
     /// Remove the partner's replica: its device and target are removed there (image kept
     /// unless --delete-file), the other replicas forget it.
@@ -950,6 +954,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
             journal_location,
             init,
             witness,
+            witness_file,
         } => {
             if !ctx.json {
                 eprintln!("creating the replica of {device} on {partner}...");
@@ -971,6 +976,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
                     journal_location,
                     init,
                     witness,
+                    witness_file,
                 },
             )?;
             if ctx.json {

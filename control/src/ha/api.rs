@@ -69,7 +69,9 @@ fn host_error(e: HostError) -> ApiError {
             "authority_stopped",
             e.to_string(),
         ),
-        HostError::Superseded(..) => ApiError::conflict(e.to_string()),
+        HostError::Superseded(..) | HostError::NoWitnessFile(_) => {
+            ApiError::conflict(e.to_string())
+        }
         HostError::NotMember(_) | HostError::Nodes { .. } => ApiError::bad_request(e.to_string()),
         HostError::State { .. } => ApiError::internal(e.to_string()),
     }

@@ -88,6 +88,8 @@ pub enum HostError {
     NotMember(u8),
     #[error("superseded by the authority on node {0} at epoch {1}: split brain, an administrator decides")]
     Superseded(u8, u64),
+    #[error("{0}")]
+    NoWitnessFile(String),
     #[error("this authority serves nodes {expected:?}, the request names {got:?}")]
     Nodes { expected: Vec<u8>, got: Vec<u8> },
 }
@@ -665,9 +667,20 @@ pub fn handle_local(
     from: NodeId,
     requests: Vec<ToAuthority>,
 ) -> Option<Result<Option<Grant>, HostError>> {
+    // A file-witness authority answers only while this node holds the lock file.
+    let gate = super::file_witness_task::gate(node, device);
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
     let h = hosts.get_mut(device)?;
-    Some(h.handle(Instant::now(), from, requests, rand::random()))
+    match gate {
+        super::file_witness_task::Gate::Open => {
+            Some(h.handle(Instant::now(), from, requests, rand::random()))
+        }
+        super::file_witness_task::Gate::Closed(why) => Some(Err(HostError::NoWitnessFile(why))),
+        super::file_witness_task::Gate::Held(hold) => Some(
+            h.handle(Instant::now(), from, requests, rand::random())
+                .map(|g| super::file_witness_task::limit(&hold, Instant::now(), g)),
+        ),
+    }
 }
 
 /// Opens (or creates) the host for `device` if it is not there yet.

@@ -32,6 +32,7 @@ use tandem_ha::authority::ToAuthority;
 use tandem_ha::{EpochConfig, NodeId};
 
 use super::authority_host::{self, AuthorityHost, Grant};
+use super::file_witness_task;
 use super::strategy::{self, HeardPartner, MajorityTakeoverInput, Takeover, TakeoverInput};
 use super::{AuthorityPlace, HaSettings};
 use crate::service::Node;
@@ -159,7 +160,13 @@ pub async fn run(node: Arc<Node>, device: String) {
         let place = if three {
             majority_place(&node, &device, &r, &heard)
         } else {
-            strategy::authority_place(&r, hosted, superseded)
+            match strategy::authority_place(&r, hosted, superseded) {
+                AuthorityPlace::FileWitness => {
+                    file_witness_task::ensure_running(&node, &device);
+                    file_witness_task::place(&node, &device, &r)
+                }
+                p => p,
+            }
         };
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
@@ -192,6 +199,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                 remote_call(&agent, &config, server, &device, body).await
             }
             AuthorityPlace::Unavailable { reason } => Err(reason.clone()),
+            AuthorityPlace::FileWitness => Err("unresolved file witness".into()),
         };
         node.ha
             .view_mut(&device, |v| v.authority = Some(place.clone()));
@@ -275,6 +283,10 @@ fn note_error(node: &Node, device: &str, e: String) {
 /// pause, a total partition) wins with a higher epoch, or with the same epoch if this node
 /// has priority second ([`strategy::superseded`]); the local authority then stops.
 fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: &HaSettings) {
+    // Under a file witness the lock file alone says who hosts the authority.
+    if r.witness_file.is_some() {
+        return;
+    }
     let Some(mine) = authority_host::hosted_epoch(node, device) else {
         return;
     };

@@ -9,12 +9,16 @@
 //! - [`driver`]: one task per replicated device: data plane <-> authority.
 //! - [`membership`]: authenticated UDP heartbeats over every sync and heartbeat link.
 //! - [`strategy`]: pure decisions (where the authority is, when to take it over).
+//! - [`file_witness`], [`file_witness_task`]: the file-share witness (a lock file on a share
+//!   both data nodes mount): decisions, and the thread that reads and writes the file.
 //!
 //! The control service never sees user data: only configurations, leases and metadata.
 
 pub mod api;
 pub mod authority_host;
 pub mod driver;
+pub mod file_witness;
+pub mod file_witness_task;
 pub mod membership;
 pub mod strategy;
 pub mod vote_sim;
@@ -113,6 +117,9 @@ pub enum AuthorityPlace {
     Remote { server: String },
     /// Nowhere (configuration not supported yet): the device gets no lease and never serves.
     Unavailable { reason: String },
+    /// With whichever data node holds the lock file (node majority with `witness_file`);
+    /// the driver resolves it to `Local` or `Remote` (`file_witness_task::place`).
+    FileWitness,
 }
 
 /// What the HA machinery knows about one device on this node (for the API and the CLI).
@@ -145,6 +152,12 @@ pub struct HaView {
     /// node's vote for a takeover).
     #[serde(default)]
     pub authority_lost: bool,
+    /// File-share witness: this node holds the lock file for this many more ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_file_held_ms: Option<u64>,
+    /// File-share witness: the last problem with the lock file on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_file_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -172,6 +185,8 @@ pub struct HaState {
     /// (device, node id). Such a request is that node's vote for this authority
     /// (`strategy::has_majority`).
     pub(crate) votes: Mutex<HashMap<(String, u8), Instant>>,
+    /// File-share witness holds, by device (`file_witness_task`).
+    pub(crate) witness: file_witness_task::Holds,
 }
 
 impl HaState {
@@ -245,6 +260,10 @@ pub fn ha_view(node: &Node, device: &str) -> Option<HaView> {
                 .heartbeats
                 .peer_views(device, r, Instant::now(), settings.heartbeat_timeout);
         view.heartbeats_rejected = node.ha.heartbeats.rejected();
+        if r.witness_file.is_some() {
+            view.witness_file_held_ms = file_witness_task::held_until_ms(node, device);
+            view.witness_file_error = file_witness_task::last_error(node, device);
+        }
     }
     Some(view)
 }

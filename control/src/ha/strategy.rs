@@ -6,7 +6,7 @@
 //! | heartbeat | the node with `priority = "first"`; the other takes it over when the node holding it is silent on every link (and its API) for longer than a lease plus margin (the second from the first, and the first back from a second that took over) |
 //! | node-majority, `witness = NAME` | the witness node (`tandem-control --role witness`) |
 //! | node-majority, three data nodes | the lowest node id at first, then whichever node announces hosting it at the highest epoch; the two others take it over when the node holding it is silent to both of them (majority, [`decide_majority_takeover`]) |
-//! | node-majority, `witness_file` | not built: no authority, the device never serves |
+//! | node-majority, `witness_file` | the data node that holds the lock file (`file_witness`) |
 
 use std::time::Duration;
 
@@ -23,6 +23,13 @@ pub fn authority_place(
     hosted_here: bool,
     superseded_by: Option<u8>,
 ) -> AuthorityPlace {
+    // The lock file decides, not a state on disk or a heartbeat announcement.
+    if r.failover == FailoverStrategy::NodeMajority
+        && r.witness.is_none()
+        && r.witness_file.is_some()
+    {
+        return AuthorityPlace::FileWitness;
+    }
     if let Some(n) = superseded_by {
         return match r.partners.iter().find(|p| p.node_id == n) {
             Some(p) => AuthorityPlace::Remote {
@@ -52,11 +59,6 @@ pub fn authority_place(
         FailoverStrategy::NodeMajority => {
             if let Some(w) = &r.witness {
                 return AuthorityPlace::Remote { server: w.clone() };
-            }
-            if r.witness_file.is_some() {
-                return AuthorityPlace::Unavailable {
-                    reason: "the file-share witness is not built yet (issue 11)".into(),
-                };
             }
             if r.partners.len() < 2 {
                 return AuthorityPlace::Unavailable {
@@ -588,10 +590,15 @@ mod tests {
             remote("b"),
             "a superseded authority asks the partner's"
         );
-        assert!(matches!(
+        assert_eq!(
             authority_place(&file, false, None),
-            AuthorityPlace::Unavailable { .. }
-        ));
+            AuthorityPlace::FileWitness
+        );
+        assert_eq!(
+            authority_place(&file, true, Some(1)),
+            AuthorityPlace::FileWitness,
+            "a state on disk or a superseded record does not move a file-witness authority"
+        );
         assert!(matches!(
             authority_place(&repl(1, NodeMajority, First, &[(2, "b")]), false, None),
             AuthorityPlace::Unavailable { .. }

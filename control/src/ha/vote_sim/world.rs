@@ -848,7 +848,9 @@ impl<'a> World<'a> {
                     self.send(p, to, LinkKind::Mgmt, Msg::ApiRequest { id, requests });
                 }
             }
-            AuthorityPlace::Unavailable { .. } => {}
+            // The file-share witness is not modelled here (its own model is in
+            // `file_witness`'s tests): no authority, as for an unavailable one.
+            AuthorityPlace::Unavailable { .. } | AuthorityPlace::FileWitness => {}
         }
 
         // 3. Heartbeat strategy: take the authority over?

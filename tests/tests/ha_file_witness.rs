@@ -1,0 +1,781 @@
+//! Node majority with a file-share witness, through real processes: two `tandem-control`
+//! nodes (each with its data plane) on 127.0.0.1 and 127.0.0.2, set up with the `tandem`
+//! CLI (`replica add --failover node-majority --witness-file PATH`). The "share" is a
+//! directory that each node's control service sees at the same path through a bind mount in
+//! a mount namespace of its own, so the test can make it unreachable for one node only.
+//!
+//! 1. The device serves through both nodes; a relative witness path is refused.
+//! 2. kill -9 of the whole node holding the lock file while a writer writes through the
+//!    other: the other claims the file after a file lease plus margin and goes on (pause
+//!    measured); the killed node restarts, resyncs, images byte-identical.
+//! 3. The share becomes unreachable for the holder while writers write through both nodes:
+//!    the holder stops acknowledging before the other node acknowledges alone (timestamps
+//!    of both writers), the holder rejoins through the other's authority, every
+//!    acknowledged write reads back through both nodes, images byte-identical.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem_tests::e2e::blocks::{pattern, read16, write16};
+use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
+use tandem_tests::e2e::raw::command_retrying;
+use tandem_tests::e2e::raw::RawConn;
+
+const SIZE: usize = 64 << 20;
+const DEVICE: &str = "disk1";
+/// Bound on the pause of writes through the survivor after the lock holder dies: file lease
+/// (3 s) + margin (0.5 s) + poll + claim (< 1 s) + the engine's reconfiguration, with room
+/// for a loaded machine.
+const MAX_PAUSE: Duration = Duration::from_secs(20);
+const HA_FLAGS: [&str; 8] = [
+    "--ha-lease-ms",
+    "1500",
+    "--ha-margin-ms",
+    "500",
+    "--heartbeat-interval-ms",
+    "100",
+    "--heartbeat-timeout-ms",
+    "1000",
+];
+
+/// The release binaries when they are built (`$TANDEM_BIN_DIR` first), else whatever
+/// `bin()` finds.
+fn binary(name: &str) -> PathBuf {
+    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .join("target/release")
+            .join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    bin(name)
+}
+
+struct Node {
+    /// The share (seen by the test) and the path where this node's mount namespace mounts
+    /// it (the same path for every node, as a real share would be).
+    share: PathBuf,
+    mnt: PathBuf,
+    name: String,
+    ip: String,
+    dir: PathBuf,
+    log: PathBuf,
+    api: String,
+    portal: SocketAddr,
+    control: Option<Child>,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str, ip: &str, api_port: u16) -> Node {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Node {
+            share: root.join("share"),
+            mnt: root.join("mnt"),
+            name: name.into(),
+            ip: ip.into(),
+            log: root.join(format!("{name}.log")),
+            dir,
+            api: format!("{ip}:{api_port}"),
+            portal: format!("{ip}:{}", free_port()).parse().unwrap(),
+            control: None,
+        }
+    }
+
+    fn iqn(&self) -> String {
+        format!("iqn.2026-11.io.tandem:{}-{DEVICE}", self.name)
+    }
+
+    fn image(&self) -> PathBuf {
+        self.dir.join(format!("{DEVICE}.img"))
+    }
+
+    /// Starts (or restarts, same data dir) the control service and waits for its data plane.
+    fn start(&mut self) {
+        assert!(self.control.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // Its own mount namespace, in which the share is bind-mounted at `mnt`: unmounting
+        // it there makes the share unreachable for this node only.
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$0" "$1" && shift && exec "$@""#)
+            .arg(&self.share)
+            .arg(&self.mnt)
+            .arg(binary("tandem-control"))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--api", &self.api])
+            .args(["--portal", &self.portal.to_string()])
+            .args(["--node-name", &self.name])
+            .arg("--dataplane-bin")
+            .arg(binary("tandem-dataplane"))
+            .args(HA_FLAGS)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.control = Some(cmd.spawn().expect("start tandem-control"));
+        let t0 = Instant::now();
+        wait_until(
+            &format!("{}: API and data plane running", self.name),
+            Duration::from_secs(30),
+            || {
+                self.status()
+                    .is_some_and(|s| s["dataplane"]["state"] == "running")
+            },
+        );
+        assert!(
+            wait_for_port(self.portal, Duration::from_secs(20)),
+            "{}: portal {} not listening",
+            self.name,
+            self.portal
+        );
+        eprintln!(
+            "{}: control service and data plane up in {:?}",
+            self.name,
+            t0.elapsed()
+        );
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("tandem"))
+            .args(["--api", &format!("http://{}", self.api), "--token-file"])
+            .arg(self.dir.join("token"))
+            .args(args)
+            .output()
+            .expect("run tandem")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        eprintln!("[{}] $ tandem {}\n{stdout}", self.name, args.join(" "));
+        assert!(
+            out.status.success(),
+            "[{}] tandem {args:?} failed ({:?}): {}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        self.json(&["status"])
+    }
+
+    fn replicas(&self) -> Option<serde_json::Value> {
+        self.json(&["replica", "list", DEVICE])
+    }
+
+    /// This node serves and sees every replica synchronized with every link up.
+    fn synchronized(&self) -> bool {
+        let Some(l) = self.replicas() else {
+            return false;
+        };
+        let Some(rs) = l["replicas"].as_array() else {
+            return false;
+        };
+        rs.len() == 2
+            && rs.iter().all(|r| {
+                r["state"] == "synchronized"
+                    && (r["local"] == false || r["serving"] == true)
+                    && r["links"]
+                        .as_array()
+                        .is_some_and(|ls| ls.iter().all(|x| x["state"] == "up"))
+            })
+    }
+
+    /// State of `other` as this node reports it.
+    fn state_of(&self, other: &str) -> Option<String> {
+        let l = self.replicas()?;
+        l["replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["node"] == other)
+            .and_then(|r| r["state"].as_str().map(String::from))
+    }
+
+    /// The share becomes unreachable for this node (unmounted in its namespace).
+    fn cut_share(&self) {
+        let pid = self.control.as_ref().unwrap().id().to_string();
+        let st = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "umount", "-l"])
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{}: umount of the share", self.name);
+    }
+
+    fn restore_share(&self) {
+        let pid = self.control.as_ref().unwrap().id().to_string();
+        let st = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "mount", "--bind"])
+            .arg(&self.share)
+            .arg(&self.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{}: mount of the share", self.name);
+    }
+
+    /// This node's id within the device.
+    fn node_id(&self) -> Option<u64> {
+        let l = self.replicas()?;
+        l["replicas"]
+            .as_array()?
+            .iter()
+            .find(|r| r["local"] == true)
+            .and_then(|r| r["node_id"].as_u64())
+    }
+
+    fn dataplane_pid(&self) -> i32 {
+        std::fs::read_to_string(self.dir.join("dataplane.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The data plane this node's control service started, if it outlived it.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("dataplane.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                if alive(pid) && cmdline(pid).contains(self.dir.to_str().unwrap()) {
+                    kill9(pid);
+                }
+            }
+        }
+    }
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let rest = &s[s.rfind(')').unwrap() + 2..];
+            !rest.starts_with('Z') && !rest.starts_with('X')
+        }
+        Err(_) => false,
+    }
+}
+
+fn kill9(pid: i32) {
+    let st = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -9 {pid}");
+}
+
+/// Prints the tail of both nodes' logs when the test fails.
+struct LogsOnFailure(Vec<PathBuf>);
+
+impl Drop for LogsOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.0 {
+                let text = std::fs::read_to_string(p).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("===== last 60 lines of {} =====", p.display());
+                for l in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `f` every 100 ms; panics with `what` after `timeout`. Returns the time it took.
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- iSCSI client (the raw test initiator; retries like a multipath host on one path) ----
+
+/// A session of its own per initiator name.
+fn login(n: &Node, initiator: &str) -> RawConn {
+    let mut c = RawConn::connect(n.portal);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let keys = [
+        ("MaxRecvDataSegmentLength", "262144"),
+        ("FirstBurstLength", "65536"),
+        ("MaxBurstLength", "262144"),
+        ("ImmediateData", "Yes"),
+        ("InitialR2T", "No"),
+    ];
+    let (r, _) = c.login(initiator, Some(&n.iqn()), &keys);
+    assert_eq!(r.status_class, 0, "login to {} ({})", n.name, n.iqn());
+    // TEST UNIT READY: consumes the power-on unit attention.
+    let _ = c.command(&[0u8; 6], 0, &[], 0, 0);
+    c
+}
+
+fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {
+    let (r, _) = command_retrying(
+        c,
+        &write16(lba, (data.len() / 512) as u32),
+        0,
+        data,
+        Duration::from_secs(15),
+    );
+    assert_eq!(r.status, 0, "write at {lba}: sense {:02x?}", r.sense);
+}
+
+fn sync_cache(c: &mut RawConn) {
+    let (r, _) = command_retrying(
+        c,
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        0,
+        &[],
+        Duration::from_secs(15),
+    );
+    assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
+}
+
+/// The model of the disk: every acknowledged write applied in order.
+struct Model(Vec<u8>);
+
+impl Model {
+    fn write(&mut self, lba: u64, data: &[u8]) {
+        let o = lba as usize * 512;
+        self.0[o..o + data.len()].copy_from_slice(data);
+    }
+
+    /// Writes through `c` and records the write.
+    fn write_through(&mut self, c: &mut RawConn, lba: u64, data: &[u8]) {
+        write_blocks(c, lba, data);
+        self.write(lba, data);
+    }
+
+    /// Reads the whole disk through `n` (a fresh session) and compares it with the model;
+    /// flushes that node's cache.
+    fn verify_through(&self, n: &Node, what: &str) {
+        let t0 = Instant::now();
+        let mut c = login(n, "iqn.2026-11.io.tandem.test:cluster-verify");
+        const CHUNK: usize = 256 << 10;
+        for off in (0..SIZE).step_by(CHUNK) {
+            let lba = (off / 512) as u64;
+            let (r, _) = command_retrying(
+                &mut c,
+                &read16(lba, (CHUNK / 512) as u32),
+                CHUNK as u32,
+                &[],
+                Duration::from_secs(15),
+            );
+            assert_eq!(
+                r.status, 0,
+                "{what}: read through {} at LBA {lba}: sense {:02x?}",
+                n.name, r.sense
+            );
+            if r.data_in != self.0[off..off + CHUNK] {
+                let i = r
+                    .data_in
+                    .iter()
+                    .zip(&self.0[off..])
+                    .position(|(x, y)| x != y)
+                    .unwrap();
+                panic!(
+                    "{what}: read through {} differs from the acknowledged writes at byte {} (LBA {})",
+                    n.name,
+                    off + i,
+                    (off + i) / 512
+                );
+            }
+        }
+        sync_cache(&mut c);
+        eprintln!(
+            "{what}: whole disk read through {} matches the acknowledged writes ({:?})",
+            n.name,
+            t0.elapsed()
+        );
+    }
+
+    /// Both image files equal the model (and so each other). Only when no I/O runs.
+    fn images_identical(&self, a: &Node, b: &Node, what: &str) {
+        let ia = std::fs::read(a.image()).unwrap();
+        let ib = std::fs::read(b.image()).unwrap();
+        assert_eq!((ia.len(), ib.len()), (SIZE, SIZE), "{what}: image sizes");
+        if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
+            panic!(
+                "{what}: images differ first at byte {i} (64 KiB region {})",
+                i / 65536
+            );
+        }
+        if let Some(i) = ia.iter().zip(&self.0).position(|(x, y)| x != y) {
+            panic!("{what}: the images differ from the acknowledged writes first at byte {i}");
+        }
+        eprintln!("{what}: both image files byte-identical (and equal to the model)");
+    }
+}
+
+type Acked = Vec<(Instant, u64, Vec<u8>)>;
+
+/// Writes through one node at QD1 until stopped, retrying NOT READY / UNIT ATTENTION; every
+/// acknowledged write is recorded with its completion time.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Acked, String>>,
+}
+
+impl Writer {
+    fn start(n: &Node, seed: u32, base: u64) -> Writer {
+        let mut c = login(
+            n,
+            &format!("iqn.2026-11.io.tandem.test:cluster-writer-{seed}"),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let name = n.name.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut k = 0u32;
+            while !s.load(Ordering::Relaxed) {
+                // 4 or 16 KiB in an 8 MiB area, overwriting itself.
+                let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
+                let lba = base + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
+                let data = pattern(blocks * 512, seed * 1_000_000 + k);
+                let (r, _) = command_retrying(
+                    &mut c,
+                    &write16(lba, blocks as u32),
+                    0,
+                    &data,
+                    Duration::from_secs(90),
+                );
+                if r.status != 0 {
+                    return Err(format!(
+                        "write #{k} through {name} at LBA {lba} not acknowledged after 90 s of retries: status {} sense {:02x?} ({} writes acknowledged before)",
+                        r.status,
+                        r.sense,
+                        acked.len()
+                    ));
+                }
+                acked.push((Instant::now(), lba, data));
+                k += 1;
+            }
+            Ok(acked)
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops the writer, applies its acknowledged writes to the model; their times.
+    fn finish(self, model: &mut Model) -> Vec<Instant> {
+        self.stop.store(true, Ordering::Relaxed);
+        let acked = match self.thread.join() {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => panic!("writer: {e}"),
+            Err(_) => panic!("the writer thread panicked (see above)"),
+        };
+        let mut times = Vec::new();
+        for (t, lba, data) in acked {
+            model.write(lba, &data);
+            times.push(t);
+        }
+        times
+    }
+}
+
+/// The longest time without an acknowledged write after `since`: (start, end) of that gap.
+fn longest_gap(times: &[Instant], since: Instant) -> (Instant, Instant) {
+    let mut prev = since;
+    let mut best = (since, since);
+    for t in times.iter().filter(|t| **t > since) {
+        if t.duration_since(prev) > best.1.duration_since(best.0) {
+            best = (prev, *t);
+        }
+        prev = *t;
+    }
+    best
+}
+
+/// The node the lock file names as holder (read from the share by the test).
+fn holder_id(share: &Path) -> Option<u64> {
+    let bytes = std::fs::read(share.join("lock")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v["record"]["holder"].as_u64()
+}
+
+fn holder_index(nodes: &[&Node], ids: &[u64], share: &Path) -> Option<usize> {
+    let h = holder_id(share)?;
+    (0..nodes.len()).find(|&i| ids[i] == h)
+}
+
+#[test]
+fn file_share_witness_takeover_and_share_loss() {
+    let root = tempfile::Builder::new()
+        .prefix("tandem-fwitness")
+        .tempdir_in(scratch_dir())
+        .unwrap();
+    std::fs::create_dir_all(root.path().join("share")).unwrap();
+    std::fs::create_dir_all(root.path().join("mnt")).unwrap();
+    let api_port = free_port();
+    let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
+    let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);
+    let _logs = LogsOnFailure(vec![a.log.clone(), b.log.clone()]);
+    a.start();
+    b.start();
+    let share = a.share.clone();
+    let witness = a.mnt.join("lock").display().to_string();
+
+    a.ok(&["device", "create", DEVICE, "--size", "64MiB"]);
+    let mut model = Model(vec![0u8; SIZE]);
+    {
+        let mut c = login(&a, "iqn.2026-11.io.tandem.test:fw-pre");
+        for i in 0..16u32 {
+            model.write_through(&mut c, u64::from(i) * 4096, &pattern(64 << 10, 1 + i));
+        }
+        sync_cache(&mut c);
+    }
+    let token = |n: &Node| n.dir.join("token").display().to_string();
+    a.ok(&[
+        "server",
+        "add",
+        "node-b",
+        &b.api,
+        "--token-file",
+        &token(&b),
+    ]);
+    b.ok(&[
+        "server",
+        "add",
+        "node-a",
+        &a.api,
+        "--token-file",
+        &token(&a),
+    ]);
+    let sync = free_port();
+    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let base_args = [
+        "replica",
+        "add",
+        DEVICE,
+        "--partner",
+        "node-b",
+        "--sync-link",
+        &link,
+        "--failover",
+        "node-majority",
+        "--witness-file",
+    ];
+    // ---- 1. Validation, then the device through both nodes.
+    let mut bad = base_args.to_vec();
+    bad.push("share/lock");
+    let out = a.cli(&bad);
+    assert!(
+        !out.status.success(),
+        "a relative witness file must be refused"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("absolute"), "{err}");
+    let mut args = base_args.to_vec();
+    args.push(&witness);
+    let t0 = Instant::now();
+    a.ok(&args);
+    wait_until(
+        "both nodes serving and synchronized after replica add",
+        Duration::from_secs(90),
+        || a.synchronized() && b.synchronized(),
+    );
+    eprintln!(
+        "MEASURE both synchronized {:?} after replica add (includes the first claim of the lock file)",
+        t0.elapsed()
+    );
+    let ids = [a.node_id().unwrap(), b.node_id().unwrap()];
+    eprintln!("node ids: node-a {}, node-b {}", ids[0], ids[1]);
+    let h = holder_index(&[&a, &b], &ids, &share).expect("the lock file names a holder");
+    eprintln!(
+        "lock file: {}",
+        std::fs::read_to_string(share.join("lock")).unwrap()
+    );
+    model.verify_through(&b, "replicated");
+    {
+        let mut c = login(&b, "iqn.2026-11.io.tandem.test:fw-b");
+        for i in 0..50u32 {
+            model.write_through(&mut c, 20_000 + u64::from(i) * 333, &pattern(8192, 500 + i));
+        }
+        sync_cache(&mut c);
+    }
+    model.verify_through(&a, "written through node-b");
+    model.images_identical(&a, &b, "phase 1");
+
+    // ---- 2. kill -9 of the whole node holding the lock file.
+    let (victim, survivor) = if h == 0 { (&mut a, &b) } else { (&mut b, &a) };
+    let (v, s) = (victim.name.clone(), survivor.name.clone());
+    let survivor_id = if h == 0 { ids[1] } else { ids[0] };
+    eprintln!("{v} holds the lock file; killing it");
+    let writer = Writer::start(survivor, 2, 40_000);
+    std::thread::sleep(Duration::from_millis(1000));
+    let dp = victim.dataplane_pid();
+    let mut control = victim.control.take().unwrap();
+    let t_kill = Instant::now();
+    control.kill().unwrap();
+    kill9(dp);
+    control.wait().unwrap();
+    wait_until(
+        &format!("{v}'s data plane gone"),
+        Duration::from_secs(10),
+        || !alive(dp),
+    );
+    let claimed = wait_until(
+        &format!("{s} holds the lock file"),
+        Duration::from_secs(30),
+        || holder_id(&share) == Some(survivor_id),
+    );
+    eprintln!("MEASURE {s} claimed the lock file {claimed:?} after the kill");
+    wait_until(
+        &format!("{s} serving as sequencer, {v} not synchronized"),
+        Duration::from_secs(30),
+        || {
+            survivor.replicas().is_some_and(|l| {
+                l["replicas"].as_array().is_some_and(|rs| {
+                    rs.iter().any(|r| {
+                        r["local"] == true && r["serving"] == true && r["sequencer"] == true
+                    })
+                })
+            }) && survivor.state_of(&v).is_some_and(|st| st != "synchronized")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let t_restart = Instant::now();
+    victim.start();
+    wait_until(
+        &format!("both synchronized after {v}'s restart"),
+        Duration::from_secs(90),
+        || victim.synchronized() && survivor.synchronized(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let times = writer.finish(&mut model);
+    let (gap0, gap1) = longest_gap(&times, t_kill);
+    let during_down = times
+        .iter()
+        .filter(|t| **t > t_kill && **t < t_restart)
+        .count();
+    eprintln!(
+        "MEASURE kill -9 of the holder {v}: writer through {s} acknowledged {} writes, {during_down} while {v} was down; longest pause {:?} (from {:?} to {:?} after the kill)",
+        times.len(),
+        gap1.duration_since(gap0),
+        gap0.duration_since(t_kill),
+        gap1.duration_since(t_kill)
+    );
+    assert!(during_down > 0, "no write through {s} while {v} was down");
+    assert!(
+        gap1.duration_since(gap0) < MAX_PAUSE,
+        "writes through {s} paused {:?}",
+        gap1.duration_since(gap0)
+    );
+    model.verify_through(victim, "after the holder's kill");
+    model.verify_through(survivor, "after the holder's kill");
+    model.images_identical(victim, survivor, "after the holder's kill");
+
+    // ---- 3. The share becomes unreachable for the holder, writers through both nodes.
+    let h = holder_index(&[&a, &b], &ids, &share).expect("a holder");
+    let (holder, other) = if h == 0 { (&a, &b) } else { (&b, &a) };
+    let other_id = if h == 0 { ids[1] } else { ids[0] };
+    let (hn, on) = (holder.name.clone(), other.name.clone());
+    eprintln!("{hn} holds the lock file; its share becomes unreachable");
+    let w_holder = Writer::start(holder, 3, 40_000);
+    // Disjoint areas (each writer covers 16 Ki blocks from its base): the model is exact.
+    let w_other = Writer::start(other, 4, 70_000);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t_cut = Instant::now();
+    holder.cut_share();
+    let claimed = wait_until(
+        &format!("{on} holds the lock file"),
+        Duration::from_secs(30),
+        || holder_id(&share) == Some(other_id),
+    );
+    eprintln!("MEASURE {on} claimed the lock file {claimed:?} after {hn}'s share was cut");
+    wait_until(
+        &format!("both synchronized again ({hn} rejoined through {on}'s authority)"),
+        Duration::from_secs(90),
+        || holder.synchronized() && other.synchronized(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let t_h = w_holder.finish(&mut model);
+    let t_o = w_other.finish(&mut model);
+    let (h0, h1) = longest_gap(&t_h, t_cut);
+    let (o0, o1) = longest_gap(&t_o, t_cut);
+    let ms = |t: Instant| t.duration_since(t_cut).as_millis();
+    eprintln!(
+        "MEASURE share cut on {hn}: its writer stopped {} ms after the cut and resumed at {} ms (pause {:?}); {on}'s writer paused from {} ms to {} ms ({:?}); acks {} / {}",
+        ms(h0),
+        ms(h1),
+        h1.duration_since(h0),
+        ms(o0),
+        ms(o1),
+        o1.duration_since(o0),
+        t_h.len(),
+        t_o.len()
+    );
+    // The cut holder's last acknowledged write (before its pause) came before the other
+    // node acknowledged alone, and it acknowledged nothing more until it had rejoined.
+    assert!(
+        h1.duration_since(h0) > Duration::from_secs(1),
+        "{hn} never stopped serving"
+    );
+    assert!(
+        h0 <= o1,
+        "{hn} acknowledged a write at {} ms, after {on} went on alone at {} ms",
+        ms(h0),
+        ms(o1)
+    );
+    assert!(h1 >= o1, "{hn} resumed before {on} took over");
+    holder.restore_share();
+    model.verify_through(holder, "after the share cut");
+    model.verify_through(other, "after the share cut");
+    model.images_identical(holder, other, "after the share cut");
+}
