@@ -407,6 +407,8 @@ mod tests {
                 resync_done_regions: 1,
                 resync_total_regions: 4,
                 bytes_mirrored: 8192,
+                dirty_list: Vec::new(),
+                dirty_complete: true,
             }],
         };
         let dp = DataplaneInfo {

@@ -66,6 +66,34 @@ pub struct Persisted {
     /// generation they hold. Their copies are never merged: an administrator decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub split_brain: Vec<(NodeId, GenerationId)>,
+    /// The last split brain an administrator resolved here (`tandem device resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolution>,
+}
+
+/// How a split brain was resolved: `kept`'s copy stays, `discarded`'s is fully resynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    pub kept: NodeId,
+    pub discarded: NodeId,
+    /// The epoch of this authority when it was resolved.
+    pub epoch: Epoch,
+}
+
+/// Why a local authority stands down (see [`AuthorityHost::supersede`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandDown {
+    /// The partner took the authority over while this one was away (dead, paused) and this
+    /// one never removed it: an ordinary takeover, nothing diverged.
+    AfterTakeover,
+    /// This authority had removed the node that now announces its own authority: both went
+    /// on alone (a total partition), a split brain.
+    SplitBrain,
+    /// An administrator resolving a split brain discards this node's copy.
+    Resolve,
+    /// It had stood down already.
+    Already,
 }
 
 /// An answer for one node: the configuration in force and, for a serving member, the
@@ -75,6 +103,10 @@ pub struct Grant {
     pub config: EpochConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_duration_ns: Option<u64>,
+    /// Nodes this authority refused because their copy went on alone (split brain), so that
+    /// each side can report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<NodeId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +134,8 @@ pub struct AuthorityHost {
     last_seen: Instant,
     pause_limit: Duration,
     quiet_for: Duration,
+    lease_ns: u64,
+    margin_ns: u64,
     saved: Persisted,
     failed: Option<String>,
 }
@@ -182,6 +216,7 @@ impl AuthorityHost {
                     took_over_from: None,
                     superseded_by: None,
                     split_brain: Vec::new(),
+                    resolved: None,
                 }
             }
         };
@@ -223,6 +258,8 @@ impl AuthorityHost {
             last_seen: now,
             pause_limit: settings.lease / 2,
             quiet_for,
+            lease_ns,
+            margin_ns,
             saved,
             failed: None,
         }
@@ -263,6 +300,7 @@ impl AuthorityHost {
             took_over_from: Some(from),
             superseded_by: None,
             split_brain: Vec::new(),
+            resolved: None,
         };
         // Leases granted by the old authority ended before the takeover was decided (the
         // decision waits lease + margin of silence), so no quiet period beyond that.
@@ -344,15 +382,95 @@ impl AuthorityHost {
     }
 
     /// Another node hosts this device's authority at `epoch` and wins (see the module
-    /// comment): stop for good, persisted.
-    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<(), HostError> {
+    /// comment): stop for good, persisted. Says why, so that the log and the status tell an
+    /// ordinary takeover (this authority was away) from a split brain (it had removed that
+    /// node, which then went on alone too).
+    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<StandDown, HostError> {
         if self.saved.superseded_by.is_some() {
-            return Ok(());
+            return Ok(StandDown::Already);
         }
-        tracing::error!(device = %self.device, by = by.0, epoch = epoch.0, own_epoch = self.saved.last_epoch.0,
-            "another node hosts this device's failover authority: split brain; this authority stops \
-             (its node's lease lapses, it serves nothing); an administrator decides which copy stays");
+        let kind = stand_down_kind(self.authority.config(), by);
+        match kind {
+            StandDown::SplitBrain => {
+                tracing::error!(device = %self.device, by = by.0, epoch = epoch.0,
+                own_epoch = self.saved.last_epoch.0,
+                "split brain: this authority had removed node {} and that node hosts an authority of its own; \
+                 this authority stops (its node's lease lapses, it serves nothing); \
+                 `tandem device resolve` decides which copy stays", by.0)
+            }
+            _ => tracing::warn!(device = %self.device, by = by.0, epoch = epoch.0,
+                own_epoch = self.saved.last_epoch.0,
+                "node {} took this device's failover authority over while this node was away; \
+                 this authority stands down and the node rejoins through the other one", by.0),
+        }
         self.saved.superseded_by = Some((by, epoch));
+        self.save()?;
+        Ok(kind)
+    }
+
+    /// Stands down for `tandem device resolve` (this node's copy is discarded): like
+    /// [`Self::supersede`], persisted, no lease granted from now on.
+    pub fn stand_down_for_resolve(&mut self, kept: NodeId, epoch: Epoch) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        tracing::info!(device = %self.device, kept = kept.0, epoch = epoch.0,
+            "split brain resolved by an administrator: this node's copy is discarded; its authority stands down");
+        self.saved.superseded_by = Some((kept, epoch));
+        self.saved.split_brain.clear();
+        self.save()
+    }
+
+    /// `tandem device resolve` keeps this node's copy and discards `discarded`'s: the
+    /// split-brain record of that node is cleared, so its next (blank) join makes it a
+    /// full-sync target. An authority that stood down (the other side's had won) is
+    /// reinstated at an epoch above `epoch_floor` and above every one it issued, quiet for
+    /// a lease plus margin so that leases the other authority granted have ended first.
+    pub fn keep_after_split_brain(
+        &mut self,
+        kept: NodeId,
+        discarded: NodeId,
+        epoch_floor: Epoch,
+        now: Instant,
+    ) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        for n in [kept, discarded] {
+            if !self.saved.nodes.contains(&n) {
+                return Err(HostError::NotMember(n.0));
+            }
+        }
+        if self.saved.superseded_by.is_some() {
+            let Some(cfg) = self.authority.config().cloned() else {
+                return Err(HostError::State {
+                    path: self.path.display().to_string(),
+                    reason: "a cold authority cannot be reinstated".into(),
+                });
+            };
+            let reinstated =
+                reinstated_config(&cfg, discarded, self.saved.last_epoch.max(epoch_floor))
+                    .ok_or_else(|| HostError::State {
+                        path: self.path.display().to_string(),
+                        reason: "no synchronized member would be left".into(),
+                    })?;
+            tracing::info!(device = %self.device, epoch = reinstated.epoch.0, discarded = discarded.0,
+                "split brain resolved by an administrator: this copy stays; this authority is reinstated");
+            self.saved.superseded_by = None;
+            self.saved.last_epoch = reinstated.epoch;
+            self.saved.config = Some(reinstated.clone());
+            self.authority = Authority::new(reinstated, self.lease_ns, self.margin_ns, None);
+            self.quiet_until = now + self.quiet_for;
+        } else {
+            tracing::info!(device = %self.device, discarded = discarded.0,
+                "split brain resolved by an administrator: this copy stays; node {} joins as a full-sync target", discarded.0);
+        }
+        self.saved.split_brain.retain(|&(n, _)| n != discarded);
+        self.saved.resolved = Some(Resolution {
+            kept,
+            discarded,
+            epoch: self.saved.last_epoch,
+        });
         self.save()
     }
 
@@ -452,14 +570,20 @@ impl AuthorityHost {
                 Some(Grant {
                     config: current,
                     lease_duration_ns: lease.filter(|_| still_member && !quiet),
+                    split_brain: Vec::new(),
                 })
             }
             // Nothing to ask (a node without its data plane): the configuration, no lease.
             None => self.authority.config().cloned().map(|config| Grant {
                 config,
                 lease_duration_ns: None,
+                split_brain: Vec::new(),
             }),
         };
+        let grant = grant.map(|mut g| {
+            g.split_brain = self.saved.split_brain.iter().map(|&(n, _)| n).collect();
+            g
+        });
         Ok(grant)
     }
 
@@ -476,6 +600,29 @@ impl AuthorityHost {
         self.authority.run_due(t);
         self.persist_changes()
     }
+}
+
+/// Why an authority that hears a partner's winning authority stands down: a split brain
+/// if its own configuration had removed that partner (both went on alone), else an
+/// ordinary takeover while this one was away.
+pub fn stand_down_kind(own: Option<&EpochConfig>, by: NodeId) -> StandDown {
+    match own {
+        Some(c) if c.state_of(by) == tandem_ha::MemberState::Out => StandDown::SplitBrain,
+        _ => StandDown::AfterTakeover,
+    }
+}
+
+/// The configuration a reinstated authority issues after a resolve that keeps its copy:
+/// `discarded` out (it rejoins blank, as a full-sync target), an epoch above `floor`.
+/// None when no synchronized member would be left.
+pub fn reinstated_config(
+    cfg: &EpochConfig,
+    discarded: NodeId,
+    floor: Epoch,
+) -> Option<EpochConfig> {
+    let mut next = cfg.next(&[(discarded, tandem_ha::MemberState::Out)])?;
+    next.epoch = Epoch(next.epoch.0.max(floor.0 + 1));
+    Some(next)
 }
 
 /// Loads every authority this node hosted before (`DATA_DIR/ha/*.authority.json`).
@@ -570,12 +717,11 @@ pub fn ensure_host(
     Ok(())
 }
 
-/// Stops the local authority of `device` (another node's wins).
-pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) {
+/// Stops the local authority of `device` (another node's wins); says why (None: no such
+/// authority here, or its state could not be saved).
+pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) -> Option<StandDown> {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(h) = hosts.get_mut(device) {
-        let _ = h.supersede(by, epoch);
-    }
+    hosts.get_mut(device)?.supersede(by, epoch).ok()
 }
 
 /// The node whose authority superseded the one hosted here for `device`, if any.
@@ -863,7 +1009,7 @@ mod tests {
             t0,
         )
         .unwrap();
-        h.supersede(N2, Epoch(2)).unwrap();
+        assert_eq!(h.supersede(N2, Epoch(2)).unwrap(), StandDown::AfterTakeover);
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))

@@ -163,6 +163,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                 if let Some(g) = grant {
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), Some(&g.config));
+                        v.split_brain = g.split_brain.iter().map(|n| n.0).collect();
                     });
                     if let Some(update) = to_update(g, now_ns) {
                         // One immediate exchange at most: a data plane that does not take
@@ -241,10 +242,19 @@ fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: 
             continue;
         };
         if strategy::superseded(mine, theirs, r.priority) {
-            authority_host::supersede(node, device, NodeId(p.node_id), tandem_ha::Epoch(theirs));
+            let why = authority_host::supersede(
+                node,
+                device,
+                NodeId(p.node_id),
+                tandem_ha::Epoch(theirs),
+            );
+            let what = match why {
+                Some(authority_host::StandDown::SplitBrain) => "split brain: ",
+                _ => "",
+            };
             node.ha.view_mut(device, |v| {
                 v.last_error = Some(format!(
-                    "split brain: node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stopped",
+                    "{what}node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stood down",
                     p.name
                 ))
             });
@@ -437,6 +447,7 @@ mod tests {
         let g = Grant {
             config: cfg.clone(),
             lease_duration_ns: None,
+            split_brain: Vec::new(),
         };
         assert_eq!(to_update(g.clone(), None), None);
         let u = to_update(g, Some(5)).unwrap();

@@ -131,6 +131,10 @@ pub struct HaView {
     pub heartbeats_rejected: u64,
     /// This node took the authority over from the named node id (heartbeat strategy).
     pub took_over_from: Option<u8>,
+    /// Nodes the device's authority refused because their copy went on alone (split brain;
+    /// from its last answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

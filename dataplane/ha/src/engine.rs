@@ -440,6 +440,20 @@ impl<P: Clone> Engine<P> {
         self.journal.bitmap(partner).clone()
     }
 
+    /// The regions dirty for `partner` (at most `max`, the first ones) and whether its
+    /// bitmap is complete (kept since the partner left, in this process lifetime). Shown
+    /// before a split brain is resolved: what the discarded side wrote on its own.
+    pub fn dirty_list(&mut self, partner: NodeId, max: usize) -> (Vec<u64>, bool) {
+        let list = self
+            .journal
+            .bitmap(partner)
+            .first_set(max)
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        (list, self.journal.is_complete(partner))
+    }
+
     /// Whether host I/O is served now (ALUA active/optimized); otherwise the node reports
     /// unavailable and answers NOT READY.
     pub fn serving(&self, now: Time) -> bool {
