@@ -625,6 +625,31 @@ pub fn reinstated_config(
     Some(next)
 }
 
+/// The `Join` the driver adds for its engine when the authority's configuration has this
+/// node out while the engine holds one at the same or a newer epoch in which it is
+/// synchronized with another generation. The engine ignores a configuration that is not
+/// newer than its own, so it would never ask to join: that is what two authorities leave
+/// behind (both sides went on alone at the same epoch, a split brain). The join lets the
+/// authority compare generations, refuse and record it (`split_brain`), and both sides
+/// report it; a copy the authority does know simply rejoins.
+pub fn split_brain_join(
+    me: NodeId,
+    engine: Option<&tandem_config::ipc::HaDeviceStatus>,
+    authority: Option<&EpochConfig>,
+) -> Option<ToAuthority> {
+    let status = engine?;
+    let mine = status.config.as_ref()?;
+    let theirs = authority?;
+    let diverged = theirs.state_of(me) == tandem_ha::MemberState::Out
+        && mine.state_of(me) == tandem_ha::MemberState::Synchronized
+        && mine.epoch >= theirs.epoch
+        && mine.generation != theirs.generation
+        && !status.meta.current.is_blank();
+    diverged.then(|| ToAuthority::Join {
+        meta: status.meta.clone(),
+    })
+}
+
 /// Loads every authority this node hosted before (`DATA_DIR/ha/*.authority.json`).
 pub fn load_existing(node: &Arc<Node>) {
     let dir = ha_dir(&node.data_dir);
@@ -1079,6 +1104,164 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn an_engine_stuck_on_its_own_equal_epoch_is_made_to_join() {
+        let base = EpochConfig::initial(&[N1, N2]);
+        let theirs = base.next(&[(N2, MemberState::Out)]).unwrap();
+        let mine = base.next(&[(N1, MemberState::Out)]).unwrap();
+        assert_eq!(mine.epoch, theirs.epoch);
+        let status = tandem_config::ipc::HaDeviceStatus {
+            node_id: 2,
+            config: Some(mine.clone()),
+            serving: false,
+            meta: ReplicaMeta {
+                current: mine.generation,
+                epoch: mine.epoch,
+                ..ReplicaMeta::default()
+            },
+            partners: vec![],
+        };
+        let join = split_brain_join(N2, Some(&status), Some(&theirs));
+        assert!(
+            matches!(join, Some(ToAuthority::Join { meta }) if meta.current == mine.generation)
+        );
+        // The authority's configuration is newer: the engine adopts it and joins itself.
+        let newer = theirs.next(&[(N1, MemberState::Synchronized)]).unwrap();
+        let newer = newer.next(&[(N2, MemberState::Out)]).unwrap_or(newer);
+        assert!(newer.epoch > mine.epoch);
+        assert!(split_brain_join(N2, Some(&status), Some(&newer)).is_none());
+        // Same configuration: nothing to add.
+        assert!(split_brain_join(N2, Some(&status), Some(&mine)).is_none());
+        // Ordinary: this node is a member of the authority's configuration.
+        assert!(split_brain_join(N2, Some(&status), Some(&base)).is_none());
+        // The split brain then gets recorded by the authority (refused join).
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::take_over(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            theirs.clone(),
+            N2,
+            &settings(),
+            t0,
+        )
+        .unwrap();
+        let g = h
+            .handle(
+                t0,
+                N2,
+                vec![split_brain_join(N2, Some(&status), Some(&theirs)).unwrap()],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            g.split_brain,
+            vec![N2],
+            "each side learns it from the answer"
+        );
+    }
+
+    #[test]
+    fn stand_down_tells_a_takeover_from_a_split_brain() {
+        let base = EpochConfig::initial(&[N1, N2]);
+        assert_eq!(stand_down_kind(Some(&base), N2), StandDown::AfterTakeover);
+        let removed = base.next(&[(N2, MemberState::Out)]).unwrap();
+        assert_eq!(stand_down_kind(Some(&removed), N2), StandDown::SplitBrain);
+        assert_eq!(stand_down_kind(None, N2), StandDown::AfterTakeover);
+    }
+
+    #[test]
+    fn resolve_keeps_a_stood_down_authority_at_a_newer_epoch_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        // Node 2 took over (epoch 2, node 1 out); node 1's authority also reached epoch 2.
+        let base = EpochConfig::initial(&[N1, N2]);
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        assert_eq!(h.supersede(N1, Epoch(2)).unwrap(), StandDown::SplitBrain);
+        assert!(h
+            .handle(t0, N2, vec![ToAuthority::LeaseRequest], 0)
+            .is_err());
+        // Keep node 2: reinstated above every epoch either side issued.
+        h.keep_after_split_brain(N2, N1, Epoch(5), t0).unwrap();
+        let cfg = h.config().unwrap().clone();
+        assert_eq!(cfg.epoch, Epoch(6));
+        assert_eq!(
+            cfg.generation, taken.generation,
+            "the kept copy's data is unchanged"
+        );
+        assert_eq!(cfg.state_of(N1), MemberState::Out);
+        let p = stored(dir.path());
+        assert_eq!(p.superseded_by, None);
+        assert_eq!(p.last_epoch, Epoch(6));
+        assert_eq!(p.resolved.unwrap().kept, N2);
+        // Quiet: no lease until the other authority's leases have surely ended.
+        let g = h
+            .handle(t0, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None);
+        let later = t0 + s.lease + s.margin + STEP;
+        let mut now = t0;
+        run_to(&mut h, &mut now, later);
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.lease_duration_ns.is_some());
+        // The discarded node joins blank: a full-sync target.
+        let g = h
+            .handle(
+                now,
+                N1,
+                vec![ToAuthority::Join {
+                    meta: ReplicaMeta::default(),
+                }],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn resolve_on_a_live_authority_clears_the_record_and_a_discarded_one_stands_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        let base = EpochConfig::initial(&[N1, N2]);
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        let alone = base.next(&[(N2, MemberState::Out)]).unwrap().generation;
+        let meta = ReplicaMeta {
+            current: alone,
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        h.handle(t0, N1, vec![ToAuthority::Join { meta }], 0)
+            .unwrap();
+        assert_eq!(stored(dir.path()).split_brain.len(), 1);
+        h.keep_after_split_brain(N2, N1, Epoch(2), t0).unwrap();
+        let p = stored(dir.path());
+        assert!(p.split_brain.is_empty());
+        assert_eq!(
+            p.config,
+            Some(taken),
+            "a live authority's configuration is unchanged"
+        );
+        // The other way round: this node's copy is discarded.
+        h.stand_down_for_resolve(N1, Epoch(3)).unwrap();
+        assert!(matches!(
+            h.handle(t0, N2, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(1, 3))
+        ));
     }
 
     #[test]

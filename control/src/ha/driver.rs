@@ -79,6 +79,8 @@ pub async fn run(node: Arc<Node>, device: String) {
     let mut every = tokio::time::interval(settings.exchange_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut at_once = false;
+    // The authority's last configuration (see `authority_host::split_brain_join`).
+    let mut last_grant: Option<EpochConfig> = None;
     tracing::info!(%device, "HA driver started");
     loop {
         if !at_once {
@@ -99,6 +101,7 @@ pub async fn run(node: Arc<Node>, device: String) {
         // 1. The data plane.
         let mut requests = Vec::new();
         let mut now_ns = None;
+        let mut engine_status = None;
         let mut engine_epoch = None;
         if node.dataplane_enabled {
             let call = Request::HaExchange {
@@ -112,6 +115,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                     requests = report.requests;
                     requests.truncate(authority_host::REQUESTS_MAX);
                     engine_epoch = report.status.config.as_ref().map(|c| c.epoch);
+                    engine_status = Some(report.status.clone());
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), report.status.config.as_ref());
                         v.status = Some(report.status);
@@ -130,6 +134,11 @@ pub async fn run(node: Arc<Node>, device: String) {
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
         let initial = super::initial_mark(&node.data_dir, &device);
+        if let Some(join) =
+            authority_host::split_brain_join(me, engine_status.as_ref(), last_grant.as_ref())
+        {
+            requests.push(join);
+        }
         let answer = match &place {
             AuthorityPlace::Local => {
                 if !hosted {
@@ -161,6 +170,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                 last_answer = Some(Instant::now());
                 node.ha.view_mut(&device, |v| v.last_error = None);
                 if let Some(g) = grant {
+                    last_grant = Some(g.config.clone());
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), Some(&g.config));
                         v.split_brain = g.split_brain.iter().map(|n| n.0).collect();
