@@ -221,7 +221,7 @@ fn render_replication(
         let Some(repl) = config.device(d).and_then(|x| x.replication.as_ref()) else {
             continue;
         };
-        let rows = crate::replica::replica_rows(&config.node.name, repl, s.as_ref(), &[]);
+        let rows = crate::replica::replica_rows(&config.node.name, repl, s.as_ref(), &[], &[]);
         for r in rows.replicas {
             f.sample(
                 "tandem_replica_state",

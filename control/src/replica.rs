@@ -1634,9 +1634,9 @@ pub fn replica_rows(
             },
         }
         let refused = [p.node_id, repl.node_id]
-            .iter()
+            .into_iter()
             .find(|id| split_brain.contains(id));
-        if let Some(&id) = refused {
+        if let Some(id) = refused {
             row.state = "split-brain".into();
             row.reason = Some(format!(
                 "the failover authority refused node {id}'s join: its copy went on alone while the nodes could not reach each other (split brain); nothing is merged; `tandem device resolve DEVICE --keep NODE` decides which copy stays"
