@@ -161,8 +161,8 @@ pub struct HaPartnerStatus {
     /// `dirty_regions` is the full count. Listed before a split brain is resolved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dirty_list: Vec<u64>,
-    /// The dirty bitmap was kept since the partner left, in this process lifetime (false
-    /// after a restart of the data plane: the list may then miss regions).
+    /// The dirty bitmap holds every region this node wrote since the partner left (false
+    /// after a restart of the data plane since then: the list may miss regions).
     #[serde(default)]
     pub dirty_complete: bool,
 }
