@@ -1588,6 +1588,18 @@ impl<P: Clone> Engine<P> {
                 }
             }
         }
+        if let Some(o) = &old {
+            for &(n, s) in &cfg.members {
+                if n != me
+                    && s != MemberState::Synchronized
+                    && o.state_of(n) == MemberState::Synchronized
+                {
+                    // It leaves under this process's eyes: every write from now on is
+                    // marked for it, and everything before reached it.
+                    self.journal_lost_in_restart.remove(&n);
+                }
+            }
+        }
 
         // Regions whose content is in doubt at this moment (writes in flight here).
         let uncertain = self.uncertain_regions();
