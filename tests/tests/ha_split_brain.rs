@@ -328,7 +328,7 @@ struct Partition {
 
 impl Partition {
     fn cut(sync_port: u16, a_api: &str) -> Partition {
-        let table = format!("tandem_split_{}", std::process::id());
+        let table = format!("tandem_split_{}_{sync_port}", std::process::id());
         let (a_ip, a_port) = a_api.split_once(':').unwrap();
         let script = format!(
             "table inet {table} {{\n\
@@ -371,7 +371,11 @@ fn write_through(n: &Node, initiator: &str, lba: u64, data: &[u8]) {
         data,
         Duration::from_secs(30),
     );
-    assert_eq!(r.status, 0, "write at {lba} through {}: sense {:02x?}", n.name, r.sense);
+    assert_eq!(
+        r.status, 0,
+        "write at {lba} through {}: sense {:02x?}",
+        n.name, r.sense
+    );
     let (r, _) = command_retrying(
         &mut c,
         &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
@@ -417,8 +421,21 @@ fn states(n: &Node) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Keeps node A (the first node, whose authority wins on reconnect); run on node B, the
+/// discarded side.
 #[test]
 fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
+    scenario(false);
+}
+
+/// Keeps node B (whose authority stood down on reconnect, so it is reinstated); run on node
+/// B, so the discarded side (A, the authority host) is reached through its API.
+#[test]
+fn split_brain_resolved_keeping_the_side_whose_authority_stood_down() {
+    scenario(true);
+}
+
+fn scenario(keep_b: bool) {
     let root = tempfile::Builder::new()
         .prefix("tandem-split")
         .tempdir_in(scratch_dir())
@@ -447,11 +464,33 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
         }
     }
     let token = |n: &Node| n.dir.join("token").display().to_string();
-    a.ok(&["server", "add", "node-b", &b.api, "--token-file", &token(&b)]);
-    b.ok(&["server", "add", "node-a", &a.api, "--token-file", &token(&a)]);
+    a.ok(&[
+        "server",
+        "add",
+        "node-b",
+        &b.api,
+        "--token-file",
+        &token(&b),
+    ]);
+    b.ok(&[
+        "server",
+        "add",
+        "node-a",
+        &a.api,
+        "--token-file",
+        &token(&a),
+    ]);
     let sync = free_port();
     let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
-    a.ok(&["replica", "add", DEVICE, "--partner", "node-b", "--sync-link", &link]);
+    a.ok(&[
+        "replica",
+        "add",
+        DEVICE,
+        "--partner",
+        "node-b",
+        "--sync-link",
+        &link,
+    ]);
     wait_until(
         "both synchronized after replica add",
         Duration::from_secs(90),
@@ -460,7 +499,10 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
 
     // No split brain yet: resolve refuses, and nothing changes.
     let out = b.cli(&["device", "resolve", DEVICE, "--keep", "node-a", "--yes"]);
-    assert!(!out.status.success(), "resolve without a split brain must fail");
+    assert!(
+        !out.status.success(),
+        "resolve without a split brain must fail"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no split brain"), "resolve error: {err}");
     let out = b.cli(&["device", "resolve", DEVICE, "--keep", "node-z"]);
@@ -487,13 +529,26 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
         );
         eprintln!("MEASURE node-b serving alone {took:?} after the cut");
         for r in [only_b, both] {
-            write_through(&b, "iqn.2026-11.io.tandem.test:split-b", (r * REGION / 512) as u64, &data_b);
+            write_through(
+                &b,
+                "iqn.2026-11.io.tandem.test:split-b",
+                (r * REGION / 512) as u64,
+                &data_b,
+            );
         }
         for r in [only_a, both] {
-            write_through(&a, "iqn.2026-11.io.tandem.test:split-a", (r * REGION / 512) as u64, &data_a);
+            write_through(
+                &a,
+                "iqn.2026-11.io.tandem.test:split-a",
+                (r * REGION / 512) as u64,
+                &data_a,
+            );
         }
         b_regions = vec![only_b, both];
-        eprintln!("both sides acknowledged their own writes {:?} after the cut", t0.elapsed());
+        eprintln!(
+            "both sides acknowledged their own writes {:?} after the cut",
+            t0.elapsed()
+        );
     }
 
     // ---- 3. Healed: both report split-brain; nothing merged.
@@ -514,18 +569,49 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
     std::thread::sleep(Duration::from_secs(3));
     let (ia, ib) = (image(&a), image(&b));
     assert_eq!(region_of(&ia, only_a), &data_a[..], "A keeps its write");
-    assert_eq!(region_of(&ia, both), &data_a[..], "A's copy has nothing of B's");
-    assert_eq!(region_of(&ia, only_b), region_of(&base, only_b), "A's copy has nothing of B's");
+    let (keep, discard) = if keep_b {
+        ("node-b", "node-a")
+    } else {
+        ("node-a", "node-b")
+    };
+    let (kept_data, discarded_data) = if keep_b {
+        (&data_b, &data_a)
+    } else {
+        (&data_a, &data_b)
+    };
+    let (kept_regions, discarded_regions) = if keep_b {
+        ([only_b, both], vec![only_a, both])
+    } else {
+        ([only_a, both], b_regions.clone())
+    };
+    assert_eq!(
+        region_of(&ia, both),
+        &data_a[..],
+        "A's copy has nothing of B's"
+    );
+    assert_eq!(
+        region_of(&ia, only_b),
+        region_of(&base, only_b),
+        "A's copy has nothing of B's"
+    );
     assert_eq!(region_of(&ib, only_b), &data_b[..], "B keeps its write");
-    assert_eq!(region_of(&ib, both), &data_b[..], "B's copy has nothing of A's");
-    assert_eq!(region_of(&ib, only_a), region_of(&base, only_a), "B's copy has nothing of A's");
+    assert_eq!(
+        region_of(&ib, both),
+        &data_b[..],
+        "B's copy has nothing of A's"
+    );
+    assert_eq!(
+        region_of(&ib, only_a),
+        region_of(&base, only_a),
+        "B's copy has nothing of A's"
+    );
     assert!(
         states(&a).iter().all(|s| s == "split-brain"),
         "still split-brain, not merged"
     );
 
     // ---- 4. Resolve, keeping A, run on B. First the dry run: nothing changes.
-    let dry = b.ok(&["device", "resolve", DEVICE, "--keep", "node-a"]);
+    let dry = b.ok(&["device", "resolve", DEVICE, "--keep", keep]);
     assert!(dry.contains("add --yes"), "dry run: {dry}");
     assert!(states(&b).iter().all(|s| s == "split-brain"));
     let saved = root.path().join("discarded.json");
@@ -535,7 +621,7 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
         "resolve",
         DEVICE,
         "--keep",
-        "node-a",
+        keep,
         "--save-discarded",
         saved.to_str().unwrap(),
         "--yes",
@@ -550,7 +636,14 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
         .iter()
         .map(|r| r["index"].as_u64().unwrap() as usize)
         .collect();
-    assert_eq!(listed, b_regions, "the saved list is exactly B's changed regions");
+    let mut listed = listed;
+    listed.sort();
+    let mut want = discarded_regions.clone();
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "the saved list is exactly the discarded side's changed regions"
+    );
     for r in report["regions"].as_array().unwrap() {
         assert_eq!(
             r["offset"].as_u64().unwrap(),
@@ -558,14 +651,14 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
         );
         assert_eq!(r["length"].as_u64().unwrap(), REGION as u64);
     }
-    assert_eq!(report["kept"]["name"], "node-a");
-    assert_eq!(report["discarded"]["name"], "node-b");
+    assert_eq!(report["kept"]["name"], keep);
+    assert_eq!(report["discarded"]["name"], discard);
     assert_eq!(report["journal_complete"], true);
     let data = report["data"].as_array().unwrap();
     assert_eq!(data.len(), 2, "the data of both regions is saved");
     for d in data {
         let bytes = hex_decode(d["data_hex"].as_str().unwrap());
-        assert_eq!(bytes, data_b, "saved data is B's discarded write");
+        assert_eq!(&bytes, discarded_data, "saved data is the discarded write");
     }
     let synced = wait_until(
         "both synchronized after resolve",
@@ -577,22 +670,30 @@ fn split_brain_is_reported_never_merged_and_resolved_keeping_one_copy() {
     assert!(
         listing["resolution"]
             .as_str()
-            .is_some_and(|t| t.contains("kept node node-a")),
+            .is_some_and(|t| t.contains(&format!("kept node {keep}"))),
         "the resolution is shown: {listing}"
     );
     // Flush both, then compare the images: identical, and A's data.
-    write_through(&a, "iqn.2026-11.io.tandem.test:split-flush", 0, region_of(&base, 0));
+    write_through(
+        &a,
+        "iqn.2026-11.io.tandem.test:split-flush",
+        0,
+        region_of(&base, 0),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let (ia, ib) = (image(&a), image(&b));
     if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
         panic!("images differ first at byte {i} (region {})", i / REGION);
     }
     let mut expect = base.clone();
-    for r in [only_a, both] {
-        expect[r * REGION..(r + 1) * REGION].copy_from_slice(&data_a);
+    for r in kept_regions {
+        expect[r * REGION..(r + 1) * REGION].copy_from_slice(kept_data);
     }
-    assert!(ia == expect, "the images hold A's data (B's writes discarded)");
-    eprintln!("after resolve: both images byte-identical and equal to node-a's data");
+    assert!(
+        ia == expect,
+        "the images hold {keep}'s data ({discard}'s writes discarded)"
+    );
+    eprintln!("after resolve: both images byte-identical and equal to {keep}'s data");
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
