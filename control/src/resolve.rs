@@ -767,7 +767,7 @@ mod tests {
         let meta = dir.path().join("d.img.ha-meta");
         std::fs::write(&meta, b"{}").unwrap();
         let text = format!(
-            "[node]\nname = \"a\"\n\n[[device]]\nname = \"d\"\nfile = \"{}\"\n",
+            "[node]\nname = \"a\"\nportals = [\"127.0.0.1:3260\"]\n\n[[device]]\nname = \"d\"\nfile = \"{}\"\n",
             img.display()
         );
         let cfg: NodeConfig = toml_cfg(&text);
