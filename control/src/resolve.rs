@@ -609,7 +609,7 @@ fn discard_closed(
     let mut data = Vec::new();
     if !save_regions.is_empty() {
         if let Backing::File { path, .. } = d.backing() {
-            let f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
             let len = f.metadata().map_err(|e| e.to_string())?.len();
             let mut budget = SAVE_BYTES_MAX;
             for &index in save_regions {

@@ -298,28 +298,6 @@ fn login(n: &Node, initiator: &str) -> RawConn {
     c
 }
 
-fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {
-    let (r, _) = command_retrying(
-        c,
-        &write16(lba, (data.len() / 512) as u32),
-        0,
-        data,
-        Duration::from_secs(15),
-    );
-    assert_eq!(r.status, 0, "write at {lba}: sense {:02x?}", r.sense);
-}
-
-fn sync_cache(c: &mut RawConn) {
-    let (r, _) = command_retrying(
-        c,
-        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        0,
-        &[],
-        Duration::from_secs(15),
-    );
-    assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
-}
-
 /// nftables rules that cut the two nodes apart on loopback; deleted on drop (also when the
 /// test fails). Only the named ports are touched.
 struct Partition {
