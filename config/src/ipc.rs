@@ -157,7 +157,18 @@ pub struct HaPartnerStatus {
     pub resync_done_regions: u64,
     pub resync_total_regions: u64,
     pub bytes_mirrored: u64,
+    /// The first dirty regions (indices of 64 KiB regions, at most [`HA_DIRTY_LIST_MAX`]);
+    /// `dirty_regions` is the full count. Listed before a split brain is resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirty_list: Vec<u64>,
+    /// The dirty bitmap holds every region this node wrote since the partner left (false
+    /// after a restart of the data plane since then: the list may miss regions).
+    #[serde(default)]
+    pub dirty_complete: bool,
 }
+
+/// Most dirty regions listed per partner in [`HaPartnerStatus::dirty_list`].
+pub const HA_DIRTY_LIST_MAX: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaLinkStatus {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tandem_config::ipc::{HaDeviceStatus, StatusReport};
 use tandem_config::{Chap, NodeConfig, ReplicationConfig, ServerConfig, TargetConfig};
 
@@ -42,6 +43,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/devices/:name/replicas/:partner", delete(remove_replica))
         .route("/devices/:name/ha-status", get(get_ha_status))
+        .route("/devices/:name/resolve", post(resolve_split_brain))
+        .route("/devices/:name/resolve/local", post(resolve_local))
         .route("/jobs/:id", get(show_job))
         .route("/targets", get(list_targets).post(create_target))
         .route("/targets/:iqn", get(show_target).delete(remove_target))
@@ -174,9 +177,24 @@ async fn replica_listing(node: &Arc<Node>, device: &str) -> Option<ReplicaListin
         Some(s) if s.serving => remote_statuses(&config, device, &repl).await,
         _ => Vec::new(),
     };
-    let mut listing =
-        crate::replica::replica_rows(&config.node.name, &repl, local.as_ref(), &remote);
+    let split_brain = node.ha.view_mut(device, |v| v.split_brain.clone());
+    let mut listing = crate::replica::replica_rows(
+        &config.node.name,
+        &repl,
+        local.as_ref(),
+        &remote,
+        &split_brain,
+    );
     listing.device = device.to_string();
+    if let Some(note) = crate::resolve::resolution_note(node, device) {
+        let text = note.text();
+        for row in &mut listing.replicas {
+            if row.node_id == note.discarded.node_id && row.state != "synchronized" {
+                row.reason = Some(format!("full sync: {text}"));
+            }
+        }
+        listing.resolution = Some(text);
+    }
     Some(listing)
 }
 
@@ -279,6 +297,28 @@ async fn remove_replica(
     )
     .await
     .map(Json)
+}
+
+/// `tandem device resolve`: ends a split brain, keeping one node's copy.
+async fn resolve_split_brain(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::resolve::ResolveReport>> {
+    let req: crate::resolve::ResolveRequest = parse(&body)?;
+    crate::resolve::resolve(&node, &name, req).await.map(Json)
+}
+
+/// One node's part of a resolve (what the node running it calls on each side).
+async fn resolve_local(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let step: crate::resolve::LocalStep = parse(&body)?;
+    crate::resolve::local_step(&node, &name, step)
+        .await
+        .map(Json)
 }
 
 /// This node's own engine status for the device (what partners read to detect a split

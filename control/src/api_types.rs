@@ -401,6 +401,9 @@ pub struct ReplicaListing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     pub replicas: Vec<ReplicaRow>,
+    /// The last split brain resolved for this device (`tandem device resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
 }
 
 /// One replica of a device, as this node sees it.

@@ -13,6 +13,7 @@ pub mod image_guard;
 pub mod ipc_client;
 pub mod metrics;
 pub mod replica;
+pub mod resolve;
 pub mod server;
 pub mod service;
 pub mod supervisor;

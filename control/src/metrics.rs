@@ -221,7 +221,7 @@ fn render_replication(
         let Some(repl) = config.device(d).and_then(|x| x.replication.as_ref()) else {
             continue;
         };
-        let rows = crate::replica::replica_rows(&config.node.name, repl, s.as_ref(), &[]);
+        let rows = crate::replica::replica_rows(&config.node.name, repl, s.as_ref(), &[], &[]);
         for r in rows.replicas {
             f.sample(
                 "tandem_replica_state",
@@ -407,6 +407,8 @@ mod tests {
                 resync_done_regions: 1,
                 resync_total_regions: 4,
                 bytes_mirrored: 8192,
+                dirty_list: Vec::new(),
+                dirty_complete: true,
             }],
         };
         let dp = DataplaneInfo {

@@ -1561,6 +1561,7 @@ pub fn replica_rows(
     repl: &ReplicationConfig,
     status: Option<&HaDeviceStatus>,
     remote: &[HaDeviceStatus],
+    split_brain: &[u8],
 ) -> ReplicaListing {
     let cfg = status.and_then(|s| s.config.as_ref());
     let mut rows = Vec::new();
@@ -1699,10 +1700,22 @@ pub fn replica_rows(
                 }
             },
         }
-        if split(p.node_id) {
+        let refused = [p.node_id, repl.node_id]
+            .into_iter()
+            .find(|id| split_brain.contains(id));
+        if let Some(id) = refused {
+            row.state = "split-brain".into();
+            row.reason = Some(format!(
+                "the failover authority refused node {id}'s join: its copy went on alone while the nodes could not reach each other (split brain); nothing is merged; `tandem device resolve DEVICE --keep NODE` decides which copy stays"
+            ));
+            if let Some(m) = rows.first_mut() {
+                m.state = "split-brain".into();
+                m.reason.clone_from(&row.reason);
+            }
+        } else if split(p.node_id) {
             row.state = "split-brain".into();
             row.reason = Some(
-                "both nodes serve the device as the synchronized copy with different data: stop one side and resync it from the other (docs/operations.md)".into(),
+                "both nodes serve the device as the synchronized copy with different data: `tandem device resolve DEVICE --keep NODE` decides which copy stays (docs/operations.md)".into(),
             );
             if let Some(m) = rows.first_mut() {
                 m.state = "split-brain".into();
@@ -1717,6 +1730,7 @@ pub fn replica_rows(
         failover: repl.failover,
         epoch: cfg.map(|c| c.epoch.0),
         replicas: rows,
+        resolution: None,
     }
 }
 
@@ -1791,6 +1805,8 @@ mod tests {
             resync_done_regions: done,
             resync_total_regions: total,
             bytes_mirrored: 4096,
+            dirty_list: Vec::new(),
+            dirty_complete: true,
         }
     }
 
@@ -1817,7 +1833,7 @@ mod tests {
 
     #[test]
     fn unknown_without_status() {
-        let l = replica_rows("a", &repl(), None, &[]);
+        let l = replica_rows("a", &repl(), None, &[], &[]);
         assert_eq!(states(&l), vec![("unknown", None); 3]);
         assert_eq!(l.replicas[0].node, "a");
         assert!(l.replicas[0].local);
@@ -1830,7 +1846,7 @@ mod tests {
 
     #[test]
     fn no_configuration_yet() {
-        let l = replica_rows("a", &repl(), Some(&status(None, false, vec![])), &[]);
+        let l = replica_rows("a", &repl(), Some(&status(None, false, vec![])), &[], &[]);
         assert_eq!(states(&l), vec![("not-synchronized", None); 3]);
         assert!(l.replicas[0]
             .reason
@@ -1858,7 +1874,7 @@ mod tests {
                 partner(3, &[("10.0.0.1:7003=10.0.0.3:7003", false)], 0, 0),
             ],
         );
-        let l = replica_rows("a", &repl(), Some(&s), &[]);
+        let l = replica_rows("a", &repl(), Some(&s), &[], &[]);
         assert_eq!(
             states(&l),
             vec![
@@ -1910,7 +1926,7 @@ mod tests {
                 partner(3, &[("10.0.0.1:7003=10.0.0.3:7003", true)], 0, 0),
             ],
         );
-        let l = replica_rows("a", &repl(), Some(&s), &[]);
+        let l = replica_rows("a", &repl(), Some(&s), &[], &[]);
         assert_eq!(
             states(&l),
             vec![("blocked", None), ("blocked", None), ("synchronized", None)]
@@ -1925,7 +1941,7 @@ mod tests {
         let mut c = cfg(&[(1, Syncing), (2, Synchronized)]);
         c.sequencer = NodeId(2);
         let s = status(Some(c), false, vec![]);
-        let l = replica_rows("a", &repl(), Some(&s), &[]);
+        let l = replica_rows("a", &repl(), Some(&s), &[], &[]);
         assert_eq!(
             states(&l),
             vec![
@@ -1956,7 +1972,7 @@ mod tests {
         };
         let mut two = repl();
         two.partners.truncate(1);
-        let l = replica_rows("a", &two, Some(&here), std::slice::from_ref(&theirs));
+        let l = replica_rows("a", &two, Some(&here), std::slice::from_ref(&theirs), &[]);
         assert_eq!(
             states(&l),
             vec![("split-brain", None), ("split-brain", None)]
@@ -1966,7 +1982,7 @@ mod tests {
             serving: false,
             ..theirs.clone()
         };
-        let l = replica_rows("a", &two, Some(&here), &[idle]);
+        let l = replica_rows("a", &two, Some(&here), &[idle], &[]);
         assert_eq!(
             states(&l),
             vec![("synchronized", None), ("not-synchronized", None)]
@@ -1976,8 +1992,22 @@ mod tests {
         if let Some(c) = &mut same.config {
             c.generation = GenerationId(70);
         }
-        let l = replica_rows("a", &two, Some(&here), &[same]);
+        let l = replica_rows("a", &two, Some(&here), &[same], &[]);
         assert_eq!(l.replicas[1].state, "not-synchronized");
+        // A join refused by the authority (either side's node): both rows say split-brain,
+        // even though the refused side no longer serves.
+        for refused in [2u8, 1] {
+            let l = replica_rows("a", &two, Some(&here), &[], &[refused]);
+            assert_eq!(
+                states(&l),
+                vec![("split-brain", None), ("split-brain", None)]
+            );
+            assert!(l.replicas[1]
+                .reason
+                .as_ref()
+                .unwrap()
+                .contains("device resolve"));
+        }
     }
 
     #[test]

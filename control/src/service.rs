@@ -286,6 +286,53 @@ impl Node {
         Ok(Applied::Applied)
     }
 
+    /// Closes `device` in the data plane (the targets exporting it too), runs `closed` while
+    /// nothing holds it open, then opens both again as configured. Used to discard a copy
+    /// after a split brain (its replica metadata is replaced while the replica is stopped).
+    /// If the reopening fails the device stays closed (it serves nothing) and the error
+    /// says so; a restart of the data plane opens it from the saved configuration.
+    pub async fn reopen_device<T>(
+        &self,
+        device: &str,
+        closed: impl FnOnce(&NodeConfig) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let mut st = self.state.lock().await;
+        let config = st.config.clone();
+        if config.device(device).is_none() {
+            return Err(no_device(device));
+        }
+        if !self.dataplane_enabled {
+            return closed(&config);
+        }
+        let mut without = config.clone();
+        without.devices.retain(|d| d.name != device);
+        without
+            .targets
+            .retain(|t| !t.luns.iter().any(|l| l == device));
+        let mut ipc = self.ipc.lock().await;
+        let (Some(applied), Some(client)) = (st.applied.as_mut(), ipc.as_mut()) else {
+            return Err(ApiError::unavailable(self.not_connected_message()));
+        };
+        for request in plan(applied, &without) {
+            tracing::info!(?request, "closing for a reopen");
+            client
+                .call_ok(request.clone())
+                .await
+                .map_err(ApiError::dataplane)?;
+            apply(applied, &request);
+        }
+        let result = closed(&config);
+        for request in plan(applied, &config) {
+            tracing::info!(?request, "reopening");
+            if let Err(e) = client.call_ok(request.clone()).await {
+                tracing::error!(error = %e, ?request, "could not reopen the device; it stays closed");
+                return Err(ApiError::dataplane(e));
+            }
+            apply(applied, &request);
+        }
+        result
+    }
+
     // ---- devices -------------------------------------------------------------------------
 
     /// Default directory for new images: `node.data_dir`, else the control data dir.

@@ -280,6 +280,22 @@ enum DeviceCmd {
     Rebind {
         name: String,
     },
+    /// End a split brain: keep NODE's copy; the other node's copy becomes a full-sync
+    /// target and its writes since the split are discarded. Lists the discarded side's
+    /// changed regions first; without --yes nothing changes.
+    Resolve {
+        name: String,
+        /// The node whose copy stays (name or node id).
+        #[arg(long)]
+        keep: String,
+        /// Write the discarded regions (JSON list, and the data of the first 4 MiB of them,
+        /// hex) to this file before discarding.
+        #[arg(long)]
+        save_discarded: Option<std::path::PathBuf>,
+        /// Do it (without: only show the list and what would happen).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Grow a device online; hosts see the new capacity.
     Extend {
         name: String,
@@ -1244,6 +1260,76 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
                     r.device.state,
                     applied_note(r.dataplane)
                 );
+            }
+            Ok(())
+        }
+        DeviceCmd::Resolve {
+            name,
+            keep,
+            save_discarded,
+            yes,
+        } => {
+            let req = tandem_control::resolve::ResolveRequest {
+                keep,
+                yes,
+                save_data: save_discarded.is_some() && yes,
+            };
+            let (_, r): (u16, tandem_control::resolve::ResolveReport) = c.send(
+                "POST",
+                &format!("/api/v1/devices/{}/resolve", segment(&name)),
+                &req,
+            )?;
+            if let Some(path) = &save_discarded {
+                let text =
+                    serde_json::to_vec_pretty(&r).map_err(|e| CliError::Other(1, e.to_string()))?;
+                std::fs::write(path, text)
+                    .map_err(|e| CliError::Other(1, format!("{}: {e}", path.display())))?;
+            }
+            if ctx.json {
+                print_json(&r);
+                return Ok(());
+            }
+            println!(
+                "split brain on {name}: keep {} (node {}), discard {} (node {})",
+                r.kept.name, r.kept.node_id, r.discarded.name, r.discarded.node_id
+            );
+            println!(
+                "regions {} changed since the split ({} in all{}):",
+                r.discarded.name,
+                r.regions_total,
+                if r.journal_complete {
+                    ""
+                } else {
+                    "; its journal was lost in a restart, so any region may differ"
+                }
+            );
+            println!("{:>10} {:>16} {:>8}", "REGION", "OFFSET", "LENGTH");
+            for row in &r.regions {
+                println!("{:>10} {:>16} {:>8}", row.index, row.offset, row.length);
+            }
+            if (r.regions.len() as u64) < r.regions_total {
+                println!(
+                    "... {} more not listed",
+                    r.regions_total - r.regions.len() as u64
+                );
+            }
+            let verb = if r.applied { "done" } else { "would do" };
+            for (i, step) in r.plan.iter().enumerate() {
+                println!("{verb} {}: {step}", i + 1);
+            }
+            if let Some(path) = &save_discarded {
+                println!(
+                    "list{} saved to {}",
+                    if r.data.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" and data of {} regions", r.data.len())
+                    },
+                    path.display()
+                );
+            }
+            if !r.applied {
+                println!("nothing changed; add --yes to do it");
             }
             Ok(())
         }

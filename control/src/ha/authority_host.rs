@@ -67,6 +67,34 @@ pub struct Persisted {
     /// generation they hold. Their copies are never merged: an administrator decides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub split_brain: Vec<(NodeId, GenerationId)>,
+    /// The last split brain an administrator resolved here (`tandem device resolve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolution>,
+}
+
+/// How a split brain was resolved: `kept`'s copy stays, `discarded`'s is fully resynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resolution {
+    pub kept: NodeId,
+    pub discarded: NodeId,
+    /// The epoch of this authority when it was resolved.
+    pub epoch: Epoch,
+}
+
+/// Why a local authority stands down (see [`AuthorityHost::supersede`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandDown {
+    /// The partner took the authority over while this one was away (dead, paused) and this
+    /// one never removed it: an ordinary takeover, nothing diverged.
+    AfterTakeover,
+    /// This authority had removed the node that now announces its own authority: both went
+    /// on alone (a total partition), a split brain.
+    SplitBrain,
+    /// An administrator resolving a split brain discards this node's copy.
+    Resolve,
+    /// It had stood down already.
+    Already,
 }
 
 /// An answer for one node: the configuration in force and, for a serving member, the
@@ -76,6 +104,10 @@ pub struct Grant {
     pub config: EpochConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_duration_ns: Option<u64>,
+    /// Nodes this authority refused because their copy went on alone (split brain), so that
+    /// each side can report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<NodeId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +135,9 @@ pub struct AuthorityHost {
     base: Instant,
     /// No leases, no removals while quiet (restart, pause); on `time(now)`.
     quiet: QuietPeriod,
+    /// For an authority reinstated by `device resolve`.
+    lease_ns: u64,
+    margin_ns: u64,
     saved: Persisted,
     failed: Option<String>,
 }
@@ -274,6 +309,7 @@ impl AuthorityHost {
                     took_over_from: None,
                     superseded_by: None,
                     split_brain: Vec::new(),
+                    resolved: None,
                 }
             }
         };
@@ -311,6 +347,8 @@ impl AuthorityHost {
             restarted,
             base: now,
             quiet: QuietPeriod::new(settings, 0, restarted),
+            lease_ns,
+            margin_ns,
             saved,
             failed: None,
         }
@@ -351,6 +389,7 @@ impl AuthorityHost {
             took_over_from: Some(from),
             superseded_by: None,
             split_brain: Vec::new(),
+            resolved: None,
         };
         // Leases granted by the old authority ended before the takeover was decided (the
         // decision waits lease + margin of silence), so no quiet period beyond that.
@@ -431,15 +470,101 @@ impl AuthorityHost {
     }
 
     /// Another node hosts this device's authority at `epoch` and wins (see the module
-    /// comment): stop for good, persisted.
-    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<(), HostError> {
+    /// comment): stop for good, persisted. Says why, so that the log and the status tell an
+    /// ordinary takeover (this authority was away) from a split brain (it had removed that
+    /// node, which then went on alone too).
+    pub fn supersede(&mut self, by: NodeId, epoch: Epoch) -> Result<StandDown, HostError> {
         if self.saved.superseded_by.is_some() {
-            return Ok(());
+            return Ok(StandDown::Already);
         }
-        tracing::error!(device = %self.device, by = by.0, epoch = epoch.0, own_epoch = self.saved.last_epoch.0,
-            "another node hosts this device's failover authority: split brain; this authority stops \
-             (its node's lease lapses, it serves nothing); an administrator decides which copy stays");
+        let kind = stand_down_kind(self.authority.config(), by);
+        match kind {
+            StandDown::SplitBrain => {
+                tracing::error!(device = %self.device, by = by.0, epoch = epoch.0,
+                own_epoch = self.saved.last_epoch.0,
+                "split brain: this authority had removed node {} and that node hosts an authority of its own; \
+                 this authority stops (its node's lease lapses, it serves nothing); \
+                 `tandem device resolve` decides which copy stays", by.0)
+            }
+            _ => tracing::warn!(device = %self.device, by = by.0, epoch = epoch.0,
+                own_epoch = self.saved.last_epoch.0,
+                "node {} took this device's failover authority over while this node was away; \
+                 this authority stands down and the node rejoins through the other one", by.0),
+        }
         self.saved.superseded_by = Some((by, epoch));
+        self.save()?;
+        Ok(kind)
+    }
+
+    /// Stands down for `tandem device resolve` (this node's copy is discarded): like
+    /// [`Self::supersede`], persisted, no lease granted from now on.
+    pub fn stand_down_for_resolve(&mut self, kept: NodeId, epoch: Epoch) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        tracing::info!(device = %self.device, kept = kept.0, epoch = epoch.0,
+            "split brain resolved by an administrator: this node's copy is discarded; its authority stands down");
+        self.saved.superseded_by = Some((kept, epoch));
+        self.saved.split_brain.clear();
+        self.save()
+    }
+
+    /// `tandem device resolve` keeps this node's copy and discards `discarded`'s: the
+    /// split-brain record of that node is cleared, so its next (blank) join makes it a
+    /// full-sync target. An authority that stood down (the other side's had won) is
+    /// reinstated at an epoch above `epoch_floor` and above every one it issued, quiet for
+    /// a lease plus margin so that leases the other authority granted have ended first.
+    pub fn keep_after_split_brain(
+        &mut self,
+        kept: NodeId,
+        discarded: NodeId,
+        epoch_floor: Epoch,
+        now: Instant,
+    ) -> Result<(), HostError> {
+        if let Some(reason) = &self.failed {
+            return Err(HostError::Stopped(reason.clone()));
+        }
+        for n in [kept, discarded] {
+            if !self.saved.nodes.contains(&n) {
+                return Err(HostError::NotMember(n.0));
+            }
+        }
+        if self.saved.superseded_by.is_some() {
+            let Some(cfg) = self.authority.config().cloned() else {
+                return Err(HostError::State {
+                    path: self.path.display().to_string(),
+                    reason: "a cold authority cannot be reinstated".into(),
+                });
+            };
+            let reinstated =
+                reinstated_config(&cfg, discarded, self.saved.last_epoch.max(epoch_floor))
+                    .ok_or_else(|| HostError::State {
+                        path: self.path.display().to_string(),
+                        reason: "no synchronized member would be left".into(),
+                    })?;
+            tracing::info!(device = %self.device, epoch = reinstated.epoch.0, discarded = discarded.0,
+                "split brain resolved by an administrator: this copy stays; this authority is reinstated");
+            self.saved.superseded_by = None;
+            self.saved.last_epoch = reinstated.epoch;
+            self.saved.config = Some(reinstated.clone());
+            self.authority = Authority::new(reinstated, self.lease_ns, self.margin_ns, None);
+            // Quiet for a lease plus margin, as after a restart: leases the other side's
+            // authority granted end first.
+            let t = self.time(now).0;
+            self.quiet.hold_until(
+                t.saturating_add(self.lease_ns)
+                    .saturating_add(self.margin_ns),
+            );
+        } else {
+            tracing::info!(device = %self.device, discarded = discarded.0,
+                "split brain resolved by an administrator: this copy stays; node {} joins as a full-sync target", discarded.0);
+        }
+        self.saved.split_brain.retain(|&(n, _)| n != discarded);
+        self.saved.resolved = Some(Resolution {
+            kept,
+            discarded,
+            epoch: self.saved.last_epoch,
+        });
         self.save()
     }
 
@@ -585,14 +710,20 @@ impl AuthorityHost {
                 Some(Grant {
                     config: current,
                     lease_duration_ns: lease.filter(|_| still_member && !quiet),
+                    split_brain: Vec::new(),
                 })
             }
             // Nothing to ask (a node without its data plane): the configuration, no lease.
             None => self.authority.config().cloned().map(|config| Grant {
                 config,
                 lease_duration_ns: None,
+                split_brain: Vec::new(),
             }),
         };
+        let grant = grant.map(|mut g| {
+            g.split_brain = self.saved.split_brain.iter().map(|&(n, _)| n).collect();
+            g
+        });
         Ok(grant)
     }
 
@@ -609,6 +740,54 @@ impl AuthorityHost {
         self.authority.run_due(t);
         self.persist_changes()
     }
+}
+
+/// Why an authority that hears a partner's winning authority stands down: a split brain
+/// if its own configuration had removed that partner (both went on alone), else an
+/// ordinary takeover while this one was away.
+pub fn stand_down_kind(own: Option<&EpochConfig>, by: NodeId) -> StandDown {
+    match own {
+        Some(c) if c.state_of(by) == tandem_ha::MemberState::Out => StandDown::SplitBrain,
+        _ => StandDown::AfterTakeover,
+    }
+}
+
+/// The configuration a reinstated authority issues after a resolve that keeps its copy:
+/// `discarded` out (it rejoins blank, as a full-sync target), an epoch above `floor`.
+/// None when no synchronized member would be left.
+pub fn reinstated_config(
+    cfg: &EpochConfig,
+    discarded: NodeId,
+    floor: Epoch,
+) -> Option<EpochConfig> {
+    let mut next = cfg.next(&[(discarded, tandem_ha::MemberState::Out)])?;
+    next.epoch = Epoch(next.epoch.0.max(floor.0 + 1));
+    Some(next)
+}
+
+/// The `Join` the driver adds for its engine when the authority's configuration has this
+/// node out while the engine holds one at the same or a newer epoch in which it is
+/// synchronized with another generation. The engine ignores a configuration that is not
+/// newer than its own, so it would never ask to join: that is what two authorities leave
+/// behind (both sides went on alone at the same epoch, a split brain). The join lets the
+/// authority compare generations, refuse and record it (`split_brain`), and both sides
+/// report it; a copy the authority does know simply rejoins.
+pub fn split_brain_join(
+    me: NodeId,
+    engine: Option<&tandem_config::ipc::HaDeviceStatus>,
+    authority: Option<&EpochConfig>,
+) -> Option<ToAuthority> {
+    let status = engine?;
+    let mine = status.config.as_ref()?;
+    let theirs = authority?;
+    let diverged = theirs.state_of(me) == tandem_ha::MemberState::Out
+        && mine.state_of(me) == tandem_ha::MemberState::Synchronized
+        && mine.epoch >= theirs.epoch
+        && mine.generation != theirs.generation
+        && !status.meta.current.is_blank();
+    diverged.then(|| ToAuthority::Join {
+        meta: status.meta.clone(),
+    })
 }
 
 /// Loads every authority this node hosted before (`DATA_DIR/ha/*.authority.json`).
@@ -761,12 +940,11 @@ pub fn widen_nodes(node: &Node, device: &str, nodes: &[NodeId]) -> Result<(), Ho
     }
 }
 
-/// Stops the local authority of `device` (another node's wins).
-pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) {
+/// Stops the local authority of `device` (another node's wins); says why (None: no such
+/// authority here, or its state could not be saved).
+pub fn supersede(node: &Node, device: &str, by: NodeId, epoch: Epoch) -> Option<StandDown> {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(h) = hosts.get_mut(device) {
-        let _ = h.supersede(by, epoch);
-    }
+    hosts.get_mut(device)?.supersede(by, epoch).ok()
 }
 
 /// The node whose authority superseded the one hosted here for `device`, if any.
@@ -1087,7 +1265,7 @@ mod tests {
             t0,
         )
         .unwrap();
-        h.supersede(N2, Epoch(2)).unwrap();
+        assert_eq!(h.supersede(N2, Epoch(2)).unwrap(), StandDown::AfterTakeover);
         assert!(matches!(
             h.handle(t0, N1, vec![ToAuthority::LeaseRequest], 0),
             Err(HostError::Superseded(2, 2))
@@ -1157,6 +1335,164 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn an_engine_stuck_on_its_own_equal_epoch_is_made_to_join() {
+        let base = EpochConfig::initial(&[N1, N2]);
+        let theirs = base.next(&[(N2, MemberState::Out)]).unwrap();
+        let mine = base.next(&[(N1, MemberState::Out)]).unwrap();
+        assert_eq!(mine.epoch, theirs.epoch);
+        let status = tandem_config::ipc::HaDeviceStatus {
+            node_id: 2,
+            config: Some(mine.clone()),
+            serving: false,
+            meta: ReplicaMeta {
+                current: mine.generation,
+                epoch: mine.epoch,
+                ..ReplicaMeta::default()
+            },
+            partners: vec![],
+        };
+        let join = split_brain_join(N2, Some(&status), Some(&theirs));
+        assert!(
+            matches!(join, Some(ToAuthority::Join { meta }) if meta.current == mine.generation)
+        );
+        // The authority's configuration is newer: the engine adopts it and joins itself.
+        let newer = theirs.next(&[(N1, MemberState::Synchronized)]).unwrap();
+        let newer = newer.next(&[(N2, MemberState::Out)]).unwrap_or(newer);
+        assert!(newer.epoch > mine.epoch);
+        assert!(split_brain_join(N2, Some(&status), Some(&newer)).is_none());
+        // Same configuration: nothing to add.
+        assert!(split_brain_join(N2, Some(&status), Some(&mine)).is_none());
+        // Ordinary: this node is a member of the authority's configuration.
+        assert!(split_brain_join(N2, Some(&status), Some(&base)).is_none());
+        // The split brain then gets recorded by the authority (refused join).
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let mut h = AuthorityHost::take_over(
+            dir.path(),
+            "d",
+            &[N1, N2],
+            theirs.clone(),
+            N2,
+            &settings(),
+            t0,
+        )
+        .unwrap();
+        let g = h
+            .handle(
+                t0,
+                N2,
+                vec![split_brain_join(N2, Some(&status), Some(&theirs)).unwrap()],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            g.split_brain,
+            vec![N2],
+            "each side learns it from the answer"
+        );
+    }
+
+    #[test]
+    fn stand_down_tells_a_takeover_from_a_split_brain() {
+        let base = EpochConfig::initial(&[N1, N2]);
+        assert_eq!(stand_down_kind(Some(&base), N2), StandDown::AfterTakeover);
+        let removed = base.next(&[(N2, MemberState::Out)]).unwrap();
+        assert_eq!(stand_down_kind(Some(&removed), N2), StandDown::SplitBrain);
+        assert_eq!(stand_down_kind(None, N2), StandDown::AfterTakeover);
+    }
+
+    #[test]
+    fn resolve_keeps_a_stood_down_authority_at_a_newer_epoch_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        // Node 2 took over (epoch 2, node 1 out); node 1's authority also reached epoch 2.
+        let base = EpochConfig::initial(&[N1, N2]);
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        assert_eq!(h.supersede(N1, Epoch(2)).unwrap(), StandDown::SplitBrain);
+        assert!(h
+            .handle(t0, N2, vec![ToAuthority::LeaseRequest], 0)
+            .is_err());
+        // Keep node 2: reinstated above every epoch either side issued.
+        h.keep_after_split_brain(N2, N1, Epoch(5), t0).unwrap();
+        let cfg = h.config().unwrap().clone();
+        assert_eq!(cfg.epoch, Epoch(6));
+        assert_eq!(
+            cfg.generation, taken.generation,
+            "the kept copy's data is unchanged"
+        );
+        assert_eq!(cfg.state_of(N1), MemberState::Out);
+        let p = stored(dir.path());
+        assert_eq!(p.superseded_by, None);
+        assert_eq!(p.last_epoch, Epoch(6));
+        assert_eq!(p.resolved.unwrap().kept, N2);
+        // Quiet: no lease until the other authority's leases have surely ended.
+        let g = h
+            .handle(t0, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.lease_duration_ns, None);
+        let later = t0 + s.lease + s.margin + STEP;
+        let mut now = t0;
+        run_to(&mut h, &mut now, later);
+        let g = h
+            .handle(now, N2, vec![ToAuthority::LeaseRequest], 0)
+            .unwrap()
+            .unwrap();
+        assert!(g.lease_duration_ns.is_some());
+        // The discarded node joins blank: a full-sync target.
+        let g = h
+            .handle(
+                now,
+                N1,
+                vec![ToAuthority::Join {
+                    meta: ReplicaMeta::default(),
+                }],
+                0,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.config.state_of(N1), MemberState::Syncing);
+    }
+
+    #[test]
+    fn resolve_on_a_live_authority_clears_the_record_and_a_discarded_one_stands_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings();
+        let t0 = Instant::now();
+        let base = EpochConfig::initial(&[N1, N2]);
+        let taken = base.next(&[(N1, MemberState::Out)]).unwrap();
+        let mut h = AuthorityHost::take_over(dir.path(), "d", &[N1, N2], taken.clone(), N1, &s, t0)
+            .unwrap();
+        let alone = base.next(&[(N2, MemberState::Out)]).unwrap().generation;
+        let meta = ReplicaMeta {
+            current: alone,
+            epoch: Epoch(2),
+            ..ReplicaMeta::default()
+        };
+        h.handle(t0, N1, vec![ToAuthority::Join { meta }], 0)
+            .unwrap();
+        assert_eq!(stored(dir.path()).split_brain.len(), 1);
+        h.keep_after_split_brain(N2, N1, Epoch(2), t0).unwrap();
+        let p = stored(dir.path());
+        assert!(p.split_brain.is_empty());
+        assert_eq!(
+            p.config,
+            Some(taken),
+            "a live authority's configuration is unchanged"
+        );
+        // The other way round: this node's copy is discarded.
+        h.stand_down_for_resolve(N1, Epoch(3)).unwrap();
+        assert!(matches!(
+            h.handle(t0, N2, vec![ToAuthority::LeaseRequest], 0),
+            Err(HostError::Superseded(1, 3))
+        ));
     }
 
     #[test]

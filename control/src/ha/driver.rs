@@ -90,6 +90,8 @@ pub async fn run(node: Arc<Node>, device: String) {
     let mut every = tokio::time::interval(settings.exchange_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut at_once = false;
+    // The authority's last configuration (see `authority_host::split_brain_join`).
+    let mut last_grant: Option<EpochConfig> = None;
     tracing::info!(%device, "HA driver started");
     loop {
         if !at_once {
@@ -110,6 +112,7 @@ pub async fn run(node: Arc<Node>, device: String) {
         // 1. The data plane.
         let mut requests = Vec::new();
         let mut now_ns = None;
+        let mut engine_status = None;
         let mut engine_epoch = None;
         if node.dataplane_enabled {
             let call = Request::HaExchange {
@@ -123,6 +126,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                     requests = report.requests;
                     requests.truncate(authority_host::REQUESTS_MAX);
                     engine_epoch = report.status.config.as_ref().map(|c| c.epoch);
+                    engine_status = Some(report.status.clone());
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), report.status.config.as_ref());
                         v.status = Some(report.status);
@@ -171,6 +175,11 @@ pub async fn run(node: Arc<Node>, device: String) {
         let nodes = strategy::device_nodes(&r);
         let me = NodeId(r.node_id);
         let initial = super::initial_mark(&node.data_dir, &device);
+        if let Some(join) =
+            authority_host::split_brain_join(me, engine_status.as_ref(), last_grant.as_ref())
+        {
+            requests.push(join);
+        }
         let answer = match &place {
             AuthorityPlace::Local => {
                 if !hosted {
@@ -213,8 +222,10 @@ pub async fn run(node: Arc<Node>, device: String) {
                 }
                 node.ha.view_mut(&device, |v| v.last_error = None);
                 if let Some(g) = grant {
+                    last_grant = Some(g.config.clone());
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), Some(&g.config));
+                        v.split_brain = g.split_brain.iter().map(|n| n.0).collect();
                     });
                     if let Some(update) = to_update(g, now_ns) {
                         // One immediate exchange at most: a data plane that does not take
@@ -301,10 +312,19 @@ fn check_superseded(node: &Node, device: &str, r: &ReplicationConfig, settings: 
             continue;
         };
         if strategy::superseded(mine, theirs, r.priority) {
-            authority_host::supersede(node, device, NodeId(p.node_id), tandem_ha::Epoch(theirs));
+            let why = authority_host::supersede(
+                node,
+                device,
+                NodeId(p.node_id),
+                tandem_ha::Epoch(theirs),
+            );
+            let what = match why {
+                Some(authority_host::StandDown::SplitBrain) => "split brain: ",
+                _ => "",
+            };
             node.ha.view_mut(device, |v| {
                 v.last_error = Some(format!(
-                    "split brain: node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stopped",
+                    "{what}node {} hosts this device's authority at epoch {theirs} (this node's: {mine}); this authority stood down",
                     p.name
                 ))
             });
@@ -790,6 +810,7 @@ mod tests {
         let g = Grant {
             config: cfg.clone(),
             lease_duration_ns: None,
+            split_brain: Vec::new(),
         };
         assert_eq!(to_update(g.clone(), None), None);
         let u = to_update(g, Some(5)).unwrap();

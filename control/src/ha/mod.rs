@@ -158,6 +158,10 @@ pub struct HaView {
     /// File-share witness: the last problem with the lock file on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_file_error: Option<String>,
+    /// Nodes the device's authority refused because their copy went on alone (split brain;
+    /// from its last answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub split_brain: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

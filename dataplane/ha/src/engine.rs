@@ -302,6 +302,9 @@ pub struct Engine<P> {
     meta: ReplicaMeta,
     meta_durable: u64,
     journal: Journal,
+    /// Partners whose dirty bitmap this process lost in a restart (not just incomplete for
+    /// fast sync): a list of the regions written since they left may miss some.
+    journal_lost_in_restart: BTreeSet<NodeId>,
     /// Started without knowing whether partners saw its last writes: must be resynced
     /// before serving, unless it is the only synchronized member.
     restarted: bool,
@@ -385,6 +388,7 @@ impl<P: Clone> Engine<P> {
             meta,
             meta_durable,
             journal: Journal::new(geometry),
+            journal_lost_in_restart: BTreeSet::new(),
             restarted: true,
             next_op: u64::from(boot_id) << 32,
             next_io: 0,
@@ -445,6 +449,22 @@ impl<P: Clone> Engine<P> {
 
     pub fn dirty_for(&mut self, partner: NodeId) -> DirtyBitmap {
         self.journal.bitmap(partner).clone()
+    }
+
+    /// The regions dirty for `partner` (at most `max`, the first ones) and whether they
+    /// include every region this replica wrote since the partner left (false when this
+    /// process restarted since: the RAM bitmap was lost). Shown before a split brain is
+    /// resolved: what the discarded side wrote on its own. (Stricter completeness for fast
+    /// sync, which also counts writes before this replica joined, is not asked here.)
+    pub fn dirty_list(&mut self, partner: NodeId, max: usize) -> (Vec<u64>, bool) {
+        let list = self
+            .journal
+            .bitmap(partner)
+            .first_set(max)
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        (list, !self.journal_lost_in_restart.contains(&partner))
     }
 
     /// Whether host I/O is served now (ALUA active/optimized); otherwise the node reports
@@ -1593,7 +1613,20 @@ impl<P: Clone> Engine<P> {
         if self.restarted && old.is_none() {
             for (n, _) in &cfg.members {
                 if *n != me {
+                    self.journal_lost_in_restart.insert(*n);
                     self.journal.mark_lost(*n);
+                }
+            }
+        }
+        if let Some(o) = &old {
+            for &(n, s) in &cfg.members {
+                if n != me
+                    && s != MemberState::Synchronized
+                    && o.state_of(n) == MemberState::Synchronized
+                {
+                    // It leaves under this process's eyes: every write from now on is
+                    // marked for it, and everything before reached it.
+                    self.journal_lost_in_restart.remove(&n);
                 }
             }
         }
@@ -1682,6 +1715,7 @@ impl<P: Clone> Engine<P> {
                 {
                     self.meta.partner_synchronized(n);
                     self.journal.reset(n);
+                    self.journal_lost_in_restart.remove(&n);
                     self.unreported.remove(&n);
                 }
             }

@@ -68,6 +68,24 @@ impl DirtyBitmap {
         }
     }
 
+    /// The first `max` set regions, in order. Skips clear words, so a sparse bitmap of a
+    /// large device is walked quickly (it is read on every status exchange).
+    pub fn first_set(&self, max: usize) -> Vec<RegionIndex> {
+        let mut out = Vec::new();
+        for (w, &word) in self.words.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 && out.len() < max {
+                let bit = u64::from(bits.trailing_zeros());
+                out.push(RegionIndex(w as u64 * 64 + bit));
+                bits &= bits - 1;
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = RegionIndex> + '_ {
         (0..self.num_regions)
             .filter(|&r| self.is_set(RegionIndex(r)))
@@ -142,6 +160,8 @@ mod tests {
         a.set(RegionIndex(129));
         a.set(RegionIndex(129));
         assert_eq!(a.count(), 2);
+        assert_eq!(a.first_set(10), vec![RegionIndex(0), RegionIndex(129)]);
+        assert_eq!(a.first_set(1), vec![RegionIndex(0)]);
         let mut b = DirtyBitmap::new(130);
         b.set(RegionIndex(64));
         b.union_with(&a);

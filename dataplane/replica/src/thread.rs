@@ -974,6 +974,9 @@ impl Worker {
             .iter()
             .map(|p| {
                 let dirty = self.engine.dirty_for(p.node_id).count();
+                let (dirty_list, dirty_complete) = self
+                    .engine
+                    .dirty_list(p.node_id, tandem_config::ipc::HA_DIRTY_LIST_MAX);
                 let syncing = config
                     .as_ref()
                     .is_some_and(|c| c.state_of(p.node_id) == MemberState::Syncing);
@@ -989,6 +992,8 @@ impl Worker {
                         p.regions_copied
                     },
                     bytes_mirrored: p.transport.bytes_sent(),
+                    dirty_list,
+                    dirty_complete,
                 }
             })
             .collect();

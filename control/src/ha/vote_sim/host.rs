@@ -176,11 +176,13 @@ impl SimHost {
                 Some(Grant {
                     config: current,
                     lease_duration_ns: lease.filter(|_| still_member && !quiet),
+                    split_brain: Vec::new(),
                 })
             }
             None => self.authority.config().cloned().map(|config| Grant {
                 config,
                 lease_duration_ns: None,
+                split_brain: Vec::new(),
             }),
         })
     }
