@@ -119,6 +119,8 @@ pub async fn run(node: Arc<Node>, device: String) {
                 device: device.clone(),
                 updates: pending.clone(),
             };
+            // Before the call: the report's `serving` holds at some instant after this.
+            let asked_at = Instant::now();
             match node.query(call).await {
                 Ok(Response::Ha(report)) => {
                     pending.clear();
@@ -129,6 +131,9 @@ pub async fn run(node: Arc<Node>, device: String) {
                     engine_status = Some(report.status.clone());
                     node.ha.view_mut(&device, |v| {
                         v.config = newer(v.config.take(), report.status.config.as_ref());
+                        if report.status.serving {
+                            v.served_at = Some(asked_at);
+                        }
                         v.status = Some(report.status);
                         v.exchanged_at = Some(Instant::now());
                     });
@@ -522,26 +527,26 @@ fn consider_majority_takeover(
     }
 }
 
-/// Whether this node's data plane served (held a lease) when the authority node was last
-/// heard at `last`: sampled each time `last` moves, from the last exchange if it is fresh
-/// (younger than half the margin; older says nothing: not leased, fail safe). The sample's
-/// age stays below the margin, which is what [`TakeoverInput::leased_when_last_heard`]
-/// needs: the authority removes a member only a margin after that member's lease ended.
+/// Whether this node's data plane held a lease when the authority node was last heard at
+/// `last`, give or take half the margin: an exchange that started at `served_at` reported
+/// it serving, so its lease ran past `served_at`; if that is no earlier than `last` minus
+/// half the margin, the lease ran past that point. What [`TakeoverInput::leased_when_last_heard`]
+/// needs: the authority removes a member only a margin after that member's lease ended, so
+/// it had not removed this node when it was last heard. Measured from when an exchange
+/// started, not from when it ended or when the driver looks, so a slow call to a cut-off
+/// authority in between does not make a lease that ran look stale.
 fn leased_when_heard(
     node: &Node,
     device: &str,
     last: Option<Instant>,
     settings: &HaSettings,
 ) -> bool {
-    let fresh = settings.margin / 2;
-    node.ha.view_mut(device, |v| {
-        if v.heard_sample.map(|(t, _)| t) != last {
-            let serving = v.status.as_ref().is_some_and(|s| s.serving)
-                && v.exchanged_at.is_some_and(|t| t.elapsed() < fresh);
-            v.heard_sample = last.map(|t| (t, serving));
-        }
-        v.heard_sample.is_some_and(|(_, leased)| leased)
-    })
+    let half_margin = settings.margin / 2;
+    let served_at = node.ha.view_mut(device, |v| v.served_at);
+    match (last, served_at) {
+        (Some(last), Some(served)) => served + half_margin >= last,
+        _ => false,
+    }
 }
 
 fn consider_takeover(

@@ -143,10 +143,10 @@ pub struct HaView {
     /// a stale report says nothing about a data plane that has since died).
     #[serde(skip)]
     pub exchanged_at: Option<std::time::Instant>,
-    /// When the authority node (heartbeat strategy) was last heard, and whether this
-    /// node's data plane served then (`driver::leased_when_heard`).
+    /// When the last exchange that found the data plane serving started
+    /// (`driver::leased_when_heard`).
     #[serde(skip)]
-    pub heard_sample: Option<(std::time::Instant, bool)>,
+    pub served_at: Option<std::time::Instant>,
     /// Three data nodes under node majority: the node whose authority this node follows
     /// has been silent for longer than a lease plus margin (announced in heartbeats: this
     /// node's vote for a takeover).

@@ -114,7 +114,7 @@ pub struct TakeoverInput {
     /// The lease the authority grants plus its margin.
     pub lease_plus_margin: Duration,
     /// This node's data plane held a lease (it served) when the authority node was last
-    /// heard, as reported by an exchange fresh enough (see `driver::leased_when_heard`).
+    /// heard, give or take half the margin (see `driver::leased_when_heard`).
     /// If it did not, that authority may already have removed it: it removes a member
     /// a margin after that member's lease ended, so a lease that had ended when the
     /// authority was last heard proves nothing, while a lease still running proves the

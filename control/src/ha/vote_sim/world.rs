@@ -120,11 +120,8 @@ struct Control {
     last_answer: Option<u64>,
     /// The remote call in flight: id, local send time, the engine's clock when it reported.
     call: Option<(u64, u64, u64)>,
-    /// The data plane's last report: local time, serving (`HaView::exchanged_at`, `status`).
-    reported: Option<(u64, bool)>,
-    /// `HaView::heard_sample`: when the authority node was last heard, and whether this
-    /// node served then.
-    heard_sample: Option<(u64, bool)>,
+    /// `HaView::served_at`: the last report that found the data plane serving (local ns).
+    served_at: Option<u64>,
 }
 
 /// The data plane's engine, reduced to what the vote decides: its configuration, its
@@ -594,8 +591,7 @@ impl<'a> World<'a> {
             heard: BTreeMap::new(),
             last_answer: None,
             call: None,
-            reported: None,
-            heard_sample: None,
+            served_at: None,
         });
     }
 
@@ -799,7 +795,9 @@ impl<'a> World<'a> {
         let serving = engine.serving(local);
         let c = self.parts[p].control.as_mut().expect("alive");
         c.newest = newer(c.newest.take(), Some(&engine_config));
-        c.reported = Some((local, serving));
+        if serving {
+            c.served_at = Some(local);
+        }
 
         // 2. The authority.
         let partner_heard = repl
@@ -946,16 +944,13 @@ impl<'a> World<'a> {
         if self.params.bug == Some(VoteBug::TakeoverLeaseNotWaited) {
             lease_plus_margin = self.settings.heartbeat_timeout / 2;
         }
-        // `driver::leased_when_heard`: sampled when `last` moves, from a fresh report.
-        let fresh = u64::try_from((self.settings.margin / 2).as_nanos()).unwrap_or(u64::MAX);
-        let c = self.parts[p].control.as_mut().expect("alive");
-        if c.heard_sample.map(|(t, _)| t) != last {
-            let serving = c
-                .reported
-                .is_some_and(|(at, s)| s && local.saturating_sub(at) < fresh);
-            c.heard_sample = last.map(|t| (t, serving));
-        }
-        let leased_when_last_heard = c.heard_sample.is_some_and(|(_, s)| s);
+        // `driver::leased_when_heard`.
+        let half_margin = u64::try_from((self.settings.margin / 2).as_nanos()).unwrap_or(u64::MAX);
+        let c = self.parts[p].control.as_ref().expect("alive");
+        let leased_when_last_heard = match (last, c.served_at) {
+            (Some(last), Some(served)) => served.saturating_add(half_margin) >= last,
+            _ => false,
+        };
         let c = self.parts[p].control.as_ref().expect("alive");
         let input = TakeoverInput {
             strategy: repl.failover,
