@@ -2,6 +2,7 @@
 //! process on a free loopback port, and reading libiscsi's CUnit output.
 
 pub mod blocks;
+pub mod cluster;
 pub mod conformance;
 pub mod cunit;
 pub mod host_io;
