@@ -15,163 +15,21 @@
 //! The whole disk is read back through each node and compared with a model of every
 //! acknowledged write; the image files are compared with the model too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::blocks::{pattern, read16, write16};
+use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    kill9, login, sync_cache, wait_until, write_blocks, LogsOnFailure, Node, DEVICE,
+    kill9, login, sync_cache, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
-use tandem_tests::e2e::raw::command_retrying;
-use tandem_tests::e2e::raw::RawConn;
 
 const SIZE: usize = 64 << 20;
+/// Where the background writers write (an 8 MiB area from this LBA) and how long each write
+/// is retried before the writer fails.
+const WRITER_BASE: u64 = 40_000;
+const WRITER_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on the pause of writes through B after node A (sequencer and authority host) dies.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
-/// The model of the disk: every acknowledged write applied in order.
-struct Model(Vec<u8>);
-
-impl Model {
-    fn write(&mut self, lba: u64, data: &[u8]) {
-        let o = lba as usize * 512;
-        self.0[o..o + data.len()].copy_from_slice(data);
-    }
-
-    /// Writes through `c` and records the write.
-    fn write_through(&mut self, c: &mut RawConn, lba: u64, data: &[u8]) {
-        write_blocks(c, lba, data);
-        self.write(lba, data);
-    }
-
-    /// Reads the whole disk through `n` (a fresh session) and compares it with the model;
-    /// flushes that node's cache.
-    fn verify_through(&self, n: &Node, what: &str) {
-        let t0 = Instant::now();
-        let mut c = login(n, "iqn.2026-11.io.tandem.test:cluster-verify");
-        const CHUNK: usize = 256 << 10;
-        for off in (0..SIZE).step_by(CHUNK) {
-            let lba = (off / 512) as u64;
-            let (r, _) = command_retrying(
-                &mut c,
-                &read16(lba, (CHUNK / 512) as u32),
-                CHUNK as u32,
-                &[],
-                Duration::from_secs(15),
-            );
-            assert_eq!(
-                r.status, 0,
-                "{what}: read through {} at LBA {lba}: sense {:02x?}",
-                n.name, r.sense
-            );
-            if r.data_in != self.0[off..off + CHUNK] {
-                let i = r
-                    .data_in
-                    .iter()
-                    .zip(&self.0[off..])
-                    .position(|(x, y)| x != y)
-                    .unwrap();
-                panic!(
-                    "{what}: read through {} differs from the acknowledged writes at byte {} (LBA {})",
-                    n.name,
-                    off + i,
-                    (off + i) / 512
-                );
-            }
-        }
-        sync_cache(&mut c);
-        eprintln!(
-            "{what}: whole disk read through {} matches the acknowledged writes ({:?})",
-            n.name,
-            t0.elapsed()
-        );
-    }
-
-    /// Both image files equal the model (and so each other). Only when no I/O runs.
-    fn images_identical(&self, a: &Node, b: &Node, what: &str) {
-        let ia = std::fs::read(a.image()).unwrap();
-        let ib = std::fs::read(b.image()).unwrap();
-        assert_eq!((ia.len(), ib.len()), (SIZE, SIZE), "{what}: image sizes");
-        if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
-            panic!(
-                "{what}: images differ first at byte {i} (64 KiB region {})",
-                i / 65536
-            );
-        }
-        if let Some(i) = ia.iter().zip(&self.0).position(|(x, y)| x != y) {
-            panic!("{what}: the images differ from the acknowledged writes first at byte {i}");
-        }
-        eprintln!("{what}: both image files byte-identical (and equal to the model)");
-    }
-}
-
-type Acked = Vec<(Instant, u64, Vec<u8>)>;
-
-/// Writes through one node at QD1 until stopped, retrying NOT READY / UNIT ATTENTION; every
-/// acknowledged write is recorded with its completion time.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<Acked, String>>,
-}
-
-impl Writer {
-    fn start(n: &Node, seed: u32) -> Writer {
-        let mut c = login(
-            n,
-            &format!("iqn.2026-11.io.tandem.test:cluster-writer-{seed}"),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let name = n.name.clone();
-        let thread = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut k = 0u32;
-            while !s.load(Ordering::Relaxed) {
-                // 4 or 16 KiB in an 8 MiB area, overwriting itself.
-                let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
-                let lba = 40_000 + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
-                let data = pattern(blocks * 512, seed * 1_000_000 + k);
-                let (r, _) = command_retrying(
-                    &mut c,
-                    &write16(lba, blocks as u32),
-                    0,
-                    &data,
-                    Duration::from_secs(20),
-                );
-                if r.status != 0 {
-                    return Err(format!(
-                        "write #{k} through {name} at LBA {lba} not acknowledged after 20 s of retries: status {} sense {:02x?} ({} writes acknowledged before)",
-                        r.status,
-                        r.sense,
-                        acked.len()
-                    ));
-                }
-                acked.push((Instant::now(), lba, data));
-                k += 1;
-            }
-            Ok(acked)
-        });
-        Writer { stop, thread }
-    }
-
-    /// Stops the writer, applies its acknowledged writes to the model; their times.
-    fn finish(self, model: &mut Model) -> Vec<Instant> {
-        self.stop.store(true, Ordering::Relaxed);
-        let acked = match self.thread.join() {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => panic!("writer: {e}"),
-            Err(_) => panic!("the writer thread panicked (see above)"),
-        };
-        let mut times = Vec::new();
-        for (t, lba, data) in acked {
-            model.write(lba, &data);
-            times.push(t);
-        }
-        times
-    }
-}
-
 /// The longest time without an acknowledged write after `since` (counting from `since`), and
 /// the first ack after it.
 fn pause_after(times: &[Instant], since: Instant) -> (Duration, Option<Duration>) {
@@ -287,7 +145,7 @@ fn scenario(second_failure: bool) {
 
     // ---- 3. kill -9 of B's data plane under load through A.
     let old_pid = b.dataplane_pid();
-    let writer = Writer::start(&a, 3);
+    let writer = Writer::start(&a, 3, WRITER_BASE, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(500));
     let t_kill = Instant::now();
     kill9(old_pid);
@@ -354,7 +212,7 @@ fn scenario(second_failure: bool) {
 /// identical; the restarted victim serves writes again.
 fn kill_node_and_restart(victim: &mut Node, survivor: &Node, model: &mut Model, seed: u32) {
     let (v, s) = (victim.name.clone(), survivor.name.clone());
-    let writer = Writer::start(survivor, seed);
+    let writer = Writer::start(survivor, seed, WRITER_BASE, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(500));
     let t_kill = victim.kill();
     let took_over = wait_until(

@@ -16,23 +16,21 @@
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::blocks::{pattern, read16, write16};
+use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    binary, login, sync_cache, wait_until, write_blocks, LogsOnFailure, Node, DEVICE,
+    binary, login, sync_cache, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
-use tandem_tests::e2e::raw::command_retrying;
-use tandem_tests::e2e::raw::RawConn;
 
 const SIZE: usize = 64 << 20;
 /// Bound on the pause of writes through the survivor after the lock holder dies: file lease
 /// (3 s) + margin (0.5 s) + poll + claim (< 1 s) + the engine's reconfiguration, with room
 /// for a loaded machine.
 const MAX_PAUSE: Duration = Duration::from_secs(20);
+/// How long the background writers retry each write before failing.
+const WRITER_PATIENCE: Duration = Duration::from_secs(90);
 const HA_FLAGS: [&str; 8] = [
     "--ha-lease-ms",
     "1500",
@@ -111,148 +109,6 @@ impl WitnessNode {
             .status()
             .unwrap();
         assert!(st.success(), "{}: mount of the share", self.name);
-    }
-}
-
-/// The model of the disk: every acknowledged write applied in order.
-struct Model(Vec<u8>);
-
-impl Model {
-    fn write(&mut self, lba: u64, data: &[u8]) {
-        let o = lba as usize * 512;
-        self.0[o..o + data.len()].copy_from_slice(data);
-    }
-
-    /// Writes through `c` and records the write.
-    fn write_through(&mut self, c: &mut RawConn, lba: u64, data: &[u8]) {
-        write_blocks(c, lba, data);
-        self.write(lba, data);
-    }
-
-    /// Reads the whole disk through `n` (a fresh session) and compares it with the model;
-    /// flushes that node's cache.
-    fn verify_through(&self, n: &Node, what: &str) {
-        let t0 = Instant::now();
-        let mut c = login(n, "iqn.2026-11.io.tandem.test:cluster-verify");
-        const CHUNK: usize = 256 << 10;
-        for off in (0..SIZE).step_by(CHUNK) {
-            let lba = (off / 512) as u64;
-            let (r, _) = command_retrying(
-                &mut c,
-                &read16(lba, (CHUNK / 512) as u32),
-                CHUNK as u32,
-                &[],
-                Duration::from_secs(15),
-            );
-            assert_eq!(
-                r.status, 0,
-                "{what}: read through {} at LBA {lba}: sense {:02x?}",
-                n.name, r.sense
-            );
-            if r.data_in != self.0[off..off + CHUNK] {
-                let i = r
-                    .data_in
-                    .iter()
-                    .zip(&self.0[off..])
-                    .position(|(x, y)| x != y)
-                    .unwrap();
-                panic!(
-                    "{what}: read through {} differs from the acknowledged writes at byte {} (LBA {})",
-                    n.name,
-                    off + i,
-                    (off + i) / 512
-                );
-            }
-        }
-        sync_cache(&mut c);
-        eprintln!(
-            "{what}: whole disk read through {} matches the acknowledged writes ({:?})",
-            n.name,
-            t0.elapsed()
-        );
-    }
-
-    /// Both image files equal the model (and so each other). Only when no I/O runs.
-    fn images_identical(&self, a: &Node, b: &Node, what: &str) {
-        let ia = std::fs::read(a.image()).unwrap();
-        let ib = std::fs::read(b.image()).unwrap();
-        assert_eq!((ia.len(), ib.len()), (SIZE, SIZE), "{what}: image sizes");
-        if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
-            panic!(
-                "{what}: images differ first at byte {i} (64 KiB region {})",
-                i / 65536
-            );
-        }
-        if let Some(i) = ia.iter().zip(&self.0).position(|(x, y)| x != y) {
-            panic!("{what}: the images differ from the acknowledged writes first at byte {i}");
-        }
-        eprintln!("{what}: both image files byte-identical (and equal to the model)");
-    }
-}
-
-type Acked = Vec<(Instant, u64, Vec<u8>)>;
-
-/// Writes through one node at QD1 until stopped, retrying NOT READY / UNIT ATTENTION; every
-/// acknowledged write is recorded with its completion time.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<Acked, String>>,
-}
-
-impl Writer {
-    fn start(n: &Node, seed: u32, base: u64) -> Writer {
-        let mut c = login(
-            n,
-            &format!("iqn.2026-11.io.tandem.test:cluster-writer-{seed}"),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let name = n.name.clone();
-        let thread = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut k = 0u32;
-            while !s.load(Ordering::Relaxed) {
-                // 4 or 16 KiB in an 8 MiB area, overwriting itself.
-                let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
-                let lba = base + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
-                let data = pattern(blocks * 512, seed * 1_000_000 + k);
-                let (r, _) = command_retrying(
-                    &mut c,
-                    &write16(lba, blocks as u32),
-                    0,
-                    &data,
-                    Duration::from_secs(90),
-                );
-                if r.status != 0 {
-                    return Err(format!(
-                        "write #{k} through {name} at LBA {lba} not acknowledged after 90 s of retries: status {} sense {:02x?} ({} writes acknowledged before)",
-                        r.status,
-                        r.sense,
-                        acked.len()
-                    ));
-                }
-                acked.push((Instant::now(), lba, data));
-                k += 1;
-            }
-            Ok(acked)
-        });
-        Writer { stop, thread }
-    }
-
-    /// Stops the writer, applies its acknowledged writes to the model; their times.
-    fn finish(self, model: &mut Model) -> Vec<Instant> {
-        self.stop.store(true, Ordering::Relaxed);
-        let acked = match self.thread.join() {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => panic!("writer: {e}"),
-            Err(_) => panic!("the writer thread panicked (see above)"),
-        };
-        let mut times = Vec::new();
-        for (t, lba, data) in acked {
-            model.write(lba, &data);
-            times.push(t);
-        }
-        times
     }
 }
 
@@ -383,7 +239,7 @@ fn file_share_witness_takeover_and_share_loss() {
     let (v, s) = (victim.name.clone(), survivor.name.clone());
     let survivor_id = if h == 0 { ids[1] } else { ids[0] };
     eprintln!("{v} holds the lock file; killing it");
-    let writer = Writer::start(survivor, 2, 40_000);
+    let writer = Writer::start(survivor, 2, 40_000, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(1000));
     let t_kill = victim.kill();
     let claimed = wait_until(
@@ -443,9 +299,9 @@ fn file_share_witness_takeover_and_share_loss() {
     let other_id = if h == 0 { ids[1] } else { ids[0] };
     let (hn, on) = (holder.name.clone(), other.name.clone());
     eprintln!("{hn} holds the lock file; its share becomes unreachable");
-    let w_holder = Writer::start(holder, 3, 40_000);
+    let w_holder = Writer::start(holder, 3, 40_000, WRITER_PATIENCE);
     // Disjoint areas (each writer covers 16 Ki blocks from its base): the model is exact.
-    let w_other = Writer::start(other, 4, 70_000);
+    let w_other = Writer::start(other, 4, 70_000, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     holder.cut_share();

@@ -8,9 +8,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::e2e::blocks::write16;
+use crate::e2e::blocks::{pattern, read16, write16};
 use crate::e2e::procs::{bin, free_port, wait_for_port};
 use crate::e2e::raw::{command_retrying, RawConn};
 
@@ -458,4 +460,145 @@ pub fn sync_cache(c: &mut RawConn) {
 pub fn sync_cache_within(c: &mut RawConn, patience: Duration) {
     let (r, _) = command_retrying(c, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], 0, &[], patience);
     assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
+}
+
+// ---- The disk as the tests expect it, and a background writer ----
+
+/// The model of the disk: every acknowledged write applied in order (as long as the disk).
+pub struct Model(pub Vec<u8>);
+
+impl Model {
+    pub fn write(&mut self, lba: u64, data: &[u8]) {
+        let o = lba as usize * 512;
+        self.0[o..o + data.len()].copy_from_slice(data);
+    }
+
+    /// Writes through `c` and records the write.
+    pub fn write_through(&mut self, c: &mut RawConn, lba: u64, data: &[u8]) {
+        write_blocks(c, lba, data);
+        self.write(lba, data);
+    }
+
+    /// Reads the whole disk through `n` (a fresh session) and compares it with the model;
+    /// flushes that node's cache.
+    pub fn verify_through(&self, n: &Node, what: &str) {
+        let t0 = Instant::now();
+        let mut c = login(n, "iqn.2026-11.io.tandem.test:cluster-verify");
+        const CHUNK: usize = 256 << 10;
+        for off in (0..self.0.len()).step_by(CHUNK) {
+            let lba = (off / 512) as u64;
+            let (r, _) = command_retrying(
+                &mut c,
+                &read16(lba, (CHUNK / 512) as u32),
+                CHUNK as u32,
+                &[],
+                Duration::from_secs(15),
+            );
+            assert_eq!(
+                r.status, 0,
+                "{what}: read through {} at LBA {lba}: sense {:02x?}",
+                n.name, r.sense
+            );
+            if r.data_in != self.0[off..off + CHUNK] {
+                let i = r
+                    .data_in
+                    .iter()
+                    .zip(&self.0[off..])
+                    .position(|(x, y)| x != y)
+                    .unwrap();
+                panic!(
+                    "{what}: read through {} differs from the acknowledged writes at byte {} (LBA {})",
+                    n.name,
+                    off + i,
+                    (off + i) / 512
+                );
+            }
+        }
+        sync_cache(&mut c);
+        eprintln!(
+            "{what}: whole disk read through {} matches the acknowledged writes ({:?})",
+            n.name,
+            t0.elapsed()
+        );
+    }
+
+    /// Both image files equal the model (and so each other). Only when no I/O runs.
+    pub fn images_identical(&self, a: &Node, b: &Node, what: &str) {
+        let ia = std::fs::read(a.image()).unwrap();
+        let ib = std::fs::read(b.image()).unwrap();
+        let size = self.0.len();
+        assert_eq!((ia.len(), ib.len()), (size, size), "{what}: image sizes");
+        if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
+            panic!(
+                "{what}: images differ first at byte {i} (64 KiB region {})",
+                i / 65536
+            );
+        }
+        if let Some(i) = ia.iter().zip(&self.0).position(|(x, y)| x != y) {
+            panic!("{what}: the images differ from the acknowledged writes first at byte {i}");
+        }
+        eprintln!("{what}: both image files byte-identical (and equal to the model)");
+    }
+}
+
+pub type Acked = Vec<(Instant, u64, Vec<u8>)>;
+
+/// Writes through one node at QD1 until stopped (4 or 16 KiB writes in an 8 MiB area from
+/// LBA `base`, each retried for up to `patience`), retrying NOT READY / UNIT ATTENTION; every
+/// acknowledged write is recorded with its completion time.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<Acked, String>>,
+}
+
+impl Writer {
+    pub fn start(n: &Node, seed: u32, base: u64, patience: Duration) -> Writer {
+        let mut c = login(
+            n,
+            &format!("iqn.2026-11.io.tandem.test:cluster-writer-{seed}"),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let name = n.name.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut k = 0u32;
+            while !s.load(Ordering::Relaxed) {
+                // 4 or 16 KiB in an 8 MiB area, overwriting itself.
+                let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
+                let lba = base + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
+                let data = pattern(blocks * 512, seed * 1_000_000 + k);
+                let (r, _) =
+                    command_retrying(&mut c, &write16(lba, blocks as u32), 0, &data, patience);
+                if r.status != 0 {
+                    return Err(format!(
+                        "write #{k} through {name} at LBA {lba} not acknowledged after {patience:?} of retries: status {} sense {:02x?} ({} writes acknowledged before)",
+                        r.status,
+                        r.sense,
+                        acked.len()
+                    ));
+                }
+                acked.push((Instant::now(), lba, data));
+                k += 1;
+            }
+            Ok(acked)
+        });
+        Writer { stop, thread }
+    }
+
+    /// Stops the writer, applies its acknowledged writes to the model; their times.
+    pub fn finish(self, model: &mut Model) -> Vec<Instant> {
+        self.stop.store(true, Ordering::Relaxed);
+        let acked = match self.thread.join() {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => panic!("writer: {e}"),
+            Err(_) => panic!("the writer thread panicked (see above)"),
+        };
+        let mut times = Vec::new();
+        for (t, lba, data) in acked {
+            model.write(lba, &data);
+            times.push(t);
+        }
+        times
+    }
 }
