@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    kill9, login, sync_cache, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
+    kill9, login, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
 
@@ -85,24 +85,10 @@ fn scenario(second_failure: bool) {
     }
     eprintln!("64 x 256 KiB + 64 x 4 KiB written through node-a before replication");
 
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &b.token_file(),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &a.token_file(),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     let t0 = Instant::now();
     let added = a.ok(&[
         "replica",

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::cluster::{wait_until, LogsOnFailure, Node, DEVICE};
+use tandem_tests::e2e::cluster::{sync_link, wait_until, LogsOnFailure, Node, DEVICE};
 use tandem_tests::e2e::conformance::{
     check, expected_failures, report, run_suite, run_suite_on, Expectations,
 };
@@ -106,24 +106,10 @@ fn cluster(root: &Path) -> (Node, Node) {
     a.start();
     b.start();
     a.ok(&["device", "create", DEVICE, "--size", "256MiB"]);
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &b.token_file(),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &a.token_file(),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     let t0 = Instant::now();
     a.ok(&[
         "replica",

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    binary, login, sync_cache, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
+    binary, login, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
 
@@ -163,24 +163,10 @@ fn file_share_witness_takeover_and_share_loss() {
         }
         sync_cache(&mut c);
     }
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &b.token_file(),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &a.token_file(),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     let base_args = [
         "replica",
         "add",

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, write16};
-use tandem_tests::e2e::cluster::{login, wait_until, LogsOnFailure, Node, DEVICE};
+use tandem_tests::e2e::cluster::{login, sync_link, wait_until, LogsOnFailure, Node, DEVICE};
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
 use tandem_tests::e2e::raw::command_retrying;
 use tandem_tests::e2e::raw::RawConn;
@@ -169,24 +169,10 @@ fn scenario(keep_b: bool) {
             assert_eq!(r.status, 0);
         }
     }
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &b.token_file(),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &a.token_file(),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     a.ok(&[
         "replica",
         "add",

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::cluster::{
-    login, sync_cache_within, wait_until, LogsOnFailure, Node, DEVICE,
+    login, sync_cache_within, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
 };
 use tandem_tests::e2e::procs::{free_port, scratch_dir};
 use tandem_tests::e2e::raw::command_retrying;
@@ -311,12 +311,10 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
         }
         sync_cache_within(&mut s, SYNC_CACHE_PATIENCE);
     }
-    let token = |n: &Node| n.dir.join("token").display().to_string();
     // Every node registers the two others: any of them may host the authority.
     for (x, y) in [(&a, &b), (&a, &c), (&b, &a), (&b, &c), (&c, &a), (&c, &b)] {
-        x.ok(&["server", "add", &y.name, &y.api, "--token-file", &token(y)]);
+        x.add_server(y);
     }
-    let link = |x: &Node, y: &Node, port: u16| format!("{}:{port}={}:{port}", x.ip, y.ip);
     let (p_ab, p_ac, p_bc) = (free_port(), free_port(), free_port());
     let t0 = Instant::now();
     let added = a.ok(&[
@@ -326,7 +324,7 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
         "--partner",
         "node-b",
         "--sync-link",
-        &link(&a, &b, p_ab),
+        &sync_link(&a, &b, p_ab),
     ]);
     assert!(added.contains("sync-from-existing"), "replica add: {added}");
     wait_until(
@@ -346,9 +344,9 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
         "--partner",
         "node-c",
         "--sync-link",
-        &link(&a, &c, p_ac),
+        &sync_link(&a, &c, p_ac),
         "--peer-sync-link",
-        &format!("node-b:{}", link(&b, &c, p_bc)),
+        &format!("node-b:{}", sync_link(&b, &c, p_bc)),
         "--failover",
         "node-majority",
     ]);

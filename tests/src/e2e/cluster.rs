@@ -96,6 +96,18 @@ impl Node {
         self.dir.join("token").display().to_string()
     }
 
+    /// `tandem server add OTHER` on this node: this node can reach `other`'s API.
+    pub fn add_server(&self, other: &Node) -> String {
+        self.ok(&[
+            "server",
+            "add",
+            &other.name,
+            &other.api,
+            "--token-file",
+            &other.token_file(),
+        ])
+    }
+
     /// `tandem-control`'s arguments for this node: data dir, API, portal, name, data plane
     /// binary and HA timings.
     pub fn control_args(&self) -> Vec<OsString> {
@@ -307,6 +319,11 @@ impl Node {
         let body = text.split_once("\r\n\r\n")?.1;
         serde_json::from_str(body).ok()
     }
+}
+
+/// The `--sync-link` argument for a link between `a` and `b` on `port` (the same on both).
+pub fn sync_link(a: &Node, b: &Node, port: u16) -> String {
+    format!("{}:{port}={}:{port}", a.ip, b.ip)
 }
 
 impl Drop for Node {
