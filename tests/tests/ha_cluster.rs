@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    kill9, login, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
+    kill9, login, node_pair, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure, Model,
+    Node, Writer, DEVICE,
 };
-use tandem_tests::e2e::procs::{free_port, scratch_dir};
+use tandem_tests::e2e::procs::free_port;
 
 const SIZE: usize = 64 << 20;
 /// Where the background writers write (an 8 MiB area from this LBA) and how long each write
@@ -59,13 +60,8 @@ fn second_failure_after_takeover() {
 }
 
 fn scenario(second_failure: bool) {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-cluster")
-        .tempdir_in(scratch_dir())
-        .unwrap();
-    let api_port = free_port();
-    let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);
+    let root = scratch_root("tandem-cluster");
+    let (mut a, mut b) = node_pair(root.path());
     let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     a.start();
     b.start();

@@ -17,12 +17,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::cluster::{sync_link, wait_until, LogsOnFailure, Node, DEVICE};
+use tandem_tests::e2e::cluster::{
+    node_pair, scratch_root, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+};
 use tandem_tests::e2e::conformance::{
     check, expected_failures, report, run_suite, run_suite_on, Expectations,
 };
 use tandem_tests::e2e::cunit::{Outcome, TestResult};
-use tandem_tests::e2e::procs::{free_port, scratch_dir};
+use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::{command_retrying, RawConn};
 
 /// The same size as the single-node conformance devices (some tests scale with it).
@@ -100,9 +102,7 @@ fn sync_cache(n: &Node) {
 
 /// A two-node cluster with one replicated device, both nodes synchronized; A sequences.
 fn cluster(root: &Path) -> (Node, Node) {
-    let api_port = free_port();
-    let mut a = Node::new(root, "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root, "node-b", "127.0.0.2", api_port);
+    let (mut a, mut b) = node_pair(root);
     a.start();
     b.start();
     a.ok(&["device", "create", DEVICE, "--size", "256MiB"]);
@@ -147,10 +147,7 @@ fn cluster_expectations(suites: &[String]) -> Expectations {
 
 #[test]
 fn iscsi_test_cu_and_multipath_through_a_two_node_cluster() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-ha-conf")
-        .tempdir_in(scratch_dir())
-        .unwrap();
+    let root = scratch_root("tandem-ha-conf");
     let (a, b) = cluster(root.path());
     let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     let seq: Vec<String> = a

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    binary, login, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node, Writer, DEVICE,
+    binary, login, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node,
+    Writer, DEVICE,
 };
-use tandem_tests::e2e::procs::{free_port, scratch_dir};
+use tandem_tests::e2e::procs::free_port;
 
 const SIZE: usize = 64 << 20;
 /// Bound on the pause of writes through the survivor after the lock holder dies: file lease
@@ -139,10 +140,7 @@ fn holder_index(nodes: &[&WitnessNode], ids: &[u64], share: &Path) -> Option<usi
 
 #[test]
 fn file_share_witness_takeover_and_share_loss() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-fwitness")
-        .tempdir_in(scratch_dir())
-        .unwrap();
+    let root = scratch_root("tandem-fwitness");
     std::fs::create_dir_all(root.path().join("share")).unwrap();
     std::fs::create_dir_all(root.path().join("mnt")).unwrap();
     let api_port = free_port();

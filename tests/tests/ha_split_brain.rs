@@ -18,8 +18,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, write16};
-use tandem_tests::e2e::cluster::{login, sync_link, wait_until, LogsOnFailure, Node, DEVICE};
-use tandem_tests::e2e::procs::{free_port, scratch_dir};
+use tandem_tests::e2e::cluster::{
+    login, node_pair, scratch_root, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+};
+use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::command_retrying;
 use tandem_tests::e2e::raw::RawConn;
 
@@ -142,13 +144,8 @@ fn split_brain_resolved_keeping_the_side_whose_authority_stood_down() {
 }
 
 fn scenario(keep_b: bool) {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-split")
-        .tempdir_in(scratch_dir())
-        .unwrap();
-    let api_port = free_port();
-    let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);
+    let root = scratch_root("tandem-split");
+    let (mut a, mut b) = node_pair(root.path());
     let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     a.start();
     b.start();

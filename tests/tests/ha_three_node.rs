@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::cluster::{
-    login, sync_cache_within, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+    login, scratch_root, sync_cache_within, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
 };
-use tandem_tests::e2e::procs::{free_port, scratch_dir};
+use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::command_retrying;
 use tandem_tests::e2e::raw::RawConn;
 
@@ -284,10 +284,7 @@ fn write_some(n: &Node, model: &mut Model, base: u64, seed: u32) {
 
 #[test]
 fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-three")
-        .tempdir_in(scratch_dir())
-        .unwrap();
+    let root = scratch_root("tandem-three");
     let api_port = free_port();
     let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
     let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);

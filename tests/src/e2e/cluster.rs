@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::e2e::blocks::{pattern, read16, write16};
-use crate::e2e::procs::{bin, free_port, wait_for_port};
+use crate::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
 use crate::e2e::raw::{command_retrying, RawConn};
 
 /// The replicated device every cluster test creates.
@@ -319,6 +319,23 @@ impl Node {
         let body = text.split_once("\r\n\r\n")?.1;
         serde_json::from_str(body).ok()
     }
+}
+
+/// A fresh directory for a test's nodes on a real disk filesystem (removed when dropped).
+pub fn scratch_root(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch_dir())
+        .unwrap()
+}
+
+/// node-a on 127.0.0.1 and node-b on 127.0.0.2 (not started), with the same API port.
+pub fn node_pair(root: &Path) -> (Node, Node) {
+    let api_port = free_port();
+    (
+        Node::new(root, "node-a", "127.0.0.1", api_port),
+        Node::new(root, "node-b", "127.0.0.2", api_port),
+    )
 }
 
 /// The `--sync-link` argument for a link between `a` and `b` on `port` (the same on both).
