@@ -86,15 +86,7 @@ fn scenario(second_failure: bool) {
     let sync = free_port();
     let link = sync_link(&a, &b, sync);
     let t0 = Instant::now();
-    let added = a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &link,
-    ]);
+    let added = a.add_replica(&b, &link);
     assert!(added.contains("sync-from-existing"), "replica add: {added}");
     wait_until(
         "both nodes serving and synchronized after replica add",

@@ -111,15 +111,7 @@ fn cluster(root: &Path) -> (Node, Node) {
     let sync = free_port();
     let link = sync_link(&a, &b, sync);
     let t0 = Instant::now();
-    a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &link,
-    ]);
+    a.add_replica(&b, &link);
     wait_until(
         "both nodes serving and synchronized after replica add",
         Duration::from_secs(90),

@@ -170,15 +170,7 @@ fn scenario(keep_b: bool) {
     b.add_server(&a);
     let sync = free_port();
     let link = sync_link(&a, &b, sync);
-    a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &link,
-    ]);
+    a.add_replica(&b, &link);
     wait_until(
         "both synchronized after replica add",
         Duration::from_secs(90),

@@ -314,15 +314,7 @@ fn three_nodes_replicate_survive_the_authority_loss_and_stop_without_majority() 
     }
     let (p_ab, p_ac, p_bc) = (free_port(), free_port(), free_port());
     let t0 = Instant::now();
-    let added = a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &sync_link(&a, &b, p_ab),
-    ]);
+    let added = a.add_replica(&b, &sync_link(&a, &b, p_ab));
     assert!(added.contains("sync-from-existing"), "replica add: {added}");
     wait_until(
         "node-a and node-b synchronized after the first replica add",

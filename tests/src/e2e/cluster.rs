@@ -108,6 +108,19 @@ impl Node {
         ])
     }
 
+    /// `tandem replica add disk1 --partner PARTNER --sync-link LINK` on this node; its output.
+    pub fn add_replica(&self, partner: &Node, link: &str) -> String {
+        self.ok(&[
+            "replica",
+            "add",
+            DEVICE,
+            "--partner",
+            &partner.name,
+            "--sync-link",
+            link,
+        ])
+    }
+
     /// `tandem-control`'s arguments for this node: data dir, API, portal, name, data plane
     /// binary and HA timings.
     pub fn control_args(&self) -> Vec<OsString> {
