@@ -1,7 +1,10 @@
 //! A cluster of real `tandem-control` nodes on loopback addresses (127.0.0.1, 127.0.0.2, ...),
 //! driven with the `tandem` CLI: the scaffolding the end-to-end HA tests share (starting,
 //! killing and restarting a node, reading its replica list, waiting for a condition, a raw
-//! iSCSI session to a node, Drop guards that clean up and print logs on failure).
+//! iSCSI session to a node, Drop guards that clean up and print logs on failure, a model of
+//! the disk built from acknowledged writes, a background writer).
+//!
+//! Every node of such a cluster uses the same API port on its own loopback address.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
