@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    kill9, login, node_pair, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure, Model,
-    Node, Writer, DEVICE,
+    kill9, login, node_pair, pause_after, scratch_root, sync_cache, sync_link, wait_until,
+    LogsOnFailure, Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::free_port;
 
@@ -31,20 +31,6 @@ const WRITER_BASE: u64 = 40_000;
 const WRITER_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on the pause of writes through B after node A (sequencer and authority host) dies.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
-/// The longest time without an acknowledged write after `since` (counting from `since`), and
-/// the first ack after it.
-fn pause_after(times: &[Instant], since: Instant) -> (Duration, Option<Duration>) {
-    let mut prev = since;
-    let mut worst = Duration::ZERO;
-    let mut first = None;
-    for t in times.iter().filter(|t| **t > since) {
-        first.get_or_insert(t.duration_since(since));
-        worst = worst.max(t.duration_since(prev));
-        prev = *t;
-    }
-    (worst, first)
-}
-
 #[test]
 fn two_control_services_replicate_survive_kills_and_resync() {
     scenario(false);

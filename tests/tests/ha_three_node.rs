@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, read16, write16};
 use tandem_tests::e2e::cluster::{
-    login, scratch_root, sync_cache_within, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+    login, pause_after, scratch_root, sync_cache_within, sync_link, wait_until, LogsOnFailure,
+    Node, DEVICE,
 };
 use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::command_retrying;
@@ -256,20 +257,6 @@ impl Writer {
         }
         (times, w.gave_up)
     }
-}
-
-/// The longest time without an acknowledged write after `since` (counting from `since`), and
-/// the first ack after it.
-fn pause_after(times: &[Instant], since: Instant) -> (Duration, Option<Duration>) {
-    let mut prev = since;
-    let mut worst = Duration::ZERO;
-    let mut first = None;
-    for t in times.iter().filter(|t| **t > since) {
-        first.get_or_insert(t.duration_since(since));
-        worst = worst.max(t.duration_since(prev));
-        prev = *t;
-    }
-    (worst, first)
 }
 
 /// Writes a few ranges through `n` and records them.

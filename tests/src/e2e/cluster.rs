@@ -652,3 +652,17 @@ impl Writer {
         times
     }
 }
+
+/// The longest time without an acknowledged write after `since` (counting from `since`), and
+/// the first ack after it.
+pub fn pause_after(times: &[Instant], since: Instant) -> (Duration, Option<Duration>) {
+    let mut prev = since;
+    let mut worst = Duration::ZERO;
+    let mut first = None;
+    for t in times.iter().filter(|t| **t > since) {
+        first.get_or_insert(t.duration_since(since));
+        worst = worst.max(t.duration_since(prev));
+        prev = *t;
+    }
+    (worst, first)
+}
