@@ -31,6 +31,7 @@ const WRITER_BASE: u64 = 40_000;
 const WRITER_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on the pause of writes through B after node A (sequencer and authority host) dies.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
+
 #[test]
 fn two_control_services_replicate_survive_kills_and_resync() {
     scenario(false);
