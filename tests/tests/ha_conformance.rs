@@ -14,20 +14,21 @@
 //!    byte for byte.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use tandem_tests::e2e::cluster::{
+    node_pair, scratch_root, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+};
 use tandem_tests::e2e::conformance::{
     check, expected_failures, report, run_suite, run_suite_on, Expectations,
 };
 use tandem_tests::e2e::cunit::{Outcome, TestResult};
-use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
+use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::{command_retrying, RawConn};
 
 /// The same size as the single-node conformance devices (some tests scale with it).
 const SIZE: u64 = 256 << 20;
-const DEVICE: &str = "disk1";
 const SUITE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The suites run through node B: every block command suite (reads, writes, atomics,
@@ -73,225 +74,6 @@ const MULTIPATH_MUST_PASS: &[&str] = &[
     "MultipathIO.CompareAndWriteAsync",
 ];
 
-const HA_FLAGS: [&str; 8] = [
-    "--ha-lease-ms",
-    "1000",
-    "--ha-margin-ms",
-    "300",
-    "--heartbeat-interval-ms",
-    "100",
-    "--heartbeat-timeout-ms",
-    "1000",
-];
-
-/// The release binaries when they are built (`$TANDEM_BIN_DIR` first), else whatever
-/// `bin()` finds.
-fn binary(name: &str) -> PathBuf {
-    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join("target/release")
-            .join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    bin(name)
-}
-
-/// One node: its control service (which starts its data plane) and data dir.
-struct Node {
-    name: String,
-    ip: String,
-    dir: PathBuf,
-    log: PathBuf,
-    api: String,
-    portal: std::net::SocketAddr,
-    control: Option<Child>,
-}
-
-impl Node {
-    fn new(root: &Path, name: &str, ip: &str, api_port: u16) -> Node {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Node {
-            name: name.into(),
-            ip: ip.into(),
-            log: root.join(format!("{name}.log")),
-            dir,
-            api: format!("{ip}:{api_port}"),
-            portal: format!("{ip}:{}", free_port()).parse().unwrap(),
-            control: None,
-        }
-    }
-
-    fn iqn(&self) -> String {
-        format!("iqn.2026-11.io.tandem:{}-{DEVICE}", self.name)
-    }
-
-    fn url(&self) -> String {
-        format!("iscsi://{}/{}/0", self.portal, self.iqn())
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join(format!("{DEVICE}.img"))
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(binary("tandem-control"));
-        cmd.arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--api", &self.api])
-            .args(["--portal", &self.portal.to_string()])
-            .args(["--node-name", &self.name])
-            .arg("--dataplane-bin")
-            .arg(binary("tandem-dataplane"))
-            .args(HA_FLAGS)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.control = Some(cmd.spawn().expect("start tandem-control"));
-        wait_until(
-            &format!("{}: API and data plane running", self.name),
-            Duration::from_secs(30),
-            || {
-                self.json(&["status"])
-                    .is_some_and(|s| s["dataplane"]["state"] == "running")
-            },
-        );
-        assert!(
-            wait_for_port(self.portal, Duration::from_secs(20)),
-            "{}: portal {} not listening",
-            self.name,
-            self.portal
-        );
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("tandem"))
-            .args(["--api", &format!("http://{}", self.api), "--token-file"])
-            .arg(self.dir.join("token"))
-            .args(args)
-            .output()
-            .expect("run tandem")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("[{}] $ tandem {}\n{stdout}", self.name, args.join(" "));
-        assert!(
-            out.status.success(),
-            "[{}] tandem {args:?} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// The replica rows this node reports (each with `node`, `state`, `sequencer`, ...).
-    fn replicas(&self) -> Vec<serde_json::Value> {
-        self.json(&["replica", "list", DEVICE])
-            .and_then(|l| l["replicas"].as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// This node serves and sees both replicas synchronized with every link up.
-    fn synchronized(&self) -> bool {
-        let rs = self.replicas();
-        rs.len() == 2
-            && rs.iter().all(|r| {
-                r["state"] == "synchronized"
-                    && (r["local"] == false || r["serving"] == true)
-                    && r["links"]
-                        .as_array()
-                        .is_some_and(|ls| ls.iter().all(|x| x["state"] == "up"))
-            })
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.control.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The data plane this node's control service started, if it outlived it.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("dataplane.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-                    .unwrap_or_default();
-                if cmdline.contains(self.dir.to_str().unwrap()) {
-                    let _ = Command::new("kill")
-                        .arg("-KILL")
-                        .arg(pid.to_string())
-                        .status();
-                }
-            }
-        }
-    }
-}
-
-/// Prints the tail of both nodes' logs when the test fails.
-struct LogsOnFailure(Vec<PathBuf>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("===== last 60 lines of {} =====", p.display());
-                for l in &lines[lines.len().saturating_sub(60)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// SYNCHRONIZE CACHE through `n` (its own session).
 fn sync_cache(n: &Node) {
     let mut c = RawConn::connect(n.portal);
@@ -320,45 +102,20 @@ fn sync_cache(n: &Node) {
 
 /// A two-node cluster with one replicated device, both nodes synchronized; A sequences.
 fn cluster(root: &Path) -> (Node, Node) {
-    let api_port = free_port();
-    let mut a = Node::new(root, "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root, "node-b", "127.0.0.2", api_port);
+    let (mut a, mut b) = node_pair(root);
     a.start();
     b.start();
     a.ok(&["device", "create", DEVICE, "--size", "256MiB"]);
-    let token = |n: &Node| n.dir.join("token").display().to_string();
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &token(&b),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &token(&a),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     let t0 = Instant::now();
-    a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &link,
-    ]);
+    a.add_replica(&b, &link);
     wait_until(
         "both nodes serving and synchronized after replica add",
         Duration::from_secs(90),
-        || a.synchronized() && b.synchronized(),
+        || a.synchronized(2) && b.synchronized(2),
     );
     eprintln!(
         "MEASURE cluster synchronized {:?} after replica add",
@@ -382,14 +139,11 @@ fn cluster_expectations(suites: &[String]) -> Expectations {
 
 #[test]
 fn iscsi_test_cu_and_multipath_through_a_two_node_cluster() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-ha-conf")
-        .tempdir_in(scratch_dir())
-        .unwrap();
+    let root = scratch_root("tandem-ha-conf");
     let (a, b) = cluster(root.path());
-    let _logs = LogsOnFailure(vec![a.log.clone(), b.log.clone()]);
+    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     let seq: Vec<String> = a
-        .replicas()
+        .replica_rows()
         .iter()
         .filter(|r| r["sequencer"] == true)
         .filter_map(|r| r["node"].as_str().map(String::from))

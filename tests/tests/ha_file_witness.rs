@@ -13,24 +13,25 @@
 //!    of both writers), the holder rejoins through the other's authority, every
 //!    acknowledged write reads back through both nodes, images byte-identical.
 
-use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::blocks::{pattern, read16, write16};
-use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
-use tandem_tests::e2e::raw::command_retrying;
-use tandem_tests::e2e::raw::RawConn;
+use tandem_tests::e2e::blocks::pattern;
+use tandem_tests::e2e::cluster::{
+    binary, login, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node,
+    Writer, DEVICE,
+};
+use tandem_tests::e2e::procs::free_port;
 
 const SIZE: usize = 64 << 20;
-const DEVICE: &str = "disk1";
 /// Bound on the pause of writes through the survivor after the lock holder dies: file lease
 /// (3 s) + margin (0.5 s) + poll + claim (< 1 s) + the engine's reconfiguration, with room
 /// for a loaded machine.
 const MAX_PAUSE: Duration = Duration::from_secs(20);
+/// How long the background writers retry each write before failing.
+const WRITER_PATIENCE: Duration = Duration::from_secs(90);
 const HA_FLAGS: [&str; 8] = [
     "--ha-lease-ms",
     "1500",
@@ -42,178 +43,51 @@ const HA_FLAGS: [&str; 8] = [
     "1000",
 ];
 
-/// The release binaries when they are built (`$TANDEM_BIN_DIR` first), else whatever
-/// `bin()` finds.
-fn binary(name: &str) -> PathBuf {
-    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join("target/release")
-            .join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    bin(name)
-}
-
-struct Node {
+/// A node whose control service runs in a mount namespace of its own, in which the share is
+/// bind-mounted at `mnt`: unmounting it there makes the share unreachable for this node only.
+struct WitnessNode {
+    node: Node,
     /// The share (seen by the test) and the path where this node's mount namespace mounts
     /// it (the same path for every node, as a real share would be).
     share: PathBuf,
     mnt: PathBuf,
-    name: String,
-    ip: String,
-    dir: PathBuf,
-    log: PathBuf,
-    api: String,
-    portal: SocketAddr,
-    control: Option<Child>,
 }
 
-impl Node {
-    fn new(root: &Path, name: &str, ip: &str, api_port: u16) -> Node {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Node {
+impl Deref for WitnessNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl DerefMut for WitnessNode {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+}
+
+impl WitnessNode {
+    fn new(root: &Path, name: &str, ip: &str, api_port: u16) -> WitnessNode {
+        let mut node = Node::new(root, name, ip, api_port);
+        node.ha_flags = &HA_FLAGS;
+        WitnessNode {
+            node,
             share: root.join("share"),
             mnt: root.join("mnt"),
-            name: name.into(),
-            ip: ip.into(),
-            log: root.join(format!("{name}.log")),
-            dir,
-            api: format!("{ip}:{api_port}"),
-            portal: format!("{ip}:{}", free_port()).parse().unwrap(),
-            control: None,
         }
     }
 
-    fn iqn(&self) -> String {
-        format!("iqn.2026-11.io.tandem:{}-{DEVICE}", self.name)
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join(format!("{DEVICE}.img"))
-    }
-
-    /// Starts (or restarts, same data dir) the control service and waits for its data plane.
+    /// Starts (or restarts, same data dir) the control service inside its own mount
+    /// namespace (the share bind-mounted at `mnt`) and waits for its data plane.
     fn start(&mut self) {
-        assert!(self.control.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        // Its own mount namespace, in which the share is bind-mounted at `mnt`: unmounting
-        // it there makes the share unreachable for this node only.
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(r#"mount --bind "$0" "$1" && shift && exec "$@""#)
             .arg(&self.share)
             .arg(&self.mnt)
             .arg(binary("tandem-control"))
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--api", &self.api])
-            .args(["--portal", &self.portal.to_string()])
-            .args(["--node-name", &self.name])
-            .arg("--dataplane-bin")
-            .arg(binary("tandem-dataplane"))
-            .args(HA_FLAGS)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.control = Some(cmd.spawn().expect("start tandem-control"));
-        let t0 = Instant::now();
-        wait_until(
-            &format!("{}: API and data plane running", self.name),
-            Duration::from_secs(30),
-            || {
-                self.status()
-                    .is_some_and(|s| s["dataplane"]["state"] == "running")
-            },
-        );
-        assert!(
-            wait_for_port(self.portal, Duration::from_secs(20)),
-            "{}: portal {} not listening",
-            self.name,
-            self.portal
-        );
-        eprintln!(
-            "{}: control service and data plane up in {:?}",
-            self.name,
-            t0.elapsed()
-        );
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("tandem"))
-            .args(["--api", &format!("http://{}", self.api), "--token-file"])
-            .arg(self.dir.join("token"))
-            .args(args)
-            .output()
-            .expect("run tandem")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("[{}] $ tandem {}\n{stdout}", self.name, args.join(" "));
-        assert!(
-            out.status.success(),
-            "[{}] tandem {args:?} failed ({:?}): {}",
-            self.name,
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        self.json(&["status"])
-    }
-
-    fn replicas(&self) -> Option<serde_json::Value> {
-        self.json(&["replica", "list", DEVICE])
-    }
-
-    /// This node serves and sees every replica synchronized with every link up.
-    fn synchronized(&self) -> bool {
-        let Some(l) = self.replicas() else {
-            return false;
-        };
-        let Some(rs) = l["replicas"].as_array() else {
-            return false;
-        };
-        rs.len() == 2
-            && rs.iter().all(|r| {
-                r["state"] == "synchronized"
-                    && (r["local"] == false || r["serving"] == true)
-                    && r["links"]
-                        .as_array()
-                        .is_some_and(|ls| ls.iter().all(|x| x["state"] == "up"))
-            })
-    }
-
-    /// State of `other` as this node reports it.
-    fn state_of(&self, other: &str) -> Option<String> {
-        let l = self.replicas()?;
-        l["replicas"]
-            .as_array()?
-            .iter()
-            .find(|r| r["node"] == other)
-            .and_then(|r| r["state"].as_str().map(String::from))
+            .args(self.node.control_args());
+        self.node.start_with(cmd);
     }
 
     /// The share becomes unreachable for this node (unmounted in its namespace).
@@ -237,296 +111,6 @@ impl Node {
             .unwrap();
         assert!(st.success(), "{}: mount of the share", self.name);
     }
-
-    /// This node's id within the device.
-    fn node_id(&self) -> Option<u64> {
-        let l = self.replicas()?;
-        l["replicas"]
-            .as_array()?
-            .iter()
-            .find(|r| r["local"] == true)
-            .and_then(|r| r["node_id"].as_u64())
-    }
-
-    fn dataplane_pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("dataplane.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.control.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The data plane this node's control service started, if it outlived it.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("dataplane.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if alive(pid) && cmdline(pid).contains(self.dir.to_str().unwrap()) {
-                    kill9(pid);
-                }
-            }
-        }
-    }
-}
-
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let rest = &s[s.rfind(')').unwrap() + 2..];
-            !rest.starts_with('Z') && !rest.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
-fn kill9(pid: i32) {
-    let st = Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -9 {pid}");
-}
-
-/// Prints the tail of both nodes' logs when the test fails.
-struct LogsOnFailure(Vec<PathBuf>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("===== last 60 lines of {} =====", p.display());
-                for l in &lines[lines.len().saturating_sub(60)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-/// Polls `f` every 100 ms; panics with `what` after `timeout`. Returns the time it took.
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ---- iSCSI client (the raw test initiator; retries like a multipath host on one path) ----
-
-/// A session of its own per initiator name.
-fn login(n: &Node, initiator: &str) -> RawConn {
-    let mut c = RawConn::connect(n.portal);
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let keys = [
-        ("MaxRecvDataSegmentLength", "262144"),
-        ("FirstBurstLength", "65536"),
-        ("MaxBurstLength", "262144"),
-        ("ImmediateData", "Yes"),
-        ("InitialR2T", "No"),
-    ];
-    let (r, _) = c.login(initiator, Some(&n.iqn()), &keys);
-    assert_eq!(r.status_class, 0, "login to {} ({})", n.name, n.iqn());
-    // TEST UNIT READY: consumes the power-on unit attention.
-    let _ = c.command(&[0u8; 6], 0, &[], 0, 0);
-    c
-}
-
-fn write_blocks(c: &mut RawConn, lba: u64, data: &[u8]) {
-    let (r, _) = command_retrying(
-        c,
-        &write16(lba, (data.len() / 512) as u32),
-        0,
-        data,
-        Duration::from_secs(15),
-    );
-    assert_eq!(r.status, 0, "write at {lba}: sense {:02x?}", r.sense);
-}
-
-fn sync_cache(c: &mut RawConn) {
-    let (r, _) = command_retrying(
-        c,
-        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        0,
-        &[],
-        Duration::from_secs(15),
-    );
-    assert_eq!(r.status, 0, "SYNCHRONIZE CACHE: sense {:02x?}", r.sense);
-}
-
-/// The model of the disk: every acknowledged write applied in order.
-struct Model(Vec<u8>);
-
-impl Model {
-    fn write(&mut self, lba: u64, data: &[u8]) {
-        let o = lba as usize * 512;
-        self.0[o..o + data.len()].copy_from_slice(data);
-    }
-
-    /// Writes through `c` and records the write.
-    fn write_through(&mut self, c: &mut RawConn, lba: u64, data: &[u8]) {
-        write_blocks(c, lba, data);
-        self.write(lba, data);
-    }
-
-    /// Reads the whole disk through `n` (a fresh session) and compares it with the model;
-    /// flushes that node's cache.
-    fn verify_through(&self, n: &Node, what: &str) {
-        let t0 = Instant::now();
-        let mut c = login(n, "iqn.2026-11.io.tandem.test:cluster-verify");
-        const CHUNK: usize = 256 << 10;
-        for off in (0..SIZE).step_by(CHUNK) {
-            let lba = (off / 512) as u64;
-            let (r, _) = command_retrying(
-                &mut c,
-                &read16(lba, (CHUNK / 512) as u32),
-                CHUNK as u32,
-                &[],
-                Duration::from_secs(15),
-            );
-            assert_eq!(
-                r.status, 0,
-                "{what}: read through {} at LBA {lba}: sense {:02x?}",
-                n.name, r.sense
-            );
-            if r.data_in != self.0[off..off + CHUNK] {
-                let i = r
-                    .data_in
-                    .iter()
-                    .zip(&self.0[off..])
-                    .position(|(x, y)| x != y)
-                    .unwrap();
-                panic!(
-                    "{what}: read through {} differs from the acknowledged writes at byte {} (LBA {})",
-                    n.name,
-                    off + i,
-                    (off + i) / 512
-                );
-            }
-        }
-        sync_cache(&mut c);
-        eprintln!(
-            "{what}: whole disk read through {} matches the acknowledged writes ({:?})",
-            n.name,
-            t0.elapsed()
-        );
-    }
-
-    /// Both image files equal the model (and so each other). Only when no I/O runs.
-    fn images_identical(&self, a: &Node, b: &Node, what: &str) {
-        let ia = std::fs::read(a.image()).unwrap();
-        let ib = std::fs::read(b.image()).unwrap();
-        assert_eq!((ia.len(), ib.len()), (SIZE, SIZE), "{what}: image sizes");
-        if let Some(i) = ia.iter().zip(&ib).position(|(x, y)| x != y) {
-            panic!(
-                "{what}: images differ first at byte {i} (64 KiB region {})",
-                i / 65536
-            );
-        }
-        if let Some(i) = ia.iter().zip(&self.0).position(|(x, y)| x != y) {
-            panic!("{what}: the images differ from the acknowledged writes first at byte {i}");
-        }
-        eprintln!("{what}: both image files byte-identical (and equal to the model)");
-    }
-}
-
-type Acked = Vec<(Instant, u64, Vec<u8>)>;
-
-/// Writes through one node at QD1 until stopped, retrying NOT READY / UNIT ATTENTION; every
-/// acknowledged write is recorded with its completion time.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Result<Acked, String>>,
-}
-
-impl Writer {
-    fn start(n: &Node, seed: u32, base: u64) -> Writer {
-        let mut c = login(
-            n,
-            &format!("iqn.2026-11.io.tandem.test:cluster-writer-{seed}"),
-        );
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let name = n.name.clone();
-        let thread = std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut k = 0u32;
-            while !s.load(Ordering::Relaxed) {
-                // 4 or 16 KiB in an 8 MiB area, overwriting itself.
-                let blocks: usize = if k % 4 == 3 { 32 } else { 8 };
-                let lba = base + u64::from(k.wrapping_mul(2_654_435_761) % 2048) * 8;
-                let data = pattern(blocks * 512, seed * 1_000_000 + k);
-                let (r, _) = command_retrying(
-                    &mut c,
-                    &write16(lba, blocks as u32),
-                    0,
-                    &data,
-                    Duration::from_secs(90),
-                );
-                if r.status != 0 {
-                    return Err(format!(
-                        "write #{k} through {name} at LBA {lba} not acknowledged after 90 s of retries: status {} sense {:02x?} ({} writes acknowledged before)",
-                        r.status,
-                        r.sense,
-                        acked.len()
-                    ));
-                }
-                acked.push((Instant::now(), lba, data));
-                k += 1;
-            }
-            Ok(acked)
-        });
-        Writer { stop, thread }
-    }
-
-    /// Stops the writer, applies its acknowledged writes to the model; their times.
-    fn finish(self, model: &mut Model) -> Vec<Instant> {
-        self.stop.store(true, Ordering::Relaxed);
-        let acked = match self.thread.join() {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => panic!("writer: {e}"),
-            Err(_) => panic!("the writer thread panicked (see above)"),
-        };
-        let mut times = Vec::new();
-        for (t, lba, data) in acked {
-            model.write(lba, &data);
-            times.push(t);
-        }
-        times
-    }
 }
 
 /// The longest time without an acknowledged write after `since`: (start, end) of that gap.
@@ -549,23 +133,20 @@ fn holder_id(share: &Path) -> Option<u64> {
     v["record"]["holder"].as_u64()
 }
 
-fn holder_index(nodes: &[&Node], ids: &[u64], share: &Path) -> Option<usize> {
+fn holder_index(nodes: &[&WitnessNode], ids: &[u64], share: &Path) -> Option<usize> {
     let h = holder_id(share)?;
     (0..nodes.len()).find(|&i| ids[i] == h)
 }
 
 #[test]
 fn file_share_witness_takeover_and_share_loss() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-fwitness")
-        .tempdir_in(scratch_dir())
-        .unwrap();
+    let root = scratch_root("tandem-fwitness");
     std::fs::create_dir_all(root.path().join("share")).unwrap();
     std::fs::create_dir_all(root.path().join("mnt")).unwrap();
     let api_port = free_port();
-    let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);
-    let _logs = LogsOnFailure(vec![a.log.clone(), b.log.clone()]);
+    let mut a = WitnessNode::new(root.path(), "node-a", "127.0.0.1", api_port);
+    let mut b = WitnessNode::new(root.path(), "node-b", "127.0.0.2", api_port);
+    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     a.start();
     b.start();
     let share = a.share.clone();
@@ -580,25 +161,10 @@ fn file_share_witness_takeover_and_share_loss() {
         }
         sync_cache(&mut c);
     }
-    let token = |n: &Node| n.dir.join("token").display().to_string();
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &token(&b),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &token(&a),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
+    let link = sync_link(&a, &b, sync);
     let base_args = [
         "replica",
         "add",
@@ -628,7 +194,7 @@ fn file_share_witness_takeover_and_share_loss() {
     wait_until(
         "both nodes serving and synchronized after replica add",
         Duration::from_secs(90),
-        || a.synchronized() && b.synchronized(),
+        || a.synchronized(2) && b.synchronized(2),
     );
     eprintln!(
         "MEASURE both synchronized {:?} after replica add (includes the first claim of the lock file)",
@@ -657,19 +223,9 @@ fn file_share_witness_takeover_and_share_loss() {
     let (v, s) = (victim.name.clone(), survivor.name.clone());
     let survivor_id = if h == 0 { ids[1] } else { ids[0] };
     eprintln!("{v} holds the lock file; killing it");
-    let writer = Writer::start(survivor, 2, 40_000);
+    let writer = Writer::start(survivor, 2, 40_000, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(1000));
-    let dp = victim.dataplane_pid();
-    let mut control = victim.control.take().unwrap();
-    let t_kill = Instant::now();
-    control.kill().unwrap();
-    kill9(dp);
-    control.wait().unwrap();
-    wait_until(
-        &format!("{v}'s data plane gone"),
-        Duration::from_secs(10),
-        || !alive(dp),
-    );
+    let t_kill = victim.kill();
     let claimed = wait_until(
         &format!("{s} holds the lock file"),
         Duration::from_secs(30),
@@ -695,7 +251,7 @@ fn file_share_witness_takeover_and_share_loss() {
     wait_until(
         &format!("both synchronized after {v}'s restart"),
         Duration::from_secs(90),
-        || victim.synchronized() && survivor.synchronized(),
+        || victim.synchronized(2) && survivor.synchronized(2),
     );
     std::thread::sleep(Duration::from_millis(300));
     let times = writer.finish(&mut model);
@@ -727,9 +283,9 @@ fn file_share_witness_takeover_and_share_loss() {
     let other_id = if h == 0 { ids[1] } else { ids[0] };
     let (hn, on) = (holder.name.clone(), other.name.clone());
     eprintln!("{hn} holds the lock file; its share becomes unreachable");
-    let w_holder = Writer::start(holder, 3, 40_000);
+    let w_holder = Writer::start(holder, 3, 40_000, WRITER_PATIENCE);
     // Disjoint areas (each writer covers 16 Ki blocks from its base): the model is exact.
-    let w_other = Writer::start(other, 4, 70_000);
+    let w_other = Writer::start(other, 4, 70_000, WRITER_PATIENCE);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     holder.cut_share();
@@ -742,7 +298,7 @@ fn file_share_witness_takeover_and_share_loss() {
     wait_until(
         &format!("both synchronized again ({hn} rejoined through {on}'s authority)"),
         Duration::from_secs(90),
-        || holder.synchronized() && other.synchronized(),
+        || holder.synchronized(2) && other.synchronized(2),
     );
     std::thread::sleep(Duration::from_secs(1));
     let t_h = w_holder.finish(&mut model);

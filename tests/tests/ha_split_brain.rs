@@ -14,289 +14,19 @@
 //!    regions B wrote alone, with their data; both end synchronized, the images are
 //!    byte-identical and hold A's data.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::{pattern, write16};
-use tandem_tests::e2e::procs::{bin, free_port, scratch_dir, wait_for_port};
+use tandem_tests::e2e::cluster::{
+    login, node_pair, scratch_root, sync_link, wait_until, LogsOnFailure, Node, DEVICE,
+};
+use tandem_tests::e2e::procs::free_port;
 use tandem_tests::e2e::raw::command_retrying;
 use tandem_tests::e2e::raw::RawConn;
 
 const SIZE: usize = 64 << 20;
-const DEVICE: &str = "disk1";
 const REGION: usize = 64 << 10;
-const HA_FLAGS: [&str; 8] = [
-    "--ha-lease-ms",
-    "1000",
-    "--ha-margin-ms",
-    "300",
-    "--heartbeat-interval-ms",
-    "100",
-    "--heartbeat-timeout-ms",
-    "1000",
-];
-
-/// The release binaries when they are built (`$TANDEM_BIN_DIR` first), else whatever
-/// `bin()` finds.
-fn binary(name: &str) -> PathBuf {
-    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .unwrap()
-            .join("target/release")
-            .join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    bin(name)
-}
-
-struct Node {
-    name: String,
-    ip: String,
-    dir: PathBuf,
-    log: PathBuf,
-    api: String,
-    portal: SocketAddr,
-    control: Option<Child>,
-}
-
-impl Node {
-    fn new(root: &Path, name: &str, ip: &str, api_port: u16) -> Node {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Node {
-            name: name.into(),
-            ip: ip.into(),
-            log: root.join(format!("{name}.log")),
-            dir,
-            api: format!("{ip}:{api_port}"),
-            portal: format!("{ip}:{}", free_port()).parse().unwrap(),
-            control: None,
-        }
-    }
-
-    fn iqn(&self) -> String {
-        format!("iqn.2026-11.io.tandem:{}-{DEVICE}", self.name)
-    }
-
-    fn image(&self) -> PathBuf {
-        self.dir.join(format!("{DEVICE}.img"))
-    }
-
-    /// Starts (or restarts, same data dir) the control service and waits for its data plane.
-    fn start(&mut self) {
-        assert!(self.control.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(binary("tandem-control"));
-        cmd.arg("--data-dir")
-            .arg(&self.dir)
-            .args(["--api", &self.api])
-            .args(["--portal", &self.portal.to_string()])
-            .args(["--node-name", &self.name])
-            .arg("--dataplane-bin")
-            .arg(binary("tandem-dataplane"))
-            .args(HA_FLAGS)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.control = Some(cmd.spawn().expect("start tandem-control"));
-        let t0 = Instant::now();
-        wait_until(
-            &format!("{}: API and data plane running", self.name),
-            Duration::from_secs(30),
-            || {
-                self.status()
-                    .is_some_and(|s| s["dataplane"]["state"] == "running")
-            },
-        );
-        assert!(
-            wait_for_port(self.portal, Duration::from_secs(20)),
-            "{}: portal {} not listening",
-            self.name,
-            self.portal
-        );
-        eprintln!(
-            "{}: control service and data plane up in {:?}",
-            self.name,
-            t0.elapsed()
-        );
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary("tandem"))
-            .args(["--api", &format!("http://{}", self.api), "--token-file"])
-            .arg(self.dir.join("token"))
-            .args(args)
-            .output()
-            .expect("run tandem")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        eprintln!("[{}] $ tandem {}\n{stdout}", self.name, args.join(" "));
-        assert!(
-            out.status.success(),
-            "[{}] tandem {args:?} failed ({:?}): {}",
-            self.name,
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Option<serde_json::Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        self.json(&["status"])
-    }
-
-    fn replicas(&self) -> Option<serde_json::Value> {
-        self.json(&["replica", "list", DEVICE])
-    }
-
-    /// This node serves and sees every replica synchronized with every link up.
-    fn synchronized(&self) -> bool {
-        let Some(l) = self.replicas() else {
-            return false;
-        };
-        let Some(rs) = l["replicas"].as_array() else {
-            return false;
-        };
-        rs.len() == 2
-            && rs.iter().all(|r| {
-                r["state"] == "synchronized"
-                    && (r["local"] == false || r["serving"] == true)
-                    && r["links"]
-                        .as_array()
-                        .is_some_and(|ls| ls.iter().all(|x| x["state"] == "up"))
-            })
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.control.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The data plane this node's control service started, if it outlived it.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("dataplane.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if alive(pid) && cmdline(pid).contains(self.dir.to_str().unwrap()) {
-                    kill9(pid);
-                }
-            }
-        }
-    }
-}
-
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-        .unwrap_or_default()
-}
-
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let rest = &s[s.rfind(')').unwrap() + 2..];
-            !rest.starts_with('Z') && !rest.starts_with('X')
-        }
-        Err(_) => false,
-    }
-}
-
-fn kill9(pid: i32) {
-    let st = Command::new("kill")
-        .arg("-KILL")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -9 {pid}");
-}
-
-/// Prints the tail of both nodes' logs when the test fails.
-struct LogsOnFailure(Vec<PathBuf>);
-
-impl Drop for LogsOnFailure {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let text = std::fs::read_to_string(p).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("===== last 60 lines of {} =====", p.display());
-                for l in &lines[lines.len().saturating_sub(60)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-/// Polls `f` every 100 ms; panics with `what` after `timeout`. Returns the time it took.
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ---- iSCSI client (the raw test initiator; retries like a multipath host on one path) ----
-
-/// A session of its own per initiator name.
-fn login(n: &Node, initiator: &str) -> RawConn {
-    let mut c = RawConn::connect(n.portal);
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let keys = [
-        ("MaxRecvDataSegmentLength", "262144"),
-        ("FirstBurstLength", "65536"),
-        ("MaxBurstLength", "262144"),
-        ("ImmediateData", "Yes"),
-        ("InitialR2T", "No"),
-    ];
-    let (r, _) = c.login(initiator, Some(&n.iqn()), &keys);
-    assert_eq!(r.status_class, 0, "login to {} ({})", n.name, n.iqn());
-    // TEST UNIT READY: consumes the power-on unit attention.
-    let _ = c.command(&[0u8; 6], 0, &[], 0, 0);
-    c
-}
 
 /// nftables rules that cut the two nodes apart on loopback; deleted on drop (also when the
 /// test fails). Only the named ports are touched.
@@ -414,14 +144,9 @@ fn split_brain_resolved_keeping_the_side_whose_authority_stood_down() {
 }
 
 fn scenario(keep_b: bool) {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-split")
-        .tempdir_in(scratch_dir())
-        .unwrap();
-    let api_port = free_port();
-    let mut a = Node::new(root.path(), "node-a", "127.0.0.1", api_port);
-    let mut b = Node::new(root.path(), "node-b", "127.0.0.2", api_port);
-    let _logs = LogsOnFailure(vec![a.log.clone(), b.log.clone()]);
+    let root = scratch_root("tandem-split");
+    let (mut a, mut b) = node_pair(root.path());
+    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     a.start();
     b.start();
 
@@ -441,38 +166,15 @@ fn scenario(keep_b: bool) {
             assert_eq!(r.status, 0);
         }
     }
-    let token = |n: &Node| n.dir.join("token").display().to_string();
-    a.ok(&[
-        "server",
-        "add",
-        "node-b",
-        &b.api,
-        "--token-file",
-        &token(&b),
-    ]);
-    b.ok(&[
-        "server",
-        "add",
-        "node-a",
-        &a.api,
-        "--token-file",
-        &token(&a),
-    ]);
+    a.add_server(&b);
+    b.add_server(&a);
     let sync = free_port();
-    let link = format!("{}:{sync}={}:{sync}", a.ip, b.ip);
-    a.ok(&[
-        "replica",
-        "add",
-        DEVICE,
-        "--partner",
-        "node-b",
-        "--sync-link",
-        &link,
-    ]);
+    let link = sync_link(&a, &b, sync);
+    a.add_replica(&b, &link);
     wait_until(
         "both synchronized after replica add",
         Duration::from_secs(90),
-        || a.synchronized() && b.synchronized(),
+        || a.synchronized(2) && b.synchronized(2),
     );
 
     // No split brain yet: resolve refuses, and nothing changes.
@@ -641,7 +343,7 @@ fn scenario(keep_b: bool) {
     let synced = wait_until(
         "both synchronized after resolve",
         Duration::from_secs(120),
-        || a.synchronized() && b.synchronized(),
+        || a.synchronized(2) && b.synchronized(2),
     );
     eprintln!("MEASURE both synchronized {synced:?} after resolve (64 MiB full sync)");
     let listing = a.replicas().unwrap();

@@ -1,7 +1,9 @@
 //! Shared pieces of the end-to-end tests: finding the built binaries, starting a target
-//! process on a free loopback port, and reading libiscsi's CUnit output.
+//! process on a free loopback port, a cluster of control services on loopback addresses
+//! (`cluster`) or in network namespaces (`netns_cluster`), and reading libiscsi's CUnit output.
 
 pub mod blocks;
+pub mod cluster;
 pub mod conformance;
 pub mod cunit;
 pub mod host_io;

@@ -21,33 +21,10 @@ pub const PORTAL_PORT: u16 = 3260;
 pub const SYNC_PORT: u16 = 7100;
 pub const HEARTBEAT_PORT: u16 = 7200;
 
-/// Short HA timings (as `tests/tests/ha_cluster.rs`): a lost partner is decided in about
-/// 1.3 s after the engine notices it.
-pub const HA_FLAGS: [&str; 8] = [
-    "--ha-lease-ms",
-    "1000",
-    "--ha-margin-ms",
-    "300",
-    "--heartbeat-interval-ms",
-    "100",
-    "--heartbeat-timeout-ms",
-    "1000",
-];
-
-/// The release binaries when built (`$TANDEM_BIN_DIR` first), else whatever `bin()` finds.
-pub fn binary(name: &str) -> PathBuf {
-    if std::env::var_os("TANDEM_BIN_DIR").is_none() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("tests/ has a parent")
-            .join("target/release")
-            .join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    super::procs::bin(name)
-}
+// The loopback cluster's short HA timings (a lost partner is decided in about 1.3 s after the
+// engine notices it), its way of finding the release binaries and its polling helper serve
+// here too.
+pub use super::cluster::{binary, wait_until, HA_FLAGS};
 
 /// One `tandem-control` in a member's namespace.
 pub struct ClusterNode {
@@ -299,21 +276,6 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(b.get(..len)?);
         b = b.get(len + 2..)?;
-    }
-}
-
-/// Polls `f` every 100 ms; panics with `what` after `timeout`. Returns the time it took.
-pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
