@@ -128,7 +128,12 @@ impl PeerConfig {
             unacked_max_bytes: 64 * 1024 * 1024,
             reconnect_interval: Duration::from_millis(200),
             keepalive: Duration::from_millis(100),
-            dead_after: Duration::from_secs(1),
+            // Well inside the replication engine's peer timeout (1 s): a cut link must be
+            // found dead, and its unacknowledged messages resent on another link, before
+            // the engine takes the silence for a lost partner and asks for a verdict (seen
+            // in tests/tests/ha_netns.rs with 1 s here: one of two links cut, the partner
+            // removed and resynchronized).
+            dead_after: Duration::from_millis(600),
         }
     }
 }
