@@ -183,7 +183,6 @@ heartbeat_links = ["{hb}"]
 
 struct Pair {
     _tmp: tempfile::TempDir,
-    dir_a: PathBuf,
     dir_b: PathBuf,
     api_b: String,
     /// b's end of the heartbeat link.
@@ -271,7 +270,6 @@ fn pair() -> Pair {
     );
     Pair {
         _tmp: tmp,
-        dir_a,
         dir_b,
         api_b,
         hb_b,
@@ -400,135 +398,77 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
     let v = b.get("/api/v1/ha/status/disk1");
     assert_eq!(v["partners"][0]["hosts_authority_epoch"], 1);
 
-    // a dies. b takes over after a lease plus margin of silence, with epoch 2 on disk.
-    let killed = Instant::now();
+    // a dies. b runs no data plane, so it never held a lease: it must not take the
+    // authority over, however long a is silent (it cannot prove a had not removed it;
+    // `TakeoverInput::leased_when_last_heard`). Takeovers by nodes whose data plane served
+    // are exercised with real data planes in tests/tests/ha_cluster.rs, ha_netns.rs and
+    // ha_split_brain.rs, and by the vote simulation.
     a.kill();
+    std::thread::sleep(Duration::from_millis(4 * (LEASE_MS + MARGIN_MS)));
     let state_b = dir_b.join("ha/disk1.authority.json");
-    let stored: serde_json::Value = wait_for("b's takeover", Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&state_b).ok()?;
-        serde_json::from_str(&text).ok()
-    });
-    let took = killed.elapsed();
     assert!(
-        // Silence is counted from the last heartbeat heard (at most one interval, 50 ms,
-        // before the kill).
-        took >= Duration::from_millis(LEASE_MS + MARGIN_MS - 60),
-        "took over after {took:?}, before a lease plus margin of silence"
+        !state_b.exists(),
+        "b took the authority over without ever holding a lease"
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
-    eprintln!("takeover {took:?} after the kill");
-    assert_eq!(stored["last_epoch"], 2);
-    assert_eq!(stored["took_over_from"], 1);
-    assert_eq!(stored["config"]["epoch"], 2);
-    assert_eq!(stored["config"]["sequencer"], 2);
-    let members = stored["config"]["members"].to_string();
-    assert!(
-        members.contains("[1,\"Out\"]") && members.contains("[2,\"Synchronized\"]"),
-        "{members}"
-    );
-    assert!(b.log().contains("takes the failover authority over"));
-    let v = wait_for(
-        "b to report itself the authority",
-        Duration::from_secs(5),
-        || {
-            let v = b.get("/api/v1/ha/status/disk1");
-            (v["authority"]["kind"] == "local").then_some(v)
-        },
-    );
-    assert_eq!(v["took_over_from"], 1);
-    let (code, body) = b.http("POST", path, Some(&b.token()), Some(lease));
-    assert_eq!(code, 200, "{body}");
-    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(reply["update"]["config"]["epoch"], 2);
-
-    // b restarts: it still holds the authority, at epoch 2 (never issues 2 again).
-    drop(b);
-    let b = Proc::start(&dir_b, &api_b, &["--no-dataplane"]);
-    let st = b.get("/api/v1/ha/status");
-    assert_eq!(st["authorities"][0]["last_epoch"], 2);
-    assert_eq!(st["authorities"][0]["took_over_from"], 1);
+    assert!(!b.log().contains("takes the failover authority over"));
+    let v = b.get("/api/v1/ha/status/disk1");
+    assert_eq!(v["took_over_from"], serde_json::Value::Null);
+    // Its requests keep going to a's (gone) authority: no lease, nothing served.
+    assert_eq!(v["authority"]["kind"], "remote", "{v}");
+    let _ = (api_b, path, lease);
 }
 
-/// SIGSTOP of the authority node for longer than a lease plus margin: b takes over; when
-/// a wakes it grants nothing at once (pause detected), hears b announce the authority at a
-/// higher epoch, and stops its own for good (persisted), so a paused loser never serves.
+/// SIGSTOP of the authority node for longer than a lease plus margin. b, which runs no
+/// data plane and so never held a lease, does not take over. When a wakes it grants
+/// nothing at once (pause detected), then, once it has heard its partner again and a lease
+/// plus margin has passed, it grants leases again (still the authority, never superseded).
 #[test]
-fn a_paused_authority_wakes_superseded_and_grants_nothing() {
+fn a_paused_authority_grants_nothing_until_quiet_and_its_partner_heard() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
     let Pair {
-        _tmp,
-        dir_a,
-        dir_b,
-        a,
-        b,
-        ..
+        _tmp, dir_b, a, b, ..
     } = pair();
     let pid = Pid::from_raw(a.child.id() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
-    let state_b = dir_b.join("ha/disk1.authority.json");
-    let stored: serde_json::Value = wait_for("b's takeover", Duration::from_secs(20), || {
-        serde_json::from_str(&std::fs::read_to_string(&state_b).ok()?).ok()
-    });
-    assert_eq!(stored["last_epoch"], 2);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(3 * (LEASE_MS + MARGIN_MS)));
     kill(pid, Signal::SIGCONT).unwrap();
-    // Right after waking, a lease request to a gets no lease (paused) or a 409 (superseded).
-    let lease = r#"{"from": 1, "requests": ["lease_request"]}"#;
-    let (code, body) = a.http(
-        "POST",
-        "/api/v1/ha/authority/disk1",
-        Some(&a.token()),
-        Some(lease),
+    assert!(
+        !dir_b.join("ha/disk1.authority.json").exists(),
+        "b took over without a lease"
     );
-    if code == 200 {
-        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(
-            reply["update"]["lease_duration_ns"],
-            serde_json::Value::Null,
-            "{body}"
-        );
-    } else {
-        assert_eq!(code, 409, "{body}");
-    }
-    let state_a = dir_a.join("ha/disk1.authority.json");
-    wait_for("a to stop its authority", Duration::from_secs(10), || {
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&state_a).ok()?).ok()?;
-        (v["superseded_by"] == serde_json::json!([2, 2])).then_some(())
-    });
-    assert_eq!(
-        a.http(
+    // Right after waking, a lease request to a gets no lease.
+    let lease = r#"{"from": 1, "requests": ["lease_request"]}"#;
+    let ask = || {
+        let (code, body) = a.http(
             "POST",
             "/api/v1/ha/authority/disk1",
             Some(&a.token()),
-            Some(lease)
-        )
-        .0,
-        409
+            Some(lease),
+        );
+        assert_eq!(code, 200, "{body}");
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        reply["update"]["lease_duration_ns"].as_u64()
+    };
+    assert_eq!(ask(), None, "a paused authority granted a lease at once");
+    let woke = Instant::now();
+    let granted = wait_for("a to grant leases again", Duration::from_secs(10), ask);
+    assert!(granted > 0);
+    assert!(
+        woke.elapsed() >= Duration::from_millis(LEASE_MS + MARGIN_MS - 100),
+        "leases again after {:?}, before a lease plus margin",
+        woke.elapsed()
     );
     let log = a.log();
     assert!(log.contains("the authority was paused"), "{log}");
-    // A pause is an ordinary takeover, not a split brain: a WARN that says so, no ERROR.
-    assert!(
-        log.contains("took this device's failover authority over while this node was away"),
-        "{log}"
-    );
     assert!(
         !log.lines()
             .any(|l| l.contains("ERROR") && l.contains("split brain")),
         "{log}"
     );
-    // a now asks b's authority (its node would rejoin through it, or be refused as a
-    // split brain if its copy went on alone).
-    wait_for("a to follow b's authority", Duration::from_secs(10), || {
-        let v = a.get("/api/v1/ha/status/disk1");
-        (v["authority"]["server"] == "b" && v["config"]["epoch"] == 2).then_some(())
-    });
-    // b goes on as the authority.
-    let st = b.get("/api/v1/ha/status");
-    assert_eq!(st["authorities"][0]["last_epoch"], 2);
-    assert_eq!(st["authorities"][0].get("superseded_by"), None);
+    let st = a.get("/api/v1/ha/status");
+    assert_eq!(st["authorities"][0].get("superseded_by"), None, "{st}");
+    drop(b);
 }
 
 #[test]
