@@ -4,6 +4,9 @@ costs that hold up under load from other processes.
 
   perf/ab/per_io_ab.py ROUNDS SECS name=binary [name=binary ...] [row filter ...]
 
+Run it from the repository root (or set LOADGEN); WD (default /var/tmp/tandem-per-io) holds
+one 512 MiB image per binary for the file-backed rows.
+
 All targets run at once on core 1 (only one is loaded at a time), the client (tandem-loadgen,
 iscsi-perf or fio-libiscsi) on core 0. The order of the binaries rotates every round (and
 reverses after a full rotation), so a drift in machine load hits each alike. Per run, one
