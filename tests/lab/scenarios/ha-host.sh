@@ -53,6 +53,11 @@ cp /lab/tests/lab/guest/multipath-base.conf /etc/multipath.conf
 iscsid || fail "iscsid did not start"
 multipathd || fail "multipathd did not start"
 wait_for 10 "multipathd answers" multipathd show config || fail "multipathd not answering"
+# The shipped stanza must be in effect, with the queueing that covers both
+# nodes answering NOT READY for a moment (docs/hosts/README.md).
+multipath -t 2>/dev/null | awk '/vendor "TANDEM"/ {p = 1} p {print} p && /^\t}/ {exit}' > /tmp/mp-effective
+grep -q 'prio "alua"' /tmp/mp-effective && grep -q 'no_path_retry 12' /tmp/mp-effective ||
+    { cat /tmp/mp-effective; fail "the Tandem device stanza is not in multipath's effective configuration"; }
 
 section "discovery and login on both nodes (docs/hosts/host-setup.sh connect)"
 "$DOCS/host-setup.sh" connect $LAB_PORTALS || fail "discovery/login"
