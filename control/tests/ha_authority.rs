@@ -368,6 +368,8 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
         epoch: 99,
         hosts_authority: true,
         lost_authority: false,
+        incarnation: 1,
+        echo: None,
     };
     forger
         .send_to(&forged.encode(&[0x55; 32], hb_b.parse().unwrap()), &hb_b)
