@@ -13,7 +13,9 @@
 //!   removed before that lease ended. A pause is a gap of more than half a lease between two
 //!   calls (SIGSTOP, a starved process) and is treated the same way: while it was stopped,
 //!   the partner may have taken the authority over (heartbeat strategy), and the quiet period
-//!   leaves time to hear that before granting anything (see `supersede`).
+//!   leaves time to hear that before granting anything (see `supersede`). With two nodes
+//!   under the heartbeat strategy it also waits for the partner's heartbeat echoing one
+//!   this process sent after the restart or pause (`QuietPeriod::partner_heard`, `echo`).
 //! - Superseded: a partner announces (authenticated heartbeats) that it hosts the same
 //!   device's authority at a higher epoch, or at the same epoch while this node has priority
 //!   second. This host then stops for good (persisted): it answers nothing, so the leases it
@@ -1029,7 +1031,10 @@ mod tests {
         q.require_partner(true, seq.last_sent());
         assert!(q.is_quiet(quiet + 1), "a lease plus margin is not enough");
         q.partner_heard(None);
-        assert!(q.is_quiet(quiet + 1), "a heartbeat without an echo (version 1)");
+        assert!(
+            q.is_quiet(quiet + 1),
+            "a heartbeat without an echo (version 1)"
+        );
         q.partner_heard(Some(before_restart));
         assert!(
             q.is_quiet(quiet + 1),

@@ -119,10 +119,16 @@ mod tests {
     fn only_an_echo_of_a_later_heartbeat_of_this_incarnation_counts() {
         let floor = id(7, 100);
         assert!(!echoes_after(None, floor));
-        assert!(!echoes_after(Some(id(7, 100)), floor), "sent before the wait");
+        assert!(
+            !echoes_after(Some(id(7, 100)), floor),
+            "sent before the wait"
+        );
         assert!(!echoes_after(Some(id(7, 99)), floor));
         assert!(!echoes_after(Some(id(6, 101)), floor), "an earlier process");
-        assert!(!echoes_after(Some(id(0, 101)), id(0, 100)), "no incarnation");
+        assert!(
+            !echoes_after(Some(id(0, 101)), id(0, 100)),
+            "no incarnation"
+        );
         assert!(echoes_after(Some(id(7, 101)), floor));
     }
 
@@ -131,7 +137,10 @@ mod tests {
         assert!(is_newer(None, id(1, 5)));
         assert!(is_newer(Some(id(1, 5)), id(1, 6)));
         assert!(!is_newer(Some(id(1, 5)), id(1, 5)));
-        assert!(!is_newer(Some(id(1, 5)), id(1, 4)), "overtaken on another link");
+        assert!(
+            !is_newer(Some(id(1, 5)), id(1, 4)),
+            "overtaken on another link"
+        );
         assert!(is_newer(Some(id(1, 5)), id(2, 1)), "the partner restarted");
     }
 

@@ -261,9 +261,7 @@ impl Heard {
     /// node it had heard when it sent that one.
     pub fn echo_from(&self, device: &str, node: u8) -> Option<HeartbeatId> {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers
-            .get(&(device.to_string(), node))
-            .and_then(|p| p.echo)
+        peers.get(&(device.to_string(), node)).and_then(|p| p.echo)
     }
 
     pub fn reject(&self, why: Reject, from: SocketAddr, now: Instant) {
@@ -702,8 +700,10 @@ mod tests {
     #[test]
     fn announcements_come_from_the_newest_heartbeat_not_an_overtaken_one() {
         let heard = Heard::default();
-        let (l1, l2): (SocketAddr, SocketAddr) =
-            ("127.0.0.1:9000".parse().unwrap(), "127.0.0.1:9001".parse().unwrap());
+        let (l1, l2): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9000".parse().unwrap(),
+            "127.0.0.1:9001".parse().unwrap(),
+        );
         let t = Instant::now();
         let mut newer = hb(20);
         newer.echo = Some(id(9, 300));

@@ -791,7 +791,13 @@ impl<'a> World<'a> {
     fn ensure_host(&mut self, p: usize) {
         let local = self.local(p);
         let bug = self.bug_authority();
-        if self.parts[p].control.as_ref().expect("alive").host.is_some() {
+        if self.parts[p]
+            .control
+            .as_ref()
+            .expect("alive")
+            .host
+            .is_some()
+        {
             return;
         }
         let two_node_heartbeat = self.parts[p].repl.as_ref().is_some_and(two_node_heartbeat);
