@@ -156,16 +156,15 @@ pub async fn run(node: Arc<Node>, device: String) {
         if three {
             check_stand_down(&node, &device, &r, &heard);
         } else {
-            // Taken before the announcement is checked, so the heartbeat that ends a
-            // restarted authority's wait for its partner is one already checked.
-            let partner_heard = r
+            // The echo in the partner's newest heartbeat, taken before the announcement is
+            // checked, so the heartbeat that ends a restarted or paused authority's wait for
+            // its partner (`echo`) is one whose announcement was checked.
+            let echo = r
                 .partners
                 .first()
-                .and_then(|p| node.ha.heartbeats.last_heard(&device, p.node_id));
+                .and_then(|p| node.ha.heartbeats.echo_from(&device, p.node_id));
             check_superseded(&node, &device, &r, &settings);
-            if let Some(at) = partner_heard {
-                authority_host::partner_heard(&node, &device, at);
-            }
+            authority_host::partner_heard(&node, &device, echo);
         }
         let hosted = authority_host::hosts_device(&node, &device);
         let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
@@ -612,7 +611,9 @@ fn consider_takeover(
         settings,
         now,
     ) {
-        Ok(host) => {
+        Ok(mut host) => {
+            // Paused later, the taker waits for its partner's echo too (as the sim does).
+            authority_host::arm_partner_wait(node, device, &mut host, false);
             tracing::warn!(%device, from = %first.name, epoch,
                 "the authority node was silent on every link for longer than a lease plus margin: \
                  this node takes the failover authority over and goes on without it \
