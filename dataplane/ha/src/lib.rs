@@ -21,6 +21,7 @@ pub mod journal;
 pub mod membership;
 pub mod msg;
 pub mod ranges;
+mod task_mgmt;
 pub mod sim;
 pub mod types;
 
