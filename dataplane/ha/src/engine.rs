@@ -1832,7 +1832,10 @@ impl<P: Clone> Engine<P> {
         // A task management function waits only for partners still synchronized.
         if let Some(cfg) = &self.config {
             let synchronized: BTreeSet<NodeId> = cfg.synchronized().collect();
-            for tag in self.task_mgmt.retain_partners(|n| synchronized.contains(&n)) {
+            for tag in self
+                .task_mgmt
+                .retain_partners(|n| synchronized.contains(&n))
+            {
                 self.answer(now, tag, HostStatus::Good { data: None }, out);
             }
         }

@@ -26,7 +26,9 @@ pub enum HostCmd<P> {
     Flush,
     /// A task management function for the whole LU, already applied on this node: GOOD
     /// once every synchronized partner applied it too (or left the configuration).
-    TaskMgmt { kind: TaskMgmtKind },
+    TaskMgmt {
+        kind: TaskMgmtKind,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,5 +138,7 @@ pub enum Output<P> {
     PersistMeta(ReplicaMeta),
     /// A partner received this task management function from a host: apply it to this
     /// node's tasks and I_T nexuses now (the acknowledgement follows this output).
-    TaskMgmt { kind: TaskMgmtKind },
+    TaskMgmt {
+        kind: TaskMgmtKind,
+    },
 }

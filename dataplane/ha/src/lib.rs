@@ -21,8 +21,8 @@ pub mod journal;
 pub mod membership;
 pub mod msg;
 pub mod ranges;
-mod task_mgmt;
 pub mod sim;
+mod task_mgmt;
 pub mod types;
 
 pub use engine::{Engine, Options, PlantedBug};

@@ -119,7 +119,11 @@ mod tests {
         let both: BTreeSet<NodeId> = [NodeId(2), NodeId(3)].into();
         assert_eq!(t.start(op(2), HostTag(8), both.clone(), Time(0)), None);
         assert_eq!(t.acked(op(2), NodeId(2)), None);
-        assert_eq!(t.acked(op(2), NodeId(2)), None, "a duplicate ack changes nothing");
+        assert_eq!(
+            t.acked(op(2), NodeId(2)),
+            None,
+            "a duplicate ack changes nothing"
+        );
         assert_eq!(t.acked(op(9), NodeId(3)), None, "unknown id");
         assert_eq!(t.acked(op(2), NodeId(3)), Some(HostTag(8)));
         assert!(t.is_empty());

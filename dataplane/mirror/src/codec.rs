@@ -724,8 +724,8 @@ pub fn decode_frame<'a>(frame: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
         msg_type::COMMIT_QUERY => Msg::CommitQuery { id: r.op()? },
         msg_type::TASK_MGMT => {
             let id = r.op()?;
-            let kind = task_mgmt_kind(r.u8()?)
-                .ok_or_else(|| r.err("unknown task management function"))?;
+            let kind =
+                task_mgmt_kind(r.u8()?).ok_or_else(|| r.err("unknown task management function"))?;
             Msg::TaskMgmt { id, kind }
         }
         msg_type::TASK_MGMT_ACK => Msg::TaskMgmtAck { id: r.op()? },

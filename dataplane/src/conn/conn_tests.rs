@@ -392,6 +392,7 @@ impl H {
             mem_held: 0,
             released: Vec::new(),
             pending_tmf: Vec::new(),
+            next_tmf_slot: 0,
             pending_text: None,
             text_in: None,
             local_addr: None,

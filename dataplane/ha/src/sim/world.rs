@@ -233,8 +233,13 @@ struct Node {
 #[derive(Clone, Debug)]
 enum Kind {
     Read,
-    Write { value: u64 },
-    Caw { expect: u64, value: u64 },
+    Write {
+        value: u64,
+    },
+    Caw {
+        expect: u64,
+        value: u64,
+    },
     Flush,
     /// LOGICAL UNIT RESET; `watch` is filled when it reaches the engine (see
     /// `check_task_mgmt`).
