@@ -147,6 +147,12 @@ pub struct HaView {
     /// (`driver::leased_when_heard`).
     #[serde(skip)]
     pub served_at: Option<std::time::Instant>,
+    /// Until when the authority's last answer leased this node, on this clock: the start of
+    /// the exchange whose report the lease counts from, plus the lease. The node's own lease
+    /// ends no earlier, and the authority's record of it later still
+    /// (`driver::leased_when_heard`).
+    #[serde(skip)]
+    pub leased_until: Option<std::time::Instant>,
     /// Three data nodes under node majority: the node whose authority this node follows
     /// has been silent for longer than a lease plus margin (announced in heartbeats: this
     /// node's vote for a takeover).

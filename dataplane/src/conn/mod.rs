@@ -216,7 +216,7 @@ impl Connection {
             .map(|t| t.iqn.as_str())
     }
 
-    pub fn poll(&mut self, ctx: &mut dyn ConnEnv) -> PollResult {
+    pub fn poll(&mut self, ctx: &mut impl ConnEnv) -> PollResult {
         let mut work = 0;
         let mut closed = false;
         if self.core.phase != Phase::Closing {
@@ -250,7 +250,7 @@ impl Connection {
     }
 
     /// Continues a direct receive; returns (bytes received, still in progress).
-    fn direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<(usize, bool)> {
+    fn direct_receive(&mut self, ctx: &mut impl ConnEnv) -> io::Result<(usize, bool)> {
         let Some(mut d) = self.direct else {
             return Ok((0, false));
         };
@@ -285,7 +285,7 @@ impl Connection {
 
     /// If the next PDU is a large Data-Out whose data has not all arrived, accepts its
     /// header and switches to receiving its payload straight into the task buffer.
-    fn start_direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> bool {
+    fn start_direct_receive(&mut self, ctx: &mut impl ConnEnv) -> bool {
         let limits = self.core.limits;
         let Some(p) = self.rx.peek_partial(&limits) else {
             return false;
@@ -318,7 +318,7 @@ impl Connection {
         true
     }
 
-    fn read_and_handle(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<usize> {
+    fn read_and_handle(&mut self, ctx: &mut impl ConnEnv) -> io::Result<usize> {
         let mut work = 0;
         if self.direct.is_some() {
             let (n, pending) = self.direct_receive(ctx)?;
@@ -372,12 +372,12 @@ impl Connection {
         Ok(work + handled)
     }
 
-    fn flush(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<()> {
+    fn flush(&mut self, ctx: &mut impl ConnEnv) -> io::Result<()> {
         self.core.flush(ctx, self.transport.as_mut())
     }
 
     /// Ends the connection: the session (single connection per session) goes with it.
-    fn close(&mut self, ctx: &mut dyn ConnEnv) {
+    fn close(&mut self, ctx: &mut impl ConnEnv) {
         self.transport.shutdown();
         self.core.teardown(ctx);
     }
@@ -388,14 +388,14 @@ impl Connection {
     }
 
     /// Forced close from another thread's request (reinstatement, target removal).
-    pub fn kill(&mut self, ctx: &mut dyn ConnEnv) {
+    pub fn kill(&mut self, ctx: &mut impl ConnEnv) {
         tracing::info!(conn = self.id, peer = %self.core.peer, "closing connection on request");
         self.close(ctx);
     }
 
     pub fn on_io_complete(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         c: tandem_bdev::Completion,
     ) {
@@ -414,7 +414,7 @@ impl TaskBuffers for TaskTable {
 
 impl ConnCore {
     /// Writes what the transport takes; frees the tasks whose last PDU has left.
-    fn flush(&mut self, ctx: &mut dyn ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
+    fn flush(&mut self, ctx: &mut impl ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
         let mut released = std::mem::take(&mut self.released);
         let r = self.tx.flush(transport, &self.tasks, &mut released);
         for slot in released.drain(..) {
@@ -431,7 +431,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_event(&mut self, ctx: &mut dyn ConnEnv, ev: FrameEvent, bytes: &[u8]) {
+    fn handle_event(&mut self, ctx: &mut impl ConnEnv, ev: FrameEvent, bytes: &[u8]) {
         match ev {
             FrameEvent::Pdu(frame) => {
                 let data = &bytes[frame.data.clone()];
@@ -457,7 +457,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_pdu(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    fn handle_pdu(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let view = Bhs::new_unchecked(&bhs[..]);
         let Some(op) = view.opcode() else {
             tracing::warn!(
@@ -578,7 +578,7 @@ impl ConnCore {
         None
     }
 
-    fn timers(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+    fn timers(&mut self, ctx: &mut impl ConnEnv) -> usize {
         match self.phase {
             Phase::Login => {
                 if ctx.now().duration_since(self.created) > ctx.shared().timers.login_timeout {
@@ -610,7 +610,7 @@ impl ConnCore {
         }
     }
 
-    fn teardown(&mut self, ctx: &mut dyn ConnEnv) {
+    fn teardown(&mut self, ctx: &mut impl ConnEnv) {
         self.phase = Phase::Closing;
         let slots: Vec<usize> = self.tasks.slots().collect();
         for slot in slots {

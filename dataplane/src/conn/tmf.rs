@@ -35,7 +35,7 @@ const TMF_SLOT_MASK: usize = 0x7fff_ffff;
 const FUNCTION_REJECTED: u8 = 255;
 
 impl ConnCore {
-    pub(super) fn on_tmf(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_tmf(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match TaskMgmtRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -172,7 +172,7 @@ impl ConnCore {
     /// is a transition: a task that has not reached the device is freed at once; one in I/O
     /// becomes `Aborted` and is freed by its last completion; one already answered
     /// (`Responding`) is not aborted: its response is on the way.
-    fn abort_slots(&mut self, ctx: &mut dyn ConnEnv, slots: Vec<usize>) -> Vec<usize> {
+    fn abort_slots(&mut self, ctx: &mut impl ConnEnv, slots: Vec<usize>) -> Vec<usize> {
         let mut waiting = Vec::new();
         for slot in slots {
             let Some(t) = self.tasks.get_mut(slot) else {

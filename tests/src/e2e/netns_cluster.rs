@@ -24,7 +24,8 @@ pub const HEARTBEAT_PORT: u16 = 7200;
 // The loopback cluster's short HA timings (a lost partner is decided in about 1.3 s after the
 // engine notices it), its way of finding the release binaries and its polling helper serve
 // here too.
-pub use super::cluster::{binary, wait_until, HA_FLAGS};
+pub use super::cluster::{alive, binary, kill9, wait_until, HA_FLAGS};
+pub use nix::sys::signal::Signal;
 
 /// One `tandem-control` in a member's namespace.
 pub struct ClusterNode {
@@ -103,6 +104,13 @@ impl ClusterNode {
         )
         .expect("start tandem-control in its namespace");
         let t0 = Instant::now();
+        self.wait_started(topo);
+        eprintln!("{}: control service up in {:?}", self.name, t0.elapsed());
+    }
+
+    /// Waits for the API (and, on a data node, the data plane and first portal, seen from
+    /// the host).
+    fn wait_started(&self, topo: &Topology) {
         let witness = self.is_witness();
         wait_until(
             &format!("{}: API up (and data plane running)", self.name),
@@ -124,7 +132,74 @@ impl ClusterNode {
                 },
             );
         }
-        eprintln!("{}: control service up in {:?}", self.name, t0.elapsed());
+    }
+
+    /// The name of this node's control service among the topology's processes.
+    pub fn control_process(&self) -> String {
+        format!("control-{}", self.name)
+    }
+
+    /// The control service's pid while it runs.
+    pub fn control_pid(&self, topo: &Topology) -> Option<i32> {
+        topo.pid(&self.control_process()).map(|p| p as i32)
+    }
+
+    /// The pid of the data plane the control service started last (its pid file), if that
+    /// process still exists.
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("dataplane.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// kill -9 of the control service only (its data plane, a separate process, keeps
+    /// running). Returns the instant of the kill.
+    pub fn kill_control(&self, topo: &mut Topology) -> Instant {
+        let t = Instant::now();
+        topo.kill(&self.control_process(), Duration::ZERO)
+            .expect("kill the control service");
+        t
+    }
+
+    /// kill -9 of the data plane only (the control service keeps running and restarts it).
+    /// Returns the killed pid and the instant of the kill.
+    pub fn kill_dataplane(&self) -> (i32, Instant) {
+        let pid = self.dataplane_pid().expect("a running data plane");
+        let t = Instant::now();
+        kill9(pid);
+        (pid, t)
+    }
+
+    /// Starts the control service again with the same command line (after a kill) and
+    /// waits for its API and data plane as [`ClusterNode::start`] does.
+    pub fn restart(&self, topo: &mut Topology) {
+        let t0 = Instant::now();
+        topo.restart(&self.control_process(), Duration::ZERO)
+            .expect("restart the control service");
+        self.wait_started(topo);
+        eprintln!(
+            "{}: control service restarted in {:?}",
+            self.name,
+            t0.elapsed()
+        );
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT of the whole node: its control service and its data
+    /// plane. The pids signalled.
+    pub fn signal_node(&self, topo: &Topology, sig: Signal) -> Vec<i32> {
+        let pids: Vec<i32> = self
+            .control_pid(topo)
+            .into_iter()
+            .chain(self.dataplane_pid())
+            .collect();
+        for &pid in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .unwrap_or_else(|e| panic!("signal {sig:?} to {pid}: {e}"));
+        }
+        pids
     }
 
     pub fn token_file(&self) -> PathBuf {

@@ -122,6 +122,8 @@ struct Control {
     call: Option<(u64, u64, u64)>,
     /// `HaView::served_at`: the last report that found the data plane serving (local ns).
     served_at: Option<u64>,
+    /// `HaView::leased_until`: the report's time plus the lease of the last answer.
+    leased_until: Option<u64>,
 }
 
 /// The data plane's engine, reduced to what the vote decides: its configuration, its
@@ -592,6 +594,7 @@ impl<'a> World<'a> {
             last_answer: None,
             call: None,
             served_at: None,
+            leased_until: None,
         });
     }
 
@@ -892,6 +895,8 @@ impl<'a> World<'a> {
         engine.on_config(&g.config);
         if let Some(d) = g.lease_duration_ns {
             engine.on_lease(g.config.epoch, report_at.saturating_add(d));
+            let c = self.parts[p].control.as_mut().expect("alive");
+            c.leased_until = Some(report_at.saturating_add(d));
         }
     }
 
@@ -947,8 +952,9 @@ impl<'a> World<'a> {
         // `driver::leased_when_heard`.
         let half_margin = u64::try_from((self.settings.margin / 2).as_nanos()).unwrap_or(u64::MAX);
         let c = self.parts[p].control.as_ref().expect("alive");
-        let leased_when_last_heard = match (last, c.served_at) {
-            (Some(last), Some(served)) => served.saturating_add(half_margin) >= last,
+        let held = crate::ha::driver::leased_when(c.served_at, c.leased_until);
+        let leased_when_last_heard = match (last, held) {
+            (Some(last), Some(held)) => held.saturating_add(half_margin) >= last,
             _ => false,
         };
         let c = self.parts[p].control.as_ref().expect("alive");
