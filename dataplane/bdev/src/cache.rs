@@ -1322,6 +1322,7 @@ impl BdevChannel for CacheChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
+            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
         }
     }
 

@@ -631,6 +631,7 @@ impl BdevChannel for FileChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
+            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
         }
         if let Err(e) = self.ring.flush_submissions() {
             tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");

@@ -22,6 +22,7 @@ pub mod membership;
 pub mod msg;
 pub mod ranges;
 pub mod sim;
+mod task_mgmt;
 pub mod types;
 
 pub use engine::{Engine, Options, PlantedBug};

@@ -137,6 +137,32 @@ fn three_nodes() {
     run_seeds(Shape::ThreeNodes, seeds());
 }
 
+/// Clients also send LOGICAL UNIT RESETs: a reset answered GOOD was applied by every
+/// partner that stayed synchronized (checked in the world), and the data contract holds.
+#[test]
+fn resets_reach_every_synchronized_partner() {
+    let count = (seeds() / 5).max(50);
+    for shape in [Shape::TwoNodes, Shape::TwoNodesWitness, Shape::ThreeNodes] {
+        let (mut good, mut checked) = (0, 0);
+        for seed in 0..count {
+            let mut p = SimParams::new(shape, seed);
+            p.task_mgmt = true;
+            match run(&p) {
+                Ok(r) => {
+                    good += r.resets_good;
+                    checked += r.resets_checked;
+                }
+                Err(report) => panic!("{report}"),
+            }
+        }
+        eprintln!(
+            "shape {}: {count} seeds with resets: {good} resets GOOD, {checked} checked against every partner",
+            shape.name()
+        );
+        assert!(checked > count, "too few resets checked: {checked}");
+    }
+}
+
 /// First failing seed below `limit`, if any.
 fn first_failure(p: SimParams, limit: u64) -> Option<(u64, String)> {
     (0..limit).find_map(|seed| {

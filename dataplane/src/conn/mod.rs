@@ -117,6 +117,8 @@ pub(crate) struct ConnCore {
     mem_held: u64,
     released: Vec<usize>,
     pending_tmf: Vec<tmf::PendingTmf>,
+    /// Counter for the completion slots of task management functions' device parts.
+    next_tmf_slot: usize,
     pending_text: Option<misc::PendingText>,
     text_in: Option<misc::CollectingText>,
     local_addr: Option<std::net::SocketAddr>,
@@ -175,6 +177,7 @@ impl Connection {
                 mem_held: 0,
                 released: Vec::new(),
                 pending_tmf: Vec::new(),
+                next_tmf_slot: 0,
                 pending_text: None,
                 text_in: None,
                 local_addr,

@@ -924,6 +924,9 @@ impl ConnCore {
     }
 
     pub(super) fn on_io_complete(&mut self, ctx: &mut impl ConnEnv, slot: usize, c: Completion) {
+        if slot >= super::tmf::TMF_SLOT_BASE {
+            return self.tmf_device_done(slot, c);
+        }
         let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
         let Some(t) = self.tasks.get_mut(slot) else {
             if let Some(b) = c.buf {
