@@ -214,7 +214,7 @@ impl Connection {
     }
 
     pub fn poll(&mut self, ctx: &mut dyn ConnEnv) -> PollResult {
-        let mut work = 0;
+        let mut work = self.transport.progress();
         let mut closed = false;
         if self.core.phase != Phase::Closing {
             match self.read_and_handle(ctx) {
@@ -233,7 +233,10 @@ impl Connection {
             tracing::debug!(conn = self.id, error = %e, "connection write failed");
             closed = true;
         }
-        if self.core.phase == Phase::Closing && self.core.tx.is_empty() {
+        if self.core.phase == Phase::Closing
+            && self.core.tx.is_empty()
+            && !self.transport.has_unsent()
+        {
             closed = true;
         }
         if closed {
