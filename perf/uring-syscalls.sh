@@ -58,7 +58,8 @@ run_one() { # label binary extra workload
     python3 - "$label" "$wl" "$out" "$stat" <<'EOF'
 import json, sys
 label, wl, out, stat = sys.argv[1:]
-j = json.load(open(out))["jobs"][0]
+txt = open(out).read()
+j = json.loads(txt[txt.index("{"):])["jobs"][0]
 ios = j["read"]["total_ios"] + j["write"]["total_ios"]
 iops = j["read"]["iops"] + j["write"]["iops"]
 c = {}

@@ -330,7 +330,10 @@ impl ReactorCtx {
     /// completions already wait (then the reactor must poll again instead of sleeping).
     pub fn ring_ready_to_sleep(&self) -> bool {
         self.enter_ring();
-        self.ring.as_ref().map_or(true, |r| !r.prepare_sleep())
+        match &self.ring {
+            Some(r) => !r.prepare_sleep(),
+            None => true,
+        }
     }
 
     /// The reactor ring (for connections doing their socket I/O through it).

@@ -692,8 +692,11 @@ impl BdevChannel for FileChannel {
         self.in_poll = true;
         if self.private {
             let _ = self.owner.ring().prepare_sleep();
-            self.enter();
         }
+        // On a shared ring the reactor entered it just before polling its channels, so this
+        // is no system call unless something was queued since (a cache layer's write-back,
+        // or a caller polling in a loop of its own, as a dropping cache channel does).
+        self.enter();
         let mut reaped = std::mem::take(&mut self.reaped);
         self.owner.take(&mut reaped);
         for c in reaped.drain(..) {

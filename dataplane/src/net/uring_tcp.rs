@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn echoes_large_data_in_both_directions_and_sees_the_close() {
         let ring = SharedRing::new(16).unwrap();
-        let (mut peer, sock) = pair();
+        let (peer, sock) = pair();
         let mut t = UringTcp::new(sock, &ring);
         // Peer -> transport: more than one receive buffer.
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
