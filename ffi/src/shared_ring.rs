@@ -24,13 +24,19 @@ struct Hub {
     scratch: Vec<UringCompletion>,
     /// Completions sorted into owners' queues and not yet taken.
     queued: usize,
+    /// Whether the eventfd may have been signalled since it was last cleared: a completion
+    /// was reaped (every posted completion signals it) or `notify` was called. If not, and
+    /// the completion ring is empty, clearing it would be a wasted `read`.
+    maybe_signalled: bool,
 }
 
 impl Hub {
     /// Moves every ready completion into its owner's queue (no system call).
     fn sort_completions(&mut self) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.ring.reap(&mut scratch);
+        if self.ring.reap(&mut scratch) > 0 {
+            self.maybe_signalled = true;
+        }
         for c in scratch.drain(..) {
             if let Some(q) = self.queues.get_mut(&((c.user_data >> 32) as u32)) {
                 q.push_back(c);
@@ -69,6 +75,7 @@ impl SharedRing {
                 queues: HashMap::new(),
                 next_owner: 1,
                 queued: 0,
+                maybe_signalled: false,
                 scratch: Vec::with_capacity(entries as usize * 2),
             })),
             efd: Arc::new(efd),
@@ -115,18 +122,27 @@ impl SharedRing {
 
     /// Makes [`SharedRing::wake_fd`] readable (work finished outside the ring).
     pub fn notify(&self) {
+        self.lock().maybe_signalled = true;
         let _ = self.efd.notify();
     }
 
-    /// Readies the ring for the reactor's sleep: clears the wake fd, then tells whether
-    /// completions are already waiting (in the completion ring, or sorted into an owner's
-    /// queue by another owner's `take` after that owner looked), in which case the reactor
-    /// must poll instead of sleeping. Clearing first means a completion posted after the
-    /// check makes the fd readable again, so none is slept through.
+    /// Readies the ring for the reactor's sleep. True if completions are already waiting (in
+    /// the completion ring, or sorted into an owner's queue by another owner's `take` after
+    /// that owner looked): the reactor must poll instead of sleeping. Otherwise clears the
+    /// wake fd (only if it may be readable: a `read` saved per sleep when nothing completed),
+    /// so a completion posted from now on makes it readable and none is slept through.
     pub fn prepare_sleep(&self) -> bool {
-        self.efd.drain();
         let mut hub = self.lock();
-        hub.queued > 0 || hub.ring.completions_ready()
+        if hub.ring.completions_ready() || hub.queued > 0 {
+            return true;
+        }
+        if hub.maybe_signalled {
+            hub.maybe_signalled = false;
+            self.efd.drain();
+            // A completion posted between the check above and the drain is seen here.
+            return hub.ring.completions_ready();
+        }
+        false
     }
 
     /// `io_uring_enter` calls made so far.
