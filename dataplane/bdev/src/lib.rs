@@ -184,6 +184,15 @@ pub trait Bdev: Send + Sync {
     fn info(&self) -> DeviceInfo;
     /// A new channel for the calling reactor thread.
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError>;
+    /// A new channel whose io_uring work goes through `ring`, the calling reactor's ring
+    /// shared by all its devices and sockets. The reactor then owes the channel one
+    /// [`SharedRing::enter`](tandem_ffi::SharedRing::enter) before every sleep and after every
+    /// `submit` before it polls again (it enters once per pass for everyone). Devices
+    /// without io_uring work ignore the ring.
+    fn channel_on(&self, ring: &tandem_ffi::SharedRing) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let _ = ring;
+        self.channel()
+    }
     /// Grows the device online to `new_num_blocks` (shrinking is refused).
     fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError>;
     /// Writes back any cached data and syncs the backing store. Blocks the calling thread;

@@ -92,6 +92,9 @@ pub struct Connection {
     rx: RxBuffer,
     direct: Option<DirectRx>,
     pdus_seen: usize,
+    /// Since when a closing connection waits for its transport to send what it took (a
+    /// queued transport, `uring_tcp`); bounded, so a peer that never reads cannot keep it.
+    closing_unsent_since: Option<Instant>,
     core: ConnCore,
 }
 
@@ -160,6 +163,7 @@ impl Connection {
             rx: RxBuffer::new(RxBuffer::frame_max(&limits)),
             direct: None,
             pdus_seen: 0,
+            closing_unsent_since: None,
             core: ConnCore {
                 id,
                 reactor,
@@ -217,7 +221,7 @@ impl Connection {
     }
 
     pub fn poll(&mut self, ctx: &mut impl ConnEnv) -> PollResult {
-        let mut work = 0;
+        let mut work = self.transport.progress();
         let mut closed = false;
         if self.core.phase != Phase::Closing {
             match self.read_and_handle(ctx) {
@@ -237,7 +241,15 @@ impl Connection {
             closed = true;
         }
         if self.core.phase == Phase::Closing && self.core.tx.is_empty() {
-            closed = true;
+            if !self.transport.has_unsent() {
+                closed = true;
+            } else {
+                let since = *self.closing_unsent_since.get_or_insert(ctx.now());
+                if ctx.now().duration_since(since) > ctx.shared().timers.nop_timeout {
+                    tracing::debug!(conn = self.id, "closing with bytes the peer never took");
+                    closed = true;
+                }
+            }
         }
         if closed {
             self.close(ctx);
