@@ -921,17 +921,14 @@ impl<P: Clone> Engine<P> {
     /// Send an ordered write to every target.
     fn mirror(&mut self, id: OpId, data: P, out: &mut Vec<Output<P>>) {
         let op = self.seq.get(&id).expect("op exists");
-        let other_copy_at_origin = id.origin != self.me
-            && !op.targets.contains(&id.origin)
-            && matches!(
-                op.kind,
-                SeqKind::Write { .. } | SeqKind::CompareAndWrite { .. }
-            );
-        // Reads must wait for `Commit` wherever another replica could serve a read of this
-        // range before every copy has it. A syncing target counts too: it may become
-        // synchronized while the write is still in flight.
-        let readable_copies = op.targets.len() + usize::from(other_copy_at_origin);
-        let commit_follows = readable_copies > 1;
+        // Reads on a target wait for `Commit`, even when it is the only other copy: a read
+        // there must not return a write before the sequencer's own copy has it too. If the
+        // sequencer crashed before its local write completed, and the target then restarted
+        // (losing its uncertain regions with its RAM journal) while cut from the authority,
+        // the sequencer's copy would be the source of its resync and a value already read
+        // would be gone (contract b; simulator 2w seed 1865 with resync pacing). The cost
+        // is a read of a block whose write is still in flight waiting for one more message.
+        let commit_follows = true;
         let range = op.range;
         let targets = op.targets.clone();
         for &t in &targets {
