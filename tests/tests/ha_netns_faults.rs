@@ -41,10 +41,9 @@ use tandem_tests::e2e::host_io::{
     Writer, WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
-    alive, kill9, link, wait_until, ClusterNode, LogsOnFailure, Signal, HEARTBEAT_PORT, SYNC_PORT,
+    alive, kill9, wait_until, ClusterNode, Signal, Strategy, TwoNodeCluster,
 };
-use tandem_tests::e2e::procs::scratch_dir;
-use tandem_tests::netns::{self, Member, Topology};
+use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
 const SIZE: usize = 32 << 20;
@@ -62,128 +61,26 @@ const LEASE_END: Duration = Duration::from_secs(3);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Strategy {
-    Heartbeat,
-    WitnessNode,
+/// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
+struct Cluster(TwoNodeCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = TwoNodeCluster;
+    fn deref(&self) -> &TwoNodeCluster {
+        &self.0
+    }
 }
 
-/// The topology, the nodes and their data; dropped in field order: logs printed on failure,
-/// processes and namespaces torn down, then the data removed.
-struct Cluster {
-    _logs: LogsOnFailure,
-    topo: Topology,
-    a: ClusterNode,
-    b: ClusterNode,
-    witness: Option<ClusterNode>,
-    _root: tempfile::TempDir,
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut TwoNodeCluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     /// None (with the reason printed) when network namespaces cannot be made here.
     fn start(strategy: Strategy) -> Option<Cluster> {
-        if let Some(why) = netns::unavailable() {
-            eprintln!("SKIP: {why}");
-            return None;
-        }
-        let with_witness = strategy == Strategy::WitnessNode;
-        let mut topo = match Topology::builder()
-            .nodes(2)
-            .witness(with_witness)
-            .hosts(1)
-            .portals(2)
-            .build()
-        {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("SKIP: cannot create the network namespaces: {e}");
-                return None;
-            }
-        };
-        let root = tempfile::Builder::new()
-            .prefix("tandem-ha-netns-faults")
-            .tempdir_in(scratch_dir())
-            .unwrap();
-        let a = ClusterNode::new(&topo, root.path(), A, "node-a");
-        let b = ClusterNode::new(&topo, root.path(), B, "node-b");
-        let witness =
-            with_witness.then(|| ClusterNode::new(&topo, root.path(), Member::Witness, "witness"));
-        let mut logs = vec![a.log.clone(), b.log.clone()];
-        logs.extend(witness.iter().map(|w| w.log.clone()));
-        eprintln!("topology {} (namespaces {}-*)", topo.id(), topo.id());
-        a.start(&mut topo);
-        b.start(&mut topo);
-        if let Some(w) = &witness {
-            w.start(&mut topo);
-        }
-        let c = Cluster {
-            _logs: LogsOnFailure(logs),
-            topo,
-            a,
-            b,
-            witness,
-            _root: root,
-        };
-        c.configure(strategy);
-        Some(c)
-    }
-
-    /// device create, server add both ways (and the witness), replica add with two sync
-    /// links and one heartbeat link; waits until both are synchronized.
-    fn configure(&self, strategy: Strategy) {
-        let (t, a, b) = (&self.topo, &self.a, &self.b);
-        a.ok(t, &["device", "create", DEVICE, "--size", "32MiB"]);
-        let add = |on: &ClusterNode, other: &ClusterNode| {
-            let api = other.api.to_string();
-            let token = other.token_file().display().to_string();
-            on.ok(
-                t,
-                &["server", "add", &other.name, &api, "--token-file", &token],
-            );
-        };
-        add(a, b);
-        add(b, a);
-        if let Some(w) = &self.witness {
-            add(a, w);
-            add(b, w);
-        }
-        let s0 = link(t, A, B, "sync0", SYNC_PORT);
-        let s1 = link(t, A, B, "sync1", SYNC_PORT);
-        let hb = link(t, A, B, "hb0", HEARTBEAT_PORT);
-        let mut args = vec![
-            "replica",
-            "add",
-            DEVICE,
-            "--partner",
-            "node-b",
-            "--sync-link",
-            &s0,
-            "--sync-link",
-            &s1,
-            "--heartbeat-link",
-            &hb,
-            "--init",
-            "zeroed",
-        ];
-        match strategy {
-            Strategy::Heartbeat => {
-                args.extend(["--failover", "heartbeat", "--priority", "first"]);
-            }
-            Strategy::WitnessNode => {
-                args.extend(["--failover", "node-majority", "--witness", "witness"]);
-            }
-        }
-        a.ok(t, &args);
-        let took = wait_until(
-            "both nodes serving and synchronized after replica add",
-            Duration::from_secs(60),
-            || self.both_synchronized(),
-        );
-        eprintln!("both synchronized {took:?} after replica add");
-    }
-
-    fn both_synchronized(&self) -> bool {
-        self.a.synchronized(&self.topo, DEVICE, 2) && self.b.synchronized(&self.topo, DEVICE, 2)
+        TwoNodeCluster::start(strategy, "tandem-ha-netns-faults", DEVICE, "32MiB").map(Cluster)
     }
 
     fn path(&self, n: &ClusterNode) -> PathSpec {
@@ -308,9 +205,10 @@ impl Cluster {
 
     /// kill -9 of a whole node: control service and data plane.
     fn kill_node(&mut self, which: Member) -> Instant {
-        let n = if which == A { &self.a } else { &self.b };
+        let c = &mut self.0;
+        let n = if which == A { &c.a } else { &c.b };
         let dp = n.dataplane_pid();
-        let t = n.kill_control(&mut self.topo);
+        let t = n.kill_control(&mut c.topo);
         if let Some(dp) = dp {
             kill9(dp);
             wait_until(
@@ -417,7 +315,7 @@ fn control_service_killed_on_authority_host() {
     let probe_a = c.prober(&c.a, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(1500));
     let dp_before = c.a.dataplane_pid().expect("node-a's data plane");
-    let t_kill = c.a.kill_control(&mut c.topo);
+    let t_kill = c.0.a.kill_control(&mut c.0.topo);
     eprintln!("kill -9 of node-a's control service only (authority host); its data plane {dp_before} keeps running");
     let seen = poll_state(&c, &c.b, "node-a", Duration::from_secs(30), |s| {
         s == "not-synchronized"
@@ -431,7 +329,7 @@ fn control_service_killed_on_authority_host() {
     );
     c.b.ok(&c.topo, &["replica", "list", DEVICE]);
     let t_restart = Instant::now();
-    c.a.restart(&mut c.topo);
+    c.0.a.restart(&mut c.0.topo);
     let resync = wait_until(
         "both synchronized after node-a's control service restarts",
         MAX_RESYNC,
@@ -808,17 +706,17 @@ fn witness_down_then_partner_down() {
     let probe_a = c.prober(&c.a, Duration::from_millis(100));
     let probe_b = c.prober(&c.b, Duration::from_millis(100));
     std::thread::sleep(Duration::from_millis(1500));
-    let witness = c.witness.as_ref().unwrap();
-    let t_w = witness.kill_control(&mut c.topo);
+    let witness = c.0.witness.as_ref().unwrap();
+    let t_w = witness.kill_control(&mut c.0.topo);
     eprintln!("kill -9 of the witness");
     std::thread::sleep(Duration::from_secs(5));
     let t_b = c.kill_node(B);
     std::thread::sleep(Duration::from_secs(4));
     let a_now = c.serves(&c.a);
     let t_heal = Instant::now();
-    let witness = c.witness.as_ref().unwrap();
-    witness.restart(&mut c.topo);
-    c.b.restart(&mut c.topo);
+    let witness = c.0.witness.as_ref().unwrap();
+    witness.restart(&mut c.0.topo);
+    c.0.b.restart(&mut c.0.topo);
     let resync = wait_until(
         "both synchronized after the witness and node-b return",
         MAX_RESYNC,
@@ -905,15 +803,15 @@ fn partner_down_then_witness_down() {
     });
     let t_a_alone = seen.last().unwrap().0;
     std::thread::sleep(Duration::from_secs(3));
-    let witness = c.witness.as_ref().unwrap();
-    let t_w = witness.kill_control(&mut c.topo);
+    let witness = c.0.witness.as_ref().unwrap();
+    let t_w = witness.kill_control(&mut c.0.topo);
     eprintln!("kill -9 of the witness");
     std::thread::sleep(Duration::from_secs(4));
     let a_now = c.serves(&c.a);
     let t_heal = Instant::now();
-    let witness = c.witness.as_ref().unwrap();
-    witness.restart(&mut c.topo);
-    c.b.restart(&mut c.topo);
+    let witness = c.0.witness.as_ref().unwrap();
+    witness.restart(&mut c.0.topo);
+    c.0.b.restart(&mut c.0.topo);
     let resync = wait_until(
         "both synchronized after the witness and node-b return",
         MAX_RESYNC,
