@@ -23,6 +23,11 @@ export TANDEM_BIN_DIR="$PWD/target/release"
 step "cargo test (unit + end-to-end)"
 cargo test --release --workspace --no-fail-fast -- --test-threads=2
 
+# Ignored by default because they take seconds, not milliseconds: the block device's
+# overlap soak and throughput smoke (about 15 s together).
+step "cargo test, long block-device tests (--ignored)"
+cargo test --release -p tandem-bdev -- --ignored
+
 if [[ -x fuzz/smoke.sh ]]; then
   step "fuzz smoke"
   fuzz/smoke.sh
