@@ -152,12 +152,15 @@ impl Node {
     pub(crate) async fn connected(&self, state: &mut ConfigState, client: IpcClient) {
         state.applied = Some(state.config.clone());
         *self.ipc.lock().await = Some(client);
+        self.ha.dataplane_changed();
     }
 
     pub(crate) async fn disconnected(&self) {
         let mut st = self.state.lock().await;
         st.applied = None;
         *self.ipc.lock().await = None;
+        // The exited data plane's replication reports must not be shown as the new one's.
+        self.ha.dataplane_changed();
     }
 
     pub fn dataplane_info(&self) -> DataplaneInfo {

@@ -123,6 +123,8 @@ pub async fn run(node: Arc<Node>, device: String) {
             };
             // Before the call: the report's `serving` holds at some instant after this.
             let asked_at = Instant::now();
+            // A report of a data plane that has since exited is not shown.
+            let asked_in = node.ha.dataplane_incarnation();
             match node.query(call).await {
                 Ok(Response::Ha(report)) => {
                     pending.clear();
@@ -137,7 +139,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                         if report.status.serving {
                             v.served_at = Some(asked_at);
                         }
-                        v.status = Some(report.status);
+                        node.ha.store_report(v, asked_in, report.status);
                         v.exchanged_at = Some(Instant::now());
                     });
                 }

@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod authority_host;
+pub mod dataplane_reports;
 pub mod driver;
 pub mod echo;
 pub mod file_witness;
@@ -203,6 +204,8 @@ pub struct HaState {
     pub(crate) votes: Mutex<HashMap<(String, u8), Instant>>,
     /// File-share witness holds, by device (`file_witness_task`).
     pub(crate) witness: file_witness_task::Holds,
+    /// Which data plane the views' reports came from (`dataplane_reports`).
+    pub(crate) dataplane: dataplane_reports::Incarnation,
 }
 
 impl HaState {
