@@ -112,12 +112,25 @@ fn scenario(second_failure: bool) {
     kill9(old_pid);
     eprintln!("kill -9 of node-b's data plane (pid {old_pid})");
     let mut seen_not_sync = false;
+    // node-b's own row, read while no data plane ran there (its status said `restarting`
+    // before and after the read): the killed data plane's report must not be shown.
+    let mut own_rows_while_down = Vec::new();
+    let restarting = |s: &Option<serde_json::Value>| {
+        s.as_ref()
+            .is_some_and(|s| s["dataplane"]["state"] == "restarting")
+    };
     let restarted = wait_until(
         "node-b's supervisor restarts its data plane",
         Duration::from_secs(30),
         || {
             seen_not_sync |= a.state_of("node-b").is_some_and(|s| s != "synchronized");
-            b.status().is_some_and(|s| {
+            let before = b.status();
+            let own = b.state_of("node-b");
+            let after = b.status();
+            if restarting(&before) && restarting(&after) {
+                own_rows_while_down.push(own);
+            }
+            after.is_some_and(|s| {
                 s["dataplane"]["state"] == "running"
                     && s["dataplane"]["pid"]
                         .as_i64()
@@ -126,8 +139,14 @@ fn scenario(second_failure: bool) {
         },
     );
     eprintln!(
-        "node-b's data plane restarted {restarted:?} after the kill: {}",
+        "node-b's data plane restarted {restarted:?} after the kill: {}; node-b's own replica state while it had none: {own_rows_while_down:?}",
         b.status().unwrap()["dataplane"]
+    );
+    assert!(
+        own_rows_while_down
+            .iter()
+            .all(|s| s.as_deref() == Some("unknown")),
+        "node-b listed itself {own_rows_while_down:?} while its data plane was down (the killed data plane's report)"
     );
     let resync = wait_until(
         "both synchronized after node-b's data plane restart",
