@@ -20,6 +20,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# fio with the libiscsi I/O engine (Debian's fio has none), cached in /var/cache/tandem-perf:
+# the second, verifying host of the HA namespace tests (tests/tests/ha_netns.rs, which fail
+# without it) and the benchmarks' fio client. Built once from Debian's fio source.
+perf/build-fio-libiscsi.sh >/dev/null
+
 # The host lab (QEMU guest) has its own list.
 if [[ -x tests/lab/install-deps.sh ]]; then
   tests/lab/install-deps.sh

@@ -21,12 +21,22 @@
 //! Every scenario prints `MEASURE` lines: the longest write pause at the cut, the time to NOT
 //! READY on the blocked node, the resync time after the links return.
 //!
+//! In the two failover scenarios (2 and 4) fio with the libiscsi engine is a second host
+//! (`e2e::fio`): it writes checksummed blocks (crc32c, each block of an area of its own once,
+//! rate-limited so that the job spans the failure, checks during the job and at its end)
+//! through the node that keeps serving; after the links return, fio reads the area back
+//! through both nodes and checks every block. fio has no multipath (one session, any NOT READY
+//! ends the job), so it writes only through the surviving node: an error there is a failure
+//! of the node that must keep serving. Needs fio built with libiscsi
+//! (`perf/build-fio-libiscsi.sh`); without it these scenarios fail, saying so.
+//!
 //! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
 //! scenarios run one at a time (a lock), so their timings are not disturbed by each other.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tandem_tests::e2e::fio::{self, Fio, SlicedWrite, VerifyJob};
 use tandem_tests::e2e::host_io::{
     first_difference, login, probe_read, Event, Model, Outcome, PathSpec, Prober, Report, Writer,
     WriterSpec,
@@ -48,6 +58,18 @@ const MAX_PAUSE_ONE_LINK: Duration = Duration::from_secs(5);
 const MAX_PAUSE_FAILOVER: Duration = Duration::from_secs(15);
 /// Bound on a resync of the changed regions after the links return.
 const MAX_RESYNC: Duration = Duration::from_secs(60);
+
+/// fio's area (bytes): 16..20 MiB, apart from the writers' areas (below 12.5 MiB).
+const FIO_OFFSET: u64 = 16 << 20;
+const FIO_SIZE: u64 = 4 << 20;
+const FIO_BLOCK: u64 = 4096;
+/// Written in 8 slices (one fio job each, so that a UNIT ATTENTION can be retried).
+const FIO_SLICES: u64 = 8;
+/// 1024 blocks at 200 writes/s: at least 5 s, so writes started before a cut span the
+/// failover.
+const FIO_RATE_IOPS: u32 = 200;
+/// Bound on one fio run (the writing job with its pause, or a read-back).
+const FIO_TIMEOUT: Duration = Duration::from_secs(120);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -156,6 +178,49 @@ impl Cluster {
         out
     }
 
+    /// fio's verify job on its area through `n` (portal 0), seed `seed`.
+    fn fio_job(&self, n: &ClusterNode, seed: u64) -> VerifyJob {
+        VerifyJob {
+            name: format!("verify-{seed}"),
+            filename: fio::iscsi_filename(n.portals[0], &n.iqn(DEVICE), 0),
+            initiator: format!("iqn.2026-11.io.tandem.test:fio-{}", n.name),
+            offset: FIO_OFFSET,
+            size: FIO_SIZE,
+            block_size: FIO_BLOCK,
+            iodepth: 4,
+            rate_iops: Some(FIO_RATE_IOPS),
+            seed,
+        }
+    }
+
+    /// Starts fio's writing slices through `n` from the host's namespace.
+    fn fio_write(&self, fio: &std::path::Path, n: &ClusterNode, seed: u64) -> SlicedWrite {
+        let slices = self.fio_job(n, seed).slices(FIO_SLICES);
+        SlicedWrite::start(fio, &self.topo.ns(HOST), slices, FIO_TIMEOUT)
+    }
+
+    /// fio's read-back of what the slices with `seed` wrote, through each node in turn (one
+    /// fio, one job per slice): every block must pass its check. Then the area, identical
+    /// on both images (checked by `verify_all`), is taken into `model` from node-a's image.
+    fn fio_verify_both(&self, fio: &std::path::Path, seed: u64, model: &mut Model, what: &str) {
+        for n in [&self.a, &self.b] {
+            let slices = self.fio_job(n, seed).slices(FIO_SLICES);
+            let run = Fio::start_jobs(fio, &self.topo.ns(HOST), &slices, true).finish(FIO_TIMEOUT);
+            let t = run.totals();
+            eprintln!(
+                "MEASURE fio read-back through {} {what}: error {}, {} blocks checked in {:?} ({:.0} per second)",
+                n.name, t.error, t.reads, run.took, t.read_iops
+            );
+            run.expect_clean(
+                &format!("read-back through {} {what}", n.name),
+                FIO_SIZE / FIO_BLOCK,
+            );
+        }
+        let image = Self::image(&self.a);
+        let (lo, hi) = (FIO_OFFSET as usize, (FIO_OFFSET + FIO_SIZE) as usize);
+        model.write(FIO_OFFSET / 512, &image[lo..hi]);
+    }
+
     /// Whether `n` answers a READ now (a fresh session): Ack, NotReady, ...
     fn serves(&self, n: &ClusterNode) -> Option<Outcome> {
         let mut c = login(
@@ -191,6 +256,63 @@ fn ms(d: Duration) -> String {
 
 fn opt_ms(d: Option<Duration>) -> String {
     d.map_or("never".into(), ms)
+}
+
+/// The end of fio's writing slices through the node that kept serving: every slice without
+/// error (after retries of UNIT ATTENTION alone), every block written once and checked, and
+/// writes still going on well after the cut (so they did span the failover). Prints the
+/// numbers.
+fn finish_fio(w: SlicedWrite, t_cut: Instant, through: &str) {
+    let started = w.started;
+    let slices = w.finish();
+    for s in &slices {
+        eprintln!(
+            "fio slice {} through {through}: {} run(s), last: {}",
+            s.job.name,
+            s.attempts,
+            s.run.summary.line()
+        );
+    }
+    let retries: u32 = slices.iter().map(|s| s.attempts - 1).sum();
+    let writes: u64 = slices.iter().map(|s| s.run.summary.writes).sum();
+    // Over every run, also those a UNIT ATTENTION ended (the failover's pause is there).
+    let longest = slices
+        .iter()
+        .flat_map(|s| s.failed.iter().chain([&s.run]))
+        .map(|r| r.summary.write_lat_max)
+        .max()
+        .unwrap_or_default();
+    let slowest = slices
+        .iter()
+        .map(|s| s.run.took + s.failed.iter().map(|r| r.took).sum::<Duration>())
+        .max()
+        .unwrap_or_default();
+    let ended = slices.last().map_or(started, |s| s.ended);
+    eprintln!(
+        "MEASURE fio verify writes through {through} across the failure: {} slices, {writes} writes ({:.0} per second over {:?}), longest write {}, slowest slice {} (all its runs), slices written again after a UNIT ATTENTION: {retries}, errors left: {}",
+        slices.len(),
+        writes as f64 / (ended - started).as_secs_f64().max(1e-3),
+        ended - started,
+        ms(longest),
+        ms(slowest),
+        slices.iter().filter(|s| s.run.summary.error != 0).count()
+    );
+    assert_eq!(
+        slices.len() as u64,
+        FIO_SLICES,
+        "fio through {through}: a slice failed for good"
+    );
+    for s in &slices {
+        s.run.expect_clean(
+            &format!("slice {} through {through}", s.job.name),
+            s.job.blocks(),
+        );
+    }
+    assert!(
+        started < t_cut && ended > t_cut + Duration::from_secs(1),
+        "fio's writes through {through} ended {:?} after the cut: they did not span the failover",
+        ended.saturating_duration_since(t_cut)
+    );
 }
 
 // ---- 1. one of two sync links cut under load ----
@@ -286,9 +408,12 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
     let Some(c) = Cluster::start(Strategy::Heartbeat) else {
         return;
     };
+    let fio = fio::locate();
     let mut model = Model::new(SIZE);
     let w = c.multipath_writer((8192, 16384), 2_000_000);
     let probe_b = c.prober(&c.b);
+    // fio through node-a, which keeps serving.
+    let fio_a = c.fio_write(&fio, &c.a, 2);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     cut_networks(&c.topo, B, &["sync0", "sync1"]);
@@ -321,6 +446,7 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
     let r = finish(w, "multipath A+B");
     let probes_b = probe_b.finish();
     model.apply(&r);
+    finish_fio(fio_a, t_cut, "node-a");
 
     let pause = r.longest_pause(t_cut, t_restore);
     let nr_b = probes_b.first(Outcome::NotReady, t_cut);
@@ -371,6 +497,12 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
     assert!(
         pause < MAX_PAUSE_FAILOVER,
         "writes paused {pause:?} at the cut"
+    );
+    c.fio_verify_both(
+        &fio,
+        2,
+        &mut model,
+        "after both sync links cut and restored",
     );
     c.verify_all(&model, "after both sync links cut and restored");
 }
@@ -516,9 +648,12 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     let Some(c) = Cluster::start(Strategy::WitnessNode) else {
         return;
     };
+    let fio = fio::locate();
     let wa = c.single_writer(&c.a, (8192, 4096), 6_000_000);
     let wb = c.single_writer(&c.b, (20_000, 4096), 7_000_000);
     let probe_a = c.prober(&c.a);
+    // fio through node-b, which keeps serving.
+    let fio_b = c.fio_write(&fio, &c.b, 4);
     std::thread::sleep(Duration::from_millis(1500));
     let t_cut = Instant::now();
     cut_peers(&c.topo, A, &[B, Member::Witness]);
@@ -543,6 +678,7 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     std::thread::sleep(Duration::from_millis(1500));
     let (ra, rb) = (finish(wa, "through node-a"), finish(wb, "through node-b"));
     let probes_a = probe_a.finish();
+    finish_fio(fio_b, t_cut, "node-b");
 
     let a_nr = probes_a.first(Outcome::NotReady, t_cut);
     let a_held = ra.longest_command(0, t_cut, Instant::now());
@@ -631,5 +767,6 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     let mut model = Model::new(SIZE);
     model.apply(&ra);
     model.apply(&rb);
+    c.fio_verify_both(&fio, 4, &mut model, "after node-a's isolation and return");
     c.verify_all(&model, "after node-a's isolation and return");
 }

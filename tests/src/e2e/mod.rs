@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod cluster;
 pub mod conformance;
 pub mod cunit;
+pub mod fio;
 pub mod host_io;
 pub mod netns_cluster;
 pub mod procs;
