@@ -27,8 +27,10 @@
 //! through the node that keeps serving; after the links return, fio reads the area back
 //! through both nodes and checks every block. fio has no multipath (one session, any NOT READY
 //! ends the job), so it writes only through the surviving node: an error there is a failure
-//! of the node that must keep serving. Needs fio built with libiscsi
-//! (`perf/build-fio-libiscsi.sh`); without it these scenarios fail, saying so.
+//! of the node that must keep serving. That node still answers a UNIT ATTENTION when its
+//! partner leaves or returns, which a host retries: the area is written in slices, one fio
+//! job each, and a slice ended by a UNIT ATTENTION alone is written again. Needs fio built
+//! with libiscsi (`perf/build-fio-libiscsi.sh`); without it these scenarios fail, saying so.
 //!
 //! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
 //! scenarios run one at a time (a lock), so their timings are not disturbed by each other.
