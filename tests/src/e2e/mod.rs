@@ -8,5 +8,6 @@ pub mod conformance;
 pub mod cunit;
 pub mod host_io;
 pub mod netns_cluster;
+pub mod netns_three;
 pub mod procs;
 pub mod raw;
