@@ -408,7 +408,11 @@ fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeov
     let ids = [a.node_id().unwrap(), b.node_id().unwrap()];
     let h = holder_index(&[&a, &b], &ids, &share).expect("the lock file names a holder");
     let mut model = Model(vec![0u8; SIZE]);
-    let (holder, other) = if h == 0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (holder, other) = if h == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     let (holder_id0, other_id) = (ids[h], ids[1 - h]);
     let (hn, on) = (holder.name.clone(), other.name.clone());
     eprintln!("{hn} holds the lock file; {on}'s share becomes unreachable");
@@ -443,16 +447,16 @@ fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeov
                     .map(|s| format!("{:?}: {s}", t_cut.elapsed())),
             );
         }
-        if let Some(e) = other.ha_view().and_then(|v| v["witness_file_error"].as_str().map(String::from)) {
+        if let Some(e) = other
+            .ha_view()
+            .and_then(|v| v["witness_file_error"].as_str().map(String::from))
+        {
             other_error = Some(e);
         }
         std::thread::sleep(Duration::from_millis(300));
     }
     let t_h = w_holder.finish(&mut model);
-    let t_kill_at = Instant::now();
-    let held_other = other
-        .authority_state()
-        .map(|s| s["took_over_from"].clone());
+    let held_other = other.authority_state().map(|s| s["took_over_from"].clone());
     let (p_h, _) = pause_after(&t_h, t_cut);
     eprintln!(
         "MEASURE share lost by {on} (not the holder), 8 s: changes {changes:?}; writes through {hn}: longest pause {p_h:?}; {on}'s witness_file_error: {other_error:?}; {on}'s authority took_over_from: {held_other:?}"
@@ -505,8 +509,8 @@ fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeov
         .find(|t| **t > t_restore)
         .map(|t| t.duration_since(t_restore));
     eprintln!(
-        "MEASURE holder {hn} killed {:?} after the cut, {on} without the share: lock file still names {still:?}; bare mount point lock file: {bare}; {on}'s last ack {last_before_restore:?} after the kill, {acked_alone_without_share} acks 5 s or more after it; share restored: {on} claimed the file {claimed:?} later, first ack {first_after_restore:?} after the restore; both synchronized {resync:?} after {hn}'s restart",
-        t_kill.duration_since(t_kill_at)
+        "MEASURE holder {hn} killed {:?} after {on}'s share was cut, {on} still without the share: lock file still names {still:?}; bare mount point lock file: {bare}; {on}'s last ack {last_before_restore:?} after the kill, {acked_alone_without_share} acks 5 s or more after it; share restored: {on} claimed the file {claimed:?} later, first ack {first_after_restore:?} after the restore; both synchronized {resync:?} after {hn}'s restart",
+        t_kill.duration_since(t_cut)
     );
     eprintln!("{on}'s replica list before the restore: {status_other:?}");
     assert_eq!(
@@ -519,7 +523,8 @@ fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeov
         acked_alone_without_share, 0,
         "{on} acknowledged writes without the holder and without the share"
     );
-    let first = first_after_restore.expect("no write through the other node after the share returned");
+    let first =
+        first_after_restore.expect("no write through the other node after the share returned");
     assert!(
         first >= claimed.saturating_sub(Duration::from_millis(500)),
         "{on} acknowledged a write {first:?} after the restore, before it claimed the file ({claimed:?})"

@@ -75,7 +75,10 @@ impl Cluster {
             "32MiB",
         )
         .map(Cluster)?;
-        eprintln!("cluster with two sync and two heartbeat links up in {:?}", t0.elapsed());
+        eprintln!(
+            "cluster with two sync and two heartbeat links up in {:?}",
+            t0.elapsed()
+        );
         Some(c)
     }
 
@@ -236,7 +239,8 @@ fn one_of_two_sync_links_cut_is_invisible() {
 
     let pause = r.longest_pause(t_cut, t_heal);
     let now = Instant::now();
-    let not_ready = r.count(0, Outcome::NotReady, t_cut, now) + r.count(1, Outcome::NotReady, t_cut, now);
+    let not_ready =
+        r.count(0, Outcome::NotReady, t_cut, now) + r.count(1, Outcome::NotReady, t_cut, now);
     let (through_a, through_b) = (acks(&r, 0, t_cut, t_heal), acks(&r, 1, t_cut, t_heal));
     eprintln!(
         "MEASURE one of two sync links cut: longest write pause {} while cut; acks while cut through node-a {through_a}, node-b {through_b}; NOT READY answers {not_ready}; samples with a sync link down {sync_down}; every link up again {} after the heal",
@@ -265,7 +269,10 @@ fn one_of_two_sync_links_cut_is_invisible() {
         "writes paused {pause:?} while one of two sync links was cut"
     );
     c.verify_all(&model, "after one of two sync links cut and restored");
-    eprintln!("SUMMARY one sync link of two: scenario {:?}", t_start.elapsed());
+    eprintln!(
+        "SUMMARY one sync link of two: scenario {:?}",
+        t_start.elapsed()
+    );
 }
 
 // ---- 2. every sync link and one heartbeat link cut: one heartbeat link left ----
@@ -344,8 +351,14 @@ fn every_sync_link_cut_one_heartbeat_link_left_second_stops_first_goes_on() {
     assert!(nr_b.is_some(), "node-b never answered NOT READY while cut");
     assert!(a_alone > 0, "node-a did not go on alone");
     assert_eq!(b_during, 0, "node-b acknowledged writes while cut");
-    assert!(b_after > 0, "node-b did not serve writes again after the resync");
-    assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?} at the cut");
+    assert!(
+        b_after > 0,
+        "node-b did not serve writes again after the resync"
+    );
+    assert!(
+        pause < MAX_PAUSE_FAILOVER,
+        "writes paused {pause:?} at the cut"
+    );
     let epoch_after = c.epoch(&c.a);
     eprintln!("epoch before the cut {epoch_before:?}, after the heal {epoch_after:?}");
     assert_ne!(
@@ -353,7 +366,10 @@ fn every_sync_link_cut_one_heartbeat_link_left_second_stops_first_goes_on() {
         "removing and readmitting node-b did not change the epoch"
     );
     c.verify_all(&model, "after every sync link cut and restored");
-    eprintln!("SUMMARY every sync link cut: scenario {:?}", t_start.elapsed());
+    eprintln!(
+        "SUMMARY every sync link cut: scenario {:?}",
+        t_start.elapsed()
+    );
 }
 
 // ---- 3. one of two heartbeat links cut: nothing changes ----
@@ -408,8 +424,14 @@ fn one_of_two_heartbeat_links_cut_changes_nothing() {
     let pause = r.longest_pause(t_cut, t_heal);
     let not_ready = r.count(0, Outcome::NotReady, t_cut, now)
         + r.count(1, Outcome::NotReady, t_cut, now)
-        + pa.0.iter().filter(|e| e.at > t_cut && e.outcome == Outcome::NotReady).count()
-        + pb.0.iter().filter(|e| e.at > t_cut && e.outcome == Outcome::NotReady).count();
+        + pa.0
+            .iter()
+            .filter(|e| e.at > t_cut && e.outcome == Outcome::NotReady)
+            .count()
+        + pb.0
+            .iter()
+            .filter(|e| e.at > t_cut && e.outcome == Outcome::NotReady)
+            .count();
     let (through_a, through_b) = (acks(&r, 0, t_cut, t_heal), acks(&r, 1, t_cut, t_heal));
     let epoch_after = (c.epoch(&c.a), c.epoch(&c.b));
     eprintln!(
@@ -421,7 +443,10 @@ fn one_of_two_heartbeat_links_cut_changes_nothing() {
     let bad = unsynchronized(&states);
     assert!(bad.is_empty(), "a replica left synchronized: {bad:?}");
     assert_eq!(sync_down, 0, "a sync link was reported down");
-    assert_eq!(not_ready, 0, "NOT READY answered while one heartbeat link was cut");
+    assert_eq!(
+        not_ready, 0,
+        "NOT READY answered while one heartbeat link was cut"
+    );
     assert!(
         through_a > 0 && through_b > 0,
         "writes stopped flowing through a node while hb0 was cut"
@@ -444,5 +469,8 @@ fn one_of_two_heartbeat_links_cut_changes_nothing() {
         );
     }
     c.verify_all(&model, "after one of two heartbeat links cut and restored");
-    eprintln!("SUMMARY one heartbeat link of two: scenario {:?}", t_start.elapsed());
+    eprintln!(
+        "SUMMARY one heartbeat link of two: scenario {:?}",
+        t_start.elapsed()
+    );
 }

@@ -98,7 +98,8 @@ impl Cluster {
             return false;
         };
         let rs = l["replicas"].as_array().cloned().unwrap_or_default();
-        rs.iter().any(|r| r["local"] == true && r["serving"] == true)
+        rs.iter()
+            .any(|r| r["local"] == true && r["serving"] == true)
             && rs
                 .iter()
                 .any(|r| r["node"] == other && r["state"] != "synchronized")
@@ -150,7 +151,10 @@ impl Cluster {
         let images: Vec<Vec<u8>> = self.nodes.iter().map(Self::image).collect();
         for (n, img) in self.nodes.iter().zip(&images).skip(1) {
             if let Some(lba) = first_difference(&images[0], img) {
-                panic!("{what}: the images of node-a and {} differ first at LBA {lba}", n.name);
+                panic!(
+                    "{what}: the images of node-a and {} differ first at LBA {lba}",
+                    n.name
+                );
             }
         }
         if let Err(e) = model.check(0, &images[0]) {
@@ -172,7 +176,10 @@ impl Cluster {
             }
             if let Some(s) = self.authority_state(n) {
                 if s["split_brain"].as_array().is_some_and(|v| !v.is_empty()) {
-                    out.push(format!("{}: authority records {}", n.name, s["split_brain"]));
+                    out.push(format!(
+                        "{}: authority records {}",
+                        n.name, s["split_brain"]
+                    ));
                 }
             }
         }
@@ -255,7 +262,10 @@ fn one_node_isolated(victim: usize) {
     let t_cut = Instant::now();
     let others: Vec<Member> = survivors.iter().map(|n| n.member).collect();
     cut_peers(&c.topo, v.member, &others);
-    eprintln!("{} cut from both others on every link (the host still reaches it)", v.name);
+    eprintln!(
+        "{} cut from both others on every link (the host still reaches it)",
+        v.name
+    );
     let decided = wait_until(
         "both survivors serve and report the isolated node not synchronized",
         Duration::from_secs(60),
@@ -305,7 +315,11 @@ fn one_node_isolated(victim: usize) {
         ms(pause),
         ms(resync)
     );
-    assert!(v_nr.is_some(), "{} never answered NOT READY while isolated", v.name);
+    assert!(
+        v_nr.is_some(),
+        "{} never answered NOT READY while isolated",
+        v.name
+    );
     if let (Some(sent), Some(resumed)) = (v_last_good, resumed) {
         assert!(
             sent < resumed,
@@ -325,8 +339,15 @@ fn one_node_isolated(victim: usize) {
         "a survivor did not go on: {survivor_acks:?}"
     );
     assert!(pause < MAX_PAUSE, "writes paused {pause:?} at the cut");
-    assert!(v_after > 0, "{} did not serve writes after the resync", v.name);
-    let own_group = rtpg_victim.iter().find(|(n, _)| *n == v.name).and_then(|(_, s)| *s);
+    assert!(
+        v_after > 0,
+        "{} did not serve writes after the resync",
+        v.name
+    );
+    let own_group = rtpg_victim
+        .iter()
+        .find(|(n, _)| *n == v.name)
+        .and_then(|(_, s)| *s);
     assert_eq!(
         own_group,
         Some(ALUA_UNAVAILABLE),
@@ -336,7 +357,10 @@ fn one_node_isolated(victim: usize) {
         // The authority host was isolated: node-b (the lower surviving id) took over.
         let (host, s) = takeover.expect("a survivor took the authority over");
         assert_eq!(host, "node-b", "the lower surviving id takes over: {s}");
-        assert_eq!(s["took_over_from"], victim_id, "node-b took over from node-a: {s}");
+        assert_eq!(
+            s["took_over_from"], victim_id,
+            "node-b took over from node-a: {s}"
+        );
         let stale = c
             .authority_state(&c.nodes[0])
             .expect("node-a keeps its old authority as a record");
@@ -351,9 +375,16 @@ fn one_node_isolated(victim: usize) {
         );
     }
     let reports = c.split_brain_reports();
-    assert!(reports.is_empty(), "split brain under node majority: {reports:?}");
+    assert!(
+        reports.is_empty(),
+        "split brain under node majority: {reports:?}"
+    );
     c.verify_all(&model, &format!("after {}'s isolation and return", v.name));
-    eprintln!("SUMMARY {} isolated: scenario {:?}", v.name, t_start.elapsed());
+    eprintln!(
+        "SUMMARY {} isolated: scenario {:?}",
+        v.name,
+        t_start.elapsed()
+    );
 }
 
 #[test]
@@ -386,7 +417,11 @@ fn total_partition_of_three_all_stop_and_resume_after_heal() {
     cut_peers(&c.topo, b.member, &[cc.member]);
     eprintln!("every link between any two nodes cut (the host still reaches all three)");
     std::thread::sleep(Duration::from_secs(6));
-    let rtpg: Vec<_> = c.nodes.iter().map(|n| (n.name.clone(), c.alua(n))).collect();
+    let rtpg: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), c.alua(n)))
+        .collect();
     let authorities: Vec<_> = c
         .nodes
         .iter()
@@ -405,9 +440,10 @@ fn total_partition_of_three_all_stop_and_resume_after_heal() {
     let logs: Vec<ProbeLog> = probes.into_iter().map(Prober::finish).collect();
     model.apply(&r);
 
-    let now = Instant::now();
-    let first_nr: Vec<Option<Duration>> =
-        logs.iter().map(|p| p.first(Outcome::NotReady, t_cut)).collect();
+    let first_nr: Vec<Option<Duration>> = logs
+        .iter()
+        .map(|p| p.first(Outcome::NotReady, t_cut))
+        .collect();
     let last_good: Vec<Option<Duration>> = logs
         .iter()
         .map(|p| last_good_sent(p, t_cut, t_heal).map(|t| t.saturating_duration_since(t_cut)))
@@ -423,10 +459,16 @@ fn total_partition_of_three_all_stop_and_resume_after_heal() {
         .filter(|x| x.at > t_cut && x.at < t_heal)
         .map(|x| x.at - t_cut)
         .max();
-    let first_after_heal = r.acked.iter().find(|x| x.at > t_heal).map(|x| x.at - t_heal);
-    let all_stopped = first_nr.iter().copied().collect::<Option<Vec<_>>>().map(|v| {
-        v.into_iter().max().unwrap_or_default()
-    });
+    let first_after_heal = r
+        .acked
+        .iter()
+        .find(|x| x.at > t_heal)
+        .map(|x| x.at - t_heal);
+    let all_stopped = first_nr
+        .iter()
+        .copied()
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.into_iter().max().unwrap_or_default());
     eprintln!(
         "MEASURE total partition of three: first NOT READY per node {:?} after the cut (all stopped {}); last GOOD read per node to a command sent {:?} after the cut; last acknowledged write {} after the cut; {acked_while_cut} acknowledged {STOPPED_AFTER:?} or more after the cut; first write acknowledged {} after the heal; all synchronized {} after the heal",
         first_nr.iter().map(|d| opt_ms(*d)).collect::<Vec<_>>(),
@@ -439,7 +481,11 @@ fn total_partition_of_three_all_stop_and_resume_after_heal() {
     eprintln!("RTPG while partitioned: {rtpg:?}");
     eprintln!("authority states while partitioned: {authorities:?}");
     for (n, nr) in c.nodes.iter().zip(&first_nr) {
-        assert!(nr.is_some(), "{} never answered NOT READY while partitioned", n.name);
+        assert!(
+            nr.is_some(),
+            "{} never answered NOT READY while partitioned",
+            n.name
+        );
     }
     for (n, g) in c.nodes.iter().zip(&last_good) {
         assert!(
@@ -466,11 +512,20 @@ fn total_partition_of_three_all_stop_and_resume_after_heal() {
             "{name} took the authority over without a majority: {s:?}"
         );
     }
-    assert!(first_after_heal.is_some(), "no write acknowledged after the heal");
+    assert!(
+        first_after_heal.is_some(),
+        "no write acknowledged after the heal"
+    );
     let reports = c.split_brain_reports();
-    assert!(reports.is_empty(), "split brain under node majority: {reports:?}");
+    assert!(
+        reports.is_empty(),
+        "split brain under node majority: {reports:?}"
+    );
     c.verify_all(&model, "after a total partition of three and its heal");
-    eprintln!("SUMMARY total partition of three: scenario {:?}", t_start.elapsed());
+    eprintln!(
+        "SUMMARY total partition of three: scenario {:?}",
+        t_start.elapsed()
+    );
 }
 
 // ---- 4. kill -9 of the authority host ----
@@ -532,7 +587,10 @@ fn authority_host_killed_the_two_others_take_over() {
 
     let pause = r.longest_pause(t_kill, t_restart);
     let resumed = resumed_at(&r, t_kill, t_restart);
-    let (b_acks, c_acks) = (acks(&r, 1, t_kill, t_restart), acks(&r, 2, t_kill, t_restart));
+    let (b_acks, c_acks) = (
+        acks(&r, 1, t_kill, t_restart),
+        acks(&r, 2, t_kill, t_restart),
+    );
     let a_after = acks(&r, 0, t_restart, Instant::now());
     let stale = c.authority_state(&c.nodes[0]);
     eprintln!(
@@ -547,7 +605,9 @@ fn authority_host_killed_the_two_others_take_over() {
         "node-c took the authority over too"
     );
     assert!(
-        c_view.as_ref().is_some_and(|v| v["authority"]["server"] == "node-b"),
+        c_view
+            .as_ref()
+            .is_some_and(|v| v["authority"]["server"] == "node-b"),
         "node-c follows node-b's authority: {c_view:?}"
     );
     assert!(b_acks > 0 && c_acks > 0, "a survivor did not go on");
@@ -558,7 +618,13 @@ fn authority_host_killed_the_two_others_take_over() {
         "node-a's stale authority did not stand down"
     );
     let reports = c.split_brain_reports();
-    assert!(reports.is_empty(), "split brain under node majority: {reports:?}");
+    assert!(
+        reports.is_empty(),
+        "split brain under node majority: {reports:?}"
+    );
     c.verify_all(&model, "after the authority host's kill and restart");
-    eprintln!("SUMMARY kill -9 of the authority host: scenario {:?}", t_start.elapsed());
+    eprintln!(
+        "SUMMARY kill -9 of the authority host: scenario {:?}",
+        t_start.elapsed()
+    );
 }

@@ -630,7 +630,9 @@ impl TwoNodeCluster {
                 args.extend(["--failover", "heartbeat", "--priority", "first"].map(String::from));
             }
             Strategy::WitnessNode => {
-                args.extend(["--failover", "node-majority", "--witness", "witness"].map(String::from));
+                args.extend(
+                    ["--failover", "node-majority", "--witness", "witness"].map(String::from),
+                );
             }
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

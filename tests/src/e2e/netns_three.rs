@@ -198,7 +198,10 @@ impl ThreeNodeCluster {
                 l["replicas"].as_array().map(|rs| {
                     rs.iter()
                         .filter_map(|r| {
-                            Some((r["node"].as_str()?.to_string(), r["node_id"].as_u64()? as u16))
+                            Some((
+                                r["node"].as_str()?.to_string(),
+                                r["node_id"].as_u64()? as u16,
+                            ))
                         })
                         .collect()
                 })
