@@ -463,6 +463,12 @@ fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeov
     );
     assert!(changes.is_empty(), "something changed: {changes:#?}");
     assert!(
+        other_error
+            .as_deref()
+            .is_some_and(|e| e.contains("missing")),
+        "{on}'s HA view does not report its missing witness file: {other_error:?}"
+    );
+    assert!(
         p_h < Duration::from_secs(5),
         "writes through {hn} paused {p_h:?}"
     );

@@ -153,6 +153,7 @@ fn run(node: Arc<Node>, device: String) {
     let mut last_wait = "";
     let mut last_unreadable = String::new();
     let mut record_seen = false;
+    let mut missing_reported = false;
     tracing::info!(%device, "witness file thread started");
     loop {
         std::thread::sleep(t.poll);
@@ -226,8 +227,20 @@ fn run(node: Arc<Node>, device: String) {
         if matches!(seen, Observed::Record(_)) && !record_seen {
             record_seen = mark_record_seen(&node, &device);
         }
+        let absent = matches!(seen, Observed::Absent);
         watch.observe(now, seen);
         let (has_local, local_epoch) = local_state(&node, &device);
+        // A missing file on a node that knew it: the share is not mounted here, or the file
+        // was lost. Shown in the HA view (`witness_file_error`), once per disappearance.
+        if absent && has_local && !missing_reported {
+            let why = format!(
+                "the witness file {} is missing although this node read it or hosted the authority before: is the share mounted? (no takeover from here until it is back)",
+                path.display()
+            );
+            tracing::error!(%device, "{why}");
+            publish(&node, &device, None, Some(why));
+        }
+        missing_reported = absent && has_local;
         let (expect, config) = match decide_claim(&watch, now, &t, me, has_local, local_epoch) {
             TakerDecision::Wait(why) => {
                 if why != last_wait {
