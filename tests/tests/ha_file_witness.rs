@@ -12,6 +12,11 @@
 //!    the holder stops acknowledging before the other node acknowledges alone (timestamps
 //!    of both writers), the holder rejoins through the other's authority, every
 //!    acknowledged write reads back through both nodes, images byte-identical.
+//!
+//! A second test (4-6): the share becomes unreachable for the node that does not hold the
+//! lock file (nothing changes), then the holder is killed while the other still cannot
+//! reach the share (the other must not go on), then the share returns (the other claims the
+//! file by the lock rules and goes on).
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
@@ -20,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
 use tandem_tests::e2e::cluster::{
-    binary, login, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure, Model, Node,
-    Writer, DEVICE,
+    binary, login, pause_after, scratch_root, sync_cache, sync_link, wait_until, LogsOnFailure,
+    Model, Node, Writer, DEVICE,
 };
 use tandem_tests::e2e::procs::free_port;
 
@@ -334,4 +339,203 @@ fn file_share_witness_takeover_and_share_loss() {
     model.verify_through(holder, "after the share cut");
     model.verify_through(other, "after the share cut");
     model.images_identical(holder, other, "after the share cut");
+}
+
+/// Replica states that `n` reports which are not `synchronized` (empty while it sees both
+/// synchronized; one entry when its `replica list` fails).
+fn not_synchronized(n: &Node) -> Vec<String> {
+    match n.replicas() {
+        None => vec![format!("{}: replica list failed", n.name)],
+        Some(l) => l["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["state"] != "synchronized")
+            .map(|r| format!("{} sees {}={}", n.name, r["node"], r["state"]))
+            .collect(),
+    }
+}
+
+/// 4. The share becomes unreachable for the node that does NOT hold the lock file: nothing
+///    changes (the holder keeps the file and both keep serving). Its mount point, an empty
+///    directory once the share is unmounted, must not be taken for a first start either.
+/// 5. Then kill -9 of the holder while the other still cannot reach the share: the other
+///    cannot claim the file, so it stops (NOT READY) and never goes on alone.
+/// 6. The share returns for the other: it claims the file by the lock rules (the record
+///    unchanged for a file lease plus margin on its clock) and goes on; the killed node
+///    restarts and resyncs; every acknowledged write on both, images byte-identical.
+#[test]
+fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeover() {
+    let root = scratch_root("tandem-fwitness-other");
+    std::fs::create_dir_all(root.path().join("share")).unwrap();
+    std::fs::create_dir_all(root.path().join("mnt")).unwrap();
+    let api_port = free_port();
+    let mut a = WitnessNode::new(root.path(), "node-a", "127.0.0.1", api_port);
+    let mut b = WitnessNode::new(root.path(), "node-b", "127.0.0.2", api_port);
+    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
+    a.start();
+    b.start();
+    let share = a.share.clone();
+    // The mount point as it is with the share unmounted (the test's own view).
+    let bare_mount_point = a.mnt.clone();
+    let witness = a.mnt.join("lock").display().to_string();
+    a.ok(&["device", "create", DEVICE, "--size", "64MiB"]);
+    a.add_server(&b);
+    b.add_server(&a);
+    let link = sync_link(&a, &b, free_port());
+    let t0 = Instant::now();
+    a.ok(&[
+        "replica",
+        "add",
+        DEVICE,
+        "--partner",
+        "node-b",
+        "--sync-link",
+        &link,
+        "--init",
+        "zeroed",
+        "--failover",
+        "node-majority",
+        "--witness-file",
+        &witness,
+    ]);
+    wait_until(
+        "both nodes serving and synchronized after replica add",
+        Duration::from_secs(90),
+        || a.synchronized(2) && b.synchronized(2),
+    );
+    eprintln!("both synchronized {:?} after replica add", t0.elapsed());
+    let ids = [a.node_id().unwrap(), b.node_id().unwrap()];
+    let h = holder_index(&[&a, &b], &ids, &share).expect("the lock file names a holder");
+    let mut model = Model(vec![0u8; SIZE]);
+    let (holder, other) = if h == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let (holder_id0, other_id) = (ids[h], ids[1 - h]);
+    let (hn, on) = (holder.name.clone(), other.name.clone());
+    eprintln!("{hn} holds the lock file; {on}'s share becomes unreachable");
+
+    // ---- 4. The other node loses the share: nothing changes.
+    let w_holder = Writer::start(holder, 5, 40_000, WRITER_PATIENCE);
+    let w_other = Writer::start(other, 6, 70_000, WRITER_PATIENCE);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t_cut = Instant::now();
+    other.cut_share();
+    // Well past a file lease plus margin (3.5 s) on the other's clock.
+    let mut changes = Vec::new();
+    let mut other_error = None;
+    while t_cut.elapsed() < Duration::from_secs(8) {
+        if holder_id(&share) != Some(holder_id0) {
+            changes.push(format!(
+                "{:?}: the share's lock file names {:?}",
+                t_cut.elapsed(),
+                holder_id(&share)
+            ));
+        }
+        if bare_mount_point.join("lock").exists() {
+            changes.push(format!(
+                "{:?}: {on} wrote a lock file into its bare mount point",
+                t_cut.elapsed()
+            ));
+        }
+        for n in [&*holder, &*other] {
+            changes.extend(
+                not_synchronized(n)
+                    .into_iter()
+                    .map(|s| format!("{:?}: {s}", t_cut.elapsed())),
+            );
+        }
+        if let Some(e) = other
+            .ha_view()
+            .and_then(|v| v["witness_file_error"].as_str().map(String::from))
+        {
+            other_error = Some(e);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t_h = w_holder.finish(&mut model);
+    let held_other = other.authority_state().map(|s| s["took_over_from"].clone());
+    let (p_h, _) = pause_after(&t_h, t_cut);
+    eprintln!(
+        "MEASURE share lost by {on} (not the holder), 8 s: changes {changes:?}; writes through {hn}: longest pause {p_h:?}; {on}'s witness_file_error: {other_error:?}; {on}'s authority took_over_from: {held_other:?}"
+    );
+    assert!(changes.is_empty(), "something changed: {changes:#?}");
+    assert!(
+        other_error
+            .as_deref()
+            .is_some_and(|e| e.contains("missing")),
+        "{on}'s HA view does not report its missing witness file: {other_error:?}"
+    );
+    assert!(
+        p_h < Duration::from_secs(5),
+        "writes through {hn} paused {p_h:?}"
+    );
+
+    // ---- 5. kill -9 of the holder while the other cannot reach the share.
+    let t_kill = holder.kill();
+    std::thread::sleep(Duration::from_secs(8));
+    let still = holder_id(&share);
+    let bare = bare_mount_point.join("lock").exists();
+    let status_other = other.replicas();
+    let t_restore = Instant::now();
+    other.restore_share();
+    let claimed = wait_until(
+        &format!("{on} holds the lock file after its share returned"),
+        Duration::from_secs(30),
+        || holder_id(&share) == Some(other_id),
+    );
+    wait_until(
+        &format!("{on} serving alone"),
+        Duration::from_secs(30),
+        || other.serving_without(&hn),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    holder.start();
+    let resync = wait_until(
+        &format!("both synchronized after {hn}'s restart"),
+        Duration::from_secs(90),
+        || holder.synchronized(2) && other.synchronized(2),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t_o = w_other.finish(&mut model);
+    let stopped_after = Duration::from_secs(5);
+    let acked_alone_without_share = t_o
+        .iter()
+        .filter(|t| **t > t_kill + stopped_after && **t < t_restore)
+        .count();
+    let last_before_restore = t_o
+        .iter()
+        .filter(|t| **t > t_kill && **t < t_restore)
+        .max()
+        .map(|t| t.duration_since(t_kill));
+    let first_after_restore = t_o
+        .iter()
+        .find(|t| **t > t_restore)
+        .map(|t| t.duration_since(t_restore));
+    eprintln!(
+        "MEASURE holder {hn} killed {:?} after {on}'s share was cut, {on} still without the share: lock file still names {still:?}; bare mount point lock file: {bare}; {on}'s last ack {last_before_restore:?} after the kill, {acked_alone_without_share} acks 5 s or more after it; share restored: {on} claimed the file {claimed:?} later, first ack {first_after_restore:?} after the restore; both synchronized {resync:?} after {hn}'s restart",
+        t_kill.duration_since(t_cut)
+    );
+    eprintln!("{on}'s replica list before the restore: {status_other:?}");
+    assert_eq!(
+        still,
+        Some(holder_id0),
+        "the lock file changed hands while {on} could not reach the share"
+    );
+    assert!(!bare, "{on} claimed a lock file in its bare mount point");
+    assert_eq!(
+        acked_alone_without_share, 0,
+        "{on} acknowledged writes without the holder and without the share"
+    );
+    let first =
+        first_after_restore.expect("no write through the other node after the share returned");
+    assert!(
+        first >= claimed.saturating_sub(Duration::from_millis(500)),
+        "{on} acknowledged a write {first:?} after the restore, before it claimed the file ({claimed:?})"
+    );
+    model.verify_through(holder, "after the other's share loss");
+    model.verify_through(other, "after the other's share loss");
+    model.images_identical(holder, other, "after the other's share loss");
 }

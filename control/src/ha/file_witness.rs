@@ -243,7 +243,9 @@ pub struct ClaimPlan {
 /// Whether this node (`me`, partner `partner`) claims the file, from what it watched and
 /// the configurations it knows. `local_epoch`: the newest epoch this node's own authority
 /// state ever issued (it may have issued one that was never recorded); the new
-/// configuration goes above it and the recorded one.
+/// configuration goes above it and the recorded one. `has_local_state`: this node hosted the
+/// device's authority before, or read a record from this lock file before; a missing file is
+/// then not a first start.
 pub fn decide_claim(
     watch: &Watch,
     now: Instant,
@@ -258,9 +260,11 @@ pub fn decide_claim(
     match stale {
         Observed::Unreadable(_) => TakerDecision::Wait("the lock file is unreadable"),
         // First start: nobody ever wrote the file. A node that hosted this device's authority
-        // before must not start over from nothing (the file was lost or replaced).
+        // before, or that read a record from the file before, must not start over from
+        // nothing: the file was lost or replaced, or the share is not mounted (its bare mount
+        // point is an empty local directory, where a claim would be seen by nobody else).
         Observed::Absent if has_local_state => TakerDecision::Wait(
-            "the lock file is missing but this node hosted the authority before: restore the file",
+            "the lock file is missing but this node hosted the authority or read the file before (share not mounted? file lost?): restore the file",
         ),
         Observed::Absent => TakerDecision::Claim(Box::new(ClaimPlan {
             expect: Observed::Absent,

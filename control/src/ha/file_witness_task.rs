@@ -152,6 +152,8 @@ fn run(node: Arc<Node>, device: String) {
     let mut hold: Option<Hold> = None;
     let mut last_wait = "";
     let mut last_unreadable = String::new();
+    let mut record_seen = false;
+    let mut missing_reported = false;
     tracing::info!(%device, "witness file thread started");
     loop {
         std::thread::sleep(t.poll);
@@ -222,8 +224,23 @@ fn run(node: Arc<Node>, device: String) {
         } else {
             last_unreadable.clear();
         }
+        if matches!(seen, Observed::Record(_)) && !record_seen {
+            record_seen = mark_record_seen(&node, &device);
+        }
+        let absent = matches!(seen, Observed::Absent);
         watch.observe(now, seen);
         let (has_local, local_epoch) = local_state(&node, &device);
+        // A missing file on a node that knew it: the share is not mounted here, or the file
+        // was lost. Shown in the HA view (`witness_file_error`), once per disappearance.
+        if absent && has_local && !missing_reported {
+            let why = format!(
+                "the witness file {} is missing although this node read it or hosted the authority before: is the share mounted? (no takeover from here until it is back)",
+                path.display()
+            );
+            tracing::error!(%device, "{why}");
+            publish(&node, &device, None, Some(why));
+        }
+        missing_reported = absent && has_local;
         let (expect, config) = match decide_claim(&watch, now, &t, me, has_local, local_epoch) {
             TakerDecision::Wait(why) => {
                 if why != last_wait {
@@ -277,15 +294,49 @@ fn authority_config(node: &Node, device: &str) -> Option<tandem_ha::EpochConfig>
     hosts.get(device).and_then(|h| h.config().cloned())
 }
 
-/// Whether this node hosted the device's authority before, and the newest epoch it issued.
+/// Whether this node hosted the device's authority before or read a record from its lock
+/// file before (either way a missing file is no first start), and the newest epoch it issued.
 fn local_state(node: &Node, device: &str) -> (bool, u64) {
+    let seen = record_seen_path(&node.data_dir, device).exists();
     let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
     match hosts.get(device) {
         Some(h) => (true, h.persisted().last_epoch.0),
         None => (
-            authority_host::state_path(&node.data_dir, device).exists(),
+            seen || authority_host::state_path(&node.data_dir, device).exists(),
             0,
         ),
+    }
+}
+
+/// The durable mark that this node has read a record from the device's lock file. Without
+/// it, a node that never hosted the authority took its share's bare mount point (the share
+/// unmounted: an empty local directory) for a first start, claimed a lock file there after
+/// a file lease plus margin and hosted an authority beside the real holder's
+/// (`tests/tests/ha_file_witness.rs`, the share lost by the node without the lock).
+fn record_seen_path(data_dir: &Path, device: &str) -> std::path::PathBuf {
+    super::ha_dir(data_dir).join(format!("{device}.witness-seen"))
+}
+
+/// Writes the mark (and syncs it); whether it is now on disk.
+fn mark_record_seen(node: &Node, device: &str) -> bool {
+    let path = record_seen_path(&node.data_dir, device);
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = std::fs::File::create(&path)?;
+        f.sync_all()?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%device, "cannot record that the witness file was read: {e}");
+            false
+        }
     }
 }
 

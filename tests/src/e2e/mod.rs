@@ -9,5 +9,6 @@ pub mod cunit;
 pub mod fio;
 pub mod host_io;
 pub mod netns_cluster;
+pub mod netns_three;
 pub mod procs;
 pub mod raw;

@@ -467,9 +467,49 @@ pub enum Strategy {
     WitnessNode,
 }
 
+/// How many sync and heartbeat links join the two data nodes of a [`TwoNodeCluster`]; link
+/// `k` of a kind is on network `sync{k}` or `hb{k}`, an interface of its own in each node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Links {
+    /// 1 or 2.
+    pub sync: usize,
+    /// 0, 1 or 2.
+    pub heartbeat: usize,
+}
+
+impl Links {
+    /// What `ha_netns` and `ha_netns_faults` use: two sync links and one heartbeat link.
+    pub const DEFAULT: Links = Links {
+        sync: 2,
+        heartbeat: 1,
+    };
+    /// Two of each (issue 11's "two sync links and two heartbeat links per node").
+    pub const TWO_EACH: Links = Links {
+        sync: 2,
+        heartbeat: 2,
+    };
+
+    /// The topology has two networks of each kind.
+    fn check(&self) {
+        assert!(
+            (1..=2).contains(&self.sync) && self.heartbeat <= 2,
+            "unsupported link counts {self:?}"
+        );
+    }
+
+    pub fn sync_networks(&self) -> &'static [&'static str] {
+        &["sync0", "sync1"][..self.sync]
+    }
+
+    pub fn heartbeat_networks(&self) -> &'static [&'static str] {
+        &["hb0", "hb1"][..self.heartbeat]
+    }
+}
+
 /// Two data nodes (node-a, node-b: [`Member::Node`] 1 and 2), a witness node under node
 /// majority, one host and two portals per node, with one replicated device over two sync
-/// links and a heartbeat link. Dropped in field order: logs printed on failure, processes
+/// links and a heartbeat link (or the [`Links`] given to
+/// [`TwoNodeCluster::start_with_links`]). Dropped in field order: logs printed on failure, processes
 /// and namespaces torn down, then the data removed.
 pub struct TwoNodeCluster {
     pub logs: LogsOnFailure,
@@ -491,6 +531,19 @@ impl TwoNodeCluster {
         device: &str,
         size: &str,
     ) -> Option<TwoNodeCluster> {
+        Self::start_with_links(strategy, Links::DEFAULT, scratch_prefix, device, size)
+    }
+
+    /// As [`TwoNodeCluster::start`], with `links` sync and heartbeat links between the two
+    /// data nodes (each on a network of its own: `sync0`, `sync1`, `hb0`, `hb1`).
+    pub fn start_with_links(
+        strategy: Strategy,
+        links: Links,
+        scratch_prefix: &str,
+        device: &str,
+        size: &str,
+    ) -> Option<TwoNodeCluster> {
+        links.check();
         if let Some(why) = crate::netns::unavailable() {
             eprintln!("SKIP: {why}");
             return None;
@@ -534,13 +587,13 @@ impl TwoNodeCluster {
             device: device.to_string(),
             _root: root,
         };
-        c.configure(strategy, size);
+        c.configure(strategy, links, size);
         Some(c)
     }
 
-    /// device create, server add both ways (and the witness), replica add with two sync
-    /// links and one heartbeat link; waits until both are synchronized.
-    fn configure(&self, strategy: Strategy, size: &str) {
+    /// device create, server add both ways (and the witness), replica add with the sync and
+    /// heartbeat links of `links`; waits until both are synchronized.
+    fn configure(&self, strategy: Strategy, links: Links, size: &str) {
         let (t, a, b) = (&self.topo, &self.a, &self.b);
         let device = self.device.as_str();
         a.ok(t, &["device", "create", device, "--size", size]);
@@ -559,32 +612,30 @@ impl TwoNodeCluster {
             add(b, w);
         }
         let (na, nb) = (Member::Node(1), Member::Node(2));
-        let s0 = link(t, na, nb, "sync0", SYNC_PORT);
-        let s1 = link(t, na, nb, "sync1", SYNC_PORT);
-        let hb = link(t, na, nb, "hb0", HEARTBEAT_PORT);
-        let mut args = vec![
-            "replica",
-            "add",
-            device,
-            "--partner",
-            "node-b",
-            "--sync-link",
-            &s0,
-            "--sync-link",
-            &s1,
-            "--heartbeat-link",
-            &hb,
-            "--init",
-            "zeroed",
-        ];
+        let mut args: Vec<String> = ["replica", "add", device, "--partner", "node-b"]
+            .map(String::from)
+            .to_vec();
+        for net in links.sync_networks() {
+            args.extend(["--sync-link".into(), link(t, na, nb, net, SYNC_PORT)]);
+        }
+        for net in links.heartbeat_networks() {
+            args.extend([
+                "--heartbeat-link".into(),
+                link(t, na, nb, net, HEARTBEAT_PORT),
+            ]);
+        }
+        args.extend(["--init".into(), "zeroed".into()]);
         match strategy {
             Strategy::Heartbeat => {
-                args.extend(["--failover", "heartbeat", "--priority", "first"]);
+                args.extend(["--failover", "heartbeat", "--priority", "first"].map(String::from));
             }
             Strategy::WitnessNode => {
-                args.extend(["--failover", "node-majority", "--witness", "witness"]);
+                args.extend(
+                    ["--failover", "node-majority", "--witness", "witness"].map(String::from),
+                );
             }
         }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let t0 = Instant::now();
         a.ok(t, &args);
         let took = wait_until(
