@@ -147,6 +147,8 @@ pub struct AuthorityHost {
     margin_ns: u64,
     saved: Persisted,
     failed: Option<String>,
+    /// Witness pair: the joins a cold authority taken over from the witness collected.
+    pair_start: super::witness_pair::PairColdStart,
 }
 
 /// The quiet period of a restarted or paused authority (see the module comment), on a
@@ -371,6 +373,7 @@ impl AuthorityHost {
             margin_ns,
             saved,
             failed: None,
+            pair_start: Default::default(),
         }
     }
 
@@ -784,6 +787,23 @@ impl AuthorityHost {
                 }
                 if let Some(current) = self.went_on_alone(from, meta.current) {
                     self.refuse_join(from, current)?;
+                    continue;
+                }
+            }
+            if let ToAuthority::Join { meta } = &r {
+                if self.authority.config().is_none()
+                    && self.saved.took_over_from == Some(WITNESS_NODE)
+                {
+                    let nodes = self.saved.nodes.clone();
+                    let started =
+                        self.pair_start
+                            .join(&nodes, self.saved.last_epoch, from, meta.clone());
+                    if let Some(cfg) = started {
+                        tracing::info!(device = %self.device, epoch = cfg.epoch.0,
+                            source = cfg.sequencer.0,
+                            "both data nodes sent their metadata: the vote taken over from the witness issues its first configuration");
+                        self.authority = Authority::new(cfg, self.lease_ns, self.margin_ns, None);
+                    }
                     continue;
                 }
             }

@@ -34,7 +34,7 @@
 use std::time::Duration;
 
 use tandem_config::{FailoverStrategy, ReplicationConfig};
-use tandem_ha::{Epoch, EpochConfig, MemberState, NodeId};
+use tandem_ha::{compare, Epoch, EpochConfig, MemberState, NodeId, ReplicaMeta, SyncDecision};
 
 use super::strategy::HeardPartner;
 
@@ -186,6 +186,79 @@ pub fn accept_hand_back(own_last: Option<Epoch>, offered: Epoch) -> bool {
     own_last.is_none_or(|e| offered > e)
 }
 
+/// The first configuration of an authority taken over from the witness, once every data
+/// node sent its metadata (a join). The source is a copy at least as new as every other
+/// (`tandem_ha::compare`); it keeps its generation and lineage, so the served generations
+/// stay one line: a copy that went on alone with the witness (the other node removed)
+/// stays the newest, and the other node resynchronizes from it. Copies in the same
+/// generation both stay synchronized (as when the witness itself resumes after a pause).
+/// Two copies that both went on alone (a split brain) give no source: nothing is issued,
+/// an administrator decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PairColdStart {
+    joins: std::collections::BTreeMap<NodeId, ReplicaMeta>,
+}
+
+impl PairColdStart {
+    /// Node `from` sent its metadata; returns the configuration to issue above
+    /// `last_epoch` when every node of `nodes` did.
+    pub fn join(
+        &mut self,
+        nodes: &[NodeId],
+        last_epoch: Epoch,
+        from: NodeId,
+        meta: ReplicaMeta,
+    ) -> Option<EpochConfig> {
+        if !nodes.contains(&from) {
+            return None;
+        }
+        self.joins.insert(from, meta);
+        if nodes.iter().any(|n| !self.joins.contains_key(n)) {
+            return None;
+        }
+        let metas: Vec<(NodeId, &ReplicaMeta)> = self.joins.iter().map(|(n, m)| (*n, m)).collect();
+        let source = metas.iter().find(|(n, m)| {
+            metas.iter().filter(|(o, _)| o != n).all(|(o, om)| {
+                matches!(
+                    compare(*n, m, *o, om),
+                    SyncDecision::InSync | SyncDecision::FastFromMe | SyncDecision::FullFromMe
+                )
+            })
+        })?;
+        let (source, source_meta) = (source.0, source.1.clone());
+        let epoch = metas
+            .iter()
+            .map(|(_, m)| m.epoch.0)
+            .max()
+            .unwrap_or(0)
+            .max(last_epoch.0)
+            .saturating_add(1);
+        let members = self
+            .joins
+            .iter()
+            .map(|(n, m)| {
+                let state = if m.current == source_meta.current {
+                    MemberState::Synchronized
+                } else {
+                    MemberState::Syncing
+                };
+                (*n, state)
+            })
+            .collect();
+        let mut lineage = source_meta.history.clone();
+        lineage.truncate(tandem_ha::membership::LINEAGE_LEN);
+        self.joins.clear();
+        Some(EpochConfig {
+            epoch: Epoch(epoch),
+            sequencer: source,
+            members,
+            generation: source_meta.current,
+            lineage,
+            left_at: Vec::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +341,46 @@ mod tests {
         let mut following = input(A, Some(heard(B, 1, false, true)));
         following.follows_witness = false;
         assert_eq!(takes(&following), None);
+    }
+
+    #[test]
+    fn the_cold_start_waits_for_both_and_keeps_the_newer_copys_line() {
+        let g = tandem_ha::GenerationId(10);
+        let same = ReplicaMeta {
+            current: g,
+            epoch: Epoch(3),
+            ..ReplicaMeta::default()
+        };
+        let mut start = PairColdStart::default();
+        let last = Epoch(1003);
+        assert_eq!(start.join(&[A, B], last, A, same.clone()), None, "one vote is not enough");
+        let c = start.join(&[A, B], last, B, same.clone()).expect("both sent");
+        assert_eq!(c.epoch, Epoch(1004));
+        assert_eq!(c.generation, g);
+        assert_eq!(c.state_of(A), MemberState::Synchronized);
+        assert_eq!(c.state_of(B), MemberState::Synchronized);
+        // B went on alone with the witness (A removed): B's copy is the source.
+        let mut b_alone = same.clone();
+        b_alone.advance(tandem_ha::GenerationId(20), [A].into_iter());
+        b_alone.epoch = Epoch(4);
+        let mut start = PairColdStart::default();
+        assert_eq!(start.join(&[A, B], last, B, b_alone.clone()), None);
+        let c = start.join(&[A, B], last, A, same.clone()).unwrap();
+        assert_eq!(c.sequencer, B);
+        assert_eq!(c.generation, tandem_ha::GenerationId(20));
+        assert_eq!(c.state_of(A), MemberState::Syncing);
+        assert!(c.lineage.contains(&g));
+        // Both went on alone: no source, nothing issued.
+        let mut a_alone = same;
+        a_alone.advance(tandem_ha::GenerationId(21), [B].into_iter());
+        let mut start = PairColdStart::default();
+        start.join(&[A, B], last, A, a_alone);
+        assert_eq!(start.join(&[A, B], last, B, b_alone), None);
+        // A stranger's join counts for nothing.
+        assert_eq!(
+            PairColdStart::default().join(&[A, B], last, NodeId(3), ReplicaMeta::default()),
+            None
+        );
     }
 
     #[test]
