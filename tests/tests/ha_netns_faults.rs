@@ -741,11 +741,9 @@ fn witness_down_then_partner_down() {
         || c.both_synchronized(),
     );
     // The vote goes back to the witness once it answers the node hosting it.
-    let vote_back = wait_until(
-        "the vote is back with the witness",
-        MAX_RESYNC,
-        || c.authority_view(&c.a).contains("\"witness\""),
-    );
+    let vote_back = wait_until("the vote is back with the witness", MAX_RESYNC, || {
+        c.authority_view(&c.a).contains("\"witness\"")
+    });
     std::thread::sleep(Duration::from_millis(2000));
     let ra = finish(wa, "through node-a");
     let (pa, pb) = (probe_a.finish(), probe_b.finish());
@@ -779,10 +777,22 @@ fn witness_down_then_partner_down() {
         ms(vote_back)
     );
     // One failure (the witness) is tolerated: both data nodes serve again.
-    assert!(a_served > 0, "node-a acknowledged nothing without the witness");
-    assert!(b_served > 0, "node-b acknowledged nothing without the witness");
-    assert!(pause_a < MAX_PAUSE_FAILOVER, "node-a's writes paused {pause_a:?}");
-    assert!(pause_b < MAX_PAUSE_FAILOVER, "node-b's writes paused {pause_b:?}");
+    assert!(
+        a_served > 0,
+        "node-a acknowledged nothing without the witness"
+    );
+    assert!(
+        b_served > 0,
+        "node-b acknowledged nothing without the witness"
+    );
+    assert!(
+        pause_a < MAX_PAUSE_FAILOVER,
+        "node-a's writes paused {pause_a:?}"
+    );
+    assert!(
+        pause_b < MAX_PAUSE_FAILOVER,
+        "node-b's writes paused {pause_b:?}"
+    );
     // Two failures: the last node stops serving and never takes over alone.
     assert_eq!(
         a_now,
@@ -836,11 +846,9 @@ fn witness_returns_then_partner_down() {
     let witness = c.0.witness.as_ref().unwrap();
     witness.restart(&mut c.0.topo);
     eprintln!("the witness is back");
-    let vote_back = wait_until(
-        "the vote is back with the witness",
-        MAX_RESYNC,
-        || c.authority_view(&c.a).contains("\"witness\"") && c.both_synchronized(),
-    );
+    let vote_back = wait_until("the vote is back with the witness", MAX_RESYNC, || {
+        c.authority_view(&c.a).contains("\"witness\"") && c.both_synchronized()
+    });
     wait_until("both serve through the witness", MAX_PAUSE_FAILOVER, || {
         both_serve(&c)
     });
@@ -853,11 +861,9 @@ fn witness_returns_then_partner_down() {
     std::thread::sleep(Duration::from_secs(3));
     let t_heal = Instant::now();
     c.0.b.restart(&mut c.0.topo);
-    let resync = wait_until(
-        "both synchronized after node-b returns",
-        MAX_RESYNC,
-        || c.both_synchronized(),
-    );
+    let resync = wait_until("both synchronized after node-b returns", MAX_RESYNC, || {
+        c.both_synchronized()
+    });
     std::thread::sleep(Duration::from_millis(1000));
     let ra = finish(wa, "through node-a");
     let mut model = Model::new(SIZE);
@@ -877,11 +883,23 @@ fn witness_returns_then_partner_down() {
         ms(pause_b),
         ms(resync)
     );
-    assert!(pause_w < MAX_PAUSE_FAILOVER, "writes paused {pause_w:?} at the witness's loss");
-    assert!(pause_back < MAX_PAUSE_FAILOVER, "writes paused {pause_back:?} at the hand-back");
+    assert!(
+        pause_w < MAX_PAUSE_FAILOVER,
+        "writes paused {pause_w:?} at the witness's loss"
+    );
+    assert!(
+        pause_back < MAX_PAUSE_FAILOVER,
+        "writes paused {pause_back:?} at the hand-back"
+    );
     // The witness is a vote again: witness + node-a are a majority after node-b's loss.
-    assert!(alone > 0, "node-a did not go on with the witness after node-b died");
-    assert!(pause_b < MAX_PAUSE_FAILOVER, "writes paused {pause_b:?} at node-b's loss");
+    assert!(
+        alone > 0,
+        "node-a did not go on with the witness after node-b died"
+    );
+    assert!(
+        pause_b < MAX_PAUSE_FAILOVER,
+        "writes paused {pause_b:?} at node-b's loss"
+    );
     let sb = c.split_brain_reports();
     assert!(sb.is_empty(), "split brain reported: {sb:?}");
     c.verify_all(&model, "after witness returns then partner down");

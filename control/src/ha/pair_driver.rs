@@ -181,7 +181,8 @@ pub fn consider_takeover(
 }
 
 /// On the data node hosting the authority: at most once per `every`, asks the witness (with
-/// the fence); if it answers at all, the authority here stands down and hands the vote back
+/// the fence, which stands a returning witness down); if it answers at all and the authority
+/// here has a configuration, it stands down and hands the vote back
 /// ([`witness_pair::should_hand_back`]). Runs in its own task, so that a dead witness never
 /// delays the exchanges with the data plane.
 #[allow(clippy::too_many_arguments)]
@@ -195,10 +196,9 @@ pub fn maybe_hand_back(
     every: Duration,
 ) {
     let hosting_live = authority_host::hosted_epoch(node, device);
+    // Also while cold: the probe alone fences a returning witness (its first request tells
+    // it); the hand-back needs a configuration.
     let Some(hosted) = hosting_live else { return };
-    if !authority_host::has_config(node, device) {
-        return;
-    }
     let Some(witness) = r.witness.clone() else {
         return;
     };

@@ -353,8 +353,14 @@ mod tests {
         };
         let mut start = PairColdStart::default();
         let last = Epoch(1003);
-        assert_eq!(start.join(&[A, B], last, A, same.clone()), None, "one vote is not enough");
-        let c = start.join(&[A, B], last, B, same.clone()).expect("both sent");
+        assert_eq!(
+            start.join(&[A, B], last, A, same.clone()),
+            None,
+            "one vote is not enough"
+        );
+        let c = start
+            .join(&[A, B], last, B, same.clone())
+            .expect("both sent");
         assert_eq!(c.epoch, Epoch(1004));
         assert_eq!(c.generation, g);
         assert_eq!(c.state_of(A), MemberState::Synchronized);

@@ -226,9 +226,12 @@ impl SimHost {
                 let pair_cold = self.authority.config().is_none()
                     && self.saved.took_over_from == Some(crate::ha::authority_host::WITNESS_NODE);
                 if pair_cold {
-                    let started =
-                        self.pair_start
-                            .join(&self.nodes, self.saved.last_epoch, from, meta.clone());
+                    let started = self.pair_start.join(
+                        &self.nodes,
+                        self.saved.last_epoch,
+                        from,
+                        meta.clone(),
+                    );
                     if let Some(cfg) = started {
                         self.authority =
                             Authority::new(cfg.clone(), self.lease_ns, self.margin_ns, self.bug);

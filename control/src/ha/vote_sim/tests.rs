@@ -49,8 +49,14 @@ fn sweep(shape: Shape) {
     // Witness pair: losing the witness lets the two data nodes take the vote over, and a
     // returning witness takes it back (docs/ha.md, "Node majority with a witness").
     if shape == Shape::W2 && n >= 300 {
-        assert!(pair_takeovers > 0, "w2: the data nodes never took the vote over");
-        assert!(hand_backs > 0, "w2: the vote never went back to the witness");
+        assert!(
+            pair_takeovers > 0,
+            "w2: the data nodes never took the vote over"
+        );
+        assert!(
+            hand_backs > 0,
+            "w2: the vote never went back to the witness"
+        );
     }
     // A fix of a known defect must remove it from the list (and this assertion tells).
     for (s, kind, what) in KNOWN_OPEN_DEFECTS {

@@ -966,7 +966,8 @@ impl<'a> World<'a> {
         } else {
             strategy::authority_place(&repl, hosted, superseded_by)
         };
-        let to_witness = pair && matches!(&place, AuthorityPlace::Remote { server } if server == "w");
+        let to_witness =
+            pair && matches!(&place, AuthorityPlace::Remote { server } if server == "w");
         let mut requests = requests;
         if pair && !to_witness {
             // `driver::run`: a cold authority of the pair gets the engine's metadata.
@@ -1232,10 +1233,16 @@ impl<'a> World<'a> {
             return;
         };
         if let Some((by, epoch)) = strategy::majority_stand_down(node_id(p), mine, &heard) {
-            c.host.as_mut().expect("hosting").supersede(by, Epoch(epoch));
+            c.host
+                .as_mut()
+                .expect("hosting")
+                .supersede(by, Epoch(epoch));
             self.report.superseded += 1;
             self.trace(Some(p), || {
-                format!("authority stands down for n{} at epoch {epoch} (own {mine})", by.0)
+                format!(
+                    "authority stands down for n{} at epoch {epoch} (own {mine})",
+                    by.0
+                )
             });
             self.after_host_op(p);
         }
@@ -1313,7 +1320,9 @@ impl<'a> World<'a> {
         };
         // `AuthorityHost::take_over_cold`: above everything on disk, stood down included.
         if let Some(old) = &self.parts[p].durable {
-            let top = old.superseded_by.map_or(old.last_epoch, |(_, e)| e.max(old.last_epoch));
+            let top = old
+                .superseded_by
+                .map_or(old.last_epoch, |(_, e)| e.max(old.last_epoch));
             if top >= last_epoch {
                 return;
             }
@@ -1330,7 +1339,10 @@ impl<'a> World<'a> {
         self.report.takeovers += 1;
         self.report.pair_takeovers += 1;
         self.trace(Some(p), || {
-            format!("takes the vote over from the witness, cold above epoch {}", last.0)
+            format!(
+                "takes the vote over from the witness, cold above epoch {}",
+                last.0
+            )
         });
         let saved = Durable {
             last_epoch: last,
@@ -1365,14 +1377,14 @@ impl<'a> World<'a> {
         let local = self.local(p);
         let every = self.settings.remote_timeout.as_nanos() as u64;
         let c = self.parts[p].control.as_mut().expect("alive");
+        // Also while cold: the probe alone fences a returning witness.
         let Some(hosted) = c.host.as_ref().and_then(SimHost::hosted_epoch) else {
             return;
         };
-        if c.host.as_ref().is_some_and(|h| h.config().is_none()) {
-            return;
-        }
-        if c.probe.is_some_and(|(_, sent)| local.saturating_sub(sent) < every)
-            || c.last_probe.is_some_and(|t| local.saturating_sub(t) < every)
+        if c.probe
+            .is_some_and(|(_, sent)| local.saturating_sub(sent) < every)
+            || c.last_probe
+                .is_some_and(|t| local.saturating_sub(t) < every)
         {
             return;
         }
@@ -1402,7 +1414,12 @@ impl<'a> World<'a> {
         };
         let back = witness_pair::hand_back_config(&current, h.saved.last_epoch);
         h.supersede(crate::ha::authority_host::WITNESS_NODE, back.epoch);
-        self.trace(Some(p), || format!("hands the vote back to the witness at epoch {}", back.epoch.0));
+        self.trace(Some(p), || {
+            format!(
+                "hands the vote back to the witness at epoch {}",
+                back.epoch.0
+            )
+        });
         self.after_host_op(p);
         self.next_call += 1;
         let id = self.next_call;
@@ -1431,7 +1448,9 @@ impl<'a> World<'a> {
         let f = fence.unwrap_or(0);
         h.supersede(node_id(from), Epoch(f));
         self.report.superseded += 1;
-        self.trace(Some(p), || format!("witness fenced at epoch {f} (own {own}): stands down"));
+        self.trace(Some(p), || {
+            format!("witness fenced at epoch {f} (own {own}): stands down")
+        });
         self.after_host_op(p);
     }
 
@@ -1462,7 +1481,9 @@ impl<'a> World<'a> {
         self.parts[p].durable_before = self.parts[p].durable.replace(saved);
         self.parts[p].control.as_mut().expect("alive").host = Some(host);
         self.report.hand_backs += 1;
-        self.trace(Some(p), || format!("witness takes the vote back at epoch {}", config.epoch.0));
+        self.trace(Some(p), || {
+            format!("witness takes the vote back at epoch {}", config.epoch.0)
+        });
         *self.report.issued_by.entry(p).or_default() += 1;
         if let Err(e) = self.checker.issued(p, &config) {
             self.report.violation.get_or_insert(e);
