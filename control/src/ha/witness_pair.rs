@@ -183,7 +183,10 @@ pub fn hand_back_config(current: &EpochConfig, last_epoch: Epoch) -> EpochConfig
 
 /// The witness accepts a hand-back only above every epoch it issued or stood down for.
 pub fn accept_hand_back(own_last: Option<Epoch>, offered: Epoch) -> bool {
-    own_last.is_none_or(|e| offered > e)
+    match own_last {
+        Some(e) => offered > e,
+        None => true,
+    }
 }
 
 /// The first configuration of an authority taken over from the witness, once every data
