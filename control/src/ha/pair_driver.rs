@@ -21,7 +21,11 @@ use crate::service::Node;
 pub struct PairState {
     /// The fence persisted on this node (`DATA_DIR/ha/<device>.fence`).
     persisted_fence: u64,
-    /// When the witness last answered a request (not a refusal).
+    /// When the witness last answered a request (not a refusal); at first, when this
+    /// driver started. A node that restarted while the witness was fenced or gone must be
+    /// able to vote too (a local fault that looks like a lost witness is harmless: the
+    /// takeover also needs the partner's vote, and a witness that neither node reaches
+    /// grants nothing).
     pub witness_answered: Option<Instant>,
     /// The last answer of the authority asked was "cold" (no configuration yet): send the
     /// engine's metadata as a join (a synchronized engine never asks to join by itself).
@@ -43,7 +47,7 @@ impl PairState {
             .unwrap_or(0);
         PairState {
             persisted_fence,
-            witness_answered: None,
+            witness_answered: Some(Instant::now()),
             cold: false,
             probing: Arc::new(AtomicBool::new(false)),
             last_probe: None,

@@ -652,7 +652,8 @@ impl<'a> World<'a> {
             served_at: None,
             leased_until: None,
             last_sent,
-            witness_answered: None,
+            // `PairState::load`: silence counts from the start.
+            witness_answered: Some(local),
             cold: false,
             lost: false,
             probe: None,
