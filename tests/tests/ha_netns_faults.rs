@@ -703,6 +703,15 @@ fn both_serve(c: &Cluster) -> bool {
     c.serves(&c.a) == Some(Outcome::Ack) && c.serves(&c.b) == Some(Outcome::Ack)
 }
 
+/// A data node took the vote over from the witness (node 0 in `took_over_from`) and both
+/// nodes serve again.
+fn both_serve_after_takeover(c: &Cluster) -> bool {
+    let took_over = [&c.a, &c.b]
+        .iter()
+        .any(|n| c.authority_view(n).contains("took_over_from 0 "));
+    took_over && both_serve(c)
+}
+
 #[test]
 fn witness_down_then_partner_down() {
     let _one = lock();
@@ -721,7 +730,7 @@ fn witness_down_then_partner_down() {
     let both_back = wait_until(
         "both nodes serve again after the witness's loss",
         MAX_PAUSE_FAILOVER,
-        || both_serve(&c),
+        || both_serve_after_takeover(&c),
     );
     let view_a = c.authority_view(&c.a);
     let view_b = c.authority_view(&c.b);
@@ -839,7 +848,7 @@ fn witness_returns_then_partner_down() {
     let both_back = wait_until(
         "both nodes serve again after the witness's loss",
         MAX_PAUSE_FAILOVER,
-        || both_serve(&c),
+        || both_serve_after_takeover(&c),
     );
     std::thread::sleep(Duration::from_secs(2));
     let t_wr = Instant::now();

@@ -121,9 +121,14 @@ pub enum PairTakeover {
 /// - the partner is heard and its heartbeats say it lost the witness too (the majority: two
 ///   of three agree the witness is gone; a node cut from the witness only gets no
 ///   takeover, the witness keeps its majority with the partner);
-/// - the partner does not announce an authority and knows no newer configuration;
-/// - this node is the one to act: synchronized in the newest configuration it saw, and the
-///   partner is not, or has the higher id. So the two never both take over.
+/// - the partner does not announce an authority;
+/// - this node has the lower id. So the two never both take over. Whose copy is newer does
+///   not matter here: the cold authority compares both nodes' metadata. (An earlier rule,
+///   "the synchronized node acts, and not if the partner knows a newer configuration", left
+///   a pair where neither acted: w2 seed 17479, a node syncing in a configuration its
+///   partner never saw.)
+///
+/// The cold authority starts above the newest epoch either node knows, plus the gap.
 pub fn decide_pair_takeover(i: &PairTakeoverInput) -> PairTakeover {
     if i.hosting {
         return PairTakeover::Stay("already the authority");
@@ -146,22 +151,18 @@ pub fn decide_pair_takeover(i: &PairTakeoverInput) -> PairTakeover {
     if !partner.lost_authority {
         return PairTakeover::Stay("the partner still hears the witness: they keep the majority");
     }
-    let Some(newest) = &i.newest else {
-        return PairTakeover::Stay("no configuration seen yet");
-    };
-    if newest.state_of(i.me) != MemberState::Synchronized {
-        return PairTakeover::Stay("this replica is not synchronized: the partner acts");
-    }
-    if partner.epoch > newest.epoch.0 {
-        return PairTakeover::Stay("the partner knows a newer configuration: it acts");
-    }
-    if newest.state_of(partner.id) == MemberState::Synchronized && partner.id < i.me {
+    if partner.id < i.me {
         return PairTakeover::Stay(
             "the partner has the lower id: it takes over, this node follows",
         );
     }
+    let newest = i
+        .newest
+        .as_ref()
+        .map_or(0, |c| c.epoch.0)
+        .max(partner.epoch);
     PairTakeover::TakeOver {
-        last_epoch: Epoch(newest.epoch.0.saturating_add(PAIR_TAKEOVER_EPOCH_GAP)),
+        last_epoch: Epoch(newest.saturating_add(PAIR_TAKEOVER_EPOCH_GAP)),
     }
 }
 
@@ -326,7 +327,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_synchronized_up_to_date_node_acts() {
+    fn the_lower_id_acts_whatever_its_copy_above_the_newest_epoch_either_knows() {
         let a_syncing = EpochConfig::initial(&[A, B])
             .next(&[(A, MemberState::Syncing)])
             .unwrap();
@@ -334,10 +335,16 @@ mod tests {
         at_a.newest = Some(a_syncing.clone());
         let mut at_b = input(B, Some(heard(A, 2, false, true)));
         at_b.newest = Some(a_syncing);
-        assert_eq!(takes(&at_a), None);
-        assert_eq!(takes(&at_b), Some(2 + PAIR_TAKEOVER_EPOCH_GAP));
-        // Behind the partner: it acts, not this node.
-        assert_eq!(takes(&input(A, Some(heard(B, 5, false, true)))), None);
+        assert_eq!(takes(&at_a), Some(2 + PAIR_TAKEOVER_EPOCH_GAP));
+        assert_eq!(takes(&at_b), None);
+        // Behind the partner (w2 seed 17479): it acts, above the partner's epoch.
+        assert_eq!(
+            takes(&input(A, Some(heard(B, 5, false, true)))),
+            Some(5 + PAIR_TAKEOVER_EPOCH_GAP)
+        );
+        let mut blank = input(A, Some(heard(B, 7, false, true)));
+        blank.newest = None;
+        assert_eq!(takes(&blank), Some(7 + PAIR_TAKEOVER_EPOCH_GAP));
         let mut hosting = input(A, Some(heard(B, 1, false, true)));
         hosting.hosting = true;
         assert_eq!(takes(&hosting), None);
