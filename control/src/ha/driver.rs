@@ -16,6 +16,11 @@
 //! knows a newer epoch, and it holds (no lease, no removal) while fewer than one partner
 //! asked it within a lease (its majority).
 //!
+//! Node majority with a witness node (`pair_driver`, rules in `witness_pair`): the data
+//! nodes ask the witness with a fence, take the vote over together when it is lost (a cold
+//! authority fed with both engines' metadata, held without the partner's vote), and hand it
+//! back when it answers again.
+//!
 //! A data plane that is down (or absent: `--no-dataplane`) is retried quietly; the driver
 //! still polls the authority for the configuration, so that the takeover decision knows
 //! the newest one. Without leases the engine serves nothing (fail safe).
