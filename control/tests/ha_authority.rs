@@ -554,10 +554,13 @@ fn witness_starts_without_data_plane_and_never_reissues_an_epoch() {
 
 /// Node majority with a witness, through the drivers: two data nodes (no data plane) find
 /// the witness by its [[server]] entry and token file; the witness creates the device's
-/// authority on first contact; both nodes learn epoch 1 from it. With the witness gone,
-/// neither data node takes the authority over (only the heartbeat strategy moves it).
+/// authority on first contact; both nodes learn epoch 1 from it. With the witness gone, the
+/// two data nodes take the vote over together: node 1 (the lower id) hosts a cold authority
+/// above the gap, node 2 asks it; without data planes nobody sends metadata, so it issues
+/// nothing (no lease for anyone). The witness, restarted, is fenced by the first request
+/// that reaches it: its authority stands down and grants nothing at its old epoch.
 #[test]
-fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
+fn data_nodes_use_the_witness_and_take_the_vote_over_together_when_it_is_gone() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b, dir_w) = (
         tmp.path().join("a"),
@@ -575,7 +578,19 @@ fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.2:{}", free_port()),
     );
+    let (api_a, api_b) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.2:{}", free_port()),
+    );
+    let server = |name: &str, api: &str, dir: &std::path::Path| {
+        format!(
+            "[[server]]\nname = \"{name}\"\naddress = \"{api}\"\ntoken_file = \"{}\"\n",
+            dir.join("token").display()
+        )
+    };
+    let (server_a, server_b) = (server("a", &api_a, &dir_a), server("b", &api_b, &dir_b));
     let toml = |name: &str, portal: &str, id: u8, partner: &str, pid: u8, link: String| {
+        let partner_server = if partner == "a" { &server_a } else { &server_b };
         format!(
             "[node]\nname = \"{name}\"\nportals = [\"{portal}\"]\n\n\
              [[device]]\nname = \"disk1\"\nram_size = \"1MiB\"\n\n\
@@ -583,7 +598,7 @@ fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
              failover = \"node-majority\"\nwitness = \"w\"\n\n\
              [[device.replication.partner]]\nname = \"{partner}\"\nnode_id = {pid}\n\
              sync_links = [\"{link}\"]\n\n\
-             [[server]]\nname = \"w\"\naddress = \"{api_w}\"\ntoken_file = \"{}\"\n",
+             [[server]]\nname = \"w\"\naddress = \"{api_w}\"\ntoken_file = \"{}\"\n\n{partner_server}",
             secret.display(),
             dir_w.join("token").display()
         )
@@ -615,16 +630,8 @@ fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
     for d in [&dir_a, &dir_b] {
         tandem_control::ha::mark_fresh(d, "disk1").unwrap();
     }
-    let a = Proc::start(
-        &dir_a,
-        &format!("127.0.0.1:{}", free_port()),
-        &["--no-dataplane"],
-    );
-    let b = Proc::start(
-        &dir_b,
-        &format!("127.0.0.2:{}", free_port()),
-        &["--no-dataplane"],
-    );
+    let a = Proc::start(&dir_a, &api_a, &["--no-dataplane"]);
+    let b = Proc::start(&dir_b, &api_b, &["--no-dataplane"]);
     for n in [&a, &b] {
         wait_for("epoch 1 from the witness", Duration::from_secs(20), || {
             let (code, body) = n.http("GET", "/api/v1/ha/status/disk1", Some(&n.token()), None);
@@ -644,17 +651,44 @@ fn data_nodes_use_the_witness_as_authority_and_never_take_it_over() {
     });
 
     w.kill();
-    std::thread::sleep(Duration::from_millis(LEASE_MS + MARGIN_MS + 1000));
-    for (n, dir) in [(&a, &dir_a), (&b, &dir_b)] {
-        let v = n.get("/api/v1/ha/status/disk1");
-        assert!(
-            v["last_error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("authority"),
-            "{v}"
-        );
-        assert_eq!(v["authority"]["server"], "w");
-        assert!(!dir.join("ha/disk1.authority.json").exists());
-    }
+    wait_for(
+        "node 1 to take the vote over and node 2 to follow it",
+        Duration::from_secs(20),
+        || {
+            let va = a.get("/api/v1/ha/status/disk1");
+            let vb = b.get("/api/v1/ha/status/disk1");
+            (va["authority"]["kind"] == "local"
+                && va["took_over_from"] == 0
+                && vb["authority"]["server"] == "a")
+                .then_some(())
+        },
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir_a.join("ha/disk1.authority.json")).unwrap())
+            .unwrap();
+    assert!(
+        state["last_epoch"].as_u64().unwrap() > 1000,
+        "above the gap: {state}"
+    );
+    assert!(
+        state["config"].is_null(),
+        "cold until both metadata arrive: {state}"
+    );
+    assert!(
+        !dir_b.join("ha/disk1.authority.json").exists(),
+        "only one of the two takes over"
+    );
+    assert!(
+        dir_b.join("ha/disk1.fence").exists(),
+        "node 2 persists the fence before asking node 1's authority"
+    );
+    // The witness returns: the first request that reaches it carries the fence, and its
+    // authority (epoch 1) stands down for good.
+    let w = Proc::start(&dir_w, &api_w, &["--role", "witness"]);
+    wait_for("the witness to be fenced", Duration::from_secs(20), || {
+        let st = w.get("/api/v1/ha/status");
+        st["authorities"][0]["superseded_by"]
+            .is_array()
+            .then_some(())
+    });
 }

@@ -112,6 +112,9 @@ async fn authority(
     let req: AuthorityRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     check_request(&device, &req)?;
+    if let Some(config) = req.hand_back.clone() {
+        return hand_back(&node, &device, &req, config);
+    }
     if !authority_host::hosts_device(&node, &device) {
         if node.ha.role() != Role::Witness {
             return Err(ApiError::conflict(format!(
@@ -125,6 +128,15 @@ async fn authority(
         }
         authority_host::ensure_host(&node, &device, &req.nodes, req.initial, WITNESS_DEVICES_MAX)
             .map_err(host_error)?;
+    }
+    // Witness pair: a data node knows a newer epoch (the data nodes took the vote over).
+    if node.ha.role() == Role::Witness
+        && authority_host::fence_witness(&node, &device, req.from, req.fence)
+    {
+        return Err(ApiError::conflict(format!(
+            "the data nodes took the vote of `{device}` over (epoch {}): this witness stood down",
+            req.fence.unwrap_or(0)
+        )));
     }
     // A request that reached this authority is its sender's vote (three-node majority).
     node.ha
@@ -142,6 +154,32 @@ async fn authority(
             "this node does not host the failover authority of `{device}`"
         ))),
     }
+}
+
+/// Witness pair: a data node hands the vote back to this witness (`witness_pair`). Only a
+/// witness accepts it, with a configuration whose members are the request's nodes.
+fn hand_back(
+    node: &Node,
+    device: &str,
+    req: &AuthorityRequest,
+    config: tandem_ha::EpochConfig,
+) -> Result<Json<AuthorityReply>, ApiError> {
+    if node.ha.role() != Role::Witness {
+        return Err(ApiError::conflict("only a witness takes a hand-back"));
+    }
+    let members_known = config.members.iter().all(|m| req.nodes.contains(&m.0));
+    if req.nodes.len() < 2
+        || !req.nodes.contains(&req.from)
+        || !members_known
+        || config.epoch.0 > authority_host::EPOCH_MAX
+    {
+        return Err(ApiError::bad_request(
+            "hand-back: `nodes` must list the device's nodes, the sender's and every member included",
+        ));
+    }
+    authority_host::accept_hand_back(node, device, &req.nodes, config)
+        .map_err(|e| ApiError::conflict(e.to_string()))?;
+    Ok(Json(AuthorityReply { update: None }))
 }
 
 /// Splits a partner's requests: verdicts about this node that the heartbeat strategy's

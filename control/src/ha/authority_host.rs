@@ -147,6 +147,8 @@ pub struct AuthorityHost {
     margin_ns: u64,
     saved: Persisted,
     failed: Option<String>,
+    /// Witness pair: the joins a cold authority taken over from the witness collected.
+    pair_start: super::witness_pair::PairColdStart,
 }
 
 /// The quiet period of a restarted or paused authority (see the module comment), on a
@@ -371,6 +373,7 @@ impl AuthorityHost {
             margin_ns,
             saved,
             failed: None,
+            pair_start: Default::default(),
         }
     }
 
@@ -416,6 +419,75 @@ impl AuthorityHost {
         let mut host = Self::from_persisted(path, saved, settings, now, false);
         host.save()?;
         Ok(host)
+    }
+
+    /// Witness pair: this data node takes the vote over from a lost witness
+    /// (`witness_pair::decide_pair_takeover`). The authority starts cold, persisted before
+    /// use with `last_epoch`: its first configuration is above it, and it is issued only
+    /// when both data nodes sent their metadata, from the newer copy.
+    pub fn take_over_cold(
+        data_dir: &Path,
+        device: &str,
+        nodes: &[NodeId],
+        last_epoch: Epoch,
+        settings: &HaSettings,
+        now: Instant,
+    ) -> Result<AuthorityHost, HostError> {
+        let path = state_path(data_dir, device);
+        if let Some(old) = Self::read(&path)? {
+            let old_top = old
+                .superseded_by
+                .map_or(old.last_epoch, |(_, e)| e.max(old.last_epoch));
+            if old_top >= last_epoch {
+                return Err(HostError::State {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "holds epoch {} already, takeover wanted {}",
+                        old_top.0, last_epoch.0
+                    ),
+                });
+            }
+        }
+        let mut sorted = nodes.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let saved = Persisted {
+            version: STATE_VERSION,
+            device: device.to_string(),
+            nodes: sorted,
+            last_epoch,
+            config: None,
+            took_over_from: Some(WITNESS_NODE),
+            superseded_by: None,
+            split_brain: Vec::new(),
+            resolved: None,
+        };
+        let mut host = Self::from_persisted(path, saved, settings, now, false);
+        host.save()?;
+        Ok(host)
+    }
+
+    /// Witness pair, on the data node hosting the authority: stands down (persisted, it
+    /// grants nothing from now on) and returns the configuration to hand back to the
+    /// witness (`witness_pair::hand_back_config`). None if it has nothing to hand back.
+    pub fn stand_down_for_witness(&mut self) -> Result<Option<EpochConfig>, HostError> {
+        self.check_live()?;
+        let Some(current) = self.authority.config().cloned() else {
+            return Ok(None);
+        };
+        let back = super::witness_pair::hand_back_config(&current, self.saved.last_epoch);
+        self.saved.superseded_by = Some((WITNESS_NODE, back.epoch));
+        self.save()?;
+        tracing::info!(device = %self.device, epoch = back.epoch.0,
+            "the witness answers again: this node's authority stands down and hands the vote back to it");
+        Ok(Some(back))
+    }
+
+    /// On the witness: the newest epoch this authority issued or stood down for.
+    pub fn top_epoch(&self) -> Epoch {
+        self.saved
+            .superseded_by
+            .map_or(self.saved.last_epoch, |(_, e)| e.max(self.saved.last_epoch))
     }
 
     fn read(path: &Path) -> Result<Option<Persisted>, HostError> {
@@ -718,6 +790,23 @@ impl AuthorityHost {
                     continue;
                 }
             }
+            if let ToAuthority::Join { meta } = &r {
+                if self.authority.config().is_none()
+                    && self.saved.took_over_from == Some(WITNESS_NODE)
+                {
+                    let nodes = self.saved.nodes.clone();
+                    let started =
+                        self.pair_start
+                            .join(&nodes, self.saved.last_epoch, from, meta.clone());
+                    if let Some(cfg) = started {
+                        tracing::info!(device = %self.device, epoch = cfg.epoch.0,
+                            source = cfg.sequencer.0,
+                            "both data nodes sent their metadata: the vote taken over from the witness issues its first configuration");
+                        self.authority = Authority::new(cfg, self.lease_ns, self.margin_ns, None);
+                    }
+                    continue;
+                }
+            }
             if let Some(u) = self.authority.on_message(t, from, r, pick) {
                 last = Some(u);
             }
@@ -1003,6 +1092,95 @@ pub fn hosted_epoch(node: &Node, device: &str) -> Option<u64> {
         .get(device)
         .filter(|h| h.saved.superseded_by.is_none())
         .map(|h| h.saved.last_epoch.0)
+}
+
+/// The witness node in `superseded_by` and `took_over_from` (node ids start at 1): a data
+/// node's authority that took the vote over from the witness, or handed it back to it.
+pub const WITNESS_NODE: NodeId = NodeId(0);
+
+/// On the witness: a data node's request carries `fence`, an epoch above this authority's:
+/// the data nodes took the vote over while the witness was away. The authority stands down
+/// for good (persisted) and grants nothing at its old epoch. Returns whether it did.
+pub fn fence_witness(node: &Node, device: &str, from: NodeId, fence: Option<u64>) -> bool {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(h) = hosts.get_mut(device) else {
+        return false;
+    };
+    if h.saved.superseded_by.is_some()
+        || !super::witness_pair::witness_fenced(h.saved.last_epoch, fence)
+    {
+        return false;
+    }
+    let epoch = Epoch(fence.unwrap_or(0));
+    tracing::warn!(device, by = from.0, epoch = epoch.0, own_epoch = h.saved.last_epoch.0,
+        "a data node knows a newer epoch: the data nodes took the vote over while this witness was away; \
+         its authority stands down and grants nothing at its old epoch");
+    h.supersede(from, epoch).is_ok()
+}
+
+/// On the witness: a data node hands the vote back (`witness_pair`) with `config`. Accepted
+/// above every epoch this witness issued or stood down for; persisted before anything is
+/// answered, and quiet for a lease plus margin (the data node's leases end first).
+pub fn accept_hand_back(
+    node: &Node,
+    device: &str,
+    nodes: &[NodeId],
+    config: EpochConfig,
+) -> Result<(), HostError> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    let own = hosts.get(device).map(AuthorityHost::top_epoch);
+    let path = state_path(&node.data_dir, device);
+    if !super::witness_pair::accept_hand_back(own, config.epoch) {
+        return Err(HostError::State {
+            path: path.display().to_string(),
+            reason: format!(
+                "hand-back at epoch {} refused: this witness is at epoch {}",
+                config.epoch.0,
+                own.map_or(0, |e| e.0)
+            ),
+        });
+    }
+    let mut sorted = nodes.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let saved = Persisted {
+        version: STATE_VERSION,
+        device: device.to_string(),
+        nodes: sorted,
+        last_epoch: config.epoch,
+        config: Some(config),
+        took_over_from: None,
+        superseded_by: None,
+        split_brain: Vec::new(),
+        resolved: None,
+    };
+    let mut host =
+        AuthorityHost::from_persisted(path, saved, &node.ha.settings(), Instant::now(), true);
+    host.save()?;
+    tracing::info!(device, epoch = host.saved.last_epoch.0,
+        "a data node handed the vote back: this witness hosts the authority again (quiet for a lease plus margin)");
+    hosts.insert(device.to_string(), host);
+    Ok(())
+}
+
+/// Witness pair: the local authority stands down and returns the configuration to hand
+/// back to the witness ([`AuthorityHost::stand_down_for_witness`]).
+pub fn stand_down_for_witness(
+    node: &Node,
+    device: &str,
+) -> Option<Result<Option<EpochConfig>, HostError>> {
+    let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts
+        .get_mut(device)
+        .map(AuthorityHost::stand_down_for_witness)
+}
+
+/// Whether the live authority hosted here for `device` has a configuration (not cold).
+pub fn has_config(node: &Node, device: &str) -> bool {
+    let hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts
+        .get(device)
+        .is_some_and(|h| h.saved.superseded_by.is_none() && h.authority.config().is_some())
 }
 
 pub type Hosts = HashMap<String, AuthorityHost>;

@@ -16,6 +16,11 @@
 //! knows a newer epoch, and it holds (no lease, no removal) while fewer than one partner
 //! asked it within a lease (its majority).
 //!
+//! Node majority with a witness node (`pair_driver`, rules in `witness_pair`): the data
+//! nodes ask the witness with a fence, take the vote over together when it is lost (a cold
+//! authority fed with both engines' metadata, held without the partner's vote), and hand it
+//! back when it answers again.
+//!
 //! A data plane that is down (or absent: `--no-dataplane`) is retried quietly; the driver
 //! still polls the authority for the configuration, so that the takeover decision knows
 //! the newest one. Without leases the engine serves nothing (fail safe).
@@ -33,7 +38,9 @@ use tandem_ha::{EpochConfig, NodeId};
 
 use super::authority_host::{self, AuthorityHost, Grant};
 use super::file_witness_task;
+use super::pair_driver;
 use super::strategy::{self, HeardPartner, MajorityTakeoverInput, Takeover, TakeoverInput};
+use super::witness_pair;
 use super::{AuthorityPlace, HaSettings};
 use crate::service::Node;
 
@@ -60,6 +67,14 @@ pub struct AuthorityRequest {
     /// What the node's engine asks (empty: just tell me the configuration).
     #[serde(default)]
     pub requests: Vec<ToAuthority>,
+    /// Witness pair, to the witness: the newest epoch the sender knows. A witness whose
+    /// authority is older stands down (`witness_pair::witness_fenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+    /// Witness pair, to the witness: the data node hosting the authority stood down and
+    /// hands its configuration back (`witness_pair::hand_back_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_back: Option<EpochConfig>,
 }
 
 /// Answer of `POST /api/v1/ha/authority/{device}`.
@@ -92,6 +107,8 @@ pub async fn run(node: Arc<Node>, device: String) {
     let mut at_once = false;
     // The authority's last configuration (see `authority_host::split_brain_join`).
     let mut last_grant: Option<EpochConfig> = None;
+    // Node majority with a witness node: fence, cold answers, the witness's last answer.
+    let mut pair_state = pair_driver::PairState::load(&node, &device);
     tracing::info!(%device, "HA driver started");
     loop {
         if !at_once {
@@ -150,12 +167,14 @@ pub async fn run(node: Arc<Node>, device: String) {
 
         // 2. The authority.
         let three = strategy::is_three_node_majority(&r);
-        let heard = if three {
+        let pair = witness_pair::is_witness_pair(&r);
+        let heard = if three || pair {
             heard_partners(&node, &device, &r, &settings)
         } else {
             Vec::new()
         };
-        if three {
+        if three || pair {
+            // Two authorities of a witness pair (both took the vote over): as for three.
             check_stand_down(&node, &device, &r, &heard);
         } else {
             // The echo in the partner's newest heartbeat, taken before the announcement is
@@ -172,6 +191,8 @@ pub async fn run(node: Arc<Node>, device: String) {
         let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
         let place = if three {
             majority_place(&node, &device, &r, &heard)
+        } else if pair {
+            pair_driver::place(&node, &device, &r, &heard, &mut pair_state)
         } else {
             match strategy::authority_place(&r, hosted, superseded) {
                 AuthorityPlace::FileWitness => {
@@ -189,6 +210,22 @@ pub async fn run(node: Arc<Node>, device: String) {
         {
             requests.push(join);
         }
+        // Witness pair: an authority taken over from the witness starts cold and needs both
+        // nodes' metadata; a synchronized engine never asks to join by itself.
+        let pair_authority = pair && !pair_driver::is_witness(&r, &place);
+        let cold = match &place {
+            AuthorityPlace::Local => !authority_host::has_config(&node, &device),
+            _ => pair_state.cold,
+        };
+        if pair_authority && cold {
+            if let Some(status) = &engine_status {
+                requests.push(ToAuthority::Join {
+                    meta: status.meta.clone(),
+                });
+            }
+        }
+        let witness_fence = (pair && pair_driver::is_witness(&r, &place))
+            .then(|| pair_driver::fence(&node, &device, &heard, &pair_state));
         let answer = match &place {
             AuthorityPlace::Local => {
                 if !hosted {
@@ -213,6 +250,8 @@ pub async fn run(node: Arc<Node>, device: String) {
                     nodes: nodes.clone(),
                     initial,
                     requests,
+                    fence: witness_fence,
+                    hand_back: None,
                 };
                 remote_call(&agent, &config, server, &device, body).await
             }
@@ -224,6 +263,12 @@ pub async fn run(node: Arc<Node>, device: String) {
         match answer {
             Ok(grant) => {
                 last_answer = Some(Instant::now());
+                if pair {
+                    if pair_driver::is_witness(&r, &place) {
+                        pair_state.witness_answered = last_answer;
+                    }
+                    pair_state.cold = grant.is_none();
+                }
                 if let AuthorityPlace::Remote { server } = &place {
                     if let Some(p) = r.partners.iter().find(|p| &p.name == server) {
                         answered_by.insert(p.node_id, Instant::now());
@@ -258,6 +303,26 @@ pub async fn run(node: Arc<Node>, device: String) {
         // 3. Take the authority over?
         if three {
             consider_majority_takeover(&node, &device, &r, &settings, &place, &heard, &answered_by);
+        } else if pair {
+            pair_driver::consider_takeover(
+                &node,
+                &device,
+                &r,
+                &settings,
+                &place,
+                &heard,
+                &pair_state,
+            );
+            let every = settings.remote_timeout.max(Duration::from_millis(500));
+            pair_driver::maybe_hand_back(
+                &node,
+                &device,
+                &r,
+                &config,
+                &agent,
+                &mut pair_state,
+                every,
+            );
         } else {
             consider_takeover(&node, &device, &r, &settings, last_answer);
         }
@@ -437,9 +502,15 @@ fn vote_window(settings: &HaSettings) -> Duration {
 pub(crate) fn hold_without_majority(node: &Node, device: &str, now: Instant) -> Option<Duration> {
     let config = node.config_arc();
     let r = config.device(device).and_then(|d| d.replication.as_ref())?;
-    if !strategy::is_three_node_majority(r) {
+    // A witness pair's authority on a data node (taken over from the witness): the witness
+    // is a third voter that does not ask, so the partner's vote is needed.
+    let voters = if strategy::is_three_node_majority(r) {
+        r.partners.len() + 1
+    } else if witness_pair::is_witness_pair(r) {
+        3
+    } else {
         return None;
-    }
+    };
     let settings = node.ha.settings();
     let ages: Vec<Option<Duration>> = r
         .partners
@@ -450,8 +521,7 @@ pub(crate) fn hold_without_majority(node: &Node, device: &str, now: Instant) -> 
                 .map(|t| now.saturating_duration_since(t))
         })
         .collect();
-    let nodes = r.partners.len() + 1;
-    (!strategy::has_majority(nodes, &ages, vote_window(&settings)))
+    (!strategy::has_majority(voters, &ages, vote_window(&settings)))
         .then_some(settings.lease + settings.margin)
 }
 
@@ -629,7 +699,7 @@ fn consider_takeover(
 }
 
 /// Calls the authority on `server` (a `[[server]]` entry with a token file).
-async fn remote_call(
+pub(crate) async fn remote_call(
     agent: &ureq::Agent,
     config: &NodeConfig,
     server: &str,

@@ -24,8 +24,10 @@ pub mod echo;
 pub mod file_witness;
 pub mod file_witness_task;
 pub mod membership;
+pub mod pair_driver;
 pub mod strategy;
 pub mod vote_sim;
+pub mod witness_pair;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! | strategy | authority |
 //! |---|---|
 //! | heartbeat | the node with `priority = "first"`; the other takes it over when the node holding it is silent on every link (and its API) for longer than a lease plus margin (the second from the first, and the first back from a second that took over) |
-//! | node-majority, `witness = NAME` | the witness node (`tandem-control --role witness`) |
+//! | node-majority, `witness = NAME` | the witness node (`tandem-control --role witness`); when it is lost, the two data nodes take the vote over together and hand it back when it returns (`witness_pair`) |
 //! | node-majority, three data nodes | the lowest node id at first, then whichever node announces hosting it at the highest epoch; the two others take it over when the node holding it is silent to both of them (majority, [`decide_majority_takeover`]) |
 //! | node-majority, `witness_file` | the data node that holds the lock file (`file_witness`) |
 

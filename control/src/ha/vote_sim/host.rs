@@ -36,6 +36,13 @@ pub struct SimHost {
     /// `VoteBug::NoEchoWait`: any heartbeat heard after the wait began ends it, as before
     /// the echo; when the wait began (host clock) and this process's incarnation.
     no_echo_wait: Option<(Option<u64>, u64)>,
+    /// Witness pair: `AuthorityHost::pair_start`, and a configuration it issued that the
+    /// checker has not seen yet.
+    pair_start: crate::ha::witness_pair::PairColdStart,
+    pair_issued: Option<EpochConfig>,
+    lease_ns: u64,
+    margin_ns: u64,
+    bug: Option<AuthorityBug>,
 }
 
 fn ns(d: std::time::Duration) -> u64 {
@@ -72,6 +79,11 @@ impl SimHost {
             dirty: false,
             reported: 1,
             no_echo_wait: None,
+            pair_start: Default::default(),
+            pair_issued: None,
+            lease_ns,
+            margin_ns,
+            bug,
         }
     }
 
@@ -167,10 +179,12 @@ impl SimHost {
 
     /// Configurations the authority issued since the last call (for the checker).
     pub fn newly_issued(&mut self) -> Vec<EpochConfig> {
-        let new = self.authority.history[self.reported..]
-            .iter()
-            .map(|(_, c)| c.clone())
-            .collect();
+        let mut new: Vec<EpochConfig> = self.pair_issued.take().into_iter().collect();
+        new.extend(
+            self.authority.history[self.reported..]
+                .iter()
+                .map(|(_, c)| c.clone()),
+        );
         self.reported = self.authority.history.len();
         new
     }
@@ -208,6 +222,25 @@ impl SimHost {
         let requests = if quiet { Vec::new() } else { requests };
         let mut last = None;
         for r in requests {
+            if let ToAuthority::Join { meta } = &r {
+                let pair_cold = self.authority.config().is_none()
+                    && self.saved.took_over_from == Some(crate::ha::authority_host::WITNESS_NODE);
+                if pair_cold {
+                    let started = self.pair_start.join(
+                        &self.nodes,
+                        self.saved.last_epoch,
+                        from,
+                        meta.clone(),
+                    );
+                    if let Some(cfg) = started {
+                        self.authority =
+                            Authority::new(cfg.clone(), self.lease_ns, self.margin_ns, self.bug);
+                        self.reported = self.authority.history.len();
+                        self.pair_issued = Some(cfg);
+                    }
+                    continue;
+                }
+            }
             if let Some(u) = self.authority.on_message(Time(t), from, r, pick) {
                 last = Some(u);
             }
@@ -247,6 +280,12 @@ impl SimHost {
         }
         self.authority.run_due(Time(t));
         self.persist_changes();
+    }
+
+    /// `AuthorityHost::hold`: no lease, no removal for `span_ns` from `now`.
+    pub fn hold(&mut self, now: u64, span: std::time::Duration) {
+        let until = self.time(now).saturating_add(ns(span));
+        self.quiet.hold_until(until);
     }
 
     /// `AuthorityHost::supersede`: stop for good, persisted.

@@ -73,15 +73,23 @@ pub enum VoteBug {
     /// any heartbeat heard after the wait began, not only on an echo of a heartbeat it sent
     /// after that (the rule before the echo).
     NoEchoWait,
+    /// Witness pair: a witness whose authority is older than a request's fence still
+    /// answers (and a data node keeps no fence): it grants at its stale epoch.
+    WitnessIgnoresFence,
+    /// Witness pair: the taker issues a configuration from its own copy at once, instead of
+    /// a cold authority that waits for both nodes' metadata.
+    WarmPairTakeover,
 }
 
 impl VoteBug {
-    pub const ALL: [VoteBug; 5] = [
+    pub const ALL: [VoteBug; 7] = [
         VoteBug::WitnessForgetsVote,
         VoteBug::LeaseNotWaited,
         VoteBug::TakeoverLeaseNotWaited,
         VoteBug::EpochNotPersisted,
         VoteBug::NoEchoWait,
+        VoteBug::WitnessIgnoresFence,
+        VoteBug::WarmPairTakeover,
     ];
 
     pub fn parse(s: &str) -> Option<VoteBug> {
@@ -143,6 +151,9 @@ pub struct SimReport {
     pub issued: u64,
     pub issued_by: BTreeMap<usize, u64>,
     pub takeovers: u64,
+    /// Witness pair: takeovers of the vote from the witness, and hand-backs to it.
+    pub pair_takeovers: u64,
+    pub hand_backs: u64,
     pub superseded: u64,
     /// After healing: the first instant some node serves, and every node.
     pub serve_after_heal_ms: Option<u64>,

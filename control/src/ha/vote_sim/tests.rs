@@ -17,6 +17,8 @@ fn sweep(shape: Shape) {
     let start = std::time::Instant::now();
     let mut takeovers = 0;
     let mut superseded = 0;
+    let mut pair_takeovers = 0;
+    let mut hand_backs = 0;
     let mut no_serve = 0;
     let mut known = Vec::new();
     for seed in 0..n {
@@ -33,15 +35,29 @@ fn sweep(shape: Shape) {
         }
         takeovers += r.takeovers;
         superseded += r.superseded;
+        pair_takeovers += r.pair_takeovers;
+        hand_backs += r.hand_backs;
         no_serve += u64::from(r.serve_after_heal_ms.is_none());
     }
     eprintln!(
-        "{shape:?}: {n} seeds in {:?}: {} passed, {} hit a known open defect (first: {:?}); {takeovers} takeovers, {superseded} authorities superseded, {no_serve} seeds not serving after healing",
+        "{shape:?}: {n} seeds in {:?}: {} passed, {} hit a known open defect (first: {:?}); {takeovers} takeovers ({pair_takeovers} of the vote from the witness, {hand_backs} hand-backs to it), {superseded} authorities superseded, {no_serve} seeds not serving after healing",
         start.elapsed(),
         n - known.len() as u64,
         known.len(),
         &known[..known.len().min(5)],
     );
+    // Witness pair: losing the witness lets the two data nodes take the vote over, and a
+    // returning witness takes it back (docs/ha.md, "Node majority with a witness").
+    if shape == Shape::W2 && n >= 300 {
+        assert!(
+            pair_takeovers > 0,
+            "w2: the data nodes never took the vote over"
+        );
+        assert!(
+            hand_backs > 0,
+            "w2: the vote never went back to the witness"
+        );
+    }
     // A fix of a known defect must remove it from the list (and this assertion tells).
     for (s, kind, what) in KNOWN_OPEN_DEFECTS {
         if s == shape && n >= 300 {
@@ -96,7 +112,7 @@ fn first_caught(shape: Shape, bug: VoteBug, limit: u64) -> (u64, checker::Violat
 /// Planted bugs, the shape that exercises them, and the checks that may catch them. The
 /// first seeds that caught each when this was written are in docs/ha.md; a change of the
 /// model may move them, the bound is what is asserted.
-const PLANTED: [(VoteBug, Shape, &[checker::ViolationKind]); 5] = {
+const PLANTED: [(VoteBug, Shape, &[checker::ViolationKind]); 7] = {
     use checker::ViolationKind::*;
     [
         (
@@ -112,6 +128,12 @@ const PLANTED: [(VoteBug, Shape, &[checker::ViolationKind]); 5] = {
             &[DivergingServing],
         ),
         (VoteBug::EpochNotPersisted, Shape::Hb2, &[EpochLost]),
+        (
+            VoteBug::WarmPairTakeover,
+            Shape::W2,
+            &[OlderGeneration, UnrelatedGeneration, DivergingServing],
+        ),
+        (VoteBug::WitnessIgnoresFence, Shape::W2, &[DivergingServing]),
     ]
 };
 

@@ -18,6 +18,7 @@ use super::{SimParams, SimReport, VoteBug};
 use crate::ha::authority_host::Grant;
 use crate::ha::echo::{self, HeartbeatId};
 use crate::ha::strategy::{self, Takeover, TakeoverInput};
+use crate::ha::witness_pair::{self, PairPlace, PairTakeover, PairTakeoverInput};
 use crate::ha::{AuthorityPlace, HaSettings};
 
 const MS: u64 = 1_000_000;
@@ -58,12 +59,17 @@ enum Msg {
         /// (`membership::Heartbeat`'s incarnation, counter and echo).
         id: HeartbeatId,
         echo: Option<HeartbeatId>,
+        /// Flag "lost the authority it follows" (witness pair: its vote for a takeover).
+        lost: bool,
     },
     /// The engines' traffic on a sync link, reduced to "the partner is alive".
     EnginePing,
     ApiRequest {
         id: u64,
         requests: Vec<ToAuthority>,
+        /// Witness pair: `AuthorityRequest::fence` and `hand_back`.
+        fence: Option<u64>,
+        hand_back: Option<EpochConfig>,
     },
     ApiReply {
         id: u64,
@@ -117,6 +123,7 @@ struct Heard {
     epoch: u64,
     hosts: bool,
     echo: Option<HeartbeatId>,
+    lost: bool,
 }
 
 /// A control service (lost on a crash; `Participant::durable` survives).
@@ -128,12 +135,24 @@ struct Control {
     last_answer: Option<u64>,
     /// The remote call in flight: id, local send time, the engine's clock when it reported.
     call: Option<(u64, u64, u64)>,
+    /// Whether that call went to the witness.
+    call_to_witness: bool,
     /// `HaView::served_at`: the last report that found the data plane serving (local ns).
     served_at: Option<u64>,
     /// `HaView::leased_until`: the report's time plus the lease of the last answer.
     leased_until: Option<u64>,
     /// This control service's incarnation and its last heartbeat (`HaState::heartbeat_seq`).
     last_sent: HeartbeatId,
+    /// Witness pair (`pair_driver::PairState`): when the witness last answered, whether the
+    /// last answer of the authority asked was cold, the flag "lost the witness", the probe
+    /// of the witness in flight (id, local send time) and when the last one was sent.
+    witness_answered: Option<u64>,
+    cold: bool,
+    lost: bool,
+    probe: Option<(u64, u64)>,
+    last_probe: Option<u64>,
+    /// When each node last asked the authority hosted here (`HaState::record_vote`).
+    votes: BTreeMap<NodeId, u64>,
 }
 
 /// The data plane's engine, reduced to what the vote decides: its configuration, its
@@ -146,6 +165,8 @@ struct Engine {
     peer_heard: BTreeMap<NodeId, u64>,
     /// The generation of the copy (the newest one it was synchronized in).
     generation: GenerationId,
+    /// Generations this copy was synchronized in before (`ReplicaMeta::history`).
+    history: Vec<GenerationId>,
     /// As sequencer: resync of a syncing partner started (epoch, local ns).
     resync: BTreeMap<NodeId, (Epoch, u64)>,
 }
@@ -161,8 +182,22 @@ impl Engine {
             return;
         }
         self.config = c.clone();
-        if c.state_of(self.me) == MemberState::Synchronized {
+        if c.state_of(self.me) == MemberState::Synchronized && self.generation != c.generation {
+            self.history.push(self.generation);
+            if self.history.len() > 16 {
+                self.history.remove(0);
+            }
             self.generation = c.generation;
+        }
+    }
+
+    /// The replica's metadata, as a join carries it.
+    fn meta(&self) -> ReplicaMeta {
+        ReplicaMeta {
+            current: self.generation,
+            history: self.history.clone(),
+            epoch: self.config.epoch,
+            ..ReplicaMeta::default()
         }
     }
 
@@ -200,13 +235,7 @@ impl Engine {
                 && theirs == MemberState::Synchronized
                 && silent < PEER_RECENT
             {
-                r.push(ToAuthority::Join {
-                    meta: ReplicaMeta {
-                        current: self.generation,
-                        epoch: cfg.epoch,
-                        ..ReplicaMeta::default()
-                    },
-                });
+                r.push(ToAuthority::Join { meta: self.meta() });
             }
             if cfg.sequencer == self.me
                 && mine == MemberState::Synchronized
@@ -236,6 +265,8 @@ struct Participant {
     durable: Option<Durable>,
     /// The state file before its last change (for `VoteBug::WitnessForgetsVote`).
     durable_before: Option<Durable>,
+    /// Witness pair, data node: the fence on disk (`DATA_DIR/ha/<device>.fence`).
+    fence: u64,
     paused: bool,
     /// Messages that arrived while paused (socket buffers), handled on resume.
     inbox: Vec<(usize, Msg)>,
@@ -299,10 +330,12 @@ impl<'a> World<'a> {
                         lease_until: 0,
                         peer_heard,
                         generation: EpochConfig::initial(&nodes).generation,
+                        history: Vec::new(),
                         resync: BTreeMap::new(),
                     }),
                     durable: None,
                     durable_before: None,
+                    fence: 0,
                     paused: false,
                     inbox: Vec::new(),
                     life: 0,
@@ -615,9 +648,17 @@ impl<'a> World<'a> {
             heard: BTreeMap::new(),
             last_answer: None,
             call: None,
+            call_to_witness: false,
             served_at: None,
             leased_until: None,
             last_sent,
+            // `PairState::load`: silence counts from the start.
+            witness_answered: Some(local),
+            cold: false,
+            lost: false,
+            probe: None,
+            last_probe: None,
+            votes: BTreeMap::new(),
         });
     }
 
@@ -692,6 +733,7 @@ impl<'a> World<'a> {
         };
         let hosted = c.host.as_ref().and_then(SimHost::hosted_epoch);
         let known = c.newest.as_ref().map_or(0, |c| c.epoch.0);
+        let lost = c.lost;
         // `HeartbeatSeq::next`: the local clock, strictly increasing.
         c.last_sent = HeartbeatId {
             incarnation: c.last_sent.incarnation,
@@ -709,6 +751,7 @@ impl<'a> World<'a> {
                     hosts: hosted.is_some(),
                     id,
                     echo: heard.get(&q).copied(),
+                    lost,
                 };
                 self.send_on(p, q, l, msg);
             }
@@ -733,6 +776,7 @@ impl<'a> World<'a> {
                 hosts,
                 id,
                 echo,
+                lost,
             } => {
                 // `membership::Heard::accept`: heard now; what it says only if it is the
                 // newest (not one overtaken on another link).
@@ -744,6 +788,7 @@ impl<'a> World<'a> {
                     epoch,
                     hosts,
                     echo,
+                    lost,
                 });
                 h.last_any = local;
                 if echo::is_newer(newest, id) {
@@ -753,11 +798,17 @@ impl<'a> World<'a> {
                         epoch,
                         hosts,
                         echo,
+                        lost,
                     };
                 }
             }
-            Msg::ApiRequest { id, requests } => {
-                let answer = self.serve_api(to, from, requests);
+            Msg::ApiRequest {
+                id,
+                requests,
+                fence,
+                hand_back,
+            } => {
+                let answer = self.serve_api(to, from, requests, fence, hand_back);
                 self.send(to, from, LinkKind::Mgmt, Msg::ApiReply { id, answer });
             }
             Msg::ApiReply { id, answer } => self.on_reply(to, id, answer),
@@ -772,10 +823,16 @@ impl<'a> World<'a> {
         p: usize,
         from: usize,
         requests: Vec<ToAuthority>,
+        fence: Option<u64>,
+        hand_back: Option<EpochConfig>,
     ) -> Result<Option<Grant>, String> {
+        if let Some(config) = hand_back {
+            return self.accept_hand_back(p, config);
+        }
         if !self.parts[p].data {
             // A witness creates the authority on the first request naming the nodes.
             self.ensure_host(p);
+            self.fence_witness(p, from, fence);
         }
         let local = self.local(p);
         let pick = self.rng.next_u64();
@@ -785,6 +842,7 @@ impl<'a> World<'a> {
             return Err("this node does not host the authority".into());
         };
         let answer = h.handle(local, node_id(from), requests, pick, last_sent);
+        c.votes.insert(node_id(from), local);
         self.after_host_op(p);
         answer
     }
@@ -886,7 +944,12 @@ impl<'a> World<'a> {
             .filter(|_| two_node_heartbeat(&repl))
             .and_then(|f| c.heard.get(&(f.node_id as usize - 1)))
             .map(|h| (h.echo, h.last_any));
-        self.check_superseded(p, &repl);
+        let pair = witness_pair::is_witness_pair(&repl);
+        if pair {
+            self.pair_stand_down(p);
+        } else {
+            self.check_superseded(p, &repl);
+        }
         if let Some((echo, at)) = partner_heard {
             if let Some(h) = self.parts[p].control.as_mut().and_then(|c| c.host.as_mut()) {
                 h.partner_heard(echo, at);
@@ -899,9 +962,33 @@ impl<'a> World<'a> {
             .as_ref()
             .and_then(|h| h.saved.superseded_by)
             .map(|(n, _)| n.0);
-        match strategy::authority_place(&repl, hosted, superseded_by) {
+        let place = if pair {
+            self.pair_place(p, &repl)
+        } else {
+            strategy::authority_place(&repl, hosted, superseded_by)
+        };
+        let to_witness =
+            pair && matches!(&place, AuthorityPlace::Remote { server } if server == "w");
+        let mut requests = requests;
+        if pair && !to_witness {
+            // `driver::run`: a cold authority of the pair gets the engine's metadata.
+            let c = self.parts[p].control.as_ref().expect("alive");
+            let cold = match &place {
+                AuthorityPlace::Local => c.host.as_ref().is_some_and(|h| h.config().is_none()),
+                _ => c.cold,
+            };
+            if cold {
+                let meta = self.parts[p].engine.as_ref().expect("data node").meta();
+                requests.push(ToAuthority::Join { meta });
+            }
+        }
+        let fence = to_witness.then(|| self.pair_fence(p));
+        match place {
             AuthorityPlace::Local => {
                 self.ensure_host(p);
+                if pair {
+                    self.pair_hold_without_majority(p);
+                }
                 let pick = self.rng.next_u64();
                 let c = self.parts[p].control.as_mut().expect("alive");
                 let last_sent = c.last_sent;
@@ -921,10 +1008,17 @@ impl<'a> World<'a> {
                     self.next_call += 1;
                     let id = self.next_call;
                     c.call = Some((id, local, local));
+                    c.call_to_witness = to_witness;
                     let to = (0..self.parts.len())
                         .find(|&q| participant_name(q, self.nodes.len()) == server)
                         .expect("known server");
-                    self.send(p, to, LinkKind::Mgmt, Msg::ApiRequest { id, requests });
+                    let msg = Msg::ApiRequest {
+                        id,
+                        requests,
+                        fence,
+                        hand_back: None,
+                    };
+                    self.send(p, to, LinkKind::Mgmt, msg);
                 }
             }
             // The file-share witness is not modelled here (its own model is in
@@ -932,14 +1026,25 @@ impl<'a> World<'a> {
             AuthorityPlace::Unavailable { .. } | AuthorityPlace::FileWitness => {}
         }
 
-        // 3. Heartbeat strategy: take the authority over?
-        self.consider_takeover(p, &repl);
+        // 3. Take the authority over?
+        if pair {
+            self.consider_pair_takeover(p, to_witness);
+            self.maybe_hand_back(p);
+        } else {
+            self.consider_takeover(p, &repl);
+        }
     }
 
     fn on_reply(&mut self, p: usize, id: u64, answer: Result<Option<Grant>, String>) {
         let local = self.local(p);
         let timeout = self.settings.remote_timeout.as_nanos() as u64;
         let c = self.parts[p].control.as_mut().expect("alive");
+        if c.probe.is_some_and(|(want, _)| want == id) {
+            c.probe = None;
+            // Any answer: the witness is back.
+            self.hand_back(p);
+            return;
+        }
         let Some((want, sent, report_at)) = c.call else {
             return;
         };
@@ -951,6 +1056,11 @@ impl<'a> World<'a> {
             return; // the driver gave up on this call
         }
         if let Ok(grant) = answer {
+            let c = self.parts[p].control.as_mut().expect("alive");
+            if c.call_to_witness {
+                c.witness_answered = Some(local);
+            }
+            c.cold = grant.is_none();
             self.apply_answer(p, grant, report_at);
         }
     }
@@ -1089,6 +1199,297 @@ impl<'a> World<'a> {
         if let Err(e) = self.checker.issued(p, &config) {
             self.report.violation.get_or_insert(e);
         }
+    }
+
+    // ------------------------------------------------------------------ witness pair
+
+    /// The partner's heartbeat within the timeout, as `driver::heard_partners`.
+    fn heard_partner(&self, p: usize) -> Option<strategy::HeardPartner> {
+        let local = self.local(p);
+        let timeout = self.settings.heartbeat_timeout.as_nanos() as u64;
+        let c = self.parts[p].control.as_ref()?;
+        let q = 1 - p;
+        let h = c.heard.get(&q)?;
+        (local.saturating_sub(h.last_any) < timeout).then_some(strategy::HeardPartner {
+            id: node_id(q),
+            epoch: h.epoch,
+            hosts_authority: h.hosts,
+            lost_authority: h.lost,
+        })
+    }
+
+    fn known_epoch(&self, p: usize) -> u64 {
+        self.parts[p]
+            .control
+            .as_ref()
+            .and_then(|c| c.newest.as_ref())
+            .map_or(0, |c| c.epoch.0)
+    }
+
+    /// `driver::check_stand_down` (`strategy::majority_stand_down`).
+    fn pair_stand_down(&mut self, p: usize) {
+        let heard: Vec<_> = self.heard_partner(p).into_iter().collect();
+        let c = self.parts[p].control.as_mut().expect("alive");
+        let Some(mine) = c.host.as_ref().and_then(SimHost::hosted_epoch) else {
+            return;
+        };
+        if let Some((by, epoch)) = strategy::majority_stand_down(node_id(p), mine, &heard) {
+            c.host
+                .as_mut()
+                .expect("hosting")
+                .supersede(by, Epoch(epoch));
+            self.report.superseded += 1;
+            self.trace(Some(p), || {
+                format!(
+                    "authority stands down for n{} at epoch {epoch} (own {mine})",
+                    by.0
+                )
+            });
+            self.after_host_op(p);
+        }
+    }
+
+    /// `pair_driver::place`, with the fence persisted before the partner is asked.
+    fn pair_place(&mut self, p: usize, repl: &ReplicationConfig) -> AuthorityPlace {
+        let partner = self.heard_partner(p);
+        let known = self.known_epoch(p);
+        let c = self.parts[p].control.as_ref().expect("alive");
+        let hosting_live = c.host.as_ref().and_then(SimHost::hosted_epoch).is_some();
+        match witness_pair::pair_place(hosting_live, partner.as_ref(), known) {
+            PairPlace::Here => AuthorityPlace::Local,
+            PairPlace::Partner => {
+                let epoch = partner.map_or(0, |h| h.epoch);
+                if self.params.bug != Some(VoteBug::WitnessIgnoresFence) {
+                    self.parts[p].fence = self.parts[p].fence.max(epoch);
+                }
+                AuthorityPlace::Remote {
+                    server: repl.partners[0].name.clone(),
+                }
+            }
+            PairPlace::Witness => AuthorityPlace::Remote { server: "w".into() },
+        }
+    }
+
+    /// `pair_driver::fence`.
+    fn pair_fence(&self, p: usize) -> u64 {
+        witness_pair::fence(
+            self.known_epoch(p),
+            self.heard_partner(p).map(|h| h.epoch),
+            self.parts[p].fence,
+        )
+    }
+
+    /// `driver::hold_without_majority` for a witness pair: the partner's vote is needed.
+    fn pair_hold_without_majority(&mut self, p: usize) {
+        let local = self.local(p);
+        let window = self.settings.lease;
+        let span = self.settings.lease + self.settings.margin;
+        let c = self.parts[p].control.as_mut().expect("alive");
+        let age = c
+            .votes
+            .get(&node_id(1 - p))
+            .map(|&t| std::time::Duration::from_nanos(local.saturating_sub(t)));
+        if !strategy::has_majority(3, &[age], window) {
+            if let Some(h) = c.host.as_mut() {
+                h.hold(local, span);
+            }
+        }
+    }
+
+    /// `pair_driver::consider_takeover` with `witness_pair::decide_pair_takeover`.
+    fn consider_pair_takeover(&mut self, p: usize, follows_witness: bool) {
+        let local = self.local(p);
+        let lease_plus_margin = self.settings.lease + self.settings.margin;
+        let partner = self.heard_partner(p);
+        let c = self.parts[p].control.as_mut().expect("alive");
+        let silent = c
+            .witness_answered
+            .map(|t| std::time::Duration::from_nanos(local.saturating_sub(t)));
+        c.lost = follows_witness && silent.is_some_and(|s| s > lease_plus_margin);
+        let input = PairTakeoverInput {
+            me: node_id(p),
+            hosting: c.host.as_ref().and_then(SimHost::hosted_epoch).is_some(),
+            follows_witness,
+            witness_silent_for: silent,
+            lease_plus_margin,
+            partner,
+            newest: c.newest.clone(),
+        };
+        let PairTakeover::TakeOver { last_epoch } = witness_pair::decide_pair_takeover(&input)
+        else {
+            return;
+        };
+        // `AuthorityHost::take_over_cold`: above everything on disk, stood down included.
+        if let Some(old) = &self.parts[p].durable {
+            let top = old
+                .superseded_by
+                .map_or(old.last_epoch, |(_, e)| e.max(old.last_epoch));
+            if top >= last_epoch {
+                return;
+            }
+        }
+        let newest = input.newest.clone().expect("decided with a configuration");
+        let (config, last) = if self.params.bug == Some(VoteBug::WarmPairTakeover) {
+            // Planted: the taker issues a configuration at once, from its own copy.
+            let mut c = newest.next(&[]).expect("same members");
+            c.epoch = Epoch(last_epoch.0 + 1);
+            (Some(c), Epoch(last_epoch.0 + 1))
+        } else {
+            (None, last_epoch)
+        };
+        self.report.takeovers += 1;
+        self.report.pair_takeovers += 1;
+        self.trace(Some(p), || {
+            format!(
+                "takes the vote over from the witness, cold above epoch {}",
+                last.0
+            )
+        });
+        let saved = Durable {
+            last_epoch: last,
+            config: config.clone(),
+            took_over_from: Some(crate::ha::authority_host::WITNESS_NODE),
+            superseded_by: None,
+        };
+        let mut host = SimHost::from_durable(
+            saved.clone(),
+            &self.nodes,
+            &self.settings,
+            local,
+            false,
+            self.bug_authority(),
+        );
+        host.hold(local, lease_plus_margin);
+        self.parts[p].durable_before = self.parts[p].durable.replace(saved);
+        let c = self.parts[p].control.as_mut().expect("alive");
+        c.host = Some(host);
+        c.lost = false;
+        *self.report.issued_by.entry(p).or_default() += 1;
+        if let Some(config) = config {
+            if let Err(e) = self.checker.issued(p, &config) {
+                self.report.violation.get_or_insert(e);
+            }
+        }
+    }
+
+    /// `pair_driver::maybe_hand_back`: the host of a live pair authority with a
+    /// configuration probes the witness about once a second.
+    fn maybe_hand_back(&mut self, p: usize) {
+        let local = self.local(p);
+        let every = self.settings.remote_timeout.as_nanos() as u64;
+        let c = self.parts[p].control.as_mut().expect("alive");
+        // Also while cold: the probe alone fences a returning witness.
+        let Some(hosted) = c.host.as_ref().and_then(SimHost::hosted_epoch) else {
+            return;
+        };
+        if c.probe
+            .is_some_and(|(_, sent)| local.saturating_sub(sent) < every)
+            || c.last_probe
+                .is_some_and(|t| local.saturating_sub(t) < every)
+        {
+            return;
+        }
+        self.next_call += 1;
+        let id = self.next_call;
+        c.probe = Some((id, local));
+        c.last_probe = Some(local);
+        let w = self.nodes.len();
+        let msg = Msg::ApiRequest {
+            id,
+            requests: Vec::new(),
+            fence: Some(hosted),
+            hand_back: None,
+        };
+        self.send(p, w, LinkKind::Mgmt, msg);
+    }
+
+    /// The witness answered the probe: stand down (persisted) and hand the vote back.
+    fn hand_back(&mut self, p: usize) {
+        let c = self.parts[p].control.as_mut().expect("alive");
+        let Some(h) = c.host.as_mut() else { return };
+        if h.hosted_epoch().is_none() {
+            return;
+        }
+        let Some(current) = h.config().cloned() else {
+            return;
+        };
+        let back = witness_pair::hand_back_config(&current, h.saved.last_epoch);
+        h.supersede(crate::ha::authority_host::WITNESS_NODE, back.epoch);
+        self.trace(Some(p), || {
+            format!(
+                "hands the vote back to the witness at epoch {}",
+                back.epoch.0
+            )
+        });
+        self.after_host_op(p);
+        self.next_call += 1;
+        let id = self.next_call;
+        let w = self.nodes.len();
+        let msg = Msg::ApiRequest {
+            id,
+            requests: Vec::new(),
+            fence: None,
+            hand_back: Some(back),
+        };
+        self.send(p, w, LinkKind::Mgmt, msg);
+    }
+
+    /// `authority_host::fence_witness`.
+    fn fence_witness(&mut self, p: usize, from: usize, fence: Option<u64>) {
+        if self.params.bug == Some(VoteBug::WitnessIgnoresFence) {
+            return;
+        }
+        let Some(h) = self.parts[p].control.as_mut().and_then(|c| c.host.as_mut()) else {
+            return;
+        };
+        if h.superseded() || !witness_pair::witness_fenced(h.saved.last_epoch, fence) {
+            return;
+        }
+        let own = h.saved.last_epoch.0;
+        let f = fence.unwrap_or(0);
+        h.supersede(node_id(from), Epoch(f));
+        self.report.superseded += 1;
+        self.trace(Some(p), || {
+            format!("witness fenced at epoch {f} (own {own}): stands down")
+        });
+        self.after_host_op(p);
+    }
+
+    /// `authority_host::accept_hand_back`.
+    fn accept_hand_back(&mut self, p: usize, config: EpochConfig) -> Result<Option<Grant>, String> {
+        let local = self.local(p);
+        let own = self.parts[p].durable.as_ref().map(|d| {
+            d.superseded_by
+                .map_or(d.last_epoch, |(_, e)| e.max(d.last_epoch))
+        });
+        if !witness_pair::accept_hand_back(own, config.epoch) {
+            return Err("hand-back refused".into());
+        }
+        let saved = Durable {
+            last_epoch: config.epoch,
+            config: Some(config.clone()),
+            took_over_from: None,
+            superseded_by: None,
+        };
+        let host = SimHost::from_durable(
+            saved.clone(),
+            &self.nodes,
+            &self.settings,
+            local,
+            true,
+            self.bug_authority(),
+        );
+        self.parts[p].durable_before = self.parts[p].durable.replace(saved);
+        self.parts[p].control.as_mut().expect("alive").host = Some(host);
+        self.report.hand_backs += 1;
+        self.trace(Some(p), || {
+            format!("witness takes the vote back at epoch {}", config.epoch.0)
+        });
+        *self.report.issued_by.entry(p).or_default() += 1;
+        if let Err(e) = self.checker.issued(p, &config) {
+            self.report.violation.get_or_insert(e);
+        }
+        Ok(None)
     }
 
     // ------------------------------------------------------------------ checks
