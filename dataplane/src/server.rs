@@ -76,6 +76,8 @@ pub struct ReplicationSpec {
     pub device_id: u64,
     /// Where the replica metadata is kept (`None`: in memory).
     pub meta_path: Option<PathBuf>,
+    /// Resync pacing target (0: a fixed window); see `ReplicationConfig`.
+    pub resync_latency_target_ms: u64,
     pub partners: Vec<tandem_config::PartnerConfig>,
 }
 
@@ -86,6 +88,7 @@ impl std::fmt::Debug for ReplicationSpec {
             .field("node_id", &self.node_id)
             .field("device_id", &self.device_id)
             .field("meta_path", &self.meta_path)
+            .field("resync_latency_target_ms", &self.resync_latency_target_ms)
             .field("partners", &self.partners)
             .finish_non_exhaustive()
     }

@@ -187,6 +187,10 @@ enum ReplicaCmd {
         /// path (NFS, SMB), the third vote.
         #[arg(long)]
         witness_file: Option<PathBuf>,
+        /// Resync pacing: the host p99 latency (ms) a resync keeps; 0 turns pacing off
+        /// (default 10).
+        #[arg(long)]
+        resync_latency_target_ms: Option<u64>,
     },
     /// Remove the partner's replica: its device and target are removed there (image kept
     /// unless --delete-file), the other replicas forget it.
@@ -971,6 +975,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
             init,
             witness,
             witness_file,
+            resync_latency_target_ms,
         } => {
             if !ctx.json {
                 eprintln!("creating the replica of {device} on {partner}...");
@@ -993,6 +998,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
                     init,
                     witness,
                     witness_file,
+                    resync_latency_target_ms,
                 },
             )?;
             if ctx.json {

@@ -41,6 +41,7 @@ use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 use crate::journal::{DirtyBitmap, Journal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
+use crate::pacing::{PacingConfig, ResyncPacer};
 use crate::ranges::{Barriers, RangeLocks};
 use crate::types::{BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, OpId, RegionIndex, Time};
 
@@ -68,8 +69,12 @@ pub enum PlantedBug {
 pub struct Options {
     /// A partner silent this long on an operation makes the engine ask for a verdict.
     pub peer_timeout_ns: u64,
-    /// Region copies in flight at once during resync (the rest of the link serves hosts).
+    /// Region copies in flight at once during resync (the rest of the link serves hosts);
+    /// with pacing, the widest the window grows.
     pub resync_parallel: usize,
+    /// Pace the resync by the latency of host commands answered here (contract i); `None`:
+    /// the fixed window of `resync_parallel`.
+    pub resync_pacing: Option<PacingConfig>,
     /// Messages from a newer epoch kept until this node's configuration catches up.
     pub future_messages_max: usize,
     /// Bound on the host writes this node holds unanswered (contract j): at most this many
@@ -87,6 +92,7 @@ impl Default for Options {
         Options {
             peer_timeout_ns: 1_000_000_000,
             resync_parallel: 4,
+            resync_pacing: None,
             future_messages_max: 4096,
             held_writes_max: 1000,
             held_bytes_max: 64 << 20,
@@ -175,6 +181,9 @@ struct SeqOp<P> {
     commit_to: Vec<NodeId>,
     stage: SeqStage,
     since: Time,
+    /// When it was ordered (`since` moves with each stage); a resync copy's duration paces
+    /// the next one.
+    created: Time,
 }
 
 #[derive(Clone, Debug)]
@@ -335,6 +344,8 @@ pub struct Engine<P> {
     gated_host: VecDeque<(HostTag, HostCmd<P>)>,
     resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
     copies_in_flight: BTreeMap<NodeId, usize>,
+    /// The resync window, paced by host latency when `Options::resync_pacing` says so.
+    pacer: ResyncPacer,
     /// Verdicts asked for in this epoch, and when (asked again if no answer comes: the
     /// request or the authority's link may have been lost).
     suspected: BTreeMap<NodeId, Time>,
@@ -377,6 +388,7 @@ impl<P: Clone> Engine<P> {
         opts: Options,
     ) -> Self {
         let meta_durable = meta.version;
+        let pacer = ResyncPacer::new(opts.resync_parallel, opts.resync_pacing);
         Engine {
             me,
             geometry,
@@ -412,6 +424,7 @@ impl<P: Clone> Engine<P> {
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
+            pacer,
             suspected: BTreeMap::new(),
             future: Vec::new(),
             sync_done: BTreeMap::new(),
@@ -495,6 +508,17 @@ impl<P: Clone> Engine<P> {
         seq.chain(fwd)
             .chain(gated)
             .fold((0, 0), |(n, b), r| (n + 1, b + self.range_bytes(&r)))
+    }
+
+    /// A host command of this device was answered `latency_ns` after the data plane took it
+    /// (measured by the data plane, which sees the whole path). Paces the resync; no output.
+    pub fn observe_host_latency(&mut self, now: Time, latency_ns: u64) {
+        self.pacer.observe(now, latency_ns);
+    }
+
+    /// The resync window in sixteenths of a region copy, and how often it was shrunk.
+    pub fn resync_window(&self) -> (u32, u64) {
+        (self.pacer.window_sixteenths(), self.pacer.decreases())
     }
 
     /// Host writes refused (NOT READY) because the bound on held writes was reached.
@@ -752,6 +776,7 @@ impl<P: Clone> Engine<P> {
                 commit_to: Vec::new(),
                 stage: SeqStage::WaitLock,
                 since: now,
+                created: now,
             },
         );
         if self.gate.is_some() || self.meta_durable < self.meta.version {
@@ -1030,6 +1055,7 @@ impl<P: Clone> Engine<P> {
             SeqKind::Copy { region, purpose } => {
                 let targets = op.targets.clone();
                 if purpose == CopyPurpose::Resync {
+                    self.pacer.copy_done(now, op.created);
                     for t in &targets {
                         self.journal.clean(*t, region);
                         if let Some(n) = self.copies_in_flight.get_mut(t) {
@@ -1097,9 +1123,13 @@ impl<P: Clone> Engine<P> {
         if self.gate.is_some() {
             return;
         }
+        let allowance = self.pacer.allowance(now);
+        if now < allowance.not_before {
+            return; // resting (duty cycle below one copy); a tick comes back
+        }
         let targets: Vec<NodeId> = self.resync.keys().copied().collect();
         for t in targets {
-            while self.copies_in_flight.get(&t).copied().unwrap_or(0) < self.opts.resync_parallel {
+            while self.copies_in_flight.get(&t).copied().unwrap_or(0) < allowance.in_flight {
                 let Some(region) = self.resync.get_mut(&t).and_then(|q| q.pop_front()) else {
                     break;
                 };
@@ -1119,6 +1149,7 @@ impl<P: Clone> Engine<P> {
                         commit_to: Vec::new(),
                         stage: SeqStage::WaitLock,
                         since: now,
+                        created: now,
                     },
                 );
                 self.lock_and_start(now, id, out);
@@ -2078,6 +2109,9 @@ impl<P: Clone> Engine<P> {
             self.send(seq, Msg::CommitQuery { id }, out);
         }
         self.retry_membership(now, out);
+        if !self.resync.is_empty() {
+            self.pump_resync(now, out);
+        }
         // A node whose lease ran out answers nothing but NOT READY from now on.
         if !self.serving(now)
             && (!self.reads.is_empty()

@@ -77,6 +77,8 @@ struct HostReq {
     chan: u64,
     tag: u64,
     kind: ReqKind,
+    /// When the reactor's command reached this thread: the host latency that paces resync.
+    since: Instant,
 }
 
 enum LocalPending {
@@ -510,6 +512,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Read { len: len as usize },
                     },
                 );
@@ -536,6 +539,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Write {
                             buf: Some(buf),
                             fua,
@@ -551,6 +555,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Flush,
                     },
                 );
@@ -581,6 +586,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::CompareAndWrite {
                             buf: Some(buf),
                             offset,
@@ -613,6 +619,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Discard {
                             next: offset,
                             end: offset + len,
@@ -668,7 +675,10 @@ impl Worker {
                         _ => Err(BdevError::Other("replicated read returned no data".into())),
                     };
                     match result {
-                        Ok(buf) => self.complete(req.chan, req.tag, Ok(()), Some(buf)),
+                        Ok(buf) => {
+                            self.observe_latency(req.since);
+                            self.complete(req.chan, req.tag, Ok(()), Some(buf))
+                        }
                         Err(e) => self.complete(req.chan, req.tag, Err(e), None),
                     }
                     return;
@@ -681,6 +691,7 @@ impl Worker {
                         return;
                     }
                     let buf = buf.take();
+                    self.observe_latency(req.since);
                     self.complete(req.chan, req.tag, Ok(()), buf);
                     return;
                 }
@@ -694,10 +705,12 @@ impl Worker {
                         return;
                     }
                     let buf = buf.take();
+                    self.observe_latency(req.since);
                     self.complete(req.chan, req.tag, Ok(()), buf);
                     return;
                 }
                 ReqKind::Flush => {
+                    self.observe_latency(req.since);
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
                 }
@@ -706,6 +719,7 @@ impl Worker {
                         self.reqs.insert(id, req);
                         self.next_discard_chunk(id);
                     } else {
+                        self.observe_latency(req.since);
                         self.complete(req.chan, req.tag, Ok(()), None);
                     }
                     return;
@@ -727,6 +741,14 @@ impl Worker {
             _ => None,
         };
         self.complete(req.chan, req.tag, Err(err), buf);
+    }
+
+    /// A host command answered GOOD: its latency on this thread (queueing behind resync
+    /// copies included) paces the resync.
+    fn observe_latency(&mut self, since: Instant) {
+        let took = since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let now = self.now();
+        self.engine.observe_host_latency(now, took);
     }
 
     /// SCSI reports where a COMPARE AND WRITE first differed, but the engine's MISCOMPARE
