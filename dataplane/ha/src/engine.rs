@@ -65,6 +65,34 @@ pub enum PlantedBug {
     UnboundedHolding,
 }
 
+/// Why [`Engine::grow`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrowRefused {
+    Shrink { current: u64 },
+    NoConfiguration,
+    NotSynchronized { node: NodeId, state: MemberState },
+    Resyncing,
+}
+
+impl std::fmt::Display for GrowRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrowRefused::Shrink { current } => {
+                write!(f, "devices only grow (now {current} blocks)")
+            }
+            GrowRefused::NoConfiguration => write!(f, "the replica has no configuration yet"),
+            GrowRefused::NotSynchronized { node, state } => write!(
+                f,
+                "replica {} is {state:?}, not synchronized: extend once every replica is",
+                node.0
+            ),
+            GrowRefused::Resyncing => {
+                write!(f, "a resync is running: extend once it has finished")
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// A partner silent this long on an operation makes the engine ask for a verdict.
@@ -508,6 +536,48 @@ impl<P: Clone> Engine<P> {
         seq.chain(fwd)
             .chain(gated)
             .fold((0, 0), |(n, b), r| (n + 1, b + self.range_bytes(&r)))
+    }
+
+    /// The device grew to `num_blocks` on this replica (contract l). Refused unless every
+    /// member of the configuration is synchronized and no resync or reconcile runs: the new
+    /// blocks are then zero on every replica, so they start clean in every journal. A
+    /// partner that is out or syncing would need its own copy grown and the new regions
+    /// copied; refusing keeps that case out (the administrator extends once the device is
+    /// whole again). Idempotent: growing to the current size is a no-op.
+    pub fn grow(&mut self, num_blocks: u64) -> Result<(), GrowRefused> {
+        if num_blocks < self.geometry.num_blocks {
+            return Err(GrowRefused::Shrink {
+                current: self.geometry.num_blocks,
+            });
+        }
+        let Some(cfg) = &self.config else {
+            return Err(GrowRefused::NoConfiguration);
+        };
+        if let Some((n, st)) = cfg
+            .members
+            .iter()
+            .find(|(_, st)| *st != MemberState::Synchronized)
+        {
+            return Err(GrowRefused::NotSynchronized {
+                node: *n,
+                state: *st,
+            });
+        }
+        if self.restarted
+            || self.gate.is_some()
+            || !self.reconcile.is_empty()
+            || !self.resync.is_empty()
+            || !self.sync_done.is_empty()
+        {
+            return Err(GrowRefused::Resyncing);
+        }
+        self.geometry.num_blocks = num_blocks;
+        self.journal.grow(self.geometry);
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     /// A host command of this device was answered `latency_ns` after the data plane took it

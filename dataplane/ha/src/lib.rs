@@ -25,7 +25,7 @@ pub mod ranges;
 pub mod sim;
 pub mod types;
 
-pub use engine::{Engine, Options, PlantedBug};
+pub use engine::{Engine, GrowRefused, Options, PlantedBug};
 pub use generation::{compare, ReplicaMeta, SyncDecision};
 pub use io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 pub use membership::{EpochConfig, MemberState};
