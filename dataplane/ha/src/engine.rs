@@ -586,6 +586,16 @@ impl<P: Clone> Engine<P> {
         self.pacer.observe(now, latency_ns);
     }
 
+    /// When a resync resting below one copy (pacing) may start its next copy: the data
+    /// plane ticks the engine then (its regular tick can be much later than a copy's rest).
+    /// `None` when it is not resting after `now`.
+    pub fn resync_resumes_at(&self, now: Time) -> Option<Time> {
+        if self.resync.values().all(|q| q.is_empty()) {
+            return None;
+        }
+        self.pacer.resting_until().filter(|&t| t > now)
+    }
+
     /// The resync window in sixteenths of a region copy, and how often it was shrunk.
     pub fn resync_window(&self) -> (u32, u64) {
         (self.pacer.window_sixteenths(), self.pacer.decreases())

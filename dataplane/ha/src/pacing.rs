@@ -148,6 +148,12 @@ impl ResyncPacer {
         }
     }
 
+    /// Until when the resync rests (below one copy), if it does: the caller's next tick
+    /// should come no later, or the rest lasts until its regular tick.
+    pub fn resting_until(&self) -> Option<Time> {
+        (self.window < UNIT && self.not_before > Time(0)).then_some(self.not_before)
+    }
+
     /// A copy that started at `started` ended at `now`. Below one copy, the next one rests
     /// so that copies run `window / 16` of the time.
     pub fn copy_done(&mut self, now: Time, started: Time) {
@@ -271,6 +277,7 @@ mod tests {
         let a = p.allowance(Time(t + 2 * MS));
         assert_eq!(a.in_flight, 1);
         assert_eq!(a.not_before, Time(t + 4 * MS));
+        assert_eq!(p.resting_until(), Some(Time(t + 4 * MS)));
         // At the floor, fifteen copy durations.
         for _ in 0..5 {
             interval(&mut p, &mut t, 100, 20 * MS);

@@ -267,6 +267,11 @@ impl Worker {
                 };
                 self.next_tick = now_i + period;
             }
+            // A paced resync resting between copies resumes on time, not at the next tick.
+            if let Some(at) = self.engine.resync_resumes_at(self.now()) {
+                let at = self.start + Duration::from_nanos(at.0);
+                self.next_tick = self.next_tick.min(at);
+            }
             self.wake_channels();
             self.tell_state();
             if work {
