@@ -89,6 +89,10 @@ pub struct NodeSection {
     pub cores: Vec<usize>,
     #[serde(default)]
     pub poll_mode: PollMode,
+    /// Socket I/O of kernel TCP connections: per-connection syscalls (default) or through
+    /// each reactor's io_uring.
+    #[serde(default, skip_serializing_if = "SocketIo::is_default")]
+    pub socket_io: SocketIo,
     /// Memory budget per reactor for write buffers and unsent read data (default 256 MiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_budget: Option<Size>,
@@ -106,6 +110,23 @@ pub enum PollMode {
     Adaptive,
     /// Never park (lowest latency, burns the cores).
     Always,
+}
+
+/// `node.socket_io`: how reactors read and write kernel TCP sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketIo {
+    /// `recv` / `writev` system calls per connection.
+    #[default]
+    Syscalls,
+    /// RECV / SEND on the reactor's io_uring, submitted with device I/O in one enter.
+    Uring,
+}
+
+impl SocketIo {
+    fn is_default(&self) -> bool {
+        *self == SocketIo::default()
+    }
 }
 
 /// `[[device]]`: a RAM disk (`ram_size`) or an image file (`file`).
@@ -561,6 +582,7 @@ impl NodeConfig {
                 image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                socket_io: SocketIo::Syscalls,
                 mem_budget: None,
             },
             devices: vec![DeviceConfig::ram("ram0", 1 << 30)],
@@ -579,6 +601,7 @@ impl NodeConfig {
                 image_dirs: Vec::new(),
                 cores: Vec::new(),
                 poll_mode: PollMode::Adaptive,
+                socket_io: SocketIo::Syscalls,
                 mem_budget: None,
             },
             devices: Vec::new(),

@@ -68,6 +68,7 @@ fn with_device(extra: &str) -> String {
 fn good_config_parses_with_defaults() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.node.poll_mode, PollMode::Adaptive);
+    assert_eq!(c.node.socket_io, SocketIo::Syscalls);
     let d = &c.devices[0];
     assert_eq!(d.block_size, 512);
     assert_eq!(d.cache, CacheMode::None);
@@ -714,4 +715,22 @@ fn replication_section_is_validated() {
         "device[0].replication.partner[1].node_id",
         "used twice",
     );
+}
+
+#[test]
+fn socket_io_is_syscalls_or_uring() {
+    let with = |v: &str| {
+        parse(&format!(
+            "[node]\nname = \"n\"\nportals = [\"127.0.0.1:3260\"]\nsocket_io = {v}\n"
+        ))
+    };
+    assert_eq!(with("\"uring\"").unwrap().node.socket_io, SocketIo::Uring);
+    assert_eq!(
+        with("\"syscalls\"").unwrap().node.socket_io,
+        SocketIo::Syscalls
+    );
+    assert!(with("\"epoll\"").is_err());
+    // The default is not written back.
+    let c = with("\"syscalls\"").unwrap();
+    assert!(!toml::to_string(&c).unwrap().contains("socket_io"));
 }

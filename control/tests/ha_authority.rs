@@ -368,6 +368,8 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
         epoch: 99,
         hosts_authority: true,
         lost_authority: false,
+        incarnation: 1,
+        echo: None,
     };
     forger
         .send_to(&forged.encode(&[0x55; 32], hb_b.parse().unwrap()), &hb_b)
@@ -420,8 +422,9 @@ fn second_node_takes_the_authority_over_when_the_first_is_gone() {
 
 /// SIGSTOP of the authority node for longer than a lease plus margin. b, which runs no
 /// data plane and so never held a lease, does not take over. When a wakes it grants
-/// nothing at once (pause detected), then, once it has heard its partner again and a lease
-/// plus margin has passed, it grants leases again (still the authority, never superseded).
+/// nothing at once (pause detected), then, once its partner has echoed a heartbeat sent after
+/// the pause and a lease plus margin has passed, it grants leases again (still the
+/// authority, never superseded).
 #[test]
 fn a_paused_authority_grants_nothing_until_quiet_and_its_partner_heard() {
     use nix::sys::signal::{kill, Signal};
@@ -461,6 +464,12 @@ fn a_paused_authority_grants_nothing_until_quiet_and_its_partner_heard() {
     );
     let log = a.log();
     assert!(log.contains("the authority was paused"), "{log}");
+    // It granted again because b echoed a heartbeat a sent after waking (docs/ha.md, "The
+    // heartbeat echo"), not because some heartbeat of b arrived.
+    assert!(
+        log.contains("the partner echoed a heartbeat sent after this authority's restart or pause"),
+        "{log}"
+    );
     assert!(
         !log.lines()
             .any(|l| l.contains("ERROR") && l.contains("split brain")),

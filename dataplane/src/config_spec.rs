@@ -42,6 +42,10 @@ pub fn node_spec(cfg: &NodeConfig, config_dir: &Path) -> NodeSpec {
             tandem_config::PollMode::Always => PollMode::Always,
         },
         spin: DEFAULT_SPIN,
+        socket_io: match cfg.node.socket_io {
+            tandem_config::SocketIo::Syscalls => crate::net::SocketIo::Syscalls,
+            tandem_config::SocketIo::Uring => crate::net::SocketIo::Uring,
+        },
         timers: crate::reactor_ctx::ConnTimers {
             mem_budget_bytes: cfg
                 .node

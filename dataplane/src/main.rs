@@ -83,6 +83,10 @@ struct ServeArgs {
     cores: Option<String>,
     #[arg(long, value_enum, default_value_t = PollArg::Adaptive)]
     poll_mode: PollArg,
+    /// Socket I/O of kernel TCP connections: `recv`/`writev` syscalls, or RECV/SEND queued on
+    /// each reactor's io_uring with its device I/O (one `io_uring_enter` per reactor pass).
+    #[arg(long, value_enum, default_value_t = SocketIoArg::Syscalls)]
+    socket_io: SocketIoArg,
     /// Identity seed for serial / NAA / EUI-64 (an HA partner uses the same).
     #[arg(long)]
     identity_seed: Option<String>,
@@ -138,6 +142,12 @@ enum CacheArg {
 enum PollArg {
     Always,
     Adaptive,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SocketIoArg {
+    Syscalls,
+    Uring,
 }
 
 fn parse_cores(s: &str) -> Result<Vec<usize>, String> {
@@ -327,6 +337,10 @@ fn serve_spec(a: ServeArgs) -> Result<NodeSpec, String> {
             PollArg::Adaptive => PollMode::Adaptive,
         },
         spin: std::time::Duration::from_micros(a.spin_us),
+        socket_io: match a.socket_io {
+            SocketIoArg::Syscalls => tandem_dataplane::net::SocketIo::Syscalls,
+            SocketIoArg::Uring => tandem_dataplane::net::SocketIo::Uring,
+        },
         timers: tandem_dataplane::reactor_ctx::ConnTimers {
             nop_interval: (a.nop_interval > 0)
                 .then(|| std::time::Duration::from_secs(a.nop_interval)),

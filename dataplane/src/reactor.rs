@@ -13,7 +13,7 @@
 
 use crate::conn::Connection;
 use crate::net::utcp::{UserspaceStack, UtcpPortal};
-use crate::net::Transport;
+use crate::net::{SocketIo, Transport};
 use crate::reactor_ctx::{split_tag, ReactorCtx, ReactorMsg, Shared};
 use crate::stats::ReactorStats;
 use crossbeam_channel::Receiver;
@@ -39,6 +39,8 @@ pub struct ReactorConfig {
     pub poll_mode: PollMode,
     /// How long an idle reactor keeps polling before it sleeps.
     pub spin: Duration,
+    /// Socket I/O of kernel TCP connections: syscalls, or through the reactor's io_uring.
+    pub socket_io: SocketIo,
 }
 
 /// Longest sleep, so connection timers (NOP pings, login timeouts) still run.
@@ -146,7 +148,8 @@ pub fn run(
             let Ok(msg) = inbox.try_recv() else { break };
             work += 1;
             match msg {
-                ReactorMsg::NewConnection(transport) => {
+                ReactorMsg::NewConnection(stream) => {
+                    let transport = kernel_transport(&cfg, &ctx, stream);
                     admit(
                         &cfg,
                         &ctx,
@@ -276,6 +279,11 @@ pub fn run(
                 watching_out.insert(*id, want);
             }
         }
+        // Nothing queued on the ring may wait for a wake-up only its completion could bring,
+        // and nothing already completed may wait for one that will not come.
+        if !ctx.ring_ready_to_sleep() {
+            continue;
+        }
         stats.sleeps.fetch_add(1, Ordering::Relaxed);
         let _ = epoll.wait(
             &mut events,
@@ -295,6 +303,21 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(1));
     }
     tracing::debug!(reactor = cfg.id, "reactor stopped");
+}
+
+/// The transport for an accepted kernel TCP socket, per `socket_io` (syscalls when the
+/// reactor has no io_uring).
+fn kernel_transport(
+    cfg: &ReactorConfig,
+    ctx: &ReactorCtx,
+    stream: std::net::TcpStream,
+) -> Box<dyn Transport> {
+    match (cfg.socket_io, ctx.ring()) {
+        (SocketIo::Uring, Some(ring)) => {
+            Box::new(crate::net::uring_tcp::UringTcp::new(stream, ring))
+        }
+        _ => Box::new(crate::net::tcp::KernelTcp::from_prepared(stream)),
+    }
 }
 
 /// Takes a new connection into this reactor (or refuses it at the connection limit).

@@ -11,13 +11,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tandem_bdev::{AlignedBuf, BdevChannel, BdevOp};
 
+/// Submission slots of a reactor's io_uring (completion ring: twice that). More
+/// submissions than this wait in the ring's own overflow queue.
+const RING_ENTRIES: u32 = 512;
+
 /// Alignment of every data buffer (O_DIRECT on 4K-sector devices).
 pub const BUF_ALIGN: usize = 4096;
 
 /// Messages a reactor accepts from other threads.
 pub enum ReactorMsg {
-    /// A new connection accepted by a listener.
-    NewConnection(Box<dyn crate::net::Transport + Send>),
+    /// A new kernel TCP connection accepted by a listener (non-blocking, no Nagle); the
+    /// reactor drives it with syscalls or through its io_uring (`SocketIo`).
+    NewConnection(std::net::TcpStream),
     /// Close a connection (session reinstatement, device removal).
     CloseConnection {
         conn_id: u32,
@@ -170,6 +175,9 @@ pub struct ReactorCtx {
     pub now: Instant,
     pub shared: Arc<Shared>,
     channels: HashMap<u64, (Arc<Device>, Box<dyn BdevChannel>)>,
+    /// The io_uring shared by this reactor's device channels and (with `socket_io = uring`)
+    /// its connections: entered once per pass by `poll_channels` and before every sleep.
+    ring: Option<tandem_ffi::SharedRing>,
     /// Readable when any channel has completions, so the reactor can sleep with disk I/O
     /// in flight and still wake for it.
     io_wake: Option<tandem_ffi::WakeSet>,
@@ -197,7 +205,16 @@ impl ReactorCtx {
             _ => false,
         };
         let budget = crate::conn::MemBudget::new(shared.timers.mem_budget_bytes);
+        let ring = tandem_ffi::SharedRing::new(RING_ENTRIES)
+            .map_err(|e| tracing::warn!(reactor = id, error = %e, "no reactor io_uring; each device channel gets its own"))
+            .ok();
+        if let (Some(ws), Some(r)) = (&io_wake, &ring) {
+            if let Err(e) = ws.add(r.wake_fd()) {
+                tracing::warn!(reactor = id, error = %e, "cannot watch the reactor io_uring");
+            }
+        }
         ReactorCtx {
+            ring,
             id,
             now: Instant::now(),
             budget,
@@ -212,9 +229,19 @@ impl ReactorCtx {
     fn channel(&mut self, dev: &Arc<Device>) -> Option<&mut Box<dyn BdevChannel>> {
         match self.channels.entry(dev.id) {
             std::collections::hash_map::Entry::Occupied(e) => Some(&mut e.into_mut().1),
-            std::collections::hash_map::Entry::Vacant(v) => match dev.bdev.channel() {
+            std::collections::hash_map::Entry::Vacant(v) => match self
+                .ring
+                .as_ref()
+                .map_or_else(|| dev.bdev.channel(), |r| dev.bdev.channel_on(r))
+            {
                 Ok(ch) => {
                     let watched = match (&self.io_wake, ch.wake_fd()) {
+                        // The reactor ring's fd is watched already.
+                        (Some(_), Some(fd))
+                            if self.ring.as_ref().is_some_and(|r| r.wake_fd() == fd) =>
+                        {
+                            true
+                        }
                         (Some(ws), Some(fd)) => ws.add(fd).is_ok(),
                         _ => false,
                     };
@@ -276,12 +303,47 @@ impl ReactorCtx {
 
     /// Reaps completions of every channel (and of reservation commits) into `out` as (tag,
     /// completion).
+    ///
+    /// First hands everything queued on the reactor ring (device I/O and socket I/O of every
+    /// connection, since the last pass) to the kernel: the pass's one `io_uring_enter`.
     pub fn poll_channels(&mut self, out: &mut Vec<tandem_bdev::Completion>) -> usize {
+        self.enter_ring();
         let mut n = self.persist.as_mut().map_or(0, |p| p.poll(out));
         for (_, ch) in self.channels.values_mut() {
             n += ch.poll(out);
         }
         n
+    }
+
+    /// Submits what is queued on the reactor ring (no system call if nothing is). Called
+    /// once per pass, and before sleeping so no queued work waits for a wake-up that only
+    /// its own completion could bring.
+    pub fn enter_ring(&self) {
+        if let Some(r) = &self.ring {
+            if let Err(e) = r.enter() {
+                tracing::warn!(reactor = self.id, error = %e, "io_uring submit failed");
+            }
+        }
+    }
+
+    /// Before sleeping: submits what is queued, clears the ring's wake fd and tells whether
+    /// completions already wait (then the reactor must poll again instead of sleeping).
+    pub fn ring_ready_to_sleep(&self) -> bool {
+        self.enter_ring();
+        match &self.ring {
+            Some(r) => !r.prepare_sleep(),
+            None => true,
+        }
+    }
+
+    /// The reactor ring (for connections doing their socket I/O through it).
+    pub fn ring(&self) -> Option<&tandem_ffi::SharedRing> {
+        self.ring.as_ref()
+    }
+
+    /// `io_uring_enter` calls made on the reactor ring so far.
+    pub fn ring_enters(&self) -> u64 {
+        self.ring.as_ref().map_or(0, |r| r.enters())
     }
 
     /// The descriptor that becomes readable when a channel has completions.

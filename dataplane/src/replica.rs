@@ -67,6 +67,13 @@ pub fn start(
     lu.set_port_groups(groups);
     let node_id = spec.node_id;
     let name = device.to_string();
+    // A LOGICAL UNIT RESET or CLEAR TASK SET received by a partner node applies here too,
+    // before the partner answers its host.
+    let reset_lu = Arc::clone(&lu);
+    opts.on_task_mgmt = Some(Box::new(move |f: tandem_bdev::TaskMgmt| match f {
+        tandem_bdev::TaskMgmt::LunReset => reset_lu.partner_lun_reset(),
+        tandem_bdev::TaskMgmt::ClearTaskSet => reset_lu.partner_clear_task_set(),
+    }));
     opts.on_state = Some(Box::new(move |s: &ReplicaState| {
         let (state, groups) = alua_groups(node_id, &partner_ids, s);
         tracing::info!(device = %name, serving = s.serving, epoch = ?s.config.as_ref().map(|c| c.epoch.0), ?state, "replica state");

@@ -129,6 +129,8 @@ pub struct NodeSpec {
     pub cores: Vec<usize>,
     pub poll_mode: PollMode,
     pub spin: Duration,
+    /// Socket I/O of kernel TCP connections (see `net::SocketIo`).
+    pub socket_io: crate::net::SocketIo,
     pub timers: crate::reactor_ctx::ConnTimers,
 }
 
@@ -418,6 +420,7 @@ impl Server {
                     core: *core,
                     poll_mode: spec.poll_mode,
                     spin: spec.spin,
+                    socket_io: spec.socket_io,
                 },
                 rx,
                 wake,

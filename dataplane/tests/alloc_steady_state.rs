@@ -7,6 +7,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tandem_bdev::CacheMode;
+use tandem_dataplane::net::SocketIo;
 use tandem_dataplane::reactor::PollMode;
 use tandem_dataplane::server::{Backing, DeviceSpec, NodeSpec, Server, TargetSpec};
 use tandem_iscsi::login::AuthPolicy;
@@ -22,6 +23,16 @@ fn ops(server: &Server) -> u64 {
 
 #[test]
 fn reads_and_writes_do_not_allocate_per_command() {
+    steady_state(SocketIo::Syscalls);
+}
+
+/// The same with socket I/O through the reactor's io_uring (`socket_io = "uring"`).
+#[test]
+fn reads_and_writes_do_not_allocate_per_command_with_uring_sockets() {
+    steady_state(SocketIo::Uring);
+}
+
+fn steady_state(socket_io: SocketIo) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -60,6 +71,7 @@ fn reads_and_writes_do_not_allocate_per_command() {
         spin: Duration::from_micros(200),
         timers: Default::default(),
         userspace_portals: vec![],
+        socket_io,
     })
     .expect("start data plane");
     let url = format!("iscsi://{portal}/{iqn}/0");
@@ -87,7 +99,7 @@ fn reads_and_writes_do_not_allocate_per_command() {
     let ios = o1 - o0;
     let allocs = a1 - a0;
     let per_io = allocs as f64 / ios as f64;
-    eprintln!("steady state: {allocs} allocations for {ios} I/Os ({per_io:.4} per I/O), two logins included");
+    eprintln!("steady state ({socket_io:?}): {allocs} allocations for {ios} I/Os ({per_io:.4} per I/O), two logins included");
     assert!(
         ios > 1000,
         "the clients did too little I/O to judge ({ios})"

@@ -60,6 +60,7 @@ fn start(devices: Vec<DeviceSpec>) -> Server {
     Server::start(NodeSpec {
         portals: vec![portal],
         userspace_portals: vec![],
+        socket_io: Default::default(),
         devices,
         targets,
         cores: vec![],

@@ -5,6 +5,8 @@
 //!
 //! - [`AlignedBuf`]: heap buffers with a chosen alignment (for `O_DIRECT`).
 //! - [`Uring`]: an io_uring wrapper that owns each I/O buffer while the kernel may touch it.
+//! - [`SharedRing`]: one [`Uring`] per reactor shared by its devices and sockets
+//!   ([`RingOwner`]s), so one `io_uring_enter` per pass submits all their work.
 //! - [`EventFd`] and [`WakeSet`]: wake-up primitives for reactors that sleep in epoll;
 //!   [`poll_fds`]: `poll(2)` over (fd, want_write) pairs for loops without a reactor.
 //! - File helpers: [`open_direct`], [`allocate_thick`], [`punch_hole`], [`logical_block_size`].
@@ -20,6 +22,7 @@ mod buf;
 mod event;
 mod file;
 mod poll;
+mod shared_ring;
 mod tap;
 mod thread;
 mod uring;
@@ -31,6 +34,7 @@ pub use file::{
     DioAlignment, DirectFile,
 };
 pub use poll::poll_fds;
+pub use shared_ring::{RingOwner, SharedRing};
 pub use tap::Tap;
 pub use thread::{default_sigpipe, pin_current_thread, set_thread_name};
 pub use uring::{Uring, UringCompletion};

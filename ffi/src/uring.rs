@@ -48,6 +48,8 @@ pub struct Uring {
     in_flight: HashMap<u64, Option<AlignedBuf>>,
     /// Built SQEs that did not fit into the submission ring yet.
     overflow: VecDeque<squeue::Entry>,
+    /// `io_uring_enter` calls made so far (for measuring syscalls per I/O).
+    enters: u64,
 }
 
 impl std::fmt::Debug for Uring {
@@ -72,12 +74,92 @@ impl Uring {
             ring,
             in_flight: HashMap::with_capacity(entries as usize),
             overflow: VecDeque::new(),
+            enters: 0,
         })
     }
 
     /// Operations submitted (or queued) and not yet reaped.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// `io_uring_enter` calls made by this ring so far.
+    pub fn enters(&self) -> u64 {
+        self.enters
+    }
+
+    /// True if some built SQE has not been handed to the kernel yet, or the kernel holds
+    /// completions that did not fit the completion ring (an enter moves them over).
+    pub fn needs_enter(&mut self) -> bool {
+        if !self.overflow.is_empty() {
+            return true;
+        }
+        let sq = self.ring.submission();
+        !sq.is_empty() || sq.cq_overflow()
+    }
+
+    /// Whether completions wait in the completion ring (a memory read, no system call).
+    pub fn completions_ready(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Receives up to `buf.capacity()` bytes from socket `fd` into `buf` (`buf.len()` is set
+    /// to the capacity; the completion's result says how much arrived, 0 = peer closed).
+    pub fn submit_recv(
+        &mut self,
+        fd: RawFd,
+        mut buf: AlignedBuf,
+        user_data: u64,
+    ) -> Result<(), (AlignedBuf, io::Error)> {
+        let cap = buf.capacity();
+        if let Err(e) = self.check_common(cap, 0, user_data) {
+            return Err((buf, e));
+        }
+        buf.set_len(cap);
+        let sqe = opcode::Recv::new(types::Fd(fd), buf.raw_ptr(), cap as u32)
+            .build()
+            .user_data(user_data);
+        self.enqueue(sqe, user_data, Some(buf));
+        Ok(())
+    }
+
+    /// Sends `buf[buf_off..buf_off+len]` on socket `fd` (`MSG_NOSIGNAL`: a closed peer is an
+    /// `EPIPE` result, not a signal). The result may be short: resubmit the rest.
+    pub fn submit_send_at(
+        &mut self,
+        fd: RawFd,
+        mut buf: AlignedBuf,
+        buf_off: usize,
+        len: usize,
+        user_data: u64,
+    ) -> Result<(), (AlignedBuf, io::Error)> {
+        match buf_off.checked_add(len) {
+            Some(end) if end <= buf.len() => {}
+            _ => return Err((buf, invalid("send range beyond buffer length"))),
+        }
+        if let Err(e) = self.check_common(len, 0, user_data) {
+            return Err((buf, e));
+        }
+        // SAFETY (pointer arithmetic): buf_off + len <= len() <= capacity.
+        let ptr = unsafe { buf.raw_ptr().add(buf_off) };
+        let sqe = opcode::Send::new(types::Fd(fd), ptr.cast_const(), len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        self.enqueue(sqe, user_data, Some(buf));
+        Ok(())
+    }
+
+    /// Asks the kernel to cancel the operation submitted as `target` (its own completion
+    /// then comes with `-ECANCELED`, or normally if it finished first). The cancel request
+    /// completes as `user_data`, with 0, `-ENOENT` or `-EALREADY`.
+    pub fn submit_cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        self.check_common(0, 0, user_data)?;
+        let sqe = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        self.enqueue(sqe, user_data, None);
+        Ok(())
     }
 
     /// Reads `len` bytes at file `offset` into `buf[..len]`; sets `buf.len() = len`.
@@ -230,6 +312,7 @@ impl Uring {
         }
         if self.overflow.is_empty() {
             // Ring full: hand what we have to the kernel and retry once.
+            self.enters += 1;
             let _ = self.ring.submit();
             if self.try_push(&sqe) {
                 return;
@@ -258,11 +341,16 @@ impl Uring {
 
     /// Hands all queued submissions to the kernel without waiting. Returns how many the
     /// kernel accepted. `EBUSY`/`EAGAIN` (completion ring overflowing) are not errors: reap and
-    /// try again later.
+    /// try again later. Makes no system call when there is nothing to hand over (completions
+    /// are read from shared memory by [`Uring::reap`] without one).
     pub fn flush_submissions(&mut self) -> io::Result<usize> {
         let mut total = 0;
         loop {
             self.drain_overflow();
+            if !self.needs_enter() {
+                return Ok(total);
+            }
+            self.enters += 1;
             let n = match self.ring.submit() {
                 Ok(n) => n,
                 Err(e) if is_transient(&e) => return Ok(total),
@@ -280,6 +368,7 @@ impl Uring {
     pub fn wait(&mut self, min_complete: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.drain_overflow();
         let want = min_complete.min(self.in_flight.len());
+        self.enters += 1;
         let r = match timeout {
             None => self.ring.submit_and_wait(want),
             Some(t) => {

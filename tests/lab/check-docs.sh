@@ -27,7 +27,14 @@ for snippet in iscsid.conf multipath.conf; do
 done
 sh -n "$HOSTS/host-setup.sh" && echo "ok: docs/hosts/host-setup.sh parses" || rc=1
 # The lab's guest must take its host configuration from docs/hosts.
-grep -q 'host-setup.sh" configure' "$LAB_DIR/scenarios/xen-host.sh" &&
-grep -q 'host-setup.sh" connect' "$LAB_DIR/scenarios/xen-host.sh" &&
-    echo "ok: scenario xen-host runs docs/hosts/host-setup.sh" || { echo "FAIL: xen-host does not use host-setup.sh" >&2; rc=1; }
+for scenario in xen-host ha-host; do
+    grep -q 'host-setup.sh" configure' "$LAB_DIR/scenarios/$scenario.sh" &&
+    grep -q 'host-setup.sh" connect' "$LAB_DIR/scenarios/$scenario.sh" &&
+        echo "ok: scenario $scenario runs docs/hosts/host-setup.sh" ||
+        { echo "FAIL: $scenario does not use host-setup.sh" >&2; rc=1; }
+done
+# Scripts of the lab parse.
+for f in "$LAB_DIR"/*.sh "$LAB_DIR"/scenarios/*.sh "$LAB_DIR"/guest/*.sh; do
+    bash -n "$f" || { echo "FAIL: $f does not parse" >&2; rc=1; }
+done
 exit $rc

@@ -12,10 +12,15 @@
 #   LAB_RUN_DIR=DIR         keep logs here (default: a new /tmp/tandem-lab.* dir)
 #   LAB_SMP=2 LAB_MEM=1024  guest vCPUs and memory (MiB)
 #   LAB_CACHE=DIR           guest image cache (see build-image.sh)
+#   LAB_CLUSTER=1           two replicated Tandem nodes and a witness instead of
+#                           one target (tests/lab/cluster.sh; scenario ha-host sets it)
+#   LAB_TANDEM_BIN_DIR=DIR  with LAB_CLUSTER=1: prebuilt tandem, tandem-control and
+#                           tandem-dataplane (default: cargo build --release)
 # Scenario parameters: tests/lab/scenarios/NAME.conf.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$LAB_DIR/targets.sh"
+source "$LAB_DIR/cluster.sh"
 
 SCENARIO=${1:-}
 [ -n "$SCENARIO" ] && [ -f "$LAB_DIR/scenarios/$SCENARIO.sh" ] ||
@@ -24,7 +29,7 @@ SCENARIO=${1:-}
 # shellcheck disable=SC1090
 [ -f "$LAB_DIR/scenarios/$SCENARIO.conf" ] && source "$LAB_DIR/scenarios/$SCENARIO.conf"
 : "${LAB_TARGET:=tandem}" "${LAB_TIMEOUT:=600}" "${LAB_SMP:=2}" "${LAB_MEM:=1024}"
-: "${LAB_PORTAL_LINKS:=2}"
+: "${LAB_PORTAL_LINKS:=2}" "${LAB_CLUSTER:=0}"
 export LAB_TARGET
 
 T_START=$(date +%s)
@@ -44,6 +49,7 @@ cleanup() {
     local rc=$?
     [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
     target_stop
+    cluster_stop
     [ -n "$TAIL_PID" ] && kill "$TAIL_PID" 2>/dev/null
     ip netns del "$NS" 2>/dev/null || true
     ip netns del "$NODE" 2>/dev/null || true
@@ -61,12 +67,20 @@ trap 'exit 130' INT TERM
 # QEMU's virtio-net never recovers from the EIOs.) No default routes: nothing
 # can leave the namespaces.
 # Namespaces of earlier runs that were killed (their trap never ran).
-for old in $(ip netns list | awk '{print $1}' | grep -E '^tlab-[0-9]+(-node1)?$' || true); do
-    pid=${old#tlab-}; pid=${pid%-node1}
+for old in $(ip netns list | awk '{print $1}' | grep -E '^tlab-[0-9]+(-node1|-node2|-wit)?$' || true); do
+    pid=${old#tlab-}; pid=${pid%-*}
     [ -d "/proc/$pid" ] && continue
     for p in $(ip netns pids "$old" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$old" 2>/dev/null && log "removed stale namespace $old"
 done
+if [ "$LAB_CLUSTER" = 1 ]; then
+    # Two nodes and a witness (tests/lab/cluster.sh), one portal link per node.
+    [ "$LAB_TARGET" = tandem ] || die "LAB_CLUSTER=1 needs LAB_TARGET=tandem"
+    LAB_PORTAL_LINKS=2
+    cluster_start "$NS" "$RUN"
+    read -r -a portals <<< "$CL_PORTALS"
+    read -r -a guest_addrs <<< "$CL_GUEST_ADDRS"
+else
 ip netns add "$NS"
 ip netns add "$NODE"
 ip -n "$NS" link set lo up
@@ -87,6 +101,7 @@ for ((i = 0; i < LAB_PORTAL_LINKS; i++)); do
 done
 
 target_start "$NODE" "$RUN" "$TARGET_IQN" "${portals[@]}"
+fi
 T_TARGET=$(date +%s)
 
 {
@@ -135,11 +150,13 @@ while kill -0 "$QEMU_PID" 2>/dev/null; do
         [ -e "$req" ] || continue
         n=${req##*.}
         [ -e "$OUT/ctl/ack.$n" ] && continue
-        read -r action link _ < "$req" || true
+        rest=
+        read -r action link rest < "$req" || true
         case "$action:$link" in
+            cluster:*)            r=$(cluster_request $link "${rest:-}") ;;
             cut:portal[0-9]*)     ip -n "$NODE" link set "$link" down && r=ok || r="err cut $link" ;;
             restore:portal[0-9]*) ip -n "$NODE" link set "$link" up && r=ok || r="err restore $link" ;;
-            diag:*) { for n in "$NS" "$NODE"; do echo "== $n"; ip -n "$n" -s link; ip -n "$n" addr
+            diag:*) { for n in $(ip netns list | awk '{print $1}' | grep -E "^$NS(-|\$)"); do echo "== $n"; ip -n "$n" -s link; ip -n "$n" addr
                           ip -n "$n" route; ip -n "$n" neigh; ip netns exec "$n" ss -tan; done
                       bridge -n "$NS" fdb show; } > "$RUN/host-diag.txt" 2>&1
                     r=ok ;;

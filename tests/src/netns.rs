@@ -730,6 +730,15 @@ impl Topology {
         Ok(pid)
     }
 
+    /// The pid of the named process while it runs (for signals a test sends itself, such
+    /// as SIGSTOP and SIGCONT).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .get(name)
+            .and_then(|p| p.child.as_ref())
+            .map(Child::id)
+    }
+
     /// Whether the named process is still running.
     pub fn running(&mut self, name: &str) -> bool {
         match self.procs.get_mut(name).and_then(|p| p.child.as_mut()) {

@@ -17,6 +17,35 @@ fn iscsi_test_cu_ram_device() {
     run_and_check("ram", &t.url(0), SUITE_TIMEOUT);
 }
 
+/// The same expectations with socket I/O through the reactor's io_uring.
+#[test]
+fn iscsi_test_cu_ram_device_uring_sockets() {
+    let t = Target::serve("ram-uring", &["--ram", "256MiB", "--socket-io", "uring"]);
+    run_and_check("ram, socket_io=uring", &t.url(0), SUITE_TIMEOUT);
+}
+
+/// File device (disk and socket I/O on one ring) with socket I/O through io_uring.
+#[test]
+fn iscsi_test_cu_file_device_uring_sockets() {
+    let dir = tempfile::Builder::new()
+        .prefix("tandem-conf")
+        .tempdir_in(scratch_dir())
+        .expect("temp dir");
+    let img = dir.path().join("disk.img");
+    let t = Target::serve(
+        "file-uring",
+        &[
+            "--file",
+            img.to_str().expect("utf-8 path"),
+            "--size",
+            "256MiB",
+            "--socket-io",
+            "uring",
+        ],
+    );
+    run_and_check("file, socket_io=uring", &t.url(0), SUITE_TIMEOUT);
+}
+
 #[test]
 fn iscsi_test_cu_file_device() {
     let dir = tempfile::Builder::new()

@@ -8,8 +8,10 @@
 //!    (tests/conformance/expected-passes/) must pass through B, except the tests listed with
 //!    a reason in tests/conformance/cluster-expected-failures.txt.
 //! 2. `ALL.MultipathIO` with node A's target as the first path and node B's as the second:
-//!    libiscsi checks both paths show the same device, then races COMPARE AND WRITE across
-//!    them (atomic cluster-wide only if the LU hands it to the replication engine).
+//!    libiscsi checks both paths show the same device, resets the LUN through each path and
+//!    expects the reset's unit attention on both (task management is carried to the partner
+//!    node), then races COMPARE AND WRITE across them (atomic cluster-wide only if the LU
+//!    hands it to the replication engine).
 //! 3. After both, SYNCHRONIZE CACHE through both nodes and the two image files are compared
 //!    byte for byte.
 
@@ -193,8 +195,8 @@ fn iscsi_test_cu_and_multipath_through_a_two_node_cluster() {
     for name in MULTIPATH_MUST_PASS {
         let result = mp.iter().find(|r| r.name == *name);
         if cluster_failures.contains_key(*name) {
-            // Listed: it must fail, and only where the reason says (the unit attention of a
-            // LUN RESET not reaching the other node's nexus: `num_uas` is 0 there).
+            // Listed: it must fail, and only where the reason says (an unmet `num_uas`, the
+            // count of unit attentions a path saw, was the one listed failure so far).
             match result {
                 Some(r) if r.outcome == Outcome::Failed => {
                     let asserts: Vec<&str> = r

@@ -32,11 +32,9 @@ use tandem_tests::e2e::host_io::{
     WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
-    cut_networks, cut_peers, heal_cuts, link, wait_until, ClusterNode, LogsOnFailure,
-    HEARTBEAT_PORT, SYNC_PORT,
+    cut_networks, cut_peers, heal_cuts, wait_until, ClusterNode, Strategy, TwoNodeCluster,
 };
-use tandem_tests::e2e::procs::scratch_dir;
-use tandem_tests::netns::{self, Member, Topology};
+use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
 const SIZE: usize = 32 << 20;
@@ -53,134 +51,26 @@ const MAX_RESYNC: Duration = Duration::from_secs(60);
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Strategy {
-    Heartbeat,
-    WitnessNode,
+/// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
+struct Cluster(TwoNodeCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = TwoNodeCluster;
+    fn deref(&self) -> &TwoNodeCluster {
+        &self.0
+    }
 }
 
-/// The topology, the node handles and their data; dropped in field order: logs printed on
-/// failure, processes and namespaces torn down, then the data removed.
-struct Cluster {
-    _logs: LogsOnFailure,
-    topo: Topology,
-    a: ClusterNode,
-    b: ClusterNode,
-    witness: Option<ClusterNode>,
-    _root: tempfile::TempDir,
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut TwoNodeCluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
     /// None (with the reason printed) when network namespaces cannot be made here.
     fn start(strategy: Strategy) -> Option<Cluster> {
-        if let Some(why) = netns::unavailable() {
-            eprintln!("SKIP: {why}");
-            return None;
-        }
-        let with_witness = strategy == Strategy::WitnessNode;
-        let mut topo = match Topology::builder()
-            .nodes(2)
-            .witness(with_witness)
-            .hosts(1)
-            .portals(2)
-            .build()
-        {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("SKIP: cannot create the network namespaces: {e}");
-                return None;
-            }
-        };
-        let root = tempfile::Builder::new()
-            .prefix("tandem-ha-netns")
-            .tempdir_in(scratch_dir())
-            .unwrap();
-        let a = ClusterNode::new(&topo, root.path(), A, "node-a");
-        let b = ClusterNode::new(&topo, root.path(), B, "node-b");
-        let witness =
-            with_witness.then(|| ClusterNode::new(&topo, root.path(), Member::Witness, "witness"));
-        let mut logs = vec![a.log.clone(), b.log.clone()];
-        logs.extend(witness.iter().map(|w| w.log.clone()));
-        let logs = LogsOnFailure(logs);
-        eprintln!("topology {} (namespaces {}-*)", topo.id(), topo.id());
-        a.start(&mut topo);
-        b.start(&mut topo);
-        if let Some(w) = &witness {
-            w.start(&mut topo);
-        }
-        let c = Cluster {
-            _logs: logs,
-            topo,
-            a,
-            b,
-            witness,
-            _root: root,
-        };
-        c.configure(strategy);
-        Some(c)
-    }
-
-    /// device create, server add both ways (and the witness), replica add with two sync
-    /// links and one heartbeat link; waits until both are synchronized.
-    fn configure(&self, strategy: Strategy) {
-        let (t, a, b) = (&self.topo, &self.a, &self.b);
-        a.ok(t, &["device", "create", DEVICE, "--size", "32MiB"]);
-        let add = |on: &ClusterNode, other: &ClusterNode| {
-            let api = other.api.to_string();
-            let token = other.token_file().display().to_string();
-            on.ok(
-                t,
-                &["server", "add", &other.name, &api, "--token-file", &token],
-            );
-        };
-        add(a, b);
-        add(b, a);
-        if let Some(w) = &self.witness {
-            add(a, w);
-            add(b, w);
-        }
-        let s0 = link(t, A, B, "sync0", SYNC_PORT);
-        let s1 = link(t, A, B, "sync1", SYNC_PORT);
-        let hb = link(t, A, B, "hb0", HEARTBEAT_PORT);
-        let mut args = vec![
-            "replica",
-            "add",
-            DEVICE,
-            "--partner",
-            "node-b",
-            "--sync-link",
-            &s0,
-            "--sync-link",
-            &s1,
-            "--heartbeat-link",
-            &hb,
-            "--init",
-            "zeroed",
-        ];
-        match strategy {
-            Strategy::Heartbeat => {
-                args.extend(["--failover", "heartbeat", "--priority", "first"]);
-            }
-            Strategy::WitnessNode => {
-                args.extend(["--failover", "node-majority", "--witness", "witness"]);
-            }
-        }
-        let t0 = Instant::now();
-        a.ok(t, &args);
-        let took = wait_until(
-            "both nodes serving and synchronized after replica add",
-            Duration::from_secs(60),
-            || self.both_synchronized(),
-        );
-        eprintln!(
-            "both synchronized {took:?} after replica add ({:?} in all)",
-            t0.elapsed()
-        );
-        a.ok(t, &["replica", "list", DEVICE]);
-    }
-
-    fn both_synchronized(&self) -> bool {
-        self.a.synchronized(&self.topo, DEVICE, 2) && self.b.synchronized(&self.topo, DEVICE, 2)
+        TwoNodeCluster::start(strategy, "tandem-ha-netns", DEVICE, "32MiB").map(Cluster)
     }
 
     fn path(&self, n: &ClusterNode) -> PathSpec {

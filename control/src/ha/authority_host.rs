@@ -13,7 +13,9 @@
 //!   removed before that lease ended. A pause is a gap of more than half a lease between two
 //!   calls (SIGSTOP, a starved process) and is treated the same way: while it was stopped,
 //!   the partner may have taken the authority over (heartbeat strategy), and the quiet period
-//!   leaves time to hear that before granting anything (see `supersede`).
+//!   leaves time to hear that before granting anything (see `supersede`). With two nodes
+//!   under the heartbeat strategy it also waits for the partner's heartbeat echoing one
+//!   this process sent after the restart or pause (`QuietPeriod::partner_heard`, `echo`).
 //! - Superseded: a partner announces (authenticated heartbeats) that it hosts the same
 //!   device's authority at a higher epoch, or at the same epoch while this node has priority
 //!   second. This host then stops for good (persisted): it answers nothing, so the leases it
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tandem_ha::authority::{Authority, ToAuthority};
 use tandem_ha::{Epoch, EpochConfig, GenerationId, NodeId, Time};
 
+use super::echo::{echoes_after, HeartbeatId, HeartbeatSeq};
 use super::{ha_dir, HaSettings, InitialSync};
 use crate::service::Node;
 use tandem_config::FailoverStrategy;
@@ -135,6 +138,10 @@ pub struct AuthorityHost {
     base: Instant,
     /// No leases, no removals while quiet (restart, pause); on `time(now)`.
     quiet: QuietPeriod,
+    /// This process's heartbeats (`HaState::heartbeat_seq`, given by
+    /// [`AuthorityHost::require_partner`]): a wait for the partner that begins on a pause
+    /// needs an echo of a heartbeat sent after the last one sent by then.
+    heartbeats_sent: Arc<HeartbeatSeq>,
     /// For an authority reinstated by `device resolve`.
     lease_ns: u64,
     margin_ns: u64,
@@ -157,9 +164,10 @@ pub struct QuietPeriod {
     quiet_for_ns: u64,
     /// Heartbeat strategy, two nodes ([`QuietPeriod::require_partner`]): after a restart
     /// or a pause the partner may have taken the authority over meanwhile, and only the
-    /// partner can say so. Quiet until it is heard after this instant.
+    /// partner can say so. Quiet until it echoes a heartbeat this process sent after this
+    /// one (the last it had sent when the wait began; `super::echo`).
     partner_mode: bool,
-    partner_wait_from: Option<u64>,
+    partner_wait_floor: Option<HeartbeatId>,
 }
 
 impl QuietPeriod {
@@ -177,46 +185,57 @@ impl QuietPeriod {
             pause_limit_ns: ns(settings.lease / 2),
             quiet_for_ns,
             partner_mode: false,
-            partner_wait_from: None,
+            partner_wait_floor: None,
         }
     }
 
     /// Heartbeat strategy with two nodes: a host that restarted (`restarted`), or that is
-    /// paused later, stays quiet until the partner is heard ([`QuietPeriod::partner_heard`])
-    /// as well as for a lease plus margin. A lease plus margin is not enough on its own: the
-    /// partner may have taken over while this process was down, and if the partner is
-    /// silent now (its control service down too) nothing here tells. Fail safe: with the
-    /// partner gone for good, this authority grants nothing until it returns.
-    pub fn require_partner(&mut self, now_ns: u64, restarted: bool) {
+    /// paused later, stays quiet until the partner has heard it again
+    /// ([`QuietPeriod::partner_heard`]) as well as for a lease plus margin. A lease plus
+    /// margin is not enough on its own: the partner may have taken over while this process
+    /// was down, and if the partner is silent now (its control service down too) nothing
+    /// here tells. Fail safe: with the partner gone for good, this authority grants nothing
+    /// until it returns. `last_sent`: this process's last heartbeat so far; only an echo of
+    /// a later one ends the wait.
+    pub fn require_partner(&mut self, restarted: bool, last_sent: HeartbeatId) {
         self.partner_mode = true;
         if restarted {
-            self.partner_wait_from = Some(now_ns);
+            self.partner_wait_floor = Some(last_sent);
         }
     }
 
-    /// The partner was heard (an authentic heartbeat, which says whether it hosts the
-    /// authority) at `at_ns`. Call it only after that heartbeat's announcement was checked
-    /// for a superseding authority.
-    pub fn partner_heard(&mut self, at_ns: u64) {
-        if self.partner_wait_from.is_some_and(|from| at_ns > from) {
-            self.partner_wait_from = None;
+    /// The partner's newest heartbeat echoes `echo` (the newest heartbeat of this process
+    /// it had heard). The wait ends if that is one sent after the wait began: the partner
+    /// heard this process alive again before it sent that heartbeat, so that heartbeat
+    /// announces a takeover it made (call this only after the announcement was checked for
+    /// a superseding authority), or there was none, and the partner can make one only after
+    /// hearing nothing from this node for a lease plus margin from then on. A heartbeat
+    /// that merely arrived after the restart (sent before a takeover, or read from the
+    /// socket buffer on resume) proves neither.
+    pub fn partner_heard(&mut self, echo: Option<HeartbeatId>) {
+        if self
+            .partner_wait_floor
+            .is_some_and(|floor| echoes_after(echo, floor))
+        {
+            self.partner_wait_floor = None;
         }
     }
 
     /// Waiting to hear the partner after a restart or a pause.
     pub fn awaits_partner(&self) -> bool {
-        self.partner_wait_from.is_some()
+        self.partner_wait_floor.is_some()
     }
 
-    /// A call at `now_ns`. Returns the gap since the previous call if it was a pause (the
-    /// host is then quiet again for a lease plus margin).
-    pub fn observe(&mut self, now_ns: u64) -> Option<u64> {
+    /// A call at `now_ns`, when this process's last heartbeat sent is `last_sent`. Returns
+    /// the gap since the previous call if it was a pause (the host is then quiet again for
+    /// a lease plus margin, and in partner mode waits for an echo of a later heartbeat).
+    pub fn observe(&mut self, now_ns: u64, last_sent: HeartbeatId) -> Option<u64> {
         let gap = now_ns.saturating_sub(self.last_seen_ns);
         self.last_seen_ns = self.last_seen_ns.max(now_ns);
         if gap > self.pause_limit_ns {
             self.until_ns = self.until_ns.max(now_ns.saturating_add(self.quiet_for_ns));
             if self.partner_mode {
-                self.partner_wait_from = Some(now_ns);
+                self.partner_wait_floor = Some(last_sent);
             }
             return Some(gap);
         }
@@ -229,7 +248,7 @@ impl QuietPeriod {
     }
 
     pub fn is_quiet(&self, now_ns: u64) -> bool {
-        now_ns < self.until_ns || self.partner_wait_from.is_some()
+        now_ns < self.until_ns || self.partner_wait_floor.is_some()
     }
 }
 
@@ -347,6 +366,7 @@ impl AuthorityHost {
             restarted,
             base: now,
             quiet: QuietPeriod::new(settings, 0, restarted),
+            heartbeats_sent: Arc::new(HeartbeatSeq::default()),
             lease_ns,
             margin_ns,
             saved,
@@ -453,7 +473,7 @@ impl AuthorityHost {
     /// starved. Leases and removals wait again for a lease plus margin.
     fn observe(&mut self, now: Instant) {
         let t = self.time(now).0;
-        if let Some(gap) = self.quiet.observe(t) {
+        if let Some(gap) = self.quiet.observe(t, self.heartbeats_sent.last_sent()) {
             tracing::warn!(device = %self.device, gap_ms = gap / 1_000_000,
                 "the authority was paused: no leases or removals for a lease plus margin");
         }
@@ -569,21 +589,26 @@ impl AuthorityHost {
     }
 
     /// Heartbeat strategy with two nodes ([`QuietPeriod::require_partner`]): after a restart
-    /// (`restarted`) or a later pause, quiet until the partner is heard.
-    pub fn require_partner(&mut self, now: Instant, restarted: bool) {
-        let t = self.time(now).0;
-        self.quiet.require_partner(t, restarted);
+    /// (`restarted`) or a later pause, quiet until the partner echoes a heartbeat of `sent`
+    /// (this process's heartbeats) made after the wait began.
+    pub fn require_partner(&mut self, restarted: bool, sent: Arc<HeartbeatSeq>) {
+        self.quiet.require_partner(restarted, sent.last_sent());
+        self.heartbeats_sent = sent;
     }
 
-    /// The partner was heard at `at` ([`QuietPeriod::partner_heard`]).
-    pub fn partner_heard(&mut self, at: Instant) {
-        let t = self.time(at).0;
+    /// The partner's newest heartbeat echoes `echo` ([`QuietPeriod::partner_heard`]).
+    pub fn partner_heard(&mut self, echo: Option<HeartbeatId>) {
         if self.quiet.awaits_partner() {
-            self.quiet.partner_heard(t);
+            self.quiet.partner_heard(echo);
             if !self.quiet.awaits_partner() {
-                tracing::info!(device = %self.device, "the partner was heard after this authority's restart or pause: it may grant leases again");
+                tracing::info!(device = %self.device, "the partner echoed a heartbeat sent after this authority's restart or pause: it may grant leases again");
             }
         }
+    }
+
+    /// Waiting for the partner's echo after a restart or a pause.
+    pub fn awaits_partner(&self) -> bool {
+        self.quiet.awaits_partner()
     }
 
     /// Grants no lease and runs no removal until `now + span` (three-node majority: this
@@ -911,15 +936,15 @@ pub fn arm_partner_wait(node: &Node, device: &str, h: &mut AuthorityHost, restar
         .and_then(|d| d.replication.as_ref())
         .is_some_and(|r| r.failover == FailoverStrategy::Heartbeat && r.partners.len() == 1);
     if two_node_heartbeat {
-        h.require_partner(Instant::now(), restarted);
+        h.require_partner(restarted, node.ha.heartbeat_seq.clone());
     }
 }
 
-/// The partner of `device` was heard at `at` ([`AuthorityHost::partner_heard`]).
-pub fn partner_heard(node: &Node, device: &str, at: Instant) {
+/// The partner of `device`'s newest heartbeat echoes `echo` ([`AuthorityHost::partner_heard`]).
+pub fn partner_heard(node: &Node, device: &str, echo: Option<HeartbeatId>) {
     let mut hosts = node.ha.hosts.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = hosts.get_mut(device) {
-        h.partner_heard(at);
+        h.partner_heard(echo);
     }
 }
 
@@ -997,36 +1022,64 @@ mod tests {
     const STEP: Duration = Duration::from_millis(100);
 
     #[test]
-    fn a_restarted_two_node_heartbeat_authority_waits_to_hear_its_partner() {
+    fn a_restarted_two_node_heartbeat_authority_waits_for_an_echo_of_a_later_heartbeat() {
         let s = settings();
         let quiet = ns(s.lease + s.margin);
+        let seq = HeartbeatSeq::new(11);
+        let before_restart = seq.next();
         let mut q = QuietPeriod::new(&s, 0, true);
-        q.require_partner(0, true);
+        q.require_partner(true, seq.last_sent());
         assert!(q.is_quiet(quiet + 1), "a lease plus margin is not enough");
-        q.partner_heard(0);
+        q.partner_heard(None);
         assert!(
             q.is_quiet(quiet + 1),
-            "heard at the restart itself: not after it"
+            "a heartbeat without an echo (version 1)"
         );
-        q.partner_heard(5);
+        q.partner_heard(Some(before_restart));
+        assert!(
+            q.is_quiet(quiet + 1),
+            "an echo of a heartbeat sent before the wait began"
+        );
+        let other_process = HeartbeatId {
+            incarnation: 12,
+            counter: u64::MAX,
+        };
+        q.partner_heard(Some(other_process));
+        assert!(q.is_quiet(quiet + 1), "an echo of another incarnation");
+        let after = seq.next();
+        q.partner_heard(Some(after));
         assert!(!q.is_quiet(quiet + 1));
-        // Calls every 100 ms, then a pause: the wait is armed again.
+        assert!(q.is_quiet(quiet - 1), "and still a lease plus margin");
+        // Calls every 100 ms, then a pause: the wait is armed again, from the last
+        // heartbeat sent by then.
         let mut t = 0;
         for _ in 0..30 {
             t += 100_000_000;
-            assert!(q.observe(t).is_none());
+            seq.next();
+            assert!(q.observe(t, seq.last_sent()).is_none());
         }
+        let sent_before_pause = seq.next();
         t += ns(s.lease);
-        assert!(q.observe(t).is_some(), "a gap of a lease is a pause");
+        assert!(
+            q.observe(t, seq.last_sent()).is_some(),
+            "a gap of a lease is a pause"
+        );
+        q.partner_heard(Some(sent_before_pause));
         assert!(
             q.is_quiet(t + quiet + 1),
-            "after a pause, too, until the partner is heard"
+            "after a pause, an echo of a heartbeat sent before it (the socket buffer) does not count"
         );
-        q.partner_heard(t + 1);
+        q.partner_heard(Some(seq.next()));
         assert!(!q.is_quiet(t + quiet + 1));
         // Without `require_partner` (a witness, three nodes), a lease plus margin is enough.
         let plain = QuietPeriod::new(&s, 0, true);
         assert!(!plain.is_quiet(quiet + 1));
+        // A takeover host (partner mode, not restarted) waits only after a pause.
+        let mut taker = QuietPeriod::new(&s, 0, false);
+        taker.require_partner(false, seq.last_sent());
+        assert!(!taker.is_quiet(1));
+        assert!(taker.observe(ns(s.lease), seq.last_sent()).is_some());
+        assert!(taker.awaits_partner());
     }
 
     /// Ticks every 100 ms (as `tick_all` does) up to `until`.

@@ -114,6 +114,8 @@ pub async fn run(node: Arc<Node>, device: String) {
         let mut now_ns = None;
         let mut engine_status = None;
         let mut engine_epoch = None;
+        // When the exchange whose report a lease would count from started.
+        let mut reported_from = None;
         if node.dataplane_enabled {
             let call = Request::HaExchange {
                 device: device.clone(),
@@ -125,6 +127,7 @@ pub async fn run(node: Arc<Node>, device: String) {
                 Ok(Response::Ha(report)) => {
                     pending.clear();
                     now_ns = Some(report.now_ns);
+                    reported_from = Some(asked_at);
                     requests = report.requests;
                     requests.truncate(authority_host::REQUESTS_MAX);
                     engine_epoch = report.status.config.as_ref().map(|c| c.epoch);
@@ -153,16 +156,15 @@ pub async fn run(node: Arc<Node>, device: String) {
         if three {
             check_stand_down(&node, &device, &r, &heard);
         } else {
-            // Taken before the announcement is checked, so the heartbeat that ends a
-            // restarted authority's wait for its partner is one already checked.
-            let partner_heard = r
+            // The echo in the partner's newest heartbeat, taken before the announcement is
+            // checked, so the heartbeat that ends a restarted or paused authority's wait for
+            // its partner (`echo`) is one whose announcement was checked.
+            let echo = r
                 .partners
                 .first()
-                .and_then(|p| node.ha.heartbeats.last_heard(&device, p.node_id));
+                .and_then(|p| node.ha.heartbeats.echo_from(&device, p.node_id));
             check_superseded(&node, &device, &r, &settings);
-            if let Some(at) = partner_heard {
-                authority_host::partner_heard(&node, &device, at);
-            }
+            authority_host::partner_heard(&node, &device, echo);
         }
         let hosted = authority_host::hosts_device(&node, &device);
         let superseded = authority_host::superseded_by(&node, &device).map(|n| n.0);
@@ -232,6 +234,10 @@ pub async fn run(node: Arc<Node>, device: String) {
                         v.config = newer(v.config.take(), Some(&g.config));
                         v.split_brain = g.split_brain.iter().map(|n| n.0).collect();
                     });
+                    if let (Some(d), Some(from)) = (g.lease_duration_ns, reported_from) {
+                        let until = from + Duration::from_nanos(d);
+                        node.ha.view_mut(&device, |v| v.leased_until = Some(until));
+                    }
                     if let Some(update) = to_update(g, now_ns) {
                         // One immediate exchange at most: a data plane that does not take
                         // the configuration must not make this loop spin.
@@ -542,11 +548,22 @@ fn leased_when_heard(
     settings: &HaSettings,
 ) -> bool {
     let half_margin = settings.margin / 2;
-    let served_at = node.ha.view_mut(device, |v| v.served_at);
-    match (last, served_at) {
-        (Some(last), Some(served)) => served + half_margin >= last,
+    let (served_at, leased_until) = node.ha.view_mut(device, |v| (v.served_at, v.leased_until));
+    match (last, leased_when(served_at, leased_until)) {
+        (Some(last), Some(held)) => held + half_margin >= last,
         _ => false,
     }
+}
+
+/// The latest instant this node is known to have held a lease: the last exchange that found
+/// its data plane serving, or the end of the last lease the authority granted it, whichever
+/// is later. A grant is as good a proof as serving: the authority removes a member only a
+/// margin after the last lease it granted that member ended. Without the grant, a stop of the
+/// authority node during a slow call (more than half the margin after the exchange started)
+/// left `served_at` older than the last heartbeat for good, since this node never serves
+/// again without a takeover: no takeover ever (`tests/tests/ha_netns_faults.rs`, SIGSTOP).
+pub fn leased_when<T: Ord + Copy>(served_at: Option<T>, leased_until: Option<T>) -> Option<T> {
+    served_at.max(leased_until)
 }
 
 fn consider_takeover(
@@ -594,7 +611,9 @@ fn consider_takeover(
         settings,
         now,
     ) {
-        Ok(host) => {
+        Ok(mut host) => {
+            // Paused later, the taker waits for its partner's echo too (as the sim does).
+            authority_host::arm_partner_wait(node, device, &mut host, false);
             tracing::warn!(%device, from = %first.name, epoch,
                 "the authority node was silent on every link for longer than a lease plus margin: \
                  this node takes the failover authority over and goes on without it \
@@ -668,6 +687,27 @@ mod tests {
     use super::*;
     use crate::ha::authority_host::AuthorityHost;
     use std::time::Duration;
+
+    /// The instant a node is known to have held a lease is the later of the last exchange
+    /// that found it serving and the end of the last lease granted to it; a lease granted
+    /// after the last serving report (the authority node stopped during the next call)
+    /// still counts (`ha_netns_faults`, SIGSTOP of the authority host).
+    #[test]
+    fn a_granted_lease_counts_as_held_until_it_ends() {
+        assert_eq!(leased_when::<u64>(None, None), None);
+        assert_eq!(leased_when(Some(10u64), None), Some(10));
+        assert_eq!(leased_when(None, Some(30u64)), Some(30));
+        assert_eq!(leased_when(Some(10u64), Some(30)), Some(30));
+        assert_eq!(leased_when(Some(40u64), Some(30)), Some(40));
+        // The rule as `leased_when_heard` applies it: served 400 ms before the last
+        // heartbeat (more than half the margin), but leased for a second from then.
+        let t0 = Instant::now();
+        let half_margin = HaSettings::default().margin / 2;
+        let last_heard = t0 + Duration::from_millis(400);
+        assert!(t0 + half_margin < last_heard);
+        let held = leased_when(Some(t0), Some(t0 + Duration::from_millis(1000))).unwrap();
+        assert!(held + half_margin >= last_heard);
+    }
 
     /// The node's lease (its clock, from its request) ends no later than the authority's
     /// record of it (the authority's clock, from its receipt), and the authority removes the

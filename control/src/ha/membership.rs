@@ -2,43 +2,62 @@
 //! replicated device (UDP, on each link's own addresses: the same IP:PORT as the link,
 //! UDP instead of TCP).
 //!
-//! Datagram (at most [`DATAGRAM_MAX`] bytes):
+//! Datagram, version 2 (at most [`DATAGRAM_MAX`] bytes):
 //! ```text
-//! "THB1" | node id u8 | device length u8 | device | counter u64 BE | epoch u64 BE
+//! "THB2" | node id u8 | device length u8 | device | counter u64 BE | epoch u64 BE
 //!        | flags u8 (bit 0: the sender hosts the device's authority; bit 1: the sender has
-//!          lost the authority it follows, three-node majority) | HMAC-SHA256 (32)
+//!          lost the authority it follows, three-node majority; bit 2: an echo follows
+//!          that means something)
+//!        | incarnation u64 BE | echo incarnation u64 BE | echo counter u64 BE
+//!        | HMAC-SHA256 (32)
 //! ```
+//! The incarnation is random, drawn at the sender's process start; the echo names the
+//! newest heartbeat the sender has received from the receiver for this device (its
+//! incarnation and counter; see [`super::echo`]: a restarted or paused two-node authority
+//! waits for an echo of a heartbeat it sent after that). Version 1 (`"THB1"`, the same
+//! without the three u64 after the flags) is still accepted: it has no incarnation and no
+//! echo, so it is heard (for takeovers and announcements) but never ends such a wait.
+//!
 //! The MAC covers everything before it and the destination address (`IP:PORT`, not sent:
 //! the receiver uses its own end of the link), keyed with the device's cluster secret
 //! (`secret_file`); so a datagram is valid only on the link it was sent on. The counter is
 //! the sender's clock in nanoseconds since the Unix epoch, raised by one when the clock does
 //! not advance; a receiver accepts, per link, only counters above the last it accepted from
 //! that node for that device, so a recorded datagram cannot be replayed (per link, because
-//! datagrams on different links overtake each other). Anything else is rejected, counted and logged (at most once per 10 s per
-//! reason).
+//! datagrams on different links overtake each other). What a partner announces (epoch,
+//! flags, echo) is taken from its newest heartbeat ([`super::echo::is_newer`]), not from
+//! one overtaken on another link. Anything else is rejected, counted and logged (at most
+//! once per 10 s per reason).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tandem_config::{LinkPair, NodeConfig, ReplicationConfig};
 use tokio::net::UdpSocket;
 
+use super::echo::{self, HeartbeatId};
 use super::PeerView;
 use crate::service::Node;
 
 type HmacSha256 = Hmac<Sha256>;
 
-const MAGIC: &[u8; 4] = b"THB1";
+const MAGIC_V1: &[u8; 4] = b"THB1";
+const MAGIC: &[u8; 4] = b"THB2";
 const MAC_LEN: usize = 32;
 pub const DEVICE_NAME_MAX: usize = 64;
-pub const DATAGRAM_MAX: usize = 4 + 1 + 1 + DEVICE_NAME_MAX + 8 + 8 + 1 + MAC_LEN;
+/// Counter, epoch, flags (both versions).
+const FIXED_V1: usize = 8 + 8 + 1;
+/// Then incarnation, echo incarnation, echo counter (version 2).
+const FIXED_V2: usize = FIXED_V1 + 3 * 8;
+pub const DATAGRAM_MAX: usize = 4 + 1 + 1 + DEVICE_NAME_MAX + FIXED_V2 + MAC_LEN;
 const FLAG_HOSTS_AUTHORITY: u8 = 1;
 const FLAG_LOST_AUTHORITY: u8 = 2;
+const FLAG_ECHO: u8 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
@@ -52,6 +71,10 @@ pub struct Heartbeat {
     /// whose authority it follows for longer than a lease plus margin (its vote for a
     /// takeover; see `strategy::decide_majority_takeover`).
     pub lost_authority: bool,
+    /// The sender's process incarnation (0: a version 1 datagram, which has none).
+    pub incarnation: u64,
+    /// The newest heartbeat the sender has received from the receiver ([`super::echo`]).
+    pub echo: Option<HeartbeatId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -87,7 +110,14 @@ impl Heartbeat {
         if self.lost_authority {
             flags |= FLAG_LOST_AUTHORITY;
         }
+        if self.echo.is_some() {
+            flags |= FLAG_ECHO;
+        }
         b.push(flags);
+        let echo = self.echo.unwrap_or_default();
+        b.extend_from_slice(&self.incarnation.to_be_bytes());
+        b.extend_from_slice(&echo.incarnation.to_be_bytes());
+        b.extend_from_slice(&echo.counter.to_be_bytes());
         let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
         mac.update(&b);
         mac.update(dest.to_string().as_bytes());
@@ -95,14 +125,20 @@ impl Heartbeat {
         b
     }
 
-    /// Parses without checking the MAC (the device name picks the secret).
+    /// Parses without checking the MAC (the device name picks the secret). Version 1 and
+    /// 2; lengths are checked before anything is read, so no input panics.
     pub fn parse(b: &[u8]) -> Result<(Heartbeat, &[u8], &[u8]), Reject> {
-        if b.len() > DATAGRAM_MAX || b.len() < 4 + 2 + 17 + MAC_LEN || &b[..4] != MAGIC {
+        if b.len() > DATAGRAM_MAX || b.len() < 4 + 2 + FIXED_V1 + MAC_LEN {
             return Err(Reject::Malformed);
         }
+        let fixed = match &b[..4] {
+            m if m == MAGIC => FIXED_V2,
+            m if m == MAGIC_V1 => FIXED_V1,
+            _ => return Err(Reject::Malformed),
+        };
         let node_id = b[4];
         let n = usize::from(b[5]);
-        if n == 0 || n > DEVICE_NAME_MAX || b.len() != 6 + n + 17 + MAC_LEN {
+        if n == 0 || n > DEVICE_NAME_MAX || b.len() != 6 + n + fixed + MAC_LEN {
             return Err(Reject::Malformed);
         }
         let device = std::str::from_utf8(&b[6..6 + n]).map_err(|_| Reject::Malformed)?;
@@ -112,15 +148,27 @@ impl Heartbeat {
             a.copy_from_slice(&b[i..i + 8]);
             u64::from_be_bytes(a)
         };
+        let flags = b[at + 16];
+        let (incarnation, echo) = if fixed == FIXED_V2 {
+            let echo = HeartbeatId {
+                incarnation: u64_at(at + 25),
+                counter: u64_at(at + 33),
+            };
+            (u64_at(at + 17), (flags & FLAG_ECHO != 0).then_some(echo))
+        } else {
+            (0, None)
+        };
         let hb = Heartbeat {
             node_id,
             device: device.to_string(),
             counter: u64_at(at),
             epoch: u64_at(at + 8),
-            hosts_authority: b[at + 16] & FLAG_HOSTS_AUTHORITY != 0,
-            lost_authority: b[at + 16] & FLAG_LOST_AUTHORITY != 0,
+            hosts_authority: flags & FLAG_HOSTS_AUTHORITY != 0,
+            lost_authority: flags & FLAG_LOST_AUTHORITY != 0,
+            incarnation,
+            echo,
         };
-        let body_end = at + 17;
+        let body_end = at + fixed;
         Ok((hb, &b[..body_end], &b[body_end..]))
     }
 
@@ -141,9 +189,13 @@ struct Peer {
     /// By the local address of the link it arrived on: when, and the last counter.
     links: HashMap<SocketAddr, (Instant, u64)>,
     last_any: Option<Instant>,
+    /// The newest heartbeat heard (what this node echoes back); the fields below are
+    /// from it.
+    newest: Option<HeartbeatId>,
     epoch: u64,
     hosts_authority: bool,
     lost_authority: bool,
+    echo: Option<HeartbeatId>,
 }
 
 /// A partner's last heartbeat, heard recently ([`Heard::recent`]).
@@ -181,10 +233,35 @@ impl Heard {
         }
         p.links.insert(local, (now, hb.counter));
         p.last_any = Some(now);
-        p.epoch = hb.epoch;
-        p.hosts_authority = hb.hosts_authority;
-        p.lost_authority = hb.lost_authority;
+        let id = HeartbeatId {
+            incarnation: hb.incarnation,
+            counter: hb.counter,
+        };
+        if echo::is_newer(p.newest, id) {
+            p.newest = Some(id);
+            p.epoch = hb.epoch;
+            p.hosts_authority = hb.hosts_authority;
+            p.lost_authority = hb.lost_authority;
+            p.echo = hb.echo;
+        }
         Ok(())
+    }
+
+    /// The newest heartbeat heard from `node` for `device` (what this node echoes back).
+    /// None for a version 1 sender (no incarnation to echo).
+    pub fn newest_from(&self, device: &str, node: u8) -> Option<HeartbeatId> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&(device.to_string(), node))
+            .and_then(|p| p.newest)
+            .filter(|id| id.incarnation != 0)
+    }
+
+    /// The echo in `node`'s newest heartbeat for `device`: the newest heartbeat of this
+    /// node it had heard when it sent that one.
+    pub fn echo_from(&self, device: &str, node: u8) -> Option<HeartbeatId> {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(&(device.to_string(), node)).and_then(|p| p.echo)
     }
 
     pub fn reject(&self, why: Reject, from: SocketAddr, now: Instant) {
@@ -332,37 +409,11 @@ pub fn links(config: &NodeConfig) -> Vec<(String, u8, u8, LinkPair)> {
     out
 }
 
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-/// Counters: the wall clock in ns, strictly increasing within the process.
-struct Counter(AtomicU64);
-
-impl Counter {
-    fn next(&self) -> u64 {
-        let now = unix_ns();
-        let mut prev = self.0.load(Ordering::Relaxed);
-        loop {
-            let n = now.max(prev + 1);
-            match self
-                .0
-                .compare_exchange(prev, n, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return n,
-                Err(p) => prev = p,
-            }
-        }
-    }
-}
-
 /// Binds one UDP socket per local link address (lazily, retried), sends heartbeats every
 /// interval and receives on each socket.
 pub fn start(node: Arc<Node>) {
     tokio::spawn(async move {
-        let counter = Counter(AtomicU64::new(0));
+        let seq = node.ha.heartbeat_seq.clone();
         let mut sockets: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
         let mut failed_bind: HashMap<SocketAddr, Instant> = HashMap::new();
         let interval = node.ha.settings().heartbeat_interval;
@@ -371,7 +422,7 @@ pub fn start(node: Arc<Node>) {
         loop {
             every.tick().await;
             let config = node.config_arc();
-            for (device, me, _peer, link) in links(&config) {
+            for (device, me, peer, link) in links(&config) {
                 let Some(r) = config.device(&device).and_then(|d| d.replication.as_ref()) else {
                     continue;
                 };
@@ -407,10 +458,13 @@ pub fn start(node: Arc<Node>) {
                 let known = node
                     .ha
                     .view_mut(&device, |v| v.config.as_ref().map_or(0, |c| c.epoch.0));
+                let id = seq.next();
                 let hb = Heartbeat {
                     node_id: me,
                     device: device.clone(),
-                    counter: counter.next(),
+                    counter: id.counter,
+                    incarnation: id.incarnation,
+                    echo: node.ha.heartbeats.newest_from(&device, peer),
                     epoch: epoch_hosted.unwrap_or(0).max(known),
                     hosts_authority: epoch_hosted.is_some(),
                     lost_authority: node.ha.view_mut(&device, |v| v.authority_lost),
@@ -489,6 +543,8 @@ mod tests {
             epoch: 7,
             hosts_authority: true,
             lost_authority: false,
+            incarnation: 1,
+            echo: None,
         }
     }
 
@@ -565,10 +621,112 @@ mod tests {
         assert_eq!(heard.last_heard("disk1", 3), None);
     }
 
+    fn id(incarnation: u64, counter: u64) -> HeartbeatId {
+        HeartbeatId {
+            incarnation,
+            counter,
+        }
+    }
+
     #[test]
-    fn counters_increase() {
-        let c = Counter(AtomicU64::new(u64::MAX / 2 + unix_ns()));
-        let a = c.next();
-        assert!(c.next() > a);
+    fn the_echo_round_trips_and_is_authenticated() {
+        let secret = [3u8; 32];
+        let mut h = hb(12);
+        h.echo = Some(id(5, 77));
+        let b = h.encode(&secret, dest());
+        assert_eq!(b.len(), DATAGRAM_MAX - (DEVICE_NAME_MAX - "disk1".len()));
+        assert_eq!(&b[..4], b"THB2");
+        assert_eq!(Heartbeat::verify(&b, &secret, dest()).unwrap(), h);
+        // No echo yet (nothing heard from the receiver): none comes out, whatever the bytes.
+        h.echo = None;
+        let b = h.encode(&secret, dest());
+        assert_eq!(Heartbeat::verify(&b, &secret, dest()).unwrap().echo, None);
+        // An echo's bytes are under the MAC: a forged echo is rejected.
+        let mut h2 = hb(12);
+        h2.echo = Some(id(5, 77));
+        let mut forged = h2.encode(&secret, dest());
+        let echo_counter_at = forged.len() - MAC_LEN - 1;
+        forged[echo_counter_at] ^= 0x80;
+        assert_eq!(
+            Heartbeat::verify(&forged, &secret, dest()),
+            Err(Reject::BadMac)
+        );
+    }
+
+    /// A version 1 datagram (as an older control service sends): "THB1", no incarnation
+    /// and no echo, MAC over its own bytes.
+    fn encode_v1(h: &Heartbeat, secret: &[u8], dest: SocketAddr) -> Vec<u8> {
+        let mut b = b"THB1".to_vec();
+        b.push(h.node_id);
+        b.push(h.device.len() as u8);
+        b.extend_from_slice(h.device.as_bytes());
+        b.extend_from_slice(&h.counter.to_be_bytes());
+        b.extend_from_slice(&h.epoch.to_be_bytes());
+        b.push(u8::from(h.hosts_authority) | FLAG_ECHO);
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(&b);
+        mac.update(dest.to_string().as_bytes());
+        b.extend_from_slice(&mac.finalize().into_bytes());
+        b
+    }
+
+    #[test]
+    fn a_version_1_datagram_is_heard_without_an_echo() {
+        let secret = [4u8; 32];
+        let b = encode_v1(&hb(9), &secret, dest());
+        let got = Heartbeat::verify(&b, &secret, dest()).unwrap();
+        assert_eq!(got.counter, 9);
+        assert!(got.hosts_authority);
+        assert_eq!(got.incarnation, 0);
+        assert_eq!(got.echo, None, "the echo flag means nothing in version 1");
+        // Truncated or padded to the other version's length: malformed, never a panic.
+        for n in 0..b.len() {
+            assert!(Heartbeat::verify(&b[..n], &secret, dest()).is_err());
+        }
+        let mut as_v2 = b.clone();
+        as_v2[..4].copy_from_slice(b"THB2");
+        assert_eq!(Heartbeat::parse(&as_v2).unwrap_err(), Reject::Malformed);
+        let mut unknown = hb(1).encode(&secret, dest());
+        unknown[..4].copy_from_slice(b"THB3");
+        assert_eq!(Heartbeat::parse(&unknown).unwrap_err(), Reject::Malformed);
+        // Nothing to echo back to a version 1 sender.
+        let heard = Heard::default();
+        let local: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        heard.accept(&got, local, Instant::now()).unwrap();
+        assert_eq!(heard.newest_from("disk1", 2), None);
+        assert!(heard.last_heard("disk1", 2).is_some());
+    }
+
+    #[test]
+    fn announcements_come_from_the_newest_heartbeat_not_an_overtaken_one() {
+        let heard = Heard::default();
+        let (l1, l2): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:9000".parse().unwrap(),
+            "127.0.0.1:9001".parse().unwrap(),
+        );
+        let t = Instant::now();
+        let mut newer = hb(20);
+        newer.echo = Some(id(9, 300));
+        heard.accept(&newer, l1, t).unwrap();
+        // Sent earlier, delayed on the other link: heard, but announces nothing.
+        let mut older = hb(15);
+        older.hosts_authority = false;
+        older.echo = Some(id(9, 100));
+        heard.accept(&older, l2, t).unwrap();
+        assert_eq!(heard.hosts_authority("disk1", 2), Some(7));
+        assert_eq!(heard.echo_from("disk1", 2), Some(id(9, 300)));
+        assert_eq!(heard.newest_from("disk1", 2), Some(id(1, 20)));
+        // The partner restarted (another incarnation; its clock may have stepped back).
+        let mut restarted = hb(10);
+        restarted.incarnation = 2;
+        restarted.hosts_authority = false;
+        restarted.echo = None;
+        heard.accept(&restarted, l2, t).unwrap_err(); // replay check per link holds
+        heard
+            .accept(&restarted, "127.0.0.1:9002".parse().unwrap(), t)
+            .unwrap();
+        assert_eq!(heard.newest_from("disk1", 2), Some(id(2, 10)));
+        assert_eq!(heard.echo_from("disk1", 2), None);
+        assert_eq!(heard.hosts_authority("disk1", 2), None);
     }
 }

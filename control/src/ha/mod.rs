@@ -8,6 +8,8 @@
 //! - [`api`]: `POST /api/v1/ha/authority/{device}` for remote nodes, `GET /api/v1/ha/status`.
 //! - [`driver`]: one task per replicated device: data plane <-> authority.
 //! - [`membership`]: authenticated UDP heartbeats over every sync and heartbeat link.
+//! - [`echo`]: what each heartbeat names and echoes, and the echo rule a restarted or
+//!   paused two-node heartbeat authority waits for.
 //! - [`strategy`]: pure decisions (where the authority is, when to take it over).
 //! - [`file_witness`], [`file_witness_task`]: the file-share witness (a lock file on a share
 //!   both data nodes mount): decisions, and the thread that reads and writes the file.
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod authority_host;
 pub mod driver;
+pub mod echo;
 pub mod file_witness;
 pub mod file_witness_task;
 pub mod membership;
@@ -147,6 +150,12 @@ pub struct HaView {
     /// (`driver::leased_when_heard`).
     #[serde(skip)]
     pub served_at: Option<std::time::Instant>,
+    /// Until when the authority's last answer leased this node, on this clock: the start of
+    /// the exchange whose report the lease counts from, plus the lease. The node's own lease
+    /// ends no earlier, and the authority's record of it later still
+    /// (`driver::leased_when_heard`).
+    #[serde(skip)]
+    pub leased_until: Option<std::time::Instant>,
     /// Three data nodes under node majority: the node whose authority this node follows
     /// has been silent for longer than a lease plus margin (announced in heartbeats: this
     /// node's vote for a takeover).
@@ -185,6 +194,9 @@ pub struct HaState {
     /// Authorities hosted here, by device.
     pub(crate) hosts: Mutex<HashMap<String, AuthorityHost>>,
     pub(crate) heartbeats: membership::Heard,
+    /// This process's heartbeats (incarnation and counter), shared by the sender and the
+    /// authority hosts (`echo`).
+    pub(crate) heartbeat_seq: Arc<echo::HeartbeatSeq>,
     /// Three-node majority: when each partner last asked an authority hosted here, by
     /// (device, node id). Such a request is that node's vote for this authority
     /// (`strategy::has_majority`).

@@ -555,17 +555,10 @@ impl State {
 
 struct CacheDev(Arc<Shared>);
 
-impl Bdev for CacheDev {
-    fn info(&self) -> DeviceInfo {
-        let mut i = self.0.inner.info();
-        i.num_blocks = self.0.num_blocks.load(Ordering::Acquire);
-        i.cache = self.0.mode();
-        i
-    }
-
-    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+impl CacheDev {
+    /// A cache channel over the inner device's channel `inner`.
+    fn channel_over(&self, inner: Box<dyn BdevChannel>) -> Result<Box<dyn BdevChannel>, BdevError> {
         let sh = self.0.clone();
-        let inner = sh.inner.channel()?;
         let err = |what: &str, e: std::io::Error| BdevError::Other(format!("{what}: {e}"));
         let efd = Arc::new(EventFd::new().map_err(|e| err("eventfd", e))?);
         let wake = WakeSet::new().map_err(|e| err("epoll", e))?;
@@ -599,6 +592,23 @@ impl Bdev for CacheDev {
             wb_segs: Vec::new(),
             wb_submits: Vec::new(),
         }))
+    }
+}
+
+impl Bdev for CacheDev {
+    fn info(&self) -> DeviceInfo {
+        let mut i = self.0.inner.info();
+        i.num_blocks = self.0.num_blocks.load(Ordering::Acquire);
+        i.cache = self.0.mode();
+        i
+    }
+
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
+        self.channel_over(self.0.inner.channel()?)
+    }
+
+    fn channel_on(&self, ring: &tandem_ffi::SharedRing) -> Result<Box<dyn BdevChannel>, BdevError> {
+        self.channel_over(self.0.inner.channel_on(ring)?)
     }
 
     fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError> {
@@ -1322,6 +1332,7 @@ impl BdevChannel for CacheChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
+            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
         }
     }
 

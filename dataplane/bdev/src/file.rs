@@ -1,4 +1,7 @@
-//! Image files and block devices through `O_DIRECT` and one io_uring per channel.
+//! Image files and block devices through `O_DIRECT` and io_uring: a channel opened on a
+//! reactor's [`SharedRing`] (`Bdev::channel_on`) shares that ring with every other device and
+//! socket of the reactor, which submits everything with one `io_uring_enter` per pass; a
+//! channel opened alone (`Bdev::channel`) has a private ring and submits by itself.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -9,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tandem_ffi::{EventFd, Uring, UringCompletion};
+use tandem_ffi::{RingOwner, SharedRing, UringCompletion};
 
 use crate::{
     check_op, reject, AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, BufPool, CacheMode,
@@ -162,6 +165,23 @@ pub(crate) fn open_file_with(cfg: &FileConfig, punch: bool) -> Result<Arc<dyn Bd
 
 struct FileBdev(Arc<FileDisk>);
 
+impl FileBdev {
+    /// `private`: the ring is this channel's alone, so the channel enters it itself.
+    fn new_channel(&self, ring: &SharedRing, private: bool) -> FileChannel {
+        FileChannel {
+            owner: ring.owner(),
+            private,
+            ops: HashMap::new(),
+            next_id: 1,
+            ready: VecDeque::new(),
+            pool: BufPool::default(),
+            reaped: Vec::new(),
+            in_poll: false,
+            disk: self.0.clone(),
+        }
+    }
+}
+
 impl Bdev for FileBdev {
     fn info(&self) -> DeviceInfo {
         let d = &self.0;
@@ -175,21 +195,12 @@ impl Bdev for FileBdev {
     }
 
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
-        let mut ring = Uring::new(RING_ENTRIES).map_err(|e| io_err("io_uring setup", e))?;
-        let efd = EventFd::new().map_err(|e| io_err("eventfd", e))?;
-        ring.register_eventfd(&efd)
-            .map_err(|e| io_err("io_uring eventfd registration", e))?;
-        Ok(Box::new(FileChannel {
-            ring,
-            efd,
-            ops: HashMap::new(),
-            next_id: 1,
-            ready: VecDeque::new(),
-            pool: BufPool::default(),
-            reaped: Vec::new(),
-            in_poll: false,
-            disk: self.0.clone(),
-        }))
+        let ring = SharedRing::new(RING_ENTRIES).map_err(|e| io_err("io_uring setup", e))?;
+        Ok(Box::new(self.new_channel(&ring, true)))
+    }
+
+    fn channel_on(&self, ring: &SharedRing) -> Result<Box<dyn BdevChannel>, BdevError> {
+        Ok(Box::new(self.new_channel(ring, false)))
     }
 
     fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError> {
@@ -275,11 +286,15 @@ enum Op {
 }
 
 struct FileChannel {
-    // Dropped first: waits for in-flight I/O while everything else is still alive.
-    ring: Uring,
-    efd: EventFd,
-    ops: HashMap<u64, Op>,
-    next_id: u64,
+    /// This channel's share of a ring (see the module comment). `Drop` waits for the
+    /// channel's own operations.
+    owner: RingOwner,
+    /// The ring is this channel's alone: `submit` and `poll` enter it themselves. On a
+    /// reactor's shared ring the reactor enters it once per pass for everyone.
+    private: bool,
+    /// In-flight operations by their ring tag (the low half of `user_data`).
+    ops: HashMap<u32, Op>,
+    next_id: u32,
     ready: VecDeque<Completion>,
     pool: BufPool,
     reaped: Vec<UringCompletion>,
@@ -293,7 +308,7 @@ impl FileChannel {
         self.disk.file.as_raw_fd()
     }
 
-    fn id(&mut self) -> u64 {
+    fn id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         id
@@ -302,21 +317,24 @@ impl FileChannel {
     fn finish(&mut self, tag: u64, result: Result<(), BdevError>, buf: Option<AlignedBuf>) {
         if self.ready.is_empty() && !self.in_poll {
             // Completions outside the ring must still wake a sleeping reactor.
-            let _ = self.efd.notify();
+            self.owner.ring().notify();
         }
         self.ready.push_back(Completion { tag, result, buf });
     }
 
     /// (Re)submits the I/O of `op` under `id`; on a submission error completes it.
-    fn start(&mut self, id: u64, op: Op, buf: Option<AlignedBuf>) {
+    fn start(&mut self, id: u32, op: Op, buf: Option<AlignedBuf>) {
         let fd = self.fd();
+        let ud = self.owner.user_data(id);
+        let owner = &self.owner;
         let r: Result<(), (Option<AlignedBuf>, io::Error)> = match &op {
             Op::Read {
                 offset, len, done, ..
             } => match buf {
-                Some(b) => self
-                    .ring
-                    .submit_read_at(fd, b, *done, len - done, offset + *done as u64, id)
+                Some(b) => owner
+                    .submit(|r| {
+                        r.submit_read_at(fd, b, *done, len - done, offset + *done as u64, ud)
+                    })
                     .map_err(|(b, e)| (Some(b), e)),
                 None => Err((None, io::Error::other("read without buffer"))),
             },
@@ -327,9 +345,10 @@ impl FileChannel {
                 fua,
                 ..
             } => match buf {
-                Some(b) => self
-                    .ring
-                    .submit_write_at(fd, b, *done, len - done, offset + *done as u64, id, *fua)
+                Some(b) => owner
+                    .submit(|r| {
+                        r.submit_write_at(fd, b, *done, len - done, offset + *done as u64, ud, *fua)
+                    })
                     .map_err(|(b, e)| (Some(b), e)),
                 None => Err((None, io::Error::other("write without buffer"))),
             },
@@ -338,22 +357,25 @@ impl FileChannel {
             } => match buf {
                 Some(b) => {
                     let n = (len - done).min(ZERO_CHUNK as u64) as usize;
-                    self.ring
-                        .submit_write_at(fd, b, 0, n, offset + done, id, false)
+                    owner
+                        .submit(|r| r.submit_write_at(fd, b, 0, n, offset + done, ud, false))
                         .map_err(|(b, e)| (Some(b), e))
                 }
                 None => Err((None, io::Error::other("zero write without buffer"))),
             },
-            Op::Flush { .. } => self.ring.submit_fsync(fd, true, id).map_err(|e| (None, e)),
-            Op::Punch { offset, len, .. } => self
-                .ring
-                .submit_fallocate(
-                    fd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    *offset,
-                    *len,
-                    id,
-                )
+            Op::Flush { .. } => owner
+                .submit(|r| r.submit_fsync(fd, true, ud))
+                .map_err(|e| (None, e)),
+            Op::Punch { offset, len, .. } => owner
+                .submit(|r| {
+                    r.submit_fallocate(
+                        fd,
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        *offset,
+                        *len,
+                        ud,
+                    )
+                })
                 .map_err(|e| (None, e)),
         };
         match r {
@@ -396,8 +418,15 @@ impl FileChannel {
         );
     }
 
+    /// Hands queued submissions to the kernel (private ring only).
+    fn enter(&mut self) {
+        if let Err(e) = self.owner.ring().enter() {
+            tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");
+        }
+    }
+
     fn complete(&mut self, c: UringCompletion) {
-        let Some(op) = self.ops.remove(&c.user_data) else {
+        let Some(op) = self.ops.remove(&RingOwner::low(c.user_data)) else {
             tracing::error!(
                 user_data = c.user_data,
                 "completion for an unknown operation"
@@ -569,6 +598,28 @@ fn op_tag(op: &Op) -> u64 {
     }
 }
 
+impl Drop for FileChannel {
+    /// Finishes the channel's own operations before it goes (a removed device's writes end
+    /// before its removal is reported). On a private ring, dropping the ring waits anyway; on
+    /// a shared one the others' work goes on, and a buffer still in the kernel's hands after
+    /// the bound stays owned by the ring, never freed under the kernel.
+    fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.ops.is_empty() && std::time::Instant::now() < deadline {
+            self.enter();
+            self.owner
+                .submit(|r| r.wait(1, Some(std::time::Duration::from_millis(10))))
+                .ok();
+            let mut reaped = std::mem::take(&mut self.reaped);
+            self.owner.take(&mut reaped);
+            for c in reaped.drain(..) {
+                self.complete(c);
+            }
+            self.reaped = reaped;
+        }
+    }
+}
+
 impl BdevChannel for FileChannel {
     fn submit(&mut self, tag: u64, op: BdevOp) {
         let d = &self.disk;
@@ -631,27 +682,32 @@ impl BdevChannel for FileChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
+            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
         }
-        if let Err(e) = self.ring.flush_submissions() {
-            tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");
+        if self.private {
+            self.enter();
         }
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        self.efd.drain();
         self.in_poll = true;
-        if let Err(e) = self.ring.flush_submissions() {
-            tracing::warn!(device = %self.disk.name, "io_uring submit failed: {e}");
+        if self.private {
+            let _ = self.owner.ring().prepare_sleep();
         }
+        // On a shared ring the reactor entered it just before polling its channels, so this
+        // is no system call unless something was queued since (a cache layer's write-back,
+        // or a caller polling in a loop of its own, as a dropping cache channel does).
+        self.enter();
         let mut reaped = std::mem::take(&mut self.reaped);
-        self.ring.reap(&mut reaped);
+        self.owner.take(&mut reaped);
         for c in reaped.drain(..) {
             self.complete(c);
         }
         self.reaped = reaped;
-        if !self.ops.is_empty() {
-            // Resubmissions made while completing.
-            let _ = self.ring.flush_submissions();
+        if self.private && !self.ops.is_empty() {
+            // Resubmissions made while completing. (On a shared ring the reactor enters
+            // before it sleeps, and polls again first whenever this poll returned work.)
+            self.enter();
         }
         self.in_poll = false;
         let n = self.ready.len();
@@ -664,7 +720,7 @@ impl BdevChannel for FileChannel {
     }
 
     fn wake_fd(&self) -> Option<RawFd> {
-        Some(self.efd.as_raw_fd())
+        Some(self.owner.ring().wake_fd())
     }
 
     fn alloc_buf(&mut self, len: usize) -> AlignedBuf {

@@ -109,6 +109,24 @@ pub enum BdevOp {
         /// Force unit access for the write.
         fua: bool,
     },
+    /// A task management function for the whole logical unit (LOGICAL UNIT RESET, CLEAR
+    /// TASK SET) that the caller already applied on this node: the device carries it to the
+    /// other nodes serving it and completes once they applied it too. Offered only by
+    /// devices whose [`Bdev::cluster_task_management`] is true (a replicated device); others
+    /// refuse it with [`BdevError::Unsupported`].
+    TaskManagement {
+        /// Which function.
+        function: TaskMgmt,
+    },
+}
+
+/// A task management function that [`BdevOp::TaskManagement`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskMgmt {
+    /// LOGICAL UNIT RESET.
+    LunReset,
+    /// CLEAR TASK SET.
+    ClearTaskSet,
 }
 
 /// The result of one operation.
@@ -166,6 +184,15 @@ pub trait Bdev: Send + Sync {
     fn info(&self) -> DeviceInfo;
     /// A new channel for the calling reactor thread.
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError>;
+    /// A new channel whose io_uring work goes through `ring`, the calling reactor's ring
+    /// shared by all its devices and sockets. The reactor then owes the channel one
+    /// [`SharedRing::enter`](tandem_ffi::SharedRing::enter) before every sleep and after every
+    /// `submit` before it polls again (it enters once per pass for everyone). Devices
+    /// without io_uring work ignore the ring.
+    fn channel_on(&self, ring: &tandem_ffi::SharedRing) -> Result<Box<dyn BdevChannel>, BdevError> {
+        let _ = ring;
+        self.channel()
+    }
     /// Grows the device online to `new_num_blocks` (shrinking is refused).
     fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError>;
     /// Writes back any cached data and syncs the backing store. Blocks the calling thread;
@@ -183,6 +210,11 @@ pub trait Bdev: Send + Sync {
     /// also arrive through partner nodes). A local device says no: the SCSI layer's own
     /// read, compare and write under its range lock is atomic there already.
     fn atomic_compare_and_write(&self) -> bool {
+        false
+    }
+    /// Whether the device is served by several nodes, so that a task management function
+    /// for the whole LU must reach them ([`BdevOp::TaskManagement`]).
+    fn cluster_task_management(&self) -> bool {
         false
     }
 }
@@ -271,7 +303,9 @@ pub(crate) fn check_op(
             check_range(block_size, num_blocks, *offset, *len)
         }
         // Local devices leave COMPARE AND WRITE to the caller (see the trait).
-        BdevOp::CompareAndWrite { .. } => Err(BdevError::Unsupported),
+        BdevOp::CompareAndWrite { .. } | BdevOp::TaskManagement { .. } => {
+            Err(BdevError::Unsupported)
+        }
     }
 }
 
@@ -289,7 +323,10 @@ impl BdevOp {
     pub fn into_buf(self) -> Option<AlignedBuf> {
         match self {
             BdevOp::Write { buf, .. } | BdevOp::CompareAndWrite { buf, .. } => Some(buf),
-            BdevOp::Read { .. } | BdevOp::Flush | BdevOp::Discard { .. } => None,
+            BdevOp::Read { .. }
+            | BdevOp::Flush
+            | BdevOp::Discard { .. }
+            | BdevOp::TaskManagement { .. } => None,
         }
     }
 }

@@ -43,7 +43,10 @@ use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
 use crate::pacing::{PacingConfig, ResyncPacer};
 use crate::ranges::{Barriers, RangeLocks};
-use crate::types::{BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, OpId, RegionIndex, Time};
+use crate::task_mgmt::TaskMgmtOps;
+use crate::types::{
+    BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, OpId, RegionIndex, TaskMgmtKind, Time,
+};
 
 /// Deliberate defects, switched on only by the simulator's tests to prove that its checker
 /// catches each of them. Production code never sets one.
@@ -400,6 +403,9 @@ pub struct Engine<P> {
     /// the cluster; its later completion is not passed to the host a second time.
     answered_early: BTreeSet<HostTag>,
     answering_early: Vec<HostTag>,
+    /// LOGICAL UNIT RESET / CLEAR TASK SET taken from a host here, waiting until every
+    /// synchronized partner applied it.
+    task_mgmt: TaskMgmtOps,
 }
 
 impl<P: Clone> Engine<P> {
@@ -463,6 +469,7 @@ impl<P: Clone> Engine<P> {
             refused_over_bound: 0,
             answered_early: BTreeSet::new(),
             answering_early: Vec::new(),
+            task_mgmt: TaskMgmtOps::default(),
         }
     }
 
@@ -609,7 +616,7 @@ impl<P: Clone> Engine<P> {
     /// What keeps the engine busy, for diagnostics.
     pub fn busy_detail(&self) -> String {
         format!(
-            "seq {:?} fwd {} reads {} io {} gate {:?} resync {:?} awaiting_meta {}",
+            "seq {:?} fwd {} reads {} io {} gate {:?} resync {:?} awaiting_meta {} task_mgmt {}",
             self.seq
                 .iter()
                 .map(|(id, o)| (id.n, o.stage.clone()))
@@ -619,7 +626,8 @@ impl<P: Clone> Engine<P> {
             self.io.len(),
             self.gate,
             self.resync,
-            self.awaiting_meta.len()
+            self.awaiting_meta.len(),
+            self.task_mgmt.len()
         )
     }
 
@@ -631,7 +639,8 @@ impl<P: Clone> Engine<P> {
             && self.io.is_empty()
             && self.gate.is_none()
             && self.resync.values().all(|q| q.is_empty())
-            && self.awaiting_meta.is_empty())
+            && self.awaiting_meta.is_empty()
+            && self.task_mgmt.is_empty())
     }
 
     /// Feed one input; outputs are appended to `out`.
@@ -733,6 +742,33 @@ impl<P: Clone> Engine<P> {
                 ForwardedOp::CompareAndWrite { verify, data },
                 out,
             ),
+            HostCmd::TaskMgmt { kind } => self.host_task_mgmt(now, tag, kind, out),
+        }
+    }
+
+    /// A LOGICAL UNIT RESET or CLEAR TASK SET that this node already applied to its own
+    /// tasks and nexuses: sent to every other synchronized member, answered GOOD once each
+    /// applied it (or left the configuration). Not ordered by the sequencer: it changes no
+    /// data, and writes are ordered against it by the hosts' own tasks (each node aborts the
+    /// tasks it holds when the function reaches it; see `docs/ha.md`).
+    fn host_task_mgmt(
+        &mut self,
+        now: Time,
+        tag: HostTag,
+        kind: TaskMgmtKind,
+        out: &mut Vec<Output<P>>,
+    ) {
+        let partners: BTreeSet<NodeId> = self
+            .config
+            .as_ref()
+            .map(|c| c.synchronized().filter(|&n| n != self.me).collect())
+            .unwrap_or_default();
+        let id = self.new_op();
+        for &p in &partners {
+            self.send(p, Msg::TaskMgmt { id, kind }, out);
+        }
+        if let Some(tag) = self.task_mgmt.start(id, tag, partners, now) {
+            self.answer(now, tag, HostStatus::Good { data: None }, out);
         }
     }
 
@@ -990,17 +1026,14 @@ impl<P: Clone> Engine<P> {
     /// Send an ordered write to every target.
     fn mirror(&mut self, id: OpId, data: P, out: &mut Vec<Output<P>>) {
         let op = self.seq.get(&id).expect("op exists");
-        let other_copy_at_origin = id.origin != self.me
-            && !op.targets.contains(&id.origin)
-            && matches!(
-                op.kind,
-                SeqKind::Write { .. } | SeqKind::CompareAndWrite { .. }
-            );
-        // Reads must wait for `Commit` wherever another replica could serve a read of this
-        // range before every copy has it. A syncing target counts too: it may become
-        // synchronized while the write is still in flight.
-        let readable_copies = op.targets.len() + usize::from(other_copy_at_origin);
-        let commit_follows = readable_copies > 1;
+        // Reads on a target wait for `Commit`, even when it is the only other copy: a read
+        // there must not return a write before the sequencer's own copy has it too. If the
+        // sequencer crashed before its local write completed, and the target then restarted
+        // (losing its uncertain regions with its RAM journal) while cut from the authority,
+        // the sequencer's copy would be the source of its resync and a value already read
+        // would be gone (contract b; simulator 2w seed 1865 with resync pacing). The cost
+        // is a read of a block whose write is still in flight waiting for one more message.
+        let commit_follows = true;
         let range = op.range;
         let targets = op.targets.clone();
         for &t in &targets {
@@ -1372,6 +1405,16 @@ impl<P: Clone> Engine<P> {
                     self.adopt = Some(meta);
                     let seq = self.sequencer();
                     self.send(seq, Msg::SyncCompleteAck, out);
+                }
+            }
+            Msg::TaskMgmt { id, kind } => {
+                // Applied before the acknowledgement leaves (outputs are handled in order).
+                out.push(Output::TaskMgmt { kind });
+                self.send(from, Msg::TaskMgmtAck { id }, out);
+            }
+            Msg::TaskMgmtAck { id } => {
+                if let Some(tag) = self.task_mgmt.acked(id, from) {
+                    self.answer(now, tag, HostStatus::Good { data: None }, out);
                 }
             }
             Msg::SyncCompleteAck => {
@@ -1894,6 +1937,17 @@ impl<P: Clone> Engine<P> {
             }
         }
 
+        // A task management function waits only for partners still synchronized.
+        if let Some(cfg) = &self.config {
+            let synchronized: BTreeSet<NodeId> = cfg.synchronized().collect();
+            for tag in self
+                .task_mgmt
+                .retain_partners(|n| synchronized.contains(&n))
+            {
+                self.answer(now, tag, HostStatus::Good { data: None }, out);
+            }
+        }
+
         // Messages that were ahead of this configuration.
         let pending = std::mem::take(&mut self.future);
         for (from, env) in pending {
@@ -1950,6 +2004,9 @@ impl<P: Clone> Engine<P> {
             not_ready(tag, out);
         }
         for (tag, _) in std::mem::take(&mut self.gated_host) {
+            not_ready(tag, out);
+        }
+        for tag in self.task_mgmt.drain() {
             not_ready(tag, out);
         }
         self.held_writes = 0;
@@ -2193,6 +2250,11 @@ impl<P: Clone> Engine<P> {
             self.pump_resync(now, out);
         }
         // A node whose lease ran out answers nothing but NOT READY from now on.
+        if !self.serving(now) {
+            for tag in self.task_mgmt.drain() {
+                not_ready(tag, out);
+            }
+        }
         if !self.serving(now)
             && (!self.reads.is_empty()
                 || !self.fwd.is_empty()
@@ -2305,6 +2367,7 @@ impl<P: Clone> Engine<P> {
                 partners.extend(pending.iter().copied());
             }
         }
+        partners.extend(self.task_mgmt.awaited(now, older_than));
         partners.remove(&self.me);
         partners
     }
@@ -2434,7 +2497,7 @@ impl<P: Clone> Engine<P> {
 fn write_range<P>(cmd: &HostCmd<P>) -> Option<BlockRange> {
     match cmd {
         HostCmd::Write { range, .. } | HostCmd::CompareAndWrite { range, .. } => Some(*range),
-        HostCmd::Read { .. } | HostCmd::Flush => None,
+        HostCmd::Read { .. } | HostCmd::Flush | HostCmd::TaskMgmt { .. } => None,
     }
 }
 

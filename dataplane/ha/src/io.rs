@@ -3,7 +3,7 @@
 use crate::generation::{ReplicaMeta, SyncDecision};
 use crate::membership::EpochConfig;
 use crate::msg::Envelope;
-use crate::types::{BlockRange, Epoch, HostTag, IoTag, NodeId, Time};
+use crate::types::{BlockRange, Epoch, HostTag, IoTag, NodeId, TaskMgmtKind, Time};
 
 /// A host command that reached this node (already decoded and range-checked by SCSI).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +24,11 @@ pub enum HostCmd<P> {
     },
     /// SYNCHRONIZE CACHE / FUA.
     Flush,
+    /// A task management function for the whole LU, already applied on this node: GOOD
+    /// once every synchronized partner applied it too (or left the configuration).
+    TaskMgmt {
+        kind: TaskMgmtKind,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,4 +136,9 @@ pub enum Output<P> {
         decision: SyncDecision,
     },
     PersistMeta(ReplicaMeta),
+    /// A partner received this task management function from a host: apply it to this
+    /// node's tasks and I_T nexuses now (the acknowledgement follows this output).
+    TaskMgmt {
+        kind: TaskMgmtKind,
+    },
 }

@@ -23,6 +23,7 @@ pub mod msg;
 pub mod pacing;
 pub mod ranges;
 pub mod sim;
+mod task_mgmt;
 pub mod types;
 
 pub use engine::{Engine, GrowRefused, Options, PlantedBug};

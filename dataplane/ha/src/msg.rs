@@ -3,7 +3,7 @@
 //! buffer in the data plane, per-block values in the simulator.
 
 use crate::generation::ReplicaMeta;
-use crate::types::{BlockRange, Epoch, OpId, RegionIndex};
+use crate::types::{BlockRange, Epoch, OpId, RegionIndex, TaskMgmtKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<P> {
@@ -65,6 +65,12 @@ pub enum Msg<P> {
     SyncComplete { meta: ReplicaMeta },
     /// Joining replica → sequencer: `SyncComplete` received.
     SyncCompleteAck,
+    /// Origin → every other synchronized member: a task management function for the whole
+    /// logical unit arrived here; apply it to your own tasks and I_T nexuses. Not ordered
+    /// by the sequencer (it changes no data; see `docs/ha.md`).
+    TaskMgmt { id: OpId, kind: TaskMgmtKind },
+    /// Member → origin: `TaskMgmt { id }` applied here.
+    TaskMgmtAck { id: OpId },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

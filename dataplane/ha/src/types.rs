@@ -224,3 +224,17 @@ mod tests {
         assert!(!a.overlaps(&BlockRange::new(4, 1)));
     }
 }
+
+/// A task management function that acts on the whole logical unit, so on every node that
+/// serves it (SAM-5 7.x): the node that received it from the host carries it to every
+/// synchronized partner before it answers (see `docs/ha.md`, "Task management across
+/// nodes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskMgmtKind {
+    /// LOGICAL UNIT RESET: abort every task of the LU, raise BUS DEVICE RESET FUNCTION
+    /// OCCURRED (29/03) on every I_T nexus, clear an SPC-2 reservation.
+    LunReset,
+    /// CLEAR TASK SET: abort every task of the LU (of every I_T nexus); no unit attention
+    /// with TAS=1 (the aborted tasks of other nexuses end TASK ABORTED).
+    ClearTaskSet,
+}

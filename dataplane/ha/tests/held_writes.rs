@@ -293,3 +293,45 @@ fn a_held_write_is_answered_not_ready_when_the_lease_ends_and_only_once() {
         vec![(8, HostStatus::Good { data: None })]
     );
 }
+
+/// Contract g: a node paused past its lease may find the partner's ack in its socket when it
+/// wakes, before any tick. That write was answered by nobody yet; it must end NOT READY, never
+/// GOOD, whatever input comes first.
+#[test]
+fn an_ack_read_after_the_lease_ended_does_not_acknowledge_the_write() {
+    let (mut e, cfg) = sequencer(Options::default());
+    let out = write(&mut e, Time(MS), 7, 0, 1);
+    assert!(completions(&out).is_empty(), "held for the partner");
+    let id = out
+        .iter()
+        .find_map(|o| match o {
+            Output::Send { to, env } if *to == N2 => match env.msg {
+                Msg::Mirror { id, .. } => Some(id),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("the write is mirrored to the partner");
+
+    // Paused until after the lease; the first thing read on waking is the partner's ack.
+    let mut out = Vec::new();
+    e.handle(
+        Time(10_001 * MS),
+        Input::Peer {
+            from: N2,
+            env: Envelope {
+                epoch: cfg.epoch,
+                msg: Msg::MirrorAck { id },
+            },
+        },
+        &mut out,
+    );
+    let more = persist(&mut e, Time(10_001 * MS), &out);
+    out.extend(more);
+    assert_eq!(completions(&out), vec![(7, HostStatus::NotReady)]);
+
+    // And only once.
+    let mut out = Vec::new();
+    e.handle(Time(10_002 * MS), Input::Tick, &mut out);
+    assert!(completions(&out).is_empty(), "answered once: {out:?}");
+}

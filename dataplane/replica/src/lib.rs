@@ -73,7 +73,15 @@ pub struct ReplicaOptions {
     /// new configuration arrives (the data plane sets the LU's ALUA states from it). Must
     /// not block.
     pub on_state: Option<StateCallback>,
+    /// Called on the replication thread when a partner carries a LOGICAL UNIT RESET or CLEAR
+    /// TASK SET here: apply it to this node's tasks and I_T nexuses (the data plane calls
+    /// the LU). Runs before the acknowledgement leaves, so the origin answers its host only
+    /// after this returned. Must not block.
+    pub on_task_mgmt: Option<TaskMgmtCallback>,
 }
+
+/// See [`ReplicaOptions::on_task_mgmt`].
+pub type TaskMgmtCallback = Box<dyn FnMut(tandem_bdev::TaskMgmt) + Send>;
 
 /// See [`ReplicaOptions::on_state`].
 pub type StateCallback = Box<dyn FnMut(&ReplicaState) + Send>;
@@ -95,6 +103,7 @@ impl ReplicaOptions {
             engine: tandem_ha::Options::default(),
             boot_id: boot_id_now(),
             on_state: None,
+            on_task_mgmt: None,
         }
     }
 }
@@ -306,6 +315,12 @@ impl Bdev for ReplicatedBdev {
     /// writes under its cluster-wide range lock, so it is atomic against writes through
     /// every node (a compare on this node's copy alone would not be).
     fn atomic_compare_and_write(&self) -> bool {
+        true
+    }
+
+    /// A LOGICAL UNIT RESET or CLEAR TASK SET reaches every synchronized partner before it
+    /// completes ([`BdevOp::TaskManagement`]).
+    fn cluster_task_management(&self) -> bool {
         true
     }
 }

@@ -8,13 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tandem_bdev::{AlignedBuf, BdevChannel, BdevError, BdevOp, Completion, DeviceInfo, BUF_ALIGN};
+use tandem_bdev::{
+    AlignedBuf, BdevChannel, BdevError, BdevOp, Completion, DeviceInfo, TaskMgmt, BUF_ALIGN,
+};
 use tandem_config::ipc::{HaDeviceStatus, HaPartnerStatus, HaReport, HaUpdate};
 use tandem_ffi::EventFd;
 use tandem_ha::authority::ToAuthority;
 use tandem_ha::{
     BlockRange, Engine, Envelope, Geometry, HostCmd, HostStatus, HostTag, Input, IoTag, LocalOp,
-    LocalResult, MemberState, Msg, NodeId, Output, ReplicaMeta, Time,
+    LocalResult, MemberState, Msg, NodeId, Output, ReplicaMeta, TaskMgmtKind, Time,
 };
 use tandem_mirror::SharedPayload;
 
@@ -60,6 +62,8 @@ enum ReqKind {
         flushing: bool,
     },
     Flush,
+    /// LOGICAL UNIT RESET / CLEAR TASK SET on its way to the partners.
+    TaskMgmt,
     Discard {
         next: u64,
         end: u64,
@@ -123,6 +127,7 @@ pub(crate) struct Worker {
     completions: Vec<Completion>,
     events: Vec<PeerEvent>,
     on_state: Option<crate::StateCallback>,
+    on_task_mgmt: Option<crate::TaskMgmtCallback>,
     /// What `on_state` was last told: serving, configuration epoch.
     told: Option<(bool, Option<tandem_ha::Epoch>)>,
 }
@@ -142,6 +147,7 @@ impl Worker {
     ) -> Worker {
         let mut opts = opts;
         let on_state = opts.on_state.take();
+        let on_task_mgmt = opts.on_task_mgmt.take();
         let geometry = Geometry::with_64k_regions(info.block_size, info.num_blocks);
         let engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
         let now = Instant::now();
@@ -178,6 +184,7 @@ impl Worker {
             completions: Vec::new(),
             events: Vec::new(),
             on_state,
+            on_task_mgmt,
             told: None,
         }
     }
@@ -379,6 +386,15 @@ impl Worker {
             Output::Synchronized { node, epoch } => {
                 self.request(ToAuthority::Synchronized { node, epoch })
             }
+            Output::TaskMgmt { kind } => {
+                tracing::info!(device = %self.info.name, ?kind, "task management from a partner");
+                if let Some(f) = self.on_task_mgmt.as_mut() {
+                    f(match kind {
+                        TaskMgmtKind::LunReset => TaskMgmt::LunReset,
+                        TaskMgmtKind::ClearTaskSet => TaskMgmt::ClearTaskSet,
+                    });
+                }
+            }
             Output::SyncRefused { node, decision } => {
                 tracing::warn!(device = %self.info.name, partner = node.0, ?decision, "partner's data cannot be synchronized automatically");
             }
@@ -566,6 +582,23 @@ impl Worker {
                 );
                 self.host(id, HostCmd::Flush);
             }
+            BdevOp::TaskManagement { function } => {
+                // Already applied on this node by the caller; the engine carries it to every
+                // synchronized partner and answers once they applied it.
+                let kind = match function {
+                    TaskMgmt::LunReset => TaskMgmtKind::LunReset,
+                    TaskMgmt::ClearTaskSet => TaskMgmtKind::ClearTaskSet,
+                };
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::TaskMgmt,
+                    },
+                );
+                self.host(id, HostCmd::TaskMgmt { kind });
+            }
             BdevOp::CompareAndWrite { offset, buf, fua } => {
                 let half = buf.len() / 2;
                 let checked = if buf.len() % 2 != 0 {
@@ -716,6 +749,10 @@ impl Worker {
                 }
                 ReqKind::Flush => {
                     self.observe_latency(req.since);
+                    self.complete(req.chan, req.tag, Ok(()), None);
+                    return;
+                }
+                ReqKind::TaskMgmt => {
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
                 }

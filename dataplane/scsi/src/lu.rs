@@ -112,6 +112,9 @@ pub struct LogicalUnit {
     pr_store: Option<Arc<dyn PrStore>>,
     /// The device runs COMPARE AND WRITE atomically itself (`LuIo::CompareAndWrite`).
     device_caw: std::sync::atomic::AtomicBool,
+    /// Counts LOGICAL UNIT RESETs, CLEAR TASK SETs and target resets: a command whose I/O
+    /// started under an older value was aborted by one (see `resume`).
+    abort_gen: std::sync::atomic::AtomicU64,
 }
 
 pub(super) fn done(r: Reply) -> Step {
@@ -158,6 +161,7 @@ impl LogicalUnit {
             max_transfer_blocks: cfg.max_transfer_blocks,
             default_wce: wce,
             device_caw: std::sync::atomic::AtomicBool::new(false),
+            abort_gen: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 num_blocks: cfg.num_blocks,
                 cache: cfg.cache,
@@ -298,8 +302,44 @@ impl LogicalUnit {
     fn reset(&self, from: &Nexus, ua: Sense) {
         let mut st = self.state.lock();
         st.see(from);
+        self.reset_state(&mut st, ua);
+    }
+
+    /// What a reset does to the LU, wherever it came from: every task in the task set is
+    /// aborted (commands of other nexuses still in I/O end TASK ABORTED, TAS=1), the SPC-2
+    /// reservation is released, every nexus that exists now gets `ua`.
+    fn reset_state(&self, st: &mut State, ua: Sense) {
+        self.abort_all_tasks();
         st.spc2_holder = None;
         st.ua.push_all(ua, None);
+    }
+
+    fn abort_all_tasks(&self) {
+        self.abort_gen
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub(crate) fn abort_gen(&self) -> u64 {
+        self.abort_gen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// CLEAR TASK SET received on `from`: every task of the LU is aborted, those of other
+    /// nexuses still in I/O end TASK ABORTED (TAS=1, so no unit attention).
+    pub fn clear_task_set(&self, from: &Nexus) {
+        self.state.lock().see(from);
+        self.abort_all_tasks();
+    }
+
+    /// A partner node of a replicated device received a LOGICAL UNIT RESET: it applies here
+    /// as if received here, on every I_T nexus of this node (none of them asked).
+    pub fn partner_lun_reset(&self) {
+        let mut st = self.state.lock();
+        self.reset_state(&mut st, Sense::lun_reset_occurred());
+    }
+
+    /// A partner node of a replicated device received a CLEAR TASK SET.
+    pub fn partner_clear_task_set(&self) {
+        self.abort_all_tasks();
     }
 
     /// The device grew or shrank: every nexus sees CAPACITY DATA HAS CHANGED.
@@ -361,6 +401,16 @@ impl LogicalUnit {
     /// Starts a command. Checks run in SPC order: unit attention, CDB
     /// decoding, ALUA access state, reservation conflict, then the command.
     pub fn execute(&self, cmd: &Command) -> Step {
+        // Read before the command does anything: a reset that comes later aborts it.
+        let abort_gen = self.abort_gen();
+        let mut step = self.execute_unchecked(cmd);
+        if let Step::Io(plan) = &mut step {
+            plan.cont.abort_gen = abort_gen;
+        }
+        step
+    }
+
+    fn execute_unchecked(&self, cmd: &Command) -> Step {
         let mut st = self.state.lock();
         st.see(cmd.nexus);
         if st.pr_pending.is_some() {

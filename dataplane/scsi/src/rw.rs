@@ -190,6 +190,10 @@ pub struct Continuation {
     pub(crate) guard: Option<RangeGuard>,
     /// First LBA of the I/O this continuation waits for.
     pub(crate) io_lba: Option<u64>,
+    /// The LU's task-abort generation when the command started (`LogicalUnit::execute`):
+    /// a LOGICAL UNIT RESET or CLEAR TASK SET since then, received here or carried here from
+    /// a partner node, ends the command TASK ABORTED when its I/O returns.
+    pub(crate) abort_gen: u64,
 }
 
 impl std::fmt::Debug for Continuation {

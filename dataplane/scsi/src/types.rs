@@ -260,6 +260,16 @@ impl Reply {
         }
     }
 
+    /// TASK ABORTED: a task management function of another I_T nexus aborted the command
+    /// (TAS=1 in the control mode page).
+    pub fn task_aborted() -> Reply {
+        Reply {
+            status: ScsiStatus::TaskAborted,
+            data: ReplyData::None,
+            sense: None,
+        }
+    }
+
     pub fn conflict() -> Reply {
         Reply {
             status: ScsiStatus::ReservationConflict,

@@ -392,6 +392,7 @@ impl H {
             mem_held: 0,
             released: Vec::new(),
             pending_tmf: Vec::new(),
+            next_tmf_slot: 0,
             pending_text: None,
             text_in: None,
             local_addr: None,
@@ -2177,4 +2178,140 @@ fn abort_task_while_its_commit_is_at_the_persister_waits_for_the_completion() {
     assert_eq!(outs[0].itt(), tmf);
     assert_eq!(outs[0].tmf().response, 0);
     assert_eq!(h.core.tasks.len(), 0);
+}
+
+// ---- task management on a device served by several nodes -----------------------------------
+
+/// A RAM device that says other nodes serve it too: its task management operations are
+/// kept (tags in `held`) until the test completes them, as a replicated device completes
+/// them once every partner applied them.
+struct ClusterRam {
+    inner: Arc<dyn tandem_bdev::Bdev>,
+    held: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+struct ClusterRamChannel {
+    inner: Box<dyn BdevChannel>,
+    held: Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl tandem_bdev::Bdev for ClusterRam {
+    fn info(&self) -> tandem_bdev::DeviceInfo {
+        self.inner.info()
+    }
+    fn channel(&self) -> Result<Box<dyn BdevChannel>, tandem_bdev::BdevError> {
+        Ok(Box::new(ClusterRamChannel {
+            inner: self.inner.channel()?,
+            held: Arc::clone(&self.held),
+        }))
+    }
+    fn resize(&self, n: u64) -> Result<(), tandem_bdev::BdevError> {
+        self.inner.resize(n)
+    }
+    fn flush_blocking(&self) -> Result<(), tandem_bdev::BdevError> {
+        self.inner.flush_blocking()
+    }
+    fn set_cache_mode(&self, m: tandem_bdev::CacheMode) -> Result<(), tandem_bdev::BdevError> {
+        self.inner.set_cache_mode(m)
+    }
+    fn cluster_task_management(&self) -> bool {
+        true
+    }
+}
+
+impl BdevChannel for ClusterRamChannel {
+    fn submit(&mut self, tag: u64, op: BdevOp) {
+        match op {
+            BdevOp::TaskManagement { .. } => self.held.lock().unwrap().push(tag),
+            op => self.inner.submit(tag, op),
+        }
+    }
+    fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.inner.poll(out)
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.inner.wake_fd()
+    }
+    fn alloc_buf(&mut self, len: usize) -> AlignedBuf {
+        self.inner.alloc_buf(len)
+    }
+    fn free_buf(&mut self, buf: AlignedBuf) {
+        self.inner.free_buf(buf)
+    }
+}
+
+fn cluster_device() -> (Arc<Device>, Arc<std::sync::Mutex<Vec<u64>>>) {
+    let held: Arc<std::sync::Mutex<Vec<u64>>> = Arc::default();
+    let ram = device();
+    let bdev: Arc<dyn tandem_bdev::Bdev> = Arc::new(ClusterRam {
+        inner: Arc::clone(&ram.bdev),
+        held: Arc::clone(&held),
+    });
+    (
+        Arc::new(Device::new("t".into(), bdev, Arc::clone(&ram.lu))),
+        held,
+    )
+}
+
+/// On a device served by several nodes the LUN RESET response waits for the device's part
+/// (the partners applied it) as well as for the aborted task's I/O; the device failing it
+/// (this node stopped serving) answers FUNCTION REJECTED. ABORT TASK SET stays local.
+#[test]
+fn lun_reset_on_a_cluster_device_waits_for_the_partners() {
+    for fail in [false, true] {
+        let (dev, held) = cluster_device();
+        let mut h = H::with_device(params(), 256 << 20, dev);
+        let itt = h.write10(0, 8, 4096, &[5u8; 4096]);
+        h.core.run_ready(&mut h.env);
+        h.tmf(TmfFunction::LogicalUnitReset, 0xffff_ffff);
+        assert_eq!(held.lock().unwrap().len(), 1, "carried to the partners");
+        h.complete();
+        assert!(h.out().is_empty(), "the partners have not applied it yet");
+        assert_eq!(h.stage_of(itt), None, "the aborted write is gone");
+        let tag = held.lock().unwrap().pop().unwrap();
+        let (conn, slot) = split_tag(tag);
+        assert_eq!(conn, 7);
+        let result = if fail {
+            Err(tandem_bdev::BdevError::NotReady)
+        } else {
+            Ok(())
+        };
+        h.core.on_io_complete(
+            &mut h.env,
+            slot,
+            Completion {
+                tag,
+                result,
+                buf: None,
+            },
+        );
+        let outs = h.out();
+        assert_eq!(outs.len(), 1);
+        assert_eq!(outs[0].tmf().response, if fail { 255 } else { 0 });
+        assert_eq!(h.env.budget.used(), 0);
+        // ABORT TASK SET and ABORT TASK never leave this node.
+        h.tmf(TmfFunction::AbortTaskSet, 0xffff_ffff);
+        assert_eq!(h.out()[0].tmf().response, 0);
+        assert!(held.lock().unwrap().is_empty());
+    }
+    // CLEAR TASK SET is carried too.
+    let (dev, held) = cluster_device();
+    let mut h = H::with_device(params(), 256 << 20, dev);
+    h.tmf(TmfFunction::ClearTaskSet, 0xffff_ffff);
+    assert!(h.out().is_empty());
+    let tag = held.lock().unwrap().pop().unwrap();
+    let (_, slot) = split_tag(tag);
+    h.core.on_io_complete(
+        &mut h.env,
+        slot,
+        Completion {
+            tag,
+            result: Ok(()),
+            buf: None,
+        },
+    );
+    assert_eq!(h.out()[0].tmf().response, 0);
 }

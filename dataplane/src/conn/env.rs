@@ -4,7 +4,9 @@
 //!
 //! The reactor implements it with live device channels ([`ReactorCtx`]); the unit tests
 //! implement it with a recorder, so the connection's reaction to PDUs and completions is
-//! exercised without sockets or devices.
+//! exercised without sockets or devices. Connection code takes it as `&mut impl ConnEnv`
+//! (static dispatch), so on the reactor the clock, budget and buffer calls compile to direct,
+//! inlinable calls as they did before the trait existed, not to an indirect call each.
 
 use super::budget::MemBudget;
 use crate::reactor_ctx::{ReactorCtx, Shared};

@@ -11,7 +11,7 @@ use tandem_iscsi::wire::{login_status, Bhs, LoginRequestRepr, BHS_LEN};
 use tandem_scsi::{Nexus, TargetPort};
 
 impl ConnCore {
-    pub(super) fn on_login(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_login(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match LoginRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(e) => {

@@ -107,7 +107,7 @@ impl ConnCore {
         1
     }
 
-    pub(super) fn on_text(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_text(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let req = match TextRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -174,7 +174,7 @@ impl ConnCore {
 
     fn answer_text(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         bhs: &[u8; BHS_LEN],
         itt: u32,
         data: &[u8],
@@ -262,7 +262,7 @@ impl ConnCore {
         self.tx.push_owned(out, body[offset..end].to_vec(), None);
     }
 
-    pub(super) fn on_logout(&mut self, _ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_logout(&mut self, _ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match LogoutRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {

@@ -92,6 +92,9 @@ pub struct Connection {
     rx: RxBuffer,
     direct: Option<DirectRx>,
     pdus_seen: usize,
+    /// Since when a closing connection waits for its transport to send what it took (a
+    /// queued transport, `uring_tcp`); bounded, so a peer that never reads cannot keep it.
+    closing_unsent_since: Option<Instant>,
     core: ConnCore,
 }
 
@@ -117,6 +120,8 @@ pub(crate) struct ConnCore {
     mem_held: u64,
     released: Vec<usize>,
     pending_tmf: Vec<tmf::PendingTmf>,
+    /// Counter for the completion slots of task management functions' device parts.
+    next_tmf_slot: usize,
     pending_text: Option<misc::PendingText>,
     text_in: Option<misc::CollectingText>,
     local_addr: Option<std::net::SocketAddr>,
@@ -158,6 +163,7 @@ impl Connection {
             rx: RxBuffer::new(RxBuffer::frame_max(&limits)),
             direct: None,
             pdus_seen: 0,
+            closing_unsent_since: None,
             core: ConnCore {
                 id,
                 reactor,
@@ -175,6 +181,7 @@ impl Connection {
                 mem_held: 0,
                 released: Vec::new(),
                 pending_tmf: Vec::new(),
+                next_tmf_slot: 0,
                 pending_text: None,
                 text_in: None,
                 local_addr,
@@ -213,8 +220,8 @@ impl Connection {
             .map(|t| t.iqn.as_str())
     }
 
-    pub fn poll(&mut self, ctx: &mut dyn ConnEnv) -> PollResult {
-        let mut work = 0;
+    pub fn poll(&mut self, ctx: &mut impl ConnEnv) -> PollResult {
+        let mut work = self.transport.progress();
         let mut closed = false;
         if self.core.phase != Phase::Closing {
             match self.read_and_handle(ctx) {
@@ -234,7 +241,15 @@ impl Connection {
             closed = true;
         }
         if self.core.phase == Phase::Closing && self.core.tx.is_empty() {
-            closed = true;
+            if !self.transport.has_unsent() {
+                closed = true;
+            } else {
+                let since = *self.closing_unsent_since.get_or_insert(ctx.now());
+                if ctx.now().duration_since(since) > ctx.shared().timers.nop_timeout {
+                    tracing::debug!(conn = self.id, "closing with bytes the peer never took");
+                    closed = true;
+                }
+            }
         }
         if closed {
             self.close(ctx);
@@ -247,7 +262,7 @@ impl Connection {
     }
 
     /// Continues a direct receive; returns (bytes received, still in progress).
-    fn direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<(usize, bool)> {
+    fn direct_receive(&mut self, ctx: &mut impl ConnEnv) -> io::Result<(usize, bool)> {
         let Some(mut d) = self.direct else {
             return Ok((0, false));
         };
@@ -282,7 +297,7 @@ impl Connection {
 
     /// If the next PDU is a large Data-Out whose data has not all arrived, accepts its
     /// header and switches to receiving its payload straight into the task buffer.
-    fn start_direct_receive(&mut self, ctx: &mut dyn ConnEnv) -> bool {
+    fn start_direct_receive(&mut self, ctx: &mut impl ConnEnv) -> bool {
         let limits = self.core.limits;
         let Some(p) = self.rx.peek_partial(&limits) else {
             return false;
@@ -315,7 +330,7 @@ impl Connection {
         true
     }
 
-    fn read_and_handle(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<usize> {
+    fn read_and_handle(&mut self, ctx: &mut impl ConnEnv) -> io::Result<usize> {
         let mut work = 0;
         if self.direct.is_some() {
             let (n, pending) = self.direct_receive(ctx)?;
@@ -369,12 +384,12 @@ impl Connection {
         Ok(work + handled)
     }
 
-    fn flush(&mut self, ctx: &mut dyn ConnEnv) -> io::Result<()> {
+    fn flush(&mut self, ctx: &mut impl ConnEnv) -> io::Result<()> {
         self.core.flush(ctx, self.transport.as_mut())
     }
 
     /// Ends the connection: the session (single connection per session) goes with it.
-    fn close(&mut self, ctx: &mut dyn ConnEnv) {
+    fn close(&mut self, ctx: &mut impl ConnEnv) {
         self.transport.shutdown();
         self.core.teardown(ctx);
     }
@@ -385,14 +400,14 @@ impl Connection {
     }
 
     /// Forced close from another thread's request (reinstatement, target removal).
-    pub fn kill(&mut self, ctx: &mut dyn ConnEnv) {
+    pub fn kill(&mut self, ctx: &mut impl ConnEnv) {
         tracing::info!(conn = self.id, peer = %self.core.peer, "closing connection on request");
         self.close(ctx);
     }
 
     pub fn on_io_complete(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         c: tandem_bdev::Completion,
     ) {
@@ -411,7 +426,7 @@ impl TaskBuffers for TaskTable {
 
 impl ConnCore {
     /// Writes what the transport takes; frees the tasks whose last PDU has left.
-    fn flush(&mut self, ctx: &mut dyn ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
+    fn flush(&mut self, ctx: &mut impl ConnEnv, transport: &mut dyn Transport) -> io::Result<()> {
         let mut released = std::mem::take(&mut self.released);
         let r = self.tx.flush(transport, &self.tasks, &mut released);
         for slot in released.drain(..) {
@@ -428,7 +443,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_event(&mut self, ctx: &mut dyn ConnEnv, ev: FrameEvent, bytes: &[u8]) {
+    fn handle_event(&mut self, ctx: &mut impl ConnEnv, ev: FrameEvent, bytes: &[u8]) {
         match ev {
             FrameEvent::Pdu(frame) => {
                 let data = &bytes[frame.data.clone()];
@@ -454,7 +469,7 @@ impl ConnCore {
         }
     }
 
-    fn handle_pdu(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    fn handle_pdu(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let view = Bhs::new_unchecked(&bhs[..]);
         let Some(op) = view.opcode() else {
             tracing::warn!(
@@ -575,7 +590,7 @@ impl ConnCore {
         None
     }
 
-    fn timers(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+    fn timers(&mut self, ctx: &mut impl ConnEnv) -> usize {
         match self.phase {
             Phase::Login => {
                 if ctx.now().duration_since(self.created) > ctx.shared().timers.login_timeout {
@@ -607,7 +622,7 @@ impl ConnCore {
         }
     }
 
-    fn teardown(&mut self, ctx: &mut dyn ConnEnv) {
+    fn teardown(&mut self, ctx: &mut impl ConnEnv) {
         self.phase = Phase::Closing;
         let slots: Vec<usize> = self.tasks.slots().collect();
         for slot in slots {

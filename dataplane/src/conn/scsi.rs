@@ -44,6 +44,13 @@ fn max_transfer(dev: Option<&Arc<Device>>) -> u64 {
         .min(tandem_bdev::MAX_IO_BYTES)
 }
 
+/// The device behind `lun` of the session's target, borrowed from the session field alone
+/// so the caller may change the task table meanwhile: no reference-count traffic (two
+/// atomic read-modify-writes) per command on the write path.
+fn session_device(session: &Option<super::Session>, lun: u64) -> Option<&Arc<Device>> {
+    session.as_ref()?.target.as_ref()?.lun(decode_lun(lun))
+}
+
 impl ConnCore {
     fn target_device(&self, lun: u64) -> Option<Arc<Device>> {
         let s = self.session.as_ref()?;
@@ -52,7 +59,7 @@ impl ConnCore {
 
     pub(super) fn on_scsi_command(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         bhs: &[u8; BHS_LEN],
         data: &[u8],
     ) {
@@ -187,7 +194,7 @@ impl ConnCore {
     }
 
     /// Grants a write its Data-Out buffer from the memory budget; false = not now.
-    fn grant_write(&mut self, ctx: &mut dyn ConnEnv, slot: usize) -> bool {
+    fn grant_write(&mut self, ctx: &mut impl ConnEnv, slot: usize) -> bool {
         let Some(t) = self.tasks.get(slot) else {
             return false;
         };
@@ -202,8 +209,7 @@ impl ConnCore {
             self.held_epoch = ctx.budget().epoch();
             return false;
         }
-        let dev = self.target_device(t.lun);
-        let buf = ctx.alloc_buf(dev.as_ref(), len as usize);
+        let buf = ctx.alloc_buf(session_device(&self.session, t.lun), len as usize);
         self.mem_held += len;
         let t = self.tasks.get_mut(slot).expect("checked above");
         t.mem.write += len;
@@ -222,7 +228,7 @@ impl ConnCore {
     /// Sends R2Ts for the part of the write not covered by unsolicited data, keeping at
     /// most MaxOutstandingR2T outstanding, each at most MaxBurstLength long. Nothing is
     /// asked for until the buffer it lands in is granted (held otherwise).
-    fn issue_r2ts(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    fn issue_r2ts(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         let Some(s) = self.session.as_ref() else {
             return;
         };
@@ -284,7 +290,7 @@ impl ConnCore {
         }
     }
 
-    pub(super) fn on_data_out(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
+    pub(super) fn on_data_out(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN], data: &[u8]) {
         let Some(accepted) = self.accept_data_out(ctx, bhs, data.len()) else {
             return;
         };
@@ -300,7 +306,7 @@ impl ConnCore {
     /// dropped (the PDU was answered with a Reject or the command has failed).
     pub(super) fn accept_data_out(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         bhs: &[u8; BHS_LEN],
         len: usize,
     ) -> Option<AcceptedData> {
@@ -387,7 +393,7 @@ impl ConnCore {
     /// command or ask for the next burst.
     pub(super) fn data_out_landed(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         accepted: AcceptedData,
         len: usize,
     ) {
@@ -410,11 +416,10 @@ impl ConnCore {
     /// Collecting → Ready: every byte is here. The LU says once, now, how much of the
     /// Data-Out the command uses (the residual), so a deferred re-run keeps it.
     fn data_complete(&mut self, slot: usize) {
-        let Some(t) = self.tasks.get(slot) else {
+        let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
-        let dev = self.target_device(t.lun);
-        let t = self.tasks.get_mut(slot).expect("checked above");
+        let dev = session_device(&self.session, t.lun);
         let data_out = match std::mem::replace(&mut t.stage, Stage::Moving) {
             Stage::Collecting(c) => c.buf,
             other => {
@@ -452,7 +457,7 @@ impl ConnCore {
         }
     }
 
-    pub(super) fn run_ready(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+    pub(super) fn run_ready(&mut self, ctx: &mut impl ConnEnv) -> usize {
         let mut n = 0;
         if self.phase == Phase::Closing {
             return 0;
@@ -481,7 +486,7 @@ impl ConnCore {
     /// deferred back to the ready queue; the others stay parked, registered for the next
     /// release (which wakes this reactor from whichever thread releases). No timer: a
     /// reactor with only parked work sleeps. Returns the tasks moved.
-    fn unpark_released(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+    fn unpark_released(&mut self, ctx: &mut impl ConnEnv) -> usize {
         let mut moved = 0;
         let (tasks, ready) = (&mut self.tasks, &mut self.ready);
         // `retain` keeps the list's capacity: no allocation per check.
@@ -508,7 +513,7 @@ impl ConnCore {
 
     /// Gives waiting tasks the memory they wait for, oldest first; stops at the first that
     /// still cannot have it.
-    fn retry_held(&mut self, ctx: &mut dyn ConnEnv) -> usize {
+    fn retry_held(&mut self, ctx: &mut impl ConnEnv) -> usize {
         let mut n = 0;
         while let Some(&slot) = self.held.front() {
             let granted = match self.tasks.get(slot).map(|t| &t.stage) {
@@ -552,7 +557,7 @@ impl ConnCore {
     }
 
     /// Takes budget for `need` bytes of read data (beyond what the task holds already).
-    fn reserve_read(&mut self, ctx: &mut dyn ConnEnv, slot: usize, need: u64) -> bool {
+    fn reserve_read(&mut self, ctx: &mut impl ConnEnv, slot: usize, need: u64) -> bool {
         let Some(t) = self.tasks.get(slot) else {
             return false;
         };
@@ -571,7 +576,7 @@ impl ConnCore {
         true
     }
 
-    fn resume_planned(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    fn resume_planned(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         let Some(dev) = self.tasks.get(slot).and_then(|t| self.target_device(t.lun)) else {
             return;
         };
@@ -584,7 +589,7 @@ impl ConnCore {
         }
     }
 
-    fn execute(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    fn execute(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         let Some(t) = self.tasks.get(slot) else {
             return;
         };
@@ -629,7 +634,7 @@ impl ConnCore {
 
     fn handle_step(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         dev: &Arc<Device>,
         (step, seen): (Step, u64),
@@ -695,7 +700,7 @@ impl ConnCore {
     /// resumes the LU; the LU answers only once the change is durable.
     fn submit_persist(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         dev: &Arc<Device>,
         commit: PrCommit,
@@ -739,7 +744,7 @@ impl ConnCore {
 
     fn submit_io(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         dev: &Arc<Device>,
         io: LuIo,
@@ -908,7 +913,7 @@ impl ConnCore {
         }
     }
 
-    fn respond_failed_submit(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    fn respond_failed_submit(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         // LOGICAL UNIT COMMUNICATION FAILURE is not quite it; INTERNAL TARGET FAILURE is.
         self.send_reply(
             ctx,
@@ -918,7 +923,10 @@ impl ConnCore {
         );
     }
 
-    pub(super) fn on_io_complete(&mut self, ctx: &mut dyn ConnEnv, slot: usize, c: Completion) {
+    pub(super) fn on_io_complete(&mut self, ctx: &mut impl ConnEnv, slot: usize, c: Completion) {
+        if slot >= super::tmf::TMF_SLOT_BASE {
+            return self.tmf_device_done(slot, c);
+        }
         let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
         let Some(t) = self.tasks.get_mut(slot) else {
             if let Some(b) = c.buf {
@@ -1011,7 +1019,7 @@ impl ConnCore {
     }
 
     /// Gives back budget the task no longer needs.
-    pub(super) fn release(&mut self, ctx: &mut dyn ConnEnv, slot: usize, write: bool, read: bool) {
+    pub(super) fn release(&mut self, ctx: &mut impl ConnEnv, slot: usize, write: bool, read: bool) {
         let Some(t) = self.tasks.get_mut(slot) else {
             return;
         };
@@ -1031,7 +1039,7 @@ impl ConnCore {
     /// Queues Data-In and/or SCSI Response for a finished task: any stage → Responding.
     pub(super) fn send_reply(
         &mut self,
-        ctx: &mut dyn ConnEnv,
+        ctx: &mut impl ConnEnv,
         slot: usize,
         reply: Reply,
         io_buf: Option<AlignedBuf>,
@@ -1181,7 +1189,7 @@ impl ConnCore {
 
     /// Removes a task and everything it holds (buffers, budget). The caller makes sure no
     /// I/O of it is still with the device (see `Stage::Aborted`).
-    pub(super) fn free_task(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    pub(super) fn free_task(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         let dev = self.tasks.get(slot).and_then(|t| self.target_device(t.lun));
         self.release(ctx, slot, true, true);
         if let Some(task) = self.tasks.remove(slot) {
@@ -1189,7 +1197,7 @@ impl ConnCore {
         }
     }
 
-    fn finish_aborted(&mut self, ctx: &mut dyn ConnEnv, slot: usize) {
+    fn finish_aborted(&mut self, ctx: &mut impl ConnEnv, slot: usize) {
         self.free_task(ctx, slot);
         self.tmf_task_gone(slot);
     }
@@ -1238,7 +1246,7 @@ fn stage_holds_buffers(stage: &Stage) -> bool {
 }
 
 /// Returns the buffers a stage holds to the pool.
-fn free_stage_buffers(ctx: &mut dyn ConnEnv, dev: Option<&Arc<Device>>, stage: Stage) {
+fn free_stage_buffers(ctx: &mut impl ConnEnv, dev: Option<&Arc<Device>>, stage: Stage) {
     let mut free = |b: Option<AlignedBuf>| {
         if let Some(b) = b {
             ctx.free_buf(dev, b);

@@ -7,6 +7,8 @@
 use super::env::ConnEnv;
 use super::task::Stage;
 use super::{sn_le, ConnCore};
+use crate::reactor_ctx::make_tag;
+use tandem_bdev::{BdevOp, TaskMgmt};
 use tandem_iscsi::wire::tmf_response::{
     FUNCTION_COMPLETE, FUNCTION_NOT_SUPPORTED, LUN_DOES_NOT_EXIST,
     TASK_ALLEGIANCE_REASSIGNMENT_NOT_SUPPORTED as REASSIGN_NOT_SUPPORTED, TASK_DOES_NOT_EXIST,
@@ -19,10 +21,21 @@ pub(super) struct PendingTmf {
     itt: u32,
     response: u8,
     waiting: Vec<usize>,
+    /// The device's own part (a replicated device carrying the function to its partner
+    /// nodes), by its completion slot; the response waits for it too.
+    device: Option<usize>,
 }
 
+/// Completion slots of the devices' parts of task management functions: above every task
+/// slot, so `on_io_complete` tells them apart. The low bits count per connection.
+pub(super) const TMF_SLOT_BASE: usize = 0x8000_0000;
+const TMF_SLOT_MASK: usize = 0x7fff_ffff;
+
+/// FUNCTION REJECTED (RFC 7143 11.6.1): the function could not be carried to every node.
+const FUNCTION_REJECTED: u8 = 255;
+
 impl ConnCore {
-    pub(super) fn on_tmf(&mut self, ctx: &mut dyn ConnEnv, bhs: &[u8; BHS_LEN]) {
+    pub(super) fn on_tmf(&mut self, ctx: &mut impl ConnEnv, bhs: &[u8; BHS_LEN]) {
         let req = match TaskMgmtRequestRepr::parse(&Bhs::new_unchecked(&bhs[..])) {
             Ok(r) => r,
             Err(_) => {
@@ -40,6 +53,7 @@ impl ConnCore {
         let lun_no = super::scsi::decode_lun(req.lun);
         let target = self.session.as_ref().and_then(|s| s.target.clone());
         let nexus = self.session.as_ref().map(|s| s.nexus.clone());
+        let mut device_op: Option<(std::sync::Arc<crate::target::Device>, TaskMgmt)> = None;
         let (response, waiting) = match req.function {
             TmfFunction::AbortTask => match self.tasks.slot_of(req.rtt) {
                 Some(slot)
@@ -66,9 +80,23 @@ impl ConnCore {
                     }
                 }
             },
-            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
+            // ABORT TASK SET aborts this I_T nexus's tasks only: local to this connection.
+            TmfFunction::AbortTaskSet => {
                 let slots = self.slots_for_lun(Some(req.lun));
                 (FUNCTION_COMPLETE, self.abort_slots(ctx, slots))
+            }
+            // CLEAR TASK SET aborts the tasks of every I_T nexus, on every node of a
+            // replicated device.
+            TmfFunction::ClearTaskSet => {
+                let slots = self.slots_for_lun(Some(req.lun));
+                let waiting = self.abort_slots(ctx, slots);
+                if let (Some(dev), Some(n)) =
+                    (target.as_ref().and_then(|t| t.lun(lun_no).cloned()), &nexus)
+                {
+                    dev.lu.clear_task_set(n);
+                    device_op = Some((dev, TaskMgmt::ClearTaskSet));
+                }
+                (FUNCTION_COMPLETE, waiting)
             }
             TmfFunction::LogicalUnitReset => {
                 match target.as_ref().and_then(|t| t.lun(lun_no).cloned()) {
@@ -78,6 +106,7 @@ impl ConnCore {
                         if let Some(n) = &nexus {
                             dev.lu.lun_reset(n);
                         }
+                        device_op = Some((dev, TaskMgmt::LunReset));
                         (FUNCTION_COMPLETE, waiting)
                     }
                     None => (LUN_DOES_NOT_EXIST, Vec::new()),
@@ -100,13 +129,25 @@ impl ConnCore {
         tracing::info!(conn = self.id, function = ?req.function, rtt = req.rtt, response, "task management");
         let cold =
             matches!(req.function, TmfFunction::TargetColdReset) && response == FUNCTION_COMPLETE;
-        if waiting.is_empty() {
+        // A replicated device carries the function to its partner nodes; the response waits
+        // until they applied it (docs/ha.md, "Task management across nodes").
+        let device = device_op
+            .filter(|(dev, _)| dev.bdev.cluster_task_management())
+            .and_then(|(dev, function)| {
+                let slot = TMF_SLOT_BASE | (self.next_tmf_slot & TMF_SLOT_MASK);
+                self.next_tmf_slot = self.next_tmf_slot.wrapping_add(1);
+                let op = BdevOp::TaskManagement { function };
+                ctx.submit(&dev, make_tag(self.id, slot), op)
+                    .then_some(slot)
+            });
+        if waiting.is_empty() && device.is_none() {
             self.send_tmf_response(req.itt, response);
         } else {
             self.pending_tmf.push(PendingTmf {
                 itt: req.itt,
                 response,
                 waiting,
+                device,
             });
         }
         if cold {
@@ -131,7 +172,7 @@ impl ConnCore {
     /// is a transition: a task that has not reached the device is freed at once; one in I/O
     /// becomes `Aborted` and is freed by its last completion; one already answered
     /// (`Responding`) is not aborted: its response is on the way.
-    fn abort_slots(&mut self, ctx: &mut dyn ConnEnv, slots: Vec<usize>) -> Vec<usize> {
+    fn abort_slots(&mut self, ctx: &mut impl ConnEnv, slots: Vec<usize>) -> Vec<usize> {
         let mut waiting = Vec::new();
         for slot in slots {
             let Some(t) = self.tasks.get_mut(slot) else {
@@ -161,16 +202,42 @@ impl ConnCore {
         waiting
     }
 
-    /// Called when an aborted task's I/O has finished and the task is gone.
-    pub(super) fn tmf_task_gone(&mut self, slot: usize) {
-        let mut done = Vec::new();
+    /// The device's part of a task management function completed (`slot` at or above
+    /// [`TMF_SLOT_BASE`]). Failed (this node stopped serving before every partner applied
+    /// it): FUNCTION REJECTED, so the initiator retries it, through another node.
+    pub(super) fn tmf_device_done(&mut self, slot: usize, c: tandem_bdev::Completion) {
+        let failed = c.result.is_err();
+        if let Err(e) = &c.result {
+            tracing::warn!(conn = self.id, error = %e, "task management not carried to every node");
+        }
         for p in self.pending_tmf.iter_mut() {
-            p.waiting.retain(|&s| s != slot);
-            if p.waiting.is_empty() {
-                done.push((p.itt, p.response));
+            if p.device == Some(slot) {
+                p.device = None;
+                if failed {
+                    p.response = FUNCTION_REJECTED;
+                }
             }
         }
-        self.pending_tmf.retain(|p| !p.waiting.is_empty());
+        self.send_finished_tmfs();
+    }
+
+    /// Called when an aborted task's I/O has finished and the task is gone.
+    pub(super) fn tmf_task_gone(&mut self, slot: usize) {
+        for p in self.pending_tmf.iter_mut() {
+            p.waiting.retain(|&s| s != slot);
+        }
+        self.send_finished_tmfs();
+    }
+
+    fn send_finished_tmfs(&mut self) {
+        let finished = |p: &PendingTmf| p.waiting.is_empty() && p.device.is_none();
+        let done: Vec<(u32, u8)> = self
+            .pending_tmf
+            .iter()
+            .filter(|p| finished(p))
+            .map(|p| (p.itt, p.response))
+            .collect();
+        self.pending_tmf.retain(|p| !finished(p));
         for (itt, response) in done {
             self.send_tmf_response(itt, response);
         }

@@ -1,6 +1,6 @@
 //! Portal listeners: accept TCP connections and hand each to the least-loaded reactor.
 
-use crate::net::tcp::KernelTcp;
+use crate::net::tcp::prepare;
 use crate::reactor_ctx::{ReactorMsg, Shared};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,11 +40,11 @@ pub fn run(listener: TcpListener, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
                 else {
                     continue;
                 };
-                match KernelTcp::new(stream) {
+                match prepare(stream) {
                     Ok(t) => {
                         // Count it now so a burst of accepts spreads over reactors.
                         r.connections.fetch_add(1, Ordering::Relaxed);
-                        if r.send(ReactorMsg::NewConnection(Box::new(t))).is_err() {
+                        if r.send(ReactorMsg::NewConnection(t)).is_err() {
                             // Waited and still full: the socket is closed (the initiator
                             // sees a reset and retries), and the count given back.
                             r.connections.fetch_sub(1, Ordering::Relaxed);

@@ -9,12 +9,26 @@ pub struct KernelTcp {
     stream: TcpStream,
 }
 
+/// Sets up an accepted socket for a reactor: non-blocking, no Nagle.
+pub fn prepare(stream: TcpStream) -> io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    // Latency matters more than segment count: small responses must leave at once.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl KernelTcp {
     pub fn new(stream: TcpStream) -> io::Result<KernelTcp> {
-        stream.set_nonblocking(true)?;
-        // Latency matters more than segment count: small responses must leave at once.
-        stream.set_nodelay(true)?;
-        Ok(KernelTcp { stream })
+        Ok(KernelTcp {
+            stream: prepare(stream)?,
+        })
+    }
+}
+
+impl KernelTcp {
+    /// Wraps a socket already set up by [`prepare`].
+    pub fn from_prepared(stream: TcpStream) -> KernelTcp {
+        KernelTcp { stream }
     }
 }
 

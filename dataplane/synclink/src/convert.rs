@@ -56,6 +56,8 @@ pub(crate) fn to_shared(env: Envelope<&[u8]>, frame_crc: u32) -> Option<Envelope
         Msg::RegionCopyAck { id } => Msg::RegionCopyAck { id },
         Msg::SyncComplete { meta } => Msg::SyncComplete { meta },
         Msg::SyncCompleteAck => Msg::SyncCompleteAck,
+        Msg::TaskMgmt { id, kind } => Msg::TaskMgmt { id, kind },
+        Msg::TaskMgmtAck { id } => Msg::TaskMgmtAck { id },
         // tandem-ha may grow variants before this crate learns them (as in tandem-mirror).
         #[allow(unreachable_patterns)]
         _ => return None,

@@ -29,13 +29,73 @@ pub struct PathSpec {
 /// Logs in to `p` from `host`'s namespace (the socket stays there) with its own initiator
 /// name, and consumes the power-on unit attention.
 pub fn login(topo: &Topology, host: Member, p: &PathSpec, initiator: &str) -> RawConn {
-    let (portal, iqn, initiator) = (p.portal, p.iqn.clone(), initiator.to_string());
-    let mut c = topo
+    let portal = p.portal;
+    let c = topo
         .run_in(host, move || RawConn::connect(portal))
         .expect("connect from the host namespace");
     c.stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
+    login_on(c, p, initiator)
+}
+
+/// Logs in again from the calling thread, which must be in the host's namespace (see
+/// [`enter_namespace`]); None when the node does not accept the connection or the login
+/// (its data plane is down or restarting). The login waits at most 5 s for an answer, so
+/// a paused node does not hold the caller long.
+pub fn relogin(p: &PathSpec, initiator: &str) -> Option<RawConn> {
+    let stream = std::net::TcpStream::connect_timeout(&p.portal, Duration::from_secs(2)).ok()?;
+    stream.set_nodelay(true).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let c = RawConn::from_stream(stream);
+    let (p, initiator) = (p.clone(), initiator.to_string());
+    quietly(move || login_on(c, &p, &initiator))
+}
+
+/// Moves the calling thread into the network namespace `host` of `topo` (for a thread that
+/// connects again after a node restarts).
+pub fn enter_namespace(ns_file: &std::path::Path) {
+    let f = std::fs::File::open(ns_file).expect("open the namespace file");
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// The file of `host`'s network namespace, for [`enter_namespace`].
+pub fn namespace_file(topo: &Topology, host: Member) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/run/netns/{}", topo.ns(host)))
+}
+
+/// Runs `f`, which panics on a transport error (the simple initiator's way), and turns the
+/// panic into None without the panic message: a connection a node drops (killed, restarted)
+/// is an expected event for the writers that reconnect.
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok();
+    QUIET.with(|q| q.set(false));
+    r
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once) a panic hook that stays silent for panics inside [`quietly`] and
+/// prints every other panic as the default hook does.
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Logs in on a connected `c`, waiting for answers as long as its read timeout; the
+/// session then waits 30 s for a command's answer.
+fn login_on(mut c: RawConn, p: &PathSpec, initiator: &str) -> RawConn {
+    let iqn = p.iqn.clone();
     let keys = [
         ("MaxRecvDataSegmentLength", "262144"),
         ("FirstBurstLength", "65536"),
@@ -43,9 +103,12 @@ pub fn login(topo: &Topology, host: Member, p: &PathSpec, initiator: &str) -> Ra
         ("ImmediateData", "Yes"),
         ("InitialR2T", "No"),
     ];
-    let (r, _) = c.login(&initiator, Some(&iqn), &keys);
+    let (r, _) = c.login(initiator, Some(&iqn), &keys);
     assert_eq!(r.status_class, 0, "login to {} ({iqn})", p.node);
     let _ = c.command(&[0u8; 6], 0, &[], 0, 0);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
     c
 }
 
@@ -82,6 +145,9 @@ pub enum Outcome {
     /// NOT READY 04/0C: the node does not serve (blocked, syncing, out).
     NotReady,
     UnitAttention,
+    /// The connection broke or could not be made (a killed or restarting data plane); only
+    /// writers and probers that reconnect record it.
+    PathDown,
 }
 
 #[derive(Clone, Debug)]
@@ -174,10 +240,11 @@ impl Report {
                     .count()
             };
             s.push_str(&format!(
-                "{p}: {} acked, {} NOT READY, {} UNIT ATTENTION; ",
+                "{p}: {} acked, {} NOT READY, {} UNIT ATTENTION, {} connection lost; ",
                 n(Outcome::Ack),
                 n(Outcome::NotReady),
-                n(Outcome::UnitAttention)
+                n(Outcome::UnitAttention),
+                n(Outcome::PathDown)
             ));
         }
         s
@@ -195,6 +262,10 @@ pub struct WriterSpec {
     pub retry_failed_after: Duration,
     /// A write queued with no usable path for this long is a host-visible error.
     pub queue_bound: Duration,
+    /// A broken connection fails the path (the write is retried on another path, or on this
+    /// one after `retry_failed_after`, with a new login), as a host does when a node's data
+    /// plane dies. Off: a broken connection panics the writer, as before.
+    pub reconnect: bool,
 }
 
 impl WriterSpec {
@@ -204,6 +275,7 @@ impl WriterSpec {
             id_base,
             retry_failed_after: Duration::from_secs(1),
             queue_bound: Duration::from_secs(30),
+            reconnect: false,
         }
     }
 }
@@ -216,21 +288,26 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(topo: &Topology, host: Member, paths: &[PathSpec], spec: WriterSpec) -> Writer {
-        let conns: Vec<RawConn> = paths
+        let initiator =
+            |p: &PathSpec| format!("iqn.2026-11.io.tandem.test:w{}-{}", spec.id_base, p.node);
+        let conns: Vec<Option<RawConn>> = paths
             .iter()
-            .map(|p| {
-                login(
-                    topo,
-                    host,
-                    p,
-                    &format!("iqn.2026-11.io.tandem.test:w{}-{}", spec.id_base, p.node),
-                )
-            })
+            .map(|p| Some(login(topo, host, p, &initiator(p))))
             .collect();
-        let names: Vec<String> = paths.iter().map(|p| p.node.clone()).collect();
+        let paths: Vec<(PathSpec, String)> =
+            paths.iter().map(|p| (p.clone(), initiator(p))).collect();
+        let ns = namespace_file(topo, host);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
-        let thread = std::thread::spawn(move || run_writer(conns, names, spec, &s));
+        if spec.reconnect {
+            install_quiet_hook();
+        }
+        let thread = std::thread::spawn(move || {
+            if spec.reconnect {
+                enter_namespace(&ns);
+            }
+            run_writer(conns, paths, spec, &s)
+        });
         Writer { stop, thread }
     }
 
@@ -241,13 +318,13 @@ impl Writer {
 }
 
 fn run_writer(
-    mut conns: Vec<RawConn>,
-    names: Vec<String>,
+    mut conns: Vec<Option<RawConn>>,
+    paths: Vec<(PathSpec, String)>,
     spec: WriterSpec,
     stop: &AtomicBool,
 ) -> Report {
     let mut rep = Report {
-        paths: names,
+        paths: paths.iter().map(|(p, _)| p.node.clone()).collect(),
         ..Report::default()
     };
     let mut failed_until: Vec<Option<Instant>> = vec![None; conns.len()];
@@ -283,15 +360,43 @@ fn run_writer(
                 continue;
             };
             let t0 = Instant::now();
-            let r = conns[p].command(
-                &write16(lba, blocks as u32),
-                0,
-                &data,
-                data.len().min(65536),
-                262144,
-            );
+            if conns[p].is_none() {
+                conns[p] = relogin(&paths[p].0, &paths[p].1);
+            }
+            let r = match conns[p].as_mut() {
+                Some(c) if spec.reconnect => quietly(|| {
+                    c.command(
+                        &write16(lba, blocks as u32),
+                        0,
+                        &data,
+                        data.len().min(65536),
+                        262144,
+                    )
+                }),
+                Some(c) => Some(c.command(
+                    &write16(lba, blocks as u32),
+                    0,
+                    &data,
+                    data.len().min(65536),
+                    262144,
+                )),
+                None => None,
+            };
             let at = Instant::now();
             let took = at - t0;
+            let Some(r) = r else {
+                // The connection broke (or no login): the write's fate is unknown, so it is
+                // retried, like every write a host has not seen acknowledged.
+                rep.events.push(Event {
+                    at,
+                    path: p,
+                    outcome: Outcome::PathDown,
+                    took,
+                });
+                conns[p] = None;
+                failed_until[p] = Some(at + spec.retry_failed_after);
+                continue;
+            };
             match (r.status, sense_of(&r)) {
                 (0, _) => {
                     rep.events.push(Event {
@@ -494,6 +599,52 @@ impl Prober {
             while !s.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 if let Some(outcome) = probe_read(&mut c) {
+                    let at = Instant::now();
+                    events.push(Event {
+                        at,
+                        path: 0,
+                        outcome,
+                        took: at - t0,
+                    });
+                }
+                std::thread::sleep(interval);
+            }
+            events
+        });
+        Prober { stop, thread }
+    }
+
+    /// As [`Prober::start`], but a broken connection (a killed or restarting data plane) is
+    /// recorded as [`Outcome::PathDown`] and the prober logs in again for its next read.
+    pub fn start_reconnecting(
+        topo: &Topology,
+        host: Member,
+        path: &PathSpec,
+        interval: Duration,
+    ) -> Prober {
+        let initiator = format!("iqn.2026-11.io.tandem.test:probe-{}", path.node);
+        let mut conn = Some(login(topo, host, path, &initiator));
+        let ns = namespace_file(topo, host);
+        let path = path.clone();
+        install_quiet_hook();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            enter_namespace(&ns);
+            let mut events = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if conn.is_none() {
+                    conn = relogin(&path, &initiator);
+                }
+                let outcome = match conn.as_mut() {
+                    Some(c) => quietly(|| probe_read(c)).unwrap_or(Some(Outcome::PathDown)),
+                    None => Some(Outcome::PathDown),
+                };
+                if outcome == Some(Outcome::PathDown) {
+                    conn = None;
+                }
+                if let Some(outcome) = outcome {
                     let at = Instant::now();
                     events.push(Event {
                         at,

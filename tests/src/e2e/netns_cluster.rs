@@ -24,7 +24,8 @@ pub const HEARTBEAT_PORT: u16 = 7200;
 // The loopback cluster's short HA timings (a lost partner is decided in about 1.3 s after the
 // engine notices it), its way of finding the release binaries and its polling helper serve
 // here too.
-pub use super::cluster::{binary, wait_until, HA_FLAGS};
+pub use super::cluster::{alive, binary, kill9, wait_until, HA_FLAGS};
+pub use nix::sys::signal::Signal;
 
 /// One `tandem-control` in a member's namespace.
 pub struct ClusterNode {
@@ -103,6 +104,13 @@ impl ClusterNode {
         )
         .expect("start tandem-control in its namespace");
         let t0 = Instant::now();
+        self.wait_started(topo);
+        eprintln!("{}: control service up in {:?}", self.name, t0.elapsed());
+    }
+
+    /// Waits for the API (and, on a data node, the data plane and first portal, seen from
+    /// the host).
+    fn wait_started(&self, topo: &Topology) {
         let witness = self.is_witness();
         wait_until(
             &format!("{}: API up (and data plane running)", self.name),
@@ -124,7 +132,74 @@ impl ClusterNode {
                 },
             );
         }
-        eprintln!("{}: control service up in {:?}", self.name, t0.elapsed());
+    }
+
+    /// The name of this node's control service among the topology's processes.
+    pub fn control_process(&self) -> String {
+        format!("control-{}", self.name)
+    }
+
+    /// The control service's pid while it runs.
+    pub fn control_pid(&self, topo: &Topology) -> Option<i32> {
+        topo.pid(&self.control_process()).map(|p| p as i32)
+    }
+
+    /// The pid of the data plane the control service started last (its pid file), if that
+    /// process still exists.
+    pub fn dataplane_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("dataplane.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// kill -9 of the control service only (its data plane, a separate process, keeps
+    /// running). Returns the instant of the kill.
+    pub fn kill_control(&self, topo: &mut Topology) -> Instant {
+        let t = Instant::now();
+        topo.kill(&self.control_process(), Duration::ZERO)
+            .expect("kill the control service");
+        t
+    }
+
+    /// kill -9 of the data plane only (the control service keeps running and restarts it).
+    /// Returns the killed pid and the instant of the kill.
+    pub fn kill_dataplane(&self) -> (i32, Instant) {
+        let pid = self.dataplane_pid().expect("a running data plane");
+        let t = Instant::now();
+        kill9(pid);
+        (pid, t)
+    }
+
+    /// Starts the control service again with the same command line (after a kill) and
+    /// waits for its API and data plane as [`ClusterNode::start`] does.
+    pub fn restart(&self, topo: &mut Topology) {
+        let t0 = Instant::now();
+        topo.restart(&self.control_process(), Duration::ZERO)
+            .expect("restart the control service");
+        self.wait_started(topo);
+        eprintln!(
+            "{}: control service restarted in {:?}",
+            self.name,
+            t0.elapsed()
+        );
+    }
+
+    /// SIGSTOP (`pause`) or SIGCONT of the whole node: its control service and its data
+    /// plane. The pids signalled.
+    pub fn signal_node(&self, topo: &Topology, sig: Signal) -> Vec<i32> {
+        let pids: Vec<i32> = self
+            .control_pid(topo)
+            .into_iter()
+            .chain(self.dataplane_pid())
+            .collect();
+        for &pid in &pids {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+                .unwrap_or_else(|e| panic!("signal {sig:?} to {pid}: {e}"));
+        }
+        pids
     }
 
     pub fn token_file(&self) -> PathBuf {
@@ -380,5 +455,152 @@ impl Drop for LogsOnFailure {
                 }
             }
         }
+    }
+}
+
+/// The failover strategy of a [`TwoNodeCluster`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Strategy {
+    /// Heartbeat, node-a first.
+    Heartbeat,
+    /// Node majority with a witness node.
+    WitnessNode,
+}
+
+/// Two data nodes (node-a, node-b: [`Member::Node`] 1 and 2), a witness node under node
+/// majority, one host and two portals per node, with one replicated device over two sync
+/// links and a heartbeat link. Dropped in field order: logs printed on failure, processes
+/// and namespaces torn down, then the data removed.
+pub struct TwoNodeCluster {
+    pub logs: LogsOnFailure,
+    pub topo: Topology,
+    pub a: ClusterNode,
+    pub b: ClusterNode,
+    pub witness: Option<ClusterNode>,
+    pub device: String,
+    _root: tempfile::TempDir,
+}
+
+impl TwoNodeCluster {
+    /// Starts the nodes and configures `device` of `size` (e.g. "32MiB") through the CLI;
+    /// waits until both copies are synchronized. None (with the reason printed) when network
+    /// namespaces cannot be made here.
+    pub fn start(
+        strategy: Strategy,
+        scratch_prefix: &str,
+        device: &str,
+        size: &str,
+    ) -> Option<TwoNodeCluster> {
+        if let Some(why) = crate::netns::unavailable() {
+            eprintln!("SKIP: {why}");
+            return None;
+        }
+        let with_witness = strategy == Strategy::WitnessNode;
+        let mut topo = match Topology::builder()
+            .nodes(2)
+            .witness(with_witness)
+            .hosts(1)
+            .portals(2)
+            .build()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("SKIP: cannot create the network namespaces: {e}");
+                return None;
+            }
+        };
+        let root = tempfile::Builder::new()
+            .prefix(scratch_prefix)
+            .tempdir_in(super::procs::scratch_dir())
+            .unwrap();
+        let a = ClusterNode::new(&topo, root.path(), Member::Node(1), "node-a");
+        let b = ClusterNode::new(&topo, root.path(), Member::Node(2), "node-b");
+        let witness =
+            with_witness.then(|| ClusterNode::new(&topo, root.path(), Member::Witness, "witness"));
+        let mut logs = vec![a.log.clone(), b.log.clone()];
+        logs.extend(witness.iter().map(|w| w.log.clone()));
+        eprintln!("topology {} (namespaces {}-*)", topo.id(), topo.id());
+        a.start(&mut topo);
+        b.start(&mut topo);
+        if let Some(w) = &witness {
+            w.start(&mut topo);
+        }
+        let c = TwoNodeCluster {
+            logs: LogsOnFailure(logs),
+            topo,
+            a,
+            b,
+            witness,
+            device: device.to_string(),
+            _root: root,
+        };
+        c.configure(strategy, size);
+        Some(c)
+    }
+
+    /// device create, server add both ways (and the witness), replica add with two sync
+    /// links and one heartbeat link; waits until both are synchronized.
+    fn configure(&self, strategy: Strategy, size: &str) {
+        let (t, a, b) = (&self.topo, &self.a, &self.b);
+        let device = self.device.as_str();
+        a.ok(t, &["device", "create", device, "--size", size]);
+        let add = |on: &ClusterNode, other: &ClusterNode| {
+            let api = other.api.to_string();
+            let token = other.token_file().display().to_string();
+            on.ok(
+                t,
+                &["server", "add", &other.name, &api, "--token-file", &token],
+            );
+        };
+        add(a, b);
+        add(b, a);
+        if let Some(w) = &self.witness {
+            add(a, w);
+            add(b, w);
+        }
+        let (na, nb) = (Member::Node(1), Member::Node(2));
+        let s0 = link(t, na, nb, "sync0", SYNC_PORT);
+        let s1 = link(t, na, nb, "sync1", SYNC_PORT);
+        let hb = link(t, na, nb, "hb0", HEARTBEAT_PORT);
+        let mut args = vec![
+            "replica",
+            "add",
+            device,
+            "--partner",
+            "node-b",
+            "--sync-link",
+            &s0,
+            "--sync-link",
+            &s1,
+            "--heartbeat-link",
+            &hb,
+            "--init",
+            "zeroed",
+        ];
+        match strategy {
+            Strategy::Heartbeat => {
+                args.extend(["--failover", "heartbeat", "--priority", "first"]);
+            }
+            Strategy::WitnessNode => {
+                args.extend(["--failover", "node-majority", "--witness", "witness"]);
+            }
+        }
+        let t0 = Instant::now();
+        a.ok(t, &args);
+        let took = wait_until(
+            "both nodes serving and synchronized after replica add",
+            Duration::from_secs(60),
+            || self.both_synchronized(),
+        );
+        eprintln!(
+            "both synchronized {took:?} after replica add ({:?} in all)",
+            t0.elapsed()
+        );
+        a.ok(t, &["replica", "list", device]);
+    }
+
+    pub fn both_synchronized(&self) -> bool {
+        self.a.synchronized(&self.topo, &self.device, 2)
+            && self.b.synchronized(&self.topo, &self.device, 2)
     }
 }

@@ -145,6 +145,13 @@ impl Target {
             .arg("--alias")
             .arg(alias);
         cmd.args(extra);
+        // Runs a whole test file over the other socket I/O path:
+        // TANDEM_SOCKET_IO=uring cargo test -p tandem-tests --test data_integrity
+        if let Some(io) = std::env::var_os("TANDEM_SOCKET_IO") {
+            if !extra.contains(&"--socket-io") {
+                cmd.arg("--socket-io").arg(io);
+            }
+        }
         if std::env::var_os("TANDEM_LOG").is_none() {
             cmd.env("TANDEM_LOG", "warn");
         }

@@ -34,6 +34,11 @@ impl RawConn {
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("set timeout");
         stream.set_nodelay(true).expect("nodelay");
+        RawConn::from_stream(stream)
+    }
+
+    /// A connection on a stream the caller connected (and set timeouts on).
+    pub fn from_stream(stream: TcpStream) -> RawConn {
         RawConn {
             stream,
             cmdsn: 1,

@@ -1,6 +1,6 @@
 //! The authority host of the simulation: `authority_host::AuthorityHost` without files or
 //! `Instant`. It runs the real `tandem_ha::authority::Authority` and the real quiet period
-//! (`authority_host::QuietPeriod`). Modelled rather than shared (the host's `handle` does
+//! (`authority_host::QuietPeriod`, with the heartbeat echo rule of `echo`). Modelled rather than shared (the host's `handle` does
 //! file I/O): the order of `handle` and `tick` (quiet requests dropped, due removals run,
 //! persisted before the answer leaves), `take_over`, and `supersede`. Not modelled: the
 //! refusal of a join from a copy that went on alone (split brain, which the simulated
@@ -10,6 +10,7 @@ use tandem_ha::authority::{Authority, AuthorityBug, ToAuthority};
 use tandem_ha::{Epoch, EpochConfig, MemberState, NodeId, Time};
 
 use crate::ha::authority_host::{Grant, QuietPeriod};
+use crate::ha::echo::HeartbeatId;
 use crate::ha::HaSettings;
 
 /// What the host keeps on disk (`authority_host::Persisted`, the parts that matter here).
@@ -32,6 +33,9 @@ pub struct SimHost {
     pub dirty: bool,
     /// Entries of `authority.history` already reported to the checker.
     reported: usize,
+    /// `VoteBug::NoEchoWait`: any heartbeat heard after the wait began ends it, as before
+    /// the echo; when the wait began (host clock) and this process's incarnation.
+    no_echo_wait: Option<(Option<u64>, u64)>,
 }
 
 fn ns(d: std::time::Duration) -> u64 {
@@ -67,6 +71,7 @@ impl SimHost {
             saved,
             dirty: false,
             reported: 1,
+            no_echo_wait: None,
         }
     }
 
@@ -89,16 +94,58 @@ impl SimHost {
         h
     }
 
-    /// `AuthorityHost::require_partner` (heartbeat strategy, two nodes).
-    pub fn require_partner(&mut self, now: u64, restarted: bool) {
-        let t = self.time(now);
-        self.quiet.require_partner(t, restarted);
+    /// `AuthorityHost::require_partner` (heartbeat strategy, two nodes): `last_sent` is
+    /// this control service's last heartbeat so far.
+    pub fn require_partner(&mut self, now: u64, restarted: bool, last_sent: HeartbeatId) {
+        self.quiet.require_partner(restarted, last_sent);
+        if let Some(b) = &mut self.no_echo_wait {
+            b.1 = last_sent.incarnation;
+        }
+        self.note_wait(now);
     }
 
-    /// `AuthorityHost::partner_heard`.
-    pub fn partner_heard(&mut self, at: u64) {
-        let t = self.time(at);
-        self.quiet.partner_heard(t);
+    /// Plants `VoteBug::NoEchoWait`.
+    pub fn plant_no_echo_wait(&mut self) {
+        self.no_echo_wait = Some((None, 0));
+    }
+
+    /// `AuthorityHost::partner_heard`: the partner's newest heartbeat echoes `echo`; it
+    /// arrived at `heard_at` (used only by the planted bug).
+    pub fn partner_heard(&mut self, echo: Option<HeartbeatId>, heard_at: u64) {
+        let t = self.time(heard_at);
+        if let Some((Some(from), incarnation)) = self.no_echo_wait {
+            if t > from {
+                // Planted: any heartbeat heard after the wait began counts.
+                self.quiet.partner_heard(Some(HeartbeatId {
+                    incarnation,
+                    counter: u64::MAX,
+                }));
+            }
+        }
+        self.quiet.partner_heard(echo);
+        if !self.quiet.awaits_partner() {
+            if let Some(b) = &mut self.no_echo_wait {
+                b.0 = None;
+            }
+        }
+    }
+
+    /// For the planted bug: when the current wait for the partner began.
+    fn note_wait(&mut self, now: u64) {
+        let t = self.time(now);
+        let awaits = self.quiet.awaits_partner();
+        if let Some(b) = &mut self.no_echo_wait {
+            b.0 = awaits.then_some(t);
+        }
+    }
+
+    /// `QuietPeriod::observe`, for the planted bug noting when a pause re-arms the wait.
+    fn observe(&mut self, t: u64, last_sent: HeartbeatId) {
+        if self.quiet.observe(t, last_sent).is_some() {
+            if let Some(b) = &mut self.no_echo_wait {
+                b.0 = self.quiet.awaits_partner().then_some(t);
+            }
+        }
     }
 
     fn time(&self, now: u64) -> u64 {
@@ -140,13 +187,14 @@ impl SimHost {
         self.dirty = true;
     }
 
-    /// `AuthorityHost::handle`.
+    /// `AuthorityHost::handle`; `last_sent`: this control service's last heartbeat.
     pub fn handle(
         &mut self,
         now: u64,
         from: NodeId,
         requests: Vec<ToAuthority>,
         pick: u64,
+        last_sent: HeartbeatId,
     ) -> Result<Option<Grant>, String> {
         if let Some((n, e)) = self.saved.superseded_by {
             return Err(format!("superseded by node {} at epoch {}", n.0, e.0));
@@ -155,7 +203,7 @@ impl SimHost {
             return Err(format!("node {} is not a member", from.0));
         }
         let t = self.time(now);
-        self.quiet.observe(t);
+        self.observe(t, last_sent);
         let quiet = self.quiet.is_quiet(t);
         let requests = if quiet { Vec::new() } else { requests };
         let mut last = None;
@@ -188,12 +236,12 @@ impl SimHost {
     }
 
     /// `AuthorityHost::tick`: due removals, every 100 ms.
-    pub fn tick(&mut self, now: u64) {
+    pub fn tick(&mut self, now: u64, last_sent: HeartbeatId) {
         if self.superseded() {
             return;
         }
         let t = self.time(now);
-        self.quiet.observe(t);
+        self.observe(t, last_sent);
         if self.quiet.is_quiet(t) {
             return;
         }

@@ -3,7 +3,8 @@
 //! authorities. The replication engine's simulator (`tandem_ha::sim`) checks the data with
 //! one authority; this one checks the control side, with the real decision code:
 //! `strategy::authority_place`, `strategy::decide_takeover`, `strategy::superseded`,
-//! `authority_host::QuietPeriod` and `tandem_ha::authority::Authority`.
+//! `authority_host::QuietPeriod`, the heartbeat echo rules of `echo` and
+//! `tandem_ha::authority::Authority`.
 //!
 //! No real time, threads or I/O: one seeded RNG drives clocks (each with a rate drift of up
 //! to 2 %), message delays, losses and faults, so a seed replays exactly
@@ -68,14 +69,19 @@ pub enum VoteBug {
     TakeoverLeaseNotWaited,
     /// A takeover is not persisted: the taker's epoch is lost on restart.
     EpochNotPersisted,
+    /// A restarted or paused two-node heartbeat authority ends its wait for the partner on
+    /// any heartbeat heard after the wait began, not only on an echo of a heartbeat it sent
+    /// after that (the rule before the echo).
+    NoEchoWait,
 }
 
 impl VoteBug {
-    pub const ALL: [VoteBug; 4] = [
+    pub const ALL: [VoteBug; 5] = [
         VoteBug::WitnessForgetsVote,
         VoteBug::LeaseNotWaited,
         VoteBug::TakeoverLeaseNotWaited,
         VoteBug::EpochNotPersisted,
+        VoteBug::NoEchoWait,
     ];
 
     pub fn parse(s: &str) -> Option<VoteBug> {

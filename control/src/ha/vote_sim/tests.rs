@@ -126,3 +126,21 @@ fn planted_bugs_are_caught() {
         );
     }
 }
+
+/// The race the heartbeat echo closes (docs/ha.md, "the heartbeat echo") is rare: 7 of
+/// 100 000 hb2 seeds before the echo. So the planted bug that reverts to the old rule
+/// (`NoEchoWait`: any heartbeat heard after the restart ends the wait) is checked at the
+/// seeds known to catch it, not within the first 200: the old authority, restarted while
+/// the partner took over and was then paused, leases its own copy in the old generation.
+#[test]
+fn the_echo_rule_closes_the_restart_takeover_race() {
+    for seed in [2892, 3878] {
+        let mut p = SimParams::new(Shape::Hb2, seed);
+        assert_eq!(run(&p).violation, None, "hb2 seed {seed} with the echo");
+        p.bug = Some(VoteBug::NoEchoWait);
+        let v = run(&p)
+            .violation
+            .unwrap_or_else(|| panic!("NoEchoWait not caught at hb2 seed {seed}"));
+        assert_eq!(v.kind, checker::ViolationKind::UnrelatedGeneration, "{v}");
+    }
+}

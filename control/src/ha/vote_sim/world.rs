@@ -16,6 +16,7 @@ use super::placement::{node_id, participant_name, Link, LinkKind, Placement};
 use super::rng::Rng;
 use super::{SimParams, SimReport, VoteBug};
 use crate::ha::authority_host::Grant;
+use crate::ha::echo::{self, HeartbeatId};
 use crate::ha::strategy::{self, Takeover, TakeoverInput};
 use crate::ha::{AuthorityPlace, HaSettings};
 
@@ -53,6 +54,10 @@ enum Msg {
     Heartbeat {
         epoch: u64,
         hosts: bool,
+        /// This heartbeat, and the newest the sender heard from the receiver
+        /// (`membership::Heartbeat`'s incarnation, counter and echo).
+        id: HeartbeatId,
+        echo: Option<HeartbeatId>,
     },
     /// The engines' traffic on a sync link, reduced to "the partner is alive".
     EnginePing,
@@ -103,12 +108,15 @@ enum Event {
     HealAll,
 }
 
-/// What the heartbeats of one partner told this control service.
+/// What the heartbeats of one partner told this control service (`membership::Heard`):
+/// when it was last heard, and what its newest heartbeat said.
 #[derive(Clone, Copy)]
 struct Heard {
     last_any: u64,
+    newest: HeartbeatId,
     epoch: u64,
     hosts: bool,
+    echo: Option<HeartbeatId>,
 }
 
 /// A control service (lost on a crash; `Participant::durable` survives).
@@ -122,6 +130,10 @@ struct Control {
     call: Option<(u64, u64, u64)>,
     /// `HaView::served_at`: the last report that found the data plane serving (local ns).
     served_at: Option<u64>,
+    /// `HaView::leased_until`: the report's time plus the lease of the last answer.
+    leased_until: Option<u64>,
+    /// This control service's incarnation and its last heartbeat (`HaState::heartbeat_seq`).
+    last_sent: HeartbeatId,
 }
 
 /// The data plane's engine, reduced to what the vote decides: its configuration, its
@@ -248,6 +260,8 @@ pub struct World<'a> {
     resync_ns: u64,
     checker: Checker,
     nodes: Vec<NodeId>,
+    /// Control services started so far (their heartbeat incarnations).
+    incarnations: u64,
     faults_end: u64,
     end: u64,
     healed_at: Option<u64>,
@@ -318,6 +332,7 @@ impl<'a> World<'a> {
             resync_ns,
             checker: Checker::default(),
             nodes,
+            incarnations: 0,
             faults_end,
             end: faults_end + params.settle_ms * MS,
             healed_at: None,
@@ -574,9 +589,18 @@ impl<'a> World<'a> {
         let two_node_heartbeat = self.parts[p].repl.as_ref().is_some_and(two_node_heartbeat);
         let host = self.parts[p].durable.clone().map(|d| {
             restarted_at = Some(d.last_epoch);
-            let mut h = SimHost::from_durable(d, &self.nodes, &self.settings, local, true, bug);
+            SimHost::from_durable(d, &self.nodes, &self.settings, local, true, bug)
+        });
+        // A fresh incarnation, no heartbeat sent yet (not drawn from the RNG, so that a
+        // seed's faults stay the same as before the echo).
+        self.incarnations += 1;
+        let last_sent = HeartbeatId {
+            incarnation: self.incarnations,
+            counter: 0,
+        };
+        let host = host.map(|mut h| {
             if two_node_heartbeat {
-                h.require_partner(local, true);
+                self.arm_partner_wait(&mut h, local, true, last_sent);
             }
             h
         });
@@ -592,7 +616,23 @@ impl<'a> World<'a> {
             last_answer: None,
             call: None,
             served_at: None,
+            leased_until: None,
+            last_sent,
         });
+    }
+
+    /// `authority_host::arm_partner_wait` (the caller checked the placement).
+    fn arm_partner_wait(
+        &self,
+        h: &mut SimHost,
+        local: u64,
+        restarted: bool,
+        last_sent: HeartbeatId,
+    ) {
+        if self.params.bug == Some(VoteBug::NoEchoWait) {
+            h.plant_no_echo_wait();
+        }
+        h.require_partner(local, restarted, last_sent);
     }
 
     fn checker_knows(&self, p: usize) -> bool {
@@ -646,20 +686,31 @@ impl<'a> World<'a> {
     }
 
     fn send_heartbeats(&mut self, p: usize) {
-        let Some(c) = &self.parts[p].control else {
+        let local = self.local(p);
+        let Some(c) = &mut self.parts[p].control else {
             return;
         };
         let hosted = c.host.as_ref().and_then(SimHost::hosted_epoch);
         let known = c.newest.as_ref().map_or(0, |c| c.epoch.0);
-        let msg = Msg::Heartbeat {
-            epoch: hosted.unwrap_or(0).max(known),
-            hosts: hosted.is_some(),
+        // `HeartbeatSeq::next`: the local clock, strictly increasing.
+        c.last_sent = HeartbeatId {
+            incarnation: c.last_sent.incarnation,
+            counter: local.max(c.last_sent.counter + 1),
         };
+        let id = c.last_sent;
+        let heard: BTreeMap<usize, HeartbeatId> =
+            c.heard.iter().map(|(&q, h)| (q, h.newest)).collect();
         for l in 0..self.links.len() {
             let link = self.links[l];
             if link.touches(p) && link.kind.carries_heartbeats() {
                 let q = if link.a == p { link.b } else { link.a };
-                self.send_on(p, q, l, msg.clone());
+                let msg = Msg::Heartbeat {
+                    epoch: hosted.unwrap_or(0).max(known),
+                    hosts: hosted.is_some(),
+                    id,
+                    echo: heard.get(&q).copied(),
+                };
+                self.send_on(p, q, l, msg);
             }
         }
     }
@@ -677,16 +728,33 @@ impl<'a> World<'a> {
         }
         match msg {
             Msg::EnginePing => {}
-            Msg::Heartbeat { epoch, hosts } => {
+            Msg::Heartbeat {
+                epoch,
+                hosts,
+                id,
+                echo,
+            } => {
+                // `membership::Heard::accept`: heard now; what it says only if it is the
+                // newest (not one overtaken on another link).
                 let c = self.parts[to].control.as_mut().expect("checked");
-                c.heard.insert(
-                    from,
-                    Heard {
+                let newest = c.heard.get(&from).map(|h| h.newest);
+                let h = c.heard.entry(from).or_insert(Heard {
+                    last_any: local,
+                    newest: id,
+                    epoch,
+                    hosts,
+                    echo,
+                });
+                h.last_any = local;
+                if echo::is_newer(newest, id) {
+                    *h = Heard {
                         last_any: local,
+                        newest: id,
                         epoch,
                         hosts,
-                    },
-                );
+                        echo,
+                    };
+                }
             }
             Msg::ApiRequest { id, requests } => {
                 let answer = self.serve_api(to, from, requests);
@@ -712,10 +780,11 @@ impl<'a> World<'a> {
         let local = self.local(p);
         let pick = self.rng.next_u64();
         let c = self.parts[p].control.as_mut().expect("alive");
+        let last_sent = c.last_sent;
         let Some(h) = c.host.as_mut() else {
             return Err("this node does not host the authority".into());
         };
-        let answer = h.handle(local, node_id(from), requests, pick);
+        let answer = h.handle(local, node_id(from), requests, pick, last_sent);
         self.after_host_op(p);
         answer
     }
@@ -725,8 +794,13 @@ impl<'a> World<'a> {
     fn ensure_host(&mut self, p: usize) {
         let local = self.local(p);
         let bug = self.bug_authority();
-        let c = self.parts[p].control.as_mut().expect("alive");
-        if c.host.is_some() {
+        if self.parts[p]
+            .control
+            .as_ref()
+            .expect("alive")
+            .host
+            .is_some()
+        {
             return;
         }
         let two_node_heartbeat = self.parts[p].repl.as_ref().is_some_and(two_node_heartbeat);
@@ -743,7 +817,8 @@ impl<'a> World<'a> {
             }
         };
         if two_node_heartbeat {
-            host.require_partner(local, false);
+            let last_sent = self.parts[p].control.as_ref().expect("alive").last_sent;
+            self.arm_partner_wait(&mut host, local, false, last_sent);
         }
         self.parts[p].control.as_mut().expect("alive").host = Some(host);
         self.after_host_op(p);
@@ -779,9 +854,12 @@ impl<'a> World<'a> {
     fn control_tick(&mut self, p: usize) {
         let local = self.local(p);
         // `authority_host::tick_all`.
-        if let Some(h) = self.parts[p].control.as_mut().and_then(|c| c.host.as_mut()) {
-            h.tick(local);
-            self.after_host_op(p);
+        if let Some(c) = self.parts[p].control.as_mut() {
+            let last_sent = c.last_sent;
+            if let Some(h) = c.host.as_mut() {
+                h.tick(local, last_sent);
+                self.after_host_op(p);
+            }
         }
         if !self.parts[p].data {
             return;
@@ -800,16 +878,18 @@ impl<'a> World<'a> {
         }
 
         // 2. The authority.
+        // `driver::run`: the echo in the partner's newest heartbeat, taken before its
+        // announcement is checked.
         let partner_heard = repl
             .partners
             .first()
             .filter(|_| two_node_heartbeat(&repl))
             .and_then(|f| c.heard.get(&(f.node_id as usize - 1)))
-            .map(|h| h.last_any);
+            .map(|h| (h.echo, h.last_any));
         self.check_superseded(p, &repl);
-        if let Some(at) = partner_heard {
+        if let Some((echo, at)) = partner_heard {
             if let Some(h) = self.parts[p].control.as_mut().and_then(|c| c.host.as_mut()) {
-                h.partner_heard(at);
+                h.partner_heard(echo, at);
             }
         }
         let c = self.parts[p].control.as_ref().expect("alive");
@@ -824,8 +904,9 @@ impl<'a> World<'a> {
                 self.ensure_host(p);
                 let pick = self.rng.next_u64();
                 let c = self.parts[p].control.as_mut().expect("alive");
+                let last_sent = c.last_sent;
                 let h = c.host.as_mut().expect("ensured");
-                let answer = h.handle(local, node_id(p), requests, pick);
+                let answer = h.handle(local, node_id(p), requests, pick, last_sent);
                 self.after_host_op(p);
                 if let Ok(grant) = answer {
                     self.apply_answer(p, grant, local);
@@ -892,6 +973,8 @@ impl<'a> World<'a> {
         engine.on_config(&g.config);
         if let Some(d) = g.lease_duration_ns {
             engine.on_lease(g.config.epoch, report_at.saturating_add(d));
+            let c = self.parts[p].control.as_mut().expect("alive");
+            c.leased_until = Some(report_at.saturating_add(d));
         }
     }
 
@@ -947,8 +1030,9 @@ impl<'a> World<'a> {
         // `driver::leased_when_heard`.
         let half_margin = u64::try_from((self.settings.margin / 2).as_nanos()).unwrap_or(u64::MAX);
         let c = self.parts[p].control.as_ref().expect("alive");
-        let leased_when_last_heard = match (last, c.served_at) {
-            (Some(last), Some(served)) => served.saturating_add(half_margin) >= last,
+        let held = crate::ha::driver::leased_when(c.served_at, c.leased_until);
+        let leased_when_last_heard = match (last, held) {
+            (Some(last), Some(held)) => held.saturating_add(half_margin) >= last,
             _ => false,
         };
         let c = self.parts[p].control.as_ref().expect("alive");
@@ -994,7 +1078,9 @@ impl<'a> World<'a> {
             false,
             self.bug_authority(),
         );
-        host.require_partner(local, false);
+        // `driver::consider_takeover`: `authority_host::arm_partner_wait`.
+        let last_sent = self.parts[p].control.as_ref().expect("alive").last_sent;
+        self.arm_partner_wait(&mut host, local, false, last_sent);
         if self.params.bug != Some(VoteBug::EpochNotPersisted) {
             self.parts[p].durable_before = self.parts[p].durable.replace(saved);
         }

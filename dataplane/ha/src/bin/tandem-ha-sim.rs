@@ -1,7 +1,7 @@
 //! Runs the replication simulator over a range of seeds (or replays one with a trace).
 //!
 //! ```text
-//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going]
+//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going] [--task-mgmt]
 //! ```
 //!
 //! It stops at the first failing seed, unless `--keep-going`: then it reports every failing
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     let mut authority_bug = None;
     let mut trace = false;
     let mut keep_going = false;
+    let mut task_mgmt = false;
     let mut active_ms = 300;
     let mut i = 0;
     while i < args.len() {
@@ -78,6 +79,11 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
+            "--task-mgmt" => {
+                task_mgmt = true;
+                i += 1;
+                continue;
+            }
             other => return usage(&format!("unknown argument {other:?}")),
         }
         i += 2;
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
             authority_bug,
             active_ms,
             trace,
+            task_mgmt,
         };
         match run(&p) {
             Ok(r) => {
@@ -129,6 +136,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going]");
+    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going] [--task-mgmt]");
     ExitCode::from(2)
 }

@@ -14,7 +14,7 @@ use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::Envelope;
 use crate::pacing::PacingConfig;
-use crate::types::{BlockRange, Geometry, HostTag, IoTag, NodeId, Time};
+use crate::types::{BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, Time};
 
 /// Per-block values: every write stores its unique id in each block it covers.
 type Data = Vec<u64>;
@@ -69,6 +69,9 @@ pub struct SimParams {
     /// Simulated time with clients and faults active.
     pub active_ms: u64,
     pub trace: bool,
+    /// Clients also send LOGICAL UNIT RESETs (half of the flushes become one). Off by
+    /// default: it draws from the RNG, so it would change every other seed's run.
+    pub task_mgmt: bool,
 }
 
 impl SimParams {
@@ -80,6 +83,7 @@ impl SimParams {
             authority_bug: None,
             active_ms: 300,
             trace: false,
+            task_mgmt: false,
         }
     }
 
@@ -97,6 +101,9 @@ impl SimParams {
         if let Some(b) = self.authority_bug {
             let _ = write!(c, " --authority-bug {b:?}");
         }
+        if self.task_mgmt {
+            c.push_str(" --task-mgmt");
+        }
         c
     }
 }
@@ -112,6 +119,10 @@ pub struct SimReport {
     pub sim_time_ms: u64,
     /// Host writes refused NOT READY at the bound on held writes (contract j).
     pub refused_over_bound: u64,
+    /// LOGICAL UNIT RESETs answered GOOD, and those of them checked against every partner
+    /// (no configuration change at the origin meanwhile).
+    pub resets_good: u64,
+    pub resets_checked: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -216,14 +227,24 @@ struct Node {
     deferred: Vec<Ev>,
     in_flight: BTreeMap<IoTag, LocalOp<Data>>,
     meta_in_flight: Vec<ReplicaMeta>,
+    /// Task management functions a partner carried here (`Output::TaskMgmt`), ever.
+    task_mgmt_applied: u64,
 }
 
 #[derive(Clone, Debug)]
 enum Kind {
     Read,
-    Write { value: u64 },
-    Caw { expect: u64, value: u64 },
+    Write {
+        value: u64,
+    },
+    Caw {
+        expect: u64,
+        value: u64,
+    },
     Flush,
+    /// LOGICAL UNIT RESET; `watch` is filled when it reaches the engine (see
+    /// `check_task_mgmt`).
+    LunReset,
 }
 
 #[derive(Clone, Debug)]
@@ -246,6 +267,12 @@ struct HostOp {
     outcome: Outcome,
 }
 
+/// What a reset's GOOD must imply (see `check_task_mgmt`).
+struct ResetWatch {
+    epoch: Epoch,
+    partners: Vec<(usize, u32, u64)>,
+}
+
 struct Link {
     up: bool,
     gen: u64,
@@ -265,6 +292,9 @@ struct World {
     auth_links: Vec<Link>,
     authority: Authority,
     history: Vec<HostOp>,
+    /// Resets that reached an engine: the origin's epoch then, and each synchronized
+    /// partner with its incarnation and applied count at that moment.
+    resets: BTreeMap<usize, ResetWatch>,
     client_busy: Vec<Option<usize>>,
     client_last_seen: Vec<BTreeMap<u64, u64>>,
     clients_active: bool,
@@ -333,6 +363,7 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
             deferred: Vec::new(),
             in_flight: BTreeMap::new(),
             meta_in_flight: Vec::new(),
+            task_mgmt_applied: 0,
         })
         .collect();
     let mk_link = || Link {
@@ -355,6 +386,7 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
         auth_links: (0..n).map(|_| mk_link()).collect(),
         authority: Authority::new(initial.clone(), LEASE_NS, MARGIN_NS, p.authority_bug),
         history: Vec::new(),
+        resets: BTreeMap::new(),
         client_busy: vec![None; CLIENTS],
         client_last_seen: vec![BTreeMap::new(); CLIENTS],
         clients_active: true,
@@ -432,6 +464,9 @@ impl World {
                 cmd,
             } => {
                 if self.deliverable(node, inc, &ev_clone_host(node, inc, tag, &cmd)) {
+                    if matches!(cmd, HostCmd::TaskMgmt { .. }) {
+                        self.watch_reset(node, tag);
+                    }
                     self.feed(node, Input::Host { tag, cmd });
                 }
             }
@@ -728,6 +763,7 @@ impl World {
             Output::SyncRefused { node: n, decision } => {
                 self.trace(|| format!("n{} refuses to sync {n}: {decision:?}", node + 1));
             }
+            Output::TaskMgmt { .. } => self.nodes[node].task_mgmt_applied += 1,
             Output::PersistMeta(meta) => {
                 let d = self.rng.range(20 * US, 200 * US);
                 let inc = self.nodes[node].inc;
@@ -809,6 +845,8 @@ impl World {
                 },
                 BlockRange::new(start, 1),
             )
+        } else if self.p.task_mgmt && self.rng.chance(50) {
+            (Kind::LunReset, BlockRange::new(0, 1))
         } else {
             (Kind::Flush, BlockRange::new(0, 1))
         };
@@ -824,6 +862,9 @@ impl World {
                 data: vec![*value],
             },
             Kind::Flush => HostCmd::Flush,
+            Kind::LunReset => HostCmd::TaskMgmt {
+                kind: crate::types::TaskMgmtKind::LunReset,
+            },
         };
         let idx = self.history.len();
         self.history.push(HostOp {
@@ -850,6 +891,56 @@ impl World {
         self.schedule(CLIENT_TIMEOUT_NS, Ev::ClientTimeout { client, op: idx });
     }
 
+    /// A reset reaches `node`'s engine: remember its epoch and its synchronized partners.
+    fn watch_reset(&mut self, node: usize, tag: HostTag) {
+        let Some(cfg) = self.nodes[node].engine.as_ref().and_then(|e| e.config()) else {
+            return;
+        };
+        let me = self.nodes[node].id;
+        let partners = cfg
+            .synchronized()
+            .filter(|&n| n != me)
+            .map(|n| {
+                let i = usize::from(n.0) - 1;
+                (i, self.nodes[i].inc, self.nodes[i].task_mgmt_applied)
+            })
+            .collect();
+        let epoch = cfg.epoch;
+        self.resets
+            .insert(tag.0 as usize, ResetWatch { epoch, partners });
+    }
+
+    /// A reset answered GOOD with no configuration change at its origin meanwhile: every
+    /// partner synchronized then, still running the same incarnation, has applied a reset
+    /// since (its count grew; another node's reset can also grow it, so this is a lower
+    /// bound). With a configuration change a partner may have left, and then is not waited
+    /// for.
+    fn check_task_mgmt(&mut self, node: usize, idx: usize) {
+        self.report.resets_good += 1;
+        let Some(w) = self.resets.remove(&idx) else {
+            return;
+        };
+        let epoch_now = self.nodes[node]
+            .engine
+            .as_ref()
+            .and_then(|e| e.config())
+            .map(|c| c.epoch);
+        if epoch_now != Some(w.epoch) {
+            return;
+        }
+        self.report.resets_checked += 1;
+        for (p, inc, applied) in w.partners {
+            let n = &self.nodes[p];
+            if n.inc == inc && n.engine.is_some() && n.task_mgmt_applied <= applied {
+                self.fail(format!(
+                    "n{} answered GOOD for reset #{idx} before n{} applied it",
+                    node + 1,
+                    p + 1
+                ));
+            }
+        }
+    }
+
     fn complete(&mut self, node: usize, tag: HostTag, status: HostStatus<Data>) {
         let idx = tag.0 as usize;
         let Some(op) = self.history.get(idx) else {
@@ -860,6 +951,9 @@ impl World {
             return; // answered after the client gave up
         }
         let (client, range) = (op.client, op.range);
+        if matches!(status, HostStatus::Good { .. }) && matches!(op.kind, Kind::LunReset) {
+            self.check_task_mgmt(node, idx);
+        }
         if matches!(status, HostStatus::Good { .. } | HostStatus::Miscompare) {
             // Contract g: only a node the authority has synchronized right now answers GOOD.
             let id = self.nodes[node].id;

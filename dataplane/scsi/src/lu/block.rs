@@ -18,8 +18,30 @@ use super::{check, done, param_list, LogicalUnit, State};
 pub(super) const WRITE_SAME_CHUNK_BYTES: usize = 1 << 20;
 
 impl LogicalUnit {
-    /// Continues a command after the I/O of its last [`Step::Io`].
+    /// Continues a command after the I/O of its last [`Step::Io`]. A command that a
+    /// LOGICAL UNIT RESET or CLEAR TASK SET aborted meanwhile (through this node or a
+    /// partner) ends TASK ABORTED: it is never answered GOOD, and a multi-step command
+    /// (ORWRITE, WRITE AND VERIFY) takes no further step.
     pub fn resume(
+        &self,
+        nexus: &Nexus,
+        cont: Continuation,
+        outcome: IoOutcome,
+        data_out: &[u8],
+    ) -> Step {
+        let abort_gen = cont.abort_gen;
+        if abort_gen != self.abort_gen() && !matches!(cont.kind, ContKind::PrCommit { .. }) {
+            // (A PR commit always settles: its state is durable or not, whoever asked.)
+            return done(Reply::task_aborted());
+        }
+        let mut step = self.resume_unchecked(nexus, cont, outcome, data_out);
+        if let Step::Io(plan) = &mut step {
+            plan.cont.abort_gen = abort_gen;
+        }
+        step
+    }
+
+    fn resume_unchecked(
         &self,
         _nexus: &Nexus,
         cont: Continuation,
@@ -30,6 +52,7 @@ impl LogicalUnit {
             kind,
             guard,
             io_lba,
+            abort_gen: _,
         } = cont;
         if matches!(kind, ContKind::PrCommit { .. }) {
             return self.finish_pr_commit(kind, &outcome);
@@ -661,6 +684,8 @@ pub(super) fn io_step(io: LuIo, kind: ContKind, guard: Option<RangeGuard>) -> St
             kind,
             guard,
             io_lba,
+            // Set by `LogicalUnit::execute` / `resume` when the step leaves the LU.
+            abort_gen: 0,
         },
     })
 }

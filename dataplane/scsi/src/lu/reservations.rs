@@ -173,6 +173,7 @@ impl LogicalUnit {
                 kind: ContKind::PrCommit { state },
                 guard: None,
                 io_lba: None,
+                abort_gen: 0,
             },
         })
     }

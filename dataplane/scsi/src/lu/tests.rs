@@ -2579,3 +2579,93 @@ fn a_replica_reports_its_own_cluster_port_and_every_nodes_group() {
     assert_eq!((d[16] & 0x0F, &d[18..20]), (0x3, &2u16.to_be_bytes()[..]));
     assert_eq!(&d[26..28], &2u16.to_be_bytes());
 }
+
+/// A LOGICAL UNIT RESET carried here from a partner node of a replicated device: every
+/// nexus of this node sees 29/03 once, the SPC-2 reservation is released, and a command
+/// whose I/O was in flight ends TASK ABORTED instead of GOOD; a command started afterwards
+/// runs normally.
+#[test]
+fn partner_lun_reset_aborts_in_flight_commands_and_notifies_every_nexus() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&b);
+    r.run(&a, &TUR, &[]);
+    r.run(&b, &TUR, &[]);
+    assert_eq!(
+        r.run(&a, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    // WRITE(10) of one block through a: its I/O is with the device when the reset lands.
+    let write = [0x2a, 0, 0, 0, 0, 4, 0, 0, 1, 0];
+    let data = vec![0xabu8; BS];
+    let cmd = Command {
+        cdb: &write,
+        data_out: &data,
+        expected_in_len: 0,
+        nexus: &a,
+    };
+    let Step::Io(plan) = r.lu.execute(&cmd) else {
+        panic!("a write starts its I/O")
+    };
+    r.lu.partner_lun_reset();
+    let step =
+        r.lu.resume(&a, plan.cont, IoOutcome::Ok { read_data: None }, &data);
+    let Step::Done(reply) = step else {
+        panic!("an aborted command takes no further step")
+    };
+    assert_eq!(reply.status, ScsiStatus::TaskAborted);
+    for n in [&a, &b] {
+        assert_eq!(sense_of(&r.run(n, &TUR, &[])), (6, 0x29, 0x03));
+        assert_eq!(r.run(n, &TUR, &[]).status, ScsiStatus::Good);
+    }
+    // The SPC-2 reservation is gone; a new write completes.
+    assert_eq!(
+        r.run(&b, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::Good
+    );
+    assert_eq!(r.run(&b, &write, &data).status, ScsiStatus::Good);
+}
+
+/// CLEAR TASK SET (here or from a partner) aborts the commands in I/O of every nexus
+/// without a unit attention (TAS=1: they end TASK ABORTED).
+#[test]
+fn clear_task_set_aborts_in_flight_commands_without_a_unit_attention() {
+    let mut r = Rig::new();
+    let (a, b) = (nexus(1), nexus(2));
+    r.lu.nexus_added(&a);
+    r.lu.nexus_added(&b);
+    r.run(&a, &TUR, &[]);
+    r.run(&b, &TUR, &[]);
+    let read = [0x28, 0, 0, 0, 0, 4, 0, 0, 1, 0];
+    for partner in [false, true] {
+        let cmd = Command {
+            cdb: &read,
+            data_out: &[],
+            expected_in_len: BS as u32,
+            nexus: &b,
+        };
+        let Step::Io(plan) = r.lu.execute(&cmd) else {
+            panic!("a read starts its I/O")
+        };
+        if partner {
+            r.lu.partner_clear_task_set();
+        } else {
+            r.lu.clear_task_set(&a);
+        }
+        let buf = vec![0u8; BS];
+        let Step::Done(reply) = r.lu.resume(
+            &b,
+            plan.cont,
+            IoOutcome::Ok {
+                read_data: Some(&buf),
+            },
+            &[],
+        ) else {
+            panic!("done")
+        };
+        assert_eq!(reply.status, ScsiStatus::TaskAborted);
+        assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
+        assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
+    }
+}

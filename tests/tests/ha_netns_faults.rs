@@ -1,0 +1,874 @@
+//! Process faults and flapping links in network namespaces (issue 11, item 6), on top of the
+//! link cuts of `ha_netns.rs`. Each data node runs its own `tandem-control` (which starts its
+//! `tandem-dataplane`) in its own namespace, with two sync links, one heartbeat link, a
+//! management network and portals; the host (the test's initiator and the `tandem` CLI) has
+//! a namespace of its own. The cluster is made with the CLI only.
+//!
+//! 1. kill -9 of the control service only, on the node hosting the authority (heartbeat, A
+//!    first): A's data plane keeps running without lease renewals and must stop
+//!    acknowledging; B takes the authority over and goes on alone; A's control service
+//!    restarted: A rejoins through B and is resynchronized.
+//! 2. kill -9 of the data plane only (A, sequencer): the control service restarts it; it
+//!    comes back not synchronized (NOT READY), is resynchronized, then serves.
+//! 3. kill -9 of both on one node: not here, `ha_cluster.rs` (phases 4 and 5, heartbeat,
+//!    with takeover and takeover back) and `ha_three_node.rs` (node majority) run it.
+//! 4. SIGSTOP of a whole node (A: control service and data plane, the authority host) for
+//!    longer than the timeout, then SIGCONT: B takes over; a writer through A issues writes
+//!    right after A wakes, and none of them may be acknowledged until B's authority has
+//!    readmitted A, synchronized.
+//! 5. Both sync links flapping (down 500 ms, up 500 ms) for 10 s (30 s with
+//!    `TANDEM_SOAK=1`) under a multipath writer: afterwards both synchronized, images
+//!    identical, no acknowledged write lost.
+//! 6. Node majority with a witness node: witness down then partner down, and partner down
+//!    then witness down (docs/ha.md, "Node majority with a witness": the witness is the
+//!    authority; a node that cannot reach it gets no lease renewal).
+//!
+//! Every scenario ends with every acknowledged write read back through both nodes, the
+//! image files compared with each other and with the writes, and a `SUMMARY` line (scenario
+//! | who served | what the host saw | pause | acknowledged writes lost).
+//!
+//! fio's libiscsi engine is not used: the fio on the development machine has no libiscsi
+//! engine, so the host side is `host_io`'s stamped writer and verifier.
+//!
+//! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
+//! scenarios run one at a time (a lock).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tandem_tests::e2e::host_io::{
+    first_difference, login, probe_read, Event, Model, Outcome, PathSpec, ProbeLog, Prober, Report,
+    Writer, WriterSpec,
+};
+use tandem_tests::e2e::netns_cluster::{
+    alive, kill9, wait_until, ClusterNode, Signal, Strategy, TwoNodeCluster,
+};
+use tandem_tests::netns::Member;
+
+const DEVICE: &str = "disk1";
+const SIZE: usize = 32 << 20;
+const HOST: Member = Member::Host(1);
+const A: Member = Member::Node(1);
+const B: Member = Member::Node(2);
+/// Bound on a write pause while a partner is decided lost (lease + margin + engine timeout,
+/// a takeover's quiet period, on a loaded machine).
+const MAX_PAUSE_FAILOVER: Duration = Duration::from_secs(20);
+/// Bound on a resync after the fault ends.
+const MAX_RESYNC: Duration = Duration::from_secs(60);
+/// A node's lease (1 s with `HA_FLAGS`) plus slack for a loaded machine: a node that lost
+/// its authority answers NOT READY within this.
+const LEASE_END: Duration = Duration::from_secs(3);
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
+struct Cluster(TwoNodeCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = TwoNodeCluster;
+    fn deref(&self) -> &TwoNodeCluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut TwoNodeCluster {
+        &mut self.0
+    }
+}
+
+impl Cluster {
+    /// None (with the reason printed) when network namespaces cannot be made here.
+    fn start(strategy: Strategy) -> Option<Cluster> {
+        TwoNodeCluster::start(strategy, "tandem-ha-netns-faults", DEVICE, "32MiB").map(Cluster)
+    }
+
+    fn path(&self, n: &ClusterNode) -> PathSpec {
+        PathSpec {
+            node: n.name.clone(),
+            portal: n.portals[0],
+            iqn: n.iqn(DEVICE),
+        }
+    }
+
+    /// A multipath-like writer over both nodes (path 0 = node-a, 1 = node-b) that logs in
+    /// again when a node's data plane goes away.
+    fn multipath_writer(&self, area: (u64, u64), id_base: u32) -> Writer {
+        let mut spec = WriterSpec::new(area, id_base);
+        spec.reconnect = true;
+        spec.queue_bound = Duration::from_secs(60);
+        Writer::start(
+            &self.topo,
+            HOST,
+            &[self.path(&self.a), self.path(&self.b)],
+            spec,
+        )
+    }
+
+    /// A writer through one node only, queueing (and trying the node again every
+    /// `retry`) while it does not serve.
+    fn single_writer(
+        &self,
+        n: &ClusterNode,
+        area: (u64, u64),
+        id_base: u32,
+        retry: Duration,
+    ) -> Writer {
+        let mut spec = WriterSpec::new(area, id_base);
+        spec.retry_failed_after = retry;
+        spec.queue_bound = Duration::from_secs(120);
+        spec.reconnect = true;
+        Writer::start(&self.topo, HOST, &[self.path(n)], spec)
+    }
+
+    /// A path checker on `n`: one READ every `every`, logging in again after a data plane
+    /// restart.
+    fn prober(&self, n: &ClusterNode, every: Duration) -> Prober {
+        Prober::start_reconnecting(&self.topo, HOST, &self.path(n), every)
+    }
+
+    fn image(n: &ClusterNode) -> Vec<u8> {
+        let v = std::fs::read(n.image(DEVICE)).unwrap();
+        assert_eq!(v.len(), SIZE, "{}: image size", n.name);
+        v
+    }
+
+    /// Every acknowledged write reads back through both nodes; both image files equal the
+    /// model and each other. Only when no I/O runs.
+    fn verify_all(&self, model: &Model, what: &str) {
+        model.verify_through(&self.topo, HOST, &self.path(&self.a), what);
+        model.verify_through(&self.topo, HOST, &self.path(&self.b), what);
+        let (ia, ib) = (Self::image(&self.a), Self::image(&self.b));
+        if let Some(lba) = first_difference(&ia, &ib) {
+            panic!("{what}: the image files differ first at LBA {lba}");
+        }
+        if let Err(e) = model.check(0, &ia) {
+            panic!("{what}: the image files differ from the acknowledged writes: {e}");
+        }
+        eprintln!("{what}: both image files byte-identical and holding every acknowledged write");
+    }
+
+    /// Authorities' split-brain records and `split-brain` replica states, from both nodes.
+    fn split_brain_reports(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for n in [&self.a, &self.b] {
+            if let Some(st) = n.api_get(&self.topo, "/api/v1/ha/status") {
+                for auth in st["authorities"].as_array().into_iter().flatten() {
+                    if auth["split_brain"]
+                        .as_array()
+                        .is_some_and(|v| !v.is_empty())
+                    {
+                        out.push(format!(
+                            "{}: authority records split brain {}",
+                            n.name, auth["split_brain"]
+                        ));
+                    }
+                }
+            }
+            if let Some(l) = n.replicas(&self.topo, DEVICE) {
+                for r in l["replicas"].as_array().into_iter().flatten() {
+                    if r["state"] == "split-brain" {
+                        out.push(format!("{}: {} split-brain", n.name, r["node"]));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What `n` answers to a READ now, on a fresh session.
+    fn serves(&self, n: &ClusterNode) -> Option<Outcome> {
+        let mut c = login(
+            &self.topo,
+            HOST,
+            &self.path(n),
+            "iqn.2026-11.io.tandem.test:probe",
+        );
+        let mut r = probe_read(&mut c);
+        if r == Some(Outcome::UnitAttention) {
+            r = probe_read(&mut c);
+        }
+        r
+    }
+
+    /// Where `n` says the device's authority is and who it took over from (for the log).
+    fn authority_view(&self, n: &ClusterNode) -> String {
+        n.api_get(&self.topo, &format!("/api/v1/ha/status/{DEVICE}"))
+            .map(|v| {
+                format!(
+                    "authority {} took_over_from {} epoch {}",
+                    v["authority"], v["took_over_from"], v["config"]["epoch"]
+                )
+            })
+            .unwrap_or_else(|| "(no answer)".into())
+    }
+
+    /// kill -9 of a whole node: control service and data plane.
+    fn kill_node(&mut self, which: Member) -> Instant {
+        let c = &mut self.0;
+        let n = if which == A { &c.a } else { &c.b };
+        let dp = n.dataplane_pid();
+        let t = n.kill_control(&mut c.topo);
+        if let Some(dp) = dp {
+            kill9(dp);
+            wait_until(
+                &format!("{}'s data plane gone", n.name),
+                Duration::from_secs(10),
+                || !alive(dp),
+            );
+        }
+        eprintln!("kill -9 of {} (control service and data plane)", n.name);
+        t
+    }
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn finish(w: Writer, who: &str) -> Report {
+    let r = w.finish();
+    eprintln!("writer {who}: {}", r.summary());
+    if let Some(e) = &r.error {
+        panic!("writer {who}: {e}");
+    }
+    r
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or("never".into(), ms)
+}
+
+/// Acknowledged writes through `path` answered in `(from, to)`.
+fn acks(r: &Report, path: usize, from: Instant, to: Instant) -> usize {
+    r.acked
+        .iter()
+        .filter(|a| a.path == path && a.at > from && a.at < to)
+        .count()
+}
+
+/// GOOD answers (writes through `path` of `r`, and every probe) in `(from, to)`, with the
+/// instant each command was sent.
+fn good_sent(
+    r: Option<(&Report, usize)>,
+    probes: &ProbeLog,
+    from: Instant,
+    to: Instant,
+) -> Vec<Instant> {
+    let writes = r
+        .into_iter()
+        .flat_map(|(r, path)| r.events.iter().filter(move |e| e.path == path));
+    writes
+        .chain(&probes.0)
+        .filter(|e: &&Event| e.outcome == Outcome::Ack && e.at > from && e.at < to)
+        .map(|e| e.at - e.took)
+        .collect()
+}
+
+/// Polls `node`'s view of `of` until `f` holds; the poll starts and states seen.
+fn poll_state(
+    c: &Cluster,
+    node: &ClusterNode,
+    of: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&str) -> bool,
+) -> Vec<(Instant, String)> {
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let at = Instant::now();
+        let s = node
+            .state_of(&c.topo, DEVICE, of)
+            .unwrap_or_else(|| "(no answer)".into());
+        let stop = done(&s);
+        seen.push((at, s));
+        if stop {
+            return seen;
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "{}'s view of {of} never reached the expected state in {timeout:?}: {:?}",
+            node.name,
+            seen.iter().map(|(_, s)| s).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn summary(scenario: &str, served: &str, host_saw: &str, pause: &str, lost: usize) {
+    eprintln!("SUMMARY | {scenario} | {served} | {host_saw} | {pause} | acked writes lost: {lost}");
+}
+
+// ---- 1. kill -9 of the control service only, on the authority host ----
+
+#[test]
+fn control_service_killed_on_authority_host() {
+    let _one = lock();
+    let Some(mut c) = Cluster::start(Strategy::Heartbeat) else {
+        return;
+    };
+    let w = c.multipath_writer((8192, 16384), 11_000_000);
+    let probe_a = c.prober(&c.a, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(1500));
+    let dp_before = c.a.dataplane_pid().expect("node-a's data plane");
+    let t_kill = c.0.a.kill_control(&mut c.0.topo);
+    eprintln!("kill -9 of node-a's control service only (authority host); its data plane {dp_before} keeps running");
+    let seen = poll_state(&c, &c.b, "node-a", Duration::from_secs(30), |s| {
+        s == "not-synchronized"
+    });
+    let t_b_alone = seen.last().unwrap().0;
+    std::thread::sleep(Duration::from_secs(3));
+    let dp_survived = alive(dp_before);
+    eprintln!(
+        "node-b after the kill: {}; node-a's old data plane still running: {dp_survived}",
+        c.authority_view(&c.b)
+    );
+    c.b.ok(&c.topo, &["replica", "list", DEVICE]);
+    let t_restart = Instant::now();
+    c.0.a.restart(&mut c.0.topo);
+    let resync = wait_until(
+        "both synchronized after node-a's control service restarts",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    eprintln!(
+        "after the restart: node-a {}, node-b {}",
+        c.authority_view(&c.a),
+        c.authority_view(&c.b)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = finish(w, "multipath A+B");
+    let probes = probe_a.finish();
+    let mut model = Model::new(SIZE);
+    model.apply(&r);
+
+    let a_nr = probes.first(Outcome::NotReady, t_kill);
+    let a_good_late = good_sent(Some((&r, 0)), &probes, t_kill, t_restart)
+        .into_iter()
+        .filter(|sent| *sent > t_b_alone)
+        .count();
+    let pause = r.longest_pause(t_kill, t_restart);
+    let b_alone = acks(&r, 1, t_b_alone, t_restart);
+    let a_after = acks(&r, 0, t_restart + resync, Instant::now());
+    eprintln!(
+        "MEASURE control kill on the authority host: node-a's data plane NOT READY {} after the kill; node-b reports node-a out {} after; longest write pause {}; {b_alone} writes through node-b alone; both synchronized {} after node-a's restart; {a_after} writes through node-a after",
+        opt_ms(a_nr),
+        ms(t_b_alone - t_kill),
+        ms(pause),
+        ms(resync)
+    );
+    assert!(
+        dp_survived,
+        "node-a's data plane died with its control service"
+    );
+    assert!(
+        a_nr.is_some_and(|d| d < t_restart - t_kill),
+        "node-a's data plane never answered NOT READY once its control service was gone"
+    );
+    assert_eq!(
+        a_good_late, 0,
+        "node-a answered GOOD to a command sent after node-b went on alone"
+    );
+    assert!(b_alone > 0, "node-b did not go on alone");
+    assert!(a_after > 0, "node-a did not serve again after its resync");
+    assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after node-a's control service kill and restart");
+    summary(
+        "kill -9 control service on the authority host (heartbeat)",
+        "node-b alone (took the authority over); node-a again after resync",
+        &format!(
+            "node-a NOT READY 04/0C {} after the kill (its data plane still up); node-b out of node-a {} after",
+            opt_ms(a_nr),
+            ms(t_b_alone - t_kill)
+        ),
+        &format!("{} (resync {} after restart)", ms(pause), ms(resync)),
+        0,
+    );
+}
+
+// ---- 2. kill -9 of the data plane only ----
+
+#[test]
+fn dataplane_killed_comes_back_unsynchronized_then_serves() {
+    let _one = lock();
+    let Some(c) = Cluster::start(Strategy::Heartbeat) else {
+        return;
+    };
+    let w = c.multipath_writer((8192, 16384), 12_000_000);
+    let probe_a = c.prober(&c.a, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (old, t_kill) = c.a.kill_dataplane();
+    eprintln!("kill -9 of node-a's data plane (pid {old}); its control service keeps running");
+    let restarted = wait_until(
+        "node-a's control service restarted its data plane",
+        Duration::from_secs(30),
+        || c.a.dataplane_pid().is_some_and(|p| p != old),
+    );
+    let states = poll_state(&c, &c.a, "node-a", MAX_RESYNC, |s| s == "synchronized");
+    let resync = wait_until(
+        "both synchronized after node-a's data plane restart",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    let t_sync = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = finish(w, "multipath A+B");
+    let probes = probe_a.finish();
+    let mut model = Model::new(SIZE);
+    model.apply(&r);
+
+    // What node-a answered after the kill, in order, without the connection losses.
+    let answers: Vec<&Event> = probes
+        .0
+        .iter()
+        .filter(|e| e.at > t_kill && e.outcome != Outcome::PathDown)
+        .collect();
+    let first_good = answers
+        .iter()
+        .find(|e| e.outcome == Outcome::Ack)
+        .map(|e| e.at);
+    let nr_before_good = answers
+        .iter()
+        .filter(|e| e.outcome == Outcome::NotReady && first_good.is_none_or(|g| e.at < g))
+        .count();
+    let own_states: Vec<&str> = states.iter().map(|(_, s)| s.as_str()).collect();
+    let pause = r.longest_pause(t_kill, t_sync);
+    let b_alone = acks(&r, 1, t_kill, t_sync);
+    eprintln!(
+        "MEASURE data plane kill: restarted {} after the kill; node-a's own states seen in `replica list` {own_states:?}; {nr_before_good} NOT READY answers before its first GOOD ({} after the kill); `replica list` showed both synchronized {} after the kill; longest write pause {}; {b_alone} writes through node-b meanwhile",
+        ms(restarted),
+        opt_ms(first_good.map(|g| g - t_kill)),
+        ms(t_sync - t_kill),
+        ms(pause)
+    );
+    let _ = resync;
+    let first_good = first_good.expect("node-a never served again after its data plane restart");
+    assert!(
+        nr_before_good > 0,
+        "node-a's restarted data plane served without first answering NOT READY (unsynchronized)"
+    );
+    // node-b holds writes while its engine waits for node-a (or for the verdict): it need
+    // not acknowledge anything alone, but writes must flow again within the bound.
+    assert!(
+        acks(&r, 1, t_kill, Instant::now()) > 0,
+        "node-b acknowledged nothing after node-a's data plane was killed"
+    );
+    assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after node-a's data plane kill");
+    summary(
+        "kill -9 data plane (node-a, sequencer; heartbeat)",
+        "node-b alone; node-a after resync",
+        &format!(
+            "node-a: connection lost, then {nr_before_good} NOT READY 04/0C, GOOD again {} after the kill",
+            ms(first_good - t_kill)
+        ),
+        &format!("{} (restart {}, both synchronized {})", ms(pause), ms(restarted), ms(t_sync - t_kill)),
+        0,
+    );
+}
+
+// ---- 4. SIGSTOP of a whole node longer than the timeout, then SIGCONT ----
+
+/// Regression test of a product failure it found (issue 11): on a loaded machine node-b
+/// often never took the authority over while node-a was stopped (2 of 4 runs, load average
+/// 15-30): node-a silent for 4 s, node-b synchronized in the newest configuration, not
+/// serving, no takeover for the whole 30 s pause. The rule "take over only with a lease"
+/// looked only at the last exchange that found the data plane serving; when the stop landed
+/// during a slow call to the authority, the last heartbeat came more than half the margin
+/// after that exchange, for good. It now also counts the end of the last lease granted
+/// (`driver::leased_when`).
+#[test]
+fn paused_node_acknowledges_nothing_after_it_wakes() {
+    let _one = lock();
+    let Some(c) = Cluster::start(Strategy::Heartbeat) else {
+        return;
+    };
+    let wb = c.single_writer(&c.b, (20_000, 4096), 14_000_000, Duration::from_millis(200));
+    // Tries node-a again 50 ms after each NOT READY: writes reach it right after it wakes.
+    let wa = c.single_writer(&c.a, (8192, 4096), 13_000_000, Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(1500));
+    let t_stop = Instant::now();
+    let pids = c.a.signal_node(&c.topo, Signal::SIGSTOP);
+    eprintln!("SIGSTOP of node-a (authority host): pids {pids:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    eprintln!(
+        "node-b's HA view 4 s into the pause: {}",
+        c.b.api_get(&c.topo, &format!("/api/v1/ha/status/{DEVICE}"))
+            .unwrap_or_default()
+    );
+    let seen = poll_state(&c, &c.b, "node-a", Duration::from_secs(30), |s| {
+        s == "not-synchronized"
+    });
+    let t_b_alone = seen.last().unwrap().0;
+    eprintln!("node-b while node-a is stopped: {}", c.authority_view(&c.b));
+    std::thread::sleep(Duration::from_secs(1));
+    let t_cont = Instant::now();
+    c.a.signal_node(&c.topo, Signal::SIGCONT);
+    eprintln!("SIGCONT of node-a after {:?}", t_cont - t_stop);
+    // node-b's (the current authority's) view of node-a until it is readmitted.
+    let readmission = poll_state(&c, &c.b, "node-a", MAX_RESYNC, |s| s == "synchronized");
+    let t_readmitted = readmission.last().unwrap().0;
+    wait_until("both synchronized after node-a woke", MAX_RESYNC, || {
+        c.both_synchronized()
+    });
+    eprintln!(
+        "after SIGCONT: node-a {}, node-b {}",
+        c.authority_view(&c.a),
+        c.authority_view(&c.b)
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let (ra, rb) = (finish(wa, "through node-a"), finish(wb, "through node-b"));
+    let mut model = Model::new(SIZE);
+    model.apply(&ra);
+    model.apply(&rb);
+
+    // node-b's last look that still had node-a out: any GOOD through node-a answered
+    // before that look is a write acknowledged by a node the authority had not readmitted.
+    let last_out = readmission
+        .iter()
+        .filter(|(_, s)| s != "synchronized")
+        .map(|(at, _)| *at)
+        .max()
+        .unwrap_or(t_cont);
+    // Commands sent after SIGCONT (the writer's clock: sent = answered - took). The one a
+    // stopped node held may be answered GOOD after it wakes if its engine completed it
+    // before the stop (node-b, the sequencer, committed it): such a write must be on
+    // node-b's copy, which `verify_all` checks with every other acknowledged write.
+    let after_wake: Vec<&Event> = ra
+        .events
+        .iter()
+        .filter(|e| e.at - e.took > t_cont)
+        .collect();
+    let held: Vec<(Outcome, Duration)> = ra
+        .events
+        .iter()
+        .filter(|e| e.at > t_cont && e.at - e.took <= t_cont)
+        .map(|e| (e.outcome, e.at - t_cont))
+        .collect();
+    eprintln!("node-a's answers after SIGCONT to commands sent before it: {held:?}");
+    // A unit attention (the ALUA state changed) is retried on the same path, like a host.
+    let first = after_wake
+        .iter()
+        .map(|e| e.outcome)
+        .find(|o| *o != Outcome::UnitAttention);
+    let early_good: Vec<Duration> = after_wake
+        .iter()
+        .filter(|e| e.outcome == Outcome::Ack && e.at < last_out)
+        .map(|e| e.at - t_cont)
+        .collect();
+    let nr = after_wake
+        .iter()
+        .filter(|e| e.outcome == Outcome::NotReady)
+        .count();
+    let first_good = after_wake
+        .iter()
+        .find(|e| e.outcome == Outcome::Ack)
+        .map(|e| e.at - t_cont);
+    let b_pause = rb.longest_pause(t_stop, t_readmitted);
+    let b_alone = acks(&rb, 0, t_b_alone, t_readmitted);
+    eprintln!(
+        "MEASURE SIGSTOP of node-a for {}: node-b reports node-a out {} after the stop; after SIGCONT node-a answered {nr} NOT READY (first answer {first:?}), first GOOD {} after waking; node-b readmitted node-a {} after SIGCONT; node-b's longest write pause {}; {b_alone} writes through node-b alone",
+        ms(t_cont - t_stop),
+        ms(t_b_alone - t_stop),
+        opt_ms(first_good),
+        ms(t_readmitted - t_cont),
+        ms(b_pause)
+    );
+    assert!(
+        early_good.is_empty(),
+        "node-a acknowledged writes sent after SIGCONT {early_good:?} after it, before node-b readmitted it ({:?} after SIGCONT)",
+        last_out - t_cont
+    );
+    assert!(
+        matches!(first, Some(Outcome::NotReady) | Some(Outcome::PathDown)),
+        "node-a's first answer to a command sent after waking was {first:?}, not NOT READY"
+    );
+    assert!(nr > 0, "node-a answered no NOT READY after waking");
+    assert!(b_alone > 0, "node-b did not go on alone");
+    assert!(
+        b_pause < MAX_PAUSE_FAILOVER,
+        "node-b's writes paused {b_pause:?}"
+    );
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after node-a's SIGSTOP and SIGCONT");
+    summary(
+        "SIGSTOP of node-a (authority host) longer than the timeout, SIGCONT (heartbeat)",
+        "node-b alone (took the authority over); node-a after readmission",
+        &format!(
+            "node-a after waking: {nr} NOT READY 04/0C, no GOOD until readmitted {} after SIGCONT",
+            ms(t_readmitted - t_cont)
+        ),
+        &format!("{} (node-b, at the stop)", ms(b_pause)),
+        0,
+    );
+}
+
+// ---- 5. sync links flapping every 500 ms ----
+
+#[test]
+fn sync_links_flapping_converge() {
+    let _one = lock();
+    let Some(c) = Cluster::start(Strategy::Heartbeat) else {
+        return;
+    };
+    let soak = std::env::var_os("TANDEM_SOAK").is_some_and(|v| v == "1");
+    let span = Duration::from_secs(if soak { 30 } else { 10 });
+    let w = c.multipath_writer((8192, 16384), 15_000_000);
+    std::thread::sleep(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    let mut flaps: u32 = 0;
+    // Toggled on a fixed 500 ms schedule (not 500 ms after each `ip` command, which takes
+    // a while on a loaded machine).
+    let half = Duration::from_millis(500);
+    while t0.elapsed() < span {
+        for net in ["sync0", "sync1"] {
+            c.topo.cut(A, net).expect("cut");
+        }
+        let up_at = t0 + half * (2 * flaps + 1);
+        std::thread::sleep(up_at.saturating_duration_since(Instant::now()));
+        for net in ["sync0", "sync1"] {
+            c.topo.restore(A, net).expect("restore");
+        }
+        flaps += 1;
+        let down_at = t0 + half * (2 * flaps);
+        std::thread::sleep(down_at.saturating_duration_since(Instant::now()));
+    }
+    let t_end = Instant::now();
+    eprintln!("{flaps} flaps of sync0 and sync1 in {:?}", t_end - t0);
+    let converge = wait_until("both synchronized after the flapping", MAX_RESYNC, || {
+        c.both_synchronized()
+    });
+    eprintln!("node-a {}", c.authority_view(&c.a));
+    std::thread::sleep(Duration::from_millis(2000));
+    let r = finish(w, "multipath A+B");
+    let mut model = Model::new(SIZE);
+    model.apply(&r);
+    let pause = r.longest_pause(t0, t_end);
+    let (na, nb) = (
+        r.count(0, Outcome::NotReady, t0, Instant::now()),
+        r.count(1, Outcome::NotReady, t0, Instant::now()),
+    );
+    let (aa, ab) = (acks(&r, 0, t0, t_end), acks(&r, 1, t0, t_end));
+    eprintln!(
+        "MEASURE sync links flapping {:?} ({flaps} flaps): longest write pause {}; acks during the flapping node-a {aa}, node-b {ab}; NOT READY node-a {na}, node-b {nb}; both synchronized {} after the flapping stopped",
+        span,
+        ms(pause),
+        ms(converge)
+    );
+    assert!(aa + ab > 0, "no write acknowledged while the links flapped");
+    assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after the flapping");
+    summary(
+        &format!(
+            "sync0+sync1 flapping every 500 ms for {} s (heartbeat)",
+            span.as_secs()
+        ),
+        "both (node-b out at times)",
+        &format!(
+            "NOT READY 04/0C: node-a {na}, node-b {nb}; converged {} after",
+            ms(converge)
+        ),
+        &ms(pause),
+        0,
+    );
+}
+
+// ---- 6. node majority with a witness node: two failures ----
+
+/// Whether GOOD answers through a single-path writer stopped: the last acknowledgement in
+/// `(from, to)`, counted from `from`.
+fn last_ack(r: &Report, from: Instant, to: Instant) -> Option<Duration> {
+    r.acked
+        .iter()
+        .filter(|a| a.at > from && a.at < to)
+        .map(|a| a.at - from)
+        .next_back()
+}
+
+#[test]
+fn witness_down_then_partner_down() {
+    let _one = lock();
+    let Some(mut c) = Cluster::start(Strategy::WitnessNode) else {
+        return;
+    };
+    let wa = c.single_writer(&c.a, (8192, 4096), 16_000_000, Duration::from_millis(200));
+    let probe_a = c.prober(&c.a, Duration::from_millis(100));
+    let probe_b = c.prober(&c.b, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(1500));
+    let witness = c.0.witness.as_ref().unwrap();
+    let t_w = witness.kill_control(&mut c.0.topo);
+    eprintln!("kill -9 of the witness");
+    std::thread::sleep(Duration::from_secs(5));
+    let t_b = c.kill_node(B);
+    std::thread::sleep(Duration::from_secs(4));
+    let a_now = c.serves(&c.a);
+    let t_heal = Instant::now();
+    let witness = c.0.witness.as_ref().unwrap();
+    witness.restart(&mut c.0.topo);
+    c.0.b.restart(&mut c.0.topo);
+    let resync = wait_until(
+        "both synchronized after the witness and node-b return",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let ra = finish(wa, "through node-a");
+    let (pa, pb) = (probe_a.finish(), probe_b.finish());
+    let mut model = Model::new(SIZE);
+    model.apply(&ra);
+
+    let a_last = last_ack(&ra, t_w, t_heal);
+    let a_nr = pa.first(Outcome::NotReady, t_w);
+    let b_nr = pb.first(Outcome::NotReady, t_w);
+    let a_good_after_b = good_sent(Some((&ra, 0)), &pa, t_b + LEASE_END, t_heal).len();
+    let a_good_after_w = good_sent(Some((&ra, 0)), &pa, t_w + LEASE_END, t_heal).len();
+    let a_back = ra
+        .acked
+        .iter()
+        .find(|x| x.at > t_heal)
+        .map(|x| x.at - t_heal);
+    eprintln!(
+        "MEASURE witness down then partner down: node-a's last GOOD {} after the witness died; node-a NOT READY {} and node-b NOT READY {} after it; node-a answers {a_now:?} 4 s after node-b died too; node-a served again {} after the witness and node-b returned (both synchronized {})",
+        opt_ms(a_last),
+        opt_ms(a_nr),
+        opt_ms(b_nr),
+        opt_ms(a_back),
+        ms(resync)
+    );
+    // docs/ha.md, "Node majority with a witness": the witness is the authority, and a node
+    // that cannot reach it gets no lease renewal. So the witness's loss alone stops both
+    // data nodes (no lease), before the partner is lost at all.
+    assert_eq!(
+        a_good_after_w, 0,
+        "node-a answered GOOD to a command sent {LEASE_END:?} after the witness died"
+    );
+    assert!(
+        a_nr.is_some(),
+        "node-a never answered NOT READY after the witness died"
+    );
+    assert!(
+        b_nr.is_some_and(|d| d < t_b - t_w),
+        "node-b did not answer NOT READY after the witness died"
+    );
+    // The last node stops serving.
+    assert_eq!(
+        a_now,
+        Some(Outcome::NotReady),
+        "node-a alone is not NOT READY"
+    );
+    assert_eq!(a_good_after_b, 0, "node-a alone answered GOOD");
+    assert!(
+        a_back.is_some(),
+        "node-a did not serve again after the healing"
+    );
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after witness down then partner down");
+    summary(
+        "node majority: witness down, then partner down",
+        "nobody from the witness's loss (no lease renewal); node-a again after the witness returned",
+        &format!(
+            "both NOT READY 04/0C (node-a {}, node-b {} after the witness died); node-a still NOT READY with node-b dead",
+            opt_ms(a_nr),
+            opt_ms(b_nr)
+        ),
+        &format!("until healed; node-a GOOD again {} after", opt_ms(a_back)),
+        0,
+    );
+}
+
+#[test]
+fn partner_down_then_witness_down() {
+    let _one = lock();
+    let Some(mut c) = Cluster::start(Strategy::WitnessNode) else {
+        return;
+    };
+    let wa = c.single_writer(&c.a, (8192, 4096), 17_000_000, Duration::from_millis(200));
+    let probe_a = c.prober(&c.a, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(1500));
+    let t_b = c.kill_node(B);
+    let seen = poll_state(&c, &c.a, "node-b", Duration::from_secs(30), |s| {
+        s == "not-synchronized"
+    });
+    let t_a_alone = seen.last().unwrap().0;
+    std::thread::sleep(Duration::from_secs(3));
+    let witness = c.0.witness.as_ref().unwrap();
+    let t_w = witness.kill_control(&mut c.0.topo);
+    eprintln!("kill -9 of the witness");
+    std::thread::sleep(Duration::from_secs(4));
+    let a_now = c.serves(&c.a);
+    let t_heal = Instant::now();
+    let witness = c.0.witness.as_ref().unwrap();
+    witness.restart(&mut c.0.topo);
+    c.0.b.restart(&mut c.0.topo);
+    let resync = wait_until(
+        "both synchronized after the witness and node-b return",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let ra = finish(wa, "through node-a");
+    let pa = probe_a.finish();
+    let mut model = Model::new(SIZE);
+    model.apply(&ra);
+
+    let pause = ra.longest_pause(t_b, t_w);
+    let alone = acks(&ra, 0, t_a_alone, t_w);
+    let a_last = last_ack(&ra, t_w, t_heal);
+    let a_nr = pa.first(Outcome::NotReady, t_w);
+    let a_good_after_w = good_sent(Some((&ra, 0)), &pa, t_w + LEASE_END, t_heal).len();
+    let a_back = ra
+        .acked
+        .iter()
+        .find(|x| x.at > t_heal)
+        .map(|x| x.at - t_heal);
+    eprintln!(
+        "MEASURE partner down then witness down: node-a reports node-b out {} after node-b died; longest write pause {}; {alone} writes by node-a alone; after the witness died: node-a's last GOOD {}, NOT READY {}; answers {a_now:?} 4 s later; served again {} after the healing (both synchronized {})",
+        ms(t_a_alone - t_b),
+        ms(pause),
+        opt_ms(a_last),
+        opt_ms(a_nr),
+        opt_ms(a_back),
+        ms(resync)
+    );
+    assert!(alone > 0, "node-a did not go on alone after node-b died");
+    assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
+    assert_eq!(
+        a_good_after_w, 0,
+        "node-a answered GOOD to a command sent {LEASE_END:?} after the witness died too"
+    );
+    assert_eq!(
+        a_now,
+        Some(Outcome::NotReady),
+        "node-a alone is not NOT READY"
+    );
+    assert!(
+        a_back.is_some(),
+        "node-a did not serve again after the healing"
+    );
+    let sb = c.split_brain_reports();
+    assert!(sb.is_empty(), "split brain reported: {sb:?}");
+    c.verify_all(&model, "after partner down then witness down");
+    summary(
+        "node majority: partner down, then witness down",
+        "node-a alone after node-b's loss; nobody after the witness's",
+        &format!(
+            "node-b out {} after its kill; node-a NOT READY 04/0C {} after the witness died",
+            ms(t_a_alone - t_b),
+            opt_ms(a_nr)
+        ),
+        &format!("{} at the partner's loss", ms(pause)),
+        0,
+    );
+}
