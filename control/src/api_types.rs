@@ -128,6 +128,21 @@ pub struct JobInfo {
 #[serde(deny_unknown_fields)]
 pub struct DeviceExtend {
     pub size: Size,
+    /// Set only between nodes: one phase of the extend of a replicated device on the node
+    /// that receives it (absent: the whole extend, across every node of the device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ExtendPhase>,
+}
+
+/// The two phases of the extend of a replicated device (docs/ha.md, "Extend").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtendPhase {
+    /// Grow the image and the replication engine; the LU keeps reporting the old size.
+    Grow,
+    /// Report the new size: commit it to node.toml, the LU grows and raises CAPACITY DATA
+    /// HAS CHANGED on its nexuses.
+    Report,
 }
 
 /// `PUT /api/v1/devices/{name}/cache`

@@ -1346,7 +1346,7 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             let (_, r): (u16, DeviceCreated) = c.send(
                 "POST",
                 &format!("/api/v1/devices/{}/extend", segment(&name)),
-                &DeviceExtend { size },
+                &DeviceExtend { size, phase: None },
             )?;
             if ctx.json {
                 print_json(&r);

@@ -218,6 +218,9 @@ impl Worker {
                         let report = self.exchange(updates);
                         let _ = reply.send(report);
                     }
+                    Mail::Grow { num_blocks, reply } => {
+                        let _ = reply.send(self.grow(num_blocks));
+                    }
                     Mail::Stop => {
                         self.shutdown();
                         return;
@@ -594,6 +597,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::TaskMgmt,
                     },
                 );
@@ -1007,6 +1011,20 @@ impl Worker {
     }
 
     // ---- control side -------------------------------------------------------------------
+
+    /// Grows the engine's geometry and this thread's bound on host LBAs (the local copy has
+    /// grown already). The same size again is a no-op.
+    fn grow(&mut self, num_blocks: u64) -> Result<(), String> {
+        if num_blocks == self.engine.geometry().num_blocks {
+            return Ok(());
+        }
+        self.engine
+            .grow(num_blocks)
+            .map_err(|e| format!("the replication engine refused to grow: {e}"))?;
+        self.info.num_blocks = num_blocks;
+        tracing::info!(device = %self.info.name, num_blocks, "replicated device grown");
+        Ok(())
+    }
 
     fn exchange(&mut self, updates: Vec<HaUpdate>) -> HaReport {
         for u in updates {
