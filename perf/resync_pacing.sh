@@ -37,8 +37,9 @@ host_load() { # runtime-seconds json-out
     --percentile_list=50:99:99.9 >"$2" 2>"$2.err"
 }
 lat() { # json rw -> "p50 p99 max" in microseconds
-  jq -r --arg rw "$2" '.jobs[0][$rw].clat_ns as $c
-    | "\($c.percentile["50.000000"] / 1000 | floor) \($c.percentile["99.000000"] / 1000 | floor) \($c.max / 1000 | floor) \(.jobs[0][$rw].total_ios)"' "$1"
+  # fio stopped by SIGINT prints "fio: terminating on signal 2" before its JSON: skip to it.
+  sed -n '/^{/,$p' "$1" | jq -r --arg rw "$2" '.jobs[0][$rw].clat_ns as $c
+    | "\($c.percentile["50.000000"] / 1000 | floor) \($c.percentile["99.000000"] / 1000 | floor) \($c.max / 1000 | floor) \(.jobs[0][$rw].total_ios)"'
 }
 
 run_mode() { # mode target-ms
@@ -89,9 +90,11 @@ run_mode() { # mode target-ms
   host_s=$(echo "$t1 - $t_serving" | bc -l)
   printf '%-4s target %5s ms  resync %7.2f s (host load during the last %6.2f s)\n' \
     "$mode" "$tms" "$dur" "$host_s"
+  summary+=("$mode $dur")
   for rw in read write; do
     read -r p50 p99 max n < <(lat "$work/during.json" $rw)
     read -r bp50 bp99 bmax bn < <(lat "$work/after.json" $rw)
+    summary+=("$mode-$rw $p50 $p99")
     printf '     %-5s during resync: p50 %6s us  p99 %7s us  max %8s us  (%6s I/Os) | no resync: p50 %6s us  p99 %7s us  max %8s us (%6s I/Os)\n' \
       "$rw" "$p50" "$p99" "$max" "$n" "$bp50" "$bp99" "$bmax" "$bn"
   done
@@ -100,6 +103,22 @@ run_mode() { # mode target-ms
 }
 
 echo "resync pacing, device $size, host 4 KiB randrw 50/50 QD1 through node A; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+summary=()
 run_mode off 0
 run_mode on "$target_ms"
+# Paced against unpaced, same run: resync duration and host p50 / p99 during the resync.
+declare -A v
+for line in "${summary[@]}"; do
+  read -r k a b <<<"$line"
+  v[$k]="$a ${b:-}"
+done
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+read -r d_off _ <<<"${v[off]}"
+read -r d_on _ <<<"${v[on]}"
+echo "paced / unpaced: resync duration x$(ratio "$d_on" "$d_off")"
+for rw in read write; do
+  read -r p50_off p99_off <<<"${v[off-$rw]}"
+  read -r p50_on p99_on <<<"${v[on-$rw]}"
+  echo "paced / unpaced: host $rw during the resync p50 x$(ratio "$p50_on" "$p50_off")  p99 x$(ratio "$p99_on" "$p99_off")"
+done
 echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -373,7 +373,9 @@ async fn extend_device(
         .device(&name)
         .is_some_and(|d| d.replication.is_some());
     let applied = match req.phase {
-        None if replicated => crate::service::extend_replicated(&node, &name, req.size.bytes()).await?,
+        None if replicated => {
+            crate::service::extend_replicated(&node, &name, req.size.bytes()).await?
+        }
         None => node.extend_device(&name, req.size.bytes()).await?,
         Some(ExtendPhase::Grow) => {
             node.grow_replica_copy(&name, req.size.bytes()).await?;

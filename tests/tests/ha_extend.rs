@@ -55,12 +55,17 @@ fn extend_grows_every_replica_first_then_reports_everywhere() {
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
     let out = a.ok(&["device", "extend", DEVICE, "--size", "96MiB"]);
-    eprintln!("MEASURE extend 64 -> 96 MiB under writes through both nodes: {:?} ({out})", t0.elapsed());
+    eprintln!(
+        "MEASURE extend 64 -> 96 MiB under writes through both nodes: {:?} ({out})",
+        t0.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(500));
     model.0.resize(NEW_SIZE, 0);
     let acked_a = writer_a.finish(&mut model).len();
     let acked_b = writer_b.finish(&mut model).len();
-    eprintln!("writes acknowledged during the extend: {acked_a} through node-a, {acked_b} through node-b");
+    eprintln!(
+        "writes acknowledged during the extend: {acked_a} through node-a, {acked_b} through node-b"
+    );
     assert!(acked_a > 0 && acked_b > 0, "the writers made progress");
 
     // ---- 2. Unit attention and the new capacity through both nodes.
@@ -73,7 +78,12 @@ fn extend_grows_every_replica_first_then_reports_everywhere() {
     }
     for n in [&a, &b] {
         let row = n.json(&["device", "show", DEVICE]).expect("device show");
-        assert_eq!(row["size_bytes"].as_u64(), Some(NEW_SIZE as u64), "{}: device show", n.name);
+        assert_eq!(
+            row["size_bytes"].as_u64(),
+            Some(NEW_SIZE as u64),
+            "{}: device show",
+            n.name
+        );
     }
 
     // ---- 3. The new area through each node, read back through the other.
@@ -85,7 +95,11 @@ fn extend_grows_every_replica_first_then_reports_everywhere() {
         sync_cache(&mut cb);
         let mut ca = login(&a, "iqn.2026-11.io.tandem.test:extend-a");
         model.write_through(&mut ca, last - 4096, &pattern(128 << 10, 7003));
-        model.write_through(&mut ca, (OLD_SIZE / 512) as u64 + 1000, &pattern(8192, 7004));
+        model.write_through(
+            &mut ca,
+            (OLD_SIZE / 512) as u64 + 1000,
+            &pattern(8192, 7004),
+        );
         sync_cache(&mut ca);
     }
     model.verify_through(&a, "after the extend");
@@ -98,16 +112,27 @@ fn extend_grows_every_replica_first_then_reports_everywhere() {
     let said = String::from_utf8_lossy(&refused.stderr).to_string()
         + &String::from_utf8_lossy(&refused.stdout);
     eprintln!("extend with node-b down: {said}");
-    assert!(!refused.status.success(), "extend with node-b down must fail: {said}");
+    assert!(
+        !refused.status.success(),
+        "extend with node-b down must fail: {said}"
+    );
     let row = a.json(&["device", "show", DEVICE]).expect("device show");
-    assert_eq!(row["size_bytes"].as_u64(), Some(NEW_SIZE as u64), "node-a keeps 96 MiB");
+    assert_eq!(
+        row["size_bytes"].as_u64(),
+        Some(NEW_SIZE as u64),
+        "node-a keeps 96 MiB"
+    );
     wait_until(
         "node-a serves alone after node-b is gone",
         Duration::from_secs(60),
         || a.serving_without("node-b"),
     );
     let mut ca = login(&a, "iqn.2026-11.io.tandem.test:extend-after-refusal");
-    assert_eq!(capacity_bytes(&mut ca), NEW_SIZE as u64, "node-a: READ CAPACITY after the refused extend");
+    assert_eq!(
+        capacity_bytes(&mut ca),
+        NEW_SIZE as u64,
+        "node-a: READ CAPACITY after the refused extend"
+    );
 }
 
 /// READ CAPACITY(16): the device's size in bytes (retried like a multipath host).

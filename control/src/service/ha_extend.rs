@@ -104,10 +104,7 @@ async fn partner_phase(
     .map_err(|e| ApiError::internal(e.to_string()))?;
     peer.call(
         "POST",
-        &format!(
-            "/api/v1/devices/{}/extend",
-            crate::client::segment(name)
-        ),
+        &format!("/api/v1/devices/{}/extend", crate::client::segment(name)),
         Some(body),
     )
     .await
@@ -193,7 +190,11 @@ impl Node {
     /// Phase 2 on this node: node.toml gets the new size and the LU reports it (CAPACITY
     /// DATA HAS CHANGED on its nexuses); the image's record drops its intent. Unchanged when
     /// the config has that size already.
-    pub async fn report_replica_size(&self, name: &str, new_size: u64) -> Result<Applied, ApiError> {
+    pub async fn report_replica_size(
+        &self,
+        name: &str,
+        new_size: u64,
+    ) -> Result<Applied, ApiError> {
         let mut st = self.state.lock().await;
         let mut new = st.config.clone();
         let d = new.device_mut(name).ok_or_else(|| no_device(name))?;

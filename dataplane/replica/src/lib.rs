@@ -320,9 +320,7 @@ impl Bdev for ReplicatedBdev {
             .map_err(|_| BdevError::NotReady)?;
         let _ = self.shared.wake.notify();
         rx.recv_timeout(EXCHANGE_TIMEOUT)
-            .map_err(|_| {
-                BdevError::Other("the replication thread did not answer in time".into())
-            })?
+            .map_err(|_| BdevError::Other("the replication thread did not answer in time".into()))?
             .map_err(BdevError::Other)
     }
 
