@@ -303,7 +303,8 @@ enum DeviceCmd {
         #[arg(long)]
         yes: bool,
     },
-    /// Grow a device online; hosts see the new capacity.
+    /// Grow a device online; hosts see the new capacity. A replicated device grows on every
+    /// node: every copy first, then every node reports the new size.
     Extend {
         name: String,
         /// New total size (larger than now).

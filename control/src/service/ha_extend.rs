@@ -134,14 +134,17 @@ impl Node {
             )));
         }
         let current = crate::replica::device_size(d);
-        if new_size <= current {
+        // The same size: this node reported it already (an extend run again after a partner
+        // failed phase 2); only the engine step runs, a no-op.
+        if new_size < current {
             return Err(ApiError::bad_request(format!(
-                "new size {} must be larger than the current {} (devices only grow)",
+                "new size {} is smaller than the current {} (devices only grow)",
                 tandem_config::format_size(new_size),
                 tandem_config::format_size(current)
             )));
         }
         match d.backing() {
+            _ if new_size == current => {}
             Backing::Ram { .. } => {
                 return Err(ApiError::conflict(format!(
                     "device `{name}` is a replicated RAM disk; extend of a replicated device needs image files or block devices"
