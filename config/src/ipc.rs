@@ -25,6 +25,9 @@
 //!   the data plane answers `busy` if a target still exports it.
 //! - `ExtendDevice`: grow to `new_size_bytes` (multiple of the block size, larger than now);
 //!   hosts get a CAPACITY DATA HAS CHANGED unit attention.
+//! - `GrowReplica`: first phase of the extend of a replicated device: grow the local copy and
+//!   the replication engine to `new_size_bytes`, but not the size the LU reports (hosts see
+//!   nothing). Control sends it to every node of the device before any `ExtendDevice`.
 //! - `AddTarget` / `RemoveTarget`: start/stop exporting; removing a target ends its sessions.
 //!   `AddTarget`'s IQN is computed with [`crate::TargetConfig::iqn`] and the data plane's node name.
 //! - `SetChap` / `SetAcl`: apply to new logins; existing sessions are kept.
@@ -71,6 +74,10 @@ pub enum Request {
         name: String,
     },
     ExtendDevice {
+        name: String,
+        new_size_bytes: u64,
+    },
+    GrowReplica {
         name: String,
         new_size_bytes: u64,
     },

@@ -194,8 +194,26 @@ pub struct ReplicationConfig {
     /// Node-majority: a lock file on a share every node mounts, instead of a witness node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_file: Option<PathBuf>,
+    /// Resync pacing: the p99 latency of host commands on this node that a resync (fast or
+    /// full) should keep; the resync window shrinks when host commands are slower and grows
+    /// back otherwise, never below 1/16 of one region copy (so a resync always ends). 0 turns
+    /// pacing off (a fixed window of 4 region copies).
+    #[serde(default = "default_resync_latency_target_ms")]
+    pub resync_latency_target_ms: u64,
     #[serde(default, rename = "partner", skip_serializing_if = "Vec::is_empty")]
     pub partners: Vec<PartnerConfig>,
+}
+
+/// The default resync pacing target: above what a host sees from a healthy replicated SSD or
+/// NVMe device at low queue depth (a few hundred microseconds to a few milliseconds), below
+/// what makes host applications stall.
+pub const DEFAULT_RESYNC_LATENCY_TARGET_MS: u64 = 10;
+
+/// A bound longer than this is no bound (a host would time out first).
+pub const RESYNC_LATENCY_TARGET_MS_MAX: u64 = 60_000;
+
+fn default_resync_latency_target_ms() -> u64 {
+    DEFAULT_RESYNC_LATENCY_TARGET_MS
 }
 
 /// `[[device.replication.partner]]`
@@ -634,6 +652,15 @@ impl NodeConfig {
             if let Err(reason) = check_normal_path(dir) {
                 errs.add(key("journal_location"), reason);
             }
+        }
+        if r.resync_latency_target_ms > RESYNC_LATENCY_TARGET_MS_MAX {
+            errs.add(
+                key("resync_latency_target_ms"),
+                format!(
+                    "{} ms: use 0 (no pacing) to {RESYNC_LATENCY_TARGET_MS_MAX}",
+                    r.resync_latency_target_ms
+                ),
+            );
         }
         if r.partners.is_empty() || r.partners.len() > REPLICA_PARTNERS_MAX {
             errs.add(

@@ -149,7 +149,12 @@ pub fn plan(from: &NodeConfig, to: &NodeConfig) -> Vec<Request> {
 pub fn apply(config: &mut NodeConfig, request: &Request) -> bool {
     let node = config.node.name.clone();
     match request {
-        Request::Hello | Request::Status | Request::Stats | Request::HaExchange { .. } => false,
+        // GrowReplica changes no configuration: the LU keeps its size until ExtendDevice.
+        Request::Hello
+        | Request::Status
+        | Request::Stats
+        | Request::HaExchange { .. }
+        | Request::GrowReplica { .. } => false,
         Request::AddDevice(d) => {
             if config.device(&d.name).is_some() {
                 return false;

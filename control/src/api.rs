@@ -367,7 +367,22 @@ async fn extend_device(
     body: Bytes,
 ) -> ApiResult<Json<DeviceCreated>> {
     let req: DeviceExtend = parse(&body)?;
-    let applied = node.extend_device(&name, req.size.bytes()).await?;
+    let replicated = node
+        .config()
+        .await
+        .device(&name)
+        .is_some_and(|d| d.replication.is_some());
+    let applied = match req.phase {
+        None if replicated => {
+            crate::service::extend_replicated(&node, &name, req.size.bytes()).await?
+        }
+        None => node.extend_device(&name, req.size.bytes()).await?,
+        Some(ExtendPhase::Grow) => {
+            node.grow_replica_copy(&name, req.size.bytes()).await?;
+            Applied::Applied
+        }
+        Some(ExtendPhase::Report) => node.report_replica_size(&name, req.size.bytes()).await?,
+    };
     Ok(Json(DeviceCreated {
         device: node.get_device(&name).await?,
         dataplane: applied,

@@ -128,6 +128,21 @@ pub struct JobInfo {
 #[serde(deny_unknown_fields)]
 pub struct DeviceExtend {
     pub size: Size,
+    /// Set only between nodes: one phase of the extend of a replicated device on the node
+    /// that receives it (absent: the whole extend, across every node of the device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ExtendPhase>,
+}
+
+/// The two phases of the extend of a replicated device (docs/ha.md, "Extend").
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtendPhase {
+    /// Grow the image and the replication engine; the LU keeps reporting the old size.
+    Grow,
+    /// Report the new size: commit it to node.toml, the LU grows and raises CAPACITY DATA
+    /// HAS CHANGED on its nexuses.
+    Report,
 }
 
 /// `PUT /api/v1/devices/{name}/cache`
@@ -288,6 +303,10 @@ pub struct ReplicaAdd {
     /// third vote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_file: Option<PathBuf>,
+    /// Resync pacing target on every replica (ms, 0: off); default 10, or the existing
+    /// replicas' when a third one is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_latency_target_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -350,7 +369,13 @@ pub struct ReplicationSpec {
     pub witness: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub witness_file: Option<PathBuf>,
+    #[serde(default = "default_resync_latency_target_ms")]
+    pub resync_latency_target_ms: u64,
     pub partners: Vec<PartnerConfig>,
+}
+
+fn default_resync_latency_target_ms() -> u64 {
+    tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS
 }
 
 impl ReplicationSpec {
@@ -363,6 +388,7 @@ impl ReplicationSpec {
             journal_location: r.journal_location.clone(),
             witness: r.witness.clone(),
             witness_file: r.witness_file.clone(),
+            resync_latency_target_ms: r.resync_latency_target_ms,
             partners: r.partners.clone(),
         }
     }
@@ -377,6 +403,7 @@ impl ReplicationSpec {
             journal_location: self.journal_location,
             witness: self.witness,
             witness_file: self.witness_file,
+            resync_latency_target_ms: self.resync_latency_target_ms,
             partners: self.partners,
         }
     }

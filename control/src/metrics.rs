@@ -374,6 +374,7 @@ mod tests {
             priority: Default::default(),
             journal: Default::default(),
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners: vec![tandem_config::PartnerConfig {

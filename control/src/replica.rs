@@ -967,6 +967,11 @@ fn plan_add(
         witness_file: existing
             .as_ref()
             .map_or(req.witness_file.clone(), |r| r.witness_file.clone()),
+        resync_latency_target_ms: existing.as_ref().map_or(
+            req.resync_latency_target_ms
+                .unwrap_or(tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS),
+            |r| r.resync_latency_target_ms,
+        ),
         partners,
     };
     let spec = ReplicationSpec::from_config(&local);
@@ -1044,6 +1049,7 @@ fn plan_add(
         journal_location: partner_journal_location,
         witness,
         witness_file: local.witness_file.clone(),
+        resync_latency_target_ms: local.resync_latency_target_ms,
         partners: their_partners,
     };
     let target_alias = config
@@ -1752,6 +1758,7 @@ mod tests {
             priority: Priority::First,
             journal: JournalKind::DiskFailure,
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners: vec![
@@ -2031,6 +2038,7 @@ mod tests {
             priority: Priority::First,
             journal: JournalKind::Ram,
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners,

@@ -29,6 +29,9 @@ use crate::image_guard;
 use crate::ipc_client::{CallError, IpcClient};
 use tandem_config::image_id::{self, ImageRecord};
 
+mod ha_extend;
+pub use ha_extend::extend_replicated;
+
 /// How long a Status or Stats query may take.
 const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Jobs remembered after they finish.
@@ -715,6 +718,12 @@ impl Node {
         let mut new = st.config.clone();
         let node_name = new.node.name.clone();
         let d = new.device_mut(name).ok_or_else(|| no_device(name))?;
+        if d.replication.is_some() {
+            // Growing one node's copy alone would let a host write beyond the partners' end.
+            return Err(ApiError::conflict(format!(
+                "device `{name}` is replicated: it is extended on every node at once (POST /api/v1/devices/{name}/extend without a phase)"
+            )));
+        }
         if d.read_only {
             return Err(ApiError::conflict(format!(
                 "device `{name}` is read-only and cannot be extended"

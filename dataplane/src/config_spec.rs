@@ -169,6 +169,7 @@ fn replication_spec(
         cluster_id,
         device_id: u64::from_be_bytes(device_id),
         meta_path: ha_meta_path(cfg, d),
+        resync_latency_target_ms: r.resync_latency_target_ms,
         partners: r.partners.clone(),
     })
 }

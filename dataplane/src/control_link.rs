@@ -139,6 +139,10 @@ pub fn handle(server: &Server, ctx: &NodeContext, req: Request) -> Response {
             name,
             new_size_bytes,
         } => live(server.extend_device(&name, new_size_bytes)),
+        Request::GrowReplica {
+            name,
+            new_size_bytes,
+        } => live(server.grow_replica(&name, new_size_bytes)),
         Request::SetCacheMode { name, cache, .. } => live(server.set_cache_mode(&name, cache)),
         Request::AddTarget(t) => {
             live(server.add_target(&config_spec::target_spec(&ctx.config, &t)))

@@ -55,6 +55,8 @@ pub fn start(
 ) -> Result<(Arc<ReplicatedBdev>, ReplicaHandle), String> {
     let me = tandem_ha::NodeId(spec.node_id);
     let mut opts = ReplicaOptions::new(me, spec.meta_path.clone());
+    opts.engine.resync_pacing = (spec.resync_latency_target_ms > 0)
+        .then(|| tandem_ha::PacingConfig::with_target_ms(spec.resync_latency_target_ms));
     let partner_ids: Vec<u8> = spec.partners.iter().map(|p| p.node_id).collect();
     let initial = ReplicaState {
         serving: false,

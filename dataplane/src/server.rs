@@ -76,6 +76,8 @@ pub struct ReplicationSpec {
     pub device_id: u64,
     /// Where the replica metadata is kept (`None`: in memory).
     pub meta_path: Option<PathBuf>,
+    /// Resync pacing target (0: a fixed window); see `ReplicationConfig`.
+    pub resync_latency_target_ms: u64,
     pub partners: Vec<tandem_config::PartnerConfig>,
 }
 
@@ -86,6 +88,7 @@ impl std::fmt::Debug for ReplicationSpec {
             .field("node_id", &self.node_id)
             .field("device_id", &self.device_id)
             .field("meta_path", &self.meta_path)
+            .field("resync_latency_target_ms", &self.resync_latency_target_ms)
             .field("partners", &self.partners)
             .finish_non_exhaustive()
     }
@@ -674,6 +677,29 @@ impl Server {
         }
         drop(claims);
         tracing::info!(device = %name, blocks, "device extended");
+        Ok(())
+    }
+
+    /// First phase of the extend of a replicated device: the local copy and the replication
+    /// engine grow, the LU keeps reporting the old size (the second phase, `extend_device`,
+    /// raises CAPACITY DATA HAS CHANGED once every node has grown). Only replicated devices.
+    pub fn grow_replica(&self, name: &str, new_size_bytes: u64) -> Result<(), LiveError> {
+        let dev = self.device(name).ok_or_else(|| self.refuse_failed(name))?;
+        if dev.replica.is_none() {
+            return Err(LiveError::BadRequest(format!(
+                "device {name} is not replicated"
+            )));
+        }
+        let bs = dev.lu.block_size() as u64;
+        if !new_size_bytes.is_multiple_of(bs) || new_size_bytes / bs < dev.lu.num_blocks() {
+            return Err(LiveError::BadRequest(format!(
+                "new size {new_size_bytes} is not a multiple of the block size {bs}, or smaller than the current size"
+            )));
+        }
+        dev.bdev
+            .resize(new_size_bytes / bs)
+            .map_err(|e| LiveError::Io(e.to_string()))?;
+        tracing::info!(device = %name, blocks = new_size_bytes / bs, "replicated device grown (LU size unchanged)");
         Ok(())
     }
 

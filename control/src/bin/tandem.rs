@@ -140,6 +140,9 @@ struct WatchOpts {
     count: Option<u64>,
 }
 
+// Parsed once per run of the CLI: the size of its biggest variant (`Add`, with all of
+// `replica add`'s options) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum ReplicaCmd {
     /// Replicate DEVICE to a partner node: creates the partner's device (same size, block
@@ -187,6 +190,10 @@ enum ReplicaCmd {
         /// path (NFS, SMB), the third vote.
         #[arg(long)]
         witness_file: Option<PathBuf>,
+        /// Resync pacing: the host p99 latency (ms) a resync keeps; 0 turns pacing off
+        /// (default 10).
+        #[arg(long)]
+        resync_latency_target_ms: Option<u64>,
     },
     /// Remove the partner's replica: its device and target are removed there (image kept
     /// unless --delete-file), the other replicas forget it.
@@ -296,7 +303,8 @@ enum DeviceCmd {
         #[arg(long)]
         yes: bool,
     },
-    /// Grow a device online; hosts see the new capacity.
+    /// Grow a device online; hosts see the new capacity. A replicated device grows on every
+    /// node: every copy first, then every node reports the new size.
     Extend {
         name: String,
         /// New total size (larger than now).
@@ -971,6 +979,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
             init,
             witness,
             witness_file,
+            resync_latency_target_ms,
         } => {
             if !ctx.json {
                 eprintln!("creating the replica of {device} on {partner}...");
@@ -993,6 +1002,7 @@ fn replica(ctx: &Ctx, cmd: ReplicaCmd) -> Res {
                     init,
                     witness,
                     witness_file,
+                    resync_latency_target_ms,
                 },
             )?;
             if ctx.json {
@@ -1337,7 +1347,7 @@ fn device(ctx: &Ctx, cmd: DeviceCmd) -> Res {
             let (_, r): (u16, DeviceCreated) = c.send(
                 "POST",
                 &format!("/api/v1/devices/{}/extend", segment(&name)),
-                &DeviceExtend { size },
+                &DeviceExtend { size, phase: None },
             )?;
             if ctx.json {
                 print_json(&r);

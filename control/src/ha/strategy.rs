@@ -440,6 +440,7 @@ mod tests {
             priority,
             journal: JournalKind::Ram,
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners: (2..2 + partners)
@@ -505,6 +506,7 @@ mod tests {
             priority,
             journal: Default::default(),
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners: partners
@@ -899,6 +901,7 @@ mod three_node_tests {
             priority: Priority::First,
             journal: Default::default(),
             journal_location: None,
+            resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
             witness: None,
             witness_file: None,
             partners: vec![partner(2), partner(3)],

@@ -41,6 +41,7 @@ use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 use crate::journal::{DirtyBitmap, Journal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
+use crate::pacing::{PacingConfig, ResyncPacer};
 use crate::ranges::{Barriers, RangeLocks};
 use crate::task_mgmt::TaskMgmtOps;
 use crate::types::{
@@ -67,12 +68,44 @@ pub enum PlantedBug {
     UnboundedHolding,
 }
 
+/// Why [`Engine::grow`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrowRefused {
+    Shrink { current: u64 },
+    NoConfiguration,
+    NotSynchronized { node: NodeId, state: MemberState },
+    Resyncing,
+}
+
+impl std::fmt::Display for GrowRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrowRefused::Shrink { current } => {
+                write!(f, "devices only grow (now {current} blocks)")
+            }
+            GrowRefused::NoConfiguration => write!(f, "the replica has no configuration yet"),
+            GrowRefused::NotSynchronized { node, state } => write!(
+                f,
+                "replica {} is {state:?}, not synchronized: extend once every replica is",
+                node.0
+            ),
+            GrowRefused::Resyncing => {
+                write!(f, "a resync is running: extend once it has finished")
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// A partner silent this long on an operation makes the engine ask for a verdict.
     pub peer_timeout_ns: u64,
-    /// Region copies in flight at once during resync (the rest of the link serves hosts).
+    /// Region copies in flight at once during resync (the rest of the link serves hosts);
+    /// with pacing, the widest the window grows.
     pub resync_parallel: usize,
+    /// Pace the resync by the latency of host commands answered here (contract i); `None`:
+    /// the fixed window of `resync_parallel`.
+    pub resync_pacing: Option<PacingConfig>,
     /// Messages from a newer epoch kept until this node's configuration catches up.
     pub future_messages_max: usize,
     /// Bound on the host writes this node holds unanswered (contract j): at most this many
@@ -90,6 +123,7 @@ impl Default for Options {
         Options {
             peer_timeout_ns: 1_000_000_000,
             resync_parallel: 4,
+            resync_pacing: None,
             future_messages_max: 4096,
             held_writes_max: 1000,
             held_bytes_max: 64 << 20,
@@ -178,6 +212,9 @@ struct SeqOp<P> {
     commit_to: Vec<NodeId>,
     stage: SeqStage,
     since: Time,
+    /// When it was ordered (`since` moves with each stage); a resync copy's duration paces
+    /// the next one.
+    created: Time,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +375,8 @@ pub struct Engine<P> {
     gated_host: VecDeque<(HostTag, HostCmd<P>)>,
     resync: BTreeMap<NodeId, VecDeque<RegionIndex>>,
     copies_in_flight: BTreeMap<NodeId, usize>,
+    /// The resync window, paced by host latency when `Options::resync_pacing` says so.
+    pacer: ResyncPacer,
     /// Verdicts asked for in this epoch, and when (asked again if no answer comes: the
     /// request or the authority's link may have been lost).
     suspected: BTreeMap<NodeId, Time>,
@@ -383,6 +422,7 @@ impl<P: Clone> Engine<P> {
         opts: Options,
     ) -> Self {
         let meta_durable = meta.version;
+        let pacer = ResyncPacer::new(opts.resync_parallel, opts.resync_pacing);
         Engine {
             me,
             geometry,
@@ -418,6 +458,7 @@ impl<P: Clone> Engine<P> {
             gated_host: VecDeque::new(),
             resync: BTreeMap::new(),
             copies_in_flight: BTreeMap::new(),
+            pacer,
             suspected: BTreeMap::new(),
             future: Vec::new(),
             sync_done: BTreeMap::new(),
@@ -502,6 +543,69 @@ impl<P: Clone> Engine<P> {
         seq.chain(fwd)
             .chain(gated)
             .fold((0, 0), |(n, b), r| (n + 1, b + self.range_bytes(&r)))
+    }
+
+    /// The device grew to `num_blocks` on this replica (contract l). Refused unless every
+    /// member of the configuration is synchronized and no resync or reconcile runs: the new
+    /// blocks are then zero on every replica, so they start clean in every journal. A
+    /// partner that is out or syncing would need its own copy grown and the new regions
+    /// copied; refusing keeps that case out (the administrator extends once the device is
+    /// whole again). Idempotent: growing to the current size is a no-op.
+    pub fn grow(&mut self, num_blocks: u64) -> Result<(), GrowRefused> {
+        if num_blocks < self.geometry.num_blocks {
+            return Err(GrowRefused::Shrink {
+                current: self.geometry.num_blocks,
+            });
+        }
+        let Some(cfg) = &self.config else {
+            return Err(GrowRefused::NoConfiguration);
+        };
+        if let Some((n, st)) = cfg
+            .members
+            .iter()
+            .find(|(_, st)| *st != MemberState::Synchronized)
+        {
+            return Err(GrowRefused::NotSynchronized {
+                node: *n,
+                state: *st,
+            });
+        }
+        if self.restarted
+            || self.gate.is_some()
+            || !self.reconcile.is_empty()
+            || !self.resync.is_empty()
+            || !self.sync_done.is_empty()
+        {
+            return Err(GrowRefused::Resyncing);
+        }
+        self.geometry.num_blocks = num_blocks;
+        self.journal.grow(self.geometry);
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// A host command of this device was answered `latency_ns` after the data plane took it
+    /// (measured by the data plane, which sees the whole path). Paces the resync; no output.
+    pub fn observe_host_latency(&mut self, now: Time, latency_ns: u64) {
+        self.pacer.observe(now, latency_ns);
+    }
+
+    /// When a resync resting below one copy (pacing) may start its next copy: the data
+    /// plane ticks the engine then (its regular tick can be much later than a copy's rest).
+    /// `None` when it is not resting after `now`.
+    pub fn resync_resumes_at(&self, now: Time) -> Option<Time> {
+        if self.resync.values().all(|q| q.is_empty()) {
+            return None;
+        }
+        self.pacer.resting_until().filter(|&t| t > now)
+    }
+
+    /// The resync window in sixteenths of a region copy, and how often it was shrunk.
+    pub fn resync_window(&self) -> (u32, u64) {
+        (self.pacer.window_sixteenths(), self.pacer.decreases())
     }
 
     /// Host writes refused (NOT READY) because the bound on held writes was reached.
@@ -788,6 +892,7 @@ impl<P: Clone> Engine<P> {
                 commit_to: Vec::new(),
                 stage: SeqStage::WaitLock,
                 since: now,
+                created: now,
             },
         );
         if self.gate.is_some() || self.meta_durable < self.meta.version {
@@ -1063,6 +1168,7 @@ impl<P: Clone> Engine<P> {
             SeqKind::Copy { region, purpose } => {
                 let targets = op.targets.clone();
                 if purpose == CopyPurpose::Resync {
+                    self.pacer.copy_done(now, op.created);
                     for t in &targets {
                         self.journal.clean(*t, region);
                         if let Some(n) = self.copies_in_flight.get_mut(t) {
@@ -1130,9 +1236,13 @@ impl<P: Clone> Engine<P> {
         if self.gate.is_some() {
             return;
         }
+        let allowance = self.pacer.allowance(now);
+        if now < allowance.not_before {
+            return; // resting (duty cycle below one copy); a tick comes back
+        }
         let targets: Vec<NodeId> = self.resync.keys().copied().collect();
         for t in targets {
-            while self.copies_in_flight.get(&t).copied().unwrap_or(0) < self.opts.resync_parallel {
+            while self.copies_in_flight.get(&t).copied().unwrap_or(0) < allowance.in_flight {
                 let Some(region) = self.resync.get_mut(&t).and_then(|q| q.pop_front()) else {
                     break;
                 };
@@ -1152,6 +1262,7 @@ impl<P: Clone> Engine<P> {
                         commit_to: Vec::new(),
                         stage: SeqStage::WaitLock,
                         since: now,
+                        created: now,
                     },
                 );
                 self.lock_and_start(now, id, out);
@@ -2135,6 +2246,9 @@ impl<P: Clone> Engine<P> {
             self.send(seq, Msg::CommitQuery { id }, out);
         }
         self.retry_membership(now, out);
+        if !self.resync.is_empty() {
+            self.pump_resync(now, out);
+        }
         // A node whose lease ran out answers nothing but NOT READY from now on.
         if !self.serving(now) {
             for tag in self.task_mgmt.drain() {

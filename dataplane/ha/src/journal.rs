@@ -54,6 +54,14 @@ impl DirtyBitmap {
         }
     }
 
+    /// More regions (a grown device): the new ones start clear.
+    pub fn grow(&mut self, num_regions: u64) {
+        if num_regions > self.num_regions {
+            self.words.resize(num_regions.div_ceil(64) as usize, 0);
+            self.num_regions = num_regions;
+        }
+    }
+
     pub fn is_set(&self, r: RegionIndex) -> bool {
         r.0 < self.num_regions && self.words[(r.0 / 64) as usize] & (1 << (r.0 % 64)) != 0
     }
@@ -119,6 +127,16 @@ impl Journal {
         self.per_partner.last_mut().expect("just pushed")
     }
 
+    /// The device grew: every bitmap covers the new regions, clear. Only called when every
+    /// partner is synchronized (the engine refuses otherwise), so the new blocks, zero on
+    /// every replica, are the same everywhere.
+    pub fn grow(&mut self, geometry: Geometry) {
+        self.geometry = geometry;
+        for e in &mut self.per_partner {
+            e.1.grow(geometry.num_regions());
+        }
+    }
+
     /// After a restart the RAM bitmaps are gone: mark them incomplete until a full sync.
     pub fn mark_lost(&mut self, partner: NodeId) {
         self.entry(partner).2 = false;
@@ -168,5 +186,19 @@ mod tests {
         assert_eq!(b.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 64, 129]);
         b.clear(RegionIndex(64));
         assert_eq!(b.count(), 2);
+    }
+
+    #[test]
+    fn a_grown_bitmap_keeps_its_bits_and_adds_clear_regions() {
+        let mut a = DirtyBitmap::new(63);
+        a.set(RegionIndex(62));
+        a.grow(200);
+        assert_eq!(a.count(), 1);
+        assert!(a.is_set(RegionIndex(62)));
+        assert!(!a.is_set(RegionIndex(199)));
+        a.set(RegionIndex(199));
+        assert_eq!(a.iter().map(|r| r.0).collect::<Vec<_>>(), vec![62, 199]);
+        a.grow(10); // never shrinks
+        assert!(a.is_set(RegionIndex(199)));
     }
 }

@@ -20,14 +20,16 @@ pub mod io;
 pub mod journal;
 pub mod membership;
 pub mod msg;
+pub mod pacing;
 pub mod ranges;
 pub mod sim;
 mod task_mgmt;
 pub mod types;
 
-pub use engine::{Engine, Options, PlantedBug};
+pub use engine::{Engine, GrowRefused, Options, PlantedBug};
 pub use generation::{compare, ReplicaMeta, SyncDecision};
 pub use io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 pub use membership::{EpochConfig, MemberState};
 pub use msg::{Envelope, ForwardedOp, Msg};
+pub use pacing::PacingConfig;
 pub use types::*;

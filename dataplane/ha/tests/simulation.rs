@@ -29,6 +29,11 @@ const REGRESSIONS: &[(Shape, u64, &str)] = &[
         "same as 9464",
     ),
     (
+        Shape::TwoNodesWitness,
+        1865,
+        "with two nodes a read through the partner returned a mirrored write before the sequencer's Commit; the sequencer crashed without it and its copy became the resync source (found with resync pacing)",
+    ),
+    (
         Shape::ThreeNodes,
         1278,
         "a new sequencer left before its gate opened and forgot the regions it had to reconcile",

@@ -139,6 +139,11 @@ pub(crate) enum Mail {
         updates: Vec<HaUpdate>,
         reply: Sender<HaReport>,
     },
+    /// Grow the engine's geometry (extend of an HA device, after the local copy grew).
+    Grow {
+        num_blocks: u64,
+        reply: Sender<Result<(), String>>,
+    },
     Stop,
 }
 
@@ -297,10 +302,26 @@ impl Bdev for ReplicatedBdev {
         }))
     }
 
-    fn resize(&self, _new_num_blocks: u64) -> Result<(), BdevError> {
-        Err(BdevError::Other(
-            "online extend of a replicated device is not supported yet".into(),
-        ))
+    /// Grows the local copy, then the engine (`Engine::grow`: only while every member is
+    /// synchronized and no resync runs). The extend of an HA device calls this on every node
+    /// before any node's LU reports the new size, so no host command reaches the new blocks
+    /// while some engine still has the old geometry. Growing to the current size again is a
+    /// no-op (the second phase of the extend calls it once more). A refused engine grow
+    /// leaves the local copy larger, which nothing uses until a later extend succeeds.
+    fn resize(&self, new_num_blocks: u64) -> Result<(), BdevError> {
+        self.inner.resize(new_num_blocks)?;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.shared
+            .mail
+            .send(Mail::Grow {
+                num_blocks: new_num_blocks,
+                reply: tx,
+            })
+            .map_err(|_| BdevError::NotReady)?;
+        let _ = self.shared.wake.notify();
+        rx.recv_timeout(EXCHANGE_TIMEOUT)
+            .map_err(|_| BdevError::Other("the replication thread did not answer in time".into()))?
+            .map_err(BdevError::Other)
     }
 
     fn flush_blocking(&self) -> Result<(), BdevError> {

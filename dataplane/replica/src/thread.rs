@@ -81,6 +81,8 @@ struct HostReq {
     chan: u64,
     tag: u64,
     kind: ReqKind,
+    /// When the reactor's command reached this thread: the host latency that paces resync.
+    since: Instant,
 }
 
 enum LocalPending {
@@ -216,6 +218,9 @@ impl Worker {
                         let report = self.exchange(updates);
                         let _ = reply.send(report);
                     }
+                    Mail::Grow { num_blocks, reply } => {
+                        let _ = reply.send(self.grow(num_blocks));
+                    }
                     Mail::Stop => {
                         self.shutdown();
                         return;
@@ -271,6 +276,11 @@ impl Worker {
                     TICK_IDLE
                 };
                 self.next_tick = now_i + period;
+            }
+            // A paced resync resting between copies resumes on time, not at the next tick.
+            if let Some(at) = self.engine.resync_resumes_at(self.now()) {
+                let at = self.start + Duration::from_nanos(at.0);
+                self.next_tick = self.next_tick.min(at);
             }
             self.wake_channels();
             self.tell_state();
@@ -526,6 +536,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Read { len: len as usize },
                     },
                 );
@@ -552,6 +563,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Write {
                             buf: Some(buf),
                             fua,
@@ -567,6 +579,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Flush,
                     },
                 );
@@ -584,6 +597,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::TaskMgmt,
                     },
                 );
@@ -614,6 +628,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::CompareAndWrite {
                             buf: Some(buf),
                             offset,
@@ -646,6 +661,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::Discard {
                             next: offset,
                             end: offset + len,
@@ -701,7 +717,10 @@ impl Worker {
                         _ => Err(BdevError::Other("replicated read returned no data".into())),
                     };
                     match result {
-                        Ok(buf) => self.complete(req.chan, req.tag, Ok(()), Some(buf)),
+                        Ok(buf) => {
+                            self.observe_latency(req.since);
+                            self.complete(req.chan, req.tag, Ok(()), Some(buf))
+                        }
                         Err(e) => self.complete(req.chan, req.tag, Err(e), None),
                     }
                     return;
@@ -714,6 +733,7 @@ impl Worker {
                         return;
                     }
                     let buf = buf.take();
+                    self.observe_latency(req.since);
                     self.complete(req.chan, req.tag, Ok(()), buf);
                     return;
                 }
@@ -727,10 +747,16 @@ impl Worker {
                         return;
                     }
                     let buf = buf.take();
+                    self.observe_latency(req.since);
                     self.complete(req.chan, req.tag, Ok(()), buf);
                     return;
                 }
-                ReqKind::Flush | ReqKind::TaskMgmt => {
+                ReqKind::Flush => {
+                    self.observe_latency(req.since);
+                    self.complete(req.chan, req.tag, Ok(()), None);
+                    return;
+                }
+                ReqKind::TaskMgmt => {
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
                 }
@@ -739,6 +765,7 @@ impl Worker {
                         self.reqs.insert(id, req);
                         self.next_discard_chunk(id);
                     } else {
+                        self.observe_latency(req.since);
                         self.complete(req.chan, req.tag, Ok(()), None);
                     }
                     return;
@@ -760,6 +787,14 @@ impl Worker {
             _ => None,
         };
         self.complete(req.chan, req.tag, Err(err), buf);
+    }
+
+    /// A host command answered GOOD: its latency on this thread (queueing behind resync
+    /// copies included) paces the resync.
+    fn observe_latency(&mut self, since: Instant) {
+        let took = since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+        let now = self.now();
+        self.engine.observe_host_latency(now, took);
     }
 
     /// SCSI reports where a COMPARE AND WRITE first differed, but the engine's MISCOMPARE
@@ -976,6 +1011,20 @@ impl Worker {
     }
 
     // ---- control side -------------------------------------------------------------------
+
+    /// Grows the engine's geometry and this thread's bound on host LBAs (the local copy has
+    /// grown already). The same size again is a no-op.
+    fn grow(&mut self, num_blocks: u64) -> Result<(), String> {
+        if num_blocks == self.engine.geometry().num_blocks {
+            return Ok(());
+        }
+        self.engine
+            .grow(num_blocks)
+            .map_err(|e| format!("the replication engine refused to grow: {e}"))?;
+        self.info.num_blocks = num_blocks;
+        tracing::info!(device = %self.info.name, num_blocks, "replicated device grown");
+        Ok(())
+    }
 
     fn exchange(&mut self, updates: Vec<HaUpdate>) -> HaReport {
         for u in updates {

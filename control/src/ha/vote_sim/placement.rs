@@ -97,6 +97,7 @@ fn replication(
         priority,
         journal: Default::default(),
         journal_location: None,
+        resync_latency_target_ms: tandem_config::DEFAULT_RESYNC_LATENCY_TARGET_MS,
         witness,
         witness_file: None,
         partners,
