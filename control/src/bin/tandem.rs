@@ -190,8 +190,8 @@ enum ReplicaCmd {
         /// path (NFS, SMB), the third vote.
         #[arg(long)]
         witness_file: Option<PathBuf>,
-        /// Resync pacing: the host p99 latency (ms) a resync keeps; 0 turns pacing off
-        /// (default 10).
+        /// Resync pacing: the host p99 latency (ms) a resync keeps, e.g. 10; 0 (the
+        /// default) turns pacing off.
         #[arg(long)]
         resync_latency_target_ms: Option<u64>,
     },
