@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::generation::{compare, ReplicaMeta, SyncDecision};
 use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
-use crate::journal::{DirtyBitmap, Journal};
+use crate::journal::{DirtyBitmap, Journal, JournalKind, PersistedJournal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
 use crate::ranges::{Barriers, RangeLocks};
@@ -65,6 +65,9 @@ pub enum PlantedBug {
     NoReadBarrier,
     /// Host writes are held for a silent partner without bound (contract j).
     UnboundedHolding,
+    /// A `DiskContinuous` journal records a region in its activity log only when the write
+    /// to it completes, not before it is submitted.
+    ActivityNotBeforeWrite,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +86,10 @@ pub struct Options {
     pub held_writes_max: usize,
     pub held_bytes_max: u64,
     pub planted_bug: Option<PlantedBug>,
+    /// What survives a crash of this replica's journal (`docs/ha.md`, "Sync journal").
+    pub journal: JournalKind,
+    /// Hot regions a `DiskContinuous` journal's activity log keeps (64 KiB each).
+    pub activity_regions: usize,
 }
 
 impl Default for Options {
@@ -94,6 +101,8 @@ impl Default for Options {
             held_writes_max: 1000,
             held_bytes_max: 64 << 20,
             planted_bug: None,
+            journal: JournalKind::Ram,
+            activity_regions: 1024,
         }
     }
 }
@@ -383,6 +392,7 @@ impl<P: Clone> Engine<P> {
         opts: Options,
     ) -> Self {
         let meta_durable = meta.version;
+        let journal = Journal::with_kind(geometry, opts.journal, opts.activity_regions);
         Engine {
             me,
             geometry,
@@ -393,7 +403,7 @@ impl<P: Clone> Engine<P> {
             lease_until: Time(0),
             meta,
             meta_durable,
-            journal: Journal::new(geometry),
+            journal,
             journal_lost_in_restart: BTreeSet::new(),
             restarted: true,
             next_op: u64::from(boot_id) << 32,
@@ -440,6 +450,16 @@ impl<P: Clone> Engine<P> {
         let mut e = Self::new(me, geometry, meta, 0, opts);
         e.restarted = false;
         e
+    }
+
+    /// A restarted replica's disk journal as read back (before the first configuration).
+    /// Not called, or called with a journal that failed its checks: every bitmap is lost.
+    pub fn restore_journal(&mut self, persisted: PersistedJournal) {
+        self.journal.restore(persisted);
+    }
+
+    pub fn activity_regions(&self) -> Vec<RegionIndex> {
+        self.journal.activity_regions()
     }
 
     pub fn node(&self) -> NodeId {
@@ -561,6 +581,10 @@ impl<P: Clone> Engine<P> {
         for tag in self.answering_early.drain(..) {
             self.answered_early.insert(tag);
             not_ready(tag, out);
+        }
+        if let Some(rec) = self.journal.take_record() {
+            // Durable before anything else this step does (writes, messages, answers).
+            out.insert(first_new, Output::PersistJournal(rec));
         }
         self.check_invariants();
     }
@@ -1189,6 +1213,7 @@ impl<P: Clone> Engine<P> {
         }
         let decision = compare(self.me, &self.meta, from, &meta);
         let n = self.geometry.num_regions();
+        let mut full = true;
         let copy = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
                 // The joiner's own journal is the only record of writes it may hold that the
@@ -1198,6 +1223,7 @@ impl<P: Clone> Engine<P> {
                 let joiner_only_writes = meta.was_sequencer || self.unreported.contains(&from);
                 let peer_needs_full = joiner_only_writes && !journal_complete;
                 if self.journal.is_complete(from) && !peer_needs_full {
+                    full = false;
                     let mut b = self.journal.bitmap(from).clone();
                     for r in dirty.into_iter().filter(|r| r.0 < n) {
                         b.set(r);
@@ -1224,6 +1250,11 @@ impl<P: Clone> Engine<P> {
                 DirtyBitmap::all(n)
             }
         };
+        out.push(Output::ResyncPlanned {
+            node: from,
+            regions: copy.count(),
+            full,
+        });
         // Every region to copy stays dirty until its copy is acknowledged.
         for r in copy.iter() {
             self.journal.mark(from, r);
@@ -1546,6 +1577,10 @@ impl<P: Clone> Engine<P> {
     ) {
         // Ordering of local writes is released even for I/O whose purpose was dropped.
         self.writes.complete(io, out);
+        if self.opts.planted_bug == Some(PlantedBug::ActivityNotBeforeWrite) {
+            let in_doubt = self.uncertain_regions();
+            self.journal.write_done(io.0, || in_doubt);
+        }
         let Some(purpose) = self.io.remove(&io) else {
             return;
         };
@@ -1654,11 +1689,15 @@ impl<P: Clone> Engine<P> {
             self.sequencer_since = cfg.epoch;
         }
         if self.restarted && old.is_none() {
-            for (n, _) in &cfg.members {
-                if *n != me {
-                    self.journal_lost_in_restart.insert(*n);
-                    self.journal.mark_lost(*n);
-                }
+            let partners: Vec<NodeId> = cfg
+                .members
+                .iter()
+                .map(|m| m.0)
+                .filter(|&n| n != me)
+                .collect();
+            for n in self.journal.after_restart(&partners) {
+                self.journal_lost_in_restart.insert(n);
+                self.journal.mark_lost(n);
             }
         }
         if let Some(o) = &old {
@@ -1693,6 +1732,7 @@ impl<P: Clone> Engine<P> {
             .map(|(n, _)| *n)
             .collect();
         for &p in &newly_out {
+            self.journal.start_tracking(p);
             for &r in &uncertain {
                 self.journal.mark(p, r);
             }
@@ -2344,7 +2384,24 @@ impl<P: Clone> Engine<P> {
             }
         }
         let io = self.new_io(purpose);
+        self.note_activity(io, &range);
         self.writes.submit(range, io, op, out);
+    }
+
+    /// A `DiskContinuous` journal records the write's regions as hot before it is submitted
+    /// (the record goes first among this step's outputs).
+    fn note_activity(&mut self, io: IoTag, range: &BlockRange) {
+        let regions = self.geometry.regions_of(range);
+        if self.journal.cold_regions(regions.clone()).is_empty() {
+            self.journal.note_write(regions, BTreeSet::new);
+            return;
+        }
+        if self.opts.planted_bug == Some(PlantedBug::ActivityNotBeforeWrite) {
+            self.journal.defer_activity(io.0, regions);
+            return;
+        }
+        let in_doubt = self.uncertain_regions();
+        self.journal.note_write(regions, || in_doubt);
     }
 
     fn range_bytes(&self, range: &BlockRange) -> u64 {

@@ -391,6 +391,17 @@ impl Worker {
             Output::SyncRefused { node, decision } => {
                 tracing::warn!(device = %self.info.name, partner = node.0, ?decision, "partner's data cannot be synchronized automatically");
             }
+            Output::ResyncPlanned {
+                node,
+                regions,
+                full,
+            } => {
+                tracing::info!(device = %self.info.name, partner = node.0, regions, full,
+                    "resync planned");
+            }
+            // The engine asks for it only with a disk journal, which this thread does not
+            // configure yet.
+            Output::PersistJournal(_) => {}
             Output::PersistMeta(meta) => {
                 let version = meta.version;
                 match self.store.save(&meta) {
