@@ -55,6 +55,8 @@ pub fn start(
 ) -> Result<(Arc<ReplicatedBdev>, ReplicaHandle), String> {
     let me = tandem_ha::NodeId(spec.node_id);
     let mut opts = ReplicaOptions::new(me, spec.meta_path.clone());
+    opts.engine.journal = spec.journal;
+    opts.journal_dir = spec.journal_dir.clone();
     let partner_ids: Vec<u8> = spec.partners.iter().map(|p| p.node_id).collect();
     let initial = ReplicaState {
         serving: false,

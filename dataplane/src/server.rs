@@ -77,6 +77,9 @@ pub struct ReplicationSpec {
     /// Where the replica metadata is kept (`None`: in memory).
     pub meta_path: Option<PathBuf>,
     pub partners: Vec<tandem_config::PartnerConfig>,
+    /// The sync journal's kind, and the directory of a disk journal.
+    pub journal: tandem_ha::journal::JournalKind,
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ReplicationSpec {
@@ -86,6 +89,8 @@ impl std::fmt::Debug for ReplicationSpec {
             .field("node_id", &self.node_id)
             .field("device_id", &self.device_id)
             .field("meta_path", &self.meta_path)
+            .field("journal", &self.journal)
+            .field("journal_dir", &self.journal_dir)
             .field("partners", &self.partners)
             .finish_non_exhaustive()
     }
