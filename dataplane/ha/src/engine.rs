@@ -1700,6 +1700,11 @@ impl<P: Clone> Engine<P> {
                 self.journal.mark_lost(n);
             }
         }
+        for &(n, s) in &cfg.members {
+            if n != me {
+                self.journal.set_receiving(n, s != MemberState::Out);
+            }
+        }
         if let Some(o) = &old {
             for &(n, s) in &cfg.members {
                 if n != me
