@@ -1796,10 +1796,15 @@ impl<P: Clone> Engine<P> {
                 }
             }
             for n in cfg.synchronized() {
+                // A partner synchronized again, or this replica itself just joined: its data
+                // now equals every synchronized partner's, and its bitmaps for them start
+                // empty and complete (a bitmap lost at an earlier restart would otherwise
+                // stay incomplete and force a full sync at its next return).
                 if n != me
-                    && old
-                        .as_ref()
-                        .is_some_and(|o| o.state_of(n) != MemberState::Synchronized)
+                    && (joined
+                        || old
+                            .as_ref()
+                            .is_some_and(|o| o.state_of(n) != MemberState::Synchronized))
                 {
                     self.meta.partner_synchronized(n);
                     self.journal.reset(n);
