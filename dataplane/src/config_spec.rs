@@ -171,6 +171,21 @@ fn replication_spec(
         meta_path: ha_meta_path(cfg, d),
         resync_latency_target_ms: r.resync_latency_target_ms,
         partners: r.partners.clone(),
+        journal: match r.journal {
+            tandem_config::JournalKind::Ram => tandem_ha::journal::JournalKind::Ram,
+            tandem_config::JournalKind::DiskFailure => tandem_ha::journal::JournalKind::DiskFailure,
+            tandem_config::JournalKind::DiskContinuous => {
+                tandem_ha::journal::JournalKind::DiskContinuous
+            }
+        },
+        // `journal_location`, else beside the replica metadata (the data dir).
+        journal_dir: match &r.journal_location {
+            Some(dir) if dir.is_absolute() => Some(dir.clone()),
+            Some(dir) => Some(config_dir.join(dir)),
+            None => ha_meta_path(cfg, d)
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .filter(|p| !p.as_os_str().is_empty()),
+        },
     })
 }
 

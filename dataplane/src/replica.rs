@@ -57,6 +57,8 @@ pub fn start(
     let mut opts = ReplicaOptions::new(me, spec.meta_path.clone());
     opts.engine.resync_pacing = (spec.resync_latency_target_ms > 0)
         .then(|| tandem_ha::PacingConfig::with_target_ms(spec.resync_latency_target_ms));
+    opts.engine.journal = spec.journal;
+    opts.journal_dir = spec.journal_dir.clone();
     let partner_ids: Vec<u8> = spec.partners.iter().map(|p| p.node_id).collect();
     let initial = ReplicaState {
         serving: false,

@@ -79,6 +79,9 @@ pub struct ReplicationSpec {
     /// Resync pacing target (0: a fixed window); see `ReplicationConfig`.
     pub resync_latency_target_ms: u64,
     pub partners: Vec<tandem_config::PartnerConfig>,
+    /// The sync journal's kind, and the directory of a disk journal.
+    pub journal: tandem_ha::journal::JournalKind,
+    pub journal_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ReplicationSpec {
@@ -89,6 +92,8 @@ impl std::fmt::Debug for ReplicationSpec {
             .field("device_id", &self.device_id)
             .field("meta_path", &self.meta_path)
             .field("resync_latency_target_ms", &self.resync_latency_target_ms)
+            .field("journal", &self.journal)
+            .field("journal_dir", &self.journal_dir)
             .field("partners", &self.partners)
             .finish_non_exhaustive()
     }

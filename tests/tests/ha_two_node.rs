@@ -83,6 +83,7 @@ fn node(
     port: u16,
     sync: u16,
     secret: &Path,
+    replication_extra: &str,
 ) -> Node {
     let name = format!("node{}", id.0);
     let dir = root.join(&name);
@@ -111,6 +112,7 @@ identity_seed = "{SEED}"
 [device.replication]
 node_id = {me}
 secret_file = "{secret}"
+{replication_extra}
 
 [[device.replication.partner]]
 name = "node{peer}"
@@ -404,6 +406,7 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         free_port(),
         sync,
         &secret,
+        "",
     );
     let mut b = node(
         root.path(),
@@ -413,6 +416,7 @@ fn two_nodes_mirror_survive_kill_and_resync() {
         free_port(),
         sync,
         &secret,
+        "",
     );
     a.start();
     b.start();
@@ -697,4 +701,170 @@ fn cpu_ticks(pid: u32) -> u64 {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// `journal = "disk-continuous"`: 4 KiB writes run through node 1 when both data planes are
+/// killed with SIGKILL at once (the authority, in this process, keeps its state). Both
+/// restart: the resync is a fast one (a few regions, not all 1024), the images are byte
+/// identical, and every acknowledged write reads back (a write in flight at the kill may
+/// read back either way).
+///
+/// Ignored: it fails today (2026-12-01), a full sync of 1024 regions instead of a fast one.
+/// Cause found from its log: the node that joined at the initial full sync kept the bitmap
+/// it had marked lost at its first start (never reset: the engine resets a partner's bitmap
+/// when that *partner* becomes synchronized, not when this node does), so after the kill it
+/// offered `journal_complete = false` as a former sequencer, and the sequencer copied
+/// everything (fixed since). With that fixed it still plans a full sync: the generation
+/// comparison after the restart of both is not yet understood. Its activity log also held
+/// all 1024 regions (the initial sync's copies). See docs/ha.md, "Not yet done".
+#[test]
+#[ignore = "known defect: still a full sync after kill -9 of both (docs/ha.md, Not yet done)"]
+fn disk_continuous_journal_survives_kill9_of_both_nodes() {
+    let root = tempfile::Builder::new()
+        .prefix("tandem-ha2j")
+        .tempdir_in(scratch_dir())
+        .unwrap();
+    let secret = root.path().join("cluster.secret");
+    std::fs::write(
+        &secret,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    let sync = free_port();
+    let journal = "journal = \"disk-continuous\"";
+    let mut a = node(
+        root.path(),
+        N1,
+        "127.0.0.1",
+        "127.0.0.2",
+        free_port(),
+        sync,
+        &secret,
+        journal,
+    );
+    let mut b = node(
+        root.path(),
+        N2,
+        "127.0.0.2",
+        "127.0.0.1",
+        free_port(),
+        sync,
+        &secret,
+        journal,
+    );
+    a.start();
+    b.start();
+    let auth = AuthorityLoop::start(vec![(N1, a.socket.clone()), (N2, b.socket.clone())]);
+    auth.wait_both_serving(Instant::now(), Duration::from_secs(60));
+
+    // 512 slots of 4 KiB in the first 2 MiB (32 regions: inside the activity log's 1024).
+    const SLOTS: u64 = 512;
+    // Acknowledged data per slot, the write in flight, writes acknowledged, and writes
+    // answered otherwise (NOT READY: their outcome is unknown).
+    type Model = (
+        HashMap<u64, Vec<u8>>,
+        Option<(u64, Vec<u8>)>,
+        u64,
+        Vec<(u64, Vec<u8>)>,
+    );
+    let model: Arc<Mutex<Model>> = Arc::new(Mutex::new((HashMap::new(), None, 0, Vec::new())));
+    let writer = {
+        let model = model.clone();
+        let mut c = login(&a);
+        std::thread::spawn(move || {
+            // Ends with a panic of the raw client when the target dies: the model is shared.
+            let mut n: u64 = 0;
+            loop {
+                n += 1;
+                let slot = (n.wrapping_mul(2_654_435_761)) % SLOTS;
+                let data = pattern(4096, n as u32);
+                model.lock().unwrap().1 = Some((slot, data.clone()));
+                let r = c.command(&write16(slot * 8, 8), 0, &data, 4096, 4096);
+                let mut m = model.lock().unwrap();
+                m.1 = None;
+                if r.status == 0 {
+                    m.0.insert(slot, data);
+                    m.2 += 1;
+                } else {
+                    m.3.push((slot, data));
+                }
+            }
+        })
+    };
+    let t0 = Instant::now();
+    while model.lock().unwrap().2 < 300 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "writes too slow");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let journal_files = |n: &Node| {
+        (0..2)
+            .filter(|i| n.dir.join(format!("ha.ha-journal.{i}")).exists())
+            .count()
+    };
+    assert!(
+        journal_files(&a) > 0 && journal_files(&b) > 0,
+        "no journal files written"
+    );
+    // Power loss of both, mid-write.
+    a.kill9();
+    b.kill9();
+    let _ = writer.join();
+    let (acked, pending, count, unknown) = {
+        let m = model.lock().unwrap();
+        (m.0.clone(), m.1.clone(), m.2, m.3.clone())
+    };
+    eprintln!(
+        "{count} writes acknowledged before kill -9 of both nodes (pending: {})",
+        pending.is_some()
+    );
+
+    let restarted = Instant::now();
+    a.start();
+    b.start();
+    let took = auth.wait_both_serving(restarted, Duration::from_secs(60));
+    // The sequencer reports what it copied to its partner.
+    let seq = auth.report(N1).unwrap().status.config.unwrap().sequencer;
+    let other = if seq == N1 { N2 } else { N1 };
+    let status = auth.report(seq).unwrap().status;
+    let p = status
+        .partners
+        .iter()
+        .find(|p| p.node_id == other.0)
+        .expect("partner status");
+    let regions = SIZE / 65536;
+    eprintln!(
+        "both serving {took:?} after restart; node{} copied {} of {regions} regions to node{}",
+        seq.0, p.resync_done_regions, other.0
+    );
+    assert!(
+        p.resync_done_regions > 0 && p.resync_done_regions < regions / 4,
+        "not a fast sync: {} of {regions} regions copied",
+        p.resync_done_regions
+    );
+    let mut c = login(&a);
+    for slot in 0..SLOTS {
+        let got = read_blocks(&mut c, slot * 8, 4096);
+        let maybe = |g: &Vec<u8>| {
+            pending
+                .iter()
+                .chain(&unknown)
+                .any(|(s, d)| *s == slot && d == g)
+        };
+        match acked.get(&slot) {
+            Some(d) => assert!(
+                &got == d || maybe(&got),
+                "acknowledged write at slot {slot} lost"
+            ),
+            None => assert!(
+                got.iter().all(|&x| x == 0) || maybe(&got),
+                "slot {slot}: data never acknowledged"
+            ),
+        }
+    }
+    sync_cache(&mut c);
+    let mut cb = login(&b);
+    sync_cache(&mut cb);
+    images_identical(&a.image, &b.image);
+    eprintln!("images identical; every acknowledged write read back");
+    drop(auth);
 }

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::generation::{compare, ReplicaMeta, SyncDecision};
 use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
-use crate::journal::{DirtyBitmap, Journal};
+use crate::journal::{DirtyBitmap, Journal, JournalKind, PersistedJournal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
 use crate::pacing::{PacingConfig, ResyncPacer};
@@ -66,6 +66,9 @@ pub enum PlantedBug {
     NoReadBarrier,
     /// Host writes are held for a silent partner without bound (contract j).
     UnboundedHolding,
+    /// A `DiskContinuous` journal records a region in its activity log only when the write
+    /// to it completes, not before it is submitted.
+    ActivityNotBeforeWrite,
 }
 
 /// Why [`Engine::grow`] refused.
@@ -116,6 +119,10 @@ pub struct Options {
     pub held_writes_max: usize,
     pub held_bytes_max: u64,
     pub planted_bug: Option<PlantedBug>,
+    /// What survives a crash of this replica's journal (`docs/ha.md`, "Sync journal").
+    pub journal: JournalKind,
+    /// Hot regions a `DiskContinuous` journal's activity log keeps (64 KiB each).
+    pub activity_regions: usize,
 }
 
 impl Default for Options {
@@ -128,6 +135,8 @@ impl Default for Options {
             held_writes_max: 1000,
             held_bytes_max: 64 << 20,
             planted_bug: None,
+            journal: JournalKind::Ram,
+            activity_regions: 1024,
         }
     }
 }
@@ -423,6 +432,7 @@ impl<P: Clone> Engine<P> {
     ) -> Self {
         let meta_durable = meta.version;
         let pacer = ResyncPacer::new(opts.resync_parallel, opts.resync_pacing);
+        let journal = Journal::with_kind(geometry, opts.journal, opts.activity_regions);
         Engine {
             me,
             geometry,
@@ -433,7 +443,7 @@ impl<P: Clone> Engine<P> {
             lease_until: Time(0),
             meta,
             meta_durable,
-            journal: Journal::new(geometry),
+            journal,
             journal_lost_in_restart: BTreeSet::new(),
             restarted: true,
             next_op: u64::from(boot_id) << 32,
@@ -481,6 +491,16 @@ impl<P: Clone> Engine<P> {
         let mut e = Self::new(me, geometry, meta, 0, opts);
         e.restarted = false;
         e
+    }
+
+    /// A restarted replica's disk journal as read back (before the first configuration).
+    /// Not called, or called with a journal that failed its checks: every bitmap is lost.
+    pub fn restore_journal(&mut self, persisted: PersistedJournal) {
+        self.journal.restore(persisted);
+    }
+
+    pub fn activity_regions(&self) -> Vec<RegionIndex> {
+        self.journal.activity_regions()
     }
 
     pub fn node(&self) -> NodeId {
@@ -665,6 +685,10 @@ impl<P: Clone> Engine<P> {
         for tag in self.answering_early.drain(..) {
             self.answered_early.insert(tag);
             not_ready(tag, out);
+        }
+        if let Some(rec) = self.journal.take_record() {
+            // Durable before anything else this step does (writes, messages, answers).
+            out.insert(first_new, Output::PersistJournal(rec));
         }
         self.check_invariants();
     }
@@ -1300,6 +1324,7 @@ impl<P: Clone> Engine<P> {
         }
         let decision = compare(self.me, &self.meta, from, &meta);
         let n = self.geometry.num_regions();
+        let mut full = true;
         let copy = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
                 // The joiner's own journal is the only record of writes it may hold that the
@@ -1309,6 +1334,7 @@ impl<P: Clone> Engine<P> {
                 let joiner_only_writes = meta.was_sequencer || self.unreported.contains(&from);
                 let peer_needs_full = joiner_only_writes && !journal_complete;
                 if self.journal.is_complete(from) && !peer_needs_full {
+                    full = false;
                     let mut b = self.journal.bitmap(from).clone();
                     for r in dirty.into_iter().filter(|r| r.0 < n) {
                         b.set(r);
@@ -1335,6 +1361,11 @@ impl<P: Clone> Engine<P> {
                 DirtyBitmap::all(n)
             }
         };
+        out.push(Output::ResyncPlanned {
+            node: from,
+            regions: copy.count(),
+            full,
+        });
         // Every region to copy stays dirty until its copy is acknowledged.
         for r in copy.iter() {
             self.journal.mark(from, r);
@@ -1657,6 +1688,10 @@ impl<P: Clone> Engine<P> {
     ) {
         // Ordering of local writes is released even for I/O whose purpose was dropped.
         self.writes.complete(io, out);
+        if self.opts.planted_bug == Some(PlantedBug::ActivityNotBeforeWrite) {
+            let in_doubt = self.uncertain_regions();
+            self.journal.write_done(io.0, || in_doubt);
+        }
         let Some(purpose) = self.io.remove(&io) else {
             return;
         };
@@ -1765,11 +1800,20 @@ impl<P: Clone> Engine<P> {
             self.sequencer_since = cfg.epoch;
         }
         if self.restarted && old.is_none() {
-            for (n, _) in &cfg.members {
-                if *n != me {
-                    self.journal_lost_in_restart.insert(*n);
-                    self.journal.mark_lost(*n);
-                }
+            let partners: Vec<NodeId> = cfg
+                .members
+                .iter()
+                .map(|m| m.0)
+                .filter(|&n| n != me)
+                .collect();
+            for n in self.journal.after_restart(&partners) {
+                self.journal_lost_in_restart.insert(n);
+                self.journal.mark_lost(n);
+            }
+        }
+        for &(n, s) in &cfg.members {
+            if n != me {
+                self.journal.set_receiving(n, s != MemberState::Out);
             }
         }
         if let Some(o) = &old {
@@ -1804,6 +1848,7 @@ impl<P: Clone> Engine<P> {
             .map(|(n, _)| *n)
             .collect();
         for &p in &newly_out {
+            self.journal.start_tracking(p);
             for &r in &uncertain {
                 self.journal.mark(p, r);
             }
@@ -1862,10 +1907,15 @@ impl<P: Clone> Engine<P> {
                 }
             }
             for n in cfg.synchronized() {
+                // A partner synchronized again, or this replica itself just joined: its data
+                // now equals every synchronized partner's, and its bitmaps for them start
+                // empty and complete (a bitmap lost at an earlier restart would otherwise
+                // stay incomplete and force a full sync at its next return).
                 if n != me
-                    && old
-                        .as_ref()
-                        .is_some_and(|o| o.state_of(n) != MemberState::Synchronized)
+                    && (joined
+                        || old
+                            .as_ref()
+                            .is_some_and(|o| o.state_of(n) != MemberState::Synchronized))
                 {
                     self.meta.partner_synchronized(n);
                     self.journal.reset(n);
@@ -2458,7 +2508,24 @@ impl<P: Clone> Engine<P> {
             }
         }
         let io = self.new_io(purpose);
+        self.note_activity(io, &range);
         self.writes.submit(range, io, op, out);
+    }
+
+    /// A `DiskContinuous` journal records the write's regions as hot before it is submitted
+    /// (the record goes first among this step's outputs).
+    fn note_activity(&mut self, io: IoTag, range: &BlockRange) {
+        let regions = self.geometry.regions_of(range);
+        if self.journal.cold_regions(regions.clone()).is_empty() {
+            self.journal.note_write(regions, BTreeSet::new);
+            return;
+        }
+        if self.opts.planted_bug == Some(PlantedBug::ActivityNotBeforeWrite) {
+            self.journal.defer_activity(io.0, regions);
+            return;
+        }
+        let in_doubt = self.uncertain_regions();
+        self.journal.note_write(regions, || in_doubt);
     }
 
     fn range_bytes(&self, range: &BlockRange) -> u64 {

@@ -1,6 +1,7 @@
 //! What goes into the engine and what comes out of it.
 
 use crate::generation::{ReplicaMeta, SyncDecision};
+use crate::journal::JournalRecord;
 use crate::membership::EpochConfig;
 use crate::msg::Envelope;
 use crate::types::{BlockRange, Epoch, HostTag, IoTag, NodeId, TaskMgmtKind, Time};
@@ -136,6 +137,16 @@ pub enum Output<P> {
         decision: SyncDecision,
     },
     PersistMeta(ReplicaMeta),
+    /// Make this journal state durable (disk journals) before acting on any later output
+    /// of the same step: it comes first among them.
+    PersistJournal(JournalRecord),
+    /// The sequencer starts resynchronizing `node`: `regions` to copy, `full` when that is
+    /// every region of the device (no usable journal, or a lineage that needs it).
+    ResyncPlanned {
+        node: NodeId,
+        regions: u64,
+        full: bool,
+    },
     /// A partner received this task management function from a host: apply it to this
     /// node's tasks and I_T nexuses now (the acknowledgement follows this output).
     TaskMgmt {

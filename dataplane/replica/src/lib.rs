@@ -24,6 +24,8 @@
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
+mod journal_codec;
+mod journal_store;
 mod meta;
 mod thread;
 pub mod transport;
@@ -66,6 +68,10 @@ pub struct ReplicaOptions {
     pub node_id: NodeId,
     /// Where the replica metadata lives (`None`: in memory, for RAM devices).
     pub meta_path: Option<PathBuf>,
+    /// Directory of a disk journal (`engine.journal` not `Ram`): the files
+    /// `<device>.ha-journal.0` and `.1`. `None` with a disk journal: the meta's directory;
+    /// with neither, the journal stays in RAM.
+    pub journal_dir: Option<PathBuf>,
     pub engine: tandem_ha::Options,
     /// Differs on every start (the start time by default).
     pub boot_id: u32,
@@ -100,12 +106,67 @@ impl ReplicaOptions {
         ReplicaOptions {
             node_id,
             meta_path,
+            journal_dir: None,
             engine: tandem_ha::Options::default(),
             boot_id: boot_id_now(),
             on_state: None,
             on_task_mgmt: None,
         }
     }
+}
+
+/// The disk journal of a device, if its kind is on disk: the store and what it held. A
+/// journal that cannot be read is lost (every partner then needs a full sync); one that
+/// cannot be placed anywhere makes the journal a RAM one, said in the log.
+fn open_journal(
+    device: &str,
+    info: &DeviceInfo,
+    opts: &mut ReplicaOptions,
+) -> (
+    Option<journal_store::JournalStore>,
+    Option<tandem_ha::journal::PersistedJournal>,
+) {
+    if !opts.engine.journal.on_disk() {
+        return (None, None);
+    }
+    let dir = opts.journal_dir.clone().or_else(|| {
+        opts.meta_path
+            .as_ref()
+            .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+            .filter(|p| !p.as_os_str().is_empty())
+    });
+    let Some(dir) = dir else {
+        tracing::warn!(
+            device,
+            "no directory for the disk journal (RAM device without a data dir): RAM journal"
+        );
+        opts.engine.journal = tandem_ha::journal::JournalKind::Ram;
+        return (None, None);
+    };
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(device, dir = %dir.display(), error = %e, "journal directory: RAM journal");
+        opts.engine.journal = tandem_ha::journal::JournalKind::Ram;
+        return (None, None);
+    }
+    let geometry = tandem_ha::Geometry::with_64k_regions(info.block_size, info.num_blocks);
+    let (store, loaded) = journal_store::JournalStore::open(&dir, device, geometry.num_regions());
+    let restored = match loaded {
+        journal_store::Loaded::Empty => None,
+        journal_store::Loaded::Found(j) => {
+            tracing::info!(
+                device,
+                partners = j.partners.len(),
+                hot_regions = j.activity.len(),
+                "disk journal restored"
+            );
+            Some(j)
+        }
+        journal_store::Loaded::Corrupt(why) => {
+            tracing::error!(device, %why, "disk journal unreadable: the next resync is full");
+            None
+        }
+    };
+    (Some(store), restored)
 }
 
 /// A boot id from the wall clock (milliseconds, wrapping every 49 days): different on every
@@ -218,6 +279,8 @@ impl ReplicatedBdev {
                 info.name
             ))
         })?;
+        let mut opts = opts;
+        let (journal, restored) = open_journal(&info.name, &info, &mut opts);
         let local = inner.channel()?;
         // Unbounded channel, bounded load: every submission is a SCSI task of a connection
         // (at most its task slots, with write buffers inside the reactor's memory budget),
@@ -234,6 +297,8 @@ impl ReplicatedBdev {
             opts,
             meta,
             store,
+            journal,
+            restored,
             local,
             partners,
             shared.clone(),

@@ -20,6 +20,7 @@ use tandem_ha::{
 };
 use tandem_mirror::SharedPayload;
 
+use crate::journal_store::JournalStore;
 use crate::meta::MetaStore;
 use crate::transport::{PeerEvent, PeerTransport};
 use crate::{Mail, Partner, ReplicaOptions, ReplicaState, Shared, Submit, DISCARD_CHUNK_BYTES};
@@ -108,6 +109,8 @@ pub(crate) struct Worker {
     me: NodeId,
     engine: Engine<P>,
     store: MetaStore,
+    /// The disk journal (disk-failure, disk-continuous); `None` for the RAM journal.
+    journal: Option<JournalStore>,
     local: Box<dyn BdevChannel>,
     partners: Vec<PartnerState>,
     shared: Arc<Shared>,
@@ -139,6 +142,8 @@ impl Worker {
         opts: ReplicaOptions,
         meta: ReplicaMeta,
         store: MetaStore,
+        journal: Option<JournalStore>,
+        restored: Option<tandem_ha::journal::PersistedJournal>,
         local: Box<dyn BdevChannel>,
         partners: Vec<Partner>,
         shared: Arc<Shared>,
@@ -149,13 +154,17 @@ impl Worker {
         let on_state = opts.on_state.take();
         let on_task_mgmt = opts.on_task_mgmt.take();
         let geometry = Geometry::with_64k_regions(info.block_size, info.num_blocks);
-        let engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
+        let mut engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
+        if let Some(j) = restored {
+            engine.restore_journal(j);
+        }
         let now = Instant::now();
         Worker {
             info,
             me: opts.node_id,
             engine,
             store,
+            journal,
             local,
             partners: partners
                 .into_iter()
@@ -400,6 +409,29 @@ impl Worker {
             }
             Output::SyncRefused { node, decision } => {
                 tracing::warn!(device = %self.info.name, partner = node.0, ?decision, "partner's data cannot be synchronized automatically");
+            }
+            Output::ResyncPlanned {
+                node,
+                regions,
+                full,
+            } => {
+                tracing::info!(device = %self.info.name, partner = node.0, regions, full,
+                    "resync planned");
+            }
+            // First among a step's outputs: durable before any write, message or answer of
+            // that step is acted on (blocking write and fdatasync; only when a region turns
+            // hot or a partner's bitmap gains a bit not covered otherwise).
+            Output::PersistJournal(rec) => {
+                if let Some(j) = self.journal.as_mut() {
+                    if let Err(e) = j.persist(&rec) {
+                        // Never trust this journal again: without it a restart is a full
+                        // sync, which is always correct.
+                        tracing::error!(device = %self.info.name, error = %e,
+                            "disk journal not written: discarding it (the next restart resyncs fully)");
+                        j.discard();
+                        self.journal = None;
+                    }
+                }
             }
             Output::PersistMeta(meta) => {
                 let version = meta.version;

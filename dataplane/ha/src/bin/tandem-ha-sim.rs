@@ -1,7 +1,7 @@
 //! Runs the replication simulator over a range of seeds (or replays one with a trace).
 //!
 //! ```text
-//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going] [--task-mgmt]
+//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous]
 //! ```
 //!
 //! It stops at the first failing seed, unless `--keep-going`: then it reports every failing
@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use tandem_ha::journal::JournalKind;
 use tandem_ha::sim::{run, AuthorityBug, Shape, SimParams};
 use tandem_ha::PlantedBug;
 
@@ -22,6 +23,7 @@ fn parse_bug(s: &str) -> Option<PlantedBug> {
         "AcceptStaleEpoch" => PlantedBug::AcceptStaleEpoch,
         "NoReadBarrier" => PlantedBug::NoReadBarrier,
         "UnboundedHolding" => PlantedBug::UnboundedHolding,
+        "ActivityNotBeforeWrite" => PlantedBug::ActivityNotBeforeWrite,
         _ => return None,
     })
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let mut keep_going = false;
     let mut task_mgmt = false;
     let mut active_ms = 300;
+    let mut journal = JournalKind::Ram;
     let mut i = 0;
     while i < args.len() {
         let val = args.get(i + 1).cloned().unwrap_or_default();
@@ -69,6 +72,12 @@ fn main() -> ExitCode {
                 "LeaseNotWaited" => authority_bug = Some(AuthorityBug::LeaseNotWaited),
                 _ => return usage(&format!("unknown authority bug {val:?}")),
             },
+            "--journal" => match val.as_str() {
+                "ram" => journal = JournalKind::Ram,
+                "disk-failure" => journal = JournalKind::DiskFailure,
+                "disk-continuous" => journal = JournalKind::DiskContinuous,
+                _ => return usage(&format!("unknown journal {val:?}")),
+            },
             "--trace" => {
                 trace = true;
                 i += 1;
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let (mut good, mut faults, mut inconclusive, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    let (mut fast, mut full) = (0u64, 0u64);
     let count = seeds.end - seeds.start;
     let mut failed = Vec::new();
     for seed in seeds {
@@ -101,6 +111,7 @@ fn main() -> ExitCode {
             active_ms,
             trace,
             task_mgmt,
+            journal,
         };
         match run(&p) {
             Ok(r) => {
@@ -108,6 +119,8 @@ fn main() -> ExitCode {
                 faults += r.faults;
                 inconclusive += r.inconclusive_blocks;
                 refused += r.refused_over_bound;
+                fast += r.fast_syncs;
+                full += r.full_syncs;
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -128,7 +141,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {refused} writes refused at the held-writes bound, {:.1} s",
+        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {refused} writes refused at the held-writes bound, resyncs {fast} fast / {full} full ({journal:?} journal), {:.1} s",
         shape.name(),
         started.elapsed().as_secs_f64()
     );
@@ -136,6 +149,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going] [--task-mgmt]");
+    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous]");
     ExitCode::from(2)
 }

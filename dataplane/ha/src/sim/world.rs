@@ -11,6 +11,7 @@ use crate::authority::{Authority, AuthorityBug, ToAuthority, Update};
 use crate::engine::{Engine, Options, PlantedBug};
 use crate::generation::ReplicaMeta;
 use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
+use crate::journal::{JournalKind, PersistedJournal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::Envelope;
 use crate::pacing::PacingConfig;
@@ -72,6 +73,9 @@ pub struct SimParams {
     /// Clients also send LOGICAL UNIT RESETs (half of the flushes become one). Off by
     /// default: it draws from the RNG, so it would change every other seed's run.
     pub task_mgmt: bool,
+    /// The nodes' sync journal. Not `Ram` by default changes no draw from the RNG, so a
+    /// seed runs the same faults and clients with every kind.
+    pub journal: JournalKind,
 }
 
 impl SimParams {
@@ -84,6 +88,7 @@ impl SimParams {
             active_ms: 300,
             trace: false,
             task_mgmt: false,
+            journal: JournalKind::Ram,
         }
     }
 
@@ -104,6 +109,11 @@ impl SimParams {
         if self.task_mgmt {
             c.push_str(" --task-mgmt");
         }
+        match self.journal {
+            JournalKind::Ram => {}
+            JournalKind::DiskFailure => c.push_str(" --journal disk-failure"),
+            JournalKind::DiskContinuous => c.push_str(" --journal disk-continuous"),
+        }
         c
     }
 }
@@ -119,6 +129,9 @@ pub struct SimReport {
     pub sim_time_ms: u64,
     /// Host writes refused NOT READY at the bound on held writes (contract j).
     pub refused_over_bound: u64,
+    /// Resyncs started that copy only dirty regions, and ones that copy every region.
+    pub fast_syncs: u64,
+    pub full_syncs: u64,
     /// LOGICAL UNIT RESETs answered GOOD, and those of them checked against every partner
     /// (no configuration change at the origin meanwhile).
     pub resets_good: u64,
@@ -227,6 +240,9 @@ struct Node {
     deferred: Vec<Ev>,
     in_flight: BTreeMap<IoTag, LocalOp<Data>>,
     meta_in_flight: Vec<ReplicaMeta>,
+    /// The disk journal as durable now (written synchronously: `Output::PersistJournal`
+    /// comes first among a step's outputs, and a crash never falls inside a step).
+    journal_disk: PersistedJournal,
     /// Task management functions a partner carried here (`Output::TaskMgmt`), ever.
     task_mgmt_applied: u64,
 }
@@ -345,6 +361,10 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
             interval_ns: PACING_INTERVAL_NS,
         }),
         planted_bug: p.bug,
+        journal: p.journal,
+        // Few hot regions (of 12 in the simulated device), so regions leave the activity
+        // log all the time.
+        activity_regions: 6,
         held_writes_max: if tight { TIGHT_HELD_WRITES } else { 1000 },
         held_bytes_max: if tight { TIGHT_HELD_BYTES } else { 64 << 20 },
         ..Options::default()
@@ -363,6 +383,7 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
             deferred: Vec::new(),
             in_flight: BTreeMap::new(),
             meta_in_flight: Vec::new(),
+            journal_disk: PersistedJournal::default(),
             task_mgmt_applied: 0,
         })
         .collect();
@@ -764,6 +785,19 @@ impl World {
                 self.trace(|| format!("n{} refuses to sync {n}: {decision:?}", node + 1));
             }
             Output::TaskMgmt { .. } => self.nodes[node].task_mgmt_applied += 1,
+            Output::PersistJournal(rec) => self.nodes[node].journal_disk.apply(&rec),
+            Output::ResyncPlanned {
+                node: n,
+                regions,
+                full,
+            } => {
+                if full {
+                    self.report.full_syncs += 1;
+                } else {
+                    self.report.fast_syncs += 1;
+                }
+                self.trace(|| format!("n{} resyncs {n}: {regions} regions, full {full}", node + 1));
+            }
             Output::PersistMeta(meta) => {
                 let d = self.rng.range(20 * US, 200 * US);
                 let inc = self.nodes[node].inc;
@@ -1168,13 +1202,15 @@ impl World {
             return;
         }
         let n = &mut self.nodes[i];
-        n.engine = Some(Engine::new(
+        let mut engine = Engine::new(
             n.id,
             self.geometry,
             n.meta_disk.clone(),
             n.inc,
             self.opts.clone(),
-        ));
+        );
+        engine.restore_journal(n.journal_disk.clone());
+        n.engine = Some(engine);
         let inc = n.inc;
         self.schedule(0, Ev::LeaseRound { node: i, inc });
         self.schedule(TICK_NS, Ev::Tick { node: i, inc });
