@@ -181,7 +181,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A record of `n` regions (at least 3), with hot regions inside the device.
     fn sample(seq: u64, n: u64) -> Record {
+        assert!(n >= 3, "sample needs 3 regions");
         let mut d = DirtyBitmap::new(n);
         d.set(RegionIndex(n - 1));
         d.set(RegionIndex(0));
@@ -194,7 +196,7 @@ mod tests {
                     complete: true,
                     dirty: d,
                 }],
-                activity: vec![RegionIndex(3), RegionIndex(n - 2)],
+                activity: vec![RegionIndex(3 % n), RegionIndex(n - 2)],
             },
         }
     }
