@@ -435,7 +435,7 @@ impl<P: Clone> Engine<P> {
             answered_early: BTreeSet::new(),
             answering_early: Vec::new(),
             task_mgmt: TaskMgmtOps::default(),
-            pr: ClusterPr::default(),
+            pr: ClusterPr::new(boot_id),
         }
     }
 
@@ -665,29 +665,34 @@ impl<P: Clone> Engine<P> {
                 notice,
             } => {
                 let id = self.new_op();
-                self.pr.wait_own(id, tag, now);
                 let change = PrChange {
                     id,
                     base,
                     state,
                     notice,
                 };
-                if self.sequencer() == self.me {
-                    self.pr_order(now, change, out);
-                } else {
-                    let msg = Msg::PrForward {
-                        id: change.id,
-                        base: change.base,
-                        state: change.state,
-                        notice: change.notice,
-                    };
-                    self.send(self.sequencer(), msg, out);
-                }
+                self.pr.wait_own(tag, now, change.clone());
+                self.pr_submit(now, change, out);
             }
         }
     }
 
     // ------------------------------------------------------ persistent reservations
+
+    /// Origin: a change to the sequencer (this node, or a message).
+    fn pr_submit(&mut self, now: Time, change: PrChange, out: &mut Vec<Output<P>>) {
+        if self.sequencer() == self.me {
+            self.pr_order(now, change, out);
+        } else {
+            let msg = Msg::PrForward {
+                id: change.id,
+                base: change.base,
+                state: change.state,
+                notice: change.notice,
+            };
+            self.send(self.sequencer(), msg, out);
+        }
+    }
 
     /// Sequencer: queue a reservation change and apply the next ones whose turn it is.
     fn pr_order(&mut self, now: Time, change: PrChange, out: &mut Vec<Output<P>>) {
@@ -2031,6 +2036,11 @@ impl<P: Clone> Engine<P> {
                 if self.sequencer() == me && !self.pr.stamped() {
                     self.pr_take_over(out);
                 }
+                if sequencer_changed {
+                    for change in self.pr.resend_own(now) {
+                        self.pr_submit(now, change, out);
+                    }
+                }
             }
         }
 
@@ -2153,11 +2163,8 @@ impl<P: Clone> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         let cfg = self.config.clone().expect("set by caller");
-        // A reservation change sent to the old sequencer may or may not have taken effect:
-        // NOT READY, as for a write (the LU recomputes it when the host retries).
-        for tag in self.pr.drain_own() {
-            not_ready(tag, out);
-        }
+        // Reservation changes sent to the old sequencer go to the new one once it is known
+        // to have this node's report (`on_config` sends them after the `Uncertain` below).
         self.pr.drop_sequencing();
         // Writes applied here for the old sequencer will get no Commit: their regions are
         // reconciled instead.

@@ -13,8 +13,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::types::{Epoch, HostTag, NodeId, OpId, Time};
 
-/// Largest PR state or notice blob accepted (from a host's LU or from the wire).
-pub const PR_BLOB_MAX: usize = 1 << 20;
+/// Largest PR state, and largest notice, a change may carry: both travel in one mirror
+/// frame's body, whose length field is 16 bits (tandem-mirror checks the same bound when it
+/// decodes). The LU refuses a change whose state would be larger.
+pub const PR_BLOB_MAX: usize = 16 * 1024;
 
 /// The version of a PR state. Only the sequencer issues versions, numbered from the epoch in
 /// which it took over (`epoch`), so two states with the same version are the same state
@@ -61,11 +63,22 @@ pub(crate) struct ClusterPr {
     /// Sequencer: changes waiting for their turn, and the one being applied.
     queue: VecDeque<PrChange>,
     active: Option<ActiveChange>,
-    /// Origin: this node's host changes waiting for the sequencer's answer.
-    own: BTreeMap<OpId, (HostTag, Time)>,
+    /// Origin: this node's host changes waiting for the sequencer's answer (kept whole: they
+    /// are sent again to a new sequencer).
+    own: BTreeMap<OpId, (HostTag, Time, PrChange)>,
+    /// The first `n` this process stamps with (from its boot id): a node restarted within
+    /// the epoch it sequenced in before never issues a version it issued then.
+    boot_floor: u64,
 }
 
 impl ClusterPr {
+    pub fn new(boot_id: u32) -> Self {
+        ClusterPr {
+            boot_floor: u64::from(boot_id) << 32,
+            ..ClusterPr::default()
+        }
+    }
+
     pub fn version(&self) -> PrVersion {
         self.version
     }
@@ -87,7 +100,15 @@ impl ClusterPr {
         self.stamp = Some(epoch);
         self.queue.clear();
         self.active = None;
-        self.version = PrVersion { epoch, n: 0 };
+        let next = if self.version.epoch == epoch {
+            self.version.n + 1
+        } else {
+            0
+        };
+        self.version = PrVersion {
+            epoch,
+            n: next.max(self.boot_floor),
+        };
         self.version
     }
 
@@ -150,13 +171,26 @@ impl ClusterPr {
     }
 
     /// Origin: a host change sent to the sequencer.
-    pub fn wait_own(&mut self, id: OpId, tag: HostTag, now: Time) {
-        self.own.insert(id, (tag, now));
+    pub fn wait_own(&mut self, tag: HostTag, now: Time, change: PrChange) {
+        self.own.insert(change.id, (tag, now, change));
     }
 
     /// Origin: the sequencer answered `id`.
     pub fn own_done(&mut self, id: OpId) -> Option<HostTag> {
-        self.own.remove(&id).map(|(tag, _)| tag)
+        self.own.remove(&id).map(|(tag, _, _)| tag)
+    }
+
+    /// Origin: the sequencer changed; every own change goes to the new one (which finds its
+    /// base stale, as it restamped its state: the LU recomputes from the state pushed to it,
+    /// in which a change the former sequencer completed is already present).
+    pub fn resend_own(&mut self, now: Time) -> Vec<PrChange> {
+        self.own
+            .values_mut()
+            .map(|(_, since, c)| {
+                *since = now;
+                c.clone()
+            })
+            .collect()
     }
 
     /// Drops the sequencer role's queue and the change being applied (its members keep what
@@ -178,7 +212,7 @@ impl ClusterPr {
     pub fn drain_own(&mut self) -> Vec<HostTag> {
         std::mem::take(&mut self.own)
             .into_values()
-            .map(|(tag, _)| tag)
+            .map(|(tag, _, _)| tag)
             .collect()
     }
 
@@ -195,7 +229,7 @@ impl ClusterPr {
         if let Some(a) = self.active.as_ref().filter(|a| late(a.since)) {
             set.extend(a.waiting.iter().copied());
         }
-        if self.own.values().any(|(_, since)| late(*since)) {
+        if self.own.values().any(|(_, since, _)| late(*since)) {
             set.insert(sequencer);
         }
         set
@@ -268,7 +302,8 @@ mod tests {
             },
             vec![1],
         );
-        pr.wait_own(op(4), HostTag(9), Time(0));
+        pr.wait_own(HostTag(9), Time(0), change(4, PrVersion::default(), 1));
+        assert_eq!(pr.resend_own(Time(5)).len(), 1);
         let v = pr.take_over(Epoch(4));
         assert_eq!(
             (v, pr.state()),
@@ -288,5 +323,15 @@ mod tests {
         );
         assert_eq!(pr.drain_own(), vec![HostTag(9)]);
         assert!(pr.is_idle());
+        // Restamped in the same epoch (it lost the role and got it back): never an issued
+        // version again.
+        pr.drop_sequencing();
+        assert_eq!(pr.take_over(Epoch(4)).n, 1);
+        // A restarted process sequencing in the epoch it used before its restart starts
+        // above every number it could have issued then.
+        let mut restarted = ClusterPr::new(7);
+        restarted.set(PrVersion::default(), vec![1]);
+        let v = restarted.take_over(Epoch(4));
+        assert_eq!(v.n, 7 << 32);
     }
 }
