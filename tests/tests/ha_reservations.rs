@@ -116,7 +116,11 @@ fn reservations_bind_both_nodes_and_survive_a_restart() {
     let mut h1b = host(&b, 1);
     let mut h2b = host(&b, 2);
     let bs = block_size(&mut h1a);
-    assert_eq!(pr_out(&mut h1a, 0, 0, 0, 0x11, true), GOOD, "REGISTER via A");
+    assert_eq!(
+        pr_out(&mut h1a, 0, 0, 0, 0x11, true),
+        GOOD,
+        "REGISTER via A"
+    );
     let t0 = Instant::now();
     assert_eq!(
         pr_out(&mut h1a, 1, WRITE_EXCLUSIVE, 0x11, 0, false),
@@ -139,16 +143,32 @@ fn reservations_bind_both_nodes_and_survive_a_restart() {
     assert_eq!(read_reservation(&mut h2b), Some((0x11, WRITE_EXCLUSIVE)));
 
     // ---- 2. Cleared through B: writes through both nodes pass again.
-    assert_eq!(pr_out(&mut h2b, 0, 0, 0, 0x22, false), GOOD, "REGISTER via B");
+    assert_eq!(
+        pr_out(&mut h2b, 0, 0, 0, 0x22, false),
+        GOOD,
+        "REGISTER via B"
+    );
     assert_eq!(write(&mut h2b, 9, bs), RESERVATION_CONFLICT);
     assert_eq!(pr_out(&mut h2b, 3, 0, 0x22, 0, false), GOOD, "CLEAR via B");
     let mut h3a = host(&a, 3);
-    assert_eq!(write(&mut h3a, 9, bs), GOOD, "a write through A after the clear");
-    assert_eq!(write(&mut h2b, 10, bs), GOOD, "a write through B after the clear");
+    assert_eq!(
+        write(&mut h3a, 9, bs),
+        GOOD,
+        "a write through A after the clear"
+    );
+    assert_eq!(
+        write(&mut h2b, 10, bs),
+        GOOD,
+        "a write through B after the clear"
+    );
     assert_eq!(read_reservation(&mut h3a), None);
 
     // ---- 3. Reserved again through A; B restarts and still enforces it.
-    assert_eq!(pr_out(&mut h1a, 0, 0, 0, 0x33, true), GOOD, "REGISTER via A");
+    assert_eq!(
+        pr_out(&mut h1a, 0, 0, 0, 0x33, true),
+        GOOD,
+        "REGISTER via A"
+    );
     assert_eq!(
         pr_out(&mut h1a, 1, WRITE_EXCLUSIVE, 0x33, 0, false),
         GOOD,
