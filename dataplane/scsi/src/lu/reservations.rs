@@ -292,7 +292,18 @@ impl LogicalUnit {
     /// (blocks for that: the replication thread calls this before acknowledging the
     /// change). Malformed input (from a partner) is logged and changes nothing.
     pub fn apply_cluster_pr(&self, version: (u64, u64), state: &[u8], notice: &[u8]) {
-        let (Some(next), Some(uas)) = (PrState::decode_full(state), decode_notice(notice)) else {
+        // An empty state is a device that was never given one (nothing registered).
+        let next = if state.is_empty() {
+            Some(PrState::default())
+        } else {
+            PrState::decode_full(state)
+        };
+        let uas = if notice.is_empty() {
+            Some(Vec::new())
+        } else {
+            decode_notice(notice)
+        };
+        let (Some(next), Some(uas)) = (next, uas) else {
             tracing::error!("reservation state from a partner is malformed; not applied");
             return;
         };

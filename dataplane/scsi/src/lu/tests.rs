@@ -2769,6 +2769,34 @@ fn cluster_reservations_go_through_the_device_and_bind_every_node() {
             .status,
         ScsiStatus::ReservationConflict
     );
+    // A pushed state (a new sequencer's: no unit attentions) is applied with its version,
+    // and B's next change is based on it.
+    let (c, p) = prout(0, 0, 0, 0xC);
+    let Step::Io(plan) = a_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &other_via_b,
+    }) else {
+        panic!("a registration goes to the device")
+    };
+    let LuIo::ReservationChange { state: pushed, .. } = plan.io else {
+        panic!("a change")
+    };
+    b_node.lu.apply_cluster_pr((5, 0), &pushed, &[]);
+    let (c, p) = prout(0, 0, 0, 0xD);
+    let Step::Io(plan) = b_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &a_via_b,
+    }) else {
+        panic!("a registration goes to the device")
+    };
+    assert!(matches!(
+        plan.io,
+        LuIo::ReservationChange { base: (5, 0), .. }
+    ));
 }
 
 #[test]
