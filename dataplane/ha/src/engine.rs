@@ -1919,8 +1919,21 @@ impl<P: Clone> Engine<P> {
             }
         }
 
+        // A joining replica serves only with the `SyncComplete` (and the reservation state
+        // pushed just before it) received by this process: the authority may have made it
+        // synchronized on the acknowledgement of a former incarnation, sent before a crash.
+        // It then keeps its old metadata and asks to be resynchronized, like a restart (made
+        // synchronized alone, it has no one to sync from and takes the configuration as is).
+        let joined_without_sync = my_state == MemberState::Synchronized
+            && old_state == Some(MemberState::Syncing)
+            && self.adopt.is_none()
+            && cfg.synchronized().any(|n| n != me);
+        if joined_without_sync {
+            self.restarted = true;
+        }
+
         // Metadata: the generation of the data this replica now holds.
-        if my_state == MemberState::Synchronized {
+        if my_state == MemberState::Synchronized && !joined_without_sync {
             let skipped = old.as_ref().is_some_and(|o| cfg.epoch.0 > o.epoch.0 + 1);
             let joined = old_state == Some(MemberState::Syncing);
             if let Some(source) = self.adopt.take().filter(|_| joined) {
@@ -1984,7 +1997,10 @@ impl<P: Clone> Engine<P> {
         // writes that no partner saw, whatever role it has had since.
         if cfg.sequencer == me && my_state == MemberState::Synchronized {
             self.meta.was_sequencer = true;
-        } else if my_state == MemberState::Synchronized && old_state == Some(MemberState::Syncing) {
+        } else if my_state == MemberState::Synchronized
+            && old_state == Some(MemberState::Syncing)
+            && !joined_without_sync
+        {
             self.meta.was_sequencer = false;
         }
         self.meta.version += 1;

@@ -60,11 +60,25 @@ const REGRESSIONS: &[(Shape, u64, &str)] = &[
     ),
 ];
 
+/// The same, for seeds run with persistent reservations (`SimParams::pr`, `--pr`).
+const PR_REGRESSIONS: &[(Shape, u64, &str)] = &[(
+    Shape::TwoNodesWitness,
+    488,
+    "a joining node crashed after acknowledging SyncComplete; that late acknowledgement got the restarted process made synchronized, and it served without the pushed reservation state",
+)];
+
 #[test]
 fn fixed_seeds_pass() {
     for &(shape, seed, defect) in REGRESSIONS {
         if let Err(report) = run(&SimParams::new(shape, seed)) {
             panic!("regression ({defect}):\n{report}");
+        }
+    }
+    for &(shape, seed, defect) in PR_REGRESSIONS {
+        let mut p = SimParams::new(shape, seed);
+        p.pr = true;
+        if let Err(report) = run(&p) {
+            panic!("regression with reservations ({defect}):\n{report}");
         }
     }
 }
