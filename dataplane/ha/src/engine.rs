@@ -2148,7 +2148,6 @@ impl<P: Clone> Engine<P> {
         self.held_writes = 0;
         self.held_bytes = 0;
         self.locks.clear();
-        self.barriers.clear();
         self.gate = None;
         self.reconcile.clear();
         self.gated_ops.clear();
@@ -2157,6 +2156,16 @@ impl<P: Clone> Engine<P> {
         if sequencer_changed {
             // Nobody will take acks for these any more; the new sequencer copies the regions.
             self.applied.clear();
+            self.barriers.clear();
+        } else {
+            // Writes applied here for the same sequencer still get their `Commit` (asked for
+            // again if late): their read barriers stay, or once this node is synchronized a
+            // read here could return a write that another replica does not hold yet (3n seed
+            // 486: a syncing member's barrier dropped by a configuration change while it
+            // stayed syncing; it read the write before the other joiner had it).
+            let applied = &self.applied;
+            self.barriers
+                .retain(|key| matches!(key, BarrierKey::Op(id) if applied.contains_key(&id)));
         }
         // Local I/O still in flight keeps its purpose only for writes (ordering); reads and
         // flushes were answered above.
