@@ -76,6 +76,15 @@ pub fn start(
         tandem_bdev::TaskMgmt::LunReset => reset_lu.partner_lun_reset(),
         tandem_bdev::TaskMgmt::ClearTaskSet => reset_lu.partner_clear_task_set(),
     }));
+    // Reservation changes (this node's and the partners') become this LU's state, saved
+    // with APTPL, before the change is acknowledged; the state loaded at start is what
+    // this node pushes if it sequences before another state reaches it.
+    lu.set_cluster_reservations(true);
+    opts.pr_state = lu.pr_state_blob();
+    let pr_lu = Arc::clone(&lu);
+    opts.on_pr_apply = Some(Box::new(move |a: tandem_replica::PrApply| {
+        pr_lu.apply_cluster_pr((a.version.epoch, a.version.n), &a.state, &a.notice);
+    }));
     opts.on_state = Some(Box::new(move |s: &ReplicaState| {
         let (state, groups) = alua_groups(node_id, &partner_ids, s);
         tracing::info!(device = %name, serving = s.serving, epoch = ?s.config.as_ref().map(|c| c.epoch.0), ?state, "replica state");

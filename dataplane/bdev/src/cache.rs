@@ -1332,7 +1332,9 @@ impl BdevChannel for CacheChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
-            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
+            BdevOp::TaskManagement { .. } | BdevOp::ReservationChange { .. } => {
+                self.finish(tag, Err(BdevError::Unsupported), None)
+            }
         }
     }
 

@@ -682,7 +682,9 @@ impl BdevChannel for FileChannel {
             BdevOp::CompareAndWrite { buf, .. } => {
                 self.finish(tag, Err(BdevError::Unsupported), Some(buf))
             }
-            BdevOp::TaskManagement { .. } => self.finish(tag, Err(BdevError::Unsupported), None),
+            BdevOp::TaskManagement { .. } | BdevOp::ReservationChange { .. } => {
+                self.finish(tag, Err(BdevError::Unsupported), None)
+            }
         }
         if self.private {
             self.enter();

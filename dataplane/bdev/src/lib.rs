@@ -118,6 +118,32 @@ pub enum BdevOp {
         /// Which function.
         function: TaskMgmt,
     },
+    /// A persistent reservation change (PR OUT, SPC-2 RESERVE / RELEASE) for the whole
+    /// logical unit, computed by the caller from the state of version `base`: the device
+    /// orders it against every other change through any node, has every node apply `state`
+    /// (and raise `notice`'s unit attentions) and completes once they did.
+    /// [`BdevError::Miscompare`]: another change came first; recompute from the state the
+    /// device delivered meanwhile and submit again. Offered only by devices whose
+    /// [`Bdev::cluster_reservations`] is true; others refuse it with
+    /// [`BdevError::Unsupported`].
+    ReservationChange {
+        /// The version the change was computed from.
+        base: PrVersionId,
+        /// The whole new state, encoded by the caller.
+        state: Vec<u8>,
+        /// Its unit attentions, encoded by the caller.
+        notice: Vec<u8>,
+    },
+}
+
+/// The version of a logical unit's reservation state on a device that carries it across
+/// nodes (see [`BdevOp::ReservationChange`]); opaque to callers except for equality.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrVersionId {
+    /// The epoch the issuing node's sequencer role began in.
+    pub epoch: u64,
+    /// The change's number within that role.
+    pub n: u64,
 }
 
 /// A task management function that [`BdevOp::TaskManagement`] carries.
@@ -217,6 +243,11 @@ pub trait Bdev: Send + Sync {
     fn cluster_task_management(&self) -> bool {
         false
     }
+    /// Whether persistent reservation changes must be carried to the other nodes serving
+    /// the device ([`BdevOp::ReservationChange`]).
+    fn cluster_reservations(&self) -> bool {
+        false
+    }
 }
 
 /// A per-thread handle for submitting I/O to a [`Bdev`].
@@ -303,9 +334,9 @@ pub(crate) fn check_op(
             check_range(block_size, num_blocks, *offset, *len)
         }
         // Local devices leave COMPARE AND WRITE to the caller (see the trait).
-        BdevOp::CompareAndWrite { .. } | BdevOp::TaskManagement { .. } => {
-            Err(BdevError::Unsupported)
-        }
+        BdevOp::CompareAndWrite { .. }
+        | BdevOp::TaskManagement { .. }
+        | BdevOp::ReservationChange { .. } => Err(BdevError::Unsupported),
     }
 }
 
@@ -326,7 +357,8 @@ impl BdevOp {
             BdevOp::Read { .. }
             | BdevOp::Flush
             | BdevOp::Discard { .. }
-            | BdevOp::TaskManagement { .. } => None,
+            | BdevOp::TaskManagement { .. }
+            | BdevOp::ReservationChange { .. } => None,
         }
     }
 }

@@ -257,9 +257,9 @@ impl BdevChannel for RamChannel {
                 }
             }
             // Refused by `check_op` above; kept for an exhaustive match.
-            op @ (BdevOp::CompareAndWrite { .. } | BdevOp::TaskManagement { .. }) => {
-                reject(tag, op, BdevError::Unsupported)
-            }
+            op @ (BdevOp::CompareAndWrite { .. }
+            | BdevOp::TaskManagement { .. }
+            | BdevOp::ReservationChange { .. }) => reject(tag, op, BdevError::Unsupported),
         };
         self.ready.push_back(c);
     }

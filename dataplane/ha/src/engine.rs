@@ -43,6 +43,7 @@ use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
 use crate::pacing::{PacingConfig, ResyncPacer};
 use crate::ranges::{Barriers, RangeLocks};
+use crate::reservations::{ClusterPr, Next as PrNext, PrChange, PrVersion};
 use crate::task_mgmt::TaskMgmtOps;
 use crate::types::{
     BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, OpId, RegionIndex, TaskMgmtKind, Time,
@@ -69,6 +70,9 @@ pub enum PlantedBug {
     /// A `DiskContinuous` journal records a region in its activity log only when the write
     /// to it completes, not before it is submitted.
     ActivityNotBeforeWrite,
+    /// A persistent reservation change is answered GOOD once the sequencer applied it,
+    /// without waiting for the other members.
+    PrAnsweredBeforeApplied,
 }
 
 /// Why [`Engine::grow`] refused.
@@ -415,6 +419,8 @@ pub struct Engine<P> {
     /// LOGICAL UNIT RESET / CLEAR TASK SET taken from a host here, waiting until every
     /// synchronized partner applied it.
     task_mgmt: TaskMgmtOps,
+    /// Persistent reservation state and the changes in flight (`reservations.rs`).
+    pr: ClusterPr,
 }
 
 impl<P: Clone> Engine<P> {
@@ -480,6 +486,7 @@ impl<P: Clone> Engine<P> {
             answered_early: BTreeSet::new(),
             answering_early: Vec::new(),
             task_mgmt: TaskMgmtOps::default(),
+            pr: ClusterPr::new(boot_id),
         }
     }
 
@@ -660,7 +667,20 @@ impl<P: Clone> Engine<P> {
             && self.gate.is_none()
             && self.resync.values().all(|q| q.is_empty())
             && self.awaiting_meta.is_empty()
-            && self.task_mgmt.is_empty())
+            && self.task_mgmt.is_empty()
+            && self.pr.is_idle())
+    }
+
+    /// The persistent reservation state this node holds, and its version.
+    pub fn pr_state(&self) -> (PrVersion, &[u8]) {
+        (self.pr.version(), self.pr.state())
+    }
+
+    /// The reservation state loaded at start (APTPL): what this node pushes if it becomes
+    /// the sequencer before any other state reaches it. A joining node's is replaced by the
+    /// sequencer's before it serves.
+    pub fn set_pr_state(&mut self, state: Vec<u8>) {
+        self.pr.set(PrVersion::default(), state);
     }
 
     /// Feed one input; outputs are appended to `out`.
@@ -767,6 +787,148 @@ impl<P: Clone> Engine<P> {
                 out,
             ),
             HostCmd::TaskMgmt { kind } => self.host_task_mgmt(now, tag, kind, out),
+            HostCmd::PrChange {
+                base,
+                state,
+                notice,
+            } => {
+                let id = self.new_op();
+                let change = PrChange {
+                    id,
+                    base,
+                    state,
+                    notice,
+                };
+                self.pr.wait_own(tag, now, change.clone());
+                self.pr_submit(now, change, out);
+            }
+        }
+    }
+
+    // ------------------------------------------------------ persistent reservations
+
+    /// Origin: a change to the sequencer (this node, or a message).
+    fn pr_submit(&mut self, now: Time, change: PrChange, out: &mut Vec<Output<P>>) {
+        if self.sequencer() == self.me {
+            self.pr_order(now, change, out);
+        } else {
+            let msg = Msg::PrForward {
+                id: change.id,
+                base: change.base,
+                state: change.state,
+                notice: change.notice,
+            };
+            self.send(self.sequencer(), msg, out);
+        }
+    }
+
+    /// Sequencer: queue a reservation change and apply the next ones whose turn it is.
+    fn pr_order(&mut self, now: Time, change: PrChange, out: &mut Vec<Output<P>>) {
+        self.pr.enqueue(change);
+        self.pr_pump(now, out);
+    }
+
+    fn pr_pump(&mut self, now: Time, out: &mut Vec<Output<P>>) {
+        while let Some(next) = self.pr.next() {
+            match next {
+                PrNext::Stale(id) => self.pr_answer(now, id, false, out),
+                PrNext::Apply(c, version) => {
+                    // Applied here first, then on every member that receives writes (a
+                    // syncing one too: its `SyncComplete` may already be on its way).
+                    out.push(Output::PrApply {
+                        version,
+                        state: c.state.clone(),
+                        notice: c.notice.clone(),
+                    });
+                    let targets: BTreeSet<NodeId> = self
+                        .config
+                        .as_ref()
+                        .map(|cfg| cfg.write_targets().filter(|&n| n != self.me).collect())
+                        .unwrap_or_default();
+                    for &t in &targets {
+                        let msg = Msg::PrApply {
+                            id: c.id,
+                            version,
+                            state: c.state.clone(),
+                            notice: c.notice.clone(),
+                        };
+                        self.send(t, msg, out);
+                    }
+                    let early = self.opts.planted_bug == Some(PlantedBug::PrAnsweredBeforeApplied);
+                    if early {
+                        self.pr_answer(now, c.id, true, out);
+                        continue;
+                    }
+                    if self.pr.start(c.id, targets, now) {
+                        self.pr_answer(now, c.id, true, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sequencer: the change `id` is done (applied everywhere, or refused as stale).
+    fn pr_answer(&mut self, now: Time, id: OpId, applied: bool, out: &mut Vec<Output<P>>) {
+        if id.origin == self.me {
+            self.pr_own_done(now, id, applied, out);
+        } else {
+            self.send(id.origin, Msg::PrDone { id, applied }, out);
+        }
+    }
+
+    fn pr_own_done(&mut self, now: Time, id: OpId, applied: bool, out: &mut Vec<Output<P>>) {
+        if let Some(tag) = self.pr.own_done(id) {
+            let status = if applied {
+                HostStatus::Good { data: None }
+            } else {
+                HostStatus::Miscompare
+            };
+            self.answer(now, tag, status, out);
+        }
+    }
+
+    /// The sequencer's current state to `to` (before `SyncComplete`, or at a takeover), so
+    /// a (re)joining member never keeps a stale reservation. Its acknowledgement is ignored:
+    /// a later change sent on the same link is acknowledged after it.
+    fn pr_push(&mut self, to: NodeId, out: &mut Vec<Output<P>>) {
+        let id = self.new_op();
+        let (version, state) = (self.pr.version(), self.pr.state().to_vec());
+        let msg = Msg::PrApply {
+            id,
+            version,
+            state,
+            notice: Vec::new(),
+        };
+        self.send(to, msg, out);
+    }
+
+    /// This node starts sequencing reservation changes (a new sequencer, or one that was
+    /// restarted and just became synchronized). Every change answered GOOD is in its state
+    /// (it received writes then); one a former sequencer half applied may be on some members
+    /// only: this node's state, restamped with the current epoch, replaces it everywhere.
+    fn pr_take_over(&mut self, out: &mut Vec<Output<P>>) {
+        let version = self.pr.take_over(self.epoch());
+        // This node's LU takes the new version too (its next change is based on it).
+        out.push(Output::PrApply {
+            version,
+            state: self.pr.state().to_vec(),
+            notice: Vec::new(),
+        });
+        let targets: Vec<NodeId> = self
+            .config
+            .as_ref()
+            .map(|c| c.write_targets().filter(|&n| n != self.me).collect())
+            .unwrap_or_default();
+        for t in targets {
+            self.pr_push(t, out);
+        }
+    }
+
+    /// Sequencer: a member that applied the active change.
+    fn pr_acked(&mut self, now: Time, id: OpId, from: NodeId, out: &mut Vec<Output<P>>) {
+        if let Some(done) = self.pr.acked(id, from) {
+            self.pr_answer(now, done, true, out);
+            self.pr_pump(now, out);
         }
     }
 
@@ -1300,6 +1462,7 @@ impl<P: Clone> Engine<P> {
             self.resync.remove(&t);
             self.copies_in_flight.remove(&t);
             self.sync_done.insert(t, false);
+            self.pr_push(t, out);
             let meta = self.meta.clone();
             self.send(t, Msg::SyncComplete { meta }, out);
         }
@@ -1420,7 +1583,16 @@ impl<P: Clone> Engine<P> {
                     self.finish_seq(now, id, out);
                 }
             }
-            Msg::Uncertain { regions } => self.on_uncertain(now, from, regions, out),
+            Msg::Uncertain { regions } => {
+                // The survivor now knows this node as its sequencer: the reservation state
+                // pushed at the takeover may have reached it while it was still in an older
+                // configuration (and been refused), so push it again; it is acknowledged
+                // before any later change.
+                if self.sequencer() == self.me && self.pr.stamped() {
+                    self.pr_push(from, out);
+                }
+                self.on_uncertain(now, from, regions, out)
+            }
             Msg::SyncOffer {
                 meta,
                 dirty,
@@ -1448,6 +1620,42 @@ impl<P: Clone> Engine<P> {
                     self.answer(now, tag, HostStatus::Good { data: None }, out);
                 }
             }
+            Msg::PrForward {
+                id,
+                base,
+                state,
+                notice,
+            } => {
+                // Only the sequencer orders; a change sent to a former one is answered NOT
+                // READY by its origin when it learns of the new sequencer.
+                if self.sequencer() == self.me && self.serving(now) {
+                    let change = PrChange {
+                        id,
+                        base,
+                        state,
+                        notice,
+                    };
+                    self.pr_order(now, change, out);
+                }
+            }
+            Msg::PrApply {
+                id,
+                version,
+                state,
+                notice,
+            } => {
+                self.pr.set(version, state.clone());
+                // Applied (and saved) before the acknowledgement leaves: outputs are handled
+                // in order.
+                out.push(Output::PrApply {
+                    version,
+                    state,
+                    notice,
+                });
+                self.send(from, Msg::PrApplyAck { id }, out);
+            }
+            Msg::PrApplyAck { id } => self.pr_acked(now, id, from, out),
+            Msg::PrDone { id, applied } => self.pr_own_done(now, id, applied, out),
             Msg::SyncCompleteAck => {
                 if let Some(acked) = self.sync_done.get_mut(&from) {
                     if !*acked {
@@ -1474,6 +1682,8 @@ impl<P: Clone> Engine<P> {
                 | Msg::Grant { .. }
                 | Msg::RegionCopy { .. }
                 | Msg::SyncComplete { .. }
+                | Msg::PrApply { .. }
+                | Msg::PrDone { .. }
         );
         if from_sequencer {
             from == cfg.sequencer && env.epoch >= self.sequencer_since
@@ -1865,8 +2075,21 @@ impl<P: Clone> Engine<P> {
             }
         }
 
+        // A joining replica serves only with the `SyncComplete` (and the reservation state
+        // pushed just before it) received by this process: the authority may have made it
+        // synchronized on the acknowledgement of a former incarnation, sent before a crash.
+        // It then keeps its old metadata and asks to be resynchronized, like a restart (made
+        // synchronized alone, it has no one to sync from and takes the configuration as is).
+        let joined_without_sync = my_state == MemberState::Synchronized
+            && old_state == Some(MemberState::Syncing)
+            && self.adopt.is_none()
+            && cfg.synchronized().any(|n| n != me);
+        if joined_without_sync {
+            self.restarted = true;
+        }
+
         // Metadata: the generation of the data this replica now holds.
-        if my_state == MemberState::Synchronized {
+        if my_state == MemberState::Synchronized && !joined_without_sync {
             let skipped = old.as_ref().is_some_and(|o| cfg.epoch.0 > o.epoch.0 + 1);
             let joined = old_state == Some(MemberState::Syncing);
             if let Some(source) = self.adopt.take().filter(|_| joined) {
@@ -1935,7 +2158,10 @@ impl<P: Clone> Engine<P> {
         // writes that no partner saw, whatever role it has had since.
         if cfg.sequencer == me && my_state == MemberState::Synchronized {
             self.meta.was_sequencer = true;
-        } else if my_state == MemberState::Synchronized && old_state == Some(MemberState::Syncing) {
+        } else if my_state == MemberState::Synchronized
+            && old_state == Some(MemberState::Syncing)
+            && !joined_without_sync
+        {
             self.meta.was_sequencer = false;
         }
         self.meta.version += 1;
@@ -1984,6 +2210,14 @@ impl<P: Clone> Engine<P> {
                 } else {
                     self.drop_departed(now, &newly_out, out);
                 }
+                if self.sequencer() == me && !self.pr.stamped() {
+                    self.pr_take_over(out);
+                }
+                if sequencer_changed {
+                    for change in self.pr.resend_own(now) {
+                        self.pr_submit(now, change, out);
+                    }
+                }
             }
         }
 
@@ -1995,6 +2229,15 @@ impl<P: Clone> Engine<P> {
                 .retain_partners(|n| synchronized.contains(&n))
             {
                 self.answer(now, tag, HostStatus::Good { data: None }, out);
+            }
+        }
+
+        // A reservation change waits only for members that still receive writes.
+        if let Some(cfg) = &self.config {
+            let targets: BTreeSet<NodeId> = cfg.write_targets().collect();
+            if let Some(done) = self.pr.retain_members(|n| targets.contains(&n)) {
+                self.pr_answer(now, done, true, out);
+                self.pr_pump(now, out);
             }
         }
 
@@ -2059,10 +2302,13 @@ impl<P: Clone> Engine<P> {
         for tag in self.task_mgmt.drain() {
             not_ready(tag, out);
         }
+        for tag in self.pr.drain_own() {
+            not_ready(tag, out);
+        }
+        self.pr.drop_sequencing();
         self.held_writes = 0;
         self.held_bytes = 0;
         self.locks.clear();
-        self.barriers.clear();
         self.gate = None;
         self.reconcile.clear();
         self.gated_ops.clear();
@@ -2071,6 +2317,16 @@ impl<P: Clone> Engine<P> {
         if sequencer_changed {
             // Nobody will take acks for these any more; the new sequencer copies the regions.
             self.applied.clear();
+            self.barriers.clear();
+        } else {
+            // Writes applied here for the same sequencer still get their `Commit` (asked for
+            // again if late): their read barriers stay, or once this node is synchronized a
+            // read here could return a write that another replica does not hold yet (3n seed
+            // 486: a syncing member's barrier dropped by a configuration change while it
+            // stayed syncing; it read the write before the other joiner had it).
+            let applied = &self.applied;
+            self.barriers
+                .retain(|key| matches!(key, BarrierKey::Op(id) if applied.contains_key(&id)));
         }
         // Local I/O still in flight keeps its purpose only for writes (ordering); reads and
         // flushes were answered above.
@@ -2093,6 +2349,9 @@ impl<P: Clone> Engine<P> {
         out: &mut Vec<Output<P>>,
     ) {
         let cfg = self.config.clone().expect("set by caller");
+        // Reservation changes sent to the old sequencer go to the new one once it is known
+        // to have this node's report (`on_config` sends them after the `Uncertain` below).
+        self.pr.drop_sequencing();
         // Writes applied here for the old sequencer will get no Commit: their regions are
         // reconciled instead.
         let applied: Vec<(OpId, BlockRange)> =
@@ -2304,6 +2563,9 @@ impl<P: Clone> Engine<P> {
             for tag in self.task_mgmt.drain() {
                 not_ready(tag, out);
             }
+            for tag in self.pr.drain_own() {
+                not_ready(tag, out);
+            }
         }
         if !self.serving(now)
             && (!self.reads.is_empty()
@@ -2380,6 +2642,7 @@ impl<P: Clone> Engine<P> {
                     if acked {
                         out.push(Output::Synchronized { node: n, epoch });
                     } else {
+                        self.pr_push(n, out);
                         let meta = self.meta.clone();
                         self.send(n, Msg::SyncComplete { meta }, out);
                     }
@@ -2418,6 +2681,7 @@ impl<P: Clone> Engine<P> {
             }
         }
         partners.extend(self.task_mgmt.awaited(now, older_than));
+        partners.extend(self.pr.awaited(now, older_than, self.sequencer()));
         partners.remove(&self.me);
         partners
     }
@@ -2564,7 +2828,10 @@ impl<P: Clone> Engine<P> {
 fn write_range<P>(cmd: &HostCmd<P>) -> Option<BlockRange> {
     match cmd {
         HostCmd::Write { range, .. } | HostCmd::CompareAndWrite { range, .. } => Some(*range),
-        HostCmd::Read { .. } | HostCmd::Flush | HostCmd::TaskMgmt { .. } => None,
+        HostCmd::Read { .. }
+        | HostCmd::Flush
+        | HostCmd::TaskMgmt { .. }
+        | HostCmd::PrChange { .. } => None,
     }
 }
 

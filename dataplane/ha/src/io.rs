@@ -4,6 +4,7 @@ use crate::generation::{ReplicaMeta, SyncDecision};
 use crate::journal::JournalRecord;
 use crate::membership::EpochConfig;
 use crate::msg::Envelope;
+use crate::reservations::PrVersion;
 use crate::types::{BlockRange, Epoch, HostTag, IoTag, NodeId, TaskMgmtKind, Time};
 
 /// A host command that reached this node (already decoded and range-checked by SCSI).
@@ -29,6 +30,16 @@ pub enum HostCmd<P> {
     /// once every synchronized partner applied it too (or left the configuration).
     TaskMgmt {
         kind: TaskMgmtKind,
+    },
+    /// A persistent reservation change (PR OUT, SPC-2 RESERVE / RELEASE) computed by this
+    /// node's LU from the state of version `base`: `state` is the whole new state, `notice`
+    /// its unit attentions (both opaque here). GOOD once every member that receives writes
+    /// applied it; `Miscompare` if another change came first (recompute from the state
+    /// `Output::PrApply` delivered meanwhile and submit again).
+    PrChange {
+        base: PrVersion,
+        state: Vec<u8>,
+        notice: Vec<u8>,
     },
 }
 
@@ -151,5 +162,14 @@ pub enum Output<P> {
     /// node's tasks and I_T nexuses now (the acknowledgement follows this output).
     TaskMgmt {
         kind: TaskMgmtKind,
+    },
+    /// Make this the LU's reservation state (and, with APTPL, durable) before anything else
+    /// this step outputs; raise `notice`'s unit attentions on this node's nexuses. From a
+    /// change (this node's or a partner's), or the sequencer's current state pushed at a
+    /// takeover or before `SyncComplete` (empty `notice`).
+    PrApply {
+        version: PrVersion,
+        state: Vec<u8>,
+        notice: Vec<u8>,
     },
 }

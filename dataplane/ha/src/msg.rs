@@ -3,6 +3,7 @@
 //! buffer in the data plane, per-block values in the simulator.
 
 use crate::generation::ReplicaMeta;
+use crate::reservations::PrVersion;
 use crate::types::{BlockRange, Epoch, OpId, RegionIndex, TaskMgmtKind};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +72,27 @@ pub enum Msg<P> {
     TaskMgmt { id: OpId, kind: TaskMgmtKind },
     /// Member → origin: `TaskMgmt { id }` applied here.
     TaskMgmtAck { id: OpId },
+    /// Origin → sequencer: order this persistent reservation change, computed from the state
+    /// of version `base`.
+    PrForward {
+        id: OpId,
+        base: PrVersion,
+        state: Vec<u8>,
+        notice: Vec<u8>,
+    },
+    /// Sequencer → every member that receives writes: this is the reservation state now
+    /// (a change, or the current state pushed at a takeover or before `SyncComplete`).
+    PrApply {
+        id: OpId,
+        version: PrVersion,
+        state: Vec<u8>,
+        notice: Vec<u8>,
+    },
+    /// Member → sequencer: `PrApply { id }` applied (and durable) here.
+    PrApplyAck { id: OpId },
+    /// Sequencer → origin: the change `id` is applied on every member (`applied`), or its
+    /// base was stale (recompute).
+    PrDone { id: OpId, applied: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -120,6 +120,11 @@ impl<K: Copy + PartialEq> Barriers<K> {
         self.ranges.clear();
     }
 
+    /// Keeps only the barriers whose key `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(K) -> bool) {
+        self.ranges.retain(|r| keep(r.1));
+    }
+
     pub fn len(&self) -> usize {
         self.ranges.len()
     }

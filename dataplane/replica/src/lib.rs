@@ -84,7 +84,30 @@ pub struct ReplicaOptions {
     /// the LU). Runs before the acknowledgement leaves, so the origin answers its host only
     /// after this returned. Must not block.
     pub on_task_mgmt: Option<TaskMgmtCallback>,
+    /// Called on the replication thread whenever a persistent reservation state must become
+    /// this node's LU's: a change (this node's own, before its [`BdevOp::ReservationChange`]
+    /// completes, or a partner's), or the state the sequencer pushes before this node serves.
+    /// Apply it, and save it when APTPL asks, before returning: the acknowledgement that lets
+    /// the origin answer its host leaves after this returns. Blocks at most for that save.
+    pub on_pr_apply: Option<PrApplyCallback>,
+    /// The reservation state the LU loaded at start (APTPL), encoded as the LU sends it: what
+    /// this node pushes if it becomes the sequencer before another state reaches it.
+    pub pr_state: Vec<u8>,
 }
+
+/// What [`ReplicaOptions::on_pr_apply`] is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrApply {
+    /// The version of `state` (the base of the LU's next change).
+    pub version: tandem_bdev::PrVersionId,
+    /// The whole state, as the LU encoded it.
+    pub state: Vec<u8>,
+    /// Unit attentions to raise on this node's nexuses (empty for a pushed state).
+    pub notice: Vec<u8>,
+}
+
+/// See [`ReplicaOptions::on_pr_apply`].
+pub type PrApplyCallback = Box<dyn FnMut(PrApply) + Send>;
 
 /// See [`ReplicaOptions::on_task_mgmt`].
 pub type TaskMgmtCallback = Box<dyn FnMut(tandem_bdev::TaskMgmt) + Send>;
@@ -111,6 +134,8 @@ impl ReplicaOptions {
             boot_id: boot_id_now(),
             on_state: None,
             on_task_mgmt: None,
+            on_pr_apply: None,
+            pr_state: Vec::new(),
         }
     }
 }
@@ -407,6 +432,12 @@ impl Bdev for ReplicatedBdev {
     /// A LOGICAL UNIT RESET or CLEAR TASK SET reaches every synchronized partner before it
     /// completes ([`BdevOp::TaskManagement`]).
     fn cluster_task_management(&self) -> bool {
+        true
+    }
+
+    /// Persistent reservation changes are ordered by the sequencer and applied on every node
+    /// before they complete ([`BdevOp::ReservationChange`]).
+    fn cluster_reservations(&self) -> bool {
         true
     }
 }

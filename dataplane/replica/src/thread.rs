@@ -65,6 +65,8 @@ enum ReqKind {
     Flush,
     /// LOGICAL UNIT RESET / CLEAR TASK SET on its way to the partners.
     TaskMgmt,
+    /// A persistent reservation change being ordered and applied everywhere.
+    PrChange,
     Discard {
         next: u64,
         end: u64,
@@ -131,6 +133,7 @@ pub(crate) struct Worker {
     events: Vec<PeerEvent>,
     on_state: Option<crate::StateCallback>,
     on_task_mgmt: Option<crate::TaskMgmtCallback>,
+    on_pr_apply: Option<crate::PrApplyCallback>,
     /// What `on_state` was last told: serving, configuration epoch.
     told: Option<(bool, Option<tandem_ha::Epoch>)>,
 }
@@ -153,11 +156,13 @@ impl Worker {
         let mut opts = opts;
         let on_state = opts.on_state.take();
         let on_task_mgmt = opts.on_task_mgmt.take();
+        let on_pr_apply = opts.on_pr_apply.take();
         let geometry = Geometry::with_64k_regions(info.block_size, info.num_blocks);
         let mut engine = Engine::new(opts.node_id, geometry, meta, opts.boot_id, opts.engine);
         if let Some(j) = restored {
             engine.restore_journal(j);
         }
+        engine.set_pr_state(std::mem::take(&mut opts.pr_state));
         let now = Instant::now();
         Worker {
             info,
@@ -194,6 +199,7 @@ impl Worker {
             events: Vec::new(),
             on_state,
             on_task_mgmt,
+            on_pr_apply,
             told: None,
         }
     }
@@ -404,6 +410,24 @@ impl Worker {
                     f(match kind {
                         TaskMgmtKind::LunReset => TaskMgmt::LunReset,
                         TaskMgmtKind::ClearTaskSet => TaskMgmt::ClearTaskSet,
+                    });
+                }
+            }
+            Output::PrApply {
+                version,
+                state,
+                notice,
+            } => {
+                tracing::debug!(device = %self.info.name, epoch = version.epoch.0, n = version.n,
+                    "persistent reservation state applied");
+                if let Some(f) = self.on_pr_apply.as_mut() {
+                    f(crate::PrApply {
+                        version: tandem_bdev::PrVersionId {
+                            epoch: version.epoch.0,
+                            n: version.n,
+                        },
+                        state,
+                        notice,
                     });
                 }
             }
@@ -635,6 +659,35 @@ impl Worker {
                 );
                 self.host(id, HostCmd::TaskMgmt { kind });
             }
+            BdevOp::ReservationChange {
+                base,
+                state,
+                notice,
+            } => {
+                if state.len() > tandem_ha::PR_BLOB_MAX || notice.len() > tandem_ha::PR_BLOB_MAX {
+                    return self.complete(chan, tag, Err(BdevError::Unsupported), None);
+                }
+                self.reqs.insert(
+                    id,
+                    HostReq {
+                        chan,
+                        tag,
+                        kind: ReqKind::PrChange,
+                    },
+                );
+                let base = tandem_ha::PrVersion {
+                    epoch: tandem_ha::Epoch(base.epoch),
+                    n: base.n,
+                };
+                self.host(
+                    id,
+                    HostCmd::PrChange {
+                        base,
+                        state,
+                        notice,
+                    },
+                );
+            }
             BdevOp::CompareAndWrite { offset, buf, fua } => {
                 let half = buf.len() / 2;
                 let checked = if buf.len() % 2 != 0 {
@@ -788,7 +841,7 @@ impl Worker {
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
                 }
-                ReqKind::TaskMgmt => {
+                ReqKind::TaskMgmt | ReqKind::PrChange => {
                     self.complete(req.chan, req.tag, Ok(()), None);
                     return;
                 }
@@ -811,7 +864,13 @@ impl Worker {
                 if matches!(req.kind, ReqKind::CompareAndWrite { .. }) {
                     return self.locate_miscompare(id, req);
                 }
-                BdevError::Other("miscompare for a command that compares nothing".into())
+                if matches!(req.kind, ReqKind::PrChange) {
+                    // Another change came first: the caller recomputes from the state
+                    // `on_pr_apply` delivered meanwhile.
+                    BdevError::Miscompare { offset: 0 }
+                } else {
+                    BdevError::Other("miscompare for a command that compares nothing".into())
+                }
             }
         };
         let buf = match &mut req.kind {

@@ -51,6 +51,9 @@ struct State {
     /// The PR OUT change being committed, at most one: applied once its
     /// commit is durable, dropped if it failed (see `settle_pr`).
     pr_pending: Option<PendingPr>,
+    /// On a device that carries reservations across nodes: the version of `pr` (the base
+    /// of this node's next change; see `reservations::apply_cluster_pr`).
+    pr_version: (u64, u64),
 }
 
 /// A persistent-reservation change waiting for its commit.
@@ -112,6 +115,8 @@ pub struct LogicalUnit {
     pr_store: Option<Arc<dyn PrStore>>,
     /// The device runs COMPARE AND WRITE atomically itself (`LuIo::CompareAndWrite`).
     device_caw: std::sync::atomic::AtomicBool,
+    /// The device orders reservation changes across nodes (`LuIo::ReservationChange`).
+    cluster_pr: std::sync::atomic::AtomicBool,
     /// Counts LOGICAL UNIT RESETs, CLEAR TASK SETs and target resets: a command whose I/O
     /// started under an older value was aborted by one (see `resume`).
     abort_gen: std::sync::atomic::AtomicU64,
@@ -161,6 +166,7 @@ impl LogicalUnit {
             max_transfer_blocks: cfg.max_transfer_blocks,
             default_wce: wce,
             device_caw: std::sync::atomic::AtomicBool::new(false),
+            cluster_pr: std::sync::atomic::AtomicBool::new(false),
             abort_gen: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 num_blocks: cfg.num_blocks,
@@ -177,6 +183,7 @@ impl LogicalUnit {
                 pr,
                 pr_durable,
                 pr_pending: None,
+                pr_version: (0, 0),
             }),
             inflight,
             releases,
@@ -645,7 +652,17 @@ impl LogicalUnit {
                 scope,
                 pr_type,
                 param_len,
-            } => self.pr_out(st, cmd, service_action, scope, pr_type, param_len),
+            } => self.pr_out(
+                st,
+                cmd.nexus,
+                cmd.data_out,
+                PrOutArgs {
+                    service_action,
+                    scope,
+                    pr_type,
+                    param_len,
+                },
+            ),
             C::Reserve => self.spc2_reserve(st, nexus),
             C::Release => self.spc2_release(st, nexus),
         }
@@ -684,7 +701,8 @@ fn read_defect_data(twelve: bool, plist: bool, glist: bool, format: u8) -> Vec<u
 mod block;
 #[cfg(test)]
 mod release_tests;
-mod reservations;
+pub(crate) mod reservations;
+pub(crate) use reservations::PrOutArgs;
 #[cfg(test)]
 mod tests;
 

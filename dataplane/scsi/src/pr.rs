@@ -642,6 +642,31 @@ impl PrState {
         out
     }
 
+    /// The whole state whatever APTPL says: what travels between the nodes of a replicated
+    /// device (the store keeps [`PrState::encode`]). The flag byte after the magic is
+    /// 0x80 | APTPL.
+    pub fn encode_full(&self) -> Vec<u8> {
+        let mut whole = self.clone();
+        whole.aptpl = true;
+        let mut out = whole.encode();
+        out[Self::MAGIC.len()] = 0x80 | u8::from(self.aptpl);
+        out
+    }
+
+    /// Parses [`PrState::encode_full`] output; `None` for anything malformed.
+    pub fn decode_full(blob: &[u8]) -> Option<PrState> {
+        let at = Self::MAGIC.len();
+        let flag = *blob.get(at)?;
+        if flag & 0xfe != 0x80 {
+            return None;
+        }
+        let mut b = blob.to_vec();
+        b[at] = 1;
+        let mut s = Self::decode(&b)?;
+        s.aptpl = flag & 1 == 1;
+        Some(s)
+    }
+
     /// Parses [`PrState::encode`] output; `None` for anything malformed.
     pub fn decode(blob: &[u8]) -> Option<PrState> {
         let mut r = Reader(blob);

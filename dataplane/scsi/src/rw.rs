@@ -173,6 +173,10 @@ pub(crate) enum ContKind {
     /// PERSISTENT RESERVE OUT whose new state is being made durable: the
     /// LU's pending commit with this state decides the answer.
     PrCommit { state: CommitState },
+    /// PERSISTENT RESERVE OUT handed to a device that orders it across nodes: GOOD once
+    /// applied everywhere; computed again (from the state the device delivered meanwhile)
+    /// if another change came first.
+    PrCluster { args: crate::lu::PrOutArgs },
     /// WRITE SAME: more chunks may follow.
     WriteSame {
         next_lba: u64,

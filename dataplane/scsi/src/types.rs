@@ -151,6 +151,15 @@ pub enum LuIo {
         blocks: u32,
         fua: bool,
     },
+    /// A persistent reservation change for a device that orders it across nodes (see
+    /// [`crate::LogicalUnit::set_cluster_reservations`]): `state` computed from the state of
+    /// version `base`, `notice` its unit attentions. [`IoOutcome::Miscompare`]: another
+    /// change came first.
+    ReservationChange {
+        base: (u64, u64),
+        state: Vec<u8>,
+        notice: Vec<u8>,
+    },
 }
 
 /// Where the bytes of a write come from.

@@ -853,6 +853,18 @@ impl ConnCore {
                 });
             }
             LuIo::Flush => ops.push(BdevOp::Flush),
+            LuIo::ReservationChange {
+                base,
+                state,
+                notice,
+            } => ops.push(BdevOp::ReservationChange {
+                base: tandem_bdev::PrVersionId {
+                    epoch: base.0,
+                    n: base.1,
+                },
+                state,
+                notice,
+            }),
             LuIo::Unmap { ranges } => {
                 for (lba, blocks) in ranges {
                     ops.push(BdevOp::Discard {

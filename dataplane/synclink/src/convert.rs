@@ -58,6 +58,31 @@ pub(crate) fn to_shared(env: Envelope<&[u8]>, frame_crc: u32) -> Option<Envelope
         Msg::SyncCompleteAck => Msg::SyncCompleteAck,
         Msg::TaskMgmt { id, kind } => Msg::TaskMgmt { id, kind },
         Msg::TaskMgmtAck { id } => Msg::TaskMgmtAck { id },
+        // Reservation states are owned bytes already (no payload buffer to share).
+        Msg::PrForward {
+            id,
+            base,
+            state,
+            notice,
+        } => Msg::PrForward {
+            id,
+            base,
+            state,
+            notice,
+        },
+        Msg::PrApply {
+            id,
+            version,
+            state,
+            notice,
+        } => Msg::PrApply {
+            id,
+            version,
+            state,
+            notice,
+        },
+        Msg::PrApplyAck { id } => Msg::PrApplyAck { id },
+        Msg::PrDone { id, applied } => Msg::PrDone { id, applied },
         // tandem-ha may grow variants before this crate learns them (as in tandem-mirror).
         #[allow(unreachable_patterns)]
         _ => return None,

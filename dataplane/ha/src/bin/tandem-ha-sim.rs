@@ -1,7 +1,7 @@
 //! Runs the replication simulator over a range of seeds (or replays one with a trace).
 //!
 //! ```text
-//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous]
+//! tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--bug NAME] [--authority-bug NAME] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous] [--pr]
 //! ```
 //!
 //! It stops at the first failing seed, unless `--keep-going`: then it reports every failing
@@ -24,6 +24,7 @@ fn parse_bug(s: &str) -> Option<PlantedBug> {
         "NoReadBarrier" => PlantedBug::NoReadBarrier,
         "UnboundedHolding" => PlantedBug::UnboundedHolding,
         "ActivityNotBeforeWrite" => PlantedBug::ActivityNotBeforeWrite,
+        "PrAnsweredBeforeApplied" => PlantedBug::PrAnsweredBeforeApplied,
         _ => return None,
     })
 }
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     let mut trace = false;
     let mut keep_going = false;
     let mut task_mgmt = false;
+    let mut pr = false;
     let mut active_ms = 300;
     let mut journal = JournalKind::Ram;
     let mut i = 0;
@@ -93,6 +95,11 @@ fn main() -> ExitCode {
                 i += 1;
                 continue;
             }
+            "--pr" => {
+                pr = true;
+                i += 1;
+                continue;
+            }
             other => return usage(&format!("unknown argument {other:?}")),
         }
         i += 2;
@@ -100,6 +107,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut good, mut faults, mut inconclusive, mut refused) = (0u64, 0u64, 0u64, 0u64);
     let (mut fast, mut full) = (0u64, 0u64);
+    let (mut pr_good, mut pr_conflicts, mut pr_checked) = (0u64, 0u64, 0u64);
     let count = seeds.end - seeds.start;
     let mut failed = Vec::new();
     for seed in seeds {
@@ -112,6 +120,7 @@ fn main() -> ExitCode {
             trace,
             task_mgmt,
             journal,
+            pr,
         };
         match run(&p) {
             Ok(r) => {
@@ -121,6 +130,9 @@ fn main() -> ExitCode {
                 refused += r.refused_over_bound;
                 fast += r.fast_syncs;
                 full += r.full_syncs;
+                pr_good += r.pr_changes_good;
+                pr_conflicts += r.pr_conflicts;
+                pr_checked += r.pr_writes_checked;
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -141,7 +153,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {refused} writes refused at the held-writes bound, resyncs {fast} fast / {full} full ({journal:?} journal), {:.1} s",
+        "shape {} seeds {count}: all passed; {good} host operations answered GOOD, {faults} faults injected, {inconclusive} blocks inconclusive, {refused} writes refused at the held-writes bound, resyncs {fast} fast / {full} full ({journal:?} journal), {pr_good} reservation changes GOOD, {pr_conflicts} RESERVATION CONFLICTs, {pr_checked} writes checked against reservations, {:.1} s",
         shape.name(),
         started.elapsed().as_secs_f64()
     );
@@ -149,6 +161,6 @@ fn main() -> ExitCode {
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous]");
+    eprintln!("tandem-ha-sim: {why}\nusage: tandem-ha-sim --shape 2n|2w|3n [--seed N | --seeds FROM..TO] [--active-ms MS] [--bug NAME] [--authority-bug LeaseNotWaited] [--trace] [--keep-going] [--task-mgmt] [--journal ram|disk-failure|disk-continuous] [--pr]");
     ExitCode::from(2)
 }

@@ -17,6 +17,7 @@
 //! A failure prints a one-line command that replays the seed with a trace.
 
 pub mod checker;
+mod pr_model;
 mod rng;
 mod world;
 

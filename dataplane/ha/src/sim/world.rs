@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 
 use super::checker::{check_block, BlockOp, Event as CheckEvent};
+use super::pr_model::{decide, holder, LuDecision, PrCmd};
 use super::rng::Rng;
 use crate::authority::{Authority, AuthorityBug, ToAuthority, Update};
 use crate::engine::{Engine, Options, PlantedBug};
@@ -15,6 +16,7 @@ use crate::journal::{JournalKind, PersistedJournal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::Envelope;
 use crate::pacing::PacingConfig;
+use crate::reservations::PrVersion;
 use crate::types::{BlockRange, Epoch, Geometry, HostTag, IoTag, NodeId, Time};
 
 /// Per-block values: every write stores its unique id in each block it covers.
@@ -76,6 +78,10 @@ pub struct SimParams {
     /// The nodes' sync journal. Not `Ram` by default changes no draw from the RNG, so a
     /// seed runs the same faults and clients with every kind.
     pub journal: JournalKind,
+    /// Clients also take and release a WRITE EXCLUSIVE persistent reservation, and each
+    /// node's LU refuses other clients' writes while one holds it (see `pr_model`). Off by
+    /// default for the same reason as `task_mgmt`.
+    pub pr: bool,
 }
 
 impl SimParams {
@@ -89,6 +95,7 @@ impl SimParams {
             trace: false,
             task_mgmt: false,
             journal: JournalKind::Ram,
+            pr: false,
         }
     }
 
@@ -114,6 +121,9 @@ impl SimParams {
             JournalKind::DiskFailure => c.push_str(" --journal disk-failure"),
             JournalKind::DiskContinuous => c.push_str(" --journal disk-continuous"),
         }
+        if self.pr {
+            c.push_str(" --pr");
+        }
         c
     }
 }
@@ -136,6 +146,11 @@ pub struct SimReport {
     /// (no configuration change at the origin meanwhile).
     pub resets_good: u64,
     pub resets_checked: u64,
+    /// Reservation changes answered GOOD, commands answered RESERVATION CONFLICT by an LU,
+    /// and writes answered GOOD that were checked against the reservation state.
+    pub pr_changes_good: u64,
+    pub pr_conflicts: u64,
+    pub pr_writes_checked: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +260,12 @@ struct Node {
     journal_disk: PersistedJournal,
     /// Task management functions a partner carried here (`Output::TaskMgmt`), ever.
     task_mgmt_applied: u64,
+    /// The LU's reservation state (the last `Output::PrApply`, or the APTPL store at start)
+    /// and that store (saved at every apply, as the replica thread does before its ack).
+    pr_lu: (PrVersion, Vec<u8>),
+    pr_disk: Vec<u8>,
+    /// Every state this node's LU applied, in order (for the checks; kept across crashes).
+    pr_log: Vec<(PrVersion, Vec<u8>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -261,6 +282,9 @@ enum Kind {
     /// LOGICAL UNIT RESET; `watch` is filled when it reaches the engine (see
     /// `check_task_mgmt`).
     LunReset,
+    /// PERSISTENT RESERVE OUT, RESERVE / RELEASE of a WRITE EXCLUSIVE reservation.
+    Reserve,
+    Release,
 }
 
 #[derive(Clone, Debug)]
@@ -270,6 +294,20 @@ enum Outcome {
     Miscompare,
     NotReady,
     Unknown,
+    /// RESERVATION CONFLICT from the LU (the command did nothing).
+    Conflict,
+}
+
+/// The reservation side of a host operation.
+#[derive(Clone, Debug, Default)]
+struct PrTrack {
+    /// A change: its base, the state it asks for, where the origin's log stood when it was
+    /// submitted, and how often the LU recomputed it (stale base).
+    change: Option<(PrVersion, Vec<u8>, usize)>,
+    retries: u32,
+    /// A write: the LU's version when it let the write through, the newest version any
+    /// change answered GOOD had by then, and whether that change's state refuses the write.
+    admitted: Option<(PrVersion, PrVersion, bool)>,
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +319,7 @@ struct HostOp {
     invoke: u64,
     response: u64,
     outcome: Outcome,
+    pr: PrTrack,
 }
 
 /// What a reset's GOOD must imply (see `check_task_mgmt`).
@@ -319,6 +358,9 @@ struct World {
     report: SimReport,
     trace: Vec<String>,
     failure: Option<String>,
+    /// The newest version of a reservation change answered GOOD so far, and its state.
+    pr_good_max: PrVersion,
+    pr_good_state: Vec<u8>,
 }
 
 const NUM_BLOCKS: u64 = 48;
@@ -385,6 +427,9 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
             meta_in_flight: Vec::new(),
             journal_disk: PersistedJournal::default(),
             task_mgmt_applied: 0,
+            pr_lu: (PrVersion::default(), Vec::new()),
+            pr_disk: Vec::new(),
+            pr_log: Vec::new(),
         })
         .collect();
     let mk_link = || Link {
@@ -416,6 +461,8 @@ pub fn run(p: &SimParams) -> Result<SimReport, String> {
         report: SimReport::default(),
         trace: Vec::new(),
         failure: None,
+        pr_good_max: PrVersion::default(),
+        pr_good_state: Vec::new(),
     };
     for i in 0..n {
         w.feed(i, Input::Config(initial.clone()));
@@ -488,6 +535,9 @@ impl World {
                     if matches!(cmd, HostCmd::TaskMgmt { .. }) {
                         self.watch_reset(node, tag);
                     }
+                    let Some(cmd) = self.lu_admit(node, tag, cmd) else {
+                        return;
+                    };
                     self.feed(node, Input::Host { tag, cmd });
                 }
             }
@@ -798,6 +848,13 @@ impl World {
                 }
                 self.trace(|| format!("n{} resyncs {n}: {regions} regions, full {full}", node + 1));
             }
+            Output::PrApply { version, state, .. } => {
+                self.trace(|| format!("n{} applies PR {version:?} {state:?}", node + 1));
+                let n = &mut self.nodes[node];
+                n.pr_disk.clone_from(&state);
+                n.pr_log.push((version, state.clone()));
+                n.pr_lu = (version, state);
+            }
             Output::PersistMeta(meta) => {
                 let d = self.rng.range(20 * US, 200 * US);
                 let inc = self.nodes[node].inc;
@@ -854,7 +911,22 @@ impl World {
             self.rng.range(0, NUM_BLOCKS)
         };
         let roll = self.rng.range(0, 100);
-        let (kind, range) = if roll < 45 {
+        // A holder releases soon, so other clients' writes get through often too.
+        let holds = self.p.pr && holder(&self.nodes[node].pr_lu.1) == Some(client);
+        let pr_op = if holds && self.rng.chance(40) {
+            Some(Kind::Release)
+        } else if self.p.pr && self.rng.chance(8) {
+            Some(if self.rng.chance(30) {
+                Kind::Release
+            } else {
+                Kind::Reserve
+            })
+        } else {
+            None
+        };
+        let (kind, range) = if let Some(k) = pr_op {
+            (k, BlockRange::new(0, 1))
+        } else if roll < 45 {
             let len = self.rng.range(1, 5).min(NUM_BLOCKS - start) as u32;
             (Kind::Read, BlockRange::new(start, len))
         } else if roll < 85 {
@@ -899,6 +971,8 @@ impl World {
             Kind::LunReset => HostCmd::TaskMgmt {
                 kind: crate::types::TaskMgmtKind::LunReset,
             },
+            // Computed by the LU when the command reaches it (`lu_admit`).
+            Kind::Reserve | Kind::Release => HostCmd::Flush,
         };
         let idx = self.history.len();
         self.history.push(HostOp {
@@ -909,6 +983,7 @@ impl World {
             invoke: self.now,
             response: u64::MAX,
             outcome: Outcome::Pending,
+            pr: PrTrack::default(),
         });
         self.client_busy[client] = Some(idx);
         let d = self.rng.range(5 * US, 40 * US);
@@ -975,6 +1050,190 @@ impl World {
         }
     }
 
+    // ------------------------------------------------------------ reservations
+
+    /// The LU's part of a host command in `pr` mode: RESERVATION CONFLICT and no-op answers
+    /// of its own, a reservation change computed from its state for the engine to order,
+    /// and the state a write was let through with (for `pr_complete`). `None`: answered.
+    fn lu_admit(&mut self, node: usize, tag: HostTag, cmd: HostCmd<Data>) -> Option<HostCmd<Data>> {
+        if !self.p.pr {
+            return Some(cmd);
+        }
+        let idx = tag.0 as usize;
+        let op = &self.history[idx];
+        let pc = match op.kind {
+            Kind::Reserve => PrCmd::Reserve,
+            Kind::Release => PrCmd::Release,
+            Kind::Write { .. } | Kind::Caw { .. } => PrCmd::Write,
+            _ => PrCmd::Other,
+        };
+        let client = op.client;
+        let now = Time(self.now);
+        let serving = self.nodes[node]
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.serving(now));
+        let (version, state) = self.nodes[node].pr_lu.clone();
+        match decide(pc, client, version, &state) {
+            LuDecision::Pass => {
+                if pc == PrCmd::Write {
+                    let refused =
+                        decide(pc, client, version, &self.pr_good_state) == LuDecision::Conflict;
+                    self.history[idx].pr.admitted = Some((version, self.pr_good_max, refused));
+                }
+                Some(cmd)
+            }
+            // A node that does not serve answers NOT READY whatever the command.
+            _ if !serving => {
+                self.lu_answer(idx, Outcome::NotReady);
+                None
+            }
+            LuDecision::Conflict => {
+                self.report.pr_conflicts += 1;
+                self.lu_answer(idx, Outcome::Conflict);
+                None
+            }
+            LuDecision::Unchanged => {
+                self.lu_answer(idx, Outcome::Good(None));
+                None
+            }
+            LuDecision::Change { base, state } => {
+                let pos = self.nodes[node].pr_log.len();
+                self.history[idx].pr.change = Some((base, state.clone(), pos));
+                Some(HostCmd::PrChange {
+                    base,
+                    state,
+                    notice: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// An answer the LU gives by itself.
+    fn lu_answer(&mut self, idx: usize, outcome: Outcome) {
+        let op = &mut self.history[idx];
+        if !matches!(op.outcome, Outcome::Pending) {
+            return;
+        }
+        let client = op.client;
+        if matches!(outcome, Outcome::NotReady) {
+            self.report.ops_not_ready += 1;
+        }
+        self.trace(|| format!("LU completes #{idx}: {outcome:?}"));
+        let op = &mut self.history[idx];
+        op.outcome = outcome;
+        op.response = self.now;
+        self.client_busy[client] = None;
+        let think = self.rng.range(0, 300 * US);
+        self.schedule(think, Ev::ClientNext { client });
+    }
+
+    /// The reservation checks at a completion. A write answered GOOD must have been let
+    /// through by an LU that had applied every reservation change answered GOOD before
+    /// (anywhere): otherwise a reservation made through one node did not bind another. A
+    /// change answered GOOD must have been applied at its origin; its version then bounds
+    /// every later write. A stale change is recomputed by the LU (returns true: not
+    /// answered yet).
+    fn pr_complete(&mut self, node: usize, idx: usize, status: &HostStatus<Data>) -> bool {
+        let op = &self.history[idx];
+        let good = matches!(status, HostStatus::Good { .. });
+        if let Some((have, required, refused)) = op.pr.admitted {
+            if good {
+                self.report.pr_writes_checked += 1;
+                if have < required {
+                    let what = if refused {
+                        "a RESERVATION CONFLICT"
+                    } else {
+                        "no conflict, but the node lagged"
+                    };
+                    self.fail(format!(
+                        "n{} let write #{idx} through with reservation state {have:?}, older than a change answered GOOD before it ({required:?}; that state means {what})",
+                        node + 1
+                    ));
+                }
+            }
+            return false;
+        }
+        let Some((base, state, pos)) = op.pr.change.clone() else {
+            return false;
+        };
+        match status {
+            HostStatus::Good { .. } => {
+                let found = self.nodes[node].pr_log[pos..]
+                    .iter()
+                    .find(|(v, s)| *v > base && *s == state)
+                    .map(|e| e.0);
+                match found {
+                    Some(v) => {
+                        if v > self.pr_good_max {
+                            self.pr_good_max = v;
+                            self.pr_good_state.clone_from(&state);
+                        }
+                        self.report.pr_changes_good += 1;
+                    }
+                    None => self.fail(format!(
+                        "n{} answered GOOD for reservation change #{idx} that it never applied",
+                        node + 1
+                    )),
+                }
+                false
+            }
+            HostStatus::Miscompare if op.pr.retries < 16 => {
+                self.history[idx].pr.retries += 1;
+                let inc = self.nodes[node].inc;
+                self.trace(|| format!("n{} recomputes reservation change #{idx}", node + 1));
+                self.schedule(
+                    0,
+                    Ev::Host {
+                        node,
+                        inc,
+                        tag: HostTag(idx as u64),
+                        cmd: HostCmd::Flush,
+                    },
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// At quiesce every serving node holds the same reservation state, and each LU the
+    /// engine's. (A node that restarted just before the end may not have rejoined yet: it
+    /// serves nothing, and gets the state before it does.)
+    fn check_pr_quiesced(&mut self) {
+        let mut first: Option<(PrVersion, Vec<u8>)> = None;
+        let now = Time(self.now);
+        for i in 0..self.nodes.len() {
+            let n = &self.nodes[i];
+            let Some(e) = n.engine.as_ref().filter(|e| e.serving(now)) else {
+                continue;
+            };
+            let (v, st) = e.pr_state();
+            let engine = (v, st.to_vec());
+            if engine != n.pr_lu {
+                let why = format!(
+                    "n{}: the engine holds reservation state {engine:?}, its LU {:?}",
+                    i + 1,
+                    n.pr_lu
+                );
+                self.fail(why);
+                return;
+            }
+            match &first {
+                None => first = Some(engine),
+                Some(f) if *f != engine => {
+                    let why = format!(
+                        "reservation state differs at quiesce: n1 {f:?}, n{} {engine:?}",
+                        i + 1
+                    );
+                    self.fail(why);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     fn complete(&mut self, node: usize, tag: HostTag, status: HostStatus<Data>) {
         let idx = tag.0 as usize;
         let Some(op) = self.history.get(idx) else {
@@ -987,6 +1246,9 @@ impl World {
         let (client, range) = (op.client, op.range);
         if matches!(status, HostStatus::Good { .. }) && matches!(op.kind, Kind::LunReset) {
             self.check_task_mgmt(node, idx);
+        }
+        if self.pr_complete(node, idx, &status) {
+            return;
         }
         if matches!(status, HostStatus::Good { .. } | HostStatus::Miscompare) {
             // Contract g: only a node the authority has synchronized right now answers GOOD.
@@ -1026,6 +1288,7 @@ impl World {
                 }
                 Outcome::Good(data)
             }
+            HostStatus::Miscompare if self.history[idx].pr.change.is_some() => Outcome::NotReady,
             HostStatus::Miscompare => Outcome::Miscompare,
             HostStatus::NotReady | HostStatus::MediumError => {
                 self.report.ops_not_ready += 1;
@@ -1192,6 +1455,7 @@ impl World {
         }
         let n = &mut self.nodes[i];
         n.engine = None;
+        n.pr_lu = (PrVersion::default(), Vec::new());
         n.paused = false;
         n.deferred.clear();
         n.inc += 1;
@@ -1210,6 +1474,9 @@ impl World {
             self.opts.clone(),
         );
         engine.restore_journal(n.journal_disk.clone());
+        // APTPL: the LU loads its reservation state and hands it to the engine.
+        engine.set_pr_state(n.pr_disk.clone());
+        n.pr_lu = (PrVersion::default(), n.pr_disk.clone());
         n.engine = Some(engine);
         let inc = n.inc;
         self.schedule(0, Ev::LeaseRound { node: i, inc });
@@ -1302,6 +1569,9 @@ impl World {
             }
         }
         if self.failure.is_none() {
+            self.check_pr_quiesced();
+        }
+        if self.failure.is_none() {
             self.check_history();
         }
         match self.failure.take() {
@@ -1359,6 +1629,7 @@ impl World {
                         },
                         None,
                     )),
+                    (_, Outcome::Conflict) => None,
                     _ => None,
                 };
                 if let Some((bop, resp)) = ev {

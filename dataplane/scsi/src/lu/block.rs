@@ -43,7 +43,7 @@ impl LogicalUnit {
 
     fn resume_unchecked(
         &self,
-        _nexus: &Nexus,
+        nexus: &Nexus,
         cont: Continuation,
         outcome: IoOutcome,
         data_out: &[u8],
@@ -56,6 +56,9 @@ impl LogicalUnit {
         } = cont;
         if matches!(kind, ContKind::PrCommit { .. }) {
             return self.finish_pr_commit(kind, &outcome);
+        }
+        if let ContKind::PrCluster { args } = kind {
+            return self.finish_pr_cluster(nexus, args, outcome, data_out);
         }
         let read_data = match outcome {
             IoOutcome::Ok { read_data } => read_data,
@@ -102,7 +105,9 @@ impl LogicalUnit {
             }
             ContKind::Complete { .. } | ContKind::CawByDevice => done(Reply::good()),
             // Taken before the outcome is read (its failure is not an LBA's).
-            ContKind::PrCommit { .. } => check(Sense::internal_target_failure()),
+            ContKind::PrCommit { .. } | ContKind::PrCluster { .. } => {
+                check(Sense::internal_target_failure())
+            }
             ContKind::WriteThenVerify { lba, blocks, bytes } => {
                 let Some(bs) = self.bytes(1) else {
                     return check(Sense::internal_target_failure());
@@ -676,7 +681,7 @@ pub(super) fn io_step(io: LuIo, kind: ContKind, guard: Option<RangeGuard>) -> St
         LuIo::Read { lba, .. } | LuIo::Write { lba, .. } | LuIo::CompareAndWrite { lba, .. } => {
             Some(*lba)
         }
-        LuIo::Flush | LuIo::Unmap { .. } => None,
+        LuIo::Flush | LuIo::Unmap { .. } | LuIo::ReservationChange { .. } => None,
     };
     Step::Io(IoPlan {
         io,

@@ -106,6 +106,17 @@ impl Rig {
                 }
                 Vec::new()
             }
+            // A one-node stand-in for a replicated device: the change is applied here, as
+            // the replication thread does before the I/O completes.
+            LuIo::ReservationChange {
+                base,
+                state,
+                notice,
+            } => {
+                self.lu
+                    .apply_cluster_pr((base.0, base.1 + 1), state, notice);
+                Vec::new()
+            }
         }
     }
 
@@ -2668,4 +2679,144 @@ fn clear_task_set_aborts_in_flight_commands_without_a_unit_attention() {
         assert_eq!(r.run(&a, &TUR, &[]).status, ScsiStatus::Good);
         assert_eq!(r.run(&b, &TUR, &[]).status, ScsiStatus::Good);
     }
+}
+
+/// A device that carries reservations across nodes: PR OUT becomes a
+/// `LuIo::ReservationChange` (applied by the device through `apply_cluster_pr`), and the
+/// state another node's LU receives the same way binds writes there too, with the I_T
+/// nexus identity including the relative target port (each node its own port).
+#[test]
+fn cluster_reservations_go_through_the_device_and_bind_every_node() {
+    let mut a_node = Rig::new();
+    a_node.lu.set_cluster_reservations(true);
+    let mut b_node = Rig::new();
+    b_node.lu.set_cluster_reservations(true);
+    let a = nexus(1);
+    // The same initiator through node B: another target port, another I_T nexus.
+    let mut a_via_b = nexus(1);
+    a_via_b.port.relative_port_id = 2;
+    let other_via_b = {
+        let mut n = nexus(2);
+        n.port.relative_port_id = 2;
+        n
+    };
+    b_node.lu.nexus_added(&other_via_b);
+    b_node.run(&other_via_b, &TUR, &[]);
+    assert_eq!(pr(&mut a_node, &a, 0, 0, 0, 0xA), ScsiStatus::Good);
+    // PR OUT is planned as a device change carrying the state.
+    let (c, p) = prout(1, 1, 0xA, 0); // RESERVE, WRITE EXCLUSIVE
+    let step = a_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &a,
+    });
+    let Step::Io(plan) = step else {
+        panic!("a change goes to the device: {step:?}")
+    };
+    let LuIo::ReservationChange {
+        base,
+        state,
+        notice,
+    } = &plan.io
+    else {
+        panic!("{:?}", plan.io)
+    };
+    assert_eq!(*base, (0, 1), "based on the version the registration left");
+    // The device applies it on both nodes, then completes.
+    a_node.lu.apply_cluster_pr((0, 2), state, notice);
+    b_node.lu.apply_cluster_pr((0, 2), state, notice);
+    let step = a_node
+        .lu
+        .resume(&a, plan.cont, IoOutcome::Ok { read_data: None }, &p);
+    assert!(matches!(step, Step::Done(ref r) if r.status == ScsiStatus::Good));
+    // Writes through B: another initiator conflicts; so does the holder's own initiator
+    // through B (another I_T nexus, not registered there); reads pass.
+    for n in [&other_via_b, &a_via_b] {
+        assert_eq!(
+            b_node.run(n, &rw10(0x2A, 0, 1), &[0u8; 512]).status,
+            ScsiStatus::ReservationConflict
+        );
+        assert_eq!(
+            b_node.run(n, &rw10(0x28, 0, 1), &[]).status,
+            ScsiStatus::Good
+        );
+    }
+    assert_eq!(
+        a_node.run(&a, &rw10(0x2A, 0, 1), &[0u8; 512]).status,
+        ScsiStatus::Good
+    );
+    // A change the device refuses as stale is computed again from the state it holds.
+    let (c, p) = prout(2, 1, 0xA, 0); // RELEASE
+    let Step::Io(plan) = a_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &a,
+    }) else {
+        panic!("a change goes to the device")
+    };
+    let again = a_node
+        .lu
+        .resume(&a, plan.cont, IoOutcome::Miscompare { offset: 0 }, &p);
+    assert!(matches!(again, Step::Io(_)), "recomputed");
+    // Malformed state or notice from a partner changes nothing.
+    b_node.lu.apply_cluster_pr((0, 3), &[0xff; 3], &[]);
+    b_node.lu.apply_cluster_pr((0, 3), &[], &[1]);
+    assert_eq!(
+        b_node
+            .run(&other_via_b, &rw10(0x2A, 0, 1), &[0u8; 512])
+            .status,
+        ScsiStatus::ReservationConflict
+    );
+    // A pushed state (a new sequencer's: no unit attentions) is applied with its version,
+    // and B's next change is based on it.
+    let (c, p) = prout(0, 0, 0, 0xC);
+    let Step::Io(plan) = a_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &other_via_b,
+    }) else {
+        panic!("a registration goes to the device")
+    };
+    let LuIo::ReservationChange { state: pushed, .. } = plan.io else {
+        panic!("a change")
+    };
+    b_node.lu.apply_cluster_pr((5, 0), &pushed, &[]);
+    let (c, p) = prout(0, 0, 0, 0xD);
+    let Step::Io(plan) = b_node.lu.execute(&Command {
+        cdb: &c,
+        data_out: &p,
+        expected_in_len: 0,
+        nexus: &a_via_b,
+    }) else {
+        panic!("a registration goes to the device")
+    };
+    assert!(matches!(
+        plan.io,
+        LuIo::ReservationChange { base: (5, 0), .. }
+    ));
+}
+
+#[test]
+fn reservation_notice_round_trips_and_refuses_malformed_bytes() {
+    use crate::lu::reservations::{decode_notice, encode_notice};
+    use crate::pr::PortId;
+    let uas = vec![
+        (PortId::of(&nexus(1)), Sense::reservations_released()),
+        (PortId::of(&nexus(2)), Sense::registrations_preempted()),
+    ];
+    let b = encode_notice(&uas);
+    let back = decode_notice(&b).unwrap();
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[0].0, uas[0].0);
+    assert_eq!(back[1].1.triple(), uas[1].1.triple());
+    assert_eq!(decode_notice(&encode_notice(&[])).unwrap().len(), 0);
+    for len in 0..b.len() {
+        assert!(decode_notice(&b[..len]).is_none(), "truncated at {len}");
+    }
+    let mut long = b.clone();
+    long.push(0);
+    assert!(decode_notice(&long).is_none());
 }
