@@ -672,6 +672,7 @@ impl Worker {
                     HostReq {
                         chan,
                         tag,
+                        since: Instant::now(),
                         kind: ReqKind::PrChange,
                     },
                 );
