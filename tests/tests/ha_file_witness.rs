@@ -138,14 +138,11 @@ fn holder_id(share: &Path) -> Option<u64> {
     v["record"]["holder"].as_u64()
 }
 
-fn holder_index(nodes: &[&WitnessNode], ids: &[u64], share: &Path) -> Option<usize> {
-    let h = holder_id(share)?;
-    (0..nodes.len()).find(|&i| ids[i] == h)
-}
-
-#[test]
-fn file_share_witness_takeover_and_share_loss() {
-    let root = scratch_root("tandem-fwitness");
+/// A scratch directory (named from `prefix`) with an empty share and its mount point, and
+/// two started witness nodes in it: node-a on 127.0.0.1 and node-b on 127.0.0.2, with the
+/// guard that prints their logs if the test fails.
+fn start_pair(prefix: &str) -> (tempfile::TempDir, WitnessNode, WitnessNode, LogsOnFailure) {
+    let root = scratch_root(prefix);
     std::fs::create_dir_all(root.path().join("share")).unwrap();
     std::fs::create_dir_all(root.path().join("mnt")).unwrap();
     let api_port = free_port();
@@ -154,6 +151,17 @@ fn file_share_witness_takeover_and_share_loss() {
     let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
     a.start();
     b.start();
+    (root, a, b, _logs)
+}
+
+fn holder_index(nodes: &[&WitnessNode], ids: &[u64], share: &Path) -> Option<usize> {
+    let h = holder_id(share)?;
+    (0..nodes.len()).find(|&i| ids[i] == h)
+}
+
+#[test]
+fn file_share_witness_takeover_and_share_loss() {
+    let (_root, mut a, mut b, _logs) = start_pair("tandem-fwitness");
     let share = a.share.clone();
     let witness = a.mnt.join("lock").display().to_string();
 
@@ -366,15 +374,7 @@ fn not_synchronized(n: &Node) -> Vec<String> {
 ///    restarts and resyncs; every acknowledged write on both, images byte-identical.
 #[test]
 fn share_lost_by_the_node_without_the_lock_changes_nothing_and_blocks_its_takeover() {
-    let root = scratch_root("tandem-fwitness-other");
-    std::fs::create_dir_all(root.path().join("share")).unwrap();
-    std::fs::create_dir_all(root.path().join("mnt")).unwrap();
-    let api_port = free_port();
-    let mut a = WitnessNode::new(root.path(), "node-a", "127.0.0.1", api_port);
-    let mut b = WitnessNode::new(root.path(), "node-b", "127.0.0.2", api_port);
-    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
-    a.start();
-    b.start();
+    let (_root, mut a, mut b, _logs) = start_pair("tandem-fwitness-other");
     let share = a.share.clone();
     // The mount point as it is with the share unmounted (the test's own view).
     let bare_mount_point = a.mnt.clone();

@@ -35,17 +35,16 @@
 //! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
 //! scenarios run one at a time (a lock), so their timings are not disturbed by each other.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::fio::{self, Fio, SlicedWrite, VerifyJob};
 use tandem_tests::e2e::host_io::{
-    first_difference, login, probe_read, Event, Model, Outcome, PathSpec, Prober, Report, Writer,
-    WriterSpec,
+    first_difference, login, probe_read, Event, Model, Outcome, Prober, Writer, WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
     cut_networks, cut_peers, heal_cuts, wait_until, ClusterNode, Strategy, TwoNodeCluster,
 };
+use tandem_tests::e2e::scenario::{finish, lock, ms, opt_ms};
 use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
@@ -73,8 +72,6 @@ const FIO_RATE_IOPS: u32 = 200;
 /// Bound on one fio run (the writing job with its pause, or a read-back).
 const FIO_TIMEOUT: Duration = Duration::from_secs(120);
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 /// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
 struct Cluster(TwoNodeCluster);
 
@@ -95,14 +92,6 @@ impl Cluster {
     /// None (with the reason printed) when network namespaces cannot be made here.
     fn start(strategy: Strategy) -> Option<Cluster> {
         TwoNodeCluster::start(strategy, "tandem-ha-netns", DEVICE, "32MiB").map(Cluster)
-    }
-
-    fn path(&self, n: &ClusterNode) -> PathSpec {
-        PathSpec {
-            node: n.name.clone(),
-            portal: n.portals[0],
-            iqn: n.iqn(DEVICE),
-        }
     }
 
     /// A multipath-like writer over both nodes.
@@ -129,24 +118,13 @@ impl Cluster {
     }
 
     fn image(n: &ClusterNode) -> Vec<u8> {
-        let v = std::fs::read(n.image(DEVICE)).unwrap();
-        assert_eq!(v.len(), SIZE, "{}: image size", n.name);
-        v
+        n.read_image(DEVICE, SIZE)
     }
 
     /// Every acknowledged write reads back through both nodes; both image files equal the
     /// model and each other. Only when no I/O runs.
     fn verify_all(&self, model: &Model, what: &str) {
-        model.verify_through(&self.topo, HOST, &self.path(&self.a), what);
-        model.verify_through(&self.topo, HOST, &self.path(&self.b), what);
-        let (ia, ib) = (Self::image(&self.a), Self::image(&self.b));
-        if let Some(lba) = first_difference(&ia, &ib) {
-            panic!("{what}: the image files differ first at LBA {lba}");
-        }
-        if let Err(e) = model.check(0, &ia) {
-            panic!("{what}: the image files differ from the acknowledged writes: {e}");
-        }
-        eprintln!("{what}: both image files byte-identical and holding every acknowledged write");
+        self.0.verify_all(HOST, model, SIZE, what);
     }
 
     /// Authorities' split-brain records and `split-brain` replica states, from both nodes.
@@ -237,27 +215,6 @@ impl Cluster {
         }
         r
     }
-}
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn finish(w: Writer, who: &str) -> Report {
-    let r = w.finish();
-    eprintln!("writer {who}: {}", r.summary());
-    if let Some(e) = &r.error {
-        panic!("writer {who}: {e}");
-    }
-    r
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("never".into(), ms)
 }
 
 /// The end of fio's writing slices through the node that kept serving: every slice without

@@ -35,16 +35,15 @@
 //! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
 //! scenarios run one at a time (a lock).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::host_io::{
-    first_difference, login, probe_read, Event, Model, Outcome, PathSpec, ProbeLog, Prober, Report,
-    Writer, WriterSpec,
+    login, probe_read, Event, Model, Outcome, ProbeLog, Prober, Report, Writer, WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
     alive, kill9, wait_until, ClusterNode, Signal, Strategy, TwoNodeCluster,
 };
+use tandem_tests::e2e::scenario::{acks, finish, lock, ms, opt_ms};
 use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
@@ -60,8 +59,6 @@ const MAX_RESYNC: Duration = Duration::from_secs(60);
 /// A node's lease (1 s with `HA_FLAGS`) plus slack for a loaded machine: a node that lost
 /// its authority answers NOT READY within this.
 const LEASE_END: Duration = Duration::from_secs(3);
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
 struct Cluster(TwoNodeCluster);
@@ -83,14 +80,6 @@ impl Cluster {
     /// None (with the reason printed) when network namespaces cannot be made here.
     fn start(strategy: Strategy) -> Option<Cluster> {
         TwoNodeCluster::start(strategy, "tandem-ha-netns-faults", DEVICE, "32MiB").map(Cluster)
-    }
-
-    fn path(&self, n: &ClusterNode) -> PathSpec {
-        PathSpec {
-            node: n.name.clone(),
-            portal: n.portals[0],
-            iqn: n.iqn(DEVICE),
-        }
     }
 
     /// A multipath-like writer over both nodes (path 0 = node-a, 1 = node-b) that logs in
@@ -129,25 +118,18 @@ impl Cluster {
         Prober::start_reconnecting(&self.topo, HOST, &self.path(n), every)
     }
 
-    fn image(n: &ClusterNode) -> Vec<u8> {
-        let v = std::fs::read(n.image(DEVICE)).unwrap();
-        assert_eq!(v.len(), SIZE, "{}: image size", n.name);
-        v
-    }
-
     /// Every acknowledged write reads back through both nodes; both image files equal the
     /// model and each other. Only when no I/O runs.
     fn verify_all(&self, model: &Model, what: &str) {
-        model.verify_through(&self.topo, HOST, &self.path(&self.a), what);
-        model.verify_through(&self.topo, HOST, &self.path(&self.b), what);
-        let (ia, ib) = (Self::image(&self.a), Self::image(&self.b));
-        if let Some(lba) = first_difference(&ia, &ib) {
-            panic!("{what}: the image files differ first at LBA {lba}");
-        }
-        if let Err(e) = model.check(0, &ia) {
-            panic!("{what}: the image files differ from the acknowledged writes: {e}");
-        }
-        eprintln!("{what}: both image files byte-identical and holding every acknowledged write");
+        self.0.verify_all(HOST, model, SIZE, what);
+    }
+
+    /// The end of every scenario here: neither node reports a split brain, then
+    /// [`Self::verify_all`].
+    fn verify_no_split_brain(&self, model: &Model, what: &str) {
+        let sb = self.split_brain_reports();
+        assert!(sb.is_empty(), "split brain reported: {sb:?}");
+        self.verify_all(model, what);
     }
 
     /// Authorities' split-brain records and `split-brain` replica states, from both nodes.
@@ -222,35 +204,6 @@ impl Cluster {
         eprintln!("kill -9 of {} (control service and data plane)", n.name);
         t
     }
-}
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn finish(w: Writer, who: &str) -> Report {
-    let r = w.finish();
-    eprintln!("writer {who}: {}", r.summary());
-    if let Some(e) = &r.error {
-        panic!("writer {who}: {e}");
-    }
-    r
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("never".into(), ms)
-}
-
-/// Acknowledged writes through `path` answered in `(from, to)`.
-fn acks(r: &Report, path: usize, from: Instant, to: Instant) -> usize {
-    r.acked
-        .iter()
-        .filter(|a| a.path == path && a.at > from && a.at < to)
-        .count()
 }
 
 /// GOOD answers (writes through `path` of `r`, and every probe) in `(from, to)`, with the
@@ -378,9 +331,7 @@ fn control_service_killed_on_authority_host() {
     assert!(b_alone > 0, "node-b did not go on alone");
     assert!(a_after > 0, "node-a did not serve again after its resync");
     assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after node-a's control service kill and restart");
+    c.verify_no_split_brain(&model, "after node-a's control service kill and restart");
     summary(
         "kill -9 control service on the authority host (heartbeat)",
         "node-b alone (took the authority over); node-a again after resync",
@@ -465,9 +416,7 @@ fn dataplane_killed_comes_back_unsynchronized_then_serves() {
         "node-b acknowledged nothing after node-a's data plane was killed"
     );
     assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after node-a's data plane kill");
+    c.verify_no_split_brain(&model, "after node-a's data plane kill");
     summary(
         "kill -9 data plane (node-a, sequencer; heartbeat)",
         "node-b alone; node-a after resync",
@@ -602,9 +551,7 @@ fn paused_node_acknowledges_nothing_after_it_wakes() {
         b_pause < MAX_PAUSE_FAILOVER,
         "node-b's writes paused {b_pause:?}"
     );
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after node-a's SIGSTOP and SIGCONT");
+    c.verify_no_split_brain(&model, "after node-a's SIGSTOP and SIGCONT");
     summary(
         "SIGSTOP of node-a (authority host) longer than the timeout, SIGCONT (heartbeat)",
         "node-b alone (took the authority over); node-a after readmission",
@@ -671,9 +618,7 @@ fn sync_links_flapping_converge() {
     );
     assert!(aa + ab > 0, "no write acknowledged while the links flapped");
     assert!(pause < MAX_PAUSE_FAILOVER, "writes paused {pause:?}");
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after the flapping");
+    c.verify_no_split_brain(&model, "after the flapping");
     summary(
         &format!(
             "sync0+sync1 flapping every 500 ms for {} s (heartbeat)",
@@ -816,9 +761,7 @@ fn witness_down_then_partner_down() {
         a_back.is_some(),
         "node-a did not serve again after the healing"
     );
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after witness down then partner down");
+    c.verify_no_split_brain(&model, "after witness down then partner down");
     summary(
         "node majority: witness down, then partner down",
         "both after the witness's loss (the pair takes the vote over); nobody after node-b's too; both after healing, the vote back with the witness",
@@ -912,9 +855,7 @@ fn witness_returns_then_partner_down() {
         pause_b < MAX_PAUSE_FAILOVER,
         "writes paused {pause_b:?} at node-b's loss"
     );
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after witness returns then partner down");
+    c.verify_no_split_brain(&model, "after witness returns then partner down");
     summary(
         "node majority: witness down, back, then partner down",
         "both without the witness; both again through the witness after it returned; node-a with the witness after node-b's loss",
@@ -1003,9 +944,7 @@ fn partner_down_then_witness_down() {
         a_back.is_some(),
         "node-a did not serve again after the healing"
     );
-    let sb = c.split_brain_reports();
-    assert!(sb.is_empty(), "split brain reported: {sb:?}");
-    c.verify_all(&model, "after partner down then witness down");
+    c.verify_no_split_brain(&model, "after partner down then witness down");
     summary(
         "node majority: partner down, then witness down",
         "node-a alone after node-b's loss; nobody after the witness's",

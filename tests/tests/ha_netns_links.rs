@@ -19,16 +19,14 @@
 //! `ip` and `nft`; skips (printing why) when namespaces cannot be made. One scenario at a
 //! time (a lock), so their timings do not disturb each other.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::host_io::{
-    first_difference, Model, Outcome, PathSpec, Prober, Report, Writer, WriterSpec,
-};
+use tandem_tests::e2e::host_io::{Model, Outcome, Prober, Writer, WriterSpec};
 use tandem_tests::e2e::netns_cluster::{
     cut_networks, heal_cuts, link, wait_until, ClusterNode, Links, Strategy, TwoNodeCluster,
     HEARTBEAT_PORT,
 };
+use tandem_tests::e2e::scenario::{acks, finish, lock, ms, opt_ms};
 use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
@@ -46,12 +44,6 @@ const MAX_RESYNC: Duration = Duration::from_secs(60);
 /// How long a cut that must change nothing is held: longer than the heartbeat timeout (1 s)
 /// and the sync link's silence timeout (1 s), several times over.
 const HOLD_INVISIBLE: Duration = Duration::from_secs(5);
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The two-node cluster with two links of each kind, and this file's helpers.
 struct Cluster(TwoNodeCluster);
@@ -80,14 +72,6 @@ impl Cluster {
             t0.elapsed()
         );
         Some(c)
-    }
-
-    fn path(&self, n: &ClusterNode) -> PathSpec {
-        PathSpec {
-            node: n.name.clone(),
-            portal: n.portals[0],
-            iqn: n.iqn(DEVICE),
-        }
     }
 
     /// A multipath-like writer over both nodes (path 0: node-a, path 1: node-b).
@@ -129,25 +113,10 @@ impl Cluster {
         Some((names("links_up"), names("links_down")))
     }
 
-    fn image(n: &ClusterNode) -> Vec<u8> {
-        let v = std::fs::read(n.image(DEVICE)).unwrap();
-        assert_eq!(v.len(), SIZE, "{}: image size", n.name);
-        v
-    }
-
     /// Every acknowledged write reads back through both nodes; both image files equal the
     /// model and each other. Only when no I/O runs.
     fn verify_all(&self, model: &Model, what: &str) {
-        model.verify_through(&self.topo, HOST, &self.path(&self.a), what);
-        model.verify_through(&self.topo, HOST, &self.path(&self.b), what);
-        let (ia, ib) = (Self::image(&self.a), Self::image(&self.b));
-        if let Some(lba) = first_difference(&ia, &ib) {
-            panic!("{what}: the image files differ first at LBA {lba}");
-        }
-        if let Err(e) = model.check(0, &ia) {
-            panic!("{what}: the image files differ from the acknowledged writes: {e}");
-        }
-        eprintln!("{what}: both image files byte-identical and holding every acknowledged write");
+        self.0.verify_all(HOST, model, SIZE, what);
     }
 
     /// Replica states and sync link states that `on` reports, sampled for `hold`, with the
@@ -174,31 +143,6 @@ impl Cluster {
         }
         (states, sync_down)
     }
-}
-
-fn finish(w: Writer, who: &str) -> Report {
-    let r = w.finish();
-    eprintln!("writer {who}: {}", r.summary());
-    if let Some(e) = &r.error {
-        panic!("writer {who}: {e}");
-    }
-    r
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("never".into(), ms)
-}
-
-/// Writes acknowledged through `path` in `(from, to)`.
-fn acks(r: &Report, path: usize, from: Instant, to: Instant) -> usize {
-    r.acked
-        .iter()
-        .filter(|a| a.path == path && a.at > from && a.at < to)
-        .count()
 }
 
 /// Replica states that are not `synchronized`.

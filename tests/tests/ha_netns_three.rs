@@ -22,7 +22,6 @@
 //! files compared. Needs root, `ip` and `nft`; skips when namespaces cannot be made. One
 //! scenario at a time (a lock).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::host_io::{
@@ -33,6 +32,7 @@ use tandem_tests::e2e::netns_three::{
     alua_state_of, report_target_port_groups, ThreeNodeCluster, ALUA_ACTIVE_OPTIMIZED,
     ALUA_UNAVAILABLE,
 };
+use tandem_tests::e2e::scenario::{acks, finish, lock, ms, opt_ms};
 use tandem_tests::netns::Member;
 
 const DEVICE: &str = "disk1";
@@ -45,12 +45,6 @@ const MAX_RESYNC: Duration = Duration::from_secs(90);
 /// After this long past a cut, a node without a majority must have stopped: lease (1 s) +
 /// margin (0.3 s), with room for a loaded machine. No GOOD answer to a command sent later.
 const STOPPED_AFTER: Duration = Duration::from_secs(4);
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 struct Cluster(ThreeNodeCluster);
 
@@ -185,31 +179,6 @@ impl Cluster {
         }
         out
     }
-}
-
-fn finish(w: Writer, who: &str) -> Report {
-    let r = w.finish();
-    eprintln!("writer {who}: {}", r.summary());
-    if let Some(e) = &r.error {
-        panic!("writer {who}: {e}");
-    }
-    r
-}
-
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-fn opt_ms(d: Option<Duration>) -> String {
-    d.map_or("never".into(), ms)
-}
-
-/// Acknowledged writes through `path` answered in `(from, to)`.
-fn acks(r: &Report, path: usize, from: Instant, to: Instant) -> usize {
-    r.acked
-        .iter()
-        .filter(|a| a.path == path && a.at > from && a.at < to)
-        .count()
 }
 
 /// The first acknowledged write after the longest pause following `t` (when writes went on).

@@ -377,6 +377,22 @@ fn rtpg(c: &mut RawConn) -> Vec<(u16, u8, Vec<u16>)> {
     out
 }
 
+/// A scratch directory (named from `prefix`) holding the cluster secret both nodes share,
+/// and the secret file's path.
+fn cluster_dir(prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(scratch_dir())
+        .unwrap();
+    let secret = root.path().join("cluster.secret");
+    std::fs::write(
+        &secret,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+    )
+    .unwrap();
+    (root, secret)
+}
+
 fn images_identical(a: &Path, b: &Path) {
     let (x, y) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     assert_eq!(x.len(), y.len());
@@ -387,16 +403,7 @@ fn images_identical(a: &Path, b: &Path) {
 
 #[test]
 fn two_nodes_mirror_survive_kill_and_resync() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-ha2")
-        .tempdir_in(scratch_dir())
-        .unwrap();
-    let secret = root.path().join("cluster.secret");
-    std::fs::write(
-        &secret,
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-    )
-    .unwrap();
+    let (root, secret) = cluster_dir("tandem-ha2");
     let sync = free_port();
     let mut a = node(
         root.path(),
@@ -720,16 +727,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 #[ignore = "known defect: still a full sync after kill -9 of both (docs/ha.md, Not yet done)"]
 fn disk_continuous_journal_survives_kill9_of_both_nodes() {
-    let root = tempfile::Builder::new()
-        .prefix("tandem-ha2j")
-        .tempdir_in(scratch_dir())
-        .unwrap();
-    let secret = root.path().join("cluster.secret");
-    std::fs::write(
-        &secret,
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
-    )
-    .unwrap();
+    let (root, secret) = cluster_dir("tandem-ha2j");
     let sync = free_port();
     let journal = "journal = \"disk-continuous\"";
     let mut a = node(

@@ -12,3 +12,4 @@ pub mod netns_cluster;
 pub mod netns_three;
 pub mod procs;
 pub mod raw;
+pub mod scenario;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use super::host_io::{first_difference, Model, PathSpec};
 use crate::netns::{Member, Topology};
 
 pub const API_PORT: u16 = 7000;
@@ -293,6 +294,13 @@ impl ClusterNode {
 
     pub fn iqn(&self, device: &str) -> String {
         format!("iqn.2026-11.io.tandem:{}-{device}", self.name)
+    }
+
+    /// The bytes of `device`'s image file, asserted to be `size` long.
+    pub fn read_image(&self, device: &str, size: usize) -> Vec<u8> {
+        let v = std::fs::read(self.image(device)).unwrap();
+        assert_eq!(v.len(), size, "{}: image size", self.name);
+        v
     }
 }
 
@@ -653,5 +661,30 @@ impl TwoNodeCluster {
     pub fn both_synchronized(&self) -> bool {
         self.a.synchronized(&self.topo, &self.device, 2)
             && self.b.synchronized(&self.topo, &self.device, 2)
+    }
+
+    /// The iSCSI path to the device through `n`'s first portal.
+    pub fn path(&self, n: &ClusterNode) -> PathSpec {
+        PathSpec {
+            node: n.name.clone(),
+            portal: n.portals[0],
+            iqn: n.iqn(&self.device),
+        }
+    }
+
+    /// Every acknowledged write of `model` reads back from `host` through both nodes; both
+    /// image files (`size` bytes) equal the model and each other. Only when no I/O runs.
+    pub fn verify_all(&self, host: Member, model: &Model, size: usize, what: &str) {
+        model.verify_through(&self.topo, host, &self.path(&self.a), what);
+        model.verify_through(&self.topo, host, &self.path(&self.b), what);
+        let ia = self.a.read_image(&self.device, size);
+        let ib = self.b.read_image(&self.device, size);
+        if let Some(lba) = first_difference(&ia, &ib) {
+            panic!("{what}: the image files differ first at LBA {lba}");
+        }
+        if let Err(e) = model.check(0, &ia) {
+            panic!("{what}: the image files differ from the acknowledged writes: {e}");
+        }
+        eprintln!("{what}: both image files byte-identical and holding every acknowledged write");
     }
 }
