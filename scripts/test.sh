@@ -24,9 +24,11 @@ step "cargo test (unit + end-to-end)"
 cargo test --release --workspace --no-fail-fast -- --test-threads=2
 
 # Ignored by default because they take seconds, not milliseconds: the block device's
-# overlap soak and throughput smoke (about 15 s together).
+# overlap soak and throughput smoke (about 15 s together), the only ignored library tests.
+# `--workspace --lib` reuses the build above (`-p tandem-bdev` alone resolves features
+# differently and rebuilt dependencies: 70 s more).
 step "cargo test, long block-device tests (--ignored)"
-cargo test --release -p tandem-bdev -- --ignored
+cargo test --release --workspace --lib -- --ignored
 
 if [[ -x fuzz/smoke.sh ]]; then
   step "fuzz smoke"

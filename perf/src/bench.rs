@@ -32,6 +32,9 @@ pub struct BenchConfig {
     pub target_core: usize,
     pub client_core: usize,
     pub poll_mode: String,
+    /// Extra arguments for `tandem-dataplane serve` (e.g. `--socket-io uring`), so one binary
+    /// can be measured in several configurations in the same run.
+    pub dataplane_args: Vec<String>,
     pub port_base: u16,
     pub workloads: Vec<Workload>,
 }
@@ -514,6 +517,7 @@ fn start_targets(cfg: &BenchConfig) -> Result<Targets, String> {
             "--poll-mode".into(),
             cfg.poll_mode.clone(),
         ];
+        args.extend(cfg.dataplane_args.iter().cloned());
         let ram_bytes = match backing {
             Backing::Ram => {
                 args.extend(["--ram".into(), size.clone()]);
@@ -1111,6 +1115,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
     s.insert("target_core".into(), cfg.target_core.to_string());
     s.insert("client_core".into(), cfg.client_core.to_string());
     s.insert("poll_mode".into(), cfg.poll_mode.clone());
+    s.insert("dataplane_args".into(), cfg.dataplane_args.join(" "));
     s.insert("seconds_per_run".into(), cfg.seconds.to_string());
     s.insert("repetitions".into(), cfg.reps.to_string());
     s.insert("lun_size_mib".into(), cfg.size_mib.to_string());

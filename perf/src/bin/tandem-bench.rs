@@ -61,6 +61,9 @@ struct Cli {
     client_core: usize,
     #[arg(long, default_value = "adaptive")]
     poll_mode: String,
+    /// Extra arguments for `tandem-dataplane serve`, space separated (e.g. "--socket-io uring").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    dataplane_args: String,
     /// First of the loopback ports used (targets on the next few).
     #[arg(long, default_value_t = 3400)]
     port_base: u16,
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         target_core: cli.target_core,
         client_core: cli.client_core,
         poll_mode: cli.poll_mode.clone(),
+        dataplane_args: cli.dataplane_args.split_whitespace().map(String::from).collect(),
         port_base: cli.port_base,
         workloads,
     };
