@@ -133,14 +133,20 @@ impl SharedRing {
     /// so a completion posted from now on makes it readable and none is slept through.
     pub fn prepare_sleep(&self) -> bool {
         let mut hub = self.lock();
-        if hub.ring.completions_ready() || hub.queued > 0 {
+        // Sort before looking: a completion whose owner is gone (the cancelled receive of a
+        // closed connection) is dropped here. Left in the completion ring it would say
+        // "work waiting" on every pass, and an idle reactor with no other owner to reap it
+        // would never sleep again (it spun at half a core after its last session closed).
+        hub.sort_completions();
+        if hub.queued > 0 {
             return true;
         }
         if hub.maybe_signalled {
             hub.maybe_signalled = false;
             self.efd.drain();
-            // A completion posted between the check above and the drain is seen here.
-            return hub.ring.completions_ready();
+            // A completion posted between the sort above and the drain is seen here.
+            hub.sort_completions();
+            return hub.queued > 0;
         }
         false
     }
@@ -309,5 +315,34 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(ring.in_flight(), 0, "the cancelled receive completed");
+    }
+
+    #[test]
+    fn a_completion_whose_owner_is_gone_does_not_keep_the_reactor_awake() {
+        let ring = SharedRing::new(8).unwrap();
+        let o = ring.owner();
+        let (mut peer, sock) = UnixStream::pair().unwrap();
+        o.submit(|u| {
+            u.submit_recv(
+                sock.as_raw_fd(),
+                AlignedBuf::new(4096, 4096),
+                o.user_data(1),
+            )
+        })
+        .unwrap();
+        ring.enter().unwrap();
+        drop(o);
+        // The receive completes after its owner is gone, and nobody else takes completions.
+        peer.write_all(b"late").unwrap();
+        let t = Instant::now();
+        while ring.in_flight() > 0 && t.elapsed() < Duration::from_secs(5) {
+            ring.prepare_sleep();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(ring.in_flight(), 0, "the orphaned receive was reaped");
+        assert!(
+            !ring.prepare_sleep(),
+            "nothing is left for anyone: the reactor may sleep"
+        );
     }
 }

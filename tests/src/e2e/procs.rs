@@ -108,6 +108,17 @@ impl Proc {
         None
     }
 
+    /// User + system CPU time the process used so far, in clock ticks (USER_HZ, 100 a
+    /// second on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields after the command name (in parentheses, which may hold spaces).
+        let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
