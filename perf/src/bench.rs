@@ -15,6 +15,10 @@ use serde_json::Value;
 use crate::loadgen::LoadgenResult;
 use crate::sys::{children_cpu, proc_cpu, proc_rss_kib, CpuTimes};
 
+/// Idle CPU (s per s) above which a Tandem target counts as not sleeping: one that sleeps
+/// uses about 0.01 (wake-ups every 100 ms); a spinning one 0.5-1.0.
+const IDLE_CPU_MAX: f64 = 0.1;
+
 /// Harness options (filled by the binary from the command line).
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -1218,9 +1222,17 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, String> {
     std::thread::sleep(Duration::from_secs(1));
     for ((name, b), t) in before.into_iter().zip(&targets.list) {
         if let (Some(b), Some(a)) = (b, proc_cpu(t.pid)) {
-            report
-                .idle_cpu_s_per_s
-                .insert(name.to_lowercase(), a.since(&b).total_s());
+            let name = name.to_lowercase();
+            let cpu = a.since(&b).total_s();
+            // The prefill's sessions have come and gone: a target still burning its core now
+            // slows every neighbour on it (tgt included) and falsifies every ratio of the run.
+            if cpu > IDLE_CPU_MAX && name.starts_with("tandem") {
+                report.failures.push(format!(
+                    "{name} used {cpu:.2} CPU s per s while idle after its sessions closed: \
+                     its reactor does not sleep"
+                ));
+            }
+            report.idle_cpu_s_per_s.insert(name, cpu);
         }
     }
 
