@@ -462,7 +462,9 @@ impl SlicedWrite {
                 loop {
                     attempts += 1;
                     let run = Fio::start(&fio, &ns, &job, false).finish_or_stop(per_run, &flag);
-                    let again = run.summary.error != 0
+                    // A login refused with NOT READY ends fio with a failure status but
+                    // a job report of error 0 and no I/O.
+                    let again = (run.summary.error != 0 || !run.exit_ok)
                         && only_retryable(&run.stderr, retry)
                         && attempts < retry.attempts()
                         && !flag.load(Ordering::SeqCst);
