@@ -691,7 +691,20 @@ fn authority_host_stopped_then_sync_links_of_one_node_flapping() {
         .expect("node-a's id");
     let [a, b, cc] = &c.nodes;
     let mut model = Model::new(SIZE);
-    let w = c.writer(6_000_000, Duration::from_secs(60));
+    // A command sent to a stopped node is never answered (its TCP peer is alive), and the
+    // writer has one command in flight: so one writer through node-b and node-c, and one
+    // through node-a alone, trying it again 50 ms after each NOT READY (writes reach it
+    // right after it wakes).
+    let paths_bc = [c.path(b), c.path(cc)];
+    let mut spec = WriterSpec::new((8192, 8192), 6_000_000);
+    spec.queue_bound = Duration::from_secs(60);
+    spec.reconnect = true;
+    let wbc = Writer::start(&c.topo, HOST, &paths_bc, spec);
+    let mut spec = WriterSpec::new((16384, 8192), 6_500_000);
+    spec.queue_bound = Duration::from_secs(120);
+    spec.retry_failed_after = Duration::from_millis(50);
+    spec.reconnect = true;
+    let wa = Writer::start(&c.topo, HOST, &[c.path(a)], spec);
     let fio = fio::locate();
     let fio_b = c.fio_write(&fio, b, 6);
     std::thread::sleep(Duration::from_millis(1500));
@@ -756,23 +769,29 @@ fn authority_host_stopped_then_sync_links_of_one_node_flapping() {
     );
     let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_stop, "node-b");
     std::thread::sleep(Duration::from_secs(2));
-    let r = finish(w, "multipath over three");
-    model.apply(&r);
+    let rbc = finish(wbc, "multipath over node-b and node-c");
+    let ra = finish(wa, "through node-a");
+    model.apply(&rbc);
+    model.apply(&ra);
 
     // node-a's answers to writes sent after it woke (answered = sent + took).
-    let early_good: Vec<Duration> = r
+    let early_good: Vec<Duration> = ra
         .events
         .iter()
-        .filter(|e| e.path == 0 && e.at - e.took > t_cont)
+        .filter(|e| e.at - e.took > t_cont)
         .filter(|e| e.outcome == Outcome::Ack && e.at < last_out)
         .map(|e| e.at - t_cont)
         .collect();
-    let pause_stop = r.longest_pause(t_stop, t_readmitted);
-    let survivors_while_stopped = (acks(&r, 1, t_stop, t_cont), acks(&r, 2, t_stop, t_cont));
-    let a_after = acks(&r, 0, t_readmitted, t_flap);
-    let pause_flap = r.longest_pause(t_flap, t_flap_end);
-    let flap_acks: Vec<usize> = (0..3).map(|i| acks(&r, i, t_flap, t_flap_end)).collect();
-    let c_nr = r.count(2, Outcome::NotReady, t_flap, t_flap_end + converge);
+    let pause_stop = rbc.longest_pause(t_stop, t_readmitted);
+    let survivors_while_stopped = (acks(&rbc, 0, t_stop, t_cont), acks(&rbc, 1, t_stop, t_cont));
+    let a_after = acks(&ra, 0, t_readmitted, t_flap);
+    let pause_flap = rbc.longest_pause(t_flap, t_flap_end);
+    let flap_acks: Vec<usize> = vec![
+        acks(&ra, 0, t_flap, t_flap_end),
+        acks(&rbc, 0, t_flap, t_flap_end),
+        acks(&rbc, 1, t_flap, t_flap_end),
+    ];
+    let c_nr = rbc.count(1, Outcome::NotReady, t_flap, t_flap_end + converge);
     eprintln!(
         "MEASURE SIGSTOP of the authority host node-a for {}: node-b took over and both survivors serve {} after the stop (READ answered GOOD through both {} after that); writes through node-b + node-c while stopped {survivors_while_stopped:?}; longest write pause {}; node-b readmitted node-a {} after SIGCONT (GOOD from node-a to writes sent after waking, before that: {early_good:?}); {a_after} writes through node-a after; node-a's old authority: {stale:?}",
         ms(t_cont - t_stop),
