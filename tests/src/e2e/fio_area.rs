@@ -102,12 +102,18 @@ impl FioArea {
             .map(|r| r.summary.write_lat_max)
             .max()
             .unwrap_or_default();
+        let slowest = slices
+            .iter()
+            .map(|s| s.run.took + s.failed.iter().map(|r| r.took).sum::<Duration>())
+            .max()
+            .unwrap_or_default();
         let ended = slices.last().map_or(started, |s| s.ended);
         eprintln!(
-            "MEASURE fio verify writes through {through} across the fault: {} slices, {writes} writes in {:?}, longest write {}, slices written again after UNIT ATTENTION / NOT READY: {retries}, errors left: {}",
+            "MEASURE fio verify writes through {through} across the fault: {} slices, {writes} writes in {:?}, longest write {}, slowest slice {} (all its runs), slices written again after UNIT ATTENTION / NOT READY: {retries}, errors left: {}",
             slices.len(),
             ended - started,
             ms(longest),
+            ms(slowest),
             slices.iter().filter(|s| s.run.summary.error != 0).count()
         );
         if let Some(bad) = slices
