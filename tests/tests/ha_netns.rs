@@ -157,7 +157,15 @@ impl Cluster {
     /// block must pass its check. Then the area, identical on both images (checked by
     /// `verify_all`), is taken into `model` from node-a's image.
     fn fio_verify_both(&self, fio: &std::path::Path, seed: u64, model: &mut Model, what: &str) {
-        FIO.read_back(fio, &self.topo, HOST, &[&self.a, &self.b], DEVICE, seed, what);
+        FIO.read_back(
+            fio,
+            &self.topo,
+            HOST,
+            &[&self.a, &self.b],
+            DEVICE,
+            seed,
+            what,
+        );
         FIO.take_into(model, &Self::image(&self.a));
     }
 
