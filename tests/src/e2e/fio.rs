@@ -355,7 +355,10 @@ impl Fio {
             args.extend(j.job_args(verify_only));
             args.push("--stonewall".into());
         }
+        // In its scratch directory: fio saves a job's verify state there
+        // (`local-<job>-<n>-verify.state`) when a run ends early.
         let child = Command::new("ip")
+            .current_dir(dir.path())
             .args(["netns", "exec", ns])
             .arg(fio)
             .args(args)
