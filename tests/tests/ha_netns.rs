@@ -37,7 +37,8 @@
 
 use std::time::{Duration, Instant};
 
-use tandem_tests::e2e::fio::{self, Fio, SlicedWrite, VerifyJob};
+use tandem_tests::e2e::fio::{self, Retry, SlicedWrite};
+use tandem_tests::e2e::fio_area::DEFAULT_AREA as FIO;
 use tandem_tests::e2e::host_io::{
     first_difference, login, probe_read, Event, Model, Outcome, Prober, Writer, WriterSpec,
 };
@@ -59,18 +60,6 @@ const MAX_PAUSE_ONE_LINK: Duration = Duration::from_secs(5);
 const MAX_PAUSE_FAILOVER: Duration = Duration::from_secs(15);
 /// Bound on a resync of the changed regions after the links return.
 const MAX_RESYNC: Duration = Duration::from_secs(60);
-
-/// fio's area (bytes): 16..20 MiB, apart from the writers' areas (below 12.5 MiB).
-const FIO_OFFSET: u64 = 16 << 20;
-const FIO_SIZE: u64 = 4 << 20;
-const FIO_BLOCK: u64 = 4096;
-/// Written in 8 slices (one fio job each, so that a UNIT ATTENTION can be retried).
-const FIO_SLICES: u64 = 8;
-/// 1024 blocks at 200 writes/s: at least 5 s, so writes started before a cut span the
-/// failover.
-const FIO_RATE_IOPS: u32 = 200;
-/// Bound on one fio run (the writing job with its pause, or a read-back).
-const FIO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
 struct Cluster(TwoNodeCluster);
@@ -158,47 +147,26 @@ impl Cluster {
         out
     }
 
-    /// fio's verify job on its area through `n` (portal 0), seed `seed`.
-    fn fio_job(&self, n: &ClusterNode, seed: u64) -> VerifyJob {
-        VerifyJob {
-            name: format!("verify-{seed}"),
-            filename: fio::iscsi_filename(n.portals[0], &n.iqn(DEVICE), 0),
-            initiator: format!("iqn.2026-11.io.tandem.test:fio-{}", n.name),
-            offset: FIO_OFFSET,
-            size: FIO_SIZE,
-            block_size: FIO_BLOCK,
-            iodepth: 4,
-            rate_iops: Some(FIO_RATE_IOPS),
-            seed,
-        }
-    }
-
-    /// Starts fio's writing slices through `n` from the host's namespace.
+    /// Starts fio's writing slices through `n` from the host's namespace (a slice is
+    /// written again after UNIT ATTENTION only: `n` serves throughout).
     fn fio_write(&self, fio: &std::path::Path, n: &ClusterNode, seed: u64) -> SlicedWrite {
-        let slices = self.fio_job(n, seed).slices(FIO_SLICES);
-        SlicedWrite::start(fio, &self.topo.ns(HOST), slices, FIO_TIMEOUT)
+        FIO.write(fio, &self.topo, HOST, n, DEVICE, seed, Retry::UnitAttention)
     }
 
-    /// fio's read-back of what the slices with `seed` wrote, through each node in turn (one
-    /// fio, one job per slice): every block must pass its check. Then the area, identical
-    /// on both images (checked by `verify_all`), is taken into `model` from node-a's image.
+    /// fio's read-back of what the slices with `seed` wrote, through both nodes: every
+    /// block must pass its check. Then the area, identical on both images (checked by
+    /// `verify_all`), is taken into `model` from node-a's image.
     fn fio_verify_both(&self, fio: &std::path::Path, seed: u64, model: &mut Model, what: &str) {
-        for n in [&self.a, &self.b] {
-            let slices = self.fio_job(n, seed).slices(FIO_SLICES);
-            let run = Fio::start_jobs(fio, &self.topo.ns(HOST), &slices, true).finish(FIO_TIMEOUT);
-            let t = run.totals();
-            eprintln!(
-                "MEASURE fio read-back through {} {what}: error {}, {} blocks checked in {:?} ({:.0} per second)",
-                n.name, t.error, t.reads, run.took, t.read_iops
-            );
-            run.expect_clean(
-                &format!("read-back through {} {what}", n.name),
-                FIO_SIZE / FIO_BLOCK,
-            );
-        }
-        let image = Self::image(&self.a);
-        let (lo, hi) = (FIO_OFFSET as usize, (FIO_OFFSET + FIO_SIZE) as usize);
-        model.write(FIO_OFFSET / 512, &image[lo..hi]);
+        FIO.read_back(
+            fio,
+            &self.topo,
+            HOST,
+            &[&self.a, &self.b],
+            DEVICE,
+            seed,
+            what,
+        );
+        FIO.take_into(model, &Self::image(&self.a));
     }
 
     /// Whether `n` answers a READ now (a fresh session): Ack, NotReady, ...
@@ -215,63 +183,6 @@ impl Cluster {
         }
         r
     }
-}
-
-/// The end of fio's writing slices through the node that kept serving: every slice without
-/// error (after retries of UNIT ATTENTION alone), every block written once and checked, and
-/// writes still going on well after the cut (so they did span the failover). Prints the
-/// numbers.
-fn finish_fio(w: SlicedWrite, t_cut: Instant, through: &str) {
-    let started = w.started;
-    let slices = w.finish();
-    for s in &slices {
-        eprintln!(
-            "fio slice {} through {through}: {} run(s), last: {}",
-            s.job.name,
-            s.attempts,
-            s.run.summary.line()
-        );
-    }
-    let retries: u32 = slices.iter().map(|s| s.attempts - 1).sum();
-    let writes: u64 = slices.iter().map(|s| s.run.summary.writes).sum();
-    // Over every run, also those a UNIT ATTENTION ended (the failover's pause is there).
-    let longest = slices
-        .iter()
-        .flat_map(|s| s.failed.iter().chain([&s.run]))
-        .map(|r| r.summary.write_lat_max)
-        .max()
-        .unwrap_or_default();
-    let slowest = slices
-        .iter()
-        .map(|s| s.run.took + s.failed.iter().map(|r| r.took).sum::<Duration>())
-        .max()
-        .unwrap_or_default();
-    let ended = slices.last().map_or(started, |s| s.ended);
-    eprintln!(
-        "MEASURE fio verify writes through {through} across the failure: {} slices, {writes} writes ({:.0} per second over {:?}), longest write {}, slowest slice {} (all its runs), slices written again after a UNIT ATTENTION: {retries}, errors left: {}",
-        slices.len(),
-        writes as f64 / (ended - started).as_secs_f64().max(1e-3),
-        ended - started,
-        ms(longest),
-        ms(slowest),
-        slices.iter().filter(|s| s.run.summary.error != 0).count()
-    );
-    assert_eq!(
-        slices.len() as u64,
-        FIO_SLICES,
-        "fio through {through}: a slice failed for good"
-    );
-    for s in &slices {
-        s.run.expect_clean(
-            &format!("slice {} through {through}", s.job.name),
-            s.job.blocks(),
-        );
-    }
-    assert!(
-        started < t_cut && ended > t_cut + Duration::from_secs(1),
-        "fio's writes through {through} ended {:?} after the cut: they did not span the failover",
-        ended.saturating_duration_since(t_cut)
-    );
 }
 
 // ---- 1. one of two sync links cut under load ----
@@ -405,7 +316,7 @@ fn both_sync_links_cut_heartbeat_alive_second_blocks_first_goes_on() {
     let r = finish(w, "multipath A+B");
     let probes_b = probe_b.finish();
     model.apply(&r);
-    finish_fio(fio_a, t_cut, "node-a");
+    FIO.finish_writes(fio_a, t_cut, "node-a");
 
     let pause = r.longest_pause(t_cut, t_restore);
     let nr_b = probes_b.first(Outcome::NotReady, t_cut);
@@ -637,7 +548,7 @@ fn node_majority_isolated_node_stops_before_partner_goes_on() {
     std::thread::sleep(Duration::from_millis(1500));
     let (ra, rb) = (finish(wa, "through node-a"), finish(wb, "through node-b"));
     let probes_a = probe_a.finish();
-    finish_fio(fio_b, t_cut, "node-b");
+    FIO.finish_writes(fio_b, t_cut, "node-b");
 
     let a_nr = probes_a.first(Outcome::NotReady, t_cut);
     let a_held = ra.longest_command(0, t_cut, Instant::now());

@@ -24,24 +24,34 @@
 //!    witness down (node-a with the witness, then nobody), and witness down, back (the vote
 //!    goes back to it), then partner down (node-a goes on with the witness). docs/ha.md,
 //!    "Node majority with a witness".
+//! 7. Node majority with a witness node, partial cuts (one cluster, two phases): node-b cut
+//!    from the witness only (no takeover, no new epoch, node-a keeps node-b in and
+//!    synchronized; node-b gets no lease renewal and answers NOT READY within its lease, the
+//!    host goes on through node-a), then node-b cut from the witness and from node-a (only
+//!    node-a, with the witness, serves; node-b NOT READY 04/0C within its lease).
 //!
 //! Every scenario ends with every acknowledged write read back through both nodes, the
 //! image files compared with each other and with the writes, and a `SUMMARY` line (scenario
 //! | who served | what the host saw | pause | acknowledged writes lost).
 //!
-//! fio's libiscsi engine is not used: the fio on the development machine has no libiscsi
-//! engine, so the host side is `host_io`'s stamped writer and verifier.
+//! fio with the libiscsi engine (`e2e::fio_area`) is a second host in scenarios 1, 2, 4 and
+//! 5: it writes checksummed blocks in slices through the node that goes on (node-b; node-a
+//! in 5) across the fault, a slice ended by UNIT ATTENTION or NOT READY 04/0C written again
+//! (that node pauses while the authority moves), and afterwards reads every block back
+//! through the other node: 0 verify errors (the final checks then compare both images). The multipath writer is `host_io`'s.
 //!
 //! Needs root, `ip` and `nft`; skips (printing why) when namespaces cannot be made. The
 //! scenarios run one at a time (a lock).
 
 use std::time::{Duration, Instant};
 
+use tandem_tests::e2e::fio::{self, Retry};
+use tandem_tests::e2e::fio_area::DEFAULT_AREA as FIO;
 use tandem_tests::e2e::host_io::{
     login, probe_read, Event, Model, Outcome, ProbeLog, Prober, Report, Writer, WriterSpec,
 };
 use tandem_tests::e2e::netns_cluster::{
-    alive, kill9, wait_until, ClusterNode, Signal, Strategy, TwoNodeCluster,
+    alive, cut_peers, heal_cuts, kill9, wait_until, ClusterNode, Signal, Strategy, TwoNodeCluster,
 };
 use tandem_tests::e2e::scenario::{acks, finish, lock, ms, opt_ms};
 use tandem_tests::netns::Member;
@@ -59,6 +69,8 @@ const MAX_RESYNC: Duration = Duration::from_secs(60);
 /// A node's lease (1 s with `HA_FLAGS`) plus slack for a loaded machine: a node that lost
 /// its authority answers NOT READY within this.
 const LEASE_END: Duration = Duration::from_secs(3);
+/// How long node-b stays cut from the witness only: several leases plus margins.
+const CUT_WITNESS_ONLY: Duration = Duration::from_secs(5);
 
 /// The cluster of these scenarios (`netns_cluster::TwoNodeCluster`) with their own helpers.
 struct Cluster(TwoNodeCluster);
@@ -116,6 +128,36 @@ impl Cluster {
     /// restart.
     fn prober(&self, n: &ClusterNode, every: Duration) -> Prober {
         Prober::start_reconnecting(&self.topo, HOST, &self.path(n), every)
+    }
+
+    /// fio's verifying writes through `n` (seed `seed`), retrying a slice after UNIT
+    /// ATTENTION or NOT READY 04/0C (the node written through pauses in these failovers).
+    fn fio_write(&self, fio: &std::path::Path, n: &ClusterNode, seed: u64) -> fio::SlicedWrite {
+        FIO.write(
+            fio,
+            &self.topo,
+            HOST,
+            n,
+            DEVICE,
+            seed,
+            Retry::UnitAttentionOrNotReady,
+        )
+    }
+
+    /// fio's read-back through `n` (0 verify errors; the node fio did not write through,
+    /// so its replica is what is checked), then its area into `model`: `verify_all` then
+    /// reads it back through both nodes and compares both image files byte for byte. One
+    /// read-back, not two, for CI's time budget.
+    fn fio_read_back(
+        &self,
+        fio: &std::path::Path,
+        n: &ClusterNode,
+        seed: u64,
+        model: &mut Model,
+        what: &str,
+    ) {
+        FIO.read_back(fio, &self.topo, HOST, &[n], DEVICE, seed, what);
+        FIO.take_into(model, &n.read_image(DEVICE, SIZE));
     }
 
     /// Every acknowledged write reads back through both nodes; both image files equal the
@@ -266,8 +308,11 @@ fn control_service_killed_on_authority_host() {
     let Some(mut c) = Cluster::start(Strategy::Heartbeat) else {
         return;
     };
+    let fio = fio::locate();
     let w = c.multipath_writer((8192, 16384), 11_000_000);
     let probe_a = c.prober(&c.a, Duration::from_millis(100));
+    // fio through node-b, which goes on (pausing while it takes the authority over).
+    let fio_b = c.fio_write(&fio, &c.b, 11);
     std::thread::sleep(Duration::from_millis(1500));
     let dp_before = c.a.dataplane_pid().expect("node-a's data plane");
     let t_kill = c.0.a.kill_control(&mut c.0.topo);
@@ -295,11 +340,14 @@ fn control_service_killed_on_authority_host() {
         c.authority_view(&c.a),
         c.authority_view(&c.b)
     );
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_kill, "node-b");
     std::thread::sleep(Duration::from_millis(2500));
     let r = finish(w, "multipath A+B");
     let probes = probe_a.finish();
     let mut model = Model::new(SIZE);
     model.apply(&r);
+    c.fio_read_back(&fio, &c.a, 11, &mut model, "after the control service kill");
+    eprintln!("MEASURE control kill: fio through node-b longest write {}, {fio_retries} slices written again, 0 verify errors", ms(fio_longest));
 
     let a_nr = probes.first(Outcome::NotReady, t_kill);
     let a_good_late = good_sent(Some((&r, 0)), &probes, t_kill, t_restart)
@@ -353,8 +401,10 @@ fn dataplane_killed_comes_back_unsynchronized_then_serves() {
     let Some(c) = Cluster::start(Strategy::Heartbeat) else {
         return;
     };
+    let fio = fio::locate();
     let w = c.multipath_writer((8192, 16384), 12_000_000);
     let probe_a = c.prober(&c.a, Duration::from_millis(20));
+    let fio_b = c.fio_write(&fio, &c.b, 12);
     std::thread::sleep(Duration::from_millis(1500));
     let (old, t_kill) = c.a.kill_dataplane();
     eprintln!("kill -9 of node-a's data plane (pid {old}); its control service keeps running");
@@ -370,11 +420,14 @@ fn dataplane_killed_comes_back_unsynchronized_then_serves() {
         || c.both_synchronized(),
     );
     let t_sync = Instant::now();
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_kill, "node-b");
     std::thread::sleep(Duration::from_millis(2500));
     let r = finish(w, "multipath A+B");
     let probes = probe_a.finish();
     let mut model = Model::new(SIZE);
     model.apply(&r);
+    c.fio_read_back(&fio, &c.a, 12, &mut model, "after the data plane kill");
+    eprintln!("MEASURE data plane kill: fio through node-b longest write {}, {fio_retries} slices written again, 0 verify errors", ms(fio_longest));
 
     // What node-a answered to commands sent after the kill, in order, without the
     // connection losses. A command sent just before the kill may be answered GOOD by the
@@ -448,6 +501,8 @@ fn paused_node_acknowledges_nothing_after_it_wakes() {
     let wb = c.single_writer(&c.b, (20_000, 4096), 14_000_000, Duration::from_millis(200));
     // Tries node-a again 50 ms after each NOT READY: writes reach it right after it wakes.
     let wa = c.single_writer(&c.a, (8192, 4096), 13_000_000, Duration::from_millis(50));
+    let fio = fio::locate();
+    let fio_b = c.fio_write(&fio, &c.b, 14);
     std::thread::sleep(Duration::from_millis(1500));
     let t_stop = Instant::now();
     let pids = c.a.signal_node(&c.topo, Signal::SIGSTOP);
@@ -478,11 +533,20 @@ fn paused_node_acknowledges_nothing_after_it_wakes() {
         c.authority_view(&c.a),
         c.authority_view(&c.b)
     );
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_stop, "node-b");
     std::thread::sleep(Duration::from_millis(2000));
     let (ra, rb) = (finish(wa, "through node-a"), finish(wb, "through node-b"));
     let mut model = Model::new(SIZE);
     model.apply(&ra);
     model.apply(&rb);
+    c.fio_read_back(
+        &fio,
+        &c.a,
+        14,
+        &mut model,
+        "after node-a's SIGSTOP and SIGCONT",
+    );
+    eprintln!("MEASURE SIGSTOP: fio through node-b longest write {}, {fio_retries} slices written again, 0 verify errors", ms(fio_longest));
 
     // node-b's last look that still had node-a out: any GOOD through node-a answered
     // before that look is a write acknowledged by a node the authority had not readmitted.
@@ -575,6 +639,9 @@ fn sync_links_flapping_converge() {
     let soak = std::env::var_os("TANDEM_SOAK").is_some_and(|v| v == "1");
     let span = Duration::from_secs(if soak { 30 } else { 10 });
     let w = c.multipath_writer((8192, 16384), 15_000_000);
+    // fio through node-a, the sequencer, which keeps serving while node-b drops out.
+    let fio = fio::locate();
+    let fio_a = c.fio_write(&fio, &c.a, 15);
     std::thread::sleep(Duration::from_millis(1000));
     let t0 = Instant::now();
     let mut flaps: u32 = 0;
@@ -600,10 +667,18 @@ fn sync_links_flapping_converge() {
         c.both_synchronized()
     });
     eprintln!("node-a {}", c.authority_view(&c.a));
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_a, t0, "node-a");
     std::thread::sleep(Duration::from_millis(2000));
     let r = finish(w, "multipath A+B");
     let mut model = Model::new(SIZE);
     model.apply(&r);
+    wait_until(
+        "both synchronized before fio's read-back",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    c.fio_read_back(&fio, &c.b, 15, &mut model, "after the flapping");
+    eprintln!("MEASURE flapping: fio through node-a longest write {}, {fio_retries} slices written again, 0 verify errors", ms(fio_longest));
     let pause = r.longest_pause(t0, t_end);
     let (na, nb) = (
         r.count(0, Outcome::NotReady, t0, Instant::now()),
@@ -955,5 +1030,180 @@ fn partner_down_then_witness_down() {
         ),
         &format!("{} at the partner's loss", ms(pause)),
         0,
+    );
+}
+
+// ---- 7. node majority with a witness node: partial cuts ----
+
+/// Answers of a node in `(from, to)` (path checker `p`, and path `path` of writer `r`):
+/// (first NOT READY of the path checker after `from`, GOOD answers to commands sent after
+/// `from + LEASE_END`).
+fn stopped_within_lease(
+    r: &Report,
+    path: usize,
+    p: &ProbeLog,
+    from: Instant,
+    to: Instant,
+) -> (Option<Duration>, usize) {
+    (
+        p.first(Outcome::NotReady, from),
+        good_sent(Some((r, path)), p, from + LEASE_END, to).len(),
+    )
+}
+
+/// The epoch of an [`Cluster::authority_view`] line.
+fn epoch_of(view: &str) -> String {
+    view.rsplit("epoch ").next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn witness_partial_cuts() {
+    let _one = lock();
+    let t_start = Instant::now();
+    let Some(c) = Cluster::start(Strategy::WitnessNode) else {
+        return;
+    };
+    let w = c.multipath_writer((8192, 16384), 19_000_000);
+    let probe_a = c.prober(&c.a, Duration::from_millis(100));
+    let probe_b = c.prober(&c.b, Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Phase 1: node-b cut from the witness only (node-a and the host still reach it).
+    let epoch_before = epoch_of(&c.authority_view(&c.a));
+    let t1 = Instant::now();
+    cut_peers(&c.topo, B, &[Member::Witness]);
+    eprintln!("node-b cut from the witness only");
+    // Several leases plus margins: long enough for any removal to happen.
+    let mut a_views_of_b = Vec::new();
+    while t1.elapsed() < CUT_WITNESS_ONLY {
+        a_views_of_b.push(
+            c.a.state_of(&c.topo, DEVICE, "node-b")
+                .unwrap_or_else(|| "(no answer)".into()),
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let views1 = (c.authority_view(&c.a), c.authority_view(&c.b));
+    eprintln!("phase 1 views: node-a {}, node-b {}", views1.0, views1.1);
+    let t1_heal = Instant::now();
+    heal_cuts(&c.topo, B);
+    let resync1 = wait_until(
+        "both synchronized after node-b reaches the witness again",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Phase 2: node-b cut from the witness and from node-a.
+    let t2 = Instant::now();
+    cut_peers(&c.topo, B, &[Member::Witness, A]);
+    eprintln!("node-b cut from the witness and from node-a");
+    let seen = poll_state(&c, &c.a, "node-b", Duration::from_secs(30), |s| {
+        s == "not-synchronized"
+    });
+    let t2_out = seen.last().unwrap().0;
+    std::thread::sleep(Duration::from_secs(2));
+    let views2 = (c.authority_view(&c.a), c.authority_view(&c.b));
+    eprintln!("phase 2 views: node-a {}, node-b {}", views2.0, views2.1);
+    let t2_heal = Instant::now();
+    heal_cuts(&c.topo, B);
+    let resync2 = wait_until(
+        "both synchronized after node-b's cuts heal",
+        MAX_RESYNC,
+        || c.both_synchronized(),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = finish(w, "multipath A+B");
+    let (pa, pb) = (probe_a.finish(), probe_b.finish());
+    let mut model = Model::new(SIZE);
+    model.apply(&r);
+
+    let pause1 = r.longest_pause(t1, t1_heal);
+    let pause2 = r.longest_pause(t2, t2_heal);
+    let (b_nr1, b_good1) = stopped_within_lease(&r, 1, &pb, t1, t1_heal);
+    let a_views_of_b_out = a_views_of_b.iter().filter(|s| *s != "synchronized").count();
+    let (b_nr2, b_good2) = stopped_within_lease(&r, 1, &pb, t2, t2_heal);
+    let a_nr = pa.first(Outcome::NotReady, t1);
+    let a_acks = (acks(&r, 0, t1, t1_heal), acks(&r, 0, t2_out, t2_heal));
+    let b_acks1 = acks(&r, 1, t1, t1_heal);
+    let b_after = acks(&r, 1, t2_heal + resync2, Instant::now());
+    eprintln!(
+        "MEASURE witness partial cuts: (1) node-b cut from the witness only for {CUT_WITNESS_ONLY:?}: node-b NOT READY {} after the cut, {b_good1} GOOD to commands sent {LEASE_END:?} after it, node-a's view of node-b not synchronized in {a_views_of_b_out} of {} looks, longest write pause {}, writes through node-a {} and node-b {b_acks1} meanwhile, both synchronized {} after the heal; (2) node-b cut from the witness and node-a: node-b NOT READY {} after the cut, node-a reports node-b out {} after, longest write pause {}, {} writes through node-a meanwhile, resynchronized {} after the heal; node-a's first NOT READY after the first cut {}; {b_after} writes through node-b after",
+        opt_ms(b_nr1),
+        a_views_of_b.len(),
+        ms(pause1),
+        a_acks.0,
+        ms(resync1),
+        opt_ms(b_nr2),
+        ms(t2_out - t2),
+        ms(pause2),
+        a_acks.1,
+        ms(resync2),
+        opt_ms(a_nr)
+    );
+    // The witness keeps the vote: nobody took it over in either phase.
+    for v in [&views1.0, &views1.1, &views2.0, &views2.1] {
+        assert!(
+            !v.contains("took_over_from 0 "),
+            "the data nodes took the vote over from a witness that still had a majority: {v}"
+        );
+    }
+    // Cut from the witness only: node-b gets no lease renewal and stops serving within
+    // its lease (the host goes on through node-a without a pause), but node-a never
+    // suspects it (heartbeats flow), so nobody removes it: no new epoch, it stays
+    // synchronized (the sequencer still replicates to it) and serves again at once after
+    // the heal.
+    assert_eq!(
+        a_views_of_b_out, 0,
+        "node-a had node-b out while node-b was cut from the witness only: {a_views_of_b:?}"
+    );
+    assert!(
+        epoch_of(&views1.0) == epoch_before && epoch_of(&views1.1) == epoch_before,
+        "a new epoch while node-b was cut from the witness only (before: {epoch_before}): {views1:?}"
+    );
+    for (phase, nr, good) in [(1, b_nr1, b_good1), (2, b_nr2, b_good2)] {
+        assert!(
+            nr.is_some_and(|d| d < LEASE_END),
+            "phase {phase}: node-b did not answer NOT READY within {LEASE_END:?} ({nr:?})"
+        );
+        assert_eq!(
+            good, 0,
+            "phase {phase}: node-b answered GOOD to a command sent {LEASE_END:?} after its cut"
+        );
+    }
+    assert!(
+        a_acks.0 > 0 && a_acks.1 > 0,
+        "node-a did not go on with the witness: {a_acks:?}"
+    );
+    assert!(
+        pause1 < MAX_PAUSE_FAILOVER,
+        "writes paused {pause1:?} (phase 1)"
+    );
+    assert!(
+        pause2 < MAX_PAUSE_FAILOVER,
+        "writes paused {pause2:?} (phase 2)"
+    );
+    assert!(b_after > 0, "node-b did not serve again after the heal");
+    c.verify_no_split_brain(&model, "after the witness's partial cuts");
+    summary(
+        "node majority: node-b cut from the witness only",
+        "node-a; node-b stays synchronized but serves nothing until healed (no lease); no takeover, no new epoch",
+        &format!("node-b NOT READY 04/0C {} after the cut ({b_acks1} writes through it before); node-a never pauses", opt_ms(b_nr1)),
+        &format!("{} (resync {} after the heal)", ms(pause1), ms(resync1)),
+        0,
+    );
+    summary(
+        "node majority: node-b cut from the witness and from node-a",
+        "node-a (with the witness) only",
+        &format!(
+            "node-b NOT READY 04/0C {} after the cut; node-a has node-b out {} after",
+            opt_ms(b_nr2),
+            ms(t2_out - t2)
+        ),
+        &format!("{} (resync {} after the heal)", ms(pause2), ms(resync2)),
+        0,
+    );
+    eprintln!(
+        "SUMMARY witness partial cuts: scenario {:?} (cluster start included)",
+        t_start.elapsed()
     );
 }

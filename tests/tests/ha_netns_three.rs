@@ -15,6 +15,16 @@
 //!    acknowledged while partitioned; heal: all three synchronized again.
 //! 4. kill -9 of node-a's control service and data plane (the authority host): node-b takes
 //!    over, node-b and node-c go on; node-a restarted: resynchronized, serves again.
+//! 5. One cluster, two faults: SIGSTOP of node-a (the authority host: control service and
+//!    data plane) until node-b has taken over, then SIGCONT: node-a acknowledges nothing
+//!    sent after it wakes until it is readmitted, and is resynchronized; then both sync
+//!    links of node-c (to node-a and node-b) flapping (down 500 ms, up 500 ms) for 6 s
+//!    (30 s with `TANDEM_SOAK=1`), heartbeats alive: all three synchronized afterwards.
+//!
+//! In 4 and 5 fio with the libiscsi engine (`e2e::fio_area`) is a second host writing
+//! checksummed blocks through node-b across the faults (a slice ended by UNIT ATTENTION or
+//! NOT READY 04/0C written again: node-b pauses while the authority moves) and reading every
+//! block back through node-a (the node that was out) afterwards: 0 verify errors.
 //!
 //! Each prints `MEASURE` lines (time to decision, pauses, resync), checks the ALUA states a
 //! host sees (REPORT TARGET PORT GROUPS) where a node is out, and ends with the whole disk
@@ -24,10 +34,13 @@
 
 use std::time::{Duration, Instant};
 
+use tandem_tests::e2e::fio::{self, Retry, SlicedWrite};
+use tandem_tests::e2e::fio_area::DEFAULT_AREA as FIO;
 use tandem_tests::e2e::host_io::{
-    first_difference, Model, Outcome, PathSpec, ProbeLog, Prober, Report, Writer, WriterSpec,
+    first_difference, login, probe_read, Model, Outcome, PathSpec, ProbeLog, Prober, Report,
+    Writer, WriterSpec,
 };
-use tandem_tests::e2e::netns_cluster::{cut_peers, heal_cuts, wait_until, ClusterNode};
+use tandem_tests::e2e::netns_cluster::{cut_peers, heal_cuts, wait_until, ClusterNode, Signal};
 use tandem_tests::e2e::netns_three::{
     alua_state_of, report_target_port_groups, ThreeNodeCluster, ALUA_ACTIVE_OPTIMIZED,
     ALUA_UNAVAILABLE,
@@ -82,6 +95,22 @@ impl Cluster {
         Writer::start(&self.topo, HOST, &self.paths(), spec)
     }
 
+    /// Whether `n` answers a READ with GOOD now (a fresh session; a UNIT ATTENTION is
+    /// retried once, as a host does).
+    fn serves_now(&self, n: &ClusterNode) -> bool {
+        let mut s = login(
+            &self.topo,
+            HOST,
+            &self.path(n),
+            "iqn.2026-11.io.tandem.test:probe",
+        );
+        let mut r = probe_read(&mut s);
+        if r == Some(Outcome::UnitAttention) {
+            r = probe_read(&mut s);
+        }
+        r == Some(Outcome::Ack)
+    }
+
     fn prober(&self, n: &ClusterNode) -> Prober {
         Prober::start(&self.topo, HOST, &self.path(n), Duration::from_millis(100))
     }
@@ -128,6 +157,28 @@ impl Cluster {
                 via.name
             );
         }
+    }
+
+    /// fio's verifying writes through `n` with `seed`.
+    fn fio_write(&self, fio: &std::path::Path, n: &ClusterNode, seed: u64) -> SlicedWrite {
+        FIO.write(
+            fio,
+            &self.topo,
+            HOST,
+            n,
+            DEVICE,
+            seed,
+            Retry::UnitAttentionOrNotReady,
+        )
+    }
+
+    /// fio's read-back through node-a, the node that was out (0 verify errors), then its
+    /// area into `model`: `verify_all` reads it back through every node and compares the
+    /// three images. One read-back, not three, for CI's time budget.
+    fn fio_read_back(&self, fio: &std::path::Path, seed: u64, model: &mut Model, what: &str) {
+        let a = &self.nodes[0];
+        FIO.read_back(fio, &self.topo, HOST, &[a], DEVICE, seed, what);
+        FIO.take_into(model, &Self::image(a));
     }
 
     fn image(n: &ClusterNode) -> Vec<u8> {
@@ -518,6 +569,8 @@ fn authority_host_killed_the_two_others_take_over() {
     );
     let mut model = Model::new(SIZE);
     let w = c.writer(5_000_000, Duration::from_secs(60));
+    let fio = fio::locate();
+    let fio_b = c.fio_write(&fio, &c.nodes[1], 5);
     std::thread::sleep(Duration::from_millis(1500));
     let t_kill = {
         let inner = &mut c.0;
@@ -550,9 +603,12 @@ fn authority_host_killed_the_two_others_take_over() {
         MAX_RESYNC,
         || c.all_synchronized(),
     );
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_kill, "node-b");
     std::thread::sleep(Duration::from_secs(3));
     let r = finish(w, "multipath over three");
     model.apply(&r);
+    c.fio_read_back(&fio, 5, &mut model, "after the authority host's kill");
+    eprintln!("MEASURE kill -9 of the authority host: fio through node-b longest write {}, {fio_retries} slices written again, 0 verify errors", ms(fio_longest));
 
     let pause = r.longest_pause(t_kill, t_restart);
     let resumed = resumed_at(&r, t_kill, t_restart);
@@ -594,6 +650,202 @@ fn authority_host_killed_the_two_others_take_over() {
     c.verify_all(&model, "after the authority host's kill and restart");
     eprintln!(
         "SUMMARY kill -9 of the authority host: scenario {:?}",
+        t_start.elapsed()
+    );
+}
+
+// ---- 5. SIGSTOP of the authority host, then one node's sync links flapping ----
+
+/// Polls `via`'s view of `of` every 50 ms until it is synchronized: the last instant it was
+/// seen otherwise (or `since`) and when it was seen synchronized.
+fn readmitted(c: &Cluster, via: &ClusterNode, of: &str, since: Instant) -> (Instant, Instant) {
+    let mut last_out = since;
+    let t0 = Instant::now();
+    loop {
+        let at = Instant::now();
+        if via.state_of(&c.topo, DEVICE, of).as_deref() == Some("synchronized") {
+            return (last_out, at);
+        }
+        last_out = at;
+        assert!(
+            t0.elapsed() < MAX_RESYNC,
+            "{}'s view of {of}: not synchronized after {MAX_RESYNC:?}",
+            via.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn authority_host_stopped_then_sync_links_of_one_node_flapping() {
+    let _one = lock();
+    let Some(c) = Cluster::start() else {
+        return;
+    };
+    let t_start = Instant::now();
+    let a_id = c
+        .node_ids(&c.nodes[0])
+        .iter()
+        .find(|(n, _)| n == "node-a")
+        .map(|(_, id)| u64::from(*id))
+        .expect("node-a's id");
+    let [a, b, cc] = &c.nodes;
+    let mut model = Model::new(SIZE);
+    // A command sent to a stopped node is never answered (its TCP peer is alive), and the
+    // writer has one command in flight: so one writer through node-b and node-c, and one
+    // through node-a alone, trying it again 50 ms after each NOT READY (writes reach it
+    // right after it wakes).
+    let paths_bc = [c.path(b), c.path(cc)];
+    let mut spec = WriterSpec::new((8192, 8192), 6_000_000);
+    spec.queue_bound = Duration::from_secs(60);
+    spec.reconnect = true;
+    let wbc = Writer::start(&c.topo, HOST, &paths_bc, spec);
+    let mut spec = WriterSpec::new((16384, 8192), 6_500_000);
+    spec.queue_bound = Duration::from_secs(120);
+    spec.retry_failed_after = Duration::from_millis(50);
+    spec.reconnect = true;
+    let wa = Writer::start(&c.topo, HOST, &[c.path(a)], spec);
+    let fio = fio::locate();
+    let fio_b = c.fio_write(&fio, b, 6);
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Fault 1: node-a stopped until node-b has taken over, then woken.
+    let t_stop = Instant::now();
+    let pids = a.signal_node(&c.topo, Signal::SIGSTOP);
+    eprintln!("SIGSTOP of node-a (authority host): pids {pids:?}");
+    let took = wait_until(
+        "node-b took the authority over; node-b and node-c serve without node-a",
+        Duration::from_secs(60),
+        || {
+            c.authority_state(b)
+                .is_some_and(|s| s["took_over_from"] == a_id)
+                && c.serving_without(b, "node-a")
+                && c.serving_without(cc, "node-a")
+        },
+    );
+    // The survivors answer GOOD again, and the writer goes on through both for a while.
+    let serving = wait_until(
+        "node-b and node-c answer GOOD while node-a is stopped",
+        Duration::from_secs(30),
+        || c.serves_now(b) && c.serves_now(cc),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let t_cont = Instant::now();
+    a.signal_node(&c.topo, Signal::SIGCONT);
+    eprintln!("SIGCONT of node-a after {:?}", t_cont - t_stop);
+    let (last_out, t_readmitted) = readmitted(&c, b, "node-a", t_cont);
+    wait_until(
+        "all three synchronized after node-a woke",
+        MAX_RESYNC,
+        || c.all_synchronized(),
+    );
+    let stale = c.authority_state(a);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Fault 2: both sync links of node-c flapping on a fixed 500 ms schedule.
+    let soak = std::env::var_os("TANDEM_SOAK").is_some_and(|v| v == "1");
+    let span = Duration::from_secs(if soak { 30 } else { 6 });
+    let half = Duration::from_millis(500);
+    let t_flap = Instant::now();
+    let mut flaps: u32 = 0;
+    while t_flap.elapsed() < span {
+        for net in ["sync0", "sync1"] {
+            c.topo.cut(cc.member, net).expect("cut");
+        }
+        std::thread::sleep(
+            (t_flap + half * (2 * flaps + 1)).saturating_duration_since(Instant::now()),
+        );
+        for net in ["sync0", "sync1"] {
+            c.topo.restore(cc.member, net).expect("restore");
+        }
+        flaps += 1;
+        std::thread::sleep((t_flap + half * (2 * flaps)).saturating_duration_since(Instant::now()));
+    }
+    let t_flap_end = Instant::now();
+    let converge = wait_until(
+        "all three synchronized after node-c's sync links stop flapping",
+        MAX_RESYNC,
+        || c.all_synchronized(),
+    );
+    let (fio_longest, fio_retries) = FIO.finish_writes(fio_b, t_stop, "node-b");
+    std::thread::sleep(Duration::from_secs(2));
+    let rbc = finish(wbc, "multipath over node-b and node-c");
+    let ra = finish(wa, "through node-a");
+    model.apply(&rbc);
+    model.apply(&ra);
+
+    // node-a's answers to writes sent after it woke (answered = sent + took).
+    let early_good: Vec<Duration> = ra
+        .events
+        .iter()
+        .filter(|e| e.at - e.took > t_cont)
+        .filter(|e| e.outcome == Outcome::Ack && e.at < last_out)
+        .map(|e| e.at - t_cont)
+        .collect();
+    let pause_stop = rbc.longest_pause(t_stop, t_readmitted);
+    let survivors_while_stopped = (acks(&rbc, 0, t_stop, t_cont), acks(&rbc, 1, t_stop, t_cont));
+    let a_after = acks(&ra, 0, t_readmitted, t_flap);
+    let pause_flap = rbc.longest_pause(t_flap, t_flap_end);
+    let flap_acks: Vec<usize> = vec![
+        acks(&ra, 0, t_flap, t_flap_end),
+        acks(&rbc, 0, t_flap, t_flap_end),
+        acks(&rbc, 1, t_flap, t_flap_end),
+    ];
+    let c_nr = rbc.count(1, Outcome::NotReady, t_flap, t_flap_end + converge);
+    eprintln!(
+        "MEASURE SIGSTOP of the authority host node-a for {}: node-b took over and both survivors serve {} after the stop (READ answered GOOD through both {} after that); writes through node-b + node-c while stopped {survivors_while_stopped:?}; longest write pause {}; node-b readmitted node-a {} after SIGCONT (GOOD from node-a to writes sent after waking, before that: {early_good:?}); {a_after} writes through node-a after; node-a's old authority: {stale:?}",
+        ms(t_cont - t_stop),
+        ms(took),
+        ms(serving),
+        ms(pause_stop),
+        ms(t_readmitted - t_cont)
+    );
+    eprintln!(
+        "MEASURE sync0+sync1 of node-c flapping {span:?} ({flaps} flaps): longest write pause {}; acks during the flapping per node {flap_acks:?}; NOT READY through node-c {c_nr}; all three synchronized {} after; fio through node-b longest write {}, {fio_retries} slices written again",
+        ms(pause_flap),
+        ms(converge),
+        ms(fio_longest)
+    );
+    assert!(
+        early_good.is_empty(),
+        "node-a acknowledged writes sent after SIGCONT ({early_good:?} after it) before node-b readmitted it"
+    );
+    assert!(
+        survivors_while_stopped.0 > 0 && survivors_while_stopped.1 > 0,
+        "a survivor did not go on while node-a was stopped: {survivors_while_stopped:?}"
+    );
+    assert!(
+        pause_stop < MAX_PAUSE,
+        "writes paused {pause_stop:?} at the stop"
+    );
+    assert!(
+        a_after > 0,
+        "node-a did not serve writes after its readmission"
+    );
+    assert!(
+        stale.is_some_and(|s| !s["superseded_by"].is_null()),
+        "node-a's stale authority did not stand down"
+    );
+    assert!(
+        flap_acks.iter().sum::<usize>() > 0,
+        "no write acknowledged while node-c's sync links flapped"
+    );
+    assert!(
+        pause_flap < MAX_PAUSE,
+        "writes paused {pause_flap:?} in the flapping"
+    );
+    let reports = c.split_brain_reports();
+    assert!(
+        reports.is_empty(),
+        "split brain under node majority: {reports:?}"
+    );
+    c.fio_read_back(&fio, 6, &mut model, "after the stop and the flapping");
+    c.verify_all(
+        &model,
+        "after node-a's SIGSTOP and node-c's flapping sync links",
+    );
+    eprintln!(
+        "SUMMARY SIGSTOP of the authority host, then node-c's sync links flapping: scenario {:?}",
         t_start.elapsed()
     );
 }

@@ -12,7 +12,10 @@
 //! (ASYMMETRIC ACCESS STATE CHANGED) when its partner leaves or returns, which a real host
 //! retries; so the area is written in slices, one short fio job each ([`SlicedWrite`]),
 //! and a slice whose job ended on a UNIT ATTENTION alone is written again (same seed, same
-//! data). Any other error fails the slice for good.
+//! data). Any other error fails the slice for good. Where the node written through itself
+//! pauses in a failover (its lease ends until the authority moves), a slice ended by NOT
+//! READY 04/0C is written again too ([`Retry::UnitAttentionOrNotReady`]), as a host with one
+//! path that queues I/O retries it.
 //!
 //! Pure parts (the URL, the argument list, reading fio's JSON) are separate from running it.
 
@@ -153,12 +156,56 @@ fn output_args(output: &Path) -> Vec<String> {
 /// Whether a failed job's messages show only UNIT ATTENTION answers (which a host retries)
 /// and no other failed command or verify failure.
 pub fn only_unit_attention(stderr: &str) -> bool {
+    only_retryable(stderr, Retry::UnitAttention)
+}
+
+/// Which failed commands end a slice's run with a retry of the slice (same seed, same data)
+/// rather than a failure: what a host with a single path retries on that path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// UNIT ATTENTION only: the node writes through is expected to serve throughout.
+    UnitAttention,
+    /// Also NOT READY 04/0C (LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE
+    /// TRANSITION): a node that pauses while its authority moves. A host with one path
+    /// (dm-multipath's `queue_if_no_path`) queues and retries such a command there.
+    UnitAttentionOrNotReady,
+}
+
+impl Retry {
+    /// Runs of one slice at most: a partner leaving and returning is two UNIT ATTENTIONs;
+    /// a pause with NOT READY may take a run every [`NOT_READY_BACKOFF`] for the failover
+    /// bound (20 s).
+    fn attempts(self) -> u32 {
+        match self {
+            Retry::UnitAttention => 4,
+            Retry::UnitAttentionOrNotReady => 60,
+        }
+    }
+
+    /// libiscsi spells a sense key `NOT_READY` in a failed command and `NOT READY` in a
+    /// failed login's TEST UNIT READY.
+    fn accepts(self, failed_line: &str) -> bool {
+        let l = failed_line.replace(' ', "_");
+        l.contains("UNIT_ATTENTION")
+            || (self == Retry::UnitAttentionOrNotReady
+                && l.contains("NOT_READY")
+                && l.contains("0x040c"))
+    }
+}
+
+/// How long a slice waits before it is written again after a NOT READY (a host's path
+/// checker interval, shortened).
+pub const NOT_READY_BACKOFF: Duration = Duration::from_millis(300);
+
+/// Whether a failed job's messages show only failed commands that `retry` accepts, and no
+/// other failure and no verify failure.
+pub fn only_retryable(stderr: &str, retry: Retry) -> bool {
     let failed: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("request failed"))
+        .filter(|l| l.contains("request failed") || l.contains("failed to connect to LUN"))
         .collect();
     !failed.is_empty()
-        && failed.iter().all(|l| l.contains("UNIT_ATTENTION"))
+        && failed.iter().all(|l| retry.accepts(l))
         && !stderr.contains("verify")
         && !stderr.contains("bad magic")
 }
@@ -308,7 +355,10 @@ impl Fio {
             args.extend(j.job_args(verify_only));
             args.push("--stonewall".into());
         }
+        // In its scratch directory: fio saves a job's verify state there
+        // (`local-<job>-<n>-verify.state`) when a run ends early.
         let child = Command::new("ip")
+            .current_dir(dir.path())
             .args(["netns", "exec", ns])
             .arg(fio)
             .args(args)
@@ -391,11 +441,20 @@ pub struct SlicedWrite {
     pub started: Instant,
 }
 
-/// Runs of one slice at most (a partner leaving and returning is two UNIT ATTENTIONs).
-const SLICE_ATTEMPTS: u32 = 4;
-
 impl SlicedWrite {
+    /// Retries a slice after UNIT ATTENTION answers only.
     pub fn start(fio: &Path, ns: &str, slices: Vec<VerifyJob>, per_run: Duration) -> SlicedWrite {
+        Self::start_retrying(fio, ns, slices, per_run, Retry::UnitAttention)
+    }
+
+    /// As [`SlicedWrite::start`], retrying a slice after the failed commands `retry` accepts.
+    pub fn start_retrying(
+        fio: &Path,
+        ns: &str,
+        slices: Vec<VerifyJob>,
+        per_run: Duration,
+        retry: Retry,
+    ) -> SlicedWrite {
         let stop = Arc::new(AtomicBool::new(false));
         let (fio, ns, flag) = (fio.to_path_buf(), ns.to_string(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -406,11 +465,16 @@ impl SlicedWrite {
                 loop {
                     attempts += 1;
                     let run = Fio::start(&fio, &ns, &job, false).finish_or_stop(per_run, &flag);
-                    let again = run.summary.error != 0
-                        && only_unit_attention(&run.stderr)
-                        && attempts < SLICE_ATTEMPTS
+                    // A login refused with NOT READY ends fio with a failure status but
+                    // a job report of error 0 and no I/O.
+                    let again = (run.summary.error != 0 || !run.exit_ok)
+                        && only_retryable(&run.stderr, retry)
+                        && attempts < retry.attempts()
                         && !flag.load(Ordering::SeqCst);
                     if again {
+                        if !only_unit_attention(&run.stderr) {
+                            std::thread::sleep(NOT_READY_BACKOFF);
+                        }
                         failed.push(run);
                         continue;
                     }
@@ -541,6 +605,31 @@ mod tests {
             "{ua}verify: bad magic header 4557, wanted acca\n"
         )));
         assert!(!only_unit_attention("fio: some other failure\n"));
+    }
+
+    #[test]
+    fn not_ready_is_retried_only_when_asked_and_only_04_0c() {
+        let nr = "iscsi: request failed with error SENSE KEY:NOT_READY(2) ASCQ:(null)(0x040c).\n";
+        let ua =
+            "iscsi: request failed with error SENSE KEY:UNIT_ATTENTION(6) ASCQ:(null)(0x2a06).\n";
+        assert!(!only_retryable(nr, Retry::UnitAttention));
+        assert!(only_retryable(nr, Retry::UnitAttentionOrNotReady));
+        assert!(only_retryable(
+            &format!("{ua}{nr}"),
+            Retry::UnitAttentionOrNotReady
+        ));
+        let other_nr =
+            "iscsi: request failed with error SENSE KEY:NOT_READY(2) ASCQ:(null)(0x0402).\n";
+        assert!(!only_retryable(other_nr, Retry::UnitAttentionOrNotReady));
+        assert!(!only_retryable(
+            &format!("{nr}verify: bad magic header 4557, wanted acca\n"),
+            Retry::UnitAttentionOrNotReady
+        ));
+        assert!(!only_retryable("", Retry::UnitAttentionOrNotReady));
+        let at_login =
+            "iscsi: failed to connect to LUN : SENSE KEY:NOT READY(2) ASCQ:(null)(0x040c)\n";
+        assert!(only_retryable(at_login, Retry::UnitAttentionOrNotReady));
+        assert!(!only_retryable(at_login, Retry::UnitAttention));
     }
 
     #[test]

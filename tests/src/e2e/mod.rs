@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod cunit;
 pub mod fio;
+pub mod fio_area;
 pub mod host_io;
 pub mod netns_cluster;
 pub mod netns_three;
