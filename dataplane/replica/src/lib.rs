@@ -13,9 +13,10 @@
 //!                                          └ Engine ───┘   (control link: configs, leases)
 //! ```
 //!
-//! The thread runs while there is work and blocks in `poll(2)` on its own eventfd, the local
-//! channel's wake fd and the transports' descriptors when idle (no busy spin: several
-//! processes share two cores in tests). Time for the engine is the thread's monotonic clock.
+//! The thread runs while there is work, polls briefly after it, and then blocks in `poll(2)`
+//! on its own eventfd, the local channel's wake fd and the transports' descriptors (no busy
+//! spin when idle: several processes share two cores in tests). Submitters write that
+//! eventfd only while the thread sleeps ([`doorbell`]), not once per I/O. Time for the engine is the thread's monotonic clock.
 //!
 //! The one copy left on the write path: host data is copied into the engine's
 //! [`SharedPayload`] (CRC computed there, shared by the local write and every partner send),
@@ -24,6 +25,7 @@
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
+mod doorbell;
 mod journal_codec;
 mod journal_store;
 mod meta;
@@ -237,7 +239,8 @@ pub(crate) enum Mail {
 pub(crate) struct Shared {
     pub submit: Sender<Submit>,
     pub mail: Sender<Mail>,
-    pub wake: EventFd,
+    /// Rung after queuing a submission or mail (writes only while the thread sleeps).
+    pub bell: doorbell::Doorbell,
 }
 
 /// A replicated device: the local copy behind the replication engine.
@@ -263,7 +266,7 @@ impl ReplicaHandle {
             .mail
             .send(Mail::Exchange { updates, reply: tx })
             .map_err(|_| "the replication thread has stopped".to_string())?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         rx.recv_timeout(EXCHANGE_TIMEOUT)
             .map_err(|_| "the replication thread did not answer in time".to_string())
     }
@@ -315,7 +318,7 @@ impl ReplicatedBdev {
         let shared = Arc::new(Shared {
             submit: submit_tx,
             mail: mail_tx,
-            wake: EventFd::new().map_err(BdevError::Io)?,
+            bell: doorbell::Doorbell::new().map_err(BdevError::Io)?,
         });
         let mut worker = thread::Worker::new(
             info.clone(),
@@ -351,7 +354,7 @@ impl ReplicatedBdev {
     /// Stops the replication thread (host I/O still queued ends NOT READY).
     pub fn stop(&self) {
         let _ = self.shared.mail.send(Mail::Stop);
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
@@ -381,7 +384,7 @@ impl Bdev for ReplicatedBdev {
                 wake: wake.clone(),
             })
             .map_err(|_| BdevError::NotReady)?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         Ok(Box::new(ReplicaChannel {
             id,
             shared: self.shared.clone(),
@@ -408,7 +411,7 @@ impl Bdev for ReplicatedBdev {
                 reply: tx,
             })
             .map_err(|_| BdevError::NotReady)?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         rx.recv_timeout(EXCHANGE_TIMEOUT)
             .map_err(|_| BdevError::Other("the replication thread did not answer in time".into()))?
             .map_err(BdevError::Other)
@@ -456,7 +459,7 @@ struct ReplicaChannel {
 impl Drop for ReplicaChannel {
     fn drop(&mut self) {
         let _ = self.shared.mail.send(Mail::DropChannel { id: self.id });
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
     }
 }
 
@@ -478,7 +481,7 @@ impl BdevChannel for ReplicaChannel {
             let _ = self.wake.notify();
             return;
         }
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {

@@ -214,7 +214,6 @@ impl Worker {
         let mut last_work = Instant::now();
         loop {
             let mut work = false;
-            self.shared.wake.drain();
             // Control mail first (channels must exist before their submissions complete).
             while let Ok(m) = self.mail_rx.try_recv() {
                 work = true;
@@ -307,13 +306,22 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
-            // Idle: block until something is ready or a timer is due.
+            // Idle: block until something is ready or a timer is due. Submitters ring the
+            // doorbell from here on; what they queued before is seen by this check.
+            self.shared.bell.prepare_sleep();
+            if !self.submit_rx.is_empty() || !self.mail_rx.is_empty() {
+                self.shared.bell.awake();
+                continue;
+            }
             fds.clear();
-            fds.push((self.shared.wake.as_raw_fd(), false));
+            fds.push((self.shared.bell.fd(), false));
             if self.local.in_flight() > 0 {
                 match self.local.wake_fd() {
                     Some(fd) => fds.push((fd, false)),
-                    None => continue,
+                    None => {
+                        self.shared.bell.awake();
+                        continue;
+                    }
                 }
             }
             let mut deadline = self.next_tick;
@@ -333,6 +341,7 @@ impl Worker {
                 tracing::warn!(device = %self.info.name, error = %e, "replication thread: poll failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
+            self.shared.bell.awake();
         }
     }
 
