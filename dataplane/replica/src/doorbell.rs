@@ -60,6 +60,51 @@ impl Doorbell {
     }
 }
 
+/// How the replication thread tells a reactor's channel that completions wait: an eventfd
+/// written once per batch the reactor has not yet picked up, read only when it was written.
+///
+/// A reactor polls its channels on every loop, also while it spins; reading the eventfd
+/// each time was a syscall per poll, and writing it for every batch one more per batch. The
+/// flag says whether a write is pending: the thread queues completions, then sets the flag
+/// and writes only if it was clear; the reactor drains, clears the flag, then reads the
+/// queue. Either the reactor's queue read sees the completions, or the flag was set after
+/// its clear and the eventfd is readable again.
+pub(crate) struct CompletionSignal {
+    efd: EventFd,
+    signalled: AtomicBool,
+}
+
+impl CompletionSignal {
+    pub(crate) fn new() -> std::io::Result<CompletionSignal> {
+        Ok(CompletionSignal {
+            efd: EventFd::new()?,
+            signalled: AtomicBool::new(false),
+        })
+    }
+
+    /// Thread side, after queuing completions.
+    pub(crate) fn signal(&self) {
+        if !self.signalled.swap(true, Ordering::SeqCst) {
+            let _ = self.efd.notify();
+        }
+    }
+
+    /// Reactor side, before reading the completion queue. Drain first, clear after: a
+    /// `signal` before the clear is read by it (the swap acquires what was queued before
+    /// that signal), one after it sees the flag clear and writes the eventfd again. Not
+    /// signalled: no syscall (a signal racing this load leaves the eventfd readable).
+    pub(crate) fn take(&self) {
+        if self.signalled.load(Ordering::SeqCst) {
+            self.efd.drain();
+            self.signalled.swap(false, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +121,19 @@ mod tests {
         assert!(!tandem_ffi::wait_readable(bell.fd(), 0).unwrap());
         bell.ring();
         assert!(!tandem_ffi::wait_readable(bell.fd(), 0).unwrap());
+    }
+
+    #[test]
+    fn a_signal_is_written_once_until_taken() {
+        let sig = CompletionSignal::new().unwrap();
+        sig.take();
+        assert!(!tandem_ffi::wait_readable(sig.fd(), 0).unwrap());
+        sig.signal();
+        sig.signal();
+        assert!(tandem_ffi::wait_readable(sig.fd(), 0).unwrap());
+        sig.take();
+        assert!(!tandem_ffi::wait_readable(sig.fd(), 0).unwrap());
+        sig.signal();
+        assert!(tandem_ffi::wait_readable(sig.fd(), 0).unwrap());
     }
 }

@@ -32,7 +32,7 @@ mod meta;
 mod thread;
 pub mod transport;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -44,7 +44,6 @@ use tandem_bdev::{
     AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion, DeviceInfo,
 };
 use tandem_config::ipc::{HaReport, HaUpdate};
-use tandem_ffi::EventFd;
 use tandem_ha::NodeId;
 
 pub use meta::MetaStore;
@@ -218,7 +217,7 @@ pub(crate) enum Mail {
     NewChannel {
         id: u64,
         completions: Sender<Completion>,
-        wake: Arc<EventFd>,
+        wake: Arc<doorbell::CompletionSignal>,
     },
     DropChannel {
         id: u64,
@@ -375,7 +374,7 @@ impl Bdev for ReplicatedBdev {
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
         let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let wake = Arc::new(EventFd::new().map_err(BdevError::Io)?);
+        let wake = Arc::new(doorbell::CompletionSignal::new().map_err(BdevError::Io)?);
         self.shared
             .mail
             .send(Mail::NewChannel {
@@ -450,7 +449,7 @@ struct ReplicaChannel {
     id: u64,
     shared: Arc<Shared>,
     completions: Receiver<Completion>,
-    wake: Arc<EventFd>,
+    wake: Arc<doorbell::CompletionSignal>,
     in_flight: usize,
     /// Submissions refused after the thread stopped, answered by the next `poll`.
     refused: Vec<Completion>,
@@ -478,14 +477,14 @@ impl BdevChannel for ReplicaChannel {
                 result: Err(BdevError::NotReady),
                 buf: s.op.into_buf(),
             });
-            let _ = self.wake.notify();
+            self.wake.signal();
             return;
         }
         self.shared.bell.ring();
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        self.wake.drain();
+        self.wake.take();
         let mut n = self.refused.len();
         out.append(&mut self.refused);
         while let Ok(c) = self.completions.try_recv() {
@@ -501,7 +500,7 @@ impl BdevChannel for ReplicaChannel {
     }
 
     fn wake_fd(&self) -> Option<RawFd> {
-        Some(self.wake.as_raw_fd())
+        Some(self.wake.fd())
     }
 
     fn alloc_buf(&mut self, len: usize) -> AlignedBuf {

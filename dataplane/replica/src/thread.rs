@@ -12,7 +12,6 @@ use tandem_bdev::{
     AlignedBuf, BdevChannel, BdevError, BdevOp, Completion, DeviceInfo, TaskMgmt, BUF_ALIGN,
 };
 use tandem_config::ipc::{HaDeviceStatus, HaPartnerStatus, HaReport, HaUpdate};
-use tandem_ffi::EventFd;
 use tandem_ha::authority::ToAuthority;
 use tandem_ha::{
     BlockRange, Engine, Envelope, Geometry, HostCmd, HostStatus, HostTag, Input, IoTag, LocalOp,
@@ -118,7 +117,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     submit_rx: Receiver<Submit>,
     mail_rx: Receiver<Mail>,
-    channels: HashMap<u64, (Sender<Completion>, Arc<EventFd>)>,
+    channels: HashMap<u64, (Sender<Completion>, Arc<crate::doorbell::CompletionSignal>)>,
     start: Instant,
     next_req: u64,
     reqs: HashMap<u64, HostReq>,
@@ -552,7 +551,7 @@ impl Worker {
     fn wake_channels(&mut self) {
         for chan in self.to_wake.drain(..) {
             if let Some((_, wake)) = self.channels.get(&chan) {
-                let _ = wake.notify();
+                wake.signal();
             }
         }
     }
