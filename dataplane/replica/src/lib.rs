@@ -16,7 +16,8 @@
 //! The thread runs while there is work, polls briefly after it, and then blocks in `poll(2)`
 //! on its own eventfd, the local channel's wake fd and the transports' descriptors (no busy
 //! spin when idle: several processes share two cores in tests). Submitters write that
-//! eventfd only while the thread sleeps ([`doorbell`]), not once per I/O. Time for the engine is the thread's monotonic clock.
+//! eventfd only while the thread sleeps (`doorbell.rs`), not once per I/O. Time for the
+//! engine is the thread's monotonic clock.
 //!
 //! The one copy left on the write path: host data is copied into the engine's
 //! [`SharedPayload`] (CRC computed there, shared by the local write and every partner send),
