@@ -7,6 +7,11 @@
 #
 #   perf/replicated.sh [ROUNDS] [SECONDS]      (default 3 rounds of 8 s per row)
 #
+# TANDEM_BIN=DIR measures the tandem-control/tandem-dataplane binaries in DIR instead of
+# building this tree (an A/B of two builds: run it once per DIR, alternately). PERF_STAT=1
+# also counts context switches and CPU time of both nodes' data planes per row
+# (`perf stat`), printed per I/O next to the table.
+#
 # Rows: 4 KiB random write QD1, 4 KiB random write QD32, 4 KiB random read QD32; targets:
 # `solo` (plain device on node A), `repl-A` (replicated device through node A, the
 # sequencer), `repl-B` (the same device through node B). Prints the median IOPS and mean
@@ -16,9 +21,11 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-8}
 command -v jq >/dev/null || { echo "perf/replicated.sh needs jq" >&2; exit 2; }
-cargo build --release -q -p tandem-control -p tandem-dataplane
+if [[ -z ${TANDEM_BIN:-} ]]; then
+  cargo build --release -q -p tandem-control -p tandem-dataplane
+fi
 fio=$(perf/build-fio-libiscsi.sh)
-bin=$PWD/target/release
+bin=${TANDEM_BIN:-$PWD/target/release}
 work=$(mktemp -d /var/tmp/tandem-repl.XXXXXX)
 pids=()
 cleanup() {
@@ -71,6 +78,8 @@ for t in solo repl-A; do
 done
 
 rows=("randwrite 1" "randwrite 32" "randread 32")
+# Both nodes' data planes (children of the two tandem-control processes).
+dp_pids=$( (pgrep -P "${pids[0]}"; pgrep -P "${pids[1]}") | paste -sd,)
 targets=(solo repl-A repl-B)
 results="$work/results.tsv"
 : >"$results"
@@ -81,14 +90,30 @@ for round in $(seq "$rounds"); do
   for row in "${rows[@]}"; do
     read -r rw qd <<<"$row"
     for t in "${order[@]}"; do
+      stat_pid=
+      if [[ -n ${PERF_STAT:-} ]]; then
+        perf stat -x, -e context-switches,task-clock -p "$dp_pids" -o "$work/stat.csv" &
+        stat_pid=$!
+      fi
       json=$("$fio" --name=r --ioengine=libiscsi --rw="$rw" --bs=4k --size=256M \
         --iodepth="$qd" --time_based --runtime="$secs" --ramp_time=1 \
         --filename="$(url $t)" --output-format=json 2>>"$work/fio.err" | sed -n '/^{/,$p')
+      cs_io=0 cpu_io=0
+      if [[ -n $stat_pid ]]; then
+        kill -INT "$stat_pid"; wait "$stat_pid" || true
+        ios=$(jq ".jobs[0].read.total_ios + .jobs[0].write.total_ios" <<<"$json")
+        cs=$(awk -F, '$3=="context-switches" {print $1}' "$work/stat.csv")
+        cpu_ms=$(awk -F, '$3=="task-clock" {print $1}' "$work/stat.csv")
+        # fio's count leaves out the ramp second: close enough for a per-I/O figure.
+        cs_io=$(echo "$cs / $ios" | bc -l)
+        cpu_io=$(echo "$cpu_ms * 1000 / $ios" | bc -l)
+      fi
       [[ -n $json ]] || { echo "fio failed on $t:" >&2; cat "$work/fio.err" >&2; exit 1; }
       side=$([[ $rw == randread ]] && echo read || echo write)
       iops=$(jq ".jobs[0].$side.iops" <<<"$json")
       lat=$(jq ".jobs[0].$side.clat_ns.mean / 1000" <<<"$json")
-      printf '%s\t%s\t%s\t%.0f\t%.1f\n' "$rw" "$qd" "$t" "$iops" "$lat" >>"$results"
+      printf '%s\t%s\t%s\t%.0f\t%.1f\t%.2f\t%.1f\n' "$rw" "$qd" "$t" "$iops" "$lat" \
+        "$cs_io" "$cpu_io" >>"$results"
     done
   done
 done
@@ -96,8 +121,8 @@ done
 echo "# perf/replicated.sh: $rounds rounds x ${secs} s, $(date -u +%FT%TZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'initial sync of the 512 MiB device (sync-from-existing): %.1f s\n' "$sync_s"
 echo
-echo "| row | target | IOPS (median) | mean latency us | IOPS vs solo | latency vs solo |"
-echo "|---|---|---|---|---|---|"
+echo "| row | target | IOPS (median) | mean latency us | IOPS vs solo | latency vs solo | ctx switches / I/O | data-plane CPU us / I/O |"
+echo "|---|---|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do
   read -r rw qd <<<"$row"
   median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -106,7 +131,17 @@ for row in "${rows[@]}"; do
   for t in "${targets[@]}"; do
     iops=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $4}' "$results" | median)
     lat=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $5}' "$results" | median)
-    printf '| 4 KiB %s QD%s | %s | %.0f | %.1f | %.2f | %.2f |\n' "$rw" "$qd" "$t" "$iops" "$lat" \
-      "$(echo "$iops / $solo_iops" | bc -l)" "$(echo "$lat / $solo_lat" | bc -l)"
+    cs=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $6}' "$results" | median)
+    cpu=$(awk -v r="$rw" -v q="$qd" -v t="$t" '$1==r && $2==q && $3==t {print $7}' "$results" | median)
+    printf '| 4 KiB %s QD%s | %s | %.0f | %.1f | %.2f | %.2f | %.2f | %.1f |\n' "$rw" "$qd" "$t" "$iops" "$lat" \
+      "$(echo "$iops / $solo_iops" | bc -l)" "$(echo "$lat / $solo_lat" | bc -l)" "$cs" "$cpu"
   done
 done
+if [[ -n ${PERF_STAT:-} ]]; then
+  # Idle cost: both data planes with the replicated device synchronized and no host I/O.
+  sleep 2
+  perf stat -x, -e context-switches,task-clock -p "$dp_pids" -o "$work/idle.csv" -- sleep 5
+  awk -F, '$3=="task-clock" {ms=$1} $3=="context-switches" {cs=$1}
+    END {printf "idle: both data planes %.1f ms CPU per s, %.0f context switches per s\n", ms/5, cs/5}' \
+    "$work/idle.csv"
+fi

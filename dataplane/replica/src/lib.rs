@@ -13,9 +13,11 @@
 //!                                          └ Engine ───┘   (control link: configs, leases)
 //! ```
 //!
-//! The thread runs while there is work and blocks in `poll(2)` on its own eventfd, the local
-//! channel's wake fd and the transports' descriptors when idle (no busy spin: several
-//! processes share two cores in tests). Time for the engine is the thread's monotonic clock.
+//! The thread runs while there is work, polls briefly after it, and then blocks in `poll(2)`
+//! on its own eventfd, the local channel's wake fd and the transports' descriptors (no busy
+//! spin when idle: several processes share two cores in tests). Submitters write that
+//! eventfd only while the thread sleeps (`doorbell.rs`), not once per I/O. Time for the
+//! engine is the thread's monotonic clock.
 //!
 //! The one copy left on the write path: host data is copied into the engine's
 //! [`SharedPayload`] (CRC computed there, shared by the local write and every partner send),
@@ -24,13 +26,14 @@
 // `is_multiple_of` needs Rust 1.87; the workspace MSRV is 1.80.
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
+mod doorbell;
 mod journal_codec;
 mod journal_store;
 mod meta;
 mod thread;
 pub mod transport;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,7 +45,6 @@ use tandem_bdev::{
     AlignedBuf, Bdev, BdevChannel, BdevError, BdevOp, CacheMode, Completion, DeviceInfo,
 };
 use tandem_config::ipc::{HaReport, HaUpdate};
-use tandem_ffi::EventFd;
 use tandem_ha::NodeId;
 
 pub use meta::MetaStore;
@@ -216,7 +218,7 @@ pub(crate) enum Mail {
     NewChannel {
         id: u64,
         completions: Sender<Completion>,
-        wake: Arc<EventFd>,
+        wake: Arc<doorbell::CompletionSignal>,
     },
     DropChannel {
         id: u64,
@@ -237,7 +239,8 @@ pub(crate) enum Mail {
 pub(crate) struct Shared {
     pub submit: Sender<Submit>,
     pub mail: Sender<Mail>,
-    pub wake: EventFd,
+    /// Rung after queuing a submission or mail (writes only while the thread sleeps).
+    pub bell: doorbell::Doorbell,
 }
 
 /// A replicated device: the local copy behind the replication engine.
@@ -263,7 +266,7 @@ impl ReplicaHandle {
             .mail
             .send(Mail::Exchange { updates, reply: tx })
             .map_err(|_| "the replication thread has stopped".to_string())?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         rx.recv_timeout(EXCHANGE_TIMEOUT)
             .map_err(|_| "the replication thread did not answer in time".to_string())
     }
@@ -315,7 +318,7 @@ impl ReplicatedBdev {
         let shared = Arc::new(Shared {
             submit: submit_tx,
             mail: mail_tx,
-            wake: EventFd::new().map_err(BdevError::Io)?,
+            bell: doorbell::Doorbell::new().map_err(BdevError::Io)?,
         });
         let mut worker = thread::Worker::new(
             info.clone(),
@@ -351,7 +354,7 @@ impl ReplicatedBdev {
     /// Stops the replication thread (host I/O still queued ends NOT READY).
     pub fn stop(&self) {
         let _ = self.shared.mail.send(Mail::Stop);
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
@@ -372,7 +375,7 @@ impl Bdev for ReplicatedBdev {
     fn channel(&self) -> Result<Box<dyn BdevChannel>, BdevError> {
         let id = self.next_channel.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
-        let wake = Arc::new(EventFd::new().map_err(BdevError::Io)?);
+        let wake = Arc::new(doorbell::CompletionSignal::new().map_err(BdevError::Io)?);
         self.shared
             .mail
             .send(Mail::NewChannel {
@@ -381,7 +384,7 @@ impl Bdev for ReplicatedBdev {
                 wake: wake.clone(),
             })
             .map_err(|_| BdevError::NotReady)?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         Ok(Box::new(ReplicaChannel {
             id,
             shared: self.shared.clone(),
@@ -408,7 +411,7 @@ impl Bdev for ReplicatedBdev {
                 reply: tx,
             })
             .map_err(|_| BdevError::NotReady)?;
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
         rx.recv_timeout(EXCHANGE_TIMEOUT)
             .map_err(|_| BdevError::Other("the replication thread did not answer in time".into()))?
             .map_err(BdevError::Other)
@@ -447,7 +450,7 @@ struct ReplicaChannel {
     id: u64,
     shared: Arc<Shared>,
     completions: Receiver<Completion>,
-    wake: Arc<EventFd>,
+    wake: Arc<doorbell::CompletionSignal>,
     in_flight: usize,
     /// Submissions refused after the thread stopped, answered by the next `poll`.
     refused: Vec<Completion>,
@@ -456,7 +459,7 @@ struct ReplicaChannel {
 impl Drop for ReplicaChannel {
     fn drop(&mut self) {
         let _ = self.shared.mail.send(Mail::DropChannel { id: self.id });
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
     }
 }
 
@@ -475,14 +478,14 @@ impl BdevChannel for ReplicaChannel {
                 result: Err(BdevError::NotReady),
                 buf: s.op.into_buf(),
             });
-            let _ = self.wake.notify();
+            self.wake.signal();
             return;
         }
-        let _ = self.shared.wake.notify();
+        self.shared.bell.ring();
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
-        self.wake.drain();
+        self.wake.take();
         let mut n = self.refused.len();
         out.append(&mut self.refused);
         while let Ok(c) = self.completions.try_recv() {
@@ -498,7 +501,7 @@ impl BdevChannel for ReplicaChannel {
     }
 
     fn wake_fd(&self) -> Option<RawFd> {
-        Some(self.wake.as_raw_fd())
+        Some(self.wake.fd())
     }
 
     fn alloc_buf(&mut self, len: usize) -> AlignedBuf {

@@ -12,7 +12,6 @@ use tandem_bdev::{
     AlignedBuf, BdevChannel, BdevError, BdevOp, Completion, DeviceInfo, TaskMgmt, BUF_ALIGN,
 };
 use tandem_config::ipc::{HaDeviceStatus, HaPartnerStatus, HaReport, HaUpdate};
-use tandem_ffi::EventFd;
 use tandem_ha::authority::ToAuthority;
 use tandem_ha::{
     BlockRange, Engine, Envelope, Geometry, HostCmd, HostStatus, HostTag, Input, IoTag, LocalOp,
@@ -118,7 +117,7 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     submit_rx: Receiver<Submit>,
     mail_rx: Receiver<Mail>,
-    channels: HashMap<u64, (Sender<Completion>, Arc<EventFd>)>,
+    channels: HashMap<u64, (Sender<Completion>, Arc<crate::doorbell::CompletionSignal>)>,
     start: Instant,
     next_req: u64,
     reqs: HashMap<u64, HostReq>,
@@ -214,7 +213,6 @@ impl Worker {
         let mut last_work = Instant::now();
         loop {
             let mut work = false;
-            self.shared.wake.drain();
             // Control mail first (channels must exist before their submissions complete).
             while let Ok(m) = self.mail_rx.try_recv() {
                 work = true;
@@ -307,13 +305,22 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
-            // Idle: block until something is ready or a timer is due.
+            // Idle: block until something is ready or a timer is due. Submitters ring the
+            // doorbell from here on; what they queued before is seen by this check.
+            self.shared.bell.prepare_sleep();
+            if !self.submit_rx.is_empty() || !self.mail_rx.is_empty() {
+                self.shared.bell.awake();
+                continue;
+            }
             fds.clear();
-            fds.push((self.shared.wake.as_raw_fd(), false));
+            fds.push((self.shared.bell.fd(), false));
             if self.local.in_flight() > 0 {
                 match self.local.wake_fd() {
                     Some(fd) => fds.push((fd, false)),
-                    None => continue,
+                    None => {
+                        self.shared.bell.awake();
+                        continue;
+                    }
                 }
             }
             let mut deadline = self.next_tick;
@@ -333,6 +340,7 @@ impl Worker {
                 tracing::warn!(device = %self.info.name, error = %e, "replication thread: poll failed");
                 std::thread::sleep(Duration::from_millis(1));
             }
+            self.shared.bell.awake();
         }
     }
 
@@ -543,7 +551,7 @@ impl Worker {
     fn wake_channels(&mut self) {
         for chan in self.to_wake.drain(..) {
             if let Some((_, wake)) = self.channels.get(&chan) {
-                let _ = wake.notify();
+                wake.signal();
             }
         }
     }

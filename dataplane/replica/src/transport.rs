@@ -247,9 +247,13 @@ impl PeerTransport for tandem_synclink::PeerLinks {
     fn poll(&mut self, now: Instant, events: &mut Vec<PeerEvent>) {
         let mut evs = Vec::new();
         tandem_synclink::PeerLinks::poll(self, now, &mut evs);
-        let links = tandem_synclink::PeerLinks::status(self);
-        let name = |i: usize| {
+        // Link names only for the (rare) link events: status() formats every link's
+        // addresses, and this runs on every loop of the replication thread (it was a tenth
+        // of that thread's CPU under 4 KiB writes).
+        let mut links: Option<Vec<HaLinkStatus>> = None;
+        let mut name = |i: usize| {
             links
+                .get_or_insert_with(|| tandem_synclink::PeerLinks::status(self))
                 .get(i)
                 .map_or_else(|| format!("link {i}"), |l| l.link.clone())
         };

@@ -424,6 +424,14 @@ impl PeerLinks {
 
     fn accept(&mut self, now: Instant) {
         for link in 0..self.listeners.len() {
+            // `poll` runs on every loop of a busy replication thread, and Linux's accept4
+            // allocates (and frees) a socket, inode and file even when it returns EAGAIN:
+            // measured at a fifth of that thread's CPU under 4 KiB writes. A zero-timeout
+            // poll(2) on the listener costs no allocation. An error: try accept anyway.
+            let fd = self.listeners[link].as_raw_fd();
+            if !tandem_ffi::wait_readable(fd, 0).unwrap_or(true) {
+                continue;
+            }
             for _ in 0..ACCEPTS_MAX_PER_POLL {
                 let (stream, addr) = match self.listeners[link].accept() {
                     Ok(x) => x,
