@@ -180,7 +180,7 @@ impl GenerationId {
     /// The sequencer a configuration's generation was issued with (`for_config`), `None`
     /// for a blank one.
     pub fn sequenced_by(self) -> Option<NodeId> {
-        (!self.is_blank()).then(|| NodeId((self.0 & 0xff) as _))
+        (!self.is_blank()).then_some(NodeId((self.0 & 0xff) as _))
     }
 
     /// The generation of a copy that holds no replicated history yet (new, or its metadata
