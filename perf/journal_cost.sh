@@ -69,6 +69,13 @@ for round in $(seq "$rounds"); do
         --iodepth="$qd" --time_based --runtime="$secs" --ramp_time=1 \
         --filename="$(url "$t")" --output-format=json 2>>"$work/fio.err" | sed -n '/^{/,$p')
       [[ -n $json ]] || { echo "fio failed on $t:" >&2; cat "$work/fio.err" >&2; exit 1; }
+      if [[ $(jq '.jobs[0].error' <<<"$json") != 0 ]]; then
+        # An I/O error (e.g. NOT READY while the partner is declared out on a loaded
+        # machine): say so with both nodes' logs, and leave the row out.
+        echo "fio error on $t QD$qd (round $round): $(jq -c '.jobs[0] | {error, write: .write.total_ios}' <<<"$json")" >&2
+        grep -hiE 'warn|error|out|verdict' "$work/na.log" "$work/nb.log" | tail -20 >&2 || true
+        continue
+      fi
       printf '%s\t%s\t%.0f\t%.1f\n' "$qd" "$t" "$(jq '.jobs[0].write.iops' <<<"$json")" \
         "$(jq '.jobs[0].write.clat_ns.mean / 1000' <<<"$json")" >>"$results"
     done
