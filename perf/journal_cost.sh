@@ -67,7 +67,8 @@ for round in $(seq "$rounds"); do
     for t in "${order[@]}"; do
       json=$("$fio" --name=r --ioengine=libiscsi --rw=randwrite --bs=4k --size=32M \
         --iodepth="$qd" --time_based --runtime="$secs" --ramp_time=1 \
-        --filename="$(url "$t")" --output-format=json 2>>"$work/fio.err" | sed -n '/^{/,$p')
+        --filename="$(url "$t")" --output-format=json 2>>"$work/fio.err" | sed -n '/^{/,$p' \
+        || true) # fio exits non-zero on an I/O error: its JSON says which, below
       [[ -n $json ]] || { echo "fio failed on $t:" >&2; cat "$work/fio.err" >&2; exit 1; }
       if [[ $(jq '.jobs[0].error' <<<"$json") != 0 ]]; then
         # An I/O error (e.g. NOT READY while the partner is declared out on a loaded
