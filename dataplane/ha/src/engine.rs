@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::generation::{compare, ReplicaMeta, SyncDecision};
-use crate::io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
+use crate::io::{FullSyncCause, HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 use crate::journal::{DirtyBitmap, Journal, JournalKind, PersistedJournal};
 use crate::membership::{EpochConfig, MemberState};
 use crate::msg::{Envelope, ForwardedOp, Msg};
@@ -1487,29 +1487,34 @@ impl<P: Clone> Engine<P> {
         }
         let decision = compare(self.me, &self.meta, from, &meta);
         let n = self.geometry.num_regions();
-        let mut full = true;
-        let copy = match decision {
+        let (copy, full) = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
                 // The joiner's own journal is the only record of writes it may hold that the
                 // sequencer lacks: as a former sequencer, or as a survivor that left before
                 // reporting its uncertain regions to this sequencer (3n seed 14403: a mirror
                 // of the old sequencer, applied only there, then a crash).
                 let joiner_only_writes = meta.was_sequencer || self.unreported.contains(&from);
-                let peer_needs_full = joiner_only_writes && !journal_complete;
-                if self.journal.is_complete(from) && !peer_needs_full {
-                    full = false;
+                if !self.journal.is_complete(from) {
+                    (
+                        DirtyBitmap::all(n),
+                        Some(FullSyncCause::SourceJournalIncomplete),
+                    )
+                } else if joiner_only_writes && !journal_complete {
+                    (
+                        DirtyBitmap::all(n),
+                        Some(FullSyncCause::JoinerJournalIncomplete),
+                    )
+                } else {
                     let mut b = self.journal.bitmap(from).clone();
                     for r in dirty.into_iter().filter(|r| r.0 < n) {
                         b.set(r);
                     }
-                    b
-                } else {
-                    DirtyBitmap::all(n)
+                    (b, None)
                 }
             }
             // A copy with no history yet (new, or its metadata lost) is a plain full-sync
             // target, nothing to report.
-            _ if meta.current.is_blank() => DirtyBitmap::all(n),
+            _ if meta.current.is_blank() => (DirtyBitmap::all(n), Some(FullSyncCause::BlankJoiner)),
             // Anything else (unrelated lineage, peer claims to be ahead, both bases equal)
             // cannot be a real divergence here: one authority decides membership, the
             // sequencer is synchronized and the joiner is not, so the joiner holds no
@@ -1521,7 +1526,7 @@ impl<P: Clone> Engine<P> {
                     node: from,
                     decision: other,
                 });
-                DirtyBitmap::all(n)
+                (DirtyBitmap::all(n), Some(FullSyncCause::Lineage(other)))
             }
         };
         out.push(Output::ResyncPlanned {
@@ -2342,6 +2347,16 @@ impl<P: Clone> Engine<P> {
     }
 
     /// The sequencer changed while this node stays synchronized.
+    /// Whether every copy `partner` may have received since it stopped being synchronized
+    /// came from `me`: it left when the configuration's generation began (its `left_at` is
+    /// the generation just before), and that generation was issued with `me` as sequencer
+    /// (a generation has one sequencer: a new one comes with every change of sequencer).
+    fn copied_only_by(cfg: &EpochConfig, me: NodeId, partner: NodeId) -> bool {
+        cfg.generation.sequenced_by() == Some(me)
+            && cfg.left_at(partner).is_some()
+            && cfg.left_at(partner) == cfg.lineage.first().copied()
+    }
+
     fn take_over_or_report(
         &mut self,
         now: Time,
@@ -2380,12 +2395,17 @@ impl<P: Clone> Engine<P> {
             // Barriers waited for the old sequencer's commits and copies, which will not come:
             // every such range is in `uncertain` and gets reconciled from here.
             self.barriers.clear();
-            // Only the old sequencer knew how far a syncing member's copy had got.
+            // Only the old sequencer knew how far a syncing member's copy had got. A member
+            // that left when the current generation began got no copy from anyone else: the
+            // sequencer changes only with a new generation, and this one is sequenced by this
+            // node alone (a restart of every node: the first configuration demotes one of
+            // them, and the other's journal, restored from disk, covers it).
             let syncing: Vec<NodeId> = cfg
                 .members
                 .iter()
                 .filter(|m| m.1 == MemberState::Syncing)
                 .map(|m| m.0)
+                .filter(|&p| !Self::copied_only_by(&cfg, self.me, p))
                 .collect();
             for p in syncing {
                 self.journal.mark_lost(p);
@@ -2771,8 +2791,16 @@ impl<P: Clone> Engine<P> {
                 }
             }
         }
+        // A resync copy does not enter the activity log: it writes the source's bytes, which
+        // the source holds too, and until its acknowledgement the region stays dirty in the
+        // source's bitmap for this replica, so nothing it lands here is unknown to the source.
+        // Logging copies would fill the log with every region of a full sync and make the
+        // next fast sync after a crash of both copy everything again.
+        let copy = matches!(purpose, IoPurpose::CopyApply { .. });
         let io = self.new_io(purpose);
-        self.note_activity(io, &range);
+        if !copy {
+            self.note_activity(io, &range);
+        }
         self.writes.submit(range, io, op, out);
     }
 

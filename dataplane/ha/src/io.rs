@@ -151,12 +151,13 @@ pub enum Output<P> {
     /// Make this journal state durable (disk journals) before acting on any later output
     /// of the same step: it comes first among them.
     PersistJournal(JournalRecord),
-    /// The sequencer starts resynchronizing `node`: `regions` to copy, `full` when that is
-    /// every region of the device (no usable journal, or a lineage that needs it).
+    /// The sequencer starts resynchronizing `node`: `regions` to copy, and why every
+    /// region of the device is copied (`full`: no usable journal, or a lineage that needs
+    /// it), `None` for a fast sync.
     ResyncPlanned {
         node: NodeId,
         regions: u64,
-        full: bool,
+        full: Option<FullSyncCause>,
     },
     /// A partner received this task management function from a host: apply it to this
     /// node's tasks and I_T nexuses now (the acknowledgement follows this output).
@@ -172,4 +173,20 @@ pub enum Output<P> {
         state: Vec<u8>,
         notice: Vec<u8>,
     },
+}
+
+/// Why a resync copies every region (logged with `Output::ResyncPlanned`, so a full sync
+/// that a journal should have avoided can be traced to its rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FullSyncCause {
+    /// The joiner holds no history (new, or its metadata lost).
+    BlankJoiner,
+    /// The generations compared need a full copy (`SyncDecision` other than a fast one).
+    Lineage(SyncDecision),
+    /// This sequencer's bitmap for the joiner is incomplete (lost at a restart, or written
+    /// while this node was not tracking the joiner).
+    SourceJournalIncomplete,
+    /// The joiner may hold writes the sequencer lacks (a former sequencer, or a survivor
+    /// that never reported its uncertain regions) and its own journal is incomplete.
+    JoinerJournalIncomplete,
 }

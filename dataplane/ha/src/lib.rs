@@ -29,7 +29,7 @@ pub mod types;
 
 pub use engine::{Engine, GrowRefused, Options, PlantedBug};
 pub use generation::{compare, ReplicaMeta, SyncDecision};
-pub use io::{HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
+pub use io::{FullSyncCause, HostCmd, HostStatus, Input, LocalOp, LocalResult, Output};
 pub use membership::{EpochConfig, MemberState};
 pub use msg::{Envelope, ForwardedOp, Msg};
 pub use pacing::PacingConfig;

@@ -177,6 +177,12 @@ impl GenerationId {
         GenerationId((epoch.0 << 8) | u64::from(sequencer.0))
     }
 
+    /// The sequencer a configuration's generation was issued with (`for_config`), `None`
+    /// for a blank one.
+    pub fn sequenced_by(self) -> Option<NodeId> {
+        (!self.is_blank()).then_some(NodeId((self.0 & 0xff) as _))
+    }
+
     /// The generation of a copy that holds no replicated history yet (new, or its metadata
     /// lost), unique to that start so two such copies never compare "in sync" (one may be an
     /// existing disk, the other a new empty one). The top bit keeps it apart from every

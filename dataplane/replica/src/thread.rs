@@ -447,8 +447,8 @@ impl Worker {
                 regions,
                 full,
             } => {
-                tracing::info!(device = %self.info.name, partner = node.0, regions, full,
-                    "resync planned");
+                tracing::info!(device = %self.info.name, partner = node.0, regions,
+                    full = full.is_some(), full_because = ?full, "resync planned");
             }
             // First among a step's outputs: durable before any write, message or answer of
             // that step is acted on (blocking write and fdatasync; only when a region turns

@@ -841,12 +841,17 @@ impl World {
                 regions,
                 full,
             } => {
-                if full {
+                if full.is_some() {
                     self.report.full_syncs += 1;
                 } else {
                     self.report.fast_syncs += 1;
                 }
-                self.trace(|| format!("n{} resyncs {n}: {regions} regions, full {full}", node + 1));
+                self.trace(|| {
+                    format!(
+                        "n{} resyncs {n}: {regions} regions, full {full:?}",
+                        node + 1
+                    )
+                });
             }
             Output::PrApply { version, state, .. } => {
                 self.trace(|| format!("n{} applies PR {version:?} {state:?}", node + 1));
