@@ -1165,9 +1165,15 @@ impl<P: Clone> Engine<P> {
         // A synchronized origin applies its own write after the grant; an origin that left
         // (or restarted and is syncing) gets it like any other replica.
         let origin_applies = cfg.state_of(id.origin) == MemberState::Synchronized;
+        let Some(range) = self.seq.get(&id).map(|op| op.range) else {
+            return;
+        };
+        // A joiner refused for its short copy would drop (and never acknowledge) a write
+        // beyond its end: it does not get one; `local_write` records it for its resync.
         let targets: Vec<NodeId> = cfg
             .write_targets()
             .filter(|&n| n != me && !(n == id.origin && origin_applies))
+            .filter(|&n| !self.beyond_short_copy(n, &range))
             .collect();
         let Some(op) = self.seq.get_mut(&id) else {
             return;
@@ -2602,6 +2608,13 @@ impl<P: Clone> Engine<P> {
         );
     }
 
+    /// Sequencer: `n` was refused for a copy that ends before `range` does.
+    fn beyond_short_copy(&self, n: NodeId, range: &BlockRange) -> bool {
+        self.short_joiners
+            .get(&n)
+            .is_some_and(|&blocks| range.end() > blocks)
+    }
+
     /// Every region holding a block at or beyond `num_blocks` (the end of a smaller copy).
     fn regions_from(&self, num_blocks: u64) -> impl Iterator<Item = RegionIndex> {
         let first = num_blocks / u64::from(self.geometry.region_blocks);
@@ -2847,7 +2860,7 @@ impl<P: Clone> Engine<P> {
                 .filter(|m| m.0 != self.me)
                 .filter(|m| match m.1 {
                     MemberState::Out => true,
-                    MemberState::Syncing => !sequencer,
+                    MemberState::Syncing => !sequencer || self.beyond_short_copy(m.0, &range),
                     MemberState::Synchronized => false,
                 })
                 .map(|m| m.0)

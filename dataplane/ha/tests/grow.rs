@@ -201,6 +201,20 @@ fn a_smaller_joiner_is_refused_with_both_sizes() {
         "{out:?}"
     );
     assert_eq!(planned(&out), None, "no resync towards a short copy");
+    // A write beyond the joiner's end is not mirrored to it (it would drop it and never
+    // acknowledge), it completes, and its region is recorded for the joiner's resync.
+    let out = write(&mut seq, 7, 120, 4);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Send { to, env } if *to == N2
+            && matches!(env.msg, Msg::Mirror { .. }))),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::Complete { tag, .. } if *tag == HostTag(7))));
+    assert!(seq.dirty_for(N2).is_set(RegionIndex(30)));
+    // Within its end, it is mirrored as usual.
+    let out = write(&mut seq, 8, 8, 4);
+    assert!(out.iter().any(|o| matches!(o, Output::Send { to, env } if *to == N2
+        && matches!(env.msg, Msg::Mirror { .. }))));
 }
 
 /// The repair: the joiner grows although it is not synchronized (the others' states do not
