@@ -132,11 +132,7 @@ fn main() -> ExitCode {
         target_core: cli.target_core,
         client_core: cli.client_core,
         poll_mode: cli.poll_mode.clone(),
-        dataplane_args: cli
-            .dataplane_args
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
+        dataplane_args: cli.dataplane_args.split_whitespace().map(String::from).collect(),
         port_base: cli.port_base,
         workloads,
     };
