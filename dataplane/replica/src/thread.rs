@@ -393,7 +393,7 @@ impl Worker {
                     return;
                 }
                 if let Err(full) = p.transport.send(env) {
-                    p.backlog.push_back(full.0);
+                    p.backlog.push_back(*full.0);
                 }
             }
             Output::Complete { tag, status } => self.on_host_complete(tag, status),
@@ -506,7 +506,7 @@ impl Worker {
         let p = &mut self.partners[i];
         while let Some(env) = p.backlog.pop_front() {
             if let Err(full) = p.transport.send(env) {
-                p.backlog.push_front(full.0);
+                p.backlog.push_front(*full.0);
                 break;
             }
         }
