@@ -172,6 +172,18 @@ pub struct HaPartnerStatus {
     /// after a restart of the data plane since then: the list may miss regions).
     #[serde(default)]
     pub dirty_complete: bool,
+    /// This node sequences and refused the partner's sync because its copy is smaller
+    /// (it restarted between the two phases of an extend): it stays not synchronized until
+    /// the extend is finished for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_refused: Option<HaSizeRefusal>,
+}
+
+/// A joiner's copy smaller than the sequencer's geometry (`tandem_ha::Output::SyncSizeRefused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaSizeRefusal {
+    pub partner_blocks: u64,
+    pub own_blocks: u64,
 }
 
 /// Most dirty regions listed per partner in [`HaPartnerStatus::dirty_list`].

@@ -410,6 +410,7 @@ mod tests {
                 bytes_mirrored: 8192,
                 dirty_list: Vec::new(),
                 dirty_complete: true,
+                size_refused: None,
             }],
         };
         let dp = DataplaneInfo {

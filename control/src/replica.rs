@@ -1550,6 +1550,15 @@ fn link_rows(
         .collect()
 }
 
+/// Why a partner whose copy is smaller than this sequencer's is not synchronized, and what
+/// finishes it (docs/ha.md, "Extend of an HA device").
+fn size_refused_reason(r: tandem_config::ipc::HaSizeRefusal) -> String {
+    format!(
+        "its copy has {} blocks, this node's {}: it restarted during an extend; `tandem device extend DEVICE --size SIZE` again (the device's size on this node) grows it, then it resynchronizes",
+        r.partner_blocks, r.own_blocks
+    )
+}
+
 /// The rows of `replica list` for a device replicated with `repl` on node `me`, from the
 /// engine's status (None: unknown). Pure: the state of each replica comes from the epoch
 /// configuration the engine holds, this node's lease (serving) and the links:
@@ -1684,6 +1693,11 @@ pub fn replica_rows(
                     );
                 }
                 Some(MemberState::Synchronized) => row.state = "synchronized".into(),
+                Some(MemberState::Syncing) if ps.is_some_and(|x| x.size_refused.is_some()) => {
+                    let r = ps.and_then(|x| x.size_refused).expect("checked");
+                    row.state = "not-synchronized".into();
+                    row.reason = Some(size_refused_reason(r));
+                }
                 Some(MemberState::Syncing) => {
                     row.state = "syncing".into();
                     if let Some(x) = ps.filter(|x| x.resync_total_regions > 0) {
@@ -1814,6 +1828,7 @@ mod tests {
             bytes_mirrored: 4096,
             dirty_list: Vec::new(),
             dirty_complete: true,
+            size_refused: None,
         }
     }
 
@@ -1908,6 +1923,34 @@ mod tests {
         assert!(c.contains("out of the cluster in epoch 7"), "{c}");
         assert!(c.contains("left at generation 60"), "{c}");
         assert!(c.contains("every sync link is down"), "{c}");
+    }
+
+    /// A joiner refused for its smaller copy is `not-synchronized` with both sizes and the
+    /// remedy, not `syncing` at 0 % forever.
+    #[test]
+    fn a_partner_refused_for_its_smaller_copy_is_not_synchronized() {
+        use MemberState::*;
+        let mut short = partner(2, &[("10.0.0.1:7001=10.0.0.2:7001", true)], 0, 0);
+        short.size_refused = Some(tandem_config::ipc::HaSizeRefusal {
+            partner_blocks: 131_072,
+            own_blocks: 196_608,
+        });
+        let s = status(
+            Some(cfg(&[(1, Synchronized), (2, Syncing), (3, Synchronized)])),
+            true,
+            vec![
+                short,
+                partner(3, &[("10.0.0.1:7003=10.0.0.3:7003", true)], 0, 0),
+            ],
+        );
+        let l = replica_rows("a", &repl(), Some(&s), &[], &[]);
+        assert_eq!(l.replicas[1].state, "not-synchronized");
+        let why = l.replicas[1].reason.as_deref().unwrap();
+        assert!(
+            why.contains("131072 blocks") && why.contains("196608"),
+            "{why}"
+        );
+        assert!(why.contains("tandem device extend"), "{why}");
     }
 
     #[test]

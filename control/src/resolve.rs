@@ -716,6 +716,7 @@ mod tests {
                 bytes_mirrored: 0,
                 dirty_list: vec![0, 5, 15],
                 dirty_complete: true,
+                size_refused: None,
             }],
         });
         // A device of 15.5 regions: the last one is short.

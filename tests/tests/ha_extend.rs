@@ -12,7 +12,16 @@
 //!    files are byte-identical.
 //! 4. With node B's control service and data plane gone, a second extend fails, and node A
 //!    still reports 96 MiB (no node reports a size that a partner's copy lacks).
+//!
+//! `a_node_restarted_between_the_phases_is_finished_by_extend_again`: node B is killed after
+//! phase 1 (grow) on both nodes and phase 2 (report) on node A, so it comes back with its
+//! image cut back to the old size; node A refuses to synchronize it (`replica list` says
+//! why, with both sizes) until `tandem device extend` run again grows B's copy; then B
+//! resynchronizes at the new size and every acknowledged write, including those in the new
+//! area that B had acknowledged before its image was cut back, reads back through both.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use tandem_tests::e2e::blocks::pattern;
@@ -132,6 +141,156 @@ fn extend_grows_every_replica_first_then_reports_everywhere() {
         capacity_bytes(&mut ca),
         NEW_SIZE as u64,
         "node-a: READ CAPACITY after the refused extend"
+    );
+}
+
+const SHORT_OLD: usize = 32 << 20;
+const SHORT_NEW: usize = 48 << 20;
+
+#[test]
+fn a_node_restarted_between_the_phases_is_finished_by_extend_again() {
+    let t_test = Instant::now();
+    let root = scratch_root("tandem-extend-restart");
+    let (mut a, mut b) = node_pair(root.path());
+    let _logs = LogsOnFailure::new(vec![a.log.clone(), b.log.clone()]);
+    a.start();
+    b.start();
+    a.ok(&["device", "create", DEVICE, "--size", "32MiB"]);
+    a.add_server(&b);
+    b.add_server(&a);
+    let link = sync_link(&a, &b, free_port());
+    a.add_replica(&b, &link);
+    wait_until(
+        "both nodes synchronized after replica add",
+        Duration::from_secs(90),
+        || a.synchronized(2) && b.synchronized(2),
+    );
+    let mut model = Model(vec![0u8; SHORT_OLD]);
+    {
+        let mut ca = login(&a, "iqn.2026-11.io.tandem.test:extend-restart-old");
+        model.write_through(&mut ca, 1000, &pattern(64 << 10, 8001));
+        sync_cache(&mut ca);
+    }
+
+    // ---- The extend's two phases by hand, as the node running it would: grow on both,
+    // report on node A only; node B dies before its report.
+    for n in [&a, &b] {
+        extend_phase(n, "48MiB", "grow");
+    }
+    extend_phase(&a, "48MiB", "report");
+    model.0.resize(SHORT_NEW, 0);
+    let tail = (SHORT_OLD / 512) as u64;
+    {
+        // Acknowledged by both nodes: node B's engine grew in phase 1.
+        let mut ca = login(&a, "iqn.2026-11.io.tandem.test:extend-restart-tail");
+        assert_eq!(capacity_bytes(&mut ca), SHORT_NEW as u64);
+        model.write_through(&mut ca, tail + 16, &pattern(128 << 10, 8002));
+        sync_cache(&mut ca);
+    }
+    b.kill();
+    b.start();
+    let row = b.json(&["device", "show", DEVICE]).expect("device show");
+    assert_eq!(
+        row["size_bytes"].as_u64(),
+        Some(SHORT_OLD as u64),
+        "node-b restarted with its image's pending extend rolled back"
+    );
+    let b_image = std::fs::metadata(b.image()).unwrap().len();
+    eprintln!("node-b's image after its restart: {b_image} bytes");
+
+    // ---- Node A refuses the short copy, says why, and keeps serving (writes beyond B's end
+    // included).
+    let t_refused = Instant::now();
+    let mut reason = String::new();
+    wait_until(
+        "node-a reports node-b refused for its smaller copy",
+        Duration::from_secs(60),
+        || {
+            let row = a.replica_rows().into_iter().find(|r| r["node"] == "node-b");
+            reason = row
+                .as_ref()
+                .and_then(|r| r["reason"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            row.is_some_and(|r| r["state"] == "not-synchronized") && reason.contains("blocks")
+        },
+    );
+    eprintln!(
+        "MEASURE node-b refused for its short copy {:?} after its restart: {reason}",
+        t_refused.elapsed()
+    );
+    assert!(
+        reason.contains(&format!("{} blocks", SHORT_OLD / 512))
+            && reason.contains(&(SHORT_NEW / 512).to_string()),
+        "both sizes: {reason}"
+    );
+    assert!(reason.contains("tandem device extend"), "{reason}");
+    {
+        let mut ca = login(&a, "iqn.2026-11.io.tandem.test:extend-restart-alone");
+        model.write_through(&mut ca, tail + 4096, &pattern(64 << 10, 8003));
+        model.write_through(&mut ca, 5000, &pattern(32 << 10, 8004));
+        let last = (SHORT_NEW / 512) as u64;
+        model.write_through(&mut ca, last - 8, &pattern(4096, 8005));
+        sync_cache(&mut ca);
+    }
+
+    // ---- The extend run again finishes node B; B resynchronizes at the new size.
+    let t_again = Instant::now();
+    let out = a.ok(&["device", "extend", DEVICE, "--size", "48MiB"]);
+    eprintln!("MEASURE extend again: {:?} ({out})", t_again.elapsed());
+    let waited = wait_until(
+        "node-b synchronized at the new size",
+        Duration::from_secs(90),
+        || a.synchronized(2) && b.synchronized(2),
+    );
+    eprintln!("MEASURE node-b synchronized {waited:?} after the extend ran again");
+    for n in [&a, &b] {
+        let row = n.json(&["device", "show", DEVICE]).expect("device show");
+        assert_eq!(
+            row["size_bytes"].as_u64(),
+            Some(SHORT_NEW as u64),
+            "{}: device show",
+            n.name
+        );
+    }
+    {
+        let mut cb = login(&b, "iqn.2026-11.io.tandem.test:extend-restart-b");
+        assert_eq!(
+            capacity_bytes(&mut cb),
+            SHORT_NEW as u64,
+            "node-b: READ CAPACITY"
+        );
+        model.write_through(&mut cb, tail + 8192, &pattern(16 << 10, 8006));
+        sync_cache(&mut cb);
+    }
+    model.verify_through(&a, "after the extend ran again");
+    model.verify_through(&b, "after the extend ran again");
+    model.images_identical(&a, &b, "after the extend ran again");
+    eprintln!("MEASURE whole test {:?}", t_test.elapsed());
+}
+
+/// One phase of the extend on node `n`, as the node running `tandem device extend` sends it
+/// (`POST /api/v1/devices/NAME/extend` with `phase`).
+fn extend_phase(n: &tandem_tests::e2e::cluster::Node, size: &str, phase: &str) {
+    let token = std::fs::read_to_string(std::path::Path::new(&n.token_file())).unwrap();
+    let body = format!(r#"{{"size":"{size}","phase":"{phase}"}}"#);
+    let mut s = TcpStream::connect(&n.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "POST /api/v1/devices/{DEVICE}/extend HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        n.api,
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.take(1 << 20).read_to_string(&mut text).unwrap();
+    let status = text.split_whitespace().nth(1).unwrap_or_default();
+    assert!(
+        status.starts_with('2'),
+        "{}: phase {phase} of the extend: {text}",
+        n.name
     );
 }
 

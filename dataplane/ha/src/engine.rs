@@ -73,6 +73,17 @@ pub enum PlantedBug {
     /// A persistent reservation change is answered GOOD once the sequencer applied it,
     /// without waiting for the other members.
     PrAnsweredBeforeApplied,
+    /// The sequencer ignores the size in a joiner's sync offer: a smaller joiner is
+    /// synchronized although it drops every write and region copy beyond its end.
+    JoinSizeIgnored,
+}
+
+/// A joiner's `SyncOffer`, as the sequencer weighs it.
+struct Offer {
+    meta: ReplicaMeta,
+    dirty: Vec<RegionIndex>,
+    journal_complete: bool,
+    num_blocks: Option<u64>,
 }
 
 /// Why [`Engine::grow`] refused.
@@ -358,6 +369,15 @@ pub struct Engine<P> {
     /// Partners whose dirty bitmap this process lost in a restart (not just incomplete for
     /// fast sync): a list of the regions written since they left may miss some.
     journal_lost_in_restart: BTreeSet<NodeId>,
+    /// Sequencer: joiners refused because their copy was smaller than this geometry, with
+    /// the size they offered. Once grown, their sync must copy every region from that old
+    /// end on: blocks there may have been written (and acknowledged by them) before their
+    /// image was cut back, which no journal bitmap records.
+    short_joiners: BTreeMap<NodeId, u64>,
+    /// Joiner: this copy grew while not synchronized (the extend finished for it after it
+    /// came back short); the size before. Its sync offers list the regions from there on as
+    /// dirty, for any sequencer (the reason above).
+    grown_unsynchronized_from: Option<u64>,
     /// Started without knowing whether partners saw its last writes: must be resynced
     /// before serving, unless it is the only synchronized member.
     restarted: bool,
@@ -451,6 +471,8 @@ impl<P: Clone> Engine<P> {
             meta_durable,
             journal,
             journal_lost_in_restart: BTreeSet::new(),
+            short_joiners: BTreeMap::new(),
+            grown_unsynchronized_from: None,
             restarted: true,
             next_op: u64::from(boot_id) << 32,
             next_io: 0,
@@ -578,15 +600,36 @@ impl<P: Clone> Engine<P> {
     /// partner that is out or syncing would need its own copy grown and the new regions
     /// copied; refusing keeps that case out (the administrator extends once the device is
     /// whole again). Idempotent: growing to the current size is a no-op.
+    ///
+    /// One exception: a replica that is itself not synchronized (it came back smaller than
+    /// the cluster after a restart between the two phases of an extend) may grow whatever
+    /// the others' states: its copy is resynchronized before it serves, and its sync offer
+    /// lists the grown regions as dirty (see `grown_unsynchronized_from`).
     pub fn grow(&mut self, num_blocks: u64) -> Result<(), GrowRefused> {
         if num_blocks < self.geometry.num_blocks {
             return Err(GrowRefused::Shrink {
                 current: self.geometry.num_blocks,
             });
         }
+        if num_blocks == self.geometry.num_blocks {
+            return Ok(());
+        }
         let Some(cfg) = &self.config else {
             return Err(GrowRefused::NoConfiguration);
         };
+        let me_unsynchronized = cfg.sequencer != self.me
+            && cfg.state_of(self.me) != MemberState::Synchronized
+            && self.resync.is_empty()
+            && self.sync_done.is_empty()
+            && self.adopt.is_none();
+        if me_unsynchronized {
+            let old = self.geometry.num_blocks;
+            self.grown_unsynchronized_from =
+                Some(self.grown_unsynchronized_from.map_or(old, |o| o.min(old)));
+            self.geometry.num_blocks = num_blocks;
+            self.journal.grow(self.geometry);
+            return Ok(());
+        }
         if let Some((n, st)) = cfg
             .members
             .iter()
@@ -1122,9 +1165,15 @@ impl<P: Clone> Engine<P> {
         // A synchronized origin applies its own write after the grant; an origin that left
         // (or restarted and is syncing) gets it like any other replica.
         let origin_applies = cfg.state_of(id.origin) == MemberState::Synchronized;
+        let Some(range) = self.seq.get(&id).map(|op| op.range) else {
+            return;
+        };
+        // A joiner refused for its short copy would drop (and never acknowledge) a write
+        // beyond its end: it does not get one; `local_write` records it for its resync.
         let targets: Vec<NodeId> = cfg
             .write_targets()
             .filter(|&n| n != me && !(n == id.origin && origin_applies))
+            .filter(|&n| !self.beyond_short_copy(n, &range))
             .collect();
         let Some(op) = self.seq.get_mut(&id) else {
             return;
@@ -1468,15 +1517,7 @@ impl<P: Clone> Engine<P> {
         }
     }
 
-    fn on_sync_offer(
-        &mut self,
-        now: Time,
-        from: NodeId,
-        meta: ReplicaMeta,
-        dirty: Vec<RegionIndex>,
-        journal_complete: bool,
-        out: &mut Vec<Output<P>>,
-    ) {
+    fn on_sync_offer(&mut self, now: Time, from: NodeId, offer: Offer, out: &mut Vec<Output<P>>) {
         let Some(cfg) = &self.config else { return };
         if cfg.sequencer != self.me
             || cfg.state_of(from) != MemberState::Syncing
@@ -1485,9 +1526,37 @@ impl<P: Clone> Engine<P> {
         {
             return;
         }
+        let Offer {
+            meta,
+            dirty,
+            journal_complete,
+            num_blocks,
+        } = offer;
+        // A copy smaller than this geometry would drop every mirrored write and region copy
+        // beyond its end: it is never synchronized until it grows (an old peer says
+        // nothing: no check).
+        if let Some(joiner_blocks) = num_blocks {
+            if joiner_blocks < self.geometry.num_blocks
+                && self.opts.planted_bug != Some(PlantedBug::JoinSizeIgnored)
+            {
+                let known = self.short_joiners.entry(from).or_insert(joiner_blocks);
+                *known = (*known).min(joiner_blocks);
+                out.push(Output::SyncSizeRefused {
+                    node: from,
+                    joiner_blocks,
+                    sequencer_blocks: self.geometry.num_blocks,
+                });
+                return;
+            }
+        }
         let decision = compare(self.me, &self.meta, from, &meta);
         let n = self.geometry.num_regions();
-        let (copy, full) = match decision {
+        let short_tail: Vec<RegionIndex> = self
+            .short_joiners
+            .remove(&from)
+            .map(|old| self.regions_from(old).collect())
+            .unwrap_or_default();
+        let (mut copy, full) = match decision {
             SyncDecision::InSync | SyncDecision::FastFromMe => {
                 // The joiner's own journal is the only record of writes it may hold that the
                 // sequencer lacks: as a former sequencer, or as a survivor that left before
@@ -1529,6 +1598,9 @@ impl<P: Clone> Engine<P> {
                 (DirtyBitmap::all(n), Some(FullSyncCause::Lineage(other)))
             }
         };
+        for r in short_tail {
+            copy.set(r);
+        }
         out.push(Output::ResyncPlanned {
             node: from,
             regions: copy.count(),
@@ -1602,7 +1674,16 @@ impl<P: Clone> Engine<P> {
                 meta,
                 dirty,
                 journal_complete,
-            } => self.on_sync_offer(now, from, meta, dirty, journal_complete, out),
+                num_blocks,
+            } => {
+                let offer = Offer {
+                    meta,
+                    dirty,
+                    journal_complete,
+                    num_blocks,
+                };
+                self.on_sync_offer(now, from, offer, out)
+            }
             Msg::RegionCopy { id, region, data } => self.on_region_copy(id, region, data, out),
             Msg::SyncComplete { meta } => {
                 if self
@@ -2098,7 +2179,9 @@ impl<P: Clone> Engine<P> {
             let skipped = old.as_ref().is_some_and(|o| cfg.epoch.0 > o.epoch.0 + 1);
             let joined = old_state == Some(MemberState::Syncing);
             if let Some(source) = self.adopt.take().filter(|_| joined) {
-                // Our bytes are now the sequencer's: so is our lineage.
+                // Our bytes are now the sequencer's: so is our lineage (and our grown tail
+                // was copied).
+                self.grown_unsynchronized_from = None;
                 self.meta.current = source.current;
                 self.meta.history = source.history;
                 self.meta.bitmap_base = source
@@ -2528,17 +2611,34 @@ impl<P: Clone> Engine<P> {
     fn send_sync_offer(&mut self, out: &mut Vec<Output<P>>) {
         let seq = self.sequencer();
         let journal_complete = self.journal.is_complete(seq);
-        let dirty: Vec<RegionIndex> = self.journal.bitmap(seq).iter().collect();
+        let mut dirty: BTreeSet<RegionIndex> = self.journal.bitmap(seq).iter().collect();
+        if let Some(old) = self.grown_unsynchronized_from {
+            dirty.extend(self.regions_from(old));
+        }
         let meta = self.meta.clone();
         self.send(
             seq,
             Msg::SyncOffer {
                 meta,
-                dirty,
+                dirty: dirty.into_iter().collect(),
                 journal_complete,
+                num_blocks: Some(self.geometry.num_blocks),
             },
             out,
         );
+    }
+
+    /// Sequencer: `n` was refused for a copy that ends before `range` does.
+    fn beyond_short_copy(&self, n: NodeId, range: &BlockRange) -> bool {
+        self.short_joiners
+            .get(&n)
+            .is_some_and(|&blocks| range.end() > blocks)
+    }
+
+    /// Every region holding a block at or beyond `num_blocks` (the end of a smaller copy).
+    fn regions_from(&self, num_blocks: u64) -> impl Iterator<Item = RegionIndex> {
+        let first = num_blocks / u64::from(self.geometry.region_blocks);
+        (first..self.geometry.num_regions()).map(RegionIndex)
     }
 
     // ---------------------------------------------------------------- time
@@ -2780,7 +2880,7 @@ impl<P: Clone> Engine<P> {
                 .filter(|m| m.0 != self.me)
                 .filter(|m| match m.1 {
                     MemberState::Out => true,
-                    MemberState::Syncing => !sequencer,
+                    MemberState::Syncing => !sequencer || self.beyond_short_copy(m.0, &range),
                     MemberState::Synchronized => false,
                 })
                 .map(|m| m.0)

@@ -147,6 +147,15 @@ pub enum Output<P> {
         node: NodeId,
         decision: SyncDecision,
     },
+    /// A joining partner's copy is smaller than this sequencer's geometry (it restarted
+    /// between the two phases of an extend, with its image rolled back): it is not
+    /// synchronized until its copy grows to `sequencer_blocks` (`tandem device extend`
+    /// run again) and it offers again.
+    SyncSizeRefused {
+        node: NodeId,
+        joiner_blocks: u64,
+        sequencer_blocks: u64,
+    },
     PersistMeta(ReplicaMeta),
     /// Make this journal state durable (disk journals) before acting on any later output
     /// of the same step: it comes first among them.

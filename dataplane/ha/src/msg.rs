@@ -46,11 +46,15 @@ pub enum Msg<P> {
     /// in flight when the old sequencer left). `done` ends the report.
     Uncertain { regions: Vec<RegionIndex> },
     /// Joining replica → sequencer: my generations and my own dirty regions, for the sync
-    /// decision.
+    /// decision. `num_blocks`: the size of my copy (my engine's geometry); `None` from a
+    /// peer that predates the field (no size check then). A sequencer whose geometry is
+    /// larger refuses the sync (`Output::SyncSizeRefused`) rather than drop writes and
+    /// region copies beyond the joiner's end.
     SyncOffer {
         meta: ReplicaMeta,
         dirty: Vec<RegionIndex>,
         journal_complete: bool,
+        num_blocks: Option<u64>,
     },
     /// Sequencer → replica: the whole content of a region (resync or reconcile copy).
     RegionCopy {

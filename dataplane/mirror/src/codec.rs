@@ -66,6 +66,9 @@ pub mod flag {
     pub const APPLIED: u8 = 0x01;
     /// SyncOffer: `journal_complete`.
     pub const JOURNAL_COMPLETE: u8 = 0x01;
+    /// SyncOffer: the body ends with the joiner's size in blocks (u64). Without it (a peer
+    /// that predates the field) the offer decodes with `num_blocks: None`.
+    pub const HAS_SIZE: u8 = 0x02;
 }
 
 /// One row of the message type table.
@@ -108,7 +111,7 @@ pub const MSG_TYPES: &[MsgTypeInfo] = &[
     row(
         msg_type::SYNC_OFFER,
         "SyncOffer",
-        flag::JOURNAL_COMPLETE,
+        flag::JOURNAL_COMPLETE | flag::HAS_SIZE,
         false,
     ),
     row(msg_type::REGION_COPY, "RegionCopy", 0, true),
@@ -472,12 +475,17 @@ fn encode_body<P>(
             meta,
             dirty,
             journal_complete,
+            num_blocks,
         } => {
             w.meta(meta)?;
             w.regions(dirty, "SyncOffer dirty regions")?;
+            if let Some(n) = num_blocks {
+                w.u64(*n);
+            }
             (
                 msg_type::SYNC_OFFER,
-                flag_if(*journal_complete, flag::JOURNAL_COMPLETE),
+                flag_if(*journal_complete, flag::JOURNAL_COMPLETE)
+                    | flag_if(num_blocks.is_some(), flag::HAS_SIZE),
             )
         }
         Msg::RegionCopy { id, region, .. } => {
@@ -779,6 +787,11 @@ pub fn decode_frame<'a>(frame: &'a [u8], limits: &Limits) -> Result<Decoded<'a>,
             meta: r.meta()?,
             dirty: r.regions()?,
             journal_complete: has(flag::JOURNAL_COMPLETE),
+            num_blocks: if has(flag::HAS_SIZE) {
+                Some(r.u64()?)
+            } else {
+                None
+            },
         },
         msg_type::REGION_COPY => Msg::RegionCopy {
             id: r.op()?,
@@ -1168,7 +1181,7 @@ mod tests {
     #[test]
     fn the_largest_sync_offer_is_exactly_the_header_limit() {
         use crate::frame::HEADER_LEN_MAX;
-        assert_eq!(HEADER_LEN_MAX, 33103, "docs/ha-wire.md states this number");
+        assert_eq!(HEADER_LEN_MAX, 33111, "docs/ha-wire.md states this number");
         let meta = ReplicaMeta {
             current: GenerationId(1),
             bitmap_base: vec![(NodeId(1), GenerationId(2)); BITMAP_BASES_MAX],
@@ -1183,6 +1196,7 @@ mod tests {
                 meta: meta.clone(),
                 dirty: vec![RegionIndex(7); REGIONS_PER_FRAME_MAX],
                 journal_complete: true,
+                num_blocks: Some(u64::MAX),
             },
         };
         let mut out = Vec::new();
@@ -1203,6 +1217,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A peer that predates the size in `SyncOffer` sends no `HAS_SIZE` flag and no size:
+    /// its offer still decodes, with `num_blocks: None` (the sequencer then cannot check).
+    #[test]
+    fn a_sync_offer_without_a_size_still_decodes() {
+        let offer = |num_blocks| Envelope::<&[u8]> {
+            epoch: Epoch(3),
+            msg: Msg::SyncOffer {
+                meta: ReplicaMeta {
+                    current: GenerationId(1),
+                    bitmap_base: vec![],
+                    history: vec![],
+                    epoch: Epoch(3),
+                    was_sequencer: false,
+                    version: 1,
+                },
+                dirty: vec![RegionIndex(2)],
+                journal_complete: true,
+                num_blocks,
+            },
+        };
+        let (mut old, mut new) = (Vec::new(), Vec::new());
+        encode(&offer(None), &Limits::default(), &mut old).unwrap();
+        encode(&offer(Some(196_608)), &Limits::default(), &mut new).unwrap();
+        assert_eq!(
+            new.len(),
+            old.len() + 8,
+            "the size is 8 bytes at the body's end"
+        );
+        assert_eq!(old[6], msg_type::SYNC_OFFER);
+        assert_eq!(old[7], flag::JOURNAL_COMPLETE, "no HAS_SIZE flag");
+        assert_eq!(new[7], flag::JOURNAL_COMPLETE | flag::HAS_SIZE);
+        assert_eq!(decode(&old, &Limits::default()).unwrap(), offer(None));
+        assert_eq!(
+            decode(&new, &Limits::default()).unwrap(),
+            offer(Some(196_608))
+        );
+        // The flag without the 8 bytes is a short body, refused.
+        let mut lying = old.clone();
+        lying[7] |= flag::HAS_SIZE;
+        assert!(decode(&lying, &Limits::default()).is_err());
     }
 
     #[test]

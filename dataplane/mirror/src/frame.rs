@@ -62,8 +62,8 @@ pub const HISTORY_MAX: usize = 16;
 /// Largest encoded `ReplicaMeta`: current, epoch, version (3 × 8), was_sequencer (1), two
 /// counts (2 × 1), the lists.
 pub const META_LEN_MAX: usize = 8 * 3 + 1 + 2 + BITMAP_BASES_MAX * 9 + HISTORY_MAX * 8;
-/// Largest body of any message: `SyncOffer` (meta, region count, regions).
-pub const BODY_LEN_MAX: usize = META_LEN_MAX + 4 + REGIONS_PER_FRAME_MAX * 8;
+/// Largest body of any message: `SyncOffer` (meta, region count, regions, size).
+pub const BODY_LEN_MAX: usize = META_LEN_MAX + 4 + REGIONS_PER_FRAME_MAX * 8 + 8;
 /// Largest header (fixed part plus body) any frame may announce.
 pub const HEADER_LEN_MAX: usize = FIXED_HEADER_LEN + BODY_LEN_MAX;
 const _: () = assert!(HEADER_LEN_MAX <= u16::MAX as usize);

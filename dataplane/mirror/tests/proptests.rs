@@ -85,11 +85,14 @@ fn msg() -> impl Strategy<Value = Msg<Vec<u8>>> {
         (op_id(), any::<bool>()).prop_map(|(id, applied)| Msg::Grant { id, applied }),
         op_id().prop_map(|id| Msg::Release { id }),
         regions().prop_map(|regions| Msg::Uncertain { regions }),
-        (meta(), regions(), any::<bool>()).prop_map(|(meta, dirty, jc)| Msg::SyncOffer {
-            meta,
-            dirty,
-            journal_complete: jc
-        }),
+        (meta(), regions(), any::<bool>(), any::<Option<u64>>()).prop_map(
+            |(meta, dirty, jc, num_blocks)| Msg::SyncOffer {
+                meta,
+                dirty,
+                journal_complete: jc,
+                num_blocks,
+            }
+        ),
         (op_id(), any::<u64>(), data()).prop_map(|(id, r, data)| Msg::RegionCopy {
             id,
             region: RegionIndex(r),
@@ -189,10 +192,12 @@ fn map<'a, P, Q>(msg: &'a Msg<P>, mut f: impl FnMut(&'a P) -> Q) -> Msg<Q> {
             meta,
             dirty,
             journal_complete,
+            num_blocks,
         } => Msg::SyncOffer {
             meta: meta.clone(),
             dirty: dirty.clone(),
             journal_complete: *journal_complete,
+            num_blocks: *num_blocks,
         },
         Msg::RegionCopyAck { id } => Msg::RegionCopyAck { id: *id },
         Msg::SyncComplete { meta } => Msg::SyncComplete { meta: meta.clone() },

@@ -50,6 +50,9 @@ struct PartnerState {
     backlog: VecDeque<Envelope<P>>,
     regions_copied: u64,
     corrupt_payloads: u64,
+    /// The partner's last sync offer was refused for its smaller copy (reported in the
+    /// status until a resync for it is planned).
+    size_refused: Option<tandem_config::ipc::HaSizeRefusal>,
 }
 
 enum ReqKind {
@@ -179,6 +182,7 @@ impl Worker {
                     backlog: VecDeque::new(),
                     regions_copied: 0,
                     corrupt_payloads: 0,
+                    size_refused: None,
                 })
                 .collect(),
             shared,
@@ -397,7 +401,7 @@ impl Worker {
                     return;
                 }
                 if let Err(full) = p.transport.send(env) {
-                    p.backlog.push_back(full.0);
+                    p.backlog.push_back(*full.0);
                 }
             }
             Output::Complete { tag, status } => self.on_host_complete(tag, status),
@@ -442,11 +446,32 @@ impl Worker {
             Output::SyncRefused { node, decision } => {
                 tracing::warn!(device = %self.info.name, partner = node.0, ?decision, "partner's data cannot be synchronized automatically");
             }
+            Output::SyncSizeRefused {
+                node,
+                joiner_blocks,
+                sequencer_blocks,
+            } => {
+                let refusal = tandem_config::ipc::HaSizeRefusal {
+                    partner_blocks: joiner_blocks,
+                    own_blocks: sequencer_blocks,
+                };
+                if let Some(p) = self.partners.iter_mut().find(|p| p.node_id == node) {
+                    // The joiner repeats its offer: say it once per change.
+                    if p.size_refused.replace(refusal) != Some(refusal) {
+                        tracing::warn!(device = %self.info.name, partner = node.0, joiner_blocks,
+                            sequencer_blocks,
+                            "partner's copy is smaller than this one: not synchronized until the extend is finished for it (`tandem device extend` again)");
+                    }
+                }
+            }
             Output::ResyncPlanned {
                 node,
                 regions,
                 full,
             } => {
+                if let Some(p) = self.partners.iter_mut().find(|p| p.node_id == node) {
+                    p.size_refused = None;
+                }
                 tracing::info!(device = %self.info.name, partner = node.0, regions,
                     full = full.is_some(), full_because = ?full, "resync planned");
             }
@@ -489,7 +514,7 @@ impl Worker {
         let p = &mut self.partners[i];
         while let Some(env) = p.backlog.pop_front() {
             if let Err(full) = p.transport.send(env) {
-                p.backlog.push_front(full.0);
+                p.backlog.push_front(*full.0);
                 break;
             }
         }
@@ -1176,6 +1201,7 @@ impl Worker {
                     bytes_mirrored: p.transport.bytes_sent(),
                     dirty_list,
                     dirty_complete,
+                    size_refused: p.size_refused,
                 }
             })
             .collect();

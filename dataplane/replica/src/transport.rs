@@ -31,8 +31,9 @@ pub enum PeerEvent {
 }
 
 /// The send queue towards the partner is full: keep the message and try again later.
+/// Boxed: the rare path should not make every `send` result as large as a `SyncOffer`.
 #[derive(Debug)]
-pub struct Full(pub Envelope<SharedPayload>);
+pub struct Full(pub Box<Envelope<SharedPayload>>);
 
 /// One partner's sync links, driven by the replication thread (non-blocking).
 pub trait PeerTransport: Send {
@@ -164,7 +165,7 @@ impl PeerTransport for MemTransport {
                 let _ = wake.notify();
                 Ok(())
             }
-            Err(TrySendError::Full(env)) => Err(Full(env)),
+            Err(TrySendError::Full(env)) => Err(Full(Box::new(env))),
             Err(TrySendError::Disconnected(_)) => Ok(()),
         }
     }
@@ -234,7 +235,7 @@ impl PeerTransport for tandem_synclink::PeerLinks {
         let copy = env.clone();
         match tandem_synclink::PeerLinks::send(self, env) {
             Ok(()) => Ok(()),
-            Err(tandem_synclink::SendError::Full) => Err(Full(copy)),
+            Err(tandem_synclink::SendError::Full) => Err(Full(Box::new(copy))),
             Err(e) => {
                 // A message without a wire form is a bug here, not the peer's doing: it is
                 // dropped (the engine's timeouts and retries take over) and logged.

@@ -43,10 +43,12 @@ pub(crate) fn to_shared(env: Envelope<&[u8]>, frame_crc: u32) -> Option<Envelope
             meta,
             dirty,
             journal_complete,
+            num_blocks,
         } => Msg::SyncOffer {
             meta,
             dirty,
             journal_complete,
+            num_blocks,
         },
         Msg::RegionCopy { id, region, data } => Msg::RegionCopy {
             id,

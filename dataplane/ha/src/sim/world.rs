@@ -834,6 +834,18 @@ impl World {
             Output::SyncRefused { node: n, decision } => {
                 self.trace(|| format!("n{} refuses to sync {n}: {decision:?}", node + 1));
             }
+            Output::SyncSizeRefused {
+                node: n,
+                joiner_blocks,
+                sequencer_blocks,
+            } => {
+                self.trace(|| {
+                    format!(
+                        "n{} refuses to sync {n}: its copy has {joiner_blocks} blocks, this one {sequencer_blocks}",
+                        node + 1
+                    )
+                });
+            }
             Output::TaskMgmt { .. } => self.nodes[node].task_mgmt_applied += 1,
             Output::PersistJournal(rec) => self.nodes[node].journal_disk.apply(&rec),
             Output::ResyncPlanned {
@@ -1722,9 +1734,10 @@ fn short(env: &Envelope<Data>) -> String {
             meta,
             dirty,
             journal_complete,
+            num_blocks,
         } => {
             format!(
-                "SyncOffer gen={:?} dirty={} complete={journal_complete}",
+                "SyncOffer gen={:?} dirty={} complete={journal_complete} blocks={num_blocks:?}",
                 meta.current,
                 dirty.len()
             )
