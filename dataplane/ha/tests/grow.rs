@@ -169,7 +169,7 @@ fn planned(out: &[Output<u64>]) -> Option<(u64, bool)> {
             node,
             regions,
             full,
-        } if *node == N2 => Some((*regions, *full)),
+        } if *node == N2 => Some((*regions, full.is_some())),
         _ => None,
     })
 }
