@@ -18,6 +18,7 @@
 # completion latency per row and target, and the ratio to `solo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source perf/two-nodes.sh
 rounds=${1:-3}
 secs=${2:-8}
 command -v jq >/dev/null || { echo "perf/replicated.sh needs jq" >&2; exit 2; }
@@ -36,17 +37,7 @@ cleanup() {
 trap cleanup EXIT
 
 a_ip=127.0.9.1 b_ip=127.0.9.2
-mkdir -p "$work/na" "$work/nb"
-"$bin/tandem-control" --data-dir "$work/na" --api $a_ip:3261 --portal $a_ip:3260 \
-  --node-name perf-a >"$work/na.log" 2>&1 & pids+=($!)
-"$bin/tandem-control" --data-dir "$work/nb" --api $b_ip:3261 --portal $b_ip:3260 \
-  --node-name perf-b >"$work/nb.log" 2>&1 & pids+=($!)
-for n in na nb; do
-  for _ in $(seq 100); do [[ -s "$work/$n/token" ]] && break; sleep 0.1; done
-done
-sleep 1
-A=("$bin/tandem" --api http://$a_ip:3261 --token-file "$work/na/token")
-B=("$bin/tandem" --api http://$b_ip:3261 --token-file "$work/nb/token")
+start_two_nodes "$work"
 "${A[@]}" device create solo --size 512MiB >/dev/null
 "${A[@]}" device create repl --size 512MiB >/dev/null
 "${A[@]}" server add perf-b $b_ip:3261 --token-file "$work/nb/token" >/dev/null

@@ -13,6 +13,7 @@
 # p99 / max completion latency of reads and writes during the resync, and the baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source perf/two-nodes.sh
 size=${1:-1GiB}
 target_ms=${2:-10}
 secs=${3:-8}
@@ -46,17 +47,7 @@ run_mode() { # mode target-ms
   local mode=$1 tms=$2
   work=$(mktemp -d /var/tmp/tandem-pace.XXXXXX)
   pids=()
-  mkdir -p "$work/na" "$work/nb"
-  "$bin/tandem-control" --data-dir "$work/na" --api $a_ip:3261 --portal $a_ip:3260 \
-    --node-name perf-a >"$work/na.log" 2>&1 & pids+=($!)
-  "$bin/tandem-control" --data-dir "$work/nb" --api $b_ip:3261 --portal $b_ip:3260 \
-    --node-name perf-b >"$work/nb.log" 2>&1 & pids+=($!)
-  for n in na nb; do
-    for _ in $(seq 100); do [[ -s "$work/$n/token" ]] && break; sleep 0.1; done
-  done
-  sleep 1
-  A=("$bin/tandem" --api http://$a_ip:3261 --token-file "$work/na/token")
-  B=("$bin/tandem" --api http://$b_ip:3261 --token-file "$work/nb/token")
+  start_two_nodes "$work"
   "${A[@]}" device create repl --size "$size" >/dev/null
   "${A[@]}" server add perf-b $b_ip:3261 --token-file "$work/nb/token" >/dev/null
   "${B[@]}" server add perf-a $a_ip:3261 --token-file "$work/na/token" >/dev/null
