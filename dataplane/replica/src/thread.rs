@@ -108,6 +108,14 @@ enum LocalPending {
     },
 }
 
+/// What a look at the control mail found.
+enum MailSeen {
+    None,
+    Some,
+    /// `Mail::Stop`: the thread has shut down.
+    Stop,
+}
+
 pub(crate) struct Worker {
     info: DeviceInfo,
     me: NodeId,
@@ -218,37 +226,25 @@ impl Worker {
         loop {
             let mut work = false;
             // Control mail first (channels must exist before their submissions complete).
-            while let Ok(m) = self.mail_rx.try_recv() {
-                work = true;
-                match m {
-                    Mail::NewChannel {
-                        id,
-                        completions,
-                        wake,
-                    } => {
-                        self.channels.insert(id, (completions, wake));
-                    }
-                    Mail::DropChannel { id } => {
-                        self.channels.remove(&id);
-                    }
-                    Mail::Exchange { updates, reply } => {
-                        let report = self.exchange(updates);
-                        let _ = reply.send(report);
-                    }
-                    Mail::Grow { num_blocks, reply } => {
-                        let _ = reply.send(self.grow(num_blocks));
-                    }
-                    Mail::Stop => {
-                        self.shutdown();
-                        return;
-                    }
-                }
+            match self.take_mail() {
+                MailSeen::Stop => return,
+                MailSeen::Some => work = true,
+                MailSeen::None => {}
             }
             for _ in 0..SUBMIT_BATCH {
                 let Ok(s) = self.submit_rx.try_recv() else {
                     break;
                 };
                 work = true;
+                if !self.channels.contains_key(&s.chan) {
+                    // The channel was created after this pass read its mail: its
+                    // `NewChannel` is queued before this submission (sent first by the same
+                    // thread). Without it the completion would find no channel and be lost,
+                    // and the command would never be answered.
+                    if let MailSeen::Stop = self.take_mail() {
+                        return;
+                    }
+                }
                 self.on_submit(s);
             }
             self.pump();
@@ -605,6 +601,38 @@ impl Worker {
     fn range(&self, offset: u64, len: u64) -> BlockRange {
         let bs = u64::from(self.info.block_size);
         BlockRange::new(offset / bs, (len / bs) as u32)
+    }
+
+    /// Handles every control mail queued now.
+    fn take_mail(&mut self) -> MailSeen {
+        let mut seen = MailSeen::None;
+        while let Ok(m) = self.mail_rx.try_recv() {
+            seen = MailSeen::Some;
+            match m {
+                Mail::NewChannel {
+                    id,
+                    completions,
+                    wake,
+                } => {
+                    self.channels.insert(id, (completions, wake));
+                }
+                Mail::DropChannel { id } => {
+                    self.channels.remove(&id);
+                }
+                Mail::Exchange { updates, reply } => {
+                    let report = self.exchange(updates);
+                    let _ = reply.send(report);
+                }
+                Mail::Grow { num_blocks, reply } => {
+                    let _ = reply.send(self.grow(num_blocks));
+                }
+                Mail::Stop => {
+                    self.shutdown();
+                    return MailSeen::Stop;
+                }
+            }
+        }
+        seen
     }
 
     fn on_submit(&mut self, s: Submit) {
